@@ -1,0 +1,114 @@
+//! A typed client for every public Steward service over one channel. It attaches the current
+//! access token to each call; sign in with [`Steward::auth`] and store the token with
+//! [`Steward::set_access_token`].
+
+use std::sync::{Arc, RwLock};
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::admin::v1::admin_service_client::AdminServiceClient;
+use crate::admin::v1::organization_service_client::OrganizationServiceClient;
+use crate::audit::v1::audit_service_client::AuditServiceClient;
+use crate::auth::v1::auth_service_client::AuthServiceClient;
+use crate::billing::v1::billing_service_client::BillingServiceClient;
+use crate::commands::v1::command_service_client::CommandServiceClient;
+use crate::commands::v1::system_service_client::SystemServiceClient;
+
+/// Adds `authorization: Bearer <token>` when a token is set.
+#[derive(Clone, Debug, Default)]
+pub struct BearerToken {
+    token: Arc<RwLock<Option<MetadataValue<Ascii>>>>,
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let token = self.token.read().map_err(|_| tonic::Status::internal("token lock poisoned"))?;
+        if let Some(value) = token.as_ref() {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The channel type every service client of [`Steward`] uses.
+pub type AuthedChannel = InterceptedService<Channel, BearerToken>;
+
+/// One connection to a Steward deployment (or to `steward-server dev`).
+#[derive(Clone, Debug)]
+pub struct Steward {
+    channel: Channel,
+    token: BearerToken,
+}
+
+impl Steward {
+    /// Connects to `url`, e.g. `http://127.0.0.1:50051`.
+    pub async fn connect(url: impl Into<String>) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.into())?.connect().await?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Wraps an existing channel.
+    pub fn from_channel(channel: Channel) -> Self {
+        Self { channel, token: BearerToken::default() }
+    }
+
+    /// Uses `token` (an access token from sign-in) for every later call; `None` signs out locally.
+    pub fn set_access_token(&self, token: Option<&str>) -> Result<(), tonic::Status> {
+        let value = token
+            .map(|t| format!("Bearer {t}").parse::<MetadataValue<Ascii>>())
+            .transpose()
+            .map_err(|_| tonic::Status::invalid_argument("access token is not a valid header"))?;
+        let mut slot =
+            self.token.token.write().map_err(|_| tonic::Status::internal("token lock poisoned"))?;
+        *slot = value;
+        Ok(())
+    }
+
+    /// A copy sharing the channel but with its own token (acting as another administrator).
+    pub fn with_token(&self, token: &str) -> Result<Self, tonic::Status> {
+        let other = Self::from_channel(self.channel.clone());
+        other.set_access_token(Some(token))?;
+        Ok(other)
+    }
+
+    fn authed(&self) -> AuthedChannel {
+        InterceptedService::new(self.channel.clone(), self.token.clone())
+    }
+
+    /// Sign-in, sessions, passwords, MFA, JWKS.
+    pub fn auth(&self) -> AuthServiceClient<AuthedChannel> {
+        AuthServiceClient::new(self.authed())
+    }
+
+    /// Administrators and the caller's profile.
+    pub fn admin(&self) -> AdminServiceClient<AuthedChannel> {
+        AdminServiceClient::new(self.authed())
+    }
+
+    /// Organizations.
+    pub fn organizations(&self) -> OrganizationServiceClient<AuthedChannel> {
+        OrganizationServiceClient::new(self.authed())
+    }
+
+    /// The payment card.
+    pub fn billing(&self) -> BillingServiceClient<AuthedChannel> {
+        BillingServiceClient::new(self.authed())
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> AuditServiceClient<AuthedChannel> {
+        AuditServiceClient::new(self.authed())
+    }
+
+    /// Commands, grants, access checks and runs.
+    pub fn commands(&self) -> CommandServiceClient<AuthedChannel> {
+        CommandServiceClient::new(self.authed())
+    }
+
+    /// Systems and connect keys.
+    pub fn systems(&self) -> SystemServiceClient<AuthedChannel> {
+        SystemServiceClient::new(self.authed())
+    }
+}

@@ -1,0 +1,405 @@
+//! Authentication for every service: a tower layer that looks up the RPC's rule in the role
+//! table, verifies the caller's credential (an access token per RFC 8725, or the service
+//! credential), and puts a typed [`Caller`] plus a [`RequestContext`] into request extensions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use subtle::ConstantTimeEq;
+use tokio::sync::{Mutex, RwLock};
+use tonic::transport::Channel;
+
+use crate::claims::{AccessClaims, Role, TokenScope, ACCESS_TOKEN_TYPE};
+use crate::error::{ApiError, ApiResult};
+use crate::roles::{rule_for, Access};
+
+/// Metadata key carrying the service credential on internal calls.
+pub const SERVICE_CREDENTIAL_HEADER: &str = "x-steward-service-credential";
+/// Metadata key carrying the caller's request id; generated when absent.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The only signature algorithm accepted, fixed in code (RFC 8725 §3.1).
+pub const ALLOWED_ALGORITHM: Algorithm = Algorithm::EdDSA;
+
+/// A verified administrator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// `organizations/{o}`.
+    pub organization: String,
+    /// `organizations/{o}/administrators/{a}`.
+    pub administrator: String,
+    /// Role claimed by the token.
+    pub role: Role,
+    /// Billing access claimed by the token.
+    pub billing: bool,
+    /// Session id.
+    pub session: String,
+    /// Usage restriction.
+    pub scope: TokenScope,
+}
+
+impl Principal {
+    /// Builds the principal from verified claims.
+    pub fn from_claims(claims: AccessClaims) -> Self {
+        Self {
+            organization: claims.org,
+            administrator: claims.sub,
+            role: claims.role,
+            billing: claims.billing,
+            session: claims.sid,
+            scope: claims.scope,
+        }
+    }
+
+    /// Refuses when `name` lies outside the caller's organization. The check is on the name alone,
+    /// before any lookup, so the answer says nothing about whether the resource exists.
+    pub fn check_organization(&self, name: &str) -> ApiResult<()> {
+        let prefix = format!("{}/", self.organization);
+        if name == self.organization || name.starts_with(&prefix) {
+            Ok(())
+        } else {
+            Err(ApiError::denied(
+                "WRONG_ORGANIZATION",
+                format!("{name} is outside the caller's organization"),
+            ))
+        }
+    }
+}
+
+/// Who is calling, as established by the layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// No credential (public RPCs, agent RPCs before the service checks the agent credential).
+    Anonymous,
+    /// Another Steward service.
+    Service,
+    /// A signed-in administrator.
+    Administrator(Principal),
+}
+
+/// Per-call facts for audit and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestContext {
+    /// `x-request-id`, or a generated UUID.
+    pub request_id: String,
+    /// Peer address as seen by the server.
+    pub client_address: String,
+    /// Full gRPC path.
+    pub method: String,
+}
+
+/// The verified administrator of a request; handlers behind an administrator rule call this.
+pub fn principal<T>(request: &tonic::Request<T>) -> ApiResult<&Principal> {
+    match request.extensions().get::<Caller>() {
+        Some(Caller::Administrator(p)) => Ok(p),
+        _ => Err(ApiError::Unauthenticated("an administrator's access token is required".into())),
+    }
+}
+
+/// The caller as established by the layer (anonymous when the layer did not run).
+pub fn caller<T>(request: &tonic::Request<T>) -> Caller {
+    request.extensions().get::<Caller>().cloned().unwrap_or(Caller::Anonymous)
+}
+
+/// Request id, client address and method of a request.
+pub fn context<T>(request: &tonic::Request<T>) -> RequestContext {
+    request.extensions().get::<RequestContext>().cloned().unwrap_or_else(|| RequestContext {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        client_address: request.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+        method: String::new(),
+    })
+}
+
+/// Where verification keys come from.
+pub enum KeySource {
+    /// Keys known locally (the auth service's own, or tests).
+    Static(HashMap<String, DecodingKey>),
+    /// The auth service's published JWKS, cached, refreshed when an unknown `kid` shows up.
+    Remote(RemoteJwks),
+}
+
+/// A cached JWKS fetched over gRPC from the auth service.
+pub struct RemoteJwks {
+    client: steward_proto::auth::v1::auth_service_client::AuthServiceClient<Channel>,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    last_fetch: Mutex<Option<Instant>>,
+}
+
+/// Unknown `kid`s trigger at most one JWKS fetch per this interval.
+const JWKS_MIN_REFRESH: Duration = Duration::from_secs(5);
+
+impl RemoteJwks {
+    /// A lazily-filled cache over `channel` (the auth service).
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            client: steward_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel),
+            keys: RwLock::new(HashMap::new()),
+            last_fetch: Mutex::new(None),
+        }
+    }
+
+    async fn key(&self, kid: &str) -> ApiResult<Option<DecodingKey>> {
+        if let Some(key) = self.keys.read().await.get(kid) {
+            return Ok(Some(key.clone()));
+        }
+        let mut last = self.last_fetch.lock().await;
+        // Another caller may have refreshed while this one waited for the lock.
+        if let Some(key) = self.keys.read().await.get(kid) {
+            return Ok(Some(key.clone()));
+        }
+        if last.is_some_and(|t| t.elapsed() < JWKS_MIN_REFRESH) {
+            return Ok(None);
+        }
+        *last = Some(Instant::now());
+        let response = self
+            .client
+            .clone()
+            .get_jwks(steward_proto::auth::v1::GetJwksRequest {})
+            .await
+            .map_err(|status| {
+                tracing::warn!(error = %status, "jwks fetch failed");
+                ApiError::Unavailable("token keys unavailable, retry later".into())
+            })?
+            .into_inner();
+        let mut fresh = HashMap::new();
+        for jwk in response.keys {
+            if jwk.kty == "OKP" && jwk.crv == "Ed25519" {
+                match DecodingKey::from_ed_components(&jwk.x) {
+                    Ok(key) => {
+                        fresh.insert(jwk.kid, key);
+                    }
+                    Err(err) => tracing::warn!(kid = %jwk.kid, error = %err, "skipping bad jwk"),
+                }
+            }
+        }
+        let found = fresh.get(kid).cloned();
+        *self.keys.write().await = fresh;
+        Ok(found)
+    }
+}
+
+/// Verifies access tokens per RFC 8725: fixed algorithm, `typ`, `kid`, issuer, audience,
+/// `exp`/`nbf` with a small leeway.
+pub struct TokenVerifier {
+    issuer: String,
+    audience: String,
+    leeway: Duration,
+    keys: KeySource,
+}
+
+impl TokenVerifier {
+    /// A verifier for tokens from `issuer` to `audience`, keys from `keys`.
+    pub fn new(issuer: String, audience: String, leeway: Duration, keys: KeySource) -> Self {
+        Self { issuer, audience, leeway, keys }
+    }
+
+    /// Verifies `token` and returns its claims; every failure is the same vague UNAUTHENTICATED.
+    pub async fn verify(&self, token: &str) -> ApiResult<AccessClaims> {
+        let invalid = || ApiError::Unauthenticated("invalid or expired access token".into());
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
+        if header.alg != ALLOWED_ALGORITHM || header.typ.as_deref() != Some(ACCESS_TOKEN_TYPE) {
+            return Err(invalid());
+        }
+        let kid = header.kid.ok_or_else(invalid)?;
+        let key = match &self.keys {
+            KeySource::Static(keys) => keys.get(&kid).cloned(),
+            KeySource::Remote(remote) => remote.key(&kid).await?,
+        }
+        .ok_or_else(invalid)?;
+        let mut validation = Validation::new(ALLOWED_ALGORITHM);
+        validation.algorithms = vec![ALLOWED_ALGORITHM];
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway.as_secs();
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key, &validation)
+            .map_err(|_| invalid())?;
+        Ok(data.claims)
+    }
+}
+
+struct AuthState {
+    verifier: TokenVerifier,
+    service_credential: Option<String>,
+}
+
+/// The tower layer enforcing [`crate::roles::RULES`] on every call.
+#[derive(Clone)]
+pub struct AuthLayer {
+    state: Arc<AuthState>,
+}
+
+impl AuthLayer {
+    /// A layer verifying tokens with `verifier`; `service_credential` authenticates internal
+    /// calls (internal RPCs are refused to everyone when it is `None`).
+    pub fn new(verifier: TokenVerifier, service_credential: Option<String>) -> Self {
+        let service_credential = service_credential.filter(|c| !c.is_empty());
+        Self { state: Arc::new(AuthState { verifier, service_credential }) }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService { inner, state: self.state.clone() }
+    }
+}
+
+/// The service produced by [`AuthLayer`].
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    state: Arc<AuthState>,
+}
+
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl AuthState {
+    async fn authenticate(&self, path: &str, headers: &http::HeaderMap) -> ApiResult<Caller> {
+        let Some(access) = rule_for(path) else {
+            return Err(ApiError::denied("NO_ACCESS_RULE", format!("{path} has no access rule")));
+        };
+        match access {
+            Access::Public | Access::Agent => Ok(Caller::Anonymous),
+            Access::Internal => {
+                let presented = headers
+                    .get(SERVICE_CREDENTIAL_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| {
+                        ApiError::Unauthenticated("this RPC accepts only a service credential".into())
+                    })?;
+                match &self.service_credential {
+                    Some(expected)
+                        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) =>
+                    {
+                        Ok(Caller::Service)
+                    }
+                    _ => Err(ApiError::Unauthenticated("invalid service credential".into())),
+                }
+            }
+            Access::Enrollment | Access::AnyRole | Access::Administrator | Access::Billing => {
+                let token = bearer(headers).ok_or_else(|| {
+                    ApiError::Unauthenticated("missing bearer access token".into())
+                })?;
+                let principal = Principal::from_claims(self.state_verify(token).await?);
+                if principal.scope == TokenScope::MfaEnrollment && access != Access::Enrollment {
+                    return Err(ApiError::denied(
+                        "MFA_ENROLLMENT_REQUIRED",
+                        "enrol MFA before using this RPC",
+                    ));
+                }
+                match access {
+                    Access::Administrator if principal.role != Role::Administrator => {
+                        Err(ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"))
+                    }
+                    Access::Billing if !principal.billing => Err(ApiError::denied(
+                        "BILLING_REQUIRED",
+                        "only administrators with billing access may do this",
+                    )),
+                    _ => Ok(Caller::Administrator(principal)),
+                }
+            }
+        }
+    }
+
+    async fn state_verify(&self, token: &str) -> ApiResult<AccessClaims> {
+        self.verifier.verify(token).await
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The clone that was driven to readiness serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        Box::pin(async move {
+            let path = request.uri().path().to_string();
+            let request_id = request
+                .headers()
+                .get(REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= 128)
+                .map(str::to_string)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let client_address = request
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|info| info.remote_addr())
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            match state.authenticate(&path, request.headers()).await {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                    request.extensions_mut().insert(RequestContext {
+                        request_id,
+                        client_address,
+                        method: path,
+                    });
+                    inner.call(request).await
+                }
+                Err(err) => {
+                    tracing::info!(method = %path, code = ?err.code(), %request_id, "call refused");
+                    let status: tonic::Status = err.into();
+                    Ok(status.into_http())
+                }
+            }
+        })
+    }
+}
+
+/// Attaches the service credential (and the current request id) to calls made to another
+/// Steward service's internal RPCs.
+#[derive(Clone)]
+pub struct ServiceCredential {
+    value: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl std::fmt::Debug for ServiceCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceCredential(..)")
+    }
+}
+
+impl ServiceCredential {
+    /// Wraps the configured credential; refuses one that is not a valid header value.
+    pub fn new(secret: &str) -> ApiResult<Self> {
+        let value = secret
+            .parse()
+            .map_err(|_| ApiError::internal("service credential is not a valid header value"))?;
+        Ok(Self { value })
+    }
+}
+
+impl tonic::service::Interceptor for ServiceCredential {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert(SERVICE_CREDENTIAL_HEADER, self.value.clone());
+        Ok(request)
+    }
+}

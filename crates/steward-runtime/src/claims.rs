@@ -1,0 +1,76 @@
+//! The access-token claims, shared by the signer (auth service) and every verifier.
+
+use serde::{Deserialize, Serialize};
+
+/// `typ` header of every access token (RFC 9068).
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+
+/// An administrator's role (SPEC section 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything in its organization.
+    Administrator,
+    /// Runs the commands granted to it, nothing else.
+    CommandRunner,
+}
+
+impl Role {
+    /// Stable lowercase name, as stored and as put in tokens.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Administrator => "administrator",
+            Self::CommandRunner => "command_runner",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "administrator" => Some(Self::Administrator),
+            "command_runner" => Some(Self::CommandRunner),
+            _ => None,
+        }
+    }
+}
+
+/// What a token may be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    /// Every RPC the role allows.
+    Full,
+    /// Only MFA enrolment and sign-out: MFA is required but not enrolled yet.
+    MfaEnrollment,
+}
+
+/// Claims of an access token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// Administrator resource name, `organizations/{o}/administrators/{a}`.
+    pub sub: String,
+    /// Organization resource name, `organizations/{o}`.
+    pub org: String,
+    /// Role at the time of issue.
+    pub role: Role,
+    /// Billing access at the time of issue.
+    pub billing: bool,
+    /// Authentication methods used (`pwd`, `otp`, `mfa`).
+    pub amr: Vec<String>,
+    /// Session id; refresh and revocation work per session.
+    pub sid: String,
+    /// Unique token id.
+    pub jti: String,
+    /// Issued at (Unix seconds).
+    pub iat: i64,
+    /// Not before (Unix seconds).
+    pub nbf: i64,
+    /// Expires (Unix seconds).
+    pub exp: i64,
+    /// Usage restriction.
+    pub scope: TokenScope,
+}

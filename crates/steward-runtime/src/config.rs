@@ -1,0 +1,257 @@
+//! Configuration: built-in defaults, then an optional TOML file, then `STEWARD_*` environment
+//! variables (nested keys joined by `__`, e.g. `STEWARD_SERVER__LISTEN`). Unknown keys are
+//! rejected at every level so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with this prefix belong to the test suite, not to the server, and are
+/// never read as configuration.
+const TEST_ENV_PREFIX: &str = "STEWARD_TEST_";
+
+/// Everything a Steward process can be configured with. Each service reads the sections it needs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listening address and transport limits.
+    pub server: ServerConfig,
+    /// The service's own database.
+    pub database: DatabaseConfig,
+    /// Token issuance and verification.
+    pub auth: AuthConfig,
+    /// Addresses of the other services and the credential used to call their internal RPCs.
+    pub internal: InternalConfig,
+    /// Outgoing email.
+    pub email: EmailConfig,
+    /// Logs and traces.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Listening address and transport limits shared by every service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the gRPC server binds.
+    pub listen: SocketAddr,
+    /// Largest request or response message, in bytes.
+    pub max_message_bytes: usize,
+    /// Requests processed at once by this process; further requests wait.
+    pub max_concurrent_requests: usize,
+    /// Concurrent streams a single HTTP/2 connection may open.
+    pub max_concurrent_streams_per_connection: u32,
+    /// Deadline for unary requests, in seconds (streams are not cut by it).
+    pub request_timeout_secs: u64,
+    /// How long a SIGTERM waits for in-flight calls before the process exits anyway.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: 512,
+            max_concurrent_streams_per_connection: 256,
+            request_timeout_secs: 30,
+            shutdown_grace_secs: 25,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The unary request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// The graceful shutdown budget.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// The service's database.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db?mode=rwc` or `postgres://user@host/db`. Empty means a SQLite file
+    /// named after the service under `data_dir`.
+    pub url: String,
+    /// Directory holding SQLite files and dev-mode mail.
+    pub data_dir: PathBuf,
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: String::new(), data_dir: PathBuf::from(".steward"), max_connections: 16 }
+    }
+}
+
+/// Token settings. The auth service signs; every service verifies.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `iss` claim of access tokens.
+    pub issuer: String,
+    /// `aud` claim of access tokens.
+    pub audience: String,
+    /// Access token lifetime in seconds.
+    pub access_token_ttl_secs: u64,
+    /// Absolute lifetime of a session's refresh tokens, in seconds.
+    pub refresh_token_ttl_secs: u64,
+    /// Lifetime of invite and password-reset links, in seconds (default 72 h).
+    pub invite_ttl_secs: u64,
+    /// Ed25519 signing keys as PKCS#8 PEM files. The first signs; all verify (rotation).
+    pub signing_keys: Vec<SigningKeyConfig>,
+    /// Base URL of the console; links are `{console_url}/set-password?token=...`.
+    pub console_url: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "https://steward.local".into(),
+            audience: "steward".into(),
+            access_token_ttl_secs: 600,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            invite_ttl_secs: 72 * 3600,
+            signing_keys: Vec::new(),
+            console_url: "http://localhost:8080".into(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// One signing key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    /// Key id published in the JWKS and put in the token header.
+    pub kid: String,
+    /// PKCS#8 PEM file with the Ed25519 private key.
+    pub path: PathBuf,
+}
+
+/// How services reach each other.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InternalConfig {
+    /// Shared service credential presented on internal RPCs (at least 32 characters). Supply it
+    /// from a secret; never from a committed file.
+    pub service_token: String,
+    /// Base URL of the auth service.
+    pub auth_url: String,
+    /// Base URL of the admin service.
+    pub admin_url: String,
+    /// Base URL of the command-authorization service.
+    pub commands_url: String,
+}
+
+impl Default for InternalConfig {
+    fn default() -> Self {
+        Self {
+            service_token: String::new(),
+            auth_url: "http://steward-auth:50051".into(),
+            admin_url: "http://steward-admin:50051".into(),
+            commands_url: "http://steward-commands:50051".into(),
+        }
+    }
+}
+
+/// Outgoing email.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    /// `smtp://host:port`, `smtps://user:pass@host:465` or `smtp://host:587?tls=required`; empty
+    /// writes messages as files under `{data_dir}/mail` (dev mode).
+    pub smtp_url: String,
+    /// `From:` address.
+    pub from: String,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self { smtp_url: String::new(), from: "Steward <no-reply@steward.local>".into() }
+    }
+}
+
+/// Log format and level.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `pretty` for people, `json` for log collectors.
+    pub log_format: LogFormat,
+    /// An `EnvFilter` directive such as `info,steward=debug`; `RUST_LOG` wins when set.
+    pub log_filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { log_format: LogFormat::Pretty, log_filter: "info".into() }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then `STEWARD_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let env = Env::prefixed("STEWARD_")
+            .filter(|key| !key.as_str().to_ascii_uppercase().starts_with(&TEST_ENV_PREFIX[8..]))
+            .split("__");
+        figment = figment.merge(env);
+        figment.extract().map_err(|e| ConfigError(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steward.toml");
+        std::fs::write(&path, "[server]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn file_values_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steward.toml");
+        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:7\"\n[auth]\naccess_token_ttl_secs = 60\n")
+            .unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.server.listen.port(), 7);
+        assert_eq!(config.auth.access_token_ttl_secs, 60);
+        assert_eq!(config.server.max_message_bytes, ServerConfig::default().max_message_bytes);
+    }
+}

@@ -1,0 +1,14 @@
+//! What every Steward service shares: configuration, telemetry, the server builder (health,
+//! reflection, limits, graceful shutdown), the error type and its mapping to `tonic::Status`,
+//! authentication, and the role table.
+
+pub mod authn;
+pub mod claims;
+pub mod config;
+pub mod error;
+pub mod names;
+pub mod roles;
+pub mod server;
+pub mod telemetry;
+
+pub use error::{ApiError, ApiResult};

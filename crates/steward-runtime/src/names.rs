@@ -1,0 +1,93 @@
+//! Resource names (`organizations/{o}/administrators/{a}`) and opaque page tokens.
+
+use crate::error::{ApiError, ApiResult};
+
+/// Splits `name` against `collections` (e.g. `["organizations", "administrators"]`) and returns
+/// the ids in order. `field` names the request field in the error.
+pub fn parse<'a>(field: &str, name: &'a str, collections: &[&str]) -> ApiResult<Vec<&'a str>> {
+    let parts: Vec<&str> = name.split('/').collect();
+    let expected = collections.iter().map(|c| format!("{c}/{{id}}")).collect::<Vec<_>>().join("/");
+    let bad = || ApiError::invalid(field, format!("must look like `{expected}`, got `{name}`"));
+    if parts.len() != collections.len() * 2 {
+        return Err(bad());
+    }
+    let mut ids = Vec::with_capacity(collections.len());
+    for (pair, collection) in parts.chunks(2).zip(collections) {
+        if pair[0] != *collection || !valid_id(pair[1]) {
+            return Err(bad());
+        }
+        ids.push(pair[1]);
+    }
+    Ok(ids)
+}
+
+/// Ids are 1 to 63 characters of lowercase letters, digits and `-`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A new random id (UUID v7: time-ordered, so it sorts like creation order).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Largest `page_size` served; larger requests are clamped.
+pub const MAX_PAGE_SIZE: u64 = 500;
+/// `page_size` used when the request leaves it at zero.
+pub const DEFAULT_PAGE_SIZE: u64 = 50;
+
+/// The effective page size, or an error for a negative one.
+pub fn page_size(requested: i32) -> ApiResult<u64> {
+    match requested {
+        n if n < 0 => Err(ApiError::invalid("page_size", "must not be negative")),
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n => Ok((n as u64).min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// Encodes the offset of the next page, bound to the query it belongs to (`query` is a digest
+/// of filter and order) so a token cannot be replayed against a different query.
+pub fn encode_page_token(offset: u64, query: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{offset}:{query}"))
+}
+
+/// Decodes a page token from [`encode_page_token`]; empty means the first page.
+pub fn decode_page_token(token: &str, query: &str) -> ApiResult<u64> {
+    use base64::Engine;
+    if token.is_empty() {
+        return Ok(0);
+    }
+    let bad = || ApiError::invalid("page_token", "not a token returned by this list with this filter and order");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let (offset, bound) = raw.split_once(':').ok_or_else(bad)?;
+    if bound != query {
+        return Err(bad());
+    }
+    offset.parse().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nested_names() {
+        let ids = parse("name", "organizations/o1/administrators/a-2", &["organizations", "administrators"]).unwrap();
+        assert_eq!(ids, vec!["o1", "a-2"]);
+        assert!(parse("name", "organizations/o1", &["organizations", "administrators"]).is_err());
+        assert!(parse("name", "organizations/O1/administrators/a", &["organizations", "administrators"]).is_err());
+        assert!(parse("name", "orgs/o1/administrators/a", &["organizations", "administrators"]).is_err());
+    }
+
+    #[test]
+    fn page_tokens_are_bound_to_their_query() {
+        let token = encode_page_token(40, "role=x");
+        assert_eq!(decode_page_token(&token, "role=x").unwrap(), 40);
+        assert!(decode_page_token(&token, "role=y").is_err());
+        assert!(decode_page_token("!!", "role=x").is_err());
+    }
+}

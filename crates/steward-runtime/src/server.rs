@@ -1,0 +1,187 @@
+//! The server every Steward service runs in: health (NOT_SERVING until its database answers),
+//! reflection v1 and v1alpha, the authentication layer, transport limits, and a graceful shutdown
+//! that lets in-flight calls finish.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::authn::AuthLayer;
+use crate::config::ServerConfig;
+
+/// Answers whether the service's dependencies (its database) are reachable.
+pub type ReadinessCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static>;
+
+/// How often readiness is re-checked.
+const READINESS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The server could not start or failed while running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reflection could not be built from the descriptor sets.
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Everything `serve` needs besides the services themselves.
+pub struct ServeOptions {
+    /// Limits and timeouts.
+    pub server: ServerConfig,
+    /// Fully-qualified names of the gRPC services mounted, reported by the health service.
+    pub health_names: Vec<String>,
+    /// Encoded `FileDescriptorSet`s served by reflection.
+    pub descriptor_sets: Vec<&'static [u8]>,
+    /// Readiness probe of the service's dependencies.
+    pub readiness: ReadinessCheck,
+    /// Authentication and the role table, applied to every call.
+    pub auth: AuthLayer,
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting calls, lets
+/// in-flight ones finish (bounded by `shutdown_grace`) and returns.
+pub async fn serve(
+    routes: Routes,
+    options: ServeOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let ServeOptions { server: limits, health_names, descriptor_sets, readiness, auth } = options;
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_all(&reporter, &health_names, ServingStatus::NotServing).await;
+
+    let mut reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for set in &descriptor_sets {
+        reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
+        reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
+    }
+    let reflection_v1 = reflection_v1.build_v1()?;
+    let reflection_v1alpha = reflection_v1alpha.build_v1alpha()?;
+
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let readiness_task = tokio::spawn(watch_readiness(
+        reporter.clone(),
+        health_names.clone(),
+        readiness,
+        stop_rx.clone(),
+    ));
+
+    let grace = limits.shutdown_grace();
+    let signal = {
+        let reporter = reporter.clone();
+        let names = health_names.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested, finishing in-flight calls");
+            let _ = stop_tx.send(true);
+            set_all(&reporter, &names, ServingStatus::NotServing).await;
+        }
+    };
+
+    let server = Server::builder()
+        .concurrency_limit_per_connection(limits.max_concurrent_streams_per_connection as usize)
+        .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
+        .timeout(limits.request_timeout())
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+        .layer(auth)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+
+    // In-flight unary calls finish; long-lived streams are cut once the grace period is over.
+    let mut stopped = stop_rx;
+    let result = tokio::select! {
+        result = server => result.map_err(ServeError::from),
+        () = async {
+            let _ = stopped.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over, dropping remaining calls");
+            Ok(())
+        }
+    };
+    readiness_task.abort();
+    result
+}
+
+async fn set_all(reporter: &HealthReporter, names: &[String], status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in names {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+async fn watch_readiness(
+    reporter: HealthReporter,
+    names: Vec<String>,
+    readiness: ReadinessCheck,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let ready = readiness().await;
+        if last != Some(ready) {
+            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            if *stop.borrow() {
+                return;
+            }
+            tracing::info!(ready, "readiness changed");
+            set_all(&reporter, &names, status).await;
+            last = Some(ready);
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(READINESS_INTERVAL) => {}
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT: the shutdown future for production binaries.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,104 @@
+//! Storage shared by every Steward service: connecting to SQLite (the embedded default) or
+//! PostgreSQL (production) by URL, running a service's migrations, the transaction helper for
+//! invariant-bearing writes, and fresh per-test databases on both backends.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm_migration::MigratorTrait;
+
+pub mod testing;
+
+pub use sea_orm;
+pub use sea_orm_migration;
+
+/// Storage failures at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The URL names neither SQLite nor PostgreSQL.
+    #[error("unsupported database url `{0}`: use sqlite://... or postgres://...")]
+    UnsupportedUrl(String),
+    /// The database could not be reached or migrated.
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The SQLite URL of `service`'s database file under `data_dir`, creating the directory.
+pub fn sqlite_url(data_dir: &Path, service: &str) -> Result<String, StorageError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StorageError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    Ok(format!("sqlite://{}?mode=rwc", data_dir.join(format!("{service}.db")).display()))
+}
+
+/// Opens a pool on `url`. SQLite gets WAL, foreign keys and a busy timeout so that writers
+/// queue instead of failing.
+pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, StorageError> {
+    if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+        return Err(StorageError::UnsupportedUrl(redact(url)));
+    }
+    let mut options = ConnectOptions::new(url.to_string());
+    options
+        .max_connections(max_connections.max(1))
+        .min_connections(0)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(15))
+        });
+    let db = Database::connect(options).await?;
+    tracing::info!(url = %redact(url), backend = ?db.get_database_backend(), "database connected");
+    Ok(db)
+}
+
+/// Runs every pending migration of `M`.
+pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> Result<(), StorageError> {
+    M::up(db, None).await?;
+    Ok(())
+}
+
+/// Answers whether the database responds (the readiness probe).
+pub async fn ping(db: &DatabaseConnection) -> bool {
+    db.execute_unprepared("SELECT 1").await.is_ok()
+}
+
+/// True for SQLite, whose writers are serialized by the database lock.
+pub fn is_sqlite(db: &impl ConnectionTrait) -> bool {
+    db.get_database_backend() == DbBackend::Sqlite
+}
+
+/// `url` with any password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+    }
+}
