@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 use crate::claims::{AccessClaims, Role, TokenScope, ACCESS_TOKEN_TYPE};
 use crate::error::{ApiError, ApiResult};
 use crate::roles::{rule_for, Access};
+use crate::service::Clock;
 
 /// Metadata key carrying the service credential on internal calls.
 pub const SERVICE_CREDENTIAL_HEADER: &str = "x-steward-service-credential";
@@ -189,12 +190,20 @@ pub struct TokenVerifier {
     audience: String,
     leeway: Duration,
     keys: KeySource,
+    clock: Clock,
 }
 
 impl TokenVerifier {
-    /// A verifier for tokens from `issuer` to `audience`, keys from `keys`.
-    pub fn new(issuer: String, audience: String, leeway: Duration, keys: KeySource) -> Self {
-        Self { issuer, audience, leeway, keys }
+    /// A verifier for tokens from `issuer` to `audience`, keys from `keys`, judging `exp` and
+    /// `nbf` against `clock`.
+    pub fn new(
+        issuer: String,
+        audience: String,
+        leeway: Duration,
+        keys: KeySource,
+        clock: Clock,
+    ) -> Self {
+        Self { issuer, audience, leeway, keys, clock }
     }
 
     /// Verifies `token` and returns its claims; every failure is the same vague UNAUTHENTICATED.
@@ -215,11 +224,18 @@ impl TokenVerifier {
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = self.leeway.as_secs();
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &key, &validation)
-            .map_err(|_| invalid())?;
-        Ok(data.claims)
+        // Time is judged below against the injected clock, not the library's system clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, &key, &validation)
+            .map_err(|_| invalid())?
+            .claims;
+        let now = (self.clock)().timestamp();
+        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
+        if claims.exp.saturating_add(leeway) <= now || claims.nbf.saturating_sub(leeway) > now {
+            return Err(invalid());
+        }
+        Ok(claims)
     }
 }
 

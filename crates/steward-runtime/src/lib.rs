@@ -9,6 +9,7 @@ pub mod error;
 pub mod names;
 pub mod roles;
 pub mod server;
+pub mod service;
 pub mod telemetry;
 
 pub use error::{ApiError, ApiResult};

@@ -1,1 +1,128 @@
-fn main() {}
+//! `steward-server`: run one Steward service (as deployed on Kubernetes), run migrations, or run
+//! everything at once on SQLite with `dev`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use steward_runtime::config::Config;
+use steward_runtime::service::system_clock;
+use steward_server::{bootstrap_dev, dev_config, run, ServiceKind};
+
+/// Steward: the administration plane's gRPC services.
+#[derive(Debug, Parser)]
+#[command(name = "steward-server", version, about)]
+struct Cli {
+    /// TOML configuration file; `STEWARD_*` environment variables override it
+    /// (nested keys joined by `__`, e.g. `STEWARD_SERVER__LISTEN`).
+    #[arg(long, global = true, env = "STEWARD_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the auth service (sign-in, sessions, MFA, JWKS).
+    Auth,
+    /// Serve the admin service (organizations, administrators, billing, audit).
+    Admin,
+    /// Serve the command-authorization service (commands, grants, runs, systems, agents).
+    Commands,
+    /// Apply database migrations and exit (the Kubernetes migration job).
+    Migrate {
+        /// Which service's migrations.
+        #[arg(long, value_enum, default_value_t = Which::All)]
+        service: Which,
+    },
+    /// Everything in one process on SQLite, for trying Steward out and for development.
+    Dev {
+        /// Address every service listens on.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// Where the SQLite files, the dev signing key and the mail folder live.
+        #[arg(long, default_value = "./.steward")]
+        data_dir: PathBuf,
+        /// Email of the first organization's owner, created on first start.
+        #[arg(long, default_value = "owner@example.com")]
+        owner_email: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Which {
+    All,
+    Auth,
+    Admin,
+    Commands,
+}
+
+impl Which {
+    fn kinds(self) -> Vec<ServiceKind> {
+        match self {
+            Which::All => ServiceKind::ALL.to_vec(),
+            Which::Auth => vec![ServiceKind::Auth],
+            Which::Admin => vec![ServiceKind::Admin],
+            Which::Commands => vec![ServiceKind::Commands],
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("steward-server: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    steward_runtime::telemetry::init(&config.telemetry);
+    match execute(cli.command, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "steward-server failed");
+            eprintln!("steward-server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command, config: Config) -> Result<(), steward_server::ServerError> {
+    let single = |kind: ServiceKind, config: Config| async move {
+        let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+        run(config, &[kind], system_clock(), listener, steward_runtime::server::shutdown_signal()).await
+    };
+    match command {
+        Command::Auth => single(ServiceKind::Auth, config).await,
+        Command::Admin => single(ServiceKind::Admin, config).await,
+        Command::Commands => single(ServiceKind::Commands, config).await,
+        Command::Migrate { service } => steward_server::migrate(&config, &service.kinds()).await,
+        Command::Dev { listen, data_dir, owner_email } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let addr = listener.local_addr()?;
+            let config = dev_config(config, addr, &data_dir)?;
+            let server = tokio::spawn(run(
+                config.clone(),
+                &ServiceKind::ALL,
+                system_clock(),
+                listener,
+                steward_runtime::server::shutdown_signal(),
+            ));
+            println!("steward dev: all services listening on {addr} (data in {})", data_dir.display());
+            println!("  try: grpcurl -plaintext {addr} list");
+            match bootstrap_dev(&config, &owner_email).await {
+                Ok(Some(link)) => {
+                    println!("  first organization created; its owner is {owner_email}");
+                    println!("  set the owner's password with this link (token is single-use):");
+                    println!("    {link}");
+                }
+                Ok(None) => println!("  existing organization kept (see {}/mail for links)", data_dir.display()),
+                Err(err) => eprintln!("  could not bootstrap the first organization: {err}"),
+            }
+            server.await.map_err(|e| steward_server::ServerError::Config(format!("server task failed: {e}")))?
+        }
+    }
+}

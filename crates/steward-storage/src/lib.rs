@@ -8,6 +8,7 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
+pub mod outbox;
 pub mod testing;
 
 pub use sea_orm;

@@ -1,1 +1,39 @@
+//! End-to-end tests: real servers on ephemeral ports, real gRPC, fresh SQLite and PostgreSQL
+//! databases. One binary for the whole suite (one link); one module per area.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+/// Defines one test per backend: `name::sqlite` always runs; `name::postgres` runs when
+/// `STEWARD_TEST_POSTGRES_URL` is set and fails when `STEWARD_TEST_REQUIRE_POSTGRES=1` but it
+/// is not, so CI cannot silently skip PostgreSQL.
+#[macro_export]
+macro_rules! backend_test {
+    ($name:ident, |$stack:ident| $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let $stack = $crate::harness::Stack::start(steward_storage::testing::Backend::Sqlite).await;
+                $body.await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if !$crate::harness::postgres_available() {
+                    return;
+                }
+                let $stack = $crate::harness::Stack::start(steward_storage::testing::Backend::Postgres).await;
+                $body.await;
+            }
+        }
+    };
+}
+
+mod admin;
+mod auth;
+mod commands;
+mod foundation;

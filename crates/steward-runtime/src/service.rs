@@ -1,0 +1,85 @@
+//! What a service crate receives to start: configuration, its database, channels to its peers
+//! and the clock. Each service crate exposes `start(&ServiceContext, &mut RoutesBuilder)`, which
+//! registers its gRPC services and spawns its background tasks; the binary does the rest.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sea_orm::DatabaseConnection;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::authn::ServiceCredential;
+use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
+
+/// The current time. Injected so that expiry and throttling are tested without sleeping.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The real clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
+/// A channel to a peer service with the service credential attached.
+pub type InternalChannel = InterceptedService<Channel, ServiceCredential>;
+
+/// Channels to the other services. Connections are lazy: a peer that is down delays the calls
+/// that need it (outbox relays retry), it never blocks start-up.
+#[derive(Clone, Debug)]
+pub struct Peers {
+    /// The auth service.
+    pub auth: Channel,
+    /// The admin service.
+    pub admin: Channel,
+    /// The command-authorization service.
+    pub commands: Channel,
+    /// Credential for internal RPCs.
+    pub credential: ServiceCredential,
+}
+
+impl Peers {
+    /// Lazy channels to the URLs in `config.internal`.
+    pub fn from_config(config: &Config) -> ApiResult<Self> {
+        let internal = &config.internal;
+        Ok(Self {
+            auth: lazy_channel(&internal.auth_url)?,
+            admin: lazy_channel(&internal.admin_url)?,
+            commands: lazy_channel(&internal.commands_url)?,
+            credential: ServiceCredential::new(&internal.service_token)?,
+        })
+    }
+
+    /// Wraps `channel` so that calls carry the service credential.
+    pub fn internal(&self, channel: &Channel) -> InternalChannel {
+        InterceptedService::new(channel.clone(), self.credential.clone())
+    }
+}
+
+/// A channel that connects on first use and reconnects after failures.
+pub fn lazy_channel(url: &str) -> ApiResult<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| ApiError::internal(format!("bad peer url {url}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(15));
+    Ok(endpoint.connect_lazy())
+}
+
+/// Everything a service needs to start.
+#[derive(Clone)]
+pub struct ServiceContext {
+    /// The whole configuration.
+    pub config: Config,
+    /// The service's own database, already migrated.
+    pub db: DatabaseConnection,
+    /// The other services.
+    pub peers: Peers,
+    /// The clock.
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for ServiceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceContext").field("peers", &self.peers).finish_non_exhaustive()
+    }
+}

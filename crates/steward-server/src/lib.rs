@@ -1,0 +1,323 @@
+//! Composition of Steward's services into a process: one service per Kubernetes deployment
+//! (`auth`, `admin`, `commands`), or all of them in one process for `dev` and for tests. The
+//! binary in `main.rs` is a thin command-line layer over this library.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use steward_storage::sea_orm::DatabaseConnection;
+use steward_runtime::authn::{AuthLayer, KeySource, RemoteJwks, TokenVerifier};
+use steward_runtime::config::Config;
+use steward_runtime::server::{serve, ReadinessCheck, ServeError, ServeOptions};
+use steward_runtime::service::{Clock, Peers, ServiceContext};
+use steward_runtime::ApiError;
+use steward_storage::StorageError;
+use tokio::net::TcpListener;
+use tonic::service::RoutesBuilder;
+
+/// One of Steward's three services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServiceKind {
+    /// Sign-in, sessions, MFA, tokens.
+    Auth,
+    /// Organizations, administrators, billing, audit.
+    Admin,
+    /// Commands, grants, checks, runs, systems, agents.
+    Commands,
+}
+
+impl ServiceKind {
+    /// All three, in start-up order.
+    pub const ALL: [ServiceKind; 3] = [ServiceKind::Auth, ServiceKind::Admin, ServiceKind::Commands];
+
+    /// The service's name (SQLite file, table prefix, subcommand).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auth => steward_auth::SERVICE,
+            Self::Admin => steward_admin::SERVICE,
+            Self::Commands => steward_commands::SERVICE,
+        }
+    }
+
+    fn health_names(self) -> &'static [&'static str] {
+        match self {
+            Self::Auth => steward_auth::HEALTH_NAMES,
+            Self::Admin => steward_admin::HEALTH_NAMES,
+            Self::Commands => steward_commands::HEALTH_NAMES,
+        }
+    }
+
+    async fn migrate(self, db: &DatabaseConnection) -> Result<(), StorageError> {
+        match self {
+            Self::Auth => steward_storage::migrate::<steward_auth::Migrator>(db).await,
+            Self::Admin => steward_storage::migrate::<steward_admin::Migrator>(db).await,
+            Self::Commands => steward_storage::migrate::<steward_commands::Migrator>(db).await,
+        }
+    }
+
+    async fn start(
+        self,
+        ctx: &ServiceContext,
+        routes: &mut RoutesBuilder,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, ApiError> {
+        match self {
+            Self::Auth => steward_auth::start(ctx, routes).await,
+            Self::Admin => steward_admin::start(ctx, routes).await,
+            Self::Commands => steward_commands::start(ctx, routes).await,
+        }
+    }
+}
+
+/// A process could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Database connection or migration.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Server transport or reflection.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// Service start-up.
+    #[error("service start-up failed: {0:?}")]
+    Start(ApiError),
+    /// Invalid settings.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Socket errors.
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ApiError> for ServerError {
+    fn from(err: ApiError) -> Self {
+        Self::Start(err)
+    }
+}
+
+/// The database URL of `kind`: `database.url`, or a SQLite file named after the service under
+/// `database.data_dir`.
+pub fn database_url(config: &Config, kind: ServiceKind) -> Result<String, StorageError> {
+    if config.database.url.is_empty() {
+        steward_storage::sqlite_url(&config.database.data_dir, kind.name())
+    } else {
+        Ok(config.database.url.clone())
+    }
+}
+
+/// Connects to and migrates the databases of `kinds`.
+pub async fn migrate(config: &Config, kinds: &[ServiceKind]) -> Result<(), ServerError> {
+    for kind in kinds {
+        let db = connect(config, *kind).await?;
+        db.close().await.map_err(StorageError::from)?;
+    }
+    Ok(())
+}
+
+async fn connect(config: &Config, kind: ServiceKind) -> Result<DatabaseConnection, ServerError> {
+    let url = database_url(config, kind)?;
+    let db = steward_storage::connect(&url, config.database.max_connections).await?;
+    kind.migrate(&db).await?;
+    tracing::info!(service = kind.name(), "migrations applied");
+    Ok(db)
+}
+
+/// Refuses settings that would run an insecure or broken service.
+pub fn validate(config: &Config, kinds: &[ServiceKind]) -> Result<(), ServerError> {
+    if config.internal.service_token.len() < 32 {
+        return Err(ServerError::Config(
+            "internal.service_token (STEWARD_INTERNAL__SERVICE_TOKEN) must be at least 32 characters".into(),
+        ));
+    }
+    if kinds.contains(&ServiceKind::Auth) && config.auth.signing_keys.is_empty() {
+        return Err(ServerError::Config("auth.signing_keys must name at least one key".into()));
+    }
+    Ok(())
+}
+
+/// Runs `kinds` in one server on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    kinds: &[ServiceKind],
+    clock: Clock,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    validate(&config, kinds)?;
+    let peers = Peers::from_config(&config)?;
+    let mut routes = RoutesBuilder::default();
+    let mut databases = Vec::new();
+    let mut background = Vec::new();
+    let mut health_names = Vec::new();
+    for kind in kinds {
+        let db = connect(&config, *kind).await?;
+        let ctx = ServiceContext {
+            config: config.clone(),
+            db: db.clone(),
+            peers: peers.clone(),
+            clock: clock.clone(),
+        };
+        background.extend(kind.start(&ctx, &mut routes).await?);
+        health_names.extend(kind.health_names().iter().map(|n| n.to_string()));
+        databases.push(db);
+    }
+
+    let keys = if kinds.contains(&ServiceKind::Auth) {
+        KeySource::Static(steward_auth::keys::verifying_keys(&config.auth)?)
+    } else {
+        KeySource::Remote(RemoteJwks::new(peers.auth.clone()))
+    };
+    let verifier = TokenVerifier::new(
+        config.auth.issuer.clone(),
+        config.auth.audience.clone(),
+        Duration::from_secs(config.auth.leeway_secs),
+        keys,
+        clock.clone(),
+    );
+    let auth = AuthLayer::new(verifier, Some(config.internal.service_token.clone()));
+
+    let readiness: ReadinessCheck = {
+        let databases = Arc::new(databases);
+        Arc::new(move || {
+            let databases = databases.clone();
+            Box::pin(async move {
+                for db in databases.iter() {
+                    if !steward_storage::ping(db).await {
+                        return false;
+                    }
+                }
+                true
+            })
+        })
+    };
+
+    let options = ServeOptions {
+        server: config.server.clone(),
+        health_names,
+        descriptor_sets: vec![steward_proto::FILE_DESCRIPTOR_SET],
+        readiness,
+        auth,
+    };
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, services = ?kinds, "steward listening");
+    let result = serve(routes.routes(), options, listener, shutdown).await;
+    for task in background {
+        task.abort();
+    }
+    result.map_err(ServerError::from)
+}
+
+/// A random secret suitable for `internal.service_token` (dev mode generates one per start).
+pub fn random_secret() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Settings of `steward-server dev`: every service on `addr`, SQLite files, a generated signing
+/// key and file mail under `data_dir`.
+pub fn dev_config(base: Config, addr: SocketAddr, data_dir: &Path) -> Result<Config, ServerError> {
+    let mut config = base;
+    let url = format!("http://{addr}");
+    config.server.listen = addr;
+    config.database.data_dir = data_dir.to_path_buf();
+    config.internal.auth_url = url.clone();
+    config.internal.admin_url = url.clone();
+    config.internal.commands_url = url;
+    if config.internal.service_token.is_empty() {
+        config.internal.service_token = random_secret();
+    }
+    if config.auth.signing_keys.is_empty() {
+        config.auth.signing_keys = vec![steward_auth::keys::ensure_dev_signing_key(data_dir)?];
+    }
+    Ok(config)
+}
+
+/// Directory where the dev file mailer writes messages.
+pub fn mail_dir(config: &Config) -> PathBuf {
+    config.database.data_dir.join("mail")
+}
+
+/// The newest set-password token mailed to `email` under `mail_dir`, if any.
+pub fn newest_token_for(mail_dir: &Path, email: &str) -> Option<String> {
+    let mut newest: Option<(std::time::SystemTime, String)> = None;
+    let needle = email.to_ascii_lowercase();
+    for entry in std::fs::read_dir(mail_dir).ok()?.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        let addressed = text.lines().any(|line| {
+            let lower = line.to_ascii_lowercase();
+            lower.starts_with("to:") && lower.contains(&needle)
+        });
+        if !addressed {
+            continue;
+        }
+        let Some(token) = extract_token(&text) else { continue };
+        let modified = entry.metadata().and_then(|m| m.modified()).ok()?;
+        if newest.as_ref().is_none_or(|(t, _)| modified >= *t) {
+            newest = Some((modified, token));
+        }
+    }
+    newest.map(|(_, token)| token)
+}
+
+/// The `token=...` value of the first link in `text`.
+pub fn extract_token(text: &str) -> Option<String> {
+    let start = text.find("token=")? + "token=".len();
+    let token: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    (!token.is_empty()).then_some(token)
+}
+
+/// On the first start of dev mode (no organization yet), creates one whose owner is
+/// `owner_email` and returns the owner's set-password link once its invite email is written.
+pub async fn bootstrap_dev(config: &Config, owner_email: &str) -> Result<Option<String>, ServerError> {
+    use steward_proto::admin::v1::organization_service_client::OrganizationServiceClient;
+    use steward_proto::admin::v1::{CreateOrganizationRequest, ListOrganizationsRequest, Organization};
+    let peers = Peers::from_config(config)?;
+    let mut client = OrganizationServiceClient::new(peers.internal(&peers.admin));
+    let existing = client
+        .list_organizations(ListOrganizationsRequest { page_size: 1, ..Default::default() })
+        .await
+        .map_err(ApiError::from)?
+        .into_inner();
+    if !existing.organizations.is_empty() {
+        return Ok(None);
+    }
+    client
+        .create_organization(CreateOrganizationRequest {
+            organization: Some(Organization {
+                display_name: "Dev Organization".into(),
+                ..Default::default()
+            }),
+            owner_email: owner_email.to_string(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .map_err(ApiError::from)?;
+    let dir = mail_dir(config);
+    for _ in 0..100 {
+        if let Some(token) = newest_token_for(&dir, owner_email) {
+            return Ok(Some(format!("{}/set-password?token={token}", config.auth.console_url)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_found_in_links() {
+        let text = "Hello\r\nhttp://x/set-password?token=Ab-_9z&x=1\r\n";
+        assert_eq!(extract_token(text).as_deref(), Some("Ab-_9z"));
+        assert_eq!(extract_token("no link"), None);
+    }
+}

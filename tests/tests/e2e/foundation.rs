@@ -1,0 +1,137 @@
+//! The foundation's promises, checked from outside: health, reflection, the role table's
+//! default-deny, unimplemented RPCs answering clearly, and internal RPCs refusing non-services.
+
+use std::collections::BTreeSet;
+
+use prost::Message;
+use steward_storage::testing::Backend;
+use tonic::Code;
+
+use crate::harness::Stack;
+
+/// Every `/package.Service/Method` in Steward's descriptor set.
+pub fn all_methods() -> Vec<String> {
+    let set = prost_types::FileDescriptorSet::decode(steward_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut methods = Vec::new();
+    for file in set.file {
+        let package = file.package().to_string();
+        for service in file.service {
+            let name = service.name().to_string();
+            for method in service.method {
+                methods.push(format!("/{package}.{name}/{}", method.name()));
+            }
+        }
+    }
+    methods
+}
+
+#[test]
+fn every_rpc_has_an_access_rule() {
+    let methods = all_methods();
+    assert!(methods.len() > 50, "descriptor set looks incomplete: {}", methods.len());
+    let missing: Vec<_> =
+        methods.iter().filter(|m| steward_runtime::roles::rule_for(m).is_none()).collect();
+    assert!(missing.is_empty(), "RPCs without an access rule: {missing:?}");
+}
+
+#[test]
+fn every_rule_names_a_real_rpc() {
+    let methods: BTreeSet<String> = all_methods().into_iter().collect();
+    for (key, _) in steward_runtime::roles::RULES {
+        if key.starts_with("/grpc.") {
+            continue;
+        }
+        let known = if key.ends_with('/') {
+            methods.iter().any(|m| m.starts_with(key))
+        } else {
+            methods.contains(*key)
+        };
+        assert!(known, "rule {key} matches no RPC of the descriptor set");
+    }
+}
+
+backend_test!(health_reports_serving_for_every_service, |stack| async move {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let channel = tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in steward_admin::HEALTH_NAMES
+        .iter()
+        .chain(steward_auth::HEALTH_NAMES)
+        .chain(steward_commands::HEALTH_NAMES)
+    {
+        let status = health
+            .check(HealthCheckRequest { service: service.to_string() })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, 1, "{service} is not SERVING");
+    }
+    let unknown = health.check(HealthCheckRequest { service: "nope.v1.Nope".into() }).await;
+    assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
+});
+
+backend_test!(internal_rpcs_refuse_administrators_and_strangers, |stack| async move {
+    use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
+    use steward_proto::admin::v1::LookupAdministratorRequest;
+    let owner = stack.owner().await;
+    let request = || LookupAdministratorRequest { name: owner.admin.clone() };
+
+    // No credential at all.
+    let channel = tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let err = AdminInternalServiceClient::new(channel.clone()).lookup_administrator(request()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // An Administrator's valid access token is not a service credential.
+    let token = format!("Bearer {}", owner.tokens.access_token);
+    let mut with_token = tonic::Request::new(request());
+    with_token.metadata_mut().insert("authorization", token.parse().unwrap());
+    let err = AdminInternalServiceClient::new(channel.clone()).lookup_administrator(with_token).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // A wrong service credential.
+    let mut forged = tonic::Request::new(request());
+    forged.metadata_mut().insert(
+        steward_runtime::authn::SERVICE_CREDENTIAL_HEADER,
+        "x".repeat(43).parse().unwrap(),
+    );
+    let err = AdminInternalServiceClient::new(channel).lookup_administrator(forged).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // The real one works.
+    let found = AdminInternalServiceClient::new(stack.internal().await)
+        .lookup_administrator(request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.administrator.unwrap().name, owner.admin);
+});
+
+#[tokio::test]
+async fn unknown_methods_are_refused_not_routed() {
+    let stack = Stack::start(Backend::Sqlite).await;
+    let channel = tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/steward.admin.v1.AdminService/DropAllTables");
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let err = grpc
+        .unary(tonic::Request::new(()), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("no access rule"), "{}", err.message());
+}

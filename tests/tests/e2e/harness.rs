@@ -1,0 +1,414 @@
+//! Starts Steward for a test: all three services in one server (like `dev`), or split into three
+//! servers (like Kubernetes), on 127.0.0.1:0 with a fresh database, file mail and a controllable
+//! clock; plus shortcuts for the common steps (bootstrap an organization, accept an invite, sign in).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use steward_proto::admin::v1::organization_service_client::OrganizationServiceClient;
+use steward_proto::admin::v1::{
+    Administrator, CreateAdministratorRequest, CreateOrganizationRequest, Organization, Role,
+};
+use steward_proto::auth::v1::{sign_in_response, AcceptInviteRequest, SignInRequest, TokenSet};
+use steward_proto::client::Steward;
+use steward_runtime::authn::ServiceCredential;
+use steward_runtime::config::Config;
+use steward_runtime::service::{Clock, InternalChannel};
+use steward_server::ServiceKind;
+use steward_storage::testing::{Backend, TestDatabase, POSTGRES_ENV};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// A password every test administrator uses; strong enough for the strength estimator.
+pub const PASSWORD: &str = "correct horse battery staple 42!";
+
+/// True when PostgreSQL tests should run; panics when they are required but not configured.
+pub fn postgres_available() -> bool {
+    let configured = std::env::var(POSTGRES_ENV).is_ok_and(|v| !v.is_empty());
+    if !configured && std::env::var("STEWARD_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+        panic!("{POSTGRES_ENV} must be set when STEWARD_TEST_REQUIRE_POSTGRES=1");
+    }
+    if !configured {
+        eprintln!("skipping: {POSTGRES_ENV} not set");
+    }
+    configured
+}
+
+/// A clock that follows real time plus an offset tests can advance.
+#[derive(Clone, Debug, Default)]
+pub struct TestClock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl TestClock {
+    /// Moves time forward for every service of the stack.
+    pub fn advance(&self, by: Duration) {
+        self.offset_ms.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+    }
+
+    /// The current (shifted) time.
+    pub fn now(&self) -> chrono::DateTime<Utc> {
+        Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::SeqCst))
+    }
+
+    fn as_clock(&self) -> Clock {
+        let this = self.clone();
+        Arc::new(move || this.now())
+    }
+}
+
+/// One running server process (in-process task).
+struct Running {
+    kinds: Vec<ServiceKind>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), steward_server::ServerError>>,
+}
+
+/// A running Steward for one test.
+pub struct Stack {
+    pub backend: Backend,
+    pub clock: TestClock,
+    config: Config,
+    database: Arc<TestDatabase>,
+    data_dir: Arc<tempfile::TempDir>,
+    servers: Vec<Running>,
+    stopped: Vec<(ServiceKind, SocketAddr)>,
+}
+
+/// The bootstrap owner of an organization.
+pub struct Owner {
+    /// `organizations/{o}`.
+    pub org: String,
+    /// `organizations/{o}/administrators/{a}`.
+    pub admin: String,
+    /// The owner's email.
+    pub email: String,
+    /// Signed in as the owner.
+    pub client: Steward,
+    /// The owner's tokens.
+    pub tokens: TokenSet,
+}
+
+/// An administrator created, activated and signed in by a test.
+pub struct Member {
+    /// `organizations/{o}/administrators/{a}`.
+    pub name: String,
+    /// Email.
+    pub email: String,
+    /// Signed in as this administrator.
+    pub client: Steward,
+    /// Its tokens.
+    pub tokens: TokenSet,
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+impl Stack {
+    /// All three services in one server.
+    pub async fn start(backend: Backend) -> Self {
+        Self::launch(backend, false).await
+    }
+
+    /// The three services as three servers (as deployed), so one can be stopped.
+    pub async fn start_split(backend: Backend) -> Self {
+        Self::launch(backend, true).await
+    }
+
+    async fn launch(backend: Backend, split: bool) -> Self {
+        let database = Arc::new(TestDatabase::create(backend).await.unwrap());
+        let data_dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut config = Config::default();
+        // SQLite: an empty URL gives each service its own file under the data directory, as in
+        // dev mode. PostgreSQL: all services share the test database, as in production.
+        match backend {
+            Backend::Sqlite => config.database.data_dir = database.dir().unwrap(),
+            Backend::Postgres => {
+                config.database.data_dir = data_dir.path().to_path_buf();
+                config.database.url = database.url("all");
+            }
+        }
+        let key = steward_auth::keys::ensure_dev_signing_key(&config.database.data_dir).unwrap();
+        config.database.max_connections = 8;
+        config.auth.signing_keys = vec![key];
+        config.internal.service_token = steward_server::random_secret();
+        config.server.shutdown_grace_secs = 5;
+        let clock = TestClock::default();
+        let mut stack =
+            Self { backend, clock, config, database, data_dir, servers: Vec::new(), stopped: Vec::new() };
+        if split {
+            let listeners = [bind().await, bind().await, bind().await];
+            let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+            stack.config.internal.auth_url = format!("http://{}", addrs[0]);
+            stack.config.internal.admin_url = format!("http://{}", addrs[1]);
+            stack.config.internal.commands_url = format!("http://{}", addrs[2]);
+            for (listener, kind) in listeners.into_iter().zip(ServiceKind::ALL) {
+                stack.spawn(vec![kind], listener);
+            }
+        } else {
+            let listener = bind().await;
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            stack.config.internal.auth_url = url.clone();
+            stack.config.internal.admin_url = url.clone();
+            stack.config.internal.commands_url = url;
+            stack.spawn(ServiceKind::ALL.to_vec(), listener);
+        }
+        for i in 0..stack.servers.len() {
+            stack.wait_serving(stack.servers[i].addr).await;
+        }
+        stack
+    }
+
+    fn spawn(&mut self, kinds: Vec<ServiceKind>, listener: TcpListener) {
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = self.config.clone();
+        let clock = self.clock.as_clock();
+        let run_kinds = kinds.clone();
+        let task = tokio::spawn(async move {
+            steward_server::run(config, &run_kinds, clock, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        self.servers.push(Running { kinds, addr, stop: Some(stop), task });
+    }
+
+    async fn wait_serving(&self, addr: SocketAddr) {
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::HealthCheckRequest;
+        for _ in 0..200 {
+            if let Ok(channel) = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await {
+                let mut health = HealthClient::new(channel);
+                if let Ok(reply) = health.check(HealthCheckRequest { service: String::new() }).await {
+                    if reply.into_inner().status == 1 {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server on {addr} never became SERVING");
+    }
+
+    /// A second server with all three services on the same databases, keys and credential
+    /// (another replica behind the same load balancer). Returns its URL.
+    pub async fn add_replica(&mut self) -> String {
+        let listener = bind().await;
+        let addr = listener.local_addr().unwrap();
+        self.spawn(ServiceKind::ALL.to_vec(), listener);
+        self.wait_serving(addr).await;
+        format!("http://{addr}")
+    }
+
+    /// An anonymous client of a replica added with [`Stack::add_replica`].
+    pub async fn client_at(&self, url: &str) -> Steward {
+        Steward::connect(url.to_string()).await.unwrap()
+    }
+
+    fn addr_of(&self, kind: ServiceKind) -> SocketAddr {
+        self.servers.iter().find(|s| s.kinds.contains(&kind)).map(|s| s.addr).unwrap()
+    }
+
+    /// URL of the server hosting `kind` (the first one, when replicas exist).
+    pub fn url(&self, kind: ServiceKind) -> String {
+        format!("http://{}", self.addr_of(kind))
+    }
+
+    /// Anonymous client of the primary server (for split stacks, of the admin server; use
+    /// [`Stack::client_for`] for the others).
+    pub async fn client(&self) -> Steward {
+        self.client_for(ServiceKind::Admin).await
+    }
+
+    /// Anonymous client of the server hosting `kind`.
+    pub async fn client_for(&self, kind: ServiceKind) -> Steward {
+        Steward::connect(self.url(kind)).await.unwrap()
+    }
+
+    /// A channel to `kind` carrying the service credential, for internal RPCs.
+    pub async fn internal_for(&self, kind: ServiceKind) -> InternalChannel {
+        let channel = Channel::from_shared(self.url(kind)).unwrap().connect().await.unwrap();
+        InterceptedService::new(channel, ServiceCredential::new(&self.config.internal.service_token).unwrap())
+    }
+
+    /// A channel to the primary server carrying the service credential.
+    pub async fn internal(&self) -> InternalChannel {
+        self.internal_for(ServiceKind::Admin).await
+    }
+
+    /// The service credential (for tests that build their own metadata).
+    pub fn service_token(&self) -> &str {
+        &self.config.internal.service_token
+    }
+
+    /// The configuration the servers run with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Where the dev file mailer writes.
+    pub fn mail_dir(&self) -> PathBuf {
+        self.config.database.data_dir.join("mail")
+    }
+
+    /// Where SQLite files live (SQLite backend only).
+    pub fn sqlite_dir(&self) -> Option<PathBuf> {
+        self.database.dir()
+    }
+
+    /// The newest link token mailed to `email`, waiting up to 15 s for it to arrive.
+    pub async fn wait_for_token(&self, email: &str) -> String {
+        self.wait_for_new_token(email, None).await
+    }
+
+    /// Like [`Stack::wait_for_token`] but ignores `previous` (to see a resent link).
+    pub async fn wait_for_new_token(&self, email: &str, previous: Option<&str>) -> String {
+        for _ in 0..300 {
+            if let Some(token) = steward_server::newest_token_for(&self.mail_dir(), email) {
+                if Some(token.as_str()) != previous {
+                    return token;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no mail with a link for {email} in {}", self.mail_dir().display());
+    }
+
+    /// Stops the server hosting `kind` (split stacks), as if its pods were gone.
+    pub async fn stop(&mut self, kind: ServiceKind) {
+        let index = self.servers.iter().position(|s| s.kinds == vec![kind]).expect("split stack");
+        let mut server = self.servers.remove(index);
+        if let Some(stop) = server.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut server.task).await;
+        self.stopped.push((kind, server.addr));
+    }
+
+    /// Restarts a server stopped with [`Stack::stop`] on the same address.
+    pub async fn restart(&mut self, kind: ServiceKind) {
+        let index = self.stopped.iter().position(|(k, _)| *k == kind).expect("was stopped");
+        let (_, addr) = self.stopped.remove(index);
+        let mut listener = None;
+        for _ in 0..100 {
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        self.spawn(vec![kind], listener.expect("port free again"));
+        self.wait_serving(addr).await;
+    }
+
+    /// Stops the auth server of a split stack.
+    pub async fn stop_auth(&mut self) {
+        self.stop(ServiceKind::Auth).await;
+    }
+
+    /// Restarts the auth server of a split stack.
+    pub async fn start_auth(&mut self) {
+        self.restart(ServiceKind::Auth).await;
+    }
+
+    /// Creates an organization through the platform-operator RPC and signs its owner in.
+    pub async fn owner(&self) -> Owner {
+        let email = format!("owner-{}@example.com", uuid::Uuid::new_v4().simple());
+        let mut orgs = OrganizationServiceClient::new(self.internal_for(ServiceKind::Admin).await);
+        let created = orgs
+            .create_organization(CreateOrganizationRequest {
+                organization: Some(Organization { display_name: "Acme".into(), ..Default::default() }),
+                owner_email: email.clone(),
+                request_id: uuid::Uuid::new_v4().to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let org = created.organization.unwrap().name;
+        let admin = created.owner.unwrap().name;
+        let tokens = self.accept_and_sign_in(&email).await;
+        let client = self.client().await.with_token(&tokens.access_token).unwrap();
+        Owner { org, admin, email, client, tokens }
+    }
+
+    /// Accepts the newest invite of `email` with [`PASSWORD`] and signs in (no MFA).
+    pub async fn accept_and_sign_in(&self, email: &str) -> TokenSet {
+        let token = self.wait_for_token(email).await;
+        let auth = self.client_for(ServiceKind::Auth).await;
+        auth.auth()
+            .accept_invite(AcceptInviteRequest { token, password: PASSWORD.into() })
+            .await
+            .unwrap();
+        self.sign_in(email, PASSWORD).await
+    }
+
+    /// Signs in and returns the tokens; panics on an MFA challenge.
+    pub async fn sign_in(&self, email: &str, password: &str) -> TokenSet {
+        let auth = self.client_for(ServiceKind::Auth).await;
+        let reply = auth
+            .auth()
+            .sign_in(SignInRequest { email: email.into(), password: password.into(), organization: String::new() })
+            .await
+            .unwrap()
+            .into_inner();
+        match reply.result {
+            Some(sign_in_response::Result::Tokens(tokens)) => tokens,
+            other => panic!("expected tokens, got {other:?}"),
+        }
+    }
+
+    /// Creates an administrator as `owner`, accepts its invite and signs it in.
+    pub async fn member(&self, owner: &Owner, role: Role, billing: bool) -> Member {
+        let email = format!("member-{}@example.com", uuid::Uuid::new_v4().simple());
+        let created = owner
+            .client
+            .admin()
+            .create_administrator(CreateAdministratorRequest {
+                parent: owner.org.clone(),
+                administrator: Some(Administrator {
+                    email: email.clone(),
+                    role: role as i32,
+                    billing,
+                    ..Default::default()
+                }),
+                request_id: uuid::Uuid::new_v4().to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .administrator
+            .unwrap();
+        let tokens = self.accept_and_sign_in(&email).await;
+        let client = self.client().await.with_token(&tokens.access_token).unwrap();
+        Member { name: created.name, email, client, tokens }
+    }
+
+    /// Path of a file under the stack's data directory.
+    pub fn data_path(&self, relative: impl AsRef<Path>) -> PathBuf {
+        self.data_dir.path().join(relative)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            if let Some(stop) = server.stop.take() {
+                let _ = stop.send(());
+            }
+            server.task.abort();
+        }
+    }
+}
