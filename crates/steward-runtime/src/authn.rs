@@ -242,7 +242,25 @@ impl TokenVerifier {
 struct AuthState {
     verifier: TokenVerifier,
     service_credential: Option<String>,
+    on_denied: Option<DenialSink>,
 }
+
+/// A call the layer refused although the caller proved who it is (a valid token whose role,
+/// billing flag or scope does not allow the RPC). Such refusals belong in the audit log.
+#[derive(Clone, Debug)]
+pub struct DeniedCall {
+    /// The authenticated administrator.
+    pub principal: Principal,
+    /// Request id and address.
+    pub context: RequestContext,
+    /// Stable reason code, e.g. `ROLE_REQUIRED`.
+    pub reason: String,
+    /// Sentence for people.
+    pub message: String,
+}
+
+/// Receives [`DeniedCall`]s; must not block (spawn to do I/O).
+pub type DenialSink = Arc<dyn Fn(DeniedCall) + Send + Sync>;
 
 /// The tower layer enforcing [`crate::roles::RULES`] on every call.
 #[derive(Clone)]
@@ -252,10 +270,15 @@ pub struct AuthLayer {
 
 impl AuthLayer {
     /// A layer verifying tokens with `verifier`; `service_credential` authenticates internal
-    /// calls (internal RPCs are refused to everyone when it is `None`).
-    pub fn new(verifier: TokenVerifier, service_credential: Option<String>) -> Self {
+    /// calls (internal RPCs are refused to everyone when it is `None`); `on_denied` receives
+    /// refusals of authenticated callers, for the audit log.
+    pub fn new(
+        verifier: TokenVerifier,
+        service_credential: Option<String>,
+        on_denied: Option<DenialSink>,
+    ) -> Self {
         let service_credential = service_credential.filter(|c| !c.is_empty());
-        Self { state: Arc::new(AuthState { verifier, service_credential }) }
+        Self { state: Arc::new(AuthState { verifier, service_credential, on_denied }) }
     }
 }
 
@@ -281,9 +304,18 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
 }
 
 impl AuthState {
-    async fn authenticate(&self, path: &str, headers: &http::HeaderMap) -> ApiResult<Caller> {
+    /// Establishes the caller; a refusal carries the principal when the token was valid.
+    async fn authenticate(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Caller, (ApiError, Option<Principal>)> {
+        let plain = |err: ApiError| (err, None);
         let Some(access) = rule_for(path) else {
-            return Err(ApiError::denied("NO_ACCESS_RULE", format!("{path} has no access rule")));
+            return Err(plain(ApiError::denied(
+                "NO_ACCESS_RULE",
+                format!("{path} has no access rule"),
+            )));
         };
         match access {
             Access::Public | Access::Agent => Ok(Caller::Anonymous),
@@ -292,7 +324,9 @@ impl AuthState {
                     .get(SERVICE_CREDENTIAL_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| {
-                        ApiError::Unauthenticated("this RPC accepts only a service credential".into())
+                        plain(ApiError::Unauthenticated(
+                            "this RPC accepts only a service credential".into(),
+                        ))
                     })?;
                 match &self.service_credential {
                     Some(expected)
@@ -300,37 +334,40 @@ impl AuthState {
                     {
                         Ok(Caller::Service)
                     }
-                    _ => Err(ApiError::Unauthenticated("invalid service credential".into())),
+                    _ => Err(plain(ApiError::Unauthenticated("invalid service credential".into()))),
                 }
             }
             Access::Enrollment | Access::AnyRole | Access::Administrator | Access::Billing => {
                 let token = bearer(headers).ok_or_else(|| {
-                    ApiError::Unauthenticated("missing bearer access token".into())
+                    plain(ApiError::Unauthenticated("missing bearer access token".into()))
                 })?;
-                let principal = Principal::from_claims(self.state_verify(token).await?);
-                if principal.scope == TokenScope::MfaEnrollment && access != Access::Enrollment {
-                    return Err(ApiError::denied(
+                let claims = self.verifier.verify(token).await.map_err(plain)?;
+                let principal = Principal::from_claims(claims);
+                let refusal = if principal.scope == TokenScope::MfaEnrollment
+                    && access != Access::Enrollment
+                {
+                    Some(ApiError::denied(
                         "MFA_ENROLLMENT_REQUIRED",
                         "enrol MFA before using this RPC",
-                    ));
-                }
-                match access {
-                    Access::Administrator if principal.role != Role::Administrator => {
-                        Err(ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"))
-                    }
-                    Access::Billing if !principal.billing => Err(ApiError::denied(
+                    ))
+                } else if access == Access::Administrator && principal.role != Role::Administrator {
+                    Some(ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"))
+                } else if access == Access::Billing && !principal.billing {
+                    Some(ApiError::denied(
                         "BILLING_REQUIRED",
                         "only administrators with billing access may do this",
-                    )),
-                    _ => Ok(Caller::Administrator(principal)),
+                    ))
+                } else {
+                    None
+                };
+                match refusal {
+                    Some(err) => Err((err, Some(principal))),
+                    None => Ok(Caller::Administrator(principal)),
                 }
             }
         }
     }
 
-    async fn state_verify(&self, token: &str) -> ApiResult<AccessClaims> {
-        self.verifier.verify(token).await
-    }
 }
 
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
@@ -370,18 +407,25 @@ where
                 .and_then(|info| info.remote_addr())
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            match state.authenticate(&path, request.headers()).await {
+            let context = RequestContext { request_id, client_address, method: path };
+            match state.authenticate(&context.method, request.headers()).await {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
-                    request.extensions_mut().insert(RequestContext {
-                        request_id,
-                        client_address,
-                        method: path,
-                    });
+                    request.extensions_mut().insert(context);
                     inner.call(request).await
                 }
-                Err(err) => {
-                    tracing::info!(method = %path, code = ?err.code(), %request_id, "call refused");
+                Err((err, principal)) => {
+                    tracing::info!(method = %context.method, code = ?err.code(), request_id = %context.request_id, "call refused");
+                    if let (Some(principal), Some(sink), ApiError::PermissionDenied { reason, message }) =
+                        (principal, &state.on_denied, &err)
+                    {
+                        sink(DeniedCall {
+                            principal,
+                            context,
+                            reason: reason.to_string(),
+                            message: message.clone(),
+                        });
+                    }
                     let status: tonic::Status = err.into();
                     Ok(status.into_http())
                 }

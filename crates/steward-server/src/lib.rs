@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use steward_storage::sea_orm::DatabaseConnection;
-use steward_runtime::authn::{AuthLayer, KeySource, RemoteJwks, TokenVerifier};
+use steward_runtime::authn::{
+    AuthLayer, DeniedCall, DenialSink, KeySource, RemoteJwks, TokenVerifier,
+};
 use steward_runtime::config::Config;
 use steward_runtime::server::{serve, ReadinessCheck, ServeError, ServeOptions};
 use steward_runtime::service::{Clock, Peers, ServiceContext};
@@ -176,7 +178,11 @@ pub async fn run(
         keys,
         clock.clone(),
     );
-    let auth = AuthLayer::new(verifier, Some(config.internal.service_token.clone()));
+    let auth = AuthLayer::new(
+        verifier,
+        Some(config.internal.service_token.clone()),
+        Some(audit_denials(peers.clone(), clock.clone())),
+    );
 
     let readiness: ReadinessCheck = {
         let databases = Arc::new(databases);
@@ -207,6 +213,45 @@ pub async fn run(
         task.abort();
     }
     result.map_err(ServerError::from)
+}
+
+/// Sends calls refused by the authentication layer to the admin service's audit log. Delivery is
+/// best effort with a few retries: the call itself was refused, so nothing else depends on it.
+fn audit_denials(peers: Peers, clock: Clock) -> DenialSink {
+    use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
+    use steward_proto::admin::v1::RecordAuditEventsRequest;
+    use steward_proto::audit::v1::{audit_event, AuditEvent};
+    Arc::new(move |denied: DeniedCall| {
+        let now = clock();
+        let event = AuditEvent {
+            name: format!("{}/auditEvents/{}", denied.principal.organization, uuid::Uuid::now_v7()),
+            actor: denied.principal.administrator.clone(),
+            action: denied.context.method.clone(),
+            target: String::new(),
+            result: audit_event::Result::Denied as i32,
+            status_code: tonic::Code::PermissionDenied as i32,
+            reason: format!("{}: {}", denied.reason, denied.message),
+            request_id: denied.context.request_id.clone(),
+            client_address: denied.context.client_address.clone(),
+            create_time: Some(prost_types::Timestamp {
+                seconds: now.timestamp(),
+                nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap_or(0),
+            }),
+        };
+        let mut client = AdminInternalServiceClient::new(peers.internal(&peers.admin));
+        tokio::spawn(async move {
+            for attempt in 0..5u32 {
+                let request = RecordAuditEventsRequest { events: vec![event.clone()] };
+                match client.record_audit_events(request).await {
+                    Ok(_) => return,
+                    Err(status) => {
+                        tracing::warn!(attempt, error = %status, "could not record a denied call");
+                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    }
+                }
+            }
+        });
+    })
 }
 
 /// A random secret suitable for `internal.service_token` (dev mode generates one per start).

