@@ -1,0 +1,3 @@
+//! Placeholder; the agent lands with issue 6.
+
+fn main() {}
