@@ -1,0 +1,133 @@
+//! Recording into the audit log. A successful mutation writes its event in the same transaction
+//! as the change; a refused or failed one writes it afterwards on its own (the change was rolled
+//! back), best effort: a failure to record is logged, never hides the original error.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseConnection, Set};
+use steward_runtime::authn::{self, Principal};
+use steward_runtime::names;
+use steward_runtime::{ApiError, ApiResult};
+use tonic::{Code, Response, Status};
+
+use crate::entity::audit_event;
+use crate::state::{parse_org, State};
+
+/// Actor recorded for calls made with the service credential by the platform operator.
+pub const PLATFORM_ACTOR: &str = "services/platform";
+/// Actor recorded for calls made by the auth service.
+pub const AUTH_ACTOR: &str = "services/steward-auth";
+
+/// Who is doing what, for the events of one call.
+#[derive(Clone, Debug)]
+pub struct Auditor {
+    organization_id: String,
+    actor: String,
+    action: String,
+    request_id: String,
+    client_address: String,
+}
+
+impl Auditor {
+    /// An auditor for a call by `actor` recorded in the log of `organization_id`.
+    pub fn new<T>(request: &tonic::Request<T>, organization_id: &str, actor: &str) -> Self {
+        let ctx = authn::context(request);
+        Self {
+            organization_id: organization_id.to_string(),
+            actor: actor.to_string(),
+            action: ctx.method,
+            request_id: ctx.request_id,
+            client_address: ctx.client_address,
+        }
+    }
+
+    /// An auditor for a call by a signed-in administrator, recorded in its own organization.
+    pub fn for_principal<T>(request: &tonic::Request<T>, principal: &Principal) -> ApiResult<Self> {
+        let org_id = parse_org("organization", &principal.organization)?;
+        Ok(Self::new(request, &org_id, &principal.administrator))
+    }
+
+    /// Uses the request's own `request_id` field when it has one.
+    pub fn with_request_id(mut self, request_id: &str) -> Self {
+        if !request_id.is_empty() {
+            self.request_id = request_id.to_string();
+        }
+        self
+    }
+
+    async fn insert<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        target: &str,
+        result: &str,
+        code: Code,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), sea_orm::DbErr> {
+        let name = format!("organizations/{}/auditEvents/{}", self.organization_id, names::new_id());
+        audit_event::ActiveModel {
+            name: Set(name),
+            organization_id: Set(self.organization_id.clone()),
+            actor: Set(self.actor.clone()),
+            action: Set(self.action.clone()),
+            target: Set(target.to_string()),
+            result: Set(result.to_string()),
+            status_code: Set(code as i32),
+            reason: Set(reason.chars().take(1000).collect()),
+            request_id: Set(self.request_id.clone()),
+            client_address: Set(self.client_address.clone()),
+            created_at: Set(now),
+        }
+        .insert(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a successful action on `conn` (the transaction making the change).
+    pub async fn allowed<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        target: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> ApiResult<()> {
+        self.insert(conn, target, audit_event::RESULT_ALLOWED, Code::Ok, reason, now).await?;
+        Ok(())
+    }
+
+    /// Records a refused or failed action, best effort.
+    pub async fn refused(&self, db: &DatabaseConnection, target: &str, err: &ApiError, now: DateTime<Utc>) {
+        let result = match err {
+            ApiError::PermissionDenied { .. } | ApiError::FailedPrecondition(_) => audit_event::RESULT_DENIED,
+            _ => audit_event::RESULT_FAILED,
+        };
+        let reason = match err {
+            ApiError::FailedPrecondition(violations) => violations
+                .iter()
+                .map(|v| format!("{}: {}", v.kind, v.description))
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.to_string(),
+        };
+        if let Err(db_err) = self.insert(db, target, result, err.code(), &reason, now).await {
+            tracing::warn!(action = %self.action, error = %db_err, "could not record audit event");
+        }
+    }
+}
+
+/// Turns a handler's result into the gRPC answer, recording refusals and failures first.
+pub async fn finish<T>(
+    state: &State,
+    auditor: Option<&Auditor>,
+    target: &str,
+    result: ApiResult<T>,
+) -> Result<Response<T>, Status> {
+    match result {
+        Ok(value) => Ok(Response::new(value)),
+        Err(err) => {
+            if let Some(auditor) = auditor {
+                auditor.refused(&state.db, target, &err, state.now()).await;
+            }
+            Err(err.into())
+        }
+    }
+}

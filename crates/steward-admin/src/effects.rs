@@ -1,0 +1,150 @@
+//! Cross-service side effects, queued in `admin_outbox` in the same transaction as the change
+//! and delivered by the relay spawned in `start`. Each message carries a fresh idempotency key
+//! (a UUID) that the receiving service uses to ignore repeats, so the relay (one per replica)
+//! may deliver a message more than once.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use sea_orm::{ConnectionTrait, DbErr};
+use serde::{Deserialize, Serialize};
+use steward_proto::auth::v1::auth_internal_service_client::AuthInternalServiceClient;
+use steward_proto::auth::v1::{
+    DeleteCredentialsRequest, IssueInviteRequest, ResetMfaRequest, RevokeSessionsRequest,
+};
+use steward_proto::commands::v1::commands_internal_service_client::CommandsInternalServiceClient;
+use steward_proto::commands::v1::RemoveAdministratorGrantsRequest;
+use steward_runtime::service::Peers;
+use steward_storage::outbox::{Deliver, Outbox, OutboxMessage};
+
+/// The admin service's outbox table.
+pub const OUTBOX: Outbox = Outbox::new("admin_outbox");
+
+/// One side effect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Effect {
+    /// AuthInternalService.IssueInvite.
+    IssueInvite {
+        /// Administrator resource name.
+        administrator: String,
+        /// Where to send the invite.
+        email: String,
+        /// For the email text.
+        organization_display_name: String,
+        /// For the email text; empty for an owner.
+        inviter_email: String,
+    },
+    /// AuthInternalService.RevokeSessions.
+    RevokeSessions {
+        /// Administrator resource name.
+        administrator: String,
+        /// Why, for the auth service's audit.
+        reason: String,
+    },
+    /// AuthInternalService.DeleteCredentials.
+    DeleteCredentials {
+        /// Administrator resource name.
+        administrator: String,
+    },
+    /// AuthInternalService.ResetMfa.
+    ResetMfa {
+        /// Administrator resource name.
+        administrator: String,
+    },
+    /// CommandsInternalService.RemoveAdministratorGrants.
+    RemoveGrants {
+        /// Administrator resource name.
+        administrator: String,
+    },
+}
+
+impl Effect {
+    fn topic(&self) -> &'static str {
+        match self {
+            Self::IssueInvite { .. } => "auth.issue_invite",
+            Self::RevokeSessions { .. } => "auth.revoke_sessions",
+            Self::DeleteCredentials { .. } => "auth.delete_credentials",
+            Self::ResetMfa { .. } => "auth.reset_mfa",
+            Self::RemoveGrants { .. } => "commands.remove_grants",
+        }
+    }
+}
+
+/// Queues `effect` on `conn` (the transaction making the change).
+pub async fn enqueue<C: ConnectionTrait>(conn: &C, effect: &Effect, now: DateTime<Utc>) -> Result<(), DbErr> {
+    let payload = serde_json::to_value(effect).map_err(|e| DbErr::Custom(e.to_string()))?;
+    let key = uuid::Uuid::new_v4().to_string();
+    OUTBOX.enqueue(conn, effect.topic(), &key, &payload, now).await
+}
+
+/// The relay's delivery function: one internal RPC per message, over `peers` with the service
+/// credential.
+pub fn deliverer(peers: Peers) -> Deliver {
+    let peers = Arc::new(peers);
+    Arc::new(move |message: OutboxMessage| {
+        let peers = peers.clone();
+        async move { deliver(&peers, message).await }.boxed()
+    })
+}
+
+async fn deliver(peers: &Peers, message: OutboxMessage) -> Result<(), String> {
+    let effect: Effect = serde_json::from_value(message.payload)
+        .map_err(|e| format!("undecodable outbox payload: {e}"))?;
+    let key = message.idempotency_key;
+    let mut auth = AuthInternalServiceClient::new(peers.internal(&peers.auth));
+    let result = match effect {
+        Effect::IssueInvite { administrator, email, organization_display_name, inviter_email } => {
+            auth.issue_invite(IssueInviteRequest {
+                administrator,
+                email,
+                organization_display_name,
+                inviter_email,
+                idempotency_key: key,
+            })
+            .await
+            .map(|_| ())
+        }
+        Effect::RevokeSessions { administrator, reason } => auth
+            .revoke_sessions(RevokeSessionsRequest { administrator, reason, idempotency_key: key })
+            .await
+            .map(|_| ()),
+        Effect::DeleteCredentials { administrator } => auth
+            .delete_credentials(DeleteCredentialsRequest { administrator, idempotency_key: key })
+            .await
+            .map(|_| ()),
+        Effect::ResetMfa { administrator } => {
+            auth.reset_mfa(ResetMfaRequest { administrator }).await.map(|_| ())
+        }
+        Effect::RemoveGrants { administrator } => {
+            CommandsInternalServiceClient::new(peers.internal(&peers.commands))
+                .remove_administrator_grants(RemoveAdministratorGrantsRequest {
+                    administrator,
+                    idempotency_key: key,
+                })
+                .await
+                .map(|_| ())
+        }
+    };
+    result.map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip() {
+        let effect = Effect::IssueInvite {
+            administrator: "organizations/o/administrators/a".into(),
+            email: "a@example.com".into(),
+            organization_display_name: "Acme".into(),
+            inviter_email: String::new(),
+        };
+        let value = serde_json::to_value(&effect).unwrap();
+        assert_eq!(value["kind"], "issue_invite");
+        assert_eq!(serde_json::from_value::<Effect>(value).unwrap(), effect);
+    }
+}

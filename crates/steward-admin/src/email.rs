@@ -1,0 +1,94 @@
+//! Email addresses of administrators. Deliberately simple (no quoted local parts, no IP-literal
+//! domains): an address must be something a mail server will actually deliver to.
+
+use steward_runtime::{ApiError, ApiResult};
+
+/// Longest accepted address (RFC 5321 path limit minus the angle brackets).
+pub const MAX_LEN: usize = 254;
+const MAX_LOCAL_LEN: usize = 64;
+
+/// A validated email address, kept as entered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    /// Validates `value`: `local@domain`, no whitespace or control characters, at most 254
+    /// characters, a local part of dot-separated RFC 5322 atoms, and a domain of at least two
+    /// dot-separated labels of letters, digits and inner hyphens. `field` names the request field
+    /// in the error.
+    pub fn parse(field: &str, value: &str) -> ApiResult<Self> {
+        let bad = |why: &str| ApiError::invalid(field, why.to_string());
+        if value.is_empty() {
+            return Err(bad("is required"));
+        }
+        if value.chars().count() > MAX_LEN {
+            return Err(bad("must be at most 254 characters"));
+        }
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("must not contain spaces"));
+        }
+        let Some((local, domain)) = value.rsplit_once('@') else {
+            return Err(bad("must look like name@example.com"));
+        };
+        if local.is_empty() || local.len() > MAX_LOCAL_LEN || !local.split('.').all(valid_atom) {
+            return Err(bad("has an invalid part before the @"));
+        }
+        let labels: Vec<&str> = domain.split('.').collect();
+        if labels.len() < 2 || !labels.iter().all(|l| valid_label(l)) {
+            return Err(bad("must have a domain like example.com"));
+        }
+        Ok(Self(value.to_string()))
+    }
+
+    /// The address as entered.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The address lowercased, for case-insensitive uniqueness.
+    pub fn lower(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
+fn valid_atom(atom: &str) -> bool {
+    !atom.is_empty()
+        && atom.chars().all(|c| {
+            c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)
+        })
+}
+
+fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_addresses() {
+        for ok in ["a@b.co", "First.Last+tag@Example.COM", "x_y@sub.domain-1.org", "ü@bücher.de"] {
+            assert!(Email::parse("email", ok).is_ok(), "{ok}");
+        }
+        assert_eq!(Email::parse("email", "Ann@Example.com").unwrap().lower(), "ann@example.com");
+    }
+
+    #[test]
+    fn refuses_malformed_addresses() {
+        let long = format!("{}@example.com", "a".repeat(250));
+        for bad in [
+            "", "plain", "@example.com", "a@", "a@localhost", "a b@example.com", "a@exa mple.com",
+            "a..b@example.com", ".a@example.com", "a@-x.com", "a@x-.com", "a@x..com", "a@b@c",
+            "a@example.com ", "a\n@example.com", long.as_str(),
+        ] {
+            let err = Email::parse("administrator.email", bad).unwrap_err();
+            assert!(matches!(err, ApiError::InvalidArgument(ref v) if v[0].field == "administrator.email"), "{bad}");
+        }
+    }
+}

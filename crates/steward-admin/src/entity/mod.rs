@@ -1,0 +1,8 @@
+//! The admin service's tables, as sea-orm entities. Every table is prefixed `admin_` because in
+//! production all services may share one PostgreSQL database.
+
+pub mod administrator;
+pub mod audit_event;
+pub mod idempotency;
+pub mod organization;
+pub mod payment_card;

@@ -1,0 +1,162 @@
+//! Schema of the admin service, written with portable sea-orm-migration statements (SQLite and
+//! PostgreSQL).
+
+use sea_orm_migration::prelude::*;
+
+use crate::effects::OUTBOX;
+
+/// Creates every `admin_*` table.
+pub struct CreateTables;
+
+impl MigrationName for CreateTables {
+    fn name(&self) -> &str {
+        "m20250101_000001_admin_tables"
+    }
+}
+
+fn id(name: &str) -> Alias {
+    Alias::new(name)
+}
+
+fn text(name: &str) -> ColumnDef {
+    ColumnDef::new(id(name)).string().not_null().to_owned()
+}
+
+fn time(name: &str) -> ColumnDef {
+    ColumnDef::new(id(name)).timestamp_with_time_zone().not_null().to_owned()
+}
+
+fn flag(name: &str) -> ColumnDef {
+    ColumnDef::new(id(name)).boolean().not_null().default(false).to_owned()
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(id("admin_organizations"))
+                    .if_not_exists()
+                    .col(text("id").primary_key())
+                    .col(text("display_name"))
+                    .col(ColumnDef::new(id("revision")).big_integer().not_null().default(0))
+                    .col(time("created_at"))
+                    .col(time("updated_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(id("admin_administrators"))
+                    .if_not_exists()
+                    .col(text("id").primary_key())
+                    .col(text("organization_id"))
+                    .col(text("email"))
+                    .col(text("email_lower"))
+                    .col(text("role"))
+                    .col(flag("billing"))
+                    .col(flag("mfa_required"))
+                    .col(flag("mfa_enrolled"))
+                    .col(flag("whats_new"))
+                    .col(text("state"))
+                    .col(text("invited_by"))
+                    .col(ColumnDef::new(id("revision")).big_integer().not_null().default(0))
+                    .col(time("created_at"))
+                    .col(time("updated_at"))
+                    .col(ColumnDef::new(id("activated_at")).timestamp_with_time_zone().null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("admin_administrators_org_email")
+                    .table(id("admin_administrators"))
+                    .col(id("organization_id"))
+                    .col(id("email_lower"))
+                    .unique()
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(id("admin_idempotency"))
+                    .if_not_exists()
+                    .col(text("organization_id"))
+                    .col(text("request_id"))
+                    .col(text("resource"))
+                    .col(time("created_at"))
+                    .primary_key(Index::create().col(id("organization_id")).col(id("request_id")))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(id("admin_payment_cards"))
+                    .if_not_exists()
+                    .col(text("organization_id").primary_key())
+                    .col(text("brand"))
+                    .col(text("last4"))
+                    .col(ColumnDef::new(id("exp_month")).integer().not_null())
+                    .col(ColumnDef::new(id("exp_year")).integer().not_null())
+                    .col(text("cardholder_name"))
+                    .col(text("updated_by"))
+                    .col(ColumnDef::new(id("revision")).big_integer().not_null().default(0))
+                    .col(time("created_at"))
+                    .col(time("updated_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(id("admin_audit_events"))
+                    .if_not_exists()
+                    .col(text("name").primary_key())
+                    .col(text("organization_id"))
+                    .col(text("actor"))
+                    .col(text("action"))
+                    .col(text("target"))
+                    .col(text("result"))
+                    .col(ColumnDef::new(id("status_code")).integer().not_null())
+                    .col(ColumnDef::new(id("reason")).text().not_null())
+                    .col(text("request_id"))
+                    .col(text("client_address"))
+                    .col(time("created_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("admin_audit_events_org_time")
+                    .table(id("admin_audit_events"))
+                    .col(id("organization_id"))
+                    .col(id("created_at"))
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager.create_table(OUTBOX.create_table()).await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            "admin_outbox",
+            "admin_audit_events",
+            "admin_payment_cards",
+            "admin_idempotency",
+            "admin_administrators",
+            "admin_organizations",
+        ] {
+            manager.drop_table(Table::drop().table(id(table)).if_exists().to_owned()).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,259 @@
+//! State shared by the handlers, and the building blocks of every write: the organization lock,
+//! the caller re-check, the safeguards' snapshot, and the conversions to API messages.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+};
+use sha2::{Digest, Sha256};
+use steward_proto::admin::v1::{administrator as proto_admin, Administrator, Organization, Role as ProtoRole};
+use steward_runtime::authn::Principal;
+use steward_runtime::claims::Role;
+use steward_runtime::names;
+use steward_runtime::service::Clock;
+use steward_runtime::{ApiError, ApiResult};
+
+use crate::entity::{administrator, organization};
+use crate::safeguards::Member;
+
+/// What every handler shares.
+pub struct State {
+    /// The service's database.
+    pub db: DatabaseConnection,
+    /// The injected clock.
+    pub clock: Clock,
+    /// Lifetime of invite links, to answer ResendInvite's `invite_expire_time`.
+    pub invite_ttl: chrono::Duration,
+}
+
+/// Shared handle.
+pub type Shared = Arc<State>;
+
+impl State {
+    /// The current time, from the injected clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+}
+
+/// `organizations/{o}`.
+pub fn org_name(org_id: &str) -> String {
+    format!("organizations/{org_id}")
+}
+
+/// `organizations/{o}/administrators/{a}`.
+pub fn admin_name(org_id: &str, admin_id: &str) -> String {
+    format!("organizations/{org_id}/administrators/{admin_id}")
+}
+
+/// The organization id of `organizations/{o}`.
+pub fn parse_org(field: &str, name: &str) -> ApiResult<String> {
+    let ids = names::parse(field, name, &["organizations"])?;
+    ids.first().map(|s| s.to_string()).ok_or_else(|| ApiError::invalid(field, "is required"))
+}
+
+/// The organization and administrator ids of `organizations/{o}/administrators/{a}`.
+pub fn parse_admin(field: &str, name: &str) -> ApiResult<(String, String)> {
+    match names::parse(field, name, &["organizations", "administrators"])?.as_slice() {
+        [org, admin] => Ok((org.to_string(), admin.to_string())),
+        _ => Err(ApiError::invalid(field, "must name an administrator")),
+    }
+}
+
+/// A short opaque checksum over `parts`.
+pub fn etag(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hasher.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A short digest binding a page token to its query.
+pub fn query_digest(parts: &[&str]) -> String {
+    etag(parts)
+}
+
+/// The protobuf form of a time.
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Parses a protobuf time.
+pub fn from_timestamp(field: &str, ts: &prost_types::Timestamp) -> ApiResult<DateTime<Utc>> {
+    let nanos = u32::try_from(ts.nanos).map_err(|_| ApiError::invalid(field, "is not a valid time"))?;
+    DateTime::from_timestamp(ts.seconds, nanos).ok_or_else(|| ApiError::invalid(field, "is not a valid time"))
+}
+
+/// The stored role of an API role; `field` names it in the error.
+pub fn role_from_proto(field: &str, role: i32) -> ApiResult<Role> {
+    match ProtoRole::try_from(role) {
+        Ok(ProtoRole::Administrator) => Ok(Role::Administrator),
+        Ok(ProtoRole::CommandRunner) => Ok(Role::CommandRunner),
+        _ => Err(ApiError::invalid(field, "must be ROLE_ADMINISTRATOR or ROLE_COMMAND_RUNNER")),
+    }
+}
+
+fn stored_role(model: &administrator::Model) -> Role {
+    // Only `Role::as_str` values are ever written; anything else would be a corrupted row, and
+    // the least privileged role is the safe reading of it.
+    Role::parse(&model.role).unwrap_or(Role::CommandRunner)
+}
+
+/// The etag of an administrator.
+pub fn admin_etag(model: &administrator::Model) -> String {
+    etag(&["administrator", &model.id, &model.revision.to_string()])
+}
+
+/// The API form of an administrator row.
+pub fn admin_to_proto(model: &administrator::Model) -> Administrator {
+    let role = match stored_role(model) {
+        Role::Administrator => ProtoRole::Administrator,
+        Role::CommandRunner => ProtoRole::CommandRunner,
+    };
+    let state = if model.state == administrator::STATE_ACTIVE {
+        proto_admin::State::Active
+    } else {
+        proto_admin::State::Invited
+    };
+    Administrator {
+        name: admin_name(&model.organization_id, &model.id),
+        email: model.email.clone(),
+        role: role.into(),
+        billing: model.billing,
+        mfa_required: model.mfa_required,
+        mfa_enrolled: model.mfa_enrolled,
+        whats_new: model.whats_new,
+        state: state.into(),
+        create_time: Some(timestamp(model.created_at)),
+        update_time: Some(timestamp(model.updated_at)),
+        activate_time: model.activated_at.map(timestamp),
+        invited_by: model.invited_by.clone(),
+        etag: admin_etag(model),
+    }
+}
+
+/// The API form of an organization row.
+pub fn org_to_proto(model: &organization::Model) -> Organization {
+    Organization {
+        name: org_name(&model.id),
+        display_name: model.display_name.clone(),
+        create_time: Some(timestamp(model.created_at)),
+        etag: etag(&["organization", &model.id, &model.display_name]),
+    }
+}
+
+/// Takes the organization's write lock for the rest of the transaction `conn`: a row lock on
+/// PostgreSQL, the database write lock on SQLite. Every create, update and delete of
+/// administrators starts with it, so concurrent writers (also on other replicas) run one after
+/// the other and each sees the previous one's result.
+pub async fn lock_org<C: ConnectionTrait>(conn: &C, org_id: &str) -> ApiResult<()> {
+    let result = organization::Entity::update_many()
+        .col_expr(organization::Column::Revision, Expr::col(organization::Column::Revision).add(1))
+        .filter(organization::Column::Id.eq(org_id))
+        .exec(conn)
+        .await?;
+    if result.rows_affected == 0 {
+        return Err(ApiError::NotFound(org_name(org_id)));
+    }
+    Ok(())
+}
+
+/// What the caller must still be, checked against the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// An active administrator of either role.
+    AnyRole,
+    /// An active Administrator.
+    Administrator,
+    /// An active administrator with billing access.
+    Billing,
+}
+
+/// The caller's current row. Tokens outlive demotions and deletions by their lifetime, so
+/// every mutation re-checks here (inside the locked transaction) what the token claims.
+pub async fn caller_row<C: ConnectionTrait>(
+    conn: &C,
+    principal: &Principal,
+    need: Need,
+) -> ApiResult<administrator::Model> {
+    let (org_id, admin_id) = parse_admin("caller", &principal.administrator)?;
+    let row = administrator::Entity::find_by_id(admin_id)
+        .filter(administrator::Column::OrganizationId.eq(org_id))
+        .one(conn)
+        .await?
+        .ok_or_else(|| ApiError::denied("CALLER_DELETED", "the caller's account no longer exists"))?;
+    if row.state != administrator::STATE_ACTIVE {
+        return Err(ApiError::denied("CALLER_INACTIVE", "the caller's account is not activated"));
+    }
+    match need {
+        Need::Administrator if stored_role(&row) != Role::Administrator => {
+            Err(ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"))
+        }
+        Need::Billing if !row.billing => Err(ApiError::denied(
+            "BILLING_REQUIRED",
+            "only administrators with billing access may do this",
+        )),
+        _ => Ok(row),
+    }
+}
+
+/// Every administrator of the organization, as the safeguards see them.
+pub async fn members<C: ConnectionTrait>(conn: &C, org_id: &str) -> ApiResult<Vec<Member>> {
+    let rows = administrator::Entity::find()
+        .filter(administrator::Column::OrganizationId.eq(org_id))
+        .all(conn)
+        .await?;
+    Ok(rows.iter().map(member).collect())
+}
+
+/// One row as the safeguards see it.
+pub fn member(row: &administrator::Model) -> Member {
+    Member {
+        name: admin_name(&row.organization_id, &row.id),
+        role: stored_role(row),
+        billing: row.billing,
+        active: row.state == administrator::STATE_ACTIVE,
+    }
+}
+
+/// The organization row, or NOT_FOUND.
+pub async fn organization<C: ConnectionTrait>(conn: &C, org_id: &str) -> ApiResult<organization::Model> {
+    organization::Entity::find_by_id(org_id.to_string())
+        .one(conn)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(org_name(org_id)))
+}
+
+/// An administrator of the organization, or NOT_FOUND naming `name`.
+pub async fn administrator<C: ConnectionTrait>(
+    conn: &C,
+    org_id: &str,
+    admin_id: &str,
+) -> ApiResult<administrator::Model> {
+    administrator::Entity::find_by_id(admin_id.to_string())
+        .filter(administrator::Column::OrganizationId.eq(org_id))
+        .one(conn)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(admin_name(org_id, admin_id)))
+}
+
+/// Checks a client-chosen `request_id`: at most 128 printable characters.
+pub fn check_request_id(request_id: &str) -> ApiResult<()> {
+    if request_id.len() > 128 || request_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::invalid("request_id", "must be a UUID (at most 128 characters, no spaces)"));
+    }
+    Ok(())
+}
+
+/// Whether `err` is a unique-key violation.
+pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
