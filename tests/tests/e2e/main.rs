@@ -37,3 +37,4 @@ mod admin;
 mod auth;
 mod commands;
 mod foundation;
+mod roles;
