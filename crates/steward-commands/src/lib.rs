@@ -1,1 +1,184 @@
-//! placeholder
+//! The command-authorization service: commands, grants, access checks, runs, systems and the
+//! agents' work streams (SPEC section 4; `proto/steward/commands/v1`).
+//!
+//! # Decisions
+//!
+//! - **No authorization cache.** Every check (GetCommand, ListCommands, CheckAccess, RunCommand)
+//!   reads the grants from the database on the call itself, so a grant is never honoured once
+//!   DeleteGrant has returned, on any replica. RunCommand re-reads the grant inside the
+//!   transaction that records the run, with a shared row lock on PostgreSQL, so a revoke racing
+//!   a run either waits for the run's commit or wins and the run is refused.
+//! - **Principals.** CheckAccess about the caller uses the role in the caller's (verified)
+//!   token; about anybody else it asks `AdminInternalService.LookupAdministrator`, so a deleted
+//!   administrator is `PRINCIPAL_NOT_FOUND`. A principal of another organization than the
+//!   caller's is `PERMISSION_DENIED`; a command or system of another organization than the
+//!   principal's is the decision `WRONG_ORGANIZATION`.
+//! - **Grantees.** Must be Command Runners of the command's organization: another
+//!   organization's name or an unknown administrator is `NOT_FOUND`, an Administrator
+//!   `FAILED_PRECONDITION` (`GRANTEE_IS_ADMINISTRATOR`).
+//! - **Run visibility.** A Command Runner asking for a command it holds no grant on, or a run
+//!   that is not its own, gets `PERMISSION_DENIED` whether or not it exists. RunCommand checks
+//!   a Command Runner's grant before looking at the command's targets, so an ungranted runner
+//!   learns nothing about the command. A `runner = ...` filter naming someone else is refused
+//!   for a Command Runner.
+//! - **Audit.** Every mutation and every run attempt (allowed, denied or failed) becomes an
+//!   event in `commands_outbox` (in the same transaction as the change), relayed to
+//!   `AdminInternalService.RecordAuditEvents`. A run's target is the command's name.
+//! - **Run states.** CancelRun makes the run `CANCELLED` at once; systems that had not
+//!   received the assignment end `CANCELLED`, the others are told to stop and end as their
+//!   agent reports (or `CANCELLED` after the agent deadline). Otherwise the run is `FAILED` if
+//!   any system failed, else `CANCELLED` if any was cancelled, else `TIMED_OUT` if any timed
+//!   out, else `SUCCEEDED`.
+//! - **Dispatch across replicas.** Work is claimed through the database: each agent stream
+//!   polls every 250 ms (and is woken at once by runs created on its own replica) for queued
+//!   results of its system and claims each with a conditional update, so exactly one stream
+//!   sends an assignment. Cancellations travel the same way. A result claimed by a stream that
+//!   ended goes back to the queue; a running result whose system has not been heard from for
+//!   [`agent::AGENT_DEADLINE_SECS`] seconds, or that outlives its timeout by that deadline, ends `FAILED`.
+//!   All deadlines use the injected clock.
+//! - **Output.** Captured per system and stream up to 1 MiB ([`rules::MAX_OUTPUT_BYTES`]);
+//!   chunks carry offsets, so repeats are ignored; beyond the bound the capture is cut and
+//!   marked truncated. WatchRun polls the database every 200 ms (woken early by changes on
+//!   its own replica) and streams new bytes as `OutputChunk`s.
+//! - **Connect keys.** Stored as SHA-256 only. When CreateConnectKey carries a `request_id`
+//!   the key is derived from a random salt and the service credential, so a retry can return
+//!   the same key without storing it; without a `request_id` it is purely random.
+//! - **Systems.** `connected` means a stream holds the system and it was heard from within the
+//!   agent deadline. Deleting a system deletes it from every command's targets and fails its
+//!   unfinished results; its open stream ends `UNAUTHENTICATED`.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm_migration::prelude::*;
+use steward_runtime::service::{Clock, Peers, ServiceContext};
+use steward_runtime::ApiResult;
+use steward_storage::outbox::Outbox;
+use tokio::sync::Notify;
+use tonic::service::RoutesBuilder;
+
+pub mod agent;
+pub mod audit;
+pub mod commands;
+pub mod entity;
+pub mod internal;
+pub mod rules;
+pub mod schema;
+pub mod systems;
+
+/// Name of the service: its SQLite file, its tables' prefix, its subcommand.
+pub const SERVICE: &str = "commands";
+
+/// gRPC services this crate serves, reported by the health service.
+pub const HEALTH_NAMES: &[&str] = &[
+    "steward.commands.v1.CommandService",
+    "steward.commands.v1.SystemService",
+    "steward.commands.v1.AgentService",
+    "steward.commands.v1.CommandsInternalService",
+];
+
+/// The service's outbox (audit events for the admin service).
+pub const OUTBOX: Outbox = Outbox::new("commands_outbox");
+
+/// The service's migrations, tracked in its own table so services can share a database.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(schema::Initial)]
+    }
+
+    fn migration_table_name() -> DynIden {
+        Alias::new("commands_migrations").into_iden()
+    }
+}
+
+/// What every handler of the service shares.
+#[derive(Clone)]
+pub(crate) struct State {
+    pub db: DatabaseConnection,
+    pub clock: Clock,
+    pub peers: Peers,
+    /// Woken whenever a run changes on this replica (dispatch and WatchRun wake early).
+    pub changed: Arc<Notify>,
+    /// Secret mixed into connect keys derived for idempotent retries.
+    pub key_secret: String,
+}
+
+impl State {
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+}
+
+/// Opens a write transaction. On SQLite the write lock is taken first (with the busy timeout),
+/// so a transaction that reads before it writes cannot fail on lock upgrade.
+pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    let txn = db.begin().await?;
+    if steward_storage::is_sqlite(&txn) {
+        txn.execute_unprepared("DELETE FROM commands_idempotency WHERE 1 = 0").await?;
+    }
+    Ok(txn)
+}
+
+/// `organizations/{o}` of a resource name already validated by `names::parse`.
+pub(crate) fn organization_of(name: &str) -> String {
+    let mut parts = name.split('/');
+    match (parts.next(), parts.next()) {
+        (Some(collection), Some(id)) => format!("{collection}/{id}"),
+        _ => String::new(),
+    }
+}
+
+/// Whether a database error is a unique-constraint violation.
+pub(crate) fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// Registers the service's gRPC services on `routes` and spawns its background tasks.
+pub async fn start(
+    ctx: &ServiceContext,
+    routes: &mut RoutesBuilder,
+) -> ApiResult<Vec<tokio::task::JoinHandle<()>>> {
+    use steward_proto::commands::v1::agent_service_server::AgentServiceServer;
+    use steward_proto::commands::v1::command_service_server::CommandServiceServer;
+    use steward_proto::commands::v1::commands_internal_service_server::CommandsInternalServiceServer;
+    use steward_proto::commands::v1::system_service_server::SystemServiceServer;
+
+    let state = State {
+        db: ctx.db.clone(),
+        clock: ctx.clock.clone(),
+        peers: ctx.peers.clone(),
+        changed: Arc::new(Notify::new()),
+        key_secret: ctx.config.internal.service_token.clone(),
+    };
+    let max = ctx.config.server.max_message_bytes;
+    routes.add_service(
+        CommandServiceServer::new(commands::Commands::new(state.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    routes.add_service(
+        SystemServiceServer::new(systems::Systems::new(state.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    routes.add_service(
+        AgentServiceServer::new(agent::Agents::new(state.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    routes.add_service(
+        CommandsInternalServiceServer::new(internal::Internal::new(state.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    let relay =
+        OUTBOX.spawn_relay(ctx.db.clone(), audit::deliver(ctx.peers.clone()), ctx.clock.clone());
+    let reaper = agent::spawn_reaper(state);
+    tracing::info!(service = SERVICE, "commands service started");
+    Ok(vec![relay, reaper])
+}

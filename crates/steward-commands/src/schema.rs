@@ -1,0 +1,219 @@
+//! The service's migrations (portable schema statements for SQLite and PostgreSQL).
+
+use sea_orm_migration::prelude::*;
+
+use crate::OUTBOX;
+
+/// Creates every table of the service.
+#[derive(Debug)]
+pub struct Initial;
+
+impl MigrationName for Initial {
+    fn name(&self) -> &str {
+        "m0001_commands_initial"
+    }
+}
+
+fn a(name: &str) -> Alias {
+    Alias::new(name)
+}
+
+fn string(name: &str) -> ColumnDef {
+    ColumnDef::new(a(name)).string().not_null().to_owned()
+}
+
+fn text(name: &str) -> ColumnDef {
+    ColumnDef::new(a(name)).text().not_null().to_owned()
+}
+
+fn time(name: &str) -> ColumnDef {
+    ColumnDef::new(a(name)).timestamp_with_time_zone().not_null().to_owned()
+}
+
+fn time_null(name: &str) -> ColumnDef {
+    ColumnDef::new(a(name)).timestamp_with_time_zone().null().to_owned()
+}
+
+fn int(name: &str) -> ColumnDef {
+    ColumnDef::new(a(name)).integer().not_null().to_owned()
+}
+
+fn big(name: &str) -> ColumnDef {
+    ColumnDef::new(a(name)).big_integer().not_null().to_owned()
+}
+
+fn boolean(name: &str) -> ColumnDef {
+    ColumnDef::new(a(name)).boolean().not_null().to_owned()
+}
+
+fn key(name: &str) -> ColumnDef {
+    ColumnDef::new(a(name)).string().not_null().primary_key().to_owned()
+}
+
+fn index(table: &str, name: &str, columns: &[&str], unique: bool) -> IndexCreateStatement {
+    let mut statement = Index::create();
+    statement.name(name).table(a(table)).if_not_exists();
+    for column in columns {
+        statement.col(a(column));
+    }
+    if unique {
+        statement.unique();
+    }
+    statement.to_owned()
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Initial {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let tables = [
+            Table::create()
+                .table(a("commands_commands"))
+                .if_not_exists()
+                .col(key("name"))
+                .col(string("organization"))
+                .col(string("display_name"))
+                .col(text("description"))
+                .col(text("script"))
+                .col(int("interpreter"))
+                .col(string("run_as_user"))
+                .col(big("timeout_secs"))
+                .col(int("timeout_nanos"))
+                .col(big("revision"))
+                .col(string("etag"))
+                .col(time("create_time"))
+                .col(time("update_time"))
+                .to_owned(),
+            Table::create()
+                .table(a("commands_command_targets"))
+                .if_not_exists()
+                .col(string("command"))
+                .col(string("system"))
+                .col(int("position"))
+                .primary_key(Index::create().col(a("command")).col(a("system")))
+                .to_owned(),
+            Table::create()
+                .table(a("commands_grants"))
+                .if_not_exists()
+                .col(key("name"))
+                .col(string("organization"))
+                .col(string("command"))
+                .col(string("grantee"))
+                .col(string("grantor"))
+                .col(time("create_time"))
+                .to_owned(),
+            Table::create()
+                .table(a("commands_idempotency"))
+                .if_not_exists()
+                .col(key("key"))
+                .col(string("organization"))
+                .col(string("resource"))
+                .col(time("create_time"))
+                .to_owned(),
+            Table::create()
+                .table(a("commands_runs"))
+                .if_not_exists()
+                .col(key("name"))
+                .col(string("organization"))
+                .col(string("command"))
+                .col(string("command_revision"))
+                .col(text("script"))
+                .col(int("interpreter"))
+                .col(string("run_as_user"))
+                .col(big("timeout_secs"))
+                .col(int("timeout_nanos"))
+                .col(string("runner"))
+                .col(int("state"))
+                .col(boolean("cancelled"))
+                .col(time("create_time"))
+                .col(time_null("start_time"))
+                .col(time_null("end_time"))
+                .to_owned(),
+            Table::create()
+                .table(a("commands_run_results"))
+                .if_not_exists()
+                .col(string("run"))
+                .col(string("system"))
+                .col(int("position"))
+                .col(int("state"))
+                .col(int("exit_code"))
+                .col(ColumnDef::new(a("stdout")).binary().not_null())
+                .col(ColumnDef::new(a("stderr")).binary().not_null())
+                .col(boolean("stdout_truncated"))
+                .col(boolean("stderr_truncated"))
+                .col(time_null("start_time"))
+                .col(time_null("end_time"))
+                .col(text("error_message"))
+                .col(ColumnDef::new(a("claimed_by")).string().null())
+                .col(time_null("cancel_time"))
+                .col(boolean("cancel_sent"))
+                .primary_key(Index::create().col(a("run")).col(a("system")))
+                .to_owned(),
+            Table::create()
+                .table(a("commands_systems"))
+                .if_not_exists()
+                .col(key("name"))
+                .col(string("organization"))
+                .col(string("display_name"))
+                .col(string("hostname"))
+                .col(string("os"))
+                .col(string("agent_version"))
+                .col(string("credential_hash"))
+                .col(string("connect_key"))
+                .col(ColumnDef::new(a("stream_id")).string().null())
+                .col(time_null("last_seen_time"))
+                .col(time("create_time"))
+                .col(string("etag"))
+                .to_owned(),
+            Table::create()
+                .table(a("commands_connect_keys"))
+                .if_not_exists()
+                .col(key("name"))
+                .col(string("organization"))
+                .col(string("display_name"))
+                .col(string("key_hash"))
+                .col(ColumnDef::new(a("key_salt")).string().null())
+                .col(time_null("expire_time"))
+                .col(boolean("revoked"))
+                .col(time("create_time"))
+                .col(string("creator"))
+                .to_owned(),
+            OUTBOX.create_table(),
+        ];
+        for table in tables {
+            manager.create_table(table).await?;
+        }
+        let indexes = [
+            index("commands_commands", "commands_commands_org", &["organization", "display_name"], false),
+            index("commands_command_targets", "commands_targets_system", &["system"], false),
+            index("commands_grants", "commands_grants_command_grantee", &["command", "grantee"], true),
+            index("commands_grants", "commands_grants_grantee", &["grantee"], false),
+            index("commands_runs", "commands_runs_org_time", &["organization", "create_time"], false),
+            index("commands_run_results", "commands_results_system_state", &["system", "state"], false),
+            index("commands_systems", "commands_systems_credential", &["credential_hash"], true),
+            index("commands_systems", "commands_systems_org", &["organization", "display_name"], false),
+            index("commands_connect_keys", "commands_connect_keys_hash", &["key_hash"], true),
+            index("commands_connect_keys", "commands_connect_keys_org", &["organization", "create_time"], false),
+        ];
+        for statement in indexes {
+            manager.create_index(statement).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            "commands_outbox",
+            "commands_connect_keys",
+            "commands_systems",
+            "commands_run_results",
+            "commands_runs",
+            "commands_idempotency",
+            "commands_grants",
+            "commands_command_targets",
+            "commands_commands",
+        ] {
+            manager.drop_table(Table::drop().table(a(table)).if_exists().to_owned()).await?;
+        }
+        Ok(())
+    }
+}

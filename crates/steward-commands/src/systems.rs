@@ -1,0 +1,359 @@
+//! `SystemService`: systems and the connect keys that enrol them.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect};
+use sha2::{Digest, Sha256};
+use steward_proto::commands::v1::system_service_server::SystemService;
+use steward_proto::commands::v1::{
+    ConnectKey, CreateConnectKeyRequest, CreateConnectKeyResponse, DeleteConnectKeyRequest,
+    DeleteConnectKeyResponse, DeleteSystemRequest, DeleteSystemResponse, GetSystemRequest,
+    GetSystemResponse, ListConnectKeysRequest, ListConnectKeysResponse, ListSystemsRequest,
+    ListSystemsResponse, RunState, System, UpdateSystemRequest, UpdateSystemResponse,
+};
+use steward_runtime::authn;
+use steward_runtime::names;
+use steward_runtime::{ApiError, ApiResult};
+use tonic::{Request, Response, Status};
+
+use crate::agent::agent_deadline;
+use crate::commands::{parse_org, parse_system, refresh_run, remember, remembered};
+use crate::entity::{connect_key, result, system, target};
+use crate::rules::{self, timestamp};
+use crate::{audit, begin_write, State};
+
+/// The SystemService implementation.
+pub struct Systems {
+    state: State,
+}
+
+impl Systems {
+    pub(crate) fn new(state: State) -> Self {
+        Self { state }
+    }
+}
+
+/// 32 random bytes, URL-safe base64.
+pub(crate) fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The connect key derived from `salt` and the service's secret.
+fn derive_key(secret: &str, name: &str, salt: &str) -> String {
+    let digest = Sha256::digest(format!("steward connect key\n{secret}\n{name}\n{salt}").as_bytes());
+    format!("sck_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest))
+}
+
+fn key_proto(m: connect_key::Model, key: String) -> ConnectKey {
+    ConnectKey {
+        name: m.name,
+        display_name: m.display_name,
+        key,
+        expire_time: m.expire_time.map(timestamp),
+        revoked: m.revoked,
+        create_time: Some(timestamp(m.create_time)),
+        creator: m.creator,
+    }
+}
+
+/// A system as returned by the API.
+pub(crate) fn system_proto(m: system::Model, now: DateTime<Utc>) -> System {
+    let fresh = m.last_seen_time.is_some_and(|seen| seen + agent_deadline() > now);
+    System {
+        name: m.name,
+        display_name: m.display_name,
+        hostname: m.hostname,
+        os: m.os,
+        agent_version: m.agent_version,
+        connected: m.stream_id.is_some() && fresh,
+        last_seen_time: m.last_seen_time.map(timestamp),
+        create_time: Some(timestamp(m.create_time)),
+        etag: m.etag,
+    }
+}
+
+async fn find_system<C: ConnectionTrait>(conn: &C, organization: &str, name: &str) -> ApiResult<system::Model> {
+    system::Entity::find_by_id(name.to_string())
+        .filter(system::Column::Organization.eq(organization))
+        .one(conn)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(name.to_string()))
+}
+
+/// Ends a deleted system's unfinished results `FAILED` and removes it from every command.
+pub(crate) async fn forget_system<C: ConnectionTrait>(conn: &C, name: &str, now: DateTime<Utc>) -> ApiResult<()> {
+    target::Entity::delete_many().filter(target::Column::System.eq(name)).exec(conn).await?;
+    let unfinished: Vec<String> = result::Entity::find()
+        .select_only()
+        .column(result::Column::Run)
+        .filter(result::Column::System.eq(name))
+        .filter(result::Column::State.is_in([RunState::Queued as i32, RunState::Running as i32]))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    result::Entity::update_many()
+        .col_expr(result::Column::State, Expr::value(RunState::Failed as i32))
+        .col_expr(result::Column::EndTime, Expr::value(Some(now)))
+        .col_expr(result::Column::ErrorMessage, Expr::value("the system was deleted"))
+        .filter(result::Column::System.eq(name))
+        .filter(result::Column::State.is_in([RunState::Queued as i32, RunState::Running as i32]))
+        .exec(conn)
+        .await?;
+    for run in unfinished {
+        refresh_run(conn, &run, now).await?;
+    }
+    Ok(())
+}
+
+impl Systems {
+    async fn create_connect_key_impl(
+        &self,
+        request: Request<CreateConnectKeyRequest>,
+    ) -> ApiResult<CreateConnectKeyResponse> {
+        let p = authn::principal(&request)?.clone();
+        let ctx = authn::context(&request);
+        let req = request.into_inner();
+        parse_org("parent", &req.parent)?;
+        p.check_organization(&req.parent)?;
+        let input = req.connect_key.unwrap_or_default();
+        if input.display_name.chars().count() > rules::MAX_DISPLAY_NAME_CHARS {
+            return Err(ApiError::invalid("connect_key.display_name", "must be at most 200 characters"));
+        }
+        let now = self.state.now();
+        let expire_time = match &input.expire_time {
+            Some(ts) => {
+                let at = rules::from_timestamp("connect_key.expire_time", ts)?;
+                if at <= now {
+                    return Err(ApiError::invalid("connect_key.expire_time", "must be in the future"));
+                }
+                Some(at)
+            }
+            None => None,
+        };
+        rules::request_id(&req.request_id)?;
+        let key = (!req.request_id.is_empty())
+            .then(|| format!("create_connect_key|{}|{}", p.administrator, req.request_id));
+        let db = &self.state.db;
+        if let Some(previous) = remembered(db, &key).await? {
+            let m = connect_key::Entity::find_by_id(previous.clone())
+                .filter(connect_key::Column::Organization.eq(&p.organization))
+                .one(db)
+                .await?
+                .ok_or(ApiError::NotFound(previous))?;
+            let secret = match &m.key_salt {
+                Some(salt) => derive_key(&self.state.key_secret, &m.name, salt),
+                None => String::new(),
+            };
+            return Ok(CreateConnectKeyResponse { connect_key: Some(key_proto(m, secret)) });
+        }
+        let name = format!("{}/connectKeys/{}", p.organization, names::new_id());
+        let (secret, salt) = if key.is_some() && !self.state.key_secret.is_empty() {
+            let salt = random_token();
+            (derive_key(&self.state.key_secret, &name, &salt), Some(salt))
+        } else {
+            (format!("sck_{}", random_token()), None)
+        };
+        let model = connect_key::Model {
+            name: name.clone(),
+            organization: p.organization.clone(),
+            display_name: input.display_name,
+            key_hash: rules::hash_secret(&secret),
+            key_salt: salt,
+            expire_time,
+            revoked: false,
+            create_time: now,
+            creator: p.administrator.clone(),
+        };
+        let txn = begin_write(db).await?;
+        connect_key::Entity::insert(model.clone().into_active_model()).exec_without_returning(&txn).await?;
+        remember(&txn, &key, &p.organization, &name, now).await?;
+        audit::record(&txn, &p.organization, &ctx, &p.administrator, &name, Ok(()), now).await?;
+        txn.commit().await?;
+        tracing::info!(connect_key = %name, "connect key created");
+        Ok(CreateConnectKeyResponse { connect_key: Some(key_proto(model, secret)) })
+    }
+
+    async fn list_connect_keys_impl(&self, request: Request<ListConnectKeysRequest>) -> ApiResult<ListConnectKeysResponse> {
+        let p = authn::principal(&request)?;
+        let req = request.get_ref();
+        parse_org("parent", &req.parent)?;
+        p.check_organization(&req.parent)?;
+        let size = names::page_size(req.page_size)?;
+        let digest = "connect_keys";
+        let offset = names::decode_page_token(&req.page_token, digest)?;
+        let mut rows = connect_key::Entity::find()
+            .filter(connect_key::Column::Organization.eq(&p.organization))
+            .order_by_asc(connect_key::Column::CreateTime)
+            .order_by_asc(connect_key::Column::Name)
+            .offset(offset)
+            .limit(size + 1)
+            .all(&self.state.db)
+            .await?;
+        let next_page_token = if rows.len() as u64 > size {
+            rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+            names::encode_page_token(offset + size, digest)
+        } else {
+            String::new()
+        };
+        Ok(ListConnectKeysResponse {
+            connect_keys: rows.into_iter().map(|m| key_proto(m, String::new())).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn delete_connect_key_impl(&self, request: Request<DeleteConnectKeyRequest>) -> ApiResult<DeleteConnectKeyResponse> {
+        let p = authn::principal(&request)?.clone();
+        let ctx = authn::context(&request);
+        let name = request.into_inner().name;
+        names::parse("name", &name, &["organizations", "connectKeys"])?;
+        p.check_organization(&name)?;
+        let txn = begin_write(&self.state.db).await?;
+        let updated = connect_key::Entity::update_many()
+            .col_expr(connect_key::Column::Revoked, Expr::value(true))
+            .filter(connect_key::Column::Name.eq(&name))
+            .filter(connect_key::Column::Organization.eq(&p.organization))
+            .exec(&txn)
+            .await?;
+        if updated.rows_affected == 0 {
+            return Err(ApiError::NotFound(name));
+        }
+        let now = self.state.now();
+        audit::record(&txn, &p.organization, &ctx, &p.administrator, &name, Ok(()), now).await?;
+        txn.commit().await?;
+        tracing::info!(connect_key = %name, "connect key revoked");
+        Ok(DeleteConnectKeyResponse {})
+    }
+
+    async fn get_system_impl(&self, request: Request<GetSystemRequest>) -> ApiResult<GetSystemResponse> {
+        let p = authn::principal(&request)?;
+        let name = &request.get_ref().name;
+        parse_system("name", name)?;
+        p.check_organization(name)?;
+        let m = find_system(&self.state.db, &p.organization, name).await?;
+        Ok(GetSystemResponse { system: Some(system_proto(m, self.state.now())) })
+    }
+
+    async fn list_systems_impl(&self, request: Request<ListSystemsRequest>) -> ApiResult<ListSystemsResponse> {
+        let p = authn::principal(&request)?;
+        let req = request.get_ref();
+        parse_org("parent", &req.parent)?;
+        p.check_organization(&req.parent)?;
+        let size = names::page_size(req.page_size)?;
+        let digest = "systems";
+        let offset = names::decode_page_token(&req.page_token, digest)?;
+        let mut rows = system::Entity::find()
+            .filter(system::Column::Organization.eq(&p.organization))
+            .order_by_asc(system::Column::DisplayName)
+            .order_by_asc(system::Column::Name)
+            .offset(offset)
+            .limit(size + 1)
+            .all(&self.state.db)
+            .await?;
+        let next_page_token = if rows.len() as u64 > size {
+            rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+            names::encode_page_token(offset + size, digest)
+        } else {
+            String::new()
+        };
+        let now = self.state.now();
+        Ok(ListSystemsResponse { systems: rows.into_iter().map(|m| system_proto(m, now)).collect(), next_page_token })
+    }
+
+    async fn update_system_impl(&self, request: Request<UpdateSystemRequest>) -> ApiResult<UpdateSystemResponse> {
+        let p = authn::principal(&request)?.clone();
+        let ctx = authn::context(&request);
+        let req = request.into_inner();
+        let s = req.system.ok_or_else(|| ApiError::invalid("system", "is required"))?;
+        parse_system("system.name", &s.name)?;
+        p.check_organization(&s.name)?;
+        let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        rules::update_paths(&mask, &["display_name"], &["display_name"])?;
+        rules::display_name("system.display_name", &s.display_name)?;
+        let txn = begin_write(&self.state.db).await?;
+        let current = find_system(&txn, &p.organization, &s.name).await?;
+        if !s.etag.is_empty() && s.etag != current.etag {
+            return Err(ApiError::Aborted(format!("{} has changed since it was read (stale etag)", s.name)));
+        }
+        let etag = rules::etag(&s.name, 0, &names::new_id());
+        let updated = system::Entity::update_many()
+            .col_expr(system::Column::DisplayName, Expr::value(s.display_name.clone()))
+            .col_expr(system::Column::Etag, Expr::value(etag.clone()))
+            .filter(system::Column::Name.eq(&s.name))
+            .filter(system::Column::Etag.eq(&current.etag))
+            .exec(&txn)
+            .await?;
+        if updated.rows_affected != 1 {
+            return Err(ApiError::Aborted(format!("{} was changed concurrently, retry", s.name)));
+        }
+        let now = self.state.now();
+        audit::record(&txn, &p.organization, &ctx, &p.administrator, &s.name, Ok(()), now).await?;
+        txn.commit().await?;
+        let next = system::Model { display_name: s.display_name, etag, ..current };
+        Ok(UpdateSystemResponse { system: Some(system_proto(next, now)) })
+    }
+
+    async fn delete_system_impl(&self, request: Request<DeleteSystemRequest>) -> ApiResult<DeleteSystemResponse> {
+        let p = authn::principal(&request)?.clone();
+        let ctx = authn::context(&request);
+        let req = request.into_inner();
+        parse_system("name", &req.name)?;
+        p.check_organization(&req.name)?;
+        let txn = begin_write(&self.state.db).await?;
+        let current = find_system(&txn, &p.organization, &req.name).await?;
+        if !req.etag.is_empty() && req.etag != current.etag {
+            return Err(ApiError::Aborted(format!("{} has changed since it was read (stale etag)", req.name)));
+        }
+        let now = self.state.now();
+        system::Entity::delete_many().filter(system::Column::Name.eq(&req.name)).exec(&txn).await?;
+        forget_system(&txn, &req.name, now).await?;
+        audit::record(&txn, &p.organization, &ctx, &p.administrator, &req.name, Ok(()), now).await?;
+        txn.commit().await?;
+        self.state.changed.notify_waiters();
+        tracing::info!(system = %req.name, "system deleted");
+        Ok(DeleteSystemResponse {})
+    }
+}
+
+#[tonic::async_trait]
+impl SystemService for Systems {
+    async fn create_connect_key(
+        &self,
+        r: Request<CreateConnectKeyRequest>,
+    ) -> Result<Response<CreateConnectKeyResponse>, Status> {
+        self.create_connect_key_impl(r).await.map(Response::new).map_err(Status::from)
+    }
+
+    async fn list_connect_keys(
+        &self,
+        r: Request<ListConnectKeysRequest>,
+    ) -> Result<Response<ListConnectKeysResponse>, Status> {
+        self.list_connect_keys_impl(r).await.map(Response::new).map_err(Status::from)
+    }
+
+    async fn delete_connect_key(
+        &self,
+        r: Request<DeleteConnectKeyRequest>,
+    ) -> Result<Response<DeleteConnectKeyResponse>, Status> {
+        self.delete_connect_key_impl(r).await.map(Response::new).map_err(Status::from)
+    }
+
+    async fn get_system(&self, r: Request<GetSystemRequest>) -> Result<Response<GetSystemResponse>, Status> {
+        self.get_system_impl(r).await.map(Response::new).map_err(Status::from)
+    }
+
+    async fn list_systems(&self, r: Request<ListSystemsRequest>) -> Result<Response<ListSystemsResponse>, Status> {
+        self.list_systems_impl(r).await.map(Response::new).map_err(Status::from)
+    }
+
+    async fn update_system(&self, r: Request<UpdateSystemRequest>) -> Result<Response<UpdateSystemResponse>, Status> {
+        self.update_system_impl(r).await.map(Response::new).map_err(Status::from)
+    }
+
+    async fn delete_system(&self, r: Request<DeleteSystemRequest>) -> Result<Response<DeleteSystemResponse>, Status> {
+        self.delete_system_impl(r).await.map(Response::new).map_err(Status::from)
+    }
+}
