@@ -1,0 +1,121 @@
+//! Storage behaviour on every backend: SQLite always, PostgreSQL when `STEWARD_TEST_POSTGRES_URL`
+//! is set (each test names its backend, so the log shows both ran).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{Duration, Utc};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use steward_storage::outbox::{Deliver, Outbox};
+use steward_storage::testing::{Backend, TestDatabase, POSTGRES_ENV};
+
+const OUTBOX: Outbox = Outbox::new("test_outbox");
+
+macro_rules! on_both_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn sqlite() {
+                ($body)(Backend::Sqlite).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if std::env::var(POSTGRES_ENV).map_or(true, |v| v.is_empty()) {
+                    assert!(
+                        std::env::var("STEWARD_TEST_REQUIRE_POSTGRES").map_or(true, |v| v != "1"),
+                        "{POSTGRES_ENV} is required"
+                    );
+                    eprintln!("skipping: {POSTGRES_ENV} not set");
+                    return;
+                }
+                ($body)(Backend::Postgres).await;
+            }
+        }
+    };
+}
+
+async fn open(backend: Backend) -> (TestDatabase, sea_orm::DatabaseConnection) {
+    let database = TestDatabase::create(backend).await.unwrap();
+    let db = steward_storage::connect(&database.url("storage"), 4).await.unwrap();
+    let create = OUTBOX.create_table();
+    db.execute(db.get_database_backend().build(&create)).await.unwrap();
+    (database, db)
+}
+
+on_both_backends!(connects_and_answers_pings, |backend| async move {
+    let (_database, db) = open(backend).await;
+    assert!(steward_storage::ping(&db).await);
+    assert_eq!(steward_storage::is_sqlite(&db), backend == Backend::Sqlite);
+});
+
+on_both_backends!(outbox_retries_until_delivered, |backend| async move {
+    let (_database, db) = open(backend).await;
+    let t0 = Utc::now();
+    for i in 0..3 {
+        OUTBOX
+            .enqueue(&db, "test.topic", &format!("key-{i}"), &serde_json::json!({ "i": i }), t0)
+            .await
+            .unwrap();
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let failures_left = Arc::new(AtomicUsize::new(1));
+    let deliver: Deliver = {
+        let seen = seen.clone();
+        let failures_left = failures_left.clone();
+        Arc::new(move |message| {
+            let seen = seen.clone();
+            let failures_left = failures_left.clone();
+            Box::pin(async move {
+                if message.idempotency_key == "key-1"
+                    && failures_left
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                {
+                    return Err("peer unavailable".to_string());
+                }
+                seen.lock().unwrap().push((message.idempotency_key, message.payload, message.attempts));
+                Ok(())
+            })
+        })
+    };
+
+    assert_eq!(OUTBOX.relay_once(&db, &deliver, t0).await.unwrap(), 2);
+    assert_eq!(OUTBOX.pending(&db).await.unwrap(), 1);
+    // Backing off: not due again at the same instant.
+    assert_eq!(OUTBOX.relay_once(&db, &deliver, t0).await.unwrap(), 0);
+    // Due after the backoff; delivered with its attempt count.
+    assert_eq!(OUTBOX.relay_once(&db, &deliver, t0 + Duration::seconds(5)).await.unwrap(), 1);
+    assert_eq!(OUTBOX.pending(&db).await.unwrap(), 0);
+    let seen = seen.lock().unwrap().clone();
+    let keys: Vec<_> = seen.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(keys, ["key-0", "key-2", "key-1"]);
+    assert_eq!(seen[2].1, serde_json::json!({ "i": 1 }));
+    assert_eq!(seen[2].2, 1);
+});
+
+on_both_backends!(outbox_rows_follow_their_transaction, |backend| async move {
+    let (_database, db) = open(backend).await;
+    let now = Utc::now();
+    let txn = db.begin().await.unwrap();
+    OUTBOX.enqueue(&txn, "t", "rolled-back", &serde_json::json!({}), now).await.unwrap();
+    txn.rollback().await.unwrap();
+    assert_eq!(OUTBOX.pending(&db).await.unwrap(), 0);
+
+    let txn = db.begin().await.unwrap();
+    OUTBOX.enqueue(&txn, "t", "committed", &serde_json::json!({}), now).await.unwrap();
+    txn.commit().await.unwrap();
+    let due = OUTBOX.due(&db, now).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].idempotency_key, "committed");
+});
+
+#[tokio::test]
+async fn unsupported_urls_are_refused() {
+    let err = steward_storage::connect("mysql://root@localhost/x", 1).await.unwrap_err();
+    assert!(err.to_string().contains("unsupported database url"), "{err}");
+}
