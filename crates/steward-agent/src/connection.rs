@@ -1,0 +1,509 @@
+//! Registration and the work stream: keeps one authenticated OpenStream open (reconnecting with
+//! backoff), runs assignments concurrently and reports their progress.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use steward_proto::commands::v1::agent_service_client::AgentServiceClient;
+use steward_proto::commands::v1::open_stream_request::{
+    self, Heartbeat, Hello, RunFinished, RunStarted,
+};
+use steward_proto::commands::v1::open_stream_response;
+use steward_proto::commands::v1::{OpenStreamRequest, OutputChunk, RegisterAgentRequest, RunState};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::config::{AgentConfig, StoredCredential};
+use crate::error::AgentError;
+use crate::executor::{Event, Executor, Finish, Job, Stop};
+
+/// The agent's version, reported on registration and in Hello.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The largest gRPC message the agent sends or accepts.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How many finished runs are remembered, to answer a repeated assignment without running it
+/// twice.
+const RECENT_RUNS: usize = 512;
+
+/// How long a shutdown waits for the runs it killed to be reported.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Exponential backoff with jitter between reconnection attempts.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// Starts at `base`, doubles on each failure up to `cap`.
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self { base, cap, next: base }
+    }
+
+    /// The delay before the next attempt: uniformly random between half and all of the
+    /// current step; then the step doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        let half = step / 2;
+        let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
+        half + Duration::from_millis(random_u64() % (spread + 1))
+    }
+
+    /// Back to the first step, after a success.
+    pub fn reset(&mut self) {
+        self.next = self.base;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(Duration::from_millis(500), Duration::from_secs(30))
+    }
+}
+
+/// A random number from the standard library's per-process hasher keys.
+fn random_u64() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+    );
+    hasher.finish()
+}
+
+/// What a failed call means for the agent.
+enum Failure {
+    /// Stop: the credential or connect key was refused, or the agent is shutting down.
+    Fatal(AgentError),
+    /// Try again after a backoff.
+    Transient(String),
+}
+
+/// The runs in progress and the recently finished ones.
+#[derive(Default)]
+struct Runs {
+    active: HashMap<String, oneshot::Sender<Stop>>,
+    recent: VecDeque<(String, RunFinished)>,
+}
+
+/// The agent: registration, the stream, and the runs.
+pub struct Agent {
+    config: AgentConfig,
+    executor: Executor,
+    runs: Arc<Mutex<Runs>>,
+    outbound_tx: mpsc::UnboundedSender<open_stream_request::Message>,
+    outbound_rx: mpsc::UnboundedReceiver<open_stream_request::Message>,
+    /// A message taken from `outbound_rx` that could not be sent; sent first on the next stream.
+    pending: Option<open_stream_request::Message>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// An agent with `config`, executing with `executor`.
+    pub fn new(config: AgentConfig, executor: Executor) -> Self {
+        let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
+        Self { config, executor, runs: Arc::default(), outbound_tx, outbound_rx, pending: None }
+    }
+
+    /// Runs until `shutdown` completes (then kills the runs in progress, reports them and
+    /// returns `Ok`) or the server refuses the agent (`Err`).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        let endpoint = endpoint(&self.config.server)?;
+        tokio::pin!(shutdown);
+        let credential = tokio::select! {
+            credential = self.credential(&endpoint) => credential?,
+            () = &mut shutdown => return Ok(()),
+        };
+        tracing::info!(system = %credential.system, server = %self.config.server, "agent registered; opening the work stream");
+        let mut backoff = Backoff::default();
+        loop {
+            match self.session(&endpoint, &credential, &mut backoff, &mut shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(Failure::Fatal(err)) => {
+                    self.stop_all(Stop::Shutdown);
+                    return Err(err);
+                }
+                Err(Failure::Transient(reason)) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%reason, delay_ms = delay.as_millis() as u64, "work stream lost; reconnecting");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = &mut shutdown => {
+                            self.stop_all(Stop::Shutdown);
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The stored credential, or a new one from RegisterAgent (stored before it is used).
+    async fn credential(&self, endpoint: &Endpoint) -> Result<StoredCredential, AgentError> {
+        let path = self.config.credential_path();
+        if let Some(stored) = StoredCredential::load(&path)? {
+            if self.config.connect_key.is_some() {
+                tracing::info!(path = %path.display(), "already registered; ignoring the connect key");
+            }
+            return Ok(stored);
+        }
+        let Some(connect_key) = self.config.connect_key.clone() else {
+            return Err(AgentError::NotRegistered { path });
+        };
+        let request = RegisterAgentRequest {
+            connect_key,
+            hostname: self.config.hostname.clone(),
+            os: std::env::consts::OS.to_owned(),
+            agent_version: AGENT_VERSION.to_owned(),
+        };
+        let mut backoff = Backoff::default();
+        loop {
+            let attempt = async {
+                let channel = endpoint
+                    .connect()
+                    .await
+                    .map_err(|err| Failure::Transient(format!("cannot connect: {err}")))?;
+                client(channel).register_agent(request.clone()).await.map_err(|status| match status
+                    .code()
+                {
+                    Code::Unauthenticated
+                    | Code::PermissionDenied
+                    | Code::InvalidArgument
+                    | Code::FailedPrecondition => Failure::Fatal(AgentError::RegistrationRefused {
+                        code: status.code(),
+                        message: status.message().to_owned(),
+                    }),
+                    _ => Failure::Transient(format!("RegisterAgent failed: {status}")),
+                })
+            };
+            match attempt.await {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    let stored = StoredCredential {
+                        server: self.config.server.clone(),
+                        system: response.system.map(|s| s.name).unwrap_or_default(),
+                        credential: response.credential,
+                    };
+                    stored.save(&path)?;
+                    tracing::info!(system = %stored.system, path = %path.display(), "registered; credential stored");
+                    return Ok(stored);
+                }
+                Err(Failure::Fatal(err)) => return Err(err),
+                Err(Failure::Transient(reason)) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%reason, delay_ms = delay.as_millis() as u64, "registration failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One stream: Hello, then assignments in and progress out until it breaks (`Transient`),
+    /// the credential is refused (`Fatal`) or `shutdown` completes (`Ok`).
+    async fn session<S: Future<Output = ()> + Unpin>(
+        &mut self,
+        endpoint: &Endpoint,
+        credential: &StoredCredential,
+        backoff: &mut Backoff,
+        shutdown: &mut S,
+    ) -> Result<(), Failure> {
+        let channel = tokio::select! {
+            channel = endpoint.connect() => channel.map_err(|err| Failure::Transient(format!("cannot connect: {err}")))?,
+            () = &mut *shutdown => { self.shutdown(None).await; return Ok(()); }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hello =
+            open_stream_request::Message::Hello(Hello { agent_version: AGENT_VERSION.to_owned() });
+        send(&tx, hello)?;
+        if let Some(message) = self.pending.take() {
+            send(&tx, message)?;
+        }
+        let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
+        let bearer =
+            MetadataValue::try_from(format!("Bearer {}", credential.credential)).map_err(|_| {
+                Failure::Fatal(self.refused(
+                    Code::Unauthenticated,
+                    "the stored credential is not a valid header value",
+                ))
+            })?;
+        request.metadata_mut().insert("authorization", bearer);
+
+        let mut client = client(channel);
+        let mut inbound = tokio::select! {
+            response = client.open_stream(request) => response.map_err(|status| self.classify(&status))?.into_inner(),
+            () = &mut *shutdown => { self.shutdown(None).await; return Ok(()); }
+        };
+        tracing::info!(system = %credential.system, "work stream open");
+        backoff.reset();
+
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(response)) => self.handle(response.message),
+                    Ok(None) => return Err(Failure::Transient("the server ended the stream".into())),
+                    Err(status) => return Err(self.classify(&status)),
+                },
+                Some(message) = self.outbound_rx.recv() => {
+                    if let Err(mpsc::error::SendError(message)) = tx.send(OpenStreamRequest { message: Some(message) }) {
+                        self.pending = message.message;
+                        return Err(Failure::Transient("the stream was closed".into()));
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    send(&tx, open_stream_request::Message::Heartbeat(Heartbeat { send_time: Some(now()) }))?;
+                }
+                () = &mut *shutdown => {
+                    self.shutdown(Some(&tx)).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Handles one message from the service.
+    fn handle(&self, message: Option<open_stream_response::Message>) {
+        match message {
+            Some(open_stream_response::Message::Assignment(assignment)) => {
+                self.assign(Job::from_assignment(assignment))
+            }
+            Some(open_stream_response::Message::CancelRun(cancel)) => self.cancel(&cancel.run),
+            Some(open_stream_response::Message::Heartbeat(_)) => {
+                tracing::trace!("heartbeat from the service")
+            }
+            None => tracing::debug!("empty message from the service ignored"),
+        }
+    }
+
+    /// Starts a job, unless it is already running or recently finished (then its result is
+    /// reported again).
+    fn assign(&self, job: Job) {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        {
+            let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            if runs.active.contains_key(&job.run) {
+                tracing::info!(run = %job.run, "assignment already running; ignored");
+                return;
+            }
+            if let Some((_, finished)) = runs.recent.iter().find(|(run, _)| *run == job.run) {
+                tracing::info!(run = %job.run, "assignment already finished; reporting the result again");
+                let _ = self
+                    .outbound_tx
+                    .send(open_stream_request::Message::RunFinished(finished.clone()));
+                return;
+            }
+            runs.active.insert(job.run.clone(), stop_tx);
+        }
+        tracing::info!(run = %job.run, interpreter = job.interpreter.as_str_name(), run_as_user = %job.run_as_user, timeout_ms = job.timeout.as_millis() as u64, "assignment received");
+        let executor = self.executor.clone();
+        let outbound = self.outbound_tx.clone();
+        let runs = self.runs.clone();
+        tokio::spawn(async move {
+            let run = job.run.clone();
+            let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+            let forward = async {
+                while let Some(event) = events_rx.recv().await {
+                    let _ = outbound.send(event_message(&run, event));
+                }
+            };
+            let (finish, ()) = tokio::join!(executor.execute(&job, stop_rx, events_tx), forward);
+            let finished = run_finished(&run, finish);
+            let mut runs = runs.lock().unwrap_or_else(PoisonError::into_inner);
+            runs.active.remove(&run);
+            if runs.recent.len() >= RECENT_RUNS {
+                runs.recent.pop_front();
+            }
+            runs.recent.push_back((run, finished.clone()));
+            let _ = outbound.send(open_stream_request::Message::RunFinished(finished));
+        });
+    }
+
+    /// Stops a running job; a run this agent does not know is reported cancelled at once.
+    fn cancel(&self, run: &str) {
+        let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(stop) = runs.active.remove(run) {
+            tracing::info!(run, "cancelling run");
+            let _ = stop.send(Stop::Cancel);
+        } else if runs.recent.iter().any(|(r, _)| r == run) {
+            tracing::debug!(run, "cancel for a finished run ignored");
+        } else {
+            tracing::info!(run, "cancel for a run not running here; reporting it cancelled");
+            let mut finish = Finish::not_started("the run was not running on this agent");
+            finish.state = RunState::Cancelled;
+            let _ = self
+                .outbound_tx
+                .send(open_stream_request::Message::RunFinished(run_finished(run, finish)));
+        }
+    }
+
+    /// Sends `reason` to every job in progress.
+    fn stop_all(&self, reason: Stop) {
+        let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        for (run, stop) in runs.active.drain() {
+            tracing::info!(%run, "stopping run");
+            let _ = stop.send(reason);
+        }
+    }
+
+    /// Kills the jobs in progress and, if a stream is open, forwards their reports for a short
+    /// while.
+    async fn shutdown(&mut self, tx: Option<&mpsc::UnboundedSender<OpenStreamRequest>>) {
+        let running: Vec<String> = {
+            let runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            runs.active.keys().cloned().collect()
+        };
+        tracing::info!(runs = running.len(), "shutting down");
+        self.stop_all(Stop::Shutdown);
+        let Some(tx) = tx else { return };
+        let mut waiting: Vec<String> = running;
+        let deadline = tokio::time::sleep(SHUTDOWN_GRACE);
+        tokio::pin!(deadline);
+        while !waiting.is_empty() {
+            tokio::select! {
+                Some(message) = self.outbound_rx.recv() => {
+                    if let open_stream_request::Message::RunFinished(finished) = &message {
+                        waiting.retain(|run| *run != finished.run);
+                    }
+                    if tx.send(OpenStreamRequest { message: Some(message) }).is_err() {
+                        return;
+                    }
+                }
+                () = &mut deadline => return,
+            }
+        }
+        // Give the transport a moment to flush the last reports.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// The failure a stream error means.
+    fn classify(&self, status: &tonic::Status) -> Failure {
+        match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => {
+                Failure::Fatal(self.refused(status.code(), status.message()))
+            }
+            _ => Failure::Transient(format!("stream failed: {status}")),
+        }
+    }
+
+    fn refused(&self, code: Code, message: &str) -> AgentError {
+        AgentError::CredentialRefused {
+            code,
+            message: message.to_owned(),
+            path: self.config.credential_path(),
+        }
+    }
+}
+
+/// The endpoint for `server`, with keep-alives so a dead connection is noticed.
+fn endpoint(server: &str) -> Result<Endpoint, AgentError> {
+    let invalid = |reason: String| AgentError::InvalidServer { url: server.to_owned(), reason };
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        return Err(invalid("must start with http:// or https://".into()));
+    }
+    Endpoint::from_shared(server.to_owned()).map_err(|err| invalid(err.to_string())).map(
+        |endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_secs(10))
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .keep_alive_while_idle(true)
+        },
+    )
+}
+
+fn client(channel: Channel) -> AgentServiceClient<Channel> {
+    AgentServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+fn send(
+    tx: &mpsc::UnboundedSender<OpenStreamRequest>,
+    message: open_stream_request::Message,
+) -> Result<(), Failure> {
+    tx.send(OpenStreamRequest { message: Some(message) })
+        .map_err(|_| Failure::Transient("the stream was closed".into()))
+}
+
+/// The stream message for an executor event of `run`.
+pub fn event_message(run: &str, event: Event) -> open_stream_request::Message {
+    match event {
+        Event::Started { pid } => open_stream_request::Message::RunStarted(RunStarted {
+            run: run.to_owned(),
+            pid: i64::from(pid),
+        }),
+        Event::Output { stream, data, offset } => {
+            open_stream_request::Message::Output(OutputChunk {
+                run: run.to_owned(),
+                system: String::new(),
+                stream: stream as i32,
+                data,
+                offset: i64::try_from(offset).unwrap_or(i64::MAX),
+            })
+        }
+    }
+}
+
+/// The RunFinished report of `run`.
+pub fn run_finished(run: &str, finish: Finish) -> RunFinished {
+    RunFinished {
+        run: run.to_owned(),
+        state: finish.state as i32,
+        exit_code: finish.exit_code,
+        stdout_truncated: finish.stdout_truncated,
+        stderr_truncated: finish.stderr_truncated,
+        error_message: finish.error_message,
+    }
+}
+
+fn now() -> prost_types::Timestamp {
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let mut step = Duration::from_millis(100);
+        for _ in 0..8 {
+            let delay = backoff.next_delay();
+            assert!(
+                delay >= step / 2 && delay <= step,
+                "{delay:?} not within [{:?}, {step:?}]",
+                step / 2
+            );
+            step = (step * 2).min(Duration::from_secs(1));
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn endpoint_validation() {
+        assert!(matches!(endpoint("localhost:1"), Err(AgentError::InvalidServer { .. })));
+        assert!(endpoint("http://127.0.0.1:1").is_ok());
+    }
+}
