@@ -1,1 +1,130 @@
-//! placeholder
+//! The auth service (SPEC section 3): invite and reset links, passwords, sign-in with TOTP MFA,
+//! sessions with rotating refresh tokens, and the EdDSA access tokens every service verifies
+//! with the published JWKS.
+//!
+//! Decisions beyond the contract:
+//! - **Links** (invite, reset) carry 256 random bits, base64url; only their SHA-256 is stored.
+//!   They expire after `auth.invite_ttl_secs` and are single-use; issuing any new link for an
+//!   administrator deletes its earlier unused ones (so a resent invite kills the old link). An
+//!   invite for an administrator that already set its password is ignored (logged), so a stray
+//!   resend cannot be used to overwrite an active password.
+//! - **Accepting an invite** calls `AdminInternalService.ActivateAdministrator` before the token is
+//!   consumed: if the admin service is unreachable the answer is UNAVAILABLE and the link still
+//!   works; if the administrator was deleted meanwhile the answer is "invalid credentials".
+//! - **Sign-in** compares the email lowercased. An unknown email verifies the password against a
+//!   dummy argon2 hash made at start-up, so it costs the same as a wrong password. Failures are
+//!   throttled per typed email and per client address (see [`throttle`]); the account counter is
+//!   checked before any work and cleared on success. A password matching administrators of
+//!   several organizations without `organization` is FAILED_PRECONDITION with a
+//!   `PreconditionFailure` of type `ORGANIZATION_REQUIRED` (the shared error type fixes the
+//!   `ErrorInfo` reason to `FAILED_PRECONDITION`).
+//! - **MFA**: a challenge lives 5 minutes and dies after 5 wrong codes (which also count against
+//!   the client address). TOTP codes are accepted once: the service keeps the last accepted step
+//!   and only accepts later steps. Recovery codes are 80-bit, shown once, stored as SHA-256 bound
+//!   to the administrator. A session completed with TOTP has `amr: ["pwd","otp"]`, with a
+//!   recovery code `["pwd","mfa"]`. The TOTP secret itself is stored as is (the service must
+//!   read it to check codes); protect the database accordingly. A pending enrolment expires after
+//!   10 minutes. An administrator required to use MFA but not enrolled gets an enrolment-only
+//!   session: no refresh token, lasting one access-token lifetime; after confirming, it signs in
+//!   again.
+//! - **Sessions**: a sign-in starts a session (`sid`) with an absolute lifetime of
+//!   `auth.refresh_token_ttl_secs`. Refresh rotates the refresh token, re-reads the administrator
+//!   (new role and billing go into the new token; a deleted administrator's session is revoked),
+//!   and presenting a used refresh token revokes the session. **Access tokens cannot be revoked
+//!   before they expire** (`auth.access_token_ttl_secs`, 10 minutes by default): services verify
+//!   them locally. Sign-out, password change (other sessions), password reset (all sessions),
+//!   MFA reset and the internal revocations act on sessions, i.e. on refresh.
+//! - **Password reset** requests answer at once; the lookup and email happen in a background
+//!   task, so neither the answer nor its timing depends on whether the email exists.
+//! - **Email**: see [`mailer`]. Links never appear in logs, also not in dev mode: the dev log
+//!   line names the `.eml` file holding the link.
+
+pub mod entity;
+pub mod internal;
+pub mod jwt;
+pub mod keys;
+pub mod mailer;
+pub mod migration;
+pub mod password;
+pub mod secrets;
+pub mod service;
+pub mod state;
+pub mod throttle;
+pub mod totp;
+
+/// Crates whose types appear in this crate's API or that clients of its tokens need (TOTP code
+/// generation, JWT inspection); re-exported so tests and tools use the same versions.
+pub mod reexports {
+    pub use base64;
+    pub use jsonwebtoken;
+    pub use totp_rs;
+}
+
+use std::sync::Arc;
+
+use sea_orm_migration::prelude::*;
+use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
+use steward_proto::auth::v1::auth_internal_service_server::AuthInternalServiceServer;
+use steward_proto::auth::v1::auth_service_server::AuthServiceServer;
+use steward_runtime::service::ServiceContext;
+use steward_runtime::ApiResult;
+use tonic::service::RoutesBuilder;
+
+/// Name of the service: its SQLite file, its tables' prefix, its subcommand.
+pub const SERVICE: &str = "auth";
+
+/// gRPC services this crate serves, reported by the health service.
+pub const HEALTH_NAMES: &[&str] = &["steward.auth.v1.AuthService", "steward.auth.v1.AuthInternalService"];
+
+/// Concurrent argon2 computations; each takes 19 MiB and one core for tens of milliseconds.
+const HASH_WORKERS: usize = 4;
+/// Calls allowed to wait for a hashing slot before RESOURCE_EXHAUSTED.
+const HASH_QUEUE: usize = 64;
+
+/// The service's migrations, tracked in its own table so services can share a database.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(migration::CreateTables)]
+    }
+
+    fn migration_table_name() -> DynIden {
+        Alias::new("auth_migrations").into_iden()
+    }
+}
+
+/// Registers the service's gRPC services on `routes` and spawns its background tasks.
+pub async fn start(
+    ctx: &ServiceContext,
+    routes: &mut RoutesBuilder,
+) -> ApiResult<Vec<tokio::task::JoinHandle<()>>> {
+    let keys = keys::load_all(&ctx.config.auth)?;
+    let signer = jwt::Signer::new(keys, &ctx.config.auth)?;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(HASH_WORKERS);
+    let hasher = password::Hasher::new(workers, HASH_QUEUE).await?;
+    let mailer = mailer::Mailer::from_config(&ctx.config)?;
+    let state = Arc::new(state::State {
+        db: ctx.db.clone(),
+        clock: ctx.clock.clone(),
+        config: ctx.config.auth.clone(),
+        signer,
+        hasher,
+        mailer,
+        admin: AdminInternalServiceClient::new(ctx.peers.internal(&ctx.peers.admin)),
+    });
+    let limit = ctx.config.server.max_message_bytes;
+    routes.add_service(
+        AuthServiceServer::new(service::Service::new(state.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+    );
+    routes.add_service(
+        AuthInternalServiceServer::new(internal::Internal::new(state))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+    );
+    Ok(Vec::new())
+}

@@ -1,0 +1,144 @@
+//! Access-token signing (RFC 9068 profile, EdDSA) and the JWKS.
+//!
+//! Access tokens are self-contained: every service verifies them locally, so one cannot be
+//! revoked before its `exp` (`auth.access_token_ttl_secs`, 10 minutes by default). Sign-out,
+//! refresh-token reuse, password changes and administrator deletion revoke the *session*: its
+//! refresh token stops working at once and no new access token is issued for it.
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, Header};
+use steward_proto::auth::v1::Jwk;
+use steward_runtime::claims::{AccessClaims, Role, TokenScope, ACCESS_TOKEN_TYPE};
+use steward_runtime::config::AuthConfig;
+use steward_runtime::{ApiError, ApiResult};
+
+use crate::keys::KeyPair;
+
+/// What an access token says about its holder.
+#[derive(Clone, Debug)]
+pub struct Subject {
+    /// `organizations/{o}/administrators/{a}`.
+    pub administrator: String,
+    /// `organizations/{o}`.
+    pub organization: String,
+    /// Current role.
+    pub role: Role,
+    /// Current billing access.
+    pub billing: bool,
+}
+
+/// Signs access tokens with the first configured key.
+#[derive(Clone, Debug)]
+pub struct Signer {
+    keys: Vec<KeyPair>,
+    issuer: String,
+    audience: String,
+    ttl_secs: i64,
+}
+
+impl Signer {
+    /// A signer over `keys` (the first signs) with the issuer, audience and lifetime of `config`.
+    pub fn new(keys: Vec<KeyPair>, config: &AuthConfig) -> ApiResult<Self> {
+        if keys.is_empty() {
+            return Err(ApiError::internal("no signing key configured"));
+        }
+        Ok(Self {
+            keys,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            ttl_secs: i64::try_from(config.access_token_ttl_secs).unwrap_or(600).max(1),
+        })
+    }
+
+    /// A signed access token for `subject` in session `sid`, and its expiry.
+    pub fn sign(
+        &self,
+        subject: &Subject,
+        sid: &str,
+        amr: &[String],
+        scope: TokenScope,
+        now: DateTime<Utc>,
+    ) -> ApiResult<(String, DateTime<Utc>)> {
+        let key = self.keys.first().ok_or_else(|| ApiError::internal("no signing key configured"))?;
+        let iat = now.timestamp();
+        let exp = iat + self.ttl_secs;
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: subject.administrator.clone(),
+            org: subject.organization.clone(),
+            role: subject.role,
+            billing: subject.billing,
+            amr: amr.to_vec(),
+            sid: sid.to_string(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            iat,
+            nbf: iat,
+            exp,
+            scope,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some(ACCESS_TOKEN_TYPE.to_string());
+        let token = jsonwebtoken::encode(&header, &claims, &key.encoding)
+            .map_err(|e| ApiError::internal(format!("token signing failed: {e}")))?;
+        let expires = DateTime::<Utc>::from_timestamp(exp, 0).unwrap_or(now);
+        Ok((token, expires))
+    }
+
+    /// Every configured public key, as JWKs.
+    pub fn jwks(&self) -> Vec<Jwk> {
+        self.keys
+            .iter()
+            .map(|key| Jwk {
+                kty: "OKP".into(),
+                crv: "Ed25519".into(),
+                alg: "EdDSA".into(),
+                kid: key.kid.clone(),
+                r#use: "sig".into(),
+                x: key.x.clone(),
+                y: String::new(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use steward_runtime::authn::{KeySource, TokenVerifier};
+
+    use super::*;
+    use crate::keys;
+
+    #[tokio::test]
+    async fn signed_tokens_pass_the_shared_verifier() {
+        let pair = keys::from_pem("k1", &keys::generate_pem().unwrap()).unwrap();
+        let config = AuthConfig::default();
+        let signer = Signer::new(vec![pair.clone()], &config).unwrap();
+        let subject = Subject {
+            administrator: "organizations/o/administrators/a".into(),
+            organization: "organizations/o".into(),
+            role: Role::CommandRunner,
+            billing: true,
+        };
+        let (token, _) =
+            signer.sign(&subject, "s1", &["pwd".into()], TokenScope::Full, Utc::now()).unwrap();
+        let verifier = TokenVerifier::new(
+            config.issuer.clone(),
+            config.audience.clone(),
+            Duration::from_secs(5),
+            KeySource::Static(HashMap::from([(pair.kid.clone(), pair.decoding.clone())])),
+            steward_runtime::service::system_clock(),
+        );
+        let claims = verifier.verify(&token).await.unwrap();
+        assert_eq!(claims.sub, subject.administrator);
+        assert_eq!(claims.exp - claims.iat, 600);
+        assert_eq!(claims.nbf, claims.iat);
+        let jwks = signer.jwks();
+        assert_eq!((jwks[0].kty.as_str(), jwks[0].crv.as_str(), jwks[0].kid.as_str()), ("OKP", "Ed25519", "k1"));
+    }
+}

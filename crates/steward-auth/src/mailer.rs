@@ -1,0 +1,188 @@
+//! Outgoing email: invite and password-reset links.
+//!
+//! With `email.smtp_url` set, messages go through lettre's async SMTP transport (rustls). With it
+//! empty (dev mode), each message is written as an `.eml` file under `{data_dir}/mail/`, and the
+//! log names the file to open. The link itself is never logged, in dev mode either: tokens stay
+//! out of logs at every level (the link is in the file).
+//!
+//! Bodies are plain text in 7bit encoding so that the link appears verbatim in the message (and
+//! the file): lines are kept under 74 characters and characters outside ASCII in names are shown
+//! as `?` in the body (in full in the RFC 2047 encoded subject). Only a console URL longer than
+//! about 30 characters makes the link line too long for 7bit; the body then falls back to
+//! quoted-printable, which mail clients decode transparently.
+
+use std::path::PathBuf;
+
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Body, Mailbox, SinglePart};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use steward_runtime::config::{Config, EmailConfig};
+use steward_runtime::{ApiError, ApiResult};
+
+#[derive(Clone)]
+enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    File(AsyncFileTransport<Tokio1Executor>, PathBuf),
+}
+
+/// Sends the service's emails.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: Transport,
+    from: Mailbox,
+    console_url: String,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.transport {
+            Transport::Smtp(_) => "smtp",
+            Transport::File(..) => "file",
+        };
+        f.debug_struct("Mailer").field("transport", &kind).finish_non_exhaustive()
+    }
+}
+
+/// An invite email's content.
+#[derive(Clone, Debug)]
+pub struct Invite<'a> {
+    /// Recipient.
+    pub to: &'a str,
+    /// The organization's display name.
+    pub organization: &'a str,
+    /// Who invited, if anyone.
+    pub inviter: &'a str,
+    /// The link token.
+    pub token: &'a str,
+    /// Hours until the link expires.
+    pub valid_hours: u64,
+}
+
+fn ascii(text: &str) -> String {
+    text.chars().map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' }).collect()
+}
+
+impl Mailer {
+    /// The mailer configured by `config.email` (file transport under the data directory when no
+    /// SMTP URL is set).
+    pub fn from_config(config: &Config) -> ApiResult<Self> {
+        let EmailConfig { smtp_url, from } = &config.email;
+        let from: Mailbox =
+            from.parse().map_err(|e| ApiError::internal(format!("email.from is not an address: {e}")))?;
+        let transport = if smtp_url.is_empty() {
+            let dir = config.database.data_dir.join("mail");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+            Transport::File(AsyncFileTransport::<Tokio1Executor>::new(&dir), dir)
+        } else {
+            let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp_url)
+                .map_err(|e| ApiError::internal(format!("email.smtp_url is invalid: {e}")))?
+                .build();
+            Transport::Smtp(transport)
+        };
+        Ok(Self { transport, from, console_url: config.auth.console_url.trim_end_matches('/').to_string() })
+    }
+
+    /// Sends an invite with its set-password link.
+    pub async fn send_invite(&self, invite: &Invite<'_>) -> ApiResult<()> {
+        let link = format!("{}/set-password?token={}", self.console_url, invite.token);
+        let by = if invite.inviter.is_empty() {
+            String::new()
+        } else {
+            format!("\r\nby {}", ascii(invite.inviter))
+        };
+        let body = format!(
+            "Hello,\r\n\r\nYou have been invited{by}\r\nto administer this organization on Steward:\r\n\
+             {org}\r\n\r\nSet your password here to activate your account:\r\n\r\n{link}\r\n\r\n\
+             The link can be used once and expires in {hours} hours.\r\n\
+             If you did not expect this email, you can ignore it.\r\n",
+            org = ascii(invite.organization),
+            hours = invite.valid_hours,
+        );
+        let subject = format!("You're invited to {} on Steward", invite.organization);
+        self.send(invite.to, &subject, body, "invite").await
+    }
+
+    /// Sends a password-reset link.
+    pub async fn send_reset(&self, to: &str, organization: &str, token: &str, valid_hours: u64) -> ApiResult<()> {
+        let link = format!("{}/reset-password?token={token}", self.console_url);
+        let body = format!(
+            "Hello,\r\n\r\nSomeone asked to reset the password of your Steward account\r\n\
+             at this organization:\r\n{org}\r\n\r\n\
+             Choose a new password here:\r\n\r\n{link}\r\n\r\n\
+             The link can be used once and expires in {valid_hours} hours.\r\n\
+             If you did not ask for this, ignore this email:\r\n\
+             your password stays as it is.\r\n",
+            org = ascii(organization),
+        );
+        self.send(to, "Reset your Steward password", body, "password reset").await
+    }
+
+    async fn send(&self, to: &str, subject: &str, body: String, kind: &str) -> ApiResult<()> {
+        let to_box: Mailbox = to
+            .parse()
+            .map_err(|_| ApiError::invalid("email", "is not a valid email address"))?;
+        // `Body::new_with_encoding` checks what lettre's builder would otherwise panic on.
+        let body = Body::new_with_encoding(body.clone(), ContentTransferEncoding::SevenBit).unwrap_or_else(|_| {
+            tracing::debug!(kind, "email body does not fit 7bit, using quoted-printable");
+            Body::new(body)
+        });
+        let part = SinglePart::builder().header(ContentType::TEXT_PLAIN).body(body);
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to_box)
+            .subject(subject)
+            .singlepart(part)
+            .map_err(|e| ApiError::internal(format!("cannot build email: {e}")))?;
+        match &self.transport {
+            Transport::Smtp(smtp) => {
+                smtp.send(message).await.map_err(|e| {
+                    tracing::warn!(error = %e, kind, "smtp delivery failed");
+                    ApiError::Unavailable("email delivery failed, retry later".into())
+                })?;
+                tracing::info!(kind, "email sent");
+            }
+            Transport::File(file, dir) => {
+                let id = file
+                    .send(message)
+                    .await
+                    .map_err(|e| ApiError::internal(format!("cannot write email file: {e}")))?;
+                let path = dir.join(format!("{id}.eml"));
+                tracing::info!(kind, to, path = %path.display(), "dev mode: email written to file, open it for the link");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dev_mail_files_carry_the_link_verbatim() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.database.data_dir = dir.path().to_path_buf();
+        let mailer = Mailer::from_config(&config).unwrap();
+        let token = crate::secrets::new_link_token();
+        mailer
+            .send_invite(&Invite {
+                to: "ada@example.com",
+                organization: "Zürich Labs",
+                inviter: "grace@example.com",
+                token: &token,
+                valid_hours: 72,
+            })
+            .await
+            .unwrap();
+        let entry = std::fs::read_dir(dir.path().join("mail")).unwrap().next().unwrap().unwrap();
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        assert!(text.contains(&format!("http://localhost:8080/set-password?token={token}\r\n")), "{text}");
+        assert!(text.contains("Content-Transfer-Encoding: 7bit"), "{text}");
+        assert!(text.contains("by grace@example.com\r\n"), "{text}");
+        assert!(text.contains("\r\nZ?rich Labs\r\n"), "{text}");
+        assert!(text.lines().all(|l| l.len() < 74), "{text}");
+    }
+}

@@ -1,0 +1,594 @@
+//! `steward.auth.v1.AuthService`: invites, passwords, sign-in with MFA, sessions and the JWKS.
+
+use chrono::Duration;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, TransactionTrait};
+use steward_proto::admin::v1 as admin;
+use steward_proto::auth::v1::auth_service_server::AuthService;
+use steward_proto::auth::v1::{self as pb, verify_mfa_request, MfaMethod};
+use steward_runtime::authn;
+use steward_runtime::claims::TokenScope;
+use steward_runtime::{names, ApiError, ApiResult};
+use tonic::{Request, Response, Status};
+
+use crate::entity::{credential, mfa_challenge, recovery_code, refresh_token, session};
+use crate::state::{self, invalid_credentials, timestamp, Shared, INVITE, RESET};
+use crate::throttle::{self, ACCOUNT, ADDRESS};
+use crate::{password, secrets, totp};
+
+/// How long an MFA challenge stays open.
+const CHALLENGE_SECS: i64 = 300;
+/// Wrong codes a challenge tolerates before it is dead.
+const CHALLENGE_ATTEMPTS: i32 = 5;
+/// How long a pending MFA enrolment waits for its confirmation.
+const ENROLLMENT_SECS: i64 = 600;
+/// Recovery codes issued per enrolment.
+const RECOVERY_CODES: usize = 10;
+
+/// The public auth service.
+#[derive(Clone)]
+pub struct Service {
+    state: Shared,
+}
+
+impl Service {
+    /// Over the shared state.
+    pub fn new(state: Shared) -> Self {
+        Self { state }
+    }
+}
+
+fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+fn required(field: &str, value: &str) -> ApiResult<()> {
+    if value.is_empty() {
+        return Err(ApiError::invalid(field, "is required"));
+    }
+    Ok(())
+}
+
+/// The strength estimator's user inputs for a credential: email and organization name.
+fn user_inputs(credential: &credential::Model) -> [&str; 2] {
+    [credential.email.as_str(), credential.organization_display_name.as_str()]
+}
+
+impl Service {
+    async fn credential(&self, administrator: &str, organization: &str) -> ApiResult<credential::Model> {
+        credential::Entity::find_by_id(administrator.to_string())
+            .filter(credential::Column::Organization.eq(organization))
+            .one(&self.state.db)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(administrator.to_string()))
+    }
+
+    async fn do_accept_invite(&self, request: pb::AcceptInviteRequest) -> ApiResult<pb::AcceptInviteResponse> {
+        let state = &self.state;
+        let link = state.find_link(&request.token, INVITE).await?;
+        let credential = credential::Entity::find_by_id(link.administrator.clone())
+            .one(&state.db)
+            .await?
+            .ok_or_else(invalid_credentials)?;
+        password::validate("password", &request.password, &user_inputs(&credential))?;
+        let hash = state.hasher.hash(&request.password).await?;
+        let activate = admin::ActivateAdministratorRequest { name: link.administrator.clone() };
+        match state.admin.clone().activate_administrator(activate).await {
+            Ok(_) => {}
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                tracing::info!(administrator = %link.administrator, "invite accepted for a deleted administrator");
+                return Err(invalid_credentials());
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "activation failed");
+                return Err(ApiError::Unavailable("cannot activate the administrator now, retry later".into()));
+            }
+        }
+        let now = state.now();
+        let tx = state.db.begin().await?;
+        if !state::use_link(&tx, &link.token_hash, now).await? {
+            return Err(invalid_credentials());
+        }
+        let mut row: credential::ActiveModel = credential.clone().into();
+        row.password_hash = Set(Some(hash));
+        row.activated_at = Set(Some(credential.activated_at.unwrap_or(now)));
+        row.updated_at = Set(now);
+        row.update(&tx).await?;
+        tx.commit().await?;
+        tracing::info!(administrator = %link.administrator, "invite accepted");
+        Ok(pb::AcceptInviteResponse { administrator: link.administrator })
+    }
+
+    async fn do_sign_in(&self, request: pb::SignInRequest, client_address: &str) -> ApiResult<pb::SignInResponse> {
+        let state = &self.state;
+        let email = request.email.trim().to_lowercase();
+        required("email", &email)?;
+        required("password", &request.password)?;
+        if !request.organization.is_empty() {
+            names::parse("organization", &request.organization, &["organizations"])?;
+        }
+        let account = throttle::account_key(&email);
+        let address = throttle::address_key(client_address);
+        throttle::check(&state.db, &[account.clone(), address.clone()], state.now()).await?;
+
+        let mut query = credential::Entity::find()
+            .filter(credential::Column::Email.eq(email.as_str()))
+            .filter(credential::Column::PasswordHash.is_not_null());
+        if !request.organization.is_empty() {
+            query = query.filter(credential::Column::Organization.eq(request.organization.as_str()));
+        }
+        let candidates = query.all(&state.db).await?;
+        let mut matched = Vec::new();
+        if candidates.is_empty() {
+            // Same argon2 work as a known email with a wrong password.
+            state.hasher.verify(&request.password, None).await?;
+        }
+        for candidate in candidates {
+            if state.hasher.verify(&request.password, candidate.password_hash.as_deref()).await? {
+                matched.push(candidate);
+            }
+        }
+        let credential = match matched.len() {
+            0 => {
+                let now = state.now();
+                throttle::fail(&state.db, &account, &ACCOUNT, now).await?;
+                throttle::fail(&state.db, &address, &ADDRESS, now).await?;
+                tracing::info!("sign-in refused");
+                return Err(invalid_credentials());
+            }
+            1 => matched.remove(0),
+            _ => {
+                return Err(ApiError::precondition(
+                    "ORGANIZATION_REQUIRED",
+                    "organization",
+                    "this email belongs to administrators of several organizations: name the organization",
+                ))
+            }
+        };
+        throttle::clear(&state.db, &account).await?;
+        let Some(administrator) = state.lookup(&credential.administrator).await? else {
+            tracing::info!(administrator = %credential.administrator, "sign-in of a deleted administrator");
+            return Err(invalid_credentials());
+        };
+        if credential.mfa_enrolled {
+            let challenge = secrets::new_token();
+            let expires = state.now() + Duration::seconds(CHALLENGE_SECS);
+            mfa_challenge::Entity::insert(mfa_challenge::ActiveModel {
+                challenge_hash: Set(secrets::digest(&challenge)),
+                administrator: Set(credential.administrator.clone()),
+                organization: Set(credential.organization.clone()),
+                attempts: Set(0),
+                expires_at: Set(expires),
+                used_at: Set(None),
+            })
+            .exec(&state.db)
+            .await?;
+            tracing::info!(administrator = %credential.administrator, "password accepted, mfa challenge issued");
+            return Ok(pb::SignInResponse {
+                result: Some(pb::sign_in_response::Result::MfaChallenge(pb::MfaChallenge {
+                    challenge,
+                    expire_time: Some(timestamp(expires)),
+                    methods: vec![MfaMethod::Totp as i32, MfaMethod::RecoveryCode as i32],
+                })),
+            });
+        }
+        let subject = state.subject(&administrator)?;
+        let scope = if administrator.mfa_required { TokenScope::MfaEnrollment } else { TokenScope::Full };
+        let tokens = state.start_session(&subject, &["pwd"], scope).await?;
+        Ok(pb::SignInResponse { result: Some(pb::sign_in_response::Result::Tokens(tokens)) })
+    }
+
+    async fn do_verify_mfa(&self, request: pb::VerifyMfaRequest, client_address: &str) -> ApiResult<pb::VerifyMfaResponse> {
+        let state = &self.state;
+        required("challenge", &request.challenge)?;
+        let code = request.code.ok_or_else(|| ApiError::invalid("code", "a totp_code or a recovery_code is required"))?;
+        let address = throttle::address_key(client_address);
+        throttle::check(&state.db, std::slice::from_ref(&address), state.now()).await?;
+        let now = state.now();
+        let challenge = mfa_challenge::Entity::find_by_id(secrets::digest(&request.challenge))
+            .one(&state.db)
+            .await?
+            .filter(|c| c.used_at.is_none() && c.expires_at > now && c.attempts < CHALLENGE_ATTEMPTS)
+            .ok_or_else(invalid_credentials)?;
+        let credential = credential::Entity::find_by_id(challenge.administrator.clone())
+            .filter(credential::Column::Organization.eq(challenge.organization.as_str()))
+            .one(&state.db)
+            .await?
+            .filter(|c| c.mfa_enrolled)
+            .ok_or_else(invalid_credentials)?;
+
+        let (accepted, method) = match &code {
+            verify_mfa_request::Code::TotpCode(code) => {
+                let secret = credential.mfa_secret.as_deref().ok_or_else(invalid_credentials)?;
+                let accepted = match totp::check(secret, code, now)? {
+                    // Accept each step once: move the high-water mark only forwards.
+                    Some(step) => {
+                        credential::Entity::update_many()
+                            .col_expr(credential::Column::MfaLastStep, Expr::value(step))
+                            .filter(credential::Column::Administrator.eq(credential.administrator.as_str()))
+                            .filter(
+                                credential::Column::MfaLastStep
+                                    .is_null()
+                                    .or(credential::Column::MfaLastStep.lt(step)),
+                            )
+                            .exec(&state.db)
+                            .await?
+                            .rows_affected
+                            == 1
+                    }
+                    None => false,
+                };
+                (accepted, "otp")
+            }
+            verify_mfa_request::Code::RecoveryCode(code) => {
+                let digest = secrets::recovery_digest(&credential.administrator, code);
+                let used = recovery_code::Entity::update_many()
+                    .col_expr(recovery_code::Column::UsedAt, Expr::value(now))
+                    .filter(recovery_code::Column::CodeHash.eq(digest))
+                    .filter(recovery_code::Column::Administrator.eq(credential.administrator.as_str()))
+                    .filter(recovery_code::Column::UsedAt.is_null())
+                    .exec(&state.db)
+                    .await?;
+                (used.rows_affected == 1, "mfa")
+            }
+        };
+        if !accepted {
+            mfa_challenge::Entity::update_many()
+                .col_expr(mfa_challenge::Column::Attempts, Expr::col(mfa_challenge::Column::Attempts).add(1))
+                .filter(mfa_challenge::Column::ChallengeHash.eq(challenge.challenge_hash.as_str()))
+                .exec(&state.db)
+                .await?;
+            throttle::fail(&state.db, &address, &ADDRESS, now).await?;
+            tracing::info!(administrator = %credential.administrator, "mfa code refused");
+            return Err(invalid_credentials());
+        }
+        let completed = mfa_challenge::Entity::update_many()
+            .col_expr(mfa_challenge::Column::UsedAt, Expr::value(now))
+            .filter(mfa_challenge::Column::ChallengeHash.eq(challenge.challenge_hash.as_str()))
+            .filter(mfa_challenge::Column::UsedAt.is_null())
+            .exec(&state.db)
+            .await?;
+        if completed.rows_affected != 1 {
+            return Err(invalid_credentials());
+        }
+        let administrator = state.lookup(&credential.administrator).await?.ok_or_else(invalid_credentials)?;
+        let subject = state.subject(&administrator)?;
+        if method == "mfa" {
+            tracing::info!(administrator = %subject.administrator, "recovery code used");
+        }
+        let tokens = state.start_session(&subject, &["pwd", method], TokenScope::Full).await?;
+        Ok(pb::VerifyMfaResponse { tokens: Some(tokens) })
+    }
+
+    async fn do_refresh(&self, request: pb::RefreshSessionRequest) -> ApiResult<pb::RefreshSessionResponse> {
+        let state = &self.state;
+        required("refresh_token", &request.refresh_token)?;
+        let now = state.now();
+        let token = refresh_token::Entity::find_by_id(secrets::digest(&request.refresh_token))
+            .one(&state.db)
+            .await?
+            .ok_or_else(invalid_credentials)?;
+        let session = session::Entity::find_by_id(token.session_id.clone())
+            .one(&state.db)
+            .await?
+            .filter(|s| s.revoked_at.is_none() && s.expires_at > now && s.scope == "full")
+            .ok_or_else(invalid_credentials)?;
+        if token.used_at.is_some() {
+            state::revoke_session(&state.db, &session.id, now).await?;
+            tracing::warn!(session = %session.id, administrator = %session.administrator, "refresh token reused, session revoked");
+            return Err(invalid_credentials());
+        }
+        let Some(administrator) = state.lookup(&session.administrator).await? else {
+            state::revoke_session(&state.db, &session.id, now).await?;
+            tracing::info!(session = %session.id, "refresh for a deleted administrator, session revoked");
+            return Err(invalid_credentials());
+        };
+        let subject = state.subject(&administrator)?;
+        if subject.organization != session.organization {
+            return Err(invalid_credentials());
+        }
+        let next = secrets::new_token();
+        let tx = state.db.begin().await?;
+        let rotated = refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
+            .filter(refresh_token::Column::TokenHash.eq(token.token_hash.as_str()))
+            .filter(refresh_token::Column::UsedAt.is_null())
+            .exec(&tx)
+            .await?;
+        if rotated.rows_affected != 1 {
+            // A concurrent refresh used it first: that is reuse too.
+            tx.rollback().await?;
+            state::revoke_session(&state.db, &session.id, now).await?;
+            tracing::warn!(session = %session.id, "refresh token raced, session revoked");
+            return Err(invalid_credentials());
+        }
+        state::insert_refresh(&tx, &session.id, &next, now).await?;
+        tx.commit().await?;
+        let amr: Vec<String> = session.amr.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
+        let tokens = state.token_set(&subject, &session.id, &amr, TokenScope::Full, Some(next), session.expires_at)?;
+        Ok(pb::RefreshSessionResponse { tokens: Some(tokens) })
+    }
+
+    async fn do_change_password(
+        &self,
+        principal: &authn::Principal,
+        request: pb::ChangePasswordRequest,
+    ) -> ApiResult<pb::ChangePasswordResponse> {
+        let state = &self.state;
+        required("current_password", &request.current_password)?;
+        required("new_password", &request.new_password)?;
+        let credential = self.credential(&principal.administrator, &principal.organization).await?;
+        let account = throttle::account_key(&credential.email);
+        throttle::check(&state.db, std::slice::from_ref(&account), state.now()).await?;
+        if !state.hasher.verify(&request.current_password, credential.password_hash.as_deref()).await? {
+            throttle::fail(&state.db, &account, &ACCOUNT, state.now()).await?;
+            tracing::info!(administrator = %principal.administrator, "password change refused");
+            return Err(invalid_credentials());
+        }
+        password::validate("new_password", &request.new_password, &user_inputs(&credential))?;
+        let hash = state.hasher.hash(&request.new_password).await?;
+        let now = state.now();
+        let tx = state.db.begin().await?;
+        let mut row: credential::ActiveModel = credential.into();
+        row.password_hash = Set(Some(hash));
+        row.updated_at = Set(now);
+        row.update(&tx).await?;
+        let revoked = state::revoke_sessions(&tx, &principal.administrator, Some(&principal.session), now).await?;
+        tx.commit().await?;
+        tracing::info!(administrator = %principal.administrator, revoked, "password changed");
+        Ok(pb::ChangePasswordResponse {})
+    }
+
+    async fn do_request_reset(&self, request: pb::RequestPasswordResetRequest) -> ApiResult<pb::RequestPasswordResetResponse> {
+        let email = request.email.trim().to_lowercase();
+        required("email", &email)?;
+        if !request.organization.is_empty() {
+            names::parse("organization", &request.organization, &["organizations"])?;
+        }
+        // The work happens after the answer, so its duration says nothing about the email.
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            if let Err(err) = send_resets(&state, &email, &request.organization).await {
+                tracing::warn!(error = %err, "password reset email failed");
+            }
+        });
+        Ok(pb::RequestPasswordResetResponse {})
+    }
+
+    async fn do_reset(&self, request: pb::ResetPasswordRequest) -> ApiResult<pb::ResetPasswordResponse> {
+        let state = &self.state;
+        let link = state.find_link(&request.token, RESET).await?;
+        let credential = credential::Entity::find_by_id(link.administrator.clone())
+            .one(&state.db)
+            .await?
+            .ok_or_else(invalid_credentials)?;
+        password::validate("new_password", &request.new_password, &user_inputs(&credential))?;
+        let hash = state.hasher.hash(&request.new_password).await?;
+        let now = state.now();
+        let tx = state.db.begin().await?;
+        if !state::use_link(&tx, &link.token_hash, now).await? {
+            return Err(invalid_credentials());
+        }
+        let email = credential.email.clone();
+        let mut row: credential::ActiveModel = credential.into();
+        row.password_hash = Set(Some(hash));
+        row.updated_at = Set(now);
+        row.update(&tx).await?;
+        let revoked = state::revoke_sessions(&tx, &link.administrator, None, now).await?;
+        tx.commit().await?;
+        throttle::clear(&state.db, &throttle::account_key(&email)).await?;
+        tracing::info!(administrator = %link.administrator, revoked, "password reset");
+        Ok(pb::ResetPasswordResponse {})
+    }
+
+    async fn do_begin_mfa(&self, principal: &authn::Principal) -> ApiResult<pb::BeginMfaEnrollmentResponse> {
+        let state = &self.state;
+        let credential = self.credential(&principal.administrator, &principal.organization).await?;
+        if credential.mfa_enrolled {
+            return Err(ApiError::precondition(
+                "MFA_ALREADY_ENROLLED",
+                principal.administrator.clone(),
+                "MFA is already enrolled; an Administrator must reset it before enrolling again",
+            ));
+        }
+        let secret = totp::new_secret();
+        let generator = totp::totp(&secret, &credential.email)?;
+        let uri = generator.to_url().map_err(|e| ApiError::internal(format!("otpauth uri: {e}")))?;
+        let png = generator.to_qr_png().map_err(|e| ApiError::internal(format!("qr code: {e}")))?;
+        let now = state.now();
+        let expires = now + Duration::seconds(ENROLLMENT_SECS);
+        let mut row: credential::ActiveModel = credential.into();
+        row.mfa_pending_secret = Set(Some(secret.clone()));
+        row.mfa_pending_expires_at = Set(Some(expires));
+        row.updated_at = Set(now);
+        row.update(&state.db).await?;
+        tracing::info!(administrator = %principal.administrator, "mfa enrolment started");
+        Ok(pb::BeginMfaEnrollmentResponse {
+            secret,
+            otpauth_uri: uri,
+            qr_code_png: png,
+            expire_time: Some(timestamp(expires)),
+        })
+    }
+
+    async fn do_confirm_mfa(
+        &self,
+        principal: &authn::Principal,
+        request: pb::ConfirmMfaEnrollmentRequest,
+    ) -> ApiResult<pb::ConfirmMfaEnrollmentResponse> {
+        let state = &self.state;
+        required("totp_code", &request.totp_code)?;
+        let credential = self.credential(&principal.administrator, &principal.organization).await?;
+        let now = state.now();
+        let pending = credential
+            .mfa_pending_secret
+            .clone()
+            .filter(|_| !credential.mfa_enrolled && credential.mfa_pending_expires_at.is_some_and(|t| t > now))
+            .ok_or_else(|| {
+                ApiError::precondition(
+                    "NO_PENDING_ENROLLMENT",
+                    principal.administrator.clone(),
+                    "no MFA enrolment is pending: call BeginMfaEnrollment first",
+                )
+            })?;
+        let step = totp::check(&pending, &request.totp_code, now)?
+            .ok_or_else(|| ApiError::invalid("totp_code", "is not a current code of the new secret"))?;
+        let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| secrets::new_recovery_code()).collect();
+        let tx = state.db.begin().await?;
+        let mut row: credential::ActiveModel = credential.into();
+        row.mfa_secret = Set(Some(pending));
+        row.mfa_enrolled = Set(true);
+        row.mfa_last_step = Set(Some(step));
+        row.mfa_pending_secret = Set(None);
+        row.mfa_pending_expires_at = Set(None);
+        row.updated_at = Set(now);
+        row.update(&tx).await?;
+        recovery_code::Entity::delete_many()
+            .filter(recovery_code::Column::Administrator.eq(principal.administrator.as_str()))
+            .exec(&tx)
+            .await?;
+        recovery_code::Entity::insert_many(codes.iter().map(|code| recovery_code::ActiveModel {
+            code_hash: Set(secrets::recovery_digest(&principal.administrator, code)),
+            administrator: Set(principal.administrator.clone()),
+            used_at: Set(None),
+            created_at: Set(now),
+        }))
+        .exec(&tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(administrator = %principal.administrator, "mfa enrolled");
+        Ok(pb::ConfirmMfaEnrollmentResponse { recovery_codes: codes })
+    }
+}
+
+async fn send_resets(state: &Shared, email: &str, organization: &str) -> ApiResult<()> {
+    let mut query = credential::Entity::find()
+        .filter(credential::Column::Email.eq(email))
+        .filter(credential::Column::PasswordHash.is_not_null());
+    if !organization.is_empty() {
+        query = query.filter(credential::Column::Organization.eq(organization));
+    }
+    for credential in query.all(&state.db).await? {
+        let now = state.now();
+        let tx = state.db.begin().await?;
+        let token = state::issue_link(
+            &tx,
+            &credential.administrator,
+            &credential.organization,
+            RESET,
+            now,
+            state.link_expiry(),
+        )
+        .await?;
+        state
+            .mailer
+            .send_reset(&credential.email, &credential.organization_display_name, &token, state.link_hours())
+            .await?;
+        tx.commit().await?;
+        tracing::info!(administrator = %credential.administrator, "password reset link sent");
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl AuthService for Service {
+    async fn accept_invite(
+        &self,
+        request: Request<pb::AcceptInviteRequest>,
+    ) -> Result<Response<pb::AcceptInviteResponse>, Status> {
+        respond(self.do_accept_invite(request.into_inner()).await)
+    }
+
+    async fn sign_in(&self, request: Request<pb::SignInRequest>) -> Result<Response<pb::SignInResponse>, Status> {
+        let context = authn::context(&request);
+        respond(self.do_sign_in(request.into_inner(), &context.client_address).await)
+    }
+
+    async fn verify_mfa(
+        &self,
+        request: Request<pb::VerifyMfaRequest>,
+    ) -> Result<Response<pb::VerifyMfaResponse>, Status> {
+        let context = authn::context(&request);
+        respond(self.do_verify_mfa(request.into_inner(), &context.client_address).await)
+    }
+
+    async fn refresh_session(
+        &self,
+        request: Request<pb::RefreshSessionRequest>,
+    ) -> Result<Response<pb::RefreshSessionResponse>, Status> {
+        respond(self.do_refresh(request.into_inner()).await)
+    }
+
+    async fn sign_out(&self, request: Request<pb::SignOutRequest>) -> Result<Response<pb::SignOutResponse>, Status> {
+        let result = async {
+            let principal = authn::principal(&request)?;
+            let now = self.state.now();
+            let revoked = session::Entity::update_many()
+                .col_expr(session::Column::RevokedAt, Expr::value(now))
+                .filter(session::Column::Id.eq(principal.session.as_str()))
+                .filter(session::Column::Administrator.eq(principal.administrator.as_str()))
+                .filter(session::Column::Organization.eq(principal.organization.as_str()))
+                .filter(session::Column::RevokedAt.is_null())
+                .exec(&self.state.db)
+                .await?
+                .rows_affected;
+            tracing::info!(administrator = %principal.administrator, session = %principal.session, revoked, "signed out");
+            Ok(pb::SignOutResponse {})
+        }
+        .await;
+        respond(result)
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let principal = authn::principal(&request).cloned();
+        let result = match principal {
+            Ok(principal) => self.do_change_password(&principal, request.into_inner()).await,
+            Err(err) => Err(err),
+        };
+        respond(result)
+    }
+
+    async fn request_password_reset(
+        &self,
+        request: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        respond(self.do_request_reset(request.into_inner()).await)
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        respond(self.do_reset(request.into_inner()).await)
+    }
+
+    async fn begin_mfa_enrollment(
+        &self,
+        request: Request<pb::BeginMfaEnrollmentRequest>,
+    ) -> Result<Response<pb::BeginMfaEnrollmentResponse>, Status> {
+        let result = match authn::principal(&request) {
+            Ok(principal) => self.do_begin_mfa(principal).await,
+            Err(err) => Err(err),
+        };
+        respond(result)
+    }
+
+    async fn confirm_mfa_enrollment(
+        &self,
+        request: Request<pb::ConfirmMfaEnrollmentRequest>,
+    ) -> Result<Response<pb::ConfirmMfaEnrollmentResponse>, Status> {
+        let principal = authn::principal(&request).cloned();
+        let result = match principal {
+            Ok(principal) => self.do_confirm_mfa(&principal, request.into_inner()).await,
+            Err(err) => Err(err),
+        };
+        respond(result)
+    }
+
+    async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(pb::GetJwksResponse { keys: self.state.signer.jwks() }))
+    }
+}

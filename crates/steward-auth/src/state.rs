@@ -1,0 +1,279 @@
+//! What both gRPC services of the auth service share: the database, clock, signer, hashing pool,
+//! mailer and the admin service's internal client, plus the session and link helpers.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set,
+};
+use steward_proto::admin::v1 as admin;
+use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
+use steward_proto::auth::v1::{TokenScope as ProtoScope, TokenSet};
+use steward_runtime::claims::{Role, TokenScope};
+use steward_runtime::config::AuthConfig;
+use steward_runtime::service::{Clock, InternalChannel};
+use steward_runtime::{names, ApiError, ApiResult};
+
+use crate::entity::{link_token, refresh_token, session};
+use crate::jwt::{Signer, Subject};
+use crate::mailer::Mailer;
+use crate::password::Hasher;
+use crate::secrets;
+
+/// Kind of a link token.
+pub const INVITE: &str = "invite";
+/// Kind of a link token.
+pub const RESET: &str = "reset";
+
+/// The one answer to a wrong email, password, code or token.
+pub fn invalid_credentials() -> ApiError {
+    ApiError::Unauthenticated("invalid credentials".into())
+}
+
+/// A `google.protobuf.Timestamp`.
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// `organizations/{o}` of an administrator name (validated).
+pub fn organization_of(field: &str, administrator: &str) -> ApiResult<String> {
+    let ids = names::parse(field, administrator, &["organizations", "administrators"])?;
+    let org = ids.first().ok_or_else(|| ApiError::invalid(field, "missing organization"))?;
+    Ok(format!("organizations/{org}"))
+}
+
+/// Shared state.
+pub struct State {
+    /// The auth tables.
+    pub db: DatabaseConnection,
+    /// Injected time.
+    pub clock: Clock,
+    /// Token settings.
+    pub config: AuthConfig,
+    /// Signs access tokens.
+    pub signer: Signer,
+    /// Bounded argon2id pool.
+    pub hasher: Hasher,
+    /// Invite and reset emails.
+    pub mailer: Mailer,
+    /// `AdminInternalService` with the service credential.
+    pub admin: AdminInternalServiceClient<InternalChannel>,
+}
+
+/// Shared state handle.
+pub type Shared = Arc<State>;
+
+impl State {
+    /// The injected current time.
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    /// Looks the administrator up in the admin service; `None` when it no longer exists.
+    pub async fn lookup(&self, administrator: &str) -> ApiResult<Option<admin::Administrator>> {
+        let request = admin::LookupAdministratorRequest { name: administrator.to_string() };
+        match self.admin.clone().lookup_administrator(request).await {
+            Ok(response) => Ok(response.into_inner().administrator),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "administrator lookup failed");
+                Err(ApiError::Unavailable("the administrator directory is unavailable, retry later".into()))
+            }
+        }
+    }
+
+    /// The token subject of a looked-up administrator.
+    pub fn subject(&self, administrator: &admin::Administrator) -> ApiResult<Subject> {
+        let role = match admin::Role::try_from(administrator.role) {
+            Ok(admin::Role::Administrator) => Role::Administrator,
+            Ok(admin::Role::CommandRunner) => Role::CommandRunner,
+            _ => return Err(ApiError::internal(format!("administrator {} has no role", administrator.name))),
+        };
+        Ok(Subject {
+            administrator: administrator.name.clone(),
+            organization: organization_of("administrator", &administrator.name)?,
+            role,
+            billing: administrator.billing,
+        })
+    }
+
+    /// Starts a session and returns its tokens. Full sessions get a refresh token valid until
+    /// the session's absolute expiry; enrolment-only sessions get none and end with their
+    /// access token.
+    pub async fn start_session(&self, subject: &Subject, amr: &[&str], scope: TokenScope) -> ApiResult<TokenSet> {
+        let now = self.now();
+        let sid = uuid::Uuid::new_v4().to_string();
+        let lifetime = match scope {
+            TokenScope::Full => self.config.refresh_token_ttl_secs,
+            TokenScope::MfaEnrollment => self.config.access_token_ttl_secs,
+        };
+        let expires = now + chrono::Duration::seconds(i64::try_from(lifetime).unwrap_or(i64::MAX / 4_000_000));
+        let row = session::ActiveModel {
+            id: Set(sid.clone()),
+            administrator: Set(subject.administrator.clone()),
+            organization: Set(subject.organization.clone()),
+            amr: Set(amr.join(" ")),
+            scope: Set(scope_name(scope).into()),
+            created_at: Set(now),
+            expires_at: Set(expires),
+            revoked_at: Set(None),
+        };
+        let amr: Vec<String> = amr.iter().map(|s| s.to_string()).collect();
+        let refresh = match scope {
+            TokenScope::Full => Some(secrets::new_token()),
+            TokenScope::MfaEnrollment => None,
+        };
+        {
+            use sea_orm::TransactionTrait;
+            let tx = self.db.begin().await?;
+            session::Entity::insert(row).exec(&tx).await?;
+            if let Some(refresh) = &refresh {
+                insert_refresh(&tx, &sid, refresh, now).await?;
+            }
+            tx.commit().await?;
+        }
+        tracing::info!(administrator = %subject.administrator, session = %sid, scope = scope_name(scope), "session started");
+        self.token_set(subject, &sid, &amr, scope, refresh, expires)
+    }
+
+    /// Tokens for an existing session.
+    pub fn token_set(
+        &self,
+        subject: &Subject,
+        sid: &str,
+        amr: &[String],
+        scope: TokenScope,
+        refresh: Option<String>,
+        session_expires: DateTime<Utc>,
+    ) -> ApiResult<TokenSet> {
+        let (access, access_expires) = self.signer.sign(subject, sid, amr, scope, self.now())?;
+        Ok(TokenSet {
+            access_token: access,
+            access_token_expire_time: Some(timestamp(access_expires)),
+            refresh_token_expire_time: refresh.as_ref().map(|_| timestamp(session_expires)),
+            refresh_token: refresh.unwrap_or_default(),
+            token_type: "Bearer".into(),
+            scope: match scope {
+                TokenScope::Full => ProtoScope::Full,
+                TokenScope::MfaEnrollment => ProtoScope::MfaEnrollment,
+            } as i32,
+        })
+    }
+
+    /// A valid (unused, unexpired) link token of `kind`, or "invalid credentials".
+    pub async fn find_link(&self, token: &str, kind: &str) -> ApiResult<link_token::Model> {
+        if token.is_empty() {
+            return Err(ApiError::invalid("token", "is required"));
+        }
+        let link = link_token::Entity::find_by_id(secrets::digest(token))
+            .one(&self.db)
+            .await?
+            .filter(|l| l.kind == kind && l.used_at.is_none() && l.expires_at > self.now())
+            .ok_or_else(invalid_credentials)?;
+        Ok(link)
+    }
+
+    /// Link lifetime in hours, for email text.
+    pub fn link_hours(&self) -> u64 {
+        self.config.invite_ttl_secs.div_ceil(3600)
+    }
+
+    /// The expiry of a link issued now.
+    pub fn link_expiry(&self) -> DateTime<Utc> {
+        self.now() + chrono::Duration::seconds(i64::try_from(self.config.invite_ttl_secs).unwrap_or(72 * 3600))
+    }
+}
+
+/// Stored name of a scope.
+pub fn scope_name(scope: TokenScope) -> &'static str {
+    match scope {
+        TokenScope::Full => "full",
+        TokenScope::MfaEnrollment => "mfa_enrollment",
+    }
+}
+
+/// Stores a new refresh token of session `sid`.
+pub async fn insert_refresh(conn: &impl ConnectionTrait, sid: &str, token: &str, now: DateTime<Utc>) -> ApiResult<()> {
+    refresh_token::Entity::insert(refresh_token::ActiveModel {
+        token_hash: Set(secrets::digest(token)),
+        session_id: Set(sid.to_string()),
+        used_at: Set(None),
+        created_at: Set(now),
+    })
+    .exec(conn)
+    .await?;
+    Ok(())
+}
+
+/// Revokes one session; returns whether it was live.
+pub async fn revoke_session(conn: &impl ConnectionTrait, sid: &str, now: DateTime<Utc>) -> ApiResult<bool> {
+    let result = session::Entity::update_many()
+        .col_expr(session::Column::RevokedAt, Expr::value(now))
+        .filter(session::Column::Id.eq(sid))
+        .filter(session::Column::RevokedAt.is_null())
+        .exec(conn)
+        .await?;
+    Ok(result.rows_affected > 0)
+}
+
+/// Revokes every live session of `administrator` except `keep`; returns how many.
+pub async fn revoke_sessions(
+    conn: &impl ConnectionTrait,
+    administrator: &str,
+    keep: Option<&str>,
+    now: DateTime<Utc>,
+) -> ApiResult<u64> {
+    let mut update = session::Entity::update_many()
+        .col_expr(session::Column::RevokedAt, Expr::value(now))
+        .filter(session::Column::Administrator.eq(administrator))
+        .filter(session::Column::RevokedAt.is_null());
+    if let Some(keep) = keep {
+        update = update.filter(session::Column::Id.ne(keep));
+    }
+    Ok(update.exec(conn).await?.rows_affected)
+}
+
+/// Consumes a link token; false when another call used it first.
+pub async fn use_link(conn: &impl ConnectionTrait, token_hash: &str, now: DateTime<Utc>) -> ApiResult<bool> {
+    let result = link_token::Entity::update_many()
+        .col_expr(link_token::Column::UsedAt, Expr::value(now))
+        .filter(link_token::Column::TokenHash.eq(token_hash))
+        .filter(link_token::Column::UsedAt.is_null())
+        .exec(conn)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Issues a new link of `kind` for `administrator`, invalidating its earlier unused links.
+pub async fn issue_link(
+    conn: &impl ConnectionTrait,
+    administrator: &str,
+    organization: &str,
+    kind: &str,
+    now: DateTime<Utc>,
+    expires: DateTime<Utc>,
+) -> ApiResult<String> {
+    link_token::Entity::delete_many()
+        .filter(link_token::Column::Administrator.eq(administrator))
+        .filter(link_token::Column::UsedAt.is_null())
+        .exec(conn)
+        .await?;
+    let token = secrets::new_link_token();
+    link_token::Entity::insert(link_token::ActiveModel {
+        token_hash: Set(secrets::digest(&token)),
+        administrator: Set(administrator.to_string()),
+        organization: Set(organization.to_string()),
+        kind: Set(kind.to_string()),
+        expires_at: Set(expires),
+        used_at: Set(None),
+        created_at: Set(now),
+    })
+    .exec(conn)
+    .await?;
+    Ok(token)
+}
