@@ -89,10 +89,18 @@ enum Failure {
     Transient(String),
 }
 
+/// A run in progress.
+struct Active {
+    /// Stops it.
+    stop: Option<oneshot::Sender<Stop>>,
+    /// Its process ID, once started.
+    pid: Option<u32>,
+}
+
 /// The runs in progress and the recently finished ones.
 #[derive(Default)]
 struct Runs {
-    active: HashMap<String, oneshot::Sender<Stop>>,
+    active: HashMap<String, Active>,
     recent: VecDeque<(String, RunFinished)>,
 }
 
@@ -297,8 +305,12 @@ impl Agent {
         let (stop_tx, stop_rx) = oneshot::channel();
         {
             let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
-            if runs.active.contains_key(&job.run) {
-                tracing::info!(run = %job.run, "assignment already running; ignored");
+            if let Some(active) = runs.active.get(&job.run) {
+                // The service lost our start report (a broken stream); repeat it.
+                tracing::info!(run = %job.run, "assignment already running; reporting its start again");
+                if let Some(pid) = active.pid {
+                    let _ = self.outbound_tx.send(event_message(&job.run, Event::Started { pid }));
+                }
                 return;
             }
             if let Some((_, finished)) = runs.recent.iter().find(|(run, _)| *run == job.run) {
@@ -308,7 +320,7 @@ impl Agent {
                     .send(open_stream_request::Message::RunFinished(finished.clone()));
                 return;
             }
-            runs.active.insert(job.run.clone(), stop_tx);
+            runs.active.insert(job.run.clone(), Active { stop: Some(stop_tx), pid: None });
         }
         tracing::info!(run = %job.run, interpreter = job.interpreter.as_str_name(), run_as_user = %job.run_as_user, timeout_ms = job.timeout.as_millis() as u64, "assignment received");
         let executor = self.executor.clone();
@@ -319,6 +331,12 @@ impl Agent {
             let (events_tx, mut events_rx) = mpsc::unbounded_channel();
             let forward = async {
                 while let Some(event) = events_rx.recv().await {
+                    if let Event::Started { pid } = event {
+                        let mut runs = runs.lock().unwrap_or_else(PoisonError::into_inner);
+                        if let Some(active) = runs.active.get_mut(&run) {
+                            active.pid = Some(pid);
+                        }
+                    }
                     let _ = outbound.send(event_message(&run, event));
                 }
             };
@@ -337,9 +355,11 @@ impl Agent {
     /// Stops a running job; a run this agent does not know is reported cancelled at once.
     fn cancel(&self, run: &str) {
         let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(stop) = runs.active.remove(run) {
-            tracing::info!(run, "cancelling run");
-            let _ = stop.send(Stop::Cancel);
+        if let Some(active) = runs.active.get_mut(run) {
+            if let Some(stop) = active.stop.take() {
+                tracing::info!(run, "cancelling run");
+                let _ = stop.send(Stop::Cancel);
+            }
         } else if runs.recent.iter().any(|(r, _)| r == run) {
             tracing::debug!(run, "cancel for a finished run ignored");
         } else {
@@ -355,9 +375,11 @@ impl Agent {
     /// Sends `reason` to every job in progress.
     fn stop_all(&self, reason: Stop) {
         let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
-        for (run, stop) in runs.active.drain() {
-            tracing::info!(%run, "stopping run");
-            let _ = stop.send(reason);
+        for (run, active) in runs.active.iter_mut() {
+            if let Some(stop) = active.stop.take() {
+                tracing::info!(%run, "stopping run");
+                let _ = stop.send(reason);
+            }
         }
     }
 
