@@ -69,7 +69,10 @@ fn reported(field: &str, value: &str, max: usize) -> ApiResult<()> {
         return Err(ApiError::invalid(field, "is required"));
     }
     if value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(field, format!("must be at most {max} printable characters")));
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {max} printable characters"),
+        ));
     }
     Ok(())
 }
@@ -82,10 +85,14 @@ fn credential_of(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
 }
 
 impl Agents {
-    async fn register_impl(&self, request: Request<RegisterAgentRequest>) -> ApiResult<RegisterAgentResponse> {
+    async fn register_impl(
+        &self,
+        request: Request<RegisterAgentRequest>,
+    ) -> ApiResult<RegisterAgentResponse> {
         let ctx = authn::context(&request);
         let req = request.into_inner();
-        let refused = || ApiError::Unauthenticated("invalid, expired or revoked connect key".into());
+        let refused =
+            || ApiError::Unauthenticated("invalid, expired or revoked connect key".into());
         if req.connect_key.is_empty() {
             return Err(refused());
         }
@@ -117,14 +124,19 @@ impl Agents {
             etag: rules::etag(&name, 0, &names::new_id()),
         };
         let txn = begin_write(db).await?;
-        system::Entity::insert(model.clone().into_active_model()).exec_without_returning(&txn).await?;
+        system::Entity::insert(model.clone().into_active_model())
+            .exec_without_returning(&txn)
+            .await?;
         audit::record(&txn, &key.organization, &ctx, &key.name, &name, Ok(()), now).await?;
         txn.commit().await?;
         tracing::info!(system = %name, connect_key = %key.name, "agent registered");
         Ok(RegisterAgentResponse { system: Some(system_proto(model, now)), credential })
     }
 
-    async fn open_impl(&self, request: Request<Streaming<OpenStreamRequest>>) -> ApiResult<AgentStream> {
+    async fn open_impl(
+        &self,
+        request: Request<Streaming<OpenStreamRequest>>,
+    ) -> ApiResult<AgentStream> {
         let credential = credential_of(request.metadata())
             .ok_or_else(|| ApiError::Unauthenticated("missing agent credential".into()))?;
         let found = system::Entity::find()
@@ -210,7 +222,9 @@ impl Session {
             match polled {
                 Ok(Poll::Continue) => {}
                 Ok(Poll::End(status)) => break Some(status),
-                Err(err) => tracing::warn!(system = %self.system, error = %err, "dispatch pass failed"),
+                Err(err) => {
+                    tracing::warn!(system = %self.system, error = %err, "dispatch pass failed")
+                }
             }
         };
         if let Some(status) = end {
@@ -224,10 +238,14 @@ impl Session {
 
     /// The result `run` of this system, if the run belongs to this system's organization.
     async fn own_result(&self, run: &str) -> ApiResult<Option<result::Model>> {
-        if names::parse("run", run, &["organizations", "runs"]).is_err() || organization_of(run) != self.organization {
+        if names::parse("run", run, &["organizations", "runs"]).is_err()
+            || organization_of(run) != self.organization
+        {
             return Ok(None);
         }
-        Ok(result::Entity::find_by_id((run.to_string(), self.system.clone())).one(&self.state.db).await?)
+        Ok(result::Entity::find_by_id((run.to_string(), self.system.clone()))
+            .one(&self.state.db)
+            .await?)
     }
 
     async fn handle(&mut self, message: OpenStreamRequest) -> ApiResult<()> {
@@ -242,13 +260,17 @@ impl Session {
                     .col_expr(system::Column::LastSeenTime, Expr::value(Some(now)))
                     .filter(system::Column::Name.eq(&self.system));
                 if !hello.agent_version.is_empty() && hello.agent_version.chars().count() <= 64 {
-                    update = update.col_expr(system::Column::AgentVersion, Expr::value(hello.agent_version));
+                    update = update
+                        .col_expr(system::Column::AgentVersion, Expr::value(hello.agent_version));
                 }
                 update.exec(db).await?;
                 self.state.changed.notify_waiters();
             }
             _ if !self.hello => {
-                return Err(ApiError::invalid("message", "the first message of a stream must be Hello"));
+                return Err(ApiError::invalid(
+                    "message",
+                    "the first message of a stream must be Hello",
+                ));
             }
             Message::Heartbeat(_) => {
                 system::Entity::update_many()
@@ -282,15 +304,27 @@ impl Session {
                     tracing::warn!(system = %self.system, %run, "output reported for an unknown run");
                     return Ok(());
                 };
-                let (buffer, truncated, data_column, flag_column) = match OutputStream::try_from(stream) {
-                    Ok(OutputStream::Stdout) => {
-                        (&mut current.stdout, current.stdout_truncated, result::Column::Stdout, result::Column::StdoutTruncated)
-                    }
-                    Ok(OutputStream::Stderr) => {
-                        (&mut current.stderr, current.stderr_truncated, result::Column::Stderr, result::Column::StderrTruncated)
-                    }
-                    _ => return Err(ApiError::invalid("output.stream", "must be stdout or stderr")),
-                };
+                let (buffer, truncated, data_column, flag_column) =
+                    match OutputStream::try_from(stream) {
+                        Ok(OutputStream::Stdout) => (
+                            &mut current.stdout,
+                            current.stdout_truncated,
+                            result::Column::Stdout,
+                            result::Column::StdoutTruncated,
+                        ),
+                        Ok(OutputStream::Stderr) => (
+                            &mut current.stderr,
+                            current.stderr_truncated,
+                            result::Column::Stderr,
+                            result::Column::StderrTruncated,
+                        ),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                "output.stream",
+                                "must be stdout or stderr",
+                            ))
+                        }
+                    };
                 let before = buffer.len();
                 let cut = rules::append_output(buffer, offset, &data, rules::MAX_OUTPUT_BYTES);
                 if buffer.len() == before && (!cut || truncated) {
@@ -314,8 +348,18 @@ impl Session {
                 error_message,
             }) => {
                 let final_state = match RunState::try_from(state) {
-                    Ok(s @ (RunState::Succeeded | RunState::Failed | RunState::TimedOut | RunState::Cancelled)) => s,
-                    _ => return Err(ApiError::invalid("run_finished.state", "must be a final state")),
+                    Ok(
+                        s @ (RunState::Succeeded
+                        | RunState::Failed
+                        | RunState::TimedOut
+                        | RunState::Cancelled),
+                    ) => s,
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "run_finished.state",
+                            "must be a final state",
+                        ))
+                    }
                 };
                 let Some(current) = self.own_result(&run).await? else {
                     tracing::warn!(system = %self.system, %run, "end reported for an unknown run");
@@ -328,17 +372,31 @@ impl Session {
                 result::Entity::update_many()
                     .col_expr(result::Column::State, Expr::value(final_state as i32))
                     .col_expr(result::Column::ExitCode, Expr::value(exit_code))
-                    .col_expr(result::Column::StdoutTruncated, Expr::value(current.stdout_truncated || stdout_truncated))
-                    .col_expr(result::Column::StderrTruncated, Expr::value(current.stderr_truncated || stderr_truncated))
-                    .col_expr(result::Column::StartTime, Expr::value(Some(current.start_time.unwrap_or(now))))
+                    .col_expr(
+                        result::Column::StdoutTruncated,
+                        Expr::value(current.stdout_truncated || stdout_truncated),
+                    )
+                    .col_expr(
+                        result::Column::StderrTruncated,
+                        Expr::value(current.stderr_truncated || stderr_truncated),
+                    )
+                    .col_expr(
+                        result::Column::StartTime,
+                        Expr::value(Some(current.start_time.unwrap_or(now))),
+                    )
                     .col_expr(result::Column::EndTime, Expr::value(Some(now)))
                     .col_expr(
                         result::Column::ErrorMessage,
-                        Expr::value(error_message.chars().take(MAX_ERROR_CHARS).collect::<String>()),
+                        Expr::value(
+                            error_message.chars().take(MAX_ERROR_CHARS).collect::<String>(),
+                        ),
                     )
                     .filter(result::Column::Run.eq(&run))
                     .filter(result::Column::System.eq(&self.system))
-                    .filter(result::Column::State.is_in([RunState::Queued as i32, RunState::Running as i32]))
+                    .filter(
+                        result::Column::State
+                            .is_in([RunState::Queued as i32, RunState::Running as i32]),
+                    )
                     .exec(&txn)
                     .await?;
                 refresh_run(&txn, &run, now).await?;
@@ -351,13 +409,22 @@ impl Session {
     }
 
     /// Checks the system still belongs to this stream, then sends new work and cancellations.
-    async fn poll(&self, tx: &Outbound, last_touch: &mut Instant, last_heartbeat: &mut Instant) -> ApiResult<Poll> {
+    async fn poll(
+        &self,
+        tx: &Outbound,
+        last_touch: &mut Instant,
+        last_heartbeat: &mut Instant,
+    ) -> ApiResult<Poll> {
         let db = &self.state.db;
         let Some(current) = system::Entity::find_by_id(self.system.clone()).one(db).await? else {
-            return Ok(Poll::End(ApiError::Unauthenticated("the system has been deleted".into()).into()));
+            return Ok(Poll::End(
+                ApiError::Unauthenticated("the system has been deleted".into()).into(),
+            ));
         };
         if current.stream_id.as_deref() != Some(self.stream_id.as_str()) {
-            return Ok(Poll::End(ApiError::Aborted("replaced by a newer stream of the same system".into()).into()));
+            return Ok(Poll::End(
+                ApiError::Aborted("replaced by a newer stream of the same system".into()).into(),
+            ));
         }
         let now = self.state.now();
         if last_touch.elapsed() >= TOUCH_INTERVAL {
@@ -404,17 +471,26 @@ impl Session {
             if claimed.rows_affected != 1 {
                 continue;
             }
-            let Some(snapshot) = run::Entity::find_by_id(run_name.clone()).one(db).await? else { continue };
+            let Some(snapshot) = run::Entity::find_by_id(run_name.clone()).one(db).await? else {
+                continue;
+            };
             let assignment = Assignment {
                 run: snapshot.name,
                 command: snapshot.command,
                 script: snapshot.script,
                 interpreter: snapshot.interpreter,
                 run_as_user: snapshot.run_as_user,
-                timeout: Some(prost_types::Duration { seconds: snapshot.timeout_secs, nanos: snapshot.timeout_nanos }),
+                timeout: Some(prost_types::Duration {
+                    seconds: snapshot.timeout_secs,
+                    nanos: snapshot.timeout_nanos,
+                }),
             };
             tracing::info!(system = %self.system, run = %run_name, "assignment sent");
-            if tx.send(response(open_stream_response::Message::Assignment(assignment))).await.is_err() {
+            if tx
+                .send(response(open_stream_response::Message::Assignment(assignment)))
+                .await
+                .is_err()
+            {
                 return Ok(Poll::Continue);
             }
         }
@@ -424,7 +500,9 @@ impl Session {
             .filter(result::Column::System.eq(&self.system))
             .filter(result::Column::CancelTime.is_not_null())
             .filter(result::Column::CancelSent.eq(false))
-            .filter(result::Column::State.is_in([RunState::Queued as i32, RunState::Running as i32]))
+            .filter(
+                result::Column::State.is_in([RunState::Queued as i32, RunState::Running as i32]),
+            )
             .into_tuple()
             .all(db)
             .await?;
@@ -436,7 +514,13 @@ impl Session {
                 .exec(db)
                 .await?;
             tracing::info!(system = %self.system, run = %run_name, "cancellation sent");
-            if tx.send(response(open_stream_response::Message::CancelRun(CancelRun { run: run_name }))).await.is_err() {
+            if tx
+                .send(response(open_stream_response::Message::CancelRun(CancelRun {
+                    run: run_name,
+                })))
+                .await
+                .is_err()
+            {
                 return Ok(Poll::Continue);
             }
         }
@@ -479,7 +563,10 @@ async fn release(state: &State, stream: Option<&str>) -> ApiResult<usize> {
         .select_only()
         .column(system::Column::Name)
         .column(system::Column::StreamId)
-        .filter(system::Column::Name.is_in(claimed.iter().map(|(_, s, _)| s.clone()).collect::<HashSet<_>>()))
+        .filter(
+            system::Column::Name
+                .is_in(claimed.iter().map(|(_, s, _)| s.clone()).collect::<HashSet<_>>()),
+        )
         .into_tuple()
         .all(db)
         .await?
@@ -549,7 +636,9 @@ async fn reap(state: &State) -> ApiResult<()> {
         .select_only()
         .column(system::Column::Name)
         .column(system::Column::LastSeenTime)
-        .filter(system::Column::Name.is_in(running.iter().map(|r| r.1.clone()).collect::<HashSet<_>>()))
+        .filter(
+            system::Column::Name.is_in(running.iter().map(|r| r.1.clone()).collect::<HashSet<_>>()),
+        )
         .into_tuple()
         .all(db)
         .await?
@@ -560,7 +649,9 @@ async fn reap(state: &State) -> ApiResult<()> {
         .column(run::Column::Name)
         .column(run::Column::TimeoutSecs)
         .column(run::Column::TimeoutNanos)
-        .filter(run::Column::Name.is_in(running.iter().map(|r| r.0.clone()).collect::<HashSet<_>>()))
+        .filter(
+            run::Column::Name.is_in(running.iter().map(|r| r.0.clone()).collect::<HashSet<_>>()),
+        )
         .into_tuple::<(String, i64, i32)>()
         .all(db)
         .await?
@@ -570,8 +661,10 @@ async fn reap(state: &State) -> ApiResult<()> {
     let deadline = agent_deadline();
     for (run_name, system_name, start, cancel) in running {
         let last_seen = seen.get(&system_name).cloned().flatten();
-        let (secs, nanos) = timeouts.get(&run_name).copied().unwrap_or((rules::DEFAULT_TIMEOUT_SECS, 0));
-        let timeout = chrono::TimeDelta::seconds(secs) + chrono::TimeDelta::nanoseconds(i64::from(nanos));
+        let (secs, nanos) =
+            timeouts.get(&run_name).copied().unwrap_or((rules::DEFAULT_TIMEOUT_SECS, 0));
+        let timeout =
+            chrono::TimeDelta::seconds(secs) + chrono::TimeDelta::nanoseconds(i64::from(nanos));
         let verdict = if cancel.is_some_and(|at| at + deadline < now) {
             Some((RunState::Cancelled, "the agent did not confirm the cancellation"))
         } else if last_seen.is_none_or(|at| at + deadline < now) {

@@ -53,7 +53,9 @@ pub fn outcome(result: Result<(), &ApiError>) -> (i32, i32, String) {
         Ok(()) => (AuditResult::Allowed as i32, 0, String::new()),
         Err(err) => {
             let kind = match err {
-                ApiError::PermissionDenied { .. } | ApiError::FailedPrecondition(_) => AuditResult::Denied,
+                ApiError::PermissionDenied { .. } | ApiError::FailedPrecondition(_) => {
+                    AuditResult::Denied
+                }
                 _ => AuditResult::Failed,
             };
             let message = match err {
@@ -115,7 +117,10 @@ pub fn deliver(peers: Peers) -> Deliver {
                 reason: event.reason,
                 request_id: event.request_id,
                 client_address: event.client_address,
-                create_time: Some(prost_types::Timestamp { seconds: event.create_seconds, nanos: event.create_nanos }),
+                create_time: Some(prost_types::Timestamp {
+                    seconds: event.create_seconds,
+                    nanos: event.create_nanos,
+                }),
             };
             let mut client = AdminInternalServiceClient::new(peers.internal(&peers.admin));
             client

@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::Stream;
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DerivePartialModel, EntityTrait, FromQueryResult, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DerivePartialModel, EntityTrait, FromQueryResult,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
 use steward_proto::admin::v1::LookupAdministratorRequest;
@@ -80,7 +80,10 @@ fn idempotency_key(kind: &str, caller: &str, request_id: &str) -> Option<String>
     (!request_id.is_empty()).then(|| format!("{kind}|{caller}|{request_id}"))
 }
 
-pub(crate) async fn remembered<C: ConnectionTrait>(conn: &C, key: &Option<String>) -> ApiResult<Option<String>> {
+pub(crate) async fn remembered<C: ConnectionTrait>(
+    conn: &C,
+    key: &Option<String>,
+) -> ApiResult<Option<String>> {
     let Some(key) = key else { return Ok(None) };
     Ok(idempotency::Entity::find_by_id(key.clone()).one(conn).await?.map(|m| m.resource))
 }
@@ -109,7 +112,10 @@ pub(crate) async fn remember<C: ConnectionTrait>(
 }
 
 /// Target systems of commands, in order, keyed by command name.
-async fn targets_of<C: ConnectionTrait>(conn: &C, commands: &[String]) -> ApiResult<HashMap<String, Vec<String>>> {
+async fn targets_of<C: ConnectionTrait>(
+    conn: &C,
+    commands: &[String],
+) -> ApiResult<HashMap<String, Vec<String>>> {
     let mut map: HashMap<String, Vec<String>> = HashMap::new();
     if commands.is_empty() {
         return Ok(map);
@@ -148,17 +154,30 @@ async fn load_command_proto<C: ConnectionTrait>(conn: &C, m: command::Model) -> 
 }
 
 fn grant_proto(m: grant::Model) -> Grant {
-    Grant { name: m.name, grantee: m.grantee, grantor: m.grantor, create_time: Some(timestamp(m.create_time)) }
+    Grant {
+        name: m.name,
+        grantee: m.grantee,
+        grantor: m.grantor,
+        create_time: Some(timestamp(m.create_time)),
+    }
 }
 
-async fn find_command<C: ConnectionTrait>(conn: &C, organization: &str, name: &str) -> ApiResult<Option<command::Model>> {
+async fn find_command<C: ConnectionTrait>(
+    conn: &C,
+    organization: &str,
+    name: &str,
+) -> ApiResult<Option<command::Model>> {
     Ok(command::Entity::find_by_id(name.to_string())
         .filter(command::Column::Organization.eq(organization))
         .one(conn)
         .await?)
 }
 
-async fn find_grant<C: ConnectionTrait>(conn: &C, command: &str, grantee: &str) -> ApiResult<Option<grant::Model>> {
+async fn find_grant<C: ConnectionTrait>(
+    conn: &C,
+    command: &str,
+    grantee: &str,
+) -> ApiResult<Option<grant::Model>> {
     Ok(grant::Entity::find()
         .filter(grant::Column::Command.eq(command))
         .filter(grant::Column::Grantee.eq(grantee))
@@ -167,7 +186,11 @@ async fn find_grant<C: ConnectionTrait>(conn: &C, command: &str, grantee: &str) 
 }
 
 /// Checks target system names: well-formed, of `organization`, distinct, and existing.
-async fn check_targets<C: ConnectionTrait>(conn: &C, p: &Principal, targets: &[String]) -> ApiResult<()> {
+async fn check_targets<C: ConnectionTrait>(
+    conn: &C,
+    p: &Principal,
+    targets: &[String],
+) -> ApiResult<()> {
     for (i, name) in targets.iter().enumerate() {
         let field = format!("command.target_systems[{i}]");
         parse_system(&field, name)?;
@@ -186,7 +209,11 @@ async fn check_targets<C: ConnectionTrait>(conn: &C, p: &Principal, targets: &[S
     Ok(())
 }
 
-async fn replace_targets<C: ConnectionTrait>(conn: &C, command: &str, targets: &[String]) -> ApiResult<()> {
+async fn replace_targets<C: ConnectionTrait>(
+    conn: &C,
+    command: &str,
+    targets: &[String],
+) -> ApiResult<()> {
     target::Entity::delete_many().filter(target::Column::Command.eq(command)).exec(conn).await?;
     for (position, system) in targets.iter().enumerate() {
         target::Entity::insert(
@@ -274,14 +301,24 @@ fn run_shell(m: run::Model, results: Vec<SystemResult>) -> Run {
 }
 
 /// A run as returned by the API, with or without its output.
-pub(crate) async fn run_proto<C: ConnectionTrait>(conn: &C, m: run::Model, with_output: bool) -> ApiResult<Run> {
+pub(crate) async fn run_proto<C: ConnectionTrait>(
+    conn: &C,
+    m: run::Model,
+    with_output: bool,
+) -> ApiResult<Run> {
     let query = result::Entity::find()
         .filter(result::Column::Run.eq(&m.name))
         .order_by_asc(result::Column::Position);
     let results = if with_output {
         query.all(conn).await?.into_iter().map(full_result_proto).collect()
     } else {
-        query.into_partial_model::<ResultSummary>().all(conn).await?.into_iter().map(summary_proto).collect()
+        query
+            .into_partial_model::<ResultSummary>()
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(summary_proto)
+            .collect()
     };
     Ok(run_shell(m, results))
 }
@@ -302,7 +339,8 @@ pub(crate) async fn refresh_run<C: ConnectionTrait>(
         .await?;
     let states: Vec<i32> = results.iter().map(|r| r.state).collect();
     let state = rules::aggregate(&states, current.cancelled) as i32;
-    let start_time = current.start_time.or_else(|| results.iter().filter_map(|r| r.start_time).min());
+    let start_time =
+        current.start_time.or_else(|| results.iter().filter_map(|r| r.start_time).min());
     let end_time = if rules::is_terminal(state) {
         current.end_time.or_else(|| {
             if current.cancelled {
@@ -328,13 +366,20 @@ pub(crate) async fn refresh_run<C: ConnectionTrait>(
 
 /// A decision.
 fn decision(allowed: bool, reason: DecisionReason, message: impl Into<String>) -> Decision {
-    Decision { allowed, reason: reason as i32, message: message.into(), grant: String::new(), grantor: String::new() }
+    Decision {
+        allowed,
+        reason: reason as i32,
+        message: message.into(),
+        grant: String::new(),
+        grantor: String::new(),
+    }
 }
 
 impl Commands {
     async fn lookup_role(&self, administrator: &str) -> ApiResult<Option<Role>> {
         use steward_proto::admin::v1::Role as ProtoRole;
-        let mut client = AdminInternalServiceClient::new(self.state.peers.internal(&self.state.peers.admin));
+        let mut client =
+            AdminInternalServiceClient::new(self.state.peers.internal(&self.state.peers.admin));
         let found = match client
             .lookup_administrator(LookupAdministratorRequest { name: administrator.to_string() })
             .await
@@ -350,7 +395,9 @@ impl Commands {
         match ProtoRole::try_from(found.role) {
             Ok(ProtoRole::Administrator) => Ok(Some(Role::Administrator)),
             Ok(ProtoRole::CommandRunner) => Ok(Some(Role::CommandRunner)),
-            _ => Err(ApiError::internal(format!("administrator {administrator} has no valid role"))),
+            _ => {
+                Err(ApiError::internal(format!("administrator {administrator} has no valid role")))
+            }
         }
     }
 
@@ -362,9 +409,14 @@ impl Commands {
         p.check_organization(name)?;
         let db = &self.state.db;
         if !is_admin(p) && find_grant(db, name, &p.administrator).await?.is_none() {
-            return Err(ApiError::denied("NO_GRANT", format!("{name} has not been granted to you")));
+            return Err(ApiError::denied(
+                "NO_GRANT",
+                format!("{name} has not been granted to you"),
+            ));
         }
-        find_command(db, &p.organization, name).await?.ok_or_else(|| ApiError::NotFound(name.to_string()))
+        find_command(db, &p.organization, name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(name.to_string()))
     }
 
     /// Loads a run the caller may see: Administrators see every run of their organization,
@@ -383,7 +435,10 @@ impl Commands {
         }
     }
 
-    async fn create_command_impl(&self, request: Request<CreateCommandRequest>) -> ApiResult<CreateCommandResponse> {
+    async fn create_command_impl(
+        &self,
+        request: Request<CreateCommandRequest>,
+    ) -> ApiResult<CreateCommandResponse> {
         let p = authn::principal(&request)?.clone();
         let ctx = authn::context(&request);
         let req = request.into_inner();
@@ -406,14 +461,18 @@ impl Commands {
         let key = idempotency_key("create_command", &p.administrator, &req.request_id);
         let db = &self.state.db;
         if let Some(previous) = remembered(db, &key).await? {
-            let m = find_command(db, &p.organization, &previous).await?.ok_or(ApiError::NotFound(previous))?;
+            let m = find_command(db, &p.organization, &previous)
+                .await?
+                .ok_or(ApiError::NotFound(previous))?;
             return Ok(CreateCommandResponse { command: Some(load_command_proto(db, m).await?) });
         }
         let name = format!("{}/commands/{id}", p.organization);
         let now = self.state.now();
         let txn = begin_write(db).await?;
         if let Some(previous) = remembered(&txn, &key).await? {
-            let m = find_command(&txn, &p.organization, &previous).await?.ok_or(ApiError::NotFound(previous))?;
+            let m = find_command(&txn, &p.organization, &previous)
+                .await?
+                .ok_or(ApiError::NotFound(previous))?;
             return Ok(CreateCommandResponse { command: Some(load_command_proto(&txn, m).await?) });
         }
         check_targets(&txn, &p, &c.target_systems).await?;
@@ -453,13 +512,19 @@ impl Commands {
         Ok(CreateCommandResponse { command: Some(command_proto(model, c.target_systems)) })
     }
 
-    async fn get_command_impl(&self, request: Request<GetCommandRequest>) -> ApiResult<GetCommandResponse> {
+    async fn get_command_impl(
+        &self,
+        request: Request<GetCommandRequest>,
+    ) -> ApiResult<GetCommandResponse> {
         let p = authn::principal(&request)?;
         let m = self.visible_command(p, &request.get_ref().name).await?;
         Ok(GetCommandResponse { command: Some(load_command_proto(&self.state.db, m).await?) })
     }
 
-    async fn list_commands_impl(&self, request: Request<ListCommandsRequest>) -> ApiResult<ListCommandsResponse> {
+    async fn list_commands_impl(
+        &self,
+        request: Request<ListCommandsRequest>,
+    ) -> ApiResult<ListCommandsResponse> {
         let p = authn::principal(&request)?;
         let req = request.get_ref();
         parse_org("parent", &req.parent)?;
@@ -469,7 +534,8 @@ impl Commands {
         let (order, desc) = rules::parse_command_order(&req.order_by)?;
         let digest = format!("{}|{}|{}", req.filter.trim(), req.order_by.trim(), p.administrator);
         let offset = names::decode_page_token(&req.page_token, &digest)?;
-        let mut query = command::Entity::find().filter(command::Column::Organization.eq(&p.organization));
+        let mut query =
+            command::Entity::find().filter(command::Column::Organization.eq(&p.organization));
         for term in &terms {
             query = query.filter(command::Column::DisplayName.eq(term.value.clone()));
         }
@@ -508,7 +574,10 @@ impl Commands {
         Ok(ListCommandsResponse { commands, next_page_token })
     }
 
-    async fn update_command_impl(&self, request: Request<UpdateCommandRequest>) -> ApiResult<UpdateCommandResponse> {
+    async fn update_command_impl(
+        &self,
+        request: Request<UpdateCommandRequest>,
+    ) -> ApiResult<UpdateCommandResponse> {
         let p = authn::principal(&request)?.clone();
         let ctx = authn::context(&request);
         let req = request.into_inner();
@@ -533,13 +602,19 @@ impl Commands {
         let paths = rules::update_paths(&mask, rules::COMMAND_MASK_PATHS, &present)?;
         let db = &self.state.db;
         let txn = begin_write(db).await?;
-        let current =
-            find_command(&txn, &p.organization, &c.name).await?.ok_or_else(|| ApiError::NotFound(c.name.clone()))?;
+        let current = find_command(&txn, &p.organization, &c.name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(c.name.clone()))?;
         if !c.etag.is_empty() && c.etag != current.etag {
-            return Err(ApiError::Aborted(format!("{} has changed since it was read (stale etag)", c.name)));
+            return Err(ApiError::Aborted(format!(
+                "{} has changed since it was read (stale etag)",
+                c.name
+            )));
         }
         if paths.is_empty() {
-            return Ok(UpdateCommandResponse { command: Some(load_command_proto(&txn, current).await?) });
+            return Ok(UpdateCommandResponse {
+                command: Some(load_command_proto(&txn, current).await?),
+            });
         }
         let mut next = current.clone();
         let mut new_targets = None;
@@ -602,24 +677,32 @@ impl Commands {
         if let Some(targets) = &new_targets {
             replace_targets(&txn, &next.name, targets).await?;
         }
-        audit::record(&txn, &p.organization, &ctx, &p.administrator, &next.name, Ok(()), now).await?;
+        audit::record(&txn, &p.organization, &ctx, &p.administrator, &next.name, Ok(()), now)
+            .await?;
         let command = load_command_proto(&txn, next).await?;
         txn.commit().await?;
         tracing::info!(command = %command.name, fields = ?paths, "command updated");
         Ok(UpdateCommandResponse { command: Some(command) })
     }
 
-    async fn delete_command_impl(&self, request: Request<DeleteCommandRequest>) -> ApiResult<DeleteCommandResponse> {
+    async fn delete_command_impl(
+        &self,
+        request: Request<DeleteCommandRequest>,
+    ) -> ApiResult<DeleteCommandResponse> {
         let p = authn::principal(&request)?.clone();
         let ctx = authn::context(&request);
         let req = request.into_inner();
         parse_command("name", &req.name)?;
         p.check_organization(&req.name)?;
         let txn = begin_write(&self.state.db).await?;
-        let current =
-            find_command(&txn, &p.organization, &req.name).await?.ok_or_else(|| ApiError::NotFound(req.name.clone()))?;
+        let current = find_command(&txn, &p.organization, &req.name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(req.name.clone()))?;
         if !req.etag.is_empty() && req.etag != current.etag {
-            return Err(ApiError::Aborted(format!("{} has changed since it was read (stale etag)", req.name)));
+            return Err(ApiError::Aborted(format!(
+                "{} has changed since it was read (stale etag)",
+                req.name
+            )));
         }
         let deleted = command::Entity::delete_many()
             .filter(command::Column::Name.eq(&current.name))
@@ -629,16 +712,26 @@ impl Commands {
         if deleted.rows_affected != 1 {
             return Err(ApiError::Aborted(format!("{} was changed concurrently, retry", req.name)));
         }
-        grant::Entity::delete_many().filter(grant::Column::Command.eq(&req.name)).exec(&txn).await?;
-        target::Entity::delete_many().filter(target::Column::Command.eq(&req.name)).exec(&txn).await?;
+        grant::Entity::delete_many()
+            .filter(grant::Column::Command.eq(&req.name))
+            .exec(&txn)
+            .await?;
+        target::Entity::delete_many()
+            .filter(target::Column::Command.eq(&req.name))
+            .exec(&txn)
+            .await?;
         let now = self.state.now();
-        audit::record(&txn, &p.organization, &ctx, &p.administrator, &req.name, Ok(()), now).await?;
+        audit::record(&txn, &p.organization, &ctx, &p.administrator, &req.name, Ok(()), now)
+            .await?;
         txn.commit().await?;
         tracing::info!(command = %req.name, "command deleted");
         Ok(DeleteCommandResponse {})
     }
 
-    async fn create_grant_impl(&self, request: Request<CreateGrantRequest>) -> ApiResult<CreateGrantResponse> {
+    async fn create_grant_impl(
+        &self,
+        request: Request<CreateGrantRequest>,
+    ) -> ApiResult<CreateGrantResponse> {
         let p = authn::principal(&request)?.clone();
         let ctx = authn::context(&request);
         let req = request.into_inner();
@@ -679,7 +772,9 @@ impl Commands {
         if find_command(&txn, &p.organization, &req.parent).await?.is_none() {
             return Err(ApiError::NotFound(req.parent));
         }
-        let exists = |name: &str| ApiError::AlreadyExists(format!("{name} is already granted to {}", g.grantee));
+        let exists = |name: &str| {
+            ApiError::AlreadyExists(format!("{name} is already granted to {}", g.grantee))
+        };
         if find_grant(&txn, &req.parent, &g.grantee).await?.is_some() {
             return Err(exists(&req.parent));
         }
@@ -691,21 +786,22 @@ impl Commands {
             grantor: p.administrator.clone(),
             create_time: now,
         };
-        grant::Entity::insert(model.clone().into_active_model()).exec_without_returning(&txn).await.map_err(|e| {
-            if is_unique_violation(&e) {
-                exists(&req.parent)
-            } else {
-                e.into()
-            }
-        })?;
+        grant::Entity::insert(model.clone().into_active_model())
+            .exec_without_returning(&txn)
+            .await
+            .map_err(|e| if is_unique_violation(&e) { exists(&req.parent) } else { e.into() })?;
         remember(&txn, &key, &p.organization, &model.name, now).await?;
-        audit::record(&txn, &p.organization, &ctx, &p.administrator, &model.name, Ok(()), now).await?;
+        audit::record(&txn, &p.organization, &ctx, &p.administrator, &model.name, Ok(()), now)
+            .await?;
         txn.commit().await?;
         tracing::info!(grant = %model.name, grantee = %model.grantee, "grant created");
         Ok(CreateGrantResponse { grant: Some(grant_proto(model)) })
     }
 
-    async fn delete_grant_impl(&self, request: Request<DeleteGrantRequest>) -> ApiResult<DeleteGrantResponse> {
+    async fn delete_grant_impl(
+        &self,
+        request: Request<DeleteGrantRequest>,
+    ) -> ApiResult<DeleteGrantResponse> {
         let p = authn::principal(&request)?.clone();
         let ctx = authn::context(&request);
         let name = request.into_inner().name;
@@ -727,7 +823,10 @@ impl Commands {
         Ok(DeleteGrantResponse {})
     }
 
-    async fn list_grants_impl(&self, request: Request<ListGrantsRequest>) -> ApiResult<ListGrantsResponse> {
+    async fn list_grants_impl(
+        &self,
+        request: Request<ListGrantsRequest>,
+    ) -> ApiResult<ListGrantsResponse> {
         let p = authn::principal(&request)?;
         let req = request.get_ref();
         let command = match req.parent.strip_suffix("/commands/-") {
@@ -745,7 +844,8 @@ impl Commands {
         let terms = rules::parse_filter(&req.filter, &["grantee"], &["grantee"])?;
         let digest = format!("{}|{}", req.parent, req.filter.trim());
         let offset = names::decode_page_token(&req.page_token, &digest)?;
-        let mut query = grant::Entity::find().filter(grant::Column::Organization.eq(&p.organization));
+        let mut query =
+            grant::Entity::find().filter(grant::Column::Organization.eq(&p.organization));
         if let Some(command) = command {
             query = query.filter(grant::Column::Command.eq(command));
         }
@@ -761,7 +861,10 @@ impl Commands {
             .all(&self.state.db)
             .await?;
         let (rows, next_page_token) = page(rows, size, offset, &digest);
-        Ok(ListGrantsResponse { grants: rows.into_iter().map(grant_proto).collect(), next_page_token })
+        Ok(ListGrantsResponse {
+            grants: rows.into_iter().map(grant_proto).collect(),
+            next_page_token,
+        })
     }
 
     /// One access check, in the order of the `DecisionReason` documentation. `roles` caches
@@ -785,7 +888,10 @@ impl Commands {
             req.principal.clone()
         };
         if !is_admin(caller) && principal != caller.administrator {
-            return Err(ApiError::denied("NOT_SELF", "Command Runners may only check their own access"));
+            return Err(ApiError::denied(
+                "NOT_SELF",
+                "Command Runners may only check their own access",
+            ));
         }
         caller.check_organization(&principal)?;
         let system = if req.system.is_empty() {
@@ -827,10 +933,17 @@ impl Commands {
         };
         let db = &self.state.db;
         if find_command(db, &organization, &req.command).await?.is_none() {
-            return Ok(decision(false, DecisionReason::CommandNotFound, format!("{} does not exist", req.command)));
+            return Ok(decision(
+                false,
+                DecisionReason::CommandNotFound,
+                format!("{} does not exist", req.command),
+            ));
         }
         if action == Action::Run {
-            let targets = targets_of(db, std::slice::from_ref(&req.command)).await?.remove(&req.command).unwrap_or_default();
+            let targets = targets_of(db, std::slice::from_ref(&req.command))
+                .await?
+                .remove(&req.command)
+                .unwrap_or_default();
             if targets.is_empty() {
                 return Ok(decision(
                     false,
@@ -869,7 +982,10 @@ impl Commands {
         }
     }
 
-    async fn check_access_impl(&self, request: Request<CheckAccessRequest>) -> ApiResult<CheckAccessResponse> {
+    async fn check_access_impl(
+        &self,
+        request: Request<CheckAccessRequest>,
+    ) -> ApiResult<CheckAccessResponse> {
         let p = authn::principal(&request)?;
         let decision = self.check(p, request.get_ref(), &mut HashMap::new()).await?;
         Ok(CheckAccessResponse { decision: Some(decision) })
@@ -902,15 +1018,26 @@ impl Commands {
         Ok(BatchCheckAccessResponse { results })
     }
 
-    async fn run_command_impl(&self, request: Request<RunCommandRequest>) -> ApiResult<RunCommandResponse> {
+    async fn run_command_impl(
+        &self,
+        request: Request<RunCommandRequest>,
+    ) -> ApiResult<RunCommandResponse> {
         let p = authn::principal(&request)?.clone();
         let ctx = authn::context(&request);
         let req = request.into_inner();
         let result = self.run_inner(&p, &ctx, &req).await;
         if let Err(err) = &result {
             let now = self.state.now();
-            if let Err(audit_err) =
-                audit::record(&self.state.db, &p.organization, &ctx, &p.administrator, &req.command, Err(err), now).await
+            if let Err(audit_err) = audit::record(
+                &self.state.db,
+                &p.organization,
+                &ctx,
+                &p.administrator,
+                &req.command,
+                Err(err),
+                now,
+            )
+            .await
             {
                 tracing::error!(error = %audit_err, command = %req.command, "cannot queue the audit event of a refused run");
             }
@@ -919,7 +1046,12 @@ impl Commands {
         result
     }
 
-    async fn run_inner(&self, p: &Principal, ctx: &RequestContext, req: &RunCommandRequest) -> ApiResult<RunCommandResponse> {
+    async fn run_inner(
+        &self,
+        p: &Principal,
+        ctx: &RequestContext,
+        req: &RunCommandRequest,
+    ) -> ApiResult<RunCommandResponse> {
         parse_command("command", &req.command)?;
         p.check_organization(&req.command)?;
         let mut requested: Vec<String> = Vec::new();
@@ -939,7 +1071,8 @@ impl Commands {
         }
         let now = self.state.now();
         let txn = begin_write(db).await?;
-        let no_grant = || ApiError::denied("NO_GRANT", format!("{} has not been granted to you", req.command));
+        let no_grant =
+            || ApiError::denied("NO_GRANT", format!("{} has not been granted to you", req.command));
         if !is_admin(p) {
             let grant = grant::Entity::find()
                 .filter(grant::Column::Command.eq(&req.command))
@@ -951,10 +1084,18 @@ impl Commands {
                 return Err(no_grant());
             }
         }
-        let command = find_command(&txn, &p.organization, &req.command)
+        let command =
+            find_command(&txn, &p.organization, &req.command).await?.ok_or_else(|| {
+                if is_admin(p) {
+                    ApiError::NotFound(req.command.clone())
+                } else {
+                    no_grant()
+                }
+            })?;
+        let targets = targets_of(&txn, std::slice::from_ref(&command.name))
             .await?
-            .ok_or_else(|| if is_admin(p) { ApiError::NotFound(req.command.clone()) } else { no_grant() })?;
-        let targets = targets_of(&txn, std::slice::from_ref(&command.name)).await?.remove(&command.name).unwrap_or_default();
+            .remove(&command.name)
+            .unwrap_or_default();
         if targets.is_empty() {
             return Err(ApiError::precondition(
                 "NO_TARGET_SYSTEMS",
@@ -1012,7 +1153,8 @@ impl Commands {
             .await?;
         }
         remember(&txn, &key, &p.organization, &run.name, now).await?;
-        audit::record(&txn, &p.organization, ctx, &p.administrator, &command.name, Ok(()), now).await?;
+        audit::record(&txn, &p.organization, ctx, &p.administrator, &command.name, Ok(()), now)
+            .await?;
         let proto = run_proto(&txn, run, false).await?;
         txn.commit().await?;
         self.state.changed.notify_waiters();
@@ -1026,13 +1168,20 @@ impl Commands {
         Ok(GetRunResponse { run: Some(run_proto(&self.state.db, run, true).await?) })
     }
 
-    async fn list_runs_impl(&self, request: Request<ListRunsRequest>) -> ApiResult<ListRunsResponse> {
+    async fn list_runs_impl(
+        &self,
+        request: Request<ListRunsRequest>,
+    ) -> ApiResult<ListRunsResponse> {
         let p = authn::principal(&request)?;
         let req = request.get_ref();
         parse_org("parent", &req.parent)?;
         p.check_organization(&req.parent)?;
         let size = names::page_size(req.page_size)?;
-        let terms = rules::parse_filter(&req.filter, &["command", "runner", "state"], &["command", "runner"])?;
+        let terms = rules::parse_filter(
+            &req.filter,
+            &["command", "runner", "state"],
+            &["command", "runner"],
+        )?;
         let digest = format!("{}|{}", req.filter.trim(), p.administrator);
         let offset = names::decode_page_token(&req.page_token, &digest)?;
         let mut query = run::Entity::find().filter(run::Column::Organization.eq(&p.organization));
@@ -1048,14 +1197,22 @@ impl Commands {
                 "runner" => {
                     parse_admin("filter", &term.value)?;
                     if !is_admin(p) && term.value != p.administrator {
-                        return Err(ApiError::denied("NOT_OWN_RUN", "Command Runners may only list their own runs"));
+                        return Err(ApiError::denied(
+                            "NOT_OWN_RUN",
+                            "Command Runners may only list their own runs",
+                        ));
                     }
                     query.filter(run::Column::Runner.eq(term.value))
                 }
                 _ => {
                     let state = RunState::from_str_name(&term.value)
                         .filter(|s| *s != RunState::Unspecified)
-                        .ok_or_else(|| ApiError::invalid("filter", format!("unknown run state `{}`", term.value)))?;
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                "filter",
+                                format!("unknown run state `{}`", term.value),
+                            )
+                        })?;
                     query.filter(run::Column::State.eq(state as i32))
                 }
             };
@@ -1075,17 +1232,26 @@ impl Commands {
         Ok(ListRunsResponse { runs, next_page_token })
     }
 
-    async fn cancel_run_impl(&self, request: Request<CancelRunRequest>) -> ApiResult<CancelRunResponse> {
+    async fn cancel_run_impl(
+        &self,
+        request: Request<CancelRunRequest>,
+    ) -> ApiResult<CancelRunResponse> {
         let p = authn::principal(&request)?.clone();
         let ctx = authn::context(&request);
         let name = request.into_inner().name;
         self.visible_run(&p, &name).await?;
         let now = self.state.now();
         let txn = begin_write(&self.state.db).await?;
-        let current =
-            run::Entity::find_by_id(name.clone()).one(&txn).await?.ok_or_else(|| ApiError::NotFound(name.clone()))?;
+        let current = run::Entity::find_by_id(name.clone())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(name.clone()))?;
         if rules::is_terminal(current.state) {
-            return Err(ApiError::precondition("RUN_FINISHED", name, "the run has already finished"));
+            return Err(ApiError::precondition(
+                "RUN_FINISHED",
+                name,
+                "the run has already finished",
+            ));
         }
         run::Entity::update_many()
             .col_expr(run::Column::Cancelled, Expr::value(true))
@@ -1106,13 +1272,18 @@ impl Commands {
         result::Entity::update_many()
             .col_expr(result::Column::CancelTime, Expr::value(Some(now)))
             .filter(result::Column::Run.eq(&name))
-            .filter(result::Column::State.is_in([RunState::Queued as i32, RunState::Running as i32]))
+            .filter(
+                result::Column::State.is_in([RunState::Queued as i32, RunState::Running as i32]),
+            )
             .filter(result::Column::CancelTime.is_null())
             .exec(&txn)
             .await?;
         refresh_run(&txn, &name, now).await?;
         audit::record(&txn, &p.organization, &ctx, &p.administrator, &name, Ok(()), now).await?;
-        let run = run::Entity::find_by_id(name.clone()).one(&txn).await?.ok_or_else(|| ApiError::NotFound(name.clone()))?;
+        let run = run::Entity::find_by_id(name.clone())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(name.clone()))?;
         let proto = run_proto(&txn, run, false).await?;
         txn.commit().await?;
         self.state.changed.notify_waiters();
@@ -1179,14 +1350,15 @@ impl Watch {
             r.stdout.clear();
             r.stderr.clear();
         }
-        let send = |event| async {
-            tx.send(Ok(WatchRunResponse { event: Some(event) })).await.is_err()
-        };
+        let send =
+            |event| async { tx.send(Ok(WatchRunResponse { event: Some(event) })).await.is_err() };
         if first && send(watch_run_response::Event::Run(snapshot.clone())).await {
             return Ok(true);
         }
         for r in full.results {
-            for (stream, data) in [(OutputStream::Stdout, r.stdout), (OutputStream::Stderr, r.stderr)] {
+            for (stream, data) in
+                [(OutputStream::Stdout, r.stdout), (OutputStream::Stderr, r.stderr)]
+            {
                 let sent = self.sent.entry((r.system.clone(), stream as i32)).or_insert(0);
                 if data.len() > *sent {
                     let chunk = OutputChunk {
@@ -1216,39 +1388,66 @@ impl Watch {
 
 #[tonic::async_trait]
 impl CommandService for Commands {
-    async fn create_command(&self, r: Request<CreateCommandRequest>) -> Result<Response<CreateCommandResponse>, Status> {
+    async fn create_command(
+        &self,
+        r: Request<CreateCommandRequest>,
+    ) -> Result<Response<CreateCommandResponse>, Status> {
         self.create_command_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn get_command(&self, r: Request<GetCommandRequest>) -> Result<Response<GetCommandResponse>, Status> {
+    async fn get_command(
+        &self,
+        r: Request<GetCommandRequest>,
+    ) -> Result<Response<GetCommandResponse>, Status> {
         self.get_command_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn list_commands(&self, r: Request<ListCommandsRequest>) -> Result<Response<ListCommandsResponse>, Status> {
+    async fn list_commands(
+        &self,
+        r: Request<ListCommandsRequest>,
+    ) -> Result<Response<ListCommandsResponse>, Status> {
         self.list_commands_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn update_command(&self, r: Request<UpdateCommandRequest>) -> Result<Response<UpdateCommandResponse>, Status> {
+    async fn update_command(
+        &self,
+        r: Request<UpdateCommandRequest>,
+    ) -> Result<Response<UpdateCommandResponse>, Status> {
         self.update_command_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn delete_command(&self, r: Request<DeleteCommandRequest>) -> Result<Response<DeleteCommandResponse>, Status> {
+    async fn delete_command(
+        &self,
+        r: Request<DeleteCommandRequest>,
+    ) -> Result<Response<DeleteCommandResponse>, Status> {
         self.delete_command_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn create_grant(&self, r: Request<CreateGrantRequest>) -> Result<Response<CreateGrantResponse>, Status> {
+    async fn create_grant(
+        &self,
+        r: Request<CreateGrantRequest>,
+    ) -> Result<Response<CreateGrantResponse>, Status> {
         self.create_grant_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn delete_grant(&self, r: Request<DeleteGrantRequest>) -> Result<Response<DeleteGrantResponse>, Status> {
+    async fn delete_grant(
+        &self,
+        r: Request<DeleteGrantRequest>,
+    ) -> Result<Response<DeleteGrantResponse>, Status> {
         self.delete_grant_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn list_grants(&self, r: Request<ListGrantsRequest>) -> Result<Response<ListGrantsResponse>, Status> {
+    async fn list_grants(
+        &self,
+        r: Request<ListGrantsRequest>,
+    ) -> Result<Response<ListGrantsResponse>, Status> {
         self.list_grants_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn check_access(&self, r: Request<CheckAccessRequest>) -> Result<Response<CheckAccessResponse>, Status> {
+    async fn check_access(
+        &self,
+        r: Request<CheckAccessRequest>,
+    ) -> Result<Response<CheckAccessResponse>, Status> {
         self.check_access_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
@@ -1259,7 +1458,10 @@ impl CommandService for Commands {
         self.batch_check_access_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn run_command(&self, r: Request<RunCommandRequest>) -> Result<Response<RunCommandResponse>, Status> {
+    async fn run_command(
+        &self,
+        r: Request<RunCommandRequest>,
+    ) -> Result<Response<RunCommandResponse>, Status> {
         self.run_command_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
@@ -1267,17 +1469,26 @@ impl CommandService for Commands {
         self.get_run_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn list_runs(&self, r: Request<ListRunsRequest>) -> Result<Response<ListRunsResponse>, Status> {
+    async fn list_runs(
+        &self,
+        r: Request<ListRunsRequest>,
+    ) -> Result<Response<ListRunsResponse>, Status> {
         self.list_runs_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn cancel_run(&self, r: Request<CancelRunRequest>) -> Result<Response<CancelRunResponse>, Status> {
+    async fn cancel_run(
+        &self,
+        r: Request<CancelRunRequest>,
+    ) -> Result<Response<CancelRunResponse>, Status> {
         self.cancel_run_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
     type WatchRunStream = WatchStream;
 
-    async fn watch_run(&self, r: Request<WatchRunRequest>) -> Result<Response<Self::WatchRunStream>, Status> {
+    async fn watch_run(
+        &self,
+        r: Request<WatchRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
         self.watch_run_impl(r).await.map(Response::new).map_err(Status::from)
     }
 }

@@ -3,7 +3,9 @@
 
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use steward_proto::commands::v1::commands_internal_service_server::CommandsInternalService;
-use steward_proto::commands::v1::{RemoveAdministratorGrantsRequest, RemoveAdministratorGrantsResponse};
+use steward_proto::commands::v1::{
+    RemoveAdministratorGrantsRequest, RemoveAdministratorGrantsResponse,
+};
 use steward_runtime::authn::{self, Caller};
 use steward_runtime::names;
 use steward_runtime::{ApiError, ApiResult};
@@ -33,7 +35,10 @@ impl Internal {
         let req = request.into_inner();
         names::parse("administrator", &req.administrator, &["organizations", "administrators"])?;
         if req.idempotency_key.is_empty() || req.idempotency_key.len() > 200 {
-            return Err(ApiError::invalid("idempotency_key", "is required (at most 200 characters)"));
+            return Err(ApiError::invalid(
+                "idempotency_key",
+                "is required (at most 200 characters)",
+            ));
         }
         let organization = organization_of(&req.administrator);
         let key = Some(format!("remove_grants|{}|{}", req.administrator, req.idempotency_key));

@@ -114,8 +114,15 @@ pub fn timeout(field: &str, value: Option<&prost_types::Duration>) -> ApiResult<
 }
 
 /// The fields UpdateCommand may change.
-pub const COMMAND_MASK_PATHS: &[&str] =
-    &["display_name", "description", "script", "interpreter", "run_as_user", "timeout", "target_systems"];
+pub const COMMAND_MASK_PATHS: &[&str] = &[
+    "display_name",
+    "description",
+    "script",
+    "interpreter",
+    "run_as_user",
+    "timeout",
+    "target_systems",
+];
 
 /// Resolves an update mask: `*` is every field, an empty mask is every field set to a
 /// non-default value (`present`), an unknown path is INVALID_ARGUMENT.
@@ -225,7 +232,10 @@ pub fn parse_filter(filter: &str, allowed: &[&str], quoted: &[&str]) -> ApiResul
         let key = key.trim();
         let value = value.trim();
         if !allowed.contains(&key) {
-            return Err(bad(&format!("unsupported field `{key}`; supported: {}", allowed.join(", "))));
+            return Err(bad(&format!(
+                "unsupported field `{key}`; supported: {}",
+                allowed.join(", ")
+            )));
         }
         if terms.iter().any(|t| t.key == key) {
             return Err(bad(&format!("`{key}` appears twice")));
@@ -258,23 +268,25 @@ pub fn parse_command_order(order_by: &str) -> ApiResult<(&'static str, bool)> {
         Some(field) => (field.trim(), true),
         None => (order, false),
     };
-    let field = match field {
-        "display_name" => "display_name",
-        "create_time" => "create_time",
-        "update_time" => "update_time",
-        _ => {
-            return Err(ApiError::invalid(
+    let field =
+        match field {
+            "display_name" => "display_name",
+            "create_time" => "create_time",
+            "update_time" => "update_time",
+            _ => return Err(ApiError::invalid(
                 "order_by",
                 "must be display_name, create_time or update_time, optionally followed by ` desc`",
-            ))
-        }
-    };
+            )),
+        };
     Ok((field, desc))
 }
 
 /// A protobuf timestamp.
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
 }
 
 /// A chrono time from a protobuf timestamp, or INVALID_ARGUMENT.
@@ -336,7 +348,8 @@ mod tests {
         assert_eq!(update_paths(&["*".into()], COMMAND_MASK_PATHS, &present).unwrap().len(), 7);
         assert!(update_paths(&["name".into()], COMMAND_MASK_PATHS, &present).is_err());
         assert_eq!(
-            update_paths(&["timeout".into(), "timeout".into()], COMMAND_MASK_PATHS, &present).unwrap(),
+            update_paths(&["timeout".into(), "timeout".into()], COMMAND_MASK_PATHS, &present)
+                .unwrap(),
             vec!["timeout"]
         );
     }
@@ -385,8 +398,11 @@ mod tests {
         assert_eq!(terms[1].value, "RUN_STATE_RUNNING");
         assert!(parse_filter("command = x", &["command"], &["command"]).is_err());
         assert!(parse_filter("owner = \"x\"", &["command"], &["command"]).is_err());
-        assert!(parse_filter("command = \"a\" OR command = \"b\"", &["command"], &["command"]).is_err());
-        assert!(parse_filter("command = \"a\" AND command = \"b\"", &["command"], &["command"]).is_err());
+        assert!(
+            parse_filter("command = \"a\" OR command = \"b\"", &["command"], &["command"]).is_err()
+        );
+        assert!(parse_filter("command = \"a\" AND command = \"b\"", &["command"], &["command"])
+            .is_err());
         assert!(parse_filter("", &["command"], &["command"]).unwrap().is_empty());
     }
 

@@ -183,16 +183,46 @@ impl MigrationTrait for Initial {
             manager.create_table(table).await?;
         }
         let indexes = [
-            index("commands_commands", "commands_commands_org", &["organization", "display_name"], false),
+            index(
+                "commands_commands",
+                "commands_commands_org",
+                &["organization", "display_name"],
+                false,
+            ),
             index("commands_command_targets", "commands_targets_system", &["system"], false),
-            index("commands_grants", "commands_grants_command_grantee", &["command", "grantee"], true),
+            index(
+                "commands_grants",
+                "commands_grants_command_grantee",
+                &["command", "grantee"],
+                true,
+            ),
             index("commands_grants", "commands_grants_grantee", &["grantee"], false),
-            index("commands_runs", "commands_runs_org_time", &["organization", "create_time"], false),
-            index("commands_run_results", "commands_results_system_state", &["system", "state"], false),
+            index(
+                "commands_runs",
+                "commands_runs_org_time",
+                &["organization", "create_time"],
+                false,
+            ),
+            index(
+                "commands_run_results",
+                "commands_results_system_state",
+                &["system", "state"],
+                false,
+            ),
             index("commands_systems", "commands_systems_credential", &["credential_hash"], true),
-            index("commands_systems", "commands_systems_org", &["organization", "display_name"], false),
+            index(
+                "commands_systems",
+                "commands_systems_org",
+                &["organization", "display_name"],
+                false,
+            ),
             index("commands_connect_keys", "commands_connect_keys_hash", &["key_hash"], true),
-            index("commands_connect_keys", "commands_connect_keys_org", &["organization", "create_time"], false),
+            index(
+                "commands_connect_keys",
+                "commands_connect_keys_org",
+                &["organization", "create_time"],
+                false,
+            ),
         ];
         for statement in indexes {
             manager.create_index(statement).await?;

@@ -4,7 +4,10 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    QuerySelect,
+};
 use sha2::{Digest, Sha256};
 use steward_proto::commands::v1::system_service_server::SystemService;
 use steward_proto::commands::v1::{
@@ -44,7 +47,8 @@ pub(crate) fn random_token() -> String {
 
 /// The connect key derived from `salt` and the service's secret.
 fn derive_key(secret: &str, name: &str, salt: &str) -> String {
-    let digest = Sha256::digest(format!("steward connect key\n{secret}\n{name}\n{salt}").as_bytes());
+    let digest =
+        Sha256::digest(format!("steward connect key\n{secret}\n{name}\n{salt}").as_bytes());
     format!("sck_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest))
 }
 
@@ -76,7 +80,11 @@ pub(crate) fn system_proto(m: system::Model, now: DateTime<Utc>) -> System {
     }
 }
 
-async fn find_system<C: ConnectionTrait>(conn: &C, organization: &str, name: &str) -> ApiResult<system::Model> {
+async fn find_system<C: ConnectionTrait>(
+    conn: &C,
+    organization: &str,
+    name: &str,
+) -> ApiResult<system::Model> {
     system::Entity::find_by_id(name.to_string())
         .filter(system::Column::Organization.eq(organization))
         .one(conn)
@@ -85,7 +93,11 @@ async fn find_system<C: ConnectionTrait>(conn: &C, organization: &str, name: &st
 }
 
 /// Ends a deleted system's unfinished results `FAILED` and removes it from every command.
-pub(crate) async fn forget_system<C: ConnectionTrait>(conn: &C, name: &str, now: DateTime<Utc>) -> ApiResult<()> {
+pub(crate) async fn forget_system<C: ConnectionTrait>(
+    conn: &C,
+    name: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
     target::Entity::delete_many().filter(target::Column::System.eq(name)).exec(conn).await?;
     let unfinished: Vec<String> = result::Entity::find()
         .select_only()
@@ -121,14 +133,20 @@ impl Systems {
         p.check_organization(&req.parent)?;
         let input = req.connect_key.unwrap_or_default();
         if input.display_name.chars().count() > rules::MAX_DISPLAY_NAME_CHARS {
-            return Err(ApiError::invalid("connect_key.display_name", "must be at most 200 characters"));
+            return Err(ApiError::invalid(
+                "connect_key.display_name",
+                "must be at most 200 characters",
+            ));
         }
         let now = self.state.now();
         let expire_time = match &input.expire_time {
             Some(ts) => {
                 let at = rules::from_timestamp("connect_key.expire_time", ts)?;
                 if at <= now {
-                    return Err(ApiError::invalid("connect_key.expire_time", "must be in the future"));
+                    return Err(ApiError::invalid(
+                        "connect_key.expire_time",
+                        "must be in the future",
+                    ));
                 }
                 Some(at)
             }
@@ -169,7 +187,9 @@ impl Systems {
             creator: p.administrator.clone(),
         };
         let txn = begin_write(db).await?;
-        connect_key::Entity::insert(model.clone().into_active_model()).exec_without_returning(&txn).await?;
+        connect_key::Entity::insert(model.clone().into_active_model())
+            .exec_without_returning(&txn)
+            .await?;
         remember(&txn, &key, &p.organization, &name, now).await?;
         audit::record(&txn, &p.organization, &ctx, &p.administrator, &name, Ok(()), now).await?;
         txn.commit().await?;
@@ -177,7 +197,10 @@ impl Systems {
         Ok(CreateConnectKeyResponse { connect_key: Some(key_proto(model, secret)) })
     }
 
-    async fn list_connect_keys_impl(&self, request: Request<ListConnectKeysRequest>) -> ApiResult<ListConnectKeysResponse> {
+    async fn list_connect_keys_impl(
+        &self,
+        request: Request<ListConnectKeysRequest>,
+    ) -> ApiResult<ListConnectKeysResponse> {
         let p = authn::principal(&request)?;
         let req = request.get_ref();
         parse_org("parent", &req.parent)?;
@@ -205,7 +228,10 @@ impl Systems {
         })
     }
 
-    async fn delete_connect_key_impl(&self, request: Request<DeleteConnectKeyRequest>) -> ApiResult<DeleteConnectKeyResponse> {
+    async fn delete_connect_key_impl(
+        &self,
+        request: Request<DeleteConnectKeyRequest>,
+    ) -> ApiResult<DeleteConnectKeyResponse> {
         let p = authn::principal(&request)?.clone();
         let ctx = authn::context(&request);
         let name = request.into_inner().name;
@@ -228,7 +254,10 @@ impl Systems {
         Ok(DeleteConnectKeyResponse {})
     }
 
-    async fn get_system_impl(&self, request: Request<GetSystemRequest>) -> ApiResult<GetSystemResponse> {
+    async fn get_system_impl(
+        &self,
+        request: Request<GetSystemRequest>,
+    ) -> ApiResult<GetSystemResponse> {
         let p = authn::principal(&request)?;
         let name = &request.get_ref().name;
         parse_system("name", name)?;
@@ -237,7 +266,10 @@ impl Systems {
         Ok(GetSystemResponse { system: Some(system_proto(m, self.state.now())) })
     }
 
-    async fn list_systems_impl(&self, request: Request<ListSystemsRequest>) -> ApiResult<ListSystemsResponse> {
+    async fn list_systems_impl(
+        &self,
+        request: Request<ListSystemsRequest>,
+    ) -> ApiResult<ListSystemsResponse> {
         let p = authn::principal(&request)?;
         let req = request.get_ref();
         parse_org("parent", &req.parent)?;
@@ -260,10 +292,16 @@ impl Systems {
             String::new()
         };
         let now = self.state.now();
-        Ok(ListSystemsResponse { systems: rows.into_iter().map(|m| system_proto(m, now)).collect(), next_page_token })
+        Ok(ListSystemsResponse {
+            systems: rows.into_iter().map(|m| system_proto(m, now)).collect(),
+            next_page_token,
+        })
     }
 
-    async fn update_system_impl(&self, request: Request<UpdateSystemRequest>) -> ApiResult<UpdateSystemResponse> {
+    async fn update_system_impl(
+        &self,
+        request: Request<UpdateSystemRequest>,
+    ) -> ApiResult<UpdateSystemResponse> {
         let p = authn::principal(&request)?.clone();
         let ctx = authn::context(&request);
         let req = request.into_inner();
@@ -276,7 +314,10 @@ impl Systems {
         let txn = begin_write(&self.state.db).await?;
         let current = find_system(&txn, &p.organization, &s.name).await?;
         if !s.etag.is_empty() && s.etag != current.etag {
-            return Err(ApiError::Aborted(format!("{} has changed since it was read (stale etag)", s.name)));
+            return Err(ApiError::Aborted(format!(
+                "{} has changed since it was read (stale etag)",
+                s.name
+            )));
         }
         let etag = rules::etag(&s.name, 0, &names::new_id());
         let updated = system::Entity::update_many()
@@ -296,7 +337,10 @@ impl Systems {
         Ok(UpdateSystemResponse { system: Some(system_proto(next, now)) })
     }
 
-    async fn delete_system_impl(&self, request: Request<DeleteSystemRequest>) -> ApiResult<DeleteSystemResponse> {
+    async fn delete_system_impl(
+        &self,
+        request: Request<DeleteSystemRequest>,
+    ) -> ApiResult<DeleteSystemResponse> {
         let p = authn::principal(&request)?.clone();
         let ctx = authn::context(&request);
         let req = request.into_inner();
@@ -305,12 +349,16 @@ impl Systems {
         let txn = begin_write(&self.state.db).await?;
         let current = find_system(&txn, &p.organization, &req.name).await?;
         if !req.etag.is_empty() && req.etag != current.etag {
-            return Err(ApiError::Aborted(format!("{} has changed since it was read (stale etag)", req.name)));
+            return Err(ApiError::Aborted(format!(
+                "{} has changed since it was read (stale etag)",
+                req.name
+            )));
         }
         let now = self.state.now();
         system::Entity::delete_many().filter(system::Column::Name.eq(&req.name)).exec(&txn).await?;
         forget_system(&txn, &req.name, now).await?;
-        audit::record(&txn, &p.organization, &ctx, &p.administrator, &req.name, Ok(()), now).await?;
+        audit::record(&txn, &p.organization, &ctx, &p.administrator, &req.name, Ok(()), now)
+            .await?;
         txn.commit().await?;
         self.state.changed.notify_waiters();
         tracing::info!(system = %req.name, "system deleted");
@@ -341,19 +389,31 @@ impl SystemService for Systems {
         self.delete_connect_key_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn get_system(&self, r: Request<GetSystemRequest>) -> Result<Response<GetSystemResponse>, Status> {
+    async fn get_system(
+        &self,
+        r: Request<GetSystemRequest>,
+    ) -> Result<Response<GetSystemResponse>, Status> {
         self.get_system_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn list_systems(&self, r: Request<ListSystemsRequest>) -> Result<Response<ListSystemsResponse>, Status> {
+    async fn list_systems(
+        &self,
+        r: Request<ListSystemsRequest>,
+    ) -> Result<Response<ListSystemsResponse>, Status> {
         self.list_systems_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn update_system(&self, r: Request<UpdateSystemRequest>) -> Result<Response<UpdateSystemResponse>, Status> {
+    async fn update_system(
+        &self,
+        r: Request<UpdateSystemRequest>,
+    ) -> Result<Response<UpdateSystemResponse>, Status> {
         self.update_system_impl(r).await.map(Response::new).map_err(Status::from)
     }
 
-    async fn delete_system(&self, r: Request<DeleteSystemRequest>) -> Result<Response<DeleteSystemResponse>, Status> {
+    async fn delete_system(
+        &self,
+        r: Request<DeleteSystemRequest>,
+    ) -> Result<Response<DeleteSystemResponse>, Status> {
         self.delete_system_impl(r).await.map(Response::new).map_err(Status::from)
     }
 }

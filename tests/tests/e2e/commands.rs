@@ -12,14 +12,14 @@ use steward_proto::commands::v1::commands_internal_service_client::CommandsInter
 use steward_proto::commands::v1::open_stream_request::{self, Hello, RunFinished, RunStarted};
 use steward_proto::commands::v1::open_stream_response;
 use steward_proto::commands::v1::{
-    batch_check_access_result, watch_run_response, Action, BatchCheckAccessRequest, CancelRunRequest,
-    CheckAccessRequest, Command, ConnectKey, CreateCommandRequest, CreateConnectKeyRequest,
-    CreateGrantRequest, DecisionReason, DeleteCommandRequest, DeleteConnectKeyRequest,
-    DeleteGrantRequest, DeleteSystemRequest, GetCommandRequest, GetRunRequest, GetSystemRequest,
-    Grant, Interpreter, ListCommandsRequest, ListGrantsRequest, ListRunsRequest,
-    OpenStreamRequest, OpenStreamResponse, OutputChunk, OutputStream, RegisterAgentRequest,
-    RemoveAdministratorGrantsRequest, Run, RunCommandRequest, RunState, UpdateCommandRequest,
-    WatchRunRequest,
+    batch_check_access_result, watch_run_response, Action, BatchCheckAccessRequest,
+    CancelRunRequest, CheckAccessRequest, Command, ConnectKey, CreateCommandRequest,
+    CreateConnectKeyRequest, CreateGrantRequest, DecisionReason, DeleteCommandRequest,
+    DeleteConnectKeyRequest, DeleteGrantRequest, DeleteSystemRequest, GetCommandRequest,
+    GetRunRequest, GetSystemRequest, Grant, Interpreter, ListCommandsRequest, ListGrantsRequest,
+    ListRunsRequest, OpenStreamRequest, OpenStreamResponse, OutputChunk, OutputStream,
+    RegisterAgentRequest, RemoveAdministratorGrantsRequest, Run, RunCommandRequest, RunState,
+    UpdateCommandRequest, WatchRunRequest,
 };
 use steward_server::ServiceKind;
 use tokio::sync::mpsc;
@@ -124,7 +124,13 @@ async fn run(client: &Steward, command: &str, systems: &[&str]) -> Result<Run, S
         .map(|r| r.into_inner().run.unwrap())
 }
 
-async fn check(client: &Steward, principal: &str, command: &str, action: Action, system: &str) -> Result<steward_proto::commands::v1::Decision, Status> {
+async fn check(
+    client: &Steward,
+    principal: &str,
+    command: &str,
+    action: Action,
+    system: &str,
+) -> Result<steward_proto::commands::v1::Decision, Status> {
     client
         .commands()
         .check_access(CheckAccessRequest {
@@ -138,7 +144,14 @@ async fn check(client: &Steward, principal: &str, command: &str, action: Action,
 }
 
 async fn get_run(client: &Steward, name: &str) -> Run {
-    client.commands().get_run(GetRunRequest { name: name.into() }).await.unwrap().into_inner().run.unwrap()
+    client
+        .commands()
+        .get_run(GetRunRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap()
 }
 
 backend_test!(seed_scenario_grant_run_revoke_across_replicas, |stack| async move {
@@ -175,7 +188,10 @@ backend_test!(seed_scenario_grant_run_revoke_across_replicas, |stack| async move
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.commands.iter().map(|c| c.name.clone()).collect::<Vec<_>>(), vec![disk.name.clone()]);
+    assert_eq!(
+        listed.commands.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+        vec![disk.name.clone()]
+    );
     let all = owner
         .client
         .commands()
@@ -184,9 +200,19 @@ backend_test!(seed_scenario_grant_run_revoke_across_replicas, |stack| async move
         .unwrap()
         .into_inner();
     assert_eq!(all.commands.len(), 2);
-    let got = helpdesk.client.commands().get_command(GetCommandRequest { name: disk.name.clone() }).await.unwrap();
+    let got = helpdesk
+        .client
+        .commands()
+        .get_command(GetCommandRequest { name: disk.name.clone() })
+        .await
+        .unwrap();
     assert_eq!(got.into_inner().command.unwrap().script, "df -h");
-    let hidden = helpdesk.client.commands().get_command(GetCommandRequest { name: restart.name.clone() }).await.unwrap_err();
+    let hidden = helpdesk
+        .client
+        .commands()
+        .get_command(GetCommandRequest { name: restart.name.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(hidden.code(), Code::PermissionDenied);
     let missing = helpdesk
         .client
@@ -208,20 +234,35 @@ backend_test!(seed_scenario_grant_run_revoke_across_replicas, |stack| async move
 
     // A second replica on the same database honours the grant, then the revoke at once.
     let replica_url = stack.add_replica().await;
-    let replica = stack.client_at(&replica_url).await.with_token(&helpdesk.tokens.access_token).unwrap();
+    let replica =
+        stack.client_at(&replica_url).await.with_token(&helpdesk.tokens.access_token).unwrap();
     run(&replica, &disk.name, &[]).await.unwrap();
-    owner.client.commands().delete_grant(DeleteGrantRequest { name: granted.name.clone() }).await.unwrap();
+    owner
+        .client
+        .commands()
+        .delete_grant(DeleteGrantRequest { name: granted.name.clone() })
+        .await
+        .unwrap();
     let on_replica = run(&replica, &disk.name, &[]).await.unwrap_err();
     assert_eq!(on_replica.code(), Code::PermissionDenied);
     let on_primary = run(&helpdesk.client, &disk.name, &[]).await.unwrap_err();
     assert_eq!(on_primary.code(), Code::PermissionDenied);
-    let hidden_now = replica.commands().get_command(GetCommandRequest { name: disk.name.clone() }).await.unwrap_err();
+    let hidden_now = replica
+        .commands()
+        .get_command(GetCommandRequest { name: disk.name.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(hidden_now.code(), Code::PermissionDenied);
     let decision = check(&replica, "", &disk.name, Action::Run, "").await.unwrap();
     assert_eq!(decision.reason, DecisionReason::NoGrant as i32);
     // Past runs stay readable by their runner.
     assert_eq!(get_run(&helpdesk.client, &first.name).await.name, first.name);
-    let revoked_twice = owner.client.commands().delete_grant(DeleteGrantRequest { name: granted.name }).await.unwrap_err();
+    let revoked_twice = owner
+        .client
+        .commands()
+        .delete_grant(DeleteGrantRequest { name: granted.name })
+        .await
+        .unwrap_err();
     assert_eq!(revoked_twice.code(), Code::NotFound);
 });
 
@@ -258,10 +299,14 @@ backend_test!(check_access_explains_every_reason, |stack| async move {
     let wrong = check(c, "", "organizations/elsewhere/commands/x", Action::Run, "").await.unwrap();
     assert_eq!(wrong.reason, DecisionReason::WrongOrganization as i32);
     assert!(!wrong.allowed);
-    let wrong_system = check(c, "", &command.name, Action::Run, "organizations/elsewhere/systems/s").await.unwrap();
+    let wrong_system =
+        check(c, "", &command.name, Action::Run, "organizations/elsewhere/systems/s")
+            .await
+            .unwrap();
     assert_eq!(wrong_system.reason, DecisionReason::WrongOrganization as i32);
 
-    let not_target = check(c, &runner.name, &command.name, Action::Run, &other_system).await.unwrap();
+    let not_target =
+        check(c, &runner.name, &command.name, Action::Run, &other_system).await.unwrap();
     assert_eq!(not_target.reason, DecisionReason::SystemNotTarget as i32);
     assert!(!not_target.allowed);
 
@@ -271,7 +316,8 @@ backend_test!(check_access_explains_every_reason, |stack| async move {
     let read_untargeted = check(c, "", &untargeted.name, Action::Read, "").await.unwrap();
     assert_eq!(read_untargeted.reason, DecisionReason::RoleAdministrator as i32);
 
-    let gone = check(c, "", &format!("{}/commands/missing", owner.org), Action::Read, "").await.unwrap();
+    let gone =
+        check(c, "", &format!("{}/commands/missing", owner.org), Action::Read, "").await.unwrap();
     assert_eq!(gone.reason, DecisionReason::CommandNotFound as i32);
 
     let nobody = format!("{}/administrators/nobody", owner.org);
@@ -282,10 +328,13 @@ backend_test!(check_access_explains_every_reason, |stack| async move {
     // Errors rather than decisions.
     let unspecified = check(c, "", &command.name, Action::Unspecified, "").await.unwrap_err();
     assert_eq!(unspecified.code(), Code::InvalidArgument);
-    let about_someone_else = check(&runner.client, &owner.admin, &command.name, Action::Read, "").await.unwrap_err();
+    let about_someone_else =
+        check(&runner.client, &owner.admin, &command.name, Action::Read, "").await.unwrap_err();
     assert_eq!(about_someone_else.code(), Code::PermissionDenied);
     let foreign_principal =
-        check(c, "organizations/elsewhere/administrators/a", &command.name, Action::Read, "").await.unwrap_err();
+        check(c, "organizations/elsewhere/administrators/a", &command.name, Action::Read, "")
+            .await
+            .unwrap_err();
     assert_eq!(foreign_principal.code(), Code::PermissionDenied);
 });
 
@@ -321,7 +370,9 @@ backend_test!(batch_check_keeps_order_with_item_errors, |stack| async move {
     assert_eq!(reply.results.len(), 5);
     use batch_check_access_result::Result as R;
     match &reply.results[0].result {
-        Some(R::Decision(d)) => assert_eq!((d.allowed, d.reason), (true, DecisionReason::Grant as i32)),
+        Some(R::Decision(d)) => {
+            assert_eq!((d.allowed, d.reason), (true, DecisionReason::Grant as i32))
+        }
         other => panic!("item 0: {other:?}"),
     }
     match &reply.results[1].result {
@@ -333,7 +384,9 @@ backend_test!(batch_check_keeps_order_with_item_errors, |stack| async move {
         other => panic!("item 2: {other:?}"),
     }
     match &reply.results[3].result {
-        Some(R::Decision(d)) => assert_eq!((d.allowed, d.reason), (false, DecisionReason::NoGrant as i32)),
+        Some(R::Decision(d)) => {
+            assert_eq!((d.allowed, d.reason), (false, DecisionReason::NoGrant as i32))
+        }
         other => panic!("item 3: {other:?}"),
     }
     match &reply.results[4].result {
@@ -370,7 +423,12 @@ backend_test!(update_with_mask_keeps_other_fields_and_checks_etags, |stack| asyn
     let updated = commands
         .clone()
         .update_command(UpdateCommandRequest {
-            command: Some(Command { name: created.name.clone(), script: "du -sh /".into(), etag: created.etag.clone(), ..Default::default() }),
+            command: Some(Command {
+                name: created.name.clone(),
+                script: "du -sh /".into(),
+                etag: created.etag.clone(),
+                ..Default::default()
+            }),
             update_mask: Some(prost_types::FieldMask { paths: vec!["script".into()] }),
         })
         .await
@@ -391,7 +449,11 @@ backend_test!(update_with_mask_keeps_other_fields_and_checks_etags, |stack| asyn
     let renamed = commands
         .clone()
         .update_command(UpdateCommandRequest {
-            command: Some(Command { name: created.name.clone(), display_name: "disk report".into(), ..Default::default() }),
+            command: Some(Command {
+                name: created.name.clone(),
+                display_name: "disk report".into(),
+                ..Default::default()
+            }),
             update_mask: None,
         })
         .await
@@ -407,7 +469,12 @@ backend_test!(update_with_mask_keeps_other_fields_and_checks_etags, |stack| asyn
     let stale = commands
         .clone()
         .update_command(UpdateCommandRequest {
-            command: Some(Command { name: created.name.clone(), script: "rm -rf /".into(), etag: created.etag.clone(), ..Default::default() }),
+            command: Some(Command {
+                name: created.name.clone(),
+                script: "rm -rf /".into(),
+                etag: created.etag.clone(),
+                ..Default::default()
+            }),
             update_mask: Some(prost_types::FieldMask { paths: vec!["script".into()] }),
         })
         .await
@@ -415,11 +482,21 @@ backend_test!(update_with_mask_keeps_other_fields_and_checks_etags, |stack| asyn
     assert_eq!(stale.code(), Code::Aborted);
     let stale_delete = commands
         .clone()
-        .delete_command(DeleteCommandRequest { name: created.name.clone(), etag: created.etag.clone() })
+        .delete_command(DeleteCommandRequest {
+            name: created.name.clone(),
+            etag: created.etag.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(stale_delete.code(), Code::Aborted);
-    let current = commands.clone().get_command(GetCommandRequest { name: created.name.clone() }).await.unwrap().into_inner().command.unwrap();
+    let current = commands
+        .clone()
+        .get_command(GetCommandRequest { name: created.name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .command
+        .unwrap();
     assert_eq!(current.script, "du -sh /");
 
     // Unknown paths and invalid values are INVALID_ARGUMENT with the field named.
@@ -445,7 +522,8 @@ backend_test!(update_with_mask_keeps_other_fields_and_checks_etags, |stack| asyn
         .await
         .unwrap_err();
     assert_eq!(bad_timeout.code(), Code::InvalidArgument);
-    let violations = bad_timeout.get_error_details().bad_request().unwrap().field_violations.clone();
+    let violations =
+        bad_timeout.get_error_details().bad_request().unwrap().field_violations.clone();
     assert_eq!(violations[0].field, "command.timeout");
 
     // Runs keep the revision they started with.
@@ -466,22 +544,46 @@ backend_test!(update_with_mask_keeps_other_fields_and_checks_etags, |stack| asyn
         request_id: request_id.clone(),
         command_id: id.into(),
     };
-    let once = commands.clone().create_command(make("uptime")).await.unwrap().into_inner().command.unwrap();
-    let twice = commands.clone().create_command(make("uptime")).await.unwrap().into_inner().command.unwrap();
+    let once = commands
+        .clone()
+        .create_command(make("uptime"))
+        .await
+        .unwrap()
+        .into_inner()
+        .command
+        .unwrap();
+    let twice = commands
+        .clone()
+        .create_command(make("uptime"))
+        .await
+        .unwrap()
+        .into_inner()
+        .command
+        .unwrap();
     assert_eq!(once.name, format!("{}/commands/uptime", owner.org));
     assert_eq!(once.name, twice.name);
     assert_eq!(once.timeout, Some(prost_types::Duration { seconds: 300, nanos: 0 }));
     let mut duplicate = make("uptime");
     duplicate.request_id = uuid::Uuid::new_v4().to_string();
-    assert_eq!(commands.clone().create_command(duplicate).await.unwrap_err().code(), Code::AlreadyExists);
+    assert_eq!(
+        commands.clone().create_command(duplicate).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
 
     // Delete with the right etag; past runs stay readable.
     commands
         .clone()
-        .delete_command(DeleteCommandRequest { name: created.name.clone(), etag: current.etag.clone() })
+        .delete_command(DeleteCommandRequest {
+            name: created.name.clone(),
+            etag: current.etag.clone(),
+        })
         .await
         .unwrap();
-    let gone = commands.clone().get_command(GetCommandRequest { name: created.name.clone() }).await.unwrap_err();
+    let gone = commands
+        .clone()
+        .get_command(GetCommandRequest { name: created.name.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     assert_eq!(get_run(&owner.client, &first_run.name).await.command, created.name);
 });
@@ -495,7 +597,8 @@ backend_test!(other_organizations_are_refused, |stack| async move {
     let a_run = run(&a.client, &command.name, &[]).await.unwrap();
     let bc = b.client.commands();
 
-    let get = bc.clone().get_command(GetCommandRequest { name: command.name.clone() }).await.unwrap_err();
+    let get =
+        bc.clone().get_command(GetCommandRequest { name: command.name.clone() }).await.unwrap_err();
     assert_eq!(get.code(), Code::PermissionDenied);
     assert_eq!(reason_of(&get), "WRONG_ORGANIZATION");
     let list = bc
@@ -504,18 +607,27 @@ backend_test!(other_organizations_are_refused, |stack| async move {
         .await
         .unwrap_err();
     assert_eq!(list.code(), Code::PermissionDenied);
-    assert_eq!(run(&b.client, &command.name, &[]).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        run(&b.client, &command.name, &[]).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
     let get_run = bc.clone().get_run(GetRunRequest { name: a_run.name.clone() }).await.unwrap_err();
     assert_eq!(get_run.code(), Code::PermissionDenied);
-    let cancel = bc.clone().cancel_run(CancelRunRequest { name: a_run.name.clone() }).await.unwrap_err();
+    let cancel =
+        bc.clone().cancel_run(CancelRunRequest { name: a_run.name.clone() }).await.unwrap_err();
     assert_eq!(cancel.code(), Code::PermissionDenied);
-    let system_get = b.client.systems().get_system(GetSystemRequest { name: system.clone() }).await.unwrap_err();
+    let system_get =
+        b.client.systems().get_system(GetSystemRequest { name: system.clone() }).await.unwrap_err();
     assert_eq!(system_get.code(), Code::PermissionDenied);
     let b_system = create_command(&b, "b", &[]).await;
     let foreign_target = bc
         .clone()
         .update_command(UpdateCommandRequest {
-            command: Some(Command { name: b_system.name.clone(), target_systems: vec![system.clone()], ..Default::default() }),
+            command: Some(Command {
+                name: b_system.name.clone(),
+                target_systems: vec![system.clone()],
+                ..Default::default()
+            }),
             update_mask: None,
         })
         .await
@@ -550,14 +662,21 @@ backend_test!(other_organizations_are_refused, |stack| async move {
         .commands()
         .create_grant(CreateGrantRequest {
             parent: command.name.clone(),
-            grant: Some(Grant { grantee: format!("{}/administrators/nobody", a.org), ..Default::default() }),
+            grant: Some(Grant {
+                grantee: format!("{}/administrators/nobody", a.org),
+                ..Default::default()
+            }),
             request_id: String::new(),
         })
         .await
         .unwrap_err();
     assert_eq!(to_nobody.code(), Code::NotFound);
     // The run list of B does not contain A's run.
-    let runs = bc.clone().list_runs(ListRunsRequest { parent: b.org.clone(), ..Default::default() }).await.unwrap();
+    let runs = bc
+        .clone()
+        .list_runs(ListRunsRequest { parent: b.org.clone(), ..Default::default() })
+        .await
+        .unwrap();
     assert!(runs.into_inner().runs.is_empty());
 });
 
@@ -586,7 +705,8 @@ backend_test!(runs_only_on_target_systems, |stack| async move {
     // Idempotent run: same request id, same run.
     let request_id = uuid::Uuid::new_v4().to_string();
     let req = RunCommandRequest { command: command.name.clone(), systems: vec![], request_id };
-    let first = runner.client.commands().run_command(req.clone()).await.unwrap().into_inner().run.unwrap();
+    let first =
+        runner.client.commands().run_command(req.clone()).await.unwrap().into_inner().run.unwrap();
     let second = runner.client.commands().run_command(req).await.unwrap().into_inner().run.unwrap();
     assert_eq!(first.name, second.name);
 
@@ -611,8 +731,18 @@ backend_test!(runs_only_on_target_systems, |stack| async move {
     assert_eq!(bad.code(), Code::InvalidArgument);
 
     // Deleting a system removes it from every command's targets.
-    owner.client.systems().delete_system(DeleteSystemRequest { name: target.clone(), etag: String::new() }).await.unwrap();
-    let after = owner.client.commands().get_command(GetCommandRequest { name: command.name.clone() }).await.unwrap();
+    owner
+        .client
+        .systems()
+        .delete_system(DeleteSystemRequest { name: target.clone(), etag: String::new() })
+        .await
+        .unwrap();
+    let after = owner
+        .client
+        .commands()
+        .get_command(GetCommandRequest { name: command.name.clone() })
+        .await
+        .unwrap();
     assert!(after.into_inner().command.unwrap().target_systems.is_empty());
     let queued = get_run(&owner.client, &ok.name).await;
     assert_eq!(queued.state, RunState::Failed as i32);
@@ -633,11 +763,18 @@ backend_test!(runs_are_visible_per_role, |stack| async move {
 
     let list = |client: &Steward, filter: &str| {
         let client = client.clone();
-        let req = ListRunsRequest { parent: owner.org.clone(), filter: filter.to_string(), ..Default::default() };
+        let req = ListRunsRequest {
+            parent: owner.org.clone(),
+            filter: filter.to_string(),
+            ..Default::default()
+        };
         async move { client.commands().list_runs(req).await.map(|r| r.into_inner().runs) }
     };
     let alice_runs = list(&alice.client, "").await.unwrap();
-    assert_eq!(alice_runs.iter().map(|r| r.name.clone()).collect::<Vec<_>>(), vec![by_alice.name.clone()]);
+    assert_eq!(
+        alice_runs.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        vec![by_alice.name.clone()]
+    );
     let all = list(&owner.client, "").await.unwrap();
     assert_eq!(
         all.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
@@ -646,11 +783,22 @@ backend_test!(runs_are_visible_per_role, |stack| async move {
     );
     let bobs = list(&owner.client, &format!("runner = \"{}\"", bob.name)).await.unwrap();
     assert_eq!(bobs.len(), 1);
-    let queued = list(&owner.client, &format!("command = \"{}\" AND state = RUN_STATE_QUEUED", command.name)).await.unwrap();
+    let queued = list(
+        &owner.client,
+        &format!("command = \"{}\" AND state = RUN_STATE_QUEUED", command.name),
+    )
+    .await
+    .unwrap();
     assert_eq!(queued.len(), 3);
     assert_eq!(list(&owner.client, "state = RUN_STATE_SUCCEEDED").await.unwrap().len(), 0);
-    assert_eq!(list(&owner.client, "state = DONE").await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(list(&owner.client, "owner = \"x\"").await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        list(&owner.client, "state = DONE").await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        list(&owner.client, "owner = \"x\"").await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     assert_eq!(
         list(&alice.client, &format!("runner = \"{}\"", bob.name)).await.unwrap_err().code(),
         Code::PermissionDenied
@@ -660,7 +808,11 @@ backend_test!(runs_are_visible_per_role, |stack| async move {
     let page = owner
         .client
         .commands()
-        .list_runs(ListRunsRequest { parent: owner.org.clone(), page_size: 2, ..Default::default() })
+        .list_runs(ListRunsRequest {
+            parent: owner.org.clone(),
+            page_size: 2,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -668,25 +820,55 @@ backend_test!(runs_are_visible_per_role, |stack| async move {
     let rest = owner
         .client
         .commands()
-        .list_runs(ListRunsRequest { parent: owner.org.clone(), page_size: 2, page_token: page.next_page_token, ..Default::default() })
+        .list_runs(ListRunsRequest {
+            parent: owner.org.clone(),
+            page_size: 2,
+            page_token: page.next_page_token,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(rest.runs.len(), 1);
     assert!(rest.next_page_token.is_empty());
 
-    let peek = alice.client.commands().get_run(GetRunRequest { name: by_bob.name.clone() }).await.unwrap_err();
+    let peek = alice
+        .client
+        .commands()
+        .get_run(GetRunRequest { name: by_bob.name.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(peek.code(), Code::PermissionDenied);
-    let stop_other = alice.client.commands().cancel_run(CancelRunRequest { name: by_bob.name.clone() }).await.unwrap_err();
+    let stop_other = alice
+        .client
+        .commands()
+        .cancel_run(CancelRunRequest { name: by_bob.name.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(stop_other.code(), Code::PermissionDenied);
-    let cancelled = alice.client.commands().cancel_run(CancelRunRequest { name: by_alice.name.clone() }).await.unwrap();
+    let cancelled = alice
+        .client
+        .commands()
+        .cancel_run(CancelRunRequest { name: by_alice.name.clone() })
+        .await
+        .unwrap();
     let cancelled = cancelled.into_inner().run.unwrap();
     assert_eq!(cancelled.state, RunState::Cancelled as i32);
     assert_eq!(cancelled.results[0].state, RunState::Cancelled as i32);
-    let twice = alice.client.commands().cancel_run(CancelRunRequest { name: by_alice.name.clone() }).await.unwrap_err();
+    let twice = alice
+        .client
+        .commands()
+        .cancel_run(CancelRunRequest { name: by_alice.name.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(twice.code(), Code::FailedPrecondition);
     // The Administrator may cancel anyone's run.
-    owner.client.commands().cancel_run(CancelRunRequest { name: by_bob.name.clone() }).await.unwrap();
+    owner
+        .client
+        .commands()
+        .cancel_run(CancelRunRequest { name: by_bob.name.clone() })
+        .await
+        .unwrap();
 });
 
 backend_test!(remove_administrator_grants_is_internal_and_idempotent, |stack| async move {
@@ -697,28 +879,66 @@ backend_test!(remove_administrator_grants_is_internal_and_idempotent, |stack| as
     let two = create_command(&owner, "two", &[&system]).await;
     grant(&owner, &one.name, &runner.name).await;
     grant(&owner, &two.name, &runner.name).await;
-    let mut internal = CommandsInternalServiceClient::new(stack.internal_for(ServiceKind::Commands).await);
-    let request = |key: &str| RemoveAdministratorGrantsRequest { administrator: runner.name.clone(), idempotency_key: key.into() };
-    assert_eq!(internal.remove_administrator_grants(request("k1")).await.unwrap().into_inner().removed_count, 2);
-    assert_eq!(internal.remove_administrator_grants(request("k1")).await.unwrap().into_inner().removed_count, 2);
-    assert_eq!(internal.remove_administrator_grants(request("k2")).await.unwrap().into_inner().removed_count, 0);
-    assert_eq!(run(&runner.client, &one.name, &[]).await.unwrap_err().code(), Code::PermissionDenied);
+    let mut internal =
+        CommandsInternalServiceClient::new(stack.internal_for(ServiceKind::Commands).await);
+    let request = |key: &str| RemoveAdministratorGrantsRequest {
+        administrator: runner.name.clone(),
+        idempotency_key: key.into(),
+    };
+    assert_eq!(
+        internal
+            .remove_administrator_grants(request("k1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .removed_count,
+        2
+    );
+    assert_eq!(
+        internal
+            .remove_administrator_grants(request("k1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .removed_count,
+        2
+    );
+    assert_eq!(
+        internal
+            .remove_administrator_grants(request("k2"))
+            .await
+            .unwrap()
+            .into_inner()
+            .removed_count,
+        0
+    );
+    assert_eq!(
+        run(&runner.client, &one.name, &[]).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
     let grants = owner
         .client
         .commands()
-        .list_grants(ListGrantsRequest { parent: format!("{}/commands/-", owner.org), ..Default::default() })
+        .list_grants(ListGrantsRequest {
+            parent: format!("{}/commands/-", owner.org),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(grants.grants.is_empty());
 
     // An administrator's token cannot call it.
-    let channel = Channel::from_shared(stack.url(ServiceKind::Commands)).unwrap().connect().await.unwrap();
+    let channel =
+        Channel::from_shared(stack.url(ServiceKind::Commands)).unwrap().connect().await.unwrap();
     let mut with_token = tonic::Request::new(request("k3"));
     with_token
         .metadata_mut()
         .insert("authorization", format!("Bearer {}", owner.tokens.access_token).parse().unwrap());
-    let err = CommandsInternalServiceClient::new(channel).remove_administrator_grants(with_token).await.unwrap_err();
+    let err = CommandsInternalServiceClient::new(channel)
+        .remove_administrator_grants(with_token)
+        .await
+        .unwrap_err();
     assert!(matches!(err.code(), Code::PermissionDenied | Code::Unauthenticated), "{err:?}");
 });
 
@@ -741,7 +961,11 @@ backend_test!(run_attempts_are_audited, |stack| async move {
         let denied_events = owner
             .client
             .audit()
-            .list_audit_events(ListAuditEventsRequest { parent: owner.org.clone(), filter: filter("RESULT_DENIED"), ..Default::default() })
+            .list_audit_events(ListAuditEventsRequest {
+                parent: owner.org.clone(),
+                filter: filter("RESULT_DENIED"),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()
@@ -749,7 +973,11 @@ backend_test!(run_attempts_are_audited, |stack| async move {
         let allowed_events = owner
             .client
             .audit()
-            .list_audit_events(ListAuditEventsRequest { parent: owner.org.clone(), filter: filter("RESULT_ALLOWED"), ..Default::default() })
+            .list_audit_events(ListAuditEventsRequest {
+                parent: owner.org.clone(),
+                filter: filter("RESULT_ALLOWED"),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()
@@ -780,12 +1008,16 @@ impl FakeAgent {
     async fn open(url: &str, credential: &str) -> Result<Self, Status> {
         let (tx, rx) = mpsc::channel(16);
         tx.send(OpenStreamRequest {
-            message: Some(open_stream_request::Message::Hello(Hello { agent_version: "1.0.1".into() })),
+            message: Some(open_stream_request::Message::Hello(Hello {
+                agent_version: "1.0.1".into(),
+            })),
         })
         .await
         .unwrap();
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        request.metadata_mut().insert("authorization", format!("Bearer {credential}").parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {credential}").parse().unwrap());
         let stream = agent_client(url).await.open_stream(request).await?.into_inner();
         Ok(Self { tx, rx: stream })
     }
@@ -797,7 +1029,9 @@ impl FakeAgent {
     /// The next non-heartbeat message, within 10 s.
     async fn next(&mut self) -> Result<Option<open_stream_response::Message>, Status> {
         loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), self.rx.message()).await.expect("agent stream stalled")?;
+            let message = tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+                .await
+                .expect("agent stream stalled")?;
             match message.and_then(|m| m.message) {
                 Some(open_stream_response::Message::Heartbeat(_)) => continue,
                 other => return Ok(other),
@@ -806,7 +1040,12 @@ impl FakeAgent {
     }
 }
 
-fn chunk(run: &str, stream: OutputStream, data: &[u8], offset: i64) -> open_stream_request::Message {
+fn chunk(
+    run: &str,
+    stream: OutputStream,
+    data: &[u8],
+    offset: i64,
+) -> open_stream_request::Message {
     open_stream_request::Message::Output(OutputChunk {
         run: run.into(),
         system: String::new(),
@@ -861,17 +1100,36 @@ backend_test!(fake_agent_runs_commands_end_to_end, |stack| async move {
     assert_eq!(assignment.interpreter, Interpreter::Sh as i32);
     assert_eq!(assignment.run_as_user, "nobody");
     assert_eq!(assignment.timeout, Some(prost_types::Duration { seconds: 60, nanos: 0 }));
-    let shown = owner.client.systems().get_system(GetSystemRequest { name: system.clone() }).await.unwrap().into_inner().system.unwrap();
+    let shown = owner
+        .client
+        .systems()
+        .get_system(GetSystemRequest { name: system.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .system
+        .unwrap();
     assert!(shown.connected);
     assert_eq!(shown.agent_version, "1.0.1");
 
     // The runner watches while the agent reports.
-    let mut watch = runner.client.commands().watch_run(WatchRunRequest { name: created.name.clone() }).await.unwrap().into_inner();
+    let mut watch = runner
+        .client
+        .commands()
+        .watch_run(WatchRunRequest { name: created.name.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     match watch.message().await.unwrap().unwrap().event {
         Some(watch_run_response::Event::Run(snapshot)) => assert_eq!(snapshot.name, created.name),
         other => panic!("expected a snapshot first, got {other:?}"),
     }
-    agent.send(open_stream_request::Message::RunStarted(RunStarted { run: created.name.clone(), pid: 4242 })).await;
+    agent
+        .send(open_stream_request::Message::RunStarted(RunStarted {
+            run: created.name.clone(),
+            pid: 4242,
+        }))
+        .await;
     agent.send(chunk(&created.name, OutputStream::Stdout, b"Filesystem  Size\n", 0)).await;
     agent.send(chunk(&created.name, OutputStream::Stdout, b"Filesystem  Size\n", 0)).await; // a repeat
     agent.send(chunk(&created.name, OutputStream::Stdout, b"/dev/sda1   20G\n", 17)).await;
@@ -889,9 +1147,13 @@ backend_test!(fake_agent_runs_commands_end_to_end, |stack| async move {
     // The watch stream carried the output and ended after the finished snapshot.
     let mut stdout = Vec::new();
     let mut last = None;
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap() {
+    while let Some(event) =
+        tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap()
+    {
         match event.event {
-            Some(watch_run_response::Event::Output(c)) if c.stream == OutputStream::Stdout as i32 => {
+            Some(watch_run_response::Event::Output(c))
+                if c.stream == OutputStream::Stdout as i32 =>
+            {
                 assert_eq!(c.offset as usize, stdout.len());
                 stdout.extend_from_slice(&c.data);
             }
@@ -910,7 +1172,12 @@ backend_test!(fake_agent_runs_commands_end_to_end, |stack| async move {
         Some(open_stream_response::Message::Assignment(a)) => assert_eq!(a.run, failing.name),
         other => panic!("expected an assignment, got {other:?}"),
     }
-    agent.send(open_stream_request::Message::RunStarted(RunStarted { run: failing.name.clone(), pid: 1 })).await;
+    agent
+        .send(open_stream_request::Message::RunStarted(RunStarted {
+            run: failing.name.clone(),
+            pid: 1,
+        }))
+        .await;
     let big = vec![b'x'; 700 * 1024];
     agent.send(chunk(&failing.name, OutputStream::Stdout, &big, 0)).await;
     agent.send(chunk(&failing.name, OutputStream::Stdout, &big, big.len() as i64)).await;
@@ -926,9 +1193,19 @@ backend_test!(fake_agent_runs_commands_end_to_end, |stack| async move {
         Some(open_stream_response::Message::Assignment(a)) => assert_eq!(a.run, long.name),
         other => panic!("expected an assignment, got {other:?}"),
     }
-    agent.send(open_stream_request::Message::RunStarted(RunStarted { run: long.name.clone(), pid: 2 })).await;
+    agent
+        .send(open_stream_request::Message::RunStarted(RunStarted {
+            run: long.name.clone(),
+            pid: 2,
+        }))
+        .await;
     wait_for_state(&owner.client, &long.name, RunState::Running).await;
-    let cancelled = owner.client.commands().cancel_run(CancelRunRequest { name: long.name.clone() }).await.unwrap();
+    let cancelled = owner
+        .client
+        .commands()
+        .cancel_run(CancelRunRequest { name: long.name.clone() })
+        .await
+        .unwrap();
     assert_eq!(cancelled.into_inner().run.unwrap().state, RunState::Cancelled as i32);
     match agent.next().await.unwrap() {
         Some(open_stream_response::Message::CancelRun(c)) => assert_eq!(c.run, long.name),
@@ -941,10 +1218,18 @@ backend_test!(fake_agent_runs_commands_end_to_end, |stack| async move {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(get_run(&owner.client, &long.name).await.results[0].state, RunState::Cancelled as i32);
+    assert_eq!(
+        get_run(&owner.client, &long.name).await.results[0].state,
+        RunState::Cancelled as i32
+    );
 
     // Deleting the system closes its stream and refuses its credential.
-    owner.client.systems().delete_system(DeleteSystemRequest { name: system.clone(), etag: String::new() }).await.unwrap();
+    owner
+        .client
+        .systems()
+        .delete_system(DeleteSystemRequest { name: system.clone(), etag: String::new() })
+        .await
+        .unwrap();
     let closed = loop {
         match agent.next().await {
             Ok(Some(_)) => continue,
@@ -966,8 +1251,24 @@ backend_test!(connect_keys_are_shown_once_and_revocable, |stack| async move {
         connect_key: Some(ConnectKey { display_name: "rack 4".into(), ..Default::default() }),
         request_id: request_id.clone(),
     };
-    let key = owner.client.systems().create_connect_key(create()).await.unwrap().into_inner().connect_key.unwrap();
-    let retried = owner.client.systems().create_connect_key(create()).await.unwrap().into_inner().connect_key.unwrap();
+    let key = owner
+        .client
+        .systems()
+        .create_connect_key(create())
+        .await
+        .unwrap()
+        .into_inner()
+        .connect_key
+        .unwrap();
+    let retried = owner
+        .client
+        .systems()
+        .create_connect_key(create())
+        .await
+        .unwrap()
+        .into_inner()
+        .connect_key
+        .unwrap();
     assert!(key.key.len() >= 40);
     assert_eq!(key.name, retried.name);
     assert_eq!(key.key, retried.key);
@@ -975,7 +1276,10 @@ backend_test!(connect_keys_are_shown_once_and_revocable, |stack| async move {
     let listed = owner
         .client
         .systems()
-        .list_connect_keys(steward_proto::commands::v1::ListConnectKeysRequest { parent: owner.org.clone(), ..Default::default() })
+        .list_connect_keys(steward_proto::commands::v1::ListConnectKeysRequest {
+            parent: owner.org.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -994,7 +1298,12 @@ backend_test!(connect_keys_are_shown_once_and_revocable, |stack| async move {
     assert_eq!(ok.system.unwrap().display_name, "edge");
     let wrong = agents.register_agent(register("sck_wrong".into())).await.unwrap_err();
     assert_eq!(wrong.code(), Code::Unauthenticated);
-    owner.client.systems().delete_connect_key(DeleteConnectKeyRequest { name: key.name.clone() }).await.unwrap();
+    owner
+        .client
+        .systems()
+        .delete_connect_key(DeleteConnectKeyRequest { name: key.name.clone() })
+        .await
+        .unwrap();
     let revoked = agents.register_agent(register(key.key.clone())).await.unwrap_err();
     assert_eq!(revoked.code(), Code::Unauthenticated);
     // The system registered before the revocation still works.
@@ -1052,7 +1361,12 @@ backend_test!(dispatch_crosses_replicas_and_vanished_agents_fail, |stack| async 
         Some(open_stream_response::Message::Assignment(a)) => assert_eq!(a.run, created.name),
         other => panic!("expected an assignment, got {other:?}"),
     }
-    agent.send(open_stream_request::Message::RunStarted(RunStarted { run: created.name.clone(), pid: 7 })).await;
+    agent
+        .send(open_stream_request::Message::RunStarted(RunStarted {
+            run: created.name.clone(),
+            pid: 7,
+        }))
+        .await;
     wait_for_state(&owner.client, &created.name, RunState::Running).await;
 
     // The agent vanishes mid-run; past the deadline the run ends failed, never running forever.
@@ -1060,7 +1374,15 @@ backend_test!(dispatch_crosses_replicas_and_vanished_agents_fail, |stack| async 
     stack.clock.advance(Duration::from_secs(120));
     let failed = wait_for_state(&owner.client, &created.name, RunState::Failed).await;
     assert!(!failed.results[0].error_message.is_empty());
-    let shown = owner.client.systems().get_system(GetSystemRequest { name: system.clone() }).await.unwrap().into_inner().system.unwrap();
+    let shown = owner
+        .client
+        .systems()
+        .get_system(GetSystemRequest { name: system.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .system
+        .unwrap();
     assert!(!shown.connected);
 
     // It reconnects (now to the primary) and takes new runs; a newer stream replaces an older one.
