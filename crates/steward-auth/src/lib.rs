@@ -52,14 +52,6 @@ pub mod state;
 pub mod throttle;
 pub mod totp;
 
-/// Crates whose types appear in this crate's API or that clients of its tokens need (TOTP code
-/// generation, JWT inspection); re-exported so tests and tools use the same versions.
-pub mod reexports {
-    pub use base64;
-    pub use jsonwebtoken;
-    pub use totp_rs;
-}
-
 use std::sync::Arc;
 
 use sea_orm_migration::prelude::*;

@@ -1,0 +1,549 @@
+//! The auth service end to end: invites, passwords, MFA, sessions, token attacks, throttling.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+use steward_proto::admin::v1::{
+    Administrator, CreateAdministratorRequest, GetProfileRequest, ResendInviteRequest, Role,
+};
+use steward_proto::auth::v1::auth_internal_service_client::AuthInternalServiceClient;
+use steward_proto::auth::v1::{
+    sign_in_response, verify_mfa_request, AcceptInviteRequest, BeginMfaEnrollmentRequest,
+    ChangePasswordRequest, ConfirmMfaEnrollmentRequest, DeleteCredentialsRequest, GetJwksRequest,
+    IssueInviteRequest, MfaChallenge, RefreshSessionRequest, RequestPasswordResetRequest,
+    ResetPasswordRequest, SignInRequest, SignOutRequest, TokenScope, TokenSet, VerifyMfaRequest,
+};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::harness::{Owner, Stack, PASSWORD};
+
+const NEW_PASSWORD: &str = "purple elephant juggles 7 lanterns";
+
+fn claims_of(token: &str) -> Value {
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+fn header_of(token: &str) -> Value {
+    let part = token.split('.').next().unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+fn err<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Status {
+    result.expect_err("expected the call to fail")
+}
+
+fn assert_invalid_credentials(status: &tonic::Status) {
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(status.message(), "invalid credentials");
+}
+
+fn field_violation(status: &tonic::Status) -> (String, String) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let bad = details.bad_request().expect("a BadRequest detail");
+    (bad.field_violations[0].field.clone(), bad.field_violations[0].description.clone())
+}
+
+async fn sign_in_raw(stack: &Stack, email: &str, password: &str) -> Result<sign_in_response::Result, tonic::Status> {
+    stack
+        .client()
+        .await
+        .auth()
+        .sign_in(SignInRequest { email: email.into(), password: password.into(), organization: String::new() })
+        .await
+        .map(|r| r.into_inner().result.unwrap())
+}
+
+fn tokens(result: sign_in_response::Result) -> TokenSet {
+    match result {
+        sign_in_response::Result::Tokens(tokens) => tokens,
+        other => panic!("expected tokens, got {other:?}"),
+    }
+}
+
+fn challenge(result: sign_in_response::Result) -> MfaChallenge {
+    match result {
+        sign_in_response::Result::MfaChallenge(challenge) => challenge,
+        other => panic!("expected an MFA challenge, got {other:?}"),
+    }
+}
+
+async fn refresh(stack: &Stack, refresh_token: &str) -> Result<TokenSet, tonic::Status> {
+    stack
+        .client()
+        .await
+        .auth()
+        .refresh_session(RefreshSessionRequest { refresh_token: refresh_token.into() })
+        .await
+        .map(|r| r.into_inner().tokens.unwrap())
+}
+
+async fn verify(stack: &Stack, challenge: &str, code: verify_mfa_request::Code) -> Result<TokenSet, tonic::Status> {
+    stack
+        .client()
+        .await
+        .auth()
+        .verify_mfa(VerifyMfaRequest { challenge: challenge.into(), code: Some(code) })
+        .await
+        .map(|r| r.into_inner().tokens.unwrap())
+}
+
+/// Creates an administrator as the owner and returns (name, email); the invite is in the mail.
+async fn invite(owner: &Owner, mfa_required: bool) -> (String, String) {
+    let email = format!("invitee-{}@example.com", uuid::Uuid::new_v4().simple());
+    let created = owner
+        .client
+        .admin()
+        .create_administrator(CreateAdministratorRequest {
+            parent: owner.org.clone(),
+            administrator: Some(Administrator {
+                email: email.clone(),
+                role: Role::CommandRunner as i32,
+                mfa_required,
+                ..Default::default()
+            }),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .administrator
+        .unwrap();
+    (created.name, email)
+}
+
+async fn accept(stack: &Stack, token: &str, password: &str) -> Result<String, tonic::Status> {
+    stack
+        .client()
+        .await
+        .auth()
+        .accept_invite(AcceptInviteRequest { token: token.into(), password: password.into() })
+        .await
+        .map(|r| r.into_inner().administrator)
+}
+
+fn totp_now(stack: &Stack, secret: &str) -> String {
+    steward_auth::totp::code_at(secret, stack.clock.now()).unwrap()
+}
+
+fn mail_count(stack: &Stack, email: &str) -> usize {
+    std::fs::read_dir(stack.mail_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&format!("To: {email}"))))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+backend_test!(invite_accept_sign_in_refresh_sign_out, |stack| async move {
+    let owner = stack.owner().await;
+    let access = &owner.tokens.access_token;
+
+    // The token is what RFC 9068 and the SPEC say it is, and verifies with the published key.
+    let header = header_of(access);
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["typ"], "at+jwt");
+    let jwks = stack.client().await.auth().get_jwks(GetJwksRequest {}).await.unwrap().into_inner();
+    let jwk = jwks.keys.iter().find(|k| Some(k.kid.as_str()) == header["kid"].as_str()).expect("kid published");
+    assert_eq!((jwk.kty.as_str(), jwk.crv.as_str(), jwk.alg.as_str(), jwk.r#use.as_str()), ("OKP", "Ed25519", "EdDSA", "sig"));
+    let claims = claims_of(access);
+    assert_eq!(claims["sub"], owner.admin.as_str());
+    assert_eq!(claims["org"], owner.org.as_str());
+    assert_eq!(claims["iss"], stack.config().auth.issuer.as_str());
+    assert_eq!(claims["aud"], stack.config().auth.audience.as_str());
+    assert_eq!(claims["role"], "administrator");
+    assert_eq!(claims["billing"], true);
+    assert_eq!(claims["amr"], json!(["pwd"]));
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 600);
+    assert_eq!(owner.tokens.scope, TokenScope::Full as i32);
+    assert_eq!(owner.tokens.token_type, "Bearer");
+    assert!(!owner.tokens.refresh_token.is_empty());
+    owner.client.admin().get_profile(GetProfileRequest {}).await.unwrap();
+
+    // Refresh: same session, new access and refresh tokens.
+    let refreshed = refresh(&stack, &owner.tokens.refresh_token).await.unwrap();
+    assert_ne!(refreshed.refresh_token, owner.tokens.refresh_token);
+    assert_eq!(claims_of(&refreshed.access_token)["sid"], claims["sid"]);
+    assert_ne!(claims_of(&refreshed.access_token)["jti"], claims["jti"]);
+    let client = stack.client().await.with_token(&refreshed.access_token).unwrap();
+    client.admin().get_profile(GetProfileRequest {}).await.unwrap();
+
+    // Sign out revokes the session: its refresh token is dead.
+    client.auth().sign_out(SignOutRequest {}).await.unwrap();
+    assert_invalid_credentials(&refresh(&stack, &refreshed.refresh_token).await.unwrap_err());
+    // Signing out needs a token.
+    assert_eq!(err(stack.client().await.auth().sign_out(SignOutRequest {}).await).code(), Code::Unauthenticated);
+});
+
+backend_test!(invite_links_are_single_use_expire_and_resend_invalidates, |stack| async move {
+    let owner = stack.owner().await;
+    let (name, email) = invite(&owner, false).await;
+    let first = stack.wait_for_token(&email).await;
+    assert!(first.len() >= 22, "a 128-bit token is at least 22 base64url characters");
+
+    owner.client.admin().resend_invite(ResendInviteRequest { name: name.clone() }).await.unwrap();
+    let second = stack.wait_for_new_token(&email, Some(&first)).await;
+    assert_invalid_credentials(&accept(&stack, &first, PASSWORD).await.unwrap_err());
+
+    // Password rules, with the field named and the reason given.
+    let (field, why) = field_violation(&accept(&stack, &second, "short").await.unwrap_err());
+    assert_eq!(field, "password");
+    assert!(why.contains("at least 12"), "{why}");
+    let (field, why) = field_violation(&accept(&stack, &second, "password1234").await.unwrap_err());
+    assert_eq!(field, "password");
+    assert!(why.contains("too easy"), "{why}");
+    let local = email.split('@').next().unwrap();
+    assert!(accept(&stack, &second, &format!("{local}{local}")).await.is_err(), "the email is a known input");
+
+    assert_eq!(accept(&stack, &second, PASSWORD).await.unwrap(), name);
+    assert_invalid_credentials(&accept(&stack, &second, PASSWORD).await.unwrap_err());
+    let member = tokens(sign_in_raw(&stack, &email.to_uppercase(), PASSWORD).await.unwrap());
+    assert_eq!(claims_of(&member.access_token)["role"], "command_runner");
+
+    // An unknown token, and an expired one.
+    assert_invalid_credentials(&accept(&stack, "AAAAAAAAAAAAAAAAAAAAAA", PASSWORD).await.unwrap_err());
+    let (_, late_email) = invite(&owner, false).await;
+    let late = stack.wait_for_token(&late_email).await;
+    stack.clock.advance(Duration::from_secs(72 * 3600 + 60));
+    assert_invalid_credentials(&accept(&stack, &late, PASSWORD).await.unwrap_err());
+});
+
+backend_test!(issue_invite_is_idempotent_and_needs_the_administrator, |stack| async move {
+    let owner = stack.owner().await;
+    let mut internal = AuthInternalServiceClient::new(stack.internal().await);
+    let email = format!("ghost-{}@example.com", uuid::Uuid::new_v4().simple());
+    let request = IssueInviteRequest {
+        administrator: format!("{}/administrators/{}", owner.org, uuid::Uuid::new_v4().simple()),
+        email: email.clone(),
+        organization_display_name: "Acme".into(),
+        inviter_email: owner.email.clone(),
+        idempotency_key: uuid::Uuid::new_v4().to_string(),
+    };
+    let first = internal.issue_invite(request.clone()).await.unwrap().into_inner();
+    let again = internal.issue_invite(request.clone()).await.unwrap().into_inner();
+    assert_eq!(first.expire_time.unwrap().seconds, again.expire_time.unwrap().seconds);
+    let token = stack.wait_for_token(&email).await;
+    assert_eq!(mail_count(&stack, &email), 1, "a retried key sends no second email");
+    let text = std::fs::read_dir(stack.mail_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .find(|t| t.contains(&format!("To: {email}")))
+        .unwrap();
+    assert!(text.contains("Acme") && text.contains(&owner.email), "names organization and inviter");
+    assert!(text.contains(&format!("/set-password?token={token}")));
+
+    // The admin service does not know this administrator: accepting fails and does not activate.
+    assert_invalid_credentials(&accept(&stack, &token, PASSWORD).await.unwrap_err());
+    assert_invalid_credentials(&sign_in_raw(&stack, &email, PASSWORD).await.unwrap_err());
+    // Only services may call it.
+    let mut anonymous = AuthInternalServiceClient::connect(stack.url(steward_server::ServiceKind::Auth)).await.unwrap();
+    assert_eq!(err(anonymous.issue_invite(request).await).code(), Code::Unauthenticated);
+});
+
+backend_test!(mfa_enrol_sign_in_replay_and_recovery_codes, |stack| async move {
+    let owner = stack.owner().await;
+    let enrolment =
+        owner.client.auth().begin_mfa_enrollment(BeginMfaEnrollmentRequest {}).await.unwrap().into_inner();
+    assert_eq!(enrolment.secret.len(), 32);
+    assert!(enrolment.otpauth_uri.starts_with("otpauth://totp/Steward:"), "{}", enrolment.otpauth_uri);
+    assert!(enrolment.otpauth_uri.contains(&format!("secret={}", enrolment.secret)));
+    assert!(enrolment.qr_code_png.starts_with(b"\x89PNG\r\n\x1a\n"));
+
+    let code = totp_now(&stack, &enrolment.secret);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let status = err(owner.client.auth().confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: wrong.into() }).await);
+    assert_eq!(field_violation(&status).0, "totp_code");
+    let recovery = owner
+        .client
+        .auth()
+        .confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: code.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .recovery_codes;
+    assert_eq!(recovery.len(), 10);
+    assert_eq!(recovery.iter().collect::<std::collections::HashSet<_>>().len(), 10);
+    let again = err(owner.client.auth().begin_mfa_enrollment(BeginMfaEnrollmentRequest {}).await);
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    // Sign-in now needs a second factor.
+    let first = challenge(sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap());
+    assert_eq!(first.methods.len(), 2);
+    // The code used to confirm cannot be used again.
+    let replay = verify(&stack, &first.challenge, verify_mfa_request::Code::TotpCode(code.clone())).await;
+    assert_invalid_credentials(&replay.unwrap_err());
+    stack.clock.advance(Duration::from_secs(30));
+    let next = totp_now(&stack, &enrolment.secret);
+    let full = verify(&stack, &first.challenge, verify_mfa_request::Code::TotpCode(next.clone())).await.unwrap();
+    assert_eq!(claims_of(&full.access_token)["amr"], json!(["pwd", "otp"]));
+    assert_eq!(full.scope, TokenScope::Full as i32);
+    assert!(!full.refresh_token.is_empty());
+    // A completed challenge is spent.
+    stack.clock.advance(Duration::from_secs(30));
+    let later = totp_now(&stack, &enrolment.secret);
+    assert_invalid_credentials(
+        &verify(&stack, &first.challenge, verify_mfa_request::Code::TotpCode(later)).await.unwrap_err(),
+    );
+
+    // The same TOTP code in another sign-in is a replay.
+    let second = challenge(sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap());
+    assert_invalid_credentials(
+        &verify(&stack, &second.challenge, verify_mfa_request::Code::TotpCode(next)).await.unwrap_err(),
+    );
+    // A recovery code works once (in any case, with or without dashes).
+    let by_recovery =
+        verify(&stack, &second.challenge, verify_mfa_request::Code::RecoveryCode(recovery[0].clone())).await.unwrap();
+    assert_eq!(claims_of(&by_recovery.access_token)["amr"], json!(["pwd", "mfa"]));
+    let third = challenge(sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap());
+    assert_invalid_credentials(
+        &verify(&stack, &third.challenge, verify_mfa_request::Code::RecoveryCode(recovery[0].clone()))
+            .await
+            .unwrap_err(),
+    );
+    let typed = recovery[1].to_uppercase().replace('-', "");
+    verify(&stack, &third.challenge, verify_mfa_request::Code::RecoveryCode(typed)).await.unwrap();
+});
+
+backend_test!(mfa_required_but_not_enrolled_gets_an_enrolment_only_token, |stack| async move {
+    let owner = stack.owner().await;
+    let (_, email) = invite(&owner, true).await;
+    let token = stack.wait_for_token(&email).await;
+    accept(&stack, &token, PASSWORD).await.unwrap();
+    let limited = tokens(sign_in_raw(&stack, &email, PASSWORD).await.unwrap());
+    assert_eq!(limited.scope, TokenScope::MfaEnrollment as i32);
+    assert!(limited.refresh_token.is_empty());
+    assert!(limited.refresh_token_expire_time.is_none());
+    assert_eq!(claims_of(&limited.access_token)["scope"], "mfa_enrollment");
+
+    let client = stack.client().await.with_token(&limited.access_token).unwrap();
+    let denied = err(client.admin().get_profile(GetProfileRequest {}).await);
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let denied = err(client
+        .auth()
+        .change_password(ChangePasswordRequest { current_password: PASSWORD.into(), new_password: NEW_PASSWORD.into() })
+        .await);
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+
+    let enrolment = client.auth().begin_mfa_enrollment(BeginMfaEnrollmentRequest {}).await.unwrap().into_inner();
+    let code = totp_now(&stack, &enrolment.secret);
+    client.auth().confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: code }).await.unwrap();
+    client.auth().sign_out(SignOutRequest {}).await.unwrap();
+
+    let next = challenge(sign_in_raw(&stack, &email, PASSWORD).await.unwrap());
+    stack.clock.advance(Duration::from_secs(30));
+    let code = totp_now(&stack, &enrolment.secret);
+    let full = verify(&stack, &next.challenge, verify_mfa_request::Code::TotpCode(code)).await.unwrap();
+    assert_eq!(full.scope, TokenScope::Full as i32);
+    let client = stack.client().await.with_token(&full.access_token).unwrap();
+    client.admin().get_profile(GetProfileRequest {}).await.unwrap();
+});
+
+fn sign_claims(pair: &steward_auth::keys::KeyPair, kid: &str, typ: &str, claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid.into());
+    header.typ = Some(typ.into());
+    jsonwebtoken::encode(&header, claims, &pair.encoding).unwrap()
+}
+
+fn unsigned(header: &Value, claims: &Value, signature: &str) -> String {
+    format!(
+        "{}.{}.{signature}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+backend_test!(token_attacks_are_all_unauthenticated, |stack| async move {
+    let owner = stack.owner().await;
+    let valid = owner.tokens.access_token.clone();
+    let header = header_of(&valid);
+    let claims = claims_of(&valid);
+    let kid = header["kid"].as_str().unwrap().to_string();
+    let pair = steward_auth::keys::load(&stack.config().auth.signing_keys[0]).unwrap();
+    let stranger =
+        steward_auth::keys::from_pem(&kid, &steward_auth::keys::generate_pem().unwrap()).unwrap();
+    let now = stack.clock.now().timestamp();
+    let with = |changes: Value| {
+        let mut c = claims.clone();
+        for (k, v) in changes.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let parts: Vec<&str> = valid.split('.').collect();
+
+    let mut attacks: Vec<(&str, String)> = Vec::new();
+    attacks.push(("alg none", unsigned(&json!({"alg": "none", "typ": "at+jwt", "kid": kid}), &claims, "")));
+    let public = URL_SAFE_NO_PAD.decode(&pair.x).unwrap();
+    let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs.kid = Some(kid.clone());
+    hs.typ = Some("at+jwt".into());
+    attacks.push((
+        "HS256 with the public key bytes",
+        jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(&public).unwrap()).unwrap(),
+    ));
+    attacks.push((
+        "HS256 with the public key text",
+        jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(pair.x.as_bytes()).unwrap()).unwrap(),
+    ));
+    attacks.push(("unknown kid", sign_claims(&pair, "no-such-key", "at+jwt", &claims)));
+    attacks.push(("wrong iss", sign_claims(&pair, &kid, "at+jwt", &with(json!({"iss": "https://evil.example"})))));
+    attacks.push(("wrong aud", sign_claims(&pair, &kid, "at+jwt", &with(json!({"aud": "someone-else"})))));
+    attacks.push(("wrong typ", sign_claims(&pair, &kid, "JWT", &claims)));
+    attacks.push((
+        "expired",
+        sign_claims(&pair, &kid, "at+jwt", &with(json!({"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600}))),
+    ));
+    attacks.push((
+        "not yet valid",
+        sign_claims(&pair, &kid, "at+jwt", &with(json!({"iat": now, "nbf": now + 3600, "exp": now + 7200}))),
+    ));
+    attacks.push((
+        "tampered payload",
+        format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(with(json!({"sub": format!("{}/administrators/someone-else", owner.org)})).to_string()), parts[2]),
+    ));
+    let mut signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+    signature[10] ^= 0x01;
+    attacks.push(("tampered signature", format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(signature))));
+    attacks.push(("another deployment's key, same kid", sign_claims(&stranger, &kid, "at+jwt", &claims)));
+    attacks.push(("garbage", "not.a.jwt".into()));
+
+    // The real key and the real claims pass, so each failure below is the attack's doing.
+    let control = sign_claims(&pair, &kid, "at+jwt", &claims);
+    stack.client().await.with_token(&control).unwrap().admin().get_profile(GetProfileRequest {}).await.unwrap();
+    for (name, token) in attacks {
+        let client = stack.client().await.with_token(&token).unwrap();
+        let status = err(client.admin().get_profile(GetProfileRequest {}).await);
+        assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
+    }
+    let status = err(stack.client().await.admin().get_profile(GetProfileRequest {}).await);
+    assert_eq!(status.code(), Code::Unauthenticated, "no token");
+});
+
+backend_test!(refresh_reuse_revokes_the_family, |stack| async move {
+    let owner = stack.owner().await;
+    let first = refresh(&stack, &owner.tokens.refresh_token).await.unwrap();
+    // Presenting the rotated token again: refused, and the whole session dies with it.
+    assert_invalid_credentials(&refresh(&stack, &owner.tokens.refresh_token).await.unwrap_err());
+    assert_invalid_credentials(&refresh(&stack, &first.refresh_token).await.unwrap_err());
+    // Other sessions are untouched.
+    let other = stack.sign_in(&owner.email, PASSWORD).await;
+    refresh(&stack, &other.refresh_token).await.unwrap();
+    assert_invalid_credentials(&refresh(&stack, "not-a-refresh-token").await.unwrap_err());
+});
+
+backend_test!(deleted_credentials_cannot_refresh_or_sign_in, |stack| async move {
+    let owner = stack.owner().await;
+    let mut internal = AuthInternalServiceClient::new(stack.internal().await);
+    let request = DeleteCredentialsRequest {
+        administrator: owner.admin.clone(),
+        idempotency_key: uuid::Uuid::new_v4().to_string(),
+    };
+    internal.delete_credentials(request.clone()).await.unwrap();
+    internal.delete_credentials(request).await.unwrap();
+    assert_invalid_credentials(&refresh(&stack, &owner.tokens.refresh_token).await.unwrap_err());
+    assert_invalid_credentials(&sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap_err());
+});
+
+backend_test!(throttling_engages_and_releases_with_the_clock, |stack| async move {
+    let owner = stack.owner().await;
+    for _ in 0..5 {
+        let status = sign_in_raw(&stack, &owner.email, "wrong password, attempt").await.unwrap_err();
+        assert_invalid_credentials(&status);
+    }
+    // Locked now, even with the right password.
+    let status = sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let delay = status.get_error_details().retry_info().and_then(|r| r.retry_delay).expect("RetryInfo");
+    assert!(delay >= Duration::from_secs(1) && delay <= Duration::from_secs(2), "{delay:?}");
+    // An unknown email is throttled the same way (no enumeration through throttling).
+    let ghost = format!("ghost-{}@example.com", uuid::Uuid::new_v4().simple());
+    for _ in 0..5 {
+        assert_invalid_credentials(&sign_in_raw(&stack, &ghost, "wrong password, attempt").await.unwrap_err());
+    }
+    assert_eq!(sign_in_raw(&stack, &ghost, PASSWORD).await.unwrap_err().code(), Code::ResourceExhausted);
+
+    // The lock lifts once the (injected) clock has moved past it.
+    stack.clock.advance(Duration::from_secs(3));
+    tokens(sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap());
+    // The next failure locks again, for twice as long.
+    assert_invalid_credentials(&sign_in_raw(&stack, &ghost, "x").await.unwrap_err());
+    let status = sign_in_raw(&stack, &ghost, PASSWORD).await.unwrap_err();
+    let delay = status.get_error_details().retry_info().and_then(|r| r.retry_delay).expect("RetryInfo");
+    assert!(delay > Duration::from_secs(2) && delay <= Duration::from_secs(4), "{delay:?}");
+});
+
+backend_test!(unknown_email_and_wrong_password_fail_identically, |stack| async move {
+    let owner = stack.owner().await;
+    let unknown = sign_in_raw(&stack, "nobody-here@example.com", "some wrong password").await.unwrap_err();
+    let wrong = sign_in_raw(&stack, &owner.email, "some wrong password").await.unwrap_err();
+    assert_invalid_credentials(&unknown);
+    assert_eq!(unknown.code(), wrong.code());
+    assert_eq!(unknown.message(), wrong.message());
+    assert_eq!(unknown.details(), wrong.details());
+    // A password reset for an unknown email answers like one for a known email.
+    for email in ["nobody-here@example.com", owner.email.as_str()] {
+        let request = RequestPasswordResetRequest { email: email.into(), organization: String::new() };
+        stack.client().await.auth().request_password_reset(request).await.unwrap();
+    }
+});
+
+backend_test!(change_password_keeps_this_session_and_revokes_the_others, |stack| async move {
+    let owner = stack.owner().await;
+    let other = stack.sign_in(&owner.email, PASSWORD).await;
+    let this = stack.sign_in(&owner.email, PASSWORD).await;
+    let client = stack.client().await.with_token(&this.access_token).unwrap();
+
+    let wrong = err(client
+        .auth()
+        .change_password(ChangePasswordRequest { current_password: "not it at all".into(), new_password: NEW_PASSWORD.into() })
+        .await);
+    assert_invalid_credentials(&wrong);
+    let weak = err(client
+        .auth()
+        .change_password(ChangePasswordRequest { current_password: PASSWORD.into(), new_password: "aaaaaaaaaaaa".into() })
+        .await);
+    assert_eq!(field_violation(&weak).0, "new_password");
+
+    client
+        .auth()
+        .change_password(ChangePasswordRequest { current_password: PASSWORD.into(), new_password: NEW_PASSWORD.into() })
+        .await
+        .unwrap();
+    assert_invalid_credentials(&refresh(&stack, &other.refresh_token).await.unwrap_err());
+    assert_invalid_credentials(&refresh(&stack, &owner.tokens.refresh_token).await.unwrap_err());
+    refresh(&stack, &this.refresh_token).await.unwrap();
+    assert_invalid_credentials(&sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap_err());
+    tokens(sign_in_raw(&stack, &owner.email, NEW_PASSWORD).await.unwrap());
+});
+
+backend_test!(password_reset_by_email_link, |stack| async move {
+    let owner = stack.owner().await;
+    let invite_token = stack.wait_for_token(&owner.email).await;
+    let mut auth = stack.client().await.auth();
+    auth.request_password_reset(RequestPasswordResetRequest { email: owner.email.to_uppercase(), organization: String::new() })
+        .await
+        .unwrap();
+    let token = stack.wait_for_new_token(&owner.email, Some(&invite_token)).await;
+    let weak = auth.reset_password(ResetPasswordRequest { token: token.clone(), new_password: "password1234".into() }).await;
+    assert_eq!(field_violation(&err(weak)).0, "new_password");
+    // The invite link is no reset link.
+    let wrong_kind = auth.reset_password(ResetPasswordRequest { token: invite_token, new_password: NEW_PASSWORD.into() }).await;
+    assert_invalid_credentials(&err(wrong_kind));
+
+    auth.reset_password(ResetPasswordRequest { token: token.clone(), new_password: NEW_PASSWORD.into() }).await.unwrap();
+    assert_invalid_credentials(&err(
+        auth.reset_password(ResetPasswordRequest { token, new_password: NEW_PASSWORD.into() }).await,
+    ));
+    // Every session is revoked; the new password works and the old one does not.
+    assert_invalid_credentials(&refresh(&stack, &owner.tokens.refresh_token).await.unwrap_err());
+    assert_invalid_credentials(&sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap_err());
+    tokens(sign_in_raw(&stack, &owner.email, NEW_PASSWORD).await.unwrap());
+});
