@@ -33,7 +33,8 @@
 //!   `RESULT_DENIED`) and failures (`RESULT_FAILED`) right after, in the caller's organization's
 //!   log. A `validate_only` preview changes nothing and is not recorded. Service calls are
 //!   recorded with actor `services/platform` (CreateOrganization) or `services/steward-auth`
-//!   (ActivateAdministrator). Lists are ordered by time, then by name.
+//!   (ActivateAdministrator). A refused CreateOrganization has no organization whose log could
+//!   hold it and is only logged. Lists are ordered by time, then by name.
 //! - **Organizations** are created only with the service credential; the owner is an invited
 //!   Administrator with billing and an empty `invited_by`. `request_id` is remembered per
 //!   organization (administrators) or platform-wide (organizations) in `admin_idempotency`.
