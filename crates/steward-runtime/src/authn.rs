@@ -320,21 +320,24 @@ impl AuthState {
         match access {
             Access::Public | Access::Agent => Ok(Caller::Anonymous),
             Access::Internal => {
-                let presented = headers
-                    .get(SERVICE_CREDENTIAL_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| {
-                        plain(ApiError::Unauthenticated(
-                            "this RPC accepts only a service credential".into(),
-                        ))
-                    })?;
-                match &self.service_credential {
-                    Some(expected)
+                let presented = headers.get(SERVICE_CREDENTIAL_HEADER).and_then(|v| v.to_str().ok());
+                match (presented, &self.service_credential) {
+                    (Some(presented), Some(expected))
                         if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) =>
                     {
                         Ok(Caller::Service)
                     }
-                    _ => Err(plain(ApiError::Unauthenticated("invalid service credential".into()))),
+                    (Some(_), _) => {
+                        Err(plain(ApiError::Unauthenticated("invalid service credential".into())))
+                    }
+                    // An administrator's token is a credential, just not one that may call this.
+                    (None, _) if bearer(headers).is_some() => Err(plain(ApiError::denied(
+                        "SERVICE_CREDENTIAL_REQUIRED",
+                        "internal RPCs accept only a service credential",
+                    ))),
+                    (None, _) => Err(plain(ApiError::Unauthenticated(
+                        "this RPC accepts only a service credential".into(),
+                    ))),
                 }
             }
             Access::Enrollment | Access::AnyRole | Access::Administrator | Access::Billing => {

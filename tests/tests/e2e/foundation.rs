@@ -96,7 +96,8 @@ backend_test!(internal_rpcs_refuse_administrators_and_strangers, |stack| async m
     let mut with_token = tonic::Request::new(request());
     with_token.metadata_mut().insert("authorization", token.parse().unwrap());
     let err = AdminInternalServiceClient::new(channel.clone()).lookup_administrator(with_token).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("service credential"), "{}", err.message());
 
     // A wrong service credential.
     let mut forged = tonic::Request::new(request());

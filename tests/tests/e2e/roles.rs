@@ -202,7 +202,13 @@ fn layer_reason(status: &Status) -> Option<String> {
     }
     if status.code() == Code::PermissionDenied {
         let reason = status.get_error_details().error_info().map(|i| i.reason.clone())?;
-        if ["ROLE_REQUIRED", "BILLING_REQUIRED", "NO_ACCESS_RULE", "MFA_ENROLLMENT_REQUIRED"]
+        if [
+            "ROLE_REQUIRED",
+            "BILLING_REQUIRED",
+            "NO_ACCESS_RULE",
+            "MFA_ENROLLMENT_REQUIRED",
+            "SERVICE_CREDENTIAL_REQUIRED",
+        ]
             .contains(&reason.as_str())
         {
             return Some(reason);
@@ -218,7 +224,8 @@ fn expected(access: Access, who: Who) -> Option<&'static str> {
     match (access, who) {
         (Access::Public | Access::Agent, _) => None,
         (Access::Internal, Service) => None,
-        (Access::Internal, _) => Some("UNAUTHENTICATED"),
+        (Access::Internal, Anonymous) => Some("UNAUTHENTICATED"),
+        (Access::Internal, _) => Some("SERVICE_CREDENTIAL_REQUIRED"),
         (_, Anonymous | Service) => Some("UNAUTHENTICATED"),
         (Access::Enrollment | Access::AnyRole, _) => None,
         (Access::Administrator, AdminBilling | AdminNoBilling) => None,
