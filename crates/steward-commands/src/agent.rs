@@ -84,11 +84,23 @@ fn credential_of(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
 }
 
+/// Refuses a call carrying an administrator's access token (a JWT): the agent API is not an
+/// administrator API.
+fn refuse_access_tokens(metadata: &tonic::metadata::MetadataMap) -> ApiResult<()> {
+    match credential_of(metadata) {
+        Some(token) if token.split('.').count() == 3 => {
+            Err(ApiError::denied("AGENT_ONLY", "administrator tokens cannot call the agent API"))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Agents {
     async fn register_impl(
         &self,
         request: Request<RegisterAgentRequest>,
     ) -> ApiResult<RegisterAgentResponse> {
+        refuse_access_tokens(request.metadata())?;
         let ctx = authn::context(&request);
         let req = request.into_inner();
         let refused =
@@ -137,6 +149,7 @@ impl Agents {
         &self,
         request: Request<Streaming<OpenStreamRequest>>,
     ) -> ApiResult<AgentStream> {
+        refuse_access_tokens(request.metadata())?;
         let credential = credential_of(request.metadata())
             .ok_or_else(|| ApiError::Unauthenticated("missing agent credential".into()))?;
         let found = system::Entity::find()

@@ -1088,6 +1088,9 @@ backend_test!(fake_agent_runs_commands_end_to_end, |stack| async move {
     // Unknown credentials are refused.
     let stranger = FakeAgent::open(&url, "stc_not-a-real-credential").await;
     assert_eq!(stranger.err().map(|s| s.code()), Some(Code::Unauthenticated));
+    // An administrator's access token is not an agent credential.
+    let admin_token = FakeAgent::open(&url, &owner.tokens.access_token).await;
+    assert_eq!(admin_token.err().map(|s| s.code()), Some(Code::PermissionDenied));
 
     let mut agent = FakeAgent::open(&url, &credential).await.unwrap();
     let created = run(&runner.client, &command.name, &[]).await.unwrap();
