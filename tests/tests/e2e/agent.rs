@@ -395,3 +395,71 @@ backend_test!(agent_without_credential_or_key_exits, |stack| async move {
     assert!(!status.success());
     assert!(log.contains("not registered"), "{log}");
 });
+
+/// Sends `signal` (e.g. "TERM") to the agent process.
+fn signal(agent: &AgentProcess, signal: &str) {
+    let pid = agent.child.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+backend_test!(agent_stopped_or_killed_during_a_run, |stack| async move {
+    let stack: Stack = stack;
+    let owner = stack.owner().await;
+    let (_, key) = connect_key(&owner).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let url = stack.url(ServiceKind::Commands);
+    let mut agent = AgentProcess::spawn(&url, Some(&key), &state, &[]);
+    let system = connected_system(&owner, &agent).await;
+    let script = "echo started\nsleep 30 &\necho $!\nwait\n";
+    let has_pid = |r: &Run| {
+        r.state == RunState::Running as i32
+            && r.results[0].stdout.split(|b| *b == b'\n').count() >= 3
+    };
+    let pid_of = |r: &Run| -> u32 {
+        String::from_utf8(r.results[0].stdout.clone())
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+
+    // SIGTERM: the agent kills its runs, reports them failed, and exits cleanly.
+    let command = command(&owner, &system.name, script, 60).await;
+    let run = start_run(&owner, &command).await;
+    let sleeper = pid_of(&wait_run(&owner, &agent, &run, has_pid).await);
+    signal(&agent, "TERM");
+    let (status, log) = agent.exits_within(Duration::from_secs(20)).await;
+    assert!(status.success(), "{log}");
+    let ended = wait_run(&owner, &agent, &run, finished).await;
+    assert_eq!(ended.state, RunState::Failed as i32);
+    assert_eq!(ended.results[0].error_message, "killed because the agent was stopped");
+    assert!(gone(sleeper));
+
+    // SIGKILL: the service ends the run failed once the agent is past its deadline.
+    let mut agent = AgentProcess::spawn(&url, None, &state, &[]);
+    connected_system(&owner, &agent).await;
+    let run = start_run(&owner, &command).await;
+    let sleeper = pid_of(&wait_run(&owner, &agent, &run, has_pid).await);
+    agent.kill().await;
+    stack
+        .clock
+        .advance(Duration::from_secs(steward_commands::agent::AGENT_DEADLINE_SECS as u64 + 5));
+    let ended = wait_run(&owner, &agent, &run, finished).await;
+    assert_eq!(ended.state, RunState::Failed as i32, "{ended:?}");
+    // A SIGKILLed agent cannot kill its children; clean up the orphan.
+    let _ = std::process::Command::new("kill").arg("-KILL").arg(sleeper.to_string()).status();
+
+    // Restarted, it reconnects and takes new runs.
+    let agent = AgentProcess::spawn(&url, None, &state, &[]);
+    let run = run_script(&owner, &agent, &system.name, "echo again", 30).await;
+    assert_eq!(run.state, RunState::Succeeded as i32, "{run:?}");
+    assert_eq!(run.results[0].stdout, b"again\n");
+});
