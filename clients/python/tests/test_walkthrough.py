@@ -1,0 +1,266 @@
+"""The seed's walk-through through the generated Python SDK, against the real server."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, field_mask_pb2
+from google.rpc import error_details_pb2
+
+from steward_client import (
+    admin_pb2,
+    administrator_pb2,
+    agent_pb2,
+    auth_pb2,
+    commands_pb2,
+    error_details,
+    systems_pb2,
+)
+
+Role = administrator_pb2.Role
+State = administrator_pb2.Administrator.State
+
+
+def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
+    """Runs a call that must fail, and returns its error."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call(*args, **kwargs)
+    return caught.value
+
+
+def detail(error: grpc.RpcError, kind):
+    found = [d for d in error_details(error) if isinstance(d, kind)]
+    assert found, f"no {kind.DESCRIPTOR.full_name} in the details of {error.code()}: {error.details()}"
+    return found[0]
+
+
+def invite_and_sign_in(server, owner, address: str, password: str):
+    """Owner creates a Command Runner; it accepts its emailed invite and signs in."""
+    created = owner.client.admin.CreateAdministrator(
+        admin_pb2.CreateAdministratorRequest(
+            parent=owner.organization,
+            administrator=administrator_pb2.Administrator(
+                email=address, role=administrator_pb2.ROLE_COMMAND_RUNNER
+            ),
+            request_id=str(uuid.uuid4()),
+        )
+    ).administrator
+    token = server.invite_token(address)
+    client = server.client()
+    client.auth.AcceptInvite(auth_pb2.AcceptInviteRequest(token=token, password=password))
+    client.sign_in(address, password)
+    return created, client
+
+
+def test_unauthenticated_calls_are_refused(server):
+    with server.client() as anonymous:
+        err = rpc_error(anonymous.admin.GetProfile, admin_pb2.GetProfileRequest())
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        anonymous.set_access_token("not-a-jwt")
+        err = rpc_error(anonymous.admin.GetProfile, admin_pb2.GetProfileRequest())
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_administrators_walkthrough(server, owner):
+    admin = owner.client.admin
+
+    # Who am I, and which organization?
+    profile = admin.GetProfile(admin_pb2.GetProfileRequest()).profile
+    assert profile.administrator.email == "owner@example.com"
+    assert profile.administrator.role == administrator_pb2.ROLE_ADMINISTRATOR
+    assert profile.administrator.billing
+    assert profile.administrator.state == State.STATE_ACTIVE
+    assert profile.organization.name.startswith("organizations/")
+    assert profile.organization.display_name
+
+    # Create a Command Runner; a retry with the same request_id creates nothing new.
+    request = admin_pb2.CreateAdministratorRequest(
+        parent=owner.organization,
+        administrator=administrator_pb2.Administrator(
+            email="helpdesk@example.com", role=administrator_pb2.ROLE_COMMAND_RUNNER
+        ),
+        request_id=str(uuid.uuid4()),
+    )
+    runner = admin.CreateAdministrator(request).administrator
+    assert runner.name.startswith(owner.organization + "/administrators/")
+    assert runner.state == State.STATE_INVITED
+    assert runner.role == administrator_pb2.ROLE_COMMAND_RUNNER
+    assert runner.invited_by == owner.name
+    assert admin.CreateAdministrator(request).administrator.name == runner.name
+
+    # The invite email carries the set-password link; a weak password is refused by field.
+    token = server.invite_token("helpdesk@example.com")
+    with server.client() as helpdesk:
+        err = rpc_error(
+            helpdesk.auth.AcceptInvite, auth_pb2.AcceptInviteRequest(token=token, password="short")
+        )
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        bad = detail(err, error_details_pb2.BadRequest)
+        assert [v.field for v in bad.field_violations] == ["password"]
+
+        accepted = helpdesk.auth.AcceptInvite(
+            auth_pb2.AcceptInviteRequest(token=token, password="helpdesk runs the weekly reports 7!")
+        )
+        assert accepted.administrator == runner.name
+        helpdesk.sign_in("helpdesk@example.com", "helpdesk runs the weekly reports 7!")
+        own = helpdesk.admin.GetProfile(admin_pb2.GetProfileRequest()).profile
+        assert own.administrator.name == runner.name
+        assert own.administrator.role == administrator_pb2.ROLE_COMMAND_RUNNER
+
+        # A Command Runner may not manage administrators.
+        err = rpc_error(
+            helpdesk.admin.ListAdministrators,
+            admin_pb2.ListAdministratorsRequest(parent=owner.organization),
+        )
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert detail(err, error_details_pb2.ErrorInfo).reason == "ROLE_REQUIRED"
+
+    listed = admin.ListAdministrators(admin_pb2.ListAdministratorsRequest(parent=owner.organization))
+    assert [a.email for a in listed.administrators] == ["helpdesk@example.com", "owner@example.com"]
+    assert listed.total_size == 2
+    assert all(a.state == State.STATE_ACTIVE for a in listed.administrators)
+
+    # Edit with a field mask: only mfa_required changes, whats_new (not in the mask) does not.
+    current = admin.GetAdministrator(admin_pb2.GetAdministratorRequest(name=runner.name)).administrator
+    updated = admin.UpdateAdministrator(
+        admin_pb2.UpdateAdministratorRequest(
+            administrator=administrator_pb2.Administrator(
+                name=runner.name, mfa_required=True, whats_new=True, etag=current.etag
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["mfa_required"]),
+        )
+    ).administrator
+    assert updated.mfa_required
+    assert not updated.whats_new
+    assert updated.role == administrator_pb2.ROLE_COMMAND_RUNNER
+    assert updated.etag and updated.etag != current.etag
+    # The old etag no longer matches: the update is refused and changes nothing.
+    err = rpc_error(
+        admin.UpdateAdministrator,
+        admin_pb2.UpdateAdministratorRequest(
+            administrator=administrator_pb2.Administrator(
+                name=runner.name, billing=True, etag=current.etag
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["billing"]),
+        ),
+    )
+    assert err.code() == grpc.StatusCode.ABORTED
+
+    # The confirmation window: validate_only answers what would be deleted, deletes nothing.
+    preview = admin.BatchDeleteAdministrators(
+        admin_pb2.BatchDeleteAdministratorsRequest(
+            parent=owner.organization, names=[runner.name], validate_only=True
+        )
+    )
+    assert [a.name for a in preview.administrators] == [runner.name]
+    admin.GetAdministrator(admin_pb2.GetAdministratorRequest(name=runner.name))
+
+    # An administrator can never delete itself (and here it is the last one anyway).
+    for validate_only in (True, False):
+        err = rpc_error(
+            admin.BatchDeleteAdministrators,
+            admin_pb2.BatchDeleteAdministratorsRequest(
+                parent=owner.organization, names=[owner.name], validate_only=validate_only
+            ),
+        )
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        failure = detail(err, error_details_pb2.PreconditionFailure)
+        violations = {(v.type, v.subject) for v in failure.violations}
+        assert ("SELF_DELETE", owner.name) in violations, violations
+
+    # Delete the Command Runner: it is gone and can no longer sign in.
+    deleted = admin.BatchDeleteAdministrators(
+        admin_pb2.BatchDeleteAdministratorsRequest(parent=owner.organization, names=[runner.name])
+    )
+    assert [a.name for a in deleted.administrators] == [runner.name]
+    err = rpc_error(admin.GetAdministrator, admin_pb2.GetAdministratorRequest(name=runner.name))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    listed = admin.ListAdministrators(admin_pb2.ListAdministratorsRequest(parent=owner.organization))
+    assert [a.name for a in listed.administrators] == [owner.name]
+    with server.client() as gone:
+        err = rpc_error(gone.sign_in, "helpdesk@example.com", "helpdesk runs the weekly reports 7!")
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_commands_walkthrough(server, owner):
+    org = owner.organization
+
+    # A system to run on: a connect key, and an agent registering with it (no token).
+    key = owner.client.systems.CreateConnectKey(
+        systems_pb2.CreateConnectKeyRequest(
+            parent=org, connect_key=systems_pb2.ConnectKey(display_name="sdk test")
+        )
+    ).connect_key
+    assert key.key
+    with server.client() as agent:
+        system = agent.agents.RegisterAgent(
+            agent_pb2.RegisterAgentRequest(
+                connect_key=key.key, hostname="web-1", os="linux", agent_version="0.0.0-sdk-test"
+            )
+        ).system
+    assert system.name.startswith(org + "/systems/")
+
+    def create_command(display_name: str, script: str) -> commands_pb2.Command:
+        return owner.client.commands.CreateCommand(
+            commands_pb2.CreateCommandRequest(
+                parent=org,
+                command=commands_pb2.Command(
+                    display_name=display_name,
+                    script=script,
+                    interpreter=commands_pb2.INTERPRETER_SH,
+                    timeout=duration_pb2.Duration(seconds=60),
+                    target_systems=[system.name],
+                ),
+                request_id=str(uuid.uuid4()),
+            )
+        ).command
+
+    report = create_command("disk usage report", "df -h")
+    restart = create_command("restart web server", "systemctl restart nginx")
+    assert report.name.startswith(org + "/commands/")
+
+    runner, ops = invite_and_sign_in(server, owner, "ops@example.com", "ops team keeps disks tidy 2024!")
+    with ops:
+        grant = owner.client.commands.CreateGrant(
+            commands_pb2.CreateGrantRequest(
+                parent=report.name, grant=commands_pb2.Grant(grantee=runner.name)
+            )
+        ).grant
+        assert grant.name.startswith(report.name + "/grants/")
+        assert grant.grantor == owner.name
+
+        # The runner sees exactly the command granted to it.
+        seen = ops.commands.ListCommands(commands_pb2.ListCommandsRequest(parent=org))
+        assert [c.name for c in seen.commands] == [report.name]
+        err = rpc_error(ops.commands.GetCommand, commands_pb2.GetCommandRequest(name=restart.name))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        decision = ops.commands.CheckAccess(
+            commands_pb2.CheckAccessRequest(command=report.name, action=commands_pb2.ACTION_RUN)
+        ).decision
+        assert decision.allowed
+        assert decision.reason == commands_pb2.DECISION_REASON_GRANT
+        assert decision.grantor == owner.name
+
+        # It may run the granted command, and nothing else.
+        run = ops.commands.RunCommand(
+            commands_pb2.RunCommandRequest(command=report.name, request_id=str(uuid.uuid4()))
+        ).run
+        assert run.runner == runner.name
+        assert run.command == report.name
+        assert list(run.systems) == [system.name]
+        assert run.state == commands_pb2.RUN_STATE_QUEUED
+        err = rpc_error(ops.commands.RunCommand, commands_pb2.RunCommandRequest(command=restart.name))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        runs = ops.commands.ListRuns(commands_pb2.ListRunsRequest(parent=org))
+        assert [r.name for r in runs.runs] == [run.name]
+
+        # Revoked: never honoured once DeleteGrant has returned.
+        owner.client.commands.DeleteGrant(commands_pb2.DeleteGrantRequest(name=grant.name))
+        seen = ops.commands.ListCommands(commands_pb2.ListCommandsRequest(parent=org))
+        assert list(seen.commands) == []
+        err = rpc_error(ops.commands.RunCommand, commands_pb2.RunCommandRequest(command=report.name))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
