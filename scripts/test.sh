@@ -19,6 +19,9 @@ if [ -z "${STEWARD_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/null 2
 fi
 echo "test: PostgreSQL ${STEWARD_TEST_POSTGRES_URL:+at $STEWARD_TEST_POSTGRES_URL}${STEWARD_TEST_POSTGRES_URL:-not configured (SQLite only)}"
 
+# The process tests drive the real binaries; build them first so they are current.
+cargo build -p steward-server -p steward-agent
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -136,3 +136,54 @@ async fn unknown_methods_are_refused_not_routed() {
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("no access rule"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_every_service() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient as V1;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest as V1Request;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse as V1Response;
+    use tonic_reflection::pb::v1::ServerReflectionRequest as V1Message;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as V1Alpha;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaMessage;
+
+    let stack = Stack::start(Backend::Sqlite).await;
+    let channel = tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut expected: BTreeSet<String> = all_methods()
+        .iter()
+        .map(|m| m.trim_start_matches('/').split('/').next().unwrap().to_string())
+        .collect();
+    expected.insert("grpc.health.v1.Health".into());
+
+    let request = V1Message { host: String::new(), message_request: Some(V1Request::ListServices(String::new())) };
+    let mut replies = V1::new(channel.clone())
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(V1Response::ListServicesResponse(list)) = replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1 reflection did not list services");
+    };
+    let listed: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(expected.is_subset(&listed), "v1 reflection lacks {:?}", expected.difference(&listed));
+
+    let request = AlphaMessage { host: String::new(), message_request: Some(AlphaRequest::ListServices(String::new())) };
+    let mut replies = V1Alpha::new(channel)
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(AlphaResponse::ListServicesResponse(list)) =
+        replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1alpha reflection did not list services");
+    };
+    let listed: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(expected.is_subset(&listed), "v1alpha reflection lacks {:?}", expected.difference(&listed));
+}

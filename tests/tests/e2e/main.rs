@@ -34,6 +34,7 @@ macro_rules! backend_test {
 }
 
 mod admin;
+mod agent;
 mod auth;
 mod commands;
 mod foundation;
