@@ -85,6 +85,8 @@ def server(tmp_path_factory) -> Server:
     data_dir = tmp_path_factory.mktemp("steward-data")
     log_path = data_dir.parent / (data_dir.name + ".log")
     env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"))
+    # The server reads every STEWARD_* variable as configuration and refuses unknown keys.
+    env.pop("STEWARD_SERVER_BIN", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(binary), "dev", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),

@@ -1,0 +1,120 @@
+// Starts the real steward-server binary in dev mode for the SDK's end-to-end tests.
+//
+// The binary is STEWARD_SERVER_BIN (default: target/debug/steward-server of this repository,
+// resolved from this file's location). Each test file gets one fresh server on an ephemeral port
+// with its own data directory.
+
+import { ChildProcess, spawn } from "node:child_process";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { isAbsolute, join, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+
+import { Steward } from "../src/index";
+
+export const OWNER_EMAIL = "owner@example.com";
+export const OWNER_PASSWORD = "correct horse battery staple 42!";
+
+// dist/test/server.js -> the repository root is four levels up.
+const REPO = resolve(__dirname, "..", "..", "..", "..");
+
+export function serverBin(): string {
+  const configured = process.env.STEWARD_SERVER_BIN;
+  let path = configured ? configured : join(REPO, "target", "debug", "steward-server");
+  if (!isAbsolute(path)) path = resolve(process.cwd(), path);
+  if (!existsSync(path)) {
+    throw new Error(
+      `steward-server binary not found at ${path}: build it with ` +
+        "`cargo build -p steward-server` or set STEWARD_SERVER_BIN",
+    );
+  }
+  return path;
+}
+
+export class Server {
+  private constructor(
+    readonly target: string,
+    readonly dataDir: string,
+    readonly logPath: string,
+    readonly ownerInviteToken: string,
+    private readonly child: ChildProcess,
+  ) {}
+
+  static async start(): Promise<Server> {
+    const binary = serverBin();
+    const dataDir = mkdtempSync(join(tmpdir(), "steward-ts-"));
+    const logPath = `${dataDir}.log`;
+    // The server reads every STEWARD_* variable as configuration and refuses unknown keys.
+    const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: "1", RUST_LOG: process.env.RUST_LOG ?? "info" };
+    delete env.STEWARD_SERVER_BIN;
+    const log = openSync(logPath, "w");
+    const child = spawn(
+      binary,
+      ["dev", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--owner-email", OWNER_EMAIL],
+      {
+        stdio: ["ignore", log, log],
+        env,
+      },
+    );
+    closeSync(log);
+    let exited: number | null | undefined;
+    child.on("exit", (code) => (exited = code));
+    const deadline = Date.now() + 90_000;
+    for (;;) {
+      const text = readFileSync(logPath, "utf8");
+      const listening = /all services listening on (\S+:\d+)/.exec(text);
+      const link = /set-password\?token=([^\s"'<>&]+)/.exec(text);
+      if (listening && link) {
+        return new Server(listening[1], dataDir, logPath, link[1], child);
+      }
+      const failed = /could not bootstrap[^\n]*/.exec(text);
+      if (failed || exited !== undefined || Date.now() > deadline) {
+        child.kill("SIGKILL");
+        const tail = text.split("\n").slice(-30).join("\n");
+        throw new Error(
+          `steward-server did not start (${failed ? failed[0] : `exit ${exited}`}); ` +
+            `output in ${logPath}:\n${tail}`,
+        );
+      }
+      await sleep(50);
+    }
+  }
+
+  /** A new connection, optionally with an access token. */
+  client(accessToken?: string): Steward {
+    return new Steward(this.target, { accessToken, defaultTimeoutMs: 30_000 });
+  }
+
+  /** The token of the newest invite email sent to `address` (a .eml file under mail/). */
+  async inviteToken(address: string, timeoutMs = 20_000): Promise<string> {
+    const mailDir = join(this.dataDir, "mail");
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      let newest: { mtime: bigint; name: string; text: string } | undefined;
+      for (const name of existsSync(mailDir) ? readdirSync(mailDir) : []) {
+        if (!name.endsWith(".eml")) continue;
+        const path = join(mailDir, name);
+        const text = readFileSync(path, "utf8");
+        const to = /^To:(.*(?:\r?\n[ \t].*)*)/im.exec(text.split(/\r?\n\r?\n/)[0]);
+        if (!to || !to[1].toLowerCase().includes(address.toLowerCase())) continue;
+        const mtime = statSync(path, { bigint: true }).mtimeNs;
+        if (!newest || mtime > newest.mtime || (mtime === newest.mtime && name > newest.name)) {
+          newest = { mtime, name, text };
+        }
+      }
+      const token = newest && /token=([A-Za-z0-9_\-.~%]+)/.exec(newest.text);
+      if (token) return token[1];
+      if (Date.now() > deadline) throw new Error(`no invite email for ${address} in ${mailDir}`);
+      await sleep(100);
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const exited = new Promise((done) => this.child.once("exit", done));
+    this.child.kill("SIGTERM");
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), 15_000);
+    await exited;
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,283 @@
+// The seed's walk-through through the generated TypeScript SDK, against the real server.
+
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+
+import {
+  administratorV1,
+  commandsV1,
+  errorDetails,
+  ServiceError,
+  status,
+  Steward,
+  authV1,
+} from "../src/index";
+import { OWNER_EMAIL, OWNER_PASSWORD, Server } from "./server";
+
+const { Role } = administratorV1;
+const State = administratorV1.Administrator_State;
+
+/** Awaits a call that must fail, and returns its error. */
+async function rpcError(call: Promise<unknown>): Promise<ServiceError> {
+  try {
+    await call;
+  } catch (error) {
+    assert.ok(typeof (error as ServiceError).code === "number", `not a gRPC error: ${error}`);
+    return error as ServiceError;
+  }
+  assert.fail("the call succeeded but was expected to fail");
+}
+
+describe("Steward TypeScript SDK against the real server", () => {
+  let server: Server;
+  let owner: Steward;
+  let ownerName: string;
+  let org: string;
+
+  before(async () => {
+    server = await Server.start();
+    owner = server.client();
+    const accepted = await owner.auth.acceptInvite({
+      token: server.ownerInviteToken,
+      password: OWNER_PASSWORD,
+    });
+    const signedIn = await owner.signIn(OWNER_EMAIL, OWNER_PASSWORD);
+    assert.ok(signedIn.tokens, "owner sign-in returned no tokens");
+    assert.equal(signedIn.tokens.tokenType, "Bearer");
+    assert.equal(signedIn.tokens.scope, authV1.TokenScope.TOKEN_SCOPE_FULL);
+    ownerName = accepted.administrator;
+    const { profile } = await owner.admin.getProfile({});
+    assert.equal(profile?.administrator?.name, ownerName);
+    org = profile!.organization!.name;
+  });
+
+  after(async () => {
+    owner?.close();
+    await server?.stop();
+  });
+
+  /** Owner creates a Command Runner; it accepts its emailed invite and signs in. */
+  async function inviteAndSignIn(address: string, password: string) {
+    const { administrator } = await owner.admin.createAdministrator({
+      parent: org,
+      administrator: { email: address, role: Role.ROLE_COMMAND_RUNNER },
+      requestId: randomUUID(),
+    });
+    const token = await server.inviteToken(address);
+    const client = server.client();
+    await client.auth.acceptInvite({ token, password });
+    await client.signIn(address, password);
+    return { runner: administrator!, client };
+  }
+
+  it("refuses unauthenticated calls", async () => {
+    const anonymous = server.client();
+    try {
+      let err = await rpcError(anonymous.admin.getProfile({}));
+      assert.equal(err.code, status.UNAUTHENTICATED);
+      anonymous.setAccessToken("not-a-jwt");
+      err = await rpcError(anonymous.admin.getProfile({}));
+      assert.equal(err.code, status.UNAUTHENTICATED);
+    } finally {
+      anonymous.close();
+    }
+  });
+
+  it("walks through creating, editing and deleting administrators", async () => {
+    // Who am I, and which organization?
+    const { profile } = await owner.admin.getProfile({});
+    assert.equal(profile?.administrator?.email, OWNER_EMAIL);
+    assert.equal(profile?.administrator?.role, Role.ROLE_ADMINISTRATOR);
+    assert.equal(profile?.administrator?.billing, true);
+    assert.equal(profile?.administrator?.state, State.STATE_ACTIVE);
+    assert.match(profile!.organization!.name, /^organizations\//);
+    assert.ok(profile!.organization!.displayName);
+
+    // Create a Command Runner; a retry with the same requestId creates nothing new.
+    const request = {
+      parent: org,
+      administrator: { email: "helpdesk@example.com", role: Role.ROLE_COMMAND_RUNNER },
+      requestId: randomUUID(),
+    };
+    const runner = (await owner.admin.createAdministrator(request)).administrator!;
+    assert.ok(runner.name.startsWith(`${org}/administrators/`), runner.name);
+    assert.equal(runner.state, State.STATE_INVITED);
+    assert.equal(runner.role, Role.ROLE_COMMAND_RUNNER);
+    assert.equal(runner.invitedBy, ownerName);
+    assert.equal((await owner.admin.createAdministrator(request)).administrator?.name, runner.name);
+
+    // The invite email carries the set-password link; a weak password is refused by field.
+    const token = await server.inviteToken("helpdesk@example.com");
+    const helpdesk = server.client();
+    try {
+      let err = await rpcError(helpdesk.auth.acceptInvite({ token, password: "short" }));
+      assert.equal(err.code, status.INVALID_ARGUMENT);
+      const bad = errorDetails(err).badRequest;
+      assert.deepEqual(bad?.fieldViolations.map((v) => v.field), ["password"]);
+
+      const password = "helpdesk runs the weekly reports 7!";
+      const accepted = await helpdesk.auth.acceptInvite({ token, password });
+      assert.equal(accepted.administrator, runner.name);
+      await helpdesk.signIn("helpdesk@example.com", password);
+      const own = (await helpdesk.admin.getProfile({})).profile!;
+      assert.equal(own.administrator?.name, runner.name);
+      assert.equal(own.administrator?.role, Role.ROLE_COMMAND_RUNNER);
+
+      // A Command Runner may not manage administrators.
+      err = await rpcError(helpdesk.admin.listAdministrators({ parent: org }));
+      assert.equal(err.code, status.PERMISSION_DENIED);
+      assert.equal(errorDetails(err).errorInfo?.reason, "ROLE_REQUIRED");
+    } finally {
+      helpdesk.close();
+    }
+
+    let listed = await owner.admin.listAdministrators({ parent: org });
+    assert.deepEqual(
+      listed.administrators.map((a) => a.email),
+      ["helpdesk@example.com", OWNER_EMAIL],
+    );
+    assert.equal(listed.totalSize, 2);
+    assert.ok(listed.administrators.every((a) => a.state === State.STATE_ACTIVE));
+
+    // Edit with a field mask: only mfaRequired changes, whatsNew (not in the mask) does not.
+    const current = (await owner.admin.getAdministrator({ name: runner.name })).administrator!;
+    const updated = (
+      await owner.admin.updateAdministrator({
+        administrator: { name: runner.name, mfaRequired: true, whatsNew: true, etag: current.etag },
+        updateMask: ["mfa_required"],
+      })
+    ).administrator!;
+    assert.equal(updated.mfaRequired, true);
+    assert.equal(updated.whatsNew, false);
+    assert.equal(updated.role, Role.ROLE_COMMAND_RUNNER);
+    assert.ok(updated.etag && updated.etag !== current.etag);
+    // The old etag no longer matches: the update is refused and changes nothing.
+    let err = await rpcError(
+      owner.admin.updateAdministrator({
+        administrator: { name: runner.name, billing: true, etag: current.etag },
+        updateMask: ["billing"],
+      }),
+    );
+    assert.equal(err.code, status.ABORTED);
+
+    // The confirmation window: validateOnly answers what would be deleted, deletes nothing.
+    const preview = await owner.admin.batchDeleteAdministrators({
+      parent: org,
+      names: [runner.name],
+      validateOnly: true,
+    });
+    assert.deepEqual(preview.administrators.map((a) => a.name), [runner.name]);
+    await owner.admin.getAdministrator({ name: runner.name });
+
+    // An administrator can never delete itself (and here it is the last one anyway).
+    for (const validateOnly of [true, false]) {
+      err = await rpcError(
+        owner.admin.batchDeleteAdministrators({ parent: org, names: [ownerName], validateOnly }),
+      );
+      assert.equal(err.code, status.FAILED_PRECONDITION);
+      const failure = errorDetails(err).preconditionFailure;
+      assert.ok(failure, "no google.rpc.PreconditionFailure detail");
+      assert.ok(
+        failure.violations.some((v) => v.type === "SELF_DELETE" && v.subject === ownerName),
+        JSON.stringify(failure.violations),
+      );
+    }
+
+    // Delete the Command Runner: it is gone and can no longer sign in.
+    const deleted = await owner.admin.batchDeleteAdministrators({ parent: org, names: [runner.name] });
+    assert.deepEqual(deleted.administrators.map((a) => a.name), [runner.name]);
+    err = await rpcError(owner.admin.getAdministrator({ name: runner.name }));
+    assert.equal(err.code, status.NOT_FOUND);
+    listed = await owner.admin.listAdministrators({ parent: org });
+    assert.deepEqual(listed.administrators.map((a) => a.name), [ownerName]);
+    const gone = server.client();
+    try {
+      err = await rpcError(gone.signIn("helpdesk@example.com", "helpdesk runs the weekly reports 7!"));
+      assert.equal(err.code, status.UNAUTHENTICATED);
+    } finally {
+      gone.close();
+    }
+  });
+
+  it("lets a Command Runner see and run only the commands granted to it", async () => {
+    // A system to run on: a connect key, and an agent registering with it (no token).
+    const key = (
+      await owner.systems.createConnectKey({ parent: org, connectKey: { displayName: "sdk test" } })
+    ).connectKey!;
+    assert.ok(key.key);
+    const agent = server.client();
+    const system = (
+      await agent.agents.registerAgent({
+        connectKey: key.key,
+        hostname: "web-1",
+        os: "linux",
+        agentVersion: "0.0.0-sdk-test",
+      })
+    ).system!;
+    agent.close();
+    assert.ok(system.name.startsWith(`${org}/systems/`), system.name);
+
+    const createCommand = async (displayName: string, script: string) =>
+      (
+        await owner.commands.createCommand({
+          parent: org,
+          command: {
+            displayName,
+            script,
+            interpreter: commandsV1.Interpreter.INTERPRETER_SH,
+            timeout: { seconds: 60, nanos: 0 },
+            targetSystems: [system.name],
+          },
+          requestId: randomUUID(),
+        })
+      ).command!;
+    const report = await createCommand("disk usage report", "df -h");
+    const restart = await createCommand("restart web server", "systemctl restart nginx");
+    assert.ok(report.name.startsWith(`${org}/commands/`), report.name);
+
+    const { runner, client: ops } = await inviteAndSignIn("ops@example.com", "ops team keeps disks tidy 2024!");
+    try {
+      const grant = (
+        await owner.commands.createGrant({ parent: report.name, grant: { grantee: runner.name } })
+      ).grant!;
+      assert.ok(grant.name.startsWith(`${report.name}/grants/`), grant.name);
+      assert.equal(grant.grantor, ownerName);
+
+      // The runner sees exactly the command granted to it.
+      let seen = await ops.commands.listCommands({ parent: org });
+      assert.deepEqual(seen.commands.map((c) => c.name), [report.name]);
+      let err = await rpcError(ops.commands.getCommand({ name: restart.name }));
+      assert.equal(err.code, status.PERMISSION_DENIED);
+
+      const { decision } = await ops.commands.checkAccess({
+        command: report.name,
+        action: commandsV1.Action.ACTION_RUN,
+      });
+      assert.equal(decision?.allowed, true);
+      assert.equal(decision?.reason, commandsV1.DecisionReason.DECISION_REASON_GRANT);
+      assert.equal(decision?.grantor, ownerName);
+
+      // It may run the granted command, and nothing else.
+      const run = (await ops.commands.runCommand({ command: report.name, requestId: randomUUID() })).run!;
+      assert.equal(run.runner, runner.name);
+      assert.equal(run.command, report.name);
+      assert.deepEqual(run.systems, [system.name]);
+      assert.equal(run.state, commandsV1.RunState.RUN_STATE_QUEUED);
+      err = await rpcError(ops.commands.runCommand({ command: restart.name }));
+      assert.equal(err.code, status.PERMISSION_DENIED);
+
+      const runs = await ops.commands.listRuns({ parent: org });
+      assert.deepEqual(runs.runs.map((r) => r.name), [run.name]);
+
+      // Revoked: never honoured once DeleteGrant has returned.
+      await owner.commands.deleteGrant({ name: grant.name });
+      seen = await ops.commands.listCommands({ parent: org });
+      assert.deepEqual(seen.commands, []);
+      err = await rpcError(ops.commands.runCommand({ command: report.name }));
+      assert.equal(err.code, status.PERMISSION_DENIED);
+    } finally {
+      ops.close();
+    }
+  });
+});
