@@ -36,9 +36,11 @@
 //!   MFA reset and the internal revocations act on sessions, i.e. on refresh.
 //! - **Password reset** requests answer at once; the lookup and email happen in a background
 //!   task, so neither the answer nor its timing depends on whether the email exists.
+//! - **Audit**: see [`audit`]; events go through the `auth_outbox` to the admin service.
 //! - **Email**: see [`mailer`]. Links never appear in logs, also not in dev mode: the dev log
 //!   line names the `.eml` file holding the link.
 
+pub mod audit;
 pub mod entity;
 pub mod internal;
 pub mod jwt;
@@ -80,7 +82,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(migration::CreateTables)]
+        vec![Box::new(migration::CreateTables), Box::new(migration::CreateOutbox)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -118,5 +120,6 @@ pub async fn start(
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     );
-    Ok(Vec::new())
+    let relay = audit::OUTBOX.spawn_relay(ctx.db.clone(), audit::deliver(ctx.peers.clone()), ctx.clock.clone());
+    Ok(vec![relay])
 }

@@ -1,8 +1,9 @@
 //! Outgoing email: invite and password-reset links.
 //!
 //! With `email.smtp_url` set, messages go through lettre's async SMTP transport (rustls). With it
-//! empty (dev mode), each message is written as an `.eml` file under `{data_dir}/mail/`, and the
-//! log names the file to open. The link itself is never logged, in dev mode either: tokens stay
+//! empty (dev mode), each message is written as an `.eml` file under `{data_dir}/mail/` (staged
+//! in `mail/.partial/` and renamed, so readers never see a partial file), and the log names the
+//! file to open. The link itself is never logged, in dev mode either: tokens stay
 //! out of logs at every level (the link is in the file).
 //!
 //! Bodies are plain text in 7bit encoding so that the link appears verbatim in the message (and
@@ -15,14 +16,14 @@ use std::path::PathBuf;
 
 use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::{Body, Mailbox, SinglePart};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use steward_runtime::config::{Config, EmailConfig};
 use steward_runtime::{ApiError, ApiResult};
 
 #[derive(Clone)]
 enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    File(AsyncFileTransport<Tokio1Executor>, PathBuf),
+    File(PathBuf),
 }
 
 /// Sends the service's emails.
@@ -73,7 +74,7 @@ impl Mailer {
             let dir = config.database.data_dir.join("mail");
             std::fs::create_dir_all(&dir)
                 .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
-            Transport::File(AsyncFileTransport::<Tokio1Executor>::new(&dir), dir)
+            Transport::File(dir)
         } else {
             let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp_url)
                 .map_err(|e| ApiError::internal(format!("email.smtp_url is invalid: {e}")))?
@@ -142,12 +143,16 @@ impl Mailer {
                 })?;
                 tracing::info!(kind, "email sent");
             }
-            Transport::File(file, dir) => {
-                let id = file
-                    .send(message)
-                    .await
-                    .map_err(|e| ApiError::internal(format!("cannot write email file: {e}")))?;
+            Transport::File(dir) => {
+                // Written aside, then renamed into place: a reader never sees half a message.
+                let partial = dir.join(".partial");
+                let id = uuid::Uuid::new_v4();
+                let staged = partial.join(format!("{id}.eml"));
                 let path = dir.join(format!("{id}.eml"));
+                let io = |e: std::io::Error| ApiError::internal(format!("cannot write email file: {e}"));
+                tokio::fs::create_dir_all(&partial).await.map_err(io)?;
+                tokio::fs::write(&staged, message.formatted()).await.map_err(io)?;
+                tokio::fs::rename(&staged, &path).await.map_err(io)?;
                 tracing::info!(kind, to, path = %path.display(), "dev mode: email written to file, open it for the link");
             }
         }
@@ -177,7 +182,11 @@ mod tests {
             })
             .await
             .unwrap();
-        let entry = std::fs::read_dir(dir.path().join("mail")).unwrap().next().unwrap().unwrap();
+        let entry = std::fs::read_dir(dir.path().join("mail"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            .unwrap();
         let text = std::fs::read_to_string(entry.path()).unwrap();
         assert!(text.contains(&format!("http://localhost:8080/set-password?token={token}\r\n")), "{text}");
         assert!(text.contains("Content-Transfer-Encoding: 7bit"), "{text}");

@@ -167,3 +167,24 @@ impl MigrationTrait for CreateTables {
         Ok(())
     }
 }
+
+/// Creates the `auth_outbox` table (audit events on their way to the admin service).
+#[derive(Debug)]
+pub struct CreateOutbox;
+
+impl MigrationName for CreateOutbox {
+    fn name(&self) -> &str {
+        "m20260101_000002_auth_create_outbox"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateOutbox {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.create_table(crate::audit::OUTBOX.create_table()).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.drop_table(Table::drop().table(a("auth_outbox")).if_exists().to_owned()).await
+    }
+}

@@ -6,7 +6,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, Tran
 use steward_proto::admin::v1 as admin;
 use steward_proto::auth::v1::auth_service_server::AuthService;
 use steward_proto::auth::v1::{self as pb, verify_mfa_request, MfaMethod};
-use steward_runtime::authn;
+use steward_runtime::authn::{self, RequestContext};
 use steward_runtime::claims::TokenScope;
 use steward_runtime::{names, ApiError, ApiResult};
 use tonic::{Request, Response, Status};
@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::entity::{credential, mfa_challenge, recovery_code, refresh_token, session};
 use crate::state::{self, invalid_credentials, timestamp, Shared, INVITE, RESET};
 use crate::throttle::{self, ACCOUNT, ADDRESS};
-use crate::{password, secrets, totp};
+use crate::{audit, password, secrets, totp};
 
 /// How long an MFA challenge stays open.
 const CHALLENGE_SECS: i64 = 300;
@@ -63,7 +63,11 @@ impl Service {
             .ok_or_else(|| ApiError::NotFound(administrator.to_string()))
     }
 
-    async fn do_accept_invite(&self, request: pb::AcceptInviteRequest) -> ApiResult<pb::AcceptInviteResponse> {
+    async fn do_accept_invite(
+        &self,
+        request: pb::AcceptInviteRequest,
+        context: &RequestContext,
+    ) -> ApiResult<pb::AcceptInviteResponse> {
         let state = &self.state;
         let link = state.find_link(&request.token, INVITE).await?;
         let credential = credential::Entity::find_by_id(link.administrator.clone())
@@ -94,12 +98,14 @@ impl Service {
         row.activated_at = Set(Some(credential.activated_at.unwrap_or(now)));
         row.updated_at = Set(now);
         row.update(&tx).await?;
+        audit::record(&tx, context, audit::ACCEPT_INVITE, &link.administrator, false, "invite accepted, password set", now)
+            .await?;
         tx.commit().await?;
         tracing::info!(administrator = %link.administrator, "invite accepted");
         Ok(pb::AcceptInviteResponse { administrator: link.administrator })
     }
 
-    async fn do_sign_in(&self, request: pb::SignInRequest, client_address: &str) -> ApiResult<pb::SignInResponse> {
+    async fn do_sign_in(&self, request: pb::SignInRequest, context: &RequestContext) -> ApiResult<pb::SignInResponse> {
         let state = &self.state;
         let email = request.email.trim().to_lowercase();
         required("email", &email)?;
@@ -108,7 +114,7 @@ impl Service {
             names::parse("organization", &request.organization, &["organizations"])?;
         }
         let account = throttle::account_key(&email);
-        let address = throttle::address_key(client_address);
+        let address = throttle::address_key(&context.client_address);
         throttle::check(&state.db, &[account.clone(), address.clone()], state.now()).await?;
 
         let mut query = credential::Entity::find()
@@ -174,15 +180,15 @@ impl Service {
         }
         let subject = state.subject(&administrator)?;
         let scope = if administrator.mfa_required { TokenScope::MfaEnrollment } else { TokenScope::Full };
-        let tokens = state.start_session(&subject, &["pwd"], scope).await?;
+        let tokens = state.start_session(&subject, &["pwd"], scope, context, audit::SIGN_IN).await?;
         Ok(pb::SignInResponse { result: Some(pb::sign_in_response::Result::Tokens(tokens)) })
     }
 
-    async fn do_verify_mfa(&self, request: pb::VerifyMfaRequest, client_address: &str) -> ApiResult<pb::VerifyMfaResponse> {
+    async fn do_verify_mfa(&self, request: pb::VerifyMfaRequest, context: &RequestContext) -> ApiResult<pb::VerifyMfaResponse> {
         let state = &self.state;
         required("challenge", &request.challenge)?;
         let code = request.code.ok_or_else(|| ApiError::invalid("code", "a totp_code or a recovery_code is required"))?;
-        let address = throttle::address_key(client_address);
+        let address = throttle::address_key(&context.client_address);
         throttle::check(&state.db, std::slice::from_ref(&address), state.now()).await?;
         let now = state.now();
         let challenge = mfa_challenge::Entity::find_by_id(secrets::digest(&request.challenge))
@@ -256,11 +262,11 @@ impl Service {
         if method == "mfa" {
             tracing::info!(administrator = %subject.administrator, "recovery code used");
         }
-        let tokens = state.start_session(&subject, &["pwd", method], TokenScope::Full).await?;
+        let tokens = state.start_session(&subject, &["pwd", method], TokenScope::Full, context, audit::VERIFY_MFA).await?;
         Ok(pb::VerifyMfaResponse { tokens: Some(tokens) })
     }
 
-    async fn do_refresh(&self, request: pb::RefreshSessionRequest) -> ApiResult<pb::RefreshSessionResponse> {
+    async fn do_refresh(&self, request: pb::RefreshSessionRequest, context: &RequestContext) -> ApiResult<pb::RefreshSessionResponse> {
         let state = &self.state;
         required("refresh_token", &request.refresh_token)?;
         let now = state.now();
@@ -274,7 +280,11 @@ impl Service {
             .filter(|s| s.revoked_at.is_none() && s.expires_at > now && s.scope == "full")
             .ok_or_else(invalid_credentials)?;
         if token.used_at.is_some() {
-            state::revoke_session(&state.db, &session.id, now).await?;
+            let tx = state.db.begin().await?;
+            state::revoke_session(&tx, &session.id, now).await?;
+            let reason = "a rotated refresh token was presented again; the session is revoked";
+            audit::record(&tx, context, audit::REFRESH, &session.administrator, true, reason, now).await?;
+            tx.commit().await?;
             tracing::warn!(session = %session.id, administrator = %session.administrator, "refresh token reused, session revoked");
             return Err(invalid_credentials());
         }
@@ -313,6 +323,7 @@ impl Service {
         &self,
         principal: &authn::Principal,
         request: pb::ChangePasswordRequest,
+        context: &RequestContext,
     ) -> ApiResult<pb::ChangePasswordResponse> {
         let state = &self.state;
         required("current_password", &request.current_password)?;
@@ -321,7 +332,10 @@ impl Service {
         let account = throttle::account_key(&credential.email);
         throttle::check(&state.db, std::slice::from_ref(&account), state.now()).await?;
         if !state.hasher.verify(&request.current_password, credential.password_hash.as_deref()).await? {
-            throttle::fail(&state.db, &account, &ACCOUNT, state.now()).await?;
+            let now = state.now();
+            throttle::fail(&state.db, &account, &ACCOUNT, now).await?;
+            let reason = "the current password was wrong";
+            audit::record(&state.db, context, audit::CHANGE_PASSWORD, &principal.administrator, true, reason, now).await?;
             tracing::info!(administrator = %principal.administrator, "password change refused");
             return Err(invalid_credentials());
         }
@@ -334,6 +348,8 @@ impl Service {
         row.updated_at = Set(now);
         row.update(&tx).await?;
         let revoked = state::revoke_sessions(&tx, &principal.administrator, Some(&principal.session), now).await?;
+        let reason = format!("password changed, {revoked} other session(s) revoked");
+        audit::record(&tx, context, audit::CHANGE_PASSWORD, &principal.administrator, false, &reason, now).await?;
         tx.commit().await?;
         tracing::info!(administrator = %principal.administrator, revoked, "password changed");
         Ok(pb::ChangePasswordResponse {})
@@ -355,7 +371,7 @@ impl Service {
         Ok(pb::RequestPasswordResetResponse {})
     }
 
-    async fn do_reset(&self, request: pb::ResetPasswordRequest) -> ApiResult<pb::ResetPasswordResponse> {
+    async fn do_reset(&self, request: pb::ResetPasswordRequest, context: &RequestContext) -> ApiResult<pb::ResetPasswordResponse> {
         let state = &self.state;
         let link = state.find_link(&request.token, RESET).await?;
         let credential = credential::Entity::find_by_id(link.administrator.clone())
@@ -375,6 +391,8 @@ impl Service {
         row.updated_at = Set(now);
         row.update(&tx).await?;
         let revoked = state::revoke_sessions(&tx, &link.administrator, None, now).await?;
+        let reason = format!("password reset by email link, {revoked} session(s) revoked");
+        audit::record(&tx, context, audit::RESET_PASSWORD, &link.administrator, false, &reason, now).await?;
         tx.commit().await?;
         throttle::clear(&state.db, &throttle::account_key(&email)).await?;
         tracing::info!(administrator = %link.administrator, revoked, "password reset");
@@ -415,6 +433,7 @@ impl Service {
         &self,
         principal: &authn::Principal,
         request: pb::ConfirmMfaEnrollmentRequest,
+        context: &RequestContext,
     ) -> ApiResult<pb::ConfirmMfaEnrollmentResponse> {
         let state = &self.state;
         required("totp_code", &request.totp_code)?;
@@ -455,6 +474,7 @@ impl Service {
         }))
         .exec(&tx)
         .await?;
+        audit::record(&tx, context, audit::CONFIRM_MFA, &principal.administrator, false, "MFA (TOTP) enrolled", now).await?;
         tx.commit().await?;
         tracing::info!(administrator = %principal.administrator, "mfa enrolled");
         Ok(pb::ConfirmMfaEnrollmentResponse { recovery_codes: codes })
@@ -496,12 +516,13 @@ impl AuthService for Service {
         &self,
         request: Request<pb::AcceptInviteRequest>,
     ) -> Result<Response<pb::AcceptInviteResponse>, Status> {
-        respond(self.do_accept_invite(request.into_inner()).await)
+        let context = authn::context(&request);
+        respond(self.do_accept_invite(request.into_inner(), &context).await)
     }
 
     async fn sign_in(&self, request: Request<pb::SignInRequest>) -> Result<Response<pb::SignInResponse>, Status> {
         let context = authn::context(&request);
-        respond(self.do_sign_in(request.into_inner(), &context.client_address).await)
+        respond(self.do_sign_in(request.into_inner(), &context).await)
     }
 
     async fn verify_mfa(
@@ -509,29 +530,34 @@ impl AuthService for Service {
         request: Request<pb::VerifyMfaRequest>,
     ) -> Result<Response<pb::VerifyMfaResponse>, Status> {
         let context = authn::context(&request);
-        respond(self.do_verify_mfa(request.into_inner(), &context.client_address).await)
+        respond(self.do_verify_mfa(request.into_inner(), &context).await)
     }
 
     async fn refresh_session(
         &self,
         request: Request<pb::RefreshSessionRequest>,
     ) -> Result<Response<pb::RefreshSessionResponse>, Status> {
-        respond(self.do_refresh(request.into_inner()).await)
+        let context = authn::context(&request);
+        respond(self.do_refresh(request.into_inner(), &context).await)
     }
 
     async fn sign_out(&self, request: Request<pb::SignOutRequest>) -> Result<Response<pb::SignOutResponse>, Status> {
+        let context = authn::context(&request);
         let result = async {
             let principal = authn::principal(&request)?;
             let now = self.state.now();
+            let tx = self.state.db.begin().await?;
             let revoked = session::Entity::update_many()
                 .col_expr(session::Column::RevokedAt, Expr::value(now))
                 .filter(session::Column::Id.eq(principal.session.as_str()))
                 .filter(session::Column::Administrator.eq(principal.administrator.as_str()))
                 .filter(session::Column::Organization.eq(principal.organization.as_str()))
                 .filter(session::Column::RevokedAt.is_null())
-                .exec(&self.state.db)
+                .exec(&tx)
                 .await?
                 .rows_affected;
+            audit::record(&tx, &context, audit::SIGN_OUT, &principal.administrator, false, "signed out", now).await?;
+            tx.commit().await?;
             tracing::info!(administrator = %principal.administrator, session = %principal.session, revoked, "signed out");
             Ok(pb::SignOutResponse {})
         }
@@ -544,8 +570,9 @@ impl AuthService for Service {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let principal = authn::principal(&request).cloned();
+        let context = authn::context(&request);
         let result = match principal {
-            Ok(principal) => self.do_change_password(&principal, request.into_inner()).await,
+            Ok(principal) => self.do_change_password(&principal, request.into_inner(), &context).await,
             Err(err) => Err(err),
         };
         respond(result)
@@ -562,7 +589,8 @@ impl AuthService for Service {
         &self,
         request: Request<pb::ResetPasswordRequest>,
     ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
-        respond(self.do_reset(request.into_inner()).await)
+        let context = authn::context(&request);
+        respond(self.do_reset(request.into_inner(), &context).await)
     }
 
     async fn begin_mfa_enrollment(
@@ -581,8 +609,9 @@ impl AuthService for Service {
         request: Request<pb::ConfirmMfaEnrollmentRequest>,
     ) -> Result<Response<pb::ConfirmMfaEnrollmentResponse>, Status> {
         let principal = authn::principal(&request).cloned();
+        let context = authn::context(&request);
         let result = match principal {
-            Ok(principal) => self.do_confirm_mfa(&principal, request.into_inner()).await,
+            Ok(principal) => self.do_confirm_mfa(&principal, request.into_inner(), &context).await,
             Err(err) => Err(err),
         };
         respond(result)

@@ -12,10 +12,12 @@ use steward_proto::admin::v1 as admin;
 use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
 use steward_proto::auth::v1::{TokenScope as ProtoScope, TokenSet};
 use steward_runtime::claims::{Role, TokenScope};
+use steward_runtime::authn::RequestContext;
 use steward_runtime::config::AuthConfig;
 use steward_runtime::service::{Clock, InternalChannel};
 use steward_runtime::{names, ApiError, ApiResult};
 
+use crate::audit;
 use crate::entity::{link_token, refresh_token, session};
 use crate::jwt::{Signer, Subject};
 use crate::mailer::Mailer;
@@ -105,7 +107,15 @@ impl State {
     /// Starts a session and returns its tokens. Full sessions get a refresh token valid until
     /// the session's absolute expiry; enrolment-only sessions get none and end with their
     /// access token.
-    pub async fn start_session(&self, subject: &Subject, amr: &[&str], scope: TokenScope) -> ApiResult<TokenSet> {
+    /// The sign-in is audited as `action` in the same transaction.
+    pub async fn start_session(
+        &self,
+        subject: &Subject,
+        amr: &[&str],
+        scope: TokenScope,
+        context: &RequestContext,
+        action: &str,
+    ) -> ApiResult<TokenSet> {
         let now = self.now();
         let sid = uuid::Uuid::new_v4().to_string();
         let lifetime = match scope {
@@ -135,6 +145,11 @@ impl State {
             if let Some(refresh) = &refresh {
                 insert_refresh(&tx, &sid, refresh, now).await?;
             }
+            let reason = match scope {
+                TokenScope::Full => format!("signed in ({})", amr.join(", ")),
+                TokenScope::MfaEnrollment => "signed in for MFA enrolment only".to_string(),
+            };
+            audit::record(&tx, context, action, &subject.administrator, false, &reason, now).await?;
             tx.commit().await?;
         }
         tracing::info!(administrator = %subject.administrator, session = %sid, scope = scope_name(scope), "session started");

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use steward_proto::admin::v1::{
     Administrator, CreateAdministratorRequest, GetProfileRequest, ResendInviteRequest, Role,
 };
+use steward_proto::audit::v1::ListAuditEventsRequest;
 use steward_proto::auth::v1::auth_internal_service_client::AuthInternalServiceClient;
 use steward_proto::auth::v1::{
     sign_in_response, verify_mfa_request, AcceptInviteRequest, BeginMfaEnrollmentRequest,
@@ -233,7 +234,7 @@ backend_test!(issue_invite_is_idempotent_and_needs_the_administrator, |stack| as
     let text = std::fs::read_dir(stack.mail_dir())
         .unwrap()
         .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .find(|t| t.contains(&format!("To: {email}")))
         .unwrap();
     assert!(text.contains("Acme") && text.contains(&owner.email), "names organization and inviter");
@@ -272,6 +273,32 @@ backend_test!(mfa_enrol_sign_in_replay_and_recovery_codes, |stack| async move {
     assert_eq!(recovery.iter().collect::<std::collections::HashSet<_>>().len(), 10);
     let again = err(owner.client.auth().begin_mfa_enrollment(BeginMfaEnrollmentRequest {}).await);
     assert_eq!(again.code(), Code::FailedPrecondition);
+    // The admin service learns of the enrolment through the audit event the auth service sends.
+    let mut enrolled = false;
+    for _ in 0..200 {
+        let profile = owner.client.admin().get_profile(GetProfileRequest {}).await.unwrap().into_inner();
+        if profile.profile.and_then(|p| p.administrator).is_some_and(|a| a.mfa_enrolled) {
+            enrolled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(enrolled, "the profile shows MFA enrolled");
+    let events = owner
+        .client
+        .audit()
+        .list_audit_events(ListAuditEventsRequest { parent: owner.org.clone(), page_size: 1000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_events;
+    for action in ["AcceptInvite", "SignIn", "ConfirmMfaEnrollment"] {
+        let action = format!("/steward.auth.v1.AuthService/{action}");
+        assert!(
+            events.iter().any(|e| e.action == action && e.actor == owner.admin && e.target == owner.admin),
+            "{action} audited: {events:?}"
+        );
+    }
 
     // Sign-in now needs a second factor.
     let first = challenge(sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap());

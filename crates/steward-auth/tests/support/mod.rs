@@ -123,6 +123,9 @@ pub fn caller_of(access_token: &str) -> Caller {
 pub fn mailed_token(harness: &Harness, email: &str) -> String {
     let mut newest: Option<(std::time::SystemTime, String)> = None;
     for entry in std::fs::read_dir(harness.dir.path().join("mail")).unwrap().flatten() {
+        if entry.path().extension().is_none_or(|x| x != "eml") {
+            continue;
+        }
         let text = std::fs::read_to_string(entry.path()).unwrap();
         if !text.contains(&format!("To: {email}")) {
             continue;
