@@ -36,6 +36,7 @@
 //!   MFA reset and the internal revocations act on sessions, i.e. on refresh.
 //! - **Password reset** requests answer at once; the lookup and email happen in a background
 //!   task, so neither the answer nor its timing depends on whether the email exists.
+//! - **Housekeeping**: see [`janitor`].
 //! - **Audit**: see [`audit`]; events go through the `auth_outbox` to the admin service.
 //! - **Email**: see [`mailer`]. Links never appear in logs, also not in dev mode: the dev log
 //!   line names the `.eml` file holding the link.
@@ -43,6 +44,7 @@
 pub mod audit;
 pub mod entity;
 pub mod internal;
+pub mod janitor;
 pub mod jwt;
 pub mod keys;
 pub mod mailer;
@@ -121,5 +123,6 @@ pub async fn start(
             .max_encoding_message_size(limit),
     );
     let relay = audit::OUTBOX.spawn_relay(ctx.db.clone(), audit::deliver(ctx.peers.clone()), ctx.clock.clone());
-    Ok(vec![relay])
+    let janitor = janitor::spawn(ctx.db.clone(), ctx.clock.clone());
+    Ok(vec![relay, janitor])
 }

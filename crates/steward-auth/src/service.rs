@@ -294,7 +294,13 @@ impl Service {
             return Err(invalid_credentials());
         };
         let subject = state.subject(&administrator)?;
-        if subject.organization != session.organization {
+        let credential = credential::Entity::find_by_id(session.administrator.clone()).one(&state.db).await?;
+        // MFA required since this session began but not enrolled: back to sign-in, which issues
+        // an enrolment-only session.
+        let needs_enrolment = administrator.mfa_required && credential.as_ref().is_some_and(|c| !c.mfa_enrolled);
+        if subject.organization != session.organization || credential.is_none() || needs_enrolment {
+            state::revoke_session(&state.db, &session.id, now).await?;
+            tracing::info!(session = %session.id, needs_enrolment, "session ended at refresh");
             return Err(invalid_credentials());
         }
         let next = secrets::new_token();

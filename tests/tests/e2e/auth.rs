@@ -574,3 +574,38 @@ backend_test!(password_reset_by_email_link, |stack| async move {
     assert_invalid_credentials(&sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap_err());
     tokens(sign_in_raw(&stack, &owner.email, NEW_PASSWORD).await.unwrap());
 });
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepting_while_the_admin_service_is_down_is_unavailable_and_keeps_the_link() {
+    let mut stack = Stack::start_split(steward_storage::testing::Backend::Sqlite).await;
+    let owner = stack.owner().await;
+    let (name, email) = invite(&owner, false).await;
+    let token = stack.wait_for_token(&email).await;
+    stack.stop(steward_server::ServiceKind::Admin).await;
+    let auth = stack.client_for(steward_server::ServiceKind::Auth).await;
+    let status = auth
+        .auth()
+        .accept_invite(AcceptInviteRequest { token: token.clone(), password: PASSWORD.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    stack.restart(steward_server::ServiceKind::Admin).await;
+    let accepted = auth
+        .auth()
+        .accept_invite(AcceptInviteRequest { token, password: PASSWORD.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(accepted.administrator, name);
+    tokens(sign_in_raw_at(&stack, &email).await.unwrap());
+}
+
+async fn sign_in_raw_at(stack: &Stack, email: &str) -> Result<sign_in_response::Result, tonic::Status> {
+    stack
+        .client_for(steward_server::ServiceKind::Auth)
+        .await
+        .auth()
+        .sign_in(SignInRequest { email: email.into(), password: PASSWORD.into(), organization: String::new() })
+        .await
+        .map(|r| r.into_inner().result.unwrap())
+}

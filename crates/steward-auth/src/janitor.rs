@@ -1,0 +1,78 @@
+//! Periodic removal of rows that can no longer matter: expired or spent links and MFA
+//! challenges, sessions past their absolute expiry (with their refresh tokens), revoked
+//! sessions after a grace day, old idempotency records and stale throttle counters.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use steward_runtime::service::Clock;
+use steward_runtime::ApiResult;
+
+use crate::entity::{link_token, mfa_challenge, processed_key, refresh_token, session, throttle};
+
+/// Time between passes.
+const INTERVAL: Duration = Duration::from_secs(600);
+/// How long spent or revoked rows are kept (for investigations) before removal.
+const KEEP_DAYS: i64 = 1;
+/// How long idempotency keys are remembered (well beyond any outbox retry).
+const KEYS_DAYS: i64 = 30;
+/// Sessions handled per pass, bounding each transaction.
+const BATCH: u64 = 500;
+
+/// One pass; returns the number of rows removed.
+pub async fn sweep(db: &DatabaseConnection, now: DateTime<Utc>) -> ApiResult<u64> {
+    let old = now - chrono::Duration::days(KEEP_DAYS);
+    let mut removed = 0;
+    removed += link_token::Entity::delete_many()
+        .filter(Condition::any().add(link_token::Column::ExpiresAt.lt(old)).add(link_token::Column::UsedAt.lt(old)))
+        .exec(db)
+        .await?
+        .rows_affected;
+    removed += mfa_challenge::Entity::delete_many()
+        .filter(mfa_challenge::Column::ExpiresAt.lt(old))
+        .exec(db)
+        .await?
+        .rows_affected;
+    let dead: Vec<String> = session::Entity::find()
+        .select_only()
+        .column(session::Column::Id)
+        .filter(Condition::any().add(session::Column::ExpiresAt.lt(old)).add(session::Column::RevokedAt.lt(old)))
+        .limit(BATCH)
+        .into_tuple()
+        .all(db)
+        .await?;
+    if !dead.is_empty() {
+        removed += refresh_token::Entity::delete_many()
+            .filter(refresh_token::Column::SessionId.is_in(dead.clone()))
+            .exec(db)
+            .await?
+            .rows_affected;
+        removed += session::Entity::delete_many().filter(session::Column::Id.is_in(dead)).exec(db).await?.rows_affected;
+    }
+    removed += processed_key::Entity::delete_many()
+        .filter(processed_key::Column::CreatedAt.lt(now - chrono::Duration::days(KEYS_DAYS)))
+        .exec(db)
+        .await?
+        .rows_affected;
+    removed += throttle::Entity::delete_many()
+        .filter(throttle::Column::UpdatedAt.lt(old))
+        .exec(db)
+        .await?
+        .rows_affected;
+    Ok(removed)
+}
+
+/// Runs [`sweep`] every ten minutes until aborted.
+pub fn spawn(db: DatabaseConnection, clock: Clock) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match sweep(&db, clock()).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "expired auth rows removed"),
+                Err(err) => tracing::warn!(error = %err, "auth cleanup pass failed"),
+            }
+            tokio::time::sleep(INTERVAL).await;
+        }
+    })
+}
