@@ -27,6 +27,12 @@ if [ ! -x "$bin" ]; then
   exit 1
 fi
 export STEWARD_SERVER_BIN="$bin"
+for suite in "${suites[@]}"; do
+  if [ "$suite" = typescript ] && ! { command -v node && command -v npm; } >/dev/null 2>&1; then
+    echo "run-tests.sh: node and npm are needed for the typescript suite (Node 20 or later)" >&2
+    exit 1
+  fi
+done
 
 hash_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 step() { printf '\n== clients: %s\n' "$*"; }

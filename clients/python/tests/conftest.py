@@ -6,6 +6,7 @@ Each test session gets one fresh server on an ephemeral port with its own data d
 
 from __future__ import annotations
 
+import atexit
 import email
 import os
 import re
@@ -93,6 +94,8 @@ def server(tmp_path_factory) -> Server:
              "--owner-email", OWNER_EMAIL],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
+    # Never leave the server behind, even when pytest dies before the teardown.
+    atexit.register(lambda: process.poll() is None and process.kill())
     target = token = None
     deadline = time.monotonic() + 90
     while target is None or token is None:

@@ -59,6 +59,8 @@ export class Server {
     closeSync(log);
     let exited: number | null | undefined;
     child.on("exit", (code) => (exited = code));
+    // Never leave the server behind, even when the test process dies early.
+    process.once("exit", () => child.kill("SIGKILL"));
     const deadline = Date.now() + 90_000;
     for (;;) {
       const text = readFileSync(logPath, "utf8");
