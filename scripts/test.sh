@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, the end-to-end suite (real servers, real gRPC)
-# on SQLite and, when a PostgreSQL server answers, on PostgreSQL too, and the process tests that
-# drive the real `steward-server` binary with the real `grpcurl`.
+# on SQLite and, when a PostgreSQL server answers, on PostgreSQL too, the process tests that
+# drive the real `steward-server` binary with the real `grpcurl`, and the Python and TypeScript
+# SDK suites (clients/run-tests.sh).
 #
 # PostgreSQL: set STEWARD_TEST_POSTGRES_URL (a maintenance database URL on a server where the
 # user may CREATE DATABASE); when it is unset and one answers on 127.0.0.1:5432 with trust auth,
@@ -22,8 +23,13 @@ echo "test: PostgreSQL ${STEWARD_TEST_POSTGRES_URL:+at $STEWARD_TEST_POSTGRES_UR
 # The process tests drive the real binaries; build them first so they are current.
 cargo build -p steward-server -p steward-agent
 
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
+
+# The generated Python and TypeScript SDKs, walked through the seed against the real binary.
+STEWARD_SERVER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/steward-server" clients/run-tests.sh || status=$?
+exit "$status"

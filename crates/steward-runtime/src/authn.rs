@@ -120,7 +120,7 @@ pub enum KeySource {
     /// Keys known locally (the auth service's own, or tests).
     Static(HashMap<String, DecodingKey>),
     /// The auth service's published JWKS, cached, refreshed when an unknown `kid` shows up.
-    Remote(RemoteJwks),
+    Remote(Box<RemoteJwks>),
 }
 
 /// A cached JWKS fetched over gRPC from the auth service.
@@ -320,7 +320,8 @@ impl AuthState {
         match access {
             Access::Public | Access::Agent => Ok(Caller::Anonymous),
             Access::Internal => {
-                let presented = headers.get(SERVICE_CREDENTIAL_HEADER).and_then(|v| v.to_str().ok());
+                let presented =
+                    headers.get(SERVICE_CREDENTIAL_HEADER).and_then(|v| v.to_str().ok());
                 match (presented, &self.service_credential) {
                     (Some(presented), Some(expected))
                         if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) =>
@@ -370,7 +371,6 @@ impl AuthState {
             }
         }
     }
-
 }
 
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
@@ -419,8 +419,11 @@ where
                 }
                 Err((err, principal)) => {
                     tracing::info!(method = %context.method, code = ?err.code(), request_id = %context.request_id, "call refused");
-                    if let (Some(principal), Some(sink), ApiError::PermissionDenied { reason, message }) =
-                        (principal, &state.on_denied, &err)
+                    if let (
+                        Some(principal),
+                        Some(sink),
+                        ApiError::PermissionDenied { reason, message },
+                    ) = (principal, &state.on_denied, &err)
                     {
                         sink(DeniedCall {
                             principal,
@@ -461,7 +464,10 @@ impl ServiceCredential {
 }
 
 impl tonic::service::Interceptor for ServiceCredential {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         request.metadata_mut().insert(SERVICE_CREDENTIAL_HEADER, self.value.clone());
         Ok(request)
     }

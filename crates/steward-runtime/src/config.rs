@@ -1,6 +1,10 @@
 //! Configuration: built-in defaults, then an optional TOML file, then `STEWARD_*` environment
 //! variables (nested keys joined by `__`, e.g. `STEWARD_SERVER__LISTEN`). Unknown keys are
 //! rejected at every level so a typo never silently falls back to a default.
+//!
+//! Every setting lives in a section, so only variables with a `__` after the prefix are
+//! configuration. Others (`STEWARD_CONFIG_FILE`, `STEWARD_TEST_POSTGRES_URL`, the
+//! `STEWARD_AUTH_SERVICE_HOST` that Kubernetes service links inject) are left alone.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,10 +13,6 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
-
-/// Environment variables with this prefix belong to the test suite, not to the server, and are
-/// never read as configuration.
-const TEST_ENV_PREFIX: &str = "STEWARD_TEST_";
 
 /// Everything a Steward process can be configured with. Each service reads the sections it needs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -222,9 +222,7 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        let env = Env::prefixed("STEWARD_")
-            .filter(|key| !key.as_str().to_ascii_uppercase().starts_with(&TEST_ENV_PREFIX[8..]))
-            .split("__");
+        let env = Env::prefixed("STEWARD_").filter(|key| key.as_str().contains("__")).split("__");
         figment = figment.merge(env);
         figment.extract().map_err(|e| ConfigError(Box::new(e)))
     }
@@ -234,24 +232,47 @@ impl Config {
 mod tests {
     use super::*;
 
+    // Every test runs in a figment Jail: it serializes tests touching the environment and gives
+    // each a scratch directory.
+
     #[test]
     fn unknown_keys_are_rejected() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("steward.toml");
-        std::fs::write(&path, "[server]\nlisen = \"127.0.0.1:1\"\n").unwrap();
-        let err = Config::load(Some(&path)).unwrap_err().to_string();
-        assert!(err.contains("lisen"), "{err}");
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("steward.toml", "[server]\nlisen = \"127.0.0.1:1\"\n")?;
+            let err = Config::load(Some(Path::new("steward.toml"))).unwrap_err().to_string();
+            assert!(err.contains("lisen"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_and_unknown_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STEWARD_SERVER__LISTEN", "127.0.0.1:9");
+            jail.set_env("STEWARD_CONFIG_FILE", "/not/a/setting");
+            jail.set_env("STEWARD_AUTH_SERVICE_HOST", "10.0.0.1");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.server.listen.port(), 9);
+            jail.set_env("STEWARD_SERVER__LISTN", "127.0.0.1:9");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]
     fn file_values_override_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("steward.toml");
-        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:7\"\n[auth]\naccess_token_ttl_secs = 60\n")
-            .unwrap();
-        let config = Config::load(Some(&path)).unwrap();
-        assert_eq!(config.server.listen.port(), 7);
-        assert_eq!(config.auth.access_token_ttl_secs, 60);
-        assert_eq!(config.server.max_message_bytes, ServerConfig::default().max_message_bytes);
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "steward.toml",
+                "[server]\nlisten = \"127.0.0.1:7\"\n[auth]\naccess_token_ttl_secs = 60\n",
+            )?;
+            let config =
+                Config::load(Some(Path::new("steward.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.server.listen.port(), 7);
+            assert_eq!(config.auth.access_token_ttl_secs, 60);
+            assert_eq!(config.server.max_message_bytes, ServerConfig::default().max_message_bytes);
+            Ok(())
+        });
     }
 }

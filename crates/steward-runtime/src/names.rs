@@ -60,7 +60,12 @@ pub fn decode_page_token(token: &str, query: &str) -> ApiResult<u64> {
     if token.is_empty() {
         return Ok(0);
     }
-    let bad = || ApiError::invalid("page_token", "not a token returned by this list with this filter and order");
+    let bad = || {
+        ApiError::invalid(
+            "page_token",
+            "not a token returned by this list with this filter and order",
+        )
+    };
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
     let (offset, bound) = raw.split_once(':').ok_or_else(bad)?;
@@ -76,11 +81,22 @@ mod tests {
 
     #[test]
     fn parses_nested_names() {
-        let ids = parse("name", "organizations/o1/administrators/a-2", &["organizations", "administrators"]).unwrap();
+        let ids = parse(
+            "name",
+            "organizations/o1/administrators/a-2",
+            &["organizations", "administrators"],
+        )
+        .unwrap();
         assert_eq!(ids, vec!["o1", "a-2"]);
         assert!(parse("name", "organizations/o1", &["organizations", "administrators"]).is_err());
-        assert!(parse("name", "organizations/O1/administrators/a", &["organizations", "administrators"]).is_err());
-        assert!(parse("name", "orgs/o1/administrators/a", &["organizations", "administrators"]).is_err());
+        assert!(parse(
+            "name",
+            "organizations/O1/administrators/a",
+            &["organizations", "administrators"]
+        )
+        .is_err());
+        assert!(parse("name", "orgs/o1/administrators/a", &["organizations", "administrators"])
+            .is_err());
     }
 
     #[test]

@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use steward_storage::sea_orm::DatabaseConnection;
 use steward_runtime::authn::{
-    AuthLayer, DeniedCall, DenialSink, KeySource, RemoteJwks, TokenVerifier,
+    AuthLayer, DenialSink, DeniedCall, KeySource, RemoteJwks, TokenVerifier,
 };
 use steward_runtime::config::Config;
 use steward_runtime::server::{serve, ReadinessCheck, ServeError, ServeOptions};
 use steward_runtime::service::{Clock, Peers, ServiceContext};
 use steward_runtime::ApiError;
+use steward_storage::sea_orm::DatabaseConnection;
 use steward_storage::StorageError;
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
@@ -33,7 +33,8 @@ pub enum ServiceKind {
 
 impl ServiceKind {
     /// All three, in start-up order.
-    pub const ALL: [ServiceKind; 3] = [ServiceKind::Auth, ServiceKind::Admin, ServiceKind::Commands];
+    pub const ALL: [ServiceKind; 3] =
+        [ServiceKind::Auth, ServiceKind::Admin, ServiceKind::Commands];
 
     /// The service's name (SQLite file, table prefix, subcommand).
     pub fn name(self) -> &'static str {
@@ -169,7 +170,7 @@ pub async fn run(
     let keys = if kinds.contains(&ServiceKind::Auth) {
         KeySource::Static(steward_auth::keys::verifying_keys(&config.auth)?)
     } else {
-        KeySource::Remote(RemoteJwks::new(peers.auth.clone()))
+        KeySource::Remote(Box::new(RemoteJwks::new(peers.auth.clone())))
     };
     let verifier = TokenVerifier::new(
         config.auth.issuer.clone(),
@@ -321,9 +322,14 @@ pub fn extract_token(text: &str) -> Option<String> {
 
 /// On the first start of dev mode (no organization yet), creates one whose owner is
 /// `owner_email` and returns the owner's set-password link once its invite email is written.
-pub async fn bootstrap_dev(config: &Config, owner_email: &str) -> Result<Option<String>, ServerError> {
+pub async fn bootstrap_dev(
+    config: &Config,
+    owner_email: &str,
+) -> Result<Option<String>, ServerError> {
     use steward_proto::admin::v1::organization_service_client::OrganizationServiceClient;
-    use steward_proto::admin::v1::{CreateOrganizationRequest, ListOrganizationsRequest, Organization};
+    use steward_proto::admin::v1::{
+        CreateOrganizationRequest, ListOrganizationsRequest, Organization,
+    };
     let peers = Peers::from_config(config)?;
     let mut client = OrganizationServiceClient::new(peers.internal(&peers.admin));
     let existing = client

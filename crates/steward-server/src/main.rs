@@ -93,7 +93,8 @@ async fn main() -> ExitCode {
 async fn execute(command: Command, config: Config) -> Result<(), steward_server::ServerError> {
     let single = |kind: ServiceKind, config: Config| async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
-        run(config, &[kind], system_clock(), listener, steward_runtime::server::shutdown_signal()).await
+        run(config, &[kind], system_clock(), listener, steward_runtime::server::shutdown_signal())
+            .await
     };
     match command {
         Command::Auth => single(ServiceKind::Auth, config).await,
@@ -111,7 +112,10 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
                 listener,
                 steward_runtime::server::shutdown_signal(),
             ));
-            println!("steward dev: all services listening on {addr} (data in {})", data_dir.display());
+            println!(
+                "steward dev: all services listening on {addr} (data in {})",
+                data_dir.display()
+            );
             println!("  try: grpcurl -plaintext {addr} list");
             match bootstrap_dev(&config, &owner_email).await {
                 Ok(Some(link)) => {
@@ -119,10 +123,15 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
                     println!("  set the owner's password with this link (token is single-use):");
                     println!("    {link}");
                 }
-                Ok(None) => println!("  existing organization kept (see {}/mail for links)", data_dir.display()),
+                Ok(None) => println!(
+                    "  existing organization kept (see {}/mail for links)",
+                    data_dir.display()
+                ),
                 Err(err) => eprintln!("  could not bootstrap the first organization: {err}"),
             }
-            server.await.map_err(|e| steward_server::ServerError::Config(format!("server task failed: {e}")))?
+            server.await.map_err(|e| {
+                steward_server::ServerError::Config(format!("server task failed: {e}"))
+            })?
         }
     }
 }

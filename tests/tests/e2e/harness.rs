@@ -117,15 +117,20 @@ async fn bind() -> TcpListener {
 impl Stack {
     /// All three services in one server.
     pub async fn start(backend: Backend) -> Self {
-        Self::launch(backend, false).await
+        Self::launch(backend, false, |_| {}).await
+    }
+
+    /// All three services in one server, with settings changed by `configure` (e.g. SMTP).
+    pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
+        Self::launch(backend, false, configure).await
     }
 
     /// The three services as three servers (as deployed), so one can be stopped.
     pub async fn start_split(backend: Backend) -> Self {
-        Self::launch(backend, true).await
+        Self::launch(backend, true, |_| {}).await
     }
 
-    async fn launch(backend: Backend, split: bool) -> Self {
+    async fn launch(backend: Backend, split: bool, configure: impl FnOnce(&mut Config)) -> Self {
         let database = Arc::new(TestDatabase::create(backend).await.unwrap());
         let data_dir = Arc::new(tempfile::tempdir().unwrap());
         let mut config = Config::default();
@@ -143,12 +148,21 @@ impl Stack {
         config.auth.signing_keys = vec![key];
         config.internal.service_token = steward_server::random_secret();
         config.server.shutdown_grace_secs = 5;
+        configure(&mut config);
         let clock = TestClock::default();
-        let mut stack =
-            Self { backend, clock, config, database, data_dir, servers: Vec::new(), stopped: Vec::new() };
+        let mut stack = Self {
+            backend,
+            clock,
+            config,
+            database,
+            data_dir,
+            servers: Vec::new(),
+            stopped: Vec::new(),
+        };
         if split {
             let listeners = [bind().await, bind().await, bind().await];
-            let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+            let addrs: Vec<SocketAddr> =
+                listeners.iter().map(|l| l.local_addr().unwrap()).collect();
             stack.config.internal.auth_url = format!("http://{}", addrs[0]);
             stack.config.internal.admin_url = format!("http://{}", addrs[1]);
             stack.config.internal.commands_url = format!("http://{}", addrs[2]);
@@ -188,9 +202,12 @@ impl Stack {
         use tonic_health::pb::health_client::HealthClient;
         use tonic_health::pb::HealthCheckRequest;
         for _ in 0..200 {
-            if let Ok(channel) = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await {
+            if let Ok(channel) =
+                Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await
+            {
                 let mut health = HealthClient::new(channel);
-                if let Ok(reply) = health.check(HealthCheckRequest { service: String::new() }).await {
+                if let Ok(reply) = health.check(HealthCheckRequest { service: String::new() }).await
+                {
                     if reply.into_inner().status == 1 {
                         return;
                     }
@@ -239,7 +256,10 @@ impl Stack {
     /// A channel to `kind` carrying the service credential, for internal RPCs.
     pub async fn internal_for(&self, kind: ServiceKind) -> InternalChannel {
         let channel = Channel::from_shared(self.url(kind)).unwrap().connect().await.unwrap();
-        InterceptedService::new(channel, ServiceCredential::new(&self.config.internal.service_token).unwrap())
+        InterceptedService::new(
+            channel,
+            ServiceCredential::new(&self.config.internal.service_token).unwrap(),
+        )
     }
 
     /// A channel to the primary server carrying the service credential.
@@ -330,7 +350,10 @@ impl Stack {
         let mut orgs = OrganizationServiceClient::new(self.internal_for(ServiceKind::Admin).await);
         let created = orgs
             .create_organization(CreateOrganizationRequest {
-                organization: Some(Organization { display_name: "Acme".into(), ..Default::default() }),
+                organization: Some(Organization {
+                    display_name: "Acme".into(),
+                    ..Default::default()
+                }),
                 owner_email: email.clone(),
                 request_id: uuid::Uuid::new_v4().to_string(),
             })
@@ -360,7 +383,11 @@ impl Stack {
         let auth = self.client_for(ServiceKind::Auth).await;
         let reply = auth
             .auth()
-            .sign_in(SignInRequest { email: email.into(), password: password.into(), organization: String::new() })
+            .sign_in(SignInRequest {
+                email: email.into(),
+                password: password.into(),
+                organization: String::new(),
+            })
             .await
             .unwrap()
             .into_inner();
