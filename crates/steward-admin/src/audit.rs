@@ -63,7 +63,8 @@ impl Auditor {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sea_orm::DbErr> {
-        let name = format!("organizations/{}/auditEvents/{}", self.organization_id, names::new_id());
+        let name =
+            format!("organizations/{}/auditEvents/{}", self.organization_id, names::new_id());
         audit_event::ActiveModel {
             name: Set(name),
             organization_id: Set(self.organization_id.clone()),
@@ -95,9 +96,17 @@ impl Auditor {
     }
 
     /// Records a refused or failed action, best effort.
-    pub async fn refused(&self, db: &DatabaseConnection, target: &str, err: &ApiError, now: DateTime<Utc>) {
+    pub async fn refused(
+        &self,
+        db: &DatabaseConnection,
+        target: &str,
+        err: &ApiError,
+        now: DateTime<Utc>,
+    ) {
         let result = match err {
-            ApiError::PermissionDenied { .. } | ApiError::FailedPrecondition(_) => audit_event::RESULT_DENIED,
+            ApiError::PermissionDenied { .. } | ApiError::FailedPrecondition(_) => {
+                audit_event::RESULT_DENIED
+            }
             _ => audit_event::RESULT_FAILED,
         };
         let reason = match err {

@@ -113,7 +113,8 @@ pub fn brand_of(digits: &str) -> Option<Brand> {
         Some(Brand::AmericanExpress)
     } else if (51..=55).contains(&p2) || (2221..=2720).contains(&p4) {
         Some(Brand::Mastercard)
-    } else if p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 || (622126..=622925).contains(&p6) {
+    } else if p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 || (622126..=622925).contains(&p6)
+    {
         Some(Brand::Discover)
     } else if p2 == 62 {
         Some(Brand::UnionPay)
@@ -156,7 +157,10 @@ pub fn check_number(field: &str, number: &str) -> ApiResult<CardFacts> {
     let brand = brand_of(&digits)
         .ok_or_else(|| ApiError::invalid(field, "is not a card of a supported brand"))?;
     if !brand.lengths().contains(&digits.len()) {
-        return Err(ApiError::invalid(field, format!("has the wrong length for a {} card", brand.as_str())));
+        return Err(ApiError::invalid(
+            field,
+            format!("has the wrong length for a {} card", brand.as_str()),
+        ));
     }
     if !luhn_valid(&digits) {
         return Err(ApiError::invalid(field, "is not a valid card number (checksum)"));
@@ -182,7 +186,12 @@ fn end_of_validity(exp_month: i32, exp_year: i32) -> Option<DateTime<Utc>> {
 }
 
 /// Checks the expiry: month 1 to 12, a four-digit year at most 50 years ahead, not yet over.
-pub fn check_expiry(prefix: &str, exp_month: i32, exp_year: i32, now: DateTime<Utc>) -> ApiResult<()> {
+pub fn check_expiry(
+    prefix: &str,
+    exp_month: i32,
+    exp_year: i32,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
     if !(1..=12).contains(&exp_month) {
         return Err(ApiError::invalid(format!("{prefix}.exp_month"), "must be 1 to 12"));
     }
@@ -227,7 +236,11 @@ mod tests {
         for (number, brand) in cases {
             let facts = check_number("card_number", number).unwrap();
             assert_eq!(facts.brand, brand, "{number}");
-            assert_eq!(facts.last4, number.chars().filter(char::is_ascii_digit).collect::<String>()[number.chars().filter(char::is_ascii_digit).count() - 4..]);
+            assert_eq!(
+                facts.last4,
+                number.chars().filter(char::is_ascii_digit).collect::<String>()
+                    [number.chars().filter(char::is_ascii_digit).count() - 4..]
+            );
         }
     }
 

@@ -73,7 +73,11 @@ impl Effect {
 }
 
 /// Queues `effect` on `conn` (the transaction making the change).
-pub async fn enqueue<C: ConnectionTrait>(conn: &C, effect: &Effect, now: DateTime<Utc>) -> Result<(), DbErr> {
+pub async fn enqueue<C: ConnectionTrait>(
+    conn: &C,
+    effect: &Effect,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
     let payload = serde_json::to_value(effect).map_err(|e| DbErr::Custom(e.to_string()))?;
     let key = uuid::Uuid::new_v4().to_string();
     OUTBOX.enqueue(conn, effect.topic(), &key, &payload, now).await

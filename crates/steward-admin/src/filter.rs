@@ -117,7 +117,12 @@ pub fn admin_order(order_by: &str) -> ApiResult<(AdminOrder, bool)> {
         [key] => (*key, false),
         [key, dir] if dir.eq_ignore_ascii_case("desc") => (*key, true),
         [key, dir] if dir.eq_ignore_ascii_case("asc") => (*key, false),
-        _ => return Err(ApiError::invalid("order_by", "must be `email` or `create_time`, optionally followed by ` desc`")),
+        _ => {
+            return Err(ApiError::invalid(
+                "order_by",
+                "must be `email` or `create_time`, optionally followed by ` desc`",
+            ))
+        }
     };
     match key {
         "email" => Ok((AdminOrder::Email, desc)),
@@ -160,7 +165,9 @@ pub fn audit_filter(filter: &str) -> ApiResult<Vec<AuditTerm>> {
         .map(|term| {
             let (field, op, value) =
                 split_term(term).ok_or_else(|| bad(format!("`{term}` is not `field op value`")))?;
-            let string = || quoted(value).ok_or_else(|| bad(format!("`{field}` needs a double-quoted value")));
+            let string = || {
+                quoted(value).ok_or_else(|| bad(format!("`{field}` needs a double-quoted value")))
+            };
             let time = || {
                 let raw = string()?;
                 DateTime::parse_from_rfc3339(&raw)
@@ -194,11 +201,26 @@ mod tests {
     fn admin_filters_parse() {
         assert_eq!(admin_filter("").unwrap(), vec![]);
         assert_eq!(
-            admin_filter("role = ROLE_COMMAND_RUNNER AND state = STATE_ACTIVE AND billing=true").unwrap(),
-            vec![AdminTerm::Role("command_runner"), AdminTerm::State("active"), AdminTerm::Billing(true)]
+            admin_filter("role = ROLE_COMMAND_RUNNER AND state = STATE_ACTIVE AND billing=true")
+                .unwrap(),
+            vec![
+                AdminTerm::Role("command_runner"),
+                AdminTerm::State("active"),
+                AdminTerm::Billing(true)
+            ]
         );
-        assert_eq!(admin_filter("mfa_required = false").unwrap(), vec![AdminTerm::MfaRequired(false)]);
-        for bad in ["role = ROLE_UNSPECIFIED", "email = x", "billing = yes", "role", "role >= ROLE_ADMINISTRATOR", "state = STATE_ACTIVE OR role = ROLE_ADMINISTRATOR"] {
+        assert_eq!(
+            admin_filter("mfa_required = false").unwrap(),
+            vec![AdminTerm::MfaRequired(false)]
+        );
+        for bad in [
+            "role = ROLE_UNSPECIFIED",
+            "email = x",
+            "billing = yes",
+            "role",
+            "role >= ROLE_ADMINISTRATOR",
+            "state = STATE_ACTIVE OR role = ROLE_ADMINISTRATOR",
+        ] {
             assert!(admin_filter(bad).is_err(), "{bad}");
         }
     }
@@ -220,9 +242,20 @@ mod tests {
         assert_eq!(terms[0], AuditTerm::Actor("organizations/o/administrators/a".into()));
         assert_eq!(terms[1], AuditTerm::Result("denied"));
         assert!(matches!(terms[2], AuditTerm::Since(_)));
-        assert!(matches!(terms[3], AuditTerm::Before(t) if t.to_rfc3339() == "2024-01-31T23:00:00+00:00"));
-        assert_eq!(audit_filter(r#"target = "a AND b""#).unwrap(), vec![AuditTerm::Target("a AND b".into())]);
-        for bad in [r#"actor = x"#, r#"create_time > "2024-01-01T00:00:00Z""#, r#"create_time >= "yesterday""#, "result = RESULT_MAYBE", r#"who = "x""#] {
+        assert!(
+            matches!(terms[3], AuditTerm::Before(t) if t.to_rfc3339() == "2024-01-31T23:00:00+00:00")
+        );
+        assert_eq!(
+            audit_filter(r#"target = "a AND b""#).unwrap(),
+            vec![AuditTerm::Target("a AND b".into())]
+        );
+        for bad in [
+            r#"actor = x"#,
+            r#"create_time > "2024-01-01T00:00:00Z""#,
+            r#"create_time >= "yesterday""#,
+            "result = RESULT_MAYBE",
+            r#"who = "x""#,
+        ] {
             assert!(audit_filter(bad).is_err(), "{bad}");
         }
     }

@@ -69,7 +69,13 @@ use tonic::service::RoutesBuilder;
 pub const SERVICE: &str = "admin";
 
 /// gRPC services this crate serves, reported by the health service.
-pub const HEALTH_NAMES: &[&str] = &["steward.admin.v1.AdminService", "steward.admin.v1.OrganizationService", "steward.admin.v1.AdminInternalService", "steward.billing.v1.BillingService", "steward.audit.v1.AuditService"];
+pub const HEALTH_NAMES: &[&str] = &[
+    "steward.admin.v1.AdminService",
+    "steward.admin.v1.OrganizationService",
+    "steward.admin.v1.AdminInternalService",
+    "steward.billing.v1.BillingService",
+    "steward.audit.v1.AuditService",
+];
 
 /// The service's migrations, tracked in its own table so services can share a database.
 #[derive(Debug)]

@@ -99,7 +99,10 @@ mod tests {
 
     #[test]
     fn self_delete_and_last_rules_are_all_listed() {
-        let before = vec![member("a", Role::Administrator, true, true), member("b", Role::CommandRunner, false, true)];
+        let before = vec![
+            member("a", Role::Administrator, true, true),
+            member("b", Role::CommandRunner, false, true),
+        ];
         let after = without(&before, &["a"]);
         let v = violations("organizations/o", "a", &before, &after, &["a".into()]);
         assert_eq!(kinds(&v), vec![SELF_DELETE, LAST_ADMINISTRATOR, LAST_BILLING_ADMINISTRATOR]);
@@ -123,7 +126,10 @@ mod tests {
         let mut unbilled = before.clone();
         unbilled[0].billing = false;
         unbilled[1].billing = false;
-        assert_eq!(kinds(&violations("o", "a", &before, &unbilled, &[])), vec![LAST_BILLING_ADMINISTRATOR]);
+        assert_eq!(
+            kinds(&violations("o", "a", &before, &unbilled, &[])),
+            vec![LAST_BILLING_ADMINISTRATOR]
+        );
     }
 
     #[test]

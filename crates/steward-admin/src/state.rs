@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use sha2::{Digest, Sha256};
-use steward_proto::admin::v1::{administrator as proto_admin, Administrator, Organization, Role as ProtoRole};
+use steward_proto::admin::v1::{
+    administrator as proto_admin, Administrator, Organization, Role as ProtoRole,
+};
 use steward_runtime::authn::Principal;
 use steward_runtime::claims::Role;
 use steward_runtime::names;
@@ -88,8 +88,10 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
 
 /// Parses a protobuf time.
 pub fn from_timestamp(field: &str, ts: &prost_types::Timestamp) -> ApiResult<DateTime<Utc>> {
-    let nanos = u32::try_from(ts.nanos).map_err(|_| ApiError::invalid(field, "is not a valid time"))?;
-    DateTime::from_timestamp(ts.seconds, nanos).ok_or_else(|| ApiError::invalid(field, "is not a valid time"))
+    let nanos =
+        u32::try_from(ts.nanos).map_err(|_| ApiError::invalid(field, "is not a valid time"))?;
+    DateTime::from_timestamp(ts.seconds, nanos)
+        .ok_or_else(|| ApiError::invalid(field, "is not a valid time"))
 }
 
 /// The stored role of an API role; `field` names it in the error.
@@ -189,7 +191,9 @@ pub async fn caller_row<C: ConnectionTrait>(
         .filter(administrator::Column::OrganizationId.eq(org_id))
         .one(conn)
         .await?
-        .ok_or_else(|| ApiError::denied("CALLER_DELETED", "the caller's account no longer exists"))?;
+        .ok_or_else(|| {
+            ApiError::denied("CALLER_DELETED", "the caller's account no longer exists")
+        })?;
     if row.state != administrator::STATE_ACTIVE {
         return Err(ApiError::denied("CALLER_INACTIVE", "the caller's account is not activated"));
     }
@@ -225,7 +229,10 @@ pub fn member(row: &administrator::Model) -> Member {
 }
 
 /// The organization row, or NOT_FOUND.
-pub async fn organization<C: ConnectionTrait>(conn: &C, org_id: &str) -> ApiResult<organization::Model> {
+pub async fn organization<C: ConnectionTrait>(
+    conn: &C,
+    org_id: &str,
+) -> ApiResult<organization::Model> {
     organization::Entity::find_by_id(org_id.to_string())
         .one(conn)
         .await?
@@ -248,7 +255,10 @@ pub async fn administrator<C: ConnectionTrait>(
 /// Checks a client-chosen `request_id`: at most 128 printable characters.
 pub fn check_request_id(request_id: &str) -> ApiResult<()> {
     if request_id.len() > 128 || request_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ApiError::invalid("request_id", "must be a UUID (at most 128 characters, no spaces)"));
+        return Err(ApiError::invalid(
+            "request_id",
+            "must be a UUID (at most 128 characters, no spaces)",
+        ));
     }
     Ok(())
 }

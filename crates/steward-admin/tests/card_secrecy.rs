@@ -12,7 +12,9 @@ use steward_admin::api::organization::OrganizationApi;
 use steward_admin::state::State;
 use steward_proto::admin::v1::admin_internal_service_server::AdminInternalService;
 use steward_proto::admin::v1::organization_service_server::OrganizationService;
-use steward_proto::admin::v1::{ActivateAdministratorRequest, CreateOrganizationRequest, Organization};
+use steward_proto::admin::v1::{
+    ActivateAdministratorRequest, CreateOrganizationRequest, Organization,
+};
 use steward_proto::billing::v1::billing_service_server::BillingService;
 use steward_proto::billing::v1::{GetPaymentCardRequest, PaymentCard, UpdatePaymentCardRequest};
 use steward_runtime::authn::{Caller, Principal};
@@ -64,7 +66,10 @@ async fn card_number_and_cvc_are_never_logged_or_stored() {
     let created = OrganizationApi::new(state.clone())
         .create_organization(request(
             CreateOrganizationRequest {
-                organization: Some(Organization { display_name: "Acme".into(), ..Default::default() }),
+                organization: Some(Organization {
+                    display_name: "Acme".into(),
+                    ..Default::default()
+                }),
                 owner_email: "owner@example.com".into(),
                 request_id: String::new(),
             },
@@ -76,7 +81,10 @@ async fn card_number_and_cvc_are_never_logged_or_stored() {
     let org = created.organization.unwrap().name;
     let owner = created.owner.unwrap().name;
     InternalApi::new(state.clone())
-        .activate_administrator(request(ActivateAdministratorRequest { name: owner.clone() }, Caller::Service))
+        .activate_administrator(request(
+            ActivateAdministratorRequest { name: owner.clone() },
+            Caller::Service,
+        ))
         .await
         .unwrap();
     let principal = Principal {
@@ -133,7 +141,10 @@ async fn card_number_and_cvc_are_never_logged_or_stored() {
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         for needle in [DIGITS, NUMBER, CVC] {
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} stored");
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} stored"
+            );
         }
     }
 }

@@ -41,7 +41,11 @@ async fn time(service: &Service, email: &str) -> Duration {
     let start = Instant::now();
     let status = service
         .sign_in(request(
-            SignInRequest { email: email.into(), password: "wrong password for timing".into(), organization: String::new() },
+            SignInRequest {
+                email: email.into(),
+                password: "wrong password for timing".into(),
+                organization: String::new(),
+            },
             Caller::Anonymous,
         ))
         .await
@@ -54,7 +58,8 @@ async fn time(service: &Service, email: &str) -> Duration {
 fn main() {
     let judged = std::env::args().any(|a| a == "--bench");
     let iterations = if judged { 60 } else { 3 };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
         let h = harness().await;
         // A clock that jumps two hours at every reading, so throttling (which would otherwise

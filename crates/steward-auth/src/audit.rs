@@ -113,7 +113,8 @@ pub fn deliver(peers: Peers) -> Deliver {
             if message.topic != TOPIC {
                 return Err(format!("unknown outbox topic {}", message.topic));
             }
-            let event: Event = serde_json::from_value(message.payload).map_err(|e| format!("bad payload: {e}"))?;
+            let event: Event =
+                serde_json::from_value(message.payload).map_err(|e| format!("bad payload: {e}"))?;
             let proto = AuditEvent {
                 name: event.name,
                 actor: event.actor,
@@ -124,7 +125,10 @@ pub fn deliver(peers: Peers) -> Deliver {
                 reason: event.reason,
                 request_id: event.request_id,
                 client_address: event.client_address,
-                create_time: Some(prost_types::Timestamp { seconds: event.create_seconds, nanos: event.create_nanos }),
+                create_time: Some(prost_types::Timestamp {
+                    seconds: event.create_seconds,
+                    nanos: event.create_nanos,
+                }),
             };
             AdminInternalServiceClient::new(peers.internal(&peers.admin))
                 .record_audit_events(RecordAuditEventsRequest { events: vec![proto] })

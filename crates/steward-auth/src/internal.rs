@@ -43,7 +43,10 @@ fn required(field: &str, value: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn recorded<T: DeserializeOwned>(conn: &impl ConnectionTrait, key: &str) -> ApiResult<Option<T>> {
+async fn recorded<T: DeserializeOwned>(
+    conn: &impl ConnectionTrait,
+    key: &str,
+) -> ApiResult<Option<T>> {
     let Some(row) = processed_key::Entity::find_by_id(key.to_string()).one(conn).await? else {
         return Ok(None);
     };
@@ -52,8 +55,14 @@ async fn recorded<T: DeserializeOwned>(conn: &impl ConnectionTrait, key: &str) -
         .map_err(|e| ApiError::internal(format!("recorded answer unreadable: {e}")))
 }
 
-async fn record<T: Serialize>(conn: &impl ConnectionTrait, key: &str, answer: &T, now: DateTime<Utc>) -> ApiResult<()> {
-    let response = serde_json::to_string(answer).map_err(|e| ApiError::internal(format!("answer: {e}")))?;
+async fn record<T: Serialize>(
+    conn: &impl ConnectionTrait,
+    key: &str,
+    answer: &T,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let response =
+        serde_json::to_string(answer).map_err(|e| ApiError::internal(format!("answer: {e}")))?;
     processed_key::Entity::insert(processed_key::ActiveModel {
         key: Set(key.to_string()),
         response: Set(response),
@@ -65,7 +74,11 @@ async fn record<T: Serialize>(conn: &impl ConnectionTrait, key: &str, answer: &T
 }
 
 /// Revokes sessions and deletes pending links, challenges and recovery codes.
-async fn forget_mfa_and_sessions(conn: &impl ConnectionTrait, administrator: &str, now: DateTime<Utc>) -> ApiResult<u64> {
+async fn forget_mfa_and_sessions(
+    conn: &impl ConnectionTrait,
+    administrator: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<u64> {
     recovery_code::Entity::delete_many()
         .filter(recovery_code::Column::Administrator.eq(administrator))
         .exec(conn)
@@ -78,7 +91,10 @@ async fn forget_mfa_and_sessions(conn: &impl ConnectionTrait, administrator: &st
 }
 
 impl Internal {
-    async fn do_issue_invite(&self, request: pb::IssueInviteRequest) -> ApiResult<pb::IssueInviteResponse> {
+    async fn do_issue_invite(
+        &self,
+        request: pb::IssueInviteRequest,
+    ) -> ApiResult<pb::IssueInviteResponse> {
         let state = &self.state;
         let organization = organization_of("administrator", &request.administrator)?;
         let email = request.email.trim().to_lowercase();
@@ -94,7 +110,8 @@ impl Internal {
         let now = state.now();
         let expires = state.link_expiry();
         let tx = state.db.begin().await?;
-        let existing = credential::Entity::find_by_id(request.administrator.clone()).one(&tx).await?;
+        let existing =
+            credential::Entity::find_by_id(request.administrator.clone()).one(&tx).await?;
         if let Some(existing) = &existing {
             if existing.password_hash.is_some() {
                 // Already active: an invite would let its link overwrite the password.
@@ -124,7 +141,9 @@ impl Internal {
         } else {
             row.insert(&tx).await?;
         }
-        let token = state::issue_link(&tx, &request.administrator, &organization, INVITE, now, expires).await?;
+        let token =
+            state::issue_link(&tx, &request.administrator, &organization, INVITE, now, expires)
+                .await?;
         record(&tx, &key, &expires.timestamp(), now).await?;
         // Sent before the commit: if sending fails, nothing is recorded and the retry sends again.
         state
@@ -142,7 +161,10 @@ impl Internal {
         Ok(pb::IssueInviteResponse { expire_time: Some(timestamp(expires)) })
     }
 
-    async fn do_revoke(&self, request: pb::RevokeSessionsRequest) -> ApiResult<pb::RevokeSessionsResponse> {
+    async fn do_revoke(
+        &self,
+        request: pb::RevokeSessionsRequest,
+    ) -> ApiResult<pb::RevokeSessionsResponse> {
         let state = &self.state;
         organization_of("administrator", &request.administrator)?;
         required("idempotency_key", &request.idempotency_key)?;
@@ -160,7 +182,10 @@ impl Internal {
         Ok(pb::RevokeSessionsResponse { revoked_count: count })
     }
 
-    async fn do_delete(&self, request: pb::DeleteCredentialsRequest) -> ApiResult<pb::DeleteCredentialsResponse> {
+    async fn do_delete(
+        &self,
+        request: pb::DeleteCredentialsRequest,
+    ) -> ApiResult<pb::DeleteCredentialsResponse> {
         let state = &self.state;
         organization_of("administrator", &request.administrator)?;
         required("idempotency_key", &request.idempotency_key)?;
@@ -191,7 +216,10 @@ impl Internal {
             .col_expr(credential::Column::MfaSecret, Expr::value(Option::<String>::None))
             .col_expr(credential::Column::MfaEnrolled, Expr::value(false))
             .col_expr(credential::Column::MfaPendingSecret, Expr::value(Option::<String>::None))
-            .col_expr(credential::Column::MfaPendingExpiresAt, Expr::value(Option::<DateTime<Utc>>::None))
+            .col_expr(
+                credential::Column::MfaPendingExpiresAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
             .col_expr(credential::Column::MfaLastStep, Expr::value(Option::<i64>::None))
             .col_expr(credential::Column::UpdatedAt, Expr::value(now))
             .filter(credential::Column::Administrator.eq(request.administrator.as_str()))
@@ -227,7 +255,10 @@ impl AuthInternalService for Internal {
         respond(self.do_delete(request.into_inner()).await)
     }
 
-    async fn reset_mfa(&self, request: Request<pb::ResetMfaRequest>) -> Result<Response<pb::ResetMfaResponse>, Status> {
+    async fn reset_mfa(
+        &self,
+        request: Request<pb::ResetMfaRequest>,
+    ) -> Result<Response<pb::ResetMfaResponse>, Status> {
         respond(self.do_reset_mfa(request.into_inner()).await)
     }
 }

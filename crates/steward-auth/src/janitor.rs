@@ -25,7 +25,11 @@ pub async fn sweep(db: &DatabaseConnection, now: DateTime<Utc>) -> ApiResult<u64
     let old = now - chrono::Duration::days(KEEP_DAYS);
     let mut removed = 0;
     removed += link_token::Entity::delete_many()
-        .filter(Condition::any().add(link_token::Column::ExpiresAt.lt(old)).add(link_token::Column::UsedAt.lt(old)))
+        .filter(
+            Condition::any()
+                .add(link_token::Column::ExpiresAt.lt(old))
+                .add(link_token::Column::UsedAt.lt(old)),
+        )
         .exec(db)
         .await?
         .rows_affected;
@@ -37,7 +41,11 @@ pub async fn sweep(db: &DatabaseConnection, now: DateTime<Utc>) -> ApiResult<u64
     let dead: Vec<String> = session::Entity::find()
         .select_only()
         .column(session::Column::Id)
-        .filter(Condition::any().add(session::Column::ExpiresAt.lt(old)).add(session::Column::RevokedAt.lt(old)))
+        .filter(
+            Condition::any()
+                .add(session::Column::ExpiresAt.lt(old))
+                .add(session::Column::RevokedAt.lt(old)),
+        )
         .limit(BATCH)
         .into_tuple()
         .all(db)
@@ -48,7 +56,11 @@ pub async fn sweep(db: &DatabaseConnection, now: DateTime<Utc>) -> ApiResult<u64
             .exec(db)
             .await?
             .rows_affected;
-        removed += session::Entity::delete_many().filter(session::Column::Id.is_in(dead)).exec(db).await?.rows_affected;
+        removed += session::Entity::delete_many()
+            .filter(session::Column::Id.is_in(dead))
+            .exec(db)
+            .await?
+            .rows_affected;
     }
     removed += processed_key::Entity::delete_many()
         .filter(processed_key::Column::CreatedAt.lt(now - chrono::Duration::days(KEYS_DAYS)))

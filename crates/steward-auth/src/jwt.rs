@@ -59,7 +59,8 @@ impl Signer {
         scope: TokenScope,
         now: DateTime<Utc>,
     ) -> ApiResult<(String, DateTime<Utc>)> {
-        let key = self.keys.first().ok_or_else(|| ApiError::internal("no signing key configured"))?;
+        let key =
+            self.keys.first().ok_or_else(|| ApiError::internal("no signing key configured"))?;
         let iat = now.timestamp();
         let exp = iat + self.ttl_secs;
         let claims = AccessClaims {
@@ -139,6 +140,9 @@ mod tests {
         assert_eq!(claims.exp - claims.iat, 600);
         assert_eq!(claims.nbf, claims.iat);
         let jwks = signer.jwks();
-        assert_eq!((jwks[0].kty.as_str(), jwks[0].crv.as_str(), jwks[0].kid.as_str()), ("OKP", "Ed25519", "k1"));
+        assert_eq!(
+            (jwks[0].kty.as_str(), jwks[0].crv.as_str(), jwks[0].kid.as_str()),
+            ("OKP", "Ed25519", "k1")
+        );
     }
 }

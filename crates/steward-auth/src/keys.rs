@@ -42,11 +42,13 @@ pub fn load(config: &SigningKeyConfig) -> ApiResult<KeyPair> {
 
 /// Parses a PKCS#8 PEM Ed25519 private key.
 pub fn from_pem(kid: &str, pem: &str) -> ApiResult<KeyPair> {
-    let signing = SigningKey::from_pkcs8_pem(pem)
-        .map_err(|e| ApiError::internal(format!("signing key {kid} is not an Ed25519 PKCS#8 PEM: {e}")))?;
+    let signing = SigningKey::from_pkcs8_pem(pem).map_err(|e| {
+        ApiError::internal(format!("signing key {kid} is not an Ed25519 PKCS#8 PEM: {e}"))
+    })?;
     let encoding = EncodingKey::from_ed_pem(pem.as_bytes())
         .map_err(|e| ApiError::internal(format!("signing key {kid}: {e}")))?;
-    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.verifying_key().to_bytes());
+    let x =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.verifying_key().to_bytes());
     let decoding = DecodingKey::from_ed_components(&x)
         .map_err(|e| ApiError::internal(format!("signing key {kid}: {e}")))?;
     Ok(KeyPair { kid: kid.to_string(), encoding, decoding, x })
@@ -116,6 +118,9 @@ mod tests {
         let pem = generate_pem().unwrap();
         let pair = from_pem("k1", &pem).unwrap();
         assert_eq!(pair.kid, "k1");
-        assert_eq!(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&pair.x).unwrap().len(), 32);
+        assert_eq!(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&pair.x).unwrap().len(),
+            32
+        );
     }
 }

@@ -70,7 +70,8 @@ use tonic::service::RoutesBuilder;
 pub const SERVICE: &str = "auth";
 
 /// gRPC services this crate serves, reported by the health service.
-pub const HEALTH_NAMES: &[&str] = &["steward.auth.v1.AuthService", "steward.auth.v1.AuthInternalService"];
+pub const HEALTH_NAMES: &[&str] =
+    &["steward.auth.v1.AuthService", "steward.auth.v1.AuthInternalService"];
 
 /// Concurrent argon2 computations; each takes 19 MiB and one core for tens of milliseconds.
 const HASH_WORKERS: usize = 4;
@@ -122,7 +123,11 @@ pub async fn start(
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     );
-    let relay = audit::OUTBOX.spawn_relay(ctx.db.clone(), audit::deliver(ctx.peers.clone()), ctx.clock.clone());
+    let relay = audit::OUTBOX.spawn_relay(
+        ctx.db.clone(),
+        audit::deliver(ctx.peers.clone()),
+        ctx.clock.clone(),
+    );
     let janitor = janitor::spawn(ctx.db.clone(), ctx.clock.clone());
     Ok(vec![relay, janitor])
 }

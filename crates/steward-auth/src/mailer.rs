@@ -68,8 +68,9 @@ impl Mailer {
     /// SMTP URL is set).
     pub fn from_config(config: &Config) -> ApiResult<Self> {
         let EmailConfig { smtp_url, from } = &config.email;
-        let from: Mailbox =
-            from.parse().map_err(|e| ApiError::internal(format!("email.from is not an address: {e}")))?;
+        let from: Mailbox = from
+            .parse()
+            .map_err(|e| ApiError::internal(format!("email.from is not an address: {e}")))?;
         let transport = if smtp_url.is_empty() {
             let dir = config.database.data_dir.join("mail");
             std::fs::create_dir_all(&dir)
@@ -81,7 +82,11 @@ impl Mailer {
                 .build();
             Transport::Smtp(transport)
         };
-        Ok(Self { transport, from, console_url: config.auth.console_url.trim_end_matches('/').to_string() })
+        Ok(Self {
+            transport,
+            from,
+            console_url: config.auth.console_url.trim_end_matches('/').to_string(),
+        })
     }
 
     /// Sends an invite with its set-password link.
@@ -105,7 +110,13 @@ impl Mailer {
     }
 
     /// Sends a password-reset link.
-    pub async fn send_reset(&self, to: &str, organization: &str, token: &str, valid_hours: u64) -> ApiResult<()> {
+    pub async fn send_reset(
+        &self,
+        to: &str,
+        organization: &str,
+        token: &str,
+        valid_hours: u64,
+    ) -> ApiResult<()> {
         let link = format!("{}/reset-password?token={token}", self.console_url);
         let body = format!(
             "Hello,\r\n\r\nSomeone asked to reset the password of your Steward account\r\n\
@@ -120,14 +131,14 @@ impl Mailer {
     }
 
     async fn send(&self, to: &str, subject: &str, body: String, kind: &str) -> ApiResult<()> {
-        let to_box: Mailbox = to
-            .parse()
-            .map_err(|_| ApiError::invalid("email", "is not a valid email address"))?;
+        let to_box: Mailbox =
+            to.parse().map_err(|_| ApiError::invalid("email", "is not a valid email address"))?;
         // `Body::new_with_encoding` checks what lettre's builder would otherwise panic on.
-        let body = Body::new_with_encoding(body.clone(), ContentTransferEncoding::SevenBit).unwrap_or_else(|_| {
-            tracing::debug!(kind, "email body does not fit 7bit, using quoted-printable");
-            Body::new(body)
-        });
+        let body = Body::new_with_encoding(body.clone(), ContentTransferEncoding::SevenBit)
+            .unwrap_or_else(|_| {
+                tracing::debug!(kind, "email body does not fit 7bit, using quoted-printable");
+                Body::new(body)
+            });
         let part = SinglePart::builder().header(ContentType::TEXT_PLAIN).body(body);
         let message = Message::builder()
             .from(self.from.clone())
@@ -149,7 +160,8 @@ impl Mailer {
                 let id = uuid::Uuid::new_v4();
                 let staged = partial.join(format!("{id}.eml"));
                 let path = dir.join(format!("{id}.eml"));
-                let io = |e: std::io::Error| ApiError::internal(format!("cannot write email file: {e}"));
+                let io =
+                    |e: std::io::Error| ApiError::internal(format!("cannot write email file: {e}"));
                 tokio::fs::create_dir_all(&partial).await.map_err(io)?;
                 tokio::fs::write(&staged, message.formatted()).await.map_err(io)?;
                 tokio::fs::rename(&staged, &path).await.map_err(io)?;
@@ -188,7 +200,10 @@ mod tests {
             .find(|e| e.path().extension().is_some_and(|x| x == "eml"))
             .unwrap();
         let text = std::fs::read_to_string(entry.path()).unwrap();
-        assert!(text.contains(&format!("http://localhost:8080/set-password?token={token}\r\n")), "{text}");
+        assert!(
+            text.contains(&format!("http://localhost:8080/set-password?token={token}\r\n")),
+            "{text}"
+        );
         assert!(text.contains("Content-Transfer-Encoding: 7bit"), "{text}");
         assert!(text.contains("by grace@example.com\r\n"), "{text}");
         assert!(text.contains("\r\nZ?rich Labs\r\n"), "{text}");

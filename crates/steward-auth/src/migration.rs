@@ -68,7 +68,11 @@ impl MigrationTrait for CreateTables {
                     ColumnDef::new(a("password_hash")).text().null().to_owned(),
                     time_null("activated_at"),
                     text_null("mfa_secret"),
-                    ColumnDef::new(a("mfa_enrolled")).boolean().not_null().default(false).to_owned(),
+                    ColumnDef::new(a("mfa_enrolled"))
+                        .boolean()
+                        .not_null()
+                        .default(false)
+                        .to_owned(),
                     text_null("mfa_pending_secret"),
                     time_null("mfa_pending_expires_at"),
                     ColumnDef::new(a("mfa_last_step")).big_integer().null().to_owned(),
@@ -103,7 +107,12 @@ impl MigrationTrait for CreateTables {
             ),
             table(
                 "auth_refresh_tokens",
-                vec![key("token_hash"), text("session_id"), time_null("used_at"), time("created_at")],
+                vec![
+                    key("token_hash"),
+                    text("session_id"),
+                    time_null("used_at"),
+                    time("created_at"),
+                ],
             ),
             table(
                 "auth_mfa_challenges",
@@ -118,7 +127,12 @@ impl MigrationTrait for CreateTables {
             ),
             table(
                 "auth_recovery_codes",
-                vec![key("code_hash"), text("administrator"), time_null("used_at"), time("created_at")],
+                vec![
+                    key("code_hash"),
+                    text("administrator"),
+                    time_null("used_at"),
+                    time("created_at"),
+                ],
             ),
             table(
                 "auth_throttle",
@@ -131,7 +145,11 @@ impl MigrationTrait for CreateTables {
             ),
             table(
                 "auth_processed_keys",
-                vec![key("key"), ColumnDef::new(a("response")).text().not_null().to_owned(), time("created_at")],
+                vec![
+                    key("key"),
+                    ColumnDef::new(a("response")).text().not_null().to_owned(),
+                    time("created_at"),
+                ],
             ),
         ];
         for statement in tables {

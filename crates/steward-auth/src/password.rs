@@ -26,10 +26,16 @@ pub const MIN_SCORE: u8 = 3;
 pub fn validate(field: &str, password: &str, user_inputs: &[&str]) -> ApiResult<()> {
     let length = password.chars().count();
     if length < MIN_LENGTH {
-        return Err(ApiError::invalid(field, format!("must be at least {MIN_LENGTH} characters long")));
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at least {MIN_LENGTH} characters long"),
+        ));
     }
     if length > MAX_LENGTH {
-        return Err(ApiError::invalid(field, format!("must be at most {MAX_LENGTH} characters long")));
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {MAX_LENGTH} characters long"),
+        ));
     }
     let mut inputs: Vec<&str> = Vec::new();
     for input in user_inputs.iter().filter(|i| !i.is_empty()) {
@@ -48,7 +54,8 @@ pub fn validate(field: &str, password: &str, user_inputs: &[&str]) -> ApiResult<
         if let Some(warning) = feedback.warning() {
             why.push_str(&format!(": {warning}"));
         }
-        let suggestions: Vec<String> = feedback.suggestions().iter().map(|s| s.to_string()).collect();
+        let suggestions: Vec<String> =
+            feedback.suggestions().iter().map(|s| s.to_string()).collect();
         if !suggestions.is_empty() {
             why.push_str(&format!(" ({})", suggestions.join(" ")));
         }
@@ -65,7 +72,8 @@ fn argon2() -> ApiResult<Argon2<'static>> {
 fn hash_blocking(password: &str) -> ApiResult<String> {
     let mut salt = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut salt);
-    let salt = SaltString::encode_b64(&salt).map_err(|e| ApiError::internal(format!("salt: {e}")))?;
+    let salt =
+        SaltString::encode_b64(&salt).map_err(|e| ApiError::internal(format!("salt: {e}")))?;
     argon2()?
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
@@ -73,7 +81,8 @@ fn hash_blocking(password: &str) -> ApiResult<String> {
 }
 
 fn verify_blocking(password: &str, phc: &str) -> ApiResult<bool> {
-    let parsed = PasswordHash::new(phc).map_err(|e| ApiError::internal(format!("stored hash unreadable: {e}")))?;
+    let parsed = PasswordHash::new(phc)
+        .map_err(|e| ApiError::internal(format!("stored hash unreadable: {e}")))?;
     match argon2()?.verify_password(password.as_bytes(), &parsed) {
         Ok(()) => Ok(true),
         Err(argon2::password_hash::Error::Password) => Ok(false),
@@ -111,7 +120,8 @@ impl Hasher {
     pub async fn new(workers: usize, max_waiting: usize) -> ApiResult<Self> {
         let mut random = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut random);
-        let dummy_password = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, random);
+        let dummy_password =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, random);
         let dummy = tokio::task::spawn_blocking(move || hash_blocking(&dummy_password))
             .await
             .map_err(|e| ApiError::internal(format!("hashing task failed: {e}")))??;
@@ -183,7 +193,10 @@ mod tests {
         assert_eq!(field, "password");
         assert!(why.contains("at least 12"), "{why}");
         // 12 two-byte characters: 24 bytes but 12 code points, so the length rule passes.
-        assert!(validate("p", "éàüöçñøåæßðþ", &[]).map_err(violation).err().is_none_or(|(_, w)| !w.contains("at least")));
+        assert!(validate("p", "éàüöçñøåæßðþ", &[])
+            .map_err(violation)
+            .err()
+            .is_none_or(|(_, w)| !w.contains("at least")));
         let long = "x".repeat(129);
         assert!(violation(validate("p", &long, &[]).unwrap_err()).1.contains("at most 128"));
     }

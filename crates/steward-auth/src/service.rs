@@ -55,7 +55,11 @@ fn user_inputs(credential: &credential::Model) -> [&str; 2] {
 }
 
 impl Service {
-    async fn credential(&self, administrator: &str, organization: &str) -> ApiResult<credential::Model> {
+    async fn credential(
+        &self,
+        administrator: &str,
+        organization: &str,
+    ) -> ApiResult<credential::Model> {
         credential::Entity::find_by_id(administrator.to_string())
             .filter(credential::Column::Organization.eq(organization))
             .one(&self.state.db)
@@ -85,7 +89,9 @@ impl Service {
             }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "activation failed");
-                return Err(ApiError::Unavailable("cannot activate the administrator now, retry later".into()));
+                return Err(ApiError::Unavailable(
+                    "cannot activate the administrator now, retry later".into(),
+                ));
             }
         }
         let now = state.now();
@@ -98,14 +104,26 @@ impl Service {
         row.activated_at = Set(Some(credential.activated_at.unwrap_or(now)));
         row.updated_at = Set(now);
         row.update(&tx).await?;
-        audit::record(&tx, context, audit::ACCEPT_INVITE, &link.administrator, false, "invite accepted, password set", now)
-            .await?;
+        audit::record(
+            &tx,
+            context,
+            audit::ACCEPT_INVITE,
+            &link.administrator,
+            false,
+            "invite accepted, password set",
+            now,
+        )
+        .await?;
         tx.commit().await?;
         tracing::info!(administrator = %link.administrator, "invite accepted");
         Ok(pb::AcceptInviteResponse { administrator: link.administrator })
     }
 
-    async fn do_sign_in(&self, request: pb::SignInRequest, context: &RequestContext) -> ApiResult<pb::SignInResponse> {
+    async fn do_sign_in(
+        &self,
+        request: pb::SignInRequest,
+        context: &RequestContext,
+    ) -> ApiResult<pb::SignInResponse> {
         let state = &self.state;
         let email = request.email.trim().to_lowercase();
         required("email", &email)?;
@@ -121,7 +139,8 @@ impl Service {
             .filter(credential::Column::Email.eq(email.as_str()))
             .filter(credential::Column::PasswordHash.is_not_null());
         if !request.organization.is_empty() {
-            query = query.filter(credential::Column::Organization.eq(request.organization.as_str()));
+            query =
+                query.filter(credential::Column::Organization.eq(request.organization.as_str()));
         }
         let candidates = query.all(&state.db).await?;
         let mut matched = Vec::new();
@@ -179,22 +198,32 @@ impl Service {
             });
         }
         let subject = state.subject(&administrator)?;
-        let scope = if administrator.mfa_required { TokenScope::MfaEnrollment } else { TokenScope::Full };
-        let tokens = state.start_session(&subject, &["pwd"], scope, context, audit::SIGN_IN).await?;
+        let scope =
+            if administrator.mfa_required { TokenScope::MfaEnrollment } else { TokenScope::Full };
+        let tokens =
+            state.start_session(&subject, &["pwd"], scope, context, audit::SIGN_IN).await?;
         Ok(pb::SignInResponse { result: Some(pb::sign_in_response::Result::Tokens(tokens)) })
     }
 
-    async fn do_verify_mfa(&self, request: pb::VerifyMfaRequest, context: &RequestContext) -> ApiResult<pb::VerifyMfaResponse> {
+    async fn do_verify_mfa(
+        &self,
+        request: pb::VerifyMfaRequest,
+        context: &RequestContext,
+    ) -> ApiResult<pb::VerifyMfaResponse> {
         let state = &self.state;
         required("challenge", &request.challenge)?;
-        let code = request.code.ok_or_else(|| ApiError::invalid("code", "a totp_code or a recovery_code is required"))?;
+        let code = request.code.ok_or_else(|| {
+            ApiError::invalid("code", "a totp_code or a recovery_code is required")
+        })?;
         let address = throttle::address_key(&context.client_address);
         throttle::check(&state.db, std::slice::from_ref(&address), state.now()).await?;
         let now = state.now();
         let challenge = mfa_challenge::Entity::find_by_id(secrets::digest(&request.challenge))
             .one(&state.db)
             .await?
-            .filter(|c| c.used_at.is_none() && c.expires_at > now && c.attempts < CHALLENGE_ATTEMPTS)
+            .filter(|c| {
+                c.used_at.is_none() && c.expires_at > now && c.attempts < CHALLENGE_ATTEMPTS
+            })
             .ok_or_else(invalid_credentials)?;
         let credential = credential::Entity::find_by_id(challenge.administrator.clone())
             .filter(credential::Column::Organization.eq(challenge.organization.as_str()))
@@ -211,7 +240,10 @@ impl Service {
                     Some(step) => {
                         credential::Entity::update_many()
                             .col_expr(credential::Column::MfaLastStep, Expr::value(step))
-                            .filter(credential::Column::Administrator.eq(credential.administrator.as_str()))
+                            .filter(
+                                credential::Column::Administrator
+                                    .eq(credential.administrator.as_str()),
+                            )
                             .filter(
                                 credential::Column::MfaLastStep
                                     .is_null()
@@ -231,7 +263,9 @@ impl Service {
                 let used = recovery_code::Entity::update_many()
                     .col_expr(recovery_code::Column::UsedAt, Expr::value(now))
                     .filter(recovery_code::Column::CodeHash.eq(digest))
-                    .filter(recovery_code::Column::Administrator.eq(credential.administrator.as_str()))
+                    .filter(
+                        recovery_code::Column::Administrator.eq(credential.administrator.as_str()),
+                    )
                     .filter(recovery_code::Column::UsedAt.is_null())
                     .exec(&state.db)
                     .await?;
@@ -240,7 +274,10 @@ impl Service {
         };
         if !accepted {
             mfa_challenge::Entity::update_many()
-                .col_expr(mfa_challenge::Column::Attempts, Expr::col(mfa_challenge::Column::Attempts).add(1))
+                .col_expr(
+                    mfa_challenge::Column::Attempts,
+                    Expr::col(mfa_challenge::Column::Attempts).add(1),
+                )
                 .filter(mfa_challenge::Column::ChallengeHash.eq(challenge.challenge_hash.as_str()))
                 .exec(&state.db)
                 .await?;
@@ -257,16 +294,23 @@ impl Service {
         if completed.rows_affected != 1 {
             return Err(invalid_credentials());
         }
-        let administrator = state.lookup(&credential.administrator).await?.ok_or_else(invalid_credentials)?;
+        let administrator =
+            state.lookup(&credential.administrator).await?.ok_or_else(invalid_credentials)?;
         let subject = state.subject(&administrator)?;
         if method == "mfa" {
             tracing::info!(administrator = %subject.administrator, "recovery code used");
         }
-        let tokens = state.start_session(&subject, &["pwd", method], TokenScope::Full, context, audit::VERIFY_MFA).await?;
+        let tokens = state
+            .start_session(&subject, &["pwd", method], TokenScope::Full, context, audit::VERIFY_MFA)
+            .await?;
         Ok(pb::VerifyMfaResponse { tokens: Some(tokens) })
     }
 
-    async fn do_refresh(&self, request: pb::RefreshSessionRequest, context: &RequestContext) -> ApiResult<pb::RefreshSessionResponse> {
+    async fn do_refresh(
+        &self,
+        request: pb::RefreshSessionRequest,
+        context: &RequestContext,
+    ) -> ApiResult<pb::RefreshSessionResponse> {
         let state = &self.state;
         required("refresh_token", &request.refresh_token)?;
         let now = state.now();
@@ -283,7 +327,8 @@ impl Service {
             let tx = state.db.begin().await?;
             state::revoke_session(&tx, &session.id, now).await?;
             let reason = "a rotated refresh token was presented again; the session is revoked";
-            audit::record(&tx, context, audit::REFRESH, &session.administrator, true, reason, now).await?;
+            audit::record(&tx, context, audit::REFRESH, &session.administrator, true, reason, now)
+                .await?;
             tx.commit().await?;
             tracing::warn!(session = %session.id, administrator = %session.administrator, "refresh token reused, session revoked");
             return Err(invalid_credentials());
@@ -294,10 +339,12 @@ impl Service {
             return Err(invalid_credentials());
         };
         let subject = state.subject(&administrator)?;
-        let credential = credential::Entity::find_by_id(session.administrator.clone()).one(&state.db).await?;
+        let credential =
+            credential::Entity::find_by_id(session.administrator.clone()).one(&state.db).await?;
         // MFA required since this session began but not enrolled: back to sign-in, which issues
         // an enrolment-only session.
-        let needs_enrolment = administrator.mfa_required && credential.as_ref().is_some_and(|c| !c.mfa_enrolled);
+        let needs_enrolment =
+            administrator.mfa_required && credential.as_ref().is_some_and(|c| !c.mfa_enrolled);
         if subject.organization != session.organization || credential.is_none() || needs_enrolment {
             state::revoke_session(&state.db, &session.id, now).await?;
             tracing::info!(session = %session.id, needs_enrolment, "session ended at refresh");
@@ -320,8 +367,16 @@ impl Service {
         }
         state::insert_refresh(&tx, &session.id, &next, now).await?;
         tx.commit().await?;
-        let amr: Vec<String> = session.amr.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
-        let tokens = state.token_set(&subject, &session.id, &amr, TokenScope::Full, Some(next), session.expires_at)?;
+        let amr: Vec<String> =
+            session.amr.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
+        let tokens = state.token_set(
+            &subject,
+            &session.id,
+            &amr,
+            TokenScope::Full,
+            Some(next),
+            session.expires_at,
+        )?;
         Ok(pb::RefreshSessionResponse { tokens: Some(tokens) })
     }
 
@@ -337,11 +392,24 @@ impl Service {
         let credential = self.credential(&principal.administrator, &principal.organization).await?;
         let account = throttle::account_key(&credential.email);
         throttle::check(&state.db, std::slice::from_ref(&account), state.now()).await?;
-        if !state.hasher.verify(&request.current_password, credential.password_hash.as_deref()).await? {
+        if !state
+            .hasher
+            .verify(&request.current_password, credential.password_hash.as_deref())
+            .await?
+        {
             let now = state.now();
             throttle::fail(&state.db, &account, &ACCOUNT, now).await?;
             let reason = "the current password was wrong";
-            audit::record(&state.db, context, audit::CHANGE_PASSWORD, &principal.administrator, true, reason, now).await?;
+            audit::record(
+                &state.db,
+                context,
+                audit::CHANGE_PASSWORD,
+                &principal.administrator,
+                true,
+                reason,
+                now,
+            )
+            .await?;
             tracing::info!(administrator = %principal.administrator, "password change refused");
             return Err(invalid_credentials());
         }
@@ -353,15 +421,29 @@ impl Service {
         row.password_hash = Set(Some(hash));
         row.updated_at = Set(now);
         row.update(&tx).await?;
-        let revoked = state::revoke_sessions(&tx, &principal.administrator, Some(&principal.session), now).await?;
+        let revoked =
+            state::revoke_sessions(&tx, &principal.administrator, Some(&principal.session), now)
+                .await?;
         let reason = format!("password changed, {revoked} other session(s) revoked");
-        audit::record(&tx, context, audit::CHANGE_PASSWORD, &principal.administrator, false, &reason, now).await?;
+        audit::record(
+            &tx,
+            context,
+            audit::CHANGE_PASSWORD,
+            &principal.administrator,
+            false,
+            &reason,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         tracing::info!(administrator = %principal.administrator, revoked, "password changed");
         Ok(pb::ChangePasswordResponse {})
     }
 
-    async fn do_request_reset(&self, request: pb::RequestPasswordResetRequest) -> ApiResult<pb::RequestPasswordResetResponse> {
+    async fn do_request_reset(
+        &self,
+        request: pb::RequestPasswordResetRequest,
+    ) -> ApiResult<pb::RequestPasswordResetResponse> {
         let email = request.email.trim().to_lowercase();
         required("email", &email)?;
         if !request.organization.is_empty() {
@@ -377,7 +459,11 @@ impl Service {
         Ok(pb::RequestPasswordResetResponse {})
     }
 
-    async fn do_reset(&self, request: pb::ResetPasswordRequest, context: &RequestContext) -> ApiResult<pb::ResetPasswordResponse> {
+    async fn do_reset(
+        &self,
+        request: pb::ResetPasswordRequest,
+        context: &RequestContext,
+    ) -> ApiResult<pb::ResetPasswordResponse> {
         let state = &self.state;
         let link = state.find_link(&request.token, RESET).await?;
         let credential = credential::Entity::find_by_id(link.administrator.clone())
@@ -398,14 +484,26 @@ impl Service {
         row.update(&tx).await?;
         let revoked = state::revoke_sessions(&tx, &link.administrator, None, now).await?;
         let reason = format!("password reset by email link, {revoked} session(s) revoked");
-        audit::record(&tx, context, audit::RESET_PASSWORD, &link.administrator, false, &reason, now).await?;
+        audit::record(
+            &tx,
+            context,
+            audit::RESET_PASSWORD,
+            &link.administrator,
+            false,
+            &reason,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         throttle::clear(&state.db, &throttle::account_key(&email)).await?;
         tracing::info!(administrator = %link.administrator, revoked, "password reset");
         Ok(pb::ResetPasswordResponse {})
     }
 
-    async fn do_begin_mfa(&self, principal: &authn::Principal) -> ApiResult<pb::BeginMfaEnrollmentResponse> {
+    async fn do_begin_mfa(
+        &self,
+        principal: &authn::Principal,
+    ) -> ApiResult<pb::BeginMfaEnrollmentResponse> {
         let state = &self.state;
         let credential = self.credential(&principal.administrator, &principal.organization).await?;
         if credential.mfa_enrolled {
@@ -417,7 +515,8 @@ impl Service {
         }
         let secret = totp::new_secret();
         let generator = totp::totp(&secret, &credential.email)?;
-        let uri = generator.to_url().map_err(|e| ApiError::internal(format!("otpauth uri: {e}")))?;
+        let uri =
+            generator.to_url().map_err(|e| ApiError::internal(format!("otpauth uri: {e}")))?;
         let png = generator.to_qr_png().map_err(|e| ApiError::internal(format!("qr code: {e}")))?;
         let now = state.now();
         let expires = now + Duration::seconds(ENROLLMENT_SECS);
@@ -448,7 +547,10 @@ impl Service {
         let pending = credential
             .mfa_pending_secret
             .clone()
-            .filter(|_| !credential.mfa_enrolled && credential.mfa_pending_expires_at.is_some_and(|t| t > now))
+            .filter(|_| {
+                !credential.mfa_enrolled
+                    && credential.mfa_pending_expires_at.is_some_and(|t| t > now)
+            })
             .ok_or_else(|| {
                 ApiError::precondition(
                     "NO_PENDING_ENROLLMENT",
@@ -456,9 +558,11 @@ impl Service {
                     "no MFA enrolment is pending: call BeginMfaEnrollment first",
                 )
             })?;
-        let step = totp::check(&pending, &request.totp_code, now)?
-            .ok_or_else(|| ApiError::invalid("totp_code", "is not a current code of the new secret"))?;
-        let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| secrets::new_recovery_code()).collect();
+        let step = totp::check(&pending, &request.totp_code, now)?.ok_or_else(|| {
+            ApiError::invalid("totp_code", "is not a current code of the new secret")
+        })?;
+        let codes: Vec<String> =
+            (0..RECOVERY_CODES).map(|_| secrets::new_recovery_code()).collect();
         let tx = state.db.begin().await?;
         let mut row: credential::ActiveModel = credential.into();
         row.mfa_secret = Set(Some(pending));
@@ -480,7 +584,16 @@ impl Service {
         }))
         .exec(&tx)
         .await?;
-        audit::record(&tx, context, audit::CONFIRM_MFA, &principal.administrator, false, "MFA (TOTP) enrolled", now).await?;
+        audit::record(
+            &tx,
+            context,
+            audit::CONFIRM_MFA,
+            &principal.administrator,
+            false,
+            "MFA (TOTP) enrolled",
+            now,
+        )
+        .await?;
         tx.commit().await?;
         tracing::info!(administrator = %principal.administrator, "mfa enrolled");
         Ok(pb::ConfirmMfaEnrollmentResponse { recovery_codes: codes })
@@ -508,7 +621,12 @@ async fn send_resets(state: &Shared, email: &str, organization: &str) -> ApiResu
         .await?;
         state
             .mailer
-            .send_reset(&credential.email, &credential.organization_display_name, &token, state.link_hours())
+            .send_reset(
+                &credential.email,
+                &credential.organization_display_name,
+                &token,
+                state.link_hours(),
+            )
             .await?;
         tx.commit().await?;
         tracing::info!(administrator = %credential.administrator, "password reset link sent");
@@ -526,7 +644,10 @@ impl AuthService for Service {
         respond(self.do_accept_invite(request.into_inner(), &context).await)
     }
 
-    async fn sign_in(&self, request: Request<pb::SignInRequest>) -> Result<Response<pb::SignInResponse>, Status> {
+    async fn sign_in(
+        &self,
+        request: Request<pb::SignInRequest>,
+    ) -> Result<Response<pb::SignInResponse>, Status> {
         let context = authn::context(&request);
         respond(self.do_sign_in(request.into_inner(), &context).await)
     }
@@ -547,7 +668,10 @@ impl AuthService for Service {
         respond(self.do_refresh(request.into_inner(), &context).await)
     }
 
-    async fn sign_out(&self, request: Request<pb::SignOutRequest>) -> Result<Response<pb::SignOutResponse>, Status> {
+    async fn sign_out(
+        &self,
+        request: Request<pb::SignOutRequest>,
+    ) -> Result<Response<pb::SignOutResponse>, Status> {
         let context = authn::context(&request);
         let result = async {
             let principal = authn::principal(&request)?;
@@ -578,7 +702,9 @@ impl AuthService for Service {
         let principal = authn::principal(&request).cloned();
         let context = authn::context(&request);
         let result = match principal {
-            Ok(principal) => self.do_change_password(&principal, request.into_inner(), &context).await,
+            Ok(principal) => {
+                self.do_change_password(&principal, request.into_inner(), &context).await
+            }
             Err(err) => Err(err),
         };
         respond(result)
@@ -623,7 +749,10 @@ impl AuthService for Service {
         respond(result)
     }
 
-    async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
+    async fn get_jwks(
+        &self,
+        _request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
         Ok(Response::new(pb::GetJwksResponse { keys: self.state.signer.jwks() }))
     }
 }

@@ -5,14 +5,12 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use steward_proto::admin::v1 as admin;
 use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
 use steward_proto::auth::v1::{TokenScope as ProtoScope, TokenSet};
-use steward_runtime::claims::{Role, TokenScope};
 use steward_runtime::authn::RequestContext;
+use steward_runtime::claims::{Role, TokenScope};
 use steward_runtime::config::AuthConfig;
 use steward_runtime::service::{Clock, InternalChannel};
 use steward_runtime::{names, ApiError, ApiResult};
@@ -84,7 +82,9 @@ impl State {
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "administrator lookup failed");
-                Err(ApiError::Unavailable("the administrator directory is unavailable, retry later".into()))
+                Err(ApiError::Unavailable(
+                    "the administrator directory is unavailable, retry later".into(),
+                ))
             }
         }
     }
@@ -94,7 +94,12 @@ impl State {
         let role = match admin::Role::try_from(administrator.role) {
             Ok(admin::Role::Administrator) => Role::Administrator,
             Ok(admin::Role::CommandRunner) => Role::CommandRunner,
-            _ => return Err(ApiError::internal(format!("administrator {} has no role", administrator.name))),
+            _ => {
+                return Err(ApiError::internal(format!(
+                    "administrator {} has no role",
+                    administrator.name
+                )))
+            }
         };
         Ok(Subject {
             administrator: administrator.name.clone(),
@@ -122,7 +127,8 @@ impl State {
             TokenScope::Full => self.config.refresh_token_ttl_secs,
             TokenScope::MfaEnrollment => self.config.access_token_ttl_secs,
         };
-        let expires = now + chrono::Duration::seconds(i64::try_from(lifetime).unwrap_or(i64::MAX / 4_000_000));
+        let expires = now
+            + chrono::Duration::seconds(i64::try_from(lifetime).unwrap_or(i64::MAX / 4_000_000));
         let row = session::ActiveModel {
             id: Set(sid.clone()),
             administrator: Set(subject.administrator.clone()),
@@ -149,7 +155,8 @@ impl State {
                 TokenScope::Full => format!("signed in ({})", amr.join(", ")),
                 TokenScope::MfaEnrollment => "signed in for MFA enrolment only".to_string(),
             };
-            audit::record(&tx, context, action, &subject.administrator, false, &reason, now).await?;
+            audit::record(&tx, context, action, &subject.administrator, false, &reason, now)
+                .await?;
             tx.commit().await?;
         }
         tracing::info!(administrator = %subject.administrator, session = %sid, scope = scope_name(scope), "session started");
@@ -200,7 +207,10 @@ impl State {
 
     /// The expiry of a link issued now.
     pub fn link_expiry(&self) -> DateTime<Utc> {
-        self.now() + chrono::Duration::seconds(i64::try_from(self.config.invite_ttl_secs).unwrap_or(72 * 3600))
+        self.now()
+            + chrono::Duration::seconds(
+                i64::try_from(self.config.invite_ttl_secs).unwrap_or(72 * 3600),
+            )
     }
 }
 
@@ -213,7 +223,12 @@ pub fn scope_name(scope: TokenScope) -> &'static str {
 }
 
 /// Stores a new refresh token of session `sid`.
-pub async fn insert_refresh(conn: &impl ConnectionTrait, sid: &str, token: &str, now: DateTime<Utc>) -> ApiResult<()> {
+pub async fn insert_refresh(
+    conn: &impl ConnectionTrait,
+    sid: &str,
+    token: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
     refresh_token::Entity::insert(refresh_token::ActiveModel {
         token_hash: Set(secrets::digest(token)),
         session_id: Set(sid.to_string()),
@@ -226,7 +241,11 @@ pub async fn insert_refresh(conn: &impl ConnectionTrait, sid: &str, token: &str,
 }
 
 /// Revokes one session; returns whether it was live.
-pub async fn revoke_session(conn: &impl ConnectionTrait, sid: &str, now: DateTime<Utc>) -> ApiResult<bool> {
+pub async fn revoke_session(
+    conn: &impl ConnectionTrait,
+    sid: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<bool> {
     let result = session::Entity::update_many()
         .col_expr(session::Column::RevokedAt, Expr::value(now))
         .filter(session::Column::Id.eq(sid))
@@ -254,7 +273,11 @@ pub async fn revoke_sessions(
 }
 
 /// Consumes a link token; false when another call used it first.
-pub async fn use_link(conn: &impl ConnectionTrait, token_hash: &str, now: DateTime<Utc>) -> ApiResult<bool> {
+pub async fn use_link(
+    conn: &impl ConnectionTrait,
+    token_hash: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<bool> {
     let result = link_token::Entity::update_many()
         .col_expr(link_token::Column::UsedAt, Expr::value(now))
         .filter(link_token::Column::TokenHash.eq(token_hash))

@@ -59,7 +59,11 @@ pub fn address_key(client_address: &str) -> String {
 }
 
 /// Refuses with RESOURCE_EXHAUSTED (and the time left) while any of `keys` is locked.
-pub async fn check(db: &impl ConnectionTrait, keys: &[String], now: DateTime<Utc>) -> ApiResult<()> {
+pub async fn check(
+    db: &impl ConnectionTrait,
+    keys: &[String],
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
     let mut wait = 0_i64;
     for key in keys {
         if let Some(row) = throttle::Entity::find_by_id(key.clone()).one(db).await? {
@@ -77,7 +81,12 @@ pub async fn check(db: &impl ConnectionTrait, keys: &[String], now: DateTime<Utc
 }
 
 /// Counts a failure against `key` under `policy`.
-pub async fn fail(db: &impl ConnectionTrait, key: &str, policy: &Policy, now: DateTime<Utc>) -> ApiResult<()> {
+pub async fn fail(
+    db: &impl ConnectionTrait,
+    key: &str,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
     let existing = throttle::Entity::find_by_id(key.to_string()).one(db).await?;
     let previous = existing
         .as_ref()
@@ -87,7 +96,12 @@ pub async fn fail(db: &impl ConnectionTrait, key: &str, policy: &Policy, now: Da
     let delay = policy.delay(failures);
     let locked_until = (delay > 0).then(|| now + chrono::Duration::seconds(delay));
     if delay > 0 {
-        tracing::info!(failures, delay_secs = delay, kind = key.split(':').next().unwrap_or(""), "sign-in throttled");
+        tracing::info!(
+            failures,
+            delay_secs = delay,
+            kind = key.split(':').next().unwrap_or(""),
+            "sign-in throttled"
+        );
     }
     let row = throttle::ActiveModel {
         key: Set(key.to_string()),

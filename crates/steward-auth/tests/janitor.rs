@@ -8,7 +8,11 @@ use chrono::{Duration, Utc};
 use sea_orm::{EntityTrait, PaginatorTrait, Set};
 use steward_auth::entity::{link_token, refresh_token, session};
 
-fn session_row(id: &str, expires: chrono::DateTime<Utc>, revoked: Option<chrono::DateTime<Utc>>) -> session::ActiveModel {
+fn session_row(
+    id: &str,
+    expires: chrono::DateTime<Utc>,
+    revoked: Option<chrono::DateTime<Utc>>,
+) -> session::ActiveModel {
     session::ActiveModel {
         id: Set(id.into()),
         administrator: Set("organizations/o/administrators/a".into()),
@@ -63,7 +67,8 @@ async fn sweeps_expired_and_revoked_rows_only() {
 
     let removed = steward_auth::janitor::sweep(db, now).await.unwrap();
     assert_eq!(removed, 5, "two sessions, their two refresh tokens, one link");
-    let mut left: Vec<String> = session::Entity::find().all(db).await.unwrap().into_iter().map(|s| s.id).collect();
+    let mut left: Vec<String> =
+        session::Entity::find().all(db).await.unwrap().into_iter().map(|s| s.id).collect();
     left.sort();
     assert_eq!(left, vec!["live", "revoked-just-now"]);
     assert_eq!(refresh_token::Entity::find().count(db).await.unwrap(), 1);

@@ -76,22 +76,36 @@ async fn secrets_never_reach_the_logs() {
     let invite = mailed_token(&h, email);
     secrets.push(invite.clone());
     let weak = service
-        .accept_invite(request(AcceptInviteRequest { token: invite.clone(), password: "ada@example.com1".into() }, anonymous()))
+        .accept_invite(request(
+            AcceptInviteRequest { token: invite.clone(), password: "ada@example.com1".into() },
+            anonymous(),
+        ))
         .await
         .unwrap_err();
     assert_eq!(weak.code(), tonic::Code::InvalidArgument);
     service
-        .accept_invite(request(AcceptInviteRequest { token: invite, password: FIRST.into() }, anonymous()))
+        .accept_invite(request(
+            AcceptInviteRequest { token: invite, password: FIRST.into() },
+            anonymous(),
+        ))
         .await
         .unwrap();
 
-    let sign_in = |password: &str| SignInRequest { email: email.into(), password: password.into(), organization: String::new() };
+    let sign_in = |password: &str| SignInRequest {
+        email: email.into(),
+        password: password.into(),
+        organization: String::new(),
+    };
     service.sign_in(request(sign_in(WRONG), anonymous())).await.unwrap_err();
-    let session = tokens(service.sign_in(request(sign_in(FIRST), anonymous())).await.unwrap().into_inner());
+    let session =
+        tokens(service.sign_in(request(sign_in(FIRST), anonymous())).await.unwrap().into_inner());
     secrets.push(session.access_token.clone());
     secrets.push(session.refresh_token.clone());
     let refreshed = service
-        .refresh_session(request(RefreshSessionRequest { refresh_token: session.refresh_token.clone() }, anonymous()))
+        .refresh_session(request(
+            RefreshSessionRequest { refresh_token: session.refresh_token.clone() },
+            anonymous(),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -101,11 +115,15 @@ async fn secrets_never_reach_the_logs() {
     secrets.push(refreshed.refresh_token.clone());
     // Reuse: revokes the session, logged as a warning (without the token).
     service
-        .refresh_session(request(RefreshSessionRequest { refresh_token: session.refresh_token.clone() }, anonymous()))
+        .refresh_session(request(
+            RefreshSessionRequest { refresh_token: session.refresh_token.clone() },
+            anonymous(),
+        ))
         .await
         .unwrap_err();
 
-    let other = tokens(service.sign_in(request(sign_in(FIRST), anonymous())).await.unwrap().into_inner());
+    let other =
+        tokens(service.sign_in(request(sign_in(FIRST), anonymous())).await.unwrap().into_inner());
     secrets.push(other.access_token.clone());
     secrets.push(other.refresh_token.clone());
     let me = caller_of(&other.access_token);
@@ -118,7 +136,10 @@ async fn secrets_never_reach_the_logs() {
     secrets.push(enrolment.otpauth_uri.clone());
     let code = steward_auth::totp::code_at(&enrolment.secret, chrono::Utc::now()).unwrap();
     let recovery = service
-        .confirm_mfa_enrollment(request(ConfirmMfaEnrollmentRequest { totp_code: code }, me.clone()))
+        .confirm_mfa_enrollment(request(
+            ConfirmMfaEnrollmentRequest { totp_code: code },
+            me.clone(),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -126,7 +147,14 @@ async fn secrets_never_reach_the_logs() {
     secrets.extend(recovery.iter().cloned());
     secrets.extend(recovery.iter().map(|c| c.replace('-', "")));
 
-    let challenge = match service.sign_in(request(sign_in(FIRST), anonymous())).await.unwrap().into_inner().result.unwrap() {
+    let challenge = match service
+        .sign_in(request(sign_in(FIRST), anonymous()))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap()
+    {
         sign_in_response::Result::MfaChallenge(challenge) => challenge.challenge,
         other => panic!("expected a challenge, got {other:?}"),
     };
@@ -138,7 +166,10 @@ async fn secrets_never_reach_the_logs() {
     service.verify_mfa(request(wrong_code, anonymous())).await.unwrap_err();
     let verified = service
         .verify_mfa(request(
-            VerifyMfaRequest { challenge, code: Some(verify_mfa_request::Code::RecoveryCode(recovery[3].clone())) },
+            VerifyMfaRequest {
+                challenge,
+                code: Some(verify_mfa_request::Code::RecoveryCode(recovery[3].clone())),
+            },
             anonymous(),
         ))
         .await
@@ -164,7 +195,10 @@ async fn secrets_never_reach_the_logs() {
         .await
         .unwrap();
     service
-        .request_password_reset(request(RequestPasswordResetRequest { email: email.into(), organization: String::new() }, anonymous()))
+        .request_password_reset(request(
+            RequestPasswordResetRequest { email: email.into(), organization: String::new() },
+            anonymous(),
+        ))
         .await
         .unwrap();
     let mut reset = String::new();
@@ -177,13 +211,25 @@ async fn secrets_never_reach_the_logs() {
     }
     secrets.push(reset.clone());
     service
-        .reset_password(request(ResetPasswordRequest { token: reset, new_password: THIRD.into() }, anonymous()))
+        .reset_password(request(
+            ResetPasswordRequest { token: reset, new_password: THIRD.into() },
+            anonymous(),
+        ))
         .await
         .unwrap();
     service.sign_out(request(SignOutRequest {}, me)).await.unwrap();
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-    for expected in ["invite issued", "invite accepted", "sign-in refused", "refresh token reused", "mfa enrolled", "recovery code used", "password changed", "password reset"] {
+    for expected in [
+        "invite issued",
+        "invite accepted",
+        "sign-in refused",
+        "refresh token reused",
+        "mfa enrolled",
+        "recovery code used",
+        "password changed",
+        "password reset",
+    ] {
         assert!(logs.contains(expected), "the capture works ({expected}): {logs}");
     }
     for secret in &secrets {

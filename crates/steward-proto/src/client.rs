@@ -23,8 +23,12 @@ pub struct BearerToken {
 }
 
 impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let token = self.token.read().map_err(|_| tonic::Status::internal("token lock poisoned"))?;
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let token =
+            self.token.read().map_err(|_| tonic::Status::internal("token lock poisoned"))?;
         if let Some(value) = token.as_ref() {
             request.metadata_mut().insert("authorization", value.clone());
         }

@@ -35,17 +35,18 @@ pub enum StorageError {
 
 /// The SQLite URL of `service`'s database file under `data_dir`, creating the directory.
 pub fn sqlite_url(data_dir: &Path, service: &str) -> Result<String, StorageError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| StorageError::DataDir {
-        path: data_dir.display().to_string(),
-        source,
-    })?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|source| StorageError::DataDir { path: data_dir.display().to_string(), source })?;
     Ok(format!("sqlite://{}?mode=rwc", data_dir.join(format!("{service}.db")).display()))
 }
 
 /// Opens a pool on `url`. SQLite gets WAL, foreign keys and a busy timeout so that writers
 /// queue instead of failing.
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, StorageError> {
-    if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres:")
+        || url.starts_with("postgresql:"))
+    {
         return Err(StorageError::UnsupportedUrl(redact(url)));
     }
     let mut options = ConnectOptions::new(url.to_string());

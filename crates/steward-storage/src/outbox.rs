@@ -28,7 +28,8 @@ pub struct OutboxMessage {
 }
 
 /// Delivers one message; `Err` schedules a retry.
-pub type Deliver = Arc<dyn Fn(OutboxMessage) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+pub type Deliver =
+    Arc<dyn Fn(OutboxMessage) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// A service's outbox table.
 #[derive(Clone, Copy, Debug)]
@@ -55,12 +56,20 @@ impl Outbox {
         Table::create()
             .table(self.t())
             .if_not_exists()
-            .col(ColumnDef::new(Alias::new("id")).big_integer().not_null().auto_increment().primary_key())
+            .col(
+                ColumnDef::new(Alias::new("id"))
+                    .big_integer()
+                    .not_null()
+                    .auto_increment()
+                    .primary_key(),
+            )
             .col(ColumnDef::new(Alias::new("topic")).string().not_null())
             .col(ColumnDef::new(Alias::new("idempotency_key")).string().not_null())
             .col(ColumnDef::new(Alias::new("payload")).text().not_null())
             .col(ColumnDef::new(Alias::new("attempts")).integer().not_null().default(0))
-            .col(ColumnDef::new(Alias::new("next_attempt_at")).timestamp_with_time_zone().not_null())
+            .col(
+                ColumnDef::new(Alias::new("next_attempt_at")).timestamp_with_time_zone().not_null(),
+            )
             .col(ColumnDef::new(Alias::new("last_error")).text().null())
             .col(ColumnDef::new(Alias::new("created_at")).timestamp_with_time_zone().not_null())
             .to_owned()
@@ -78,8 +87,15 @@ impl Outbox {
         let insert = Query::insert()
             .into_table(self.t())
             .columns(
-                ["topic", "idempotency_key", "payload", "attempts", "next_attempt_at", "created_at"]
-                    .map(Alias::new),
+                [
+                    "topic",
+                    "idempotency_key",
+                    "payload",
+                    "attempts",
+                    "next_attempt_at",
+                    "created_at",
+                ]
+                .map(Alias::new),
             )
             .values_panic([
                 topic.into(),
@@ -95,7 +111,11 @@ impl Outbox {
     }
 
     /// Messages due at `now`, oldest first.
-    pub async fn due(&self, db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Vec<OutboxMessage>, DbErr> {
+    pub async fn due(
+        &self,
+        db: &DatabaseConnection,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxMessage>, DbErr> {
         let select = Query::select()
             .columns(["id", "topic", "idempotency_key", "payload", "attempts"].map(Alias::new))
             .from(self.t())
@@ -111,7 +131,8 @@ impl Outbox {
                     id: row.try_get("", "id")?,
                     topic: row.try_get("", "topic")?,
                     idempotency_key: row.try_get("", "idempotency_key")?,
-                    payload: serde_json::from_str(&payload).map_err(|e| DbErr::Custom(e.to_string()))?,
+                    payload: serde_json::from_str(&payload)
+                        .map_err(|e| DbErr::Custom(e.to_string()))?,
                     attempts: row.try_get("", "attempts")?,
                 })
             })
@@ -144,7 +165,8 @@ impl Outbox {
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<(), DbErr> {
-        let backoff = 1_i64.checked_shl(message.attempts.clamp(0, 6) as u32).unwrap_or(MAX_BACKOFF_SECS);
+        let backoff =
+            1_i64.checked_shl(message.attempts.clamp(0, 6) as u32).unwrap_or(MAX_BACKOFF_SECS);
         let next = now + chrono::Duration::seconds(backoff.min(MAX_BACKOFF_SECS));
         let update = Query::update()
             .table(self.t())

@@ -78,7 +78,11 @@ on_both_backends!(outbox_retries_until_delivered, |backend| async move {
                 {
                     return Err("peer unavailable".to_string());
                 }
-                seen.lock().unwrap().push((message.idempotency_key, message.payload, message.attempts));
+                seen.lock().unwrap().push((
+                    message.idempotency_key,
+                    message.payload,
+                    message.attempts,
+                ));
                 Ok(())
             })
         })

@@ -50,12 +50,21 @@ fn bad_fields(status: &Status) -> Vec<String> {
     bad.field_violations.iter().map(|v| v.field.clone()).collect()
 }
 
-async fn create(client: &Steward, org: &str, email: &str, role: Role) -> Result<Administrator, Status> {
+async fn create(
+    client: &Steward,
+    org: &str,
+    email: &str,
+    role: Role,
+) -> Result<Administrator, Status> {
     client
         .admin()
         .create_administrator(CreateAdministratorRequest {
             parent: org.into(),
-            administrator: Some(Administrator { email: email.into(), role: role as i32, ..Default::default() }),
+            administrator: Some(Administrator {
+                email: email.into(),
+                role: role as i32,
+                ..Default::default()
+            }),
             request_id: uuid::Uuid::new_v4().to_string(),
         })
         .await
@@ -70,7 +79,12 @@ async fn get(client: &Steward, name: &str) -> Result<Administrator, Status> {
         .map(|r| r.into_inner().administrator.unwrap())
 }
 
-async fn delete(client: &Steward, org: &str, names: &[&str], validate_only: bool) -> Result<Vec<Administrator>, Status> {
+async fn delete(
+    client: &Steward,
+    org: &str,
+    names: &[&str],
+    validate_only: bool,
+) -> Result<Vec<Administrator>, Status> {
     client
         .admin()
         .batch_delete_administrators(BatchDeleteAdministratorsRequest {
@@ -82,22 +96,38 @@ async fn delete(client: &Steward, org: &str, names: &[&str], validate_only: bool
         .map(|r| r.into_inner().administrators)
 }
 
-async fn update(client: &Steward, admin: Administrator, paths: &[&str]) -> Result<Administrator, Status> {
+async fn update(
+    client: &Steward,
+    admin: Administrator,
+    paths: &[&str],
+) -> Result<Administrator, Status> {
     client
         .admin()
-        .update_administrator(UpdateAdministratorRequest { administrator: Some(admin), update_mask: mask(paths) })
+        .update_administrator(UpdateAdministratorRequest {
+            administrator: Some(admin),
+            update_mask: mask(paths),
+        })
         .await
         .map(|r| r.into_inner().administrator.unwrap())
 }
 
 async fn set_role(client: &Steward, name: &str, role: Role) -> Result<Administrator, Status> {
-    update(client, Administrator { name: name.into(), role: role as i32, ..Default::default() }, &["role"]).await
+    update(
+        client,
+        Administrator { name: name.into(), role: role as i32, ..Default::default() },
+        &["role"],
+    )
+    .await
 }
 
 async fn list(client: &Steward, org: &str, filter: &str) -> Vec<Administrator> {
     client
         .admin()
-        .list_administrators(ListAdministratorsRequest { parent: org.into(), filter: filter.into(), ..Default::default() })
+        .list_administrators(ListAdministratorsRequest {
+            parent: org.into(),
+            filter: filter.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -124,8 +154,24 @@ backend_test!(seed_walkthrough, |stack| async move {
         }),
         request_id: uuid::Uuid::new_v4().to_string(),
     };
-    let runner = owner.client.admin().create_administrator(request.clone()).await.unwrap().into_inner().administrator.unwrap();
-    let again = owner.client.admin().create_administrator(request).await.unwrap().into_inner().administrator.unwrap();
+    let runner = owner
+        .client
+        .admin()
+        .create_administrator(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .administrator
+        .unwrap();
+    let again = owner
+        .client
+        .admin()
+        .create_administrator(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .administrator
+        .unwrap();
     assert_eq!(again.name, runner.name);
     assert_eq!(runner.state, administrator::State::Invited as i32);
     assert_eq!(runner.invited_by, owner.admin);
@@ -133,7 +179,8 @@ backend_test!(seed_walkthrough, |stack| async move {
     assert!(runner.activate_time.is_none());
 
     let admin_email = email();
-    let second = create(&owner.client, &owner.org, &admin_email, Role::Administrator).await.unwrap();
+    let second =
+        create(&owner.client, &owner.org, &admin_email, Role::Administrator).await.unwrap();
     assert_eq!(list(&owner.client, &owner.org, "").await.len(), 3);
 
     // The invite mail arrives with a working link: accept it and sign in.
@@ -142,24 +189,48 @@ backend_test!(seed_walkthrough, |stack| async move {
     let activated = get(&owner.client, &second.name).await.unwrap();
     assert_eq!(activated.state, administrator::State::Active as i32);
     assert!(activated.activate_time.is_some());
-    let profile = second_client.admin().get_profile(GetProfileRequest {}).await.unwrap().into_inner().profile.unwrap();
+    let profile = second_client
+        .admin()
+        .get_profile(GetProfileRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .profile
+        .unwrap();
     assert_eq!(profile.administrator.unwrap().name, second.name);
     assert_eq!(profile.organization.unwrap().display_name, "Acme");
 
     // Resend: only while invited; a new link each time.
     let first_token = stack.wait_for_token(&runner_email).await;
-    let resent = owner.client.admin().resend_invite(ResendInviteRequest { name: runner.name.clone() }).await.unwrap().into_inner();
+    let resent = owner
+        .client
+        .admin()
+        .resend_invite(ResendInviteRequest { name: runner.name.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(resent.invite_expire_time.is_some());
     let second_token = stack.wait_for_new_token(&runner_email, Some(&first_token)).await;
     assert_ne!(first_token, second_token);
-    let err = owner.client.admin().resend_invite(ResendInviteRequest { name: second.name.clone() }).await.unwrap_err();
+    let err = owner
+        .client
+        .admin()
+        .resend_invite(ResendInviteRequest { name: second.name.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     // Edit: role with the current etag; fields not in the mask are untouched.
     let current = get(&owner.client, &runner.name).await.unwrap();
     let promoted = update(
         &owner.client,
-        Administrator { name: runner.name.clone(), role: Role::Administrator as i32, whats_new: false, etag: current.etag.clone(), ..Default::default() },
+        Administrator {
+            name: runner.name.clone(),
+            role: Role::Administrator as i32,
+            whats_new: false,
+            etag: current.etag.clone(),
+            ..Default::default()
+        },
         &["role"],
     )
     .await
@@ -170,7 +241,12 @@ backend_test!(seed_walkthrough, |stack| async move {
     // A stale etag is ABORTED and changes nothing.
     let stale = update(
         &owner.client,
-        Administrator { name: runner.name.clone(), mfa_required: true, etag: current.etag, ..Default::default() },
+        Administrator {
+            name: runner.name.clone(),
+            mfa_required: true,
+            etag: current.etag,
+            ..Default::default()
+        },
         &["mfa_required"],
     )
     .await
@@ -180,16 +256,38 @@ backend_test!(seed_walkthrough, |stack| async move {
     // MFA and What's New through the mask; an unknown path is refused.
     let edited = update(
         &owner.client,
-        Administrator { name: runner.name.clone(), mfa_required: true, whats_new: false, role: Role::CommandRunner as i32, ..Default::default() },
+        Administrator {
+            name: runner.name.clone(),
+            mfa_required: true,
+            whats_new: false,
+            role: Role::CommandRunner as i32,
+            ..Default::default()
+        },
         &["mfa_required", "whats_new", "role"],
     )
     .await
     .unwrap();
     assert!(edited.mfa_required && !edited.whats_new);
     assert_eq!(edited.role, Role::CommandRunner as i32);
-    let err = update(&owner.client, Administrator { name: runner.name.clone(), email: "x@example.com".into(), ..Default::default() }, &["email"]).await.unwrap_err();
+    let err = update(
+        &owner.client,
+        Administrator {
+            name: runner.name.clone(),
+            email: "x@example.com".into(),
+            ..Default::default()
+        },
+        &["email"],
+    )
+    .await
+    .unwrap_err();
     assert_eq!(bad_fields(&err), vec!["update_mask"]);
-    let err = update(&owner.client, Administrator { name: runner.name.clone(), ..Default::default() }, &[]).await.unwrap_err();
+    let err = update(
+        &owner.client,
+        Administrator { name: runner.name.clone(), ..Default::default() },
+        &[],
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // What's New for oneself.
@@ -202,46 +300,108 @@ backend_test!(seed_walkthrough, |stack| async move {
         .profile
         .unwrap();
     assert!(updated.administrator.unwrap().whats_new);
-    let err = second_client.admin().update_profile(UpdateProfileRequest { whats_new: true, update_mask: mask(&["role"]) }).await.unwrap_err();
+    let err = second_client
+        .admin()
+        .update_profile(UpdateProfileRequest { whats_new: true, update_mask: mask(&["role"]) })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // MFA reset.
-    let reset = owner.client.admin().reset_administrator_mfa(ResetAdministratorMfaRequest { name: second.name.clone() }).await.unwrap().into_inner();
+    let reset = owner
+        .client
+        .admin()
+        .reset_administrator_mfa(ResetAdministratorMfaRequest { name: second.name.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!reset.administrator.unwrap().mfa_enrolled);
 
     // List: filters, order, pagination.
     assert_eq!(list(&owner.client, &owner.org, "role = ROLE_COMMAND_RUNNER").await.len(), 1);
     assert_eq!(list(&owner.client, &owner.org, "state = STATE_INVITED").await.len(), 1);
     assert_eq!(list(&owner.client, &owner.org, "billing = true").await[0].name, owner.admin);
-    let err = owner.client.admin().list_administrators(ListAdministratorsRequest { parent: owner.org.clone(), filter: "email = x".into(), ..Default::default() }).await.unwrap_err();
+    let err = owner
+        .client
+        .admin()
+        .list_administrators(ListAdministratorsRequest {
+            parent: owner.org.clone(),
+            filter: "email = x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(bad_fields(&err), vec!["filter"]);
-    let page = owner.client.admin().list_administrators(ListAdministratorsRequest { parent: owner.org.clone(), page_size: 2, order_by: "create_time desc".into(), ..Default::default() }).await.unwrap().into_inner();
+    let page = owner
+        .client
+        .admin()
+        .list_administrators(ListAdministratorsRequest {
+            parent: owner.org.clone(),
+            page_size: 2,
+            order_by: "create_time desc".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(page.administrators.len(), 2);
     assert_eq!(page.total_size, 3);
     assert_eq!(page.administrators[0].name, second.name, "newest first");
-    let rest = owner.client.admin().list_administrators(ListAdministratorsRequest { parent: owner.org.clone(), page_size: 2, order_by: "create_time desc".into(), page_token: page.next_page_token.clone(), ..Default::default() }).await.unwrap().into_inner();
+    let rest = owner
+        .client
+        .admin()
+        .list_administrators(ListAdministratorsRequest {
+            parent: owner.org.clone(),
+            page_size: 2,
+            order_by: "create_time desc".into(),
+            page_token: page.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(rest.administrators.len(), 1);
     assert_eq!(rest.administrators[0].name, owner.admin);
     assert!(rest.next_page_token.is_empty());
-    let err = owner.client.admin().list_administrators(ListAdministratorsRequest { parent: owner.org.clone(), page_size: 2, page_token: page.next_page_token, ..Default::default() }).await.unwrap_err();
+    let err = owner
+        .client
+        .admin()
+        .list_administrators(ListAdministratorsRequest {
+            parent: owner.org.clone(),
+            page_size: 2,
+            page_token: page.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "a token is bound to its order");
 
     // Delete several at once after a validate_only preview.
-    let preview = delete(&owner.client, &owner.org, &[&runner.name, &second.name], true).await.unwrap();
+    let preview =
+        delete(&owner.client, &owner.org, &[&runner.name, &second.name], true).await.unwrap();
     let mut previewed: Vec<_> = preview.iter().map(|a| a.name.clone()).collect();
     previewed.sort();
     let mut expected = vec![runner.name.clone(), second.name.clone()];
     expected.sort();
     assert_eq!(previewed, expected);
     assert_eq!(list(&owner.client, &owner.org, "").await.len(), 3, "validate_only deletes nothing");
-    let deleted = delete(&owner.client, &owner.org, &[&runner.name, &second.name, &runner.name], false).await.unwrap();
+    let deleted =
+        delete(&owner.client, &owner.org, &[&runner.name, &second.name, &runner.name], false)
+            .await
+            .unwrap();
     assert_eq!(deleted.len(), 2, "duplicates are ignored");
     let left = list(&owner.client, &owner.org, "").await;
-    assert_eq!(left.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), vec![owner.admin.as_str()]);
+    assert_eq!(
+        left.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+        vec![owner.admin.as_str()]
+    );
     assert_eq!(get(&owner.client, &second.name).await.unwrap_err().code(), Code::NotFound);
     // Missing names fail the whole batch.
     let missing = format!("{}/administrators/does-not-exist", owner.org);
-    assert_eq!(delete(&owner.client, &owner.org, &[&missing], false).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        delete(&owner.client, &owner.org, &[&missing], false).await.unwrap_err().code(),
+        Code::NotFound
+    );
     // A deleted administrator's still-valid token can no longer act.
     let err = create(&second_client, &owner.org, &email(), Role::CommandRunner).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -256,7 +416,8 @@ backend_test!(safeguards_refuse_self_and_last, |stack| async move {
     let found = violations(&err);
     assert!(found.contains(&("SELF_DELETE".into(), owner.admin.clone())), "{found:?}");
     // ... and inside a batch: refused whole, every rule listed.
-    let err = delete(&owner.client, &owner.org, &[&other.name, &owner.admin], false).await.unwrap_err();
+    let err =
+        delete(&owner.client, &owner.org, &[&other.name, &owner.admin], false).await.unwrap_err();
     let found = violations(&err);
     assert!(found.contains(&("SELF_DELETE".into(), owner.admin.clone())), "{found:?}");
     assert!(found.contains(&("LAST_ADMINISTRATOR".into(), owner.org.clone())), "{found:?}");
@@ -268,13 +429,37 @@ backend_test!(safeguards_refuse_self_and_last, |stack| async move {
 
     // Last billing administrator: delete, or remove billing.
     let err = delete(&other.client, &owner.org, &[&owner.admin], false).await.unwrap_err();
-    assert_eq!(violations(&err), vec![("LAST_BILLING_ADMINISTRATOR".to_string(), owner.org.clone())]);
-    let err = update(&other.client, Administrator { name: owner.admin.clone(), billing: false, ..Default::default() }, &["billing"]).await.unwrap_err();
-    assert_eq!(violations(&err), vec![("LAST_BILLING_ADMINISTRATOR".to_string(), owner.org.clone())]);
+    assert_eq!(
+        violations(&err),
+        vec![("LAST_BILLING_ADMINISTRATOR".to_string(), owner.org.clone())]
+    );
+    let err = update(
+        &other.client,
+        Administrator { name: owner.admin.clone(), billing: false, ..Default::default() },
+        &["billing"],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        violations(&err),
+        vec![("LAST_BILLING_ADMINISTRATOR".to_string(), owner.org.clone())]
+    );
     // An invited billing administrator does not count.
     let invited = create(&owner.client, &owner.org, &email(), Role::Administrator).await.unwrap();
-    update(&owner.client, Administrator { name: invited.name.clone(), billing: true, ..Default::default() }, &["billing"]).await.unwrap();
-    let err = update(&other.client, Administrator { name: owner.admin.clone(), billing: false, ..Default::default() }, &["billing"]).await.unwrap_err();
+    update(
+        &owner.client,
+        Administrator { name: invited.name.clone(), billing: true, ..Default::default() },
+        &["billing"],
+    )
+    .await
+    .unwrap();
+    let err = update(
+        &other.client,
+        Administrator { name: owner.admin.clone(), billing: false, ..Default::default() },
+        &["billing"],
+    )
+    .await
+    .unwrap_err();
     assert_eq!(violations(&err)[0].0, "LAST_BILLING_ADMINISTRATOR");
 
     // Last Administrator: demote.
@@ -290,8 +475,25 @@ backend_test!(safeguards_refuse_self_and_last, |stack| async move {
 
     // Once a second billing Administrator exists, the owner may step down.
     set_role(&owner.client, &other.name, Role::Administrator).await.unwrap();
-    update(&owner.client, Administrator { name: other.name.clone(), billing: true, ..Default::default() }, &["billing"]).await.unwrap();
-    update(&other.client, Administrator { name: owner.admin.clone(), billing: false, role: Role::CommandRunner as i32, ..Default::default() }, &["billing", "role"]).await.unwrap();
+    update(
+        &owner.client,
+        Administrator { name: other.name.clone(), billing: true, ..Default::default() },
+        &["billing"],
+    )
+    .await
+    .unwrap();
+    update(
+        &other.client,
+        Administrator {
+            name: owner.admin.clone(),
+            billing: false,
+            role: Role::CommandRunner as i32,
+            ..Default::default()
+        },
+        &["billing", "role"],
+    )
+    .await
+    .unwrap();
     delete(&other.client, &owner.org, &[&owner.admin], false).await.unwrap();
     assert_eq!(active_administrators(&other.client, &owner.org).await, 1);
 });
@@ -301,17 +503,23 @@ backend_test!(emails_are_validated_and_unique, |stack| async move {
     let email = format!("Dup-{}@Example.com", uuid::Uuid::new_v4().simple());
     create(&owner.client, &owner.org, &email, Role::CommandRunner).await.unwrap();
     for variant in [email.to_uppercase(), email.to_lowercase(), email.clone()] {
-        let err = create(&owner.client, &owner.org, &variant, Role::Administrator).await.unwrap_err();
+        let err =
+            create(&owner.client, &owner.org, &variant, Role::Administrator).await.unwrap_err();
         assert_eq!(err.code(), Code::AlreadyExists, "{variant}");
     }
-    let err = create(&owner.client, &owner.org, &owner.email.to_uppercase(), Role::Administrator).await.unwrap_err();
+    let err = create(&owner.client, &owner.org, &owner.email.to_uppercase(), Role::Administrator)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     let long = format!("{}@example.com", "a".repeat(250));
-    for bad in ["", "no-at-sign", "a@localhost", "two words@example.com", "a@@example.com", long.as_str()] {
+    for bad in
+        ["", "no-at-sign", "a@localhost", "two words@example.com", "a@@example.com", long.as_str()]
+    {
         let err = create(&owner.client, &owner.org, bad, Role::Administrator).await.unwrap_err();
         assert_eq!(bad_fields(&err), vec!["administrator.email"], "{bad}");
     }
-    let err = create(&owner.client, &owner.org, "fine@example.com", Role::Unspecified).await.unwrap_err();
+    let err =
+        create(&owner.client, &owner.org, "fine@example.com", Role::Unspecified).await.unwrap_err();
     assert_eq!(bad_fields(&err), vec!["administrator.role"]);
     assert_eq!(list(&owner.client, &owner.org, "").await.len(), 2);
 });
@@ -326,18 +534,55 @@ backend_test!(command_runner_is_refused_admin_rpcs, |stack| async move {
     };
     denied(create(c, &org, &email(), Role::CommandRunner).await.map(|_| ()));
     denied(get(c, &owner.admin).await.map(|_| ()));
-    denied(c.admin().list_administrators(ListAdministratorsRequest { parent: org.clone(), ..Default::default() }).await.map(|_| ()));
+    denied(
+        c.admin()
+            .list_administrators(ListAdministratorsRequest {
+                parent: org.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+    );
     denied(set_role(c, &runner.name, Role::Administrator).await.map(|_| ()));
     denied(delete(c, &org, &[&owner.admin], false).await.map(|_| ()));
-    denied(c.admin().resend_invite(ResendInviteRequest { name: owner.admin.clone() }).await.map(|_| ()));
-    denied(c.admin().reset_administrator_mfa(ResetAdministratorMfaRequest { name: owner.admin.clone() }).await.map(|_| ()));
-    denied(c.audit().list_audit_events(ListAuditEventsRequest { parent: org.clone(), ..Default::default() }).await.map(|_| ()));
-    denied(c.billing().get_payment_card(GetPaymentCardRequest { name: format!("{org}/paymentCard") }).await.map(|_| ()));
+    denied(
+        c.admin()
+            .resend_invite(ResendInviteRequest { name: owner.admin.clone() })
+            .await
+            .map(|_| ()),
+    );
+    denied(
+        c.admin()
+            .reset_administrator_mfa(ResetAdministratorMfaRequest { name: owner.admin.clone() })
+            .await
+            .map(|_| ()),
+    );
+    denied(
+        c.audit()
+            .list_audit_events(ListAuditEventsRequest { parent: org.clone(), ..Default::default() })
+            .await
+            .map(|_| ()),
+    );
+    denied(
+        c.billing()
+            .get_payment_card(GetPaymentCardRequest { name: format!("{org}/paymentCard") })
+            .await
+            .map(|_| ()),
+    );
     // Its own profile is allowed.
-    let profile = c.admin().get_profile(GetProfileRequest {}).await.unwrap().into_inner().profile.unwrap();
+    let profile =
+        c.admin().get_profile(GetProfileRequest {}).await.unwrap().into_inner().profile.unwrap();
     assert_eq!(profile.administrator.unwrap().role, Role::CommandRunner as i32);
-    c.admin().update_profile(UpdateProfileRequest { whats_new: true, update_mask: mask(&["whats_new"]) }).await.unwrap();
-    let org_view = c.organizations().get_organization(GetOrganizationRequest { name: org.clone() }).await.unwrap().into_inner();
+    c.admin()
+        .update_profile(UpdateProfileRequest { whats_new: true, update_mask: mask(&["whats_new"]) })
+        .await
+        .unwrap();
+    let org_view = c
+        .organizations()
+        .get_organization(GetOrganizationRequest { name: org.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(org_view.organization.unwrap().name, org);
     // Nothing changed.
     assert_eq!(get(&owner.client, &runner.name).await.unwrap().role, Role::CommandRunner as i32);
@@ -354,29 +599,104 @@ backend_test!(other_organization_is_refused, |stack| async move {
     denied(create(&a.client, &b.org, &email(), Role::Administrator).await.map(|_| ()));
     denied(get(&a.client, &b_member.name).await.map(|_| ()));
     denied(get(&a.client, &format!("{}/administrators/nonexistent", b.org)).await.map(|_| ()));
-    denied(a.client.admin().list_administrators(ListAdministratorsRequest { parent: b.org.clone(), ..Default::default() }).await.map(|_| ()));
+    denied(
+        a.client
+            .admin()
+            .list_administrators(ListAdministratorsRequest {
+                parent: b.org.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+    );
     denied(set_role(&a.client, &b_member.name, Role::Administrator).await.map(|_| ()));
     denied(delete(&a.client, &b.org, &[&b_member.name], false).await.map(|_| ()));
     denied(delete(&a.client, &a.org, &[&b_member.name], true).await.map(|_| ()));
-    denied(a.client.admin().resend_invite(ResendInviteRequest { name: b_member.name.clone() }).await.map(|_| ()));
-    denied(a.client.admin().reset_administrator_mfa(ResetAdministratorMfaRequest { name: b.admin.clone() }).await.map(|_| ()));
-    denied(a.client.organizations().get_organization(GetOrganizationRequest { name: b.org.clone() }).await.map(|_| ()));
-    denied(a.client.audit().list_audit_events(ListAuditEventsRequest { parent: b.org.clone(), ..Default::default() }).await.map(|_| ()));
-    denied(a.client.billing().get_payment_card(GetPaymentCardRequest { name: format!("{}/paymentCard", b.org) }).await.map(|_| ()));
+    denied(
+        a.client
+            .admin()
+            .resend_invite(ResendInviteRequest { name: b_member.name.clone() })
+            .await
+            .map(|_| ()),
+    );
+    denied(
+        a.client
+            .admin()
+            .reset_administrator_mfa(ResetAdministratorMfaRequest { name: b.admin.clone() })
+            .await
+            .map(|_| ()),
+    );
+    denied(
+        a.client
+            .organizations()
+            .get_organization(GetOrganizationRequest { name: b.org.clone() })
+            .await
+            .map(|_| ()),
+    );
+    denied(
+        a.client
+            .audit()
+            .list_audit_events(ListAuditEventsRequest {
+                parent: b.org.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+    );
+    denied(
+        a.client
+            .billing()
+            .get_payment_card(GetPaymentCardRequest { name: format!("{}/paymentCard", b.org) })
+            .await
+            .map(|_| ()),
+    );
     // B is untouched, and A's attempts are in A's audit log, not B's.
     let after = get(&b.client, &b_member.name).await.unwrap();
     assert_eq!(after.role, Role::CommandRunner as i32);
-    let a_log = a.client.audit().list_audit_events(ListAuditEventsRequest { parent: a.org.clone(), filter: "result = RESULT_DENIED".into(), ..Default::default() }).await.unwrap().into_inner();
-    assert!(a_log.audit_events.iter().any(|e| e.target == b.org && e.action.ends_with("/CreateAdministrator")));
-    let b_log = b.client.audit().list_audit_events(ListAuditEventsRequest { parent: b.org.clone(), filter: format!("actor = \"{}\"", a.admin), ..Default::default() }).await.unwrap().into_inner();
+    let a_log = a
+        .client
+        .audit()
+        .list_audit_events(ListAuditEventsRequest {
+            parent: a.org.clone(),
+            filter: "result = RESULT_DENIED".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(a_log
+        .audit_events
+        .iter()
+        .any(|e| e.target == b.org && e.action.ends_with("/CreateAdministrator")));
+    let b_log = b
+        .client
+        .audit()
+        .list_audit_events(ListAuditEventsRequest {
+            parent: b.org.clone(),
+            filter: format!("actor = \"{}\"", a.admin),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(b_log.audit_events.is_empty());
     // Platform-operator RPCs refuse administrators.
-    let refused = a.client.organizations().list_organizations(ListOrganizationsRequest::default()).await.unwrap_err();
+    let refused = a
+        .client
+        .organizations()
+        .list_organizations(ListOrganizationsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     let mut orgs = OrganizationServiceClient::new(stack.internal().await);
-    let all = orgs.list_organizations(ListOrganizationsRequest::default()).await.unwrap().into_inner();
+    let all =
+        orgs.list_organizations(ListOrganizationsRequest::default()).await.unwrap().into_inner();
     assert!(all.organizations.len() >= 2);
-    let page = orgs.list_organizations(ListOrganizationsRequest { page_size: 1, ..Default::default() }).await.unwrap().into_inner();
+    let page = orgs
+        .list_organizations(ListOrganizationsRequest { page_size: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(page.organizations.len(), 1);
     assert!(!page.next_page_token.is_empty());
 });
@@ -388,7 +708,11 @@ backend_test!(billing_card_is_stored_redacted, |stack| async move {
     let owner = stack.owner().await;
     let card_name = format!("{}/paymentCard", owner.org);
     let billing = owner.client.billing();
-    let err = billing.clone().get_payment_card(GetPaymentCardRequest { name: card_name.clone() }).await.unwrap_err();
+    let err = billing
+        .clone()
+        .get_payment_card(GetPaymentCardRequest { name: card_name.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     let year = stack.clock.now().format("%Y").to_string().parse::<i32>().unwrap();
@@ -404,7 +728,14 @@ backend_test!(billing_card_is_stored_redacted, |stack| async move {
     let set = |c: PaymentCard, paths: &[&str]| {
         let mut billing = owner.client.billing();
         let update_mask = if paths.is_empty() { None } else { mask(paths) };
-        async move { billing.update_payment_card(UpdatePaymentCardRequest { payment_card: Some(c), update_mask }).await }
+        async move {
+            billing
+                .update_payment_card(UpdatePaymentCardRequest {
+                    payment_card: Some(c),
+                    update_mask,
+                })
+                .await
+        }
     };
     // Refusals name the field and never echo the number.
     let err = set(card("4242 4242 4242 4241", CVC, 12, year + 2), &[]).await.unwrap_err();
@@ -421,53 +752,120 @@ backend_test!(billing_card_is_stored_redacted, |stack| async move {
     let err = set(card("", "", 6, year + 1), &["exp_month", "exp_year"]).await.unwrap_err();
     assert_eq!(bad_fields(&err), vec!["payment_card.card_number"], "the first card needs a number");
 
-    let stored = set(card(NUMBER, CVC, 12, year + 2), &[]).await.unwrap().into_inner().payment_card.unwrap();
+    let stored =
+        set(card(NUMBER, CVC, 12, year + 2), &[]).await.unwrap().into_inner().payment_card.unwrap();
     assert_eq!(stored.brand, CardBrand::Visa as i32);
     assert_eq!(stored.last4, "4242");
     assert_eq!((stored.exp_month, stored.exp_year), (12, year + 2));
     assert!(stored.card_number.is_empty() && stored.cvc.is_empty());
     assert!(!stored.expired && !stored.expires_soon);
     assert_eq!(stored.updated_by, owner.admin);
-    let read = billing.clone().get_payment_card(GetPaymentCardRequest { name: card_name.clone() }).await.unwrap().into_inner().payment_card.unwrap();
+    let read = billing
+        .clone()
+        .get_payment_card(GetPaymentCardRequest { name: card_name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment_card
+        .unwrap();
     assert_eq!(read, stored);
     // Expiry only, with the etag; a stale etag is ABORTED.
     let mut change = card("", "", 6, year + 3);
     change.etag = read.etag.clone();
-    let changed = set(change.clone(), &["exp_month", "exp_year"]).await.unwrap().into_inner().payment_card.unwrap();
-    assert_eq!((changed.exp_month, changed.exp_year, changed.last4.as_str()), (6, year + 3, "4242"));
+    let changed = set(change.clone(), &["exp_month", "exp_year"])
+        .await
+        .unwrap()
+        .into_inner()
+        .payment_card
+        .unwrap();
+    assert_eq!(
+        (changed.exp_month, changed.exp_year, changed.last4.as_str()),
+        (6, year + 3, "4242")
+    );
     assert_eq!(set(change, &["exp_month", "exp_year"]).await.unwrap_err().code(), Code::Aborted);
     // An American Express card needs a 4-digit CVC.
     let err = set(card("378282246310005", "123", 12, year + 2), &[]).await.unwrap_err();
     assert_eq!(bad_fields(&err), vec!["payment_card.cvc"]);
     // Billing access is required (either role), and re-checked against the database.
     let no_billing = stack.member(&owner, Role::Administrator, false).await;
-    let err = no_billing.client.billing().get_payment_card(GetPaymentCardRequest { name: card_name.clone() }).await.unwrap_err();
+    let err = no_billing
+        .client
+        .billing()
+        .get_payment_card(GetPaymentCardRequest { name: card_name.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let runner = stack.member(&owner, Role::CommandRunner, true).await;
-    runner.client.billing().get_payment_card(GetPaymentCardRequest { name: card_name.clone() }).await.unwrap();
-    update(&owner.client, Administrator { name: runner.name.clone(), billing: false, ..Default::default() }, &["billing"]).await.unwrap();
-    let err = runner.client.billing().get_payment_card(GetPaymentCardRequest { name: card_name.clone() }).await.unwrap_err();
+    runner
+        .client
+        .billing()
+        .get_payment_card(GetPaymentCardRequest { name: card_name.clone() })
+        .await
+        .unwrap();
+    update(
+        &owner.client,
+        Administrator { name: runner.name.clone(), billing: false, ..Default::default() },
+        &["billing"],
+    )
+    .await
+    .unwrap();
+    let err = runner
+        .client
+        .billing()
+        .get_payment_card(GetPaymentCardRequest { name: card_name.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "a stale billing claim is not enough");
 
     // Back to the Visa; then let time pass: expires soon, then expired.
     let now = stack.clock.now();
     let soon = now + chrono::Duration::days(45);
-    let (m, y) = (soon.format("%m").to_string().parse::<i32>().unwrap(), soon.format("%Y").to_string().parse::<i32>().unwrap());
-    let stored = set(card(NUMBER, CVC, m, y), &[]).await.unwrap().into_inner().payment_card.unwrap();
+    let (m, y) = (
+        soon.format("%m").to_string().parse::<i32>().unwrap(),
+        soon.format("%Y").to_string().parse::<i32>().unwrap(),
+    );
+    let stored =
+        set(card(NUMBER, CVC, m, y), &[]).await.unwrap().into_inner().payment_card.unwrap();
     assert!(!stored.expires_soon && !stored.expired);
-    let end = chrono::NaiveDate::from_ymd_opt(if m == 12 { y + 1 } else { y }, if m == 12 { 1 } else { m as u32 + 1 }, 1)
-        .unwrap()
-        .and_hms_opt(0, 0, 0)
-        .unwrap()
-        .and_utc();
+    let end = chrono::NaiveDate::from_ymd_opt(
+        if m == 12 { y + 1 } else { y },
+        if m == 12 { 1 } else { m as u32 + 1 },
+        1,
+    )
+    .unwrap()
+    .and_hms_opt(0, 0, 0)
+    .unwrap()
+    .and_utc();
     let to_soon = (end - now) - chrono::Duration::days(10);
     stack.clock.advance(to_soon.to_std().unwrap());
-    let client = stack.client().await.with_token(&stack.sign_in(&owner.email, PASSWORD).await.access_token).unwrap();
-    let read = client.billing().get_payment_card(GetPaymentCardRequest { name: card_name.clone() }).await.unwrap().into_inner().payment_card.unwrap();
+    let client = stack
+        .client()
+        .await
+        .with_token(&stack.sign_in(&owner.email, PASSWORD).await.access_token)
+        .unwrap();
+    let read = client
+        .billing()
+        .get_payment_card(GetPaymentCardRequest { name: card_name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment_card
+        .unwrap();
     assert!(read.expires_soon && !read.expired, "{read:?}");
     stack.clock.advance(Duration::from_secs(11 * 24 * 3600));
-    let client = stack.client().await.with_token(&stack.sign_in(&owner.email, PASSWORD).await.access_token).unwrap();
-    let read = client.billing().get_payment_card(GetPaymentCardRequest { name: card_name.clone() }).await.unwrap().into_inner().payment_card.unwrap();
+    let client = stack
+        .client()
+        .await
+        .with_token(&stack.sign_in(&owner.email, PASSWORD).await.access_token)
+        .unwrap();
+    let read = client
+        .billing()
+        .get_payment_card(GetPaymentCardRequest { name: card_name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment_card
+        .unwrap();
     assert!(read.expired && !read.expires_soon, "{read:?}");
 
     // The number and the CVC are nowhere in the database files (SQLite) or the tables.
@@ -487,21 +885,32 @@ backend_test!(billing_card_is_stored_redacted, |stack| async move {
         }
     }
     let url = match stack.backend {
-        Backend::Sqlite => steward_server::database_url(stack.config(), ServiceKind::Admin).unwrap(),
+        Backend::Sqlite => {
+            steward_server::database_url(stack.config(), ServiceKind::Admin).unwrap()
+        }
         Backend::Postgres => stack.config().database.url.clone(),
     };
     let db = sea_orm::Database::connect(&url).await.unwrap();
     use sea_orm::ConnectionTrait;
     for (table, columns) in [
-        ("admin_payment_cards", "brand || '|' || last4 || '|' || cardholder_name || '|' || updated_by"),
+        (
+            "admin_payment_cards",
+            "brand || '|' || last4 || '|' || cardholder_name || '|' || updated_by",
+        ),
         ("admin_audit_events", "actor || '|' || action || '|' || target || '|' || reason"),
         ("admin_outbox", "payload"),
     ] {
         let sql = format!("SELECT {columns} AS t FROM {table}");
-        let rows = db.query_all(sea_orm::Statement::from_string(db.get_database_backend(), sql)).await.unwrap();
+        let rows = db
+            .query_all(sea_orm::Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .unwrap();
         for row in rows {
             let text: String = row.try_get("", "t").unwrap();
-            assert!(!text.contains(DIGITS) && !text.contains(NUMBER) && !text.contains(CVC), "{table}: {text}");
+            assert!(
+                !text.contains(DIGITS) && !text.contains(NUMBER) && !text.contains(CVC),
+                "{table}: {text}"
+            );
         }
     }
 });
@@ -518,7 +927,11 @@ backend_test!(audit_log_lists_and_filters, |stack| async move {
     let audit = |filter: String, page_size: i32, page_token: String| {
         let mut client = owner.client.audit();
         let parent = owner.org.clone();
-        async move { client.list_audit_events(ListAuditEventsRequest { parent, page_size, page_token, filter }).await }
+        async move {
+            client
+                .list_audit_events(ListAuditEventsRequest { parent, page_size, page_token, filter })
+                .await
+        }
     };
     let all = audit(String::new(), 0, String::new()).await.unwrap().into_inner().audit_events;
     assert!(all.len() >= 4, "{all:?}");
@@ -540,15 +953,33 @@ backend_test!(audit_log_lists_and_filters, |stack| async move {
     assert!(!event.request_id.is_empty());
     assert!(event.client_address.starts_with("127.0.0.1:"), "{}", event.client_address);
 
-    let denied = audit("result = RESULT_DENIED".into(), 0, String::new()).await.unwrap().into_inner().audit_events;
-    let refusal = denied.iter().find(|e| e.actor == owner.admin && e.action.ends_with("/BatchDeleteAdministrators")).expect("self-delete recorded");
+    let denied = audit("result = RESULT_DENIED".into(), 0, String::new())
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_events;
+    let refusal = denied
+        .iter()
+        .find(|e| e.actor == owner.admin && e.action.ends_with("/BatchDeleteAdministrators"))
+        .expect("self-delete recorded");
     assert_eq!(refusal.status_code, Code::FailedPrecondition as i32);
     assert!(refusal.reason.contains("SELF_DELETE"), "{}", refusal.reason);
     // The layer's denial is delivered asynchronously.
     let mut found = false;
     for _ in 0..100 {
-        let events = audit(format!("actor = \"{}\" AND result = RESULT_DENIED", runner.name), 0, String::new()).await.unwrap().into_inner().audit_events;
-        if events.iter().any(|e| e.action.ends_with("/CreateAdministrator") && e.status_code == Code::PermissionDenied as i32) {
+        let events = audit(
+            format!("actor = \"{}\" AND result = RESULT_DENIED", runner.name),
+            0,
+            String::new(),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_events;
+        if events.iter().any(|e| {
+            e.action.ends_with("/CreateAdministrator")
+                && e.status_code == Code::PermissionDenied as i32
+        }) {
             found = true;
             break;
         }
@@ -557,11 +988,30 @@ backend_test!(audit_log_lists_and_filters, |stack| async move {
     assert!(found, "the Command Runner's refused call is in the log");
 
     // Time range.
-    let window = audit(format!("create_time >= \"{}\"", since.to_rfc3339()), 0, String::new()).await.unwrap().into_inner().audit_events;
+    let window = audit(format!("create_time >= \"{}\"", since.to_rfc3339()), 0, String::new())
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_events;
     assert!(window.iter().any(|e| e.target == created.name));
     let future = (stack.clock.now() + chrono::Duration::days(1)).to_rfc3339();
-    assert!(audit(format!("create_time >= \"{future}\""), 0, String::new()).await.unwrap().into_inner().audit_events.is_empty());
-    assert_eq!(audit(format!("create_time < \"{}\"", since.to_rfc3339()), 0, String::new()).await.unwrap().into_inner().audit_events.iter().filter(|e| e.target == created.name).count(), 0);
+    assert!(audit(format!("create_time >= \"{future}\""), 0, String::new())
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_events
+        .is_empty());
+    assert_eq!(
+        audit(format!("create_time < \"{}\"", since.to_rfc3339()), 0, String::new())
+            .await
+            .unwrap()
+            .into_inner()
+            .audit_events
+            .iter()
+            .filter(|e| e.target == created.name)
+            .count(),
+        0
+    );
 
     // Pagination.
     let first = audit(String::new(), 2, String::new()).await.unwrap().into_inner();
@@ -569,9 +1019,20 @@ backend_test!(audit_log_lists_and_filters, |stack| async move {
     assert!(!first.next_page_token.is_empty());
     let second = audit(String::new(), 2, first.next_page_token.clone()).await.unwrap().into_inner();
     assert_eq!(second.audit_events.len(), 2);
-    assert!(second.audit_events.iter().all(|e| first.audit_events.iter().all(|f| f.name != e.name)));
-    assert_eq!(audit("result = RESULT_DENIED".into(), 2, first.next_page_token).await.unwrap_err().code(), Code::InvalidArgument);
-    for bad in ["actor = unquoted", "who = \"x\"", "create_time > \"2024-01-01T00:00:00Z\"", "result = RESULT_SOMETIMES"] {
+    assert!(second
+        .audit_events
+        .iter()
+        .all(|e| first.audit_events.iter().all(|f| f.name != e.name)));
+    assert_eq!(
+        audit("result = RESULT_DENIED".into(), 2, first.next_page_token).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    for bad in [
+        "actor = unquoted",
+        "who = \"x\"",
+        "create_time > \"2024-01-01T00:00:00Z\"",
+        "result = RESULT_SOMETIMES",
+    ] {
         let err = audit(bad.into(), 0, String::new()).await.unwrap_err();
         assert_eq!(bad_fields(&err), vec!["filter"], "{bad}");
     }
@@ -584,16 +1045,33 @@ backend_test!(audit_log_lists_and_filters, |stack| async move {
         action: "/steward.commands.v1.CommandService/RunCommand".into(),
         target: format!("{}/commands/c1", owner.org),
         result: audit_event::Result::Allowed as i32,
-        create_time: Some(prost_types::Timestamp { seconds: stack.clock.now().timestamp(), nanos: 0 }),
+        create_time: Some(prost_types::Timestamp {
+            seconds: stack.clock.now().timestamp(),
+            nanos: 0,
+        }),
         ..Default::default()
     };
-    let first = internal.record_audit_events(RecordAuditEventsRequest { events: vec![event.clone()] }).await.unwrap().into_inner();
-    let again = internal.record_audit_events(RecordAuditEventsRequest { events: vec![event.clone()] }).await.unwrap().into_inner();
+    let first = internal
+        .record_audit_events(RecordAuditEventsRequest { events: vec![event.clone()] })
+        .await
+        .unwrap()
+        .into_inner();
+    let again = internal
+        .record_audit_events(RecordAuditEventsRequest { events: vec![event.clone()] })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((first.recorded_count, again.recorded_count), (1, 0));
-    let runs = audit(format!("target = \"{}\"", event.target), 0, String::new()).await.unwrap().into_inner().audit_events;
+    let runs = audit(format!("target = \"{}\"", event.target), 0, String::new())
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_events;
     assert_eq!(runs.len(), 1);
     let err = internal
-        .record_audit_events(RecordAuditEventsRequest { events: vec![AuditEvent { name: "bogus".into(), ..event }] })
+        .record_audit_events(RecordAuditEventsRequest {
+            events: vec![AuditEvent { name: "bogus".into(), ..event }],
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -610,7 +1088,10 @@ backend_test!(racing_replicas_keep_an_administrator, |stack| async move {
     // Demotion rounds: the winner promotes the loser back for the next round.
     let other = stack.member(&owner, Role::Administrator, true).await;
     let a = (owner.admin.clone(), owner.client.clone());
-    let b = (other.name.clone(), stack.client_at(&replica).await.with_token(&other.tokens.access_token).unwrap());
+    let b = (
+        other.name.clone(),
+        stack.client_at(&replica).await.with_token(&other.tokens.access_token).unwrap(),
+    );
     for round in 0..12 {
         let barrier = Arc::new(tokio::sync::Barrier::new(2));
         let (ra, rb) = tokio::join!(
@@ -631,9 +1112,15 @@ backend_test!(racing_replicas_keep_an_administrator, |stack| async move {
                 }
             }
         );
-        assert!(ra.is_ok() != rb.is_ok(), "round {round}: exactly one demotion wins: {ra:?} / {rb:?}");
+        assert!(
+            ra.is_ok() != rb.is_ok(),
+            "round {round}: exactly one demotion wins: {ra:?} / {rb:?}"
+        );
         let loser = ra.as_ref().err().or(rb.as_ref().err()).unwrap();
-        assert!(matches!(loser.code(), Code::PermissionDenied | Code::FailedPrecondition), "{loser:?}");
+        assert!(
+            matches!(loser.code(), Code::PermissionDenied | Code::FailedPrecondition),
+            "{loser:?}"
+        );
         assert_eq!(active_administrators(&owner.client, &owner.org).await, 1, "round {round}");
         let (winner, demoted) = if ra.is_ok() { (&a, &b) } else { (&b, &a) };
         set_role(&winner.1, &demoted.0, Role::Administrator).await.unwrap();
@@ -664,7 +1151,10 @@ backend_test!(racing_replicas_keep_an_administrator, |stack| async move {
                 }
             }
         );
-        assert!(ra.is_ok() != rb.is_ok(), "round {round}: exactly one delete wins: {ra:?} / {rb:?}");
+        assert!(
+            ra.is_ok() != rb.is_ok(),
+            "round {round}: exactly one delete wins: {ra:?} / {rb:?}"
+        );
         let winner = if ra.is_ok() { survivor.clone() } else { rival.clone() };
         assert_eq!(active_administrators(&winner.1, &owner.org).await, 1, "round {round}");
         // The winner invites the next rival (signed in on the replica).
@@ -677,7 +1167,10 @@ backend_test!(racing_replicas_keep_an_administrator, |stack| async move {
         };
         let next = stack.member(&owner_view, Role::Administrator, true).await;
         survivor = winner;
-        rival = (next.name.clone(), stack.client_at(&replica).await.with_token(&next.tokens.access_token).unwrap());
+        rival = (
+            next.name.clone(),
+            stack.client_at(&replica).await.with_token(&next.tokens.access_token).unwrap(),
+        );
     }
 });
 
@@ -698,7 +1191,11 @@ async fn invite_survives_auth_outage(backend: Backend) {
     let tokens = stack.accept_and_sign_in(&email).await;
     assert!(!tokens.access_token.is_empty());
     let mut internal = AdminInternalServiceClient::new(stack.internal().await);
-    let looked = internal.lookup_administrator(LookupAdministratorRequest { name: created.name.clone() }).await.unwrap().into_inner();
+    let looked = internal
+        .lookup_administrator(LookupAdministratorRequest { name: created.name.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(looked.administrator.unwrap().state, administrator::State::Active as i32);
     assert_eq!(looked.organization_display_name, "Acme");
 }

@@ -49,12 +49,20 @@ fn field_violation(status: &tonic::Status) -> (String, String) {
     (bad.field_violations[0].field.clone(), bad.field_violations[0].description.clone())
 }
 
-async fn sign_in_raw(stack: &Stack, email: &str, password: &str) -> Result<sign_in_response::Result, tonic::Status> {
+async fn sign_in_raw(
+    stack: &Stack,
+    email: &str,
+    password: &str,
+) -> Result<sign_in_response::Result, tonic::Status> {
     stack
         .client()
         .await
         .auth()
-        .sign_in(SignInRequest { email: email.into(), password: password.into(), organization: String::new() })
+        .sign_in(SignInRequest {
+            email: email.into(),
+            password: password.into(),
+            organization: String::new(),
+        })
         .await
         .map(|r| r.into_inner().result.unwrap())
 }
@@ -83,7 +91,11 @@ async fn refresh(stack: &Stack, refresh_token: &str) -> Result<TokenSet, tonic::
         .map(|r| r.into_inner().tokens.unwrap())
 }
 
-async fn verify(stack: &Stack, challenge: &str, code: verify_mfa_request::Code) -> Result<TokenSet, tonic::Status> {
+async fn verify(
+    stack: &Stack,
+    challenge: &str,
+    code: verify_mfa_request::Code,
+) -> Result<TokenSet, tonic::Status> {
     stack
         .client()
         .await
@@ -136,7 +148,10 @@ fn mail_count(stack: &Stack, email: &str) -> usize {
         .map(|entries| {
             entries
                 .flatten()
-                .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&format!("To: {email}"))))
+                .filter(|e| {
+                    std::fs::read_to_string(e.path())
+                        .is_ok_and(|t| t.contains(&format!("To: {email}")))
+                })
                 .count()
         })
         .unwrap_or(0)
@@ -151,8 +166,15 @@ backend_test!(invite_accept_sign_in_refresh_sign_out, |stack| async move {
     assert_eq!(header["alg"], "EdDSA");
     assert_eq!(header["typ"], "at+jwt");
     let jwks = stack.client().await.auth().get_jwks(GetJwksRequest {}).await.unwrap().into_inner();
-    let jwk = jwks.keys.iter().find(|k| Some(k.kid.as_str()) == header["kid"].as_str()).expect("kid published");
-    assert_eq!((jwk.kty.as_str(), jwk.crv.as_str(), jwk.alg.as_str(), jwk.r#use.as_str()), ("OKP", "Ed25519", "EdDSA", "sig"));
+    let jwk = jwks
+        .keys
+        .iter()
+        .find(|k| Some(k.kid.as_str()) == header["kid"].as_str())
+        .expect("kid published");
+    assert_eq!(
+        (jwk.kty.as_str(), jwk.crv.as_str(), jwk.alg.as_str(), jwk.r#use.as_str()),
+        ("OKP", "Ed25519", "EdDSA", "sig")
+    );
     let claims = claims_of(access);
     assert_eq!(claims["sub"], owner.admin.as_str());
     assert_eq!(claims["org"], owner.org.as_str());
@@ -179,7 +201,10 @@ backend_test!(invite_accept_sign_in_refresh_sign_out, |stack| async move {
     client.auth().sign_out(SignOutRequest {}).await.unwrap();
     assert_invalid_credentials(&refresh(&stack, &refreshed.refresh_token).await.unwrap_err());
     // Signing out needs a token.
-    assert_eq!(err(stack.client().await.auth().sign_out(SignOutRequest {}).await).code(), Code::Unauthenticated);
+    assert_eq!(
+        err(stack.client().await.auth().sign_out(SignOutRequest {}).await).code(),
+        Code::Unauthenticated
+    );
 });
 
 backend_test!(invite_links_are_single_use_expire_and_resend_invalidates, |stack| async move {
@@ -200,7 +225,10 @@ backend_test!(invite_links_are_single_use_expire_and_resend_invalidates, |stack|
     assert_eq!(field, "password");
     assert!(why.contains("too easy"), "{why}");
     let local = email.split('@').next().unwrap();
-    assert!(accept(&stack, &second, &format!("{local}{local}")).await.is_err(), "the email is a known input");
+    assert!(
+        accept(&stack, &second, &format!("{local}{local}")).await.is_err(),
+        "the email is a known input"
+    );
 
     assert_eq!(accept(&stack, &second, PASSWORD).await.unwrap(), name);
     assert_invalid_credentials(&accept(&stack, &second, PASSWORD).await.unwrap_err());
@@ -208,7 +236,9 @@ backend_test!(invite_links_are_single_use_expire_and_resend_invalidates, |stack|
     assert_eq!(claims_of(&member.access_token)["role"], "command_runner");
 
     // An unknown token, and an expired one.
-    assert_invalid_credentials(&accept(&stack, "AAAAAAAAAAAAAAAAAAAAAA", PASSWORD).await.unwrap_err());
+    assert_invalid_credentials(
+        &accept(&stack, "AAAAAAAAAAAAAAAAAAAAAA", PASSWORD).await.unwrap_err(),
+    );
     let (_, late_email) = invite(&owner, false).await;
     let late = stack.wait_for_token(&late_email).await;
     stack.clock.advance(Duration::from_secs(72 * 3600 + 60));
@@ -244,22 +274,38 @@ backend_test!(issue_invite_is_idempotent_and_needs_the_administrator, |stack| as
     assert_invalid_credentials(&accept(&stack, &token, PASSWORD).await.unwrap_err());
     assert_invalid_credentials(&sign_in_raw(&stack, &email, PASSWORD).await.unwrap_err());
     // Only services may call it.
-    let mut anonymous = AuthInternalServiceClient::connect(stack.url(steward_server::ServiceKind::Auth)).await.unwrap();
+    let mut anonymous =
+        AuthInternalServiceClient::connect(stack.url(steward_server::ServiceKind::Auth))
+            .await
+            .unwrap();
     assert_eq!(err(anonymous.issue_invite(request).await).code(), Code::Unauthenticated);
 });
 
 backend_test!(mfa_enrol_sign_in_replay_and_recovery_codes, |stack| async move {
     let owner = stack.owner().await;
-    let enrolment =
-        owner.client.auth().begin_mfa_enrollment(BeginMfaEnrollmentRequest {}).await.unwrap().into_inner();
+    let enrolment = owner
+        .client
+        .auth()
+        .begin_mfa_enrollment(BeginMfaEnrollmentRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(enrolment.secret.len(), 32);
-    assert!(enrolment.otpauth_uri.starts_with("otpauth://totp/Steward:"), "{}", enrolment.otpauth_uri);
+    assert!(
+        enrolment.otpauth_uri.starts_with("otpauth://totp/Steward:"),
+        "{}",
+        enrolment.otpauth_uri
+    );
     assert!(enrolment.otpauth_uri.contains(&format!("secret={}", enrolment.secret)));
     assert!(enrolment.qr_code_png.starts_with(b"\x89PNG\r\n\x1a\n"));
 
     let code = totp_now(&stack, &enrolment.secret);
     let wrong = if code == "000000" { "111111" } else { "000000" };
-    let status = err(owner.client.auth().confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: wrong.into() }).await);
+    let status = err(owner
+        .client
+        .auth()
+        .confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: wrong.into() })
+        .await);
     assert_eq!(field_violation(&status).0, "totp_code");
     let recovery = owner
         .client
@@ -276,7 +322,8 @@ backend_test!(mfa_enrol_sign_in_replay_and_recovery_codes, |stack| async move {
     // The admin service learns of the enrolment through the audit event the auth service sends.
     let mut enrolled = false;
     for _ in 0..200 {
-        let profile = owner.client.admin().get_profile(GetProfileRequest {}).await.unwrap().into_inner();
+        let profile =
+            owner.client.admin().get_profile(GetProfileRequest {}).await.unwrap().into_inner();
         if profile.profile.and_then(|p| p.administrator).is_some_and(|a| a.mfa_enrolled) {
             enrolled = true;
             break;
@@ -287,7 +334,11 @@ backend_test!(mfa_enrol_sign_in_replay_and_recovery_codes, |stack| async move {
     let events = owner
         .client
         .audit()
-        .list_audit_events(ListAuditEventsRequest { parent: owner.org.clone(), page_size: 1000, ..Default::default() })
+        .list_audit_events(ListAuditEventsRequest {
+            parent: owner.org.clone(),
+            page_size: 1000,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -295,7 +346,9 @@ backend_test!(mfa_enrol_sign_in_replay_and_recovery_codes, |stack| async move {
     for action in ["AcceptInvite", "SignIn", "ConfirmMfaEnrollment"] {
         let action = format!("/steward.auth.v1.AuthService/{action}");
         assert!(
-            events.iter().any(|e| e.action == action && e.actor == owner.admin && e.target == owner.admin),
+            events
+                .iter()
+                .any(|e| e.action == action && e.actor == owner.admin && e.target == owner.admin),
             "{action} audited: {events:?}"
         );
     }
@@ -304,11 +357,14 @@ backend_test!(mfa_enrol_sign_in_replay_and_recovery_codes, |stack| async move {
     let first = challenge(sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap());
     assert_eq!(first.methods.len(), 2);
     // The code used to confirm cannot be used again.
-    let replay = verify(&stack, &first.challenge, verify_mfa_request::Code::TotpCode(code.clone())).await;
+    let replay =
+        verify(&stack, &first.challenge, verify_mfa_request::Code::TotpCode(code.clone())).await;
     assert_invalid_credentials(&replay.unwrap_err());
     stack.clock.advance(Duration::from_secs(30));
     let next = totp_now(&stack, &enrolment.secret);
-    let full = verify(&stack, &first.challenge, verify_mfa_request::Code::TotpCode(next.clone())).await.unwrap();
+    let full = verify(&stack, &first.challenge, verify_mfa_request::Code::TotpCode(next.clone()))
+        .await
+        .unwrap();
     assert_eq!(claims_of(&full.access_token)["amr"], json!(["pwd", "otp"]));
     assert_eq!(full.scope, TokenScope::Full as i32);
     assert!(!full.refresh_token.is_empty());
@@ -316,23 +372,36 @@ backend_test!(mfa_enrol_sign_in_replay_and_recovery_codes, |stack| async move {
     stack.clock.advance(Duration::from_secs(30));
     let later = totp_now(&stack, &enrolment.secret);
     assert_invalid_credentials(
-        &verify(&stack, &first.challenge, verify_mfa_request::Code::TotpCode(later)).await.unwrap_err(),
+        &verify(&stack, &first.challenge, verify_mfa_request::Code::TotpCode(later))
+            .await
+            .unwrap_err(),
     );
 
     // The same TOTP code in another sign-in is a replay.
     let second = challenge(sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap());
     assert_invalid_credentials(
-        &verify(&stack, &second.challenge, verify_mfa_request::Code::TotpCode(next)).await.unwrap_err(),
+        &verify(&stack, &second.challenge, verify_mfa_request::Code::TotpCode(next))
+            .await
+            .unwrap_err(),
     );
     // A recovery code works once (in any case, with or without dashes).
-    let by_recovery =
-        verify(&stack, &second.challenge, verify_mfa_request::Code::RecoveryCode(recovery[0].clone())).await.unwrap();
+    let by_recovery = verify(
+        &stack,
+        &second.challenge,
+        verify_mfa_request::Code::RecoveryCode(recovery[0].clone()),
+    )
+    .await
+    .unwrap();
     assert_eq!(claims_of(&by_recovery.access_token)["amr"], json!(["pwd", "mfa"]));
     let third = challenge(sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap());
     assert_invalid_credentials(
-        &verify(&stack, &third.challenge, verify_mfa_request::Code::RecoveryCode(recovery[0].clone()))
-            .await
-            .unwrap_err(),
+        &verify(
+            &stack,
+            &third.challenge,
+            verify_mfa_request::Code::RecoveryCode(recovery[0].clone()),
+        )
+        .await
+        .unwrap_err(),
     );
     let typed = recovery[1].to_uppercase().replace('-', "");
     verify(&stack, &third.challenge, verify_mfa_request::Code::RecoveryCode(typed)).await.unwrap();
@@ -354,19 +423,32 @@ backend_test!(mfa_required_but_not_enrolled_gets_an_enrolment_only_token, |stack
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     let denied = err(client
         .auth()
-        .change_password(ChangePasswordRequest { current_password: PASSWORD.into(), new_password: NEW_PASSWORD.into() })
+        .change_password(ChangePasswordRequest {
+            current_password: PASSWORD.into(),
+            new_password: NEW_PASSWORD.into(),
+        })
         .await);
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
 
-    let enrolment = client.auth().begin_mfa_enrollment(BeginMfaEnrollmentRequest {}).await.unwrap().into_inner();
+    let enrolment = client
+        .auth()
+        .begin_mfa_enrollment(BeginMfaEnrollmentRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let code = totp_now(&stack, &enrolment.secret);
-    client.auth().confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: code }).await.unwrap();
+    client
+        .auth()
+        .confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: code })
+        .await
+        .unwrap();
     client.auth().sign_out(SignOutRequest {}).await.unwrap();
 
     let next = challenge(sign_in_raw(&stack, &email, PASSWORD).await.unwrap());
     stack.clock.advance(Duration::from_secs(30));
     let code = totp_now(&stack, &enrolment.secret);
-    let full = verify(&stack, &next.challenge, verify_mfa_request::Code::TotpCode(code)).await.unwrap();
+    let full =
+        verify(&stack, &next.challenge, verify_mfa_request::Code::TotpCode(code)).await.unwrap();
     assert_eq!(full.scope, TokenScope::Full as i32);
     let client = stack.client().await.with_token(&full.access_token).unwrap();
     client.admin().get_profile(GetProfileRequest {}).await.unwrap();
@@ -407,44 +489,95 @@ backend_test!(token_attacks_are_all_unauthenticated, |stack| async move {
     let parts: Vec<&str> = valid.split('.').collect();
 
     let mut attacks: Vec<(&str, String)> = Vec::new();
-    attacks.push(("alg none", unsigned(&json!({"alg": "none", "typ": "at+jwt", "kid": kid}), &claims, "")));
+    attacks.push((
+        "alg none",
+        unsigned(&json!({"alg": "none", "typ": "at+jwt", "kid": kid}), &claims, ""),
+    ));
     let public = URL_SAFE_NO_PAD.decode(&pair.x).unwrap();
     let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     hs.kid = Some(kid.clone());
     hs.typ = Some("at+jwt".into());
     attacks.push((
         "HS256 with the public key bytes",
-        jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(&public).unwrap()).unwrap(),
+        jsonwebtoken::encode(
+            &hs,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&public).unwrap(),
+        )
+        .unwrap(),
     ));
     attacks.push((
         "HS256 with the public key text",
-        jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(pair.x.as_bytes()).unwrap()).unwrap(),
+        jsonwebtoken::encode(
+            &hs,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(pair.x.as_bytes()).unwrap(),
+        )
+        .unwrap(),
     ));
     attacks.push(("unknown kid", sign_claims(&pair, "no-such-key", "at+jwt", &claims)));
-    attacks.push(("wrong iss", sign_claims(&pair, &kid, "at+jwt", &with(json!({"iss": "https://evil.example"})))));
-    attacks.push(("wrong aud", sign_claims(&pair, &kid, "at+jwt", &with(json!({"aud": "someone-else"})))));
+    attacks.push((
+        "wrong iss",
+        sign_claims(&pair, &kid, "at+jwt", &with(json!({"iss": "https://evil.example"}))),
+    ));
+    attacks.push((
+        "wrong aud",
+        sign_claims(&pair, &kid, "at+jwt", &with(json!({"aud": "someone-else"}))),
+    ));
     attacks.push(("wrong typ", sign_claims(&pair, &kid, "JWT", &claims)));
     attacks.push((
         "expired",
-        sign_claims(&pair, &kid, "at+jwt", &with(json!({"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600}))),
+        sign_claims(
+            &pair,
+            &kid,
+            "at+jwt",
+            &with(json!({"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600})),
+        ),
     ));
     attacks.push((
         "not yet valid",
-        sign_claims(&pair, &kid, "at+jwt", &with(json!({"iat": now, "nbf": now + 3600, "exp": now + 7200}))),
+        sign_claims(
+            &pair,
+            &kid,
+            "at+jwt",
+            &with(json!({"iat": now, "nbf": now + 3600, "exp": now + 7200})),
+        ),
     ));
     attacks.push((
         "tampered payload",
-        format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(with(json!({"sub": format!("{}/administrators/someone-else", owner.org)})).to_string()), parts[2]),
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(
+                with(json!({"sub": format!("{}/administrators/someone-else", owner.org)}))
+                    .to_string()
+            ),
+            parts[2]
+        ),
     ));
     let mut signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
     signature[10] ^= 0x01;
-    attacks.push(("tampered signature", format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(signature))));
-    attacks.push(("another deployment's key, same kid", sign_claims(&stranger, &kid, "at+jwt", &claims)));
+    attacks.push((
+        "tampered signature",
+        format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(signature)),
+    ));
+    attacks.push((
+        "another deployment's key, same kid",
+        sign_claims(&stranger, &kid, "at+jwt", &claims),
+    ));
     attacks.push(("garbage", "not.a.jwt".into()));
 
     // The real key and the real claims pass, so each failure below is the attack's doing.
     let control = sign_claims(&pair, &kid, "at+jwt", &claims);
-    stack.client().await.with_token(&control).unwrap().admin().get_profile(GetProfileRequest {}).await.unwrap();
+    stack
+        .client()
+        .await
+        .with_token(&control)
+        .unwrap()
+        .admin()
+        .get_profile(GetProfileRequest {})
+        .await
+        .unwrap();
     for (name, token) in attacks {
         let client = stack.client().await.with_token(&token).unwrap();
         let status = err(client.admin().get_profile(GetProfileRequest {}).await);
@@ -482,20 +615,27 @@ backend_test!(deleted_credentials_cannot_refresh_or_sign_in, |stack| async move 
 backend_test!(throttling_engages_and_releases_with_the_clock, |stack| async move {
     let owner = stack.owner().await;
     for _ in 0..5 {
-        let status = sign_in_raw(&stack, &owner.email, "wrong password, attempt").await.unwrap_err();
+        let status =
+            sign_in_raw(&stack, &owner.email, "wrong password, attempt").await.unwrap_err();
         assert_invalid_credentials(&status);
     }
     // Locked now, even with the right password.
     let status = sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    let delay = status.get_error_details().retry_info().and_then(|r| r.retry_delay).expect("RetryInfo");
+    let delay =
+        status.get_error_details().retry_info().and_then(|r| r.retry_delay).expect("RetryInfo");
     assert!(delay >= Duration::from_secs(1) && delay <= Duration::from_secs(2), "{delay:?}");
     // An unknown email is throttled the same way (no enumeration through throttling).
     let ghost = format!("ghost-{}@example.com", uuid::Uuid::new_v4().simple());
     for _ in 0..5 {
-        assert_invalid_credentials(&sign_in_raw(&stack, &ghost, "wrong password, attempt").await.unwrap_err());
+        assert_invalid_credentials(
+            &sign_in_raw(&stack, &ghost, "wrong password, attempt").await.unwrap_err(),
+        );
     }
-    assert_eq!(sign_in_raw(&stack, &ghost, PASSWORD).await.unwrap_err().code(), Code::ResourceExhausted);
+    assert_eq!(
+        sign_in_raw(&stack, &ghost, PASSWORD).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
 
     // The lock lifts once the (injected) clock has moved past it.
     stack.clock.advance(Duration::from_secs(3));
@@ -503,13 +643,15 @@ backend_test!(throttling_engages_and_releases_with_the_clock, |stack| async move
     // The next failure locks again, for twice as long.
     assert_invalid_credentials(&sign_in_raw(&stack, &ghost, "x").await.unwrap_err());
     let status = sign_in_raw(&stack, &ghost, PASSWORD).await.unwrap_err();
-    let delay = status.get_error_details().retry_info().and_then(|r| r.retry_delay).expect("RetryInfo");
+    let delay =
+        status.get_error_details().retry_info().and_then(|r| r.retry_delay).expect("RetryInfo");
     assert!(delay > Duration::from_secs(2) && delay <= Duration::from_secs(4), "{delay:?}");
 });
 
 backend_test!(unknown_email_and_wrong_password_fail_identically, |stack| async move {
     let owner = stack.owner().await;
-    let unknown = sign_in_raw(&stack, "nobody-here@example.com", "some wrong password").await.unwrap_err();
+    let unknown =
+        sign_in_raw(&stack, "nobody-here@example.com", "some wrong password").await.unwrap_err();
     let wrong = sign_in_raw(&stack, &owner.email, "some wrong password").await.unwrap_err();
     assert_invalid_credentials(&unknown);
     assert_eq!(unknown.code(), wrong.code());
@@ -517,7 +659,8 @@ backend_test!(unknown_email_and_wrong_password_fail_identically, |stack| async m
     assert_eq!(unknown.details(), wrong.details());
     // A password reset for an unknown email answers like one for a known email.
     for email in ["nobody-here@example.com", owner.email.as_str()] {
-        let request = RequestPasswordResetRequest { email: email.into(), organization: String::new() };
+        let request =
+            RequestPasswordResetRequest { email: email.into(), organization: String::new() };
         stack.client().await.auth().request_password_reset(request).await.unwrap();
     }
 });
@@ -530,18 +673,27 @@ backend_test!(change_password_keeps_this_session_and_revokes_the_others, |stack|
 
     let wrong = err(client
         .auth()
-        .change_password(ChangePasswordRequest { current_password: "not it at all".into(), new_password: NEW_PASSWORD.into() })
+        .change_password(ChangePasswordRequest {
+            current_password: "not it at all".into(),
+            new_password: NEW_PASSWORD.into(),
+        })
         .await);
     assert_invalid_credentials(&wrong);
     let weak = err(client
         .auth()
-        .change_password(ChangePasswordRequest { current_password: PASSWORD.into(), new_password: "aaaaaaaaaaaa".into() })
+        .change_password(ChangePasswordRequest {
+            current_password: PASSWORD.into(),
+            new_password: "aaaaaaaaaaaa".into(),
+        })
         .await);
     assert_eq!(field_violation(&weak).0, "new_password");
 
     client
         .auth()
-        .change_password(ChangePasswordRequest { current_password: PASSWORD.into(), new_password: NEW_PASSWORD.into() })
+        .change_password(ChangePasswordRequest {
+            current_password: PASSWORD.into(),
+            new_password: NEW_PASSWORD.into(),
+        })
         .await
         .unwrap();
     assert_invalid_credentials(&refresh(&stack, &other.refresh_token).await.unwrap_err());
@@ -555,20 +707,38 @@ backend_test!(password_reset_by_email_link, |stack| async move {
     let owner = stack.owner().await;
     let invite_token = stack.wait_for_token(&owner.email).await;
     let mut auth = stack.client().await.auth();
-    auth.request_password_reset(RequestPasswordResetRequest { email: owner.email.to_uppercase(), organization: String::new() })
-        .await
-        .unwrap();
+    auth.request_password_reset(RequestPasswordResetRequest {
+        email: owner.email.to_uppercase(),
+        organization: String::new(),
+    })
+    .await
+    .unwrap();
     let token = stack.wait_for_new_token(&owner.email, Some(&invite_token)).await;
-    let weak = auth.reset_password(ResetPasswordRequest { token: token.clone(), new_password: "password1234".into() }).await;
+    let weak = auth
+        .reset_password(ResetPasswordRequest {
+            token: token.clone(),
+            new_password: "password1234".into(),
+        })
+        .await;
     assert_eq!(field_violation(&err(weak)).0, "new_password");
     // The invite link is no reset link.
-    let wrong_kind = auth.reset_password(ResetPasswordRequest { token: invite_token, new_password: NEW_PASSWORD.into() }).await;
+    let wrong_kind = auth
+        .reset_password(ResetPasswordRequest {
+            token: invite_token,
+            new_password: NEW_PASSWORD.into(),
+        })
+        .await;
     assert_invalid_credentials(&err(wrong_kind));
 
-    auth.reset_password(ResetPasswordRequest { token: token.clone(), new_password: NEW_PASSWORD.into() }).await.unwrap();
-    assert_invalid_credentials(&err(
-        auth.reset_password(ResetPasswordRequest { token, new_password: NEW_PASSWORD.into() }).await,
-    ));
+    auth.reset_password(ResetPasswordRequest {
+        token: token.clone(),
+        new_password: NEW_PASSWORD.into(),
+    })
+    .await
+    .unwrap();
+    assert_invalid_credentials(&err(auth
+        .reset_password(ResetPasswordRequest { token, new_password: NEW_PASSWORD.into() })
+        .await));
     // Every session is revoked; the new password works and the old one does not.
     assert_invalid_credentials(&refresh(&stack, &owner.tokens.refresh_token).await.unwrap_err());
     assert_invalid_credentials(&sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap_err());
@@ -600,12 +770,19 @@ async fn accepting_while_the_admin_service_is_down_is_unavailable_and_keeps_the_
     tokens(sign_in_raw_at(&stack, &email).await.unwrap());
 }
 
-async fn sign_in_raw_at(stack: &Stack, email: &str) -> Result<sign_in_response::Result, tonic::Status> {
+async fn sign_in_raw_at(
+    stack: &Stack,
+    email: &str,
+) -> Result<sign_in_response::Result, tonic::Status> {
     stack
         .client_for(steward_server::ServiceKind::Auth)
         .await
         .auth()
-        .sign_in(SignInRequest { email: email.into(), password: PASSWORD.into(), organization: String::new() })
+        .sign_in(SignInRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            organization: String::new(),
+        })
         .await
         .map(|r| r.into_inner().result.unwrap())
 }

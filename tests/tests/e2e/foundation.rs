@@ -53,11 +53,12 @@ fn every_rule_names_a_real_rpc() {
 backend_test!(health_reports_serving_for_every_service, |stack| async move {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let channel = tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let mut health = HealthClient::new(channel);
     for service in steward_admin::HEALTH_NAMES
         .iter()
@@ -83,29 +84,36 @@ backend_test!(internal_rpcs_refuse_administrators_and_strangers, |stack| async m
     let request = || LookupAdministratorRequest { name: owner.admin.clone() };
 
     // No credential at all.
-    let channel = tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
-        .unwrap()
-        .connect()
+    let channel =
+        tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let err = AdminInternalServiceClient::new(channel.clone())
+        .lookup_administrator(request())
         .await
-        .unwrap();
-    let err = AdminInternalServiceClient::new(channel.clone()).lookup_administrator(request()).await.unwrap_err();
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     // An Administrator's valid access token is not a service credential.
     let token = format!("Bearer {}", owner.tokens.access_token);
     let mut with_token = tonic::Request::new(request());
     with_token.metadata_mut().insert("authorization", token.parse().unwrap());
-    let err = AdminInternalServiceClient::new(channel.clone()).lookup_administrator(with_token).await.unwrap_err();
+    let err = AdminInternalServiceClient::new(channel.clone())
+        .lookup_administrator(with_token)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("service credential"), "{}", err.message());
 
     // A wrong service credential.
     let mut forged = tonic::Request::new(request());
-    forged.metadata_mut().insert(
-        steward_runtime::authn::SERVICE_CREDENTIAL_HEADER,
-        "x".repeat(43).parse().unwrap(),
-    );
-    let err = AdminInternalServiceClient::new(channel).lookup_administrator(forged).await.unwrap_err();
+    forged
+        .metadata_mut()
+        .insert(steward_runtime::authn::SERVICE_CREDENTIAL_HEADER, "x".repeat(43).parse().unwrap());
+    let err =
+        AdminInternalServiceClient::new(channel).lookup_administrator(forged).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     // The real one works.
@@ -120,19 +128,17 @@ backend_test!(internal_rpcs_refuse_administrators_and_strangers, |stack| async m
 #[tokio::test]
 async fn unknown_methods_are_refused_not_routed() {
     let stack = Stack::start(Backend::Sqlite).await;
-    let channel = tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let path = http::uri::PathAndQuery::from_static("/steward.admin.v1.AdminService/DropAllTables");
     let codec = tonic_prost::ProstCodec::<(), ()>::default();
-    let err = grpc
-        .unary(tonic::Request::new(()), path, codec)
-        .await
-        .unwrap_err();
+    let err = grpc.unary(tonic::Request::new(()), path, codec).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("no access rule"), "{}", err.message());
 }
@@ -149,31 +155,39 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
     use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaMessage;
 
     let stack = Stack::start(Backend::Sqlite).await;
-    let channel = tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let mut expected: BTreeSet<String> = all_methods()
         .iter()
         .map(|m| m.trim_start_matches('/').split('/').next().unwrap().to_string())
         .collect();
     expected.insert("grpc.health.v1.Health".into());
 
-    let request = V1Message { host: String::new(), message_request: Some(V1Request::ListServices(String::new())) };
+    let request = V1Message {
+        host: String::new(),
+        message_request: Some(V1Request::ListServices(String::new())),
+    };
     let mut replies = V1::new(channel.clone())
         .server_reflection_info(futures::stream::iter(vec![request]))
         .await
         .unwrap()
         .into_inner();
-    let Some(V1Response::ListServicesResponse(list)) = replies.message().await.unwrap().unwrap().message_response
+    let Some(V1Response::ListServicesResponse(list)) =
+        replies.message().await.unwrap().unwrap().message_response
     else {
         panic!("v1 reflection did not list services");
     };
     let listed: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(expected.is_subset(&listed), "v1 reflection lacks {:?}", expected.difference(&listed));
 
-    let request = AlphaMessage { host: String::new(), message_request: Some(AlphaRequest::ListServices(String::new())) };
+    let request = AlphaMessage {
+        host: String::new(),
+        message_request: Some(AlphaRequest::ListServices(String::new())),
+    };
     let mut replies = V1Alpha::new(channel)
         .server_reflection_info(futures::stream::iter(vec![request]))
         .await
@@ -185,5 +199,9 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
         panic!("v1alpha reflection did not list services");
     };
     let listed: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(expected.is_subset(&listed), "v1alpha reflection lacks {:?}", expected.difference(&listed));
+    assert!(
+        expected.is_subset(&listed),
+        "v1alpha reflection lacks {:?}",
+        expected.difference(&listed)
+    );
 }

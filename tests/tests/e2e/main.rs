@@ -17,7 +17,8 @@ macro_rules! backend_test {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let $stack = $crate::harness::Stack::start(steward_storage::testing::Backend::Sqlite).await;
+                let $stack =
+                    $crate::harness::Stack::start(steward_storage::testing::Backend::Sqlite).await;
                 $body.await;
             }
 
@@ -26,7 +27,9 @@ macro_rules! backend_test {
                 if !$crate::harness::postgres_available() {
                     return;
                 }
-                let $stack = $crate::harness::Stack::start(steward_storage::testing::Backend::Postgres).await;
+                let $stack =
+                    $crate::harness::Stack::start(steward_storage::testing::Backend::Postgres)
+                        .await;
                 $body.await;
             }
         }

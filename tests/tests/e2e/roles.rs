@@ -165,7 +165,10 @@ async fn call(
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
     let path: http::uri::PathAndQuery = method.path.parse().unwrap();
-    fn decorate<T>(mut request: tonic::Request<T>, auth: &Option<(&'static str, String)>) -> tonic::Request<T> {
+    fn decorate<T>(
+        mut request: tonic::Request<T>,
+        auth: &Option<(&'static str, String)>,
+    ) -> tonic::Request<T> {
         if let Some((key, value)) = auth {
             request.metadata_mut().insert(*key, MetadataValue::try_from(value.as_str()).unwrap());
         }
@@ -173,16 +176,22 @@ async fn call(
         request
     }
     match (method.client_streaming, method.server_streaming) {
-        (false, false) => grpc.unary(decorate(tonic::Request::new(body), &auth), path, RawCodec).await.map(|_| ()),
+        (false, false) => {
+            grpc.unary(decorate(tonic::Request::new(body), &auth), path, RawCodec).await.map(|_| ())
+        }
         (false, true) => {
-            let mut stream =
-                grpc.server_streaming(decorate(tonic::Request::new(body), &auth), path, RawCodec).await?.into_inner();
+            let mut stream = grpc
+                .server_streaming(decorate(tonic::Request::new(body), &auth), path, RawCodec)
+                .await?
+                .into_inner();
             stream.message().await.map(|_| ())
         }
         (true, _) => {
             let requests = futures::stream::iter(vec![body]);
-            let mut stream =
-                grpc.streaming(decorate(tonic::Request::new(requests), &auth), path, RawCodec).await?.into_inner();
+            let mut stream = grpc
+                .streaming(decorate(tonic::Request::new(requests), &auth), path, RawCodec)
+                .await?
+                .into_inner();
             stream.message().await.map(|_| ())
         }
     }
@@ -209,7 +218,7 @@ fn layer_reason(status: &Status) -> Option<String> {
             "MFA_ENROLLMENT_REQUIRED",
             "SERVICE_CREDENTIAL_REQUIRED",
         ]
-            .contains(&reason.as_str())
+        .contains(&reason.as_str())
         {
             return Some(reason);
         }
@@ -243,13 +252,17 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
     let runner_plain = stack.member(&owner, Role::CommandRunner, false).await;
     let stranger = stack.owner().await; // Administrator (with billing) of another organization.
 
-    let channel = tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let bearer = |t: &str| Some(("authorization", format!("Bearer {t}")));
-    let service = Some((steward_runtime::authn::SERVICE_CREDENTIAL_HEADER, stack.service_token().to_string()));
+    let service = Some((
+        steward_runtime::authn::SERVICE_CREDENTIAL_HEADER,
+        stack.service_token().to_string(),
+    ));
     let callers = [
         (Who::Anonymous, None),
         (Who::Service, service),
@@ -270,7 +283,10 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
             let got = outcome.as_ref().err().and_then(layer_reason);
             let want = expected(access, *who);
             if got.as_deref() != want {
-                failures.push(format!("{} as {who:?}: expected {want:?}, got {outcome:?}", method.path));
+                failures.push(format!(
+                    "{} as {who:?}: expected {want:?}, got {outcome:?}",
+                    method.path
+                ));
             }
         }
         // An Administrator of another organization naming this organization's resources.
@@ -281,7 +297,9 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
                 let denied = outcome.as_ref().err().is_some_and(|s| {
                     use tonic_types::StatusExt;
                     s.code() == Code::PermissionDenied
-                        && s.get_error_details().error_info().is_some_and(|i| i.reason == "WRONG_ORGANIZATION")
+                        && s.get_error_details()
+                            .error_info()
+                            .is_some_and(|i| i.reason == "WRONG_ORGANIZATION")
                 });
                 if !denied {
                     failures.push(format!(
@@ -292,5 +310,10 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
             }
         }
     }
-    assert!(failures.is_empty(), "{} role-table violations:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} role-table violations:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 });

@@ -62,10 +62,16 @@ fn update_paths(mask: Option<&prost_types::FieldMask>) -> ApiResult<HashSet<&'st
 }
 
 impl AdminApi {
-    async fn create(&self, p: &Principal, audit: &Auditor, req: CreateAdministratorRequest) -> ApiResult<CreateAdministratorResponse> {
+    async fn create(
+        &self,
+        p: &Principal,
+        audit: &Auditor,
+        req: CreateAdministratorRequest,
+    ) -> ApiResult<CreateAdministratorResponse> {
         p.check_organization(&req.parent)?;
         let org_id = parse_org("parent", &req.parent)?;
-        let input = req.administrator.ok_or_else(|| ApiError::invalid("administrator", "is required"))?;
+        let input =
+            req.administrator.ok_or_else(|| ApiError::invalid("administrator", "is required"))?;
         let email = Email::parse("administrator.email", &input.email)?;
         let role = role_from_proto("administrator.role", input.role)?;
         check_request_id(&req.request_id)?;
@@ -75,11 +81,16 @@ impl AdminApi {
         lock_org(&txn, &org_id).await?;
         let caller = caller_row(&txn, p, Need::Administrator).await?;
         if !req.request_id.is_empty() {
-            let previous = idempotency::Entity::find_by_id((org_id.clone(), req.request_id.clone())).one(&txn).await?;
+            let previous =
+                idempotency::Entity::find_by_id((org_id.clone(), req.request_id.clone()))
+                    .one(&txn)
+                    .await?;
             if let Some(previous) = previous {
                 let (_, admin_id) = parse_admin("request_id", &previous.resource)?;
                 let existing = administrator(&txn, &org_id, &admin_id).await?;
-                return Ok(CreateAdministratorResponse { administrator: Some(admin_to_proto(&existing)) });
+                return Ok(CreateAdministratorResponse {
+                    administrator: Some(admin_to_proto(&existing)),
+                });
             }
         }
         let duplicate = administrator::Entity::find()
@@ -115,7 +126,9 @@ impl AdminApi {
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
-                ApiError::AlreadyExists("an administrator with this email already exists in the organization".into())
+                ApiError::AlreadyExists(
+                    "an administrator with this email already exists in the organization".into(),
+                )
             } else {
                 e.into()
             }
@@ -148,14 +161,22 @@ impl AdminApi {
         Ok(CreateAdministratorResponse { administrator: Some(admin_to_proto(&row)) })
     }
 
-    async fn get(&self, p: &Principal, req: GetAdministratorRequest) -> ApiResult<GetAdministratorResponse> {
+    async fn get(
+        &self,
+        p: &Principal,
+        req: GetAdministratorRequest,
+    ) -> ApiResult<GetAdministratorResponse> {
         p.check_organization(&req.name)?;
         let (org_id, admin_id) = parse_admin("name", &req.name)?;
         let row = administrator(&self.state.db, &org_id, &admin_id).await?;
         Ok(GetAdministratorResponse { administrator: Some(admin_to_proto(&row)) })
     }
 
-    async fn list(&self, p: &Principal, req: ListAdministratorsRequest) -> ApiResult<ListAdministratorsResponse> {
+    async fn list(
+        &self,
+        p: &Principal,
+        req: ListAdministratorsRequest,
+    ) -> ApiResult<ListAdministratorsResponse> {
         p.check_organization(&req.parent)?;
         let org_id = parse_org("parent", &req.parent)?;
         let terms = admin_filter(&req.filter)?;
@@ -188,17 +209,31 @@ impl AdminApi {
         let next = offset + rows.len() as u64;
         Ok(ListAdministratorsResponse {
             administrators: rows.iter().map(admin_to_proto).collect(),
-            next_page_token: if next < total { names::encode_page_token(next, &digest) } else { String::new() },
+            next_page_token: if next < total {
+                names::encode_page_token(next, &digest)
+            } else {
+                String::new()
+            },
             total_size: i32::try_from(total).unwrap_or(i32::MAX),
         })
     }
 
-    async fn update(&self, p: &Principal, audit: &Auditor, req: UpdateAdministratorRequest) -> ApiResult<UpdateAdministratorResponse> {
-        let input = req.administrator.ok_or_else(|| ApiError::invalid("administrator", "is required"))?;
+    async fn update(
+        &self,
+        p: &Principal,
+        audit: &Auditor,
+        req: UpdateAdministratorRequest,
+    ) -> ApiResult<UpdateAdministratorResponse> {
+        let input =
+            req.administrator.ok_or_else(|| ApiError::invalid("administrator", "is required"))?;
         p.check_organization(&input.name)?;
         let (org_id, admin_id) = parse_admin("administrator.name", &input.name)?;
         let paths = update_paths(req.update_mask.as_ref())?;
-        let new_role = if paths.contains("role") { Some(role_from_proto("administrator.role", input.role)?) } else { None };
+        let new_role = if paths.contains("role") {
+            Some(role_from_proto("administrator.role", input.role)?)
+        } else {
+            None
+        };
         let now = self.state.now();
 
         let txn = self.state.db.begin().await?;
@@ -206,7 +241,10 @@ impl AdminApi {
         let caller = caller_row(&txn, p, Need::Administrator).await?;
         let current = administrator(&txn, &org_id, &admin_id).await?;
         if !input.etag.is_empty() && input.etag != admin_etag(&current) {
-            return Err(ApiError::Aborted(format!("{} was changed since it was read; get it again", input.name)));
+            return Err(ApiError::Aborted(format!(
+                "{} was changed since it was read; get it again",
+                input.name
+            )));
         }
         let mut next = current.clone();
         if let Some(role) = new_role {
@@ -235,7 +273,9 @@ impl AdminApi {
             }
         }
         if changed.is_empty() {
-            return Ok(UpdateAdministratorResponse { administrator: Some(admin_to_proto(&current)) });
+            return Ok(UpdateAdministratorResponse {
+                administrator: Some(admin_to_proto(&current)),
+            });
         }
         if role_changed || billing_changed {
             let before = members(&txn, &org_id).await?;
@@ -243,7 +283,13 @@ impl AdminApi {
                 .iter()
                 .map(|m| if m.name == input.name { member(&next) } else { m.clone() })
                 .collect();
-            let broken = violations(&org_name(&org_id), &admin_name(&caller.organization_id, &caller.id), &before, &after, &[]);
+            let broken = violations(
+                &org_name(&org_id),
+                &admin_name(&caller.organization_id, &caller.id),
+                &before,
+                &after,
+                &[],
+            );
             if !broken.is_empty() {
                 return Err(ApiError::FailedPrecondition(broken));
             }
@@ -258,7 +304,15 @@ impl AdminApi {
         let saved = active.update(&txn).await?;
         if role_changed || billing_changed {
             let reason = if role_changed { "role changed" } else { "billing access changed" };
-            enqueue(&txn, &Effect::RevokeSessions { administrator: input.name.clone(), reason: reason.into() }, now).await?;
+            enqueue(
+                &txn,
+                &Effect::RevokeSessions {
+                    administrator: input.name.clone(),
+                    reason: reason.into(),
+                },
+                now,
+            )
+            .await?;
         }
         if role_changed {
             enqueue(&txn, &Effect::RemoveGrants { administrator: input.name.clone() }, now).await?;
@@ -270,7 +324,12 @@ impl AdminApi {
         Ok(UpdateAdministratorResponse { administrator: Some(admin_to_proto(&saved)) })
     }
 
-    async fn batch_delete(&self, p: &Principal, audit: &Auditor, req: BatchDeleteAdministratorsRequest) -> ApiResult<BatchDeleteAdministratorsResponse> {
+    async fn batch_delete(
+        &self,
+        p: &Principal,
+        audit: &Auditor,
+        req: BatchDeleteAdministratorsRequest,
+    ) -> ApiResult<BatchDeleteAdministratorsResponse> {
         p.check_organization(&req.parent)?;
         let org_id = parse_org("parent", &req.parent)?;
         if req.names.is_empty() || req.names.len() > MAX_BATCH_DELETE {
@@ -301,7 +360,10 @@ impl AdminApi {
             .await?;
         let mut ordered = Vec::with_capacity(ids.len());
         for (id, name) in ids.iter().zip(&wanted) {
-            let row = rows.iter().find(|r| &r.id == id).ok_or_else(|| ApiError::NotFound(name.clone()))?;
+            let row = rows
+                .iter()
+                .find(|r| &r.id == id)
+                .ok_or_else(|| ApiError::NotFound(name.clone()))?;
             ordered.push(row.clone());
         }
         let before = members(&txn, &org_id).await?;
@@ -310,7 +372,9 @@ impl AdminApi {
         if !broken.is_empty() {
             return Err(ApiError::FailedPrecondition(broken));
         }
-        let answer = BatchDeleteAdministratorsResponse { administrators: ordered.iter().map(admin_to_proto).collect() };
+        let answer = BatchDeleteAdministratorsResponse {
+            administrators: ordered.iter().map(admin_to_proto).collect(),
+        };
         if req.validate_only {
             // Dropping the transaction rolls back the lock bump: nothing is written.
             return Ok(answer);
@@ -330,7 +394,12 @@ impl AdminApi {
         Ok(answer)
     }
 
-    async fn resend(&self, p: &Principal, audit: &Auditor, req: ResendInviteRequest) -> ApiResult<ResendInviteResponse> {
+    async fn resend(
+        &self,
+        p: &Principal,
+        audit: &Auditor,
+        req: ResendInviteRequest,
+    ) -> ApiResult<ResendInviteResponse> {
         p.check_organization(&req.name)?;
         let (org_id, admin_id) = parse_admin("name", &req.name)?;
         let now = self.state.now();
@@ -366,7 +435,12 @@ impl AdminApi {
         })
     }
 
-    async fn reset_mfa(&self, p: &Principal, audit: &Auditor, req: ResetAdministratorMfaRequest) -> ApiResult<ResetAdministratorMfaResponse> {
+    async fn reset_mfa(
+        &self,
+        p: &Principal,
+        audit: &Auditor,
+        req: ResetAdministratorMfaRequest,
+    ) -> ApiResult<ResetAdministratorMfaResponse> {
         p.check_organization(&req.name)?;
         let (org_id, admin_id) = parse_admin("name", &req.name)?;
         let now = self.state.now();
@@ -390,16 +464,27 @@ impl AdminApi {
     async fn profile(&self, p: &Principal) -> ApiResult<Profile> {
         let row = caller_row(&self.state.db, p, Need::AnyRole).await?;
         let org = organization(&self.state.db, &row.organization_id).await?;
-        Ok(Profile { administrator: Some(admin_to_proto(&row)), organization: Some(org_to_proto(&org)) })
+        Ok(Profile {
+            administrator: Some(admin_to_proto(&row)),
+            organization: Some(org_to_proto(&org)),
+        })
     }
 
-    async fn update_profile(&self, p: &Principal, audit: &Auditor, req: UpdateProfileRequest) -> ApiResult<UpdateProfileResponse> {
+    async fn update_profile(
+        &self,
+        p: &Principal,
+        audit: &Auditor,
+        req: UpdateProfileRequest,
+    ) -> ApiResult<UpdateProfileResponse> {
         let paths = req.update_mask.as_ref().map(|m| m.paths.as_slice()).unwrap_or_default();
         if paths.is_empty() {
             return Err(ApiError::invalid("update_mask", "name the fields to update: whats_new"));
         }
         if let Some(other) = paths.iter().find(|p| p.as_str() != "whats_new") {
-            return Err(ApiError::invalid("update_mask", format!("`{other}` cannot be changed here; only whats_new")));
+            return Err(ApiError::invalid(
+                "update_mask",
+                format!("`{other}` cannot be changed here; only whats_new"),
+            ));
         }
         let (org_id, _) = parse_admin("caller", &p.administrator)?;
         let now = self.state.now();
@@ -415,20 +500,33 @@ impl AdminApi {
             active.revision = Set(revision + 1);
             active.updated_at = Set(now);
             let saved = active.update(&txn).await?;
-            audit.allowed(&txn, &p.administrator, &format!("whats_new set to {}", req.whats_new), now).await?;
+            audit
+                .allowed(
+                    &txn,
+                    &p.administrator,
+                    &format!("whats_new set to {}", req.whats_new),
+                    now,
+                )
+                .await?;
             saved
         };
         let org = organization(&txn, &org_id).await?;
         txn.commit().await?;
         Ok(UpdateProfileResponse {
-            profile: Some(Profile { administrator: Some(admin_to_proto(&saved)), organization: Some(org_to_proto(&org)) }),
+            profile: Some(Profile {
+                administrator: Some(admin_to_proto(&saved)),
+                organization: Some(org_to_proto(&org)),
+            }),
         })
     }
 }
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    async fn create_administrator(&self, request: Request<CreateAdministratorRequest>) -> Result<Response<CreateAdministratorResponse>, Status> {
+    async fn create_administrator(
+        &self,
+        request: Request<CreateAdministratorRequest>,
+    ) -> Result<Response<CreateAdministratorResponse>, Status> {
         let p = authn::principal(&request)?.clone();
         let audit = Auditor::for_principal(&request, &p)?;
         let req = request.into_inner();
@@ -438,19 +536,28 @@ impl AdminService for AdminApi {
         finish(&self.state, Some(&audit), &target, result).await
     }
 
-    async fn get_administrator(&self, request: Request<GetAdministratorRequest>) -> Result<Response<GetAdministratorResponse>, Status> {
+    async fn get_administrator(
+        &self,
+        request: Request<GetAdministratorRequest>,
+    ) -> Result<Response<GetAdministratorResponse>, Status> {
         let p = authn::principal(&request)?.clone();
         let result = self.get(&p, request.into_inner()).await;
         finish(&self.state, None, "", result).await
     }
 
-    async fn list_administrators(&self, request: Request<ListAdministratorsRequest>) -> Result<Response<ListAdministratorsResponse>, Status> {
+    async fn list_administrators(
+        &self,
+        request: Request<ListAdministratorsRequest>,
+    ) -> Result<Response<ListAdministratorsResponse>, Status> {
         let p = authn::principal(&request)?.clone();
         let result = self.list(&p, request.into_inner()).await;
         finish(&self.state, None, "", result).await
     }
 
-    async fn update_administrator(&self, request: Request<UpdateAdministratorRequest>) -> Result<Response<UpdateAdministratorResponse>, Status> {
+    async fn update_administrator(
+        &self,
+        request: Request<UpdateAdministratorRequest>,
+    ) -> Result<Response<UpdateAdministratorResponse>, Status> {
         let p = authn::principal(&request)?.clone();
         let audit = Auditor::for_principal(&request, &p)?;
         let req = request.into_inner();
@@ -459,7 +566,10 @@ impl AdminService for AdminApi {
         finish(&self.state, Some(&audit), &target, result).await
     }
 
-    async fn batch_delete_administrators(&self, request: Request<BatchDeleteAdministratorsRequest>) -> Result<Response<BatchDeleteAdministratorsResponse>, Status> {
+    async fn batch_delete_administrators(
+        &self,
+        request: Request<BatchDeleteAdministratorsRequest>,
+    ) -> Result<Response<BatchDeleteAdministratorsResponse>, Status> {
         let p = authn::principal(&request)?.clone();
         let audit = Auditor::for_principal(&request, &p)?;
         let req = request.into_inner();
@@ -470,7 +580,10 @@ impl AdminService for AdminApi {
         finish(&self.state, record.then_some(&audit), &target, result).await
     }
 
-    async fn resend_invite(&self, request: Request<ResendInviteRequest>) -> Result<Response<ResendInviteResponse>, Status> {
+    async fn resend_invite(
+        &self,
+        request: Request<ResendInviteRequest>,
+    ) -> Result<Response<ResendInviteResponse>, Status> {
         let p = authn::principal(&request)?.clone();
         let audit = Auditor::for_principal(&request, &p)?;
         let req = request.into_inner();
@@ -479,7 +592,10 @@ impl AdminService for AdminApi {
         finish(&self.state, Some(&audit), &target, result).await
     }
 
-    async fn reset_administrator_mfa(&self, request: Request<ResetAdministratorMfaRequest>) -> Result<Response<ResetAdministratorMfaResponse>, Status> {
+    async fn reset_administrator_mfa(
+        &self,
+        request: Request<ResetAdministratorMfaRequest>,
+    ) -> Result<Response<ResetAdministratorMfaResponse>, Status> {
         let p = authn::principal(&request)?.clone();
         let audit = Auditor::for_principal(&request, &p)?;
         let req = request.into_inner();
@@ -488,13 +604,20 @@ impl AdminService for AdminApi {
         finish(&self.state, Some(&audit), &target, result).await
     }
 
-    async fn get_profile(&self, request: Request<GetProfileRequest>) -> Result<Response<GetProfileResponse>, Status> {
+    async fn get_profile(
+        &self,
+        request: Request<GetProfileRequest>,
+    ) -> Result<Response<GetProfileResponse>, Status> {
         let p = authn::principal(&request)?.clone();
-        let result = self.profile(&p).await.map(|profile| GetProfileResponse { profile: Some(profile) });
+        let result =
+            self.profile(&p).await.map(|profile| GetProfileResponse { profile: Some(profile) });
         finish(&self.state, None, "", result).await
     }
 
-    async fn update_profile(&self, request: Request<UpdateProfileRequest>) -> Result<Response<UpdateProfileResponse>, Status> {
+    async fn update_profile(
+        &self,
+        request: Request<UpdateProfileRequest>,
+    ) -> Result<Response<UpdateProfileResponse>, Status> {
         let p = authn::principal(&request)?.clone();
         let audit = Auditor::for_principal(&request, &p)?;
         let target = p.administrator.clone();
@@ -511,7 +634,9 @@ mod tests {
 
     #[test]
     fn update_masks_are_checked() {
-        let mask = |paths: &[&str]| prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() };
+        let mask = |paths: &[&str]| prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        };
         assert_eq!(update_paths(Some(&mask(&["role"]))).unwrap(), HashSet::from(["role"]));
         assert_eq!(update_paths(Some(&mask(&["*"]))).unwrap().len(), 4);
         assert!(update_paths(Some(&mask(&["email"]))).is_err());

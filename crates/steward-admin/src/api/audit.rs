@@ -2,7 +2,9 @@
 
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use steward_proto::audit::v1::audit_service_server::AuditService;
-use steward_proto::audit::v1::{audit_event, AuditEvent, ListAuditEventsRequest, ListAuditEventsResponse};
+use steward_proto::audit::v1::{
+    audit_event, AuditEvent, ListAuditEventsRequest, ListAuditEventsResponse,
+};
 use steward_runtime::authn::{self, Principal};
 use steward_runtime::{names, ApiResult};
 use tonic::{Request, Response, Status};
@@ -24,7 +26,11 @@ impl AuditApi {
         Self { state }
     }
 
-    async fn list(&self, p: &Principal, req: ListAuditEventsRequest) -> ApiResult<ListAuditEventsResponse> {
+    async fn list(
+        &self,
+        p: &Principal,
+        req: ListAuditEventsRequest,
+    ) -> ApiResult<ListAuditEventsResponse> {
         p.check_organization(&req.parent)?;
         let org_id = parse_org("parent", &req.parent)?;
         let terms = audit_filter(&req.filter)?;
@@ -56,7 +62,11 @@ impl AuditApi {
         let next = offset + rows.len() as u64;
         Ok(ListAuditEventsResponse {
             audit_events: rows.iter().map(to_proto).collect(),
-            next_page_token: if more { names::encode_page_token(next, &digest) } else { String::new() },
+            next_page_token: if more {
+                names::encode_page_token(next, &digest)
+            } else {
+                String::new()
+            },
         })
     }
 }
@@ -83,7 +93,10 @@ fn to_proto(row: &stored::Model) -> AuditEvent {
 
 #[tonic::async_trait]
 impl AuditService for AuditApi {
-    async fn list_audit_events(&self, request: Request<ListAuditEventsRequest>) -> Result<Response<ListAuditEventsResponse>, Status> {
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Result<Response<ListAuditEventsResponse>, Status> {
         let p = authn::principal(&request)?.clone();
         let result = self.list(&p, request.into_inner()).await;
         finish(&self.state, None, "", result).await

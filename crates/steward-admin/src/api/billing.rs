@@ -29,16 +29,19 @@ pub struct BillingApi {
 
 /// `organizations/{o}/paymentCard` -> `{o}`.
 fn parse_card_name(field: &str, name: &str) -> ApiResult<String> {
-    let org = name
-        .strip_suffix("/paymentCard")
-        .ok_or_else(|| ApiError::invalid(field, "must look like `organizations/{id}/paymentCard`"))?;
+    let org = name.strip_suffix("/paymentCard").ok_or_else(|| {
+        ApiError::invalid(field, "must look like `organizations/{id}/paymentCard`")
+    })?;
     parse_org(field, org)
 }
 
 fn card_to_proto(row: &payment_card::Model, now: chrono::DateTime<chrono::Utc>) -> PaymentCard {
     PaymentCard {
         name: format!("{}/paymentCard", org_name(&row.organization_id)),
-        brand: Brand::parse(&row.brand).map(|b| b.to_proto()).unwrap_or(CardBrand::Unspecified).into(),
+        brand: Brand::parse(&row.brand)
+            .map(|b| b.to_proto())
+            .unwrap_or(CardBrand::Unspecified)
+            .into(),
         last4: row.last4.clone(),
         exp_month: row.exp_month,
         exp_year: row.exp_year,
@@ -59,7 +62,11 @@ impl BillingApi {
         Self { state }
     }
 
-    async fn get(&self, p: &Principal, req: GetPaymentCardRequest) -> ApiResult<GetPaymentCardResponse> {
+    async fn get(
+        &self,
+        p: &Principal,
+        req: GetPaymentCardRequest,
+    ) -> ApiResult<GetPaymentCardResponse> {
         p.check_organization(&req.name)?;
         let org_id = parse_card_name("name", &req.name)?;
         caller_row(&self.state.db, p, Need::Billing).await?;
@@ -70,17 +77,22 @@ impl BillingApi {
         Ok(GetPaymentCardResponse { payment_card: Some(card_to_proto(&row, self.state.now())) })
     }
 
-    async fn update(&self, p: &Principal, audit: &Auditor, req: UpdatePaymentCardRequest) -> ApiResult<UpdatePaymentCardResponse> {
-        let input = req.payment_card.ok_or_else(|| ApiError::invalid("payment_card", "is required"))?;
+    async fn update(
+        &self,
+        p: &Principal,
+        audit: &Auditor,
+        req: UpdatePaymentCardRequest,
+    ) -> ApiResult<UpdatePaymentCardResponse> {
+        let input =
+            req.payment_card.ok_or_else(|| ApiError::invalid("payment_card", "is required"))?;
         p.check_organization(&input.name)?;
         let org_id = parse_card_name("payment_card.name", &input.name)?;
         let mask: Vec<String> = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let mut paths: HashSet<&str> = HashSet::new();
         for path in &mask {
-            let known = PATHS
-                .iter()
-                .find(|p| **p == path)
-                .ok_or_else(|| ApiError::invalid("update_mask", format!("`{path}` cannot be updated")))?;
+            let known = PATHS.iter().find(|p| **p == path).ok_or_else(|| {
+                ApiError::invalid("update_mask", format!("`{path}` cannot be updated"))
+            })?;
             paths.insert(known);
         }
         let replace = paths.is_empty();
@@ -88,14 +100,23 @@ impl BillingApi {
         if new_number {
             for required in ["cvc", "exp_month", "exp_year"] {
                 if !replace && !paths.contains(required) {
-                    return Err(ApiError::invalid("update_mask", format!("a new card_number also needs `{required}`")));
+                    return Err(ApiError::invalid(
+                        "update_mask",
+                        format!("a new card_number also needs `{required}`"),
+                    ));
                 }
             }
         } else if paths.contains("cvc") {
-            return Err(ApiError::invalid("update_mask", "`cvc` is only accepted with a new card_number"));
+            return Err(ApiError::invalid(
+                "update_mask",
+                "`cvc` is only accepted with a new card_number",
+            ));
         }
         if input.cardholder_name.chars().count() > MAX_CARDHOLDER {
-            return Err(ApiError::invalid("payment_card.cardholder_name", "must be at most 200 characters"));
+            return Err(ApiError::invalid(
+                "payment_card.cardholder_name",
+                "must be at most 200 characters",
+            ));
         }
         let now = self.state.now();
         let facts = if new_number {
@@ -111,14 +132,20 @@ impl BillingApi {
         caller_row(&txn, p, Need::Billing).await?;
         let current = payment_card::Entity::find_by_id(org_id.clone()).one(&txn).await?;
         if let Some(current) = &current {
-            let current_etag = etag(&["paymentCard", &current.organization_id, &current.revision.to_string()]);
+            let current_etag =
+                etag(&["paymentCard", &current.organization_id, &current.revision.to_string()]);
             if !input.etag.is_empty() && input.etag != current_etag {
-                return Err(ApiError::Aborted("the payment card was changed since it was read; get it again".into()));
+                return Err(ApiError::Aborted(
+                    "the payment card was changed since it was read; get it again".into(),
+                ));
             }
         }
         let saved = match (current, facts) {
             (None, None) => {
-                return Err(ApiError::invalid("payment_card.card_number", "setting the first card requires a card number"));
+                return Err(ApiError::invalid(
+                    "payment_card.card_number",
+                    "setting the first card requires a card number",
+                ));
             }
             (None, Some(facts)) => {
                 card::check_expiry("payment_card", input.exp_month, input.exp_year, now)?;
@@ -138,8 +165,16 @@ impl BillingApi {
                 .await?
             }
             (Some(current), facts) => {
-                let month = if facts.is_some() || paths.contains("exp_month") { input.exp_month } else { current.exp_month };
-                let year = if facts.is_some() || paths.contains("exp_year") { input.exp_year } else { current.exp_year };
+                let month = if facts.is_some() || paths.contains("exp_month") {
+                    input.exp_month
+                } else {
+                    current.exp_month
+                };
+                let year = if facts.is_some() || paths.contains("exp_year") {
+                    input.exp_year
+                } else {
+                    current.exp_year
+                };
                 card::check_expiry("payment_card", month, year, now)?;
                 let revision = current.revision;
                 let mut active = current.into_active_model();
@@ -167,13 +202,19 @@ impl BillingApi {
 
 #[tonic::async_trait]
 impl BillingService for BillingApi {
-    async fn get_payment_card(&self, request: Request<GetPaymentCardRequest>) -> Result<Response<GetPaymentCardResponse>, Status> {
+    async fn get_payment_card(
+        &self,
+        request: Request<GetPaymentCardRequest>,
+    ) -> Result<Response<GetPaymentCardResponse>, Status> {
         let p = authn::principal(&request)?.clone();
         let result = self.get(&p, request.into_inner()).await;
         finish(&self.state, None, "", result).await
     }
 
-    async fn update_payment_card(&self, request: Request<UpdatePaymentCardRequest>) -> Result<Response<UpdatePaymentCardResponse>, Status> {
+    async fn update_payment_card(
+        &self,
+        request: Request<UpdatePaymentCardRequest>,
+    ) -> Result<Response<UpdatePaymentCardResponse>, Status> {
         let p = authn::principal(&request)?.clone();
         let audit = Auditor::for_principal(&request, &p)?;
         let req = request.into_inner();

@@ -2,7 +2,9 @@
 //! authentication layer refuses everything else before these handlers run).
 
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set, TransactionTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set, TransactionTrait,
+};
 use steward_proto::admin::v1::admin_internal_service_server::AdminInternalService;
 use steward_proto::admin::v1::*;
 use steward_proto::audit::v1::{audit_event, AuditEvent};
@@ -31,7 +33,10 @@ impl InternalApi {
         Self { state }
     }
 
-    async fn lookup(&self, req: LookupAdministratorRequest) -> ApiResult<LookupAdministratorResponse> {
+    async fn lookup(
+        &self,
+        req: LookupAdministratorRequest,
+    ) -> ApiResult<LookupAdministratorResponse> {
         let (org_id, admin_id) = parse_admin("name", &req.name)?;
         let row = administrator(&self.state.db, &org_id, &admin_id).await?;
         let org = organization(&self.state.db, &org_id).await?;
@@ -41,7 +46,11 @@ impl InternalApi {
         })
     }
 
-    async fn activate<T>(&self, request: &Request<T>, req: ActivateAdministratorRequest) -> ApiResult<ActivateAdministratorResponse> {
+    async fn activate<T>(
+        &self,
+        request: &Request<T>,
+        req: ActivateAdministratorRequest,
+    ) -> ApiResult<ActivateAdministratorResponse> {
         let (org_id, admin_id) = parse_admin("name", &req.name)?;
         let now = self.state.now();
         let txn = self.state.db.begin().await?;
@@ -97,7 +106,9 @@ impl InternalApi {
             }
         }
         txn.commit().await?;
-        Ok(RecordAuditEventsResponse { recorded_count: i32::try_from(recorded).unwrap_or(i32::MAX) })
+        Ok(RecordAuditEventsResponse {
+            recorded_count: i32::try_from(recorded).unwrap_or(i32::MAX),
+        })
     }
 }
 
@@ -112,7 +123,12 @@ fn to_row(i: usize, event: &AuditEvent) -> ApiResult<stored::Model> {
         Ok(audit_event::Result::Allowed) => stored::RESULT_ALLOWED,
         Ok(audit_event::Result::Denied) => stored::RESULT_DENIED,
         Ok(audit_event::Result::Failed) => stored::RESULT_FAILED,
-        _ => return Err(ApiError::invalid(field("result"), "must be RESULT_ALLOWED, RESULT_DENIED or RESULT_FAILED")),
+        _ => {
+            return Err(ApiError::invalid(
+                field("result"),
+                "must be RESULT_ALLOWED, RESULT_DENIED or RESULT_FAILED",
+            ))
+        }
     };
     let created = event
         .create_time
@@ -135,18 +151,27 @@ fn to_row(i: usize, event: &AuditEvent) -> ApiResult<stored::Model> {
 
 #[tonic::async_trait]
 impl AdminInternalService for InternalApi {
-    async fn lookup_administrator(&self, request: Request<LookupAdministratorRequest>) -> Result<Response<LookupAdministratorResponse>, Status> {
+    async fn lookup_administrator(
+        &self,
+        request: Request<LookupAdministratorRequest>,
+    ) -> Result<Response<LookupAdministratorResponse>, Status> {
         let result = self.lookup(request.into_inner()).await;
         finish(&self.state, None, "", result).await
     }
 
-    async fn activate_administrator(&self, request: Request<ActivateAdministratorRequest>) -> Result<Response<ActivateAdministratorResponse>, Status> {
+    async fn activate_administrator(
+        &self,
+        request: Request<ActivateAdministratorRequest>,
+    ) -> Result<Response<ActivateAdministratorResponse>, Status> {
         let req = request.get_ref().clone();
         let result = self.activate(&request, req).await;
         finish(&self.state, None, "", result).await
     }
 
-    async fn record_audit_events(&self, request: Request<RecordAuditEventsRequest>) -> Result<Response<RecordAuditEventsResponse>, Status> {
+    async fn record_audit_events(
+        &self,
+        request: Request<RecordAuditEventsRequest>,
+    ) -> Result<Response<RecordAuditEventsResponse>, Status> {
         let result = self.record(request.into_inner()).await;
         finish(&self.state, None, "", result).await
     }

@@ -35,10 +35,12 @@ impl OrganizationApi {
     /// The answer to a repeated CreateOrganization with the same request_id.
     async fn replay(&self, request_id: &str) -> ApiResult<Option<CreateOrganizationResponse>> {
         let db = &self.state.db;
-        let Some(previous) =
-            idempotency::Entity::find_by_id((idempotency::PLATFORM_SCOPE.to_string(), request_id.to_string()))
-                .one(db)
-                .await?
+        let Some(previous) = idempotency::Entity::find_by_id((
+            idempotency::PLATFORM_SCOPE.to_string(),
+            request_id.to_string(),
+        ))
+        .one(db)
+        .await?
         else {
             return Ok(None);
         };
@@ -56,14 +58,24 @@ impl OrganizationApi {
         }))
     }
 
-    async fn create<T>(&self, request: &Request<T>, req: CreateOrganizationRequest) -> ApiResult<CreateOrganizationResponse> {
+    async fn create<T>(
+        &self,
+        request: &Request<T>,
+        req: CreateOrganizationRequest,
+    ) -> ApiResult<CreateOrganizationResponse> {
         if authn::caller(request) != Caller::Service {
-            return Err(ApiError::denied("PLATFORM_OPERATOR_ONLY", "only the platform operator may create organizations"));
+            return Err(ApiError::denied(
+                "PLATFORM_OPERATOR_ONLY",
+                "only the platform operator may create organizations",
+            ));
         }
         let display_name = req.organization.map(|o| o.display_name).unwrap_or_default();
         let length = display_name.chars().count();
         if display_name.trim().is_empty() || length > MAX_DISPLAY_NAME {
-            return Err(ApiError::invalid("organization.display_name", "must be 1 to 200 characters"));
+            return Err(ApiError::invalid(
+                "organization.display_name",
+                "must be 1 to 200 characters",
+            ));
         }
         let email = Email::parse("owner_email", &req.owner_email)?;
         check_request_id(&req.request_id)?;
@@ -91,10 +103,11 @@ impl OrganizationApi {
                 Err(err) if is_unique_violation(&err) => {
                     // A concurrent retry won the race; answer with its result.
                     drop(txn);
-                    return self
-                        .replay(&req.request_id)
-                        .await?
-                        .ok_or_else(|| ApiError::Aborted("a concurrent request with this request_id failed; retry".into()));
+                    return self.replay(&req.request_id).await?.ok_or_else(|| {
+                        ApiError::Aborted(
+                            "a concurrent request with this request_id failed; retry".into(),
+                        )
+                    });
                 }
                 other => {
                     other?;
@@ -141,26 +154,44 @@ impl OrganizationApi {
         )
         .await?;
         let audit = Auditor::new(request, &org_id, PLATFORM_ACTOR).with_request_id(&req.request_id);
-        audit.allowed(&txn, &org_name(&org_id), "organization created with its owner invited", now).await?;
+        audit
+            .allowed(&txn, &org_name(&org_id), "organization created with its owner invited", now)
+            .await?;
         txn.commit().await?;
         tracing::info!(organization = %org_name(&org_id), owner = %owner_name, "organization created");
-        Ok(CreateOrganizationResponse { organization: Some(org_to_proto(&org)), owner: Some(admin_to_proto(&owner)) })
+        Ok(CreateOrganizationResponse {
+            organization: Some(org_to_proto(&org)),
+            owner: Some(admin_to_proto(&owner)),
+        })
     }
 
-    async fn get<T>(&self, request: &Request<T>, req: GetOrganizationRequest) -> ApiResult<GetOrganizationResponse> {
+    async fn get<T>(
+        &self,
+        request: &Request<T>,
+        req: GetOrganizationRequest,
+    ) -> ApiResult<GetOrganizationResponse> {
         match authn::caller(request) {
             Caller::Service => {}
             Caller::Administrator(p) => p.check_organization(&req.name)?,
-            Caller::Anonymous => return Err(ApiError::Unauthenticated("an access token is required".into())),
+            Caller::Anonymous => {
+                return Err(ApiError::Unauthenticated("an access token is required".into()))
+            }
         }
         let org_id = parse_org("name", &req.name)?;
         let org = organization(&self.state.db, &org_id).await?;
         Ok(GetOrganizationResponse { organization: Some(org_to_proto(&org)) })
     }
 
-    async fn list<T>(&self, request: &Request<T>, req: ListOrganizationsRequest) -> ApiResult<ListOrganizationsResponse> {
+    async fn list<T>(
+        &self,
+        request: &Request<T>,
+        req: ListOrganizationsRequest,
+    ) -> ApiResult<ListOrganizationsResponse> {
         if authn::caller(request) != Caller::Service {
-            return Err(ApiError::denied("PLATFORM_OPERATOR_ONLY", "only the platform operator may list organizations"));
+            return Err(ApiError::denied(
+                "PLATFORM_OPERATOR_ONLY",
+                "only the platform operator may list organizations",
+            ));
         }
         let size = names::page_size(req.page_size)?;
         let digest = query_digest(&["organizations"]);
@@ -177,26 +208,39 @@ impl OrganizationApi {
         let next = offset + rows.len() as u64;
         Ok(ListOrganizationsResponse {
             organizations: rows.iter().map(org_to_proto).collect(),
-            next_page_token: if next < total { names::encode_page_token(next, &digest) } else { String::new() },
+            next_page_token: if next < total {
+                names::encode_page_token(next, &digest)
+            } else {
+                String::new()
+            },
         })
     }
 }
 
 #[tonic::async_trait]
 impl OrganizationService for OrganizationApi {
-    async fn create_organization(&self, request: Request<CreateOrganizationRequest>) -> Result<Response<CreateOrganizationResponse>, Status> {
+    async fn create_organization(
+        &self,
+        request: Request<CreateOrganizationRequest>,
+    ) -> Result<Response<CreateOrganizationResponse>, Status> {
         let (meta, req) = split(request);
         let result = self.create(&meta, req).await;
         finish(&self.state, None, "", result).await
     }
 
-    async fn get_organization(&self, request: Request<GetOrganizationRequest>) -> Result<Response<GetOrganizationResponse>, Status> {
+    async fn get_organization(
+        &self,
+        request: Request<GetOrganizationRequest>,
+    ) -> Result<Response<GetOrganizationResponse>, Status> {
         let (meta, req) = split(request);
         let result = self.get(&meta, req).await;
         finish(&self.state, None, "", result).await
     }
 
-    async fn list_organizations(&self, request: Request<ListOrganizationsRequest>) -> Result<Response<ListOrganizationsResponse>, Status> {
+    async fn list_organizations(
+        &self,
+        request: Request<ListOrganizationsRequest>,
+    ) -> Result<Response<ListOrganizationsResponse>, Status> {
         let (meta, req) = split(request);
         let result = self.list(&meta, req).await;
         finish(&self.state, None, "", result).await

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use steward_auth::state::State;
 use steward_proto::admin::v1 as admin;
 use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
-use steward_proto::admin::v1::admin_internal_service_server::{AdminInternalService, AdminInternalServiceServer};
+use steward_proto::admin::v1::admin_internal_service_server::{
+    AdminInternalService, AdminInternalServiceServer,
+};
 use steward_runtime::authn::{Caller, Principal, RequestContext, ServiceCredential};
 use steward_runtime::claims::{AccessClaims, TokenScope};
 use steward_runtime::config::Config;
@@ -72,7 +74,8 @@ pub async fn harness() -> Harness {
     steward_storage::migrate::<steward_auth::Migrator>(&db).await.unwrap();
     let mut config = Config::default();
     config.database.data_dir = dir.path().to_path_buf();
-    config.auth.signing_keys = vec![steward_auth::keys::ensure_dev_signing_key(dir.path()).unwrap()];
+    config.auth.signing_keys =
+        vec![steward_auth::keys::ensure_dev_signing_key(dir.path()).unwrap()];
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -81,7 +84,8 @@ pub async fn harness() -> Harness {
             .add_service(AdminInternalServiceServer::new(FakeAdmin))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
     let credential = ServiceCredential::new("a-test-service-credential-of-32-chars").unwrap();
 
     let keys = steward_auth::keys::load_all(&config.auth).unwrap();
