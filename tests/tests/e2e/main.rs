@@ -40,5 +40,6 @@ mod admin;
 mod agent;
 mod auth;
 mod commands;
+mod email;
 mod foundation;
 mod roles;

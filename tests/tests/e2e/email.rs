@@ -1,0 +1,174 @@
+//! Email over real SMTP: an `aiosmtpd` server (PyPI) receives the invites the services send
+//! through lettre, and the links in them work.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use steward_proto::admin::v1::organization_service_client::OrganizationServiceClient;
+use steward_proto::admin::v1::{
+    Administrator, CreateAdministratorRequest, CreateOrganizationRequest, Organization, Role,
+};
+use steward_proto::auth::v1::AcceptInviteRequest;
+use steward_server::ServiceKind;
+use steward_storage::testing::Backend;
+
+use crate::harness::{postgres_available, Stack, PASSWORD};
+
+/// An SMTP server storing what it receives in a Maildir.
+struct SmtpSink {
+    child: Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SmtpSink {
+    async fn start() -> Self {
+        let maildir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(maildir.path().join("box"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 with aiosmtpd (pip install aiosmtpd)");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Self { child, port, maildir };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("aiosmtpd did not start on port {port}");
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    fn messages(dir: &Path) -> Vec<String> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("box/new"))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        paths.sort();
+        paths.iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect()
+    }
+
+    /// Waits for the message addressed to `email`.
+    async fn message_to(&self, email: &str) -> String {
+        for _ in 0..300 {
+            let found = Self::messages(self.maildir.path()).into_iter().find(|m| {
+                m.lines().any(|l| l.to_ascii_lowercase().starts_with("to:") && l.contains(email))
+            });
+            if let Some(message) = found {
+                return message;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no SMTP message for {email}");
+    }
+}
+
+fn header<'a>(message: &'a str, name: &str) -> &'a str {
+    message
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(':')))
+        .map(str::trim)
+        .unwrap_or_default()
+}
+
+async fn invites_travel_over_smtp(backend: Backend) {
+    let smtp = SmtpSink::start().await;
+    let url = smtp.url();
+    let stack = Stack::start_with(backend, |config| {
+        config.email.smtp_url = url;
+        config.email.from = "Steward <steward@example.org>".into();
+        config.auth.console_url = "https://console.example".into();
+    })
+    .await;
+
+    let owner_email = format!("owner-{}@example.com", uuid::Uuid::new_v4().simple());
+    let created = OrganizationServiceClient::new(stack.internal().await)
+        .create_organization(CreateOrganizationRequest {
+            organization: Some(Organization {
+                display_name: "Globex".into(),
+                ..Default::default()
+            }),
+            owner_email: owner_email.clone(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let org = created.organization.unwrap().name;
+
+    let message = smtp.message_to(&owner_email).await;
+    assert!(header(&message, "From").contains("steward@example.org"), "{message}");
+    assert!(header(&message, "Subject").contains("Globex"), "{message}");
+    assert!(message.contains("https://console.example/set-password?token="), "{message}");
+    assert!(!stack.mail_dir().exists(), "with SMTP configured nothing is written as files");
+    let token = steward_server::extract_token(&message).unwrap();
+    let auth = stack.client_for(ServiceKind::Auth).await;
+    auth.auth()
+        .accept_invite(AcceptInviteRequest { token: token.clone(), password: PASSWORD.into() })
+        .await
+        .unwrap();
+    let tokens = stack.sign_in(&owner_email, PASSWORD).await;
+    let owner = stack.client().await.with_token(&tokens.access_token).unwrap();
+
+    // The invite of a Command Runner names the organization and the inviter; its link works.
+    let runner_email = format!("helpdesk-{}@example.com", uuid::Uuid::new_v4().simple());
+    owner
+        .admin()
+        .create_administrator(CreateAdministratorRequest {
+            parent: org,
+            administrator: Some(Administrator {
+                email: runner_email.clone(),
+                role: Role::CommandRunner as i32,
+                ..Default::default()
+            }),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap();
+    let message = smtp.message_to(&runner_email).await;
+    assert!(message.contains("Globex"), "{message}");
+    assert!(message.contains(&owner_email), "the inviter is named: {message}");
+    let token = steward_server::extract_token(&message).unwrap();
+    auth.auth()
+        .accept_invite(AcceptInviteRequest { token: token.clone(), password: PASSWORD.into() })
+        .await
+        .unwrap();
+    stack.sign_in(&runner_email, PASSWORD).await;
+    // The link is single-use.
+    let reused =
+        auth.auth().accept_invite(AcceptInviteRequest { token, password: PASSWORD.into() }).await;
+    assert_eq!(reused.unwrap_err().code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_travel_over_smtp_sqlite() {
+    invites_travel_over_smtp(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_travel_over_smtp_postgres() {
+    if postgres_available() {
+        invites_travel_over_smtp(Backend::Postgres).await;
+    }
+}
