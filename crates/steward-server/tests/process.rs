@@ -188,3 +188,266 @@ fn sigterm_lets_an_in_flight_call_finish() {
     };
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+/// Runs `grpcurl` with an optional bearer token and JSON body; returns the parsed reply or the
+/// error text.
+fn call(
+    addr: &str,
+    token: Option<&str>,
+    method: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let mut args = vec!["-plaintext".to_string()];
+    if let Some(token) = token {
+        args.push("-H".into());
+        args.push(format!("authorization: Bearer {token}"));
+    }
+    args.extend(["-d".into(), body.to_string(), addr.to_string(), method.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out) = grpcurl(&args);
+    if ok {
+        serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
+    } else {
+        Err(out)
+    }
+}
+
+fn sign_in(addr: &str, email: &str, password: &str) -> String {
+    let reply = call(
+        addr,
+        None,
+        "steward.auth.v1.AuthService/SignIn",
+        serde_json::json!({"email": email, "password": password}),
+    )
+    .unwrap();
+    reply["tokens"]["accessToken"].as_str().unwrap().to_string()
+}
+
+/// The seed document, walked with nothing but `grpcurl` against `steward-server dev` and a real
+/// `steward-agent`: set the owner's password from the printed link, sign in, create a Command
+/// Runner, receive its email link, set its password, sign in as it, run its granted command and
+/// read the output, be refused everything else, edit and delete administrators with the
+/// safeguards holding.
+#[test]
+fn seed_walkthrough_with_grpcurl() {
+    let dev = start_dev();
+    let addr = dev.addr.as_str();
+    let password = "correct horse battery staple 42!";
+
+    // 1. The owner sets a password with the printed link and signs in.
+    let token = steward_server::extract_token(&dev.link).unwrap();
+    call(
+        addr,
+        None,
+        "steward.auth.v1.AuthService/AcceptInvite",
+        serde_json::json!({"token": token, "password": password}),
+    )
+    .unwrap();
+    let owner = sign_in(addr, "owner@example.com", password);
+    let profile =
+        call(addr, Some(&owner), "steward.admin.v1.AdminService/GetProfile", serde_json::json!({}))
+            .unwrap();
+    let org = profile["profile"]["organization"]["name"].as_str().unwrap().to_string();
+    let owner_name = profile["profile"]["administrator"]["name"].as_str().unwrap().to_string();
+
+    // 2. Create a Command Runner; its invite lands in the dev mail folder; it sets its password.
+    let created = call(
+        addr,
+        Some(&owner),
+        "steward.admin.v1.AdminService/CreateAdministrator",
+        serde_json::json!({"parent": org, "administrator": {"email": "helpdesk@example.com", "role": "ROLE_COMMAND_RUNNER", "whatsNew": true}}),
+    )
+    .unwrap();
+    let runner_name = created["administrator"]["name"].as_str().unwrap().to_string();
+    let mail = dev.data.path().join("mail");
+    let invite = (0..100)
+        .find_map(|_| {
+            steward_server::newest_token_for(&mail, "helpdesk@example.com").or_else(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            })
+        })
+        .expect("invite mail for the Command Runner");
+    call(
+        addr,
+        None,
+        "steward.auth.v1.AuthService/AcceptInvite",
+        serde_json::json!({"token": invite, "password": password}),
+    )
+    .unwrap();
+    let runner = sign_in(addr, "helpdesk@example.com", password);
+
+    // 3. A system with a real agent, a command on it, granted to the runner.
+    let key = call(
+        addr,
+        Some(&owner),
+        "steward.commands.v1.SystemService/CreateConnectKey",
+        serde_json::json!({"parent": org, "connectKey": {"displayName": "lab"}}),
+    )
+    .unwrap()["connectKey"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let agent_bin =
+        std::path::Path::new(env!("CARGO_BIN_EXE_steward-server")).with_file_name("steward-agent");
+    assert!(agent_bin.exists(), "build the agent first: cargo build -p steward-agent");
+    let state = tempfile::tempdir().unwrap();
+    let mut agent = Command::new(agent_bin)
+        .args(["--server", &format!("http://{addr}"), "--connect-key", &key, "--state-dir"])
+        .arg(state.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let system = (0..100)
+        .find_map(|_| {
+            let list = call(
+                addr,
+                Some(&owner),
+                "steward.commands.v1.SystemService/ListSystems",
+                serde_json::json!({"parent": org}),
+            )
+            .unwrap();
+            let name = list["systems"][0]["name"].as_str().map(str::to_string);
+            if name.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            name
+        })
+        .expect("the agent registered its system");
+    let command = call(
+        addr,
+        Some(&owner),
+        "steward.commands.v1.CommandService/CreateCommand",
+        serde_json::json!({"parent": org, "command": {"displayName": "disk usage report", "script": "echo report-ok; exit 0",
+            "interpreter": "INTERPRETER_SH", "timeout": "30s", "targetSystems": [system]}}),
+    )
+    .unwrap()["command"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = call(
+        addr,
+        Some(&owner),
+        "steward.commands.v1.CommandService/CreateCommand",
+        serde_json::json!({"parent": org, "command": {"displayName": "reboot", "script": "echo no",
+            "interpreter": "INTERPRETER_SH", "timeout": "30s", "targetSystems": [system]}}),
+    )
+    .unwrap()["command"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    call(
+        addr,
+        Some(&owner),
+        "steward.commands.v1.CommandService/CreateGrant",
+        serde_json::json!({"parent": command, "grant": {"grantee": runner_name}}),
+    )
+    .unwrap();
+
+    // 4. The runner sees and runs only its command, and reads the output.
+    let listed = call(
+        addr,
+        Some(&runner),
+        "steward.commands.v1.CommandService/ListCommands",
+        serde_json::json!({"parent": org}),
+    )
+    .unwrap();
+    let names: Vec<&str> = listed["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [command.as_str()]);
+    let run = call(
+        addr,
+        Some(&runner),
+        "steward.commands.v1.CommandService/RunCommand",
+        serde_json::json!({"command": command}),
+    )
+    .unwrap()["run"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let finished = (0..200)
+        .find_map(|_| {
+            let got = call(
+                addr,
+                Some(&runner),
+                "steward.commands.v1.CommandService/GetRun",
+                serde_json::json!({"name": run}),
+            )
+            .unwrap();
+            if got["run"]["state"] == "RUN_STATE_SUCCEEDED" {
+                Some(got)
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            }
+        })
+        .expect("the run succeeded");
+    // grpcurl prints bytes as base64: "report-ok\n".
+    assert_eq!(finished["run"]["results"][0]["stdout"], "cmVwb3J0LW9rCg==");
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    // 5. Everything else is refused.
+    for (method, body) in [
+        ("steward.commands.v1.CommandService/RunCommand", serde_json::json!({"command": other})),
+        ("steward.commands.v1.CommandService/GetCommand", serde_json::json!({"name": other})),
+        ("steward.admin.v1.AdminService/ListAdministrators", serde_json::json!({"parent": org})),
+        (
+            "steward.billing.v1.BillingService/GetPaymentCard",
+            serde_json::json!({"name": format!("{org}/paymentCard")}),
+        ),
+        ("steward.audit.v1.AuditService/ListAuditEvents", serde_json::json!({"parent": org})),
+    ] {
+        let err = call(addr, Some(&runner), method, body).unwrap_err();
+        assert!(err.contains("PermissionDenied"), "{method}: {err}");
+    }
+
+    // 6. Edit the runner (only the masked field changes), preview and refuse deletes, delete.
+    let updated = call(
+        addr,
+        Some(&owner),
+        "steward.admin.v1.AdminService/UpdateAdministrator",
+        serde_json::json!({"administrator": {"name": runner_name, "mfaRequired": true}, "updateMask": {"paths": ["mfa_required"]}}),
+    )
+    .unwrap();
+    assert_eq!(updated["administrator"]["mfaRequired"], true);
+    assert_eq!(updated["administrator"]["whatsNew"], true);
+    let refused = call(
+        addr,
+        Some(&owner),
+        "steward.admin.v1.AdminService/BatchDeleteAdministrators",
+        serde_json::json!({"parent": org, "names": [owner_name, runner_name], "validateOnly": true}),
+    )
+    .unwrap_err();
+    assert!(refused.contains("FailedPrecondition") && refused.contains("delete"), "{refused}");
+    let preview = call(
+        addr,
+        Some(&owner),
+        "steward.admin.v1.AdminService/BatchDeleteAdministrators",
+        serde_json::json!({"parent": org, "names": [runner_name], "validateOnly": true}),
+    )
+    .unwrap();
+    assert_eq!(preview["administrators"][0]["name"], runner_name.as_str());
+    call(
+        addr,
+        Some(&owner),
+        "steward.admin.v1.AdminService/BatchDeleteAdministrators",
+        serde_json::json!({"parent": org, "names": [runner_name]}),
+    )
+    .unwrap();
+    let gone = call(
+        addr,
+        Some(&owner),
+        "steward.admin.v1.AdminService/GetAdministrator",
+        serde_json::json!({"name": runner_name}),
+    )
+    .unwrap_err();
+    assert!(gone.contains("NotFound"), "{gone}");
+}
