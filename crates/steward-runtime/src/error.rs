@@ -234,6 +234,18 @@ mod tests {
     }
 
     #[test]
+    fn unshipped_behaviour_is_unimplemented_and_says_what() {
+        let status: Status =
+            ApiError::Unimplemented("steward.commands.v1.CommandService/WatchRun").into();
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert_eq!(
+            status.message(),
+            "steward.commands.v1.CommandService/WatchRun is not implemented yet"
+        );
+        assert_eq!(status.get_error_details().error_info().unwrap().reason, "NOT_IMPLEMENTED");
+    }
+
+    #[test]
     fn throttling_carries_retry_info() {
         let status: Status =
             ApiError::ResourceExhausted { retry_after: Duration::from_secs(4) }.into();
