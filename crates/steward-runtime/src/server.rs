@@ -105,6 +105,14 @@ pub async fn serve(
         .timeout(limits.request_timeout())
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .trace_fn(|request| {
+            let request_id = request
+                .headers()
+                .get(crate::authn::REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("rpc", method = %request.uri().path(), request_id)
+        })
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
         .layer(auth)
         .add_routes(routes)
