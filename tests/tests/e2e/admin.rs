@@ -1185,7 +1185,45 @@ async fn invite_survives_auth_outage(backend: Backend) {
     let email = email();
     let created = create(&owner.client, &owner.org, &email, Role::Administrator).await.unwrap();
     assert_eq!(created.state, administrator::State::Invited as i32);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The relay has tried to deliver the invite and failed (observable in the outbox row, kept
+    // for a retry); no mail went out.
+    let url = match backend {
+        Backend::Sqlite => {
+            steward_server::database_url(stack.config(), ServiceKind::Admin).unwrap()
+        }
+        Backend::Postgres => stack.config().database.url.clone(),
+    };
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    let attempts = || {
+        let db = db.clone();
+        let email = email.clone();
+        async move {
+            use sea_orm::ConnectionTrait;
+            let sql =
+                "SELECT attempts, payload FROM admin_outbox WHERE topic = 'auth.issue_invite'";
+            let rows = db
+                .query_all(sea_orm::Statement::from_string(db.get_database_backend(), sql))
+                .await
+                .unwrap();
+            rows.iter()
+                .filter(|row| {
+                    let payload: String = row.try_get("", "payload").unwrap();
+                    let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
+                    payload["email"] == email.as_str()
+                })
+                .map(|row| row.try_get::<i32>("", "attempts").unwrap())
+                .max()
+        }
+    };
+    let mut tried = None;
+    for _ in 0..300 {
+        tried = attempts().await;
+        if tried.is_some_and(|n| n >= 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(tried.is_some_and(|n| n >= 1), "the relay never tried: {tried:?}");
     assert!(steward_server::newest_token_for(&stack.mail_dir(), &email).is_none());
     stack.start_auth().await;
     let tokens = stack.accept_and_sign_in(&email).await;
@@ -1198,6 +1236,24 @@ async fn invite_survives_auth_outage(backend: Backend) {
         .into_inner();
     assert_eq!(looked.administrator.unwrap().state, administrator::State::Active as i32);
     assert_eq!(looked.organization_display_name, "Acme");
+    // Delivered once: the row is gone and exactly one mail was written.
+    let mut left = attempts().await;
+    for _ in 0..100 {
+        if left.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = attempts().await;
+    }
+    assert_eq!(left, None, "the delivered invite left the outbox");
+    let mails = std::fs::read_dir(stack.mail_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&format!("To: {email}")))
+        })
+        .count();
+    assert_eq!(mails, 1);
 }
 
 mod auth_outage {

@@ -225,10 +225,11 @@ backend_test!(invite_links_are_single_use_expire_and_resend_invalidates, |stack|
     assert_eq!(field, "password");
     assert!(why.contains("too easy"), "{why}");
     let local = email.split('@').next().unwrap();
-    assert!(
-        accept(&stack, &second, &format!("{local}{local}")).await.is_err(),
-        "the email is a known input"
-    );
+    // The email is a known input: a password built from it is refused as weak, with the field
+    // named (and the link stays usable).
+    let (field, _) =
+        field_violation(&accept(&stack, &second, &format!("{local}{local}")).await.unwrap_err());
+    assert_eq!(field, "password", "the email is a known input");
 
     assert_eq!(accept(&stack, &second, PASSWORD).await.unwrap(), name);
     assert_invalid_credentials(&accept(&stack, &second, PASSWORD).await.unwrap_err());
@@ -646,6 +647,40 @@ backend_test!(throttling_engages_and_releases_with_the_clock, |stack| async move
     let delay =
         status.get_error_details().retry_info().and_then(|r| r.retry_delay).expect("RetryInfo");
     assert!(delay > Duration::from_secs(2) && delay <= Duration::from_secs(4), "{delay:?}");
+});
+
+// Per client address: many accounts failing from one address lock the address (every email,
+// even a correct password), below the per-account threshold; the clock releases it.
+backend_test!(throttling_per_client_address, |stack| async move {
+    let owner = stack.owner().await;
+    let free = steward_auth::throttle::ADDRESS.free_failures;
+    assert!(free > steward_auth::throttle::ACCOUNT.free_failures);
+    // Distinct emails, one failure each: no account reaches its own threshold.
+    for i in 0..free {
+        let email = format!("spray-{i}-{}@example.com", uuid::Uuid::new_v4().simple());
+        assert_invalid_credentials(
+            &sign_in_raw(&stack, &email, "sprayed password").await.unwrap_err(),
+        );
+    }
+    let status = sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let delay =
+        status.get_error_details().retry_info().and_then(|r| r.retry_delay).expect("RetryInfo");
+    assert!(delay > Duration::ZERO && delay <= Duration::from_secs(2), "{delay:?}");
+    let fresh = format!("fresh-{}@example.com", uuid::Uuid::new_v4().simple());
+    assert_eq!(
+        sign_in_raw(&stack, &fresh, "anything at all").await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    stack.clock.advance(delay + Duration::from_secs(1));
+    tokens(sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap());
+    // A success clears the account, not the address: the next failure locks it again, longer.
+    assert_invalid_credentials(&sign_in_raw(&stack, &fresh, "wrong again").await.unwrap_err());
+    let status = sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let longer =
+        status.get_error_details().retry_info().and_then(|r| r.retry_delay).expect("RetryInfo");
+    assert!(longer > delay, "{longer:?} after {delay:?}");
 });
 
 backend_test!(unknown_email_and_wrong_password_fail_identically, |stack| async move {

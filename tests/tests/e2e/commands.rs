@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use steward_proto::admin::v1::Role;
 use steward_proto::audit::v1::ListAuditEventsRequest;
+use steward_proto::auth::v1::{RefreshSessionRequest, SignInRequest};
 use steward_proto::client::Steward;
 use steward_proto::commands::v1::agent_service_client::AgentServiceClient;
 use steward_proto::commands::v1::commands_internal_service_client::CommandsInternalServiceClient;
@@ -324,6 +325,30 @@ backend_test!(check_access_explains_every_reason, |stack| async move {
     let ghost = check(c, &nobody, &command.name, Action::Read, "").await.unwrap();
     assert_eq!(ghost.reason, DecisionReason::PrincipalNotFound as i32);
     assert!(!ghost.message.is_empty());
+
+    // Every denial says why twice: a code a program can switch on and a sentence a person can
+    // read (one that differs between reasons); and every reason the API defines was produced.
+    let denials = [&no_grant, &wrong, &wrong_system, &not_target, &no_targets, &gone, &ghost];
+    for d in denials {
+        assert!(!d.allowed, "{d:?}");
+        assert_ne!(d.reason, DecisionReason::Unspecified as i32, "{d:?}");
+        assert!(d.message.split_whitespace().count() >= 3, "a readable message: {d:?}");
+        assert!(d.grant.is_empty() && d.grantor.is_empty(), "no grant behind a denial: {d:?}");
+    }
+    let mut by_reason = std::collections::BTreeMap::new();
+    for d in denials {
+        by_reason.entry(d.reason).or_insert_with(|| d.message.clone());
+    }
+    let messages: std::collections::BTreeSet<_> = by_reason.values().collect();
+    assert_eq!(messages.len(), by_reason.len(), "one message per reason: {by_reason:?}");
+    let seen: std::collections::BTreeSet<i32> = [&admin, &granted, &read, &read_untargeted]
+        .into_iter()
+        .chain(denials)
+        .map(|d| d.reason)
+        .collect();
+    let defined: std::collections::BTreeSet<i32> =
+        (1..).map_while(|v| DecisionReason::try_from(v).ok()).map(|r| r as i32).collect();
+    assert_eq!(seen, defined, "every DecisionReason is exercised");
 
     // Errors rather than decisions.
     let unspecified = check(c, "", &command.name, Action::Unspecified, "").await.unwrap_err();
@@ -939,7 +964,162 @@ backend_test!(remove_administrator_grants_is_internal_and_idempotent, |stack| as
         .remove_administrator_grants(with_token)
         .await
         .unwrap_err();
-    assert!(matches!(err.code(), Code::PermissionDenied | Code::Unauthenticated), "{err:?}");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(reason_of(&err), "SERVICE_CREDENTIAL_REQUIRED");
+    // Nothing happened: a fresh grant survives the refused call.
+    let three = create_command(&owner, "three", &[&system]).await;
+    grant(&owner, &three.name, &runner.name).await;
+    let mut with_token = tonic::Request::new(request("k4"));
+    with_token
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {}", owner.tokens.access_token).parse().unwrap());
+    let channel =
+        Channel::from_shared(stack.url(ServiceKind::Commands)).unwrap().connect().await.unwrap();
+    CommandsInternalServiceClient::new(channel)
+        .remove_administrator_grants(with_token)
+        .await
+        .unwrap_err();
+    run(&runner.client, &three.name, &[]).await.unwrap();
+});
+
+/// The grants (across every command) held by `grantee`.
+async fn grants_of(owner: &Owner, grantee: &str) -> Vec<Grant> {
+    owner
+        .client
+        .commands()
+        .list_grants(ListGrantsRequest {
+            parent: format!("{}/commands/-", owner.org),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants
+        .into_iter()
+        .filter(|g| g.grantee == grantee)
+        .collect()
+}
+
+/// Refreshes (following rotations) until the session is refused; panics if it never is.
+async fn wait_until_session_revoked(stack: &Stack, mut refresh_token: String) -> Status {
+    for _ in 0..300 {
+        let reply = stack
+            .client()
+            .await
+            .auth()
+            .refresh_session(RefreshSessionRequest { refresh_token: refresh_token.clone() })
+            .await;
+        match reply {
+            Ok(reply) => refresh_token = reply.into_inner().tokens.unwrap().refresh_token,
+            Err(status) => return status,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the session was never revoked");
+}
+
+/// Polls until `grantee` holds no grant; panics after 15 s.
+async fn wait_until_no_grants(owner: &Owner, grantee: &str) {
+    for _ in 0..300 {
+        if grants_of(owner, grantee).await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{grantee} still holds grants: {:?}", grants_of(owner, grantee).await);
+}
+
+// Through the real admin API (not the internal RPC): deleting a Command Runner, or changing its
+// role, removes its grants in the commands service and ends its sessions in the auth service
+// (both delivered from the admin service's outbox); other runners keep theirs.
+backend_test!(deleting_or_promoting_a_runner_ends_its_grants_and_sessions, |stack| async move {
+    use steward_proto::admin::v1::{
+        Administrator, BatchDeleteAdministratorsRequest, UpdateAdministratorRequest,
+    };
+    let owner = stack.owner().await;
+    let leaving = stack.member(&owner, Role::CommandRunner, false).await;
+    let promoted = stack.member(&owner, Role::CommandRunner, false).await;
+    let staying = stack.member(&owner, Role::CommandRunner, false).await;
+    let (system, _) = register(&stack, &owner, "hr-1").await;
+    let one = create_command(&owner, "one", &[&system]).await;
+    let two = create_command(&owner, "two", &[&system]).await;
+    for who in [&leaving, &promoted, &staying] {
+        grant(&owner, &one.name, &who.name).await;
+        grant(&owner, &two.name, &who.name).await;
+    }
+    run(&leaving.client, &one.name, &[]).await.unwrap();
+
+    owner
+        .client
+        .admin()
+        .batch_delete_administrators(BatchDeleteAdministratorsRequest {
+            parent: owner.org.clone(),
+            names: vec![leaving.name.clone()],
+            validate_only: false,
+        })
+        .await
+        .unwrap();
+    wait_until_no_grants(&owner, &leaving.name).await;
+    let refused = wait_until_session_revoked(&stack, leaving.tokens.refresh_token.clone()).await;
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert_eq!(refused.message(), "invalid credentials");
+    let sign_in = stack
+        .client()
+        .await
+        .auth()
+        .sign_in(SignInRequest {
+            email: leaving.email.clone(),
+            password: crate::harness::PASSWORD.into(),
+            organization: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(sign_in.code(), Code::Unauthenticated);
+    // Its still-unexpired access token runs nothing any more.
+    let denied = run(&leaving.client, &one.name, &[]).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+
+    // A role change ends the grants and sessions too: new tokens carry the new role.
+    owner
+        .client
+        .admin()
+        .update_administrator(UpdateAdministratorRequest {
+            administrator: Some(Administrator {
+                name: promoted.name.clone(),
+                role: Role::Administrator as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["role".into()] }),
+        })
+        .await
+        .unwrap();
+    wait_until_no_grants(&owner, &promoted.name).await;
+    let refused = wait_until_session_revoked(&stack, promoted.tokens.refresh_token.clone()).await;
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let fresh = stack.sign_in(&promoted.email, crate::harness::PASSWORD).await;
+    let claims: serde_json::Value = {
+        use base64::Engine;
+        let part = fresh.access_token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(claims["role"], "administrator");
+
+    // The bystander keeps both grants and its session.
+    assert_eq!(grants_of(&owner, &staying.name).await.len(), 2);
+    run(&staying.client, &two.name, &[]).await.unwrap();
+    stack
+        .client()
+        .await
+        .auth()
+        .refresh_session(RefreshSessionRequest {
+            refresh_token: staying.tokens.refresh_token.clone(),
+        })
+        .await
+        .unwrap();
 });
 
 backend_test!(run_attempts_are_audited, |stack| async move {
