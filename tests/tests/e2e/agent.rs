@@ -239,6 +239,17 @@ fn gone(pid: u32) -> bool {
     }
 }
 
+/// Waits (up to 5 s) for the process to be gone: the kill is delivered asynchronously.
+async fn disappears(pid: u32) -> bool {
+    for _ in 0..100 {
+        if gone(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 fn uname_s() -> String {
     String::from_utf8(std::process::Command::new("uname").arg("-s").output().unwrap().stdout)
         .unwrap()
@@ -292,7 +303,7 @@ backend_test!(agent_executes_commands, |stack| async move {
     assert_eq!(run.state, RunState::TimedOut as i32, "{run:?}");
     let sleeper: u32 =
         String::from_utf8(run.results[0].stdout.clone()).unwrap().trim().parse().unwrap();
-    assert!(gone(sleeper), "the timed-out process {sleeper} is gone");
+    assert!(disappears(sleeper).await, "the timed-out process {sleeper} is gone");
 
     // Output over the agent's bound (1000 bytes): truncated and marked.
     let run = run_script(
@@ -324,7 +335,7 @@ backend_test!(agent_executes_commands, |stack| async move {
     let run = wait_run(&owner, &agent, &run_name, finished).await;
     assert_eq!(run.state, RunState::Cancelled as i32, "{run:?}");
     assert_eq!(run.results[0].state, RunState::Cancelled as i32);
-    assert!(gone(sleeper), "the cancelled process {sleeper} is gone");
+    assert!(disappears(sleeper).await, "the cancelled process {sleeper} is gone");
 
     agent.kill().await;
 });
@@ -441,7 +452,7 @@ backend_test!(agent_stopped_or_killed_during_a_run, |stack| async move {
     let ended = wait_run(&owner, &agent, &run, finished).await;
     assert_eq!(ended.state, RunState::Failed as i32);
     assert_eq!(ended.results[0].error_message, "killed because the agent was stopped");
-    assert!(gone(sleeper));
+    assert!(disappears(sleeper).await, "the stopped agent's process {sleeper} is gone");
 
     // SIGKILL: the service ends the run failed once the agent is past its deadline.
     let mut agent = AgentProcess::spawn(&url, None, &state, &[]);
@@ -462,4 +473,43 @@ backend_test!(agent_stopped_or_killed_during_a_run, |stack| async move {
     let run = run_script(&owner, &agent, &system.name, "echo again", 30).await;
     assert_eq!(run.state, RunState::Succeeded as i32, "{run:?}");
     assert_eq!(run.results[0].stdout, b"again\n");
+});
+
+// Two replicas on one database: the real agent holds its stream on the replica, the run is
+// created through the primary, and the output comes back exact.
+backend_test!(agent_on_one_replica_runs_what_the_other_created, |stack| async move {
+    let mut stack: Stack = stack;
+    let replica = stack.add_replica().await;
+    let owner = stack.owner().await;
+    let (_, key) = connect_key(&owner).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let agent = AgentProcess::spawn(&replica, Some(&key), &state, &[]);
+    let system = connected_system(&owner, &agent).await;
+    let primary = stack.url(ServiceKind::Commands);
+    assert_ne!(primary, replica);
+    for i in 0..2 {
+        let run = run_script(&owner, &agent, &system.name, &format!("echo round {i}"), 30).await;
+        assert_eq!(run.state, RunState::Succeeded as i32, "{run:?}");
+        assert_eq!(run.results[0].stdout, format!("round {i}\n").into_bytes());
+        assert_eq!(run.results[0].exit_code, 0);
+    }
+    // The run is visible the same way from the replica that executed it.
+    let created = command(&owner, &system.name, "echo seen", 30).await;
+    let run = start_run(&owner, &created).await;
+    wait_run(&owner, &agent, &run, finished).await;
+    let via_replica = stack
+        .client_at(&replica)
+        .await
+        .with_token(&owner.tokens.access_token)
+        .unwrap()
+        .commands()
+        .get_run(GetRunRequest { name: run.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!(via_replica.state, RunState::Succeeded as i32);
+    assert_eq!(via_replica.results[0].stdout, b"seen\n");
 });
