@@ -288,6 +288,25 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
                     method.path
                 ));
             }
+            // The agent API passes the layer but answers only agents: nobody of the matrix holds
+            // a connect key or a system credential, so every call is refused by the handler.
+            if access == Access::Agent {
+                let code = outcome.as_ref().err().map(|s| s.code());
+                let refused = match who {
+                    // RegisterAgent may first refuse the empty connect key as invalid.
+                    Who::Anonymous | Who::Service if method.name == "RegisterAgent" => {
+                        matches!(code, Some(Code::Unauthenticated | Code::InvalidArgument))
+                    }
+                    Who::Anonymous | Who::Service => code == Some(Code::Unauthenticated),
+                    _ => code == Some(Code::PermissionDenied),
+                };
+                if !refused {
+                    failures.push(format!(
+                        "{} as {who:?}: the agent API must refuse, got {outcome:?}",
+                        method.path
+                    ));
+                }
+            }
         }
         // An Administrator of another organization naming this organization's resources.
         if matches!(access, Access::AnyRole | Access::Administrator | Access::Billing) {
