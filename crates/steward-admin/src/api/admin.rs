@@ -61,6 +61,20 @@ fn update_paths(mask: Option<&prost_types::FieldMask>) -> ApiResult<HashSet<&'st
     Ok(selected)
 }
 
+/// Billing access may only be handed out by an administrator who holds it: otherwise an
+/// Administrator without billing could grant it to itself (or to a new account it controls) and
+/// reach the payment card. Removing billing needs no such right (it takes access away, and the
+/// LAST_BILLING_ADMINISTRATOR safeguard still applies).
+fn may_grant_billing(caller: &administrator::Model) -> ApiResult<()> {
+    if caller.billing {
+        return Ok(());
+    }
+    Err(ApiError::denied(
+        "BILLING_REQUIRED",
+        "only administrators with billing access may grant billing access",
+    ))
+}
+
 impl AdminApi {
     async fn create(
         &self,
@@ -80,6 +94,9 @@ impl AdminApi {
         let txn = self.state.db.begin().await?;
         lock_org(&txn, &org_id).await?;
         let caller = caller_row(&txn, p, Need::Administrator).await?;
+        if input.billing {
+            may_grant_billing(&caller)?;
+        }
         if !req.request_id.is_empty() {
             let previous =
                 idempotency::Entity::find_by_id((org_id.clone(), req.request_id.clone()))
@@ -261,6 +278,9 @@ impl AdminApi {
         }
         let role_changed = next.role != current.role;
         let billing_changed = next.billing != current.billing;
+        if billing_changed && next.billing {
+            may_grant_billing(&caller)?;
+        }
         let mut changed = Vec::new();
         for (field, differs) in [
             ("role", role_changed),
