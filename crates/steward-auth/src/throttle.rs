@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ConnectionTrait, EntityTrait, Set};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use steward_runtime::{ApiError, ApiResult};
 
 use crate::entity::throttle;
@@ -49,6 +50,11 @@ pub fn account_key(email: &str) -> String {
     format!("account:{}", email.trim().to_lowercase())
 }
 
+/// The key counting wrong second-factor codes of `administrator`.
+pub fn mfa_key(administrator: &str) -> String {
+    format!("mfa:{administrator}")
+}
+
 /// The address key of a peer address (`ip:port` or `[ip6]:port`), without the port.
 pub fn address_key(client_address: &str) -> String {
     let host = match client_address.parse::<std::net::SocketAddr>() {
@@ -80,22 +86,57 @@ pub async fn check(
     Ok(())
 }
 
-/// Counts a failure against `key` under `policy`.
+/// Counts a failure against `key` under `policy`. The count is incremented in the database
+/// (`failures = failures + 1`), never read and written back, so concurrent failures (a burst of
+/// parallel guesses) each count.
 pub async fn fail(
     db: &impl ConnectionTrait,
     key: &str,
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> ApiResult<()> {
-    let existing = throttle::Entity::find_by_id(key.to_string()).one(db).await?;
-    let previous = existing
-        .as_ref()
-        .filter(|row| (now - row.updated_at).num_seconds() < policy.reset_after_secs)
-        .map_or(0, |row| row.failures);
-    let failures = previous.saturating_add(1);
+    // A counter quiet for `reset_after_secs` starts over.
+    throttle::Entity::update_many()
+        .col_expr(throttle::Column::Failures, Expr::value(0))
+        .filter(throttle::Column::Key.eq(key))
+        .filter(
+            throttle::Column::UpdatedAt
+                .lt(now - chrono::Duration::seconds(policy.reset_after_secs)),
+        )
+        .exec(db)
+        .await?;
+    let row = throttle::ActiveModel {
+        key: Set(key.to_string()),
+        failures: Set(1),
+        locked_until: Set(None),
+        updated_at: Set(now),
+    };
+    throttle::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(throttle::Column::Key)
+                .value(
+                    throttle::Column::Failures,
+                    Expr::col((throttle::Entity, throttle::Column::Failures)).add(1),
+                )
+                .update_column(throttle::Column::UpdatedAt)
+                .to_owned(),
+        )
+        .exec(db)
+        .await?;
+    let failures =
+        throttle::Entity::find_by_id(key.to_string()).one(db).await?.map_or(1, |r| r.failures);
     let delay = policy.delay(failures);
-    let locked_until = (delay > 0).then(|| now + chrono::Duration::seconds(delay));
     if delay > 0 {
+        let until = now + chrono::Duration::seconds(delay);
+        // Only ever extends a lock, so a slower concurrent failure cannot shorten it.
+        throttle::Entity::update_many()
+            .col_expr(throttle::Column::LockedUntil, Expr::value(Some(until)))
+            .filter(throttle::Column::Key.eq(key))
+            .filter(
+                throttle::Column::LockedUntil.is_null().or(throttle::Column::LockedUntil.lt(until)),
+            )
+            .exec(db)
+            .await?;
         tracing::info!(
             failures,
             delay_secs = delay,
@@ -103,25 +144,6 @@ pub async fn fail(
             "sign-in throttled"
         );
     }
-    let row = throttle::ActiveModel {
-        key: Set(key.to_string()),
-        failures: Set(failures),
-        locked_until: Set(locked_until),
-        updated_at: Set(now),
-    };
-    // An upsert, so two first failures racing each other cannot collide on the key.
-    throttle::Entity::insert(row)
-        .on_conflict(
-            OnConflict::column(throttle::Column::Key)
-                .update_columns([
-                    throttle::Column::Failures,
-                    throttle::Column::LockedUntil,
-                    throttle::Column::UpdatedAt,
-                ])
-                .to_owned(),
-        )
-        .exec(db)
-        .await?;
     Ok(())
 }
 
@@ -141,6 +163,25 @@ mod tests {
         let delays: Vec<i64> = (1..=8).map(|n| ACCOUNT.delay(n)).collect();
         assert_eq!(delays, vec![0, 0, 0, 0, 2, 4, 8, 16]);
         assert_eq!(ACCOUNT.delay(100), 900);
+    }
+
+    #[tokio::test]
+    async fn concurrent_failures_all_count() {
+        for backend in steward_storage::testing::backends() {
+            let db = steward_storage::testing::TestDatabase::create(backend).await.unwrap();
+            let conn = steward_storage::connect(&db.url("auth"), 8).await.unwrap();
+            <crate::Migrator as sea_orm_migration::MigratorTrait>::up(&conn, None).await.unwrap();
+            let now = Utc::now();
+            let key = account_key("victim@example.com");
+            let attempts = (0..16).map(|_| fail(&conn, &key, &ADDRESS, now));
+            for result in futures::future::join_all(attempts).await {
+                result.unwrap();
+            }
+            let row = throttle::Entity::find_by_id(key).one(&conn).await.unwrap().unwrap();
+            assert_eq!(row.failures, 16, "lost updates on {backend:?}");
+            // Past the free failures of ADDRESS (20)? Not yet: no lock.
+            assert!(row.locked_until.is_none());
+        }
     }
 
     #[test]
