@@ -18,9 +18,11 @@
 //!   several organizations without `organization` is FAILED_PRECONDITION with a
 //!   `PreconditionFailure` of type `ORGANIZATION_REQUIRED` (the shared error type fixes the
 //!   `ErrorInfo` reason to `FAILED_PRECONDITION`).
-//! - **MFA**: a challenge lives 5 minutes and dies after 5 wrong codes (which also count against
-//!   the client address). TOTP codes are accepted once: the service keeps the last accepted step
-//!   and only accepts later steps. Recovery codes are 80-bit, shown once, stored as SHA-256 bound
+//! - **MFA**: a challenge lives 5 minutes and dies after 5 attempts (taken atomically, so
+//!   parallel guesses cannot exceed them). Wrong codes also count against the client address and
+//!   against the administrator (`mfa:{name}`, the account policy, across challenges, cleared only
+//!   by a successful second factor, not by a password sign-in). TOTP codes are accepted once:
+//!   the service keeps the last accepted step and only accepts later steps. Recovery codes are 80-bit, shown once, stored as SHA-256 bound
 //!   to the administrator. A session completed with TOTP has `amr: ["pwd","otp"]`, with a
 //!   recovery code `["pwd","mfa"]`. The TOTP secret itself is stored as is (the service must
 //!   read it to check codes); protect the database accordingly. A pending enrolment expires after

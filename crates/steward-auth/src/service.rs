@@ -218,13 +218,31 @@ impl Service {
         let address = throttle::address_key(&context.client_address);
         throttle::check(&state.db, std::slice::from_ref(&address), state.now()).await?;
         let now = state.now();
-        let challenge = mfa_challenge::Entity::find_by_id(secrets::digest(&request.challenge))
+        let challenge_hash = secrets::digest(&request.challenge);
+        let challenge = mfa_challenge::Entity::find_by_id(challenge_hash.clone())
             .one(&state.db)
             .await?
-            .filter(|c| {
-                c.used_at.is_none() && c.expires_at > now && c.attempts < CHALLENGE_ATTEMPTS
-            })
+            .filter(|c| c.used_at.is_none() && c.expires_at > now)
             .ok_or_else(invalid_credentials)?;
+        // Wrong codes count per administrator across challenges: a fresh sign-in (which clears
+        // the password counter) must not buy fresh guesses at the second factor.
+        let account = throttle::mfa_key(&challenge.administrator);
+        throttle::check(&state.db, std::slice::from_ref(&account), now).await?;
+        // Take one of the challenge's attempts before checking the code, in the database, so
+        // parallel guesses on one challenge cannot exceed CHALLENGE_ATTEMPTS.
+        let reserved = mfa_challenge::Entity::update_many()
+            .col_expr(
+                mfa_challenge::Column::Attempts,
+                Expr::col(mfa_challenge::Column::Attempts).add(1),
+            )
+            .filter(mfa_challenge::Column::ChallengeHash.eq(challenge_hash.as_str()))
+            .filter(mfa_challenge::Column::Attempts.lt(CHALLENGE_ATTEMPTS))
+            .filter(mfa_challenge::Column::UsedAt.is_null())
+            .exec(&state.db)
+            .await?;
+        if reserved.rows_affected != 1 {
+            return Err(invalid_credentials());
+        }
         let credential = credential::Entity::find_by_id(challenge.administrator.clone())
             .filter(credential::Column::Organization.eq(challenge.organization.as_str()))
             .one(&state.db)
@@ -273,14 +291,7 @@ impl Service {
             }
         };
         if !accepted {
-            mfa_challenge::Entity::update_many()
-                .col_expr(
-                    mfa_challenge::Column::Attempts,
-                    Expr::col(mfa_challenge::Column::Attempts).add(1),
-                )
-                .filter(mfa_challenge::Column::ChallengeHash.eq(challenge.challenge_hash.as_str()))
-                .exec(&state.db)
-                .await?;
+            throttle::fail(&state.db, &account, &ACCOUNT, now).await?;
             throttle::fail(&state.db, &address, &ADDRESS, now).await?;
             tracing::info!(administrator = %credential.administrator, "mfa code refused");
             return Err(invalid_credentials());
@@ -294,6 +305,7 @@ impl Service {
         if completed.rows_affected != 1 {
             return Err(invalid_credentials());
         }
+        throttle::clear(&state.db, &account).await?;
         let administrator =
             state.lookup(&credential.administrator).await?.ok_or_else(invalid_credentials)?;
         let subject = state.subject(&administrator)?;
