@@ -72,7 +72,8 @@ pub fn decode_page_token(token: &str, query: &str) -> ApiResult<u64> {
     if bound != query {
         return Err(bad());
     }
-    offset.parse().map_err(|_| bad())
+    // Databases take a signed 64-bit OFFSET; the drivers panic on anything larger.
+    offset.parse::<u64>().ok().filter(|o| i64::try_from(*o).is_ok()).ok_or_else(bad)
 }
 
 #[cfg(test)]
@@ -105,5 +106,10 @@ mod tests {
         assert_eq!(decode_page_token(&token, "role=x").unwrap(), 40);
         assert!(decode_page_token(&token, "role=y").is_err());
         assert!(decode_page_token("!!", "role=x").is_err());
+        // A forged offset beyond i64::MAX would panic the SQL drivers: refused as invalid.
+        let forged = encode_page_token(u64::MAX, "role=x");
+        assert!(decode_page_token(&forged, "role=x").is_err());
+        let largest = encode_page_token(i64::MAX as u64, "role=x");
+        assert_eq!(decode_page_token(&largest, "role=x").unwrap(), i64::MAX as u64);
     }
 }
