@@ -39,6 +39,9 @@ use crate::{audit, begin_write, is_unique_violation, organization_of, State};
 const WATCH_POLL: Duration = Duration::from_millis(200);
 /// Largest BatchCheckAccess.
 const MAX_BATCH: usize = 100;
+/// Most target systems of a command, and most systems named by one RunCommand. Bounds the work
+/// (and the rows written) of one request.
+pub(crate) const MAX_SYSTEMS: usize = 1000;
 
 /// The CommandService implementation.
 pub struct Commands {
@@ -191,11 +194,18 @@ async fn check_targets<C: ConnectionTrait>(
     p: &Principal,
     targets: &[String],
 ) -> ApiResult<()> {
+    if targets.len() > MAX_SYSTEMS {
+        return Err(ApiError::invalid(
+            "command.target_systems",
+            format!("must name at most {MAX_SYSTEMS} systems"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(targets.len());
     for (i, name) in targets.iter().enumerate() {
         let field = format!("command.target_systems[{i}]");
         parse_system(&field, name)?;
         p.check_organization(name)?;
-        if targets.iter().take(i).any(|other| other == name) {
+        if !seen.insert(name.as_str()) {
             return Err(ApiError::invalid(field, "is listed twice"));
         }
         let exists = system::Entity::find_by_id(name.clone())
@@ -1054,11 +1064,18 @@ impl Commands {
     ) -> ApiResult<RunCommandResponse> {
         parse_command("command", &req.command)?;
         p.check_organization(&req.command)?;
+        if req.systems.len() > MAX_SYSTEMS {
+            return Err(ApiError::invalid(
+                "systems",
+                format!("must name at most {MAX_SYSTEMS} systems"),
+            ));
+        }
         let mut requested: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(req.systems.len());
         for (i, system) in req.systems.iter().enumerate() {
             parse_system(&format!("systems[{i}]"), system)?;
             p.check_organization(system)?;
-            if !requested.contains(system) {
+            if seen.insert(system.as_str()) {
                 requested.push(system.clone());
             }
         }
@@ -1103,7 +1120,8 @@ impl Commands {
                 "the command has no target systems, so it cannot run anywhere",
             ));
         }
-        if let Some(outside) = requested.iter().find(|s| !targets.contains(s)) {
+        let allowed: std::collections::HashSet<&String> = targets.iter().collect();
+        if let Some(outside) = requested.iter().find(|s| !allowed.contains(s)) {
             return Err(ApiError::denied(
                 "SYSTEM_NOT_TARGET",
                 format!("{outside} is not one of the target systems of {}", command.name),
