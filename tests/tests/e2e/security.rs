@@ -1,0 +1,334 @@
+//! Attacks from the security review: privilege escalation through the billing flag, forged page
+//! tokens, second-factor guessing across challenges, and oversized system lists.
+
+use std::time::Duration;
+
+use steward_proto::admin::v1::{
+    Administrator, CreateAdministratorRequest, ListAdministratorsRequest, Role,
+    UpdateAdministratorRequest,
+};
+use steward_proto::auth::v1::{
+    sign_in_response, verify_mfa_request, BeginMfaEnrollmentRequest, ConfirmMfaEnrollmentRequest,
+    SignInRequest, VerifyMfaRequest,
+};
+use steward_proto::commands::v1::{CreateCommandRequest, RunCommandRequest};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::harness::PASSWORD;
+
+fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
+}
+
+backend_test!(administrator_without_billing_cannot_grant_billing, |stack| async move {
+    let owner = stack.owner().await;
+    let plain = stack.member(&owner, Role::Administrator, false).await;
+
+    // Granting itself billing access would open the payment card: refused.
+    let err = plain
+        .client
+        .admin()
+        .update_administrator(UpdateAdministratorRequest {
+            administrator: Some(Administrator {
+                name: plain.name.clone(),
+                billing: true,
+                ..Default::default()
+            }),
+            update_mask: mask(&["billing"]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(reason(&err), "BILLING_REQUIRED");
+
+    // So is creating a new billing administrator (an account it could control).
+    let err = plain
+        .client
+        .admin()
+        .create_administrator(CreateAdministratorRequest {
+            parent: owner.org.clone(),
+            administrator: Some(Administrator {
+                email: format!("alias-{}@example.com", uuid::Uuid::new_v4().simple()),
+                role: Role::Administrator as i32,
+                billing: true,
+                ..Default::default()
+            }),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(reason(&err), "BILLING_REQUIRED");
+
+    // Nothing changed: still no billing, and no second administrator was created.
+    let listed = owner
+        .client
+        .admin()
+        .list_administrators(ListAdministratorsRequest {
+            parent: owner.org.clone(),
+            filter: "billing = true".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = listed.administrators.iter().map(|a| a.name.clone()).collect();
+    assert_eq!(names, vec![owner.admin.clone()]);
+
+    // A billing Administrator may grant it.
+    let granted = owner
+        .client
+        .admin()
+        .update_administrator(UpdateAdministratorRequest {
+            administrator: Some(Administrator {
+                name: plain.name.clone(),
+                billing: true,
+                ..Default::default()
+            }),
+            update_mask: mask(&["billing"]),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .administrator
+        .unwrap();
+    assert!(granted.billing);
+});
+
+backend_test!(forged_page_token_offsets_are_invalid_not_a_panic, |stack| async move {
+    use base64::Engine;
+    let owner = stack.owner().await;
+    let first = owner
+        .client
+        .admin()
+        .list_administrators(ListAdministratorsRequest {
+            parent: owner.org.clone(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.next_page_token.is_empty(), "one administrator, one page");
+    // A real token is `offset:digest`; reuse the digest of a real one with a huge offset.
+    stack.member(&owner, Role::CommandRunner, false).await;
+    let page = owner
+        .client
+        .admin()
+        .list_administrators(ListAdministratorsRequest {
+            parent: owner.org.clone(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let raw = String::from_utf8(engine.decode(&page.next_page_token).unwrap()).unwrap();
+    let (_, digest) = raw.split_once(':').unwrap();
+    let forged = engine.encode(format!("{}:{digest}", u64::MAX));
+    let err = owner
+        .client
+        .admin()
+        .list_administrators(ListAdministratorsRequest {
+            parent: owner.org.clone(),
+            page_size: 1,
+            page_token: forged,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        err.get_error_details().bad_request().unwrap().field_violations[0].field,
+        "page_token"
+    );
+});
+
+backend_test!(wrong_mfa_codes_are_throttled_across_challenges, |stack| async move {
+    let owner = stack.owner().await;
+    let enrolment = owner
+        .client
+        .auth()
+        .begin_mfa_enrollment(BeginMfaEnrollmentRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let code = steward_auth::totp::code_at(&enrolment.secret, stack.clock.now()).unwrap();
+    owner
+        .client
+        .auth()
+        .confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: code })
+        .await
+        .unwrap();
+    stack.clock.advance(Duration::from_secs(60));
+
+    let auth = stack.client().await;
+    let challenge = || async {
+        let reply = auth
+            .auth()
+            .sign_in(SignInRequest {
+                email: owner.email.clone(),
+                password: PASSWORD.into(),
+                organization: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        match reply.result {
+            Some(sign_in_response::Result::MfaChallenge(c)) => c.challenge,
+            other => panic!("expected a challenge, got {other:?}"),
+        }
+    };
+    let verify = |challenge: String, code: String| {
+        let auth = auth.clone();
+        async move {
+            auth.auth()
+                .verify_mfa(VerifyMfaRequest {
+                    challenge,
+                    code: Some(verify_mfa_request::Code::TotpCode(code)),
+                })
+                .await
+        }
+    };
+    let wrong = || {
+        let now = stack.clock.now();
+        let valid: Vec<String> = [-30, 0, 30]
+            .iter()
+            .map(|s| {
+                steward_auth::totp::code_at(&enrolment.secret, now + chrono::Duration::seconds(*s))
+                    .unwrap()
+            })
+            .collect();
+        (0..10).map(|d| format!("{d}{d}{d}{d}{d}{d}")).find(|c| !valid.contains(c)).unwrap()
+    };
+
+    // Five wrong codes on one challenge use it up.
+    let first = challenge().await;
+    for _ in 0..5 {
+        let err = verify(first.clone(), wrong()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    // The password still works (and clears the password counter), but a fresh challenge does
+    // not buy fresh guesses: even the right code waits for the lock.
+    let second = challenge().await;
+    let right = steward_auth::totp::code_at(&enrolment.secret, stack.clock.now()).unwrap();
+    let err = verify(second.clone(), right).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.get_error_details().retry_info().is_some());
+
+    // After the lock, the right code completes the sign-in, and the counter starts over.
+    stack.clock.advance(Duration::from_secs(31));
+    let right = steward_auth::totp::code_at(&enrolment.secret, stack.clock.now()).unwrap();
+    verify(second, right).await.unwrap();
+    let third = challenge().await;
+    let err = verify(third, wrong()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "one wrong code after a success is not locked");
+});
+
+backend_test!(parallel_guesses_cannot_exceed_a_challenges_attempts, |stack| async move {
+    let owner = stack.owner().await;
+    let enrolment = owner
+        .client
+        .auth()
+        .begin_mfa_enrollment(BeginMfaEnrollmentRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let code = steward_auth::totp::code_at(&enrolment.secret, stack.clock.now()).unwrap();
+    owner
+        .client
+        .auth()
+        .confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: code })
+        .await
+        .unwrap();
+    stack.clock.advance(Duration::from_secs(60));
+    let auth = stack.client().await;
+    let reply = auth
+        .auth()
+        .sign_in(SignInRequest {
+            email: owner.email.clone(),
+            password: PASSWORD.into(),
+            organization: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(sign_in_response::Result::MfaChallenge(challenge)) = reply.result else {
+        panic!("expected a challenge")
+    };
+    // Twelve wrong guesses at once: at most five may be judged, the rest find no attempt left
+    // or a locked account; either way none succeeds and afterwards the challenge is dead.
+    let guesses = (0..12).map(|i| {
+        let auth = auth.clone();
+        let challenge = challenge.challenge.clone();
+        async move {
+            auth.auth()
+                .verify_mfa(VerifyMfaRequest {
+                    challenge,
+                    code: Some(verify_mfa_request::Code::TotpCode(format!("{:06}", 999_000 + i))),
+                })
+                .await
+        }
+    });
+    for result in futures::future::join_all(guesses).await {
+        let code = result.map(|_| ()).unwrap_err().code();
+        assert!(matches!(code, Code::Unauthenticated | Code::ResourceExhausted), "{code:?}");
+    }
+    // Only the five reserved attempts were judged and counted (a 2 s lock; six or more would
+    // lock for 4 s or longer), and the challenge has none left.
+    stack.clock.advance(Duration::from_secs(3));
+    let right = steward_auth::totp::code_at(&enrolment.secret, stack.clock.now()).unwrap();
+    let err = auth
+        .auth()
+        .verify_mfa(VerifyMfaRequest {
+            challenge: challenge.challenge.clone(),
+            code: Some(verify_mfa_request::Code::TotpCode(right)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+});
+
+backend_test!(oversized_system_lists_are_refused, |stack| async move {
+    let owner = stack.owner().await;
+    let systems: Vec<String> = (0..1001).map(|i| format!("{}/systems/s{i}", owner.org)).collect();
+    let err = owner
+        .client
+        .commands()
+        .create_command(CreateCommandRequest {
+            parent: owner.org.clone(),
+            command: Some(steward_proto::commands::v1::Command {
+                display_name: "Too wide".into(),
+                script: "true".into(),
+                interpreter: steward_proto::commands::v1::Interpreter::Sh as i32,
+                target_systems: systems.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        err.get_error_details().bad_request().unwrap().field_violations[0].field,
+        "command.target_systems"
+    );
+    let err = owner
+        .client
+        .commands()
+        .run_command(RunCommandRequest {
+            command: format!("{}/commands/whatever", owner.org),
+            systems,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(err.get_error_details().bad_request().unwrap().field_violations[0].field, "systems");
+});
