@@ -48,9 +48,11 @@ impl SmtpSink {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("python3 with aiosmtpd (pip install aiosmtpd)");
+        // Owned by the sink at once, so its Drop reaps the process on every path.
+        let sink = Self { child, port, maildir };
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Self { child, port, maildir };
+                return sink;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -43,3 +43,4 @@ mod commands;
 mod email;
 mod foundation;
 mod roles;
+mod security;
