@@ -129,21 +129,28 @@ fn grpcurl_sees_every_service_and_health_is_serving() {
     assert!(!ok && denied.contains("Unauthenticated"), "{denied}");
 }
 
-#[test]
-fn sigterm_lets_an_in_flight_call_finish() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_call_finish() {
+    use std::io::Write;
+    use steward_proto::admin::v1::organization_service_client::OrganizationServiceClient;
+    use steward_proto::admin::v1::{CreateOrganizationRequest, Organization};
+
     let dev = start_dev();
     let db = dev.data.path().join("admin.db");
     assert!(db.exists(), "dev keeps the admin service's SQLite file under the data directory");
 
-    // Another process holds SQLite's write lock, so the next write waits (a slow call).
+    // Another process holds SQLite's write lock until told to let go, so the next write waits:
+    // a call that is slow for as long as the test wants.
     let mut locker = Command::new("python3")
         .args([
             "-c",
-            "import sqlite3,sys,time\n\
+            "import sqlite3,sys\n\
              c=sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
-             c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(3); c.execute('COMMIT')",
+             c.execute('BEGIN IMMEDIATE'); print('locked', flush=True)\n\
+             sys.stdin.readline(); c.execute('COMMIT')",
         ])
         .arg(&db)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -151,31 +158,43 @@ fn sigterm_lets_an_in_flight_call_finish() {
     BufReader::new(locker.stdout.take().unwrap()).read_line(&mut locked).unwrap();
     assert_eq!(locked.trim(), "locked");
 
-    let addr = dev.addr.clone();
-    let token = dev.token.clone();
-    let call = std::thread::spawn(move || {
-        let started = Instant::now();
-        let (ok, out) = grpcurl(&[
-            "-plaintext",
-            "-H",
-            &format!("x-steward-service-credential: {token}"),
-            "-d",
-            r#"{"organization":{"displayName":"Slow Org"},"ownerEmail":"slow@example.com"}"#,
-            &addr,
-            "steward.admin.v1.OrganizationService/CreateOrganization",
-        ]);
-        (ok, out, started.elapsed())
+    // The connection is up before the call starts, so the request reaches the server at once.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", dev.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let credential = steward_runtime::authn::ServiceCredential::new(&dev.token).unwrap();
+    let mut client = OrganizationServiceClient::with_interceptor(channel, credential);
+    let call = tokio::spawn(async move {
+        let result = client
+            .create_organization(CreateOrganizationRequest {
+                organization: Some(Organization {
+                    display_name: "Slow Org".into(),
+                    ..Default::default()
+                }),
+                owner_email: "slow@example.com".into(),
+                request_id: String::new(),
+            })
+            .await;
+        (result, Instant::now())
     });
 
-    std::thread::sleep(Duration::from_millis(800));
+    // Give the request time to reach the handler and block on the lock, then ask for shutdown.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!call.is_finished(), "the call must still be waiting for the lock");
     let pid = dev.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let (ok, out, took) = call.join().unwrap();
-    assert!(ok, "in-flight call failed during shutdown: {out}");
-    assert!(out.contains("Slow Org"), "{out}");
-    assert!(took >= Duration::from_secs(2), "the call did wait for the lock ({took:?})");
+    // Let the write through: the in-flight call must now complete successfully.
+    let released = Instant::now();
+    writeln!(locker.stdin.take().unwrap()).unwrap();
     assert!(locker.wait().unwrap().success());
+    let (result, finished) = call.await.unwrap();
+    let created = result.expect("in-flight call completes during shutdown").into_inner();
+    assert_eq!(created.organization.unwrap().display_name, "Slow Org");
+    assert!(finished >= released, "the call finished only once the lock was released");
 
     let mut dev = dev;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -184,7 +203,7 @@ fn sigterm_lets_an_in_flight_call_finish() {
             break status;
         }
         assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
