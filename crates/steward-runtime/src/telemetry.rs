@@ -6,7 +6,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, TelemetryConfig};
 
-/// Installs the global subscriber. `RUST_LOG` overrides the configured filter. Calling it twice
+/// Installs the global subscriber, writing to stderr (stdout is left to command output such as
+/// the `dev` banner). `RUST_LOG` overrides the configured filter. Calling it twice
 /// is harmless (the second call keeps the first subscriber), which suits tests.
 pub fn init(config: &TelemetryConfig) {
     let filter = EnvFilter::try_from_default_env()
@@ -15,8 +16,15 @@ pub fn init(config: &TelemetryConfig) {
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match config.log_format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_current_span(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().compact()).try_init(),
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr))
+            .try_init(),
     };
 }

@@ -26,15 +26,23 @@ impl Drop for Dev {
 }
 
 fn start_dev() -> Dev {
+    start_dev_with(&[("RUST_LOG", "warn")], None)
+}
+
+/// Starts `dev` with extra environment variables; logs (stderr) go to `log` when given.
+fn start_dev_with(env: &[(&str, &str)], log: Option<&std::path::Path>) -> Dev {
     let data = tempfile::tempdir().unwrap();
     let token = "a-test-service-credential-of-sufficient-length".to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_steward-server"))
         .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
         .env("STEWARD_INTERNAL__SERVICE_TOKEN", &token)
-        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::inherit(),
+        })
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -469,4 +477,144 @@ fn seed_walkthrough_with_grpcurl() {
     )
     .unwrap_err();
     assert!(gone.contains("NotFound"), "{gone}");
+}
+
+/// Runs a full flow against `dev` with every log level on and searches the logs for each secret
+/// that crossed the wire: passwords, link tokens, access and refresh tokens, the TOTP secret,
+/// recovery codes and the card number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_secrets() {
+    use steward_proto::auth::v1::{
+        sign_in_response, verify_mfa_request, AcceptInviteRequest, BeginMfaEnrollmentRequest,
+        ChangePasswordRequest, ConfirmMfaEnrollmentRequest, RefreshSessionRequest, SignInRequest,
+        VerifyMfaRequest,
+    };
+    use steward_proto::billing::v1::{PaymentCard, UpdatePaymentCardRequest};
+
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let dev = start_dev_with(&[("RUST_LOG", "trace")], Some(log.path()));
+    let client =
+        steward_proto::client::Steward::connect(format!("http://{}", dev.addr)).await.unwrap();
+    let password = "correct horse battery staple 42!";
+    let new_password = "an even longer unusual passphrase 7";
+    let link_token = steward_server::extract_token(&dev.link).unwrap();
+    let mut secrets = vec![password.to_string(), new_password.to_string(), link_token.clone()];
+
+    client
+        .auth()
+        .accept_invite(AcceptInviteRequest { token: link_token, password: password.into() })
+        .await
+        .unwrap();
+    let sign_in = |password: &str| SignInRequest {
+        email: "owner@example.com".into(),
+        password: password.into(),
+        organization: String::new(),
+    };
+    let Some(sign_in_response::Result::Tokens(tokens)) =
+        client.auth().sign_in(sign_in(password)).await.unwrap().into_inner().result
+    else {
+        panic!("expected tokens");
+    };
+    secrets.push(tokens.access_token.clone());
+    secrets.push(tokens.refresh_token.clone());
+    let refreshed = client
+        .auth()
+        .refresh_session(RefreshSessionRequest { refresh_token: tokens.refresh_token.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    secrets.push(refreshed.access_token.clone());
+    secrets.push(refreshed.refresh_token.clone());
+    let owner = client.with_token(&refreshed.access_token).unwrap();
+
+    let enrolment =
+        owner.auth().begin_mfa_enrollment(BeginMfaEnrollmentRequest {}).await.unwrap().into_inner();
+    secrets.push(enrolment.secret.clone());
+    let code = steward_auth::totp::code_at(&enrolment.secret, chrono::Utc::now()).unwrap();
+    let codes = owner
+        .auth()
+        .confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: code })
+        .await
+        .unwrap()
+        .into_inner()
+        .recovery_codes;
+    secrets.extend(codes.iter().cloned());
+
+    owner
+        .auth()
+        .change_password(ChangePasswordRequest {
+            current_password: password.into(),
+            new_password: new_password.into(),
+        })
+        .await
+        .unwrap();
+    let Some(sign_in_response::Result::MfaChallenge(challenge)) =
+        client.auth().sign_in(sign_in(new_password)).await.unwrap().into_inner().result
+    else {
+        panic!("expected an MFA challenge");
+    };
+    secrets.push(challenge.challenge.clone());
+    let verified = client
+        .auth()
+        .verify_mfa(VerifyMfaRequest {
+            challenge: challenge.challenge,
+            code: Some(verify_mfa_request::Code::RecoveryCode(codes[0].clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    secrets.push(verified.access_token.clone());
+    let owner = client.with_token(&verified.access_token).unwrap();
+    let profile = owner
+        .admin()
+        .get_profile(steward_proto::admin::v1::GetProfileRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .profile
+        .unwrap();
+    let org = profile.organization.unwrap().name;
+    let card = "4111111111111111";
+    secrets.push(card.into());
+    owner
+        .billing()
+        .update_payment_card(UpdatePaymentCardRequest {
+            payment_card: Some(PaymentCard {
+                name: format!("{org}/paymentCard"),
+                card_number: card.into(),
+                cvc: "123".into(),
+                exp_month: 12,
+                exp_year: 2031,
+                cardholder_name: "Owner".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    // Refused attempts are logged too; their secrets must not be.
+    let wrong = "a wrong but long password 99";
+    secrets.push(wrong.into());
+    assert!(client.auth().sign_in(sign_in(wrong)).await.is_err());
+    let forged = format!("{}x", verified.access_token);
+    assert!(client
+        .with_token(&forged)
+        .unwrap()
+        .admin()
+        .get_profile(steward_proto::admin::v1::GetProfileRequest {})
+        .await
+        .is_err());
+
+    // Let background relays run (and log) before reading.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(dev);
+    let logs = std::fs::read_to_string(log.path()).unwrap();
+    assert!(logs.lines().count() > 50, "trace logging produced too little to be meaningful");
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a secret appears in the logs: {}…", &secret[..4]);
+    }
 }
