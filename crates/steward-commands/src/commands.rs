@@ -10,8 +10,6 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DerivePartialModel, EntityTrait, FromQueryResult,
     IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
-use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
-use steward_proto::admin::v1::LookupAdministratorRequest;
 use steward_proto::commands::v1::command_service_server::CommandService;
 use steward_proto::commands::v1::{
     batch_check_access_result, watch_run_response, Action, BatchCheckAccessRequest,
@@ -33,7 +31,7 @@ use tonic::{Request, Response, Status};
 
 use crate::entity::{command, grant, idempotency, result, run, system, target};
 use crate::rules::{self, timestamp};
-use crate::{audit, begin_write, is_unique_violation, organization_of, State};
+use crate::{audit, begin_write, caller, is_unique_violation, organization_of, State};
 
 /// How often WatchRun looks for changes made on other replicas.
 const WATCH_POLL: Duration = Duration::from_millis(200);
@@ -387,28 +385,7 @@ fn decision(allowed: bool, reason: DecisionReason, message: impl Into<String>) -
 
 impl Commands {
     async fn lookup_role(&self, administrator: &str) -> ApiResult<Option<Role>> {
-        use steward_proto::admin::v1::Role as ProtoRole;
-        let mut client =
-            AdminInternalServiceClient::new(self.state.peers.internal(&self.state.peers.admin));
-        let found = match client
-            .lookup_administrator(LookupAdministratorRequest { name: administrator.to_string() })
-            .await
-        {
-            Ok(response) => response.into_inner().administrator,
-            Err(status) if status.code() == tonic::Code::NotFound => None,
-            Err(status) => return Err(status.into()),
-        };
-        let Some(found) = found else { return Ok(None) };
-        if found.name != administrator {
-            return Ok(None);
-        }
-        match ProtoRole::try_from(found.role) {
-            Ok(ProtoRole::Administrator) => Ok(Some(Role::Administrator)),
-            Ok(ProtoRole::CommandRunner) => Ok(Some(Role::CommandRunner)),
-            _ => {
-                Err(ApiError::internal(format!("administrator {administrator} has no valid role")))
-            }
-        }
+        Ok(caller::lookup(&self.state, administrator).await?.map(|c| c.role))
     }
 
     /// Loads a command the caller may see: Administrators see every command of their
@@ -454,6 +431,7 @@ impl Commands {
         let req = request.into_inner();
         parse_org("parent", &req.parent)?;
         p.check_organization(&req.parent)?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &req.parent, true).await?;
         let c = req.command.ok_or_else(|| ApiError::invalid("command", "is required"))?;
         rules::display_name("command.display_name", &c.display_name)?;
         rules::description("command.description", &c.description)?;
@@ -594,6 +572,7 @@ impl Commands {
         let c = req.command.ok_or_else(|| ApiError::invalid("command", "is required"))?;
         parse_command("command.name", &c.name)?;
         p.check_organization(&c.name)?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &c.name, true).await?;
         let mut present = Vec::new();
         for (path, set) in [
             ("display_name", !c.display_name.is_empty()),
@@ -704,6 +683,7 @@ impl Commands {
         let req = request.into_inner();
         parse_command("name", &req.name)?;
         p.check_organization(&req.name)?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &req.name, true).await?;
         let txn = begin_write(&self.state.db).await?;
         let current = find_command(&txn, &p.organization, &req.name)
             .await?
@@ -747,6 +727,7 @@ impl Commands {
         let req = request.into_inner();
         parse_command("parent", &req.parent)?;
         p.check_organization(&req.parent)?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &req.parent, true).await?;
         let g = req.grant.ok_or_else(|| ApiError::invalid("grant", "is required"))?;
         parse_admin("grant.grantee", &g.grantee)?;
         rules::request_id(&req.request_id)?;
@@ -817,6 +798,7 @@ impl Commands {
         let name = request.into_inner().name;
         names::parse("name", &name, &["organizations", "commands", "grants"])?;
         p.check_organization(&name)?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &name, true).await?;
         let txn = begin_write(&self.state.db).await?;
         let deleted = grant::Entity::delete_many()
             .filter(grant::Column::Name.eq(&name))
@@ -1064,6 +1046,9 @@ impl Commands {
     ) -> ApiResult<RunCommandResponse> {
         parse_command("command", &req.command)?;
         p.check_organization(&req.command)?;
+        // Held to the caller's current role: a demoted Administrator needs a grant now.
+        let current = caller::current(&self.state, p, false).await?;
+        let p = &current;
         if req.systems.len() > MAX_SYSTEMS {
             return Err(ApiError::invalid(
                 "systems",
@@ -1257,6 +1242,9 @@ impl Commands {
         let p = authn::principal(&request)?.clone();
         let ctx = authn::context(&request);
         let name = request.into_inner().name;
+        parse_run("name", &name)?;
+        p.check_organization(&name)?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &name, false).await?;
         self.visible_run(&p, &name).await?;
         let now = self.state.now();
         let txn = begin_write(&self.state.db).await?;

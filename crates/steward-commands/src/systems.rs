@@ -25,7 +25,7 @@ use crate::agent::agent_deadline;
 use crate::commands::{parse_org, parse_system, refresh_run, remember, remembered};
 use crate::entity::{connect_key, result, system, target};
 use crate::rules::{self, timestamp};
-use crate::{audit, begin_write, State};
+use crate::{audit, begin_write, caller, State};
 
 /// The SystemService implementation.
 pub struct Systems {
@@ -131,6 +131,7 @@ impl Systems {
         let req = request.into_inner();
         parse_org("parent", &req.parent)?;
         p.check_organization(&req.parent)?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &req.parent, true).await?;
         let input = req.connect_key.unwrap_or_default();
         if input.display_name.chars().count() > rules::MAX_DISPLAY_NAME_CHARS {
             return Err(ApiError::invalid(
@@ -237,6 +238,7 @@ impl Systems {
         let name = request.into_inner().name;
         names::parse("name", &name, &["organizations", "connectKeys"])?;
         p.check_organization(&name)?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &name, true).await?;
         let txn = begin_write(&self.state.db).await?;
         let updated = connect_key::Entity::update_many()
             .col_expr(connect_key::Column::Revoked, Expr::value(true))
@@ -308,6 +310,7 @@ impl Systems {
         let s = req.system.ok_or_else(|| ApiError::invalid("system", "is required"))?;
         parse_system("system.name", &s.name)?;
         p.check_organization(&s.name)?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &s.name, true).await?;
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
         rules::update_paths(&mask, &["display_name"], &["display_name"])?;
         rules::display_name("system.display_name", &s.display_name)?;
@@ -346,6 +349,7 @@ impl Systems {
         let req = request.into_inner();
         parse_system("name", &req.name)?;
         p.check_organization(&req.name)?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &req.name, true).await?;
         let txn = begin_write(&self.state.db).await?;
         let current = find_system(&txn, &p.organization, &req.name).await?;
         if !req.etag.is_empty() && req.etag != current.etag {

@@ -4,14 +4,17 @@
 use std::time::Duration;
 
 use steward_proto::admin::v1::{
-    Administrator, CreateAdministratorRequest, ListAdministratorsRequest, Role,
-    UpdateAdministratorRequest,
+    Administrator, BatchDeleteAdministratorsRequest, CreateAdministratorRequest,
+    ListAdministratorsRequest, Role, UpdateAdministratorRequest,
 };
+use steward_proto::audit::v1::ListAuditEventsRequest;
 use steward_proto::auth::v1::{
     sign_in_response, verify_mfa_request, BeginMfaEnrollmentRequest, ConfirmMfaEnrollmentRequest,
     SignInRequest, VerifyMfaRequest,
 };
-use steward_proto::commands::v1::{CreateCommandRequest, RunCommandRequest};
+use steward_proto::commands::v1::{
+    Command, CreateCommandRequest, DeleteCommandRequest, Interpreter, RunCommandRequest,
+};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -331,4 +334,133 @@ backend_test!(oversized_system_lists_are_refused, |stack| async move {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(err.get_error_details().bad_request().unwrap().field_violations[0].field, "systems");
+});
+
+fn new_command(parent: &str, display_name: &str) -> CreateCommandRequest {
+    CreateCommandRequest {
+        parent: parent.to_string(),
+        command: Some(Command {
+            display_name: display_name.into(),
+            script: "true".into(),
+            interpreter: Interpreter::Sh as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+backend_test!(demoted_or_deleted_administrators_old_token_is_refused, |stack| async move {
+    let owner = stack.owner().await;
+    let command = owner
+        .client
+        .commands()
+        .create_command(new_command(&owner.org, "Report"))
+        .await
+        .unwrap()
+        .into_inner()
+        .command
+        .unwrap()
+        .name;
+    let demoted = stack.member(&owner, Role::Administrator, false).await;
+    let deleted = stack.member(&owner, Role::Administrator, false).await;
+    // While they are Administrators, their tokens work.
+    for member in [&demoted, &deleted] {
+        member.client.commands().create_command(new_command(&owner.org, "Mine")).await.unwrap();
+    }
+
+    owner
+        .client
+        .admin()
+        .update_administrator(UpdateAdministratorRequest {
+            administrator: Some(Administrator {
+                name: demoted.name.clone(),
+                role: Role::CommandRunner as i32,
+                ..Default::default()
+            }),
+            update_mask: mask(&["role"]),
+        })
+        .await
+        .unwrap();
+    owner
+        .client
+        .admin()
+        .batch_delete_administrators(BatchDeleteAdministratorsRequest {
+            parent: owner.org.clone(),
+            names: vec![deleted.name.clone()],
+            validate_only: false,
+        })
+        .await
+        .unwrap();
+
+    // Their old tokens still claim ROLE_ADMINISTRATOR, but the service asks who they are now.
+    for (member, mutation_reason, run_reason) in
+        [(&demoted, "ROLE_REQUIRED", "NO_GRANT"), (&deleted, "CALLER_DELETED", "CALLER_DELETED")]
+    {
+        let err = member
+            .client
+            .commands()
+            .create_command(new_command(&owner.org, "Backdoor"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert_eq!(reason(&err), mutation_reason);
+        let err = member
+            .client
+            .commands()
+            .delete_command(DeleteCommandRequest { name: command.clone(), etag: String::new() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert_eq!(reason(&err), mutation_reason);
+        // A demoted Administrator runs as the Command Runner it now is: held to grants.
+        let err = member
+            .client
+            .commands()
+            .run_command(RunCommandRequest { command: command.clone(), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert_eq!(reason(&err), run_reason);
+    }
+
+    // Nothing was created or deleted, and the refusals reach the audit log.
+    let backdoors = owner
+        .client
+        .commands()
+        .list_commands(steward_proto::commands::v1::ListCommandsRequest {
+            parent: owner.org.clone(),
+            filter: "display_name = \"Backdoor\"".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .commands;
+    assert!(backdoors.is_empty(), "{backdoors:?}");
+    for member in [&demoted, &deleted] {
+        let mut found = false;
+        for _ in 0..100 {
+            let events = owner
+                .client
+                .audit()
+                .list_audit_events(ListAuditEventsRequest {
+                    parent: owner.org.clone(),
+                    filter: format!("actor = \"{}\" AND result = RESULT_DENIED", member.name),
+                    page_size: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .audit_events;
+            if events.iter().any(|e| e.action.ends_with("/CreateCommand"))
+                && events.iter().any(|e| e.action.ends_with("/RunCommand"))
+            {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(found, "refusals of {} were not audited", member.name);
+    }
 });

@@ -1,0 +1,96 @@
+//! The caller as it is now. An access token outlives a demotion or deletion by its lifetime
+//! (SPEC section 3), so every mutation and every RunCommand asks the admin service for the
+//! caller's current role instead of trusting the one in the token.
+
+use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
+use steward_proto::admin::v1::administrator::State as AdminState;
+use steward_proto::admin::v1::LookupAdministratorRequest;
+use steward_runtime::authn::{Principal, RequestContext};
+use steward_runtime::claims::Role;
+use steward_runtime::{ApiError, ApiResult};
+
+use crate::{audit, State};
+
+/// An administrator as the admin service knows it now.
+pub(crate) struct Current {
+    pub role: Role,
+    pub active: bool,
+}
+
+/// Looks `administrator` up through `AdminInternalService.LookupAdministrator`; `None` when it
+/// does not exist (or has been deleted).
+pub(crate) async fn lookup(state: &State, administrator: &str) -> ApiResult<Option<Current>> {
+    use steward_proto::admin::v1::Role as ProtoRole;
+    let mut client = AdminInternalServiceClient::new(state.peers.internal(&state.peers.admin));
+    let found = match client
+        .lookup_administrator(LookupAdministratorRequest { name: administrator.to_string() })
+        .await
+    {
+        Ok(response) => response.into_inner().administrator,
+        Err(status) if status.code() == tonic::Code::NotFound => None,
+        Err(status) => return Err(status.into()),
+    };
+    let Some(found) = found else { return Ok(None) };
+    if found.name != administrator {
+        return Ok(None);
+    }
+    let role = match ProtoRole::try_from(found.role) {
+        Ok(ProtoRole::Administrator) => Role::Administrator,
+        Ok(ProtoRole::CommandRunner) => Role::CommandRunner,
+        _ => {
+            return Err(ApiError::internal(format!(
+                "administrator {administrator} has no valid role"
+            )))
+        }
+    };
+    Ok(Some(Current { role, active: found.state == AdminState::Active as i32 }))
+}
+
+/// The caller with its current role: the lower of the token's and the stored one, so neither a
+/// demotion nor a promotion after the token was issued widens what the token may do.
+/// `PERMISSION_DENIED` with `CALLER_DELETED` when the account is gone (or no longer active),
+/// `ROLE_REQUIRED` when `need_administrator` and the caller is no longer an Administrator.
+pub(crate) async fn current(
+    state: &State,
+    p: &Principal,
+    need_administrator: bool,
+) -> ApiResult<Principal> {
+    let Some(now) = lookup(state, &p.administrator).await? else {
+        return Err(ApiError::denied("CALLER_DELETED", "the caller's account no longer exists"));
+    };
+    if !now.active {
+        return Err(ApiError::denied("CALLER_DELETED", "the caller's account is not active"));
+    }
+    let role = if p.role == Role::Administrator && now.role == Role::Administrator {
+        Role::Administrator
+    } else {
+        Role::CommandRunner
+    };
+    if need_administrator && role != Role::Administrator {
+        return Err(ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"));
+    }
+    Ok(Principal { role, ..p.clone() })
+}
+
+/// [`current`] for a mutation aimed at `target`; a refusal is queued for the audit log like the
+/// layer's refusals.
+pub(crate) async fn current_audited(
+    state: &State,
+    ctx: &RequestContext,
+    p: &Principal,
+    target: &str,
+    need_administrator: bool,
+) -> ApiResult<Principal> {
+    let result = current(state, p, need_administrator).await;
+    if let Err(err @ ApiError::PermissionDenied { .. }) = &result {
+        let now = state.now();
+        if let Err(audit_err) =
+            audit::record(&state.db, &p.organization, ctx, &p.administrator, target, Err(err), now)
+                .await
+        {
+            tracing::error!(error = %audit_err, target, "cannot queue the audit event of a refusal");
+        }
+        tracing::info!(actor = %p.administrator, method = %ctx.method, code = ?err.code(), "caller no longer allowed");
+    }
+    result
+}
