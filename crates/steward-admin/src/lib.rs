@@ -35,6 +35,10 @@
 //!   recorded with actor `services/platform` (CreateOrganization) or `services/steward-auth`
 //!   (ActivateAdministrator). A refused CreateOrganization has no organization whose log could
 //!   hold it and is only logged. Lists are ordered by time, then by name.
+//! - **Audit pages are keyset pages.** Events arrive late and out of order from other services'
+//!   outboxes, so ListAuditEvents' page token holds the last served (create_time, name) and the
+//!   query digest; the next page is what lies strictly after it, newest first. Events recorded
+//!   while a client pages never repeat or hide events it has not seen yet.
 //! - **Organizations** are created only with the service credential; the owner is an invited
 //!   Administrator with billing and an empty `invited_by`. `request_id` is remembered per
 //!   organization (administrators) or platform-wide (organizations) in `admin_idempotency`.

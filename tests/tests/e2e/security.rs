@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
+use steward_proto::admin::v1::RecordAuditEventsRequest;
 use steward_proto::admin::v1::{
     Administrator, BatchDeleteAdministratorsRequest, CreateAdministratorRequest,
     ListAdministratorsRequest, Role, UpdateAdministratorRequest,
 };
-use steward_proto::audit::v1::ListAuditEventsRequest;
+use steward_proto::audit::v1::{audit_event, AuditEvent, ListAuditEventsRequest};
 use steward_proto::auth::v1::{
     sign_in_response, verify_mfa_request, BeginMfaEnrollmentRequest, ConfirmMfaEnrollmentRequest,
     SignInRequest, VerifyMfaRequest,
@@ -463,4 +465,101 @@ backend_test!(demoted_or_deleted_administrators_old_token_is_refused, |stack| as
         }
         assert!(found, "refusals of {} were not audited", member.name);
     }
+});
+
+backend_test!(audit_pages_neither_repeat_nor_skip_while_the_log_grows, |stack| async move {
+    let owner = stack.owner().await;
+    let mut internal = AdminInternalServiceClient::new(stack.internal().await);
+    let actor = format!("{}/administrators/pager", owner.org);
+    let base = stack.clock.now().timestamp() - 3600;
+    let event = |id: String, seconds: i64| AuditEvent {
+        name: format!("{}/auditEvents/{id}", owner.org),
+        actor: actor.clone(),
+        action: "/steward.test.v1.Pager/Step".into(),
+        result: audit_event::Result::Allowed as i32,
+        create_time: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+        ..Default::default()
+    };
+    // Eleven events, pairs of them at the same second (the name breaks the tie).
+    let original: Vec<AuditEvent> =
+        (0..11).map(|i| event(format!("original-{i:02}"), base + i / 2)).collect();
+    internal
+        .record_audit_events(RecordAuditEventsRequest { events: original.clone() })
+        .await
+        .unwrap();
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut token = String::new();
+    let mut round = 0;
+    loop {
+        let page = owner
+            .client
+            .audit()
+            .list_audit_events(ListAuditEventsRequest {
+                parent: owner.org.clone(),
+                page_size: 3,
+                page_token: token.clone(),
+                filter: format!("actor = \"{actor}\""),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.audit_events.iter().map(|e| e.name.clone()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        // Between pages the log grows: new events on top, and a late arrival from another
+        // service stamped in the middle of the range.
+        round += 1;
+        internal
+            .record_audit_events(RecordAuditEventsRequest {
+                events: vec![
+                    event(format!("newer-{round}"), base + 100 + round),
+                    event(format!("newer-{round}-b"), base + 100 + round),
+                    event(format!("late-{round}"), base + 2),
+                ],
+            })
+            .await
+            .unwrap();
+        assert!(round < 50, "paging never ended");
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "an event was served twice: {seen:?}");
+    for e in &original {
+        assert!(seen.contains(&e.name), "{} was skipped: {seen:?}", e.name);
+    }
+    // The originals come newest first, in the documented order.
+    let originals: Vec<&String> = seen.iter().filter(|n| n.contains("/original-")).collect();
+    let mut expected: Vec<&String> = original.iter().map(|e| &e.name).collect();
+    expected.reverse();
+    assert_eq!(originals, expected);
+
+    // A token is bound to its filter.
+    let first = owner
+        .client
+        .audit()
+        .list_audit_events(ListAuditEventsRequest {
+            parent: owner.org.clone(),
+            page_size: 1,
+            filter: format!("actor = \"{actor}\""),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let err = owner
+        .client
+        .audit()
+        .list_audit_events(ListAuditEventsRequest {
+            parent: owner.org.clone(),
+            page_size: 1,
+            page_token: first.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 });

@@ -36,7 +36,7 @@ impl AuditApi {
         let terms = audit_filter(&req.filter)?;
         let size = names::page_size(req.page_size)?;
         let digest = query_digest(&[&req.parent, req.filter.trim()]);
-        let offset = names::decode_page_token(&req.page_token, &digest)?;
+        let after = names::decode_keyset_token(&req.page_token, &digest)?;
         let mut condition = Condition::all().add(stored::Column::OrganizationId.eq(org_id));
         for term in terms {
             condition = condition.add(match term {
@@ -48,25 +48,37 @@ impl AuditApi {
                 AuditTerm::Before(t) => stored::Column::CreatedAt.lt(t),
             });
         }
+        // Keyset paging: the log grows while a client pages (other services' events arrive
+        // late), so the next page starts strictly after the last row served, never at an offset.
+        if let Some(after) = after {
+            condition = condition.add(
+                Condition::any().add(stored::Column::CreatedAt.lt(after.time)).add(
+                    Condition::all()
+                        .add(stored::Column::CreatedAt.eq(after.time))
+                        .add(stored::Column::Name.lt(after.key)),
+                ),
+            );
+        }
         // One row more than the page tells whether another page follows.
         let mut rows = stored::Entity::find()
             .filter(condition)
             .order_by_desc(stored::Column::CreatedAt)
             .order_by_desc(stored::Column::Name)
-            .offset(offset)
             .limit(size + 1)
             .all(&self.state.db)
             .await?;
         let more = rows.len() as u64 > size;
         rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-        let next = offset + rows.len() as u64;
+        let next_page_token = match rows.last() {
+            Some(last) if more => names::encode_keyset_token(
+                &names::Keyset { time: last.created_at, key: last.name.clone() },
+                &digest,
+            ),
+            _ => String::new(),
+        };
         Ok(ListAuditEventsResponse {
             audit_events: rows.iter().map(to_proto).collect(),
-            next_page_token: if more {
-                names::encode_page_token(next, &digest)
-            } else {
-                String::new()
-            },
+            next_page_token,
         })
     }
 }
