@@ -16,8 +16,8 @@ use steward_runtime::{ApiError, ApiResult};
 use tonic::{Request, Response, Status};
 
 use crate::entity::{credential, link_token, mfa_challenge, processed_key, recovery_code};
-use crate::mailer::Invite;
-use crate::state::{self, organization_of, timestamp, Shared, INVITE};
+use crate::mail_queue;
+use crate::state::{self, organization_of, timestamp, Shared};
 
 /// The internal auth service.
 #[derive(Clone)]
@@ -141,21 +141,23 @@ impl Internal {
         } else {
             row.insert(&tx).await?;
         }
-        let token =
-            state::issue_link(&tx, &request.administrator, &organization, INVITE, now, expires)
-                .await?;
-        record(&tx, &key, &expires.timestamp(), now).await?;
-        // Sent before the commit: if sending fails, nothing is recorded and the retry sends again.
-        state
-            .mailer
-            .send_invite(&Invite {
-                to: request.email.trim(),
-                organization: &request.organization_display_name,
-                inviter: &request.inviter_email,
-                token: &token,
-                valid_hours: state.link_hours(),
-            })
+        // A new invite ends the previous link at once; the new one is issued on delivery.
+        link_token::Entity::delete_many()
+            .filter(link_token::Column::Administrator.eq(request.administrator.as_str()))
+            .filter(link_token::Column::UsedAt.is_null())
+            .exec(&tx)
             .await?;
+        record(&tx, &key, &expires.timestamp(), now).await?;
+        // Queued with the change and sent by the mail relay after the commit (the link is issued
+        // then), so no SMTP conversation holds this transaction open.
+        let mail = mail_queue::InviteMail {
+            administrator: request.administrator.clone(),
+            organization,
+            email: request.email.trim().to_string(),
+            organization_display_name: request.organization_display_name.clone(),
+            inviter_email: request.inviter_email.clone(),
+        };
+        mail_queue::queue_invite(&tx, &mail, now).await?;
         tx.commit().await?;
         tracing::info!(administrator = %request.administrator, "invite issued");
         Ok(pb::IssueInviteResponse { expire_time: Some(timestamp(expires)) })

@@ -36,8 +36,14 @@
 //!   before they expire** (`auth.access_token_ttl_secs`, 10 minutes by default): services verify
 //!   them locally. Sign-out, password change (other sessions), password reset (all sessions),
 //!   MFA reset and the internal revocations act on sessions, i.e. on refresh.
-//! - **Password reset** requests answer at once; the lookup and email happen in a background
-//!   task, so neither the answer nor its timing depends on whether the email exists.
+//! - **Password reset** requests answer at once, the same way whether or not the email exists:
+//!   each counts against the typed email (three an hour) and the client address (thirty an
+//!   hour) and, within those limits, queues a message in `auth_mail_outbox`; the lookup and the
+//!   email happen in the mail relay (see [`mail_queue`]). A request over a limit answers the same
+//!   and sends nothing.
+//! - **Invites and reset emails** are queued in the transaction of the change and sent after it
+//!   commits by a relay with retries (at-least-once); the link is issued on delivery, so no
+//!   token is stored in clear and no SMTP conversation holds a transaction open.
 //! - **Housekeeping**: see [`janitor`].
 //! - **Audit**: see [`audit`]; events go through the `auth_outbox` to the admin service.
 //! - **Email**: see [`mailer`]. Links never appear in logs, also not in dev mode: the dev log
@@ -49,6 +55,7 @@ pub mod internal;
 pub mod janitor;
 pub mod jwt;
 pub mod keys;
+pub mod mail_queue;
 pub mod mailer;
 pub mod migration;
 pub mod password;
@@ -87,7 +94,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(migration::CreateTables), Box::new(migration::CreateOutbox)]
+        vec![
+            Box::new(migration::CreateTables),
+            Box::new(migration::CreateOutbox),
+            Box::new(migration::CreateMailOutbox),
+        ]
     }
 
     fn migration_table_name() -> DynIden {
@@ -120,6 +131,11 @@ pub async fn start(
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     );
+    let mail = mail_queue::OUTBOX.spawn_relay(
+        ctx.db.clone(),
+        mail_queue::deliver(state.clone()),
+        ctx.clock.clone(),
+    );
     routes.add_service(
         AuthInternalServiceServer::new(internal::Internal::new(state))
             .max_decoding_message_size(limit)
@@ -131,5 +147,5 @@ pub async fn start(
         ctx.clock.clone(),
     );
     let janitor = janitor::spawn(ctx.db.clone(), ctx.clock.clone());
-    Ok(vec![relay, janitor])
+    Ok(vec![relay, mail, janitor])
 }

@@ -206,3 +206,24 @@ impl MigrationTrait for CreateOutbox {
         manager.drop_table(Table::drop().table(a("auth_outbox")).if_exists().to_owned()).await
     }
 }
+
+/// Creates the `auth_mail_outbox` table (invite and reset emails waiting to be sent).
+#[derive(Debug)]
+pub struct CreateMailOutbox;
+
+impl MigrationName for CreateMailOutbox {
+    fn name(&self) -> &str {
+        "m20260101_000003_auth_create_mail_outbox"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateMailOutbox {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.create_table(crate::mail_queue::OUTBOX.create_table()).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.drop_table(Table::drop().table(a("auth_mail_outbox")).if_exists().to_owned()).await
+    }
+}

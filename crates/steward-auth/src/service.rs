@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::entity::{credential, mfa_challenge, recovery_code, refresh_token, session};
 use crate::state::{self, invalid_credentials, timestamp, Shared, INVITE, RESET};
 use crate::throttle::{self, ACCOUNT, ADDRESS};
-use crate::{audit, password, secrets, totp};
+use crate::{audit, mail_queue, password, secrets, totp};
 
 /// How long an MFA challenge stays open.
 const CHALLENGE_SECS: i64 = 300;
@@ -455,19 +455,34 @@ impl Service {
     async fn do_request_reset(
         &self,
         request: pb::RequestPasswordResetRequest,
+        context: &RequestContext,
     ) -> ApiResult<pb::RequestPasswordResetResponse> {
         let email = request.email.trim().to_lowercase();
         required("email", &email)?;
         if !request.organization.is_empty() {
             names::parse("organization", &request.organization, &["organizations"])?;
         }
-        // The work happens after the answer, so its duration says nothing about the email.
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            if let Err(err) = send_resets(&state, &email, &request.organization).await {
-                tracing::warn!(error = %err, "password reset email failed");
+        // The same work (throttle counters, one queued message) for known and unknown emails;
+        // the lookup and the mail happen in the mail relay, so the answer's timing says nothing
+        // about the email. Past the limits the answer is the same and nothing is sent.
+        let state = &self.state;
+        let now = state.now();
+        let keys =
+            [throttle::reset_key(&email), throttle::reset_address_key(&context.client_address)];
+        match throttle::check(&state.db, &keys, now).await {
+            Ok(()) => {
+                let tx = state.db.begin().await?;
+                throttle::fail(&tx, &keys[0], &throttle::RESET_EMAIL, now).await?;
+                throttle::fail(&tx, &keys[1], &throttle::RESET_ADDRESS, now).await?;
+                let mail = mail_queue::ResetMail { email, organization: request.organization };
+                mail_queue::queue_reset(&tx, &mail, now).await?;
+                tx.commit().await?;
             }
-        });
+            Err(ApiError::ResourceExhausted { .. }) => {
+                tracing::info!("password reset request throttled, nothing sent");
+            }
+            Err(err) => return Err(err),
+        }
         Ok(pb::RequestPasswordResetResponse {})
     }
 
@@ -612,40 +627,6 @@ impl Service {
     }
 }
 
-async fn send_resets(state: &Shared, email: &str, organization: &str) -> ApiResult<()> {
-    let mut query = credential::Entity::find()
-        .filter(credential::Column::Email.eq(email))
-        .filter(credential::Column::PasswordHash.is_not_null());
-    if !organization.is_empty() {
-        query = query.filter(credential::Column::Organization.eq(organization));
-    }
-    for credential in query.all(&state.db).await? {
-        let now = state.now();
-        let tx = state.db.begin().await?;
-        let token = state::issue_link(
-            &tx,
-            &credential.administrator,
-            &credential.organization,
-            RESET,
-            now,
-            state.link_expiry(),
-        )
-        .await?;
-        state
-            .mailer
-            .send_reset(
-                &credential.email,
-                &credential.organization_display_name,
-                &token,
-                state.link_hours(),
-            )
-            .await?;
-        tx.commit().await?;
-        tracing::info!(administrator = %credential.administrator, "password reset link sent");
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl AuthService for Service {
     async fn accept_invite(
@@ -726,7 +707,8 @@ impl AuthService for Service {
         &self,
         request: Request<pb::RequestPasswordResetRequest>,
     ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
-        respond(self.do_request_reset(request.into_inner()).await)
+        let context = authn::context(&request);
+        respond(self.do_request_reset(request.into_inner(), &context).await)
     }
 
     async fn reset_password(

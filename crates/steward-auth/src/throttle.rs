@@ -34,6 +34,21 @@ pub const ACCOUNT: Policy =
 pub const ADDRESS: Policy =
     Policy { free_failures: 20, base_delay_secs: 2, max_delay_secs: 900, reset_after_secs: 3600 };
 
+/// Password-reset requests per email: three an hour, then nothing is sent until the hour is over.
+pub const RESET_EMAIL: Policy = Policy {
+    free_failures: 3,
+    base_delay_secs: 3600,
+    max_delay_secs: 3600,
+    reset_after_secs: 3600,
+};
+/// Password-reset requests per client address: thirty an hour.
+pub const RESET_ADDRESS: Policy = Policy {
+    free_failures: 30,
+    base_delay_secs: 3600,
+    max_delay_secs: 3600,
+    reset_after_secs: 3600,
+};
+
 impl Policy {
     /// The lock imposed after the `failures`-th consecutive failure (zero while still free).
     pub fn delay(&self, failures: i32) -> i64 {
@@ -48,6 +63,17 @@ impl Policy {
 /// The account key of `email`.
 pub fn account_key(email: &str) -> String {
     format!("account:{}", email.trim().to_lowercase())
+}
+
+/// The key counting password-reset requests for `email` (as typed, so unknown emails count
+/// exactly like known ones).
+pub fn reset_key(email: &str) -> String {
+    format!("reset:{}", email.trim().to_lowercase())
+}
+
+/// The key counting password-reset requests from a client address.
+pub fn reset_address_key(client_address: &str) -> String {
+    format!("reset-{}", address_key(client_address))
 }
 
 /// The key counting wrong second-factor codes of `administrator`.

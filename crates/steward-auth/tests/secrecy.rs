@@ -16,7 +16,7 @@ use steward_proto::auth::v1::auth_internal_service_server::AuthInternalService;
 use steward_proto::auth::v1::auth_service_server::AuthService;
 use steward_proto::auth::v1::*;
 use steward_runtime::authn::Caller;
-use support::{caller_of, harness, mailed_token, request};
+use support::{caller_of, harness, mailed_token, request, wait_for_mail};
 
 const FIRST: &str = "first secret horse battery staple";
 const WRONG: &str = "wrong-but-long-password-xyz";
@@ -73,7 +73,7 @@ async fn secrets_never_reach_the_logs() {
         ))
         .await
         .unwrap();
-    let invite = mailed_token(&h, email);
+    let invite = wait_for_mail(&h, email).await;
     secrets.push(invite.clone());
     let weak = service
         .accept_invite(request(

@@ -12,7 +12,7 @@ use steward_proto::admin::v1::{
 use steward_proto::audit::v1::{audit_event, AuditEvent, ListAuditEventsRequest};
 use steward_proto::auth::v1::{
     sign_in_response, verify_mfa_request, BeginMfaEnrollmentRequest, ConfirmMfaEnrollmentRequest,
-    SignInRequest, VerifyMfaRequest,
+    RequestPasswordResetRequest, SignInRequest, VerifyMfaRequest,
 };
 use steward_proto::commands::v1::{
     Command, CreateCommandRequest, DeleteCommandRequest, Interpreter, RunCommandRequest,
@@ -562,4 +562,58 @@ backend_test!(audit_pages_neither_repeat_nor_skip_while_the_log_grows, |stack| a
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+});
+
+/// Mail files (dev file mailer) addressed to `email`.
+fn mails_to(stack: &crate::harness::Stack, email: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(stack.mail_dir()) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|body| body.contains(email)))
+        .count()
+}
+
+async fn mails_settle(stack: &crate::harness::Stack, email: &str, expected: usize) -> usize {
+    let mut count = 0;
+    for _ in 0..100 {
+        count = mails_to(stack, email);
+        if count >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    count
+}
+
+backend_test!(password_reset_requests_are_throttled_per_email, |stack| async move {
+    let owner = stack.owner().await;
+    let auth = stack.client().await;
+    let request =
+        || RequestPasswordResetRequest { email: owner.email.clone(), organization: String::new() };
+    let invites = mails_to(&stack, &owner.email);
+    assert_eq!(invites, 1);
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(auth.auth().request_password_reset(request()).await.unwrap().into_inner());
+    }
+    assert_eq!(mails_settle(&stack, &owner.email, invites + 3).await, invites + 3);
+    // The fourth within the hour answers the same and sends nothing.
+    answers.push(auth.auth().request_password_reset(request()).await.unwrap().into_inner());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(mails_to(&stack, &owner.email), invites + 3, "a throttled request sent mail");
+    assert!(answers.windows(2).all(|w| w[0] == w[1]));
+    // The newest link still works.
+    let token = stack.wait_for_token(&owner.email).await;
+    auth.auth()
+        .reset_password(steward_proto::auth::v1::ResetPasswordRequest {
+            token,
+            new_password: "another horse battery staple 43?".into(),
+        })
+        .await
+        .unwrap();
+    // An hour later, the email may ask again.
+    stack.clock.advance(Duration::from_secs(3601));
+    auth.auth().request_password_reset(request()).await.unwrap();
+    assert_eq!(mails_settle(&stack, &owner.email, invites + 4).await, invites + 4);
 });

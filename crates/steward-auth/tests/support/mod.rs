@@ -98,7 +98,29 @@ pub async fn harness() -> Harness {
         mailer: steward_auth::mailer::Mailer::from_config(&config).unwrap(),
         admin: AdminInternalServiceClient::new(InterceptedService::new(channel, credential)),
     });
+    // Invites and reset emails leave through the mail outbox, as in the service.
+    steward_auth::mail_queue::OUTBOX.spawn_relay(
+        state.db.clone(),
+        steward_auth::mail_queue::deliver(state.clone()),
+        steward_runtime::service::system_clock(),
+    );
     Harness { state, dir }
+}
+
+/// Waits (up to 5 s) for a first mail to `email` and returns its link token.
+pub async fn wait_for_mail(harness: &Harness, email: &str) -> String {
+    for _ in 0..100 {
+        let mailed = std::fs::read_dir(harness.dir.path().join("mail")).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&format!("To: {email}")))
+            })
+        });
+        if mailed {
+            return mailed_token(harness, email);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no mail to {email}")
 }
 
 /// A request as the authentication layer would pass it on.

@@ -1,0 +1,194 @@
+//! Invite and password-reset emails, queued in `auth_mail_outbox` and sent by its own relay.
+//!
+//! Queuing happens in the transaction of the change (IssueInvite) or of the throttled request
+//! (RequestPasswordReset), so no SMTP conversation ever runs inside a transaction (on SQLite, the
+//! write lock). The link itself is issued when the message is delivered, in a short transaction
+//! committed before sending, so the outbox never holds a token in clear. A failed send is retried
+//! with backoff and issues a fresh link (replacing the unsent one): at-least-once delivery, one
+//! relay working through at most a batch at a time, whatever the request rate. Each delivery
+//! first leases its message for [`LEASE_SECS`], so replicas polling the same table do not send it
+//! twice while one is still delivering it.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Alias, Expr, Query};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait};
+use serde::{Deserialize, Serialize};
+use steward_runtime::{ApiError, ApiResult};
+use steward_storage::outbox::{Deliver, Outbox, OutboxMessage};
+
+use crate::entity::credential;
+use crate::mailer::Invite;
+use crate::state::{self, Shared, INVITE, RESET};
+
+/// The mail outbox (separate from the audit outbox, so a mail outage never delays audit).
+pub const OUTBOX: Outbox = Outbox::new("auth_mail_outbox");
+/// Topic of an invite.
+pub const INVITE_TOPIC: &str = "mail.invite";
+/// Topic of a password-reset request.
+pub const RESET_TOPIC: &str = "mail.reset";
+/// How long one delivery owns its message before another relay may try it.
+pub const LEASE_SECS: i64 = 120;
+
+/// An invite waiting to be sent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InviteMail {
+    /// The invited administrator.
+    pub administrator: String,
+    /// Its organization, `organizations/{o}`.
+    pub organization: String,
+    /// Recipient.
+    pub email: String,
+    /// The organization's display name.
+    pub organization_display_name: String,
+    /// Who invited (may be empty).
+    pub inviter_email: String,
+}
+
+/// A password-reset request waiting to be served.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResetMail {
+    /// The email as asked for (trimmed, lowercase).
+    pub email: String,
+    /// Restricts to one organization when not empty.
+    pub organization: String,
+}
+
+async fn enqueue<C: ConnectionTrait, T: Serialize>(
+    conn: &C,
+    topic: &str,
+    mail: &T,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let payload =
+        serde_json::to_value(mail).map_err(|e| ApiError::internal(format!("mail payload: {e}")))?;
+    let key = steward_runtime::names::new_id();
+    OUTBOX.enqueue(conn, topic, &key, &payload, now).await?;
+    Ok(())
+}
+
+/// Queues an invite on `conn` (the transaction issuing it).
+pub async fn queue_invite<C: ConnectionTrait>(
+    conn: &C,
+    mail: &InviteMail,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    enqueue(conn, INVITE_TOPIC, mail, now).await
+}
+
+/// Queues a password-reset request on `conn`.
+pub async fn queue_reset<C: ConnectionTrait>(
+    conn: &C,
+    mail: &ResetMail,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    enqueue(conn, RESET_TOPIC, mail, now).await
+}
+
+/// Takes `message` for this delivery; false when another relay holds it.
+async fn lease(state: &Shared, message: &OutboxMessage) -> ApiResult<bool> {
+    let now = state.now();
+    let update = Query::update()
+        .table(Alias::new("auth_mail_outbox"))
+        .value(Alias::new("next_attempt_at"), now + chrono::Duration::seconds(LEASE_SECS))
+        .and_where(Expr::col(Alias::new("id")).eq(message.id))
+        .and_where(Expr::col(Alias::new("next_attempt_at")).lte(now))
+        .to_owned();
+    let backend = state.db.get_database_backend();
+    let done = state.db.execute(backend.build(&update)).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn send_invite(state: &Shared, mail: InviteMail) -> ApiResult<()> {
+    let now = state.now();
+    let tx = state.db.begin().await?;
+    let Some(current) = credential::Entity::find_by_id(mail.administrator.clone()).one(&tx).await?
+    else {
+        tracing::info!(administrator = %mail.administrator, "invite dropped: administrator deleted");
+        return Ok(());
+    };
+    if current.password_hash.is_some() {
+        // Already active: an invite would let its link overwrite the password.
+        tracing::info!(administrator = %mail.administrator, "invite dropped: already active");
+        return Ok(());
+    }
+    let token = state::issue_link(
+        &tx,
+        &mail.administrator,
+        &mail.organization,
+        INVITE,
+        now,
+        state.link_expiry(),
+    )
+    .await?;
+    tx.commit().await?;
+    state
+        .mailer
+        .send_invite(&Invite {
+            to: &mail.email,
+            organization: &mail.organization_display_name,
+            inviter: &mail.inviter_email,
+            token: &token,
+            valid_hours: state.link_hours(),
+        })
+        .await?;
+    tracing::info!(administrator = %mail.administrator, "invite sent");
+    Ok(())
+}
+
+async fn send_resets(state: &Shared, mail: ResetMail) -> ApiResult<()> {
+    let mut query = credential::Entity::find()
+        .filter(credential::Column::Email.eq(&mail.email))
+        .filter(credential::Column::PasswordHash.is_not_null());
+    if !mail.organization.is_empty() {
+        query = query.filter(credential::Column::Organization.eq(&mail.organization));
+    }
+    for credential in query.all(&state.db).await? {
+        let now = state.now();
+        let tx = state.db.begin().await?;
+        let token = state::issue_link(
+            &tx,
+            &credential.administrator,
+            &credential.organization,
+            RESET,
+            now,
+            state.link_expiry(),
+        )
+        .await?;
+        tx.commit().await?;
+        state
+            .mailer
+            .send_reset(
+                &credential.email,
+                &credential.organization_display_name,
+                &token,
+                state.link_hours(),
+            )
+            .await?;
+        tracing::info!(administrator = %credential.administrator, "password reset link sent");
+    }
+    Ok(())
+}
+
+/// The mail relay's delivery function.
+pub fn deliver(state: Shared) -> Deliver {
+    std::sync::Arc::new(move |message: OutboxMessage| {
+        let state = state.clone();
+        Box::pin(async move {
+            if !lease(&state, &message).await.map_err(|e| e.to_string())? {
+                return Err("held by another relay".to_string());
+            }
+            let result = match message.topic.as_str() {
+                INVITE_TOPIC => match serde_json::from_value(message.payload) {
+                    Ok(mail) => send_invite(&state, mail).await,
+                    Err(e) => return Err(format!("bad payload: {e}")),
+                },
+                RESET_TOPIC => match serde_json::from_value(message.payload) {
+                    Ok(mail) => send_resets(&state, mail).await,
+                    Err(e) => return Err(format!("bad payload: {e}")),
+                },
+                other => return Err(format!("unknown outbox topic {other}")),
+            };
+            result.map_err(|e| e.to_string())
+        })
+    })
+}
