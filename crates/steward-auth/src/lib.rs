@@ -143,7 +143,7 @@ pub async fn start(
     );
     let relay = audit::OUTBOX.spawn_relay(
         ctx.db.clone(),
-        audit::deliver(ctx.peers.clone()),
+        steward_runtime::audit::deliver(ctx.peers.clone()),
         ctx.clock.clone(),
     );
     let janitor = janitor::spawn(ctx.db.clone(), ctx.clock.clone());

@@ -183,8 +183,11 @@ pub async fn start(
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
-    let relay =
-        OUTBOX.spawn_relay(ctx.db.clone(), audit::deliver(ctx.peers.clone()), ctx.clock.clone());
+    let relay = OUTBOX.spawn_relay(
+        ctx.db.clone(),
+        steward_runtime::audit::deliver(ctx.peers.clone()),
+        ctx.clock.clone(),
+    );
     let reaper = agent::spawn_reaper(state);
     tracing::info!(service = SERVICE, "commands service started");
     Ok(vec![relay, reaper])

@@ -2,6 +2,7 @@
 //! reflection, limits, graceful shutdown), the error type and its mapping to `tonic::Status`,
 //! authentication, and the role table.
 
+pub mod audit;
 pub mod authn;
 pub mod claims;
 pub mod config;

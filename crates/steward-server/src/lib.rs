@@ -221,24 +221,23 @@ pub async fn run(
 fn audit_denials(peers: Peers, clock: Clock) -> DenialSink {
     use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
     use steward_proto::admin::v1::RecordAuditEventsRequest;
-    use steward_proto::audit::v1::{audit_event, AuditEvent};
+    use steward_proto::audit::v1::audit_event::Result as AuditResult;
+    use steward_runtime::audit::AuditRecord;
     Arc::new(move |denied: DeniedCall| {
-        let now = clock();
-        let event = AuditEvent {
-            name: format!("{}/auditEvents/{}", denied.principal.organization, uuid::Uuid::now_v7()),
-            actor: denied.principal.administrator.clone(),
-            action: denied.context.method.clone(),
-            target: String::new(),
-            result: audit_event::Result::Denied as i32,
-            status_code: tonic::Code::PermissionDenied as i32,
-            reason: format!("{}: {}", denied.reason, denied.message),
-            request_id: denied.context.request_id.clone(),
-            client_address: denied.context.client_address.clone(),
-            create_time: Some(prost_types::Timestamp {
-                seconds: now.timestamp(),
-                nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap_or(0),
-            }),
-        };
+        let event = AuditRecord::new(
+            &denied.principal.organization,
+            &denied.context,
+            &denied.context.method,
+            &denied.principal.administrator,
+            "",
+            (
+                AuditResult::Denied,
+                tonic::Code::PermissionDenied,
+                format!("{}: {}", denied.reason, denied.message),
+            ),
+            clock(),
+        )
+        .into_proto();
         let mut client = AdminInternalServiceClient::new(peers.internal(&peers.admin));
         tokio::spawn(async move {
             for attempt in 0..5u32 {
