@@ -1,0 +1,424 @@
+//! The command-line grammar.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+/// The default server when neither `--server`, `STEWARD_SERVER` nor a session names one.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// Administer a Steward organization: sign in, manage administrators, commands, runs, systems,
+/// billing and the audit log.
+#[derive(Debug, Parser)]
+#[command(name = "steward", version)]
+pub struct Cli {
+    /// Server URL [default: the signed-in session's server, else http://127.0.0.1:50051].
+    #[arg(long, global = true, env = "STEWARD_SERVER")]
+    pub server: Option<String>,
+
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable lines and tables.
+    Text,
+    /// JSON (one document; `--wait` and `runs watch` print one event per line).
+    Json,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set your first password with the token from an invite link.
+    AcceptInvite(AcceptInvite),
+    /// Sign in and store the session.
+    Login(Login),
+    /// Sign out: revoke the session and forget it.
+    Logout,
+    /// Show who you are signed in as.
+    Whoami,
+    /// Change or reset a password.
+    #[command(subcommand)]
+    Password(PasswordCommand),
+    /// Enrol an authenticator app (TOTP).
+    #[command(subcommand)]
+    Mfa(MfaCommand),
+    /// Manage the organization's administrators.
+    #[command(subcommand)]
+    Admins(AdminsCommand),
+    /// Manage commands and their grants, and run them.
+    #[command(subcommand)]
+    Commands(CommandsCommand),
+    /// Follow, inspect and cancel runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Systems registered by agents.
+    #[command(subcommand)]
+    Systems(SystemsCommand),
+    /// Connect keys with which agents register systems.
+    #[command(subcommand)]
+    ConnectKeys(ConnectKeysCommand),
+    /// The organization's payment card.
+    #[command(subcommand)]
+    Billing(BillingCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `steward accept-invite`.
+#[derive(Debug, Args)]
+pub struct AcceptInvite {
+    /// The token from the invite link (`...set-password?token=TOKEN`).
+    #[arg(long)]
+    pub token: String,
+    /// Read the new password from the first line of stdin (required).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+/// `steward login`.
+#[derive(Debug, Args)]
+pub struct Login {
+    /// Your email.
+    #[arg(long)]
+    pub email: String,
+    /// The organization (ID or `organizations/ID`), when your email belongs to several.
+    #[arg(long)]
+    pub organization: Option<String>,
+    /// Read the password from the first line of stdin (required).
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// A code from your authenticator app, when MFA is enrolled.
+    #[arg(long, conflicts_with = "recovery_code")]
+    pub totp: Option<String>,
+    /// One of your recovery codes instead of a TOTP code (used up).
+    #[arg(long)]
+    pub recovery_code: Option<String>,
+}
+
+/// `steward password ...`.
+#[derive(Debug, Subcommand)]
+pub enum PasswordCommand {
+    /// Change your password: stdin holds the current password, then the new one, one per line.
+    Change {
+        /// Read both passwords from stdin (required).
+        #[arg(long = "stdin", alias = "current-stdin")]
+        stdin: bool,
+    },
+    /// Ask for a password-reset email.
+    RequestReset {
+        /// The account's email.
+        #[arg(long)]
+        email: String,
+        /// The organization (ID or name), if the email belongs to several.
+        #[arg(long)]
+        organization: Option<String>,
+    },
+    /// Set a new password with the token from a reset link.
+    Reset {
+        /// The token from the reset link.
+        #[arg(long)]
+        token: String,
+        /// Read the new password from the first line of stdin (required).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+/// `steward mfa ...`.
+#[derive(Debug, Subcommand)]
+pub enum MfaCommand {
+    /// Start enrolment: prints the secret and the otpauth URI.
+    Enroll {
+        /// Also write the QR code (PNG) to this file.
+        #[arg(long)]
+        qr: Option<PathBuf>,
+    },
+    /// Confirm enrolment with a first code; prints the recovery codes (shown once).
+    Confirm {
+        /// A current 6-digit code from the authenticator app.
+        #[arg(long)]
+        code: String,
+    },
+}
+
+/// An administrator's role on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// May do everything in the organization.
+    Administrator,
+    /// May only run the commands granted to it.
+    CommandRunner,
+}
+
+/// `steward admins ...`.
+#[derive(Debug, Subcommand)]
+pub enum AdminsCommand {
+    /// List administrators.
+    List {
+        /// E.g. `role = ROLE_COMMAND_RUNNER AND state = STATE_ACTIVE`.
+        #[arg(long)]
+        filter: Option<String>,
+        /// `email` or `create_time`, optionally followed by ` desc`.
+        #[arg(long)]
+        order_by: Option<String>,
+    },
+    /// Show one administrator (ID, resource name or email).
+    Get {
+        /// ID, `organizations/O/administrators/ID` or email.
+        admin: String,
+    },
+    /// Create an administrator and send it an invite email.
+    Create {
+        /// Its email.
+        #[arg(long)]
+        email: String,
+        /// Its role.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Give it billing access.
+        #[arg(long)]
+        billing: bool,
+        /// Require it to use MFA.
+        #[arg(long)]
+        require_mfa: bool,
+        /// Send it the "What's New" messages.
+        #[arg(long)]
+        whats_new: bool,
+    },
+    /// Change an administrator; only the fields given change. Refused (ABORTED) if it changed
+    /// since it was read.
+    #[command(group(ArgGroup::new("changes").required(true).multiple(true)
+        .args(["role", "billing", "require_mfa", "whats_new"])))]
+    Update {
+        /// ID, resource name or email.
+        admin: String,
+        /// New role.
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
+        /// Billing access.
+        #[arg(long)]
+        billing: Option<bool>,
+        /// MFA requirement.
+        #[arg(long)]
+        require_mfa: Option<bool>,
+        /// "What's New" messages.
+        #[arg(long)]
+        whats_new: Option<bool>,
+        /// The etag read earlier (`admins get`); by default the current one is read first.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// Delete administrators, all or none. With --dry-run, show who would be deleted.
+    Delete {
+        /// IDs, resource names or emails.
+        #[arg(required = true)]
+        admins: Vec<String>,
+        /// Only check, and show who would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Send a new invite email to an administrator that has not accepted yet.
+    ResendInvite {
+        /// ID, resource name or email.
+        admin: String,
+    },
+    /// Remove an administrator's MFA enrolment (e.g. after a lost phone).
+    ResetMfa {
+        /// ID, resource name or email.
+        admin: String,
+    },
+}
+
+/// A command's interpreter on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InterpreterArg {
+    /// POSIX sh.
+    Sh,
+    /// Bash.
+    Bash,
+    /// PowerShell.
+    Powershell,
+    /// Python 3.
+    Python3,
+}
+
+/// `steward commands ...`.
+#[derive(Debug, Subcommand)]
+pub enum CommandsCommand {
+    /// List commands (a Command Runner sees only its granted ones).
+    List {
+        /// E.g. `display_name = "disk usage report"`.
+        #[arg(long)]
+        filter: Option<String>,
+        /// E.g. `create_time desc`.
+        #[arg(long)]
+        order_by: Option<String>,
+    },
+    /// Show one command.
+    Get {
+        /// ID or resource name.
+        command: String,
+    },
+    /// Create a command.
+    Create {
+        /// Its display name.
+        #[arg(long)]
+        name: String,
+        /// The script: a file, or `-` for stdin.
+        #[arg(long)]
+        script: String,
+        /// The interpreter.
+        #[arg(long, value_enum)]
+        interpreter: InterpreterArg,
+        /// What it does.
+        #[arg(long)]
+        description: Option<String>,
+        /// The account to run as (default: the agent's).
+        #[arg(long)]
+        run_as: Option<String>,
+        /// Time limit, e.g. `60s`, `5m`, `1h`.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+        /// A target system (ID or resource name); repeat for several.
+        #[arg(long = "system")]
+        systems: Vec<String>,
+    },
+    /// Delete a command and its grants.
+    Delete {
+        /// ID or resource name.
+        command: String,
+    },
+    /// Grant a Command Runner access to a command.
+    Grant {
+        /// ID or resource name of the command.
+        command: String,
+        /// The administrator: ID, resource name or email.
+        #[arg(long)]
+        to: String,
+    },
+    /// Revoke a grant.
+    Revoke {
+        /// The grant: `organizations/O/commands/C/grants/G` or `C/grants/G`.
+        grant: String,
+    },
+    /// List grants of a command, or of all commands.
+    Grants {
+        /// ID or resource name of the command (default: all).
+        command: Option<String>,
+    },
+    /// Run a command.
+    Run {
+        /// ID or resource name.
+        command: String,
+        /// Only on this target system; repeat for several (default: all targets).
+        #[arg(long = "system")]
+        systems: Vec<String>,
+        /// Follow the run, print its output, exit 0 if it succeeded and 1 otherwise.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// `steward runs ...`.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs (a Command Runner sees its own).
+    List {
+        /// E.g. `state = RUN_STATE_RUNNING`.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Show a run with its output.
+    Get {
+        /// ID or resource name.
+        run: String,
+    },
+    /// Cancel a run.
+    Cancel {
+        /// ID or resource name.
+        run: String,
+    },
+    /// Follow a run until it ends; exit 0 if it succeeded and 1 otherwise.
+    Watch {
+        /// ID or resource name.
+        run: String,
+    },
+}
+
+/// `steward systems ...`.
+#[derive(Debug, Subcommand)]
+pub enum SystemsCommand {
+    /// List systems.
+    List,
+    /// Show a system.
+    Get {
+        /// ID or resource name.
+        system: String,
+    },
+    /// Delete a system.
+    Delete {
+        /// ID or resource name.
+        system: String,
+    },
+}
+
+/// `steward connect-keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConnectKeysCommand {
+    /// Create a connect key; the key is shown this once.
+    Create {
+        /// A label.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List connect keys (without their secret).
+    List,
+    /// Delete (revoke) a connect key.
+    Delete {
+        /// ID or resource name.
+        key: String,
+    },
+}
+
+/// `steward billing ...`.
+#[derive(Debug, Subcommand)]
+pub enum BillingCommand {
+    /// Show the payment card.
+    Get,
+    /// Set or change the payment card.
+    Set {
+        /// Read a new card number, then its CVC, from stdin (one per line).
+        #[arg(long)]
+        number_stdin: bool,
+        /// Expiry, `MM/YYYY`.
+        #[arg(long)]
+        exp: Option<String>,
+        /// Cardholder name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// `steward audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit events, newest first.
+    List {
+        /// E.g. `result = RESULT_DENIED`.
+        #[arg(long)]
+        filter: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}

@@ -1,0 +1,264 @@
+//! Invites, sign-in and sign-out, the profile, passwords and MFA.
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::json;
+use steward_proto::admin::v1::GetProfileRequest;
+use steward_proto::auth::v1::{
+    sign_in_response, verify_mfa_request, AcceptInviteRequest, BeginMfaEnrollmentRequest,
+    ChangePasswordRequest, ConfirmMfaEnrollmentRequest, RequestPasswordResetRequest,
+    ResetPasswordRequest, SignInRequest, SignOutRequest, TokenScope, TokenSet, VerifyMfaRequest,
+};
+
+use crate::cli::{AcceptInvite, Format, Login, MfaCommand, PasswordCommand};
+use crate::context::Context;
+use crate::error::{CliError, Result};
+use crate::session::{write_private, Session};
+use crate::{convert, input, names, output};
+
+/// The claims of an access token the CLI needs to know where it is signed in. They are read
+/// without verification, only to expand names locally; the server verifies every token.
+#[derive(Deserialize)]
+struct Claims {
+    org: String,
+    sub: String,
+}
+
+fn claims(access_token: &str) -> Result<Claims> {
+    let payload =
+        access_token.split('.').nth(1).ok_or(CliError::Protocol("malformed access token"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| CliError::Protocol("malformed access token"))?;
+    serde_json::from_slice(&bytes).map_err(|_| CliError::Protocol("access token without org/sub"))
+}
+
+fn one_stdin_line(flag: bool, flag_name: &str, what: &str) -> Result<String> {
+    if !flag {
+        return Err(CliError::Usage(format!(
+            "pass {what} on stdin with {flag_name} (it is never taken from the command line)"
+        )));
+    }
+    input::stdin_lines(1, what)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CliError::Input(format!("expected {what} on stdin")))
+}
+
+/// `steward accept-invite`.
+pub async fn accept_invite(ctx: &mut Context, args: AcceptInvite) -> Result<u8> {
+    let password = one_stdin_line(args.password_stdin, "--password-stdin", "the new password")?;
+    let request = AcceptInviteRequest { token: args.token, password };
+    let answer = ctx.anonymous().await?.auth().accept_invite(request).await?.into_inner();
+    match ctx.format {
+        Format::Json => output::json_doc(&json!({"administrator": answer.administrator}))?,
+        Format::Text => {
+            output::line(&format!("invite accepted for {}", answer.administrator))?;
+            output::note("sign in with: steward login --email EMAIL --password-stdin");
+        }
+    }
+    Ok(0)
+}
+
+fn scope_name(scope: i32) -> String {
+    TokenScope::try_from(scope).map(|s| s.as_str_name().to_string()).unwrap_or_default()
+}
+
+/// `steward login`.
+pub async fn login(ctx: &mut Context, args: Login) -> Result<u8> {
+    let password = one_stdin_line(args.password_stdin, "--password-stdin", "the password")?;
+    let client = ctx.anonymous().await?;
+    let request = SignInRequest {
+        email: args.email.clone(),
+        password,
+        organization: args.organization.as_deref().map(names::organization).unwrap_or_default(),
+    };
+    let answer = client.auth().sign_in(request).await?.into_inner();
+    let tokens: TokenSet = match answer.result {
+        Some(sign_in_response::Result::Tokens(tokens)) => tokens,
+        Some(sign_in_response::Result::MfaChallenge(challenge)) => {
+            let code = match (args.totp, args.recovery_code) {
+                (Some(code), _) => verify_mfa_request::Code::TotpCode(code),
+                (None, Some(code)) => verify_mfa_request::Code::RecoveryCode(code),
+                (None, None) => return Err(CliError::Input(
+                    "this account uses MFA: sign in again with --totp CODE or --recovery-code CODE"
+                        .into(),
+                )),
+            };
+            let request = VerifyMfaRequest { challenge: challenge.challenge, code: Some(code) };
+            client
+                .auth()
+                .verify_mfa(request)
+                .await?
+                .into_inner()
+                .tokens
+                .ok_or(CliError::Protocol("VerifyMfa without tokens"))?
+        }
+        None => return Err(CliError::Protocol("SignIn without a result")),
+    };
+    let claims = claims(&tokens.access_token)?;
+    let scope = scope_name(tokens.scope);
+    let expires = convert::time(tokens.access_token_expire_time.as_ref());
+    ctx.set_session(Session {
+        server: ctx.server.clone(),
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        organization: claims.org.clone(),
+        administrator: claims.sub.clone(),
+        email: args.email,
+        scope: scope.clone(),
+    })?;
+    let enrolment_only = tokens.scope == TokenScope::MfaEnrollment as i32;
+    match ctx.format {
+        Format::Json => output::json_doc(&json!({"administrator": claims.sub,
+            "organization": claims.org, "scope": scope, "access_token_expire_time": expires}))?,
+        Format::Text => {
+            output::line(&format!("signed in as {} ({})", claims.sub, claims.org))?;
+            if enrolment_only {
+                output::note(
+                    "MFA is required for this account: run `steward mfa enroll`, then \
+                     `steward mfa confirm --code CODE`, then sign in again",
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `steward logout`: revokes the session on the server, then forgets it locally (also when
+/// the server could not be told).
+pub async fn logout(ctx: &mut Context) -> Result<u8> {
+    if ctx.session().is_err() {
+        output::note("not signed in");
+        return Ok(0);
+    }
+    let revoked = ctx.call(|s| async move { s.auth().sign_out(SignOutRequest {}).await }).await;
+    ctx.clear_session()?;
+    if let Err(err) = &revoked {
+        output::note(&format!("warning: the server did not confirm the sign-out: {err}"));
+    }
+    if ctx.format == Format::Json {
+        output::json_doc(&json!({"signed_out": revoked.is_ok()}))?;
+    } else {
+        output::line("signed out")?;
+    }
+    Ok(0)
+}
+
+/// `steward whoami`.
+pub async fn whoami(ctx: &mut Context) -> Result<u8> {
+    let answer =
+        ctx.call(|s| async move { s.admin().get_profile(GetProfileRequest {}).await }).await?;
+    let profile = answer.profile.ok_or(CliError::Protocol("GetProfile without a profile"))?;
+    output::object(ctx.format, &convert::profile(&profile))?;
+    Ok(0)
+}
+
+/// `steward password ...`.
+pub async fn password(ctx: &mut Context, cmd: PasswordCommand) -> Result<u8> {
+    match cmd {
+        PasswordCommand::Change { stdin } => {
+            if !stdin {
+                return Err(CliError::Usage(
+                    "pass the current and the new password on stdin (one per line) with --stdin"
+                        .into(),
+                ));
+            }
+            let mut lines = input::stdin_lines(2, "the current and the new password")?.into_iter();
+            let request = ChangePasswordRequest {
+                current_password: lines.next().unwrap_or_default(),
+                new_password: lines.next().unwrap_or_default(),
+            };
+            ctx.call(move |s| {
+                let request = request.clone();
+                async move { s.auth().change_password(request).await }
+            })
+            .await?;
+            output::line("password changed; your other sessions were signed out")?;
+        }
+        PasswordCommand::RequestReset { email, organization } => {
+            let request = RequestPasswordResetRequest {
+                email,
+                organization: organization.as_deref().map(names::organization).unwrap_or_default(),
+            };
+            ctx.anonymous().await?.auth().request_password_reset(request).await?;
+            output::line("if the account exists, a password-reset email is on its way")?;
+        }
+        PasswordCommand::Reset { token, password_stdin } => {
+            let new_password =
+                one_stdin_line(password_stdin, "--password-stdin", "the new password")?;
+            let request = ResetPasswordRequest { token, new_password };
+            ctx.anonymous().await?.auth().reset_password(request).await?;
+            output::line("password reset; sign in with the new password")?;
+        }
+    }
+    Ok(0)
+}
+
+/// `steward mfa ...`.
+pub async fn mfa(ctx: &mut Context, cmd: MfaCommand) -> Result<u8> {
+    match cmd {
+        MfaCommand::Enroll { qr } => {
+            let answer = ctx
+                .call(|s| async move {
+                    s.auth().begin_mfa_enrollment(BeginMfaEnrollmentRequest {}).await
+                })
+                .await?;
+            if let Some(path) = &qr {
+                write_private(path, &answer.qr_code_png)?;
+            }
+            let mut value = json!({"secret": answer.secret, "otpauth_uri": answer.otpauth_uri,
+                "expire_time": convert::time(answer.expire_time.as_ref())});
+            if let Some(path) = &qr {
+                value["qr_code_file"] = json!(path.display().to_string());
+            }
+            output::object(ctx.format, &value)?;
+            if ctx.format == Format::Text {
+                output::note(
+                    "add it to your authenticator app, then: steward mfa confirm --code CODE",
+                );
+            }
+        }
+        MfaCommand::Confirm { code } => {
+            let request = ConfirmMfaEnrollmentRequest { totp_code: code };
+            let answer = ctx
+                .call(move |s| {
+                    let request = request.clone();
+                    async move { s.auth().confirm_mfa_enrollment(request).await }
+                })
+                .await?;
+            match ctx.format {
+                Format::Json => {
+                    output::json_doc(&json!({"recovery_codes": answer.recovery_codes}))?
+                }
+                Format::Text => {
+                    output::note("recovery codes (shown once; each replaces a code one time):");
+                    for code in &answer.recovery_codes {
+                        output::line(code)?;
+                    }
+                }
+            }
+            let enrolment_only = ctx.session()?.scope == TokenScope::MfaEnrollment.as_str_name();
+            if enrolment_only {
+                output::note("MFA enrolled: sign in again with --totp CODE for a full session");
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_org_and_subject_from_the_token_payload() {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"org":"organizations/o","sub":"organizations/o/administrators/a"}"#);
+        let c = claims(&format!("h.{payload}.s")).unwrap();
+        assert_eq!(c.org, "organizations/o");
+        assert_eq!(c.sub, "organizations/o/administrators/a");
+        assert!(claims("not-a-jwt").is_err());
+    }
+}

@@ -1,0 +1,459 @@
+//! `steward commands ...` and `steward runs ...`.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use serde_json::{json, Value};
+use steward_proto::commands::v1::{
+    watch_run_response, CancelRunRequest, Command, CreateCommandRequest, CreateGrantRequest,
+    DeleteCommandRequest, DeleteGrantRequest, GetCommandRequest, GetRunRequest, Grant, Interpreter,
+    ListCommandsRequest, ListGrantsRequest, ListRunsRequest, OutputStream, Run, RunCommandRequest,
+    RunState, WatchRunRequest,
+};
+use tonic::Code;
+
+use super::{admins, request_id};
+use crate::cli::{CommandsCommand, Format, InterpreterArg, RunsCommand};
+use crate::context::Context;
+use crate::error::{CliError, Result};
+use crate::{convert, input, names, output};
+
+const COMMAND_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "name"),
+    ("DISPLAY_NAME", "display_name"),
+    ("INTERPRETER", "interpreter"),
+    ("TIMEOUT", "timeout"),
+    ("TARGET_SYSTEMS", "target_systems"),
+];
+const GRANT_COLUMNS: &[(&str, &str)] =
+    &[("NAME", "name"), ("GRANTEE", "grantee"), ("CREATE_TIME", "create_time")];
+const RUN_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "name"),
+    ("COMMAND", "command"),
+    ("RUNNER", "runner"),
+    ("STATE", "state"),
+    ("CREATE_TIME", "create_time"),
+];
+
+fn interpreter(arg: InterpreterArg) -> Interpreter {
+    match arg {
+        InterpreterArg::Sh => Interpreter::Sh,
+        InterpreterArg::Bash => Interpreter::Bash,
+        InterpreterArg::Powershell => Interpreter::Powershell,
+        InterpreterArg::Python3 => Interpreter::Python3,
+    }
+}
+
+fn read_script(source: &str) -> Result<String> {
+    if source == "-" {
+        let mut script = String::new();
+        std::io::stdin().read_to_string(&mut script).map_err(|source| CliError::Stdio {
+            context: "cannot read the script from stdin",
+            source,
+        })?;
+        return Ok(script);
+    }
+    std::fs::read_to_string(source).map_err(|err| CliError::Io {
+        context: "cannot read the script",
+        path: source.into(),
+        source: err,
+    })
+}
+
+/// Runs a `commands` subcommand.
+pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
+    let org = ctx.organization()?;
+    match cmd {
+        CommandsCommand::List { filter, order_by } => {
+            let mut items = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = ListCommandsRequest {
+                    parent: org.clone(),
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    filter: filter.clone().unwrap_or_default(),
+                    order_by: order_by.clone().unwrap_or_default(),
+                };
+                let page = ctx
+                    .call(move |s| {
+                        let request = request.clone();
+                        async move { s.commands().list_commands(request).await }
+                    })
+                    .await?;
+                items.extend(page.commands.iter().map(convert::command));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            output::list(ctx.format, &items, COMMAND_COLUMNS)?;
+        }
+        CommandsCommand::Get { command } => {
+            let name = names::expand(&org, "commands", &command);
+            let command = ctx
+                .call(move |s| {
+                    let name = name.clone();
+                    async move { s.commands().get_command(GetCommandRequest { name }).await }
+                })
+                .await?
+                .command
+                .ok_or(CliError::Protocol("GetCommand without a command"))?;
+            output::object(ctx.format, &convert::command(&command))?;
+        }
+        CommandsCommand::Create {
+            name,
+            script,
+            interpreter: interp,
+            description,
+            run_as,
+            timeout,
+            systems,
+        } => {
+            let timeout = input::duration(&timeout)?;
+            let script = read_script(&script)?;
+            let request = CreateCommandRequest {
+                parent: org.clone(),
+                command: Some(Command {
+                    display_name: name,
+                    description: description.unwrap_or_default(),
+                    script,
+                    interpreter: interpreter(interp) as i32,
+                    run_as_user: run_as.unwrap_or_default(),
+                    timeout: Some(timeout),
+                    target_systems: systems
+                        .iter()
+                        .map(|s| names::expand(&org, "systems", s))
+                        .collect(),
+                    ..Default::default()
+                }),
+                request_id: request_id(),
+                command_id: String::new(),
+            };
+            let created = ctx
+                .call(move |s| {
+                    let request = request.clone();
+                    async move { s.commands().create_command(request).await }
+                })
+                .await?
+                .command
+                .ok_or(CliError::Protocol("CreateCommand without a command"))?;
+            output::object(ctx.format, &convert::command(&created))?;
+        }
+        CommandsCommand::Delete { command } => {
+            let name = names::expand(&org, "commands", &command);
+            let request = DeleteCommandRequest { name: name.clone(), etag: String::new() };
+            ctx.call(move |s| {
+                let request = request.clone();
+                async move { s.commands().delete_command(request).await }
+            })
+            .await?;
+            done(ctx.format, "deleted", &name)?;
+        }
+        CommandsCommand::Grant { command, to } => {
+            let parent = names::expand(&org, "commands", &command);
+            let grantee = admins::resolve(ctx, &to).await?;
+            let request = CreateGrantRequest {
+                parent,
+                grant: Some(Grant { grantee, ..Default::default() }),
+                request_id: request_id(),
+            };
+            let grant = ctx
+                .call(move |s| {
+                    let request = request.clone();
+                    async move { s.commands().create_grant(request).await }
+                })
+                .await?
+                .grant
+                .ok_or(CliError::Protocol("CreateGrant without a grant"))?;
+            output::object(ctx.format, &convert::grant(&grant))?;
+        }
+        CommandsCommand::Revoke { grant } => {
+            let name = names::expand(&org, "commands", &grant);
+            let request = DeleteGrantRequest { name: name.clone() };
+            ctx.call(move |s| {
+                let request = request.clone();
+                async move { s.commands().delete_grant(request).await }
+            })
+            .await?;
+            done(ctx.format, "revoked", &name)?;
+        }
+        CommandsCommand::Grants { command } => {
+            let parent = names::expand(&org, "commands", command.as_deref().unwrap_or("-"));
+            let mut items = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = ListGrantsRequest {
+                    parent: parent.clone(),
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    filter: String::new(),
+                };
+                let page = ctx
+                    .call(move |s| {
+                        let request = request.clone();
+                        async move { s.commands().list_grants(request).await }
+                    })
+                    .await?;
+                items.extend(page.grants.iter().map(convert::grant));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            output::list(ctx.format, &items, GRANT_COLUMNS)?;
+        }
+        CommandsCommand::Run { command, systems, wait } => {
+            let request = RunCommandRequest {
+                command: names::expand(&org, "commands", &command),
+                systems: systems.iter().map(|s| names::expand(&org, "systems", s)).collect(),
+                request_id: request_id(),
+            };
+            let run = ctx
+                .call(move |s| {
+                    let request = request.clone();
+                    async move { s.commands().run_command(request).await }
+                })
+                .await?
+                .run
+                .ok_or(CliError::Protocol("RunCommand without a run"))?;
+            if wait {
+                return follow(ctx, run.name).await;
+            }
+            output::object(ctx.format, &convert::run(&run))?;
+            if ctx.format == Format::Text {
+                output::note(&format!(
+                    "follow it with: steward runs watch {}",
+                    names::id(&run.name)
+                ));
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn done(format: Format, what: &str, name: &str) -> Result<()> {
+    match format {
+        Format::Json => output::json_doc(&json!({ what: name })),
+        Format::Text => output::line(&format!("{what} {name}")),
+    }
+}
+
+/// Runs a `runs` subcommand.
+pub async fn runs(ctx: &mut Context, cmd: RunsCommand) -> Result<u8> {
+    let org = ctx.organization()?;
+    match cmd {
+        RunsCommand::List { filter } => {
+            let mut items = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = ListRunsRequest {
+                    parent: org.clone(),
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    filter: filter.clone().unwrap_or_default(),
+                };
+                let page = ctx
+                    .call(move |s| {
+                        let request = request.clone();
+                        async move { s.commands().list_runs(request).await }
+                    })
+                    .await?;
+                items.extend(page.runs.iter().map(convert::run));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            output::list(ctx.format, &items, RUN_COLUMNS)?;
+        }
+        RunsCommand::Get { run } => {
+            let run = get_run(ctx, names::expand(&org, "runs", &run)).await?;
+            print_run(ctx.format, &run)?;
+        }
+        RunsCommand::Cancel { run } => {
+            let name = names::expand(&org, "runs", &run);
+            let run = ctx
+                .call(move |s| {
+                    let name = name.clone();
+                    async move { s.commands().cancel_run(CancelRunRequest { name }).await }
+                })
+                .await?
+                .run
+                .ok_or(CliError::Protocol("CancelRun without a run"))?;
+            print_run(ctx.format, &run)?;
+        }
+        RunsCommand::Watch { run } => return follow(ctx, names::expand(&org, "runs", &run)).await,
+    }
+    Ok(0)
+}
+
+async fn get_run(ctx: &mut Context, name: String) -> Result<Run> {
+    ctx.call(move |s| {
+        let name = name.clone();
+        async move { s.commands().get_run(GetRunRequest { name }).await }
+    })
+    .await?
+    .run
+    .ok_or(CliError::Protocol("GetRun without a run"))
+}
+
+/// A run as text: its fields, then each system's output under a heading.
+fn print_run(format: Format, run: &Run) -> Result<()> {
+    let mut value = convert::run(run);
+    if format == Format::Json {
+        return output::object(format, &value);
+    }
+    if let Some(results) = value.get_mut("results").and_then(Value::as_array_mut) {
+        for result in results.iter_mut().filter_map(Value::as_object_mut) {
+            result.remove("stdout");
+            result.remove("stderr");
+        }
+    }
+    output::object(format, &value)?;
+    for result in &run.results {
+        for (stream, bytes) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
+            if !bytes.is_empty() {
+                output::line(&format!("--- {} {stream} ---", result.system))?;
+                output::write_stdout(bytes)?;
+                if !bytes.ends_with(b"\n") {
+                    output::line("")?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn finished(state: i32) -> bool {
+    [RunState::Succeeded, RunState::Failed, RunState::TimedOut, RunState::Cancelled]
+        .iter()
+        .any(|s| *s as i32 == state)
+}
+
+/// Which part of a chunk is new, given how much of its stream was already printed; output
+/// replayed after a reconnect is skipped.
+fn unseen(
+    printed: &mut HashMap<(String, i32), i64>,
+    system: &str,
+    stream: i32,
+    offset: i64,
+    data: &[u8],
+) -> usize {
+    let end = printed.entry((system.to_string(), stream)).or_insert(0);
+    let len = i64::try_from(data.len()).unwrap_or(i64::MAX);
+    let skip = (*end - offset).clamp(0, len);
+    *end = (*end).max(offset.saturating_add(len));
+    usize::try_from(skip).unwrap_or(data.len())
+}
+
+/// Follows a run with WatchRun: prints its output as it arrives (text: stdout and stderr
+/// chunks to the matching stream; JSON: one event per line), reconnecting if the stream
+/// breaks. Returns 0 if the run succeeded, 1 otherwise.
+async fn follow(ctx: &mut Context, name: String) -> Result<u8> {
+    let mut printed = HashMap::new();
+    let mut last: Option<Run> = None;
+    for _attempt in 0..5 {
+        let watched = name.clone();
+        let mut stream = ctx
+            .call(move |s| {
+                let name = watched.clone();
+                async move { s.commands().watch_run(WatchRunRequest { name }).await }
+            })
+            .await?;
+        loop {
+            let event = match stream.message().await {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(status) if matches!(status.code(), Code::Unavailable | Code::Unknown) => break,
+                Err(status) => return Err(status.into()),
+            };
+            match event.event {
+                Some(watch_run_response::Event::Run(run)) => {
+                    if ctx.format == Format::Json {
+                        output::json_doc(&json!({"run": convert::run(&run)}))?;
+                    }
+                    last = Some(run);
+                }
+                Some(watch_run_response::Event::Output(chunk)) => {
+                    let skip = unseen(
+                        &mut printed,
+                        &chunk.system,
+                        chunk.stream,
+                        chunk.offset,
+                        &chunk.data,
+                    );
+                    let data = chunk.data.get(skip..).unwrap_or_default();
+                    if data.is_empty() {
+                        continue;
+                    }
+                    match ctx.format {
+                        Format::Json => {
+                            output::json_doc(&json!({"output": convert::output_chunk(&chunk)}))?
+                        }
+                        Format::Text if chunk.stream == OutputStream::Stderr as i32 => {
+                            output::write_stderr(data)
+                        }
+                        Format::Text => output::write_stdout(data)?,
+                    }
+                }
+                None => {}
+            }
+        }
+        if last.as_ref().is_some_and(|r| finished(r.state)) {
+            break;
+        }
+        let run = get_run(ctx, name.clone()).await?;
+        let done = finished(run.state);
+        last = Some(run);
+        if done {
+            break;
+        }
+    }
+    let run = last.ok_or(CliError::Protocol("WatchRun without a snapshot of the run"))?;
+    if !finished(run.state) {
+        return Err(CliError::Input(format!(
+            "lost the stream of {} before it ended; see `steward runs get {}`",
+            run.name,
+            names::id(&run.name)
+        )));
+    }
+    if ctx.format == Format::Text {
+        output::note(&format!("run {}: {}", run.name, convert::run_state_name(run.state)));
+        for r in &run.results {
+            let mut line = format!(
+                "  {}: {} (exit {})",
+                r.system,
+                convert::run_state_name(r.state),
+                r.exit_code
+            );
+            if !r.error_message.is_empty() {
+                line.push_str(&format!(": {}", r.error_message));
+            }
+            output::note(&line);
+        }
+    }
+    Ok(if run.state == RunState::Succeeded as i32 { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replayed_output_is_skipped() {
+        let mut printed = HashMap::new();
+        assert_eq!(unseen(&mut printed, "s", 1, 0, b"hello "), 0);
+        assert_eq!(unseen(&mut printed, "s", 1, 6, b"world"), 0);
+        // After a reconnect the stream starts again from the beginning.
+        assert_eq!(unseen(&mut printed, "s", 1, 0, b"hello world!"), 11);
+        assert_eq!(unseen(&mut printed, "s", 2, 0, b"err"), 0);
+        assert_eq!(unseen(&mut printed, "s", 1, 0, b"hel"), 3);
+    }
+
+    #[test]
+    fn terminal_states() {
+        assert!(finished(RunState::TimedOut as i32));
+        assert!(!finished(RunState::Running as i32));
+    }
+}

@@ -1,0 +1,36 @@
+//! One function per command. Each returns the process exit code on success (0, or 1 for a
+//! run that did not succeed).
+
+mod admins;
+mod auth;
+mod billing;
+mod command;
+mod systems;
+
+use crate::cli::Command;
+use crate::context::Context;
+use crate::error::Result;
+
+/// Runs `command`.
+pub async fn dispatch(ctx: &mut Context, command: Command) -> Result<u8> {
+    match command {
+        Command::AcceptInvite(args) => auth::accept_invite(ctx, args).await,
+        Command::Login(args) => auth::login(ctx, args).await,
+        Command::Logout => auth::logout(ctx).await,
+        Command::Whoami => auth::whoami(ctx).await,
+        Command::Password(cmd) => auth::password(ctx, cmd).await,
+        Command::Mfa(cmd) => auth::mfa(ctx, cmd).await,
+        Command::Admins(cmd) => admins::run(ctx, cmd).await,
+        Command::Commands(cmd) => command::commands(ctx, cmd).await,
+        Command::Runs(cmd) => command::runs(ctx, cmd).await,
+        Command::Systems(cmd) => systems::systems(ctx, cmd).await,
+        Command::ConnectKeys(cmd) => systems::connect_keys(ctx, cmd).await,
+        Command::Billing(cmd) => billing::billing(ctx, cmd).await,
+        Command::Audit(cmd) => billing::audit(ctx, cmd).await,
+    }
+}
+
+/// A fresh request ID, so a retried create is not applied twice.
+fn request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

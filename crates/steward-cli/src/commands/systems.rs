@@ -1,0 +1,147 @@
+//! `steward systems ...` and `steward connect-keys ...`.
+
+use serde_json::json;
+use steward_proto::commands::v1::{
+    ConnectKey, CreateConnectKeyRequest, DeleteConnectKeyRequest, DeleteSystemRequest,
+    GetSystemRequest, ListConnectKeysRequest, ListSystemsRequest,
+};
+
+use super::request_id;
+use crate::cli::{ConnectKeysCommand, Format, SystemsCommand};
+use crate::context::Context;
+use crate::error::{CliError, Result};
+use crate::{convert, names, output};
+
+const SYSTEM_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "name"),
+    ("DISPLAY_NAME", "display_name"),
+    ("HOSTNAME", "hostname"),
+    ("OS", "os"),
+    ("CONNECTED", "connected"),
+    ("LAST_SEEN", "last_seen_time"),
+];
+const KEY_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "name"),
+    ("DISPLAY_NAME", "display_name"),
+    ("REVOKED", "revoked"),
+    ("EXPIRE_TIME", "expire_time"),
+    ("CREATOR", "creator"),
+];
+
+fn deleted(format: Format, name: &str) -> Result<()> {
+    match format {
+        Format::Json => output::json_doc(&json!({ "deleted": name })),
+        Format::Text => output::line(&format!("deleted {name}")),
+    }
+}
+
+/// Runs a `systems` subcommand.
+pub async fn systems(ctx: &mut Context, cmd: SystemsCommand) -> Result<u8> {
+    let org = ctx.organization()?;
+    match cmd {
+        SystemsCommand::List => {
+            let mut items = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request =
+                    ListSystemsRequest { parent: org.clone(), page_size: 1000, page_token };
+                let page = ctx
+                    .call(move |s| {
+                        let request = request.clone();
+                        async move { s.systems().list_systems(request).await }
+                    })
+                    .await?;
+                items.extend(page.systems.iter().map(convert::system));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            output::list(ctx.format, &items, SYSTEM_COLUMNS)?;
+        }
+        SystemsCommand::Get { system } => {
+            let name = names::expand(&org, "systems", &system);
+            let system = ctx
+                .call(move |s| {
+                    let name = name.clone();
+                    async move { s.systems().get_system(GetSystemRequest { name }).await }
+                })
+                .await?
+                .system
+                .ok_or(CliError::Protocol("GetSystem without a system"))?;
+            output::object(ctx.format, &convert::system(&system))?;
+        }
+        SystemsCommand::Delete { system } => {
+            let name = names::expand(&org, "systems", &system);
+            let request = DeleteSystemRequest { name: name.clone(), etag: String::new() };
+            ctx.call(move |s| {
+                let request = request.clone();
+                async move { s.systems().delete_system(request).await }
+            })
+            .await?;
+            deleted(ctx.format, &name)?;
+        }
+    }
+    Ok(0)
+}
+
+/// Runs a `connect-keys` subcommand.
+pub async fn connect_keys(ctx: &mut Context, cmd: ConnectKeysCommand) -> Result<u8> {
+    let org = ctx.organization()?;
+    match cmd {
+        ConnectKeysCommand::Create { name } => {
+            let request = CreateConnectKeyRequest {
+                parent: org,
+                connect_key: Some(ConnectKey {
+                    display_name: name.unwrap_or_default(),
+                    ..Default::default()
+                }),
+                request_id: request_id(),
+            };
+            let key = ctx
+                .call(move |s| {
+                    let request = request.clone();
+                    async move { s.systems().create_connect_key(request).await }
+                })
+                .await?
+                .connect_key
+                .ok_or(CliError::Protocol("CreateConnectKey without a key"))?;
+            output::object(ctx.format, &convert::connect_key(&key))?;
+            if ctx.format == Format::Text {
+                output::note(
+                    "the key is shown only this once: steward-agent --server URL --connect-key KEY",
+                );
+            }
+        }
+        ConnectKeysCommand::List => {
+            let mut items = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request =
+                    ListConnectKeysRequest { parent: org.clone(), page_size: 1000, page_token };
+                let page = ctx
+                    .call(move |s| {
+                        let request = request.clone();
+                        async move { s.systems().list_connect_keys(request).await }
+                    })
+                    .await?;
+                items.extend(page.connect_keys.iter().map(convert::connect_key));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            output::list(ctx.format, &items, KEY_COLUMNS)?;
+        }
+        ConnectKeysCommand::Delete { key } => {
+            let name = names::expand(&org, "connectKeys", &key);
+            ctx.call(move |s| {
+                let name = name.clone();
+                async move { s.systems().delete_connect_key(DeleteConnectKeyRequest { name }).await }
+            })
+            .await?;
+            deleted(ctx.format, &names::expand(&org, "connectKeys", &key))?;
+        }
+    }
+    Ok(0)
+}

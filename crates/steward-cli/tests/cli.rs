@@ -1,0 +1,503 @@
+//! The `steward` binary against the real `steward-server dev` (and the real `steward-agent`):
+//! the seed walk-through with the CLI only, session refresh, secrets on stdin, error details
+//! and exit codes.
+//!
+//! Needs `cargo build -p steward-server -p steward-agent` first: the binaries are looked up in
+//! the target directory next to this test executable.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "correct horse battery staple 42!";
+
+/// A binary built next to this test (`target/debug/NAME`).
+fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} missing: run `cargo build -p {name}` first", path.display());
+    path
+}
+
+struct Dev {
+    child: Child,
+    url: String,
+    owner_token: String,
+    data: tempfile::TempDir,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token_in(text: &str) -> Option<String> {
+    let start = text.find("token=")? + "token=".len();
+    let token: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    (!token.is_empty()).then_some(token)
+}
+
+fn start_dev(env: &[(&str, &str)]) -> Dev {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(sibling_binary("steward-server"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut addr, mut token) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && (addr.is_none() || token.is_none()) {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            addr = rest.split_whitespace().next().map(str::to_string);
+        }
+        if line.contains("set-password?token=") {
+            token = token_in(&line);
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Dev {
+        child,
+        url: format!("http://{}", addr.expect("dev printed its address")),
+        owner_token: token.expect("dev printed the owner's link"),
+        data,
+    }
+}
+
+impl Dev {
+    /// The newest invite/reset token mailed to `email`.
+    fn mailed_token(&self, email: &str) -> String {
+        let mail = self.data.path().join("mail");
+        for _ in 0..100 {
+            let mut newest: Option<(std::time::SystemTime, String)> = None;
+            for entry in std::fs::read_dir(&mail).into_iter().flatten().flatten() {
+                let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+                let to_them = text
+                    .lines()
+                    .any(|l| l.to_ascii_lowercase().starts_with("to:") && l.contains(email));
+                let modified = entry.metadata().unwrap().modified().unwrap();
+                if let (true, Some(token)) = (to_them, token_in(&text)) {
+                    if newest.as_ref().is_none_or(|(t, _)| modified >= *t) {
+                        newest = Some((modified, token));
+                    }
+                }
+            }
+            if let Some((_, token)) = newest {
+                return token;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no mail with a token for {email}");
+    }
+}
+
+/// One identity: its own session directory.
+struct Identity {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+}
+
+impl Identity {
+    fn new(dev: &Dev) -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), url: dev.url.clone() }
+    }
+
+    fn session_file(&self) -> PathBuf {
+        self.dir.path().join("session.json")
+    }
+
+    fn session(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.session_file()).unwrap()).unwrap()
+    }
+
+    fn run_with(&self, args: &[&str], stdin: &str) -> Out {
+        self.run_at(&self.url, args, stdin)
+    }
+
+    /// Runs `steward --server URL ARGS...` with `stdin`, in this identity's session directory.
+    fn run_at(&self, url: &str, args: &[&str], stdin: &str) -> Out {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_steward"))
+            .args(["--server", url])
+            .args(args)
+            .env_remove("STEWARD_SERVER")
+            .env("STEWARD_CONFIG_DIR", self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let out = Out {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        // No command ever shows a password or a session token.
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(!all.contains(PASSWORD), "password printed by {args:?}");
+        if let Ok(text) = std::fs::read_to_string(self.session_file()) {
+            let session: serde_json::Value = serde_json::from_str(&text).unwrap();
+            for key in ["access_token", "refresh_token"] {
+                let token = session[key].as_str().unwrap_or_default();
+                assert!(token.is_empty() || !all.contains(token), "{key} printed by {args:?}");
+            }
+        }
+        out
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        self.run_with(args, "")
+    }
+
+    /// `--output json` and parse.
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        self.run(&all).ok().json()
+    }
+
+    fn accept_and_login(&self, token: &str, email: &str) {
+        let password = format!("{PASSWORD}\n");
+        self.run_with(&["accept-invite", "--token", token, "--password-stdin"], &password).ok();
+        self.run_with(&["login", "--email", email, "--password-stdin"], &password).ok();
+    }
+}
+
+fn name(value: &serde_json::Value) -> String {
+    value["name"].as_str().unwrap().to_string()
+}
+
+fn id(name: &str) -> &str {
+    name.rsplit('/').next().unwrap()
+}
+
+#[test]
+fn seed_walkthrough_with_the_cli() {
+    let dev = start_dev(&[]);
+    let owner = Identity::new(&dev);
+    let runner = Identity::new(&dev);
+
+    // 1. The owner accepts its invite (the password only ever on stdin) and signs in.
+    let refused = owner.run(&["accept-invite", "--token", &dev.owner_token]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--password-stdin"), "{}", refused.stderr);
+    owner.accept_and_login(&dev.owner_token, "owner@example.com");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(owner.session_file()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the session file is private");
+    }
+    let profile = owner.json(&["whoami"]);
+    assert_eq!(profile["administrator"]["email"], "owner@example.com");
+    assert_eq!(profile["administrator"]["role"], "ROLE_ADMINISTRATOR");
+    let org = profile["organization"]["name"].as_str().unwrap().to_string();
+    let owner_name = name(&profile["administrator"]);
+    assert_eq!(owner.session()["organization"], org.as_str());
+    let text = owner.run(&["whoami"]).ok();
+    assert!(text.stdout.contains("owner@example.com"), "{}", text.stdout);
+
+    // 2. A Command Runner, invited by mail, accepts and signs in with its own session.
+    let created = owner.json(&[
+        "admins",
+        "create",
+        "--email",
+        "helpdesk@example.com",
+        "--role",
+        "command-runner",
+        "--whats-new",
+    ]);
+    assert_eq!(created["state"], "STATE_INVITED");
+    assert_eq!(created["role"], "ROLE_COMMAND_RUNNER");
+    assert_eq!(created["whats_new"], true);
+    let runner_name = name(&created);
+    runner.accept_and_login(&dev.mailed_token("helpdesk@example.com"), "helpdesk@example.com");
+    assert_eq!(runner.json(&["whoami"])["administrator"]["name"], runner_name.as_str());
+
+    // Everything but its own commands is refused, with the reason.
+    let denied = runner.run(&["admins", "list"]);
+    assert_eq!(denied.code, 1);
+    assert!(denied.stderr.contains("PERMISSION_DENIED"), "{}", denied.stderr);
+    assert!(denied.stderr.contains("ROLE_REQUIRED"), "{}", denied.stderr);
+    let denied = runner.run(&["--output", "json", "connect-keys", "create"]);
+    assert_eq!(denied.code, 1);
+    let error: serde_json::Value = serde_json::from_str(denied.stderr.trim()).unwrap();
+    assert_eq!(error["error"]["code"], "PERMISSION_DENIED");
+
+    // 3. Edits touch only the flags given; the list shows them.
+    let updated = owner.json(&["admins", "update", id(&runner_name), "--require-mfa", "true"]);
+    assert_eq!(updated["mfa_required"], true);
+    assert_eq!(updated["whats_new"], true, "fields not given are left alone");
+    assert_eq!(updated["role"], "ROLE_COMMAND_RUNNER");
+    let listed = owner.json(&["admins", "list", "--filter", "mfa_required = true"]);
+    let emails: Vec<&str> =
+        listed.as_array().unwrap().iter().map(|a| a["email"].as_str().unwrap()).collect();
+    assert_eq!(emails, ["helpdesk@example.com"]);
+    let table = owner.run(&["admins", "list"]).ok();
+    assert!(table.stdout.contains(id(&runner_name)) && table.stdout.contains("STATE_ACTIVE"));
+    // A stale etag is ABORTED.
+    let stale = created["etag"].as_str().unwrap();
+    let aborted =
+        owner.run(&["admins", "update", &runner_name, "--whats-new", "false", "--etag", stale]);
+    assert_eq!(aborted.code, 1);
+    assert!(aborted.stderr.contains("ABORTED"), "{}", aborted.stderr);
+    // No flag at all is a usage error.
+    assert_eq!(owner.run(&["admins", "update", &runner_name]).code, 2);
+    // Field errors name the field.
+    let invalid = owner.run(&["admins", "create", "--email", "nope", "--role", "administrator"]);
+    assert_eq!(invalid.code, 1);
+    assert!(invalid.stderr.contains("INVALID_ARGUMENT"), "{}", invalid.stderr);
+    assert!(invalid.stderr.contains("administrator.email"), "{}", invalid.stderr);
+
+    // 4. A system with a real agent, a command on it granted to the runner, run and followed.
+    let key = owner.json(&["connect-keys", "create", "--name", "lab"]);
+    let key = key["key"].as_str().unwrap().to_string();
+    assert!(!owner.run(&["connect-keys", "list"]).ok().stdout.contains(&key), "key shown once");
+    let state = tempfile::tempdir().unwrap();
+    let mut agent = Command::new(sibling_binary("steward-agent"))
+        .args(["--server", &dev.url, "--connect-key", &key, "--state-dir"])
+        .arg(state.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let system = (0..100)
+        .find_map(|_| {
+            let systems = owner.json(&["systems", "list"]);
+            let found = systems.get(0).map(name);
+            if found.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            found
+        })
+        .expect("the agent registered its system");
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), "echo report-ok\necho warn-line >&2\n").unwrap();
+    let command = owner.json(&[
+        "commands",
+        "create",
+        "--name",
+        "disk usage report",
+        "--script",
+        script.path().to_str().unwrap(),
+        "--interpreter",
+        "sh",
+        "--timeout",
+        "30s",
+        "--system",
+        id(&system),
+    ]);
+    assert_eq!(command["timeout"], "30s");
+    assert_eq!(command["target_systems"][0], system.as_str());
+    let command = name(&command);
+    let failing = owner.run_with(
+        &["--output", "json", "commands", "create", "--name", "fails", "--script", "-"],
+        "exit 3\n",
+    );
+    assert_eq!(failing.code, 2, "--interpreter is required: {}", failing.stderr);
+    let failing = owner.run_with(
+        &[
+            "--output",
+            "json",
+            "commands",
+            "create",
+            "--name",
+            "fails",
+            "--script",
+            "-",
+            "--interpreter",
+            "sh",
+            "--system",
+            &system,
+        ],
+        "echo partial; exit 3\n",
+    );
+    let failing = name(&failing.ok().json());
+    let grant = owner.json(&["commands", "grant", id(&command), "--to", "helpdesk@example.com"]);
+    assert_eq!(grant["grantee"], runner_name.as_str());
+    let grants = owner.json(&["commands", "grants", id(&command)]);
+    assert_eq!(grants.as_array().unwrap().len(), 1);
+
+    let visible = runner.json(&["commands", "list"]);
+    let visible: Vec<String> = visible.as_array().unwrap().iter().map(name).collect();
+    assert_eq!(visible, std::slice::from_ref(&command), "the runner sees only its granted command");
+    let ran = runner.run(&["commands", "run", id(&command), "--wait"]).ok();
+    assert!(ran.stdout.contains("report-ok"), "{}", ran.stdout);
+    assert!(ran.stderr.contains("warn-line"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("RUN_STATE_SUCCEEDED"), "{}", ran.stderr);
+    let not_granted = runner.run(&["commands", "run", &failing]);
+    assert_eq!(not_granted.code, 1);
+    assert!(not_granted.stderr.contains("PERMISSION_DENIED"), "{}", not_granted.stderr);
+    let failed = owner.run(&["commands", "run", &failing, "--wait"]);
+    assert_eq!(failed.code, 1, "a failed run exits 1: {}", failed.stderr);
+    assert!(failed.stdout.contains("partial"), "{}", failed.stdout);
+    assert!(failed.stderr.contains("RUN_STATE_FAILED") && failed.stderr.contains("exit 3"));
+    let runs = runner.json(&["runs", "list"]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 1, "the runner sees only its own runs");
+    let run = runner.json(&["runs", "get", id(&name(&runs[0]))]);
+    assert_eq!(run["state"], "RUN_STATE_SUCCEEDED");
+    assert_eq!(run["results"][0]["stdout"], "report-ok\n");
+    let revoked = owner.run(&["commands", "revoke", &name(&grant)]).ok();
+    assert!(revoked.stdout.contains("revoked"), "{}", revoked.stdout);
+    assert_eq!(runner.json(&["commands", "list"]), serde_json::json!([]));
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    // 5. Deleting: never yourself; a dry run shows who would go; then delete.
+    let own = owner.run(&["admins", "delete", &owner_name, "--dry-run"]);
+    assert_eq!(own.code, 1);
+    assert!(own.stderr.contains("FAILED_PRECONDITION"), "{}", own.stderr);
+    assert!(own.stderr.contains("SELF_DELETE"), "{}", own.stderr);
+    let preview = owner.run(&["admins", "delete", id(&runner_name), "--dry-run"]).ok();
+    assert!(preview.stdout.contains("would delete 1"), "{}", preview.stdout);
+    assert!(preview.stdout.contains("helpdesk@example.com"), "{}", preview.stdout);
+    assert_eq!(owner.json(&["admins", "get", &runner_name])["email"], "helpdesk@example.com");
+    let deleted = owner.json(&["admins", "delete", "helpdesk@example.com"]);
+    assert_eq!(deleted[0]["name"], runner_name.as_str());
+    let gone = owner.run(&["admins", "get", &runner_name]);
+    assert!(gone.code == 1 && gone.stderr.contains("NOT_FOUND"), "{}", gone.stderr);
+    // The deleted runner's session no longer works.
+    let ended = runner.run(&["whoami"]);
+    assert_eq!(ended.code, 1, "{}", ended.stdout);
+
+    // 6. The audit log saw it all.
+    let events = owner.json(&["audit", "list", "--limit", "500"]);
+    let actions: Vec<&str> =
+        events.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.iter().any(|a| a.ends_with("BatchDeleteAdministrators")), "{actions:?}");
+
+    // Logout revokes the session and forgets it.
+    owner.run(&["logout"]).ok();
+    assert!(!owner.session_file().exists());
+    let out = owner.run(&["whoami"]);
+    assert!(out.code == 1 && out.stderr.contains("not signed in"), "{}", out.stderr);
+}
+
+#[test]
+fn sessions_refresh_once_and_secrets_stay_on_stdin() {
+    let dev = start_dev(&[]);
+    let owner = Identity::new(&dev);
+    owner.accept_and_login(&dev.owner_token, "owner@example.com");
+
+    // A rejected access token is renewed with the refresh token, once, and stored.
+    let mut session = owner.session();
+    let refresh = session["refresh_token"].as_str().unwrap().to_string();
+    session["access_token"] = "not.a.token".into();
+    std::fs::write(owner.session_file(), session.to_string()).unwrap();
+    assert_eq!(owner.json(&["whoami"])["administrator"]["email"], "owner@example.com");
+    let renewed = owner.session();
+    assert_ne!(renewed["access_token"], "not.a.token");
+    assert_ne!(renewed["refresh_token"], refresh.as_str(), "the refresh token rotated");
+
+    // With both tokens dead, the session has ended: one refresh attempt, then a clear error.
+    let mut broken = renewed.clone();
+    broken["access_token"] = "not.a.token".into();
+    broken["refresh_token"] = "not-a-refresh-token".into();
+    std::fs::write(owner.session_file(), broken.to_string()).unwrap();
+    let ended = owner.run(&["whoami"]);
+    assert_eq!(ended.code, 1);
+    assert!(ended.stderr.contains("steward login"), "{}", ended.stderr);
+    let password = format!("{PASSWORD}\n");
+    owner.run_with(&["login", "--email", "owner@example.com", "--password-stdin"], &password).ok();
+
+    // Tokens are never sent to another server.
+    let elsewhere = owner.run_at("http://127.0.0.1:9", &["whoami"], "");
+    assert!(
+        elsewhere.code == 1 && elsewhere.stderr.contains("not signed in"),
+        "{}",
+        elsewhere.stderr
+    );
+
+    // A wrong password is UNAUTHENTICATED; a missing stdin line is an input error.
+    let wrong = owner.run_with(
+        &["login", "--email", "owner@example.com", "--password-stdin"],
+        "wrong password entirely\n",
+    );
+    assert!(wrong.code == 1 && wrong.stderr.contains("UNAUTHENTICATED"), "{}", wrong.stderr);
+    let empty = owner.run(&["login", "--email", "owner@example.com", "--password-stdin"]);
+    assert_eq!(empty.code, 1, "{}", empty.stderr);
+
+    // The card number and CVC come from stdin; only the last four digits come back.
+    let year = chrono::Datelike::year(&chrono::Utc::now()) + 3;
+    let exp = format!("12/{year}");
+    let usage = owner.run(&["billing", "set", "--number-stdin"]);
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    let card = owner.run_with(
+        &["--output", "json", "billing", "set", "--number-stdin", "--exp", &exp],
+        "4242 4242 4242 4242\n123\n",
+    );
+    let card = card.ok();
+    assert!(!card.stdout.contains("4242 4242") && !card.stdout.contains("123\""));
+    let card = card.json();
+    assert_eq!(card["last4"], "4242");
+    assert_eq!(card["brand"], "CARD_BRAND_VISA");
+    assert_eq!(card["exp_year"], year);
+    let bad = owner.run_with(
+        &["billing", "set", "--number-stdin", "--exp", &exp],
+        "4242 4242 4242 4241\n123\n",
+    );
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("payment_card.card_number"), "{}", bad.stderr);
+    assert!(!bad.stderr.contains("4241"), "{}", bad.stderr);
+    let got = owner.json(&["billing", "get"]);
+    assert_eq!(got["last4"], "4242");
+    let renamed = owner.json(&["billing", "set", "--name", "Ada Lovelace"]);
+    assert_eq!(renamed["cardholder_name"], "Ada Lovelace");
+    assert_eq!(renamed["last4"], "4242");
+
+    // Changing the password reads both from stdin.
+    let new_password = "another quite long passphrase 7%";
+    let changed = owner
+        .run_with(&["password", "change", "--stdin"], &format!("{PASSWORD}\n{new_password}\n"));
+    let changed = changed.ok();
+    assert!(!changed.stdout.contains(new_password) && !changed.stderr.contains(new_password));
+    owner
+        .run_with(
+            &["login", "--email", "owner@example.com", "--password-stdin"],
+            &format!("{new_password}\n"),
+        )
+        .ok();
+
+    // MFA enrolment writes the QR code privately and prints the otpauth URI.
+    let qr = owner.dir.path().join("qr.png");
+    let enrol = owner.json(&["mfa", "enroll", "--qr", qr.to_str().unwrap()]);
+    assert!(enrol["otpauth_uri"].as_str().unwrap().starts_with("otpauth://totp/"));
+    assert!(std::fs::read(&qr).unwrap().starts_with(b"\x89PNG"));
+    let wrong_code = owner.run(&["mfa", "confirm", "--code", "000000"]);
+    assert_eq!(wrong_code.code, 1);
+    assert!(wrong_code.stderr.contains("INVALID_ARGUMENT"), "{}", wrong_code.stderr);
+}
