@@ -156,7 +156,8 @@ impl Identity {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        // The CLI may exit (a usage error) before reading: a broken pipe here is fine.
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
         let output = child.wait_with_output().unwrap();
         let out = Out {
             code: output.status.code().unwrap_or(-1),
@@ -500,4 +501,53 @@ fn sessions_refresh_once_and_secrets_stay_on_stdin() {
     let wrong_code = owner.run(&["mfa", "confirm", "--code", "000000"]);
     assert_eq!(wrong_code.code, 1);
     assert!(wrong_code.stderr.contains("INVALID_ARGUMENT"), "{}", wrong_code.stderr);
+}
+
+#[test]
+fn mfa_enrolment_then_sign_in_with_a_second_factor() {
+    let dev = start_dev(&[]);
+    let owner = Identity::new(&dev);
+    owner.accept_and_login(&dev.owner_token, "owner@example.com");
+    let password = format!("{PASSWORD}\n");
+    let login = ["login", "--email", "owner@example.com", "--password-stdin"];
+
+    let enrol = owner.json(&["mfa", "enroll"]);
+    let generator = totp_rs::Totp::from_url(enrol["otpauth_uri"].as_str().unwrap()).unwrap();
+    let code = generator.generate_current().to_string();
+    let confirmed = owner.json(&["mfa", "confirm", "--code", &code]);
+    let recovery: Vec<String> = confirmed["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert!(recovery.len() >= 5, "{recovery:?}");
+
+    // Without a second factor the sign-in stops at the challenge and says what is missing.
+    owner.run(&["logout"]).ok();
+    let missing = owner.run_with(&login, &password);
+    assert_eq!(missing.code, 1);
+    assert!(missing.stderr.contains("--totp"), "{}", missing.stderr);
+    assert!(!owner.session_file().exists(), "no session without the second factor");
+
+    // A recovery code completes it once.
+    let mut with_recovery = login.to_vec();
+    with_recovery.extend(["--recovery-code", &recovery[0]]);
+    owner.run_with(&with_recovery, &password).ok();
+    assert_eq!(owner.session()["scope"], "TOKEN_SCOPE_FULL");
+    assert_eq!(owner.json(&["whoami"])["administrator"]["email"], "owner@example.com");
+    let reused = owner.run_with(&with_recovery, &password);
+    assert!(reused.code == 1 && reused.stderr.contains("UNAUTHENTICATED"), "{}", reused.stderr);
+
+    // A TOTP code of the next step (the current one was used to confirm) is accepted.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let next = generator.generate(now.as_secs() + 30).to_string();
+    let mut with_totp = login.to_vec();
+    with_totp.extend(["--totp", &next]);
+    owner.run_with(&with_totp, &password).ok();
+    assert_eq!(owner.json(&["whoami"])["administrator"]["email"], "owner@example.com");
+    // Both flags at once is a usage error.
+    let mut both = with_totp.clone();
+    both.extend(["--recovery-code", &recovery[1]]);
+    assert_eq!(owner.run_with(&both, &password).code, 2);
 }
