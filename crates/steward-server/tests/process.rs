@@ -454,6 +454,23 @@ fn seed_walkthrough_with_grpcurl() {
     )
     .unwrap_err();
     assert!(refused.contains("FailedPrecondition") && refused.contains("delete"), "{refused}");
+    // Reflection also serves google.rpc, so grpcurl decodes the details: the rule is named.
+    let (ok, detailed) = grpcurl(&[
+        "-plaintext",
+        "-format-error",
+        "-H",
+        &format!("authorization: Bearer {owner}"),
+        "-d",
+        &serde_json::json!({"parent": org, "names": [owner_name], "validateOnly": true})
+            .to_string(),
+        addr,
+        "steward.admin.v1.AdminService/BatchDeleteAdministrators",
+    ]);
+    assert!(!ok);
+    assert!(
+        detailed.contains("google.rpc.PreconditionFailure") && detailed.contains("SELF_DELETE"),
+        "{detailed}"
+    );
     let preview = call(
         addr,
         Some(&owner),
