@@ -24,7 +24,7 @@ use steward_proto::auth::v1::auth_internal_service_server::AuthInternalService;
 use steward_proto::auth::v1::auth_service_server::AuthService;
 use steward_proto::auth::v1::{AcceptInviteRequest, IssueInviteRequest, SignInRequest};
 use steward_runtime::authn::Caller;
-use support::{harness, mailed_token, request};
+use support::{harness, request, wait_for_mail};
 
 const PASSWORD: &str = "bench horse battery staple 77";
 
@@ -95,7 +95,7 @@ fn main() {
         let service = Service::new(h.state.clone());
         service
             .accept_invite(request(
-                AcceptInviteRequest { token: mailed_token(&h, known), password: PASSWORD.into() },
+                AcceptInviteRequest { token: wait_for_mail(&h, known).await, password: PASSWORD.into() },
                 Caller::Anonymous,
             ))
             .await

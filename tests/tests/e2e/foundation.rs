@@ -205,3 +205,24 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
         expected.difference(&listed)
     );
 }
+
+#[tokio::test]
+async fn oversized_messages_are_refused_before_any_handler() {
+    use steward_proto::auth::v1::SignInRequest;
+    let stack = Stack::start_with(Backend::Sqlite, |config| {
+        config.server.max_message_bytes = 16 * 1024;
+    })
+    .await;
+    let client = stack.client_for(steward_server::ServiceKind::Auth).await;
+    let request = |size: usize| SignInRequest {
+        email: "someone@example.com".into(),
+        password: "p".repeat(size),
+        organization: String::new(),
+    };
+    let err = client.auth().sign_in(request(32 * 1024)).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("too large"), "{}", err.message());
+    // Under the limit the call reaches the handler (which refuses the credentials).
+    let err = client.auth().sign_in(request(100)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
