@@ -29,8 +29,14 @@ pub struct Args {
     #[arg(long, env = "STEWARD_AGENT_SERVER")]
     pub server: String,
 
-    /// The connect key created by an Administrator; needed only on the first start.
-    #[arg(long, env = "STEWARD_AGENT_CONNECT_KEY", hide_env_values = true)]
+    /// The connect key created by an Administrator; needed only on the first start. Keys may
+    /// start with `-`.
+    #[arg(
+        long,
+        env = "STEWARD_AGENT_CONNECT_KEY",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub connect_key: Option<String>,
 
     /// Where the agent keeps its credential.
@@ -211,6 +217,19 @@ mod tests {
         assert_eq!(StoredCredential::load(&path).unwrap(), Some(other));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn connect_keys_starting_with_a_hyphen_parse() {
+        let args = Args::try_parse_from([
+            "steward-agent",
+            "--server",
+            "http://x",
+            "--connect-key",
+            "-bQx9_key",
+        ])
+        .unwrap();
+        assert_eq!(args.connect_key.as_deref(), Some("-bQx9_key"));
     }
 
     #[test]

@@ -77,8 +77,8 @@ pub enum Command {
 /// `steward accept-invite`.
 #[derive(Debug, Args)]
 pub struct AcceptInvite {
-    /// The token from the invite link (`...set-password?token=TOKEN`).
-    #[arg(long)]
+    /// The token from the invite link (`...set-password?token=TOKEN`). Tokens may start with `-`.
+    #[arg(long, allow_hyphen_values = true)]
     pub token: String,
     /// Read the new password from the first line of stdin (required).
     #[arg(long)]
@@ -101,7 +101,7 @@ pub struct Login {
     #[arg(long, conflicts_with = "recovery_code")]
     pub totp: Option<String>,
     /// One of your recovery codes instead of a TOTP code (used up).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub recovery_code: Option<String>,
 }
 
@@ -125,8 +125,8 @@ pub enum PasswordCommand {
     },
     /// Set a new password with the token from a reset link.
     Reset {
-        /// The token from the reset link.
-        #[arg(long)]
+        /// The token from the reset link. Tokens may start with `-`.
+        #[arg(long, allow_hyphen_values = true)]
         token: String,
         /// Read the new password from the first line of stdin (required).
         #[arg(long)]
@@ -421,4 +421,37 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn tokens_and_codes_starting_with_a_hyphen_parse() {
+        let cli = Cli::try_parse_from([
+            "steward",
+            "accept-invite",
+            "--token",
+            "-bQx9token",
+            "--password-stdin",
+        ])
+        .unwrap();
+        let Command::AcceptInvite(args) = cli.command else { panic!("accept-invite") };
+        assert_eq!(args.token, "-bQx9token");
+        let cli = Cli::try_parse_from([
+            "steward",
+            "login",
+            "--email",
+            "a@example.com",
+            "--password-stdin",
+            "--recovery-code",
+            "-abc-def",
+        ])
+        .unwrap();
+        let Command::Login(args) = cli.command else { panic!("login") };
+        assert_eq!(args.recovery_code.as_deref(), Some("-abc-def"));
+    }
 }
