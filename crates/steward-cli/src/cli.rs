@@ -45,6 +45,8 @@ pub enum Command {
     Logout,
     /// Show who you are signed in as.
     Whoami,
+    /// Change your own settings (either role may): `--whats-new true|false`.
+    Profile(Profile),
     /// Change or reset a password.
     #[command(subcommand)]
     Password(PasswordCommand),
@@ -83,6 +85,14 @@ pub struct AcceptInvite {
     /// Read the new password from the first line of stdin (required).
     #[arg(long)]
     pub password_stdin: bool,
+}
+
+/// `steward profile`.
+#[derive(Debug, Args)]
+pub struct Profile {
+    /// Receive the "What's New" messages about console updates.
+    #[arg(long)]
+    pub whats_new: Option<bool>,
 }
 
 /// `steward login`.

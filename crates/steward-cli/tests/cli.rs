@@ -245,6 +245,13 @@ fn seed_walkthrough_with_the_cli() {
     let runner_name = name(&created);
     runner.accept_and_login(&dev.mailed_token("helpdesk@example.com"), "helpdesk@example.com");
     assert_eq!(runner.json(&["whoami"])["administrator"]["name"], runner_name.as_str());
+    // A Command Runner may toggle its own "What's New", and nothing else of its profile.
+    let toggled = runner.json(&["profile", "--whats-new", "false"]);
+    assert_eq!(toggled["administrator"]["whats_new"], false);
+    assert_eq!(toggled["administrator"]["role"], created["role"]);
+    assert_eq!(runner.json(&["whoami"])["administrator"]["whats_new"], false);
+    let toggled = runner.json(&["profile", "--whats-new", "true"]);
+    assert_eq!(toggled["administrator"]["whats_new"], true);
 
     // Everything but its own commands is refused, with the reason.
     let denied = runner.run(&["admins", "list"]);

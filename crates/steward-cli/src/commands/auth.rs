@@ -3,14 +3,14 @@
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
-use steward_proto::admin::v1::GetProfileRequest;
+use steward_proto::admin::v1::{GetProfileRequest, UpdateProfileRequest};
 use steward_proto::auth::v1::{
     sign_in_response, verify_mfa_request, AcceptInviteRequest, BeginMfaEnrollmentRequest,
     ChangePasswordRequest, ConfirmMfaEnrollmentRequest, RequestPasswordResetRequest,
     ResetPasswordRequest, SignInRequest, SignOutRequest, TokenScope, TokenSet, VerifyMfaRequest,
 };
 
-use crate::cli::{AcceptInvite, Format, Login, MfaCommand, PasswordCommand};
+use crate::cli::{AcceptInvite, Format, Login, MfaCommand, PasswordCommand, Profile};
 use crate::context::Context;
 use crate::error::{CliError, Result};
 use crate::session::{write_private, Session};
@@ -150,6 +150,26 @@ pub async fn whoami(ctx: &mut Context) -> Result<u8> {
     let answer =
         ctx.call(|s| async move { s.admin().get_profile(GetProfileRequest {}).await }).await?;
     let profile = answer.profile.ok_or(CliError::Protocol("GetProfile without a profile"))?;
+    output::object(ctx.format, &convert::profile(&profile))?;
+    Ok(0)
+}
+
+/// `steward profile`: changes the caller's own settings, then shows the profile.
+pub async fn profile(ctx: &mut Context, args: Profile) -> Result<u8> {
+    let Some(whats_new) = args.whats_new else {
+        return Err(CliError::Usage("nothing to change: pass --whats-new true|false".into()));
+    };
+    let request = UpdateProfileRequest {
+        whats_new,
+        update_mask: Some(prost_types::FieldMask { paths: vec!["whats_new".into()] }),
+    };
+    let answer = ctx
+        .call(move |s| {
+            let request = request.clone();
+            async move { s.admin().update_profile(request).await }
+        })
+        .await?;
+    let profile = answer.profile.ok_or(CliError::Protocol("UpdateProfile without a profile"))?;
     output::object(ctx.format, &convert::profile(&profile))?;
     Ok(0)
 }

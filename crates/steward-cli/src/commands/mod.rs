@@ -18,6 +18,7 @@ pub async fn dispatch(ctx: &mut Context, command: Command) -> Result<u8> {
         Command::Login(args) => auth::login(ctx, args).await,
         Command::Logout => auth::logout(ctx).await,
         Command::Whoami => auth::whoami(ctx).await,
+        Command::Profile(args) => auth::profile(ctx, args).await,
         Command::Password(cmd) => auth::password(ctx, cmd).await,
         Command::Mfa(cmd) => auth::mfa(ctx, cmd).await,
         Command::Admins(cmd) => admins::run(ctx, cmd).await,
