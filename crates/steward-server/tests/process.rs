@@ -635,3 +635,110 @@ async fn logs_never_contain_secrets() {
         assert!(!logs.contains(secret.as_str()), "a secret appears in the logs: {}…", &secret[..4]);
     }
 }
+
+/// Table names of the database at `url`.
+async fn tables(url: &str) -> Vec<String> {
+    use steward_storage::sea_orm::{ConnectionTrait, Statement};
+    let db = steward_storage::connect(url, 1).await.unwrap();
+    let sql = if url.starts_with("sqlite") {
+        "SELECT name AS t FROM sqlite_master WHERE type = 'table'"
+    } else {
+        "SELECT table_name AS t FROM information_schema.tables WHERE table_schema = 'public'"
+    };
+    let rows = db
+        .query_all(Statement::from_string(db.get_database_backend(), sql.to_string()))
+        .await
+        .unwrap();
+    let names = rows.iter().map(|r| r.try_get::<String>("", "t").unwrap()).collect();
+    db.close().await.unwrap();
+    names
+}
+
+fn migrate(env: &[(&str, &str)], service: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_steward-server"))
+        .args(["migrate", "--service", service])
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// `steward-server migrate` (the Kubernetes migration job) creates each service's tables and
+/// migration record, on SQLite files and on a shared PostgreSQL database, and is idempotent.
+#[tokio::test]
+async fn migrate_subcommand_prepares_every_store() {
+    use steward_storage::testing::{backends, Backend, TestDatabase};
+    for backend in backends() {
+        let database = TestDatabase::create(backend).await.unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let data_dir = data.path().to_str().unwrap().to_string();
+        let url = database.url("all");
+        let env: Vec<(&str, &str)> = match backend {
+            Backend::Sqlite => vec![("STEWARD_DATABASE__DATA_DIR", data_dir.as_str())],
+            Backend::Postgres => vec![("STEWARD_DATABASE__URL", url.as_str())],
+        };
+        let only_auth = migrate(&env, "auth");
+        assert!(only_auth.status.success(), "{}", String::from_utf8_lossy(&only_auth.stderr));
+        for _ in 0..2 {
+            let all = migrate(&env, "all");
+            assert!(all.status.success(), "{}", String::from_utf8_lossy(&all.stderr));
+        }
+        for service in ["auth", "admin", "commands"] {
+            let url = match backend {
+                Backend::Sqlite => steward_storage::sqlite_url(data.path(), service).unwrap(),
+                Backend::Postgres => url.clone(),
+            };
+            let names = tables(&url).await;
+            assert!(
+                names.contains(&format!("{service}_migrations")),
+                "{backend:?} {service}: {names:?}"
+            );
+            assert!(
+                names.iter().filter(|t| t.starts_with(&format!("{service}_"))).count() > 2,
+                "{backend:?} {service}: {names:?}"
+            );
+            if backend == Backend::Sqlite {
+                // Each service keeps to its own file.
+                assert!(
+                    names
+                        .iter()
+                        .all(|t| t.starts_with(&format!("{service}_")) || t.starts_with("sqlite_")),
+                    "{service}: {names:?}"
+                );
+            }
+        }
+        println!("migrate: {backend:?} ok");
+    }
+}
+
+/// A second start of `dev` on the same data directory keeps the organization (and its data).
+#[test]
+fn dev_restarts_keep_the_organization() {
+    let dev = start_dev();
+    let data = dev.data.path().to_path_buf();
+    let mut dev = dev;
+    let _ = dev.child.kill();
+    let _ = dev.child.wait();
+    let second = Command::new(env!("CARGO_BIN_EXE_steward-server"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut second = second;
+    let lines = BufReader::new(second.stdout.take().unwrap()).lines();
+    let mut kept = false;
+    for line in lines.take(5) {
+        let line = line.unwrap();
+        assert!(!line.contains("set-password?token="), "no second owner link: {line}");
+        if line.contains("existing organization kept") {
+            kept = true;
+            break;
+        }
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(kept, "the second start reports the kept organization");
+}
