@@ -148,10 +148,16 @@ fn command_proto(m: command::Model, targets: Vec<String>) -> Command {
     }
 }
 
+/// Target systems of one command, in order.
+async fn targets_of_command<C: ConnectionTrait>(conn: &C, command: &str) -> ApiResult<Vec<String>> {
+    let command = command.to_string();
+    let mut map = targets_of(conn, std::slice::from_ref(&command)).await?;
+    Ok(map.remove(&command).unwrap_or_default())
+}
+
 async fn load_command_proto<C: ConnectionTrait>(conn: &C, m: command::Model) -> ApiResult<Command> {
-    let mut targets = targets_of(conn, std::slice::from_ref(&m.name)).await?;
-    let list = targets.remove(&m.name).unwrap_or_default();
-    Ok(command_proto(m, list))
+    let targets = targets_of_command(conn, &m.name).await?;
+    Ok(command_proto(m, targets))
 }
 
 fn grant_proto(m: grant::Model) -> Grant {
@@ -932,10 +938,7 @@ impl Commands {
             ));
         }
         if action == Action::Run {
-            let targets = targets_of(db, std::slice::from_ref(&req.command))
-                .await?
-                .remove(&req.command)
-                .unwrap_or_default();
+            let targets = targets_of_command(db, &req.command).await?;
             if targets.is_empty() {
                 return Ok(decision(
                     false,
@@ -1094,10 +1097,7 @@ impl Commands {
                     no_grant()
                 }
             })?;
-        let targets = targets_of(&txn, std::slice::from_ref(&command.name))
-            .await?
-            .remove(&command.name)
-            .unwrap_or_default();
+        let targets = targets_of_command(&txn, &command.name).await?;
         if targets.is_empty() {
             return Err(ApiError::precondition(
                 "NO_TARGET_SYSTEMS",
