@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::entity::{credential, link_token, mfa_challenge, processed_key, recovery_code};
 use crate::mail_queue;
-use crate::state::{self, organization_of, timestamp, Shared};
+use crate::state::{self, organization_of, respond, timestamp, Shared};
 
 /// The internal auth service.
 #[derive(Clone)]
@@ -30,10 +30,6 @@ impl Internal {
     pub fn new(state: Shared) -> Self {
         Self { state }
     }
-}
-
-fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(Status::from)
 }
 
 fn required(field: &str, value: &str) -> ApiResult<()> {

@@ -12,7 +12,7 @@ use steward_runtime::{names, ApiError, ApiResult};
 use tonic::{Request, Response, Status};
 
 use crate::entity::{credential, mfa_challenge, recovery_code, refresh_token, session};
-use crate::state::{self, invalid_credentials, timestamp, Shared, INVITE, RESET};
+use crate::state::{self, invalid_credentials, respond, timestamp, Shared, INVITE, RESET};
 use crate::throttle::{self, ACCOUNT, ADDRESS};
 use crate::{audit, mail_queue, password, secrets, totp};
 
@@ -36,10 +36,6 @@ impl Service {
     pub fn new(state: Shared) -> Self {
         Self { state }
     }
-}
-
-fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(Status::from)
 }
 
 fn required(field: &str, value: &str) -> ApiResult<()> {

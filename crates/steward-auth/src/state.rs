@@ -32,6 +32,11 @@ pub fn invalid_credentials() -> ApiError {
     ApiError::Unauthenticated("invalid credentials".into())
 }
 
+/// A handler's result as the gRPC answer.
+pub fn respond<T>(result: ApiResult<T>) -> Result<tonic::Response<T>, tonic::Status> {
+    result.map(tonic::Response::new).map_err(tonic::Status::from)
+}
+
 /// A `google.protobuf.Timestamp`.
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
