@@ -75,6 +75,14 @@ fn may_grant_billing(caller: &administrator::Model) -> ApiResult<()> {
     ))
 }
 
+/// ALREADY_EXISTS for a second administrator with the same email in one organization, whether
+/// found by the check or by the unique index under a concurrent create.
+fn duplicate_email() -> ApiError {
+    ApiError::AlreadyExists(
+        "an administrator with this email already exists in the organization".into(),
+    )
+}
+
 impl AdminApi {
     async fn create(
         &self,
@@ -116,9 +124,7 @@ impl AdminApi {
             .one(&txn)
             .await?;
         if duplicate.is_some() {
-            return Err(ApiError::AlreadyExists(
-                "an administrator with this email already exists in the organization".into(),
-            ));
+            return Err(duplicate_email());
         }
         let id = names::new_id();
         let name = admin_name(&org_id, &id);
@@ -141,15 +147,7 @@ impl AdminApi {
         }
         .insert(&txn)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                ApiError::AlreadyExists(
-                    "an administrator with this email already exists in the organization".into(),
-                )
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(|e| if is_unique_violation(&e) { duplicate_email() } else { e.into() })?;
         if !req.request_id.is_empty() {
             idempotency::ActiveModel {
                 organization_id: Set(org_id.clone()),
