@@ -259,6 +259,7 @@ fn page<T>(mut rows: Vec<T>, size: u64, offset: u64, digest: &str) -> (Vec<T>, S
 #[derive(Clone, Debug, DerivePartialModel, FromQueryResult)]
 #[sea_orm(entity = "result::Entity")]
 pub(crate) struct ResultSummary {
+    pub run: String,
     pub system: String,
     pub state: i32,
     pub exit_code: i32,
@@ -1228,10 +1229,26 @@ impl Commands {
             .all(&self.state.db)
             .await?;
         let (rows, next_page_token) = page(rows, size, offset, &digest);
-        let mut runs = Vec::with_capacity(rows.len());
-        for row in rows {
-            runs.push(run_proto(&self.state.db, row, false).await?);
+        // The results of the whole page in one query, not one per run.
+        let mut results: HashMap<String, Vec<SystemResult>> = HashMap::new();
+        if !rows.is_empty() {
+            let summaries = result::Entity::find()
+                .filter(result::Column::Run.is_in(rows.iter().map(|r| r.name.clone())))
+                .order_by_asc(result::Column::Position)
+                .into_partial_model::<ResultSummary>()
+                .all(&self.state.db)
+                .await?;
+            for summary in summaries {
+                results.entry(summary.run.clone()).or_default().push(summary_proto(summary));
+            }
         }
+        let runs = rows
+            .into_iter()
+            .map(|m| {
+                let list = results.remove(&m.name).unwrap_or_default();
+                run_shell(m, list)
+            })
+            .collect();
         Ok(ListRunsResponse { runs, next_page_token })
     }
 
