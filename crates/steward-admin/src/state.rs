@@ -252,16 +252,7 @@ pub async fn administrator<C: ConnectionTrait>(
         .ok_or_else(|| ApiError::NotFound(admin_name(org_id, admin_id)))
 }
 
-/// Checks a client-chosen `request_id`: at most 128 printable characters.
-pub fn check_request_id(request_id: &str) -> ApiResult<()> {
-    if request_id.len() > 128 || request_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ApiError::invalid(
-            "request_id",
-            "must be a UUID (at most 128 characters, no spaces)",
-        ));
-    }
-    Ok(())
-}
+pub use steward_runtime::names::check_request_id;
 
 /// Whether `err` is a unique-key violation.
 pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {

@@ -49,13 +49,7 @@ pub fn user_id(field: &str, id: &str) -> ApiResult<()> {
 }
 
 /// Checks an optional `request_id`: empty, or a UUID.
-pub fn request_id(value: &str) -> ApiResult<()> {
-    if value.is_empty() || uuid::Uuid::parse_str(value).is_ok() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid("request_id", "must be a UUID"))
-    }
-}
+pub use steward_runtime::names::check_request_id as request_id;
 
 /// Checks the interpreter enum value.
 pub fn interpreter(field: &str, value: i32) -> ApiResult<()> {

@@ -33,6 +33,15 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// Checks an optional client-chosen `request_id`: empty, or a UUID (as the protos say).
+pub fn check_request_id(value: &str) -> ApiResult<()> {
+    if value.is_empty() || uuid::Uuid::parse_str(value).is_ok() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("request_id", "must be empty or a UUID"))
+    }
+}
+
 /// Largest `page_size` served; larger requests are clamped.
 pub const MAX_PAGE_SIZE: u64 = 500;
 /// `page_size` used when the request leaves it at zero.
