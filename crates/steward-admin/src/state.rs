@@ -78,29 +78,13 @@ pub fn query_digest(parts: &[&str]) -> String {
     etag(parts)
 }
 
-/// The protobuf form of a time.
-pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// Parses a protobuf time.
-pub fn from_timestamp(field: &str, ts: &prost_types::Timestamp) -> ApiResult<DateTime<Utc>> {
-    let nanos =
-        u32::try_from(ts.nanos).map_err(|_| ApiError::invalid(field, "is not a valid time"))?;
-    DateTime::from_timestamp(ts.seconds, nanos)
-        .ok_or_else(|| ApiError::invalid(field, "is not a valid time"))
-}
+pub use steward_runtime::wire::{from_timestamp, timestamp};
 
 /// The stored role of an API role; `field` names it in the error.
 pub fn role_from_proto(field: &str, role: i32) -> ApiResult<Role> {
-    match ProtoRole::try_from(role) {
-        Ok(ProtoRole::Administrator) => Ok(Role::Administrator),
-        Ok(ProtoRole::CommandRunner) => Ok(Role::CommandRunner),
-        _ => Err(ApiError::invalid(field, "must be ROLE_ADMINISTRATOR or ROLE_COMMAND_RUNNER")),
-    }
+    Role::from_proto(role).ok_or_else(|| {
+        ApiError::invalid(field, "must be ROLE_ADMINISTRATOR or ROLE_COMMAND_RUNNER")
+    })
 }
 
 fn stored_role(model: &administrator::Model) -> Role {

@@ -37,13 +37,7 @@ pub fn respond<T>(result: ApiResult<T>) -> Result<tonic::Response<T>, tonic::Sta
     result.map(tonic::Response::new).map_err(tonic::Status::from)
 }
 
-/// A `google.protobuf.Timestamp`.
-pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
+pub use steward_runtime::wire::timestamp;
 
 /// `organizations/{o}` of an administrator name (validated).
 pub fn organization_of(field: &str, administrator: &str) -> ApiResult<String> {
@@ -96,16 +90,9 @@ impl State {
 
     /// The token subject of a looked-up administrator.
     pub fn subject(&self, administrator: &admin::Administrator) -> ApiResult<Subject> {
-        let role = match admin::Role::try_from(administrator.role) {
-            Ok(admin::Role::Administrator) => Role::Administrator,
-            Ok(admin::Role::CommandRunner) => Role::CommandRunner,
-            _ => {
-                return Err(ApiError::internal(format!(
-                    "administrator {} has no role",
-                    administrator.name
-                )))
-            }
-        };
+        let role = Role::from_proto(administrator.role).ok_or_else(|| {
+            ApiError::internal(format!("administrator {} has no role", administrator.name))
+        })?;
         Ok(Subject {
             administrator: administrator.name.clone(),
             organization: organization_of("administrator", &administrator.name)?,

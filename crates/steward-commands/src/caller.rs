@@ -20,7 +20,6 @@ pub(crate) struct Current {
 /// Looks `administrator` up through `AdminInternalService.LookupAdministrator`; `None` when it
 /// does not exist (or has been deleted).
 pub(crate) async fn lookup(state: &State, administrator: &str) -> ApiResult<Option<Current>> {
-    use steward_proto::admin::v1::Role as ProtoRole;
     let mut client = AdminInternalServiceClient::new(state.peers.internal(&state.peers.admin));
     let found = match client
         .lookup_administrator(LookupAdministratorRequest { name: administrator.to_string() })
@@ -34,15 +33,9 @@ pub(crate) async fn lookup(state: &State, administrator: &str) -> ApiResult<Opti
     if found.name != administrator {
         return Ok(None);
     }
-    let role = match ProtoRole::try_from(found.role) {
-        Ok(ProtoRole::Administrator) => Role::Administrator,
-        Ok(ProtoRole::CommandRunner) => Role::CommandRunner,
-        _ => {
-            return Err(ApiError::internal(format!(
-                "administrator {administrator} has no valid role"
-            )))
-        }
-    };
+    let role = Role::from_proto(found.role).ok_or_else(|| {
+        ApiError::internal(format!("administrator {administrator} has no valid role"))
+    })?;
     Ok(Some(Current { role, active: found.state == AdminState::Active as i32 }))
 }
 

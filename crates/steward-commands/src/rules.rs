@@ -1,7 +1,6 @@
 //! Pure logic of the service, kept free of I/O so it is unit tested: input validation, filter
 //! and order parsing, update masks, run-state aggregation and bounded output capture.
 
-use chrono::{DateTime, TimeZone, Utc};
 use sha2::{Digest, Sha256};
 use steward_proto::commands::v1::{Interpreter, RunState};
 use steward_runtime::names;
@@ -275,21 +274,7 @@ pub fn parse_command_order(order_by: &str) -> ApiResult<(&'static str, bool)> {
     Ok((field, desc))
 }
 
-/// A protobuf timestamp.
-pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: time.timestamp_subsec_nanos() as i32,
-    }
-}
-
-/// A chrono time from a protobuf timestamp, or INVALID_ARGUMENT.
-pub fn from_timestamp(field: &str, ts: &prost_types::Timestamp) -> ApiResult<DateTime<Utc>> {
-    u32::try_from(ts.nanos)
-        .ok()
-        .and_then(|nanos| Utc.timestamp_opt(ts.seconds, nanos).single())
-        .ok_or_else(|| ApiError::invalid(field, "is not a valid timestamp"))
-}
+pub use steward_runtime::wire::{from_timestamp, timestamp};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -12,5 +12,6 @@ pub mod roles;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod wire;
 
 pub use error::{ApiError, ApiResult};
