@@ -1,6 +1,6 @@
 //! The caller as it is now. An access token outlives a demotion or deletion by its lifetime
-//! (SPEC section 3), so every mutation and every RunCommand asks the admin service for the
-//! caller's current role instead of trusting the one in the token.
+//! (SPEC section 3), so every mutation, every RunCommand and every read by an Administrator token
+//! asks the admin service for the caller's current role instead of trusting the one in the token.
 
 use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
 use steward_proto::admin::v1::administrator::State as AdminState;
@@ -63,6 +63,18 @@ pub(crate) async fn current(
         return Err(ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"));
     }
     Ok(Principal { role, ..p.clone() })
+}
+
+/// The caller for a read: a token claiming Administrator (which sees every command and run) is
+/// checked against the current account, so a demoted or deleted Administrator's old token sees
+/// no more than its current role allows. Command Runner tokens need no lookup: they only ever
+/// see their own grants and runs, which deletion and demotion remove.
+pub(crate) async fn for_reading(state: &State, p: &Principal) -> ApiResult<Principal> {
+    if p.role == Role::Administrator {
+        current(state, p, false).await
+    } else {
+        Ok(p.clone())
+    }
 }
 
 /// [`current`] for a mutation aimed at `target`; a refusal is queued for the audit log like the

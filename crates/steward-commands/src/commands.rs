@@ -511,7 +511,7 @@ impl Commands {
         &self,
         request: Request<GetCommandRequest>,
     ) -> ApiResult<GetCommandResponse> {
-        let p = authn::principal(&request)?;
+        let p = &caller::for_reading(&self.state, authn::principal(&request)?).await?;
         let m = self.visible_command(p, &request.get_ref().name).await?;
         Ok(GetCommandResponse { command: Some(load_command_proto(&self.state.db, m).await?) })
     }
@@ -520,7 +520,7 @@ impl Commands {
         &self,
         request: Request<ListCommandsRequest>,
     ) -> ApiResult<ListCommandsResponse> {
-        let p = authn::principal(&request)?;
+        let p = &caller::for_reading(&self.state, authn::principal(&request)?).await?;
         let req = request.get_ref();
         parse_org("parent", &req.parent)?;
         p.check_organization(&req.parent)?;
@@ -1167,7 +1167,7 @@ impl Commands {
     }
 
     async fn get_run_impl(&self, request: Request<GetRunRequest>) -> ApiResult<GetRunResponse> {
-        let p = authn::principal(&request)?;
+        let p = &caller::for_reading(&self.state, authn::principal(&request)?).await?;
         let run = self.visible_run(p, &request.get_ref().name).await?;
         Ok(GetRunResponse { run: Some(run_proto(&self.state.db, run, true).await?) })
     }
@@ -1176,7 +1176,7 @@ impl Commands {
         &self,
         request: Request<ListRunsRequest>,
     ) -> ApiResult<ListRunsResponse> {
-        let p = authn::principal(&request)?;
+        let p = &caller::for_reading(&self.state, authn::principal(&request)?).await?;
         let req = request.get_ref();
         parse_org("parent", &req.parent)?;
         p.check_organization(&req.parent)?;
@@ -1315,7 +1315,7 @@ impl Commands {
     }
 
     async fn watch_run_impl(&self, request: Request<WatchRunRequest>) -> ApiResult<WatchStream> {
-        let p = authn::principal(&request)?;
+        let p = &caller::for_reading(&self.state, authn::principal(&request)?).await?;
         let name = request.get_ref().name.clone();
         self.visible_run(p, &name).await?;
         let (tx, rx) = mpsc::channel(32);

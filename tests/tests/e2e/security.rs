@@ -423,6 +423,30 @@ backend_test!(demoted_or_deleted_administrators_old_token_is_refused, |stack| as
             .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
         assert_eq!(reason(&err), run_reason);
+        // Reads too: the demoted one sees only what a Command Runner without grants sees; the
+        // deleted one sees nothing.
+        let listed = member
+            .client
+            .commands()
+            .list_commands(steward_proto::commands::v1::ListCommandsRequest {
+                parent: owner.org.clone(),
+                ..Default::default()
+            })
+            .await;
+        let got = member
+            .client
+            .commands()
+            .get_command(steward_proto::commands::v1::GetCommandRequest { name: command.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(got.code(), Code::PermissionDenied, "{got:?}");
+        if member.name == demoted.name {
+            assert!(listed.unwrap().into_inner().commands.is_empty());
+            assert_eq!(reason(&got), "NO_GRANT");
+        } else {
+            assert_eq!(reason(&listed.unwrap_err()), "CALLER_DELETED");
+            assert_eq!(reason(&got), "CALLER_DELETED");
+        }
     }
 
     // Nothing was created or deleted, and the refusals reach the audit log.
