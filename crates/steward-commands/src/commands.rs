@@ -244,17 +244,6 @@ async fn replace_targets<C: ConnectionTrait>(
     Ok(())
 }
 
-/// A page of `rows` (fetched with one extra row) and the token of the next page.
-fn page<T>(mut rows: Vec<T>, size: u64, offset: u64, digest: &str) -> (Vec<T>, String) {
-    let limit = usize::try_from(size).unwrap_or(usize::MAX);
-    if rows.len() > limit {
-        rows.truncate(limit);
-        (rows, names::encode_page_token(offset + size, digest))
-    } else {
-        (rows, String::new())
-    }
-}
-
 /// A per-system result without its output.
 #[derive(Clone, Debug, DerivePartialModel, FromQueryResult)]
 #[sea_orm(entity = "result::Entity")]
@@ -556,7 +545,7 @@ impl Commands {
             query.order_by_asc(column).order_by_asc(command::Column::Name)
         };
         let rows = query.offset(offset).limit(size + 1).all(&self.state.db).await?;
-        let (rows, next_page_token) = page(rows, size, offset, &digest);
+        let (rows, next_page_token) = names::page(rows, size, offset, &digest);
         let names: Vec<String> = rows.iter().map(|m| m.name.clone()).collect();
         let mut targets = targets_of(&self.state.db, &names).await?;
         let commands = rows
@@ -859,7 +848,7 @@ impl Commands {
             .limit(size + 1)
             .all(&self.state.db)
             .await?;
-        let (rows, next_page_token) = page(rows, size, offset, &digest);
+        let (rows, next_page_token) = names::page(rows, size, offset, &digest);
         Ok(ListGrantsResponse {
             grants: rows.into_iter().map(grant_proto).collect(),
             next_page_token,
@@ -1228,7 +1217,7 @@ impl Commands {
             .limit(size + 1)
             .all(&self.state.db)
             .await?;
-        let (rows, next_page_token) = page(rows, size, offset, &digest);
+        let (rows, next_page_token) = names::page(rows, size, offset, &digest);
         // The results of the whole page in one query, not one per run.
         let mut results: HashMap<String, Vec<SystemResult>> = HashMap::new();
         if !rows.is_empty() {

@@ -209,7 +209,7 @@ impl Systems {
         let size = names::page_size(req.page_size)?;
         let digest = "connect_keys";
         let offset = names::decode_page_token(&req.page_token, digest)?;
-        let mut rows = connect_key::Entity::find()
+        let rows = connect_key::Entity::find()
             .filter(connect_key::Column::Organization.eq(&p.organization))
             .order_by_asc(connect_key::Column::CreateTime)
             .order_by_asc(connect_key::Column::Name)
@@ -217,12 +217,7 @@ impl Systems {
             .limit(size + 1)
             .all(&self.state.db)
             .await?;
-        let next_page_token = if rows.len() as u64 > size {
-            rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-            names::encode_page_token(offset + size, digest)
-        } else {
-            String::new()
-        };
+        let (rows, next_page_token) = names::page(rows, size, offset, digest);
         Ok(ListConnectKeysResponse {
             connect_keys: rows.into_iter().map(|m| key_proto(m, String::new())).collect(),
             next_page_token,
@@ -279,7 +274,7 @@ impl Systems {
         let size = names::page_size(req.page_size)?;
         let digest = "systems";
         let offset = names::decode_page_token(&req.page_token, digest)?;
-        let mut rows = system::Entity::find()
+        let rows = system::Entity::find()
             .filter(system::Column::Organization.eq(&p.organization))
             .order_by_asc(system::Column::DisplayName)
             .order_by_asc(system::Column::Name)
@@ -287,12 +282,7 @@ impl Systems {
             .limit(size + 1)
             .all(&self.state.db)
             .await?;
-        let next_page_token = if rows.len() as u64 > size {
-            rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-            names::encode_page_token(offset + size, digest)
-        } else {
-            String::new()
-        };
+        let (rows, next_page_token) = names::page(rows, size, offset, digest);
         let now = self.state.now();
         Ok(ListSystemsResponse {
             systems: rows.into_iter().map(|m| system_proto(m, now)).collect(),

@@ -63,6 +63,18 @@ pub fn encode_page_token(offset: u64, query: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{offset}:{query}"))
 }
 
+/// Splits `rows`, fetched with one row more than `size` from `offset`, into the page and the
+/// token of the next page (empty on the last page).
+pub fn page<T>(mut rows: Vec<T>, size: u64, offset: u64, query: &str) -> (Vec<T>, String) {
+    let limit = usize::try_from(size).unwrap_or(usize::MAX);
+    if rows.len() > limit {
+        rows.truncate(limit);
+        (rows, encode_page_token(offset + size, query))
+    } else {
+        (rows, String::new())
+    }
+}
+
 /// Decodes a page token from [`encode_page_token`]; empty means the first page.
 pub fn decode_page_token(token: &str, query: &str) -> ApiResult<u64> {
     use base64::Engine;
@@ -148,6 +160,16 @@ mod tests {
         .is_err());
         assert!(parse("name", "orgs/o1/administrators/a", &["organizations", "administrators"])
             .is_err());
+    }
+
+    #[test]
+    fn pages_keep_size_rows_and_point_past_them() {
+        let (rows, next) = page(vec![1, 2, 3], 2, 10, "q");
+        assert_eq!(rows, [1, 2]);
+        assert_eq!(decode_page_token(&next, "q").unwrap(), 12);
+        let (rows, next) = page(vec![1, 2], 2, 10, "q");
+        assert_eq!(rows, [1, 2]);
+        assert!(next.is_empty(), "the last page has no next token");
     }
 
     #[test]
