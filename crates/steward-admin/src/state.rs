@@ -37,6 +37,11 @@ impl State {
     pub fn now(&self) -> DateTime<Utc> {
         (self.clock)()
     }
+
+    /// Opens a transaction that writes ([`steward_storage::begin_write`]).
+    pub async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+        steward_storage::begin_write(&self.db, "admin_organizations").await
+    }
 }
 
 /// `organizations/{o}`.

@@ -6,9 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use serde::{de::DeserializeOwned, Serialize};
 use steward_proto::auth::v1::auth_internal_service_server::AuthInternalService;
 use steward_proto::auth::v1::{self as pb};
@@ -105,7 +103,7 @@ impl Internal {
         }
         let now = state.now();
         let expires = state.link_expiry();
-        let tx = state.db.begin().await?;
+        let tx = state.begin_write().await?;
         let existing =
             credential::Entity::find_by_id(request.administrator.clone()).one(&tx).await?;
         if let Some(existing) = &existing {
@@ -171,7 +169,7 @@ impl Internal {
             return Ok(pb::RevokeSessionsResponse { revoked_count: count });
         }
         let now = state.now();
-        let tx = state.db.begin().await?;
+        let tx = state.begin_write().await?;
         let revoked = state::revoke_sessions(&tx, &request.administrator, None, now).await?;
         let count = i32::try_from(revoked).unwrap_or(i32::MAX);
         record(&tx, &key, &count, now).await?;
@@ -192,7 +190,7 @@ impl Internal {
             return Ok(pb::DeleteCredentialsResponse {});
         }
         let now = state.now();
-        let tx = state.db.begin().await?;
+        let tx = state.begin_write().await?;
         let revoked = forget_mfa_and_sessions(&tx, &request.administrator, now).await?;
         link_token::Entity::delete_many()
             .filter(link_token::Column::Administrator.eq(request.administrator.as_str()))
@@ -209,7 +207,7 @@ impl Internal {
         let state = &self.state;
         organization_of("administrator", &request.administrator)?;
         let now = state.now();
-        let tx = state.db.begin().await?;
+        let tx = state.begin_write().await?;
         credential::Entity::update_many()
             .col_expr(credential::Column::MfaSecret, Expr::value(Option::<String>::None))
             .col_expr(credential::Column::MfaEnrolled, Expr::value(false))

@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Expr, Query};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
 use steward_runtime::{ApiError, ApiResult};
 use steward_storage::outbox::{Deliver, Outbox, OutboxMessage};
@@ -100,7 +100,7 @@ async fn lease(state: &Shared, message: &OutboxMessage) -> ApiResult<bool> {
 
 async fn send_invite(state: &Shared, mail: InviteMail) -> ApiResult<()> {
     let now = state.now();
-    let tx = state.db.begin().await?;
+    let tx = state.begin_write().await?;
     let Some(current) = credential::Entity::find_by_id(mail.administrator.clone()).one(&tx).await?
     else {
         tracing::info!(administrator = %mail.administrator, "invite dropped: administrator deleted");
@@ -144,7 +144,7 @@ async fn send_resets(state: &Shared, mail: ResetMail) -> ApiResult<()> {
     }
     for credential in query.all(&state.db).await? {
         let now = state.now();
-        let tx = state.db.begin().await?;
+        let tx = state.begin_write().await?;
         let token = state::issue_link(
             &tx,
             &credential.administrator,

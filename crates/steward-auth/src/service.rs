@@ -2,7 +2,7 @@
 
 use chrono::Duration;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, TransactionTrait};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use steward_proto::admin::v1 as admin;
 use steward_proto::auth::v1::auth_service_server::AuthService;
 use steward_proto::auth::v1::{self as pb, verify_mfa_request, MfaMethod};
@@ -91,7 +91,7 @@ impl Service {
             }
         }
         let now = state.now();
-        let tx = state.db.begin().await?;
+        let tx = state.begin_write().await?;
         if !state::use_link(&tx, &link.token_hash, now).await? {
             return Err(invalid_credentials());
         }
@@ -332,7 +332,7 @@ impl Service {
             .filter(|s| s.revoked_at.is_none() && s.expires_at > now && s.scope == "full")
             .ok_or_else(invalid_credentials)?;
         if token.used_at.is_some() {
-            let tx = state.db.begin().await?;
+            let tx = state.begin_write().await?;
             state::revoke_session(&tx, &session.id, now).await?;
             let reason = "a rotated refresh token was presented again; the session is revoked";
             audit::record(&tx, context, audit::REFRESH, &session.administrator, true, reason, now)
@@ -359,7 +359,7 @@ impl Service {
             return Err(invalid_credentials());
         }
         let next = secrets::new_token();
-        let tx = state.db.begin().await?;
+        let tx = state.begin_write().await?;
         let rotated = refresh_token::Entity::update_many()
             .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
             .filter(refresh_token::Column::TokenHash.eq(token.token_hash.as_str()))
@@ -424,7 +424,7 @@ impl Service {
         password::validate("new_password", &request.new_password, &user_inputs(&credential))?;
         let hash = state.hasher.hash(&request.new_password).await?;
         let now = state.now();
-        let tx = state.db.begin().await?;
+        let tx = state.begin_write().await?;
         let mut row: credential::ActiveModel = credential.into();
         row.password_hash = Set(Some(hash));
         row.updated_at = Set(now);
@@ -467,7 +467,7 @@ impl Service {
             [throttle::reset_key(&email), throttle::reset_address_key(&context.client_address)];
         match throttle::check(&state.db, &keys, now).await {
             Ok(()) => {
-                let tx = state.db.begin().await?;
+                let tx = state.begin_write().await?;
                 throttle::fail(&tx, &keys[0], &throttle::RESET_EMAIL, now).await?;
                 throttle::fail(&tx, &keys[1], &throttle::RESET_ADDRESS, now).await?;
                 let mail = mail_queue::ResetMail { email, organization: request.organization };
@@ -496,7 +496,7 @@ impl Service {
         password::validate("new_password", &request.new_password, &user_inputs(&credential))?;
         let hash = state.hasher.hash(&request.new_password).await?;
         let now = state.now();
-        let tx = state.db.begin().await?;
+        let tx = state.begin_write().await?;
         if !state::use_link(&tx, &link.token_hash, now).await? {
             return Err(invalid_credentials());
         }
@@ -586,7 +586,7 @@ impl Service {
         })?;
         let codes: Vec<String> =
             (0..RECOVERY_CODES).map(|_| secrets::new_recovery_code()).collect();
-        let tx = state.db.begin().await?;
+        let tx = state.begin_write().await?;
         let mut row: credential::ActiveModel = credential.into();
         row.mfa_secret = Set(Some(pending));
         row.mfa_enrolled = Set(true);
@@ -665,7 +665,7 @@ impl AuthService for Service {
         let result = async {
             let principal = authn::principal(&request)?;
             let now = self.state.now();
-            let tx = self.state.db.begin().await?;
+            let tx = self.state.begin_write().await?;
             let revoked = session::Entity::update_many()
                 .col_expr(session::Column::RevokedAt, Expr::value(now))
                 .filter(session::Column::Id.eq(principal.session.as_str()))

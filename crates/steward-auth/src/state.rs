@@ -73,6 +73,11 @@ impl State {
         (self.clock)()
     }
 
+    /// Opens a transaction that writes ([`steward_storage::begin_write`]).
+    pub async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+        steward_storage::begin_write(&self.db, "auth_processed_keys").await
+    }
+
     /// Looks the administrator up in the admin service; `None` when it no longer exists.
     pub async fn lookup(&self, administrator: &str) -> ApiResult<Option<admin::Administrator>> {
         let request = admin::LookupAdministratorRequest { name: administrator.to_string() };
@@ -137,8 +142,7 @@ impl State {
             TokenScope::MfaEnrollment => None,
         };
         {
-            use sea_orm::TransactionTrait;
-            let tx = self.db.begin().await?;
+            let tx = self.begin_write().await?;
             session::Entity::insert(row).exec(&tx).await?;
             if let Some(refresh) = &refresh {
                 insert_refresh(&tx, &sid, refresh, now).await?;

@@ -56,7 +56,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 use sea_orm_migration::prelude::*;
 use steward_runtime::service::{Clock, Peers, ServiceContext};
 use steward_runtime::ApiResult;
@@ -121,14 +121,9 @@ impl State {
     }
 }
 
-/// Opens a write transaction. On SQLite the write lock is taken first (with the busy timeout),
-/// so a transaction that reads before it writes cannot fail on lock upgrade.
+/// Opens a write transaction ([`steward_storage::begin_write`]).
 pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    let txn = db.begin().await?;
-    if steward_storage::is_sqlite(&txn) {
-        txn.execute_unprepared("DELETE FROM commands_idempotency WHERE 1 = 0").await?;
-    }
-    Ok(txn)
+    steward_storage::begin_write(db, "commands_idempotency").await
 }
 
 /// `organizations/{o}` of a resource name already validated by `names::parse`.

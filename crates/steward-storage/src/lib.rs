@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, TransactionTrait,
+};
 use sea_orm_migration::MigratorTrait;
 
 pub mod outbox;
@@ -81,6 +84,25 @@ pub async fn ping(db: &DatabaseConnection) -> bool {
 /// True for SQLite, whose writers are serialized by the database lock.
 pub fn is_sqlite(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DbBackend::Sqlite
+}
+
+/// Opens a transaction that is going to write.
+///
+/// On SQLite a plain `BEGIN` is deferred: a transaction that reads first holds only a snapshot,
+/// and if another connection commits before its first write, that write fails at once with
+/// `SQLITE_BUSY` (the busy timeout does not apply to a stale snapshot). So on SQLite this takes
+/// the database write lock before anything else, by a write that touches no row of `lock_table`
+/// (any table of the service); concurrent writers then queue on the busy timeout instead of
+/// failing. On PostgreSQL it is a plain `BEGIN`; row locks do the serializing there.
+pub async fn begin_write(
+    db: &DatabaseConnection,
+    lock_table: &str,
+) -> Result<DatabaseTransaction, DbErr> {
+    let txn = db.begin().await?;
+    if is_sqlite(&txn) {
+        txn.execute_unprepared(&format!("DELETE FROM \"{lock_table}\" WHERE 1 = 0")).await?;
+    }
+    Ok(txn)
 }
 
 /// `url` with any password replaced, for logs and errors.

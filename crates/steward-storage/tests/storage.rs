@@ -123,3 +123,53 @@ async fn unsupported_urls_are_refused() {
     let err = steward_storage::connect("mysql://root@localhost/x", 1).await.unwrap_err();
     assert!(err.to_string().contains("unsupported database url"), "{err}");
 }
+
+// A transaction that reads, lets another connection write, then writes itself: on SQLite a plain
+// deferred transaction fails here at once with SQLITE_BUSY (its snapshot went stale); one opened
+// by `begin_write` holds the write lock from the start, so the other writer queues behind it.
+on_both_backends!(
+    write_transactions_that_read_first_do_not_fail_on_a_concurrent_write,
+    |backend| async move {
+        let (_database, db) = open(backend).await;
+        for sql in [
+            "CREATE TABLE tallies (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+            "INSERT INTO tallies (id, n) VALUES (1, 0)",
+        ] {
+            db.execute_unprepared(sql).await.unwrap();
+        }
+        for round in 0..5 {
+            let txn = steward_storage::begin_write(&db, "tallies").await.unwrap();
+            txn.query_one(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT n FROM tallies WHERE id = 1",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+            let other = {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    db.execute_unprepared("UPDATE tallies SET n = n + 1 WHERE id = 1").await
+                })
+            };
+            // Give the other writer every chance to commit before this transaction writes.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            txn.execute_unprepared(&format!("INSERT INTO notes (id, body) VALUES ({round}, 'x')"))
+                .await
+                .expect("the write after a read must not fail");
+            txn.commit().await.unwrap();
+            other.await.unwrap().expect("the other writer waits and then succeeds");
+        }
+        let row = db
+        .query_one(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT (SELECT n FROM tallies WHERE id = 1) + (SELECT COUNT(*) FROM notes) AS total",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+        let total: i64 = row.try_get("", "total").unwrap();
+        assert_eq!(total, 10, "every write of both sides landed");
+    }
+);

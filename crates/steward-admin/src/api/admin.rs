@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, EntityTrait, IntoActiveModel, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use steward_proto::admin::v1::admin_service_server::AdminService;
 use steward_proto::admin::v1::*;
@@ -99,7 +99,7 @@ impl AdminApi {
         check_request_id(&req.request_id)?;
         let now = self.state.now();
 
-        let txn = self.state.db.begin().await?;
+        let txn = self.state.begin_write().await?;
         lock_org(&txn, &org_id).await?;
         let caller = caller_row(&txn, p, Need::Administrator).await?;
         if input.billing {
@@ -251,7 +251,7 @@ impl AdminApi {
         };
         let now = self.state.now();
 
-        let txn = self.state.db.begin().await?;
+        let txn = self.state.begin_write().await?;
         lock_org(&txn, &org_id).await?;
         let caller = caller_row(&txn, p, Need::Administrator).await?;
         let current = administrator(&txn, &org_id, &admin_id).await?;
@@ -368,7 +368,7 @@ impl AdminApi {
         }
         let now = self.state.now();
 
-        let txn = self.state.db.begin().await?;
+        let txn = self.state.begin_write().await?;
         lock_org(&txn, &org_id).await?;
         caller_row(&txn, p, Need::Administrator).await?;
         let rows = administrator::Entity::find()
@@ -421,7 +421,7 @@ impl AdminApi {
         p.check_organization(&req.name)?;
         let (org_id, admin_id) = parse_admin("name", &req.name)?;
         let now = self.state.now();
-        let txn = self.state.db.begin().await?;
+        let txn = self.state.begin_write().await?;
         lock_org(&txn, &org_id).await?;
         let caller = caller_row(&txn, p, Need::Administrator).await?;
         let row = administrator(&txn, &org_id, &admin_id).await?;
@@ -462,7 +462,7 @@ impl AdminApi {
         p.check_organization(&req.name)?;
         let (org_id, admin_id) = parse_admin("name", &req.name)?;
         let now = self.state.now();
-        let txn = self.state.db.begin().await?;
+        let txn = self.state.begin_write().await?;
         lock_org(&txn, &org_id).await?;
         caller_row(&txn, p, Need::Administrator).await?;
         let row = administrator(&txn, &org_id, &admin_id).await?;
@@ -506,7 +506,7 @@ impl AdminApi {
         }
         let (org_id, _) = parse_admin("caller", &p.administrator)?;
         let now = self.state.now();
-        let txn = self.state.db.begin().await?;
+        let txn = self.state.begin_write().await?;
         lock_org(&txn, &org_id).await?;
         let row = caller_row(&txn, p, Need::AnyRole).await?;
         let saved = if row.whats_new == req.whats_new {

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set, TransactionTrait};
+use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set};
 use steward_proto::billing::v1::billing_service_server::BillingService;
 use steward_proto::billing::v1::*;
 use steward_runtime::authn::{self, Principal};
@@ -127,7 +127,7 @@ impl BillingApi {
             None
         };
 
-        let txn = self.state.db.begin().await?;
+        let txn = self.state.begin_write().await?;
         lock_org(&txn, &org_id).await?;
         caller_row(&txn, p, Need::Billing).await?;
         let current = payment_card::Entity::find_by_id(org_id.clone()).one(&txn).await?;

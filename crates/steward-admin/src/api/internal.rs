@@ -2,9 +2,7 @@
 //! authentication layer refuses everything else before these handlers run).
 
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set};
 use steward_proto::admin::v1::admin_internal_service_server::AdminInternalService;
 use steward_proto::admin::v1::*;
 use steward_proto::audit::v1::{audit_event, AuditEvent};
@@ -53,7 +51,7 @@ impl InternalApi {
     ) -> ApiResult<ActivateAdministratorResponse> {
         let (org_id, admin_id) = parse_admin("name", &req.name)?;
         let now = self.state.now();
-        let txn = self.state.db.begin().await?;
+        let txn = self.state.begin_write().await?;
         lock_org(&txn, &org_id).await?;
         let row = administrator(&txn, &org_id, &admin_id).await?;
         if row.state == administrator::STATE_ACTIVE {
@@ -84,7 +82,7 @@ impl InternalApi {
             .enumerate()
             .map(|(i, e)| to_row(i, e))
             .collect::<ApiResult<Vec<_>>>()?;
-        let txn = self.state.db.begin().await?;
+        let txn = self.state.begin_write().await?;
         let mut recorded = 0;
         for row in rows {
             let enrolled = row.action == CONFIRM_MFA_ACTION && row.result == stored::RESULT_ALLOWED;

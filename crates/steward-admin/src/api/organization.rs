@@ -2,7 +2,7 @@
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    QuerySelect, Set,
 };
 use steward_proto::admin::v1::organization_service_server::OrganizationService;
 use steward_proto::admin::v1::*;
@@ -89,7 +89,7 @@ impl OrganizationApi {
         let owner_id = names::new_id();
         let owner_name = admin_name(&org_id, &owner_id);
 
-        let txn = self.state.db.begin().await?;
+        let txn = self.state.begin_write().await?;
         if !req.request_id.is_empty() {
             let claimed = idempotency::ActiveModel {
                 organization_id: Set(idempotency::PLATFORM_SCOPE.to_string()),
