@@ -103,21 +103,10 @@ impl Auditor {
         err: &ApiError,
         now: DateTime<Utc>,
     ) {
-        let result = match err {
-            ApiError::PermissionDenied { .. } | ApiError::FailedPrecondition(_) => {
-                audit_event::RESULT_DENIED
-            }
-            _ => audit_event::RESULT_FAILED,
-        };
-        let reason = match err {
-            ApiError::FailedPrecondition(violations) => violations
-                .iter()
-                .map(|v| format!("{}: {}", v.kind, v.description))
-                .collect::<Vec<_>>()
-                .join("; "),
-            other => other.to_string(),
-        };
-        if let Err(db_err) = self.insert(db, target, result, err.code(), &reason, now).await {
+        // Classified like every other service's events (steward_runtime::audit::outcome).
+        let (kind, code, reason) = steward_runtime::audit::outcome(Err(err));
+        let result = audit_event::stored_result(kind).unwrap_or(audit_event::RESULT_FAILED);
+        if let Err(db_err) = self.insert(db, target, result, code, &reason, now).await {
             tracing::warn!(action = %self.action, error = %db_err, "could not record audit event");
         }
     }

@@ -169,7 +169,8 @@ pub enum Need {
 }
 
 /// The caller's current row. Tokens outlive demotions and deletions by their lifetime, so
-/// every mutation re-checks here (inside the locked transaction) what the token claims.
+/// every call re-checks here what the token claims (mutations inside the locked transaction):
+/// a demoted or deleted administrator's unexpired token reads and changes nothing more.
 pub async fn caller_row<C: ConnectionTrait>(
     conn: &C,
     principal: &Principal,

@@ -59,9 +59,15 @@ pub fn outcome(result: Result<(), &ApiError>) -> (AuditResult, tonic::Code, Stri
                 | ApiError::Unauthenticated(_) => AuditResult::Denied,
                 _ => AuditResult::Failed,
             };
-            // Internal details are logged where they happen, never recorded.
+            // Internal details are logged where they happen, never recorded; a refusal by
+            // safeguards names every rule it broke.
             let reason = match err {
                 ApiError::Internal(_) => "internal error".to_string(),
+                ApiError::FailedPrecondition(violations) => violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.kind, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 other => other.to_string(),
             };
             (kind, err.code(), reason)
@@ -146,4 +152,52 @@ pub fn deliver(peers: Peers) -> Deliver {
                 .map_err(|status| format!("{}: {}", status.code(), status.message()))
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::PreconditionViolation;
+
+    #[test]
+    fn refusals_are_denied_and_other_errors_failed() {
+        let denied = [
+            ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"),
+            ApiError::Unauthenticated("an access token is required".into()),
+            ApiError::precondition("LAST_ADMINISTRATOR", "organizations/o", "would leave none"),
+        ];
+        for err in &denied {
+            assert_eq!(outcome(Err(err)).0, AuditResult::Denied, "{err:?}");
+        }
+        let failed = [ApiError::NotFound("organizations/o".into()), ApiError::internal("db down")];
+        for err in &failed {
+            assert_eq!(outcome(Err(err)).0, AuditResult::Failed, "{err:?}");
+        }
+        assert_eq!(outcome(Ok(())), (AuditResult::Allowed, tonic::Code::Ok, String::new()));
+    }
+
+    #[test]
+    fn reasons_name_every_broken_rule_and_never_internal_detail() {
+        let (_, code, reason) = outcome(Err(&ApiError::internal("password=hunter2 in row 7")));
+        assert_eq!((code, reason.as_str()), (tonic::Code::Internal, "internal error"));
+        let both = ApiError::FailedPrecondition(vec![
+            PreconditionViolation {
+                kind: "LAST_ADMINISTRATOR".into(),
+                subject: "organizations/o".into(),
+                description: "keeps one Administrator".into(),
+            },
+            PreconditionViolation {
+                kind: "LAST_BILLING_ADMINISTRATOR".into(),
+                subject: "organizations/o".into(),
+                description: "keeps one billing administrator".into(),
+            },
+        ]);
+        let (_, code, reason) = outcome(Err(&both));
+        assert_eq!(code, tonic::Code::FailedPrecondition);
+        assert_eq!(
+            reason,
+            "LAST_ADMINISTRATOR: keeps one Administrator; \
+             LAST_BILLING_ADMINISTRATOR: keeps one billing administrator"
+        );
+    }
 }

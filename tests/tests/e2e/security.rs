@@ -7,7 +7,7 @@ use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServic
 use steward_proto::admin::v1::RecordAuditEventsRequest;
 use steward_proto::admin::v1::{
     Administrator, BatchDeleteAdministratorsRequest, CreateAdministratorRequest,
-    ListAdministratorsRequest, Role, UpdateAdministratorRequest,
+    GetAdministratorRequest, ListAdministratorsRequest, Role, UpdateAdministratorRequest,
 };
 use steward_proto::audit::v1::{audit_event, AuditEvent, ListAuditEventsRequest};
 use steward_proto::auth::v1::{
@@ -368,6 +368,15 @@ backend_test!(demoted_or_deleted_administrators_old_token_is_refused, |stack| as
     // While they are Administrators, their tokens work.
     for member in [&demoted, &deleted] {
         member.client.commands().create_command(new_command(&owner.org, "Mine")).await.unwrap();
+        member
+            .client
+            .admin()
+            .list_administrators(ListAdministratorsRequest {
+                parent: owner.org.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
     }
 
     owner
@@ -446,6 +455,37 @@ backend_test!(demoted_or_deleted_administrators_old_token_is_refused, |stack| as
         } else {
             assert_eq!(reason(&listed.unwrap_err()), "CALLER_DELETED");
             assert_eq!(reason(&got), "CALLER_DELETED");
+        }
+        // The admin service's reads ask too: no administrator list, no audit log.
+        let admin_reads = [
+            member
+                .client
+                .admin()
+                .list_administrators(ListAdministratorsRequest {
+                    parent: owner.org.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            member
+                .client
+                .admin()
+                .get_administrator(GetAdministratorRequest { name: owner.admin.clone() })
+                .await
+                .map(|_| ()),
+            member
+                .client
+                .audit()
+                .list_audit_events(ListAuditEventsRequest {
+                    parent: owner.org.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+        ];
+        for err in admin_reads.into_iter().map(Result::unwrap_err) {
+            assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+            assert_eq!(reason(&err), mutation_reason);
         }
     }
 

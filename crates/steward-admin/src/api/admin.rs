@@ -183,6 +183,7 @@ impl AdminApi {
     ) -> ApiResult<GetAdministratorResponse> {
         p.check_organization(&req.name)?;
         let (org_id, admin_id) = parse_admin("name", &req.name)?;
+        caller_row(&self.state.db, p, Need::Administrator).await?;
         let row = administrator(&self.state.db, &org_id, &admin_id).await?;
         Ok(GetAdministratorResponse { administrator: Some(admin_to_proto(&row)) })
     }
@@ -194,6 +195,7 @@ impl AdminApi {
     ) -> ApiResult<ListAdministratorsResponse> {
         p.check_organization(&req.parent)?;
         let org_id = parse_org("parent", &req.parent)?;
+        caller_row(&self.state.db, p, Need::Administrator).await?;
         let terms = admin_filter(&req.filter)?;
         let (order, desc) = admin_order(&req.order_by)?;
         let size = names::page_size(req.page_size)?;

@@ -33,6 +33,7 @@ impl AuditApi {
     ) -> ApiResult<ListAuditEventsResponse> {
         p.check_organization(&req.parent)?;
         let org_id = parse_org("parent", &req.parent)?;
+        caller_row(&self.state.db, p, Need::Administrator).await?;
         let terms = audit_filter(&req.filter)?;
         let size = names::page_size(req.page_size)?;
         let digest = query_digest(&[&req.parent, req.filter.trim()]);

@@ -117,17 +117,12 @@ fn to_row(i: usize, event: &AuditEvent) -> ApiResult<stored::Model> {
     if event.action.is_empty() {
         return Err(ApiError::invalid(field("action"), "is required"));
     }
-    let result = match audit_event::Result::try_from(event.result) {
-        Ok(audit_event::Result::Allowed) => stored::RESULT_ALLOWED,
-        Ok(audit_event::Result::Denied) => stored::RESULT_DENIED,
-        Ok(audit_event::Result::Failed) => stored::RESULT_FAILED,
-        _ => {
-            return Err(ApiError::invalid(
-                field("result"),
-                "must be RESULT_ALLOWED, RESULT_DENIED or RESULT_FAILED",
-            ))
-        }
-    };
+    let result = audit_event::Result::try_from(event.result)
+        .ok()
+        .and_then(stored::stored_result)
+        .ok_or_else(|| {
+        ApiError::invalid(field("result"), "must be RESULT_ALLOWED, RESULT_DENIED or RESULT_FAILED")
+    })?;
     let created = event
         .create_time
         .as_ref()

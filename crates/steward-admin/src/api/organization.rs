@@ -172,7 +172,10 @@ impl OrganizationApi {
     ) -> ApiResult<GetOrganizationResponse> {
         match authn::caller(request) {
             Caller::Service => {}
-            Caller::Administrator(p) => p.check_organization(&req.name)?,
+            Caller::Administrator(p) => {
+                p.check_organization(&req.name)?;
+                caller_row(&self.state.db, &p, Need::AnyRole).await?;
+            }
             Caller::Anonymous => {
                 return Err(ApiError::Unauthenticated("an access token is required".into()))
             }

@@ -1,6 +1,7 @@
 //! `admin_audit_events`: the append-only audit log. Rows are only ever inserted.
 
 use sea_orm::entity::prelude::*;
+use steward_proto::audit::v1::audit_event::Result as AuditResult;
 
 /// `result` of an allowed action.
 pub const RESULT_ALLOWED: &str = "allowed";
@@ -8,6 +9,16 @@ pub const RESULT_ALLOWED: &str = "allowed";
 pub const RESULT_DENIED: &str = "denied";
 /// `result` of an action that failed otherwise.
 pub const RESULT_FAILED: &str = "failed";
+
+/// The stored `result` of `result`; `None` for `RESULT_UNSPECIFIED` and unknown values.
+pub fn stored_result(result: AuditResult) -> Option<&'static str> {
+    match result {
+        AuditResult::Allowed => Some(RESULT_ALLOWED),
+        AuditResult::Denied => Some(RESULT_DENIED),
+        AuditResult::Failed => Some(RESULT_FAILED),
+        AuditResult::Unspecified => None,
+    }
+}
 
 /// One recorded action.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
