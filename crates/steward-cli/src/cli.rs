@@ -303,6 +303,42 @@ pub enum CommandsCommand {
         #[arg(long = "system")]
         systems: Vec<String>,
     },
+    /// Change a command; only the fields given change. Refused (ABORTED) if it changed since
+    /// it was read.
+    #[command(group(ArgGroup::new("changes").required(true).multiple(true)
+        .args(["name", "script", "interpreter", "description", "run_as", "timeout", "systems",
+               "no_systems"])))]
+    Update {
+        /// ID or resource name.
+        command: String,
+        /// New display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New script: a file, or `-` for stdin.
+        #[arg(long)]
+        script: Option<String>,
+        /// New interpreter.
+        #[arg(long, value_enum)]
+        interpreter: Option<InterpreterArg>,
+        /// New description (empty clears it).
+        #[arg(long)]
+        description: Option<String>,
+        /// New account to run as (empty: the agent's).
+        #[arg(long)]
+        run_as: Option<String>,
+        /// New time limit, e.g. `60s`, `5m`, `1h`.
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Replace the target systems with these (ID or resource name); repeat for several.
+        #[arg(long = "system", conflicts_with = "no_systems")]
+        systems: Vec<String>,
+        /// Remove every target system.
+        #[arg(long)]
+        no_systems: bool,
+        /// The etag read earlier (`commands get`); by default the current one is read first.
+        #[arg(long)]
+        etag: Option<String>,
+    },
     /// Delete a command and its grants.
     Delete {
         /// ID or resource name.
@@ -374,6 +410,17 @@ pub enum SystemsCommand {
     Get {
         /// ID or resource name.
         system: String,
+    },
+    /// Rename a system.
+    Update {
+        /// ID or resource name.
+        system: String,
+        /// New display name.
+        #[arg(long)]
+        name: String,
+        /// The etag read earlier (`systems get`); by default the current one is read first.
+        #[arg(long)]
+        etag: Option<String>,
     },
     /// Delete a system.
     Delete {

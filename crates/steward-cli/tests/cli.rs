@@ -330,7 +330,34 @@ fn seed_walkthrough_with_the_cli() {
     ]);
     assert_eq!(command["timeout"], "30s");
     assert_eq!(command["target_systems"][0], system.as_str());
+    let created_etag = command["etag"].as_str().unwrap().to_string();
     let command = name(&command);
+    // Partial updates: only the fields given change; a stale etag is refused.
+    let renamed = owner.json(&["systems", "update", id(&system), "--name", "lab-1"]);
+    assert_eq!(renamed["display_name"], "lab-1");
+    let edited = owner.json(&[
+        "commands",
+        "update",
+        id(&command),
+        "--timeout",
+        "45s",
+        "--description",
+        "weekly",
+    ]);
+    assert_eq!(edited["timeout"], "45s");
+    assert_eq!(edited["description"], "weekly");
+    assert_eq!(edited["display_name"], "disk usage report", "fields not given are left alone");
+    assert_eq!(edited["target_systems"][0], system.as_str());
+    assert_eq!(owner.run(&["commands", "update", &command]).code, 2, "nothing to change");
+    let stale =
+        owner.run(&["commands", "update", &command, "--name", "x", "--etag", &created_etag]);
+    assert!(stale.code == 1 && stale.stderr.contains("ABORTED"), "{}", stale.stderr);
+    let refused = runner.run(&["commands", "update", &command, "--name", "mine"]);
+    assert!(
+        refused.code == 1 && refused.stderr.contains("PERMISSION_DENIED"),
+        "{}",
+        refused.stderr
+    );
     let failing = owner.run_with(
         &["--output", "json", "commands", "create", "--name", "fails", "--script", "-"],
         "exit 3\n",

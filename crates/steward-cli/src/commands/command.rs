@@ -8,7 +8,7 @@ use steward_proto::commands::v1::{
     watch_run_response, CancelRunRequest, Command, CreateCommandRequest, CreateGrantRequest,
     DeleteCommandRequest, DeleteGrantRequest, GetCommandRequest, GetRunRequest, Grant, Interpreter,
     ListCommandsRequest, ListGrantsRequest, ListRunsRequest, OutputStream, Run, RunCommandRequest,
-    RunState, WatchRunRequest,
+    RunState, UpdateCommandRequest, WatchRunRequest,
 };
 use tonic::Code;
 
@@ -60,6 +60,16 @@ fn read_script(source: &str) -> Result<String> {
     })
 }
 
+async fn get_command(ctx: &mut Context, name: String) -> Result<Command> {
+    ctx.call(move |s| {
+        let name = name.clone();
+        async move { s.commands().get_command(GetCommandRequest { name }).await }
+    })
+    .await?
+    .command
+    .ok_or(CliError::Protocol("GetCommand without a command"))
+}
+
 /// Runs a `commands` subcommand.
 pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
     let org = ctx.organization()?;
@@ -90,15 +100,7 @@ pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
             output::list(ctx.format, &items, COMMAND_COLUMNS)?;
         }
         CommandsCommand::Get { command } => {
-            let name = names::expand(&org, "commands", &command);
-            let command = ctx
-                .call(move |s| {
-                    let name = name.clone();
-                    async move { s.commands().get_command(GetCommandRequest { name }).await }
-                })
-                .await?
-                .command
-                .ok_or(CliError::Protocol("GetCommand without a command"))?;
+            let command = get_command(ctx, names::expand(&org, "commands", &command)).await?;
             output::object(ctx.format, &convert::command(&command))?;
         }
         CommandsCommand::Create {
@@ -139,6 +141,70 @@ pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
                 .command
                 .ok_or(CliError::Protocol("CreateCommand without a command"))?;
             output::object(ctx.format, &convert::command(&created))?;
+        }
+        CommandsCommand::Update {
+            command,
+            name: display_name,
+            script,
+            interpreter: interp,
+            description,
+            run_as,
+            timeout,
+            systems,
+            no_systems,
+            etag,
+        } => {
+            let name = names::expand(&org, "commands", &command);
+            let etag = match etag {
+                Some(etag) => etag,
+                None => get_command(ctx, name.clone()).await?.etag,
+            };
+            let mut changes = Command { name, etag, ..Default::default() };
+            let mut paths = Vec::new();
+            if let Some(display_name) = display_name {
+                changes.display_name = display_name;
+                paths.push("display_name");
+            }
+            if let Some(script) = script {
+                changes.script = read_script(&script)?;
+                paths.push("script");
+            }
+            if let Some(interp) = interp {
+                changes.interpreter = interpreter(interp) as i32;
+                paths.push("interpreter");
+            }
+            if let Some(description) = description {
+                changes.description = description;
+                paths.push("description");
+            }
+            if let Some(run_as) = run_as {
+                changes.run_as_user = run_as;
+                paths.push("run_as_user");
+            }
+            if let Some(timeout) = timeout {
+                changes.timeout = Some(input::duration(&timeout)?);
+                paths.push("timeout");
+            }
+            if no_systems || !systems.is_empty() {
+                changes.target_systems =
+                    systems.iter().map(|s| names::expand(&org, "systems", s)).collect();
+                paths.push("target_systems");
+            }
+            let request = UpdateCommandRequest {
+                command: Some(changes),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: paths.into_iter().map(String::from).collect(),
+                }),
+            };
+            let updated = ctx
+                .call(move |s| {
+                    let request = request.clone();
+                    async move { s.commands().update_command(request).await }
+                })
+                .await?
+                .command
+                .ok_or(CliError::Protocol("UpdateCommand without a command"))?;
+            output::object(ctx.format, &convert::command(&updated))?;
         }
         CommandsCommand::Delete { command } => {
             let name = names::expand(&org, "commands", &command);

@@ -3,7 +3,7 @@
 use serde_json::json;
 use steward_proto::commands::v1::{
     ConnectKey, CreateConnectKeyRequest, DeleteConnectKeyRequest, DeleteSystemRequest,
-    GetSystemRequest, ListConnectKeysRequest, ListSystemsRequest,
+    GetSystemRequest, ListConnectKeysRequest, ListSystemsRequest, System, UpdateSystemRequest,
 };
 
 use super::request_id;
@@ -35,6 +35,16 @@ fn deleted(format: Format, name: &str) -> Result<()> {
     }
 }
 
+async fn get_system(ctx: &mut Context, name: String) -> Result<System> {
+    ctx.call(move |s| {
+        let name = name.clone();
+        async move { s.systems().get_system(GetSystemRequest { name }).await }
+    })
+    .await?
+    .system
+    .ok_or(CliError::Protocol("GetSystem without a system"))
+}
+
 /// Runs a `systems` subcommand.
 pub async fn systems(ctx: &mut Context, cmd: SystemsCommand) -> Result<u8> {
     let org = ctx.organization()?;
@@ -60,16 +70,28 @@ pub async fn systems(ctx: &mut Context, cmd: SystemsCommand) -> Result<u8> {
             output::list(ctx.format, &items, SYSTEM_COLUMNS)?;
         }
         SystemsCommand::Get { system } => {
+            let system = get_system(ctx, names::expand(&org, "systems", &system)).await?;
+            output::object(ctx.format, &convert::system(&system))?;
+        }
+        SystemsCommand::Update { system, name: display_name, etag } => {
             let name = names::expand(&org, "systems", &system);
-            let system = ctx
+            let etag = match etag {
+                Some(etag) => etag,
+                None => get_system(ctx, name.clone()).await?.etag,
+            };
+            let request = UpdateSystemRequest {
+                system: Some(System { name, etag, display_name, ..Default::default() }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+            };
+            let updated = ctx
                 .call(move |s| {
-                    let name = name.clone();
-                    async move { s.systems().get_system(GetSystemRequest { name }).await }
+                    let request = request.clone();
+                    async move { s.systems().update_system(request).await }
                 })
                 .await?
                 .system
-                .ok_or(CliError::Protocol("GetSystem without a system"))?;
-            output::object(ctx.format, &convert::system(&system))?;
+                .ok_or(CliError::Protocol("UpdateSystem without a system"))?;
+            output::object(ctx.format, &convert::system(&updated))?;
         }
         SystemsCommand::Delete { system } => {
             let name = names::expand(&org, "systems", &system);
