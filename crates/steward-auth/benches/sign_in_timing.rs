@@ -1,22 +1,22 @@
 //! Sign-in timing for an unknown email versus a known email with a wrong password: both must
-//! cost the same (no account enumeration by timing). Runs the real SignIn handler on SQLite,
-//! alternating the two cases, and reports medians, means and their ratio; writes the numbers to
-//! `target/bench/sign_in_timing.json`.
+//! cost the same (no account enumeration by timing). Criterion measures the real SignIn handler
+//! on SQLite for both cases in one run; the ratio of the two medians (unknown / known, from
+//! criterion's own estimates) is printed and written to `target/bench/sign_in_timing.json`.
 //!
-//! `cargo bench -p steward-auth --bench sign_in_timing` (add `--profile dev` to skip the release
-//! build; argon2 is optimized in both). Under `cargo test --all-targets` it runs a short smoke
-//! pass without judging the ratio. With `--bench` it fails when the medians differ by more
-//! than 10%.
+//! `cargo bench -p steward-auth --bench sign_in_timing` fails when the medians differ by more
+//! than 10%. Under `cargo test --benches` criterion's test mode runs each case once, unjudged.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use criterion::{Criterion, SamplingMode};
 use steward_auth::internal::Internal;
 use steward_auth::service::Service;
 use steward_auth::state::State;
@@ -26,19 +26,11 @@ use steward_proto::auth::v1::{AcceptInviteRequest, IssueInviteRequest, SignInReq
 use steward_runtime::authn::Caller;
 use support::{harness, request, wait_for_mail};
 
+const GROUP: &str = "sign_in_wrong_password";
 const PASSWORD: &str = "bench horse battery staple 77";
+const KNOWN: &str = "known@example.com";
 
-fn median(values: &mut [Duration]) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
-fn mean(values: &[Duration]) -> Duration {
-    values.iter().sum::<Duration>() / values.len() as u32
-}
-
-async fn time(service: &Service, email: &str) -> Duration {
-    let start = Instant::now();
+async fn sign_in(service: &Service, email: &str) {
     let status = service
         .sign_in(request(
             SignInRequest {
@@ -50,94 +42,114 @@ async fn time(service: &Service, email: &str) -> Duration {
         ))
         .await
         .unwrap_err();
-    let elapsed = start.elapsed();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
-    elapsed
+}
+
+/// An auth service with one activated administrator (`KNOWN`), whose clock jumps two hours at
+/// every reading so throttling (which would lock the account after five failures) never
+/// engages and both cases do the same work.
+async fn service() -> (Service, support::Harness) {
+    let h = harness().await;
+    let offset = Arc::new(AtomicI64::new(0));
+    let jumping = Arc::new(move || {
+        chrono::Utc::now() + chrono::Duration::hours(offset.fetch_add(2, Ordering::SeqCst))
+    });
+    Internal::new(h.state.clone())
+        .issue_invite(request(
+            IssueInviteRequest {
+                administrator: "organizations/acme/administrators/known".into(),
+                email: KNOWN.into(),
+                organization_display_name: "Acme".into(),
+                inviter_email: String::new(),
+                idempotency_key: "bench".into(),
+            },
+            Caller::Service,
+        ))
+        .await
+        .unwrap();
+    Service::new(h.state.clone())
+        .accept_invite(request(
+            AcceptInviteRequest {
+                token: wait_for_mail(&h, KNOWN).await,
+                password: PASSWORD.into(),
+            },
+            Caller::Anonymous,
+        ))
+        .await
+        .unwrap();
+    let state = Arc::new(State {
+        db: h.state.db.clone(),
+        clock: jumping,
+        config: h.state.config.clone(),
+        signer: h.state.signer.clone(),
+        hasher: h.state.hasher.clone(),
+        mailer: h.state.mailer.clone(),
+        admin: h.state.admin.clone(),
+    });
+    (Service::new(state), h)
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+/// Criterion's median estimate of `bench`, in nanoseconds.
+fn median_ns(bench: &str) -> f64 {
+    let path = target_dir().join("criterion").join(GROUP).join(bench).join("new/estimates.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("criterion estimates {}: {e}", path.display()));
+    let estimates: serde_json::Value = serde_json::from_str(&text).unwrap();
+    estimates["median"]["point_estimate"].as_f64().unwrap()
 }
 
 fn main() {
     let judged = std::env::args().any(|a| a == "--bench");
-    let iterations = if judged { 60 } else { 3 };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async move {
-        let h = harness().await;
-        // A clock that jumps two hours at every reading, so throttling (which would otherwise
-        // lock the account after five failures) never engages and both cases do the same work.
-        let offset = Arc::new(AtomicI64::new(0));
-        let jumping = {
-            let offset = offset.clone();
-            Arc::new(move || chrono::Utc::now() + chrono::Duration::hours(offset.fetch_add(2, Ordering::SeqCst)))
-        };
-        let state = Arc::new(State {
-            db: h.state.db.clone(),
-            clock: jumping,
-            config: h.state.config.clone(),
-            signer: h.state.signer.clone(),
-            hasher: h.state.hasher.clone(),
-            mailer: h.state.mailer.clone(),
-            admin: h.state.admin.clone(),
-        });
-        let known = "known@example.com";
-        Internal::new(h.state.clone())
-            .issue_invite(request(
-                IssueInviteRequest {
-                    administrator: "organizations/acme/administrators/known".into(),
-                    email: known.into(),
-                    organization_display_name: "Acme".into(),
-                    inviter_email: String::new(),
-                    idempotency_key: "bench".into(),
-                },
-                Caller::Service,
-            ))
-            .await
-            .unwrap();
-        let service = Service::new(h.state.clone());
-        service
-            .accept_invite(request(
-                AcceptInviteRequest { token: wait_for_mail(&h, known).await, password: PASSWORD.into() },
-                Caller::Anonymous,
-            ))
-            .await
-            .unwrap();
+    let (service, _harness) = runtime.block_on(service());
 
-        let service = Service::new(state);
-        for i in 0..3 {
-            time(&service, &format!("warmup-{i}@example.com")).await;
-            time(&service, known).await;
-        }
-        let (mut unknown_times, mut known_times) = (Vec::new(), Vec::new());
-        for i in 0..iterations {
-            // Alternate the order so drift (caches, other load) hits both cases alike.
-            if i % 2 == 0 {
-                unknown_times.push(time(&service, &format!("nobody-{i}@example.com")).await);
-                known_times.push(time(&service, known).await);
-            } else {
-                known_times.push(time(&service, known).await);
-                unknown_times.push(time(&service, &format!("nobody-{i}@example.com")).await);
-            }
-        }
-        let (unknown_mean, known_mean) = (mean(&unknown_times), mean(&known_times));
-        let (unknown_median, known_median) = (median(&mut unknown_times), median(&mut known_times));
-        let ratio = unknown_median.as_secs_f64() / known_median.as_secs_f64();
-        println!("sign-in with a wrong password, {iterations} samples each:");
-        println!("  unknown email: median {unknown_median:?}, mean {unknown_mean:?}");
-        println!("  known email:   median {known_median:?}, mean {known_mean:?}");
-        println!("  ratio of medians (unknown / known): {ratio:.3}");
-        let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").to_string()
-        });
-        let dir = std::path::Path::new(&target).join("bench");
-        std::fs::create_dir_all(&dir).unwrap();
-        let report = serde_json::json!({
-            "samples": iterations,
-            "unknown_email": {"median_us": unknown_median.as_micros() as u64, "mean_us": unknown_mean.as_micros() as u64},
-            "known_email_wrong_password": {"median_us": known_median.as_micros() as u64, "mean_us": known_mean.as_micros() as u64},
-            "ratio_of_medians": ratio,
-        });
-        std::fs::write(dir.join("sign_in_timing.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
-        if judged {
-            assert!((0.9..=1.1).contains(&ratio), "timings differ by more than 10%: ratio {ratio:.3}");
-        }
+    let mut criterion = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(15))
+        .configure_from_args();
+    let mut group = criterion.benchmark_group(GROUP);
+    // Every sign-in costs one password hash: flat sampling, one call per iteration.
+    group.sampling_mode(SamplingMode::Flat);
+    let nobody = AtomicUsize::new(0);
+    group.bench_function("unknown_email", |b| {
+        b.to_async(&runtime).iter(|| {
+            let email = format!("nobody-{}@example.com", nobody.fetch_add(1, Ordering::Relaxed));
+            let service = &service;
+            async move { sign_in(service, &email).await }
+        })
     });
+    group.bench_function("known_email", |b| b.to_async(&runtime).iter(|| sign_in(&service, KNOWN)));
+    group.finish();
+    criterion.final_summary();
+
+    if !judged {
+        return;
+    }
+    let (unknown, known) = (median_ns("unknown_email"), median_ns("known_email"));
+    let ratio = unknown / known;
+    println!(
+        "median sign-in with a wrong password: unknown email {:.1} ms, known email {:.1} ms",
+        unknown / 1e6,
+        known / 1e6
+    );
+    println!("ratio of medians (unknown / known): {ratio:.3}");
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = serde_json::json!({
+        "tool": "criterion",
+        "unknown_email_median_ns": unknown,
+        "known_email_wrong_password_median_ns": known,
+        "ratio_of_medians": ratio,
+    });
+    std::fs::write(dir.join("sign_in_timing.json"), serde_json::to_string_pretty(&report).unwrap())
+        .unwrap();
+    assert!((0.9..=1.1).contains(&ratio), "timings differ by more than 10%: ratio {ratio:.3}");
 }
