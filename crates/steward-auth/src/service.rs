@@ -51,16 +51,27 @@ fn user_inputs(credential: &credential::Model) -> [&str; 2] {
 }
 
 impl Service {
-    async fn credential(
-        &self,
-        administrator: &str,
-        organization: &str,
-    ) -> ApiResult<credential::Model> {
-        credential::Entity::find_by_id(administrator.to_string())
-            .filter(credential::Column::Organization.eq(organization))
+    /// The caller's credential, if the session its token names is still live: an access token
+    /// outlives sign-out, revocation and deletion by its lifetime, so this service, which
+    /// holds the sessions, refuses it at once (`UNAUTHENTICATED`).
+    async fn signed_in(&self, principal: &authn::Principal) -> ApiResult<credential::Model> {
+        let now = self.state.now();
+        let live = session::Entity::find_by_id(principal.session.clone())
             .one(&self.state.db)
             .await?
-            .ok_or_else(|| ApiError::NotFound(administrator.to_string()))
+            .is_some_and(|s| {
+                s.administrator == principal.administrator
+                    && s.revoked_at.is_none()
+                    && s.expires_at > now
+            });
+        if !live {
+            return Err(ApiError::Unauthenticated("the session has ended; sign in again".into()));
+        }
+        credential::Entity::find_by_id(principal.administrator.clone())
+            .filter(credential::Column::Organization.eq(principal.organization.as_str()))
+            .one(&self.state.db)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(principal.administrator.clone()))
     }
 
     async fn do_accept_invite(
@@ -397,7 +408,7 @@ impl Service {
         let state = &self.state;
         required("current_password", &request.current_password)?;
         required("new_password", &request.new_password)?;
-        let credential = self.credential(&principal.administrator, &principal.organization).await?;
+        let credential = self.signed_in(principal).await?;
         let account = throttle::account_key(&credential.email);
         throttle::check(&state.db, std::slice::from_ref(&account), state.now()).await?;
         if !state
@@ -528,7 +539,7 @@ impl Service {
         principal: &authn::Principal,
     ) -> ApiResult<pb::BeginMfaEnrollmentResponse> {
         let state = &self.state;
-        let credential = self.credential(&principal.administrator, &principal.organization).await?;
+        let credential = self.signed_in(principal).await?;
         if credential.mfa_enrolled {
             return Err(ApiError::precondition(
                 "MFA_ALREADY_ENROLLED",
@@ -565,7 +576,7 @@ impl Service {
     ) -> ApiResult<pb::ConfirmMfaEnrollmentResponse> {
         let state = &self.state;
         required("totp_code", &request.totp_code)?;
-        let credential = self.credential(&principal.administrator, &principal.organization).await?;
+        let credential = self.signed_in(principal).await?;
         let now = state.now();
         let pending = credential
             .mfa_pending_secret

@@ -200,6 +200,21 @@ backend_test!(invite_accept_sign_in_refresh_sign_out, |stack| async move {
     // Sign out revokes the session: its refresh token is dead.
     client.auth().sign_out(SignOutRequest {}).await.unwrap();
     assert_invalid_credentials(&refresh(&stack, &refreshed.refresh_token).await.unwrap_err());
+    // The signed-out access token has not expired, but the auth service holds the sessions and
+    // refuses it at once: no password change, no MFA enrolment.
+    let after = client
+        .auth()
+        .change_password(ChangePasswordRequest {
+            current_password: PASSWORD.into(),
+            new_password: "an entirely different passphrase 99".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(after.code(), Code::Unauthenticated, "{after:?}");
+    let after = client.auth().begin_mfa_enrollment(BeginMfaEnrollmentRequest {}).await.unwrap_err();
+    assert_eq!(after.code(), Code::Unauthenticated, "{after:?}");
+    // The password is unchanged: signing in with it still works.
+    tokens(sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap());
     // Signing out needs a token.
     assert_eq!(
         err(stack.client().await.auth().sign_out(SignOutRequest {}).await).code(),
