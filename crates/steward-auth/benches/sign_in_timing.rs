@@ -84,6 +84,7 @@ async fn service() -> (Service, support::Harness) {
         signer: h.state.signer.clone(),
         hasher: h.state.hasher.clone(),
         mailer: h.state.mailer.clone(),
+        sealer: h.state.sealer.clone(),
         admin: h.state.admin.clone(),
     });
     (Service::new(state), h)

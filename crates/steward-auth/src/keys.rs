@@ -92,7 +92,7 @@ pub fn ensure_dev_signing_key(data_dir: &Path) -> ApiResult<SigningKeyConfig> {
     Ok(SigningKeyConfig { kid: "dev-1".into(), path })
 }
 
-fn write_private(path: &Path, contents: &str) -> ApiResult<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> ApiResult<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -59,6 +59,7 @@ pub mod mail_queue;
 pub mod mailer;
 pub mod migration;
 pub mod password;
+pub mod sealed;
 pub mod secrets;
 pub mod service;
 pub mod state;
@@ -123,6 +124,7 @@ pub async fn start(
         signer,
         hasher,
         mailer,
+        sealer: sealed::Sealer::load(&ctx.config.auth)?,
         admin: AdminInternalServiceClient::new(ctx.peers.internal(&ctx.peers.admin)),
     });
     let limit = ctx.config.server.max_message_bytes;

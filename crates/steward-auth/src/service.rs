@@ -259,8 +259,9 @@ impl Service {
 
         let (accepted, method) = match &code {
             verify_mfa_request::Code::TotpCode(code) => {
-                let secret = credential.mfa_secret.as_deref().ok_or_else(invalid_credentials)?;
-                let accepted = match totp::check(secret, code, now)? {
+                let sealed = credential.mfa_secret.as_deref().ok_or_else(invalid_credentials)?;
+                let secret = state.sealer.open(&credential.administrator, sealed)?;
+                let accepted = match totp::check(&secret, code, now)? {
                     // Accept each step once: move the high-water mark only forwards.
                     Some(step) => {
                         credential::Entity::update_many()
@@ -555,7 +556,7 @@ impl Service {
         let now = state.now();
         let expires = now + Duration::seconds(ENROLLMENT_SECS);
         let mut row: credential::ActiveModel = credential.into();
-        row.mfa_pending_secret = Set(Some(secret.clone()));
+        row.mfa_pending_secret = Set(Some(state.sealer.seal(&principal.administrator, &secret)?));
         row.mfa_pending_expires_at = Set(Some(expires));
         row.updated_at = Set(now);
         row.update(&state.db).await?;
@@ -592,7 +593,8 @@ impl Service {
                     "no MFA enrolment is pending: call BeginMfaEnrollment first",
                 )
             })?;
-        let step = totp::check(&pending, &request.totp_code, now)?.ok_or_else(|| {
+        let secret = state.sealer.open(&principal.administrator, &pending)?;
+        let step = totp::check(&secret, &request.totp_code, now)?.ok_or_else(|| {
             ApiError::invalid("totp_code", "is not a current code of the new secret")
         })?;
         let codes: Vec<String> =

@@ -60,6 +60,8 @@ pub struct State {
     pub hasher: Hasher,
     /// Invite and reset emails.
     pub mailer: Mailer,
+    /// Seals the stored TOTP secrets.
+    pub sealer: crate::sealed::Sealer,
     /// `AdminInternalService` with the service credential.
     pub admin: AdminInternalServiceClient<InternalChannel>,
 }

@@ -110,6 +110,9 @@ pub struct AuthConfig {
     pub invite_ttl_secs: u64,
     /// Ed25519 signing keys as PKCS#8 PEM files. The first signs; all verify (rotation).
     pub signing_keys: Vec<SigningKeyConfig>,
+    /// Keys sealing the stored TOTP secrets (XChaCha20-Poly1305), each a file holding 32
+    /// random bytes in base64. The first seals; all open (rotation).
+    pub mfa_keys: Vec<SecretKeyConfig>,
     /// Base URL of the console; links are `{console_url}/set-password?token=...`.
     pub console_url: String,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
@@ -125,6 +128,7 @@ impl Default for AuthConfig {
             refresh_token_ttl_secs: 30 * 24 * 3600,
             invite_ttl_secs: 72 * 3600,
             signing_keys: Vec::new(),
+            mfa_keys: Vec::new(),
             console_url: "http://localhost:8080".into(),
             leeway_secs: 30,
         }
@@ -138,6 +142,16 @@ pub struct SigningKeyConfig {
     /// Key id published in the JWKS and put in the token header.
     pub kid: String,
     /// PKCS#8 PEM file with the Ed25519 private key.
+    pub path: PathBuf,
+}
+
+/// One symmetric key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretKeyConfig {
+    /// Key id, recorded with every value it seals (letters, digits, `-`, `_`).
+    pub id: String,
+    /// File holding the key: 32 random bytes, base64 (`openssl rand -base64 32`).
     pub path: PathBuf,
 }
 

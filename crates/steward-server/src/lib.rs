@@ -137,6 +137,9 @@ pub fn validate(config: &Config, kinds: &[ServiceKind]) -> Result<(), ServerErro
     if kinds.contains(&ServiceKind::Auth) && config.auth.signing_keys.is_empty() {
         return Err(ServerError::Config("auth.signing_keys must name at least one key".into()));
     }
+    if kinds.contains(&ServiceKind::Auth) && config.auth.mfa_keys.is_empty() {
+        return Err(ServerError::Config("auth.mfa_keys must name at least one key".into()));
+    }
     Ok(())
 }
 
@@ -279,6 +282,9 @@ pub fn dev_config(base: Config, addr: SocketAddr, data_dir: &Path) -> Result<Con
     if config.auth.signing_keys.is_empty() {
         config.auth.signing_keys = vec![steward_auth::keys::ensure_dev_signing_key(data_dir)?];
     }
+    if config.auth.mfa_keys.is_empty() {
+        config.auth.mfa_keys = vec![steward_auth::sealed::ensure_dev_mfa_key(data_dir)?];
+    }
     Ok(config)
 }
 
@@ -361,8 +367,24 @@ pub async fn bootstrap_dev(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    // The Kubernetes configuration files load (unknown keys are rejected) and pass the checks
+    // every service runs at start, once the secrets arrive from the environment.
+    #[test]
+    fn deploy_configuration_files_are_valid() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        for file in ["base/steward.toml", "overlays/production/steward.toml"] {
+            let mut config =
+                Config::load(Some(&root.join(file))).unwrap_or_else(|e| panic!("{file}: {e}"));
+            config.internal.service_token = random_secret();
+            validate(&config, &[ServiceKind::Auth, ServiceKind::Admin, ServiceKind::Commands])
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(config.auth.mfa_keys[0].path.starts_with("/etc/steward/mfa-keys"), "{file}");
+        }
+    }
 
     #[test]
     fn tokens_are_found_in_links() {

@@ -19,6 +19,9 @@ use steward_proto::auth::v1::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use steward_server::ServiceKind;
+use steward_storage::testing::Backend;
+
 use crate::harness::{Owner, Stack, PASSWORD};
 
 const NEW_PASSWORD: &str = "purple elephant juggles 7 lanterns";
@@ -333,6 +336,28 @@ backend_test!(mfa_enrol_sign_in_replay_and_recovery_codes, |stack| async move {
         .recovery_codes;
     assert_eq!(recovery.len(), 10);
     assert_eq!(recovery.iter().collect::<std::collections::HashSet<_>>().len(), 10);
+    // The stored TOTP secret is sealed: the database holds no trace of it in clear.
+    let url = match stack.backend {
+        Backend::Sqlite => steward_server::database_url(stack.config(), ServiceKind::Auth).unwrap(),
+        Backend::Postgres => stack.config().database.url.clone(),
+    };
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT mfa_secret FROM auth_credentials WHERE administrator = '{}'",
+                owner.admin
+            ),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let stored: String = row.try_get("", "mfa_secret").unwrap();
+    assert!(stored.starts_with("v1:dev-1:"), "{stored}");
+    assert!(!stored.contains(&enrolment.secret));
+    db.close().await.unwrap();
     let again = err(owner.client.auth().begin_mfa_enrollment(BeginMfaEnrollmentRequest {}).await);
     assert_eq!(again.code(), Code::FailedPrecondition);
     // The admin service learns of the enrolment through the audit event the auth service sends.

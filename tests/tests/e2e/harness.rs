@@ -146,6 +146,8 @@ impl Stack {
         let key = steward_auth::keys::ensure_dev_signing_key(&config.database.data_dir).unwrap();
         config.database.max_connections = 8;
         config.auth.signing_keys = vec![key];
+        config.auth.mfa_keys =
+            vec![steward_auth::sealed::ensure_dev_mfa_key(&config.database.data_dir).unwrap()];
         config.internal.service_token = steward_server::random_secret();
         config.server.shutdown_grace_secs = 5;
         configure(&mut config);

@@ -76,6 +76,7 @@ pub async fn harness() -> Harness {
     config.database.data_dir = dir.path().to_path_buf();
     config.auth.signing_keys =
         vec![steward_auth::keys::ensure_dev_signing_key(dir.path()).unwrap()];
+    config.auth.mfa_keys = vec![steward_auth::sealed::ensure_dev_mfa_key(dir.path()).unwrap()];
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -96,6 +97,7 @@ pub async fn harness() -> Harness {
         signer: steward_auth::jwt::Signer::new(keys, &config.auth).unwrap(),
         hasher: steward_auth::password::Hasher::new(2, 64).await.unwrap(),
         mailer: steward_auth::mailer::Mailer::from_config(&config).unwrap(),
+        sealer: steward_auth::sealed::Sealer::load(&config.auth).unwrap(),
         admin: AdminInternalServiceClient::new(InterceptedService::new(channel, credential)),
     });
     // Invites and reset emails leave through the mail outbox, as in the service.
