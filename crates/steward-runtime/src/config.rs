@@ -219,8 +219,9 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// The OTLP/gRPC endpoint, checked when the configuration is loaded: empty, or an `http://` or
-/// `https://` URL with a host.
+/// The OTLP/gRPC endpoint, checked when the configuration is loaded: empty, or a plaintext
+/// `http://` URL with a host (an in-cluster collector or a node-local agent; the exporter is built
+/// without TLS).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(try_from = "String", into = "String")]
 pub struct OtlpEndpoint(Option<String>);
@@ -235,8 +236,8 @@ impl OtlpEndpoint {
 /// Why an OTLP endpoint was refused.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "OTLP endpoint {0:?} is not an http:// or https:// URL with a host \
-     (expected something like http://otel-collector:4317)"
+    "OTLP endpoint {0:?} is not an http:// URL with a host (expected something like \
+     http://otel-collector:4317; TLS to the collector is not supported)"
 )]
 pub struct InvalidOtlpEndpoint(String);
 
@@ -249,8 +250,7 @@ impl TryFrom<String> for OtlpEndpoint {
             return Ok(Self(None));
         }
         let valid = trimmed.parse::<http::Uri>().is_ok_and(|uri| {
-            matches!(uri.scheme_str(), Some("http" | "https"))
-                && uri.host().is_some_and(|host| !host.is_empty())
+            uri.scheme_str() == Some("http") && uri.host().is_some_and(|host| !host.is_empty())
         });
         if valid {
             Ok(Self(Some(trimmed.to_string())))
@@ -350,8 +350,14 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("steward.toml", "[telemetry]\notlp_endpoint = \"localhost\"\n")?;
             let err = Config::load(Some(Path::new("steward.toml"))).unwrap_err().to_string();
-            assert!(err.contains("http:// or https://"), "{err}");
-            for bad in ["otel-collector:4317", "ftp://collector:21", "http://", "not a url"] {
+            assert!(err.contains("not an http:// URL"), "{err}");
+            for bad in [
+                "otel-collector:4317",
+                "ftp://collector:21",
+                "https://c:4317",
+                "http://",
+                "not a url",
+            ] {
                 jail.set_env("STEWARD_TELEMETRY__OTLP_ENDPOINT", bad);
                 let err = Config::load(None).unwrap_err().to_string();
                 assert!(err.contains("OTLP endpoint"), "{bad}: {err}");
