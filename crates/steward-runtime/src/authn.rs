@@ -440,8 +440,8 @@ where
     }
 }
 
-/// Attaches the service credential (and the current request id) to calls made to another
-/// Steward service's internal RPCs.
+/// Attaches the service credential (and the current span's W3C trace context, when traces are
+/// exported) to calls made to another Steward service's internal RPCs.
 #[derive(Clone)]
 pub struct ServiceCredential {
     value: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
@@ -469,6 +469,7 @@ impl tonic::service::Interceptor for ServiceCredential {
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
         request.metadata_mut().insert(SERVICE_CREDENTIAL_HEADER, self.value.clone());
+        crate::telemetry::inject_current_context(request.metadata_mut());
         Ok(request)
     }
 }

@@ -198,19 +198,85 @@ impl Default for EmailConfig {
     }
 }
 
-/// Log format and level.
+/// Logs, traces and metrics.
+///
+/// Logs always go to stderr. Traces and metrics are exported over OTLP/gRPC only when
+/// `otlp_endpoint` is set; otherwise no exporter and no background thread exists.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// `pretty` for people, `json` for log collectors.
     pub log_format: LogFormat,
-    /// An `EnvFilter` directive such as `info,steward=debug`; `RUST_LOG` wins when set.
+    /// An `EnvFilter` directive such as `info,steward=debug`; `RUST_LOG` wins when set. It also
+    /// decides which spans are exported.
     pub log_filter: String,
+    /// OTLP/gRPC collector, e.g. `http://otel-collector:4317`. Empty (the default) exports nothing.
+    pub otlp_endpoint: OtlpEndpoint,
+    /// `service.name` of exported traces and metrics. Empty means `OTEL_SERVICE_NAME` when set,
+    /// otherwise the process's default (`steward-auth`, `steward-admin`, `steward-commands`,
+    /// `steward-dev`).
+    pub service_name: String,
+    /// Seconds between metric exports. Unset means `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds)
+    /// when set, otherwise 60 s.
+    pub metrics_interval_secs: Option<u64>,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_format: LogFormat::Pretty, log_filter: "info".into() }
+        Self {
+            log_format: LogFormat::Pretty,
+            log_filter: "info".into(),
+            otlp_endpoint: OtlpEndpoint::default(),
+            service_name: String::new(),
+            metrics_interval_secs: None,
+        }
+    }
+}
+
+/// The OTLP/gRPC endpoint, checked when the configuration is loaded: empty, or a plaintext
+/// `http://` URL with a host (an in-cluster collector or a node-local agent; the exporter is built
+/// without TLS).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct OtlpEndpoint(Option<String>);
+
+impl OtlpEndpoint {
+    /// The endpoint URL, or `None` when export is off.
+    pub fn url(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+/// Why an OTLP endpoint was refused.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "OTLP endpoint {0:?} is not an http:// URL with a host (expected something like \
+     http://otel-collector:4317; TLS to the collector is not supported)"
+)]
+pub struct InvalidOtlpEndpoint(String);
+
+impl TryFrom<String> for OtlpEndpoint {
+    type Error = InvalidOtlpEndpoint;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
+            return Ok(Self(None));
+        }
+        let valid = trimmed.parse::<http::Uri>().is_ok_and(|uri| {
+            uri.scheme_str() == Some("http") && uri.host().is_some_and(|host| !host.is_empty())
+        });
+        if valid {
+            Ok(Self(Some(trimmed.to_string())))
+        } else {
+            Err(InvalidOtlpEndpoint(value))
+        }
+    }
+}
+
+impl From<OtlpEndpoint> for String {
+    fn from(endpoint: OtlpEndpoint) -> Self {
+        endpoint.0.unwrap_or_default()
     }
 }
 
@@ -272,6 +338,49 @@ mod tests {
             jail.set_env("STEWARD_SERVER__LISTN", "127.0.0.1:9");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_reads_the_otlp_settings() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.telemetry.otlp_endpoint.url(), None);
+            assert_eq!(config.telemetry.metrics_interval_secs, None);
+            jail.set_env("STEWARD_TELEMETRY__OTLP_ENDPOINT", "http://otel-collector:4317");
+            jail.set_env("STEWARD_TELEMETRY__SERVICE_NAME", "steward-auth");
+            jail.set_env("STEWARD_TELEMETRY__METRICS_INTERVAL_SECS", "5");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.telemetry.otlp_endpoint.url(), Some("http://otel-collector:4317"));
+            assert_eq!(config.telemetry.service_name, "steward-auth");
+            assert_eq!(config.telemetry.metrics_interval_secs, Some(5));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_malformed_otlp_endpoint_is_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("steward.toml", "[telemetry]\notlp_endpoint = \"localhost\"\n")?;
+            let err = Config::load(Some(Path::new("steward.toml"))).unwrap_err().to_string();
+            assert!(err.contains("not an http:// URL"), "{err}");
+            for bad in [
+                "otel-collector:4317",
+                "ftp://collector:21",
+                "https://c:4317",
+                "http://",
+                "not a url",
+            ] {
+                jail.set_env("STEWARD_TELEMETRY__OTLP_ENDPOINT", bad);
+                let err = Config::load(None).unwrap_err().to_string();
+                assert!(err.contains("OTLP endpoint"), "{bad}: {err}");
+                let named = err.to_ascii_lowercase().contains("telemetry.otlp_endpoint");
+                assert!(named, "{bad}: the key is named: {err}");
+            }
+            jail.set_env("STEWARD_TELEMETRY__OTLP_ENDPOINT", "");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.telemetry.otlp_endpoint.url(), None);
             Ok(())
         });
     }

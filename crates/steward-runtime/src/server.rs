@@ -1,6 +1,6 @@
 //! The server every Steward service runs in: health (NOT_SERVING until its database answers),
-//! reflection v1 and v1alpha, the authentication layer, transport limits, and a graceful shutdown
-//! that lets in-flight calls finish.
+//! reflection v1 and v1alpha, the authentication layer, transport limits, per-RPC spans and
+//! metrics (`telemetry::rpc`), and a graceful shutdown that lets in-flight calls finish.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 
 use crate::authn::AuthLayer;
 use crate::config::ServerConfig;
+use crate::telemetry::rpc::RpcMetricsLayer;
 
 /// Answers whether the service's dependencies (its database) are reachable.
 pub type ReadinessCheck =
@@ -109,14 +110,10 @@ pub async fn serve(
         .timeout(limits.request_timeout())
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .trace_fn(|request| {
-            let request_id = request
-                .headers()
-                .get(crate::authn::REQUEST_ID_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!("rpc", method = %request.uri().path(), request_id)
-        })
+        // One `rpc` span per call, joined to the caller's W3C trace context.
+        .trace_fn(crate::telemetry::rpc::server_span)
+        // Outermost, so calls waiting for a slot and calls refused by `auth` are measured too.
+        .layer(RpcMetricsLayer::new(limits.request_timeout()))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
         .layer(auth)
         .add_routes(routes)

@@ -79,13 +79,38 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    steward_runtime::telemetry::init(&config.telemetry);
-    match execute(cli.command, config).await {
+    let telemetry =
+        match steward_runtime::telemetry::init(&config.telemetry, cli.command.service_name()) {
+            Ok(telemetry) => telemetry,
+            Err(err) => {
+                eprintln!("steward-server: {err}");
+                return ExitCode::from(2);
+            }
+        };
+    let code = match execute(cli.command, config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "steward-server failed");
             eprintln!("steward-server: {err}");
             ExitCode::FAILURE
+        }
+    };
+    // The last spans and metrics (those of the shutdown itself included) go out before exit.
+    if let Err(err) = telemetry.shutdown().await {
+        eprintln!("steward-server: {err}");
+    }
+    code
+}
+
+impl Command {
+    /// `service.name` of the process's telemetry unless configured.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Auth => "steward-auth",
+            Command::Admin => "steward-admin",
+            Command::Commands => "steward-commands",
+            Command::Migrate { .. } => "steward-migrate",
+            Command::Dev { .. } => "steward-dev",
         }
     }
 }

@@ -130,6 +130,11 @@ impl Stack {
         Self::launch(backend, true, |_| {}).await
     }
 
+    /// Three servers, as [`Stack::start_split`], with settings changed by `configure`.
+    pub async fn start_split_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
+        Self::launch(backend, true, configure).await
+    }
+
     async fn launch(backend: Backend, split: bool, configure: impl FnOnce(&mut Config)) -> Self {
         let database = Arc::new(TestDatabase::create(backend).await.unwrap());
         let data_dir = Arc::new(tempfile::tempdir().unwrap());

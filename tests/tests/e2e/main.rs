@@ -44,3 +44,4 @@ mod email;
 mod foundation;
 mod roles;
 mod security;
+mod telemetry;
