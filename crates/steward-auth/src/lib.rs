@@ -127,6 +127,7 @@ pub async fn start(
         sealer: sealed::Sealer::load(&ctx.config.auth)?,
         admin: AdminInternalServiceClient::new(ctx.peers.internal(&ctx.peers.admin)),
     });
+    sealed::seal_legacy(&state.db, &state.sealer).await?;
     let limit = ctx.config.server.max_message_bytes;
     routes.add_service(
         AuthServiceServer::new(service::Service::new(state.clone()))

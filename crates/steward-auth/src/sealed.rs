@@ -12,10 +12,20 @@ use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter};
 use steward_runtime::config::{AuthConfig, SecretKeyConfig};
 use steward_runtime::{ApiError, ApiResult};
 
+use crate::entity::credential;
+
 const VERSION: &str = "v1";
+/// Associated data: this domain, then the administrator's name.
+const DOMAIN: &[u8] = b"steward/auth/totp-secret/v1\0";
+
+fn associated_data(administrator: &str) -> Vec<u8> {
+    [DOMAIN, administrator.as_bytes()].concat()
+}
 const NONCE_LEN: usize = 24;
 
 /// The configured sealing keys.
@@ -55,6 +65,11 @@ impl Sealer {
         if keys.is_empty() {
             return Err(ApiError::internal("auth.mfa_keys is empty: configure at least one key"));
         }
+        for (i, (id, _)) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|(earlier, _)| earlier == id) {
+                return Err(ApiError::internal(format!("mfa key id {id} is listed twice")));
+            }
+        }
         let keys = keys
             .into_iter()
             .map(|(id, bytes)| {
@@ -84,7 +99,7 @@ impl Sealer {
         let sealed = cipher
             .encrypt(
                 XNonce::from_slice(&nonce),
-                Payload { msg: secret.as_bytes(), aad: administrator.as_bytes() },
+                Payload { msg: secret.as_bytes(), aad: &associated_data(administrator) },
             )
             .map_err(|_| ApiError::internal("sealing the mfa secret failed"))?;
         let mut blob = nonce.to_vec();
@@ -115,11 +130,58 @@ impl Sealer {
         let plain = cipher
             .decrypt(
                 XNonce::from_slice(nonce),
-                Payload { msg: sealed, aad: administrator.as_bytes() },
+                Payload { msg: sealed, aad: &associated_data(administrator) },
             )
             .map_err(|_| ApiError::internal("stored mfa secret does not open"))?;
         String::from_utf8(plain).map_err(|_| ApiError::internal("stored mfa secret is damaged"))
     }
+}
+
+/// Seals TOTP secrets stored in clear by versions before sealing (a base32 secret has no `:`,
+/// so a value without the `v1:` prefix is one of those). Run once at start-up; returns how many
+/// rows it sealed. Idempotent.
+pub async fn seal_legacy(db: &DatabaseConnection, sealer: &Sealer) -> ApiResult<u64> {
+    let prefix = format!("{VERSION}:%");
+    let rows = credential::Entity::find()
+        .filter(
+            Condition::any()
+                .add(credential::Column::MfaSecret.not_like(prefix.as_str()))
+                .add(credential::Column::MfaPendingSecret.not_like(prefix.as_str())),
+        )
+        .all(db)
+        .await?;
+    let mut sealed = 0;
+    for row in rows {
+        let seal = |value: &Option<String>| -> ApiResult<Option<String>> {
+            match value {
+                Some(v) if !v.starts_with(&format!("{VERSION}:")) => {
+                    sealer.seal(&row.administrator, v).map(Some)
+                }
+                other => Ok(other.clone()),
+            }
+        };
+        let (secret, pending) = (seal(&row.mfa_secret)?, seal(&row.mfa_pending_secret)?);
+        credential::Entity::update_many()
+            .col_expr(credential::Column::MfaSecret, Expr::value(secret))
+            .col_expr(credential::Column::MfaPendingSecret, Expr::value(pending))
+            .filter(credential::Column::Administrator.eq(row.administrator.as_str()))
+            // Unchanged since read: a concurrent enrolment keeps its own value.
+            .filter(match &row.mfa_secret {
+                Some(v) => credential::Column::MfaSecret.eq(v.as_str()),
+                None => credential::Column::MfaSecret.is_null(),
+            })
+            .filter(match &row.mfa_pending_secret {
+                Some(v) => credential::Column::MfaPendingSecret.eq(v.as_str()),
+                None => credential::Column::MfaPendingSecret.is_null(),
+            })
+            .exec(db)
+            .await?;
+        sealed += 1;
+    }
+    if sealed > 0 {
+        tracing::info!(sealed, "sealed mfa secrets stored in clear by an earlier version");
+    }
+    Ok(sealed)
 }
 
 /// A new random key, base64: the contents of a key file.
@@ -200,5 +262,7 @@ mod tests {
         assert!(Sealer::from_keys(vec![]).is_err());
         assert!(Sealer::from_keys(vec![("k1".into(), vec![0; 16])]).is_err());
         assert!(Sealer::from_keys(vec![("k:1".into(), vec![0; 32])]).is_err());
+        assert!(Sealer::from_keys(vec![("k1".into(), vec![0; 32]), ("k1".into(), vec![1; 32])])
+            .is_err());
     }
 }

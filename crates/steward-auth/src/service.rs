@@ -688,7 +688,10 @@ impl AuthService for Service {
                 .exec(&tx)
                 .await?
                 .rows_affected;
-            audit::record(&tx, &context, audit::SIGN_OUT, &principal.administrator, false, "signed out", now).await?;
+            // Signing out again is harmless and records nothing more.
+            if revoked > 0 {
+                audit::record(&tx, &context, audit::SIGN_OUT, &principal.administrator, false, "signed out", now).await?;
+            }
             tx.commit().await?;
             tracing::info!(administrator = %principal.administrator, session = %principal.session, revoked, "signed out");
             Ok(pb::SignOutResponse {})

@@ -250,10 +250,10 @@ impl OtlpEndpoint {
 /// Why an OTLP endpoint was refused.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "OTLP endpoint {0:?} is not an http:// URL with a host (expected something like \
-     http://otel-collector:4317; TLS to the collector is not supported)"
+    "OTLP endpoint is not an http:// URL with a host and no credentials (expected something \
+     like http://otel-collector:4317; TLS to the collector is not supported)"
 )]
-pub struct InvalidOtlpEndpoint(String);
+pub struct InvalidOtlpEndpoint;
 
 impl TryFrom<String> for OtlpEndpoint {
     type Error = InvalidOtlpEndpoint;
@@ -263,13 +263,17 @@ impl TryFrom<String> for OtlpEndpoint {
         if trimmed.is_empty() {
             return Ok(Self(None));
         }
+        // No credentials in the URL: it is logged, and plaintext http would carry them in clear.
         let valid = trimmed.parse::<http::Uri>().is_ok_and(|uri| {
-            uri.scheme_str() == Some("http") && uri.host().is_some_and(|host| !host.is_empty())
+            uri.scheme_str() == Some("http")
+                && uri.host().is_some_and(|host| !host.is_empty())
+                && !uri.authority().is_some_and(|a| a.as_str().contains('@'))
         });
         if valid {
             Ok(Self(Some(trimmed.to_string())))
         } else {
-            Err(InvalidOtlpEndpoint(value))
+            // The refused value is not echoed: it may hold credentials.
+            Err(InvalidOtlpEndpoint)
         }
     }
 }
@@ -371,10 +375,12 @@ mod tests {
                 "https://c:4317",
                 "http://",
                 "not a url",
+                "http://user:secret@collector:4317",
             ] {
                 jail.set_env("STEWARD_TELEMETRY__OTLP_ENDPOINT", bad);
                 let err = Config::load(None).unwrap_err().to_string();
                 assert!(err.contains("OTLP endpoint"), "{bad}: {err}");
+                assert!(!err.contains("secret"), "the refused value is not echoed: {err}");
                 let named = err.to_ascii_lowercase().contains("telemetry.otlp_endpoint");
                 assert!(named, "{bad}: the key is named: {err}");
             }

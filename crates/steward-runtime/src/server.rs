@@ -112,7 +112,8 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // One `rpc` span per call, joined to the caller's W3C trace context.
         .trace_fn(crate::telemetry::rpc::server_span)
-        // Outermost, so calls waiting for a slot and calls refused by `auth` are measured too.
+        // Outermost, so calls refused by `auth` are measured too (the time a call waits for a
+        // concurrency slot is not: that wait happens before the call starts).
         .layer(RpcMetricsLayer::new(limits.request_timeout()))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
         .layer(auth)

@@ -164,9 +164,18 @@ pub fn init(
     let meter_provider =
         SdkMeterProvider::builder().with_reader(reader.build()).with_resource(resource).build();
 
+    // The exporter's own transport (h2, hyper, tonic, tower) and the SDK are never exported,
+    // whatever RUST_LOG says: exporting them would feed on itself.
+    let own_transport = tracing_subscriber::filter::filter_fn(|metadata| {
+        let target = metadata.target();
+        !["h2", "hyper", "tonic", "tower", "opentelemetry"]
+            .iter()
+            .any(|prefix| target.starts_with(prefix))
+    });
     let traces = tracing_opentelemetry::layer()
         .with_tracer(tracer_provider.tracer(SCOPE))
-        .with_threads(false);
+        .with_threads(false)
+        .with_filter(own_transport);
     if registry.with(traces).try_init().is_err() {
         // Another subscriber is already installed (a second call in tests): it has no layer for
         // these providers, so stop them rather than export nothing forever.

@@ -156,6 +156,7 @@ where
             request_timeout: self.layer.request_timeout,
             span: tracing::Span::none(),
             done: false,
+            streaming: false,
         };
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -173,6 +174,7 @@ where
                 recorder.record(code);
                 return Ok(response);
             }
+            recorder.streaming = true;
             Ok(response.map(|body| tonic::body::Body::new(MeteredBody { inner: body, recorder })))
         })
     }
@@ -191,6 +193,9 @@ struct Recorder {
     request_timeout: Duration,
     span: tracing::Span,
     done: bool,
+    /// The response headers went out and the body is being sent: from here on the unary
+    /// deadline no longer applies (streams may outlive it).
+    streaming: bool,
 }
 
 impl Recorder {
@@ -222,7 +227,9 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         if !self.done {
-            let code = if self.start.elapsed() >= self.request_timeout {
+            // Abandoned: a response body dropped before its trailers is the client going away;
+            // a response never produced within the unary deadline is the deadline.
+            let code = if !self.streaming && self.start.elapsed() >= self.request_timeout {
                 tonic::Code::DeadlineExceeded
             } else {
                 tonic::Code::Cancelled
