@@ -2,7 +2,7 @@
 
 use chrono::Duration;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use steward_proto::admin::v1 as admin;
 use steward_proto::auth::v1::auth_service_server::AuthService;
 use steward_proto::auth::v1::{self as pb, verify_mfa_request, MfaMethod};
@@ -50,23 +50,30 @@ fn user_inputs(credential: &credential::Model) -> [&str; 2] {
     [credential.email.as_str(), credential.organization_display_name.as_str()]
 }
 
+/// Refuses (`UNAUTHENTICATED`) a principal whose session was revoked or has ended.
+async fn live_session(
+    conn: &impl ConnectionTrait,
+    principal: &authn::Principal,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ApiResult<()> {
+    let live =
+        session::Entity::find_by_id(principal.session.clone()).one(conn).await?.is_some_and(|s| {
+            s.administrator == principal.administrator
+                && s.revoked_at.is_none()
+                && s.expires_at > now
+        });
+    if !live {
+        return Err(ApiError::Unauthenticated("the session has ended; sign in again".into()));
+    }
+    Ok(())
+}
+
 impl Service {
     /// The caller's credential, if the session its token names is still live: an access token
     /// outlives sign-out, revocation and deletion by its lifetime, so this service, which
     /// holds the sessions, refuses it at once (`UNAUTHENTICATED`).
     async fn signed_in(&self, principal: &authn::Principal) -> ApiResult<credential::Model> {
-        let now = self.state.now();
-        let live = session::Entity::find_by_id(principal.session.clone())
-            .one(&self.state.db)
-            .await?
-            .is_some_and(|s| {
-                s.administrator == principal.administrator
-                    && s.revoked_at.is_none()
-                    && s.expires_at > now
-            });
-        if !live {
-            return Err(ApiError::Unauthenticated("the session has ended; sign in again".into()));
-        }
+        live_session(&self.state.db, principal, self.state.now()).await?;
         credential::Entity::find_by_id(principal.administrator.clone())
             .filter(credential::Column::Organization.eq(principal.organization.as_str()))
             .one(&self.state.db)
@@ -437,6 +444,8 @@ impl Service {
         let hash = state.hasher.hash(&request.new_password).await?;
         let now = state.now();
         let tx = state.begin_write().await?;
+        // Again inside the transaction: a revocation committed during the hashing wins.
+        live_session(&tx, principal, now).await?;
         let mut row: credential::ActiveModel = credential.into();
         row.password_hash = Set(Some(hash));
         row.updated_at = Set(now);

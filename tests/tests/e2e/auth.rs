@@ -216,6 +216,12 @@ backend_test!(invite_accept_sign_in_refresh_sign_out, |stack| async move {
     assert_eq!(after.code(), Code::Unauthenticated, "{after:?}");
     let after = client.auth().begin_mfa_enrollment(BeginMfaEnrollmentRequest {}).await.unwrap_err();
     assert_eq!(after.code(), Code::Unauthenticated, "{after:?}");
+    let after = client
+        .auth()
+        .confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: "000000".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(after.code(), Code::Unauthenticated, "{after:?}");
     // The password is unchanged: signing in with it still works.
     tokens(sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap());
     // Signing out needs a token.
