@@ -77,26 +77,29 @@ impl Telemetry {
             return Ok(());
         }
         let Telemetry { tracer, meter } = self;
-        tokio::task::spawn_blocking(move || {
-            let mut failures = Vec::new();
-            if let Some(tracer) = tracer {
-                if let Err(err) = tracer.shutdown() {
-                    failures.push(format!("traces: {err}"));
-                }
-            }
-            if let Some(meter) = meter {
-                if let Err(err) = meter.shutdown() {
-                    failures.push(format!("metrics: {err}"));
-                }
-            }
-            if failures.is_empty() {
-                Ok(())
-            } else {
-                Err(TelemetryError::Shutdown(failures.join("; ")))
-            }
-        })
-        .await
-        .map_err(|e| TelemetryError::Shutdown(e.to_string()))?
+        // Both flush at once, so an unreachable collector costs one export timeout, not two.
+        let traces = tokio::task::spawn_blocking(move || match tracer {
+            Some(tracer) => tracer.shutdown().map_err(|err| format!("traces: {err}")),
+            None => Ok(()),
+        });
+        let metrics = tokio::task::spawn_blocking(move || match meter {
+            Some(meter) => meter.shutdown().map_err(|err| format!("metrics: {err}")),
+            None => Ok(()),
+        });
+        let (traces, metrics) = tokio::join!(traces, metrics);
+        let failures: Vec<String> = [traces, metrics]
+            .into_iter()
+            .filter_map(|joined| match joined {
+                Ok(Ok(())) => None,
+                Ok(Err(failure)) => Some(failure),
+                Err(join) => Some(join.to_string()),
+            })
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(TelemetryError::Shutdown(failures.join("; ")))
+        }
     }
 }
 

@@ -73,6 +73,8 @@ pub fn server_span(request: &http::Request<()>) -> tracing::Span {
         .headers()
         .get(crate::authn::REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
+        // Bounded like the auth layer bounds it; the caller chooses this text.
+        .and_then(|v| v.get(..v.len().min(128)))
         .unwrap_or_default();
     let span = tracing::info_span!(
         "rpc",
