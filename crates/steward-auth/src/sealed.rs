@@ -20,6 +20,8 @@ use steward_runtime::{ApiError, ApiResult};
 use crate::entity::credential;
 
 const VERSION: &str = "v1";
+/// How every sealed value starts (`{VERSION}:`).
+const SEALED_PREFIX: &str = "v1:";
 /// Associated data: this domain, then the administrator's name.
 const DOMAIN: &[u8] = b"steward/auth/totp-secret/v1\0";
 
@@ -141,7 +143,7 @@ impl Sealer {
 /// so a value without the `v1:` prefix is one of those). Run once at start-up; returns how many
 /// rows it sealed. Idempotent.
 pub async fn seal_legacy(db: &DatabaseConnection, sealer: &Sealer) -> ApiResult<u64> {
-    let prefix = format!("{VERSION}:%");
+    let prefix = format!("{SEALED_PREFIX}%");
     let rows = credential::Entity::find()
         .filter(
             Condition::any()
@@ -154,7 +156,7 @@ pub async fn seal_legacy(db: &DatabaseConnection, sealer: &Sealer) -> ApiResult<
     for row in rows {
         let seal = |value: &Option<String>| -> ApiResult<Option<String>> {
             match value {
-                Some(v) if !v.starts_with(&format!("{VERSION}:")) => {
+                Some(v) if !v.starts_with(SEALED_PREFIX) => {
                     sealer.seal(&row.administrator, v).map(Some)
                 }
                 other => Ok(other.clone()),
