@@ -25,9 +25,20 @@ pub const CREDENTIAL_FILE: &str = "credential.json";
              stream to the command service and executes what it is assigned"
 )]
 pub struct Args {
-    /// The command service's URL, e.g. http://steward.example.com:8443.
+    /// The command service's URL, e.g. https://steward.example.com. Plaintext `http://` is
+    /// accepted only for a loopback address unless `--insecure-plaintext` is given.
     #[arg(long, env = "STEWARD_AGENT_SERVER")]
     pub server: String,
+
+    /// CA certificate (PEM) trusted for the server's TLS certificate, in addition to the
+    /// system's roots.
+    #[arg(long, env = "STEWARD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Allow plaintext `http://` to a non-loopback server: the connect key, the credential and
+    /// every script and its output then cross the network in clear.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
 
     /// The connect key created by an Administrator; needed only on the first start. Keys may
     /// start with `-`.
@@ -62,6 +73,10 @@ pub struct Args {
 pub struct AgentConfig {
     /// The command service's URL.
     pub server: String,
+    /// Extra CA certificate (PEM file) for `https://` servers.
+    pub ca_file: Option<PathBuf>,
+    /// Plaintext `http://` to a non-loopback server is allowed.
+    pub insecure_plaintext: bool,
     /// The connect key, if given.
     pub connect_key: Option<String>,
     /// The state directory.
@@ -78,6 +93,8 @@ impl fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AgentConfig")
             .field("server", &self.server)
+            .field("ca_file", &self.ca_file)
+            .field("insecure_plaintext", &self.insecure_plaintext)
             .field("connect_key", &self.connect_key.as_ref().map(|_| "<redacted>"))
             .field("state_dir", &self.state_dir)
             .field("max_output_bytes", &self.max_output_bytes)
@@ -91,6 +108,8 @@ impl From<Args> for AgentConfig {
     fn from(args: Args) -> Self {
         Self {
             server: args.server,
+            ca_file: args.ca_file,
+            insecure_plaintext: args.insecure_plaintext,
             connect_key: args.connect_key.filter(|key| !key.is_empty()),
             state_dir: args.state_dir,
             max_output_bytes: args.max_output_bytes,

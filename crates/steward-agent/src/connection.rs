@@ -131,7 +131,11 @@ impl Agent {
     /// Runs until `shutdown` completes (then kills the runs in progress, reports them and
     /// returns `Ok`) or the server refuses the agent (`Err`).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-        let endpoint = endpoint(&self.config.server)?;
+        let endpoint = endpoint(
+            &self.config.server,
+            self.config.ca_file.as_deref(),
+            self.config.insecure_plaintext,
+        )?;
         tokio::pin!(shutdown);
         let credential = tokio::select! {
             credential = self.credential(&endpoint) => credential?,
@@ -185,7 +189,7 @@ impl Agent {
                 let channel = endpoint
                     .connect()
                     .await
-                    .map_err(|err| Failure::Transient(format!("cannot connect: {err}")))?;
+                    .map_err(|err| connect_failure(&self.config.server, &err))?;
                 client(channel).register_agent(request.clone()).await.map_err(|status| match status
                     .code()
                 {
@@ -231,7 +235,7 @@ impl Agent {
         shutdown: &mut S,
     ) -> Result<(), Failure> {
         let channel = tokio::select! {
-            channel = endpoint.connect() => channel.map_err(|err| Failure::Transient(format!("cannot connect: {err}")))?,
+            channel = endpoint.connect() => channel.map_err(|err| connect_failure(&self.config.server, &err))?,
             () = &mut *shutdown => { self.shutdown(None).await; return Ok(()); }
         };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -432,21 +436,77 @@ impl Agent {
     }
 }
 
-/// The endpoint for `server`, with keep-alives so a dead connection is noticed.
-fn endpoint(server: &str) -> Result<Endpoint, AgentError> {
+/// The endpoint for `server`, with keep-alives so a dead connection is noticed. `https://` is
+/// verified against the system's roots plus `ca_file`; plaintext `http://` is refused for
+/// anything but a loopback address unless `insecure_plaintext`.
+fn endpoint(
+    server: &str,
+    ca_file: Option<&std::path::Path>,
+    insecure_plaintext: bool,
+) -> Result<Endpoint, AgentError> {
     let invalid = |reason: String| AgentError::InvalidServer { url: server.to_owned(), reason };
     if !(server.starts_with("http://") || server.starts_with("https://")) {
         return Err(invalid("must start with http:// or https://".into()));
     }
-    Endpoint::from_shared(server.to_owned()).map_err(|err| invalid(err.to_string())).map(
-        |endpoint| {
+    let uri: tonic::transport::Uri = server.parse().map_err(|err| invalid(format!("{err}")))?;
+    if uri.scheme_str() == Some("http") && !insecure_plaintext && !is_loopback(uri.host()) {
+        return Err(invalid(
+            "plaintext http:// is allowed only to a loopback address; use https:// or pass --insecure-plaintext".into(),
+        ));
+    }
+    let ca_pem = match ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|source| AgentError::Io {
+            action: "read the CA file",
+            path: path.to_path_buf(),
+            source,
+        })?),
+        None => None,
+    };
+    steward_proto::client::endpoint(server.to_owned(), ca_pem)
+        .map_err(|err| invalid(chain(&err)))
+        .map(|endpoint| {
             endpoint
                 .connect_timeout(Duration::from_secs(10))
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .keep_alive_while_idle(true)
-        },
-    )
+        })
+}
+
+/// `localhost` or a loopback IP.
+fn is_loopback(host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An error and its causes, `: `-joined (a transport error's own text is only "transport error").
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A failed connection: fatal when the server's certificate was not trusted (retrying cannot
+/// help, and nothing was sent), otherwise transient.
+fn connect_failure(server: &str, err: &tonic::transport::Error) -> Failure {
+    let reason = chain(err);
+    match reason.find("invalid peer certificate") {
+        Some(at) => Failure::Fatal(AgentError::UntrustedServer {
+            url: server.to_owned(),
+            reason: reason[at..].to_owned(),
+        }),
+        None => Failure::Transient(format!("cannot connect: {reason}")),
+    }
 }
 
 fn client(channel: Channel) -> AgentServiceClient<Channel> {
@@ -525,7 +585,16 @@ mod tests {
 
     #[test]
     fn endpoint_validation() {
-        assert!(matches!(endpoint("localhost:1"), Err(AgentError::InvalidServer { .. })));
-        assert!(endpoint("http://127.0.0.1:1").is_ok());
+        assert!(matches!(
+            endpoint("localhost:1", None, false),
+            Err(AgentError::InvalidServer { .. })
+        ));
+        assert!(endpoint("http://127.0.0.1:1", None, false).is_ok());
+        assert!(endpoint("http://localhost:1", None, false).is_ok());
+        assert!(endpoint("http://[::1]:1", None, false).is_ok());
+        let remote = endpoint("http://steward.example.com:1", None, false).unwrap_err();
+        assert!(remote.to_string().contains("--insecure-plaintext"), "{remote}");
+        assert!(endpoint("http://steward.example.com:1", None, true).is_ok());
+        assert!(endpoint("https://steward.example.com", None, false).is_ok());
     }
 }

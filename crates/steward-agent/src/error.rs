@@ -47,6 +47,16 @@ pub enum AgentError {
         reason: String,
     },
 
+    /// The server's TLS certificate could not be verified (unknown CA, expired, or not issued
+    /// for the server's name). Nothing was sent to it.
+    #[error("refusing {url}: its TLS certificate is not trusted ({reason}); pass --ca-file with the CA that issued it")]
+    UntrustedServer {
+        /// The server URL.
+        url: String,
+        /// The verification failure.
+        reason: String,
+    },
+
     /// RegisterAgent refused the connect key (invalid, expired or revoked) or the request.
     #[error("registration refused by the server ({code:?}): {message}")]
     RegistrationRefused {

@@ -122,6 +122,8 @@ async fn server() -> Server {
 fn config(url: &str, state_dir: &Path, connect_key: Option<&str>) -> AgentConfig {
     AgentConfig {
         server: url.into(),
+        ca_file: None,
+        insecure_plaintext: false,
         connect_key: connect_key.map(str::to_owned),
         state_dir: state_dir.to_owned(),
         max_output_bytes: 1024,
@@ -234,4 +236,91 @@ async fn unreachable_server_is_retried_until_shutdown() {
     let agent = Agent::new(config(&url, dir.path(), Some(KEY)), Executor::new(1024));
     let result = agent.run(tokio::time::sleep(Duration::from_secs(2))).await;
     assert!(result.is_ok(), "{result:?}");
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM (CA, cert, key).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+async fn tls_server(cert: &str, key: &str) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (tx, received) = mpsc::unbounded_channel();
+    let mock = Mock { registers: Arc::default(), opens: Arc::default(), received: tx };
+    let (registers, opens) = (mock.registers.clone(), mock.opens.clone());
+    let identity = tonic::transport::Identity::from_pem(cert, key);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap()
+            .add_service(AgentServiceServer::new(mock))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Server { url, registers, opens, received }
+}
+
+// Over TLS with the right CA the agent registers and streams; with a server whose certificate it
+// cannot verify it stops at once with a clear error, and the server never saw the connect key.
+#[tokio::test]
+async fn tls_servers_are_verified_before_anything_is_sent() {
+    let (ca, cert, key) = certificates();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+
+    let mut trusted = tls_server(&cert, &key).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut settings = config(&trusted.url, state.path(), Some(KEY));
+    settings.ca_file = Some(ca_file);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(Agent::new(settings, Executor::new(1024)).run(async {
+        let _ = stopped.await;
+    }));
+    assert!(matches!(next(&mut trusted.received).await, Up::Hello(_)));
+    assert_eq!(trusted.registers.load(Ordering::SeqCst), 1);
+    let _ = stop.send(());
+    agent.await.unwrap().unwrap();
+
+    // Another CA's certificate: refused, not retried, nothing registered.
+    let (_, other_cert, other_key) = certificates();
+    let untrusted = tls_server(&other_cert, &other_key).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut settings = config(&untrusted.url, state.path(), Some(KEY));
+    settings.ca_file = Some(dir.path().join("ca.pem"));
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        Agent::new(settings, Executor::new(1024)).run(std::future::pending()),
+    )
+    .await
+    .expect("the agent gives up on an untrusted server instead of retrying");
+    let err = result.unwrap_err();
+    assert!(matches!(err, AgentError::UntrustedServer { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("not trusted") && text.contains("--ca-file"), "{text}");
+    assert_eq!(untrusted.registers.load(Ordering::SeqCst), 0, "connect key never reached it");
+    assert_eq!(untrusted.opens.load(Ordering::SeqCst), 0);
+    assert!(!state.path().join(CREDENTIAL_FILE).exists());
+}
+
+// Plaintext to anything but loopback is refused in one line unless explicitly allowed.
+#[tokio::test]
+async fn plaintext_to_a_remote_server_is_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let settings = config("http://192.0.2.10:50051", state.path(), Some(KEY));
+    let err =
+        Agent::new(settings, Executor::new(1024)).run(std::future::pending()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("--insecure-plaintext") && !text.contains('\n'), "{text}");
 }

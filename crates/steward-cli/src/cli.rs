@@ -16,6 +16,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "STEWARD_SERVER")]
     pub server: Option<String>,
 
+    /// CA certificate (PEM) trusted for `https://` servers in addition to the system's roots.
+    #[arg(long, global = true, env = "STEWARD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub output: Format,

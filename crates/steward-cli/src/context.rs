@@ -21,6 +21,7 @@ pub struct Context {
     session: Option<Session>,
     anonymous: Option<Steward>,
     authed: Option<Steward>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 /// `url` without a trailing slash, so equal servers compare equal.
@@ -39,7 +40,15 @@ impl Context {
             (None, Some(session)) => normalize(&session.server),
             (None, None) => DEFAULT_SERVER.to_string(),
         };
-        Ok(Self { format: cli.output, server, store, session, anonymous: None, authed: None })
+        Ok(Self {
+            format: cli.output,
+            server,
+            store,
+            session,
+            anonymous: None,
+            authed: None,
+            ca_file: cli.ca_file.clone(),
+        })
     }
 
     /// The session store.
@@ -81,7 +90,15 @@ impl Context {
         if let Some(client) = &self.anonymous {
             return Ok(client.clone());
         }
-        let client = Steward::connect(self.server.clone())
+        let ca_pem = match &self.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| CliError::Io {
+                context: "cannot read the CA file",
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let client = Steward::connect_with_ca(self.server.clone(), ca_pem)
             .await
             .map_err(|source| CliError::Connect { server: self.server.clone(), source })?;
         self.anonymous = Some(client.clone());

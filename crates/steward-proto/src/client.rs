@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::admin::v1::admin_service_client::AdminServiceClient;
 use crate::admin::v1::organization_service_client::OrganizationServiceClient;
@@ -36,6 +36,29 @@ impl tonic::service::Interceptor for BearerToken {
     }
 }
 
+/// The endpoint for `url`: plaintext for `http://`; for `https://`, TLS verified against the
+/// system's roots plus `ca_pem`, HTTP/2 by ALPN. Nothing is sent before the server's certificate
+/// is verified. On a system without CA certificates only `ca_pem` is trusted.
+pub fn endpoint(
+    url: impl Into<String>,
+    ca_pem: Option<Vec<u8>>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(url.into())?;
+    if endpoint.uri().scheme_str() != Some("https") {
+        return Ok(endpoint);
+    }
+    let mut tls = ClientTlsConfig::new();
+    let has_ca = ca_pem.is_some();
+    if let Some(ca) = ca_pem {
+        tls = tls.ca_certificate(Certificate::from_pem(ca));
+    }
+    match endpoint.clone().tls_config(tls.clone().with_native_roots()) {
+        Ok(endpoint) => Ok(endpoint),
+        Err(_) if has_ca => endpoint.tls_config(tls),
+        Err(err) => Err(err),
+    }
+}
+
 /// The channel type every service client of [`Steward`] uses.
 pub type AuthedChannel = InterceptedService<Channel, BearerToken>;
 
@@ -47,9 +70,19 @@ pub struct Steward {
 }
 
 impl Steward {
-    /// Connects to `url`, e.g. `http://127.0.0.1:50051`.
+    /// Connects to `url`, e.g. `http://127.0.0.1:50051` or `https://steward.example.com`
+    /// (verified against the system's roots).
     pub async fn connect(url: impl Into<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.into())?.connect().await?;
+        Self::connect_with_ca(url, None).await
+    }
+
+    /// Connects to `url`; an `https://` server is verified against the system's roots plus
+    /// `ca_pem` (PEM certificates, e.g. the CA of `steward-server dev --tls`).
+    pub async fn connect_with_ca(
+        url: impl Into<String>,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = endpoint(url, ca_pem)?.connect().await?;
         Ok(Self::from_channel(channel))
     }
 

@@ -41,6 +41,8 @@ pub struct Principal {
     pub session: String,
     /// Usage restriction.
     pub scope: TokenScope,
+    /// When the session's authentication happened (Unix seconds; the token's `auth_time`).
+    pub auth_time: i64,
 }
 
 impl Principal {
@@ -53,7 +55,29 @@ impl Principal {
             billing: claims.billing,
             session: claims.sid,
             scope: claims.scope,
+            auth_time: claims.auth_time,
         }
+    }
+
+    /// Refuses (`PERMISSION_DENIED`, `RECENT_AUTHENTICATION_REQUIRED`) unless the caller signed
+    /// in within `max_age_secs` of `now`: a stolen access token alone cannot make the changes that
+    /// need it (the payment card), since a fresh sign-in needs the password and second factor.
+    pub fn require_recent_authentication(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        max_age_secs: i64,
+    ) -> ApiResult<()> {
+        let age = now.timestamp().saturating_sub(self.auth_time);
+        if self.auth_time > 0 && (0..=max_age_secs).contains(&age) {
+            return Ok(());
+        }
+        Err(ApiError::denied(
+            "RECENT_AUTHENTICATION_REQUIRED",
+            format!(
+                "sign in again: this needs a sign-in within the last {} minutes",
+                max_age_secs / 60
+            ),
+        ))
     }
 
     /// Refuses when `name` lies outside the caller's organization. The check is on the name alone,
@@ -87,7 +111,8 @@ pub enum Caller {
 pub struct RequestContext {
     /// `x-request-id`, or a generated UUID.
     pub request_id: String,
-    /// Peer address as seen by the server.
+    /// The client's address: the TCP peer, or the address a trusted proxy forwarded
+    /// (`server.trusted_proxies`).
     pub client_address: String,
     /// Full gRPC path.
     pub method: String,
@@ -243,6 +268,8 @@ struct AuthState {
     verifier: TokenVerifier,
     service_credential: Option<String>,
     on_denied: Option<DenialSink>,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    internal_needs_client_certificate: bool,
 }
 
 /// A call the layer refused although the caller proved who it is (a valid token whose role,
@@ -278,7 +305,31 @@ impl AuthLayer {
         on_denied: Option<DenialSink>,
     ) -> Self {
         let service_credential = service_credential.filter(|c| !c.is_empty());
-        Self { state: Arc::new(AuthState { verifier, service_credential, on_denied }) }
+        Self {
+            state: Arc::new(AuthState {
+                verifier,
+                service_credential,
+                on_denied,
+                trusted_proxies: Vec::new(),
+                internal_needs_client_certificate: false,
+            }),
+        }
+    }
+
+    /// Believes `Forwarded` / `X-Forwarded-For` from these proxies only ([`crate::peer`]).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<ipnet::IpNet>) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.trusted_proxies = proxies;
+        }
+        self
+    }
+
+    /// Internal RPCs additionally require a verified TLS client certificate (mutual TLS).
+    pub fn with_internal_client_certificates(mut self, required: bool) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.internal_needs_client_certificate = required;
+        }
+        self
     }
 }
 
@@ -309,6 +360,7 @@ impl AuthState {
         &self,
         path: &str,
         headers: &http::HeaderMap,
+        client_certificate: bool,
     ) -> Result<Caller, (ApiError, Option<Principal>)> {
         let plain = |err: ApiError| (err, None);
         let Some(access) = rule_for(path) else {
@@ -320,6 +372,12 @@ impl AuthState {
         match access {
             Access::Public | Access::Agent => Ok(Caller::Anonymous),
             Access::Internal => {
+                if self.internal_needs_client_certificate && !client_certificate {
+                    return Err(plain(ApiError::Unauthenticated(
+                        "internal RPCs require a TLS client certificate from the internal CA"
+                            .into(),
+                    )));
+                }
                 let presented =
                     headers.get(SERVICE_CREDENTIAL_HEADER).and_then(|v| v.to_str().ok());
                 match (presented, &self.service_credential) {
@@ -404,14 +462,14 @@ where
                 .filter(|v| !v.is_empty() && v.len() <= 128)
                 .map(str::to_string)
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            let client_address = request
-                .extensions()
-                .get::<tonic::transport::server::TcpConnectInfo>()
-                .and_then(|info| info.remote_addr())
-                .map(|a| a.to_string())
-                .unwrap_or_default();
+            let client_address = crate::peer::client_address(
+                crate::peer::tcp_peer(request.extensions()),
+                request.headers(),
+                &state.trusted_proxies,
+            );
+            let client_certificate = crate::peer::has_client_certificate(request.extensions());
             let context = RequestContext { request_id, client_address, method: path };
-            match state.authenticate(&context.method, request.headers()).await {
+            match state.authenticate(&context.method, request.headers(), client_certificate).await {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
                     request.extensions_mut().insert(context);

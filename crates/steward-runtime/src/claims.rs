@@ -73,4 +73,9 @@ pub struct AccessClaims {
     pub exp: i64,
     /// Usage restriction.
     pub scope: TokenScope,
+    /// When the administrator last proved who they are (password, and second factor if any) in
+    /// this session, Unix seconds (OIDC `auth_time`); refreshing keeps it. Zero in tokens from
+    /// before this claim existed, which therefore never count as a recent authentication.
+    #[serde(default)]
+    pub auth_time: i64,
 }

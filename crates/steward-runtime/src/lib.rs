@@ -8,10 +8,12 @@ pub mod claims;
 pub mod config;
 pub mod error;
 pub mod names;
+pub mod peer;
 pub mod roles;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;
 
 pub use error::{ApiError, ApiResult};

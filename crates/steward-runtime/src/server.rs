@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 use crate::authn::AuthLayer;
 use crate::config::ServerConfig;
 use crate::telemetry::rpc::RpcMetricsLayer;
+use crate::tls::ServerTls;
 
 /// Answers whether the service's dependencies (its database) are reachable.
 pub type ReadinessCheck =
@@ -35,6 +36,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS material named by `server.tls` does not load.
+    #[error("server.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Everything `serve` needs besides the services themselves.
@@ -49,6 +53,8 @@ pub struct ServeOptions {
     pub readiness: ReadinessCheck,
     /// Authentication and the role table, applied to every call.
     pub auth: AuthLayer,
+    /// The plaintext listener serving only `grpc.health.v1` (`server.health_listen`), if any.
+    pub health_listener: Option<TcpListener>,
 }
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting calls, lets
@@ -59,7 +65,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let ServeOptions { server: limits, health_names, descriptor_sets, readiness, auth } = options;
+    let ServeOptions {
+        server: limits,
+        health_names,
+        descriptor_sets,
+        readiness,
+        auth,
+        health_listener,
+    } = options;
+    // Loaded before anything listens, so a bad certificate stops the start with its reason.
+    let tls = if limits.tls.enabled() { Some(ServerTls::load(limits.tls.clone())?) } else { None };
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_all(&reporter, &health_names, ServingStatus::NotServing).await;
@@ -79,6 +94,18 @@ pub async fn serve(
     let reflection_v1 = reflection_v1.build_v1()?;
     let reflection_v1alpha = reflection_v1alpha.build_v1alpha()?;
 
+    let mut tasks = Vec::new();
+    if let Some(listener) = health_listener {
+        // Kubernetes' gRPC probes speak plaintext: this listener carries health and nothing else.
+        let health = Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming(TcpListenerStream::new(listener));
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = health.await {
+                tracing::error!(error = %err, "health listener failed");
+            }
+        }));
+    }
     let routes = routes
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -104,7 +131,7 @@ pub async fn serve(
         }
     };
 
-    let server = Server::builder()
+    let router = Server::builder()
         .concurrency_limit_per_connection(limits.max_concurrent_streams_per_connection as usize)
         .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
         .timeout(limits.request_timeout())
@@ -117,8 +144,19 @@ pub async fn serve(
         .layer(RpcMetricsLayer::new(limits.request_timeout()))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
         .layer(auth)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .add_routes(routes);
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match tls {
+            Some(tls) => {
+                tasks.push(tls.clone().watch(limits.tls.reload_interval()));
+                let (incoming, accept) = tls.incoming(listener);
+                tasks.push(accept);
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+            }
+            None => Box::pin(
+                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal),
+            ),
+        };
 
     // In-flight unary calls finish; long-lived streams are cut once the grace period is over.
     let mut stopped = stop_rx;
@@ -133,6 +171,9 @@ pub async fn serve(
         }
     };
     readiness_task.abort();
+    for task in tasks {
+        task.abort();
+    }
     result
 }
 

@@ -42,10 +42,11 @@ impl Peers {
     /// Lazy channels to the URLs in `config.internal`.
     pub fn from_config(config: &Config) -> ApiResult<Self> {
         let internal = &config.internal;
+        let channel = |url: &str| peer_channel(url, internal);
         Ok(Self {
-            auth: lazy_channel(&internal.auth_url)?,
-            admin: lazy_channel(&internal.admin_url)?,
-            commands: lazy_channel(&internal.commands_url)?,
+            auth: channel(&internal.auth_url)?,
+            admin: channel(&internal.admin_url)?,
+            commands: channel(&internal.commands_url)?,
             credential: ServiceCredential::new(&internal.service_token)?,
         })
     }
@@ -58,11 +59,30 @@ impl Peers {
 
 /// A channel that connects on first use and reconnects after failures.
 pub fn lazy_channel(url: &str) -> ApiResult<Channel> {
+    peer_channel(url, &crate::config::InternalConfig::default())
+}
+
+/// A lazy channel to another Steward service: `https://` URLs are verified against the system
+/// roots plus `internal.ca_file`, presenting `internal.client_cert_file` when configured (mutual
+/// TLS for internal RPCs).
+pub fn peer_channel(url: &str, internal: &crate::config::InternalConfig) -> ApiResult<Channel> {
+    let configure = |endpoint: Endpoint| {
+        endpoint
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .timeout(std::time::Duration::from_secs(15))
+    };
+    let uri: http::Uri =
+        url.parse().map_err(|e| ApiError::internal(format!("bad peer url {url}: {e}")))?;
+    if uri.scheme_str() == Some("https") {
+        let tls = crate::tls::PeerTls::load(internal)
+            .map_err(|e| ApiError::internal(format!("TLS to {url}: {e}")))?;
+        return tls
+            .channel(&uri, configure)
+            .map_err(|e| ApiError::internal(format!("TLS to {url}: {e}")));
+    }
     let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| ApiError::internal(format!("bad peer url {url}: {e}")))?
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .timeout(std::time::Duration::from_secs(15));
-    Ok(endpoint.connect_lazy())
+        .map_err(|e| ApiError::internal(format!("bad peer url {url}: {e}")))?;
+    Ok(configure(endpoint).connect_lazy())
 }
 
 /// Everything a service needs to start.

@@ -20,6 +20,8 @@ use steward_storage::StorageError;
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 
+pub mod dev_tls;
+
 /// One of Steward's three services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ServiceKind {
@@ -137,6 +139,23 @@ pub fn validate(config: &Config, kinds: &[ServiceKind]) -> Result<(), ServerErro
     if kinds.contains(&ServiceKind::Auth) && config.auth.signing_keys.is_empty() {
         return Err(ServerError::Config("auth.signing_keys must name at least one key".into()));
     }
+    let tls = &config.server.tls;
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return Err(ServerError::Config(
+            "server.tls.cert_file and server.tls.key_file must be set together".into(),
+        ));
+    }
+    if tls.client_ca_file.is_some() && !tls.enabled() {
+        return Err(ServerError::Config(
+            "server.tls.client_ca_file (mutual TLS) needs server.tls.cert_file and key_file".into(),
+        ));
+    }
+    let internal = &config.internal;
+    if internal.client_cert_file.is_some() != internal.client_key_file.is_some() {
+        return Err(ServerError::Config(
+            "internal.client_cert_file and internal.client_key_file must be set together".into(),
+        ));
+    }
     if kinds.contains(&ServiceKind::Auth) && config.auth.mfa_keys.is_empty() {
         return Err(ServerError::Config("auth.mfa_keys must name at least one key".into()));
     }
@@ -186,7 +205,17 @@ pub async fn run(
         verifier,
         Some(config.internal.service_token.clone()),
         Some(audit_denials(peers.clone(), clock.clone())),
-    );
+    )
+    .with_trusted_proxies(config.server.trusted_proxies.clone())
+    .with_internal_client_certificates(config.server.tls.client_ca_file.is_some());
+    let health_listener = match config.server.health_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            tracing::info!(address = %listener.local_addr()?, "plaintext health listener");
+            Some(listener)
+        }
+        None => None,
+    };
 
     let readiness: ReadinessCheck = {
         let databases = Arc::new(databases);
@@ -209,6 +238,7 @@ pub async fn run(
         descriptor_sets: vec![steward_proto::FILE_DESCRIPTOR_SET],
         readiness,
         auth,
+        health_listener,
     };
     let local = listener.local_addr()?;
     tracing::info!(address = %local, services = ?kinds, "steward listening");
@@ -267,10 +297,22 @@ pub fn random_secret() -> String {
 }
 
 /// Settings of `steward-server dev`: every service on `addr`, SQLite files, a generated signing
-/// key and file mail under `data_dir`.
-pub fn dev_config(base: Config, addr: SocketAddr, data_dir: &Path) -> Result<Config, ServerError> {
+/// key and file mail under `data_dir`; with `tls`, the dev certificate set ([`dev_tls`]) on the
+/// listener and for the internal calls.
+pub fn dev_config(
+    base: Config,
+    addr: SocketAddr,
+    data_dir: &Path,
+    tls: Option<&dev_tls::DevTls>,
+) -> Result<Config, ServerError> {
     let mut config = base;
-    let url = format!("http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}");
+    if let Some(tls) = tls {
+        config.server.tls.cert_file = Some(tls.cert_file.clone());
+        config.server.tls.key_file = Some(tls.key_file.clone());
+        config.internal.ca_file = Some(tls.ca_file.clone());
+    }
     config.server.listen = addr;
     config.database.data_dir = data_dir.to_path_buf();
     config.internal.auth_url = url.clone();

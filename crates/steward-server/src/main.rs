@@ -47,6 +47,9 @@ enum Command {
         /// Email of the first organization's owner, created on first start.
         #[arg(long, default_value = "owner@example.com")]
         owner_email: String,
+        /// Serve TLS with a local CA and certificate generated under `{data-dir}/tls`.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -126,10 +129,11 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
         Command::Admin => single(ServiceKind::Admin, config).await,
         Command::Commands => single(ServiceKind::Commands, config).await,
         Command::Migrate { service } => steward_server::migrate(&config, &service.kinds()).await,
-        Command::Dev { listen, data_dir, owner_email } => {
+        Command::Dev { listen, data_dir, owner_email, tls } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let addr = listener.local_addr()?;
-            let config = dev_config(config, addr, &data_dir)?;
+            let tls = if tls { Some(steward_server::dev_tls::ensure(&data_dir)?) } else { None };
+            let config = dev_config(config, addr, &data_dir, tls.as_ref())?;
             let server = tokio::spawn(run(
                 config.clone(),
                 &ServiceKind::ALL,
@@ -141,7 +145,13 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
                 "steward dev: all services listening on {addr} (data in {})",
                 data_dir.display()
             );
-            println!("  try: grpcurl -plaintext {addr} list");
+            match &tls {
+                Some(tls) => {
+                    println!("  TLS on; clients trust the dev CA: {}", tls.ca_file.display());
+                    println!("  try: grpcurl -cacert {} {addr} list", tls.ca_file.display());
+                }
+                None => println!("  try: grpcurl -plaintext {addr} list"),
+            }
             match bootstrap_dev(&config, &owner_email).await {
                 Ok(Some(link)) => {
                     println!("  first organization created; its owner is {owner_email}");
