@@ -94,6 +94,7 @@ async fn card_number_and_cvc_are_never_logged_or_stored() {
         billing: true,
         session: "session".into(),
         scope: TokenScope::Full,
+        auth_time: chrono::Utc::now().timestamp(),
     };
     let billing = BillingApi::new(state.clone());
     let card = |cvc: &str| PaymentCard {

@@ -58,6 +58,7 @@ impl Signer {
         amr: &[String],
         scope: TokenScope,
         now: DateTime<Utc>,
+        auth_time: DateTime<Utc>,
     ) -> ApiResult<(String, DateTime<Utc>)> {
         let key =
             self.keys.first().ok_or_else(|| ApiError::internal("no signing key configured"))?;
@@ -77,6 +78,7 @@ impl Signer {
             nbf: iat,
             exp,
             scope,
+            auth_time: auth_time.timestamp(),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
@@ -126,8 +128,9 @@ mod tests {
             role: Role::CommandRunner,
             billing: true,
         };
-        let (token, _) =
-            signer.sign(&subject, "s1", &["pwd".into()], TokenScope::Full, Utc::now()).unwrap();
+        let (token, _) = signer
+            .sign(&subject, "s1", &["pwd".into()], TokenScope::Full, Utc::now(), Utc::now())
+            .unwrap();
         let verifier = TokenVerifier::new(
             config.issuer.clone(),
             config.audience.clone(),

@@ -163,7 +163,18 @@ impl Mailer {
                 let io =
                     |e: std::io::Error| ApiError::internal(format!("cannot write email file: {e}"));
                 tokio::fs::create_dir_all(&partial).await.map_err(io)?;
-                tokio::fs::write(&staged, message.formatted()).await.map_err(io)?;
+                // The message holds a live link: readable by the service's user only (0600),
+                // set at creation so it is never readable by others, not even briefly.
+                let mut options = tokio::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                options.mode(0o600);
+                let mut file = options.open(&staged).await.map_err(io)?;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &message.formatted())
+                    .await
+                    .map_err(io)?;
+                tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(io)?;
+                drop(file);
                 tokio::fs::rename(&staged, &path).await.map_err(io)?;
                 tracing::info!(kind, to, path = %path.display(), "dev mode: email written to file, open it for the link");
             }
@@ -199,6 +210,12 @@ mod tests {
             .flatten()
             .find(|e| e.path().extension().is_some_and(|x| x == "eml"))
             .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "mail files hold live links: owner-only");
+        }
         let text = std::fs::read_to_string(entry.path()).unwrap();
         assert!(
             text.contains(&format!("http://localhost:8080/set-password?token={token}\r\n")),

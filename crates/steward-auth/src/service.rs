@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::entity::{credential, mfa_challenge, recovery_code, refresh_token, session};
 use crate::state::{self, invalid_credentials, respond, timestamp, Shared, INVITE, RESET};
-use crate::throttle::{self, ACCOUNT, ADDRESS};
+use crate::throttle::{self, ACCOUNT};
 use crate::{audit, mail_queue, password, secrets, totp};
 
 /// How long an MFA challenge stays open.
@@ -22,6 +22,8 @@ const CHALLENGE_SECS: i64 = 300;
 const CHALLENGE_ATTEMPTS: i32 = 5;
 /// How long a pending MFA enrolment waits for its confirmation.
 const ENROLLMENT_SECS: i64 = 600;
+/// Open MFA challenges kept per administrator; older ones are closed when a new one is issued.
+const OPEN_CHALLENGES: u64 = 3;
 /// Recovery codes issued per enrolment.
 const RECOVERY_CODES: usize = 10;
 
@@ -48,6 +50,37 @@ fn required(field: &str, value: &str) -> ApiResult<()> {
 /// The strength estimator's user inputs for a credential: email and organization name.
 fn user_inputs(credential: &credential::Model) -> [&str; 2] {
     [credential.email.as_str(), credential.organization_display_name.as_str()]
+}
+
+/// Closes all but the newest [`OPEN_CHALLENGES`] open MFA challenges of `administrator`, so
+/// repeated sign-ins cannot pile up challenges (each with its own attempts) to guess codes on.
+async fn close_surplus_challenges(
+    conn: &impl ConnectionTrait,
+    administrator: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ApiResult<()> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let open = mfa_challenge::Entity::find()
+        .filter(mfa_challenge::Column::Administrator.eq(administrator))
+        .filter(mfa_challenge::Column::UsedAt.is_null())
+        .filter(mfa_challenge::Column::ExpiresAt.gt(now))
+        .order_by_desc(mfa_challenge::Column::ExpiresAt)
+        .order_by_desc(mfa_challenge::Column::ChallengeHash)
+        .offset(OPEN_CHALLENGES)
+        .limit(1000)
+        .all(conn)
+        .await?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    let surplus: Vec<String> = open.into_iter().map(|c| c.challenge_hash).collect();
+    mfa_challenge::Entity::update_many()
+        .col_expr(mfa_challenge::Column::UsedAt, Expr::value(now))
+        .filter(mfa_challenge::Column::ChallengeHash.is_in(surplus))
+        .filter(mfa_challenge::Column::UsedAt.is_null())
+        .exec(conn)
+        .await?;
+    Ok(())
 }
 
 /// Refuses (`UNAUTHENTICATED`) a principal whose session was revoked or has ended.
@@ -87,7 +120,7 @@ impl Service {
         context: &RequestContext,
     ) -> ApiResult<pb::AcceptInviteResponse> {
         let state = &self.state;
-        let link = state.find_link(&request.token, INVITE).await?;
+        let link = state.find_link(&request.token, INVITE, &context.client_address).await?;
         let credential = credential::Entity::find_by_id(link.administrator.clone())
             .one(&state.db)
             .await?
@@ -145,9 +178,15 @@ impl Service {
         if !request.organization.is_empty() {
             names::parse("organization", &request.organization, &["organizations"])?;
         }
-        let account = throttle::account_key(&email);
-        let address = throttle::address_key(&context.client_address);
-        throttle::check(&state.db, &[account.clone(), address.clone()], state.now()).await?;
+        // Reserved before the password is hashed: parallel guesses cannot outrun the counter.
+        let admission = throttle::Admission::admit(
+            &state.db,
+            throttle::account_key(&email),
+            &ACCOUNT,
+            &context.client_address,
+            state.now(),
+        )
+        .await?;
 
         let mut query = credential::Entity::find()
             .filter(credential::Column::Email.eq(email.as_str()))
@@ -169,9 +208,7 @@ impl Service {
         }
         let credential = match matched.len() {
             0 => {
-                let now = state.now();
-                throttle::fail(&state.db, &account, &ACCOUNT, now).await?;
-                throttle::fail(&state.db, &address, &ADDRESS, now).await?;
+                // The reservation already counted this failure.
                 tracing::info!("sign-in refused");
                 return Err(invalid_credentials());
             }
@@ -184,7 +221,7 @@ impl Service {
                 ))
             }
         };
-        throttle::clear(&state.db, &account).await?;
+        admission.succeeded(&state.db).await?;
         let Some(administrator) = state.lookup(&credential.administrator).await? else {
             tracing::info!(administrator = %credential.administrator, "sign-in of a deleted administrator");
             return Err(invalid_credentials());
@@ -202,6 +239,7 @@ impl Service {
             })
             .exec(&state.db)
             .await?;
+            close_surplus_challenges(&state.db, &credential.administrator, state.now()).await?;
             tracing::info!(administrator = %credential.administrator, "password accepted, mfa challenge issued");
             return Ok(pb::SignInResponse {
                 result: Some(pb::sign_in_response::Result::MfaChallenge(pb::MfaChallenge {
@@ -229,8 +267,6 @@ impl Service {
         let code = request.code.ok_or_else(|| {
             ApiError::invalid("code", "a totp_code or a recovery_code is required")
         })?;
-        let address = throttle::address_key(&context.client_address);
-        throttle::check(&state.db, std::slice::from_ref(&address), state.now()).await?;
         let now = state.now();
         let challenge_hash = secrets::digest(&request.challenge);
         let challenge = mfa_challenge::Entity::find_by_id(challenge_hash.clone())
@@ -240,8 +276,14 @@ impl Service {
             .ok_or_else(invalid_credentials)?;
         // Wrong codes count per administrator across challenges: a fresh sign-in (which clears
         // the password counter) must not buy fresh guesses at the second factor.
-        let account = throttle::mfa_key(&challenge.administrator);
-        throttle::check(&state.db, std::slice::from_ref(&account), now).await?;
+        let admission = throttle::Admission::admit(
+            &state.db,
+            throttle::mfa_key(&challenge.administrator),
+            &ACCOUNT,
+            &context.client_address,
+            now,
+        )
+        .await?;
         // Take one of the challenge's attempts before checking the code, in the database, so
         // parallel guesses on one challenge cannot exceed CHALLENGE_ATTEMPTS.
         let reserved = mfa_challenge::Entity::update_many()
@@ -306,8 +348,6 @@ impl Service {
             }
         };
         if !accepted {
-            throttle::fail(&state.db, &account, &ACCOUNT, now).await?;
-            throttle::fail(&state.db, &address, &ADDRESS, now).await?;
             tracing::info!(administrator = %credential.administrator, "mfa code refused");
             return Err(invalid_credentials());
         }
@@ -320,7 +360,7 @@ impl Service {
         if completed.rows_affected != 1 {
             return Err(invalid_credentials());
         }
-        throttle::clear(&state.db, &account).await?;
+        admission.succeeded(&state.db).await?;
         let administrator =
             state.lookup(&credential.administrator).await?.ok_or_else(invalid_credentials)?;
         let subject = state.subject(&administrator)?;
@@ -396,14 +436,14 @@ impl Service {
         tx.commit().await?;
         let amr: Vec<String> =
             session.amr.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
-        let tokens = state.token_set(
-            &subject,
-            &session.id,
-            &amr,
-            TokenScope::Full,
-            Some(next),
-            session.expires_at,
-        )?;
+        let facts = state::SessionFacts {
+            id: &session.id,
+            amr: &amr,
+            scope: TokenScope::Full,
+            expires: session.expires_at,
+            auth_time: session.created_at,
+        };
+        let tokens = state.token_set(&subject, &facts, Some(next))?;
         Ok(pb::RefreshSessionResponse { tokens: Some(tokens) })
     }
 
@@ -417,15 +457,20 @@ impl Service {
         required("current_password", &request.current_password)?;
         required("new_password", &request.new_password)?;
         let credential = self.signed_in(principal).await?;
-        let account = throttle::account_key(&credential.email);
-        throttle::check(&state.db, std::slice::from_ref(&account), state.now()).await?;
+        let admission = throttle::Admission::admit(
+            &state.db,
+            throttle::account_key(&credential.email),
+            &ACCOUNT,
+            &context.client_address,
+            state.now(),
+        )
+        .await?;
         if !state
             .hasher
             .verify(&request.current_password, credential.password_hash.as_deref())
             .await?
         {
             let now = state.now();
-            throttle::fail(&state.db, &account, &ACCOUNT, now).await?;
             let reason = "the current password was wrong";
             audit::record(
                 &state.db,
@@ -440,6 +485,7 @@ impl Service {
             tracing::info!(administrator = %principal.administrator, "password change refused");
             return Err(invalid_credentials());
         }
+        admission.succeeded(&state.db).await?;
         password::validate("new_password", &request.new_password, &user_inputs(&credential))?;
         let hash = state.hasher.hash(&request.new_password).await?;
         let now = state.now();
@@ -486,16 +532,21 @@ impl Service {
         let now = state.now();
         let keys =
             [throttle::reset_key(&email), throttle::reset_address_key(&context.client_address)];
-        match throttle::check(&state.db, &keys, now).await {
-            Ok(()) => {
-                let tx = state.begin_write().await?;
-                throttle::fail(&tx, &keys[0], &throttle::RESET_EMAIL, now).await?;
-                throttle::fail(&tx, &keys[1], &throttle::RESET_ADDRESS, now).await?;
+        // Both allowances are reserved in the transaction that queues the mail, so a burst of
+        // parallel requests queues at most the allowance; a refusal rolls everything back.
+        let tx = state.begin_write().await?;
+        let reserved = match throttle::reserve(&tx, &keys[0], &throttle::RESET_EMAIL, now).await {
+            Ok(_) => throttle::reserve(&tx, &keys[1], &throttle::RESET_ADDRESS, now).await,
+            Err(err) => Err(err),
+        };
+        match reserved {
+            Ok(_) => {
                 let mail = mail_queue::ResetMail { email, organization: request.organization };
                 mail_queue::queue_reset(&tx, &mail, now).await?;
                 tx.commit().await?;
             }
             Err(ApiError::ResourceExhausted { .. }) => {
+                tx.rollback().await?;
                 tracing::info!("password reset request throttled, nothing sent");
             }
             Err(err) => return Err(err),
@@ -509,7 +560,7 @@ impl Service {
         context: &RequestContext,
     ) -> ApiResult<pb::ResetPasswordResponse> {
         let state = &self.state;
-        let link = state.find_link(&request.token, RESET).await?;
+        let link = state.find_link(&request.token, RESET, &context.client_address).await?;
         let credential = credential::Entity::find_by_id(link.administrator.clone())
             .one(&state.db)
             .await?

@@ -21,6 +21,7 @@ use crate::jwt::{Signer, Subject};
 use crate::mailer::Mailer;
 use crate::password::Hasher;
 use crate::secrets;
+use crate::throttle;
 
 /// Kind of a link token.
 pub const INVITE: &str = "invite";
@@ -64,6 +65,21 @@ pub struct State {
     pub sealer: crate::sealed::Sealer,
     /// `AdminInternalService` with the service credential.
     pub admin: AdminInternalServiceClient<InternalChannel>,
+}
+
+/// What tokens are issued from: one session's facts.
+#[derive(Debug)]
+pub struct SessionFacts<'a> {
+    /// Session id (`sid`).
+    pub id: &'a str,
+    /// Authentication methods (`amr`).
+    pub amr: &'a [String],
+    /// Usage restriction.
+    pub scope: TokenScope,
+    /// When the session (its refresh tokens) ends.
+    pub expires: DateTime<Utc>,
+    /// When the administrator authenticated (`auth_time`): the session's start.
+    pub auth_time: DateTime<Utc>,
 }
 
 /// Shared state handle.
@@ -158,24 +174,30 @@ impl State {
             tx.commit().await?;
         }
         tracing::info!(administrator = %subject.administrator, session = %sid, scope = scope_name(scope), "session started");
-        self.token_set(subject, &sid, &amr, scope, refresh, expires)
+        let session = SessionFacts { id: &sid, amr: &amr, scope, expires, auth_time: now };
+        self.token_set(subject, &session, refresh)
     }
 
     /// Tokens for an existing session.
     pub fn token_set(
         &self,
         subject: &Subject,
-        sid: &str,
-        amr: &[String],
-        scope: TokenScope,
+        session: &SessionFacts<'_>,
         refresh: Option<String>,
-        session_expires: DateTime<Utc>,
     ) -> ApiResult<TokenSet> {
-        let (access, access_expires) = self.signer.sign(subject, sid, amr, scope, self.now())?;
+        let scope = session.scope;
+        let (access, access_expires) = self.signer.sign(
+            subject,
+            session.id,
+            session.amr,
+            scope,
+            self.now(),
+            session.auth_time,
+        )?;
         Ok(TokenSet {
             access_token: access,
             access_token_expire_time: Some(timestamp(access_expires)),
-            refresh_token_expire_time: refresh.as_ref().map(|_| timestamp(session_expires)),
+            refresh_token_expire_time: refresh.as_ref().map(|_| timestamp(session.expires)),
             refresh_token: refresh.unwrap_or_default(),
             token_type: "Bearer".into(),
             scope: match scope {
@@ -186,15 +208,26 @@ impl State {
     }
 
     /// A valid (unused, unexpired) link token of `kind`, or "invalid credentials".
-    pub async fn find_link(&self, token: &str, kind: &str) -> ApiResult<link_token::Model> {
+    ///
+    /// Invalid tokens count against the client address ([`throttle::LINK_ADDRESS`]), reserved
+    /// before the lookup; a valid one gives its slot back.
+    pub async fn find_link(
+        &self,
+        token: &str,
+        kind: &str,
+        client_address: &str,
+    ) -> ApiResult<link_token::Model> {
         if token.is_empty() {
             return Err(ApiError::invalid("token", "is required"));
         }
+        let key = throttle::link_address_key(client_address);
+        throttle::reserve(&self.db, &key, &throttle::LINK_ADDRESS, self.now()).await?;
         let link = link_token::Entity::find_by_id(secrets::digest(token))
             .one(&self.db)
             .await?
             .filter(|l| l.kind == kind && l.used_at.is_none() && l.expires_at > self.now())
             .ok_or_else(invalid_credentials)?;
+        throttle::release(&self.db, &key).await?;
         Ok(link)
     }
 

@@ -1,14 +1,26 @@
-//! Sign-in throttling per account (the email as typed, so unknown emails are throttled exactly
-//! like known ones) and per client address. A key may fail a few times freely; from then on each
-//! failure locks it for a delay that doubles with every further failure, up to a ceiling.
-//! Counters are forgotten after an hour without failures; a successful sign-in clears the
-//! account's counter (not the address's). Time comes from the injected clock.
+//! Throttling of guesses (passwords, second-factor codes, link tokens) and of password-reset
+//! mail, per account (the email as typed, so unknown emails are throttled exactly like known ones)
+//! and per client address (IPv6 by /64).
+//!
+//! Every throttle **reserves before it evaluates**: [`reserve`] takes one attempt from the key's
+//! allowance with a single conditional `UPDATE` (an atomic increment that only succeeds while the
+//! key is not locked), so a burst of parallel guesses, on any number of replicas sharing the
+//! database, evaluates at most the free allowance; the rest are refused before any password is
+//! hashed. The attempt that uses the last free slot, and every later one, also sets the lock
+//! (`locked_until`), so at most one attempt per lock window gets through and the window doubles
+//! each time, up to a ceiling. A successful attempt gives its slot back ([`release`]), or forgets
+//! the account's failures altogether ([`clear`]). Counters quiet for an hour start over. Time
+//! comes from the injected clock.
+//!
+//! The address dimension never locks out an account by itself: see [`Admission`].
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::sea_query::OnConflict;
+#[cfg(test)]
+use sea_orm::DatabaseConnection;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use steward_runtime::{ApiError, ApiResult};
 
@@ -81,102 +93,201 @@ pub fn mfa_key(administrator: &str) -> String {
     format!("mfa:{administrator}")
 }
 
-/// The address key of a peer address (`ip:port` or `[ip6]:port`), without the port.
+/// The address key of a client address (`ip`, `ip:port` or `[ip6]:port`), without the port.
+/// IPv6 addresses are keyed by their /64: one host usually holds a whole /64, so keying by the
+/// full address would hand an attacker 2^64 fresh counters.
 pub fn address_key(client_address: &str) -> String {
-    let host = match client_address.parse::<std::net::SocketAddr>() {
-        Ok(addr) => addr.ip().to_string(),
+    let ip = client_address
+        .parse::<std::net::SocketAddr>()
+        .map(|addr| addr.ip())
+        .or_else(|_| client_address.parse::<std::net::IpAddr>());
+    let host = match ip {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let segments = v6.segments();
+            let prefix = std::net::Ipv6Addr::new(
+                segments[0],
+                segments[1],
+                segments[2],
+                segments[3],
+                0,
+                0,
+                0,
+                0,
+            );
+            format!("{prefix}/64")
+        }
+        Ok(std::net::IpAddr::V6(v6)) => v6.to_canonical().to_string(),
+        Ok(ip) => ip.to_string(),
         Err(_) => client_address.to_string(),
     };
     format!("address:{host}")
 }
 
-/// Refuses with RESOURCE_EXHAUSTED (and the time left) while any of `keys` is locked.
-pub async fn check(
-    db: &impl ConnectionTrait,
-    keys: &[String],
-    now: DateTime<Utc>,
-) -> ApiResult<()> {
-    let mut wait = 0_i64;
-    for key in keys {
-        if let Some(row) = throttle::Entity::find_by_id(key.clone()).one(db).await? {
-            if let Some(until) = row.locked_until {
-                let left = (until - now).num_milliseconds();
-                wait = wait.max(left);
-            }
-        }
-    }
-    if wait > 0 {
-        let secs = u64::try_from((wait + 999) / 1000).unwrap_or(1).max(1);
-        return Err(ApiError::ResourceExhausted { retry_after: Duration::from_secs(secs) });
-    }
-    Ok(())
+/// The key counting invalid invite and reset links presented from a client address.
+pub fn link_address_key(client_address: &str) -> String {
+    format!("link-{}", address_key(client_address))
 }
 
-/// Counts a failure against `key` under `policy`. The count is incremented in the database
-/// (`failures = failures + 1`), never read and written back, so concurrent failures (a burst of
-/// parallel guesses) each count.
-pub async fn fail(
+/// Invalid link tokens per client address: twenty free, then the usual doubling lock.
+pub const LINK_ADDRESS: Policy =
+    Policy { free_failures: 20, base_delay_secs: 2, max_delay_secs: 900, reset_after_secs: 3600 };
+
+/// Compare-and-swap rounds [`reserve`] tries before refusing.
+const RESERVE_ROUNDS: usize = 32;
+
+fn exhausted(locked_until: Option<DateTime<Utc>>, now: DateTime<Utc>) -> ApiError {
+    let left = locked_until.map_or(1000, |until| (until - now).num_milliseconds());
+    let secs = u64::try_from((left + 999) / 1000).unwrap_or(1).max(1);
+    ApiError::ResourceExhausted { retry_after: Duration::from_secs(secs) }
+}
+
+/// Takes one attempt from `key`'s allowance under `policy`, before the attempt is evaluated, and
+/// answers how many attempts were already counted against the key. Refuses with
+/// `RESOURCE_EXHAUSTED` (and the time left) while the key is locked.
+///
+/// The decision is one conditional `UPDATE` per step, never a read followed by a write, so it
+/// holds under parallel attempts on SQLite and PostgreSQL alike (PostgreSQL re-evaluates the
+/// condition on the row once a concurrent writer commits).
+pub async fn reserve(
     db: &impl ConnectionTrait,
     key: &str,
     policy: &Policy,
     now: DateTime<Utc>,
-) -> ApiResult<()> {
-    // A counter quiet for `reset_after_secs` starts over.
+) -> ApiResult<i32> {
+    let unlocked =
+        || throttle::Column::LockedUntil.is_null().or(throttle::Column::LockedUntil.lte(now));
+    // A counter quiet for `reset_after_secs` (and not locked) starts over.
     throttle::Entity::update_many()
         .col_expr(throttle::Column::Failures, Expr::value(0))
+        .col_expr(throttle::Column::LockedUntil, Expr::value(Option::<DateTime<Utc>>::None))
         .filter(throttle::Column::Key.eq(key))
         .filter(
             throttle::Column::UpdatedAt
                 .lt(now - chrono::Duration::seconds(policy.reset_after_secs)),
         )
+        .filter(unlocked())
         .exec(db)
         .await?;
     let row = throttle::ActiveModel {
         key: Set(key.to_string()),
-        failures: Set(1),
+        failures: Set(0),
         locked_until: Set(None),
         updated_at: Set(now),
     };
     throttle::Entity::insert(row)
-        .on_conflict(
-            OnConflict::column(throttle::Column::Key)
-                .value(
-                    throttle::Column::Failures,
-                    Expr::col((throttle::Entity, throttle::Column::Failures)).add(1),
-                )
-                .update_column(throttle::Column::UpdatedAt)
-                .to_owned(),
-        )
-        .exec(db)
+        .on_conflict(OnConflict::column(throttle::Column::Key).do_nothing().to_owned())
+        .exec_without_returning(db)
         .await?;
-    let failures =
-        throttle::Entity::find_by_id(key.to_string()).one(db).await?.map_or(1, |r| r.failures);
-    let delay = policy.delay(failures);
-    if delay > 0 {
-        let until = now + chrono::Duration::seconds(delay);
-        // Only ever extends a lock, so a slower concurrent failure cannot shorten it.
-        throttle::Entity::update_many()
-            .col_expr(throttle::Column::LockedUntil, Expr::value(Some(until)))
+    // Compare-and-swap on the count: the update applies only if nobody took a slot since the
+    // read, so each admitted attempt knows exactly how many came before it. A lost race reads
+    // again; after a few slots the key is locked and every loser is refused at the read.
+    for _ in 0..RESERVE_ROUNDS {
+        let current = throttle::Entity::find_by_id(key.to_string())
+            .one(db)
+            .await?
+            .ok_or_else(|| ApiError::internal("throttle counter vanished"))?;
+        if current.locked_until.is_some_and(|until| until > now) {
+            return Err(exhausted(current.locked_until, now));
+        }
+        let taken = current.failures.saturating_add(1);
+        let delay = policy.delay(taken);
+        // The attempt that uses the last free slot, and every paid one, locks as it is taken.
+        let lock = (delay > 0).then(|| now + chrono::Duration::seconds(delay));
+        let swapped = throttle::Entity::update_many()
+            .col_expr(throttle::Column::Failures, Expr::value(taken))
+            .col_expr(throttle::Column::LockedUntil, Expr::value(lock))
+            .col_expr(throttle::Column::UpdatedAt, Expr::value(now))
             .filter(throttle::Column::Key.eq(key))
-            .filter(
-                throttle::Column::LockedUntil.is_null().or(throttle::Column::LockedUntil.lt(until)),
-            )
+            .filter(throttle::Column::Failures.eq(current.failures))
+            .filter(unlocked())
             .exec(db)
             .await?;
-        tracing::info!(
-            failures,
-            delay_secs = delay,
-            kind = key.split(':').next().unwrap_or(""),
-            "sign-in throttled"
-        );
+        if swapped.rows_affected == 1 {
+            if delay > 0 {
+                tracing::info!(
+                    failures = taken,
+                    delay_secs = delay,
+                    kind = key.split(':').next().unwrap_or(""),
+                    "throttle engaged"
+                );
+            }
+            return Ok(current.failures);
+        }
     }
+    // Contended beyond reason: refuse rather than evaluate unaccounted.
+    Err(exhausted(None, now))
+}
+
+/// Gives back the attempt [`reserve`] took, once it turned out to be a success (or was never
+/// evaluated). A lock already set stays.
+pub async fn release(db: &impl ConnectionTrait, key: &str) -> ApiResult<()> {
+    throttle::Entity::update_many()
+        .col_expr(throttle::Column::Failures, Expr::col(throttle::Column::Failures).sub(1))
+        .filter(throttle::Column::Key.eq(key))
+        .filter(throttle::Column::Failures.gt(0))
+        .exec(db)
+        .await?;
     Ok(())
 }
 
-/// Forgets the failures of `key`.
+/// Forgets the failures (and any lock) of `key`.
 pub async fn clear(db: &impl ConnectionTrait, key: &str) -> ApiResult<()> {
     throttle::Entity::delete_by_id(key.to_string()).exec(db).await?;
     Ok(())
+}
+
+/// The reservations an attempt holds: the account's always, the address's when it was free.
+#[derive(Debug)]
+pub struct Admission {
+    account: String,
+    address: String,
+    address_reserved: bool,
+}
+
+impl Admission {
+    /// Admits one guess at an account's secret (password or second factor) from `client_address`.
+    ///
+    /// The account's allowance is hard: once it is spent, nothing is evaluated until its lock
+    /// ends. The address's allowance is soft, so strangers behind the same NAT, proxy or ingress
+    /// cannot lock an administrator out: when the address is locked, a guess is still evaluated
+    /// if the account itself has no recent failures (then it gets that one guess, and any further
+    /// one waits for the address lock). This is the policy of Kanidm's soft-lock and Keycloak's
+    /// per-user brute-force detection: guessing from one address is slowed to one attempt per
+    /// account, while a correct password and code always get through for an account nobody has
+    /// been guessing at.
+    pub async fn admit(
+        db: &impl ConnectionTrait,
+        account: String,
+        account_policy: &Policy,
+        client_address: &str,
+        now: DateTime<Utc>,
+    ) -> ApiResult<Self> {
+        let address = address_key(client_address);
+        let previous = reserve(db, &account, account_policy, now).await?;
+        let address_reserved = match reserve(db, &address, &ADDRESS, now).await {
+            Ok(_) => true,
+            Err(ApiError::ResourceExhausted { retry_after }) => {
+                if previous > 0 {
+                    // Not evaluated after all: the account's slot goes back.
+                    release(db, &account).await?;
+                    return Err(ApiError::ResourceExhausted { retry_after });
+                }
+                tracing::info!("client address throttled; evaluating a guess at an account without recent failures");
+                false
+            }
+            Err(err) => return Err(err),
+        };
+        Ok(Self { account, address, address_reserved })
+    }
+
+    /// The guess was right: the account's failures are forgotten, the address's slot given back.
+    pub async fn succeeded(self, db: &impl ConnectionTrait) -> ApiResult<()> {
+        clear(db, &self.account).await?;
+        if self.address_reserved {
+            release(db, &self.address).await?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -191,29 +302,102 @@ mod tests {
         assert_eq!(ACCOUNT.delay(100), 900);
     }
 
-    #[tokio::test]
-    async fn concurrent_failures_all_count() {
+    async fn database() -> Vec<(steward_storage::testing::TestDatabase, DatabaseConnection)> {
+        let mut out = Vec::new();
         for backend in steward_storage::testing::backends() {
             let db = steward_storage::testing::TestDatabase::create(backend).await.unwrap();
-            let conn = steward_storage::connect(&db.url("auth"), 8).await.unwrap();
+            let conn = steward_storage::connect(&db.url("auth"), 16).await.unwrap();
             <crate::Migrator as sea_orm_migration::MigratorTrait>::up(&conn, None).await.unwrap();
-            let now = Utc::now();
+            out.push((db, conn));
+        }
+        out
+    }
+
+    // A burst of parallel attempts takes at most the free allowance: the reservation, not the
+    // outcome, decides.
+    #[tokio::test]
+    async fn parallel_reservations_never_exceed_the_allowance() {
+        for (db, conn) in database().await {
+            // Whole seconds, so the stored lock compares exactly whatever the column precision.
+            let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
             let key = account_key("victim@example.com");
-            let attempts = (0..16).map(|_| fail(&conn, &key, &ADDRESS, now));
-            for result in futures::future::join_all(attempts).await {
-                result.unwrap();
-            }
+            let attempts = (0..40).map(|_| reserve(&conn, &key, &ACCOUNT, now));
+            let results = futures::future::join_all(attempts).await;
+            let admitted = results.iter().filter(|r| r.is_ok()).count();
+            let refused = results
+                .iter()
+                .filter(|r| matches!(r, Err(ApiError::ResourceExhausted { .. })))
+                .count();
+            assert_eq!(admitted, ACCOUNT.free_failures as usize, "on {:?}", db.backend());
+            assert_eq!(admitted + refused, 40, "no other errors on {:?}", db.backend());
+            let row = throttle::Entity::find_by_id(key.clone()).one(&conn).await.unwrap().unwrap();
+            assert_eq!(row.failures, ACCOUNT.free_failures);
+            assert!(row.locked_until.is_some_and(|t| t > now), "locked after the last free slot");
+            // Once the lock is over exactly one more attempt gets through, and locks for longer.
+            let later = now + chrono::Duration::seconds(ACCOUNT.delay(ACCOUNT.free_failures) + 1);
+            let attempts = (0..10).map(|_| reserve(&conn, &key, &ACCOUNT, later));
+            let admitted =
+                futures::future::join_all(attempts).await.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(admitted, 1, "one paid slot per lock window on {:?}", db.backend());
             let row = throttle::Entity::find_by_id(key).one(&conn).await.unwrap().unwrap();
-            assert_eq!(row.failures, 16, "lost updates on {backend:?}");
-            // Past the free failures of ADDRESS (20)? Not yet: no lock.
-            assert!(row.locked_until.is_none());
+            let lock = row.locked_until.unwrap() - later;
+            assert_eq!(lock.num_seconds(), ACCOUNT.delay(ACCOUNT.free_failures + 1));
+        }
+    }
+
+    #[tokio::test]
+    async fn release_gives_the_slot_back_and_quiet_counters_start_over() {
+        for (db, conn) in database().await {
+            let now = Utc::now();
+            let key = address_key("10.0.0.1:1");
+            for _ in 0..3 {
+                reserve(&conn, &key, &ADDRESS, now).await.unwrap();
+            }
+            release(&conn, &key).await.unwrap();
+            let row = throttle::Entity::find_by_id(key.clone()).one(&conn).await.unwrap().unwrap();
+            assert_eq!(row.failures, 2, "on {:?}", db.backend());
+            let much_later = now + chrono::Duration::seconds(ADDRESS.reset_after_secs + 1);
+            assert_eq!(reserve(&conn, &key, &ADDRESS, much_later).await.unwrap(), 0);
+        }
+    }
+
+    // The soft address dimension: a locked address still lets a guess at an account without
+    // failures through, but not at one that has them.
+    #[tokio::test]
+    async fn a_locked_address_spares_accounts_without_failures() {
+        for (db, conn) in database().await {
+            let now = Utc::now();
+            let client = "192.0.2.7:4000";
+            for i in 0..ADDRESS.free_failures {
+                let account = account_key(&format!("stranger{i}@example.com"));
+                Admission::admit(&conn, account, &ACCOUNT, client, now).await.unwrap();
+            }
+            let address = address_key(client);
+            let row = throttle::Entity::find_by_id(address).one(&conn).await.unwrap().unwrap();
+            assert!(row.locked_until.is_some_and(|t| t > now), "address locked");
+            let owner = account_key("owner@example.com");
+            let admitted = Admission::admit(&conn, owner.clone(), &ACCOUNT, client, now).await;
+            assert!(admitted.is_ok(), "clean account admitted on {:?}", db.backend());
+            // That guess was wrong: the owner's account now has a failure, so the next guess from
+            // the locked address waits.
+            let again = Admission::admit(&conn, owner.clone(), &ACCOUNT, client, now).await;
+            assert!(matches!(again, Err(ApiError::ResourceExhausted { .. })), "{again:?}");
+            let row = throttle::Entity::find_by_id(owner).one(&conn).await.unwrap().unwrap();
+            assert_eq!(row.failures, 1, "the refused attempt gave its slot back");
+            // Another address is unaffected.
+            let other = account_key("owner@example.com");
+            Admission::admit(&conn, other, &ACCOUNT, "198.51.100.1:1", now).await.unwrap();
         }
     }
 
     #[test]
     fn address_keys_drop_the_port() {
         assert_eq!(address_key("127.0.0.1:5555"), "address:127.0.0.1");
-        assert_eq!(address_key("[::1]:5555"), "address:::1");
+        assert_eq!(address_key("[::1]:5555"), "address:::/64");
+        assert_eq!(address_key("[2001:db8:1:2:3:4:5:6]:1"), "address:2001:db8:1:2::/64");
+        assert_eq!(address_key("2001:db8:1:2:ffff::1"), "address:2001:db8:1:2::/64");
+        assert_eq!(address_key("[::ffff:192.0.2.1]:9"), "address:192.0.2.1");
+        assert_eq!(address_key("192.0.2.1"), "address:192.0.2.1");
         assert_eq!(address_key(""), "address:");
         assert_eq!(account_key(" Ada@Example.COM "), "account:ada@example.com");
     }

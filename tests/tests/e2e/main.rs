@@ -39,6 +39,7 @@ macro_rules! backend_test {
 mod admin;
 mod agent;
 mod auth;
+mod bursts;
 mod commands;
 mod email;
 mod foundation;

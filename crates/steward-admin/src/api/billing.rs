@@ -28,6 +28,9 @@ pub struct BillingApi {
 }
 
 /// `organizations/{o}/paymentCard` -> `{o}`.
+/// How recent a sign-in must be to change the payment card.
+pub const RECENT_AUTHENTICATION_SECS: i64 = 300;
+
 fn parse_card_name(field: &str, name: &str) -> ApiResult<String> {
     let org = name.strip_suffix("/paymentCard").ok_or_else(|| {
         ApiError::invalid(field, "must look like `organizations/{id}/paymentCard`")
@@ -87,6 +90,9 @@ impl BillingApi {
             req.payment_card.ok_or_else(|| ApiError::invalid("payment_card", "is required"))?;
         p.check_organization(&input.name)?;
         let org_id = parse_card_name("payment_card.name", &input.name)?;
+        // A stolen access token alone must not redirect the billing: the card changes only
+        // within minutes of a sign-in (password and second factor).
+        p.require_recent_authentication(self.state.now(), RECENT_AUTHENTICATION_SECS)?;
         let mask: Vec<String> = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let mut paths: HashSet<&str> = HashSet::new();
         for path in &mask {
