@@ -28,6 +28,8 @@ struct Dev {
     url: String,
     owner_token: String,
     data: tempfile::TempDir,
+    /// With `dev --tls`: the CA file the banner names.
+    ca: Option<String>,
 }
 
 impl Drop for Dev {
@@ -47,10 +49,15 @@ fn token_in(text: &str) -> Option<String> {
 }
 
 fn start_dev(env: &[(&str, &str)]) -> Dev {
+    start_dev_args(&[], env)
+}
+
+fn start_dev_args(args: &[&str], env: &[(&str, &str)]) -> Dev {
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(sibling_binary("steward-server"))
         .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
+        .args(args)
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
@@ -58,7 +65,7 @@ fn start_dev(env: &[(&str, &str)]) -> Dev {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut addr, mut token) = (None, None);
+    let (mut addr, mut token, mut ca) = (None, None, None);
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline && (addr.is_none() || token.is_none()) {
         let Some(Ok(line)) = lines.next() else { break };
@@ -68,13 +75,18 @@ fn start_dev(env: &[(&str, &str)]) -> Dev {
         if line.contains("set-password?token=") {
             token = token_in(&line);
         }
+        if let Some(rest) = line.split("clients trust the dev CA: ").nth(1) {
+            ca = Some(rest.trim().to_string());
+        }
     }
     std::thread::spawn(move || for _ in lines {});
+    let scheme = if ca.is_some() { "https" } else { "http" };
     Dev {
         child,
-        url: format!("http://{}", addr.expect("dev printed its address")),
+        url: format!("{scheme}://{}", addr.expect("dev printed its address")),
         owner_token: token.expect("dev printed the owner's link"),
         data,
+        ca,
     }
 }
 
@@ -109,6 +121,8 @@ impl Dev {
 struct Identity {
     dir: tempfile::TempDir,
     url: String,
+    /// Trusted through `STEWARD_CA_FILE`.
+    ca: Option<String>,
 }
 
 struct Out {
@@ -129,7 +143,7 @@ impl Out {
 
 impl Identity {
     fn new(dev: &Dev) -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), url: dev.url.clone() }
+        Self { dir: tempfile::tempdir().unwrap(), url: dev.url.clone(), ca: dev.ca.clone() }
     }
 
     fn session_file(&self) -> PathBuf {
@@ -146,7 +160,12 @@ impl Identity {
 
     /// Runs `steward --server URL ARGS...` with `stdin`, in this identity's session directory.
     fn run_at(&self, url: &str, args: &[&str], stdin: &str) -> Out {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_steward"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_steward"));
+        command.env_remove("STEWARD_CA_FILE");
+        if let Some(ca) = &self.ca {
+            command.env("STEWARD_CA_FILE", ca);
+        }
+        let mut child = command
             .args(["--server", url])
             .args(args)
             .env_remove("STEWARD_SERVER")
@@ -205,7 +224,36 @@ fn id(name: &str) -> &str {
 
 #[test]
 fn seed_walkthrough_with_the_cli() {
-    let dev = start_dev(&[]);
+    cli_walkthrough(start_dev(&[]));
+}
+
+/// The same walk-through against `dev --tls`, the CLI trusting the dev CA through
+/// `STEWARD_CA_FILE` and the agent through `--ca-file`.
+#[test]
+fn seed_walkthrough_with_the_cli_over_tls() {
+    let dev = start_dev_args(&["--tls"], &[]);
+    assert!(dev.url.starts_with("https://"), "{}", dev.url);
+    // Without the CA the CLI says the certificate is not trusted, and exits 1.
+    let stranger = Identity { ca: None, ..Identity::new(&dev) };
+    let refused =
+        stranger.run_with(&["login", "--email", "x@example.com", "--password-stdin"], "x\n");
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("cannot connect") && refused.stderr.contains("UnknownIssuer"),
+        "{}",
+        refused.stderr
+    );
+    // --ca-file works like the variable.
+    let ca = dev.ca.clone().unwrap();
+    let flagged = stranger.run_with(
+        &["--ca-file", &ca, "login", "--email", "x@example.com", "--password-stdin"],
+        "wrong password\n",
+    );
+    assert!(flagged.stderr.contains("UNAUTHENTICATED"), "{}", flagged.stderr);
+    cli_walkthrough(dev);
+}
+
+fn cli_walkthrough(dev: Dev) {
     let owner = Identity::new(&dev);
     let runner = Identity::new(&dev);
 
@@ -294,6 +342,7 @@ fn seed_walkthrough_with_the_cli() {
     assert!(!owner.run(&["connect-keys", "list"]).ok().stdout.contains(&key), "key shown once");
     let state = tempfile::tempdir().unwrap();
     let mut agent = Command::new(sibling_binary("steward-agent"))
+        .args(dev.ca.iter().flat_map(|ca| ["--ca-file", ca.as_str()]))
         .args(["--server", &dev.url, "--connect-key", &key, "--state-dir"])
         .arg(state.path())
         .env_clear()

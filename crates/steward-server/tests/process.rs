@@ -16,6 +16,29 @@ struct Dev {
     link: String,
     data: tempfile::TempDir,
     token: String,
+    /// With `--tls`: the dev CA file named on the banner.
+    ca: Option<String>,
+}
+
+/// Where grpcurl calls go and how: `-plaintext`, or `-cacert` with the dev CA.
+struct Target {
+    addr: String,
+    flags: Vec<String>,
+}
+
+impl Dev {
+    fn target(&self) -> Target {
+        let flags = match &self.ca {
+            Some(ca) => vec!["-cacert".to_string(), ca.clone()],
+            None => vec!["-plaintext".to_string()],
+        };
+        Target { addr: self.addr.clone(), flags }
+    }
+
+    fn url(&self) -> String {
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
 }
 
 impl Drop for Dev {
@@ -31,11 +54,17 @@ fn start_dev() -> Dev {
 
 /// Starts `dev` with extra environment variables; logs (stderr) go to `log` when given.
 fn start_dev_with(env: &[(&str, &str)], log: Option<&std::path::Path>) -> Dev {
+    start_dev_args(&[], env, log)
+}
+
+/// Starts `dev` with extra arguments and environment variables.
+fn start_dev_args(args: &[&str], env: &[(&str, &str)], log: Option<&std::path::Path>) -> Dev {
     let data = tempfile::tempdir().unwrap();
     let token = "a-test-service-credential-of-sufficient-length".to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_steward-server"))
         .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
+        .args(args)
         .env("STEWARD_INTERNAL__SERVICE_TOKEN", &token)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
@@ -49,11 +78,15 @@ fn start_dev_with(env: &[(&str, &str)], log: Option<&std::path::Path>) -> Dev {
     let mut lines = BufReader::new(stdout).lines();
     let mut addr = None;
     let mut link = None;
+    let mut ca = None;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline && (addr.is_none() || link.is_none()) {
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(rest) = line.split("listening on ").nth(1) {
             addr = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(rest) = line.split("clients trust the dev CA: ").nth(1) {
+            ca = Some(rest.trim().to_string());
         }
         if line.contains("set-password?token=") {
             link = Some(line.trim().to_string());
@@ -67,6 +100,7 @@ fn start_dev_with(env: &[(&str, &str)], log: Option<&std::path::Path>) -> Dev {
         link: link.expect("dev printed the owner's set-password link"),
         data,
         token,
+        ca,
     }
 }
 
@@ -219,12 +253,13 @@ async fn sigterm_lets_an_in_flight_call_finish() {
 /// Runs `grpcurl` with an optional bearer token and JSON body; returns the parsed reply or the
 /// error text.
 fn call(
-    addr: &str,
+    target: &Target,
     token: Option<&str>,
     method: &str,
     body: serde_json::Value,
 ) -> Result<serde_json::Value, String> {
-    let mut args = vec!["-plaintext".to_string()];
+    let addr = &target.addr;
+    let mut args = target.flags.clone();
     if let Some(token) = token {
         args.push("-H".into());
         args.push(format!("authorization: Bearer {token}"));
@@ -239,7 +274,7 @@ fn call(
     }
 }
 
-fn sign_in(addr: &str, email: &str, password: &str) -> String {
+fn sign_in(addr: &Target, email: &str, password: &str) -> String {
     let reply = call(
         addr,
         None,
@@ -257,8 +292,27 @@ fn sign_in(addr: &str, email: &str, password: &str) -> String {
 /// safeguards holding.
 #[test]
 fn seed_walkthrough_with_grpcurl() {
-    let dev = start_dev();
-    let addr = dev.addr.as_str();
+    seed_walkthrough(start_dev());
+}
+
+/// The same walk-through against `dev --tls`: grpcurl verifies with `-cacert`, the agent with
+/// `--ca-file`, both given the CA file the banner names.
+#[test]
+fn seed_walkthrough_with_grpcurl_over_tls() {
+    let dev = start_dev_args(&["--tls"], &[("RUST_LOG", "warn")], None);
+    let ca = dev.ca.clone().expect("the banner names the CA file");
+    assert!(std::path::Path::new(&ca).exists(), "{ca}");
+    // Plaintext to a TLS port fails; without the CA grpcurl refuses the certificate.
+    let (ok, plain) = grpcurl(&["-plaintext", &dev.addr, "list"]);
+    assert!(!ok, "{plain}");
+    let (ok, untrusted) = grpcurl(&[&dev.addr, "list"]);
+    assert!(!ok && untrusted.contains("certificate"), "{untrusted}");
+    seed_walkthrough(dev);
+}
+
+fn seed_walkthrough(dev: Dev) {
+    let target = dev.target();
+    let addr = &target;
     let password = "correct horse battery staple 42!";
 
     // 1. The owner sets a password with the printed link and signs in.
@@ -320,8 +374,9 @@ fn seed_walkthrough_with_grpcurl() {
     assert!(agent_bin.exists(), "build the agent first: cargo build -p steward-agent");
     let state = tempfile::tempdir().unwrap();
     let mut agent = Command::new(agent_bin)
-        .args(["--server", &format!("http://{addr}"), "--connect-key", &key, "--state-dir"])
+        .args(["--server", &dev.url(), "--connect-key", &key, "--state-dir"])
         .arg(state.path())
+        .args(dev.ca.iter().flat_map(|ca| ["--ca-file", ca.as_str()]))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .stdout(Stdio::null())
@@ -455,17 +510,23 @@ fn seed_walkthrough_with_grpcurl() {
     .unwrap_err();
     assert!(refused.contains("FailedPrecondition") && refused.contains("delete"), "{refused}");
     // Reflection also serves google.rpc, so grpcurl decodes the details: the rule is named.
-    let (ok, detailed) = grpcurl(&[
-        "-plaintext",
-        "-format-error",
-        "-H",
-        &format!("authorization: Bearer {owner}"),
-        "-d",
-        &serde_json::json!({"parent": org, "names": [owner_name], "validateOnly": true})
-            .to_string(),
-        addr,
-        "steward.admin.v1.AdminService/BatchDeleteAdministrators",
-    ]);
+    let mut flags: Vec<&str> = target.flags.iter().map(String::as_str).collect();
+    flags.push("-format-error");
+    let (ok, detailed) = grpcurl(
+        &[
+            flags.as_slice(),
+            &[
+                "-H",
+                &format!("authorization: Bearer {owner}"),
+                "-d",
+                &serde_json::json!({"parent": org, "names": [owner_name], "validateOnly": true})
+                    .to_string(),
+                target.addr.as_str(),
+                "steward.admin.v1.AdminService/BatchDeleteAdministrators",
+            ],
+        ]
+        .concat(),
+    );
     assert!(!ok);
     assert!(
         detailed.contains("google.rpc.PreconditionFailure") && detailed.contains("SELF_DELETE"),

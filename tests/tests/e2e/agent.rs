@@ -30,13 +30,18 @@ fn agent_binary() -> PathBuf {
 }
 
 /// A running agent process; killed when dropped.
-struct AgentProcess {
+pub(crate) struct AgentProcess {
     child: tokio::process::Child,
     log: PathBuf,
 }
 
 impl AgentProcess {
-    fn spawn(url: &str, connect_key: Option<&str>, state_dir: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn spawn(
+        url: &str,
+        connect_key: Option<&str>,
+        state_dir: &Path,
+        extra: &[&str],
+    ) -> Self {
         let log = state_dir.with_extension(format!("{}.log", uuid::Uuid::new_v4().simple()));
         let log_file = std::fs::File::create(&log).unwrap();
         let mut command = tokio::process::Command::new(agent_binary());
@@ -59,12 +64,15 @@ impl AgentProcess {
         Self { child: command.spawn().unwrap(), log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits for the process to exit on its own; returns its status and log.
-    async fn exits_within(&mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+    pub(crate) async fn exits_within(
+        &mut self,
+        limit: Duration,
+    ) -> (std::process::ExitStatus, String) {
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
             .unwrap_or_else(|_| {
@@ -74,13 +82,13 @@ impl AgentProcess {
         (status, self.log())
     }
 
-    async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
 }
 
-async fn connect_key(owner: &Owner) -> (String, String) {
+pub(crate) async fn connect_key(owner: &Owner) -> (String, String) {
     let key = owner
         .client
         .systems()
@@ -117,7 +125,7 @@ async fn systems(owner: &Owner) -> Vec<System> {
 }
 
 /// Waits until exactly one system exists and is connected.
-async fn connected_system(owner: &Owner, agent: &AgentProcess) -> System {
+pub(crate) async fn connected_system(owner: &Owner, agent: &AgentProcess) -> System {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let list = systems(owner).await;
@@ -135,7 +143,12 @@ async fn connected_system(owner: &Owner, agent: &AgentProcess) -> System {
     }
 }
 
-async fn command(owner: &Owner, system: &str, script: &str, timeout_secs: i64) -> String {
+pub(crate) async fn command(
+    owner: &Owner,
+    system: &str,
+    script: &str,
+    timeout_secs: i64,
+) -> String {
     owner
         .client
         .commands()
@@ -160,7 +173,7 @@ async fn command(owner: &Owner, system: &str, script: &str, timeout_secs: i64) -
         .name
 }
 
-async fn start_run(owner: &Owner, command: &str) -> String {
+pub(crate) async fn start_run(owner: &Owner, command: &str) -> String {
     owner
         .client
         .commands()
@@ -177,7 +190,7 @@ async fn start_run(owner: &Owner, command: &str) -> String {
         .name
 }
 
-async fn get_run(owner: &Owner, run: &str) -> Run {
+pub(crate) async fn get_run(owner: &Owner, run: &str) -> Run {
     owner
         .client
         .commands()
@@ -190,7 +203,7 @@ async fn get_run(owner: &Owner, run: &str) -> Run {
 }
 
 /// Polls the run until `done` holds.
-async fn wait_run(
+pub(crate) async fn wait_run(
     owner: &Owner,
     agent: &AgentProcess,
     run: &str,
@@ -211,7 +224,7 @@ async fn wait_run(
     }
 }
 
-fn finished(run: &Run) -> bool {
+pub(crate) fn finished(run: &Run) -> bool {
     ![RunState::Queued as i32, RunState::Running as i32, RunState::Unspecified as i32]
         .contains(&run.state)
 }

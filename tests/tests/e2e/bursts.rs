@@ -148,10 +148,8 @@ backend_test!(parallel_reset_requests_send_only_the_allowance, |stack| async mov
     let clients = two_replicas(&mut stack).await;
     let requests = (0..BURST).map(|i| {
         let mut auth = clients[i % 2].auth();
-        let request = RequestPasswordResetRequest {
-            email: owner.email.clone(),
-            organization: String::new(),
-        };
+        let request =
+            RequestPasswordResetRequest { email: owner.email.clone(), organization: String::new() };
         async move { auth.request_password_reset(request).await }
     });
     for result in join_all(requests).await {

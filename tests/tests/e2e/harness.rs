@@ -25,7 +25,7 @@ use steward_storage::testing::{Backend, TestDatabase, POSTGRES_ENV};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 /// A password every test administrator uses; strong enough for the strength estimator.
 pub const PASSWORD: &str = "correct horse battery staple 42!";
@@ -82,6 +82,19 @@ pub struct Stack {
     data_dir: Arc<tempfile::TempDir>,
     servers: Vec<Running>,
     stopped: Vec<(ServiceKind, SocketAddr)>,
+    /// With TLS: the dev CA every client trusts.
+    ca_pem: Option<Vec<u8>>,
+}
+
+/// How a stack's servers speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Plaintext HTTP/2.
+    Plain,
+    /// TLS with the dev certificate set (`steward-server dev --tls`).
+    Tls,
+    /// TLS, and internal RPCs also need a client certificate from the dev CA.
+    MutualTls,
 }
 
 /// The bootstrap owner of an organization.
@@ -117,25 +130,53 @@ async fn bind() -> TcpListener {
 impl Stack {
     /// All three services in one server.
     pub async fn start(backend: Backend) -> Self {
-        Self::launch(backend, false, |_| {}).await
+        Self::launch(backend, false, Transport::Plain, |_| {}).await
+    }
+
+    /// All three services in one server over `transport`.
+    pub async fn start_secure(backend: Backend, transport: Transport) -> Self {
+        Self::launch(backend, false, transport, |_| {}).await
+    }
+
+    /// All three services in one server over `transport`, with settings changed by `configure`.
+    pub async fn start_secure_with(
+        backend: Backend,
+        transport: Transport,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::launch(backend, false, transport, configure).await
+    }
+
+    /// Three servers over `transport`, with settings changed by `configure`.
+    pub async fn start_split_secure(
+        backend: Backend,
+        transport: Transport,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::launch(backend, true, transport, configure).await
     }
 
     /// All three services in one server, with settings changed by `configure` (e.g. SMTP).
     pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
-        Self::launch(backend, false, configure).await
+        Self::launch(backend, false, Transport::Plain, configure).await
     }
 
     /// The three services as three servers (as deployed), so one can be stopped.
     pub async fn start_split(backend: Backend) -> Self {
-        Self::launch(backend, true, |_| {}).await
+        Self::launch(backend, true, Transport::Plain, |_| {}).await
     }
 
     /// Three servers, as [`Stack::start_split`], with settings changed by `configure`.
     pub async fn start_split_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
-        Self::launch(backend, true, configure).await
+        Self::launch(backend, true, Transport::Plain, configure).await
     }
 
-    async fn launch(backend: Backend, split: bool, configure: impl FnOnce(&mut Config)) -> Self {
+    async fn launch(
+        backend: Backend,
+        split: bool,
+        transport: Transport,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
         let database = Arc::new(TestDatabase::create(backend).await.unwrap());
         let data_dir = Arc::new(tempfile::tempdir().unwrap());
         let mut config = Config::default();
@@ -155,7 +196,25 @@ impl Stack {
             vec![steward_auth::sealed::ensure_dev_mfa_key(&config.database.data_dir).unwrap()];
         config.internal.service_token = steward_server::random_secret();
         config.server.shutdown_grace_secs = 5;
+        let mut ca_pem = None;
+        if transport != Transport::Plain {
+            let tls = steward_server::dev_tls::ensure(data_dir.path()).unwrap();
+            ca_pem = Some(std::fs::read(&tls.ca_file).unwrap());
+            config.server.tls.cert_file = Some(tls.cert_file.clone());
+            config.server.tls.key_file = Some(tls.key_file.clone());
+            config.server.tls.reload_interval_secs = 1;
+            config.internal.ca_file = Some(tls.ca_file.clone());
+            if transport == Transport::MutualTls {
+                config.server.tls.client_ca_file = Some(tls.ca_file.clone());
+                config.internal.client_cert_file = Some(tls.cert_file);
+                config.internal.client_key_file = Some(tls.key_file);
+            }
+        }
         configure(&mut config);
+        // A test that brings its own certificates names its CA as the peers' CA file.
+        if ca_pem.is_none() && config.server.tls.enabled() {
+            ca_pem = config.internal.ca_file.as_ref().map(|ca| std::fs::read(ca).unwrap());
+        }
         let clock = TestClock::default();
         let mut stack = Self {
             backend,
@@ -165,20 +224,22 @@ impl Stack {
             data_dir,
             servers: Vec::new(),
             stopped: Vec::new(),
+            ca_pem,
         };
+        let scheme = stack.scheme();
         if split {
             let listeners = [bind().await, bind().await, bind().await];
             let addrs: Vec<SocketAddr> =
                 listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-            stack.config.internal.auth_url = format!("http://{}", addrs[0]);
-            stack.config.internal.admin_url = format!("http://{}", addrs[1]);
-            stack.config.internal.commands_url = format!("http://{}", addrs[2]);
+            stack.config.internal.auth_url = format!("{scheme}://{}", addrs[0]);
+            stack.config.internal.admin_url = format!("{scheme}://{}", addrs[1]);
+            stack.config.internal.commands_url = format!("{scheme}://{}", addrs[2]);
             for (listener, kind) in listeners.into_iter().zip(ServiceKind::ALL) {
                 stack.spawn(vec![kind], listener);
             }
         } else {
             let listener = bind().await;
-            let url = format!("http://{}", listener.local_addr().unwrap());
+            let url = format!("{scheme}://{}", listener.local_addr().unwrap());
             stack.config.internal.auth_url = url.clone();
             stack.config.internal.admin_url = url.clone();
             stack.config.internal.commands_url = url;
@@ -210,7 +271,7 @@ impl Stack {
         use tonic_health::pb::HealthCheckRequest;
         for _ in 0..200 {
             if let Ok(channel) =
-                Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await
+                self.endpoint(&format!("{}://{addr}", self.scheme())).connect().await
             {
                 let mut health = HealthClient::new(channel);
                 if let Ok(reply) = health.check(HealthCheckRequest { service: String::new() }).await
@@ -232,12 +293,36 @@ impl Stack {
         let addr = listener.local_addr().unwrap();
         self.spawn(ServiceKind::ALL.to_vec(), listener);
         self.wait_serving(addr).await;
-        format!("http://{addr}")
+        format!("{}://{addr}", self.scheme())
+    }
+
+    /// `https` when the stack serves TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The dev CA (PEM) clients of a TLS stack trust.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca_pem.as_deref()
+    }
+
+    /// The dev CA file of a TLS stack.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.config.internal.ca_file.clone()
+    }
+
+    /// An endpoint for `url` that trusts the stack's CA.
+    pub fn endpoint(&self, url: &str) -> Endpoint {
+        steward_proto::client::endpoint(url.to_string(), self.ca_pem.clone()).unwrap()
     }
 
     /// An anonymous client of a replica added with [`Stack::add_replica`].
     pub async fn client_at(&self, url: &str) -> Steward {
-        Steward::connect(url.to_string()).await.unwrap()
+        Steward::connect_with_ca(url.to_string(), self.ca_pem.clone()).await.unwrap()
     }
 
     fn addr_of(&self, kind: ServiceKind) -> SocketAddr {
@@ -246,7 +331,7 @@ impl Stack {
 
     /// URL of the server hosting `kind` (the first one, when replicas exist).
     pub fn url(&self, kind: ServiceKind) -> String {
-        format!("http://{}", self.addr_of(kind))
+        format!("{}://{}", self.scheme(), self.addr_of(kind))
     }
 
     /// Anonymous client of the primary server (for split stacks, of the admin server; use
@@ -257,12 +342,15 @@ impl Stack {
 
     /// Anonymous client of the server hosting `kind`.
     pub async fn client_for(&self, kind: ServiceKind) -> Steward {
-        Steward::connect(self.url(kind)).await.unwrap()
+        self.client_at(&self.url(kind)).await
     }
 
     /// A channel to `kind` carrying the service credential, for internal RPCs.
     pub async fn internal_for(&self, kind: ServiceKind) -> InternalChannel {
-        let channel = Channel::from_shared(self.url(kind)).unwrap().connect().await.unwrap();
+        // As the services dial each other: with the internal CA and, under mutual TLS, the
+        // client certificate.
+        let channel =
+            steward_runtime::service::peer_channel(&self.url(kind), &self.config.internal).unwrap();
         InterceptedService::new(
             channel,
             ServiceCredential::new(&self.config.internal.service_token).unwrap(),

@@ -46,3 +46,4 @@ mod foundation;
 mod roles;
 mod security;
 mod telemetry;
+mod tls;
