@@ -1,6 +1,6 @@
-//! The caller as it is now. An access token outlives a demotion or deletion by its lifetime
-//! (SPEC section 3), so every mutation, every RunCommand and every read by an Administrator token
-//! asks the admin service for the caller's current role instead of trusting the one in the token.
+//! The caller as it is now. An access token outlives a demotion or deletion by its lifetime, so
+//! every call (mutations, RunCommand, reads, access checks) asks the admin service for the
+//! caller's current role instead of trusting the one in the token.
 
 use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
 use steward_proto::admin::v1::administrator::State as AdminState;
@@ -65,16 +65,12 @@ pub(crate) async fn current(
     Ok(Principal { role, ..p.clone() })
 }
 
-/// The caller for a read: a token claiming Administrator (which sees every command and run) is
-/// checked against the current account, so a demoted or deleted Administrator's old token sees
-/// no more than its current role allows. Command Runner tokens need no lookup: they only ever
-/// see their own grants and runs, which deletion and demotion remove.
+/// The caller for a read, as it is now: every read re-checks the caller's account, so a deleted,
+/// deactivated or demoted administrator's unexpired token reads nothing more than its current
+/// role allows (a deleted Command Runner's token reads nothing at all, even before its grants and
+/// runs are gone).
 pub(crate) async fn for_reading(state: &State, p: &Principal) -> ApiResult<Principal> {
-    if p.role == Role::Administrator {
-        current(state, p, false).await
-    } else {
-        Ok(p.clone())
-    }
+    current(state, p, false).await
 }
 
 /// [`current`] for a mutation aimed at `target`; a refusal is queued for the audit log like the

@@ -815,7 +815,7 @@ impl Commands {
         &self,
         request: Request<ListGrantsRequest>,
     ) -> ApiResult<ListGrantsResponse> {
-        let p = authn::principal(&request)?;
+        let p = &caller::current(&self.state, authn::principal(&request)?, true).await?;
         let req = request.get_ref();
         let command = match req.parent.strip_suffix("/commands/-") {
             Some(org) => {
@@ -920,6 +920,22 @@ impl Commands {
             ));
         };
         let db = &self.state.db;
+        // A Command Runner asking about itself learns nothing about commands it holds no grant
+        // on: not whether they exist, nor their targets. NO_GRANT, whatever the command.
+        let own_grant = if is_admin(caller) {
+            None
+        } else {
+            match find_grant(db, &req.command, &principal).await? {
+                Some(grant) => Some(grant),
+                None => {
+                    return Ok(decision(
+                        false,
+                        DecisionReason::NoGrant,
+                        format!("{principal} holds no grant on {}", req.command),
+                    ))
+                }
+            }
+        };
         if find_command(db, &organization, &req.command).await?.is_none() {
             return Ok(decision(
                 false,
@@ -951,7 +967,11 @@ impl Commands {
                 format!("{principal} is an Administrator, who may do anything in the organization"),
             ));
         }
-        match find_grant(db, &req.command, &principal).await? {
+        let grant = match own_grant {
+            Some(grant) => Some(grant),
+            None => find_grant(db, &req.command, &principal).await?,
+        };
+        match grant {
             Some(g) => Ok(Decision {
                 allowed: true,
                 reason: DecisionReason::Grant as i32,
@@ -971,7 +991,7 @@ impl Commands {
         &self,
         request: Request<CheckAccessRequest>,
     ) -> ApiResult<CheckAccessResponse> {
-        let p = authn::principal(&request)?;
+        let p = &caller::for_reading(&self.state, authn::principal(&request)?).await?;
         let decision = self.check(p, request.get_ref(), &mut HashMap::new()).await?;
         Ok(CheckAccessResponse { decision: Some(decision) })
     }
@@ -980,7 +1000,7 @@ impl Commands {
         &self,
         request: Request<BatchCheckAccessRequest>,
     ) -> ApiResult<BatchCheckAccessResponse> {
-        let p = authn::principal(&request)?;
+        let p = &caller::for_reading(&self.state, authn::principal(&request)?).await?;
         let req = request.get_ref();
         parse_org("parent", &req.parent)?;
         p.check_organization(&req.parent)?;

@@ -202,7 +202,7 @@ impl Systems {
         &self,
         request: Request<ListConnectKeysRequest>,
     ) -> ApiResult<ListConnectKeysResponse> {
-        let p = authn::principal(&request)?;
+        let p = &caller::current(&self.state, authn::principal(&request)?, true).await?;
         let req = request.get_ref();
         parse_org("parent", &req.parent)?;
         p.check_organization(&req.parent)?;
@@ -255,7 +255,7 @@ impl Systems {
         &self,
         request: Request<GetSystemRequest>,
     ) -> ApiResult<GetSystemResponse> {
-        let p = authn::principal(&request)?;
+        let p = &caller::current(&self.state, authn::principal(&request)?, true).await?;
         let name = &request.get_ref().name;
         parse_system("name", name)?;
         p.check_organization(name)?;
@@ -267,7 +267,7 @@ impl Systems {
         &self,
         request: Request<ListSystemsRequest>,
     ) -> ApiResult<ListSystemsResponse> {
-        let p = authn::principal(&request)?;
+        let p = &caller::current(&self.state, authn::principal(&request)?, true).await?;
         let req = request.get_ref();
         parse_org("parent", &req.parent)?;
         p.check_organization(&req.parent)?;

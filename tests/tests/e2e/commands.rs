@@ -326,6 +326,20 @@ backend_test!(check_access_explains_every_reason, |stack| async move {
     assert_eq!(ghost.reason, DecisionReason::PrincipalNotFound as i32);
     assert!(!ghost.message.is_empty());
 
+    // A Command Runner learns nothing about commands it holds no grant on: a missing command,
+    // one without targets and an ungranted one with targets all answer NO_GRANT, alike.
+    let ungranted = create_command(&owner, "restart", &[&target]).await;
+    let missing = format!("{}/commands/missing", owner.org);
+    for name in [&missing, &untargeted.name, &ungranted.name] {
+        for action in [Action::Run, Action::Read] {
+            let d = check(&runner.client, "", name, action, "").await.unwrap();
+            assert_eq!(d.reason, DecisionReason::NoGrant as i32, "{name}: {d:?}");
+            assert!(!d.allowed);
+            let shape = d.message.replace(name.as_str(), "<command>");
+            assert_eq!(shape, format!("{} holds no grant on <command>", runner.name), "{d:?}");
+        }
+    }
+
     // Every denial says why twice: a code a program can switch on and a sentence a person can
     // read (one that differs between reasons); and every reason the API defines was produced.
     let denials = [&no_grant, &wrong, &wrong_system, &not_target, &no_targets, &gone, &ghost];

@@ -487,6 +487,63 @@ backend_test!(demoted_or_deleted_administrators_old_token_is_refused, |stack| as
             assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
             assert_eq!(reason(&err), mutation_reason);
         }
+        // And the command service's Administrator-only reads: systems, connect keys, grants.
+        use steward_proto::commands::v1 as cmd;
+        let commands_reads = [
+            member
+                .client
+                .systems()
+                .list_systems(cmd::ListSystemsRequest {
+                    parent: owner.org.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            member
+                .client
+                .systems()
+                .get_system(cmd::GetSystemRequest { name: format!("{}/systems/s1", owner.org) })
+                .await
+                .map(|_| ()),
+            member
+                .client
+                .systems()
+                .list_connect_keys(cmd::ListConnectKeysRequest {
+                    parent: owner.org.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            member
+                .client
+                .commands()
+                .list_grants(cmd::ListGrantsRequest {
+                    parent: command.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+        ];
+        for err in commands_reads.into_iter().map(Result::unwrap_err) {
+            assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+            assert_eq!(reason(&err), mutation_reason);
+        }
+        // Access checks answer for the caller as it is now.
+        let checked = member
+            .client
+            .commands()
+            .check_access(cmd::CheckAccessRequest {
+                command: command.clone(),
+                action: cmd::Action::Run as i32,
+                ..Default::default()
+            })
+            .await;
+        if member.name == demoted.name {
+            let decision = checked.unwrap().into_inner().decision.unwrap();
+            assert_eq!(decision.reason, cmd::DecisionReason::NoGrant as i32);
+        } else {
+            assert_eq!(reason(&checked.unwrap_err()), "CALLER_DELETED");
+        }
     }
 
     // Nothing was created or deleted, and the refusals reach the audit log.
