@@ -632,6 +632,7 @@ async fn reap(state: &State) -> ApiResult<()> {
     release(state, None).await?;
     let db = &state.db;
     let now = state.now();
+    crate::systems::expire_replays(db, now).await?;
     let running: Vec<RunningRow> = result::Entity::find()
         .select_only()
         .column(result::Column::Run)

@@ -289,9 +289,13 @@ pub mod connect_key {
         pub display_name: String,
         /// SHA-256 (hex) of the secret key.
         pub key_hash: String,
-        /// Random salt from which the key was derived, kept only when a `request_id` asked for
-        /// retries to return the key again.
+        /// Unused since keys are random (kept for rows written by earlier versions, whose
+        /// replays no longer return the key).
         pub key_salt: Option<String>,
+        /// The key sealed (XChaCha20-Poly1305) under a key derived from the creating request's
+        /// `request_id`, which is stored nowhere, so a replay of that request within the replay
+        /// window can show the key again and nothing else can. Cleared when the window ends.
+        pub replay_key: Option<String>,
         /// When the key stops working.
         pub expire_time: Option<DateTimeUtc>,
         /// Whether DeleteConnectKey revoked it.

@@ -95,7 +95,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(schema::Initial)]
+        vec![Box::new(schema::Initial), Box::new(schema::ConnectKeyReplay)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -111,8 +111,6 @@ pub(crate) struct State {
     pub peers: Peers,
     /// Woken whenever a run changes on this replica (dispatch and WatchRun wake early).
     pub changed: Arc<Notify>,
-    /// Secret mixed into connect keys derived for idempotent retries.
-    pub key_secret: String,
 }
 
 impl State {
@@ -155,7 +153,6 @@ pub async fn start(
         clock: ctx.clock.clone(),
         peers: ctx.peers.clone(),
         changed: Arc::new(Notify::new()),
-        key_secret: ctx.config.internal.service_token.clone(),
     };
     let max = ctx.config.server.max_message_bytes;
     routes.add_service(

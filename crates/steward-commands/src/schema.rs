@@ -247,3 +247,39 @@ impl MigrationTrait for Initial {
         Ok(())
     }
 }
+
+/// Adds `replay_key` to connect keys: the key sealed under the creating request's `request_id`
+/// for the replay window (see `systems::REPLAY_WINDOW_SECS`).
+#[derive(Debug)]
+pub struct ConnectKeyReplay;
+
+impl MigrationName for ConnectKeyReplay {
+    fn name(&self) -> &str {
+        "m0002_commands_connect_key_replay"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ConnectKeyReplay {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(a("commands_connect_keys"))
+                    .add_column(ColumnDef::new(a("replay_key")).text().null())
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(a("commands_connect_keys"))
+                    .drop_column(a("replay_key"))
+                    .to_owned(),
+            )
+            .await
+    }
+}

@@ -1,6 +1,8 @@
 //! `SystemService`: systems and the connect keys that enrol them.
 
 use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sea_orm::sea_query::Expr;
@@ -45,11 +47,54 @@ pub(crate) fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The connect key derived from `salt` and the service's secret.
-fn derive_key(secret: &str, name: &str, salt: &str) -> String {
-    let digest =
-        Sha256::digest(format!("steward connect key\n{secret}\n{name}\n{salt}").as_bytes());
-    format!("sck_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest))
+/// How long a replay of CreateConnectKey (same `request_id`) shows the key again.
+pub(crate) const REPLAY_WINDOW_SECS: i64 = 600;
+
+/// The cipher sealing a connect key for replays of the request that created it. Its key comes
+/// from the `request_id`, which only the caller knows (the idempotency record keeps a digest of
+/// it), so the database and the configuration together cannot open it.
+fn replay_cipher(request_id: &str, name: &str) -> XChaCha20Poly1305 {
+    let key =
+        Sha256::digest(format!("steward connect key replay\n{request_id}\n{name}").as_bytes());
+    XChaCha20Poly1305::new(&key)
+}
+
+/// `key` sealed for replays of `request_id`: base64(nonce ‖ ciphertext).
+fn seal_for_replay(request_id: &str, name: &str, key: &str) -> ApiResult<String> {
+    let mut nonce = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let sealed = replay_cipher(request_id, name)
+        .encrypt(XNonce::from_slice(&nonce), key.as_bytes())
+        .map_err(|_| ApiError::internal("sealing the connect key for replays failed"))?;
+    let mut blob = nonce.to_vec();
+    blob.extend_from_slice(&sealed);
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(blob))
+}
+
+/// Opens what [`seal_for_replay`] sealed; `None` if it does not open (another request_id).
+fn open_for_replay(request_id: &str, name: &str, stored: &str) -> Option<String> {
+    let blob = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(stored).ok()?;
+    if blob.len() <= 24 {
+        return None;
+    }
+    let (nonce, sealed) = blob.split_at(24);
+    let plain = replay_cipher(request_id, name).decrypt(XNonce::from_slice(nonce), sealed).ok()?;
+    String::from_utf8(plain).ok()
+}
+
+/// Forgets the sealed keys of connect keys past their replay window.
+pub(crate) async fn expire_replays<C: ConnectionTrait>(
+    db: &C,
+    now: DateTime<Utc>,
+) -> ApiResult<u64> {
+    let cutoff = now - chrono::TimeDelta::seconds(REPLAY_WINDOW_SECS);
+    let cleared = connect_key::Entity::update_many()
+        .col_expr(connect_key::Column::ReplayKey, Expr::value(Option::<String>::None))
+        .filter(connect_key::Column::ReplayKey.is_not_null())
+        .filter(connect_key::Column::CreateTime.lt(cutoff))
+        .exec(db)
+        .await?;
+    Ok(cleared.rows_affected)
 }
 
 fn key_proto(m: connect_key::Model, key: String) -> ConnectKey {
@@ -154,8 +199,13 @@ impl Systems {
             None => None,
         };
         rules::request_id(&req.request_id)?;
-        let key = (!req.request_id.is_empty())
-            .then(|| format!("create_connect_key|{}|{}", p.administrator, req.request_id));
+        // The idempotency record holds a digest of the request_id, never the id itself: the id
+        // is what opens the sealed key for a replay.
+        let key = (!req.request_id.is_empty()).then(|| {
+            let digest = Sha256::digest(req.request_id.as_bytes());
+            let digest = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+            format!("create_connect_key|{}|{digest}", p.administrator)
+        });
         let db = &self.state.db;
         if let Some(previous) = remembered(db, &key).await? {
             let m = connect_key::Entity::find_by_id(previous.clone())
@@ -163,25 +213,37 @@ impl Systems {
                 .one(db)
                 .await?
                 .ok_or(ApiError::NotFound(previous))?;
-            let secret = match &m.key_salt {
-                Some(salt) => derive_key(&self.state.key_secret, &m.name, salt),
-                None => String::new(),
+            let within = now - m.create_time < chrono::TimeDelta::seconds(REPLAY_WINDOW_SECS);
+            let secret = m
+                .replay_key
+                .as_deref()
+                .filter(|_| within)
+                .and_then(|sealed| open_for_replay(&req.request_id, &m.name, sealed));
+            return match secret {
+                Some(secret) => {
+                    Ok(CreateConnectKeyResponse { connect_key: Some(key_proto(m, secret)) })
+                }
+                None => Err(ApiError::precondition(
+                    "KEY_NO_LONGER_SHOWN",
+                    m.name,
+                    "this request_id created that connect key more than 10 minutes ago; its key \
+                     is shown only within 10 minutes of creation: delete it and create a new one",
+                )),
             };
-            return Ok(CreateConnectKeyResponse { connect_key: Some(key_proto(m, secret)) });
         }
         let name = format!("{}/connectKeys/{}", p.organization, names::new_id());
-        let (secret, salt) = if key.is_some() && !self.state.key_secret.is_empty() {
-            let salt = random_token();
-            (derive_key(&self.state.key_secret, &name, &salt), Some(salt))
-        } else {
-            (format!("sck_{}", random_token()), None)
+        let secret = format!("sck_{}", random_token());
+        let replay_key = match &key {
+            Some(_) => Some(seal_for_replay(&req.request_id, &name, &secret)?),
+            None => None,
         };
         let model = connect_key::Model {
             name: name.clone(),
             organization: p.organization.clone(),
             display_name: input.display_name,
             key_hash: rules::hash_secret(&secret),
-            key_salt: salt,
+            key_salt: None,
+            replay_key,
             expire_time,
             revoked: false,
             create_time: now,

@@ -23,6 +23,7 @@ use steward_proto::commands::v1::{
     UpdateCommandRequest, WatchRunRequest,
 };
 use steward_server::ServiceKind;
+use steward_storage::testing::Backend;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -1598,4 +1599,70 @@ backend_test!(dispatch_crosses_replicas_and_vanished_agents_fail, |stack| async 
         Some(open_stream_response::Message::Assignment(a)) => assert_eq!(a.run, next.name),
         other => panic!("expected an assignment, got {other:?}"),
     }
+});
+
+// A replayed CreateConnectKey shows the key again only within ten minutes, and what the database
+// keeps cannot produce the key, not even with the service's configuration.
+backend_test!(connect_key_replays_show_the_key_only_within_the_window, |stack| async move {
+    use sea_orm::{ConnectionTrait, Statement};
+    let owner = stack.owner().await;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let create = |request_id: &str| CreateConnectKeyRequest {
+        parent: owner.org.clone(),
+        connect_key: Some(ConnectKey { display_name: "replayed".into(), ..Default::default() }),
+        request_id: request_id.to_string(),
+    };
+    let first = owner.client.systems().create_connect_key(create(&request_id)).await.unwrap();
+    let first = first.into_inner().connect_key.unwrap();
+    stack.clock.advance(Duration::from_secs(9 * 60));
+    let replay = owner.client.systems().create_connect_key(create(&request_id)).await.unwrap();
+    assert_eq!(replay.into_inner().connect_key.unwrap().key, first.key);
+
+    // The row holds neither the request_id nor anything the configuration opens.
+    let url = match stack.backend {
+        Backend::Sqlite => {
+            steward_server::database_url(stack.config(), ServiceKind::Commands).unwrap()
+        }
+        Backend::Postgres => stack.config().database.url.clone(),
+    };
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    let dump = |sql: String| {
+        let db = db.clone();
+        async move {
+            let rows =
+                db.query_all(Statement::from_string(db.get_database_backend(), sql)).await.unwrap();
+            format!("{rows:?}")
+        }
+    };
+    let keys = dump("SELECT * FROM commands_connect_keys".into()).await;
+    let remembered = dump("SELECT * FROM commands_idempotency".into()).await;
+    for (table, text) in [("connect keys", &keys), ("idempotency", &remembered)] {
+        assert!(!text.contains(&first.key), "{table} holds the key");
+        assert!(!text.contains(&request_id), "{table} holds the request_id");
+        assert!(!text.contains(stack.service_token()), "{table} holds the credential");
+    }
+
+    // Past the window: refused with a reason, never a new or derived key.
+    stack.clock.advance(Duration::from_secs(2 * 60));
+    // (The access token has expired too: sign in again.)
+    let tokens = stack.sign_in(&owner.email, crate::harness::PASSWORD).await;
+    let client = stack.client().await.with_token(&tokens.access_token).unwrap();
+    let late = client.systems().create_connect_key(create(&request_id)).await.unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
+    assert!(late.message().contains("10 minutes"), "{late:?}");
+    // The reaper forgets the sealed key once the window is over.
+    let mut cleared = false;
+    for _ in 0..100 {
+        let rows = dump(format!(
+            "SELECT name FROM commands_connect_keys WHERE replay_key IS NOT NULL AND name = '{}'",
+            first.name
+        ))
+        .await;
+        if rows == "[]" {
+            cleared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cleared, "the sealed key outlived its window");
 });

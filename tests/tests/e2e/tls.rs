@@ -428,7 +428,7 @@ async fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
         }
         assert_eq!(events.len(), 2, "{events:?}");
         let addresses: Vec<&str> = events.iter().map(|e| e.client_address.as_str()).collect();
-        let believed = addresses.iter().any(|a| *a == "198.51.100.23");
+        let believed = addresses.contains(&"198.51.100.23");
         assert_eq!(believed, trusted, "trusted={trusted}: {addresses:?}");
         assert!(addresses.iter().all(|a| !a.is_empty()), "{addresses:?}");
     }
