@@ -13,6 +13,14 @@ public service::
         page = steward.admin.ListAdministrators(
             admin_pb2.ListAdministratorsRequest(parent=profile.organization.name))
 
+Over TLS, name the target ``https://host:port`` (or pass ``tls=True``) and, for a
+server whose certificate is not signed by a public CA (``steward-server dev --tls``),
+the PEM of the CA to trust::
+
+    ca = open("data/tls/ca.pem", "rb").read()
+    with Steward("https://127.0.0.1:50051", root_certificates=ca) as steward:
+        ...
+
 Errors are :class:`grpc.RpcError`; :func:`error_details` decodes the
 ``google.rpc`` details (``PreconditionFailure``, ``BadRequest``, ``ErrorInfo``,
 ``RetryInfo``...) that Steward attaches to them.
@@ -23,6 +31,7 @@ from __future__ import annotations
 import collections
 import threading
 from typing import Any, Callable, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 import grpc
 
@@ -128,10 +137,24 @@ class _BearerInterceptor(
 class Steward:
     """A connection to Steward: one channel, one stub per public service.
 
-    ``target`` is ``host:port``. Plaintext unless ``credentials`` (a
-    :class:`grpc.ChannelCredentials`) is given. The access token set with
-    :meth:`set_access_token` (or by :meth:`sign_in`) is sent with every call.
-    ``default_timeout`` (seconds) applies to unary calls made without a timeout.
+    ``target`` is ``host:port`` (any grpc target), ``http://host:port`` or
+    ``https://host:port``. The channel is plaintext unless one of these asks for TLS:
+
+    - an ``https://`` target, or ``tls=True``: TLS, verifying the server against
+      ``root_certificates`` (PEM bytes of the CA(s) to trust) or, when that is None,
+      gRPC's default roots;
+    - ``root_certificates`` alone also implies TLS;
+    - ``credentials``, a ready :class:`grpc.ChannelCredentials` (e.g. for a client
+      certificate), used as it is; it excludes ``root_certificates``.
+
+    ``http://`` with ``tls=True`` (or TLS settings), and ``https://`` with
+    ``tls=False``, raise :class:`ValueError`. ``options`` are grpc channel options
+    (e.g. ``("grpc.ssl_target_name_override", name)``). ``target`` keeps the grpc
+    target (``host:port``, without scheme) and ``tls`` whether the channel uses TLS.
+
+    The access token set with :meth:`set_access_token` (or by :meth:`sign_in`) is
+    sent with every call. ``default_timeout`` (seconds) applies to unary calls made
+    without a timeout.
     """
 
     def __init__(
@@ -139,17 +162,20 @@ class Steward:
         target: str,
         *,
         access_token: Optional[str] = None,
+        tls: Optional[bool] = None,
+        root_certificates: Optional[bytes] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
         options: Optional[Sequence[Tuple[str, Any]]] = None,
         default_timeout: Optional[float] = None,
     ):
-        self.target = target
+        self.target, credentials = _channel_target(target, tls, root_certificates, credentials)
+        self.tls = credentials is not None
         self._lock = threading.Lock()
         self._access_token = access_token
         if credentials is None:
-            raw = grpc.insecure_channel(target, options=options)
+            raw = grpc.insecure_channel(self.target, options=options)
         else:
-            raw = grpc.secure_channel(target, credentials, options=options)
+            raw = grpc.secure_channel(self.target, credentials, options=options)
         self._raw_channel = raw
         self.channel = grpc.intercept_channel(raw, _BearerInterceptor(self._token, default_timeout))
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
@@ -203,6 +229,53 @@ class Steward:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _channel_target(
+    target: str,
+    tls: Optional[bool],
+    root_certificates: Optional[bytes],
+    credentials: Optional[grpc.ChannelCredentials],
+) -> Tuple[str, Optional[grpc.ChannelCredentials]]:
+    """The grpc target and channel credentials (None: plaintext) of a :class:`Steward`."""
+    if root_certificates is not None and not isinstance(root_certificates, bytes):
+        raise TypeError("root_certificates must be PEM bytes, e.g. open('ca.pem', 'rb').read()")
+    if credentials is not None and root_certificates is not None:
+        raise ValueError("pass either credentials or root_certificates, not both")
+    wants_tls = credentials is not None or root_certificates is not None
+    if tls is False and wants_tls:
+        raise ValueError("tls=False contradicts credentials / root_certificates")
+
+    given = target
+    scheme, sep, _ = target.partition("://")
+    scheme = scheme.lower() if sep else ""
+    if scheme in ("http", "https"):
+        url = urlsplit(target)
+        try:
+            port = url.port
+        except ValueError:
+            port = None
+            url = None
+        malformed = url is None or not url.hostname or url.username is not None
+        if malformed or url.path not in ("", "/") or url.query or url.fragment:
+            raise ValueError(f"expected {scheme}://host[:port], got {target!r}")
+        if port is None:
+            port = 443 if scheme == "https" else 80
+            target = f"{url.netloc}:{port}"
+        else:
+            target = url.netloc
+        if scheme == "http" and (tls or wants_tls):
+            raise ValueError(f"{given!r} is plaintext (http://); use https:// for TLS")
+        if scheme == "https":
+            if tls is False:
+                raise ValueError(f"tls=False contradicts {given!r}")
+            tls = True
+
+    if credentials is not None:
+        return target, credentials
+    if tls or root_certificates is not None:
+        return target, grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    return target, None
 
 
 def error_details(error: grpc.RpcError) -> list:

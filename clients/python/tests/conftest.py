@@ -1,7 +1,10 @@
 """Starts the real steward-server binary in dev mode for the SDK's end-to-end tests.
 
 The binary is STEWARD_SERVER_BIN (default: target/debug/steward-server of this repository).
-Each test session gets one fresh server on an ephemeral port with its own data directory.
+The `server` fixture is parametrized: every test using it runs once against a plaintext
+`dev` server and once against `dev --tls` (the clients then trust the dev CA the server
+generated). Each mode gets one fresh server on an ephemeral port with its own data directory;
+pytest runs the modes one after the other.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +28,12 @@ REPO = Path(__file__).resolve().parents[3]
 OWNER_EMAIL = "owner@example.com"
 OWNER_PASSWORD = "correct horse battery staple 42!"
 
-_LISTENING = re.compile(r"all services listening on (\S+:\d+)")
-_LINK_TOKEN = re.compile(r"set-password\?token=([^\s\"'<>&]+)")
+# Each pattern ends with the character that follows the value on its line, so that a line still
+# being written is never taken for the whole value.
+_LISTENING = re.compile(r"all services listening on (\S+:\d+) ")
+_LINK_TOKEN = re.compile(r"set-password\?token=([^\s\"'<>&]+)\s")
+_TLS_CA = re.compile(r"TLS on; clients trust the dev CA: (\S+)\n")
+MODES = ("plaintext", "tls")
 _BOOTSTRAP_FAILED = re.compile(r"could not bootstrap[^\n]*")
 
 
@@ -43,13 +51,23 @@ def server_bin() -> Path:
     return path
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the server gets SIGKILL when this test process dies, however it dies."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 @dataclass
 class Server:
-    target: str
+    mode: str  # "plaintext" or "tls"
+    target: str  # host:port
     data_dir: Path
     log_path: Path
     owner_invite_token: str
     process: subprocess.Popen
+    ca_pem: bytes | None = None  # the dev CA, in TLS mode
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace")
@@ -77,13 +95,19 @@ class Server:
             time.sleep(0.1)
 
     def client(self, access_token: str | None = None) -> Steward:
+        """A new connection: plaintext, or in TLS mode https:// trusting the dev CA."""
+        if self.mode == "tls":
+            return Steward(f"https://{self.target}", root_certificates=self.ca_pem,
+                           access_token=access_token, default_timeout=30)
         return Steward(self.target, access_token=access_token, default_timeout=30)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
+@pytest.fixture(scope="session", params=MODES)
+def server(request, tmp_path_factory) -> Server:
+    mode = request.param
+    tls = mode == "tls"
     binary = server_bin()
-    data_dir = tmp_path_factory.mktemp("steward-data")
+    data_dir = tmp_path_factory.mktemp(f"steward-data-{mode}")
     log_path = data_dir.parent / (data_dir.name + ".log")
     env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"))
     # The server reads every STEWARD_* variable as configuration and refuses unknown keys.
@@ -91,37 +115,44 @@ def server(tmp_path_factory) -> Server:
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(binary), "dev", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
-             "--owner-email", OWNER_EMAIL],
+             "--owner-email", OWNER_EMAIL, *(["--tls"] if tls else [])],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     # Never leave the server behind, even when pytest dies before the teardown.
     atexit.register(lambda: process.poll() is None and process.kill())
-    target = token = None
+    target = token = ca_path = None
     deadline = time.monotonic() + 90
-    while target is None or token is None:
+    while target is None or token is None or (tls and ca_path is None):
         text = log_path.read_text(errors="replace")
         if (m := _LISTENING.search(text)) is not None:
             target = m.group(1)
         if (m := _LINK_TOKEN.search(text)) is not None:
             token = m.group(1)
+        if (m := _TLS_CA.search(text)) is not None:
+            ca_path = Path(m.group(1))
         failed = _BOOTSTRAP_FAILED.search(text)
         if failed or process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            process.wait()
             pytest.exit(
-                f"steward-server did not start ({failed.group(0) if failed else f'exit {process.poll()}'}); "
+                f"steward-server ({mode}) did not start "
+                f"({failed.group(0) if failed else f'exit {process.poll()}'}); "
                 f"output in {log_path}:\n"
                 + "\n".join(text.splitlines()[-30:]),
                 returncode=3,
             )
         time.sleep(0.05)
-    srv = Server(target, data_dir, log_path, token, process)
-    yield srv
-    process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        yield Server(mode, target, data_dir, log_path, token, process,
+                     ca_path.read_bytes() if tls else None)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @dataclass

@@ -15,6 +15,10 @@
  * steward.close();
  * ```
  *
+ * Over TLS, name the target `https://host:port` (or pass `tls: true`) and, for a server whose
+ * certificate is not signed by a public CA (`steward-server dev --tls`), the CA to trust:
+ * `new Steward("https://localhost:50051", { rootCerts: readFileSync("data/tls/ca.pem") })`.
+ *
  * Failed calls reject with a grpc-js `ServiceError`; `errorDetails` decodes the `google.rpc`
  * details (`PreconditionFailure`, `BadRequest`, `ErrorInfo`, `RetryInfo`...) attached to it.
  */
@@ -130,7 +134,14 @@ export type ServiceClient<D extends ServiceDefinition> = {
 export interface StewardOptions {
   /** The access token to send with every call. */
   accessToken?: string;
-  /** Channel credentials; plaintext when unset. */
+  /**
+   * TLS (`credentials.createSsl(rootCerts)`): implied by an `https://` target or by `rootCerts`.
+   * `false` forbids TLS (an error with `https://`, `rootCerts` or `credentials`).
+   */
+  tls?: boolean;
+  /** PEM of the CA(s) to trust over TLS; unset: Node's default roots. Implies TLS. */
+  rootCerts?: Buffer;
+  /** Ready channel credentials (e.g. with a client certificate), used as they are; not with rootCerts. */
   credentials?: ChannelCredentials;
   /** grpc-js channel options. */
   channelOptions?: ChannelOptions;
@@ -138,7 +149,14 @@ export interface StewardOptions {
   defaultTimeoutMs?: number;
 }
 
-/** A connection to Steward: one channel, one client per public service. */
+/**
+ * A connection to Steward: one channel, one client per public service.
+ *
+ * `target` is `host:port` (any grpc-js target), `http://host:port` or `https://host:port`. The
+ * channel is plaintext unless TLS is asked for by an `https://` target, `tls: true`, `rootCerts` or
+ * `credentials` (see `StewardOptions`); `http://` with TLS settings is an error. The `target`
+ * property is the grpc target (`host:port`, without scheme); `tls` tells whether TLS is on.
+ */
 export class Steward {
   readonly auth: ServiceClient<typeof AuthServiceDefinition>;
   readonly admin: ServiceClient<typeof AdminServiceDefinition>;
@@ -149,16 +167,20 @@ export class Steward {
   readonly systems: ServiceClient<typeof SystemServiceDefinition>;
   readonly agents: ServiceClient<typeof AgentServiceDefinition>;
 
+  /** The grpc target: `host:port`, without scheme. */
+  readonly target: string;
+  /** Whether the channel uses TLS. */
+  readonly tls: boolean;
+
   private readonly client: Client;
   private token: string | undefined;
   private readonly defaultTimeoutMs: number | undefined;
 
-  constructor(readonly target: string, options: StewardOptions = {}) {
-    this.client = new Client(
-      target,
-      options.credentials ?? grpcCredentials.createInsecure(),
-      options.channelOptions ?? {},
-    );
+  constructor(target: string, options: StewardOptions = {}) {
+    const [channelTarget, channelCredentials] = channelSettings(target, options);
+    this.target = channelTarget;
+    this.tls = channelCredentials._isSecure();
+    this.client = new Client(channelTarget, channelCredentials, options.channelOptions ?? {});
     this.token = options.accessToken;
     this.defaultTimeoutMs = options.defaultTimeoutMs;
     this.auth = this.service(AuthServiceDefinition);
@@ -256,6 +278,43 @@ export class Steward {
     const timeoutMs = opts.timeoutMs ?? (unary ? this.defaultTimeoutMs : undefined);
     return timeoutMs === undefined ? {} : { deadline: Date.now() + timeoutMs };
   }
+}
+
+/** The grpc target and channel credentials of a `Steward`. */
+function channelSettings(target: string, options: StewardOptions): [string, ChannelCredentials] {
+  const { tls, rootCerts, credentials } = options;
+  if (rootCerts !== undefined && !Buffer.isBuffer(rootCerts)) {
+    throw new TypeError("rootCerts must be a Buffer of PEM, e.g. readFileSync('ca.pem')");
+  }
+  if (credentials && rootCerts) {
+    throw new Error("pass either credentials or rootCerts, not both");
+  }
+  const wantsTls = credentials !== undefined || rootCerts !== undefined;
+  if (tls === false && wantsTls) {
+    throw new Error("tls: false contradicts credentials / rootCerts");
+  }
+  let secure = tls === true || wantsTls;
+  const scheme = /^(https?):\/\//i.exec(target)?.[1].toLowerCase();
+  if (scheme) {
+    const url = URL.canParse(target) ? new URL(target) : undefined;
+    const extra = url && (url.username || url.password || url.search || url.hash || url.pathname !== "/");
+    if (!url || !url.hostname || extra) {
+      throw new Error(`expected ${scheme}://host[:port], got ${JSON.stringify(target)}`);
+    }
+    // `URL` leaves out the scheme's default port; grpc needs it.
+    const given = target;
+    target = `${url.hostname}:${url.port || (scheme === "https" ? 443 : 80)}`;
+    if (scheme === "http" && secure) {
+      throw new Error(`${JSON.stringify(given)} is plaintext (http://); use https:// for TLS`);
+    }
+    if (scheme === "https") {
+      if (tls === false) throw new Error(`tls: false contradicts ${JSON.stringify(given)}`);
+      secure = true;
+    }
+  }
+  if (credentials) return [target, credentials];
+  if (!secure) return [target, grpcCredentials.createInsecure()];
+  return [target, grpcCredentials.createSsl(rootCerts ?? null)];
 }
 
 // --- rich errors --------------------------------------------------------------------------------

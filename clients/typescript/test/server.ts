@@ -1,8 +1,8 @@
 // Starts the real steward-server binary in dev mode for the SDK's end-to-end tests.
 //
 // The binary is STEWARD_SERVER_BIN (default: target/debug/steward-server of this repository,
-// resolved from this file's location). Each test file gets one fresh server on an ephemeral port
-// with its own data directory.
+// resolved from this file's location). Each server is fresh, on an ephemeral port with its own data
+// directory; in "tls" mode it runs `dev --tls` and its clients trust the dev CA it generated.
 
 import { ChildProcess, spawn } from "node:child_process";
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, statSync } from "node:fs";
@@ -11,6 +11,9 @@ import { isAbsolute, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import { Steward } from "../src/index";
+
+export type Mode = "plaintext" | "tls";
+export const MODES: readonly Mode[] = ["plaintext", "tls"];
 
 export const OWNER_EMAIL = "owner@example.com";
 export const OWNER_PASSWORD = "correct horse battery staple 42!";
@@ -31,18 +34,34 @@ export function serverBin(): string {
   return path;
 }
 
+// Servers still running: killed when this process exits, however it gets there.
+const running = new Set<ChildProcess>();
+process.once("exit", () => running.forEach((child) => child.kill("SIGKILL")));
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  process.once(signal, () => {
+    running.forEach((child) => child.kill("SIGKILL"));
+    // Then die of the signal as without this handler, unless someone else handles it.
+    if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+  });
+}
+
 export class Server {
   private constructor(
+    readonly mode: Mode,
+    /** host:port */
     readonly target: string,
     readonly dataDir: string,
     readonly logPath: string,
     readonly ownerInviteToken: string,
     private readonly child: ChildProcess,
+    /** The dev CA, in TLS mode. */
+    readonly caPem?: Buffer,
   ) {}
 
-  static async start(): Promise<Server> {
+  static async start(mode: Mode = "plaintext"): Promise<Server> {
+    const tls = mode === "tls";
     const binary = serverBin();
-    const dataDir = mkdtempSync(join(tmpdir(), "steward-ts-"));
+    const dataDir = mkdtempSync(join(tmpdir(), `steward-ts-${mode}-`));
     const logPath = `${dataDir}.log`;
     // The server reads every STEWARD_* variable as configuration and refuses unknown keys.
     const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: "1", RUST_LOG: process.env.RUST_LOG ?? "info" };
@@ -50,7 +69,8 @@ export class Server {
     const log = openSync(logPath, "w");
     const child = spawn(
       binary,
-      ["dev", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--owner-email", OWNER_EMAIL],
+      ["dev", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--owner-email", OWNER_EMAIL,
+        ...(tls ? ["--tls"] : [])],
       {
         stdio: ["ignore", log, log],
         env,
@@ -58,23 +78,28 @@ export class Server {
     );
     closeSync(log);
     let exited: number | null | undefined;
-    child.on("exit", (code) => (exited = code));
-    // Never leave the server behind, even when the test process dies early.
-    process.once("exit", () => child.kill("SIGKILL"));
+    running.add(child);
+    child.on("exit", (code) => {
+      exited = code;
+      running.delete(child);
+    });
     const deadline = Date.now() + 90_000;
     for (;;) {
       const text = readFileSync(logPath, "utf8");
-      const listening = /all services listening on (\S+:\d+)/.exec(text);
-      const link = /set-password\?token=([^\s"'<>&]+)/.exec(text);
-      if (listening && link) {
-        return new Server(listening[1], dataDir, logPath, link[1], child);
+      // Each pattern ends with what follows the value on its line: never half a line.
+      const listening = /all services listening on (\S+:\d+) /.exec(text);
+      const link = /set-password\?token=([^\s"'<>&]+)\s/.exec(text);
+      const ca = /TLS on; clients trust the dev CA: (\S+)\n/.exec(text);
+      if (listening && link && (ca || !tls)) {
+        const caPem = ca ? readFileSync(ca[1]) : undefined;
+        return new Server(mode, listening[1], dataDir, logPath, link[1], child, caPem);
       }
       const failed = /could not bootstrap[^\n]*/.exec(text);
       if (failed || exited !== undefined || Date.now() > deadline) {
         child.kill("SIGKILL");
         const tail = text.split("\n").slice(-30).join("\n");
         throw new Error(
-          `steward-server did not start (${failed ? failed[0] : `exit ${exited}`}); ` +
+          `steward-server (${mode}) did not start (${failed ? failed[0] : `exit ${exited}`}); ` +
             `output in ${logPath}:\n${tail}`,
         );
       }
@@ -82,9 +107,18 @@ export class Server {
     }
   }
 
-  /** A new connection, optionally with an access token. */
+  /**
+   * The address for clients: `host:port`, or in TLS mode `https://localhost:port` (the dev
+   * certificate names localhost; an IP address would make Node warn that it is no TLS server name).
+   */
+  get url(): string {
+    const port = this.target.slice(this.target.lastIndexOf(":") + 1);
+    return this.mode === "tls" ? `https://localhost:${port}` : this.target;
+  }
+
+  /** A new connection, optionally with an access token; in TLS mode it trusts the dev CA. */
   client(accessToken?: string): Steward {
-    return new Steward(this.target, { accessToken, defaultTimeoutMs: 30_000 });
+    return new Steward(this.url, { rootCerts: this.caPem, accessToken, defaultTimeoutMs: 30_000 });
   }
 
   /** The token of the newest invite email sent to `address` (a .eml file under mail/). */

@@ -1,4 +1,6 @@
-// The seed's walk-through through the generated TypeScript SDK, against the real server.
+// The seed's walk-through through the generated TypeScript SDK, against the real server: once
+// over plaintext, once over TLS (`dev --tls`, the clients trusting its dev CA), one server after
+// the other.
 
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
@@ -13,7 +15,7 @@ import {
   Steward,
   authV1,
 } from "../src/index";
-import { OWNER_EMAIL, OWNER_PASSWORD, Server } from "./server";
+import { Mode, MODES, OWNER_EMAIL, OWNER_PASSWORD, Server } from "./server";
 
 const { Role } = administratorV1;
 const State = administratorV1.Administrator_State;
@@ -29,14 +31,18 @@ async function rpcError(call: Promise<unknown>): Promise<ServiceError> {
   assert.fail("the call succeeded but was expected to fail");
 }
 
-describe("Steward TypeScript SDK against the real server", () => {
+for (const mode of MODES) {
+  describe(`Steward TypeScript SDK against the real server (${mode})`, () => walkthrough(mode));
+}
+
+function walkthrough(mode: Mode) {
   let server: Server;
   let owner: Steward;
   let ownerName: string;
   let org: string;
 
   before(async () => {
-    server = await Server.start();
+    server = await Server.start(mode);
     owner = server.client();
     const accepted = await owner.auth.acceptInvite({
       token: server.ownerInviteToken,
@@ -69,6 +75,22 @@ describe("Steward TypeScript SDK against the real server", () => {
     await client.auth.acceptInvite({ token, password });
     await client.signIn(address, password);
     return { runner: administrator!, client };
+  }
+
+  if (mode === "tls") {
+    it("refuses a server whose certificate it does not trust, promptly", async () => {
+      // Node's default roots, which do not include the dev CA.
+      const untrusted = new Steward(server.url);
+      const started = Date.now();
+      try {
+        const err = await rpcError(untrusted.admin.getProfile({}, { timeoutMs: 10_000 }));
+        assert.equal(err.code, status.UNAVAILABLE, err.message);
+        assert.match(err.details, /certificate/i);
+        assert.ok(Date.now() - started < 5_000, `took ${Date.now() - started} ms to fail`);
+      } finally {
+        untrusted.close();
+      }
+    });
   }
 
   it("refuses unauthenticated calls", async () => {
@@ -280,4 +302,4 @@ describe("Steward TypeScript SDK against the real server", () => {
       ops.close();
     }
   });
-});
+}
