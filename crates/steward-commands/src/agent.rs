@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::commands::refresh_run;
 use crate::entity::{connect_key, result, run, system};
 use crate::rules::{self, timestamp};
+use crate::streams::TokenBucket;
 use crate::systems::{random_token, system_proto};
 use crate::{audit, begin_write, organization_of, State};
 
@@ -210,10 +211,16 @@ impl Session {
         let mut last_touch = Instant::now();
         let mut last_heartbeat = Instant::now();
         let changed = self.state.changed.clone();
+        // Each message costs a token: an agent sending faster than the sustained rate is slowed
+        // down (its stream is read more slowly, so HTTP/2 flow control pushes back), never cut.
+        let limits = &self.state.streams;
+        let mut bucket =
+            TokenBucket::new(limits.agent_messages_per_sec, limits.agent_message_burst);
         let end = loop {
             let polled = tokio::select! {
                 message = inbound.message() => match message {
                     Ok(Some(message)) => {
+                        bucket.take().await;
                         if let Err(err) = self.handle(message).await {
                             if matches!(err, ApiError::InvalidArgument(_)) {
                                 break Some(Status::from(err));

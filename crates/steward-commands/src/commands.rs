@@ -42,6 +42,7 @@ const MAX_BATCH: usize = 100;
 pub(crate) const MAX_SYSTEMS: usize = 1000;
 
 /// The CommandService implementation.
+#[derive(Clone)]
 pub struct Commands {
     state: State,
 }
@@ -1324,15 +1325,36 @@ impl Commands {
     }
 
     async fn watch_run_impl(&self, request: Request<WatchRunRequest>) -> ApiResult<WatchStream> {
-        let p = &caller::for_reading(&self.state, authn::principal(&request)?).await?;
+        let token_principal = authn::principal(&request)?.clone();
+        let p = &caller::for_reading(&self.state, &token_principal).await?;
         let name = request.get_ref().name.clone();
         self.visible_run(p, &name).await?;
+        let slot = self.state.watchers.admit(&p.administrator, &name, &self.state.streams)?;
         let (tx, rx) = mpsc::channel(32);
         let state = self.state.clone();
+        let this = self.clone();
+        let recheck = Duration::from_secs(self.state.streams.watch_recheck_secs.max(1));
         tokio::spawn(async move {
+            // Held for the stream's life: the watcher counts go back when it ends.
+            let _slot = slot;
             let mut watch = Watch { name, sent: HashMap::new(), last: None };
             let mut first = true;
+            let mut last_check = tokio::time::Instant::now();
             loop {
+                // Access can end while the stream is open (grant revoked, account deleted or
+                // demoted): re-check it, as the caller is now, and end the stream when it is gone.
+                if last_check.elapsed() >= recheck {
+                    last_check = tokio::time::Instant::now();
+                    let allowed = match caller::for_reading(&state, &token_principal).await {
+                        Ok(current) => this.visible_run(&current, &watch.name).await.map(|_| ()),
+                        Err(err) => Err(err),
+                    };
+                    if let Err(err) = allowed {
+                        tracing::info!(run = %watch.name, code = ?err.code(), "watcher no longer allowed");
+                        let _ = tx.send(Err(err.into())).await;
+                        break;
+                    }
+                }
                 match watch.step(&state, first, &tx).await {
                     Ok(true) => break,
                     Ok(false) => {}

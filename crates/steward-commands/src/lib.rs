@@ -72,6 +72,7 @@ pub mod entity;
 pub mod internal;
 pub mod rules;
 pub mod schema;
+mod streams;
 pub mod systems;
 
 /// Name of the service: its SQLite file, its tables' prefix, its subcommand.
@@ -111,6 +112,10 @@ pub(crate) struct State {
     pub peers: Peers,
     /// Woken whenever a run changes on this replica (dispatch and WatchRun wake early).
     pub changed: Arc<Notify>,
+    /// Open WatchRun streams on this replica.
+    pub watchers: Arc<streams::Watchers>,
+    /// Stream limits.
+    pub streams: steward_runtime::config::StreamsConfig,
 }
 
 impl State {
@@ -153,6 +158,8 @@ pub async fn start(
         clock: ctx.clock.clone(),
         peers: ctx.peers.clone(),
         changed: Arc::new(Notify::new()),
+        watchers: Arc::default(),
+        streams: ctx.config.streams.clone(),
     };
     let max = ctx.config.server.max_message_bytes;
     routes.add_service(

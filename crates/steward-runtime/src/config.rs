@@ -30,6 +30,38 @@ pub struct Config {
     pub email: EmailConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
+    /// Limits of the command service's streams (WatchRun, agents).
+    pub streams: StreamsConfig,
+}
+
+/// Limits of long-lived streams. Watcher counts are per replica.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Open `WatchRun` streams one administrator may hold at once.
+    pub max_watchers_per_caller: usize,
+    /// Open `WatchRun` streams one run may have at once.
+    pub max_watchers_per_run: usize,
+    /// How often an open `WatchRun` re-checks that its caller may still see the run, in seconds;
+    /// the stream ends with PERMISSION_DENIED when it no longer may.
+    pub watch_recheck_secs: u64,
+    /// Messages per second an agent stream may send (sustained); faster agents are slowed down
+    /// (HTTP/2 flow control pushes back on them), nothing is dropped.
+    pub agent_messages_per_sec: u32,
+    /// Messages an agent stream may send in a burst above the sustained rate.
+    pub agent_message_burst: u32,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self {
+            max_watchers_per_caller: 8,
+            max_watchers_per_run: 32,
+            watch_recheck_secs: 30,
+            agent_messages_per_sec: 200,
+            agent_message_burst: 400,
+        }
+    }
 }
 
 /// Listening address and transport limits shared by every service.

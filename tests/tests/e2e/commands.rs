@@ -1666,3 +1666,77 @@ backend_test!(connect_key_replays_show_the_key_only_within_the_window, |stack| a
     }
     assert!(cleared, "the sealed key outlived its window");
 });
+
+/// A stack whose open watches re-check access every second and whose callers may hold two.
+async fn watch_limited(backend: Backend) -> Stack {
+    Stack::start_with(backend, |config| {
+        config.streams.watch_recheck_secs = 1;
+        config.streams.max_watchers_per_caller = 2;
+    })
+    .await
+}
+
+async fn watch_limits_and_access_end_streams(stack: Stack) {
+    let owner = stack.owner().await;
+    let runner = stack.member(&owner, Role::CommandRunner, false).await;
+    // No agent is connected, so the run stays queued and its watchers stay open.
+    let (system, _) = register(&stack, &owner, "idle").await;
+    let command = create_command(&owner, "report", &[&system]).await;
+    let granted = grant(&owner, &command.name, &runner.name).await;
+    let created = run(&runner.client, &command.name, &[]).await.unwrap();
+    let watch = || async {
+        runner.client.commands().watch_run(WatchRunRequest { name: created.name.clone() }).await
+    };
+    let mut first = watch().await.unwrap().into_inner();
+    let _second = watch().await.unwrap().into_inner();
+    let third = watch().await.unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted, "{third:?}");
+    assert!(third.get_error_details().retry_info().is_some(), "{third:?}");
+    // The first event is the run itself.
+    assert!(matches!(
+        first.message().await.unwrap().and_then(|m| m.event),
+        Some(watch_run_response::Event::Run(_))
+    ));
+    // The runner is deleted: its open stream ends within the re-check interval.
+    owner
+        .client
+        .admin()
+        .batch_delete_administrators(steward_proto::admin::v1::BatchDeleteAdministratorsRequest {
+            parent: owner.org.clone(),
+            names: vec![runner.name.clone()],
+            validate_only: false,
+        })
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match first.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends once access is gone");
+    let status = ended.expect("ended with a status");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let _ = granted;
+}
+
+mod watch_limits_and_access {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        watch_limits_and_access_end_streams(watch_limited(Backend::Sqlite).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if !crate::harness::postgres_available() {
+            return;
+        }
+        watch_limits_and_access_end_streams(watch_limited(Backend::Postgres).await).await;
+    }
+}
