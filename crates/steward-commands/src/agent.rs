@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
+};
 use steward_proto::commands::v1::agent_service_server::AgentService;
 use steward_proto::commands::v1::open_stream_request::{self, RunFinished, RunStarted};
 use steward_proto::commands::v1::open_stream_response::{self, Assignment, CancelRun, Heartbeat};
@@ -24,7 +26,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::commands::refresh_run;
-use crate::entity::{connect_key, result, run, system};
+use crate::entity::{connect_key, output, result, run, system};
 use crate::rules::{self, timestamp};
 use crate::streams::TokenBucket;
 use crate::systems::{random_token, system_proto};
@@ -320,43 +322,74 @@ impl Session {
                 self.state.changed.notify_waiters();
             }
             Message::Output(OutputChunk { run, stream, data, offset, .. }) => {
-                let Some(mut current) = self.own_result(&run).await? else {
+                let Some(current) = self.own_result(&run).await? else {
                     tracing::warn!(system = %self.system, %run, "output reported for an unknown run");
                     return Ok(());
                 };
-                let (buffer, truncated, data_column, flag_column) =
-                    match OutputStream::try_from(stream) {
-                        Ok(OutputStream::Stdout) => (
-                            &mut current.stdout,
-                            current.stdout_truncated,
-                            result::Column::Stdout,
-                            result::Column::StdoutTruncated,
-                        ),
-                        Ok(OutputStream::Stderr) => (
-                            &mut current.stderr,
-                            current.stderr_truncated,
-                            result::Column::Stderr,
-                            result::Column::StderrTruncated,
-                        ),
-                        _ => {
-                            return Err(ApiError::invalid(
-                                "output.stream",
-                                "must be stdout or stderr",
-                            ))
-                        }
-                    };
-                let before = buffer.len();
-                let cut = rules::append_output(buffer, offset, &data, rules::MAX_OUTPUT_BYTES);
-                if buffer.len() == before && (!cut || truncated) {
+                let (legacy, truncated, flag_column) = match OutputStream::try_from(stream) {
+                    Ok(OutputStream::Stdout) => (
+                        current.stdout.len(),
+                        current.stdout_truncated,
+                        result::Column::StdoutTruncated,
+                    ),
+                    Ok(OutputStream::Stderr) => (
+                        current.stderr.len(),
+                        current.stderr_truncated,
+                        result::Column::StderrTruncated,
+                    ),
+                    _ => {
+                        return Err(ApiError::invalid("output.stream", "must be stdout or stderr"))
+                    }
+                };
+                // Append-only: each new piece is one more row; nothing stored is rewritten.
+                let stored: Option<Option<i64>> = output::Entity::find()
+                    .select_only()
+                    .column_as(output::Column::EndOffset.max(), "end")
+                    .filter(output::Column::Run.eq(&run))
+                    .filter(output::Column::System.eq(&self.system))
+                    .filter(output::Column::Stream.eq(stream))
+                    .into_tuple()
+                    .one(db)
+                    .await?;
+                let stored = stored.flatten().and_then(|end| usize::try_from(end).ok());
+                let have = stored.unwrap_or(0).max(legacy);
+                let (fresh, cut) =
+                    rules::fresh_output(have, offset, &data, rules::MAX_OUTPUT_BYTES);
+                if fresh.is_empty() && (!cut || truncated) {
                     return Ok(());
                 }
-                result::Entity::update_many()
-                    .col_expr(data_column, Expr::value(buffer.clone()))
-                    .col_expr(flag_column, Expr::value(truncated || cut))
-                    .filter(result::Column::Run.eq(&run))
-                    .filter(result::Column::System.eq(&self.system))
-                    .exec(db)
+                if !fresh.is_empty() {
+                    let start = i64::try_from(have).unwrap_or(i64::MAX);
+                    let end = i64::try_from(have + fresh.len()).unwrap_or(i64::MAX);
+                    output::Entity::insert(output::ActiveModel {
+                        run: Set(run.clone()),
+                        system: Set(self.system.clone()),
+                        stream: Set(stream),
+                        offset: Set(start),
+                        end_offset: Set(end),
+                        data: Set(fresh.to_vec()),
+                    })
+                    .on_conflict(
+                        OnConflict::columns([
+                            output::Column::Run,
+                            output::Column::System,
+                            output::Column::Stream,
+                            output::Column::Offset,
+                        ])
+                        .do_nothing()
+                        .to_owned(),
+                    )
+                    .exec_without_returning(db)
                     .await?;
+                }
+                if cut && !truncated {
+                    result::Entity::update_many()
+                        .col_expr(flag_column, Expr::value(true))
+                        .filter(result::Column::Run.eq(&run))
+                        .filter(result::Column::System.eq(&self.system))
+                        .exec(db)
+                        .await?;
+                }
                 self.state.changed.notify_waiters();
             }
             Message::RunFinished(RunFinished {

@@ -29,7 +29,7 @@ use steward_runtime::{ApiError, ApiResult};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::entity::{command, grant, idempotency, result, run, system, target};
+use crate::entity::{command, grant, idempotency, output, result, run, system, target};
 use crate::rules::{self, timestamp};
 use crate::{audit, begin_write, caller, is_unique_violation, organization_of, State};
 
@@ -315,7 +315,36 @@ pub(crate) async fn run_proto<C: ConnectionTrait>(
         .filter(result::Column::Run.eq(&m.name))
         .order_by_asc(result::Column::Position);
     let results = if with_output {
-        query.all(conn).await?.into_iter().map(full_result_proto).collect()
+        let mut results: Vec<SystemResult> =
+            query.all(conn).await?.into_iter().map(full_result_proto).collect();
+        // Output rows after any output stored by earlier versions, in offset order.
+        let chunks = output::Entity::find()
+            .filter(output::Column::Run.eq(&m.name))
+            .order_by_asc(output::Column::System)
+            .order_by_asc(output::Column::Stream)
+            .order_by_asc(output::Column::Offset)
+            .all(conn)
+            .await?;
+        let position: HashMap<String, usize> =
+            results.iter().enumerate().map(|(i, r)| (r.system.clone(), i)).collect();
+        for chunk in chunks {
+            let Some(result) = position.get(&chunk.system).and_then(|i| results.get_mut(*i)) else {
+                continue;
+            };
+            let buffer = match OutputStream::try_from(chunk.stream) {
+                Ok(OutputStream::Stdout) => &mut result.stdout,
+                Ok(OutputStream::Stderr) => &mut result.stderr,
+                _ => continue,
+            };
+            let (fresh, _) = rules::fresh_output(
+                buffer.len(),
+                chunk.offset,
+                &chunk.data,
+                rules::MAX_OUTPUT_BYTES,
+            );
+            buffer.extend_from_slice(fresh);
+        }
+        results
     } else {
         query
             .into_partial_model::<ResultSummary>()

@@ -198,10 +198,11 @@ pub mod result {
         pub state: i32,
         /// Exit code once finished.
         pub exit_code: i32,
-        /// Captured standard output (bounded).
+        /// Standard output captured by versions that stored it here (empty since output is
+        /// stored append-only in `commands_run_output`; read as the prefix of that output).
         #[sea_orm(column_type = "VarBinary(StringLen::None)")]
         pub stdout: Vec<u8>,
-        /// Captured standard error (bounded).
+        /// Standard error captured by earlier versions, like `stdout`.
         #[sea_orm(column_type = "VarBinary(StringLen::None)")]
         pub stderr: Vec<u8>,
         /// Whether stdout was cut.
@@ -221,6 +222,40 @@ pub mod result {
         pub cancel_time: Option<DateTimeUtc>,
         /// Whether the agent has been told to stop.
         pub cancel_sent: bool,
+    }
+
+    /// No relations are declared.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `commands_run_output`: run output, append-only, one row per reported chunk.
+pub mod output {
+    use sea_orm::entity::prelude::*;
+
+    /// A chunk of one stream of one system's output.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "commands_run_output")]
+    pub struct Model {
+        /// The run's name.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub run: String,
+        /// The system's name.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub system: String,
+        /// `OutputStream` (stdout or stderr).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub stream: i32,
+        /// Byte offset of `data` in the stream.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub offset: i64,
+        /// `offset` plus the length of `data`: the stream's captured length after this chunk.
+        pub end_offset: i64,
+        /// The bytes.
+        #[sea_orm(column_type = "VarBinary(StringLen::None)")]
+        pub data: Vec<u8>,
     }
 
     /// No relations are declared.

@@ -96,7 +96,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(schema::Initial), Box::new(schema::ConnectKeyReplay)]
+        vec![
+            Box::new(schema::Initial),
+            Box::new(schema::ConnectKeyReplay),
+            Box::new(schema::RunOutput),
+        ]
     }
 
     fn migration_table_name() -> DynIden {

@@ -180,24 +180,17 @@ pub fn aggregate(states: &[i32], cancelled: bool) -> RunState {
     RunState::Succeeded
 }
 
-/// Appends `data`, found at byte `offset` of a stream, to the captured `buffer`, skipping bytes
-/// already captured (repeats) and cutting at `cap`. Returns whether the capture was cut.
-pub fn append_output(buffer: &mut Vec<u8>, offset: i64, data: &[u8], cap: usize) -> bool {
-    let Ok(offset) = usize::try_from(offset) else { return false };
-    let have = buffer.len();
-    let fresh = if offset >= have {
-        data
-    } else {
-        let skip = have - offset;
-        data.get(skip..).unwrap_or_default()
-    };
+/// The part of `data`, found at byte `offset` of a stream of which `have` bytes are captured,
+/// that extends the capture: bytes already captured (repeats after a reconnect) are skipped and
+/// the capture is cut at `cap`. Returns the new bytes and whether the capture was cut.
+pub fn fresh_output(have: usize, offset: i64, data: &[u8], cap: usize) -> (&[u8], bool) {
+    let Ok(offset) = usize::try_from(offset) else { return (&[], false) };
+    let fresh = if offset >= have { data } else { data.get(have - offset..).unwrap_or_default() };
     let room = cap.saturating_sub(have);
     if fresh.len() > room {
-        buffer.extend_from_slice(fresh.get(..room).unwrap_or_default());
-        true
+        (fresh.get(..room).unwrap_or_default(), true)
     } else {
-        buffer.extend_from_slice(fresh);
-        false
+        (fresh, false)
     }
 }
 
@@ -352,16 +345,17 @@ mod tests {
     #[test]
     fn output_is_deduplicated_and_bounded() {
         let mut buffer = Vec::new();
-        assert!(!append_output(&mut buffer, 0, b"hello ", 10));
-        assert!(!append_output(&mut buffer, 0, b"hello ", 10));
-        assert_eq!(buffer, b"hello ");
-        assert!(!append_output(&mut buffer, 3, b"lo wo", 10));
-        assert_eq!(buffer, b"hello wo");
-        assert!(append_output(&mut buffer, 8, b"rld!", 10));
-        assert_eq!(buffer, b"hello worl");
-        assert!(append_output(&mut buffer, 10, b"x", 10));
-        assert_eq!(buffer.len(), 10);
-        assert!(!append_output(&mut buffer, -1, b"x", 10));
+        let mut append = |offset: i64, data: &[u8]| {
+            let (fresh, cut) = fresh_output(buffer.len(), offset, data, 10);
+            buffer.extend_from_slice(fresh);
+            (cut, buffer.clone())
+        };
+        assert_eq!(append(0, b"hello "), (false, b"hello ".to_vec()));
+        assert_eq!(append(0, b"hello "), (false, b"hello ".to_vec()));
+        assert_eq!(append(3, b"lo wo"), (false, b"hello wo".to_vec()));
+        assert_eq!(append(8, b"rld!"), (true, b"hello worl".to_vec()));
+        assert_eq!(append(10, b"x"), (true, b"hello worl".to_vec()));
+        assert_eq!(append(-1, b"x"), (false, b"hello worl".to_vec()));
     }
 
     #[test]

@@ -283,3 +283,47 @@ impl MigrationTrait for ConnectKeyReplay {
             .await
     }
 }
+
+/// Creates `commands_run_output`: run output stored append-only, one row per chunk an agent
+/// reported, instead of rewriting a growing blob per chunk.
+#[derive(Debug)]
+pub struct RunOutput;
+
+impl MigrationName for RunOutput {
+    fn name(&self) -> &str {
+        "m0003_commands_run_output"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for RunOutput {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(a("commands_run_output"))
+                    .if_not_exists()
+                    .col(string("run"))
+                    .col(string("system"))
+                    .col(int("stream"))
+                    .col(big("offset"))
+                    .col(big("end_offset"))
+                    .col(ColumnDef::new(a("data")).binary().not_null())
+                    .primary_key(
+                        Index::create()
+                            .col(a("run"))
+                            .col(a("system"))
+                            .col(a("stream"))
+                            .col(a("offset")),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(a("commands_run_output")).if_exists().to_owned())
+            .await
+    }
+}

@@ -1341,6 +1341,40 @@ backend_test!(fake_agent_runs_commands_end_to_end, |stack| async move {
     assert_eq!(result.exit_code, 0);
     assert!(result.start_time.is_some() && result.end_time.is_some());
     assert!(done.start_time.is_some() && done.end_time.is_some());
+    // Stored append-only: one row per new piece (the repeat added none), no rewritten blob.
+    {
+        use sea_orm::{ConnectionTrait, Statement};
+        let url = match stack.backend {
+            Backend::Sqlite => {
+                steward_server::database_url(stack.config(), ServiceKind::Commands).unwrap()
+            }
+            Backend::Postgres => stack.config().database.url.clone(),
+        };
+        let db = sea_orm::Database::connect(&url).await.unwrap();
+        let count = |sql: String| {
+            let db = db.clone();
+            async move {
+                let row = db
+                    .query_one(Statement::from_string(db.get_database_backend(), sql))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                row.try_get_by_index::<i64>(0).unwrap()
+            }
+        };
+        let chunks = count(format!(
+            "SELECT COUNT(*) FROM commands_run_output WHERE run = '{}'",
+            created.name
+        ))
+        .await;
+        assert_eq!(chunks, 3, "two stdout pieces and one stderr piece");
+        let blobs = count(format!(
+            "SELECT COUNT(*) FROM commands_run_results WHERE run = '{}' AND (length(stdout) > 0 OR length(stderr) > 0)",
+            created.name
+        ))
+        .await;
+        assert_eq!(blobs, 0, "no output rewritten into the result row");
+    }
 
     // The watch stream carried the output and ended after the finished snapshot.
     let mut stdout = Vec::new();
