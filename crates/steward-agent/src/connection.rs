@@ -189,7 +189,7 @@ impl Agent {
                 let channel = endpoint
                     .connect()
                     .await
-                    .map_err(|err| connect_failure(&self.config.server, &err))?;
+                    .map_err(|err| connect_failure(&self.config.server, &err, false))?;
                 client(channel).register_agent(request.clone()).await.map_err(|status| match status
                     .code()
                 {
@@ -235,7 +235,7 @@ impl Agent {
         shutdown: &mut S,
     ) -> Result<(), Failure> {
         let channel = tokio::select! {
-            channel = endpoint.connect() => channel.map_err(|err| connect_failure(&self.config.server, &err))?,
+            channel = endpoint.connect() => channel.map_err(|err| connect_failure(&self.config.server, &err, true))?,
             () = &mut *shutdown => { self.shutdown(None).await; return Ok(()); }
         };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -496,15 +496,21 @@ fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// A failed connection: fatal when the server's certificate was not trusted (retrying cannot
-/// help, and nothing was sent), otherwise transient.
-fn connect_failure(server: &str, err: &tonic::transport::Error) -> Failure {
+/// A failed connection. An untrusted certificate before the agent ever registered is fatal (a
+/// misconfiguration: retrying cannot help, and nothing was sent); once registered it is retried
+/// like any other failure (a rotation gone briefly wrong, a clock not yet synchronised), with the
+/// reason in the log, still sending nothing to a server it cannot verify.
+fn connect_failure(server: &str, err: &tonic::transport::Error, registered: bool) -> Failure {
     let reason = chain(err);
     match reason.find("invalid peer certificate") {
-        Some(at) => Failure::Fatal(AgentError::UntrustedServer {
+        Some(at) if !registered => Failure::Fatal(AgentError::UntrustedServer {
             url: server.to_owned(),
-            reason: reason[at..].to_owned(),
+            reason: reason.get(at..).unwrap_or_default().to_owned(),
         }),
+        Some(at) => Failure::Transient(format!(
+            "the server's TLS certificate is not trusted ({}); nothing was sent",
+            reason.get(at..).unwrap_or_default()
+        )),
         None => Failure::Transient(format!("cannot connect: {reason}")),
     }
 }

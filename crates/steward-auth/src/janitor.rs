@@ -69,6 +69,14 @@ pub async fn sweep(db: &DatabaseConnection, now: DateTime<Utc>) -> ApiResult<u64
         .rows_affected;
     removed += throttle::Entity::delete_many()
         .filter(throttle::Column::UpdatedAt.lt(old))
+        .filter(throttle::Column::Key.not_like(crate::throttle::KNOWN_MARKERS))
+        .exec(db)
+        .await?
+        .rows_affected;
+    let known_until = now - chrono::Duration::days(crate::throttle::KNOWN_ADDRESS_DAYS);
+    removed += throttle::Entity::delete_many()
+        .filter(throttle::Column::UpdatedAt.lt(known_until))
+        .filter(throttle::Column::Key.like(crate::throttle::KNOWN_MARKERS))
         .exec(db)
         .await?
         .rows_affected;

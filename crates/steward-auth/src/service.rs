@@ -221,7 +221,7 @@ impl Service {
                 ))
             }
         };
-        admission.succeeded(&state.db).await?;
+        admission.succeeded(&state.db, state.now()).await?;
         let Some(administrator) = state.lookup(&credential.administrator).await? else {
             tracing::info!(administrator = %credential.administrator, "sign-in of a deleted administrator");
             return Err(invalid_credentials());
@@ -360,7 +360,7 @@ impl Service {
         if completed.rows_affected != 1 {
             return Err(invalid_credentials());
         }
-        admission.succeeded(&state.db).await?;
+        admission.succeeded(&state.db, state.now()).await?;
         let administrator =
             state.lookup(&credential.administrator).await?.ok_or_else(invalid_credentials)?;
         let subject = state.subject(&administrator)?;
@@ -485,7 +485,7 @@ impl Service {
             tracing::info!(administrator = %principal.administrator, "password change refused");
             return Err(invalid_credentials());
         }
-        admission.succeeded(&state.db).await?;
+        admission.succeeded(&state.db, state.now()).await?;
         password::validate("new_password", &request.new_password, &user_inputs(&credential))?;
         let hash = state.hasher.hash(&request.new_password).await?;
         let now = state.now();

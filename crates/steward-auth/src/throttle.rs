@@ -12,7 +12,7 @@
 //! the account's failures altogether ([`clear`]). Counters quiet for an hour start over. Time
 //! comes from the injected clock.
 //!
-//! The address dimension never locks out an account by itself: see [`Admission`].
+//! Strangers cannot lock an administrator out: see [`Admission`].
 
 use std::time::Duration;
 
@@ -145,9 +145,10 @@ fn exhausted(locked_until: Option<DateTime<Utc>>, now: DateTime<Utc>) -> ApiErro
 /// answers how many attempts were already counted against the key. Refuses with
 /// `RESOURCE_EXHAUSTED` (and the time left) while the key is locked.
 ///
-/// The decision is one conditional `UPDATE` per step, never a read followed by a write, so it
-/// holds under parallel attempts on SQLite and PostgreSQL alike (PostgreSQL re-evaluates the
-/// condition on the row once a concurrent writer commits).
+/// The decision is a compare-and-swap: the counter is read, then updated only if nobody changed
+/// it meanwhile (a conditional `UPDATE`), and read again when it lost; so it holds under
+/// parallel attempts on SQLite and PostgreSQL alike (PostgreSQL re-evaluates the condition on
+/// the row once a concurrent writer commits).
 pub async fn reserve(
     db: &impl ConnectionTrait,
     key: &str,
@@ -236,25 +237,69 @@ pub async fn clear(db: &impl ConnectionTrait, key: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// The reservations an attempt holds: the account's always, the address's when it was free.
+/// How long an address an account signed in from stays "known" to it.
+pub const KNOWN_ADDRESS_DAYS: i64 = 30;
+
+/// "Known address" markers: remembered for [`KNOWN_ADDRESS_DAYS`] after the last sign-in.
+const KNOWN: Policy = Policy {
+    free_failures: 1,
+    base_delay_secs: 0,
+    max_delay_secs: 0,
+    reset_after_secs: KNOWN_ADDRESS_DAYS * 24 * 3600,
+};
+
+/// The `LIKE` pattern of "known address" markers (kept longer than counters by the janitor).
+pub const KNOWN_MARKERS: &str = "known:%";
+
+/// The key marking `address` (an [`address_key`]) as one `account` signed in from.
+fn known_key(account: &str, address: &str) -> String {
+    format!("known:{account}|{address}")
+}
+
+/// The key counting guesses at `account` from a known `address` while the account is locked.
+fn pair_key(account: &str, address: &str) -> String {
+    format!("pair:{account}|{address}")
+}
+
+/// Failures counted against `key` and not yet forgotten (zero when quiet for the policy's reset
+/// time). A read, for decisions that take no slot.
+async fn recent_failures(
+    db: &impl ConnectionTrait,
+    key: &str,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> ApiResult<i32> {
+    let quiet = now - chrono::Duration::seconds(policy.reset_after_secs);
+    Ok(throttle::Entity::find_by_id(key.to_string())
+        .one(db)
+        .await?
+        .filter(|row| row.updated_at >= quiet)
+        .map_or(0, |row| row.failures))
+}
+
+/// The reservations an admitted attempt holds.
 #[derive(Debug)]
 pub struct Admission {
     account: String,
     address: String,
     address_reserved: bool,
+    /// The (account, known address) counter used while the account itself is locked.
+    pair: Option<String>,
 }
 
 impl Admission {
     /// Admits one guess at an account's secret (password or second factor) from `client_address`.
     ///
-    /// The account's allowance is hard: once it is spent, nothing is evaluated until its lock
-    /// ends. The address's allowance is soft, so strangers behind the same NAT, proxy or ingress
-    /// cannot lock an administrator out: when the address is locked, a guess is still evaluated
-    /// if the account itself has no recent failures (then it gets that one guess, and any further
-    /// one waits for the address lock). This is the policy of Kanidm's soft-lock and Keycloak's
-    /// per-user brute-force detection: guessing from one address is slowed to one attempt per
-    /// account, while a correct password and code always get through for an account nobody has
-    /// been guessing at.
+    /// Strangers cannot lock an administrator out:
+    /// * The address's allowance is soft. When the address is locked (strangers behind the same
+    ///   NAT, proxy or ingress have been guessing), a guess is still evaluated for an account with
+    ///   no recent failures of its own: guessing from one address is slowed to one guess per
+    ///   account per hour, and a correct password for an untouched account always gets through.
+    /// * The account's allowance is hard for everyone else, but an address the account signed
+    ///   in from within [`KNOWN_ADDRESS_DAYS`] has its own allowance while the account is locked,
+    ///   so guesses from elsewhere do not keep the owner out.
+    ///
+    /// The address is checked first, so a refused attempt never takes (or locks) the account.
     pub async fn admit(
         db: &impl ConnectionTrait,
         account: String,
@@ -263,29 +308,75 @@ impl Admission {
         now: DateTime<Utc>,
     ) -> ApiResult<Self> {
         let address = address_key(client_address);
-        let previous = reserve(db, &account, account_policy, now).await?;
-        let address_reserved = match reserve(db, &address, &ADDRESS, now).await {
-            Ok(_) => true,
+        match reserve(db, &address, &ADDRESS, now).await {
+            Ok(_) => match reserve(db, &account, account_policy, now).await {
+                Ok(_) => Ok(Self { account, address, address_reserved: true, pair: None }),
+                Err(ApiError::ResourceExhausted { retry_after }) => {
+                    let known =
+                        recent_failures(db, &known_key(&account, &address), &KNOWN, now).await? > 0;
+                    let pair = pair_key(&account, &address);
+                    let admitted = if known {
+                        reserve(db, &pair, account_policy, now).await.map(|_| ())
+                    } else {
+                        Err(ApiError::ResourceExhausted { retry_after })
+                    };
+                    match admitted {
+                        Ok(()) => {
+                            tracing::info!("account throttled; evaluating a guess from an address it signed in from");
+                            Ok(Self { account, address, address_reserved: true, pair: Some(pair) })
+                        }
+                        Err(err) => {
+                            release(db, &address).await?;
+                            Err(err)
+                        }
+                    }
+                }
+                Err(err) => {
+                    release(db, &address).await?;
+                    Err(err)
+                }
+            },
             Err(ApiError::ResourceExhausted { retry_after }) => {
-                if previous > 0 {
-                    // Not evaluated after all: the account's slot goes back.
+                let refused = ApiError::ResourceExhausted { retry_after };
+                if recent_failures(db, &account, account_policy, now).await? > 0 {
+                    return Err(refused);
+                }
+                if reserve(db, &account, account_policy, now).await? > 0 {
+                    // A parallel guess got there first: this one is not evaluated.
                     release(db, &account).await?;
-                    return Err(ApiError::ResourceExhausted { retry_after });
+                    return Err(refused);
                 }
                 tracing::info!("client address throttled; evaluating a guess at an account without recent failures");
-                false
+                Ok(Self { account, address, address_reserved: false, pair: None })
             }
-            Err(err) => return Err(err),
-        };
-        Ok(Self { account, address, address_reserved })
+            Err(err) => Err(err),
+        }
     }
 
-    /// The guess was right: the account's failures are forgotten, the address's slot given back.
-    pub async fn succeeded(self, db: &impl ConnectionTrait) -> ApiResult<()> {
+    /// The guess was right: the account's failures are forgotten, the address's slot is given
+    /// back, and the address becomes known to the account.
+    pub async fn succeeded(self, db: &impl ConnectionTrait, now: DateTime<Utc>) -> ApiResult<()> {
         clear(db, &self.account).await?;
+        if let Some(pair) = &self.pair {
+            clear(db, pair).await?;
+        }
         if self.address_reserved {
             release(db, &self.address).await?;
         }
+        let known = throttle::ActiveModel {
+            key: Set(known_key(&self.account, &self.address)),
+            failures: Set(1),
+            locked_until: Set(None),
+            updated_at: Set(now),
+        };
+        throttle::Entity::insert(known)
+            .on_conflict(
+                OnConflict::column(throttle::Column::Key)
+                    .update_column(throttle::Column::UpdatedAt)
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
         Ok(())
     }
 }
@@ -383,10 +474,46 @@ mod tests {
             let again = Admission::admit(&conn, owner.clone(), &ACCOUNT, client, now).await;
             assert!(matches!(again, Err(ApiError::ResourceExhausted { .. })), "{again:?}");
             let row = throttle::Entity::find_by_id(owner).one(&conn).await.unwrap().unwrap();
-            assert_eq!(row.failures, 1, "the refused attempt gave its slot back");
+            assert_eq!(row.failures, 1, "the refused attempt took no slot");
             // Another address is unaffected.
             let other = account_key("owner@example.com");
             Admission::admit(&conn, other, &ACCOUNT, "198.51.100.1:1", now).await.unwrap();
+        }
+    }
+
+    // Guesses from elsewhere lock the account, but not for the address its owner signs in from.
+    #[tokio::test]
+    async fn a_locked_account_still_admits_its_known_address() {
+        for (db, conn) in database().await {
+            let now = Utc::now();
+            let owner = account_key("owner@example.com");
+            let home = "203.0.113.5:1000";
+            Admission::admit(&conn, owner.clone(), &ACCOUNT, home, now)
+                .await
+                .unwrap()
+                .succeeded(&conn, now)
+                .await
+                .unwrap();
+            for _ in 0..ACCOUNT.free_failures {
+                Admission::admit(&conn, owner.clone(), &ACCOUNT, "198.51.100.9:1", now)
+                    .await
+                    .unwrap();
+            }
+            let attacker =
+                Admission::admit(&conn, owner.clone(), &ACCOUNT, "198.51.100.9:2", now).await;
+            assert!(matches!(attacker, Err(ApiError::ResourceExhausted { .. })), "{attacker:?}");
+            let elsewhere =
+                Admission::admit(&conn, owner.clone(), &ACCOUNT, "192.0.2.77:3", now).await;
+            assert!(matches!(elsewhere, Err(ApiError::ResourceExhausted { .. })), "{elsewhere:?}");
+            let admitted = Admission::admit(&conn, owner.clone(), &ACCOUNT, home, now).await;
+            assert!(admitted.is_ok(), "the owner's address on {:?}: {admitted:?}", db.backend());
+            // Refused attempts took no address slot from their addresses.
+            let row = throttle::Entity::find_by_id(address_key("192.0.2.77:3"))
+                .one(&conn)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(row.failures, 0);
         }
     }
 

@@ -20,6 +20,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "STEWARD_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 
+    /// Allow plaintext `http://` to a server that is not on this machine: passwords, tokens and
+    /// card numbers then cross the network in clear.
+    #[arg(long, global = true)]
+    pub insecure_plaintext: bool,
+
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub output: Format,

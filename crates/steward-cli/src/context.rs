@@ -22,6 +22,18 @@ pub struct Context {
     anonymous: Option<Steward>,
     authed: Option<Steward>,
     ca_file: Option<std::path::PathBuf>,
+    insecure_plaintext: bool,
+}
+
+/// Whether `url` is plaintext to a host other than this machine.
+fn plaintext_off_loopback(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tonic::transport::Uri>() else { return false };
+    if uri.scheme_str() != Some("http") {
+        return false;
+    }
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    !(host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
 }
 
 /// `url` without a trailing slash, so equal servers compare equal.
@@ -48,6 +60,7 @@ impl Context {
             anonymous: None,
             authed: None,
             ca_file: cli.ca_file.clone(),
+            insecure_plaintext: cli.insecure_plaintext,
         })
     }
 
@@ -89,6 +102,12 @@ impl Context {
     pub async fn anonymous(&mut self) -> Result<Steward> {
         if let Some(client) = &self.anonymous {
             return Ok(client.clone());
+        }
+        if plaintext_off_loopback(&self.server) && !self.insecure_plaintext {
+            return Err(CliError::Usage(format!(
+                "refusing plaintext {}: use https:// (or pass --insecure-plaintext)",
+                self.server
+            )));
         }
         let ca_pem = match &self.ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|source| CliError::Io {

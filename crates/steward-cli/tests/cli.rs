@@ -243,6 +243,14 @@ fn seed_walkthrough_with_the_cli_over_tls() {
         "{}",
         refused.stderr
     );
+    // Plaintext to a server that is not on this machine is refused before anything is sent.
+    let remote = stranger.run_at(
+        "http://192.0.2.1:50051",
+        &["login", "--email", "x@example.com", "--password-stdin"],
+        "x\n",
+    );
+    assert_eq!(remote.code, 2, "{}", remote.stderr);
+    assert!(remote.stderr.contains("--insecure-plaintext"), "{}", remote.stderr);
     // --ca-file works like the variable.
     let ca = dev.ca.clone().unwrap();
     let flagged = stranger.run_with(

@@ -269,7 +269,14 @@ impl MigrationTrait for ConnectKeyReplay {
                     .add_column(ColumnDef::new(a("replay_key")).text().null())
                     .to_owned(),
             )
-            .await
+            .await?;
+        // Keys of earlier versions could be derived again from their salt and the service
+        // credential; forgetting the salts ends that (the keys keep working: their hashes stay).
+        let forget = Query::update()
+            .table(a("commands_connect_keys"))
+            .value(a("key_salt"), Option::<String>::None)
+            .to_owned();
+        manager.exec_stmt(forget).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -199,10 +199,21 @@ impl Systems {
             None => None,
         };
         rules::request_id(&req.request_id)?;
-        // The idempotency record holds a digest of the request_id, never the id itself: the id
-        // is what opens the sealed key for a replay.
-        let key = (!req.request_id.is_empty()).then(|| {
-            let digest = Sha256::digest(req.request_id.as_bytes());
+        // The request_id is what opens the key sealed for replays, so it must be unguessable: a
+        // random (version 4) UUID, compared in its canonical spelling.
+        let request_id = match uuid::Uuid::parse_str(&req.request_id) {
+            Ok(id) if id.get_version_num() == 4 => id.hyphenated().to_string(),
+            Ok(_) => {
+                return Err(ApiError::invalid(
+                    "request_id",
+                    "must be a random (version 4) UUID: it protects the key on replays",
+                ))
+            }
+            Err(_) => String::new(),
+        };
+        // The idempotency record holds a digest of the request_id, never the id itself.
+        let key = (!request_id.is_empty()).then(|| {
+            let digest = Sha256::digest(request_id.as_bytes());
             let digest = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
             format!("create_connect_key|{}|{digest}", p.administrator)
         });
@@ -218,7 +229,7 @@ impl Systems {
                 .replay_key
                 .as_deref()
                 .filter(|_| within)
-                .and_then(|sealed| open_for_replay(&req.request_id, &m.name, sealed));
+                .and_then(|sealed| open_for_replay(&request_id, &m.name, sealed));
             return match secret {
                 Some(secret) => {
                     Ok(CreateConnectKeyResponse { connect_key: Some(key_proto(m, secret)) })
@@ -234,7 +245,7 @@ impl Systems {
         let name = format!("{}/connectKeys/{}", p.organization, names::new_id());
         let secret = format!("sck_{}", random_token());
         let replay_key = match &key {
-            Some(_) => Some(seal_for_replay(&req.request_id, &name, &secret)?),
+            Some(_) => Some(seal_for_replay(&request_id, &name, &secret)?),
             None => None,
         };
         let model = connect_key::Model {

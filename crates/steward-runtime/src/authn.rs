@@ -23,6 +23,9 @@ pub const SERVICE_CREDENTIAL_HEADER: &str = "x-steward-service-credential";
 /// Metadata key carrying the caller's request id; generated when absent.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// Clock skew between services tolerated when judging how recent a sign-in is.
+const RECENT_AUTHENTICATION_SKEW_SECS: i64 = 30;
+
 /// The only signature algorithm accepted, fixed in code (RFC 8725 §3.1).
 pub const ALLOWED_ALGORITHM: Algorithm = Algorithm::EdDSA;
 
@@ -67,8 +70,9 @@ impl Principal {
         now: chrono::DateTime<chrono::Utc>,
         max_age_secs: i64,
     ) -> ApiResult<()> {
+        // A little negative age is clock skew between the auth service and this one.
         let age = now.timestamp().saturating_sub(self.auth_time);
-        if self.auth_time > 0 && (0..=max_age_secs).contains(&age) {
+        if self.auth_time > 0 && (-RECENT_AUTHENTICATION_SKEW_SECS..=max_age_secs).contains(&age) {
             return Ok(());
         }
         Err(ApiError::denied(
@@ -268,8 +272,29 @@ struct AuthState {
     verifier: TokenVerifier,
     service_credential: Option<String>,
     on_denied: Option<DenialSink>,
-    trusted_proxies: Vec<ipnet::IpNet>,
-    internal_needs_client_certificate: bool,
+    options: AuthOptions,
+}
+
+/// How the layer identifies callers beyond their credentials.
+#[derive(Clone, Debug, Default)]
+pub struct AuthOptions {
+    /// Proxies whose forwarding header is believed ([`crate::peer`]).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header those proxies maintain.
+    pub forwarded_header: crate::config::ForwardedHeader,
+    /// Internal RPCs additionally require a verified TLS client certificate (mutual TLS).
+    pub internal_needs_client_certificate: bool,
+}
+
+impl AuthOptions {
+    /// The options `server` configures.
+    pub fn from_config(server: &crate::config::ServerConfig) -> Self {
+        Self {
+            trusted_proxies: server.trusted_proxies.clone(),
+            forwarded_header: server.forwarded_header,
+            internal_needs_client_certificate: server.tls.client_ca_file.is_some(),
+        }
+    }
 }
 
 /// A call the layer refused although the caller proved who it is (a valid token whose role,
@@ -304,32 +329,18 @@ impl AuthLayer {
         service_credential: Option<String>,
         on_denied: Option<DenialSink>,
     ) -> Self {
+        Self::with_options(verifier, service_credential, on_denied, AuthOptions::default())
+    }
+
+    /// [`AuthLayer::new`] with [`AuthOptions`] (trusted proxies, mutual TLS).
+    pub fn with_options(
+        verifier: TokenVerifier,
+        service_credential: Option<String>,
+        on_denied: Option<DenialSink>,
+        options: AuthOptions,
+    ) -> Self {
         let service_credential = service_credential.filter(|c| !c.is_empty());
-        Self {
-            state: Arc::new(AuthState {
-                verifier,
-                service_credential,
-                on_denied,
-                trusted_proxies: Vec::new(),
-                internal_needs_client_certificate: false,
-            }),
-        }
-    }
-
-    /// Believes `Forwarded` / `X-Forwarded-For` from these proxies only ([`crate::peer`]).
-    pub fn with_trusted_proxies(mut self, proxies: Vec<ipnet::IpNet>) -> Self {
-        if let Some(state) = Arc::get_mut(&mut self.state) {
-            state.trusted_proxies = proxies;
-        }
-        self
-    }
-
-    /// Internal RPCs additionally require a verified TLS client certificate (mutual TLS).
-    pub fn with_internal_client_certificates(mut self, required: bool) -> Self {
-        if let Some(state) = Arc::get_mut(&mut self.state) {
-            state.internal_needs_client_certificate = required;
-        }
-        self
+        Self { state: Arc::new(AuthState { verifier, service_credential, on_denied, options }) }
     }
 }
 
@@ -372,7 +383,7 @@ impl AuthState {
         match access {
             Access::Public | Access::Agent => Ok(Caller::Anonymous),
             Access::Internal => {
-                if self.internal_needs_client_certificate && !client_certificate {
+                if self.options.internal_needs_client_certificate && !client_certificate {
                     return Err(plain(ApiError::Unauthenticated(
                         "internal RPCs require a TLS client certificate from the internal CA"
                             .into(),
@@ -465,7 +476,8 @@ where
             let client_address = crate::peer::client_address(
                 crate::peer::tcp_peer(request.extensions()),
                 request.headers(),
-                &state.trusted_proxies,
+                &state.options.trusted_proxies,
+                state.options.forwarded_header,
             );
             let client_certificate = crate::peer::has_client_certificate(request.extensions());
             let context = RequestContext { request_id, client_address, method: path };

@@ -85,9 +85,24 @@ pub struct ServerConfig {
     pub health_listen: Option<SocketAddr>,
     /// TLS on `listen`. Off unless `cert_file` and `key_file` are both set.
     pub tls: TlsConfig,
-    /// Proxies (CIDRs such as `10.0.0.0/8`) whose `Forwarded` / `X-Forwarded-For` headers name
-    /// the client. A call from any other peer is attributed to the TCP peer address.
+    /// Proxies (CIDRs such as `10.0.0.0/8`) whose forwarding header names the client. A call
+    /// from any other peer is attributed to the TCP peer address.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The one header the trusted proxies append the client's address to. Only this header is
+    /// read: a proxy passes other forwarding headers from the client through unchanged.
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// Which forwarding header the trusted proxies maintain.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (ingress-nginx, Envoy, most load balancers).
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 /// The server's TLS material, PEM files re-read when they change (cert-manager rotates them in
@@ -136,6 +151,7 @@ impl Default for ServerConfig {
             health_listen: None,
             tls: TlsConfig::default(),
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
         }
     }
 }
@@ -245,8 +261,9 @@ pub struct InternalConfig {
     pub admin_url: String,
     /// Base URL of the command-authorization service.
     pub commands_url: String,
-    /// CA bundle (PEM) that peers' `https://` certificates are verified against, in addition to
-    /// the system roots.
+    /// CA bundle (PEM) that peers' `https://` certificates are verified against; when set it is
+    /// the only trust anchor for internal calls (an internal peer is never a public site).
+    /// Unset: the system roots.
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM) presented on internal calls, for servers with
     /// `server.tls.client_ca_file`.

@@ -4,6 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
+
+use crate::config::ForwardedHeader;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// The TCP peer of a request, over plaintext or TLS.
@@ -25,24 +27,25 @@ pub fn has_client_certificate(extensions: &http::Extensions) -> bool {
 }
 
 /// The client's address: the TCP peer, unless that peer is one of `trusted_proxies`; then the
-/// nearest address in `Forwarded` (RFC 7239) or else `X-Forwarded-For` that is not itself a
-/// trusted proxy, read from the right, since only the hops the trusted proxies appended can be
-/// believed. A client cannot forge its address by sending these headers through a proxy that
-/// appends, nor by sending them directly.
+/// nearest address in `header` (the one the proxies maintain) that is not itself a trusted proxy,
+/// read from the right, since only the hops the trusted proxies appended can be believed. A
+/// client cannot forge its address by sending the header through a proxy that appends to it, by
+/// sending the other forwarding header (never read), nor by sending either directly.
 pub fn client_address(
     peer: Option<SocketAddr>,
     headers: &http::HeaderMap,
     trusted_proxies: &[IpNet],
+    header: ForwardedHeader,
 ) -> String {
     let Some(peer) = peer else { return String::new() };
     let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(&canonical(*ip)));
     if !trusted(&peer.ip()) {
         return peer.to_string();
     }
-    let mut hops = forwarded_for(headers);
-    if hops.is_empty() {
-        hops = x_forwarded_for(headers);
-    }
+    let hops = match header {
+        ForwardedHeader::XForwardedFor => x_forwarded_for(headers),
+        ForwardedHeader::Forwarded => forwarded_for(headers),
+    };
     // Right to left: the first hop that is not a trusted proxy is the client. An unparsable hop
     // ends the walk (a proxy we trust would not have written it), attributing the call to the
     // last trusted hop.
@@ -124,6 +127,9 @@ mod tests {
         map
     }
 
+    const XFF: ForwardedHeader = ForwardedHeader::XForwardedFor;
+    const RFC: ForwardedHeader = ForwardedHeader::Forwarded;
+
     fn proxies() -> Vec<IpNet> {
         vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()]
     }
@@ -132,8 +138,8 @@ mod tests {
     fn an_untrusted_peer_cannot_claim_another_address() {
         let peer = "203.0.113.9:5000".parse().ok();
         let forged = headers(&[("x-forwarded-for", "198.51.100.1"), ("forwarded", "for=1.2.3.4")]);
-        assert_eq!(client_address(peer, &forged, &proxies()), "203.0.113.9:5000");
-        assert_eq!(client_address(peer, &forged, &[]), "203.0.113.9:5000");
+        assert_eq!(client_address(peer, &forged, &proxies(), XFF), "203.0.113.9:5000");
+        assert_eq!(client_address(peer, &forged, &[], XFF), "203.0.113.9:5000");
     }
 
     #[test]
@@ -141,27 +147,30 @@ mod tests {
         let peer = "10.1.2.3:443".parse().ok();
         // The client sent a forged first hop; the ingress appended the real one.
         let xff = headers(&[("x-forwarded-for", "1.1.1.1, 198.51.100.7, 10.9.9.9")]);
-        assert_eq!(client_address(peer, &xff, &proxies()), "198.51.100.7");
+        assert_eq!(client_address(peer, &xff, &proxies(), XFF), "198.51.100.7");
         let forwarded =
             headers(&[("forwarded", "for=1.1.1.1, for=\"[2001:db8::5]:4711\";proto=https")]);
-        assert_eq!(client_address(peer, &forwarded, &proxies()), "2001:db8::5");
-        // Forwarded wins over X-Forwarded-For.
+        assert_eq!(client_address(peer, &forwarded, &proxies(), RFC), "2001:db8::5");
+        // Only the configured header is read: a client's own other header changes nothing.
         let both = headers(&[("forwarded", "for=192.0.2.60"), ("x-forwarded-for", "192.0.2.61")]);
-        assert_eq!(client_address(peer, &both, &proxies()), "192.0.2.60");
+        assert_eq!(client_address(peer, &both, &proxies(), XFF), "192.0.2.61");
+        assert_eq!(client_address(peer, &both, &proxies(), RFC), "192.0.2.60");
+        let forged = headers(&[("forwarded", "for=192.0.2.99")]);
+        assert_eq!(client_address(peer, &forged, &proxies(), XFF), "10.1.2.3");
         // No header: the proxy itself.
-        assert_eq!(client_address(peer, &headers(&[]), &proxies()), "10.1.2.3");
+        assert_eq!(client_address(peer, &headers(&[]), &proxies(), XFF), "10.1.2.3");
         // Garbage ends the walk at the last trusted hop.
         let junk = headers(&[("x-forwarded-for", "1.1.1.1, unknown, 10.4.4.4")]);
-        assert_eq!(client_address(peer, &junk, &proxies()), "10.4.4.4");
+        assert_eq!(client_address(peer, &junk, &proxies(), XFF), "10.4.4.4");
         let obfuscated = headers(&[("forwarded", "for=_hidden")]);
-        assert_eq!(client_address(peer, &obfuscated, &proxies()), "10.1.2.3");
+        assert_eq!(client_address(peer, &obfuscated, &proxies(), RFC), "10.1.2.3");
     }
 
     #[test]
     fn mapped_ipv4_peers_match_ipv4_proxies() {
         let peer = "[::ffff:10.0.0.1]:443".parse().ok();
         let xff = headers(&[("x-forwarded-for", "192.0.2.1")]);
-        assert_eq!(client_address(peer, &xff, &proxies()), "192.0.2.1");
-        assert_eq!(client_address(None, &xff, &proxies()), "");
+        assert_eq!(client_address(peer, &xff, &proxies(), XFF), "192.0.2.1");
+        assert_eq!(client_address(None, &xff, &proxies(), XFF), "");
     }
 }

@@ -62,9 +62,9 @@ pub fn lazy_channel(url: &str) -> ApiResult<Channel> {
     peer_channel(url, &crate::config::InternalConfig::default())
 }
 
-/// A lazy channel to another Steward service: `https://` URLs are verified against the system
-/// roots plus `internal.ca_file`, presenting `internal.client_cert_file` when configured (mutual
-/// TLS for internal RPCs).
+/// A lazy channel to another Steward service: `https://` URLs are verified against
+/// `internal.ca_file` (the system roots when unset), presenting `internal.client_cert_file` when
+/// configured (mutual TLS for internal RPCs).
 pub fn peer_channel(url: &str, internal: &crate::config::InternalConfig) -> ApiResult<Channel> {
     let configure = |endpoint: Endpoint| {
         endpoint

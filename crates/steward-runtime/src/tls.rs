@@ -25,6 +25,9 @@ use crate::config::TlsConfig;
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; further connections wait to be accepted (slow or idle clients
+/// cannot pile up sockets and tasks without bound).
+const MAX_HANDSHAKES: usize = 256;
 
 /// TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -188,8 +191,10 @@ impl ServerTls {
     ) -> (ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>, tokio::task::JoinHandle<()>)
     {
         let (tx, rx) = mpsc::channel(64);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let task = tokio::spawn(async move {
             loop {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(err) => {
@@ -207,6 +212,7 @@ impl ServerTls {
                 let acceptor = TlsAcceptor::from(config);
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let _ = tx.send(Ok(stream)).await;

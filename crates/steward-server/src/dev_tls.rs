@@ -41,15 +41,25 @@ fn write_private(path: &Path, contents: &str) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// The dev CA and server certificate under `data_dir/tls`, created when any file is missing.
-pub fn ensure(data_dir: &Path) -> Result<DevTls, ServerError> {
+/// The dev CA and server certificate under `data_dir/tls`, valid for `localhost`, `127.0.0.1`,
+/// `::1` and `listen`'s address when that is another specific one; created when a file is
+/// missing or the names changed.
+pub fn ensure(data_dir: &Path, listen: std::net::SocketAddr) -> Result<DevTls, ServerError> {
     let dir = data_dir.join("tls");
     let set = DevTls {
         ca_file: dir.join("ca.pem"),
         cert_file: dir.join("server.pem"),
         key_file: dir.join("server.key"),
     };
-    if set.ca_file.exists() && set.cert_file.exists() && set.key_file.exists() {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let ip = listen.ip();
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        names.push(ip.to_string());
+    }
+    let names_file = dir.join("names");
+    let wanted = names.join("\n");
+    let same_names = std::fs::read_to_string(&names_file).is_ok_and(|had| had == wanted);
+    if same_names && set.ca_file.exists() && set.cert_file.exists() && set.key_file.exists() {
         return Ok(set);
     }
     std::fs::create_dir_all(&dir)?;
@@ -62,7 +72,6 @@ pub fn ensure(data_dir: &Path) -> Result<DevTls, ServerError> {
     let ca_cert = ca.self_signed(&ca_key).map_err(tls_error)?;
     let issuer = Issuer::new(ca, ca_key);
 
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     let mut server = CertificateParams::new(names).map_err(tls_error)?;
     server.distinguished_name.push(DnType::CommonName, "steward dev server");
     server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -75,5 +84,6 @@ pub fn ensure(data_dir: &Path) -> Result<DevTls, ServerError> {
     std::fs::write(&set.ca_file, ca_cert.pem())?;
     std::fs::write(&set.cert_file, server_cert.pem())?;
     write_private(&set.key_file, &server_key.serialize_pem())?;
+    std::fs::write(&names_file, wanted)?;
     Ok(set)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use steward_runtime::authn::{
-    AuthLayer, DenialSink, DeniedCall, KeySource, RemoteJwks, TokenVerifier,
+    AuthLayer, AuthOptions, DenialSink, DeniedCall, KeySource, RemoteJwks, TokenVerifier,
 };
 use steward_runtime::config::Config;
 use steward_runtime::server::{serve, ReadinessCheck, ServeError, ServeOptions};
@@ -201,13 +201,12 @@ pub async fn run(
         keys,
         clock.clone(),
     );
-    let auth = AuthLayer::new(
+    let auth = AuthLayer::with_options(
         verifier,
         Some(config.internal.service_token.clone()),
         Some(audit_denials(peers.clone(), clock.clone())),
-    )
-    .with_trusted_proxies(config.server.trusted_proxies.clone())
-    .with_internal_client_certificates(config.server.tls.client_ca_file.is_some());
+        AuthOptions::from_config(&config.server),
+    );
     let health_listener = match config.server.health_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await?;
@@ -307,7 +306,18 @@ pub fn dev_config(
 ) -> Result<Config, ServerError> {
     let mut config = base;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let url = format!("{scheme}://{addr}");
+    // The services call each other on the listening address; an unspecified one (0.0.0.0, ::)
+    // is dialled on loopback, a name the dev certificate holds.
+    let dial = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    };
+    let url = format!("{scheme}://{dial}");
     if let Some(tls) = tls {
         config.server.tls.cert_file = Some(tls.cert_file.clone());
         config.server.tls.key_file = Some(tls.key_file.clone());

@@ -132,7 +132,8 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
         Command::Dev { listen, data_dir, owner_email, tls } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let addr = listener.local_addr()?;
-            let tls = if tls { Some(steward_server::dev_tls::ensure(&data_dir)?) } else { None };
+            let tls =
+                if tls { Some(steward_server::dev_tls::ensure(&data_dir, addr)?) } else { None };
             let config = dev_config(config, addr, &data_dir, tls.as_ref())?;
             let server = tokio::spawn(run(
                 config.clone(),

@@ -659,8 +659,23 @@ backend_test!(deleted_credentials_cannot_refresh_or_sign_in, |stack| async move 
     assert_invalid_credentials(&sign_in_raw(&stack, &owner.email, PASSWORD).await.unwrap_err());
 });
 
+/// An administrator with a password that never signed in (so no address is known to it), and
+/// its email.
+async fn never_signed_in(stack: &Stack, owner: &Owner) -> String {
+    let (_, email) = invite(owner, false).await;
+    let token = stack.wait_for_token(&email).await;
+    accept(stack, &token, PASSWORD).await.unwrap();
+    email
+}
+
 backend_test!(throttling_engages_and_releases_with_the_clock, |stack| async move {
-    let owner = stack.owner().await;
+    let admin = stack.owner().await;
+    // An account that never signed in from here: an address it did sign in from would have an
+    // allowance of its own while the account is locked.
+    struct Account {
+        email: String,
+    }
+    let owner = Account { email: never_signed_in(&stack, &admin).await };
     for _ in 0..5 {
         let status =
             sign_in_raw(&stack, &owner.email, "wrong password, attempt").await.unwrap_err();
@@ -873,4 +888,56 @@ async fn sign_in_raw_at(
         })
         .await
         .map(|r| r.into_inner().result.unwrap())
+}
+
+/// Signs in as if from `address`, behind a trusted proxy that appended it to X-Forwarded-For;
+/// the client also sends a forged `Forwarded` header, which must be ignored.
+async fn sign_in_from(
+    stack: &Stack,
+    address: &str,
+    email: &str,
+    password: &str,
+) -> Result<sign_in_response::Result, tonic::Status> {
+    let mut request = tonic::Request::new(SignInRequest {
+        email: email.into(),
+        password: password.into(),
+        organization: String::new(),
+    });
+    let forged = format!("for={}", uuid::Uuid::new_v4().simple());
+    request.metadata_mut().insert("forwarded", forged.parse().unwrap());
+    request.metadata_mut().insert("x-forwarded-for", address.parse().unwrap());
+    stack.client().await.auth().sign_in(request).await.map(|r| r.into_inner().result.unwrap())
+}
+
+// Guesses from elsewhere lock the account, but its owner keeps signing in from an address it
+// signed in from before; an unknown address waits for the lock. A forged `Forwarded` header buys
+// an attacker nothing: only the header the proxy maintains is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_from_elsewhere_do_not_keep_the_owner_out() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        if backend == Backend::Postgres && !crate::harness::postgres_available() {
+            continue;
+        }
+        let stack = Stack::start_with(backend, |config| {
+            config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        })
+        .await;
+        let owner = stack.owner().await;
+        tokens(sign_in_from(&stack, "203.0.113.5", &owner.email, PASSWORD).await.unwrap());
+        let mut refused = None;
+        for i in 0..10 {
+            match sign_in_from(&stack, "198.51.100.9", &owner.email, &format!("guess {i}")).await {
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    refused = Some(status);
+                    break;
+                }
+                Err(status) => assert_invalid_credentials(&status),
+                Ok(other) => panic!("a wrong password was accepted: {other:?}"),
+            }
+        }
+        assert!(refused.is_some(), "the account locks after its free failures");
+        let status = sign_in_from(&stack, "192.0.2.77", &owner.email, PASSWORD).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "an unknown address waits");
+        tokens(sign_in_from(&stack, "203.0.113.5", &owner.email, PASSWORD).await.unwrap());
+    }
 }

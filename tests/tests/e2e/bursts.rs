@@ -40,7 +40,31 @@ async fn two_replicas(stack: &mut Stack) -> [Steward; 2] {
 
 backend_test!(parallel_wrong_passwords_evaluate_only_the_allowance, |stack| async move {
     let mut stack = stack;
-    let owner = stack.owner().await;
+    let admin = stack.owner().await;
+    // The victim has a password but never signed in from this address (an address it signed in
+    // from has an allowance of its own while the account is locked).
+    let email = format!("victim-{}@example.com", uuid::Uuid::new_v4().simple());
+    admin
+        .client
+        .admin()
+        .create_administrator(steward_proto::admin::v1::CreateAdministratorRequest {
+            parent: admin.org.clone(),
+            administrator: Some(steward_proto::admin::v1::Administrator {
+                email: email.clone(),
+                role: steward_proto::admin::v1::Role::Administrator as i32,
+                ..Default::default()
+            }),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap();
+    let token = stack.wait_for_token(&email).await;
+    let accept = AcceptInviteRequest { token, password: PASSWORD.into() };
+    stack.client().await.auth().accept_invite(accept).await.unwrap();
+    struct Victim {
+        email: String,
+    }
+    let owner = Victim { email };
     let clients = two_replicas(&mut stack).await;
     let guesses = (0..BURST).map(|i| {
         let mut auth = clients[i % 2].auth();

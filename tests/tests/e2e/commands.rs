@@ -1651,6 +1651,14 @@ backend_test!(connect_key_replays_show_the_key_only_within_the_window, |stack| a
     stack.clock.advance(Duration::from_secs(9 * 60));
     let replay = owner.client.systems().create_connect_key(create(&request_id)).await.unwrap();
     assert_eq!(replay.into_inner().connect_key.unwrap().key, first.key);
+    // The same UUID spelled differently is the same request.
+    let upper = request_id.to_uppercase();
+    let replay = owner.client.systems().create_connect_key(create(&upper)).await.unwrap();
+    assert_eq!(replay.into_inner().connect_key.unwrap().name, first.name);
+    // A guessable (time-based) UUID cannot protect a key.
+    let v7 = uuid::Uuid::now_v7().to_string();
+    let err = owner.client.systems().create_connect_key(create(&v7)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     // The row holds neither the request_id nor anything the configuration opens.
     let url = match stack.backend {

@@ -198,7 +198,8 @@ impl Stack {
         config.server.shutdown_grace_secs = 5;
         let mut ca_pem = None;
         if transport != Transport::Plain {
-            let tls = steward_server::dev_tls::ensure(data_dir.path()).unwrap();
+            let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let tls = steward_server::dev_tls::ensure(data_dir.path(), loopback).unwrap();
             ca_pem = Some(std::fs::read(&tls.ca_file).unwrap());
             config.server.tls.cert_file = Some(tls.cert_file.clone());
             config.server.tls.key_file = Some(tls.key_file.clone());

@@ -738,3 +738,72 @@ backend_test!(password_reset_requests_are_throttled_per_email, |stack| async mov
     auth.auth().request_password_reset(request()).await.unwrap();
     assert_eq!(mails_settle(&stack, &owner.email, invites + 4).await, invites + 4);
 });
+
+// A stolen access token cannot take over billing or someone's second factor: changing the card,
+// granting billing and resetting MFA need a sign-in within five minutes, and refreshing the
+// session does not renew it.
+backend_test!(billing_and_mfa_changes_need_a_recent_sign_in, |stack| async move {
+    use steward_proto::admin::v1::ResetAdministratorMfaRequest;
+    use steward_proto::auth::v1::RefreshSessionRequest;
+    use steward_proto::billing::v1::{PaymentCard, UpdatePaymentCardRequest};
+    let owner = stack.owner().await;
+    let member = stack.member(&owner, Role::CommandRunner, false).await;
+    let year = stack.clock.now().format("%Y").to_string().parse::<i32>().unwrap();
+    let card = || UpdatePaymentCardRequest {
+        payment_card: Some(PaymentCard {
+            name: format!("{}/paymentCard", owner.org),
+            card_number: "4242 4242 4242 4242".into(),
+            cvc: "913".into(),
+            exp_month: 12,
+            exp_year: year + 2,
+            cardholder_name: "Ada Lovelace".into(),
+            ..Default::default()
+        }),
+        update_mask: None,
+    };
+    let grant_billing = || CreateAdministratorRequest {
+        parent: owner.org.clone(),
+        administrator: Some(Administrator {
+            email: format!("thief-{}@example.com", uuid::Uuid::new_v4().simple()),
+            role: Role::Administrator as i32,
+            billing: true,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    };
+    let reset = || ResetAdministratorMfaRequest { name: member.name.clone() };
+    // Six minutes after signing in, the (still valid) token is not enough.
+    stack.clock.advance(Duration::from_secs(6 * 60));
+    let client = &owner.client;
+    let refusals = [
+        client.billing().update_payment_card(card()).await.map(|_| ()),
+        client.admin().create_administrator(grant_billing()).await.map(|_| ()),
+        client.admin().reset_administrator_mfa(reset()).await.map(|_| ()),
+    ];
+    for err in refusals.into_iter().map(Result::unwrap_err) {
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert_eq!(reason(&err), "RECENT_AUTHENTICATION_REQUIRED");
+    }
+    // A refreshed token keeps the sign-in's time.
+    let refreshed = stack
+        .client()
+        .await
+        .auth()
+        .refresh_session(RefreshSessionRequest {
+            refresh_token: owner.tokens.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    let refreshed = stack.client().await.with_token(&refreshed.access_token).unwrap();
+    let err = refreshed.billing().update_payment_card(card()).await.unwrap_err();
+    assert_eq!(reason(&err), "RECENT_AUTHENTICATION_REQUIRED");
+    // Signing in again (password, and second factor if enrolled) allows all three.
+    let tokens = stack.sign_in(&owner.email, PASSWORD).await;
+    let fresh = stack.client().await.with_token(&tokens.access_token).unwrap();
+    fresh.billing().update_payment_card(card()).await.unwrap();
+    fresh.admin().create_administrator(grant_billing()).await.unwrap();
+    fresh.admin().reset_administrator_mfa(reset()).await.unwrap();
+});

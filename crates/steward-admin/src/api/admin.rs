@@ -64,15 +64,21 @@ fn update_paths(mask: Option<&prost_types::FieldMask>) -> ApiResult<HashSet<&'st
 /// Billing access may only be handed out by an administrator who holds it: otherwise an
 /// Administrator without billing could grant it to itself (or to a new account it controls) and
 /// reach the payment card. Removing billing needs no such right (it takes access away, and the
-/// LAST_BILLING_ADMINISTRATOR safeguard still applies).
-fn may_grant_billing(caller: &administrator::Model) -> ApiResult<()> {
-    if caller.billing {
-        return Ok(());
+/// LAST_BILLING_ADMINISTRATOR safeguard still applies). Like changing the card, granting billing
+/// needs a recent sign-in, so a stolen access token cannot hand billing to an account its thief
+/// controls.
+fn may_grant_billing(
+    caller: &administrator::Model,
+    p: &Principal,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ApiResult<()> {
+    if !caller.billing {
+        return Err(ApiError::denied(
+            "BILLING_REQUIRED",
+            "only administrators with billing access may grant billing access",
+        ));
     }
-    Err(ApiError::denied(
-        "BILLING_REQUIRED",
-        "only administrators with billing access may grant billing access",
-    ))
+    p.require_recent_authentication(now, super::billing::RECENT_AUTHENTICATION_SECS)
 }
 
 /// ALREADY_EXISTS for a second administrator with the same email in one organization, whether
@@ -103,7 +109,7 @@ impl AdminApi {
         lock_org(&txn, &org_id).await?;
         let caller = caller_row(&txn, p, Need::Administrator).await?;
         if input.billing {
-            may_grant_billing(&caller)?;
+            may_grant_billing(&caller, p, now)?;
         }
         if !req.request_id.is_empty() {
             let previous =
@@ -279,7 +285,7 @@ impl AdminApi {
         let role_changed = next.role != current.role;
         let billing_changed = next.billing != current.billing;
         if billing_changed && next.billing {
-            may_grant_billing(&caller)?;
+            may_grant_billing(&caller, p, now)?;
         }
         let mut changed = Vec::new();
         for (field, differs) in [
@@ -464,6 +470,9 @@ impl AdminApi {
         p.check_organization(&req.name)?;
         let (org_id, admin_id) = parse_admin("name", &req.name)?;
         let now = self.state.now();
+        // Removing someone's second factor opens their account to a password alone: it needs a
+        // recent sign-in, not just a (possibly stolen) access token.
+        p.require_recent_authentication(now, super::billing::RECENT_AUTHENTICATION_SECS)?;
         let txn = self.state.begin_write().await?;
         lock_org(&txn, &org_id).await?;
         caller_row(&txn, p, Need::Administrator).await?;

@@ -27,10 +27,10 @@ pub struct BillingApi {
     state: Shared,
 }
 
-/// `organizations/{o}/paymentCard` -> `{o}`.
-/// How recent a sign-in must be to change the payment card.
+/// How recent a sign-in must be to change the payment card, grant billing or reset someone's MFA.
 pub const RECENT_AUTHENTICATION_SECS: i64 = 300;
 
+/// `organizations/{o}/paymentCard` -> `{o}`.
 fn parse_card_name(field: &str, name: &str) -> ApiResult<String> {
     let org = name.strip_suffix("/paymentCard").ok_or_else(|| {
         ApiError::invalid(field, "must look like `organizations/{id}/paymentCard`")
