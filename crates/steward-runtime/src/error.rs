@@ -201,7 +201,10 @@ impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         match status.code() {
             Code::Unavailable | Code::DeadlineExceeded => {
-                Self::Unavailable(format!("dependency unavailable: {}", status.message()))
+                // The peer's message can name hosts, certificates and transport details: logged
+                // here, not sent to the caller.
+                tracing::warn!(code = ?status.code(), message = status.message(), "peer call unavailable");
+                Self::Unavailable("a service this call needs is unavailable, retry later".into())
             }
             _ => Self::Internal(format!("peer call failed: {status}")),
         }
