@@ -463,7 +463,7 @@ fn endpoint(
         None => None,
     };
     steward_proto::client::endpoint(server.to_owned(), ca_pem)
-        .map_err(|err| invalid(chain(&err)))
+        .map_err(|err| invalid(steward_proto::client::error_chain(&err)))
         .map(|endpoint| {
             endpoint
                 .connect_timeout(Duration::from_secs(10))
@@ -481,27 +481,12 @@ fn is_loopback(host: Option<&str>) -> bool {
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// An error and its causes, `: `-joined (a transport error's own text is only "transport error").
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// A failed connection. An untrusted certificate before the agent ever registered is fatal (a
 /// misconfiguration: retrying cannot help, and nothing was sent); once registered it is retried
 /// like any other failure (a rotation gone briefly wrong, a clock not yet synchronised), with the
 /// reason in the log, still sending nothing to a server it cannot verify.
 fn connect_failure(server: &str, err: &tonic::transport::Error, registered: bool) -> Failure {
-    let reason = chain(err);
+    let reason = steward_proto::client::error_chain(err);
     match reason.find("invalid peer certificate") {
         Some(at) if !registered => Failure::Fatal(AgentError::UntrustedServer {
             url: server.to_owned(),

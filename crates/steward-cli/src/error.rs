@@ -21,7 +21,7 @@ pub enum CliError {
     SessionExpired,
 
     /// The server could not be reached.
-    #[error("cannot connect to {server}: {}", chain(source))]
+    #[error("cannot connect to {server}: {}", steward_proto::client::error_chain(source))]
     Connect {
         /// The server URL.
         server: String,
@@ -105,19 +105,3 @@ impl From<tonic::Status> for CliError {
 
 /// The CLI's result type.
 pub type Result<T, E = CliError> = std::result::Result<T, E>;
-
-/// An error and its causes, `: `-joined: a transport error's own text says little ("transport
-/// error"); the cause says what failed (refused, certificate not trusted, name mismatch...).
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}

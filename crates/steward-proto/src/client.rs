@@ -59,6 +59,22 @@ pub fn endpoint(
     }
 }
 
+/// An error and its causes, `: `-joined. A transport error's own text says little ("transport
+/// error"); its causes say what failed (refused, certificate not trusted, name mismatch...).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The channel type every service client of [`Steward`] uses.
 pub type AuthedChannel = InterceptedService<Channel, BearerToken>;
 

@@ -5,8 +5,8 @@
 use futures::future::join_all;
 use steward_auth::throttle::{ACCOUNT, LINK_ADDRESS, RESET_EMAIL};
 use steward_proto::auth::v1::{
-    sign_in_response, verify_mfa_request, AcceptInviteRequest, BeginMfaEnrollmentRequest,
-    ConfirmMfaEnrollmentRequest, RequestPasswordResetRequest, SignInRequest, VerifyMfaRequest,
+    sign_in_response, verify_mfa_request, AcceptInviteRequest, RequestPasswordResetRequest,
+    SignInRequest, VerifyMfaRequest,
 };
 use steward_proto::client::Steward;
 use steward_server::ServiceKind;
@@ -100,20 +100,7 @@ backend_test!(parallel_wrong_passwords_evaluate_only_the_allowance, |stack| asyn
 backend_test!(parallel_wrong_codes_evaluate_only_the_allowance, |stack| async move {
     let mut stack = stack;
     let owner = stack.owner().await;
-    let enrolment = owner
-        .client
-        .auth()
-        .begin_mfa_enrollment(BeginMfaEnrollmentRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let code = steward_auth::totp::code_at(&enrolment.secret, stack.clock.now()).unwrap();
-    owner
-        .client
-        .auth()
-        .confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: code })
-        .await
-        .unwrap();
+    let secret = stack.enrol_mfa(&owner.client).await;
     let clients = two_replicas(&mut stack).await;
     // Several challenges (the open ones are capped), then a burst of wrong codes over all of them.
     let mut challenges = Vec::new();
@@ -154,7 +141,7 @@ backend_test!(parallel_wrong_codes_evaluate_only_the_allowance, |stack| async mo
     assert_eq!(evaluated + refused, results.len());
     // A closed challenge is refused even with the right code, once the throttle allows a try.
     stack.clock.advance(std::time::Duration::from_secs(901));
-    let code = steward_auth::totp::code_at(&enrolment.secret, stack.clock.now()).unwrap();
+    let code = steward_auth::totp::code_at(&secret, stack.clock.now()).unwrap();
     let closed = clients[0]
         .auth()
         .verify_mfa(VerifyMfaRequest {

@@ -98,7 +98,7 @@ async fn create_command(owner: &Owner, display: &str, targets: &[&str]) -> Comma
         .unwrap()
 }
 
-async fn grant(owner: &Owner, command: &str, grantee: &str) -> Grant {
+pub(crate) async fn grant(owner: &Owner, command: &str, grantee: &str) -> Grant {
     owner
         .client
         .commands()

@@ -519,6 +519,24 @@ impl Stack {
         Member { name: created.name, email, client, tokens }
     }
 
+    /// Enrols TOTP MFA for the administrator signed in as `client`; returns the secret.
+    pub async fn enrol_mfa(&self, client: &Steward) -> String {
+        use steward_proto::auth::v1::{BeginMfaEnrollmentRequest, ConfirmMfaEnrollmentRequest};
+        let enrolment = client
+            .auth()
+            .begin_mfa_enrollment(BeginMfaEnrollmentRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let code = steward_auth::totp::code_at(&enrolment.secret, self.clock.now()).unwrap();
+        client
+            .auth()
+            .confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: code })
+            .await
+            .unwrap();
+        enrolment.secret
+    }
+
     /// Path of a file under the stack's data directory.
     pub fn data_path(&self, relative: impl AsRef<Path>) -> PathBuf {
         self.data_dir.path().join(relative)

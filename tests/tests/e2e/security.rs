@@ -11,8 +11,8 @@ use steward_proto::admin::v1::{
 };
 use steward_proto::audit::v1::{audit_event, AuditEvent, ListAuditEventsRequest};
 use steward_proto::auth::v1::{
-    sign_in_response, verify_mfa_request, BeginMfaEnrollmentRequest, ConfirmMfaEnrollmentRequest,
-    RequestPasswordResetRequest, SignInRequest, VerifyMfaRequest,
+    sign_in_response, verify_mfa_request, RequestPasswordResetRequest, SignInRequest,
+    VerifyMfaRequest,
 };
 use steward_proto::commands::v1::{
     Command, CreateCommandRequest, DeleteCommandRequest, Interpreter, RunCommandRequest,
@@ -157,20 +157,7 @@ backend_test!(forged_page_token_offsets_are_invalid_not_a_panic, |stack| async m
 
 backend_test!(wrong_mfa_codes_are_throttled_across_challenges, |stack| async move {
     let owner = stack.owner().await;
-    let enrolment = owner
-        .client
-        .auth()
-        .begin_mfa_enrollment(BeginMfaEnrollmentRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let code = steward_auth::totp::code_at(&enrolment.secret, stack.clock.now()).unwrap();
-    owner
-        .client
-        .auth()
-        .confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: code })
-        .await
-        .unwrap();
+    let secret = stack.enrol_mfa(&owner.client).await;
     stack.clock.advance(Duration::from_secs(60));
 
     let auth = stack.client().await;
@@ -206,8 +193,7 @@ backend_test!(wrong_mfa_codes_are_throttled_across_challenges, |stack| async mov
         let valid: Vec<String> = [-30, 0, 30]
             .iter()
             .map(|s| {
-                steward_auth::totp::code_at(&enrolment.secret, now + chrono::Duration::seconds(*s))
-                    .unwrap()
+                steward_auth::totp::code_at(&secret, now + chrono::Duration::seconds(*s)).unwrap()
             })
             .collect();
         (0..10).map(|d| format!("{d}{d}{d}{d}{d}{d}")).find(|c| !valid.contains(c)).unwrap()
@@ -222,14 +208,14 @@ backend_test!(wrong_mfa_codes_are_throttled_across_challenges, |stack| async mov
     // The password still works (and clears the password counter), but a fresh challenge does
     // not buy fresh guesses: even the right code waits for the lock.
     let second = challenge().await;
-    let right = steward_auth::totp::code_at(&enrolment.secret, stack.clock.now()).unwrap();
+    let right = steward_auth::totp::code_at(&secret, stack.clock.now()).unwrap();
     let err = verify(second.clone(), right).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.get_error_details().retry_info().is_some());
 
     // After the lock, the right code completes the sign-in, and the counter starts over.
     stack.clock.advance(Duration::from_secs(31));
-    let right = steward_auth::totp::code_at(&enrolment.secret, stack.clock.now()).unwrap();
+    let right = steward_auth::totp::code_at(&secret, stack.clock.now()).unwrap();
     verify(second, right).await.unwrap();
     let third = challenge().await;
     let err = verify(third, wrong()).await.unwrap_err();
@@ -238,20 +224,7 @@ backend_test!(wrong_mfa_codes_are_throttled_across_challenges, |stack| async mov
 
 backend_test!(parallel_guesses_cannot_exceed_a_challenges_attempts, |stack| async move {
     let owner = stack.owner().await;
-    let enrolment = owner
-        .client
-        .auth()
-        .begin_mfa_enrollment(BeginMfaEnrollmentRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let code = steward_auth::totp::code_at(&enrolment.secret, stack.clock.now()).unwrap();
-    owner
-        .client
-        .auth()
-        .confirm_mfa_enrollment(ConfirmMfaEnrollmentRequest { totp_code: code })
-        .await
-        .unwrap();
+    let secret = stack.enrol_mfa(&owner.client).await;
     stack.clock.advance(Duration::from_secs(60));
     let auth = stack.client().await;
     let reply = auth
@@ -288,7 +261,7 @@ backend_test!(parallel_guesses_cannot_exceed_a_challenges_attempts, |stack| asyn
     // Only the five reserved attempts were judged and counted (a 2 s lock; six or more would
     // lock for 4 s or longer), and the challenge has none left.
     stack.clock.advance(Duration::from_secs(3));
-    let right = steward_auth::totp::code_at(&enrolment.secret, stack.clock.now()).unwrap();
+    let right = steward_auth::totp::code_at(&secret, stack.clock.now()).unwrap();
     let err = auth
         .auth()
         .verify_mfa(VerifyMfaRequest {

@@ -14,10 +14,7 @@ use steward_proto::audit::v1::ListAuditEventsRequest;
 use steward_proto::auth::v1::auth_internal_service_client::AuthInternalServiceClient;
 use steward_proto::auth::v1::{GetJwksRequest, RevokeSessionsRequest, SignInRequest};
 use steward_proto::client::Steward;
-use steward_proto::commands::v1::{
-    CreateCommandRequest, CreateGrantRequest, Grant, ListCommandsRequest, RunCommandRequest,
-    RunState,
-};
+use steward_proto::commands::v1::{ListCommandsRequest, RunCommandRequest, RunState};
 use steward_runtime::authn::ServiceCredential;
 use steward_server::ServiceKind;
 use steward_storage::testing::Backend;
@@ -73,36 +70,8 @@ secure_test!(seed_walkthrough_over_mutual_tls, Transport::MutualTls, |stack| asy
     );
     let system = connected_system(&owner, &agent).await;
 
-    let command = owner
-        .client
-        .commands()
-        .create_command(CreateCommandRequest {
-            parent: owner.org.clone(),
-            command: Some(steward_proto::commands::v1::Command {
-                display_name: "disk usage report".into(),
-                script: "echo over-tls".into(),
-                interpreter: steward_proto::commands::v1::Interpreter::Sh as i32,
-                target_systems: vec![system.name.clone()],
-                ..Default::default()
-            }),
-            request_id: uuid::Uuid::new_v4().to_string(),
-            command_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .command
-        .unwrap();
-    owner
-        .client
-        .commands()
-        .create_grant(CreateGrantRequest {
-            parent: command.name.clone(),
-            grant: Some(Grant { grantee: runner.name.clone(), ..Default::default() }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    let command = crate::agent::command(&owner, &system.name, "echo over-tls", 60).await;
+    crate::commands::grant(&owner, &command, &runner.name).await;
 
     // The Command Runner sees and runs its command, and sees the output; nothing else.
     let listed = runner
@@ -118,7 +87,7 @@ secure_test!(seed_walkthrough_over_mutual_tls, Transport::MutualTls, |stack| asy
         .client
         .commands()
         .run_command(RunCommandRequest {
-            command: command.name.clone(),
+            command: command.clone(),
             systems: vec![],
             request_id: uuid::Uuid::new_v4().to_string(),
         })
@@ -263,19 +232,8 @@ async fn connect_error(url: &str, ca_pem: &str) -> Option<String> {
             Ok(_) => None,
             Err(status) => Some(format!("{status:?}")),
         },
-        Err(err) => Some(chain(&err)),
+        Err(err) => Some(steward_proto::client::error_chain(&err)),
     }
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Waits (up to 15 s) until a fresh connection's outcome satisfies `done`.
