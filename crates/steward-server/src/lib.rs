@@ -305,7 +305,8 @@ pub fn dev_config(
     tls: Option<&dev_tls::DevTls>,
 ) -> Result<Config, ServerError> {
     let mut config = base;
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    // TLS from `--tls`, or from `server.tls` settings (then `internal.ca_file` names their CA).
+    let scheme = if tls.is_some() || config.server.tls.enabled() { "https" } else { "http" };
     // The services call each other on the listening address; an unspecified one (0.0.0.0, ::)
     // is dialled on loopback, a name the dev certificate holds.
     let dial = match addr.ip() {

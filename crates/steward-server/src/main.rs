@@ -151,6 +151,10 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
                     println!("  TLS on; clients trust the dev CA: {}", tls.ca_file.display());
                     println!("  try: grpcurl -cacert {} {addr} list", tls.ca_file.display());
                 }
+                None if config.server.tls.enabled() => {
+                    println!("  TLS on (server.tls); clients trust the CA that issued it");
+                    println!("  try: grpcurl -cacert CA_FILE {addr} list");
+                }
                 None => println!("  try: grpcurl -plaintext {addr} list"),
             }
             match bootstrap_dev(&config, &owner_email).await {
