@@ -1,5 +1,5 @@
 //! The admin service: organizations, administrators and their safeguards, the payment card and
-//! the audit log (SPEC sections 1, 2, 5 and 6).
+//! the audit log.
 //!
 //! # Design decisions
 //!

@@ -157,16 +157,7 @@ pub async fn lock_org<C: ConnectionTrait>(conn: &C, org_id: &str) -> ApiResult<(
     Ok(())
 }
 
-/// What the caller must still be, checked against the database.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Need {
-    /// An active administrator of either role.
-    AnyRole,
-    /// An active Administrator.
-    Administrator,
-    /// An active administrator with billing access.
-    Billing,
-}
+pub use steward_runtime::authn::Need;
 
 /// The caller's current row. Tokens outlive demotions and deletions by their lifetime, so
 /// every call re-checks here what the token claims (mutations inside the locked transaction):

@@ -208,7 +208,7 @@ impl StoredCredential {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 
     use super::*;
     use clap::Parser;

@@ -72,7 +72,9 @@ impl Default for Backoff {
     }
 }
 
-/// A random number from the standard library's per-process hasher keys.
+/// A random number from the standard library's per-process hasher keys (backoff jitter; the
+/// agent has no injected clock, and the time only adds entropy).
+#[allow(clippy::disallowed_methods)]
 fn random_u64() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(
@@ -130,6 +132,7 @@ impl Agent {
 
     /// Runs until `shutdown` completes (then kills the runs in progress, reports them and
     /// returns `Ok`) or the server refuses the agent (`Err`).
+    #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         let endpoint = endpoint(
             &self.config.server,
@@ -166,6 +169,7 @@ impl Agent {
     }
 
     /// The stored credential, or a new one from RegisterAgent (stored before it is used).
+    #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
     async fn credential(&self, endpoint: &Endpoint) -> Result<StoredCredential, AgentError> {
         let path = self.config.credential_path();
         if let Some(stored) = StoredCredential::load(&path)? {
@@ -389,6 +393,7 @@ impl Agent {
 
     /// Kills the jobs in progress and, if a stream is open, forwards their reports for a short
     /// while.
+    #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
     async fn shutdown(&mut self, tx: Option<&mpsc::UnboundedSender<OpenStreamRequest>>) {
         let running: Vec<String> = {
             let runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -545,6 +550,8 @@ pub fn run_finished(run: &str, finish: Finish) -> RunFinished {
     }
 }
 
+/// The machine's wall clock, for the timestamps the agent reports.
+#[allow(clippy::disallowed_methods)]
 fn now() -> prost_types::Timestamp {
     let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp {

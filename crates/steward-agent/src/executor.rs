@@ -175,6 +175,7 @@ impl Executor {
 
     /// Runs `job` to its end, sending [`Event`]s to `events` while it runs (all of them are
     /// sent before this returns). `stop` ends the job early; a dropped sender never stops it.
+    #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
     pub async fn execute(
         &self,
         job: &Job,
@@ -486,7 +487,7 @@ fn humanize(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 
     use super::*;
 

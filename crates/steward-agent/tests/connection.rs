@@ -1,7 +1,14 @@
 //! The connection loop against an in-process mock AgentService: registration once, the stored
 //! credential reused, reconnection after a broken stream, refusals.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::needless_pass_by_value
+)]
 
 use std::path::Path;
 use std::pin::Pin;

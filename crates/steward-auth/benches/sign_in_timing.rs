@@ -7,7 +7,14 @@
 //! `cargo bench -p steward-auth --bench sign_in_timing` fails when the medians differ by more
 //! than 10%. Under `cargo test --benches` criterion's test mode runs each case once, unjudged.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::needless_pass_by_value
+)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;

@@ -84,6 +84,7 @@ pub async fn sweep(db: &DatabaseConnection, now: DateTime<Utc>) -> ApiResult<u64
 }
 
 /// Runs [`sweep`] every ten minutes until aborted.
+#[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
 pub fn spawn(db: DatabaseConnection, clock: Clock) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {

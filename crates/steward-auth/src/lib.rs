@@ -1,4 +1,4 @@
-//! The auth service (SPEC section 3): invite and reset links, passwords, sign-in with TOTP MFA,
+//! The auth service: invite and reset links, passwords, sign-in with TOTP MFA,
 //! sessions with rotating refresh tokens, and the EdDSA access tokens every service verifies
 //! with the published JWKS.
 //!

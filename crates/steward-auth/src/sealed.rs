@@ -67,8 +67,9 @@ impl Sealer {
         if keys.is_empty() {
             return Err(ApiError::internal("auth.mfa_keys is empty: configure at least one key"));
         }
-        for (i, (id, _)) in keys.iter().enumerate() {
-            if keys[..i].iter().any(|(earlier, _)| earlier == id) {
+        let mut seen = std::collections::HashSet::new();
+        for (id, _) in &keys {
+            if !seen.insert(id.as_str()) {
                 return Err(ApiError::internal(format!("mfa key id {id} is listed twice")));
             }
         }
@@ -208,7 +209,14 @@ pub fn ensure_dev_mfa_key(data_dir: &Path) -> ApiResult<SecretKeyConfig> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::needless_pass_by_value
+)]
 mod tests {
     use super::*;
 

@@ -1,7 +1,14 @@
 //! TOTP secrets written in clear by an earlier version are sealed by the start-up pass, and
 //! still open to the same secret; sealed values and empty columns are left alone.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::needless_pass_by_value
+)]
 
 mod support;
 

@@ -3,7 +3,14 @@
 //! failed and successful sign-in, refresh, MFA enrolment and sign-in with MFA, password change,
 //! password reset.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::needless_pass_by_value
+)]
 
 mod support;
 

@@ -184,8 +184,8 @@ pub fn connect_key(k: &ConnectKey) -> Value {
         "create_time": time(k.create_time.as_ref()),
         "creator": k.creator,
     });
-    if !k.key.is_empty() {
-        value["key"] = Value::from(k.key.clone());
+    if let (false, Some(map)) = (k.key.is_empty(), value.as_object_mut()) {
+        map.insert("key".into(), Value::from(k.key.clone()));
     }
     value
 }

@@ -162,30 +162,34 @@ pub fn code_name(code: Code) -> &'static str {
 /// ErrorInfo and RetryInfo.
 pub fn status_details(status: &tonic::Status) -> Value {
     let details = status.get_error_details();
-    let mut value = json!({});
+    let mut value = serde_json::Map::new();
     if let Some(info) = details.error_info() {
-        value["error_info"] = json!({"reason": info.reason, "domain": info.domain,
-            "metadata": info.metadata});
+        value.insert(
+            "error_info".into(),
+            json!({"reason": info.reason, "domain": info.domain, "metadata": info.metadata}),
+        );
     }
     if let Some(bad) = details.bad_request() {
-        value["field_violations"] = bad
+        let violations = bad
             .field_violations
             .iter()
             .map(|v| json!({"field": v.field, "description": v.description}))
             .collect();
+        value.insert("field_violations".into(), violations);
     }
     if let Some(pre) = details.precondition_failure() {
-        value["precondition_violations"] = pre
+        let violations = pre
             .violations
             .iter()
             .map(|v| json!({"type": v.r#type, "subject": v.subject, "description": v.description}))
             .collect();
+        value.insert("precondition_violations".into(), violations);
     }
     if let Some(retry) = details.retry_info() {
-        value["retry_delay_seconds"] =
-            json!(retry.retry_delay.map(|d| d.as_secs_f64()).unwrap_or_default());
+        let delay = retry.retry_delay.map(|d| d.as_secs_f64()).unwrap_or_default();
+        value.insert("retry_delay_seconds".into(), json!(delay));
     }
-    value
+    Value::Object(value)
 }
 
 /// The text form of a status: the code and message, then one line per detail.
@@ -232,7 +236,7 @@ pub fn report_error(format: Format, err: &CliError) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use tonic_types::{ErrorDetails, StatusExt};

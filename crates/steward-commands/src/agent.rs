@@ -750,6 +750,7 @@ async fn reap(state: &State) -> ApiResult<()> {
 }
 
 /// Runs the reaper until the task is aborted.
+#[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
 pub(crate) fn spawn_reaper(state: State) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {

@@ -5,7 +5,7 @@
 use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
 use steward_proto::admin::v1::administrator::State as AdminState;
 use steward_proto::admin::v1::LookupAdministratorRequest;
-use steward_runtime::authn::{Principal, RequestContext};
+use steward_runtime::authn::{Need, Principal, RequestContext};
 use steward_runtime::claims::Role;
 use steward_runtime::{ApiError, ApiResult};
 
@@ -42,12 +42,8 @@ pub(crate) async fn lookup(state: &State, administrator: &str) -> ApiResult<Opti
 /// The caller with its current role: the lower of the token's and the stored one, so neither a
 /// demotion nor a promotion after the token was issued widens what the token may do.
 /// `PERMISSION_DENIED` with `CALLER_DELETED` when the account is gone (or no longer active),
-/// `ROLE_REQUIRED` when `need_administrator` and the caller is no longer an Administrator.
-pub(crate) async fn current(
-    state: &State,
-    p: &Principal,
-    need_administrator: bool,
-) -> ApiResult<Principal> {
+/// `ROLE_REQUIRED` when `need` is an Administrator and the caller no longer is one.
+pub(crate) async fn current(state: &State, p: &Principal, need: Need) -> ApiResult<Principal> {
     let Some(now) = lookup(state, &p.administrator).await? else {
         return Err(ApiError::denied("CALLER_DELETED", "the caller's account no longer exists"));
     };
@@ -59,7 +55,10 @@ pub(crate) async fn current(
     } else {
         Role::CommandRunner
     };
-    if need_administrator && role != Role::Administrator {
+    // The command service never needs billing; it is held to the Administrator role like any
+    // other need beyond AnyRole.
+    let administrator_needed = matches!(need, Need::Administrator | Need::Billing);
+    if administrator_needed && role != Role::Administrator {
         return Err(ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"));
     }
     Ok(Principal { role, ..p.clone() })
@@ -70,7 +69,7 @@ pub(crate) async fn current(
 /// role allows (a deleted Command Runner's token reads nothing at all, even before its grants and
 /// runs are gone).
 pub(crate) async fn for_reading(state: &State, p: &Principal) -> ApiResult<Principal> {
-    current(state, p, false).await
+    current(state, p, Need::AnyRole).await
 }
 
 /// [`current`] for a mutation aimed at `target`; a refusal is queued for the audit log like the
@@ -80,9 +79,9 @@ pub(crate) async fn current_audited(
     ctx: &RequestContext,
     p: &Principal,
     target: &str,
-    need_administrator: bool,
+    need: Need,
 ) -> ApiResult<Principal> {
-    let result = current(state, p, need_administrator).await;
+    let result = current(state, p, need).await;
     if let Err(err @ ApiError::PermissionDenied { .. }) = &result {
         let now = state.now();
         if let Err(audit_err) =

@@ -22,7 +22,7 @@ use steward_proto::commands::v1::{
     OutputChunk, OutputStream, Run, RunCommandRequest, RunCommandResponse, RunState, SystemResult,
     UpdateCommandRequest, UpdateCommandResponse, WatchRunRequest, WatchRunResponse,
 };
-use steward_runtime::authn::{self, Principal, RequestContext};
+use steward_runtime::authn::{self, Need, Principal, RequestContext};
 use steward_runtime::claims::Role;
 use steward_runtime::names;
 use steward_runtime::{ApiError, ApiResult};
@@ -457,7 +457,8 @@ impl Commands {
         let req = request.into_inner();
         parse_org("parent", &req.parent)?;
         p.check_organization(&req.parent)?;
-        let p = caller::current_audited(&self.state, &ctx, &p, &req.parent, true).await?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &req.parent, Need::Administrator)
+            .await?;
         let c = req.command.ok_or_else(|| ApiError::invalid("command", "is required"))?;
         rules::display_name("command.display_name", &c.display_name)?;
         rules::description("command.description", &c.description)?;
@@ -598,7 +599,8 @@ impl Commands {
         let c = req.command.ok_or_else(|| ApiError::invalid("command", "is required"))?;
         parse_command("command.name", &c.name)?;
         p.check_organization(&c.name)?;
-        let p = caller::current_audited(&self.state, &ctx, &p, &c.name, true).await?;
+        let p =
+            caller::current_audited(&self.state, &ctx, &p, &c.name, Need::Administrator).await?;
         let mut present = Vec::new();
         for (path, set) in [
             ("display_name", !c.display_name.is_empty()),
@@ -709,7 +711,8 @@ impl Commands {
         let req = request.into_inner();
         parse_command("name", &req.name)?;
         p.check_organization(&req.name)?;
-        let p = caller::current_audited(&self.state, &ctx, &p, &req.name, true).await?;
+        let p =
+            caller::current_audited(&self.state, &ctx, &p, &req.name, Need::Administrator).await?;
         let txn = begin_write(&self.state.db).await?;
         let current = find_command(&txn, &p.organization, &req.name)
             .await?
@@ -753,7 +756,8 @@ impl Commands {
         let req = request.into_inner();
         parse_command("parent", &req.parent)?;
         p.check_organization(&req.parent)?;
-        let p = caller::current_audited(&self.state, &ctx, &p, &req.parent, true).await?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &req.parent, Need::Administrator)
+            .await?;
         let g = req.grant.ok_or_else(|| ApiError::invalid("grant", "is required"))?;
         parse_admin("grant.grantee", &g.grantee)?;
         rules::request_id(&req.request_id)?;
@@ -824,7 +828,7 @@ impl Commands {
         let name = request.into_inner().name;
         names::parse("name", &name, &["organizations", "commands", "grants"])?;
         p.check_organization(&name)?;
-        let p = caller::current_audited(&self.state, &ctx, &p, &name, true).await?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &name, Need::Administrator).await?;
         let txn = begin_write(&self.state.db).await?;
         let deleted = grant::Entity::delete_many()
             .filter(grant::Column::Name.eq(&name))
@@ -845,7 +849,8 @@ impl Commands {
         &self,
         request: Request<ListGrantsRequest>,
     ) -> ApiResult<ListGrantsResponse> {
-        let p = &caller::current(&self.state, authn::principal(&request)?, true).await?;
+        let p =
+            &caller::current(&self.state, authn::principal(&request)?, Need::Administrator).await?;
         let req = request.get_ref();
         let command = match req.parent.strip_suffix("/commands/-") {
             Some(org) => {
@@ -1090,7 +1095,7 @@ impl Commands {
         parse_command("command", &req.command)?;
         p.check_organization(&req.command)?;
         // Held to the caller's current role: a demoted Administrator needs a grant now.
-        let current = caller::current(&self.state, p, false).await?;
+        let current = caller::current(&self.state, p, Need::AnyRole).await?;
         let p = &current;
         if req.systems.len() > MAX_SYSTEMS {
             return Err(ApiError::invalid(
@@ -1300,7 +1305,7 @@ impl Commands {
         let name = request.into_inner().name;
         parse_run("name", &name)?;
         p.check_organization(&name)?;
-        let p = caller::current_audited(&self.state, &ctx, &p, &name, false).await?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &name, Need::AnyRole).await?;
         self.visible_run(&p, &name).await?;
         let now = self.state.now();
         let txn = begin_write(&self.state.db).await?;
@@ -1353,6 +1358,7 @@ impl Commands {
         Ok(CancelRunResponse { run: Some(proto) })
     }
 
+    #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
     async fn watch_run_impl(&self, request: Request<WatchRunRequest>) -> ApiResult<WatchStream> {
         let token_principal = authn::principal(&request)?.clone();
         let p = &caller::for_reading(&self.state, &token_principal).await?;

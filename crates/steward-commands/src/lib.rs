@@ -1,5 +1,5 @@
 //! The command-authorization service: commands, grants, access checks, runs, systems and the
-//! agents' work streams (SPEC section 4; `proto/steward/commands/v1`).
+//! agents' work streams (`proto/steward/commands/v1`).
 //!
 //! # Decisions
 //!

@@ -75,6 +75,7 @@ impl TokenBucket {
     }
 
     /// Takes one token, waiting for it when the bucket is empty.
+    #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
     pub(crate) async fn take(&mut self) {
         let wait = self.reserve(Instant::now());
         if !wait.is_zero() {
@@ -98,7 +99,14 @@ impl TokenBucket {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::needless_pass_by_value
+)]
 mod tests {
     use super::*;
 

@@ -18,7 +18,7 @@ use steward_proto::commands::v1::{
     GetSystemResponse, ListConnectKeysRequest, ListConnectKeysResponse, ListSystemsRequest,
     ListSystemsResponse, RunState, System, UpdateSystemRequest, UpdateSystemResponse,
 };
-use steward_runtime::authn;
+use steward_runtime::authn::{self, Need};
 use steward_runtime::names;
 use steward_runtime::{ApiError, ApiResult};
 use tonic::{Request, Response, Status};
@@ -176,7 +176,8 @@ impl Systems {
         let req = request.into_inner();
         parse_org("parent", &req.parent)?;
         p.check_organization(&req.parent)?;
-        let p = caller::current_audited(&self.state, &ctx, &p, &req.parent, true).await?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &req.parent, Need::Administrator)
+            .await?;
         let input = req.connect_key.unwrap_or_default();
         if input.display_name.chars().count() > rules::MAX_DISPLAY_NAME_CHARS {
             return Err(ApiError::invalid(
@@ -275,7 +276,8 @@ impl Systems {
         &self,
         request: Request<ListConnectKeysRequest>,
     ) -> ApiResult<ListConnectKeysResponse> {
-        let p = &caller::current(&self.state, authn::principal(&request)?, true).await?;
+        let p =
+            &caller::current(&self.state, authn::principal(&request)?, Need::Administrator).await?;
         let req = request.get_ref();
         parse_org("parent", &req.parent)?;
         p.check_organization(&req.parent)?;
@@ -306,7 +308,7 @@ impl Systems {
         let name = request.into_inner().name;
         names::parse("name", &name, &["organizations", "connectKeys"])?;
         p.check_organization(&name)?;
-        let p = caller::current_audited(&self.state, &ctx, &p, &name, true).await?;
+        let p = caller::current_audited(&self.state, &ctx, &p, &name, Need::Administrator).await?;
         let txn = begin_write(&self.state.db).await?;
         let updated = connect_key::Entity::update_many()
             .col_expr(connect_key::Column::Revoked, Expr::value(true))
@@ -328,7 +330,8 @@ impl Systems {
         &self,
         request: Request<GetSystemRequest>,
     ) -> ApiResult<GetSystemResponse> {
-        let p = &caller::current(&self.state, authn::principal(&request)?, true).await?;
+        let p =
+            &caller::current(&self.state, authn::principal(&request)?, Need::Administrator).await?;
         let name = &request.get_ref().name;
         parse_system("name", name)?;
         p.check_organization(name)?;
@@ -340,7 +343,8 @@ impl Systems {
         &self,
         request: Request<ListSystemsRequest>,
     ) -> ApiResult<ListSystemsResponse> {
-        let p = &caller::current(&self.state, authn::principal(&request)?, true).await?;
+        let p =
+            &caller::current(&self.state, authn::principal(&request)?, Need::Administrator).await?;
         let req = request.get_ref();
         parse_org("parent", &req.parent)?;
         p.check_organization(&req.parent)?;
@@ -373,7 +377,8 @@ impl Systems {
         let s = req.system.ok_or_else(|| ApiError::invalid("system", "is required"))?;
         parse_system("system.name", &s.name)?;
         p.check_organization(&s.name)?;
-        let p = caller::current_audited(&self.state, &ctx, &p, &s.name, true).await?;
+        let p =
+            caller::current_audited(&self.state, &ctx, &p, &s.name, Need::Administrator).await?;
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
         rules::update_paths(&mask, &["display_name"], &["display_name"])?;
         rules::display_name("system.display_name", &s.display_name)?;
@@ -412,7 +417,8 @@ impl Systems {
         let req = request.into_inner();
         parse_system("name", &req.name)?;
         p.check_organization(&req.name)?;
-        let p = caller::current_audited(&self.state, &ctx, &p, &req.name, true).await?;
+        let p =
+            caller::current_audited(&self.state, &ctx, &p, &req.name, Need::Administrator).await?;
         let txn = begin_write(&self.state.db).await?;
         let current = find_system(&txn, &p.organization, &req.name).await?;
         if !req.etag.is_empty() && req.etag != current.etag {

@@ -99,6 +99,18 @@ impl Principal {
     }
 }
 
+/// What a caller must still be when a service re-checks its current account (a token outlives
+/// demotions and deletions by its lifetime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// An active administrator of either role.
+    AnyRole,
+    /// An active Administrator.
+    Administrator,
+    /// An active administrator with billing access.
+    Billing,
+}
+
 /// Who is calling, as established by the layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// `typ` header of every access token (RFC 9068).
 pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
 
-/// An administrator's role (SPEC section 1).
+/// An administrator's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {

@@ -13,10 +13,10 @@ pub fn parse<'a>(field: &str, name: &'a str, collections: &[&str]) -> ApiResult<
     }
     let mut ids = Vec::with_capacity(collections.len());
     for (pair, collection) in parts.chunks(2).zip(collections) {
-        if pair[0] != *collection || !valid_id(pair[1]) {
-            return Err(bad());
+        match pair {
+            [found, id] if found == collection && valid_id(id) => ids.push(*id),
+            _ => return Err(bad()),
         }
-        ids.push(pair[1]);
     }
     Ok(ids)
 }

@@ -1,4 +1,4 @@
-//! The role table of SPEC section 1, declared once: one access rule per RPC. The authentication
+//! The role table, declared once: one access rule per RPC. The authentication
 //! layer enforces it for every service; handlers only narrow further (organization scoping, a
 //! Command Runner's own grants and runs). A method without a rule is refused, and a test walks
 //! every method of the file descriptors to prove none is missing.

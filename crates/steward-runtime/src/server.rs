@@ -59,6 +59,7 @@ pub struct ServeOptions {
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting calls, lets
 /// in-flight ones finish (bounded by `shutdown_grace`) and returns.
+#[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
 pub async fn serve(
     routes: Routes,
     options: ServeOptions,
@@ -184,6 +185,7 @@ async fn set_all(reporter: &HealthReporter, names: &[String], status: ServingSta
     }
 }
 
+#[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
 async fn watch_readiness(
     reporter: HealthReporter,
     names: Vec<String>,

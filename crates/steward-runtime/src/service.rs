@@ -16,7 +16,8 @@ use crate::error::{ApiError, ApiResult};
 /// The current time. Injected so that expiry and throttling are tested without sleeping.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
-/// The real clock.
+/// The real clock: the one place the service reads the wall clock.
+#[allow(clippy::disallowed_methods)]
 pub fn system_clock() -> Clock {
     Arc::new(Utc::now)
 }

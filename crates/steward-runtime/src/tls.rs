@@ -185,6 +185,7 @@ impl ServerTls {
     /// Accepts TCP connections on `listener` and completes their handshakes concurrently (a slow
     /// or failed handshake delays no one else), yielding the established TLS streams. The accept
     /// loop stops when the returned stream is dropped and the task aborted.
+    #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
     pub fn incoming(
         self: Arc<Self>,
         listener: TcpListener,

@@ -250,6 +250,7 @@ pub async fn run(
 
 /// Sends calls refused by the authentication layer to the admin service's audit log. Delivery is
 /// best effort with a few retries: the call itself was refused, so nothing else depends on it.
+#[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
 fn audit_denials(peers: Peers, clock: Clock) -> DenialSink {
     use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
     use steward_proto::admin::v1::RecordAuditEventsRequest;
@@ -380,6 +381,7 @@ pub fn extract_token(text: &str) -> Option<String> {
 
 /// On the first start of dev mode (no organization yet), creates one whose owner is
 /// `owner_email` and returns the owner's set-password link once its invite email is written.
+#[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
 pub async fn bootstrap_dev(
     config: &Config,
     owner_email: &str,
@@ -420,7 +422,14 @@ pub async fn bootstrap_dev(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::needless_pass_by_value
+)]
 mod tests {
     use super::*;
 

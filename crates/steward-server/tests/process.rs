@@ -2,7 +2,14 @@
 //! link, the real `grpcurl` sees every service through reflection and health answers SERVING, and
 //! SIGTERM lets a slow in-flight call finish before the process exits.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::needless_pass_by_value
+)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -205,6 +205,7 @@ impl Outbox {
     }
 
     /// Runs the relay until the task is aborted.
+    #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
     pub fn spawn_relay(
         self,
         db: DatabaseConnection,

@@ -1,7 +1,14 @@
 //! Storage behaviour on every backend: SQLite always, PostgreSQL when `STEWARD_TEST_POSTGRES_URL`
 //! is set (each test names its backend, so the log shows both ran).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::needless_pass_by_value
+)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

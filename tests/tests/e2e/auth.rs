@@ -164,7 +164,7 @@ backend_test!(invite_accept_sign_in_refresh_sign_out, |stack| async move {
     let owner = stack.owner().await;
     let access = &owner.tokens.access_token;
 
-    // The token is what RFC 9068 and the SPEC say it is, and verifies with the published key.
+    // The token is what RFC 9068 and the auth proto say it is, and verifies with the published key.
     let header = header_of(access);
     assert_eq!(header["alg"], "EdDSA");
     assert_eq!(header["typ"], "at+jwt");

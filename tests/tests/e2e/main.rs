@@ -1,7 +1,14 @@
 //! End-to-end tests: real servers on ephemeral ports, real gRPC, fresh SQLite and PostgreSQL
 //! databases. One binary for the whole suite (one link); one module per area.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::needless_pass_by_value
+)]
 
 mod harness;
 

@@ -1,7 +1,7 @@
 //! The role matrix: every RPC of every service's descriptor, called as anonymous, as an
 //! Administrator with and without billing, as a Command Runner with and without billing, as a
 //! service, and as an Administrator of another organization; each outcome is checked against the
-//! role table (SPEC section 1, `steward_runtime::roles`).
+//! role table (`steward_runtime::roles`).
 
 use prost::bytes::{Buf, BufMut};
 use prost::Message;

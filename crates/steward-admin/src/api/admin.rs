@@ -656,7 +656,14 @@ impl AdminService for AdminApi {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::needless_pass_by_value
+)]
 mod tests {
     use super::*;
     use steward_runtime::claims::Role;

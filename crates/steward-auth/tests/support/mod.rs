@@ -1,7 +1,14 @@
 //! Runs the auth service's handlers directly (no gRPC server in front) over a fresh SQLite
 //! database, with a stand-in admin service on a local port answering its internal RPCs.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::sync::Arc;
 

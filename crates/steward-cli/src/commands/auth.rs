@@ -229,8 +229,8 @@ pub async fn mfa(ctx: &mut Context, cmd: MfaCommand) -> Result<u8> {
             }
             let mut value = json!({"secret": answer.secret, "otpauth_uri": answer.otpauth_uri,
                 "expire_time": convert::time(answer.expire_time.as_ref())});
-            if let Some(path) = &qr {
-                value["qr_code_file"] = json!(path.display().to_string());
+            if let (Some(path), Some(map)) = (&qr, value.as_object_mut()) {
+                map.insert("qr_code_file".into(), json!(path.display().to_string()));
             }
             output::object(ctx.format, &value)?;
             if ctx.format == Format::Text {
@@ -268,7 +268,7 @@ pub async fn mfa(ctx: &mut Context, cmd: MfaCommand) -> Result<u8> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
