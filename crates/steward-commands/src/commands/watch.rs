@@ -1,0 +1,168 @@
+//! WatchRun: a run's changes and output deltas, while the caller may still see it.
+
+use super::*;
+
+impl Commands {
+    #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
+    pub(super) async fn watch_run_impl(
+        &self,
+        request: Request<WatchRunRequest>,
+    ) -> ApiResult<WatchStream> {
+        let token_principal = authn::principal(&request)?.clone();
+        let p = &caller::for_reading(&self.state, &token_principal).await?;
+        let name = request.get_ref().name.clone();
+        self.visible_run(p, &name).await?;
+        let slot = self.state.watchers.admit(&p.administrator, &name, &self.state.streams)?;
+        let (tx, rx) = mpsc::channel(32);
+        let state = self.state.clone();
+        let this = self.clone();
+        let recheck = Duration::from_secs(self.state.streams.watch_recheck_secs.max(1));
+        tokio::spawn(async move {
+            // Held for the stream's life: the watcher counts go back when it ends.
+            let _slot = slot;
+            let mut watch = Watch { name, sent: HashMap::new(), last: None };
+            let mut first = true;
+            let mut last_check = tokio::time::Instant::now();
+            loop {
+                // Access can end while the stream is open (account deleted, deactivated or
+                // demoted from Administrator for someone else's run): re-check it, as the caller
+                // is now, and end the stream when it is gone.
+                if last_check.elapsed() >= recheck {
+                    last_check = tokio::time::Instant::now();
+                    let allowed = match caller::for_reading(&state, &token_principal).await {
+                        Ok(current) => this.visible_run(&current, &watch.name).await.map(|_| ()),
+                        Err(err) => Err(err),
+                    };
+                    if let Err(err) = allowed {
+                        tracing::info!(run = %watch.name, code = ?err.code(), "watcher no longer allowed");
+                        let _ = tx.send(Err(err.into())).await;
+                        break;
+                    }
+                }
+                match watch.step(&state, first, &tx).await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(err) => {
+                        let _ = tx.send(Err(err.into())).await;
+                        break;
+                    }
+                }
+                first = false;
+                tokio::select! {
+                    () = tx.closed() => break,
+                    () = state.changed.notified() => {}
+                    () = tokio::time::sleep(WATCH_POLL) => {}
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// The WatchRun stream.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchRunResponse, Status>> + Send>>;
+
+/// What one WatchRun stream has sent so far.
+struct Watch {
+    name: String,
+    /// Bytes sent per (system, stream).
+    sent: HashMap<(String, i32), usize>,
+    last: Option<Run>,
+}
+
+impl Watch {
+    /// Sends what changed; `Ok(true)` once the run has finished (or the watcher left).
+    ///
+    /// Output is read as deltas: one aggregate query tells which streams grew, and only their
+    /// new rows are read (output stored by earlier versions in the result row is sent once, on
+    /// the first step).
+    async fn step(
+        &mut self,
+        state: &State,
+        first: bool,
+        tx: &mpsc::Sender<Result<WatchRunResponse, Status>>,
+    ) -> ApiResult<bool> {
+        let db = &state.db;
+        let Some(run) = run::Entity::find_by_id(self.name.clone()).one(db).await? else {
+            return Err(ApiError::NotFound(self.name.clone()));
+        };
+        let terminal = rules::is_terminal(run.state);
+        let snapshot = run_proto(db, run, false).await?;
+        let send =
+            |event| async { tx.send(Ok(WatchRunResponse { event: Some(event) })).await.is_err() };
+        if first && send(watch_run_response::Event::Run(snapshot.clone())).await {
+            return Ok(true);
+        }
+        let mut pieces: Vec<(String, i32, i64, Vec<u8>)> = Vec::new();
+        if first {
+            let legacy = result::Entity::find()
+                .filter(result::Column::Run.eq(&self.name))
+                .order_by_asc(result::Column::Position)
+                .all(db)
+                .await?;
+            for r in legacy {
+                for (stream, data) in
+                    [(OutputStream::Stdout, r.stdout), (OutputStream::Stderr, r.stderr)]
+                {
+                    if !data.is_empty() {
+                        pieces.push((r.system.clone(), stream as i32, 0, data));
+                    }
+                }
+            }
+        }
+        let lengths: Vec<(String, i32, Option<i64>)> = output::Entity::find()
+            .select_only()
+            .column(output::Column::System)
+            .column(output::Column::Stream)
+            .column_as(output::Column::EndOffset.max(), "end")
+            .filter(output::Column::Run.eq(&self.name))
+            .group_by(output::Column::System)
+            .group_by(output::Column::Stream)
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (system, stream, end) in lengths {
+            let sent = self.sent.get(&(system.clone(), stream)).copied().unwrap_or(0);
+            let sent = i64::try_from(sent).unwrap_or(i64::MAX);
+            if end.unwrap_or(0) <= sent {
+                continue;
+            }
+            let rows = output::Entity::find()
+                .filter(output::Column::Run.eq(&self.name))
+                .filter(output::Column::System.eq(&system))
+                .filter(output::Column::Stream.eq(stream))
+                .filter(output::Column::EndOffset.gt(sent))
+                .order_by_asc(output::Column::Offset)
+                .all(db)
+                .await?;
+            pieces
+                .extend(rows.into_iter().map(|row| (system.clone(), stream, row.offset, row.data)));
+        }
+        for (system, stream, offset, data) in pieces {
+            let sent = self.sent.entry((system.clone(), stream)).or_insert(0);
+            let (fresh, _) = rules::fresh_output(*sent, offset, &data, rules::MAX_OUTPUT_BYTES);
+            if fresh.is_empty() {
+                continue;
+            }
+            let chunk = OutputChunk {
+                run: self.name.clone(),
+                system,
+                stream,
+                data: fresh.to_vec(),
+                offset: i64::try_from(*sent).unwrap_or(i64::MAX),
+            };
+            *sent += fresh.len();
+            if send(watch_run_response::Event::Output(chunk)).await {
+                return Ok(true);
+            }
+        }
+        let changed = self.last.as_ref() != Some(&snapshot);
+        if ((!first && changed) || (first && terminal))
+            && send(watch_run_response::Event::Run(snapshot.clone())).await
+        {
+            return Ok(true);
+        }
+        self.last = Some(snapshot);
+        Ok(terminal)
+    }
+}
