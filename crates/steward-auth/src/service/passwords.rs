@@ -1,0 +1,153 @@
+//! Passwords after the first: ChangePassword, RequestPasswordReset and ResetPassword.
+
+use super::*;
+
+impl Service {
+    pub(super) async fn do_change_password(
+        &self,
+        principal: &authn::Principal,
+        request: pb::ChangePasswordRequest,
+        context: &RequestContext,
+    ) -> ApiResult<pb::ChangePasswordResponse> {
+        let state = &self.state;
+        required("current_password", &request.current_password)?;
+        required("new_password", &request.new_password)?;
+        let credential = self.signed_in(principal).await?;
+        let admission = throttle::Admission::admit(
+            &state.db,
+            throttle::account_key(&credential.email),
+            &ACCOUNT,
+            &context.client_address,
+            state.now(),
+        )
+        .await?;
+        if !state
+            .hasher
+            .verify(&request.current_password, credential.password_hash.as_deref())
+            .await?
+        {
+            let now = state.now();
+            let reason = "the current password was wrong";
+            audit::record(
+                &state.db,
+                context,
+                audit::CHANGE_PASSWORD,
+                &principal.administrator,
+                true,
+                reason,
+                now,
+            )
+            .await?;
+            tracing::info!(administrator = %principal.administrator, "password change refused");
+            return Err(invalid_credentials());
+        }
+        admission.succeeded(&state.db, state.now()).await?;
+        password::validate("new_password", &request.new_password, &user_inputs(&credential))?;
+        let hash = state.hasher.hash(&request.new_password).await?;
+        let now = state.now();
+        let tx = state.begin_write().await?;
+        // Again inside the transaction: a revocation committed during the hashing wins.
+        live_session(&tx, principal, now).await?;
+        let mut row: credential::ActiveModel = credential.into();
+        row.password_hash = Set(Some(hash));
+        row.updated_at = Set(now);
+        row.update(&tx).await?;
+        let revoked =
+            state::revoke_sessions(&tx, &principal.administrator, Some(&principal.session), now)
+                .await?;
+        let reason = format!("password changed, {revoked} other session(s) revoked");
+        audit::record(
+            &tx,
+            context,
+            audit::CHANGE_PASSWORD,
+            &principal.administrator,
+            false,
+            &reason,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(administrator = %principal.administrator, revoked, "password changed");
+        Ok(pb::ChangePasswordResponse {})
+    }
+
+    pub(super) async fn do_request_reset(
+        &self,
+        request: pb::RequestPasswordResetRequest,
+        context: &RequestContext,
+    ) -> ApiResult<pb::RequestPasswordResetResponse> {
+        let email = request.email.trim().to_lowercase();
+        required("email", &email)?;
+        if !request.organization.is_empty() {
+            names::parse("organization", &request.organization, &["organizations"])?;
+        }
+        // The same work (throttle counters, one queued message) for known and unknown emails;
+        // the lookup and the mail happen in the mail relay, so the answer's timing says nothing
+        // about the email. Past the limits the answer is the same and nothing is sent.
+        let state = &self.state;
+        let now = state.now();
+        let keys =
+            [throttle::reset_key(&email), throttle::reset_address_key(&context.client_address)];
+        // Both allowances are reserved in the transaction that queues the mail, so a burst of
+        // parallel requests queues at most the allowance; a refusal rolls everything back.
+        let tx = state.begin_write().await?;
+        let reserved = match throttle::reserve(&tx, &keys[0], &throttle::RESET_EMAIL, now).await {
+            Ok(_) => throttle::reserve(&tx, &keys[1], &throttle::RESET_ADDRESS, now).await,
+            Err(err) => Err(err),
+        };
+        match reserved {
+            Ok(_) => {
+                let mail = mail_queue::ResetMail { email, organization: request.organization };
+                mail_queue::queue_reset(&tx, &mail, now).await?;
+                tx.commit().await?;
+            }
+            Err(ApiError::ResourceExhausted { .. }) => {
+                tx.rollback().await?;
+                tracing::info!("password reset request throttled, nothing sent");
+            }
+            Err(err) => return Err(err),
+        }
+        Ok(pb::RequestPasswordResetResponse {})
+    }
+
+    pub(super) async fn do_reset(
+        &self,
+        request: pb::ResetPasswordRequest,
+        context: &RequestContext,
+    ) -> ApiResult<pb::ResetPasswordResponse> {
+        let state = &self.state;
+        let link = state.find_link(&request.token, RESET, &context.client_address).await?;
+        let credential = credential::Entity::find_by_id(link.administrator.clone())
+            .one(&state.db)
+            .await?
+            .ok_or_else(invalid_credentials)?;
+        password::validate("new_password", &request.new_password, &user_inputs(&credential))?;
+        let hash = state.hasher.hash(&request.new_password).await?;
+        let now = state.now();
+        let tx = state.begin_write().await?;
+        if !state::use_link(&tx, &link.token_hash, now).await? {
+            return Err(invalid_credentials());
+        }
+        let email = credential.email.clone();
+        let mut row: credential::ActiveModel = credential.into();
+        row.password_hash = Set(Some(hash));
+        row.updated_at = Set(now);
+        row.update(&tx).await?;
+        let revoked = state::revoke_sessions(&tx, &link.administrator, None, now).await?;
+        let reason = format!("password reset by email link, {revoked} session(s) revoked");
+        audit::record(
+            &tx,
+            context,
+            audit::RESET_PASSWORD,
+            &link.administrator,
+            false,
+            &reason,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        throttle::clear(&state.db, &throttle::account_key(&email)).await?;
+        tracing::info!(administrator = %link.administrator, revoked, "password reset");
+        Ok(pb::ResetPasswordResponse {})
+    }
+}
