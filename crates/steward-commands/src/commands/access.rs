@@ -36,21 +36,7 @@ impl Commands {
             parse_system("system", &req.system)?;
             Some(req.system.as_str())
         };
-        let organization = organization_of(&principal);
-        if organization_of(&req.command) != organization {
-            return Ok(decision(
-                false,
-                DecisionReason::WrongOrganization,
-                format!("{} belongs to another organization than {principal}", req.command),
-            ));
-        }
-        if let Some(system) = system.filter(|s| organization_of(s) != organization) {
-            return Ok(decision(
-                false,
-                DecisionReason::WrongOrganization,
-                format!("{system} belongs to another organization than {principal}"),
-            ));
-        }
+        let db = &self.state.db;
         let role = if principal == caller.administrator {
             Some(caller.role)
         } else if let Some(role) = roles.get(&principal) {
@@ -60,79 +46,27 @@ impl Commands {
             roles.insert(principal.clone(), role);
             role
         };
-        let Some(role) = role else {
-            return Ok(decision(
-                false,
-                DecisionReason::PrincipalNotFound,
-                format!("{principal} does not exist or has been deleted"),
-            ));
-        };
-        let db = &self.state.db;
-        // A Command Runner asking about itself learns nothing about commands it holds no grant
-        // on: not whether they exist, nor their targets. NO_GRANT, whatever the command.
-        let own_grant = if is_admin(caller) {
-            None
+        let organization = organization_of(&principal);
+        let same_organization = organization_of(&req.command) == organization;
+        let grant = find_grant(db, &req.command, &principal).await?;
+        let command_exists =
+            same_organization && find_command(db, &organization, &req.command).await?.is_some();
+        let targets = if command_exists && action == Action::Run {
+            targets_of_command(db, &req.command).await?
         } else {
-            match find_grant(db, &req.command, &principal).await? {
-                Some(grant) => Some(grant),
-                None => {
-                    return Ok(decision(
-                        false,
-                        DecisionReason::NoGrant,
-                        format!("{principal} holds no grant on {}", req.command),
-                    ))
-                }
-            }
+            Vec::new()
         };
-        if find_command(db, &organization, &req.command).await?.is_none() {
-            return Ok(decision(
-                false,
-                DecisionReason::CommandNotFound,
-                format!("{} does not exist", req.command),
-            ));
-        }
-        if action == Action::Run {
-            let targets = targets_of_command(db, &req.command).await?;
-            if targets.is_empty() {
-                return Ok(decision(
-                    false,
-                    DecisionReason::NoTargetSystems,
-                    format!("{} has no target systems, so it cannot run anywhere", req.command),
-                ));
-            }
-            if let Some(system) = system.filter(|s| !targets.iter().any(|t| t == s)) {
-                return Ok(decision(
-                    false,
-                    DecisionReason::SystemNotTarget,
-                    format!("{system} is not one of the target systems of {}", req.command),
-                ));
-            }
-        }
-        if role == Role::Administrator {
-            return Ok(decision(
-                true,
-                DecisionReason::RoleAdministrator,
-                format!("{principal} is an Administrator, who may do anything in the organization"),
-            ));
-        }
-        let grant = match own_grant {
-            Some(grant) => Some(grant),
-            None => find_grant(db, &req.command, &principal).await?,
-        };
-        match grant {
-            Some(g) => Ok(Decision {
-                allowed: true,
-                reason: DecisionReason::Grant as i32,
-                message: format!("granted by {}", g.grantor),
-                grant: g.name,
-                grantor: g.grantor,
-            }),
-            None => Ok(decision(
-                false,
-                DecisionReason::NoGrant,
-                format!("{principal} is a Command Runner without a grant on {}", req.command),
-            )),
-        }
+        Ok(decide(&Facts {
+            caller_is_admin: is_admin(caller),
+            principal: &principal,
+            command: &req.command,
+            action,
+            system,
+            role,
+            grant: grant.as_ref(),
+            command_exists,
+            targets: &targets,
+        }))
     }
 
     pub(super) async fn check_access_impl(
@@ -169,5 +103,200 @@ impl Commands {
             results.push(BatchCheckAccessResult { result: Some(result) });
         }
         Ok(BatchCheckAccessResponse { results })
+    }
+}
+
+/// What an access decision depends on, gathered from the request and the database.
+pub(crate) struct Facts<'a> {
+    /// Whether the caller is an Administrator (who may learn why, about anyone).
+    pub caller_is_admin: bool,
+    /// Whose access is checked.
+    pub principal: &'a str,
+    /// The command asked about.
+    pub command: &'a str,
+    /// Read or run.
+    pub action: Action,
+    /// The system asked about, if any.
+    pub system: Option<&'a str>,
+    /// The principal's current role; `None` when it does not exist (or was deleted).
+    pub role: Option<Role>,
+    /// The principal's grant on the command, if it holds one.
+    pub grant: Option<&'a grant::Model>,
+    /// Whether the command exists in the principal's organization.
+    pub command_exists: bool,
+    /// The command's target systems (read only for ACTION_RUN).
+    pub targets: &'a [String],
+}
+
+/// The access decision, in the order the `DecisionReason` documentation gives. Pure: every
+/// reason is decided from `facts` alone (unit-tested below). A Command Runner asking about itself
+/// learns nothing about commands it holds no grant on: NO_GRANT, whether the command exists or
+/// has targets.
+pub(crate) fn decide(facts: &Facts<'_>) -> Decision {
+    let Facts { principal, command, system, .. } = *facts;
+    let organization = organization_of(principal);
+    if organization_of(command) != organization {
+        return decision(
+            false,
+            DecisionReason::WrongOrganization,
+            format!("{command} belongs to another organization than {principal}"),
+        );
+    }
+    if let Some(system) = system.filter(|s| organization_of(s) != organization) {
+        return decision(
+            false,
+            DecisionReason::WrongOrganization,
+            format!("{system} belongs to another organization than {principal}"),
+        );
+    }
+    let Some(role) = facts.role else {
+        return decision(
+            false,
+            DecisionReason::PrincipalNotFound,
+            format!("{principal} does not exist or has been deleted"),
+        );
+    };
+    if !facts.caller_is_admin && facts.grant.is_none() {
+        return decision(
+            false,
+            DecisionReason::NoGrant,
+            format!("{principal} holds no grant on {command}"),
+        );
+    }
+    if !facts.command_exists {
+        return decision(
+            false,
+            DecisionReason::CommandNotFound,
+            format!("{command} does not exist"),
+        );
+    }
+    if facts.action == Action::Run {
+        if facts.targets.is_empty() {
+            return decision(
+                false,
+                DecisionReason::NoTargetSystems,
+                format!("{command} has no target systems, so it cannot run anywhere"),
+            );
+        }
+        if let Some(system) = system.filter(|s| !facts.targets.iter().any(|t| t == s)) {
+            return decision(
+                false,
+                DecisionReason::SystemNotTarget,
+                format!("{system} is not one of the target systems of {command}"),
+            );
+        }
+    }
+    if role == Role::Administrator {
+        return decision(
+            true,
+            DecisionReason::RoleAdministrator,
+            format!("{principal} is an Administrator, who may do anything in the organization"),
+        );
+    }
+    match facts.grant {
+        Some(g) => Decision {
+            allowed: true,
+            reason: DecisionReason::Grant as i32,
+            message: format!("granted by {}", g.grantor),
+            grant: g.name.clone(),
+            grantor: g.grantor.clone(),
+        },
+        None => decision(
+            false,
+            DecisionReason::NoGrant,
+            format!("{principal} is a Command Runner without a grant on {command}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+
+    const RUNNER: &str = "organizations/o/administrators/runner";
+    const COMMAND: &str = "organizations/o/commands/c";
+    const SYSTEM: &str = "organizations/o/systems/s";
+
+    fn the_grant() -> grant::Model {
+        grant::Model {
+            name: format!("{COMMAND}/grants/g"),
+            organization: "organizations/o".into(),
+            command: COMMAND.into(),
+            grantee: RUNNER.into(),
+            grantor: "organizations/o/administrators/owner".into(),
+            create_time: chrono::Utc::now(),
+        }
+    }
+
+    /// A Command Runner with a grant asking to run the command on its one target.
+    fn granted<'a>(grant: &'a grant::Model, targets: &'a [String]) -> Facts<'a> {
+        Facts {
+            caller_is_admin: false,
+            principal: RUNNER,
+            command: COMMAND,
+            action: Action::Run,
+            system: Some(SYSTEM),
+            role: Some(Role::CommandRunner),
+            grant: Some(grant),
+            command_exists: true,
+            targets,
+        }
+    }
+
+    fn reason(facts: &Facts<'_>) -> DecisionReason {
+        DecisionReason::try_from(decide(facts).reason).unwrap()
+    }
+
+    #[test]
+    fn every_reason_follows_from_the_facts() {
+        let grant = the_grant();
+        let targets = vec![SYSTEM.to_string()];
+        let base = granted(&grant, &targets);
+        let allowed = decide(&base);
+        assert!(allowed.allowed);
+        assert_eq!(allowed.grant, grant.name);
+        assert_eq!(reason(&base), DecisionReason::Grant);
+
+        let elsewhere =
+            Facts { command: "organizations/x/commands/c", ..granted(&grant, &targets) };
+        assert_eq!(reason(&elsewhere), DecisionReason::WrongOrganization);
+        let far = Facts { system: Some("organizations/x/systems/s"), ..granted(&grant, &targets) };
+        assert_eq!(reason(&far), DecisionReason::WrongOrganization);
+        let ghost = Facts { role: None, ..granted(&grant, &targets) };
+        assert_eq!(reason(&ghost), DecisionReason::PrincipalNotFound);
+        let missing = Facts { command_exists: false, ..granted(&grant, &targets) };
+        assert_eq!(reason(&missing), DecisionReason::CommandNotFound);
+        let nowhere = Facts { targets: &[], ..granted(&grant, &targets) };
+        assert_eq!(reason(&nowhere), DecisionReason::NoTargetSystems);
+        let read = Facts { targets: &[], action: Action::Read, ..granted(&grant, &targets) };
+        assert_eq!(reason(&read), DecisionReason::Grant, "targets matter only for running");
+        let other = ["organizations/o/systems/t".to_string()];
+        let not_target = Facts { targets: &other, ..granted(&grant, &targets) };
+        assert_eq!(reason(&not_target), DecisionReason::SystemNotTarget);
+        let admin =
+            Facts { role: Some(Role::Administrator), grant: None, caller_is_admin: true, ..base };
+        assert_eq!(reason(&admin), DecisionReason::RoleAdministrator);
+        let asked_by_admin = Facts { grant: None, caller_is_admin: true, ..base };
+        assert_eq!(reason(&asked_by_admin), DecisionReason::NoGrant);
+    }
+
+    // A Command Runner without a grant learns nothing: missing, untargeted and ungranted
+    // commands all answer NO_GRANT with the same sentence.
+    #[test]
+    fn a_runner_without_a_grant_learns_nothing() {
+        let grant = the_grant();
+        let targets = vec![SYSTEM.to_string()];
+        let cases = [
+            Facts { grant: None, ..granted(&grant, &targets) },
+            Facts { grant: None, command_exists: false, ..granted(&grant, &targets) },
+            Facts { grant: None, targets: &[], ..granted(&grant, &targets) },
+        ];
+        let decisions: Vec<Decision> = cases.iter().map(decide).collect();
+        for d in &decisions {
+            assert_eq!(d.reason, DecisionReason::NoGrant as i32);
+            assert!(!d.allowed);
+        }
+        assert!(decisions.iter().all(|d| d.message == decisions[0].message));
     }
 }
