@@ -16,5 +16,6 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /out/steward-server /usr/local/bin/steward-server
 USER 10001:10001
-EXPOSE 50051
+# 50051: gRPC (TLS when server.tls is set); 8081: plaintext health for probes (server.health_listen).
+EXPOSE 50051 8081
 ENTRYPOINT ["steward-server"]

@@ -3,8 +3,8 @@
 //! with the published JWKS.
 //!
 //! Decisions beyond the contract:
-//! - **Links** (invite, reset) carry 256 random bits, base64url; only their SHA-256 is stored.
-//!   They expire after `auth.invite_ttl_secs` and are single-use; issuing any new link for an
+//! - **Links** (invite, reset) carry 128 random bits, base64url (22 characters); only their
+//!   SHA-256 is stored. They expire after `auth.invite_ttl_secs` and are single-use; issuing any new link for an
 //!   administrator deletes its earlier unused ones (so a resent invite kills the old link). An
 //!   invite for an administrator that already set its password is ignored (logged), so a stray
 //!   resend cannot be used to overwrite an active password.
@@ -12,20 +12,21 @@
 //!   consumed: if the admin service is unreachable the answer is UNAVAILABLE and the link still
 //!   works; if the administrator was deleted meanwhile the answer is "invalid credentials".
 //! - **Sign-in** compares the email lowercased. An unknown email verifies the password against a
-//!   dummy argon2 hash made at start-up, so it costs the same as a wrong password. Failures are
-//!   throttled per typed email and per client address (see [`throttle`]); the account counter is
-//!   checked before any work and cleared on success. A password matching administrators of
+//!   dummy argon2 hash made at start-up, so it costs the same as a wrong password. Guesses are
+//!   throttled per typed email and per client address (see [`throttle`]): a slot is reserved
+//!   before any hashing and given back on success. A password matching administrators of
 //!   several organizations without `organization` is FAILED_PRECONDITION with a
 //!   `PreconditionFailure` of type `ORGANIZATION_REQUIRED` (the shared error type fixes the
 //!   `ErrorInfo` reason to `FAILED_PRECONDITION`).
 //! - **MFA**: a challenge lives 5 minutes and dies after 5 attempts (taken atomically, so
-//!   parallel guesses cannot exceed them). Wrong codes also count against the client address and
-//!   against the administrator (`mfa:{name}`, the account policy, across challenges, cleared only
-//!   by a successful second factor, not by a password sign-in). TOTP codes are accepted once:
-//!   the service keeps the last accepted step and only accepts later steps. Recovery codes are 80-bit, shown once, stored as SHA-256 bound
-//!   to the administrator. A session completed with TOTP has `amr: ["pwd","otp"]`, with a
-//!   recovery code `["pwd","mfa"]`. The TOTP secret itself is stored as is (the service must
-//!   read it to check codes); protect the database accordingly. A pending enrolment expires after
+//!   parallel guesses cannot exceed them); at most 3 are open per administrator. Each guess is
+//!   admitted by [`throttle::Admission`] against the administrator (`mfa:{name}`, across
+//!   challenges, cleared only by a successful second factor) and the client address. TOTP codes
+//!   are accepted once: the service keeps the last accepted step and only accepts later steps.
+//!   Recovery codes are 80-bit, shown once, stored as SHA-256 bound to the administrator. A
+//!   session completed with TOTP has `amr: ["pwd","otp"]`, with a recovery code
+//!   `["pwd","mfa"]`. The TOTP secret must be readable to check codes: it is stored sealed
+//!   ([`sealed`], XChaCha20-Poly1305 under `auth.mfa_keys`). A pending enrolment expires after
 //!   10 minutes. An administrator required to use MFA but not enrolled gets an enrolment-only
 //!   session: no refresh token, lasting one access-token lifetime; after confirming, it signs in
 //!   again.
