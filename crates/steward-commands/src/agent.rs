@@ -20,7 +20,7 @@ use steward_proto::commands::v1::{
     RegisterAgentResponse, RunState,
 };
 use steward_runtime::authn;
-use steward_runtime::names;
+use steward_runtime::names::{self, RunName};
 use steward_runtime::{ApiError, ApiResult};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
@@ -30,7 +30,7 @@ use crate::entity::{connect_key, output, result, run, system};
 use crate::rules::{self, timestamp};
 use crate::streams::TokenBucket;
 use crate::systems::{random_token, system_proto};
-use crate::{audit, begin_write, organization_of, State};
+use crate::{audit, begin_write, State};
 
 /// How long a system may go unheard before its running results end `FAILED`, and how long
 /// past its timeout a run may stay unreported.
@@ -260,10 +260,9 @@ impl Session {
 
     /// The result `run` of this system, if the run belongs to this system's organization.
     async fn own_result(&self, run: &str) -> ApiResult<Option<result::Model>> {
-        if names::parse("run", run, &["organizations", "runs"]).is_err()
-            || organization_of(run) != self.organization
-        {
-            return Ok(None);
+        match RunName::parse("run", run) {
+            Ok(name) if name.organization().as_str() == self.organization => {}
+            _ => return Ok(None),
         }
         Ok(result::Entity::find_by_id((run.to_string(), self.system.clone()))
             .one(&self.state.db)

@@ -7,13 +7,13 @@ use steward_proto::commands::v1::{
     RemoveAdministratorGrantsRequest, RemoveAdministratorGrantsResponse,
 };
 use steward_runtime::authn::{self, Caller};
-use steward_runtime::names;
+use steward_runtime::names::AdministratorName;
 use steward_runtime::{ApiError, ApiResult};
 use tonic::{Request, Response, Status};
 
 use crate::commands::{remember, remembered};
 use crate::entity::grant;
-use crate::{begin_write, organization_of, State};
+use crate::{begin_write, State};
 
 /// The CommandsInternalService implementation.
 pub struct Internal {
@@ -33,14 +33,14 @@ impl Internal {
             return Err(ApiError::denied("SERVICE_ONLY", "only Steward services may call this"));
         }
         let req = request.into_inner();
-        names::parse("administrator", &req.administrator, &["organizations", "administrators"])?;
+        let administrator = AdministratorName::parse("administrator", &req.administrator)?;
         if req.idempotency_key.is_empty() || req.idempotency_key.len() > 200 {
             return Err(ApiError::invalid(
                 "idempotency_key",
                 "is required (at most 200 characters)",
             ));
         }
-        let organization = organization_of(&req.administrator);
+        let organization = administrator.organization().to_string();
         let key = Some(format!("remove_grants|{}|{}", req.administrator, req.idempotency_key));
         let txn = begin_write(&self.state.db).await?;
         if let Some(previous) = remembered(&txn, &key).await? {

@@ -133,15 +133,6 @@ pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTrans
     steward_storage::begin_write(db, "commands_idempotency").await
 }
 
-/// `organizations/{o}` of a resource name already validated by `names::parse`.
-pub(crate) fn organization_of(name: &str) -> String {
-    let mut parts = name.split('/');
-    match (parts.next(), parts.next()) {
-        (Some(collection), Some(id)) => format!("{collection}/{id}"),
-        _ => String::new(),
-    }
-}
-
 /// Whether a database error is a unique-constraint violation.
 pub(crate) fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))

@@ -21,6 +21,81 @@ pub fn parse<'a>(field: &str, name: &'a str, collections: &[&str]) -> ApiResult<
     Ok(ids)
 }
 
+/// Resource names parsed once, at the edge: each type holds a name known to be well formed, so
+/// code past the edge asks it (`organization()`) instead of splitting strings.
+macro_rules! resource_name {
+    ($(#[$doc:meta])* $name:ident, [$($collection:literal),+]) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The collections of the name, in order.
+            pub const COLLECTIONS: &'static [&'static str] = &[$($collection),+];
+
+            /// Parses `value`; `field` names the request field in the error.
+            pub fn parse(field: &str, value: &str) -> ApiResult<Self> {
+                parse(field, value, Self::COLLECTIONS)?;
+                Ok(Self(value.to_string()))
+            }
+
+            /// The organization the resource belongs to.
+            pub fn organization(&self) -> OrganizationName {
+                let end = self.0.match_indices('/').nth(1).map_or(self.0.len(), |(i, _)| i);
+                OrganizationName(self.0.get(..end).unwrap_or_default().to_string())
+            }
+
+            /// The name as a string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+    };
+}
+
+resource_name!(
+    /// `organizations/{organization}`.
+    OrganizationName,
+    ["organizations"]
+);
+resource_name!(
+    /// `organizations/{organization}/administrators/{administrator}`.
+    AdministratorName,
+    ["organizations", "administrators"]
+);
+resource_name!(
+    /// `organizations/{organization}/commands/{command}`.
+    CommandName,
+    ["organizations", "commands"]
+);
+resource_name!(
+    /// `organizations/{organization}/runs/{run}`.
+    RunName,
+    ["organizations", "runs"]
+);
+resource_name!(
+    /// `organizations/{organization}/systems/{system}`.
+    SystemName,
+    ["organizations", "systems"]
+);
+resource_name!(
+    /// `organizations/{organization}/connectKeys/{key}`.
+    ConnectKeyName,
+    ["organizations", "connectKeys"]
+);
+
 /// Ids are 1 to 63 characters of lowercase letters, digits and `-`.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -140,6 +215,23 @@ pub fn decode_keyset_token(token: &str, query: &str) -> ApiResult<Option<Keyset>
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn typed_names_parse_once_and_know_their_organization() {
+        let run = super::RunName::parse("name", "organizations/o-1/runs/r-9").unwrap();
+        assert_eq!(run.organization().as_str(), "organizations/o-1");
+        assert_eq!(run.to_string(), "organizations/o-1/runs/r-9");
+        let org = super::OrganizationName::parse("parent", "organizations/o-1").unwrap();
+        assert_eq!(org.organization(), org);
+        assert!(super::RunName::parse("name", "organizations/o-1/commands/c").is_err());
+        assert!(super::SystemName::parse("system", "organizations//systems/s").is_err());
+        let err = super::AdministratorName::parse("grant.grantee", "x").unwrap_err();
+        assert!(
+            err.to_string().contains("grant.grantee")
+                || format!("{err:?}").contains("grant.grantee")
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -16,13 +16,13 @@ impl Commands {
             Ok(Action::Run) => Action::Run,
             _ => return Err(ApiError::invalid("action", "must be ACTION_READ or ACTION_RUN")),
         };
-        parse_command("command", &req.command)?;
-        let principal = if req.principal.is_empty() {
-            caller.administrator.clone()
+        let command = CommandName::parse("command", &req.command)?;
+        let principal_name = if req.principal.is_empty() {
+            AdministratorName::parse("principal", &caller.administrator)?
         } else {
-            parse_admin("principal", &req.principal)?;
-            req.principal.clone()
+            AdministratorName::parse("principal", &req.principal)?
         };
+        let principal = principal_name.to_string();
         if !is_admin(caller) && principal != caller.administrator {
             return Err(ApiError::denied(
                 "NOT_SELF",
@@ -33,8 +33,7 @@ impl Commands {
         let system = if req.system.is_empty() {
             None
         } else {
-            parse_system("system", &req.system)?;
-            Some(req.system.as_str())
+            Some(SystemName::parse("system", &req.system)?)
         };
         let db = &self.state.db;
         let role = if principal == caller.administrator {
@@ -46,11 +45,11 @@ impl Commands {
             roles.insert(principal.clone(), role);
             role
         };
-        let organization = organization_of(&principal);
-        let same_organization = organization_of(&req.command) == organization;
+        let organization = principal_name.organization();
+        let same_organization = command.organization() == organization;
         let grant = find_grant(db, &req.command, &principal).await?;
-        let command_exists =
-            same_organization && find_command(db, &organization, &req.command).await?.is_some();
+        let command_exists = same_organization
+            && find_command(db, organization.as_str(), &req.command).await?.is_some();
         let targets = if command_exists && action == Action::Run {
             targets_of_command(db, &req.command).await?
         } else {
@@ -58,10 +57,10 @@ impl Commands {
         };
         Ok(decide(&Facts {
             caller_is_admin: is_admin(caller),
-            principal: &principal,
-            command: &req.command,
+            principal: &principal_name,
+            command: &command,
             action,
-            system,
+            system: system.as_ref(),
             role,
             grant: grant.as_ref(),
             command_exists,
@@ -111,13 +110,13 @@ pub(crate) struct Facts<'a> {
     /// Whether the caller is an Administrator (who may learn why, about anyone).
     pub caller_is_admin: bool,
     /// Whose access is checked.
-    pub principal: &'a str,
+    pub principal: &'a AdministratorName,
     /// The command asked about.
-    pub command: &'a str,
+    pub command: &'a CommandName,
     /// Read or run.
     pub action: Action,
     /// The system asked about, if any.
-    pub system: Option<&'a str>,
+    pub system: Option<&'a SystemName>,
     /// The principal's current role; `None` when it does not exist (or was deleted).
     pub role: Option<Role>,
     /// The principal's grant on the command, if it holds one.
@@ -134,15 +133,15 @@ pub(crate) struct Facts<'a> {
 /// has targets.
 pub(crate) fn decide(facts: &Facts<'_>) -> Decision {
     let Facts { principal, command, system, .. } = *facts;
-    let organization = organization_of(principal);
-    if organization_of(command) != organization {
+    let organization = principal.organization();
+    if command.organization() != organization {
         return decision(
             false,
             DecisionReason::WrongOrganization,
             format!("{command} belongs to another organization than {principal}"),
         );
     }
-    if let Some(system) = system.filter(|s| organization_of(s) != organization) {
+    if let Some(system) = system.filter(|s| s.organization() != organization) {
         return decision(
             false,
             DecisionReason::WrongOrganization,
@@ -178,7 +177,7 @@ pub(crate) fn decide(facts: &Facts<'_>) -> Decision {
                 format!("{command} has no target systems, so it cannot run anywhere"),
             );
         }
-        if let Some(system) = system.filter(|s| !facts.targets.iter().any(|t| t == s)) {
+        if let Some(system) = system.filter(|s| !facts.targets.iter().any(|t| t == s.as_str())) {
             return decision(
                 false,
                 DecisionReason::SystemNotTarget,
@@ -229,14 +228,32 @@ mod tests {
         }
     }
 
+    struct Names {
+        runner: AdministratorName,
+        command: CommandName,
+        system: SystemName,
+        other_command: CommandName,
+        other_system: SystemName,
+    }
+
+    fn names() -> Names {
+        Names {
+            runner: AdministratorName::parse("principal", RUNNER).unwrap(),
+            command: CommandName::parse("command", COMMAND).unwrap(),
+            system: SystemName::parse("system", SYSTEM).unwrap(),
+            other_command: CommandName::parse("command", "organizations/x/commands/c").unwrap(),
+            other_system: SystemName::parse("system", "organizations/x/systems/s").unwrap(),
+        }
+    }
+
     /// A Command Runner with a grant asking to run the command on its one target.
-    fn granted<'a>(grant: &'a grant::Model, targets: &'a [String]) -> Facts<'a> {
+    fn granted<'a>(n: &'a Names, grant: &'a grant::Model, targets: &'a [String]) -> Facts<'a> {
         Facts {
             caller_is_admin: false,
-            principal: RUNNER,
-            command: COMMAND,
+            principal: &n.runner,
+            command: &n.command,
             action: Action::Run,
-            system: Some(SYSTEM),
+            system: Some(&n.system),
             role: Some(Role::CommandRunner),
             grant: Some(grant),
             command_exists: true,
@@ -250,29 +267,29 @@ mod tests {
 
     #[test]
     fn every_reason_follows_from_the_facts() {
+        let n = names();
         let grant = the_grant();
         let targets = vec![SYSTEM.to_string()];
-        let base = granted(&grant, &targets);
+        let base = granted(&n, &grant, &targets);
         let allowed = decide(&base);
         assert!(allowed.allowed);
         assert_eq!(allowed.grant, grant.name);
         assert_eq!(reason(&base), DecisionReason::Grant);
 
-        let elsewhere =
-            Facts { command: "organizations/x/commands/c", ..granted(&grant, &targets) };
+        let elsewhere = Facts { command: &n.other_command, ..granted(&n, &grant, &targets) };
         assert_eq!(reason(&elsewhere), DecisionReason::WrongOrganization);
-        let far = Facts { system: Some("organizations/x/systems/s"), ..granted(&grant, &targets) };
+        let far = Facts { system: Some(&n.other_system), ..granted(&n, &grant, &targets) };
         assert_eq!(reason(&far), DecisionReason::WrongOrganization);
-        let ghost = Facts { role: None, ..granted(&grant, &targets) };
+        let ghost = Facts { role: None, ..granted(&n, &grant, &targets) };
         assert_eq!(reason(&ghost), DecisionReason::PrincipalNotFound);
-        let missing = Facts { command_exists: false, ..granted(&grant, &targets) };
+        let missing = Facts { command_exists: false, ..granted(&n, &grant, &targets) };
         assert_eq!(reason(&missing), DecisionReason::CommandNotFound);
-        let nowhere = Facts { targets: &[], ..granted(&grant, &targets) };
+        let nowhere = Facts { targets: &[], ..granted(&n, &grant, &targets) };
         assert_eq!(reason(&nowhere), DecisionReason::NoTargetSystems);
-        let read = Facts { targets: &[], action: Action::Read, ..granted(&grant, &targets) };
+        let read = Facts { targets: &[], action: Action::Read, ..granted(&n, &grant, &targets) };
         assert_eq!(reason(&read), DecisionReason::Grant, "targets matter only for running");
         let other = ["organizations/o/systems/t".to_string()];
-        let not_target = Facts { targets: &other, ..granted(&grant, &targets) };
+        let not_target = Facts { targets: &other, ..granted(&n, &grant, &targets) };
         assert_eq!(reason(&not_target), DecisionReason::SystemNotTarget);
         let admin =
             Facts { role: Some(Role::Administrator), grant: None, caller_is_admin: true, ..base };
@@ -285,12 +302,13 @@ mod tests {
     // commands all answer NO_GRANT with the same sentence.
     #[test]
     fn a_runner_without_a_grant_learns_nothing() {
+        let n = names();
         let grant = the_grant();
         let targets = vec![SYSTEM.to_string()];
         let cases = [
-            Facts { grant: None, ..granted(&grant, &targets) },
-            Facts { grant: None, command_exists: false, ..granted(&grant, &targets) },
-            Facts { grant: None, targets: &[], ..granted(&grant, &targets) },
+            Facts { grant: None, ..granted(&n, &grant, &targets) },
+            Facts { grant: None, command_exists: false, ..granted(&n, &grant, &targets) },
+            Facts { grant: None, targets: &[], ..granted(&n, &grant, &targets) },
         ];
         let decisions: Vec<Decision> = cases.iter().map(decide).collect();
         for d in &decisions {

@@ -15,9 +15,9 @@ impl Commands {
         let p = caller::current_audited(&self.state, &ctx, &p, &req.parent, Need::Administrator)
             .await?;
         let g = req.grant.ok_or_else(|| ApiError::invalid("grant", "is required"))?;
-        parse_admin("grant.grantee", &g.grantee)?;
+        let grantee = AdministratorName::parse("grant.grantee", &g.grantee)?;
         rules::request_id(&req.request_id)?;
-        if organization_of(&g.grantee) != p.organization {
+        if grantee.organization().as_str() != p.organization {
             return Err(ApiError::NotFound(g.grantee));
         }
         let key = idempotency_key("create_grant", &p.administrator, &req.request_id);

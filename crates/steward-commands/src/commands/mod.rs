@@ -30,14 +30,14 @@ use steward_proto::commands::v1::{
 };
 use steward_runtime::authn::{self, Need, Principal, RequestContext};
 use steward_runtime::claims::Role;
-use steward_runtime::names;
+use steward_runtime::names::{self, AdministratorName, CommandName, SystemName};
 use steward_runtime::{ApiError, ApiResult};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::entity::{command, grant, idempotency, output, result, run, system, target};
 use crate::rules::{self, timestamp};
-use crate::{audit, begin_write, caller, is_unique_violation, organization_of, State};
+use crate::{audit, begin_write, caller, is_unique_violation, State};
 
 mod access;
 mod definitions;
