@@ -28,7 +28,6 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::commands::refresh_run;
 use crate::entity::{connect_key, output, result, run, system};
 use crate::rules::{self, timestamp};
-use crate::streams::TokenBucket;
 use crate::systems::{random_token, system_proto};
 use crate::{audit, begin_write, State};
 
@@ -213,16 +212,17 @@ impl Session {
         let mut last_touch = Instant::now();
         let mut last_heartbeat = Instant::now();
         let changed = self.state.changed.clone();
-        // Each message costs a token: an agent sending faster than the sustained rate is slowed
-        // down (its stream is read more slowly, so HTTP/2 flow control pushes back), never cut.
-        let limits = &self.state.streams;
-        let mut bucket =
-            TokenBucket::new(limits.agent_messages_per_sec, limits.agent_message_burst);
+        // Each message costs a token of the system's bucket: an agent sending faster than the
+        // sustained rate is slowed down (its stream is read more slowly, so HTTP/2 flow control
+        // pushes back), never cut; reconnecting does not refill the bucket.
+        let (rate, burst) =
+            (self.state.streams.agent_messages_per_sec, self.state.streams.agent_message_burst);
+        let buckets = self.state.agent_buckets.clone();
         let end = loop {
             let polled = tokio::select! {
                 message = inbound.message() => match message {
                     Ok(Some(message)) => {
-                        bucket.take().await;
+                        buckets.take(&self.system, rate, burst).await;
                         if let Err(err) = self.handle(message).await {
                             if matches!(err, ApiError::InvalidArgument(_)) {
                                 break Some(Status::from(err));

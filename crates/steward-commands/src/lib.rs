@@ -118,6 +118,8 @@ pub(crate) struct State {
     pub changed: Arc<Notify>,
     /// Open WatchRun streams on this replica.
     pub watchers: Arc<streams::Watchers>,
+    /// Agent message buckets, per system, on this replica.
+    pub agent_buckets: Arc<streams::AgentBuckets>,
     /// Stream limits.
     pub streams: steward_runtime::config::StreamsConfig,
 }
@@ -154,6 +156,7 @@ pub async fn start(
         peers: ctx.peers.clone(),
         changed: Arc::new(Notify::new()),
         watchers: Arc::default(),
+        agent_buckets: Arc::default(),
         streams: ctx.config.streams.clone(),
     };
     let max = ctx.config.server.max_message_bytes;

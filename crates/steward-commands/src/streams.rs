@@ -59,6 +59,34 @@ impl Drop for WatcherSlot {
     }
 }
 
+/// The message buckets of agent streams, one per system, kept across reconnects (so a reconnect
+/// does not refill it). Per replica; an entry costs a few bytes per system ever connected.
+#[derive(Debug, Default)]
+pub(crate) struct AgentBuckets {
+    buckets: Mutex<HashMap<String, Arc<Mutex<TokenBucket>>>>,
+}
+
+impl AgentBuckets {
+    /// Waits for `system`'s next token (`rate` a second, `burst` at once).
+    #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
+    pub(crate) async fn take(&self, system: &str, rate: u32, burst: u32) {
+        let bucket = match self.buckets.lock() {
+            Ok(mut buckets) => buckets
+                .entry(system.to_string())
+                .or_insert_with(|| Arc::new(Mutex::new(TokenBucket::new(rate, burst))))
+                .clone(),
+            Err(_) => return,
+        };
+        let wait = match bucket.lock() {
+            Ok(mut bucket) => bucket.reserve(Instant::now()),
+            Err(_) => return,
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// A token bucket: `rate` messages a second on average, `burst` at once.
 #[derive(Debug)]
 pub(crate) struct TokenBucket {
@@ -72,15 +100,6 @@ impl TokenBucket {
     pub(crate) fn new(rate: u32, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
         Self { rate: f64::from(rate.max(1)), burst, tokens: burst, last: Instant::now() }
-    }
-
-    /// Takes one token, waiting for it when the bucket is empty.
-    #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
-    pub(crate) async fn take(&mut self) {
-        let wait = self.reserve(Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
     }
 
     /// Takes one token at `now` and answers how long the caller must wait before using it (zero
@@ -127,6 +146,22 @@ mod tests {
         drop(a1);
         watchers.admit("a", "r3", &limits).unwrap();
         watchers.admit("d", "r1", &limits).unwrap();
+    }
+
+    // A reconnect does not refill a system's bucket: the same bucket serves every stream of the
+    // system on this replica.
+    #[tokio::test]
+    async fn agent_buckets_are_kept_per_system() {
+        let buckets = AgentBuckets::default();
+        for _ in 0..3 {
+            buckets.take("organizations/o/systems/a", 1, 3).await;
+        }
+        buckets.take("organizations/o/systems/b", 1, 3).await;
+        let map = buckets.buckets.lock().unwrap();
+        let a = map["organizations/o/systems/a"].lock().unwrap().tokens;
+        let b = map["organizations/o/systems/b"].lock().unwrap().tokens;
+        assert!(a < 0.5, "the burst of a is spent: {a}");
+        assert!(b > 1.5, "b has its own: {b}");
     }
 
     #[test]
