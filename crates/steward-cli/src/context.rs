@@ -153,6 +153,34 @@ impl Context {
         }
     }
 
+    /// Every page of a List RPC, in order: `request` builds the request for a page token, `rpc`
+    /// sends it (as [`Context::call`] does), `page` splits an answer into its items and the next
+    /// page token.
+    pub async fn all_pages<Req, Resp, Item, Rpc, Fut>(
+        &mut self,
+        request: impl Fn(String) -> Req,
+        rpc: Rpc,
+        page: impl Fn(Resp) -> (Vec<Item>, String),
+    ) -> Result<Vec<Item>>
+    where
+        Req: Clone,
+        Rpc: Fn(Steward, Req) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let mut items = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let next = request(page_token);
+            let answer = self.call(|s| rpc(s, next.clone())).await?;
+            let (batch, next_token) = page(answer);
+            items.extend(batch);
+            if next_token.is_empty() {
+                return Ok(items);
+            }
+            page_token = next_token;
+        }
+    }
+
     /// Exchanges the refresh token for new tokens and stores them. Without a refresh token
     /// (or when it is refused) the original rejection stands.
     async fn refresh(&mut self, rejected: tonic::Status) -> Result<()> {

@@ -37,28 +37,18 @@ async fn list_all(
     order_by: Option<String>,
 ) -> Result<Vec<Administrator>> {
     let parent = ctx.organization()?;
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let request = ListAdministratorsRequest {
+    ctx.all_pages(
+        |page_token| ListAdministratorsRequest {
             parent: parent.clone(),
             page_size: 1000,
-            page_token: page_token.clone(),
+            page_token,
             filter: filter.clone().unwrap_or_default(),
             order_by: order_by.clone().unwrap_or_default(),
-        };
-        let page = ctx
-            .call(move |s| {
-                let request = request.clone();
-                async move { s.admin().list_administrators(request).await }
-            })
-            .await?;
-        all.extend(page.administrators);
-        if page.next_page_token.is_empty() {
-            return Ok(all);
-        }
-        page_token = page.next_page_token;
-    }
+        },
+        |s, request| async move { s.admin().list_administrators(request).await },
+        |page| (page.administrators, page.next_page_token),
+    )
+    .await
 }
 
 /// The resource name for an ID, a name or an email (looked up in the organization).

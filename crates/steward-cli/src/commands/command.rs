@@ -75,28 +75,21 @@ pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
     let org = ctx.organization()?;
     match cmd {
         CommandsCommand::List { filter, order_by } => {
-            let mut items = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = ListCommandsRequest {
-                    parent: org.clone(),
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    filter: filter.clone().unwrap_or_default(),
-                    order_by: order_by.clone().unwrap_or_default(),
-                };
-                let page = ctx
-                    .call(move |s| {
-                        let request = request.clone();
-                        async move { s.commands().list_commands(request).await }
-                    })
-                    .await?;
-                items.extend(page.commands.iter().map(convert::command));
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+            let items = ctx
+                .all_pages(
+                    |page_token| ListCommandsRequest {
+                        parent: org.clone(),
+                        page_size: 1000,
+                        page_token,
+                        filter: filter.clone().unwrap_or_default(),
+                        order_by: order_by.clone().unwrap_or_default(),
+                    },
+                    |s, request| async move { s.commands().list_commands(request).await },
+                    |page| {
+                        (page.commands.iter().map(convert::command).collect(), page.next_page_token)
+                    },
+                )
+                .await?;
             output::list(ctx.format, &items, COMMAND_COLUMNS)?;
         }
         CommandsCommand::Get { command } => {
@@ -246,27 +239,18 @@ pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
         }
         CommandsCommand::Grants { command } => {
             let parent = names::expand(&org, "commands", command.as_deref().unwrap_or("-"));
-            let mut items = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = ListGrantsRequest {
-                    parent: parent.clone(),
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    filter: String::new(),
-                };
-                let page = ctx
-                    .call(move |s| {
-                        let request = request.clone();
-                        async move { s.commands().list_grants(request).await }
-                    })
-                    .await?;
-                items.extend(page.grants.iter().map(convert::grant));
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+            let items = ctx
+                .all_pages(
+                    |page_token| ListGrantsRequest {
+                        parent: parent.clone(),
+                        page_size: 1000,
+                        page_token,
+                        filter: String::new(),
+                    },
+                    |s, request| async move { s.commands().list_grants(request).await },
+                    |page| (page.grants.iter().map(convert::grant).collect(), page.next_page_token),
+                )
+                .await?;
             output::list(ctx.format, &items, GRANT_COLUMNS)?;
         }
         CommandsCommand::Run { command, systems, wait } => {
@@ -310,27 +294,18 @@ pub async fn runs(ctx: &mut Context, cmd: RunsCommand) -> Result<u8> {
     let org = ctx.organization()?;
     match cmd {
         RunsCommand::List { filter } => {
-            let mut items = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = ListRunsRequest {
-                    parent: org.clone(),
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    filter: filter.clone().unwrap_or_default(),
-                };
-                let page = ctx
-                    .call(move |s| {
-                        let request = request.clone();
-                        async move { s.commands().list_runs(request).await }
-                    })
-                    .await?;
-                items.extend(page.runs.iter().map(convert::run));
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+            let items = ctx
+                .all_pages(
+                    |page_token| ListRunsRequest {
+                        parent: org.clone(),
+                        page_size: 1000,
+                        page_token,
+                        filter: filter.clone().unwrap_or_default(),
+                    },
+                    |s, request| async move { s.commands().list_runs(request).await },
+                    |page| (page.runs.iter().map(convert::run).collect(), page.next_page_token),
+                )
+                .await?;
             output::list(ctx.format, &items, RUN_COLUMNS)?;
         }
         RunsCommand::Get { run } => {

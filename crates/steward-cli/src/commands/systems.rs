@@ -50,23 +50,19 @@ pub async fn systems(ctx: &mut Context, cmd: SystemsCommand) -> Result<u8> {
     let org = ctx.organization()?;
     match cmd {
         SystemsCommand::List => {
-            let mut items = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request =
-                    ListSystemsRequest { parent: org.clone(), page_size: 1000, page_token };
-                let page = ctx
-                    .call(move |s| {
-                        let request = request.clone();
-                        async move { s.systems().list_systems(request).await }
-                    })
-                    .await?;
-                items.extend(page.systems.iter().map(convert::system));
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+            let items = ctx
+                .all_pages(
+                    |page_token| ListSystemsRequest {
+                        parent: org.clone(),
+                        page_size: 1000,
+                        page_token,
+                    },
+                    |s, request| async move { s.systems().list_systems(request).await },
+                    |page| {
+                        (page.systems.iter().map(convert::system).collect(), page.next_page_token)
+                    },
+                )
+                .await?;
             output::list(ctx.format, &items, SYSTEM_COLUMNS)?;
         }
         SystemsCommand::Get { system } => {
@@ -136,23 +132,22 @@ pub async fn connect_keys(ctx: &mut Context, cmd: ConnectKeysCommand) -> Result<
             }
         }
         ConnectKeysCommand::List => {
-            let mut items = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request =
-                    ListConnectKeysRequest { parent: org.clone(), page_size: 1000, page_token };
-                let page = ctx
-                    .call(move |s| {
-                        let request = request.clone();
-                        async move { s.systems().list_connect_keys(request).await }
-                    })
-                    .await?;
-                items.extend(page.connect_keys.iter().map(convert::connect_key));
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+            let items = ctx
+                .all_pages(
+                    |page_token| ListConnectKeysRequest {
+                        parent: org.clone(),
+                        page_size: 1000,
+                        page_token,
+                    },
+                    |s, request| async move { s.systems().list_connect_keys(request).await },
+                    |page| {
+                        (
+                            page.connect_keys.iter().map(convert::connect_key).collect(),
+                            page.next_page_token,
+                        )
+                    },
+                )
+                .await?;
             output::list(ctx.format, &items, KEY_COLUMNS)?;
         }
         ConnectKeysCommand::Delete { key } => {
