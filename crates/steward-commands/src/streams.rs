@@ -70,17 +70,18 @@ impl AgentBuckets {
     /// Waits for `system`'s next token (`rate` a second, `burst` at once).
     #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
     pub(crate) async fn take(&self, system: &str, rate: u32, burst: u32) {
-        let bucket = match self.buckets.lock() {
-            Ok(mut buckets) => buckets
-                .entry(system.to_string())
-                .or_insert_with(|| Arc::new(Mutex::new(TokenBucket::new(rate, burst))))
-                .clone(),
-            Err(_) => return,
-        };
-        let wait = match bucket.lock() {
-            Ok(mut bucket) => bucket.reserve(Instant::now()),
-            Err(_) => return,
-        };
+        // A poisoned lock still holds a usable bucket: rate limiting never switches off.
+        let bucket = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(system.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(TokenBucket::new(rate, burst))))
+            .clone();
+        let wait = bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reserve(Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }

@@ -35,8 +35,17 @@ impl Commands {
         } else {
             Some(SystemName::parse("system", &req.system)?)
         };
+        // Facts are gathered in the order `decide` reads them and only as far as needed: a
+        // reason known from the names alone costs no lookup, and a Command Runner without a
+        // grant causes no command lookup at all (so not even timing tells whether it exists).
         let db = &self.state.db;
-        let role = if principal == caller.administrator {
+        let caller_is_admin = is_admin(caller);
+        let organization = principal_name.organization();
+        let same_organization = command.organization() == organization
+            && system.as_ref().is_none_or(|s| s.organization() == organization);
+        let role = if !same_organization {
+            None
+        } else if principal == caller.administrator {
             Some(caller.role)
         } else if let Some(role) = roles.get(&principal) {
             *role
@@ -45,18 +54,20 @@ impl Commands {
             roles.insert(principal.clone(), role);
             role
         };
-        let organization = principal_name.organization();
-        let same_organization = command.organization() == organization;
-        let grant = find_grant(db, &req.command, &principal).await?;
-        let command_exists = same_organization
-            && find_command(db, organization.as_str(), &req.command).await?.is_some();
+        let grant = match role {
+            Some(_) => find_grant(db, &req.command, &principal).await?,
+            None => None,
+        };
+        let may_learn = role.is_some() && (caller_is_admin || grant.is_some());
+        let command_exists =
+            may_learn && find_command(db, organization.as_str(), &req.command).await?.is_some();
         let targets = if command_exists && action == Action::Run {
             targets_of_command(db, &req.command).await?
         } else {
             Vec::new()
         };
         Ok(decide(&Facts {
-            caller_is_admin: is_admin(caller),
+            caller_is_admin,
             principal: &principal_name,
             command: &command,
             action,
