@@ -453,8 +453,8 @@ fn endpoint(
     if !(server.starts_with("http://") || server.starts_with("https://")) {
         return Err(invalid("must start with http:// or https://".into()));
     }
-    let uri: tonic::transport::Uri = server.parse().map_err(|err| invalid(format!("{err}")))?;
-    if uri.scheme_str() == Some("http") && !insecure_plaintext && !is_loopback(uri.host()) {
+    server.parse::<tonic::transport::Uri>().map_err(|err| invalid(format!("{err}")))?;
+    if steward_proto::client::is_plaintext_off_loopback(server) && !insecure_plaintext {
         return Err(invalid(
             "plaintext http:// is allowed only to a loopback address; use https:// or pass --insecure-plaintext".into(),
         ));
@@ -476,14 +476,6 @@ fn endpoint(
                 .keep_alive_timeout(Duration::from_secs(20))
                 .keep_alive_while_idle(true)
         })
-}
-
-/// `localhost` or a loopback IP.
-fn is_loopback(host: Option<&str>) -> bool {
-    let Some(host) = host else { return false };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A failed connection. An untrusted certificate before the agent ever registered is fatal (a

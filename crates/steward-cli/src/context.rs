@@ -25,17 +25,6 @@ pub struct Context {
     insecure_plaintext: bool,
 }
 
-/// Whether `url` is plaintext to a host other than this machine.
-fn plaintext_off_loopback(url: &str) -> bool {
-    let Ok(uri) = url.parse::<tonic::transport::Uri>() else { return false };
-    if uri.scheme_str() != Some("http") {
-        return false;
-    }
-    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
-    !(host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
-}
-
 /// `url` without a trailing slash, so equal servers compare equal.
 fn normalize(url: &str) -> String {
     url.trim().trim_end_matches('/').to_string()
@@ -103,7 +92,9 @@ impl Context {
         if let Some(client) = &self.anonymous {
             return Ok(client.clone());
         }
-        if plaintext_off_loopback(&self.server) && !self.insecure_plaintext {
+        if steward_proto::client::is_plaintext_off_loopback(&self.server)
+            && !self.insecure_plaintext
+        {
             return Err(CliError::Usage(format!(
                 "refusing plaintext {}: use https:// (or pass --insecure-plaintext)",
                 self.server

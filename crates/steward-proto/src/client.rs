@@ -59,6 +59,18 @@ pub fn endpoint(
     }
 }
 
+/// Whether `url` is plaintext `http://` to a host other than this machine (`localhost` or a
+/// loopback address): the CLI and the agent refuse it unless told `--insecure-plaintext`.
+pub fn is_plaintext_off_loopback(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tonic::transport::Uri>() else { return false };
+    if uri.scheme_str() != Some("http") {
+        return false;
+    }
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    !(host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+}
+
 /// An error and its causes, `: `-joined. A transport error's own text says little ("transport
 /// error"); its causes say what failed (refused, certificate not trusted, name mismatch...).
 pub fn error_chain(err: &dyn std::error::Error) -> String {

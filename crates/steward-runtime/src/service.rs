@@ -43,7 +43,19 @@ impl Peers {
     /// Lazy channels to the URLs in `config.internal`.
     pub fn from_config(config: &Config) -> ApiResult<Self> {
         let internal = &config.internal;
-        let channel = |url: &str| peer_channel(url, internal);
+        // One set of TLS material for the three peers: loaded (and later re-read) once.
+        let any_https = [&internal.auth_url, &internal.admin_url, &internal.commands_url]
+            .iter()
+            .any(|url| url.starts_with("https://"));
+        let tls = if any_https {
+            Some(
+                crate::tls::PeerTls::load(internal)
+                    .map_err(|e| ApiError::internal(format!("internal TLS: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let channel = |url: &str| connect_peer(url, tls.as_ref());
         Ok(Self {
             auth: channel(&internal.auth_url)?,
             admin: channel(&internal.admin_url)?,
@@ -67,6 +79,19 @@ pub fn lazy_channel(url: &str) -> ApiResult<Channel> {
 /// `internal.ca_file` (the system roots when unset), presenting `internal.client_cert_file` when
 /// configured (mutual TLS for internal RPCs).
 pub fn peer_channel(url: &str, internal: &crate::config::InternalConfig) -> ApiResult<Channel> {
+    let tls = if url.starts_with("https://") {
+        Some(
+            crate::tls::PeerTls::load(internal)
+                .map_err(|e| ApiError::internal(format!("TLS to {url}: {e}")))?,
+        )
+    } else {
+        None
+    };
+    connect_peer(url, tls.as_ref())
+}
+
+/// A lazy channel to `url`; `https://` URLs connect through `tls`.
+fn connect_peer(url: &str, tls: Option<&Arc<crate::tls::PeerTls>>) -> ApiResult<Channel> {
     let configure = |endpoint: Endpoint| {
         endpoint
             .connect_timeout(std::time::Duration::from_secs(3))
@@ -74,9 +99,7 @@ pub fn peer_channel(url: &str, internal: &crate::config::InternalConfig) -> ApiR
     };
     let uri: http::Uri =
         url.parse().map_err(|e| ApiError::internal(format!("bad peer url {url}: {e}")))?;
-    if uri.scheme_str() == Some("https") {
-        let tls = crate::tls::PeerTls::load(internal)
-            .map_err(|e| ApiError::internal(format!("TLS to {url}: {e}")))?;
+    if let (Some("https"), Some(tls)) = (uri.scheme_str(), tls) {
         return tls
             .channel(&uri, configure)
             .map_err(|e| ApiError::internal(format!("TLS to {url}: {e}")));

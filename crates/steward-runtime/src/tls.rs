@@ -79,6 +79,18 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// The certificates of a CA bundle as trust anchors.
+fn ca_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(path)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            what: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
 /// Builds the server's rustls configuration from `tls` (which must be [`TlsConfig::enabled`]):
 /// HTTP/2 only (ALPN `h2`); with `client_ca_file`, client certificates are requested and, when
 /// presented, verified against that CA (whether a call needs one is decided per RPC by the
@@ -97,17 +109,11 @@ pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> 
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let builder = match &tls.client_ca_file {
         Some(ca_file) => {
-            let mut roots = RootCertStore::empty();
-            for cert in certificates(ca_file)? {
-                roots.add(cert).map_err(|e| TlsError::Pem {
-                    path: ca_file.clone(),
-                    what: format!("not a usable CA certificate: {e}"),
-                })?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsError::Rustls(e.to_string()))?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(ca_roots(ca_file)?), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| TlsError::Rustls(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -118,54 +124,86 @@ pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> 
     Ok(config)
 }
 
-/// Size and modification time of each configured file: what [`ServerTls::watch`] compares.
+/// Size and modification time of each file: what tells a rotation.
 type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+/// The three files TLS material is built from (any may be unset).
+type Files = [Option<PathBuf>; 3];
+
+/// TLS material built from files and rebuilt when any of them changes. A change that does not
+/// build (a half-written rotation) keeps the previous material in use, and is retried.
+struct Material<T> {
+    files: Files,
+    build: fn(&Files) -> Result<T, TlsError>,
+    current: RwLock<(Stamp, Arc<T>)>,
+}
+
+impl<T> Material<T> {
+    fn load(files: Files, build: fn(&Files) -> Result<T, TlsError>) -> Result<Self, TlsError> {
+        let current = (stamp(&files), Arc::new(build(&files)?));
+        Ok(Self { files, build, current: RwLock::new(current) })
+    }
+
+    fn current(&self) -> Option<Arc<T>> {
+        self.current.read().ok().map(|current| current.1.clone())
+    }
+
+    /// Rebuilds if a file changed; answers whether new material is in use.
+    fn reload_if_changed(&self) -> bool {
+        let now = stamp(&self.files);
+        let changed = self.current.read().map(|current| current.0 != now).unwrap_or(false);
+        if !changed {
+            return false;
+        }
+        match (self.build)(&self.files) {
+            Ok(material) => {
+                if let Ok(mut current) = self.current.write() {
+                    *current = (now, Arc::new(material));
+                }
+                tracing::info!(files = ?self.files, "TLS material reloaded");
+                true
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "TLS files changed but do not load; keeping the previous material");
+                false
+            }
+        }
+    }
+}
 
 /// The server's TLS acceptor over the current material.
 pub struct ServerTls {
-    files: TlsConfig,
-    current: RwLock<(Stamp, Arc<rustls::ServerConfig>)>,
+    material: Material<rustls::ServerConfig>,
 }
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls").field("files", &self.files).finish_non_exhaustive()
+        f.debug_struct("ServerTls").field("files", &self.material.files).finish_non_exhaustive()
     }
 }
 
 impl ServerTls {
     /// Loads the material named by `files`; fails when it does not load.
     pub fn load(files: TlsConfig) -> Result<Arc<Self>, TlsError> {
-        let stamp = stamp(&files);
-        let config = Arc::new(server_config(&files)?);
-        Ok(Arc::new(Self { files, current: RwLock::new((stamp, config)) }))
+        let files = [files.cert_file, files.key_file, files.client_ca_file];
+        let material = Material::load(files, |[cert_file, key_file, client_ca_file]| {
+            server_config(&TlsConfig {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                client_ca_file: client_ca_file.clone(),
+                ..TlsConfig::default()
+            })
+        })?;
+        Ok(Arc::new(Self { material }))
     }
 
     fn config(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.current.read().ok().map(|current| current.1.clone())
+        self.material.current()
     }
 
     /// Re-reads the files if any of them changed; answers whether new material is in use.
     pub fn reload_if_changed(&self) -> bool {
-        let now = stamp(&self.files);
-        let changed = self.current.read().map(|current| current.0 != now).unwrap_or(false);
-        if !changed {
-            return false;
-        }
-        match server_config(&self.files) {
-            Ok(config) => {
-                if let Ok(mut current) = self.current.write() {
-                    *current = (now, Arc::new(config));
-                }
-                tracing::info!("TLS certificate reloaded");
-                true
-            }
-            Err(err) => {
-                // Keep serving the previous material; a half-written rotation is retried.
-                tracing::warn!(error = %err, "TLS files changed but do not load; keeping the previous certificate");
-                false
-            }
-        }
+        self.material.reload_if_changed()
     }
 
     /// Checks the files every `interval` until the task is aborted.
@@ -230,9 +268,9 @@ impl ServerTls {
     }
 }
 
-fn stamp(files: &TlsConfig) -> Stamp {
-    [&files.cert_file, &files.key_file, &files.client_ca_file]
-        .into_iter()
+fn stamp(files: &Files) -> Stamp {
+    files
+        .iter()
         .flatten()
         .map(|path| {
             // `metadata` follows symlinks, as Kubernetes' atomic secret updates need.
@@ -245,14 +283,12 @@ fn stamp(files: &TlsConfig) -> Stamp {
 /// `client_key_file`), re-read when the files change: checked at every new connection (cheap,
 /// connections are long-lived), so a rotated client certificate is presented without a restart.
 pub struct PeerTls {
-    ca_file: Option<PathBuf>,
-    client_cert: Option<(PathBuf, PathBuf)>,
-    current: RwLock<(Stamp, Arc<rustls::ClientConfig>)>,
+    material: Material<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for PeerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerTls").field("ca_file", &self.ca_file).finish_non_exhaustive()
+        f.debug_struct("PeerTls").field("files", &self.material.files).finish_non_exhaustive()
     }
 }
 
@@ -260,84 +296,20 @@ impl PeerTls {
     /// Loads the material; with a CA file, peers are trusted against that CA only (not the
     /// system roots: an internal peer is never a public site).
     pub fn load(internal: &crate::config::InternalConfig) -> Result<Arc<Self>, TlsError> {
-        let client_cert = match (&internal.client_cert_file, &internal.client_key_file) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            _ => None,
-        };
-        let peer = Self {
-            ca_file: internal.ca_file.clone(),
-            client_cert,
-            current: RwLock::new((Vec::new(), Arc::new(empty_client_config()?))),
-        };
-        let stamp = peer.stamp();
-        let config = peer.build()?;
-        if let Ok(mut current) = peer.current.write() {
-            *current = (stamp, Arc::new(config));
-        }
-        Ok(Arc::new(peer))
+        let (client_cert, client_key) =
+            match (&internal.client_cert_file, &internal.client_key_file) {
+                (Some(cert), Some(key)) => (Some(cert.clone()), Some(key.clone())),
+                _ => (None, None),
+            };
+        let files = [client_cert, client_key, internal.ca_file.clone()];
+        Ok(Arc::new(Self { material: Material::load(files, client_config)? }))
     }
 
-    fn stamp(&self) -> Stamp {
-        let files = TlsConfig {
-            cert_file: self.client_cert.as_ref().map(|c| c.0.clone()),
-            key_file: self.client_cert.as_ref().map(|c| c.1.clone()),
-            client_ca_file: self.ca_file.clone(),
-            reload_interval_secs: 0,
-        };
-        stamp(&files)
-    }
-
-    fn build(&self) -> Result<rustls::ClientConfig, TlsError> {
-        let mut roots = RootCertStore::empty();
-        match &self.ca_file {
-            Some(ca_file) => {
-                for cert in certificates(ca_file)? {
-                    roots.add(cert).map_err(|e| TlsError::Pem {
-                        path: ca_file.clone(),
-                        what: format!("not a usable CA certificate: {e}"),
-                    })?;
-                }
-            }
-            None => {
-                let native = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(native.certs);
-            }
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_root_certificates(roots);
-        let mut config = match &self.client_cert {
-            Some((cert, key)) => builder
-                .with_client_auth_cert(certificates(cert)?, private_key(key)?)
-                .map_err(|e| TlsError::Rustls(e.to_string()))?,
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(config)
-    }
-
-    /// The current configuration, reloaded first if a file changed (a file that does not load
-    /// keeps the previous material, as on the server).
+    /// The current configuration, reloaded first if a file changed: checked at each new
+    /// connection (cheap, and connections are long-lived), so no watcher task is needed.
     fn config(&self) -> Option<Arc<rustls::ClientConfig>> {
-        let now = self.stamp();
-        let changed = self.current.read().map(|current| current.0 != now).unwrap_or(false);
-        if changed {
-            match self.build() {
-                Ok(config) => {
-                    if let Ok(mut current) = self.current.write() {
-                        *current = (now, Arc::new(config));
-                    }
-                    tracing::info!("internal TLS client material reloaded");
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "internal TLS files changed but do not load; keeping the previous material");
-                }
-            }
-        }
-        self.current.read().ok().map(|current| current.1.clone())
+        self.material.reload_if_changed();
+        self.material.current()
     }
 
     /// A lazy channel to `url` (`https://host:port`) whose connections are TLS with the current
@@ -380,12 +352,29 @@ impl PeerTls {
     }
 }
 
-fn empty_client_config() -> Result<rustls::ClientConfig, TlsError> {
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+/// The client configuration of internal calls from `[client cert, client key, CA]` files.
+fn client_config(files: &Files) -> Result<rustls::ClientConfig, TlsError> {
+    let [client_cert, client_key, ca_file] = files;
+    let roots = match ca_file {
+        Some(ca_file) => ca_roots(ca_file)?,
+        None => {
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            roots
+        }
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| TlsError::Rustls(e.to_string()))?
-    .with_root_certificates(RootCertStore::empty())
-    .with_no_client_auth())
+    .with_root_certificates(roots);
+    let mut config = match (client_cert, client_key) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(certificates(cert)?, private_key(key)?)
+            .map_err(|e| TlsError::Rustls(e.to_string()))?,
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
