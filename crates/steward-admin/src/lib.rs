@@ -41,7 +41,7 @@
 //!   while a client pages never repeat or hide events it has not seen yet.
 //! - **Organizations** are created only with the service credential; the owner is an invited
 //!   Administrator with billing and an empty `invited_by`. `request_id` is remembered per
-//!   organization (administrators) or platform-wide (organizations) in `admin_idempotency`.
+//!   organization (administrators) or platform-wide (organizations) in [`IDEMPOTENCY`].
 //! - **Billing.** The number and CVC are checked ([`card`]) and dropped; the table holds brand,
 //!   last four, expiry, cardholder and who changed it. Billing access is re-checked against the
 //!   database on read and write, since a token's `billing` claim may be stale.
@@ -81,6 +81,11 @@ pub const HEALTH_NAMES: &[&str] = &[
     "steward.audit.v1.AuditService",
 ];
 
+/// Answers to CreateAdministrator (scoped by organization) and CreateOrganization (scoped
+/// `platform`) by `request_id`.
+pub const IDEMPOTENCY: steward_storage::idempotency::Idempotency =
+    steward_storage::idempotency::Idempotency::new("admin_idempotency_keys");
+
 /// The service's migrations, tracked in its own table so services can share a database.
 #[derive(Debug)]
 pub struct Migrator;
@@ -88,7 +93,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(migration::CreateTables)]
+        vec![Box::new(migration::CreateTables), Box::new(migration::adopt_idempotency())]
     }
 
     fn migration_table_name() -> DynIden {
@@ -136,5 +141,6 @@ pub async fn start(
         effects::deliverer(ctx.peers.clone()),
         ctx.clock.clone(),
     );
-    Ok(vec![relay])
+    let expiry = IDEMPOTENCY.spawn_expiry(ctx.db.clone(), ctx.clock.clone());
+    Ok(vec![relay, expiry])
 }

@@ -5,6 +5,20 @@ use sea_orm_migration::prelude::*;
 
 use crate::effects::OUTBOX;
 
+/// Moves `admin_idempotency` (organization id, request id → resource) into
+/// [`IDEMPOTENCY`](crate::IDEMPOTENCY), keyed by operation and scope.
+pub fn adopt_idempotency() -> steward_storage::idempotency::Adopt {
+    steward_storage::idempotency::Adopt {
+        name: "m20261130_000001_admin_idempotency_keys",
+        into: crate::IDEMPOTENCY,
+        from: "admin_idempotency",
+        copy: "SELECT CASE WHEN organization_id = '-platform' \
+               THEN 'create_organization|platform|' || request_id \
+               ELSE 'create_administrator|organizations/' || organization_id || '|' || request_id \
+               END, resource, created_at FROM admin_idempotency",
+    }
+}
+
 /// Creates every `admin_*` table.
 pub struct CreateTables;
 
@@ -152,6 +166,7 @@ impl MigrationTrait for CreateTables {
             "admin_audit_events",
             "admin_payment_cards",
             "admin_idempotency",
+            "admin_idempotency_keys",
             "admin_administrators",
             "admin_organizations",
         ] {

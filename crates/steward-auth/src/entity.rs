@@ -220,27 +220,3 @@ pub mod throttle {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
-
-/// Idempotency keys of internal RPCs already processed, with their answers.
-pub mod processed_key {
-    use sea_orm::entity::prelude::*;
-
-    /// `auth_processed_keys`.
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "auth_processed_keys")]
-    pub struct Model {
-        /// `{rpc}:{idempotency_key}`.
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub key: String,
-        /// The first call's answer, as JSON.
-        pub response: String,
-        /// Processed.
-        pub created_at: DateTimeUtc,
-    }
-
-    /// None.
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}

@@ -13,9 +13,11 @@ use steward_proto::auth::v1::{self as pb};
 use steward_runtime::{ApiError, ApiResult};
 use tonic::{Request, Response, Status};
 
-use crate::entity::{credential, link_token, mfa_challenge, processed_key, recovery_code};
+use crate::entity::{credential, link_token, mfa_challenge, recovery_code};
 use crate::mail_queue;
 use crate::state::{self, organization_of, respond, timestamp, Shared};
+use crate::IDEMPOTENCY;
+use steward_storage::idempotency::Key;
 
 /// The internal auth service.
 #[derive(Clone)]
@@ -37,33 +39,34 @@ fn required(field: &str, value: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// The key of an internal call: its outbox idempotency key, which is required.
+fn key_of(rpc: &str, idempotency_key: &str) -> ApiResult<Key> {
+    required("idempotency_key", idempotency_key)?;
+    Key::new(rpc, "internal", idempotency_key)
+        .ok_or_else(|| ApiError::invalid("idempotency_key", "is required"))
+}
+
 async fn recorded<T: DeserializeOwned>(
     conn: &impl ConnectionTrait,
-    key: &str,
+    key: &Key,
 ) -> ApiResult<Option<T>> {
-    let Some(row) = processed_key::Entity::find_by_id(key.to_string()).one(conn).await? else {
+    let Some(answer) = IDEMPOTENCY.recall(conn, Some(key)).await? else {
         return Ok(None);
     };
-    serde_json::from_str(&row.response)
+    serde_json::from_str(&answer)
         .map(Some)
         .map_err(|e| ApiError::internal(format!("recorded answer unreadable: {e}")))
 }
 
 async fn record<T: Serialize>(
     conn: &impl ConnectionTrait,
-    key: &str,
+    key: &Key,
     answer: &T,
     now: DateTime<Utc>,
 ) -> ApiResult<()> {
-    let response =
+    let answer =
         serde_json::to_string(answer).map_err(|e| ApiError::internal(format!("answer: {e}")))?;
-    processed_key::Entity::insert(processed_key::ActiveModel {
-        key: Set(key.to_string()),
-        response: Set(response),
-        created_at: Set(now),
-    })
-    .exec(conn)
-    .await?;
+    IDEMPOTENCY.record(conn, Some(key), &answer, now).await?;
     Ok(())
 }
 
@@ -93,8 +96,7 @@ impl Internal {
         let organization = organization_of("administrator", &request.administrator)?;
         let email = request.email.trim().to_lowercase();
         required("email", &email)?;
-        required("idempotency_key", &request.idempotency_key)?;
-        let key = format!("issue_invite:{}", request.idempotency_key);
+        let key = key_of("issue_invite", &request.idempotency_key)?;
         let answer = |expires: i64| pb::IssueInviteResponse {
             expire_time: Some(prost_types::Timestamp { seconds: expires, nanos: 0 }),
         };
@@ -163,8 +165,7 @@ impl Internal {
     ) -> ApiResult<pb::RevokeSessionsResponse> {
         let state = &self.state;
         organization_of("administrator", &request.administrator)?;
-        required("idempotency_key", &request.idempotency_key)?;
-        let key = format!("revoke_sessions:{}", request.idempotency_key);
+        let key = key_of("revoke_sessions", &request.idempotency_key)?;
         if let Some(count) = recorded::<i32>(&state.db, &key).await? {
             return Ok(pb::RevokeSessionsResponse { revoked_count: count });
         }
@@ -184,8 +185,7 @@ impl Internal {
     ) -> ApiResult<pb::DeleteCredentialsResponse> {
         let state = &self.state;
         organization_of("administrator", &request.administrator)?;
-        required("idempotency_key", &request.idempotency_key)?;
-        let key = format!("delete_credentials:{}", request.idempotency_key);
+        let key = key_of("delete_credentials", &request.idempotency_key)?;
         if recorded::<bool>(&state.db, &key).await?.is_some() {
             return Ok(pb::DeleteCredentialsResponse {});
         }

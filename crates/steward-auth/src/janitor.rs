@@ -1,6 +1,7 @@
 //! Periodic removal of rows that can no longer matter: expired or spent links and MFA
 //! challenges, sessions past their absolute expiry (with their refresh tokens), revoked
-//! sessions after a grace day, old idempotency records and stale throttle counters.
+//! sessions after a grace day and stale throttle counters. (Idempotency records expire on their
+//! own: [`steward_storage::idempotency`].)
 
 use std::time::Duration;
 
@@ -9,14 +10,12 @@ use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilt
 use steward_runtime::service::Clock;
 use steward_runtime::ApiResult;
 
-use crate::entity::{link_token, mfa_challenge, processed_key, refresh_token, session, throttle};
+use crate::entity::{link_token, mfa_challenge, refresh_token, session, throttle};
 
 /// Time between passes.
 const INTERVAL: Duration = Duration::from_secs(600);
 /// How long spent or revoked rows are kept (for investigations) before removal.
 const KEEP_DAYS: i64 = 1;
-/// How long idempotency keys are remembered (well beyond any outbox retry).
-const KEYS_DAYS: i64 = 30;
 /// Sessions handled per pass, bounding each transaction.
 const BATCH: u64 = 500;
 
@@ -62,11 +61,6 @@ pub async fn sweep(db: &DatabaseConnection, now: DateTime<Utc>) -> ApiResult<u64
             .await?
             .rows_affected;
     }
-    removed += processed_key::Entity::delete_many()
-        .filter(processed_key::Column::CreatedAt.lt(now - chrono::Duration::days(KEYS_DAYS)))
-        .exec(db)
-        .await?
-        .rows_affected;
     removed += throttle::Entity::delete_many()
         .filter(throttle::Column::UpdatedAt.lt(old))
         .filter(throttle::Column::Key.not_like(crate::throttle::KNOWN_MARKERS))

@@ -89,6 +89,10 @@ const HASH_WORKERS: usize = 4;
 /// Calls allowed to wait for a hashing slot before RESOURCE_EXHAUSTED.
 const HASH_QUEUE: usize = 64;
 
+/// Answers to the internal calls by outbox `idempotency_key` (scope `internal`).
+pub const IDEMPOTENCY: steward_storage::idempotency::Idempotency =
+    steward_storage::idempotency::Idempotency::new("auth_idempotency_keys");
+
 /// The service's migrations, tracked in its own table so services can share a database.
 #[derive(Debug)]
 pub struct Migrator;
@@ -100,6 +104,7 @@ impl MigratorTrait for Migrator {
             Box::new(migration::CreateTables),
             Box::new(migration::CreateOutbox),
             Box::new(migration::CreateMailOutbox),
+            Box::new(migration::adopt_idempotency()),
         ]
     }
 
@@ -151,5 +156,6 @@ pub async fn start(
         ctx.clock.clone(),
     );
     let janitor = janitor::spawn(ctx.db.clone(), ctx.clock.clone());
-    Ok(vec![relay, mail, janitor])
+    let expiry = IDEMPOTENCY.spawn_expiry(ctx.db.clone(), ctx.clock.clone());
+    Ok(vec![relay, mail, janitor, expiry])
 }

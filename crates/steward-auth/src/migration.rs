@@ -171,6 +171,7 @@ impl MigrationTrait for CreateTables {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for name in [
+            "auth_idempotency_keys",
             "auth_processed_keys",
             "auth_throttle",
             "auth_recovery_codes",
@@ -225,5 +226,21 @@ impl MigrationTrait for CreateMailOutbox {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.drop_table(Table::drop().table(a("auth_mail_outbox")).if_exists().to_owned()).await
+    }
+}
+
+/// Moves `auth_processed_keys` (`{rpc}:{idempotency_key}` → JSON answer) into
+/// [`IDEMPOTENCY`](crate::IDEMPOTENCY), keyed `{rpc}|internal|{idempotency_key}`.
+pub fn adopt_idempotency() -> steward_storage::idempotency::Adopt {
+    steward_storage::idempotency::Adopt {
+        name: "m20261130_000001_auth_idempotency_keys",
+        into: crate::IDEMPOTENCY,
+        from: "auth_processed_keys",
+        copy: "SELECT CASE \
+               WHEN \"key\" LIKE 'issue_invite:%' THEN 'issue_invite|internal|' || substr(\"key\", 14) \
+               WHEN \"key\" LIKE 'revoke_sessions:%' THEN 'revoke_sessions|internal|' || substr(\"key\", 17) \
+               WHEN \"key\" LIKE 'delete_credentials:%' \
+               THEN 'delete_credentials|internal|' || substr(\"key\", 20) \
+               ELSE \"key\" END, response, created_at FROM auth_processed_keys",
     }
 }

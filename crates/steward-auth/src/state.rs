@@ -93,7 +93,7 @@ impl State {
 
     /// Opens a transaction that writes ([`steward_storage::begin_write`]).
     pub async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
-        steward_storage::begin_write(&self.db, "auth_processed_keys").await
+        steward_storage::begin_write(&self.db, crate::IDEMPOTENCY.table()).await
     }
 
     /// Looks the administrator up in the admin service; `None` when it no longer exists.

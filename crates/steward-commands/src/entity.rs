@@ -103,32 +103,6 @@ pub mod grant {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// `commands_idempotency`: results of requests carrying a `request_id` (or an idempotency key).
-pub mod idempotency {
-    use sea_orm::entity::prelude::*;
-
-    /// One remembered request.
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "commands_idempotency")]
-    pub struct Model {
-        /// `{kind}|{caller}|{request_id}`.
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub key: String,
-        /// `organizations/{o}` (empty for service calls).
-        pub organization: String,
-        /// The resource created, or the recorded result.
-        pub resource: String,
-        /// When the request was first served.
-        pub create_time: DateTimeUtc,
-    }
-
-    /// No relations are declared.
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
 /// `commands_runs`: runs, with a snapshot of the command as it was run.
 pub mod run {
     use sea_orm::entity::prelude::*;

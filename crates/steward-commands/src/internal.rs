@@ -11,9 +11,10 @@ use steward_runtime::names::AdministratorName;
 use steward_runtime::{ApiError, ApiResult};
 use tonic::{Request, Response, Status};
 
-use crate::commands::{remember, remembered};
 use crate::entity::grant;
+use crate::IDEMPOTENCY;
 use crate::{begin_write, State};
+use steward_storage::idempotency::Key;
 
 /// The CommandsInternalService implementation.
 pub struct Internal {
@@ -41,9 +42,9 @@ impl Internal {
             ));
         }
         let organization = administrator.organization().to_string();
-        let key = Some(format!("remove_grants|{}|{}", req.administrator, req.idempotency_key));
+        let key = Key::new("remove_grants", &req.administrator, &req.idempotency_key);
         let txn = begin_write(&self.state.db).await?;
-        if let Some(previous) = remembered(&txn, &key).await? {
+        if let Some(previous) = IDEMPOTENCY.recall(&txn, key.as_ref()).await? {
             let removed_count = previous.parse().unwrap_or(0);
             return Ok(RemoveAdministratorGrantsResponse { removed_count });
         }
@@ -53,7 +54,9 @@ impl Internal {
             .exec(&txn)
             .await?;
         let removed_count = i32::try_from(removed.rows_affected).unwrap_or(i32::MAX);
-        remember(&txn, &key, &organization, &removed_count.to_string(), self.state.now()).await?;
+        IDEMPOTENCY
+            .record(&txn, key.as_ref(), &removed_count.to_string(), self.state.now())
+            .await?;
         txn.commit().await?;
         tracing::info!(administrator = %req.administrator, removed_count, "grants of an administrator removed");
         Ok(RemoveAdministratorGrantsResponse { removed_count })

@@ -89,6 +89,11 @@ pub const HEALTH_NAMES: &[&str] = &[
 /// The service's outbox (audit events for the admin service).
 pub const OUTBOX: Outbox = Outbox::new("commands_outbox");
 
+/// Answers to CreateCommand, CreateGrant, RunCommand and CreateConnectKey (scoped by caller)
+/// and to RemoveAdministratorGrants (scoped by administrator).
+pub const IDEMPOTENCY: steward_storage::idempotency::Idempotency =
+    steward_storage::idempotency::Idempotency::new("commands_idempotency_keys");
+
 /// The service's migrations, tracked in its own table so services can share a database.
 #[derive(Debug)]
 pub struct Migrator;
@@ -100,6 +105,7 @@ impl MigratorTrait for Migrator {
             Box::new(schema::Initial),
             Box::new(schema::ConnectKeyReplay),
             Box::new(schema::RunOutput),
+            Box::new(schema::adopt_idempotency()),
         ]
     }
 
@@ -132,7 +138,7 @@ impl State {
 
 /// Opens a write transaction ([`steward_storage::begin_write`]).
 pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    steward_storage::begin_write(db, "commands_idempotency").await
+    steward_storage::begin_write(db, IDEMPOTENCY.table()).await
 }
 
 /// Whether a database error is a unique-constraint violation.
@@ -185,7 +191,8 @@ pub async fn start(
         steward_runtime::audit::deliver(ctx.peers.clone()),
         ctx.clock.clone(),
     );
+    let expiry = IDEMPOTENCY.spawn_expiry(ctx.db.clone(), ctx.clock.clone());
     let reaper = agent::spawn_reaper(state);
     tracing::info!(service = SERVICE, "commands service started");
-    Ok(vec![relay, reaper])
+    Ok(vec![relay, reaper, expiry])
 }

@@ -238,6 +238,7 @@ impl MigrationTrait for Initial {
             "commands_run_results",
             "commands_runs",
             "commands_idempotency",
+            "commands_idempotency_keys",
             "commands_grants",
             "commands_command_targets",
             "commands_commands",
@@ -332,5 +333,16 @@ impl MigrationTrait for RunOutput {
         manager
             .drop_table(Table::drop().table(a("commands_run_output")).if_exists().to_owned())
             .await
+    }
+}
+
+/// Moves `commands_idempotency` (whose keys already follow the `{operation}|{scope}|{request}`
+/// scheme) into [`IDEMPOTENCY`](crate::IDEMPOTENCY).
+pub fn adopt_idempotency() -> steward_storage::idempotency::Adopt {
+    steward_storage::idempotency::Adopt {
+        name: "m20261130_000001_commands_idempotency_keys",
+        into: crate::IDEMPOTENCY,
+        from: "commands_idempotency",
+        copy: "SELECT \"key\", resource, create_time FROM commands_idempotency",
     }
 }

@@ -24,10 +24,12 @@ use steward_runtime::{ApiError, ApiResult};
 use tonic::{Request, Response, Status};
 
 use crate::agent::agent_deadline;
-use crate::commands::{parse_org, parse_system, refresh_run, remember, remembered};
+use crate::commands::{parse_org, parse_system, refresh_run};
 use crate::entity::{connect_key, result, system, target};
 use crate::rules::{self, timestamp};
+use crate::IDEMPOTENCY;
 use crate::{audit, begin_write, caller, State};
+use steward_storage::idempotency::Key;
 
 /// The SystemService implementation.
 pub struct Systems {
@@ -215,11 +217,11 @@ impl Systems {
         // The idempotency record holds a digest of the request_id, never the id itself.
         let key = (!request_id.is_empty()).then(|| {
             let digest = Sha256::digest(request_id.as_bytes());
-            let digest = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
-            format!("create_connect_key|{}|{digest}", p.administrator)
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
         });
+        let key = key.and_then(|digest| Key::new("create_connect_key", &p.administrator, &digest));
         let db = &self.state.db;
-        if let Some(previous) = remembered(db, &key).await? {
+        if let Some(previous) = IDEMPOTENCY.recall(db, key.as_ref()).await? {
             let m = connect_key::Entity::find_by_id(previous.clone())
                 .filter(connect_key::Column::Organization.eq(&p.organization))
                 .one(db)
@@ -265,7 +267,7 @@ impl Systems {
         connect_key::Entity::insert(model.clone().into_active_model())
             .exec_without_returning(&txn)
             .await?;
-        remember(&txn, &key, &p.organization, &name, now).await?;
+        IDEMPOTENCY.record(&txn, key.as_ref(), &name, now).await?;
         audit::record(&txn, &p.organization, &ctx, &p.administrator, &name, Ok(()), now).await?;
         txn.commit().await?;
         tracing::info!(connect_key = %name, "connect key created");

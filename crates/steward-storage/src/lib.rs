@@ -1,6 +1,7 @@
 //! Storage shared by every Steward service: connecting to SQLite (the embedded default) or
 //! PostgreSQL (production) by URL, running a service's migrations, the transaction helper for
-//! invariant-bearing writes, and fresh per-test databases on both backends.
+//! invariant-bearing writes, the [`outbox`] and [`idempotency`] tables every service keeps, and
+//! fresh per-test databases on both backends.
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
+pub mod idempotency;
 pub mod outbox;
 pub mod testing;
 

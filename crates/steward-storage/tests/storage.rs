@@ -15,10 +15,12 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{Duration, Utc};
 use sea_orm::{ConnectionTrait, TransactionTrait};
+use steward_storage::idempotency::{Idempotency, Key, RETENTION};
 use steward_storage::outbox::{Deliver, Outbox};
 use steward_storage::testing::{Backend, TestDatabase, POSTGRES_ENV};
 
 const OUTBOX: Outbox = Outbox::new("test_outbox");
+const KEYS: Idempotency = Idempotency::new("test_idempotency_keys");
 
 macro_rules! on_both_backends {
     ($name:ident, $body:expr) => {
@@ -49,8 +51,10 @@ macro_rules! on_both_backends {
 async fn open(backend: Backend) -> (TestDatabase, sea_orm::DatabaseConnection) {
     let database = TestDatabase::create(backend).await.unwrap();
     let db = steward_storage::connect(&database.url("storage"), 4).await.unwrap();
-    let create = OUTBOX.create_table();
-    db.execute(db.get_database_backend().build(&create)).await.unwrap();
+    let backend = db.get_database_backend();
+    db.execute(backend.build(&OUTBOX.create_table())).await.unwrap();
+    db.execute(backend.build(&KEYS.create_table())).await.unwrap();
+    db.execute(backend.build(&KEYS.create_index())).await.unwrap();
     (database, db)
 }
 
@@ -123,6 +127,37 @@ on_both_backends!(outbox_rows_follow_their_transaction, |backend| async move {
     let due = OUTBOX.due(&db, now).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].idempotency_key, "committed");
+});
+
+on_both_backends!(idempotency_replays_the_first_answer_then_expires, |backend| async move {
+    let (_database, db) = open(backend).await;
+    let t0 = Utc::now();
+    let key = Key::new("create_thing", "organizations/o", "request-1");
+    let other_scope = Key::new("create_thing", "organizations/p", "request-1");
+    assert_eq!(KEYS.recall(&db, key.as_ref()).await.unwrap(), None);
+
+    // A record made in a transaction that rolls back is not remembered.
+    let txn = db.begin().await.unwrap();
+    KEYS.record(&txn, key.as_ref(), "rolled back", t0).await.unwrap();
+    txn.rollback().await.unwrap();
+    assert_eq!(KEYS.recall(&db, key.as_ref()).await.unwrap(), None);
+
+    let txn = db.begin().await.unwrap();
+    KEYS.record(&txn, key.as_ref(), "things/1", t0).await.unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(KEYS.recall(&db, key.as_ref()).await.unwrap().as_deref(), Some("things/1"));
+    // Scopes keep tenants apart; a request without an id is never remembered.
+    assert_eq!(KEYS.recall(&db, other_scope.as_ref()).await.unwrap(), None);
+    KEYS.record(&db, None, "ignored", t0).await.unwrap();
+    assert_eq!(KEYS.recall(&db, None).await.unwrap(), None);
+    // A second first answer for one key is refused, so concurrent first requests cannot both act.
+    assert!(KEYS.record(&db, key.as_ref(), "things/2", t0).await.is_err());
+
+    // Kept for the whole retention, removed after it.
+    assert_eq!(KEYS.expire(&db, t0 + RETENTION).await.unwrap(), 0);
+    assert!(KEYS.recall(&db, key.as_ref()).await.unwrap().is_some());
+    assert_eq!(KEYS.expire(&db, t0 + RETENTION + Duration::seconds(1)).await.unwrap(), 1);
+    assert_eq!(KEYS.recall(&db, key.as_ref()).await.unwrap(), None);
 });
 
 #[tokio::test]

@@ -1677,7 +1677,7 @@ backend_test!(connect_key_replays_show_the_key_only_within_the_window, |stack| a
         }
     };
     let keys = dump("SELECT * FROM commands_connect_keys".into()).await;
-    let remembered = dump("SELECT * FROM commands_idempotency".into()).await;
+    let remembered = dump("SELECT * FROM commands_idempotency_keys".into()).await;
     for (table, text) in [("connect keys", &keys), ("idempotency", &remembered)] {
         assert!(!text.contains(&first.key), "{table} holds the key");
         assert!(!text.contains(&request_id), "{table} holds the request_id");

@@ -54,3 +54,4 @@ mod roles;
 mod security;
 mod telemetry;
 mod tls;
+mod upgrade;

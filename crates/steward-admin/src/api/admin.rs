@@ -15,10 +15,12 @@ use tonic::{Request, Response, Status};
 use crate::audit::{finish, Auditor};
 use crate::effects::{enqueue, Effect};
 use crate::email::Email;
-use crate::entity::{administrator, idempotency};
+use crate::entity::administrator;
 use crate::filter::{admin_filter, admin_order, AdminOrder, AdminTerm};
 use crate::safeguards::violations;
 use crate::state::*;
+use crate::IDEMPOTENCY;
+use steward_storage::idempotency::Key;
 
 /// Most names accepted by one BatchDeleteAdministrators call.
 pub const MAX_BATCH_DELETE: usize = 100;
@@ -111,18 +113,13 @@ impl AdminApi {
         if input.billing {
             may_grant_billing(&caller, p, now)?;
         }
-        if !req.request_id.is_empty() {
-            let previous =
-                idempotency::Entity::find_by_id((org_id.clone(), req.request_id.clone()))
-                    .one(&txn)
-                    .await?;
-            if let Some(previous) = previous {
-                let (_, admin_id) = parse_admin("request_id", &previous.resource)?;
-                let existing = administrator(&txn, &org_id, &admin_id).await?;
-                return Ok(CreateAdministratorResponse {
-                    administrator: Some(admin_to_proto(&existing)),
-                });
-            }
+        let key = Key::new("create_administrator", &req.parent, &req.request_id);
+        if let Some(previous) = IDEMPOTENCY.recall(&txn, key.as_ref()).await? {
+            let (_, admin_id) = parse_admin("request_id", &previous)?;
+            let existing = administrator(&txn, &org_id, &admin_id).await?;
+            return Ok(CreateAdministratorResponse {
+                administrator: Some(admin_to_proto(&existing)),
+            });
         }
         let duplicate = administrator::Entity::find()
             .filter(administrator::Column::OrganizationId.eq(org_id.as_str()))
@@ -154,16 +151,7 @@ impl AdminApi {
         .insert(&txn)
         .await
         .map_err(|e| if is_unique_violation(&e) { duplicate_email() } else { e.into() })?;
-        if !req.request_id.is_empty() {
-            idempotency::ActiveModel {
-                organization_id: Set(org_id.clone()),
-                request_id: Set(req.request_id.clone()),
-                resource: Set(name.clone()),
-                created_at: Set(now),
-            }
-            .insert(&txn)
-            .await?;
-        }
+        IDEMPOTENCY.record(&txn, key.as_ref(), &name, now).await?;
         let org = organization(&txn, &org_id).await?;
         enqueue(
             &txn,

@@ -14,8 +14,10 @@ use tonic::{Request, Response, Status};
 use crate::audit::{finish, Auditor, PLATFORM_ACTOR};
 use crate::effects::{enqueue, Effect};
 use crate::email::Email;
-use crate::entity::{administrator, idempotency, organization};
+use crate::entity::{administrator, organization};
 use crate::state::*;
+use crate::IDEMPOTENCY;
+use steward_storage::idempotency::Key;
 
 /// Longest organization display name.
 pub const MAX_DISPLAY_NAME: usize = 200;
@@ -33,18 +35,12 @@ impl OrganizationApi {
     }
 
     /// The answer to a repeated CreateOrganization with the same request_id.
-    async fn replay(&self, request_id: &str) -> ApiResult<Option<CreateOrganizationResponse>> {
+    async fn replay(&self, key: Option<&Key>) -> ApiResult<Option<CreateOrganizationResponse>> {
         let db = &self.state.db;
-        let Some(previous) = idempotency::Entity::find_by_id((
-            idempotency::PLATFORM_SCOPE.to_string(),
-            request_id.to_string(),
-        ))
-        .one(db)
-        .await?
-        else {
+        let Some(previous) = IDEMPOTENCY.recall(db, key).await? else {
             return Ok(None);
         };
-        let org_id = parse_org("request_id", &previous.resource)?;
+        let org_id = parse_org("request_id", &previous)?;
         let org = organization(db, &org_id).await?;
         let owner = administrator::Entity::find()
             .filter(administrator::Column::OrganizationId.eq(org_id.as_str()))
@@ -79,10 +75,9 @@ impl OrganizationApi {
         }
         let email = Email::parse("owner_email", &req.owner_email)?;
         check_request_id(&req.request_id)?;
-        if !req.request_id.is_empty() {
-            if let Some(answer) = self.replay(&req.request_id).await? {
-                return Ok(answer);
-            }
+        let key = Key::new("create_organization", "platform", &req.request_id);
+        if let Some(answer) = self.replay(key.as_ref()).await? {
+            return Ok(answer);
         }
         let now = self.state.now();
         let org_id = names::new_id();
@@ -90,20 +85,13 @@ impl OrganizationApi {
         let owner_name = admin_name(&org_id, &owner_id);
 
         let txn = self.state.begin_write().await?;
-        if !req.request_id.is_empty() {
-            let claimed = idempotency::ActiveModel {
-                organization_id: Set(idempotency::PLATFORM_SCOPE.to_string()),
-                request_id: Set(req.request_id.clone()),
-                resource: Set(org_name(&org_id)),
-                created_at: Set(now),
-            }
-            .insert(&txn)
-            .await;
+        if key.is_some() {
+            let claimed = IDEMPOTENCY.record(&txn, key.as_ref(), &org_name(&org_id), now).await;
             match claimed {
                 Err(err) if is_unique_violation(&err) => {
                     // A concurrent retry won the race; answer with its result.
                     drop(txn);
-                    return self.replay(&req.request_id).await?.ok_or_else(|| {
+                    return self.replay(key.as_ref()).await?.ok_or_else(|| {
                         ApiError::Aborted(
                             "a concurrent request with this request_id failed; retry".into(),
                         )

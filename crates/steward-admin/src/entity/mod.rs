@@ -3,6 +3,5 @@
 
 pub mod administrator;
 pub mod audit_event;
-pub mod idempotency;
 pub mod organization;
 pub mod payment_card;

@@ -28,9 +28,9 @@ impl Commands {
             rules::user_id("command_id", &req.command_id)?;
             req.command_id.clone()
         };
-        let key = idempotency_key("create_command", &p.administrator, &req.request_id);
+        let key = Key::new("create_command", &p.administrator, &req.request_id);
         let db = &self.state.db;
-        if let Some(previous) = remembered(db, &key).await? {
+        if let Some(previous) = IDEMPOTENCY.recall(db, key.as_ref()).await? {
             let m = find_command(db, &p.organization, &previous)
                 .await?
                 .ok_or(ApiError::NotFound(previous))?;
@@ -39,7 +39,7 @@ impl Commands {
         let name = format!("{}/commands/{id}", p.organization);
         let now = self.state.now();
         let txn = begin_write(db).await?;
-        if let Some(previous) = remembered(&txn, &key).await? {
+        if let Some(previous) = IDEMPOTENCY.recall(&txn, key.as_ref()).await? {
             let m = find_command(&txn, &p.organization, &previous)
                 .await?
                 .ok_or(ApiError::NotFound(previous))?;
@@ -75,7 +75,7 @@ impl Commands {
                 }
             })?;
         replace_targets(&txn, &name, &c.target_systems).await?;
-        remember(&txn, &key, &p.organization, &name, now).await?;
+        IDEMPOTENCY.record(&txn, key.as_ref(), &name, now).await?;
         audit::record(&txn, &p.organization, &ctx, &p.administrator, &name, Ok(()), now).await?;
         txn.commit().await?;
         tracing::info!(command = %name, actor = %p.administrator, "command created");

@@ -20,9 +20,9 @@ impl Commands {
         if grantee.organization().as_str() != p.organization {
             return Err(ApiError::NotFound(g.grantee));
         }
-        let key = idempotency_key("create_grant", &p.administrator, &req.request_id);
+        let key = Key::new("create_grant", &p.administrator, &req.request_id);
         let db = &self.state.db;
-        if let Some(previous) = remembered(db, &key).await? {
+        if let Some(previous) = IDEMPOTENCY.recall(db, key.as_ref()).await? {
             let m = grant::Entity::find_by_id(previous.clone())
                 .filter(grant::Column::Organization.eq(&p.organization))
                 .one(db)
@@ -67,7 +67,7 @@ impl Commands {
             .exec_without_returning(&txn)
             .await
             .map_err(|e| if is_unique_violation(&e) { exists(&req.parent) } else { e.into() })?;
-        remember(&txn, &key, &p.organization, &model.name, now).await?;
+        IDEMPOTENCY.record(&txn, key.as_ref(), &model.name, now).await?;
         audit::record(&txn, &p.organization, &ctx, &p.administrator, &model.name, Ok(()), now)
             .await?;
         txn.commit().await?;

@@ -35,9 +35,10 @@ use steward_runtime::{ApiError, ApiResult};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::entity::{command, grant, idempotency, output, result, run, system, target};
+use crate::entity::{command, grant, output, result, run, system, target};
 use crate::rules::{self, timestamp};
-use crate::{audit, begin_write, caller, is_unique_violation, State};
+use crate::{audit, begin_write, caller, is_unique_violation, State, IDEMPOTENCY};
+use steward_storage::idempotency::Key;
 
 mod access;
 mod definitions;
@@ -89,42 +90,6 @@ fn parse_admin(field: &str, name: &str) -> ApiResult<()> {
 
 fn parse_run(field: &str, name: &str) -> ApiResult<()> {
     names::parse(field, name, &["organizations", "runs"]).map(|_| ())
-}
-
-/// The idempotency key of a request, or `None` when it carries no `request_id`.
-fn idempotency_key(kind: &str, caller: &str, request_id: &str) -> Option<String> {
-    (!request_id.is_empty()).then(|| format!("{kind}|{caller}|{request_id}"))
-}
-
-pub(crate) async fn remembered<C: ConnectionTrait>(
-    conn: &C,
-    key: &Option<String>,
-) -> ApiResult<Option<String>> {
-    let Some(key) = key else { return Ok(None) };
-    Ok(idempotency::Entity::find_by_id(key.clone()).one(conn).await?.map(|m| m.resource))
-}
-
-pub(crate) async fn remember<C: ConnectionTrait>(
-    conn: &C,
-    key: &Option<String>,
-    organization: &str,
-    resource: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> ApiResult<()> {
-    if let Some(key) = key {
-        idempotency::Entity::insert(
-            idempotency::Model {
-                key: key.clone(),
-                organization: organization.to_string(),
-                resource: resource.to_string(),
-                create_time: now,
-            }
-            .into_active_model(),
-        )
-        .exec_without_returning(conn)
-        .await?;
-    }
-    Ok(())
 }
 
 /// Target systems of commands, in order, keyed by command name.

@@ -58,9 +58,9 @@ impl Commands {
             }
         }
         rules::request_id(&req.request_id)?;
-        let key = idempotency_key("run_command", &p.administrator, &req.request_id);
+        let key = Key::new("run_command", &p.administrator, &req.request_id);
         let db = &self.state.db;
-        if let Some(previous) = remembered(db, &key).await? {
+        if let Some(previous) = IDEMPOTENCY.recall(db, key.as_ref()).await? {
             let run = self.visible_run(p, &previous).await?;
             return Ok(RunCommandResponse { run: Some(run_proto(db, run, false).await?) });
         }
@@ -145,7 +145,7 @@ impl Commands {
             .exec_without_returning(&txn)
             .await?;
         }
-        remember(&txn, &key, &p.organization, &run.name, now).await?;
+        IDEMPOTENCY.record(&txn, key.as_ref(), &run.name, now).await?;
         audit::record(&txn, &p.organization, ctx, &p.administrator, &command.name, Ok(()), now)
             .await?;
         let proto = run_proto(&txn, run, false).await?;
