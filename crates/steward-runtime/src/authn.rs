@@ -147,6 +147,24 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Caller {
     request.extensions().get::<Caller>().cloned().unwrap_or(Caller::Anonymous)
 }
 
+/// An administrator's call as an API adapter hands it to the domain: the verified caller and
+/// the per-call facts, split from the message.
+#[derive(Clone, Debug)]
+pub struct AdministratorCall {
+    /// Who is calling (from the verified access token).
+    pub principal: Principal,
+    /// Request id, client address and method.
+    pub context: RequestContext,
+}
+
+/// Splits an administrator's request into its typed caller and its message;
+/// `UNAUTHENTICATED` when the layer established no administrator.
+pub fn administrator_call<T>(request: tonic::Request<T>) -> ApiResult<(AdministratorCall, T)> {
+    let principal = principal(&request)?.clone();
+    let context = context(&request);
+    Ok((AdministratorCall { principal, context }, request.into_inner()))
+}
+
 /// Request id, client address and method of a request.
 pub fn context<T>(request: &tonic::Request<T>) -> RequestContext {
     request.extensions().get::<RequestContext>().cloned().unwrap_or_else(|| RequestContext {

@@ -152,6 +152,12 @@ impl ApiError {
     }
 }
 
+/// A domain function's result as the gRPC answer: the one place an API adapter turns
+/// [`ApiResult`] into what tonic returns.
+pub fn answer<T>(result: ApiResult<T>) -> Result<tonic::Response<T>, Status> {
+    result.map(tonic::Response::new).map_err(Status::from)
+}
+
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
         if let ApiError::Internal(detail) = &err {

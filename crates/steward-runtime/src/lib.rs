@@ -16,4 +16,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod wire;
 
-pub use error::{ApiError, ApiResult};
+pub use error::{answer, ApiError, ApiResult};
