@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{Criterion, SamplingMode};
-use steward_auth::internal::Internal;
-use steward_auth::service::Service;
+use steward_auth::api::auth::AuthApi;
+use steward_auth::api::internal::InternalApi;
 use steward_auth::state::State;
 use steward_proto::auth::v1::auth_internal_service_server::AuthInternalService;
 use steward_proto::auth::v1::auth_service_server::AuthService;
@@ -38,7 +38,7 @@ const GROUP: &str = "sign_in_wrong_password";
 const PASSWORD: &str = "bench horse battery staple 77";
 const KNOWN: &str = "known@example.com";
 
-async fn sign_in(service: &Service, email: &str) {
+async fn sign_in(service: &AuthApi, email: &str) {
     let status = service
         .sign_in(request(
             SignInRequest {
@@ -56,13 +56,13 @@ async fn sign_in(service: &Service, email: &str) {
 /// An auth service with one activated administrator (`KNOWN`), whose clock jumps two hours at
 /// every reading so throttling (which would lock the account after five failures) never
 /// engages and both cases do the same work.
-async fn service() -> (Service, support::Harness) {
+async fn service() -> (AuthApi, support::Harness) {
     let h = harness().await;
     let offset = Arc::new(AtomicI64::new(0));
     let jumping = Arc::new(move || {
         chrono::Utc::now() + chrono::Duration::hours(offset.fetch_add(2, Ordering::SeqCst))
     });
-    Internal::new(h.state.clone())
+    InternalApi::new(h.state.clone())
         .issue_invite(request(
             IssueInviteRequest {
                 administrator: "organizations/acme/administrators/known".into(),
@@ -75,7 +75,7 @@ async fn service() -> (Service, support::Harness) {
         ))
         .await
         .unwrap();
-    Service::new(h.state.clone())
+    AuthApi::new(h.state.clone())
         .accept_invite(request(
             AcceptInviteRequest {
                 token: wait_for_mail(&h, KNOWN).await,
@@ -95,7 +95,7 @@ async fn service() -> (Service, support::Harness) {
         sealer: h.state.sealer.clone(),
         admin: h.state.admin.clone(),
     });
-    (Service::new(state), h)
+    (AuthApi::new(state), h)
 }
 
 fn target_dir() -> PathBuf {

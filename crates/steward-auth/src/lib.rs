@@ -49,20 +49,30 @@
 //! - **Audit**: see [`audit`]; events go through the `auth_outbox` to the admin service.
 //! - **Email**: see [`mailer`]. Links never appear in logs, also not in dev mode: the dev log
 //!   line names the `.eml` file holding the link.
+//!
+//! Layout: [`api`] holds the two gRPC services, thin adapters over the domain modules named
+//! after what they act on: [`invite`] (IssueInvite, AcceptInvite), [`session`] (SignIn,
+//! VerifyMfa, RefreshSession, SignOut, RevokeSessions), [`credential`] (ChangePassword,
+//! RequestPasswordReset, ResetPassword, DeleteCredentials) and [`mfa`] (MFA enrolment, ResetMfa).
+//! They share [`state`]; [`password`] (argon2id, strength), [`totp`], [`sealed`], [`secrets`],
+//! [`jwt`] and [`throttle`] are their building blocks.
 
+pub mod api;
 pub mod audit;
+pub mod credential;
 pub mod entity;
-pub mod internal;
+pub mod invite;
 pub mod janitor;
 pub mod jwt;
 pub mod keys;
 pub mod mail_queue;
 pub mod mailer;
+pub mod mfa;
 pub mod migration;
 pub mod password;
 pub mod sealed;
 pub mod secrets;
-pub mod service;
+pub mod session;
 pub mod state;
 pub mod throttle;
 pub mod totp;
@@ -136,7 +146,7 @@ pub async fn start(
     sealed::seal_legacy(&state.db, &state.sealer).await?;
     let limit = ctx.config.server.max_message_bytes;
     routes.add_service(
-        AuthServiceServer::new(service::Service::new(state.clone()))
+        AuthServiceServer::new(api::auth::AuthApi::new(state.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     );
@@ -146,7 +156,7 @@ pub async fn start(
         ctx.clock.clone(),
     );
     routes.add_service(
-        AuthInternalServiceServer::new(internal::Internal::new(state))
+        AuthInternalServiceServer::new(api::internal::InternalApi::new(state))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     );

@@ -1,27 +1,31 @@
-//! What both gRPC services of the auth service share: the database, clock, signer, hashing pool,
-//! mailer and the admin service's internal client, plus the session and link helpers.
+//! What the auth service's domain modules share: the database, clock, signer, hashing pool,
+//! mailer and the admin service's internal client, plus the request checks, the session and link
+//! helpers and the internal calls' recorded answers.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use serde::{de::DeserializeOwned, Serialize};
 use steward_proto::admin::v1 as admin;
 use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
 use steward_proto::auth::v1::{TokenScope as ProtoScope, TokenSet};
-use steward_runtime::authn::RequestContext;
+use steward_runtime::authn::{self, RequestContext};
 use steward_runtime::claims::{Role, TokenScope};
 use steward_runtime::config::AuthConfig;
 use steward_runtime::service::{Clock, InternalChannel};
 use steward_runtime::{names, ApiError, ApiResult};
+use steward_storage::idempotency::Key;
 
 use crate::audit;
-use crate::entity::{link_token, refresh_token, session};
+use crate::entity::{credential, link_token, mfa_challenge, recovery_code, refresh_token, session};
 use crate::jwt::{Signer, Subject};
 use crate::mailer::Mailer;
 use crate::password::Hasher;
 use crate::secrets;
 use crate::throttle;
+use crate::IDEMPOTENCY;
 
 /// Kind of a link token.
 pub const INVITE: &str = "invite";
@@ -33,9 +37,25 @@ pub fn invalid_credentials() -> ApiError {
     ApiError::Unauthenticated("invalid credentials".into())
 }
 
-/// A handler's result as the gRPC answer.
-pub fn respond<T>(result: ApiResult<T>) -> Result<tonic::Response<T>, tonic::Status> {
-    result.map(tonic::Response::new).map_err(tonic::Status::from)
+/// Refuses (`INVALID_ARGUMENT`) an empty `field` of a public call.
+pub fn required(field: &str, value: &str) -> ApiResult<()> {
+    if value.is_empty() {
+        return Err(ApiError::invalid(field, "is required"));
+    }
+    Ok(())
+}
+
+/// Refuses (`INVALID_ARGUMENT`) an empty or blank `field` of an internal call.
+pub fn required_nonblank(field: &str, value: &str) -> ApiResult<()> {
+    if value.trim().is_empty() {
+        return Err(ApiError::invalid(field, "is required"));
+    }
+    Ok(())
+}
+
+/// The strength estimator's user inputs for a credential: email and organization name.
+pub fn user_inputs(credential: &credential::Model) -> [&str; 2] {
+    [credential.email.as_str(), credential.organization_display_name.as_str()]
 }
 
 pub use steward_runtime::wire::timestamp;
@@ -178,6 +198,18 @@ impl State {
         self.token_set(subject, &session, refresh)
     }
 
+    /// The caller's credential, if the session its token names is still live: an access token
+    /// outlives sign-out, revocation and deletion by its lifetime, so this service, which
+    /// holds the sessions, refuses it at once (`UNAUTHENTICATED`).
+    pub async fn signed_in(&self, principal: &authn::Principal) -> ApiResult<credential::Model> {
+        live_session(&self.db, principal, self.now()).await?;
+        credential::Entity::find_by_id(principal.administrator.clone())
+            .filter(credential::Column::Organization.eq(principal.organization.as_str()))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(principal.administrator.clone()))
+    }
+
     /// Tokens for an existing session.
     pub fn token_set(
         &self,
@@ -286,6 +318,24 @@ pub async fn revoke_session(
     Ok(result.rows_affected > 0)
 }
 
+/// Refuses (`UNAUTHENTICATED`) a principal whose session was revoked or has ended.
+pub async fn live_session(
+    conn: &impl ConnectionTrait,
+    principal: &authn::Principal,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ApiResult<()> {
+    let live =
+        session::Entity::find_by_id(principal.session.clone()).one(conn).await?.is_some_and(|s| {
+            s.administrator == principal.administrator
+                && s.revoked_at.is_none()
+                && s.expires_at > now
+        });
+    if !live {
+        return Err(ApiError::Unauthenticated("the session has ended; sign in again".into()));
+    }
+    Ok(())
+}
+
 /// Revokes every live session of `administrator` except `keep`; returns how many.
 pub async fn revoke_sessions(
     conn: &impl ConnectionTrait,
@@ -301,6 +351,24 @@ pub async fn revoke_sessions(
         update = update.filter(session::Column::Id.ne(keep));
     }
     Ok(update.exec(conn).await?.rows_affected)
+}
+
+/// Deletes the recovery codes and MFA challenges of `administrator` and revokes its sessions;
+/// returns how many sessions were revoked.
+pub async fn forget_mfa_and_sessions(
+    conn: &impl ConnectionTrait,
+    administrator: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<u64> {
+    recovery_code::Entity::delete_many()
+        .filter(recovery_code::Column::Administrator.eq(administrator))
+        .exec(conn)
+        .await?;
+    mfa_challenge::Entity::delete_many()
+        .filter(mfa_challenge::Column::Administrator.eq(administrator))
+        .exec(conn)
+        .await?;
+    revoke_sessions(conn, administrator, None, now).await
 }
 
 /// Consumes a link token; false when another call used it first.
@@ -345,4 +413,40 @@ pub async fn issue_link(
     .exec(conn)
     .await?;
     Ok(token)
+}
+
+/// The key of an internal call: its outbox idempotency key, which is required.
+///
+/// Internal calls with a key record it and their answer ([`record`]) in the transaction of the
+/// change; a repeated key returns the recorded answer ([`recorded`]) and does nothing else.
+pub fn key_of(rpc: &str, idempotency_key: &str) -> ApiResult<Key> {
+    required_nonblank("idempotency_key", idempotency_key)?;
+    Key::new(rpc, "internal", idempotency_key)
+        .ok_or_else(|| ApiError::invalid("idempotency_key", "is required"))
+}
+
+/// The answer recorded under `key` by an earlier call, if any.
+pub async fn recorded<T: DeserializeOwned>(
+    conn: &impl ConnectionTrait,
+    key: &Key,
+) -> ApiResult<Option<T>> {
+    let Some(answer) = IDEMPOTENCY.recall(conn, Some(key)).await? else {
+        return Ok(None);
+    };
+    serde_json::from_str(&answer)
+        .map(Some)
+        .map_err(|e| ApiError::internal(format!("recorded answer unreadable: {e}")))
+}
+
+/// Records `answer` under `key`, in the transaction of the change.
+pub async fn record<T: Serialize>(
+    conn: &impl ConnectionTrait,
+    key: &Key,
+    answer: &T,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let answer =
+        serde_json::to_string(answer).map_err(|e| ApiError::internal(format!("answer: {e}")))?;
+    IDEMPOTENCY.record(conn, Some(key), &answer, now).await?;
+    Ok(())
 }

@@ -17,8 +17,8 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use steward_auth::internal::Internal;
-use steward_auth::service::Service;
+use steward_auth::api::auth::AuthApi;
+use steward_auth::api::internal::InternalApi;
 use steward_proto::auth::v1::auth_internal_service_server::AuthInternalService;
 use steward_proto::auth::v1::auth_service_server::AuthService;
 use steward_proto::auth::v1::*;
@@ -60,8 +60,8 @@ async fn secrets_never_reach_the_logs() {
         .init();
 
     let h = harness().await;
-    let service = Service::new(h.state.clone());
-    let internal = Internal::new(h.state.clone());
+    let service = AuthApi::new(h.state.clone());
+    let internal = InternalApi::new(h.state.clone());
     let email = "ada@example.com";
     let administrator = "organizations/acme/administrators/ada";
     let anonymous = || Caller::Anonymous;

@@ -12,23 +12,23 @@ use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
 };
-use steward_proto::commands::v1::agent_service_server::AgentService;
 use steward_proto::commands::v1::open_stream_request::{self, RunFinished, RunStarted};
 use steward_proto::commands::v1::open_stream_response::{self, Assignment, CancelRun, Heartbeat};
 use steward_proto::commands::v1::{
     OpenStreamRequest, OpenStreamResponse, OutputChunk, OutputStream, RegisterAgentRequest,
     RegisterAgentResponse, RunState,
 };
-use steward_runtime::authn;
+use steward_runtime::authn::RequestContext;
 use steward_runtime::names::{self, RunName};
 use steward_runtime::{ApiError, ApiResult};
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 
-use crate::commands::refresh_run;
+use crate::connect_key::random_token;
 use crate::entity::{connect_key, output, result, run, system};
 use crate::rules::{self, timestamp};
-use crate::systems::{random_token, system_proto};
+use crate::run::refresh_run;
+use crate::system::system_proto;
 use crate::{audit, begin_write, State};
 
 /// How long a system may go unheard before its running results end `FAILED`, and how long
@@ -52,17 +52,6 @@ pub fn agent_deadline() -> chrono::TimeDelta {
     chrono::TimeDelta::seconds(AGENT_DEADLINE_SECS)
 }
 
-/// The AgentService implementation.
-pub struct Agents {
-    state: State,
-}
-
-impl Agents {
-    pub(crate) fn new(state: State) -> Self {
-        Self { state }
-    }
-}
-
 /// The OpenStream response stream.
 pub type AgentStream = Pin<Box<dyn Stream<Item = Result<OpenStreamResponse, Status>> + Send>>;
 
@@ -79,109 +68,85 @@ fn reported(field: &str, value: &str, max: usize) -> ApiResult<()> {
     Ok(())
 }
 
-fn credential_of(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
-    let value = metadata.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
+/// Registers a system with a connect key and answers with its credential (RegisterAgent).
+pub(crate) async fn register(
+    state: &State,
+    ctx: RequestContext,
+    req: RegisterAgentRequest,
+) -> ApiResult<RegisterAgentResponse> {
+    let refused = || ApiError::Unauthenticated("invalid, expired or revoked connect key".into());
+    if req.connect_key.is_empty() {
+        return Err(refused());
+    }
+    reported("hostname", &req.hostname, 255)?;
+    reported("os", &req.os, 64)?;
+    reported("agent_version", &req.agent_version, 64)?;
+    let now = state.now();
+    let db = &state.db;
+    let key = connect_key::Entity::find()
+        .filter(connect_key::Column::KeyHash.eq(rules::hash_secret(&req.connect_key)))
+        .one(db)
+        .await?
+        .filter(|k| !k.revoked && k.expire_time.is_none_or(|at| at > now))
+        .ok_or_else(refused)?;
+    let name = format!("{}/systems/{}", key.organization, names::new_id());
+    let credential = format!("stc_{}", random_token());
+    let model = system::Model {
+        name: name.clone(),
+        organization: key.organization.clone(),
+        display_name: req.hostname.chars().take(rules::MAX_DISPLAY_NAME_CHARS).collect(),
+        hostname: req.hostname,
+        os: req.os,
+        agent_version: req.agent_version,
+        credential_hash: rules::hash_secret(&credential),
+        connect_key: key.name.clone(),
+        stream_id: None,
+        last_seen_time: Some(now),
+        create_time: now,
+        etag: rules::etag(&name, 0, &names::new_id()),
+    };
+    let txn = begin_write(db).await?;
+    system::Entity::insert(model.clone().into_active_model()).exec_without_returning(&txn).await?;
+    audit::record(&txn, &key.organization, &ctx, &key.name, &name, Ok(()), now).await?;
+    txn.commit().await?;
+    tracing::info!(system = %name, connect_key = %key.name, "agent registered");
+    Ok(RegisterAgentResponse { system: Some(system_proto(model, now)), credential })
 }
 
-/// Refuses a call carrying an administrator's access token (a JWT): the agent API is not an
-/// administrator API.
-fn refuse_access_tokens(metadata: &tonic::metadata::MetadataMap) -> ApiResult<()> {
-    match credential_of(metadata) {
-        Some(token) if token.split('.').count() == 3 => {
-            Err(ApiError::denied("AGENT_ONLY", "administrator tokens cannot call the agent API"))
-        }
-        _ => Ok(()),
+/// Opens the session of the system holding `credential` (OpenStream): claims the system's
+/// stream and serves `inbound` until either side ends it.
+pub(crate) async fn open(
+    state: &State,
+    credential: &str,
+    inbound: Streaming<OpenStreamRequest>,
+) -> ApiResult<AgentStream> {
+    let found = system::Entity::find()
+        .filter(system::Column::CredentialHash.eq(rules::hash_secret(credential)))
+        .one(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::Unauthenticated("unknown agent credential".into()))?;
+    let stream_id = names::new_id();
+    let now = state.now();
+    let claimed = system::Entity::update_many()
+        .col_expr(system::Column::StreamId, Expr::value(Some(stream_id.clone())))
+        .col_expr(system::Column::LastSeenTime, Expr::value(Some(now)))
+        .filter(system::Column::Name.eq(&found.name))
+        .exec(&state.db)
+        .await?;
+    if claimed.rows_affected != 1 {
+        return Err(ApiError::Unauthenticated("unknown agent credential".into()));
     }
-}
-
-impl Agents {
-    async fn register_impl(
-        &self,
-        request: Request<RegisterAgentRequest>,
-    ) -> ApiResult<RegisterAgentResponse> {
-        refuse_access_tokens(request.metadata())?;
-        let ctx = authn::context(&request);
-        let req = request.into_inner();
-        let refused =
-            || ApiError::Unauthenticated("invalid, expired or revoked connect key".into());
-        if req.connect_key.is_empty() {
-            return Err(refused());
-        }
-        reported("hostname", &req.hostname, 255)?;
-        reported("os", &req.os, 64)?;
-        reported("agent_version", &req.agent_version, 64)?;
-        let now = self.state.now();
-        let db = &self.state.db;
-        let key = connect_key::Entity::find()
-            .filter(connect_key::Column::KeyHash.eq(rules::hash_secret(&req.connect_key)))
-            .one(db)
-            .await?
-            .filter(|k| !k.revoked && k.expire_time.is_none_or(|at| at > now))
-            .ok_or_else(refused)?;
-        let name = format!("{}/systems/{}", key.organization, names::new_id());
-        let credential = format!("stc_{}", random_token());
-        let model = system::Model {
-            name: name.clone(),
-            organization: key.organization.clone(),
-            display_name: req.hostname.chars().take(rules::MAX_DISPLAY_NAME_CHARS).collect(),
-            hostname: req.hostname,
-            os: req.os,
-            agent_version: req.agent_version,
-            credential_hash: rules::hash_secret(&credential),
-            connect_key: key.name.clone(),
-            stream_id: None,
-            last_seen_time: Some(now),
-            create_time: now,
-            etag: rules::etag(&name, 0, &names::new_id()),
-        };
-        let txn = begin_write(db).await?;
-        system::Entity::insert(model.clone().into_active_model())
-            .exec_without_returning(&txn)
-            .await?;
-        audit::record(&txn, &key.organization, &ctx, &key.name, &name, Ok(()), now).await?;
-        txn.commit().await?;
-        tracing::info!(system = %name, connect_key = %key.name, "agent registered");
-        Ok(RegisterAgentResponse { system: Some(system_proto(model, now)), credential })
-    }
-
-    async fn open_impl(
-        &self,
-        request: Request<Streaming<OpenStreamRequest>>,
-    ) -> ApiResult<AgentStream> {
-        refuse_access_tokens(request.metadata())?;
-        let credential = credential_of(request.metadata())
-            .ok_or_else(|| ApiError::Unauthenticated("missing agent credential".into()))?;
-        let found = system::Entity::find()
-            .filter(system::Column::CredentialHash.eq(rules::hash_secret(&credential)))
-            .one(&self.state.db)
-            .await?
-            .ok_or_else(|| ApiError::Unauthenticated("unknown agent credential".into()))?;
-        let stream_id = names::new_id();
-        let now = self.state.now();
-        let claimed = system::Entity::update_many()
-            .col_expr(system::Column::StreamId, Expr::value(Some(stream_id.clone())))
-            .col_expr(system::Column::LastSeenTime, Expr::value(Some(now)))
-            .filter(system::Column::Name.eq(&found.name))
-            .exec(&self.state.db)
-            .await?;
-        if claimed.rows_affected != 1 {
-            return Err(ApiError::Unauthenticated("unknown agent credential".into()));
-        }
-        tracing::info!(system = %found.name, stream = %stream_id, "agent connected");
-        let (tx, rx) = mpsc::channel(64);
-        let session = Session {
-            state: self.state.clone(),
-            organization: found.organization,
-            system: found.name,
-            stream_id,
-            hello: false,
-        };
-        tokio::spawn(session.run(request.into_inner(), tx));
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
-    }
+    tracing::info!(system = %found.name, stream = %stream_id, "agent connected");
+    let (tx, rx) = mpsc::channel(64);
+    let session = Session {
+        state: state.clone(),
+        organization: found.organization,
+        system: found.name,
+        stream_id,
+        hello: false,
+    };
+    tokio::spawn(session.run(inbound, tx));
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
 /// Why a session ended from the service's side.
@@ -671,7 +636,7 @@ async fn reap(state: &State) -> ApiResult<()> {
     release(state, None).await?;
     let db = &state.db;
     let now = state.now();
-    crate::systems::expire_replays(db, now).await?;
+    crate::connect_key::expire_replays(db, now).await?;
     let running: Vec<RunningRow> = result::Entity::find()
         .select_only()
         .column(result::Column::Run)
@@ -759,23 +724,4 @@ pub(crate) fn spawn_reaper(state: State) -> tokio::task::JoinHandle<()> {
             }
         }
     })
-}
-
-#[tonic::async_trait]
-impl AgentService for Agents {
-    async fn register_agent(
-        &self,
-        r: Request<RegisterAgentRequest>,
-    ) -> Result<Response<RegisterAgentResponse>, Status> {
-        self.register_impl(r).await.map(Response::new).map_err(Status::from)
-    }
-
-    type OpenStreamStream = AgentStream;
-
-    async fn open_stream(
-        &self,
-        r: Request<Streaming<OpenStreamRequest>>,
-    ) -> Result<Response<Self::OpenStreamStream>, Status> {
-        self.open_impl(r).await.map(Response::new).map_err(Status::from)
-    }
 }

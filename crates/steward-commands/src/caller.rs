@@ -94,3 +94,11 @@ pub(crate) async fn current_audited(
     }
     result
 }
+
+pub(crate) fn is_admin(p: &Principal) -> bool {
+    p.role == Role::Administrator
+}
+
+pub(crate) async fn lookup_role(state: &State, administrator: &str) -> ApiResult<Option<Role>> {
+    Ok(lookup(state, administrator).await?.map(|c| c.role))
+}

@@ -1,6 +1,14 @@
 //! The command-authorization service: commands, grants, access checks, runs, systems and the
 //! agents' work streams (`proto/steward/commands/v1`).
 //!
+//! # Layout
+//!
+//! [`api`] holds the tonic services, one thin adapter per RPC. The domain lives in modules named
+//! after what they act on: `command` (commands and their targets), `grant`, `access` (the pure
+//! `decide` and the facts it needs), `run` and `watch`, `system`, `connect_key` and [`agent`]
+//! (registration, sessions, dispatch, the reaper); `caller` re-checks the caller's current
+//! account, [`rules`] holds the pure field rules, [`audit`] the audit events.
+//!
 //! # Decisions
 //!
 //! - **No authorization cache.** Every check (GetCommand, ListCommands, CheckAccess, RunCommand)
@@ -46,9 +54,10 @@
 //!   chunks carry offsets, so repeats are ignored; beyond the bound the capture is cut and
 //!   marked truncated. WatchRun polls the database every 200 ms (woken early by changes on
 //!   its own replica) and streams new bytes as `OutputChunk`s.
-//! - **Connect keys.** Stored as SHA-256 only. When CreateConnectKey carries a `request_id`
-//!   the key is derived from a random salt and the service credential, so a retry can return
-//!   the same key without storing it; without a `request_id` it is purely random.
+//! - **Connect keys.** Random, stored as SHA-256 only. When CreateConnectKey carries a
+//!   `request_id` (a random v4 UUID), the key is also kept for ten minutes sealed under a key
+//!   derived from that id, which the service never stores (its idempotency record holds a
+//!   digest), so a retry in that window shows the key again.
 //! - **Systems.** `connected` means a stream holds the system and it was heard from within the
 //!   agent deadline. Deleting a system deletes it from every command's targets and fails its
 //!   unfinished results; its open stream ends `UNAUTHENTICATED`.
@@ -64,16 +73,21 @@ use steward_storage::outbox::Outbox;
 use tokio::sync::Notify;
 use tonic::service::RoutesBuilder;
 
+mod access;
 pub mod agent;
+pub mod api;
 pub mod audit;
 mod caller;
-pub mod commands;
+mod command;
+mod connect_key;
 pub mod entity;
-pub mod internal;
+mod grant;
 pub mod rules;
+mod run;
 pub mod schema;
 mod streams;
-pub mod systems;
+mod system;
+mod watch;
 
 /// Name of the service: its SQLite file, its tables' prefix, its subcommand.
 pub const SERVICE: &str = "commands";
@@ -167,22 +181,22 @@ pub async fn start(
     };
     let max = ctx.config.server.max_message_bytes;
     routes.add_service(
-        CommandServiceServer::new(commands::Commands::new(state.clone()))
+        CommandServiceServer::new(api::commands::Commands::new(state.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
     routes.add_service(
-        SystemServiceServer::new(systems::Systems::new(state.clone()))
+        SystemServiceServer::new(api::systems::Systems::new(state.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
     routes.add_service(
-        AgentServiceServer::new(agent::Agents::new(state.clone()))
+        AgentServiceServer::new(api::agent::Agents::new(state.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
     routes.add_service(
-        CommandsInternalServiceServer::new(internal::Internal::new(state.clone()))
+        CommandsInternalServiceServer::new(api::internal::Internal::new(state.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );

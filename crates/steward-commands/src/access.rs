@@ -1,119 +1,151 @@
 //! Access checks with reasons (CheckAccess, BatchCheckAccess).
 
-use super::*;
+use std::collections::HashMap;
 
-impl Commands {
-    /// One access check, in the order of the `DecisionReason` documentation. `roles` caches
-    /// principal lookups within one batch.
-    pub(super) async fn check(
-        &self,
-        caller: &Principal,
-        req: &CheckAccessRequest,
-        roles: &mut HashMap<String, Option<Role>>,
-    ) -> ApiResult<Decision> {
-        let action = match Action::try_from(req.action) {
-            Ok(Action::Read) => Action::Read,
-            Ok(Action::Run) => Action::Run,
-            _ => return Err(ApiError::invalid("action", "must be ACTION_READ or ACTION_RUN")),
-        };
-        let command = CommandName::parse("command", &req.command)?;
-        let principal_name = if req.principal.is_empty() {
-            AdministratorName::parse("principal", &caller.administrator)?
-        } else {
-            AdministratorName::parse("principal", &req.principal)?
-        };
-        let principal = principal_name.to_string();
-        if !is_admin(caller) && principal != caller.administrator {
-            return Err(ApiError::denied(
-                "NOT_SELF",
-                "Command Runners may only check their own access",
-            ));
-        }
-        caller.check_organization(&principal)?;
-        let system = if req.system.is_empty() {
-            None
-        } else {
-            Some(SystemName::parse("system", &req.system)?)
-        };
-        // Facts are gathered in the order `decide` reads them and only as far as needed: a
-        // reason known from the names alone costs no lookup, and a Command Runner without a
-        // grant causes no command lookup at all (so not even timing tells whether it exists).
-        let db = &self.state.db;
-        let caller_is_admin = is_admin(caller);
-        let organization = principal_name.organization();
-        let same_organization = command.organization() == organization
-            && system.as_ref().is_none_or(|s| s.organization() == organization);
-        let role = if !same_organization {
-            None
-        } else if principal == caller.administrator {
-            Some(caller.role)
-        } else if let Some(role) = roles.get(&principal) {
-            *role
-        } else {
-            let role = self.lookup_role(&principal).await?;
-            roles.insert(principal.clone(), role);
-            role
-        };
-        let grant = match role {
-            Some(_) => find_grant(db, &req.command, &principal).await?,
-            None => None,
-        };
-        let may_learn = role.is_some() && (caller_is_admin || grant.is_some());
-        let command_exists =
-            may_learn && find_command(db, organization.as_str(), &req.command).await?.is_some();
-        let targets = if command_exists && action == Action::Run {
-            targets_of_command(db, &req.command).await?
-        } else {
-            Vec::new()
-        };
-        Ok(decide(&Facts {
-            caller_is_admin,
-            principal: &principal_name,
-            command: &command,
-            action,
-            system: system.as_ref(),
-            role,
-            grant: grant.as_ref(),
-            command_exists,
-            targets: &targets,
-        }))
-    }
+use steward_proto::commands::v1::{
+    batch_check_access_result, Action, BatchCheckAccessRequest, BatchCheckAccessResponse,
+    BatchCheckAccessResult, CheckAccessRequest, CheckAccessResponse, Decision, DecisionReason,
+    ErrorStatus,
+};
+use steward_runtime::authn::{AdministratorCall, Principal};
+use steward_runtime::claims::Role;
+use steward_runtime::names::{AdministratorName, CommandName, SystemName};
+use steward_runtime::{ApiError, ApiResult};
 
-    pub(super) async fn check_access_impl(
-        &self,
-        request: Request<CheckAccessRequest>,
-    ) -> ApiResult<CheckAccessResponse> {
-        let p = &caller::for_reading(&self.state, authn::principal(&request)?).await?;
-        let decision = self.check(p, request.get_ref(), &mut HashMap::new()).await?;
-        Ok(CheckAccessResponse { decision: Some(decision) })
-    }
+use crate::caller::{is_admin, lookup_role};
+use crate::command::{find_command, targets_of_command};
+use crate::entity::grant;
+use crate::grant::find_grant;
+use crate::rules::parse_org;
+use crate::{caller, State};
 
-    pub(super) async fn batch_check_access_impl(
-        &self,
-        request: Request<BatchCheckAccessRequest>,
-    ) -> ApiResult<BatchCheckAccessResponse> {
-        let p = &caller::for_reading(&self.state, authn::principal(&request)?).await?;
-        let req = request.get_ref();
-        parse_org("parent", &req.parent)?;
-        p.check_organization(&req.parent)?;
-        if req.requests.is_empty() || req.requests.len() > MAX_BATCH {
-            return Err(ApiError::invalid("requests", "must hold 1 to 100 checks"));
-        }
-        let mut roles = HashMap::new();
-        let mut results = Vec::with_capacity(req.requests.len());
-        for item in &req.requests {
-            let result = match self.check(p, item, &mut roles).await {
-                Ok(decision) => batch_check_access_result::Result::Decision(decision),
-                Err(err @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => return Err(err),
-                Err(err) => batch_check_access_result::Result::Error(ErrorStatus {
-                    code: err.code() as i32,
-                    message: err.to_string(),
-                }),
-            };
-            results.push(BatchCheckAccessResult { result: Some(result) });
-        }
-        Ok(BatchCheckAccessResponse { results })
+/// Largest BatchCheckAccess.
+pub(crate) const MAX_BATCH: usize = 100;
+
+/// A decision.
+pub(crate) fn decision(
+    allowed: bool,
+    reason: DecisionReason,
+    message: impl Into<String>,
+) -> Decision {
+    Decision {
+        allowed,
+        reason: reason as i32,
+        message: message.into(),
+        grant: String::new(),
+        grantor: String::new(),
     }
+}
+
+/// One access check, in the order of the `DecisionReason` documentation. `roles` caches
+/// principal lookups within one batch.
+pub(crate) async fn check(
+    state: &State,
+    caller: &Principal,
+    req: &CheckAccessRequest,
+    roles: &mut HashMap<String, Option<Role>>,
+) -> ApiResult<Decision> {
+    let action = match Action::try_from(req.action) {
+        Ok(Action::Read) => Action::Read,
+        Ok(Action::Run) => Action::Run,
+        _ => return Err(ApiError::invalid("action", "must be ACTION_READ or ACTION_RUN")),
+    };
+    let command = CommandName::parse("command", &req.command)?;
+    let principal_name = if req.principal.is_empty() {
+        AdministratorName::parse("principal", &caller.administrator)?
+    } else {
+        AdministratorName::parse("principal", &req.principal)?
+    };
+    let principal = principal_name.to_string();
+    if !is_admin(caller) && principal != caller.administrator {
+        return Err(ApiError::denied(
+            "NOT_SELF",
+            "Command Runners may only check their own access",
+        ));
+    }
+    caller.check_organization(&principal)?;
+    let system =
+        if req.system.is_empty() { None } else { Some(SystemName::parse("system", &req.system)?) };
+    // Facts are gathered in the order `decide` reads them and only as far as needed: a
+    // reason known from the names alone costs no lookup, and a Command Runner without a
+    // grant causes no command lookup at all (so not even timing tells whether it exists).
+    let db = &state.db;
+    let caller_is_admin = is_admin(caller);
+    let organization = principal_name.organization();
+    let same_organization = command.organization() == organization
+        && system.as_ref().is_none_or(|s| s.organization() == organization);
+    let role = if !same_organization {
+        None
+    } else if principal == caller.administrator {
+        Some(caller.role)
+    } else if let Some(role) = roles.get(&principal) {
+        *role
+    } else {
+        let role = lookup_role(state, &principal).await?;
+        roles.insert(principal.clone(), role);
+        role
+    };
+    let grant = match role {
+        Some(_) => find_grant(db, &req.command, &principal).await?,
+        None => None,
+    };
+    let may_learn = role.is_some() && (caller_is_admin || grant.is_some());
+    let command_exists =
+        may_learn && find_command(db, organization.as_str(), &req.command).await?.is_some();
+    let targets = if command_exists && action == Action::Run {
+        targets_of_command(db, &req.command).await?
+    } else {
+        Vec::new()
+    };
+    Ok(decide(&Facts {
+        caller_is_admin,
+        principal: &principal_name,
+        command: &command,
+        action,
+        system: system.as_ref(),
+        role,
+        grant: grant.as_ref(),
+        command_exists,
+        targets: &targets,
+    }))
+}
+
+pub(crate) async fn check_one(
+    state: &State,
+    call: AdministratorCall,
+    req: CheckAccessRequest,
+) -> ApiResult<CheckAccessResponse> {
+    let p = &caller::for_reading(state, &call.principal).await?;
+    let decision = check(state, p, &req, &mut HashMap::new()).await?;
+    Ok(CheckAccessResponse { decision: Some(decision) })
+}
+
+pub(crate) async fn batch_check(
+    state: &State,
+    call: AdministratorCall,
+    req: BatchCheckAccessRequest,
+) -> ApiResult<BatchCheckAccessResponse> {
+    let p = &caller::for_reading(state, &call.principal).await?;
+    let req = &req;
+    parse_org("parent", &req.parent)?;
+    p.check_organization(&req.parent)?;
+    if req.requests.is_empty() || req.requests.len() > MAX_BATCH {
+        return Err(ApiError::invalid("requests", "must hold 1 to 100 checks"));
+    }
+    let mut roles = HashMap::new();
+    let mut results = Vec::with_capacity(req.requests.len());
+    for item in &req.requests {
+        let result = match check(state, p, item, &mut roles).await {
+            Ok(decision) => batch_check_access_result::Result::Decision(decision),
+            Err(err @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => return Err(err),
+            Err(err) => batch_check_access_result::Result::Error(ErrorStatus {
+                code: err.code() as i32,
+                message: err.to_string(),
+            }),
+        };
+        results.push(BatchCheckAccessResult { result: Some(result) });
+    }
+    Ok(BatchCheckAccessResponse { results })
 }
 
 /// What an access decision depends on, gathered from the request and the database.

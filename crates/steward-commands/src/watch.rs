@@ -1,62 +1,80 @@
 //! WatchRun: a run's changes and output deltas, while the caller may still see it.
 
-use super::*;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
 
-impl Commands {
-    #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
-    pub(super) async fn watch_run_impl(
-        &self,
-        request: Request<WatchRunRequest>,
-    ) -> ApiResult<WatchStream> {
-        let token_principal = authn::principal(&request)?.clone();
-        let p = &caller::for_reading(&self.state, &token_principal).await?;
-        let name = request.get_ref().name.clone();
-        self.visible_run(p, &name).await?;
-        let slot = self.state.watchers.admit(&p.administrator, &name, &self.state.streams)?;
-        let (tx, rx) = mpsc::channel(32);
-        let state = self.state.clone();
-        let this = self.clone();
-        let recheck = Duration::from_secs(self.state.streams.watch_recheck_secs.max(1));
-        tokio::spawn(async move {
-            // Held for the stream's life: the watcher counts go back when it ends.
-            let _slot = slot;
-            let mut watch = Watch { name, sent: HashMap::new(), last: None };
-            let mut first = true;
-            let mut last_check = tokio::time::Instant::now();
-            loop {
-                // Access can end while the stream is open (account deleted, deactivated or
-                // demoted from Administrator for someone else's run): re-check it, as the caller
-                // is now, and end the stream when it is gone.
-                if last_check.elapsed() >= recheck {
-                    last_check = tokio::time::Instant::now();
-                    let allowed = match caller::for_reading(&state, &token_principal).await {
-                        Ok(current) => this.visible_run(&current, &watch.name).await.map(|_| ()),
-                        Err(err) => Err(err),
-                    };
-                    if let Err(err) = allowed {
-                        tracing::info!(run = %watch.name, code = ?err.code(), "watcher no longer allowed");
-                        let _ = tx.send(Err(err.into())).await;
-                        break;
-                    }
-                }
-                match watch.step(&state, first, &tx).await {
-                    Ok(true) => break,
-                    Ok(false) => {}
-                    Err(err) => {
-                        let _ = tx.send(Err(err.into())).await;
-                        break;
-                    }
-                }
-                first = false;
-                tokio::select! {
-                    () = tx.closed() => break,
-                    () = state.changed.notified() => {}
-                    () = tokio::time::sleep(WATCH_POLL) => {}
+use futures::Stream;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use steward_proto::commands::v1::{
+    watch_run_response, OutputChunk, OutputStream, Run, WatchRunRequest, WatchRunResponse,
+};
+use steward_runtime::authn::AdministratorCall;
+use steward_runtime::{ApiError, ApiResult};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::entity::{output, result, run};
+use crate::rules;
+use crate::run::{run_proto, visible_run};
+use crate::{caller, State};
+
+/// How often WatchRun looks for changes made on other replicas.
+pub(crate) const WATCH_POLL: Duration = Duration::from_millis(200);
+
+#[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
+pub(crate) async fn watch(
+    state: &State,
+    call: AdministratorCall,
+    req: WatchRunRequest,
+) -> ApiResult<WatchStream> {
+    let token_principal = call.principal;
+    let p = &caller::for_reading(state, &token_principal).await?;
+    let name = req.name.clone();
+    visible_run(state, p, &name).await?;
+    let slot = state.watchers.admit(&p.administrator, &name, &state.streams)?;
+    let (tx, rx) = mpsc::channel(32);
+    let state = state.clone();
+    let recheck = Duration::from_secs(state.streams.watch_recheck_secs.max(1));
+    tokio::spawn(async move {
+        // Held for the stream's life: the watcher counts go back when it ends.
+        let _slot = slot;
+        let mut watch = Watch { name, sent: HashMap::new(), last: None };
+        let mut first = true;
+        let mut last_check = tokio::time::Instant::now();
+        loop {
+            // Access can end while the stream is open (account deleted, deactivated or
+            // demoted from Administrator for someone else's run): re-check it, as the caller
+            // is now, and end the stream when it is gone.
+            if last_check.elapsed() >= recheck {
+                last_check = tokio::time::Instant::now();
+                let allowed = match caller::for_reading(&state, &token_principal).await {
+                    Ok(current) => visible_run(&state, &current, &watch.name).await.map(|_| ()),
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = allowed {
+                    tracing::info!(run = %watch.name, code = ?err.code(), "watcher no longer allowed");
+                    let _ = tx.send(Err(err.into())).await;
+                    break;
                 }
             }
-        });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
-    }
+            match watch.step(&state, first, &tx).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(err) => {
+                    let _ = tx.send(Err(err.into())).await;
+                    break;
+                }
+            }
+            first = false;
+            tokio::select! {
+                () = tx.closed() => break,
+                () = state.changed.notified() => {}
+                () = tokio::time::sleep(WATCH_POLL) => {}
+            }
+        }
+    });
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
 /// The WatchRun stream.

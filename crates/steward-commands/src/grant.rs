@@ -1,0 +1,207 @@
+//! Grants: who may run which command.
+
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use steward_proto::commands::v1::{
+    CreateGrantRequest, CreateGrantResponse, DeleteGrantRequest, DeleteGrantResponse, Grant,
+    ListGrantsRequest, ListGrantsResponse, RemoveAdministratorGrantsRequest,
+    RemoveAdministratorGrantsResponse,
+};
+use steward_runtime::authn::{AdministratorCall, Need};
+use steward_runtime::claims::Role;
+use steward_runtime::names::{self, AdministratorName};
+use steward_runtime::{ApiError, ApiResult};
+use steward_storage::idempotency::Key;
+
+use crate::caller::lookup_role;
+use crate::command::find_command;
+use crate::entity::grant;
+use crate::rules::{self, parse_admin, parse_command, parse_org, timestamp};
+use crate::{audit, begin_write, caller, is_unique_violation, State, IDEMPOTENCY};
+
+pub(crate) fn grant_proto(m: grant::Model) -> Grant {
+    Grant {
+        name: m.name,
+        grantee: m.grantee,
+        grantor: m.grantor,
+        create_time: Some(timestamp(m.create_time)),
+    }
+}
+
+pub(crate) async fn find_grant<C: ConnectionTrait>(
+    conn: &C,
+    command: &str,
+    grantee: &str,
+) -> ApiResult<Option<grant::Model>> {
+    Ok(grant::Entity::find()
+        .filter(grant::Column::Command.eq(command))
+        .filter(grant::Column::Grantee.eq(grantee))
+        .one(conn)
+        .await?)
+}
+
+pub(crate) async fn create(
+    state: &State,
+    call: AdministratorCall,
+    req: CreateGrantRequest,
+) -> ApiResult<CreateGrantResponse> {
+    let AdministratorCall { principal: p, context: ctx } = call;
+    parse_command("parent", &req.parent)?;
+    p.check_organization(&req.parent)?;
+    let p = caller::current_audited(state, &ctx, &p, &req.parent, Need::Administrator).await?;
+    let g = req.grant.ok_or_else(|| ApiError::invalid("grant", "is required"))?;
+    let grantee = AdministratorName::parse("grant.grantee", &g.grantee)?;
+    rules::request_id(&req.request_id)?;
+    if grantee.organization().as_str() != p.organization {
+        return Err(ApiError::NotFound(g.grantee));
+    }
+    let key = Key::new("create_grant", &p.administrator, &req.request_id);
+    let db = &state.db;
+    if let Some(previous) = IDEMPOTENCY.recall(db, key.as_ref()).await? {
+        let m = grant::Entity::find_by_id(previous.clone())
+            .filter(grant::Column::Organization.eq(&p.organization))
+            .one(db)
+            .await?
+            .ok_or(ApiError::NotFound(previous))?;
+        return Ok(CreateGrantResponse { grant: Some(grant_proto(m)) });
+    }
+    if find_command(db, &p.organization, &req.parent).await?.is_none() {
+        return Err(ApiError::NotFound(req.parent));
+    }
+    match lookup_role(state, &g.grantee).await? {
+        None => return Err(ApiError::NotFound(g.grantee)),
+        Some(Role::Administrator) => {
+            return Err(ApiError::precondition(
+                "GRANTEE_IS_ADMINISTRATOR",
+                g.grantee,
+                "Administrators may run every command; grants are for Command Runners",
+            ))
+        }
+        Some(Role::CommandRunner) => {}
+    }
+    let now = state.now();
+    let txn = begin_write(db).await?;
+    if find_command(&txn, &p.organization, &req.parent).await?.is_none() {
+        return Err(ApiError::NotFound(req.parent));
+    }
+    let exists =
+        |name: &str| ApiError::AlreadyExists(format!("{name} is already granted to {}", g.grantee));
+    if find_grant(&txn, &req.parent, &g.grantee).await?.is_some() {
+        return Err(exists(&req.parent));
+    }
+    let model = grant::Model {
+        name: format!("{}/grants/{}", req.parent, names::new_id()),
+        organization: p.organization.clone(),
+        command: req.parent.clone(),
+        grantee: g.grantee.clone(),
+        grantor: p.administrator.clone(),
+        create_time: now,
+    };
+    grant::Entity::insert(model.clone().into_active_model())
+        .exec_without_returning(&txn)
+        .await
+        .map_err(|e| if is_unique_violation(&e) { exists(&req.parent) } else { e.into() })?;
+    IDEMPOTENCY.record(&txn, key.as_ref(), &model.name, now).await?;
+    audit::record(&txn, &p.organization, &ctx, &p.administrator, &model.name, Ok(()), now).await?;
+    txn.commit().await?;
+    tracing::info!(grant = %model.name, grantee = %model.grantee, "grant created");
+    Ok(CreateGrantResponse { grant: Some(grant_proto(model)) })
+}
+
+pub(crate) async fn delete(
+    state: &State,
+    call: AdministratorCall,
+    req: DeleteGrantRequest,
+) -> ApiResult<DeleteGrantResponse> {
+    let AdministratorCall { principal: p, context: ctx } = call;
+    let name = req.name;
+    names::parse("name", &name, &["organizations", "commands", "grants"])?;
+    p.check_organization(&name)?;
+    let p = caller::current_audited(state, &ctx, &p, &name, Need::Administrator).await?;
+    let txn = begin_write(&state.db).await?;
+    let deleted = grant::Entity::delete_many()
+        .filter(grant::Column::Name.eq(&name))
+        .filter(grant::Column::Organization.eq(&p.organization))
+        .exec(&txn)
+        .await?;
+    if deleted.rows_affected == 0 {
+        return Err(ApiError::NotFound(name));
+    }
+    let now = state.now();
+    audit::record(&txn, &p.organization, &ctx, &p.administrator, &name, Ok(()), now).await?;
+    txn.commit().await?;
+    tracing::info!(grant = %name, "grant revoked");
+    Ok(DeleteGrantResponse {})
+}
+
+pub(crate) async fn list(
+    state: &State,
+    call: AdministratorCall,
+    req: ListGrantsRequest,
+) -> ApiResult<ListGrantsResponse> {
+    let p = &caller::current(state, &call.principal, Need::Administrator).await?;
+    let req = &req;
+    let command = match req.parent.strip_suffix("/commands/-") {
+        Some(org) => {
+            parse_org("parent", org)?;
+            None
+        }
+        None => {
+            parse_command("parent", &req.parent)?;
+            Some(req.parent.clone())
+        }
+    };
+    p.check_organization(&req.parent)?;
+    let size = names::page_size(req.page_size)?;
+    let terms = rules::parse_filter(&req.filter, &["grantee"], &["grantee"])?;
+    let digest = format!("{}|{}", req.parent, req.filter.trim());
+    let offset = names::decode_page_token(&req.page_token, &digest)?;
+    let mut query = grant::Entity::find().filter(grant::Column::Organization.eq(&p.organization));
+    if let Some(command) = command {
+        query = query.filter(grant::Column::Command.eq(command));
+    }
+    for term in terms {
+        parse_admin("filter", &term.value)?;
+        query = query.filter(grant::Column::Grantee.eq(term.value));
+    }
+    let rows = query
+        .order_by_asc(grant::Column::CreateTime)
+        .order_by_asc(grant::Column::Name)
+        .offset(offset)
+        .limit(size + 1)
+        .all(&state.db)
+        .await?;
+    let (rows, next_page_token) = names::page(rows, size, offset, &digest);
+    Ok(ListGrantsResponse { grants: rows.into_iter().map(grant_proto).collect(), next_page_token })
+}
+
+/// Removes every grant held by an administrator who was deleted or demoted (an outbox delivery
+/// from the admin service, so possibly a retry: the count of the first call is answered again).
+pub(crate) async fn remove_administrator_grants(
+    state: &State,
+    req: RemoveAdministratorGrantsRequest,
+) -> ApiResult<RemoveAdministratorGrantsResponse> {
+    let administrator = AdministratorName::parse("administrator", &req.administrator)?;
+    if req.idempotency_key.is_empty() || req.idempotency_key.len() > 200 {
+        return Err(ApiError::invalid("idempotency_key", "is required (at most 200 characters)"));
+    }
+    let organization = administrator.organization().to_string();
+    let key = Key::new("remove_grants", &req.administrator, &req.idempotency_key);
+    let txn = begin_write(&state.db).await?;
+    if let Some(previous) = IDEMPOTENCY.recall(&txn, key.as_ref()).await? {
+        let removed_count = previous.parse().unwrap_or(0);
+        return Ok(RemoveAdministratorGrantsResponse { removed_count });
+    }
+    let removed = grant::Entity::delete_many()
+        .filter(grant::Column::Organization.eq(&organization))
+        .filter(grant::Column::Grantee.eq(&req.administrator))
+        .exec(&txn)
+        .await?;
+    let removed_count = i32::try_from(removed.rows_affected).unwrap_or(i32::MAX);
+    IDEMPOTENCY.record(&txn, key.as_ref(), &removed_count.to_string(), state.now()).await?;
+    txn.commit().await?;
+    tracing::info!(administrator = %req.administrator, removed_count, "grants of an administrator removed");
+    Ok(RemoveAdministratorGrantsResponse { removed_count })
+}

@@ -1,0 +1,487 @@
+//! Runs: RunCommand, GetRun, ListRuns, CancelRun.
+
+use std::collections::HashMap;
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DerivePartialModel, EntityTrait, FromQueryResult,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+};
+use steward_proto::commands::v1::{
+    CancelRunRequest, CancelRunResponse, GetRunRequest, GetRunResponse, ListRunsRequest,
+    ListRunsResponse, OutputStream, Run, RunCommandRequest, RunCommandResponse, RunState,
+    SystemResult,
+};
+use steward_runtime::authn::{AdministratorCall, Need, Principal, RequestContext};
+use steward_runtime::names;
+use steward_runtime::{ApiError, ApiResult};
+use steward_storage::idempotency::Key;
+
+use crate::caller::is_admin;
+use crate::command::{find_command, targets_of_command, MAX_SYSTEMS};
+use crate::entity::{grant, output, result, run};
+use crate::rules::{self, parse_admin, parse_command, parse_org, parse_system, timestamp};
+use crate::{audit, begin_write, caller, State, IDEMPOTENCY};
+
+pub(crate) fn parse_run(field: &str, name: &str) -> ApiResult<()> {
+    names::parse(field, name, &["organizations", "runs"]).map(|_| ())
+}
+
+/// A per-system result without its output.
+#[derive(Clone, Debug, DerivePartialModel, FromQueryResult)]
+#[sea_orm(entity = "result::Entity")]
+pub(crate) struct ResultSummary {
+    pub run: String,
+    pub system: String,
+    pub state: i32,
+    pub exit_code: i32,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub start_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub end_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub error_message: String,
+}
+
+pub(crate) fn summary_proto(s: ResultSummary) -> SystemResult {
+    SystemResult {
+        system: s.system,
+        state: s.state,
+        exit_code: s.exit_code,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        stdout_truncated: s.stdout_truncated,
+        stderr_truncated: s.stderr_truncated,
+        start_time: s.start_time.map(timestamp),
+        end_time: s.end_time.map(timestamp),
+        error_message: s.error_message,
+    }
+}
+
+pub(crate) fn full_result_proto(m: result::Model) -> SystemResult {
+    SystemResult {
+        system: m.system,
+        state: m.state,
+        exit_code: m.exit_code,
+        stdout: m.stdout,
+        stderr: m.stderr,
+        stdout_truncated: m.stdout_truncated,
+        stderr_truncated: m.stderr_truncated,
+        start_time: m.start_time.map(timestamp),
+        end_time: m.end_time.map(timestamp),
+        error_message: m.error_message,
+    }
+}
+
+pub(crate) fn run_shell(m: run::Model, results: Vec<SystemResult>) -> Run {
+    Run {
+        name: m.name,
+        command: m.command,
+        command_revision: m.command_revision,
+        runner: m.runner,
+        systems: results.iter().map(|r| r.system.clone()).collect(),
+        state: m.state,
+        results,
+        create_time: Some(timestamp(m.create_time)),
+        start_time: m.start_time.map(timestamp),
+        end_time: m.end_time.map(timestamp),
+    }
+}
+
+/// A run as returned by the API, with or without its output.
+pub(crate) async fn run_proto<C: ConnectionTrait>(
+    conn: &C,
+    m: run::Model,
+    with_output: bool,
+) -> ApiResult<Run> {
+    let query = result::Entity::find()
+        .filter(result::Column::Run.eq(&m.name))
+        .order_by_asc(result::Column::Position);
+    let results = if with_output {
+        let mut results: Vec<SystemResult> =
+            query.all(conn).await?.into_iter().map(full_result_proto).collect();
+        // Output rows after any output stored by earlier versions, in offset order.
+        let chunks = output::Entity::find()
+            .filter(output::Column::Run.eq(&m.name))
+            .order_by_asc(output::Column::System)
+            .order_by_asc(output::Column::Stream)
+            .order_by_asc(output::Column::Offset)
+            .all(conn)
+            .await?;
+        let position: HashMap<String, usize> =
+            results.iter().enumerate().map(|(i, r)| (r.system.clone(), i)).collect();
+        for chunk in chunks {
+            let Some(result) = position.get(&chunk.system).and_then(|i| results.get_mut(*i)) else {
+                continue;
+            };
+            let buffer = match OutputStream::try_from(chunk.stream) {
+                Ok(OutputStream::Stdout) => &mut result.stdout,
+                Ok(OutputStream::Stderr) => &mut result.stderr,
+                _ => continue,
+            };
+            let (fresh, _) = rules::fresh_output(
+                buffer.len(),
+                chunk.offset,
+                &chunk.data,
+                rules::MAX_OUTPUT_BYTES,
+            );
+            buffer.extend_from_slice(fresh);
+        }
+        results
+    } else {
+        query
+            .into_partial_model::<ResultSummary>()
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(summary_proto)
+            .collect()
+    };
+    Ok(run_shell(m, results))
+}
+
+/// Recomputes a run's aggregate state, start and end from its results.
+pub(crate) async fn refresh_run<C: ConnectionTrait>(
+    conn: &C,
+    run_name: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ApiResult<()> {
+    let Some(current) = run::Entity::find_by_id(run_name.to_string()).one(conn).await? else {
+        return Ok(());
+    };
+    let results = result::Entity::find()
+        .filter(result::Column::Run.eq(run_name))
+        .into_partial_model::<ResultSummary>()
+        .all(conn)
+        .await?;
+    let states: Vec<i32> = results.iter().map(|r| r.state).collect();
+    let state = rules::aggregate(&states, current.cancelled) as i32;
+    let start_time =
+        current.start_time.or_else(|| results.iter().filter_map(|r| r.start_time).min());
+    let end_time = if rules::is_terminal(state) {
+        current.end_time.or_else(|| {
+            if current.cancelled {
+                Some(now)
+            } else {
+                results.iter().filter_map(|r| r.end_time).max().or(Some(now))
+            }
+        })
+    } else {
+        None
+    };
+    if state != current.state || start_time != current.start_time || end_time != current.end_time {
+        run::Entity::update_many()
+            .col_expr(run::Column::State, Expr::value(state))
+            .col_expr(run::Column::StartTime, Expr::value(start_time))
+            .col_expr(run::Column::EndTime, Expr::value(end_time))
+            .filter(run::Column::Name.eq(run_name))
+            .exec(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Loads a run the caller may see: Administrators see every run of their organization,
+/// Command Runners only their own (PERMISSION_DENIED otherwise, whether or not it exists).
+pub(crate) async fn visible_run(state: &State, p: &Principal, name: &str) -> ApiResult<run::Model> {
+    parse_run("name", name)?;
+    p.check_organization(name)?;
+    let found = run::Entity::find_by_id(name.to_string())
+        .filter(run::Column::Organization.eq(&p.organization))
+        .one(&state.db)
+        .await?;
+    match found {
+        Some(run) if is_admin(p) || run.runner == p.administrator => Ok(run),
+        None if is_admin(p) => Err(ApiError::NotFound(name.to_string())),
+        _ => Err(ApiError::denied("NOT_OWN_RUN", format!("{name} is not one of your runs"))),
+    }
+}
+
+pub(crate) async fn start(
+    state: &State,
+    call: AdministratorCall,
+    req: RunCommandRequest,
+) -> ApiResult<RunCommandResponse> {
+    let AdministratorCall { principal: p, context: ctx } = call;
+    let result = run_inner(state, &p, &ctx, &req).await;
+    if let Err(err) = &result {
+        let now = state.now();
+        if let Err(audit_err) = audit::record(
+            &state.db,
+            &p.organization,
+            &ctx,
+            &p.administrator,
+            &req.command,
+            Err(err),
+            now,
+        )
+        .await
+        {
+            tracing::error!(error = %audit_err, command = %req.command, "cannot queue the audit event of a refused run");
+        }
+        tracing::info!(command = %req.command, runner = %p.administrator, code = ?err.code(), "run refused");
+    }
+    result
+}
+
+pub(crate) async fn run_inner(
+    state: &State,
+    p: &Principal,
+    ctx: &RequestContext,
+    req: &RunCommandRequest,
+) -> ApiResult<RunCommandResponse> {
+    parse_command("command", &req.command)?;
+    p.check_organization(&req.command)?;
+    // Held to the caller's current role: a demoted Administrator needs a grant now.
+    let current = caller::current(state, p, Need::AnyRole).await?;
+    let p = &current;
+    if req.systems.len() > MAX_SYSTEMS {
+        return Err(ApiError::invalid(
+            "systems",
+            format!("must name at most {MAX_SYSTEMS} systems"),
+        ));
+    }
+    let mut requested: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::with_capacity(req.systems.len());
+    for (i, system) in req.systems.iter().enumerate() {
+        parse_system(&format!("systems[{i}]"), system)?;
+        p.check_organization(system)?;
+        if seen.insert(system.as_str()) {
+            requested.push(system.clone());
+        }
+    }
+    rules::request_id(&req.request_id)?;
+    let key = Key::new("run_command", &p.administrator, &req.request_id);
+    let db = &state.db;
+    if let Some(previous) = IDEMPOTENCY.recall(db, key.as_ref()).await? {
+        let run = visible_run(state, p, &previous).await?;
+        return Ok(RunCommandResponse { run: Some(run_proto(db, run, false).await?) });
+    }
+    let now = state.now();
+    let txn = begin_write(db).await?;
+    let no_grant =
+        || ApiError::denied("NO_GRANT", format!("{} has not been granted to you", req.command));
+    if !is_admin(p) {
+        let grant = grant::Entity::find()
+            .filter(grant::Column::Command.eq(&req.command))
+            .filter(grant::Column::Grantee.eq(&p.administrator))
+            .lock_shared()
+            .one(&txn)
+            .await?;
+        if grant.is_none() {
+            return Err(no_grant());
+        }
+    }
+    let command = find_command(&txn, &p.organization, &req.command).await?.ok_or_else(|| {
+        if is_admin(p) {
+            ApiError::NotFound(req.command.clone())
+        } else {
+            no_grant()
+        }
+    })?;
+    let targets = targets_of_command(&txn, &command.name).await?;
+    if targets.is_empty() {
+        return Err(ApiError::precondition(
+            "NO_TARGET_SYSTEMS",
+            command.name,
+            "the command has no target systems, so it cannot run anywhere",
+        ));
+    }
+    let allowed: std::collections::HashSet<&String> = targets.iter().collect();
+    if let Some(outside) = requested.iter().find(|s| !allowed.contains(s)) {
+        return Err(ApiError::denied(
+            "SYSTEM_NOT_TARGET",
+            format!("{outside} is not one of the target systems of {}", command.name),
+        ));
+    }
+    let systems = if requested.is_empty() { targets } else { requested };
+    let run = run::Model {
+        name: format!("{}/runs/{}", p.organization, names::new_id()),
+        organization: p.organization.clone(),
+        command: command.name.clone(),
+        command_revision: command.etag.clone(),
+        script: command.script.clone(),
+        interpreter: command.interpreter,
+        run_as_user: command.run_as_user.clone(),
+        timeout_secs: command.timeout_secs,
+        timeout_nanos: command.timeout_nanos,
+        runner: p.administrator.clone(),
+        state: RunState::Queued as i32,
+        cancelled: false,
+        create_time: now,
+        start_time: None,
+        end_time: None,
+    };
+    run::Entity::insert(run.clone().into_active_model()).exec_without_returning(&txn).await?;
+    for (position, system) in systems.iter().enumerate() {
+        result::Entity::insert(
+            result::Model {
+                run: run.name.clone(),
+                system: system.clone(),
+                position: i32::try_from(position).unwrap_or(i32::MAX),
+                state: RunState::Queued as i32,
+                exit_code: 0,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                stdout_truncated: false,
+                stderr_truncated: false,
+                start_time: None,
+                end_time: None,
+                error_message: String::new(),
+                claimed_by: None,
+                cancel_time: None,
+                cancel_sent: false,
+            }
+            .into_active_model(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+    }
+    IDEMPOTENCY.record(&txn, key.as_ref(), &run.name, now).await?;
+    audit::record(&txn, &p.organization, ctx, &p.administrator, &command.name, Ok(()), now).await?;
+    let proto = run_proto(&txn, run, false).await?;
+    txn.commit().await?;
+    state.changed.notify_waiters();
+    tracing::info!(run = %proto.name, command = %proto.command, runner = %p.administrator, systems = proto.systems.len(), "run queued");
+    Ok(RunCommandResponse { run: Some(proto) })
+}
+
+pub(crate) async fn get(
+    state: &State,
+    call: AdministratorCall,
+    req: GetRunRequest,
+) -> ApiResult<GetRunResponse> {
+    let p = &caller::for_reading(state, &call.principal).await?;
+    let run = visible_run(state, p, &req.name).await?;
+    Ok(GetRunResponse { run: Some(run_proto(&state.db, run, true).await?) })
+}
+
+pub(crate) async fn list(
+    state: &State,
+    call: AdministratorCall,
+    req: ListRunsRequest,
+) -> ApiResult<ListRunsResponse> {
+    let p = &caller::for_reading(state, &call.principal).await?;
+    let req = &req;
+    parse_org("parent", &req.parent)?;
+    p.check_organization(&req.parent)?;
+    let size = names::page_size(req.page_size)?;
+    let terms =
+        rules::parse_filter(&req.filter, &["command", "runner", "state"], &["command", "runner"])?;
+    let digest = format!("{}|{}", req.filter.trim(), p.administrator);
+    let offset = names::decode_page_token(&req.page_token, &digest)?;
+    let mut query = run::Entity::find().filter(run::Column::Organization.eq(&p.organization));
+    if !is_admin(p) {
+        query = query.filter(run::Column::Runner.eq(&p.administrator));
+    }
+    for term in terms {
+        query = match term.key.as_str() {
+            "command" => {
+                parse_command("filter", &term.value)?;
+                query.filter(run::Column::Command.eq(term.value))
+            }
+            "runner" => {
+                parse_admin("filter", &term.value)?;
+                if !is_admin(p) && term.value != p.administrator {
+                    return Err(ApiError::denied(
+                        "NOT_OWN_RUN",
+                        "Command Runners may only list their own runs",
+                    ));
+                }
+                query.filter(run::Column::Runner.eq(term.value))
+            }
+            _ => {
+                let state = RunState::from_str_name(&term.value)
+                    .filter(|s| *s != RunState::Unspecified)
+                    .ok_or_else(|| {
+                        ApiError::invalid("filter", format!("unknown run state `{}`", term.value))
+                    })?;
+                query.filter(run::Column::State.eq(state as i32))
+            }
+        };
+    }
+    let rows = query
+        .order_by_desc(run::Column::CreateTime)
+        .order_by_desc(run::Column::Name)
+        .offset(offset)
+        .limit(size + 1)
+        .all(&state.db)
+        .await?;
+    let (rows, next_page_token) = names::page(rows, size, offset, &digest);
+    // The results of the whole page in one query, not one per run.
+    let mut results: HashMap<String, Vec<SystemResult>> = HashMap::new();
+    if !rows.is_empty() {
+        let summaries = result::Entity::find()
+            .filter(result::Column::Run.is_in(rows.iter().map(|r| r.name.clone())))
+            .order_by_asc(result::Column::Position)
+            .into_partial_model::<ResultSummary>()
+            .all(&state.db)
+            .await?;
+        for summary in summaries {
+            results.entry(summary.run.clone()).or_default().push(summary_proto(summary));
+        }
+    }
+    let runs = rows
+        .into_iter()
+        .map(|m| {
+            let list = results.remove(&m.name).unwrap_or_default();
+            run_shell(m, list)
+        })
+        .collect();
+    Ok(ListRunsResponse { runs, next_page_token })
+}
+
+pub(crate) async fn cancel(
+    state: &State,
+    call: AdministratorCall,
+    req: CancelRunRequest,
+) -> ApiResult<CancelRunResponse> {
+    let AdministratorCall { principal: p, context: ctx } = call;
+    let name = req.name;
+    parse_run("name", &name)?;
+    p.check_organization(&name)?;
+    let p = caller::current_audited(state, &ctx, &p, &name, Need::AnyRole).await?;
+    visible_run(state, &p, &name).await?;
+    let now = state.now();
+    let txn = begin_write(&state.db).await?;
+    let current = run::Entity::find_by_id(name.clone())
+        .one(&txn)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(name.clone()))?;
+    if rules::is_terminal(current.state) {
+        return Err(ApiError::precondition("RUN_FINISHED", name, "the run has already finished"));
+    }
+    run::Entity::update_many()
+        .col_expr(run::Column::Cancelled, Expr::value(true))
+        .filter(run::Column::Name.eq(&name))
+        .exec(&txn)
+        .await?;
+    // Never dispatched: nothing to stop.
+    result::Entity::update_many()
+        .col_expr(result::Column::State, Expr::value(RunState::Cancelled as i32))
+        .col_expr(result::Column::EndTime, Expr::value(Some(now)))
+        .col_expr(result::Column::ErrorMessage, Expr::value("cancelled before it started"))
+        .filter(result::Column::Run.eq(&name))
+        .filter(result::Column::State.eq(RunState::Queued as i32))
+        .filter(result::Column::ClaimedBy.is_null())
+        .exec(&txn)
+        .await?;
+    // Dispatched or executing: the agent's stream relays the cancellation.
+    result::Entity::update_many()
+        .col_expr(result::Column::CancelTime, Expr::value(Some(now)))
+        .filter(result::Column::Run.eq(&name))
+        .filter(result::Column::State.is_in([RunState::Queued as i32, RunState::Running as i32]))
+        .filter(result::Column::CancelTime.is_null())
+        .exec(&txn)
+        .await?;
+    refresh_run(&txn, &name, now).await?;
+    audit::record(&txn, &p.organization, &ctx, &p.administrator, &name, Ok(()), now).await?;
+    let run = run::Entity::find_by_id(name.clone())
+        .one(&txn)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(name.clone()))?;
+    let proto = run_proto(&txn, run, false).await?;
+    txn.commit().await?;
+    state.changed.notify_waiters();
+    tracing::info!(run = %name, actor = %p.administrator, "run cancelled");
+    Ok(CancelRunResponse { run: Some(proto) })
+}
