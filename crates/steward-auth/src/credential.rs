@@ -5,7 +5,8 @@
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use steward_proto::auth::v1 as pb;
 use steward_runtime::authn::{AdministratorCall, RequestContext};
-use steward_runtime::{names, ApiError, ApiResult};
+use steward_runtime::names::OrganizationName;
+use steward_runtime::{ApiError, ApiResult};
 
 use crate::entity::{credential, link_token};
 use crate::state::{
@@ -90,7 +91,7 @@ pub async fn request_password_reset(
     let email = request.email.trim().to_lowercase();
     required("email", &email)?;
     if !request.organization.is_empty() {
-        names::parse("organization", &request.organization, &["organizations"])?;
+        OrganizationName::parse("organization", &request.organization)?;
     }
     // The same work (throttle counters, one queued message) for known and unknown emails;
     // the lookup and the mail happen in the mail relay, so the answer's timing says nothing

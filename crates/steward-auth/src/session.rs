@@ -8,7 +8,8 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use steward_proto::auth::v1::{self as pb, verify_mfa_request, MfaMethod};
 use steward_runtime::authn::{AdministratorCall, RequestContext};
 use steward_runtime::claims::TokenScope;
-use steward_runtime::{names, ApiError, ApiResult};
+use steward_runtime::names::OrganizationName;
+use steward_runtime::{ApiError, ApiResult};
 
 use crate::entity::{credential, mfa_challenge, recovery_code, refresh_token, session};
 use crate::state::{
@@ -68,7 +69,7 @@ pub async fn sign_in(
     required("email", &email)?;
     required("password", &request.password)?;
     if !request.organization.is_empty() {
-        names::parse("organization", &request.organization, &["organizations"])?;
+        OrganizationName::parse("organization", &request.organization)?;
     }
     // Reserved before the password is hashed: parallel guesses cannot outrun the counter.
     let admission = throttle::Admission::admit(

@@ -14,8 +14,9 @@ use steward_proto::auth::v1::{TokenScope as ProtoScope, TokenSet};
 use steward_runtime::authn::{self, RequestContext};
 use steward_runtime::claims::{Role, TokenScope};
 use steward_runtime::config::AuthConfig;
+use steward_runtime::names::AdministratorName;
 use steward_runtime::service::{Clock, InternalChannel};
-use steward_runtime::{names, ApiError, ApiResult};
+use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
 use crate::audit;
@@ -62,9 +63,7 @@ pub use steward_runtime::wire::timestamp;
 
 /// `organizations/{o}` of an administrator name (validated).
 pub fn organization_of(field: &str, administrator: &str) -> ApiResult<String> {
-    let ids = names::parse(field, administrator, &["organizations", "administrators"])?;
-    let org = ids.first().ok_or_else(|| ApiError::invalid(field, "missing organization"))?;
-    Ok(format!("organizations/{org}"))
+    Ok(AdministratorName::parse(field, administrator)?.organization().to_string())
 }
 
 /// Shared state.

@@ -9,14 +9,13 @@ use steward_proto::commands::v1::{
 };
 use steward_runtime::authn::{AdministratorCall, Principal};
 use steward_runtime::claims::Role;
-use steward_runtime::names::{AdministratorName, CommandName, SystemName};
+use steward_runtime::names::{AdministratorName, CommandName, OrganizationName, SystemName};
 use steward_runtime::{ApiError, ApiResult};
 
 use crate::caller::{is_admin, lookup_role};
 use crate::command::{find_command, targets_of_command};
 use crate::entity::grant;
 use crate::grant::find_grant;
-use crate::rules::parse_org;
 use crate::{caller, State};
 
 /// Largest BatchCheckAccess.
@@ -127,7 +126,7 @@ pub(crate) async fn batch_check(
 ) -> ApiResult<BatchCheckAccessResponse> {
     let p = &caller::for_reading(state, &call.principal).await?;
     let req = &req;
-    parse_org("parent", &req.parent)?;
+    OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
     if req.requests.is_empty() || req.requests.len() > MAX_BATCH {
         return Err(ApiError::invalid("requests", "must hold 1 to 100 checks"));

@@ -15,6 +15,7 @@ use crate::{audit, State};
 pub(crate) struct Current {
     pub role: Role,
     pub active: bool,
+    pub billing: bool,
 }
 
 /// Looks `administrator` up through `AdminInternalService.LookupAdministrator`; `None` when it
@@ -36,13 +37,19 @@ pub(crate) async fn lookup(state: &State, administrator: &str) -> ApiResult<Opti
     let role = Role::from_proto(found.role).ok_or_else(|| {
         ApiError::internal(format!("administrator {administrator} has no valid role"))
     })?;
-    Ok(Some(Current { role, active: found.state == AdminState::Active as i32 }))
+    Ok(Some(Current {
+        role,
+        active: found.state == AdminState::Active as i32,
+        billing: found.billing,
+    }))
 }
 
 /// The caller with its current role: the lower of the token's and the stored one, so neither a
 /// demotion nor a promotion after the token was issued widens what the token may do.
 /// `PERMISSION_DENIED` with `CALLER_DELETED` when the account is gone (or no longer active),
-/// `ROLE_REQUIRED` when `need` is an Administrator and the caller no longer is one.
+/// `ROLE_REQUIRED` when `need` is an Administrator and the caller no longer is one,
+/// `BILLING_REQUIRED` when `need` is billing access and the caller no longer holds it (the same
+/// meaning as in the admin service).
 pub(crate) async fn current(state: &State, p: &Principal, need: Need) -> ApiResult<Principal> {
     let Some(now) = lookup(state, &p.administrator).await? else {
         return Err(ApiError::denied("CALLER_DELETED", "the caller's account no longer exists"));
@@ -55,11 +62,17 @@ pub(crate) async fn current(state: &State, p: &Principal, need: Need) -> ApiResu
     } else {
         Role::CommandRunner
     };
-    // The command service never needs billing; it is held to the Administrator role like any
-    // other need beyond AnyRole.
-    let administrator_needed = matches!(need, Need::Administrator | Need::Billing);
-    if administrator_needed && role != Role::Administrator {
-        return Err(ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"));
+    match need {
+        Need::Administrator if role != Role::Administrator => {
+            return Err(ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"));
+        }
+        Need::Billing if !now.billing => {
+            return Err(ApiError::denied(
+                "BILLING_REQUIRED",
+                "only administrators with billing access may do this",
+            ));
+        }
+        Need::AnyRole | Need::Administrator | Need::Billing => {}
     }
     Ok(Principal { role, ..p.clone() })
 }

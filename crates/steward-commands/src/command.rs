@@ -13,14 +13,14 @@ use steward_proto::commands::v1::{
     ListCommandsResponse, UpdateCommandRequest, UpdateCommandResponse,
 };
 use steward_runtime::authn::{AdministratorCall, Need, Principal};
-use steward_runtime::names;
+use steward_runtime::names::{self, CommandName, OrganizationName, SystemName};
 use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
 use crate::caller::is_admin;
 use crate::entity::{command, grant, system, target};
 use crate::grant::find_grant;
-use crate::rules::{self, parse_command, parse_org, parse_system, timestamp};
+use crate::rules::{self, timestamp};
 use crate::{audit, begin_write, caller, is_unique_violation, State, IDEMPOTENCY};
 
 /// Most target systems of a command, and most systems named by one RunCommand. Bounds the work
@@ -107,7 +107,7 @@ pub(crate) async fn check_targets<C: ConnectionTrait>(
     let mut seen = std::collections::HashSet::with_capacity(targets.len());
     for (i, name) in targets.iter().enumerate() {
         let field = format!("command.target_systems[{i}]");
-        parse_system(&field, name)?;
+        SystemName::parse(&field, name)?;
         p.check_organization(name)?;
         if !seen.insert(name.as_str()) {
             return Err(ApiError::invalid(field, "is listed twice"));
@@ -152,7 +152,7 @@ pub(crate) async fn visible_command(
     p: &Principal,
     name: &str,
 ) -> ApiResult<command::Model> {
-    parse_command("name", name)?;
+    CommandName::parse("name", name)?;
     p.check_organization(name)?;
     let db = &state.db;
     if !is_admin(p) && find_grant(db, name, &p.administrator).await?.is_none() {
@@ -169,7 +169,7 @@ pub(crate) async fn create(
     req: CreateCommandRequest,
 ) -> ApiResult<CreateCommandResponse> {
     let AdministratorCall { principal: p, context: ctx } = call;
-    parse_org("parent", &req.parent)?;
+    OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
     let p = caller::current_audited(state, &ctx, &p, &req.parent, Need::Administrator).await?;
     let c = req.command.ok_or_else(|| ApiError::invalid("command", "is required"))?;
@@ -257,7 +257,7 @@ pub(crate) async fn list(
 ) -> ApiResult<ListCommandsResponse> {
     let p = &caller::for_reading(state, &call.principal).await?;
     let req = &req;
-    parse_org("parent", &req.parent)?;
+    OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
     let size = names::page_size(req.page_size)?;
     let terms = rules::parse_filter(&req.filter, &["display_name"], &["display_name"])?;
@@ -311,7 +311,7 @@ pub(crate) async fn update(
 ) -> ApiResult<UpdateCommandResponse> {
     let AdministratorCall { principal: p, context: ctx } = call;
     let c = req.command.ok_or_else(|| ApiError::invalid("command", "is required"))?;
-    parse_command("command.name", &c.name)?;
+    CommandName::parse("command.name", &c.name)?;
     p.check_organization(&c.name)?;
     let p = caller::current_audited(state, &ctx, &p, &c.name, Need::Administrator).await?;
     let mut present = Vec::new();
@@ -420,7 +420,7 @@ pub(crate) async fn delete(
     req: DeleteCommandRequest,
 ) -> ApiResult<DeleteCommandResponse> {
     let AdministratorCall { principal: p, context: ctx } = call;
-    parse_command("name", &req.name)?;
+    CommandName::parse("name", &req.name)?;
     p.check_organization(&req.name)?;
     let p = caller::current_audited(state, &ctx, &p, &req.name, Need::Administrator).await?;
     let txn = begin_write(&state.db).await?;

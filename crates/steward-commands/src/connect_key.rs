@@ -18,12 +18,12 @@ use steward_proto::commands::v1::{
     DeleteConnectKeyResponse, ListConnectKeysRequest, ListConnectKeysResponse,
 };
 use steward_runtime::authn::{AdministratorCall, Need};
-use steward_runtime::names;
+use steward_runtime::names::{self, ConnectKeyName, OrganizationName};
 use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
 use crate::entity::connect_key;
-use crate::rules::{self, parse_org, timestamp};
+use crate::rules::{self, timestamp};
 use crate::IDEMPOTENCY;
 use crate::{audit, begin_write, caller, State};
 
@@ -102,7 +102,7 @@ pub(crate) async fn create(
     req: CreateConnectKeyRequest,
 ) -> ApiResult<CreateConnectKeyResponse> {
     let AdministratorCall { principal: p, context: ctx } = call;
-    parse_org("parent", &req.parent)?;
+    OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
     let p = caller::current_audited(state, &ctx, &p, &req.parent, Need::Administrator).await?;
     let input = req.connect_key.unwrap_or_default();
@@ -203,7 +203,7 @@ pub(crate) async fn list(
 ) -> ApiResult<ListConnectKeysResponse> {
     let p = &caller::current(state, &call.principal, Need::Administrator).await?;
     let req = &req;
-    parse_org("parent", &req.parent)?;
+    OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
     let size = names::page_size(req.page_size)?;
     let digest = "connect_keys";
@@ -230,7 +230,7 @@ pub(crate) async fn delete(
 ) -> ApiResult<DeleteConnectKeyResponse> {
     let AdministratorCall { principal: p, context: ctx } = call;
     let name = req.name;
-    names::parse("name", &name, &["organizations", "connectKeys"])?;
+    ConnectKeyName::parse("name", &name)?;
     p.check_organization(&name)?;
     let p = caller::current_audited(state, &ctx, &p, &name, Need::Administrator).await?;
     let txn = begin_write(&state.db).await?;

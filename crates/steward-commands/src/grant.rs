@@ -11,14 +11,14 @@ use steward_proto::commands::v1::{
 };
 use steward_runtime::authn::{AdministratorCall, Need};
 use steward_runtime::claims::Role;
-use steward_runtime::names::{self, AdministratorName};
+use steward_runtime::names::{self, AdministratorName, CommandName, GrantName, OrganizationName};
 use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
 use crate::caller::lookup_role;
 use crate::command::find_command;
 use crate::entity::grant;
-use crate::rules::{self, parse_admin, parse_command, parse_org, timestamp};
+use crate::rules::{self, timestamp};
 use crate::{audit, begin_write, caller, is_unique_violation, State, IDEMPOTENCY};
 
 pub(crate) fn grant_proto(m: grant::Model) -> Grant {
@@ -48,7 +48,7 @@ pub(crate) async fn create(
     req: CreateGrantRequest,
 ) -> ApiResult<CreateGrantResponse> {
     let AdministratorCall { principal: p, context: ctx } = call;
-    parse_command("parent", &req.parent)?;
+    CommandName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
     let p = caller::current_audited(state, &ctx, &p, &req.parent, Need::Administrator).await?;
     let g = req.grant.ok_or_else(|| ApiError::invalid("grant", "is required"))?;
@@ -117,7 +117,7 @@ pub(crate) async fn delete(
 ) -> ApiResult<DeleteGrantResponse> {
     let AdministratorCall { principal: p, context: ctx } = call;
     let name = req.name;
-    names::parse("name", &name, &["organizations", "commands", "grants"])?;
+    GrantName::parse("name", &name)?;
     p.check_organization(&name)?;
     let p = caller::current_audited(state, &ctx, &p, &name, Need::Administrator).await?;
     let txn = begin_write(&state.db).await?;
@@ -145,11 +145,11 @@ pub(crate) async fn list(
     let req = &req;
     let command = match req.parent.strip_suffix("/commands/-") {
         Some(org) => {
-            parse_org("parent", org)?;
+            OrganizationName::parse("parent", org)?;
             None
         }
         None => {
-            parse_command("parent", &req.parent)?;
+            CommandName::parse("parent", &req.parent)?;
             Some(req.parent.clone())
         }
     };
@@ -163,7 +163,7 @@ pub(crate) async fn list(
         query = query.filter(grant::Column::Command.eq(command));
     }
     for term in terms {
-        parse_admin("filter", &term.value)?;
+        AdministratorName::parse("filter", &term.value)?;
         query = query.filter(grant::Column::Grantee.eq(term.value));
     }
     let rows = query

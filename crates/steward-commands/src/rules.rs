@@ -269,22 +269,6 @@ pub fn parse_command_order(order_by: &str) -> ApiResult<(&'static str, bool)> {
 
 pub use steward_runtime::wire::{from_timestamp, timestamp};
 
-pub(crate) fn parse_command(field: &str, name: &str) -> ApiResult<()> {
-    names::parse(field, name, &["organizations", "commands"]).map(|_| ())
-}
-
-pub(crate) fn parse_org(field: &str, name: &str) -> ApiResult<()> {
-    names::parse(field, name, &["organizations"]).map(|_| ())
-}
-
-pub(crate) fn parse_system(field: &str, name: &str) -> ApiResult<()> {
-    names::parse(field, name, &["organizations", "systems"]).map(|_| ())
-}
-
-pub(crate) fn parse_admin(field: &str, name: &str) -> ApiResult<()> {
-    names::parse(field, name, &["organizations", "administrators"]).map(|_| ())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 mod tests {

@@ -13,19 +13,17 @@ use steward_proto::commands::v1::{
     SystemResult,
 };
 use steward_runtime::authn::{AdministratorCall, Need, Principal, RequestContext};
-use steward_runtime::names;
+use steward_runtime::names::{
+    self, AdministratorName, CommandName, OrganizationName, RunName, SystemName,
+};
 use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
 use crate::caller::is_admin;
 use crate::command::{find_command, targets_of_command, MAX_SYSTEMS};
 use crate::entity::{grant, output, result, run};
-use crate::rules::{self, parse_admin, parse_command, parse_org, parse_system, timestamp};
+use crate::rules::{self, timestamp};
 use crate::{audit, begin_write, caller, State, IDEMPOTENCY};
-
-pub(crate) fn parse_run(field: &str, name: &str) -> ApiResult<()> {
-    names::parse(field, name, &["organizations", "runs"]).map(|_| ())
-}
 
 /// A per-system result without its output.
 #[derive(Clone, Debug, DerivePartialModel, FromQueryResult)]
@@ -183,7 +181,7 @@ pub(crate) async fn refresh_run<C: ConnectionTrait>(
 /// Loads a run the caller may see: Administrators see every run of their organization,
 /// Command Runners only their own (PERMISSION_DENIED otherwise, whether or not it exists).
 pub(crate) async fn visible_run(state: &State, p: &Principal, name: &str) -> ApiResult<run::Model> {
-    parse_run("name", name)?;
+    RunName::parse("name", name)?;
     p.check_organization(name)?;
     let found = run::Entity::find_by_id(name.to_string())
         .filter(run::Column::Organization.eq(&p.organization))
@@ -229,7 +227,7 @@ pub(crate) async fn run_inner(
     ctx: &RequestContext,
     req: &RunCommandRequest,
 ) -> ApiResult<RunCommandResponse> {
-    parse_command("command", &req.command)?;
+    CommandName::parse("command", &req.command)?;
     p.check_organization(&req.command)?;
     // Held to the caller's current role: a demoted Administrator needs a grant now.
     let current = caller::current(state, p, Need::AnyRole).await?;
@@ -243,7 +241,7 @@ pub(crate) async fn run_inner(
     let mut requested: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::with_capacity(req.systems.len());
     for (i, system) in req.systems.iter().enumerate() {
-        parse_system(&format!("systems[{i}]"), system)?;
+        SystemName::parse(&format!("systems[{i}]"), system)?;
         p.check_organization(system)?;
         if seen.insert(system.as_str()) {
             requested.push(system.clone());
@@ -362,7 +360,7 @@ pub(crate) async fn list(
 ) -> ApiResult<ListRunsResponse> {
     let p = &caller::for_reading(state, &call.principal).await?;
     let req = &req;
-    parse_org("parent", &req.parent)?;
+    OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
     let size = names::page_size(req.page_size)?;
     let terms =
@@ -376,11 +374,11 @@ pub(crate) async fn list(
     for term in terms {
         query = match term.key.as_str() {
             "command" => {
-                parse_command("filter", &term.value)?;
+                CommandName::parse("filter", &term.value)?;
                 query.filter(run::Column::Command.eq(term.value))
             }
             "runner" => {
-                parse_admin("filter", &term.value)?;
+                AdministratorName::parse("filter", &term.value)?;
                 if !is_admin(p) && term.value != p.administrator {
                     return Err(ApiError::denied(
                         "NOT_OWN_RUN",
@@ -437,7 +435,7 @@ pub(crate) async fn cancel(
 ) -> ApiResult<CancelRunResponse> {
     let AdministratorCall { principal: p, context: ctx } = call;
     let name = req.name;
-    parse_run("name", &name)?;
+    RunName::parse("name", &name)?;
     p.check_organization(&name)?;
     let p = caller::current_audited(state, &ctx, &p, &name, Need::AnyRole).await?;
     visible_run(state, &p, &name).await?;

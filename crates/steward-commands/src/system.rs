@@ -9,13 +9,12 @@ use steward_proto::commands::v1::{
     UpdateSystemResponse,
 };
 use steward_runtime::authn::{AdministratorCall, Need};
-use steward_runtime::names;
+use steward_runtime::names::{self, OrganizationName, SystemName};
 use steward_runtime::{ApiError, ApiResult};
 
 use crate::agent::agent_deadline;
 use crate::entity::{result, system, target};
 use crate::rules::{self, timestamp};
-use crate::rules::{parse_org, parse_system};
 use crate::run::refresh_run;
 use crate::{audit, begin_write, caller, State};
 
@@ -83,7 +82,7 @@ pub(crate) async fn get(
 ) -> ApiResult<GetSystemResponse> {
     let p = &caller::current(state, &call.principal, Need::Administrator).await?;
     let name = &req.name;
-    parse_system("name", name)?;
+    SystemName::parse("name", name)?;
     p.check_organization(name)?;
     let m = find_system(&state.db, &p.organization, name).await?;
     Ok(GetSystemResponse { system: Some(system_proto(m, state.now())) })
@@ -96,7 +95,7 @@ pub(crate) async fn list(
 ) -> ApiResult<ListSystemsResponse> {
     let p = &caller::current(state, &call.principal, Need::Administrator).await?;
     let req = &req;
-    parse_org("parent", &req.parent)?;
+    OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
     let size = names::page_size(req.page_size)?;
     let digest = "systems";
@@ -124,7 +123,7 @@ pub(crate) async fn update(
 ) -> ApiResult<UpdateSystemResponse> {
     let AdministratorCall { principal: p, context: ctx } = call;
     let s = req.system.ok_or_else(|| ApiError::invalid("system", "is required"))?;
-    parse_system("system.name", &s.name)?;
+    SystemName::parse("system.name", &s.name)?;
     p.check_organization(&s.name)?;
     let p = caller::current_audited(state, &ctx, &p, &s.name, Need::Administrator).await?;
     let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -162,7 +161,7 @@ pub(crate) async fn delete(
     req: DeleteSystemRequest,
 ) -> ApiResult<DeleteSystemResponse> {
     let AdministratorCall { principal: p, context: ctx } = call;
-    parse_system("name", &req.name)?;
+    SystemName::parse("name", &req.name)?;
     p.check_organization(&req.name)?;
     let p = caller::current_audited(state, &ctx, &p, &req.name, Need::Administrator).await?;
     let txn = begin_write(&state.db).await?;

@@ -81,6 +81,11 @@ resource_name!(
     ["organizations", "commands"]
 );
 resource_name!(
+    /// `organizations/{organization}/commands/{command}/grants/{grant}`.
+    GrantName,
+    ["organizations", "commands", "grants"]
+);
+resource_name!(
     /// `organizations/{organization}/runs/{run}`.
     RunName,
     ["organizations", "runs"]
