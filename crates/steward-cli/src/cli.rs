@@ -366,6 +366,11 @@ pub enum CommandsCommand {
         /// The grant: `organizations/O/commands/C/grants/G` or `C/grants/G`.
         grant: String,
     },
+    /// Show one grant.
+    ShowGrant {
+        /// The grant: `organizations/O/commands/C/grants/G` or `C/grants/G`.
+        grant: String,
+    },
     /// List grants of a command, or of all commands.
     Grants {
         /// ID or resource name of the command (default: all).

@@ -449,6 +449,7 @@ fn cli_walkthrough(dev: Dev) {
     assert_eq!(grant["grantee"], runner_name.as_str());
     let grants = owner.json(&["commands", "grants", id(&command)]);
     assert_eq!(grants.as_array().unwrap().len(), 1);
+    assert_eq!(owner.json(&["commands", "show-grant", &name(&grant)]), grant);
 
     let visible = runner.json(&["commands", "list"]);
     let visible: Vec<String> = visible.as_array().unwrap().iter().map(name).collect();

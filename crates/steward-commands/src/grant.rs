@@ -5,9 +5,9 @@ use sea_orm::{
     QuerySelect,
 };
 use steward_proto::commands::v1::{
-    CreateGrantRequest, CreateGrantResponse, DeleteGrantRequest, DeleteGrantResponse, Grant,
-    ListGrantsRequest, ListGrantsResponse, RemoveAdministratorGrantsRequest,
-    RemoveAdministratorGrantsResponse,
+    CreateGrantRequest, CreateGrantResponse, DeleteGrantRequest, DeleteGrantResponse,
+    GetGrantRequest, GetGrantResponse, Grant, ListGrantsRequest, ListGrantsResponse,
+    RemoveAdministratorGrantsRequest, RemoveAdministratorGrantsResponse,
 };
 use steward_runtime::authn::{AdministratorCall, Need};
 use steward_runtime::claims::Role;
@@ -134,6 +134,23 @@ pub(crate) async fn delete(
     txn.commit().await?;
     tracing::info!(grant = %name, "grant revoked");
     Ok(DeleteGrantResponse {})
+}
+
+/// One grant of the caller's organization (GetGrant).
+pub(crate) async fn get(
+    state: &State,
+    call: AdministratorCall,
+    req: GetGrantRequest,
+) -> ApiResult<GetGrantResponse> {
+    let name = GrantName::parse("name", &req.name)?;
+    call.principal.check_organization(name.as_str())?;
+    let p = caller::current(state, &call.principal, Need::Administrator).await?;
+    let found = grant::Entity::find_by_id(name.to_string())
+        .filter(grant::Column::Organization.eq(&p.organization))
+        .one(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
+    Ok(GetGrantResponse { grant: Some(grant_proto(found)) })
 }
 
 pub(crate) async fn list(

@@ -68,6 +68,7 @@ pub const RULES: &[(&str, Access)] = &[
     ("/steward.commands.v1.CommandService/DeleteCommand", Access::Administrator),
     ("/steward.commands.v1.CommandService/CreateGrant", Access::Administrator),
     ("/steward.commands.v1.CommandService/DeleteGrant", Access::Administrator),
+    ("/steward.commands.v1.CommandService/GetGrant", Access::Administrator),
     ("/steward.commands.v1.CommandService/ListGrants", Access::Administrator),
     ("/steward.commands.v1.CommandService/CheckAccess", Access::AnyRole),
     ("/steward.commands.v1.CommandService/BatchCheckAccess", Access::AnyRole),

@@ -22,6 +22,13 @@ pub fn system_clock() -> Clock {
     Arc::new(Utc::now)
 }
 
+/// `clock` at the precision both databases store (microseconds): an answer built from the time
+/// a row was written then equals the row read back later (PostgreSQL would otherwise drop the
+/// nanoseconds the create answer showed).
+pub fn at_stored_precision(clock: Clock) -> Clock {
+    Arc::new(move || chrono::SubsecRound::trunc_subsecs(clock(), 6))
+}
+
 /// A channel to a peer service with the service credential attached.
 pub type InternalChannel = InterceptedService<Channel, ServiceCredential>;
 

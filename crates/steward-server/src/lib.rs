@@ -171,6 +171,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     validate(&config, kinds)?;
+    let clock = steward_runtime::service::at_stored_precision(clock);
     let peers = Peers::from_config(&config)?;
     let mut routes = RoutesBuilder::default();
     let mut databases = Vec::new();

@@ -17,10 +17,10 @@ use steward_proto::commands::v1::{
     CancelRunRequest, CheckAccessRequest, Command, ConnectKey, CreateCommandRequest,
     CreateConnectKeyRequest, CreateGrantRequest, DecisionReason, DeleteCommandRequest,
     DeleteConnectKeyRequest, DeleteGrantRequest, DeleteSystemRequest, GetCommandRequest,
-    GetRunRequest, GetSystemRequest, Grant, Interpreter, ListCommandsRequest, ListGrantsRequest,
-    ListRunsRequest, OpenStreamRequest, OpenStreamResponse, OutputChunk, OutputStream,
-    RegisterAgentRequest, RemoveAdministratorGrantsRequest, Run, RunCommandRequest, RunState,
-    UpdateCommandRequest, WatchRunRequest,
+    GetGrantRequest, GetRunRequest, GetSystemRequest, Grant, Interpreter, ListCommandsRequest,
+    ListGrantsRequest, ListRunsRequest, OpenStreamRequest, OpenStreamResponse, OutputChunk,
+    OutputStream, RegisterAgentRequest, RemoveAdministratorGrantsRequest, Run, RunCommandRequest,
+    RunState, UpdateCommandRequest, WatchRunRequest,
 };
 use steward_server::ServiceKind;
 use steward_storage::testing::Backend;
@@ -718,6 +718,37 @@ backend_test!(other_organizations_are_refused, |stack| async move {
         .await
         .unwrap();
     assert!(runs.into_inner().runs.is_empty());
+});
+
+backend_test!(get_grant_answers_administrators_of_its_organization_only, |stack| async move {
+    let a = stack.owner().await;
+    let b = stack.owner().await;
+    let runner = stack.member(&a, Role::CommandRunner, false).await;
+    let command = create_command(&a, "greet", &[]).await;
+    let created = grant(&a, &command.name, &runner.name).await;
+    let get = |client: &Steward, name: &str| {
+        let mut commands = client.commands();
+        let request = GetGrantRequest { name: name.to_string() };
+        async move { commands.get_grant(request).await.map(|r| r.into_inner().grant) }
+    };
+
+    assert_eq!(get(&a.client, &created.name).await.unwrap(), Some(created.clone()));
+    // Command Runners may not read grants, not even their own.
+    let runner_get = get(&runner.client, &created.name).await.unwrap_err();
+    assert_eq!(runner_get.code(), Code::PermissionDenied);
+    let foreign = get(&b.client, &created.name).await.unwrap_err();
+    assert_eq!(foreign.code(), Code::PermissionDenied);
+    assert_eq!(reason_of(&foreign), "WRONG_ORGANIZATION");
+    let unknown = get(&a.client, &format!("{}/grants/nope", command.name)).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let malformed = get(&a.client, &command.name).await.unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    a.client
+        .commands()
+        .delete_grant(DeleteGrantRequest { name: created.name.clone() })
+        .await
+        .unwrap();
+    assert_eq!(get(&a.client, &created.name).await.unwrap_err().code(), Code::NotFound);
 });
 
 backend_test!(runs_only_on_target_systems, |stack| async move {

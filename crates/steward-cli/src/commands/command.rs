@@ -6,9 +6,9 @@ use std::io::Read;
 use serde_json::{json, Value};
 use steward_proto::commands::v1::{
     watch_run_response, CancelRunRequest, Command, CreateCommandRequest, CreateGrantRequest,
-    DeleteCommandRequest, DeleteGrantRequest, GetCommandRequest, GetRunRequest, Grant, Interpreter,
-    ListCommandsRequest, ListGrantsRequest, ListRunsRequest, OutputStream, Run, RunCommandRequest,
-    RunState, UpdateCommandRequest, WatchRunRequest,
+    DeleteCommandRequest, DeleteGrantRequest, GetCommandRequest, GetGrantRequest, GetRunRequest,
+    Grant, Interpreter, ListCommandsRequest, ListGrantsRequest, ListRunsRequest, OutputStream, Run,
+    RunCommandRequest, RunState, UpdateCommandRequest, WatchRunRequest,
 };
 use tonic::Code;
 
@@ -236,6 +236,18 @@ pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
             })
             .await?;
             done(ctx.format, "revoked", &name)?;
+        }
+        CommandsCommand::ShowGrant { grant } => {
+            let request = GetGrantRequest { name: names::expand(&org, "commands", &grant) };
+            let grant = ctx
+                .call(move |s| {
+                    let request = request.clone();
+                    async move { s.commands().get_grant(request).await }
+                })
+                .await?
+                .grant
+                .ok_or(CliError::Protocol("GetGrant without a grant"))?;
+            output::object(ctx.format, &convert::grant(&grant))?;
         }
         CommandsCommand::Grants { command } => {
             let parent = names::expand(&org, "commands", command.as_deref().unwrap_or("-"));

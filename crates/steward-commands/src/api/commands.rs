@@ -6,10 +6,11 @@ use steward_proto::commands::v1::{
     BatchCheckAccessRequest, BatchCheckAccessResponse, CancelRunRequest, CancelRunResponse,
     CheckAccessRequest, CheckAccessResponse, CreateCommandRequest, CreateCommandResponse,
     CreateGrantRequest, CreateGrantResponse, DeleteCommandRequest, DeleteCommandResponse,
-    DeleteGrantRequest, DeleteGrantResponse, GetCommandRequest, GetCommandResponse, GetRunRequest,
-    GetRunResponse, ListCommandsRequest, ListCommandsResponse, ListGrantsRequest,
-    ListGrantsResponse, ListRunsRequest, ListRunsResponse, RunCommandRequest, RunCommandResponse,
-    UpdateCommandRequest, UpdateCommandResponse, WatchRunRequest,
+    DeleteGrantRequest, DeleteGrantResponse, GetCommandRequest, GetCommandResponse,
+    GetGrantRequest, GetGrantResponse, GetRunRequest, GetRunResponse, ListCommandsRequest,
+    ListCommandsResponse, ListGrantsRequest, ListGrantsResponse, ListRunsRequest, ListRunsResponse,
+    RunCommandRequest, RunCommandResponse, UpdateCommandRequest, UpdateCommandResponse,
+    WatchRunRequest,
 };
 use steward_runtime::{answer, authn};
 use tonic::{Request, Response, Status};
@@ -85,6 +86,14 @@ impl CommandService for Commands {
     ) -> Result<Response<DeleteGrantResponse>, Status> {
         let (call, req) = authn::administrator_call(r)?;
         answer(grant::delete(&self.state, call, req).await)
+    }
+
+    async fn get_grant(
+        &self,
+        r: Request<GetGrantRequest>,
+    ) -> Result<Response<GetGrantResponse>, Status> {
+        let (call, req) = authn::administrator_call(r)?;
+        answer(grant::get(&self.state, call, req).await)
     }
 
     async fn list_grants(
