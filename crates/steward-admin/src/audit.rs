@@ -4,9 +4,9 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseConnection, Set};
-use steward_runtime::authn::{self, Principal};
+use steward_runtime::authn::{Principal, RequestContext};
 use steward_runtime::names;
-use steward_runtime::{ApiError, ApiResult};
+use steward_runtime::{answer, ApiError, ApiResult};
 use tonic::{Code, Response, Status};
 
 use crate::entity::audit_event;
@@ -28,22 +28,21 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    /// An auditor for a call by `actor` recorded in the log of `organization_id`.
-    pub fn new<T>(request: &tonic::Request<T>, organization_id: &str, actor: &str) -> Self {
-        let ctx = authn::context(request);
+    /// An auditor for a call (`context`) by `actor` recorded in the log of `organization_id`.
+    pub fn new(context: &RequestContext, organization_id: &str, actor: &str) -> Self {
         Self {
             organization_id: organization_id.to_string(),
             actor: actor.to_string(),
-            action: ctx.method,
-            request_id: ctx.request_id,
-            client_address: ctx.client_address,
+            action: context.method.clone(),
+            request_id: context.request_id.clone(),
+            client_address: context.client_address.clone(),
         }
     }
 
     /// An auditor for a call by a signed-in administrator, recorded in its own organization.
-    pub fn for_principal<T>(request: &tonic::Request<T>, principal: &Principal) -> ApiResult<Self> {
+    pub fn for_principal(context: &RequestContext, principal: &Principal) -> ApiResult<Self> {
         let org_id = parse_org("organization", &principal.organization)?;
-        Ok(Self::new(request, &org_id, &principal.administrator))
+        Ok(Self::new(context, &org_id, &principal.administrator))
     }
 
     /// Uses the request's own `request_id` field when it has one.
@@ -112,20 +111,16 @@ impl Auditor {
     }
 }
 
-/// Turns a handler's result into the gRPC answer, recording refusals and failures first.
+/// Turns a domain function's result into the gRPC answer ([`steward_runtime::answer`]),
+/// recording a refusal or failure with `auditor` first.
 pub async fn finish<T>(
     state: &State,
     auditor: Option<&Auditor>,
     target: &str,
     result: ApiResult<T>,
 ) -> Result<Response<T>, Status> {
-    match result {
-        Ok(value) => Ok(Response::new(value)),
-        Err(err) => {
-            if let Some(auditor) = auditor {
-                auditor.refused(&state.db, target, &err, state.now()).await;
-            }
-            Err(err.into())
-        }
+    if let (Err(err), Some(auditor)) = (&result, auditor) {
+        auditor.refused(&state.db, target, err, state.now()).await;
     }
+    answer(result)
 }

@@ -216,14 +216,6 @@ pub fn expires_soon(exp_month: i32, exp_year: i32, now: DateTime<Utc>) -> bool {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods,
-    clippy::needless_pass_by_value
-)]
 mod tests {
     use super::*;
 

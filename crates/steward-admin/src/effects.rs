@@ -135,14 +135,6 @@ async fn deliver(peers: &Peers, message: OutboxMessage) -> Result<(), String> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods,
-    clippy::needless_pass_by_value
-)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,6 @@
 //! The list grammars of the proto comments: `field = value` terms joined by ` AND `, plus the
-//! administrators' `order_by`. Parsing is pure; the handlers turn the result into queries.
+//! administrators' `order_by`. Parsing is pure; [`crate::administrator`] and
+//! [`crate::audit_log`] turn the result into queries.
 
 use chrono::{DateTime, Utc};
 use steward_proto::admin::v1::{administrator, Role as ProtoRole};
@@ -193,14 +194,6 @@ pub fn audit_filter(filter: &str) -> ApiResult<Vec<AuditTerm>> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods,
-    clippy::needless_pass_by_value
-)]
 mod tests {
     use super::*;
 

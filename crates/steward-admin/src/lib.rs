@@ -1,6 +1,17 @@
 //! The admin service: organizations, administrators and their safeguards, the payment card and
 //! the audit log.
 //!
+//! # Layout
+//!
+//! [`api`] holds only the tonic services, one thin adapter per RPC (typed caller and message,
+//! the call's [`audit::Auditor`], one domain function, [`audit::finish`]). The domain lives in
+//! modules named after what they act on: [`administrator`] (AdminService, LookupAdministrator,
+//! ActivateAdministrator), [`organization`], [`billing`] (the payment card; [`card`] holds the
+//! card-number rules) and [`audit_log`] (ListAuditEvents, RecordAuditEvents). They share
+//! [`state`] (the organization lock, the caller re-check, conversions), [`safeguards`],
+//! [`effects`] (the outbox), [`audit`] (this service's own audit events), [`filter`] and
+//! [`email`].
+//!
 //! # Design decisions
 //!
 //! - **Safeguards.** Every create, update and delete of administrators runs in one transaction
@@ -46,14 +57,18 @@
 //!   last four, expiry, cardholder and who changed it. Billing access is re-checked against the
 //!   database on read and write, since a token's `billing` claim may be stale.
 
+pub mod administrator;
 pub mod api;
 pub mod audit;
+pub mod audit_log;
+pub mod billing;
 pub mod card;
 pub mod effects;
 pub mod email;
 pub mod entity;
 pub mod filter;
 pub mod migration;
+pub mod organization;
 pub mod safeguards;
 pub mod state;
 

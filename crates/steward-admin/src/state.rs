@@ -1,5 +1,6 @@
-//! State shared by the handlers, and the building blocks of every write: the organization lock,
-//! the caller re-check, the safeguards' snapshot, and the conversions to API messages.
+//! State shared by the services and the domain modules, and the building blocks of every write:
+//! the organization lock, the caller re-check, the safeguards' snapshot, and the conversions to
+//! API messages.
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use steward_runtime::{ApiError, ApiResult};
 use crate::entity::{administrator, organization};
 use crate::safeguards::Member;
 
-/// What every handler shares.
+/// What every service and domain function shares.
 pub struct State {
     /// The service's database.
     pub db: DatabaseConnection,

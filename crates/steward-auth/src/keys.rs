@@ -109,14 +109,6 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> ApiResult<()> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods,
-    clippy::needless_pass_by_value
-)]
 mod tests {
     use super::*;
 

@@ -209,14 +209,6 @@ pub fn ensure_dev_mfa_key(data_dir: &Path) -> ApiResult<SecretKeyConfig> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods,
-    clippy::needless_pass_by_value
-)]
 mod tests {
     use super::*;
 

@@ -76,7 +76,6 @@ pub fn expiry(text: &str) -> Result<(i32, i32)> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

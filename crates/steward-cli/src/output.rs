@@ -236,7 +236,6 @@ pub fn report_error(format: Format, err: &CliError) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use tonic_types::{ErrorDetails, StatusExt};

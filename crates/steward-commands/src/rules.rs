@@ -270,7 +270,6 @@ pub fn parse_command_order(order_by: &str) -> ApiResult<(&'static str, bool)> {
 pub use steward_runtime::wire::{from_timestamp, timestamp};
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

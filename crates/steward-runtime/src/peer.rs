@@ -112,14 +112,6 @@ fn parse_node(node: &str) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods,
-    clippy::needless_pass_by_value
-)]
 mod tests {
     use super::*;
 

@@ -98,20 +98,19 @@ async fn create_command(owner: &Owner, display: &str, targets: &[&str]) -> Comma
         .unwrap()
 }
 
+/// CreateGrant of `command` to `grantee` by `owner`.
+async fn try_grant(owner: &Owner, command: &str, grantee: &str) -> Result<Grant, Status> {
+    let request = CreateGrantRequest {
+        parent: command.to_string(),
+        grant: Some(Grant { grantee: grantee.to_string(), ..Default::default() }),
+        request_id: String::new(),
+    };
+    let response = owner.client.commands().create_grant(request).await?;
+    Ok(response.into_inner().grant.unwrap())
+}
+
 pub(crate) async fn grant(owner: &Owner, command: &str, grantee: &str) -> Grant {
-    owner
-        .client
-        .commands()
-        .create_grant(CreateGrantRequest {
-            parent: command.to_string(),
-            grant: Some(Grant { grantee: grantee.to_string(), ..Default::default() }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .grant
-        .unwrap()
+    try_grant(owner, command, grantee).await.unwrap()
 }
 
 async fn run(client: &Steward, command: &str, systems: &[&str]) -> Result<Run, Status> {
@@ -170,16 +169,7 @@ backend_test!(seed_scenario_grant_run_revoke_across_replicas, |stack| async move
     assert!(granted.name.starts_with(&format!("{}/grants/", disk.name)));
 
     // Granting the same command twice is ALREADY_EXISTS.
-    let again = owner
-        .client
-        .commands()
-        .create_grant(CreateGrantRequest {
-            parent: disk.name.clone(),
-            grant: Some(Grant { grantee: helpdesk.name.clone(), ..Default::default() }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let again = try_grant(&owner, &disk.name, &helpdesk.name).await.unwrap_err();
     assert_eq!(again.code(), Code::AlreadyExists);
 
     // The runner sees only the granted command.
@@ -674,42 +664,13 @@ backend_test!(other_organizations_are_refused, |stack| async move {
         .unwrap_err();
     assert_eq!(foreign_target.code(), Code::PermissionDenied);
     // Granting A's command to B's runner: A cannot even see B's administrator.
-    let foreign_grantee = a
-        .client
-        .commands()
-        .create_grant(CreateGrantRequest {
-            parent: command.name.clone(),
-            grant: Some(Grant { grantee: b_runner.name.clone(), ..Default::default() }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let foreign_grantee = try_grant(&a, &command.name, &b_runner.name).await.unwrap_err();
     assert_eq!(foreign_grantee.code(), Code::NotFound);
     // Granting to an Administrator is a failed precondition; to nobody, NOT_FOUND.
-    let to_admin = a
-        .client
-        .commands()
-        .create_grant(CreateGrantRequest {
-            parent: command.name.clone(),
-            grant: Some(Grant { grantee: a.admin.clone(), ..Default::default() }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let to_admin = try_grant(&a, &command.name, &a.admin).await.unwrap_err();
     assert_eq!(to_admin.code(), Code::FailedPrecondition);
-    let to_nobody = a
-        .client
-        .commands()
-        .create_grant(CreateGrantRequest {
-            parent: command.name.clone(),
-            grant: Some(Grant {
-                grantee: format!("{}/administrators/nobody", a.org),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let nobody = format!("{}/administrators/nobody", a.org);
+    let to_nobody = try_grant(&a, &command.name, &nobody).await.unwrap_err();
     assert_eq!(to_nobody.code(), Code::NotFound);
     // The run list of B does not contain A's run.
     let runs = bc
@@ -1797,19 +1758,6 @@ async fn watch_limits_and_access_end_streams(stack: Stack) {
     let _ = granted;
 }
 
-mod watch_limits_and_access {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        watch_limits_and_access_end_streams(watch_limited(Backend::Sqlite).await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        if !crate::harness::postgres_available() {
-            return;
-        }
-        watch_limits_and_access_end_streams(watch_limited(Backend::Postgres).await).await;
-    }
-}
+crate::backend_test!(watch_limits_and_access, start = |backend| watch_limited(backend), |stack| {
+    watch_limits_and_access_end_streams(stack)
+});

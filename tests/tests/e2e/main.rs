@@ -14,18 +14,26 @@ mod harness;
 
 /// Defines one test per backend: `name::sqlite` always runs; `name::postgres` runs when
 /// `STEWARD_TEST_POSTGRES_URL` is set and fails when `STEWARD_TEST_REQUIRE_POSTGRES=1` but it
-/// is not, so CI cannot silently skip PostgreSQL.
+/// is not, so CI cannot silently skip PostgreSQL. The stack is `Stack::start(backend)` unless
+/// `start = |backend| ...` says how to start it (over TLS, with other limits).
 #[macro_export]
 macro_rules! backend_test {
     ($name:ident, |$stack:ident| $body:expr) => {
+        $crate::backend_test!(
+            $name,
+            start = |backend| $crate::harness::Stack::start(backend),
+            |$stack| $body
+        );
+    };
+    ($name:ident, start = |$backend:ident| $start:expr, |$stack:ident| $body:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let $stack =
-                    $crate::harness::Stack::start(steward_storage::testing::Backend::Sqlite).await;
+                let $backend = steward_storage::testing::Backend::Sqlite;
+                let $stack = $start.await;
                 $body.await;
             }
 
@@ -34,9 +42,8 @@ macro_rules! backend_test {
                 if !$crate::harness::postgres_available() {
                     return;
                 }
-                let $stack =
-                    $crate::harness::Stack::start(steward_storage::testing::Backend::Postgres)
-                        .await;
+                let $backend = steward_storage::testing::Backend::Postgres;
+                let $stack = $start.await;
                 $body.await;
             }
         }

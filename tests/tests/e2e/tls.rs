@@ -24,158 +24,144 @@ use tonic::Code;
 use crate::agent::{connect_key, connected_system, wait_run, AgentProcess};
 use crate::harness::{Stack, Transport, PASSWORD};
 
-/// Runs `$body` with a stack over `$transport`, once per backend (PostgreSQL when available).
-macro_rules! secure_test {
-    ($name:ident, $transport:expr, |$stack:ident| $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
+crate::backend_test!(
+    seed_walkthrough_over_mutual_tls,
+    start = |backend| Stack::start_secure(backend, Transport::MutualTls),
+    |stack| async move {
+        let stack: Stack = stack;
+        let url = stack.url(ServiceKind::Commands);
+        assert!(url.starts_with("https://"), "{url}");
+        // Sign-in and invites cross services over internal RPCs, which now need the client
+        // certificate as well as the service credential.
+        let owner = stack.owner().await;
+        let runner = stack.member(&owner, Role::CommandRunner, false).await;
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let $stack = Stack::start_secure(Backend::Sqlite, $transport).await;
-                $body.await;
-            }
+        // The real agent, verifying the server against the dev CA.
+        let (_, key) = connect_key(&owner).await;
+        let state = tempfile::tempdir().unwrap();
+        let ca = stack.ca_file().unwrap();
+        let agent = AgentProcess::spawn(
+            &url,
+            Some(&key),
+            &state.path().join("agent"),
+            &["--ca-file", ca.to_str().unwrap()],
+        );
+        let system = connected_system(&owner, &agent).await;
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if !crate::harness::postgres_available() {
-                    return;
-                }
-                let $stack = Stack::start_secure(Backend::Postgres, $transport).await;
-                $body.await;
-            }
-        }
-    };
-}
+        let command = crate::agent::command(&owner, &system.name, "echo over-tls", 60).await;
+        crate::commands::grant(&owner, &command, &runner.name).await;
 
-secure_test!(seed_walkthrough_over_mutual_tls, Transport::MutualTls, |stack| async move {
-    let stack: Stack = stack;
-    let url = stack.url(ServiceKind::Commands);
-    assert!(url.starts_with("https://"), "{url}");
-    // Sign-in and invites cross services over internal RPCs, which now need the client
-    // certificate as well as the service credential.
-    let owner = stack.owner().await;
-    let runner = stack.member(&owner, Role::CommandRunner, false).await;
+        // The Command Runner sees and runs its command, and sees the output; nothing else.
+        let listed = runner
+            .client
+            .commands()
+            .list_commands(ListCommandsRequest { parent: owner.org.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .commands;
+        assert_eq!(listed.len(), 1);
+        let run = runner
+            .client
+            .commands()
+            .run_command(RunCommandRequest {
+                command: command.clone(),
+                systems: vec![],
+                request_id: uuid::Uuid::new_v4().to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .run
+            .unwrap();
+        let done =
+            wait_run(&owner, &agent, &run.name, |r| r.state == RunState::Succeeded as i32).await;
+        assert_eq!(String::from_utf8_lossy(&done.results[0].stdout), "over-tls\n");
+        let refused = runner
+            .client
+            .admin()
+            .create_administrator(CreateAdministratorRequest {
+                parent: owner.org.clone(),
+                administrator: Some(Administrator {
+                    email: "nobody@example.com".into(),
+                    role: Role::Administrator as i32,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
 
-    // The real agent, verifying the server against the dev CA.
-    let (_, key) = connect_key(&owner).await;
-    let state = tempfile::tempdir().unwrap();
-    let ca = stack.ca_file().unwrap();
-    let agent = AgentProcess::spawn(
-        &url,
-        Some(&key),
-        &state.path().join("agent"),
-        &["--ca-file", ca.to_str().unwrap()],
-    );
-    let system = connected_system(&owner, &agent).await;
-
-    let command = crate::agent::command(&owner, &system.name, "echo over-tls", 60).await;
-    crate::commands::grant(&owner, &command, &runner.name).await;
-
-    // The Command Runner sees and runs its command, and sees the output; nothing else.
-    let listed = runner
-        .client
-        .commands()
-        .list_commands(ListCommandsRequest { parent: owner.org.clone(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .commands;
-    assert_eq!(listed.len(), 1);
-    let run = runner
-        .client
-        .commands()
-        .run_command(RunCommandRequest {
-            command: command.clone(),
-            systems: vec![],
-            request_id: uuid::Uuid::new_v4().to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
-    let done = wait_run(&owner, &agent, &run.name, |r| r.state == RunState::Succeeded as i32).await;
-    assert_eq!(String::from_utf8_lossy(&done.results[0].stdout), "over-tls\n");
-    let refused = runner
-        .client
-        .admin()
-        .create_administrator(CreateAdministratorRequest {
-            parent: owner.org.clone(),
-            administrator: Some(Administrator {
-                email: "nobody@example.com".into(),
-                role: Role::Administrator as i32,
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied);
-
-    // Deletion and its safeguards hold over TLS too.
-    let own = owner
-        .client
-        .admin()
-        .batch_delete_administrators(BatchDeleteAdministratorsRequest {
-            parent: owner.org.clone(),
-            names: vec![owner.admin.clone()],
-            validate_only: false,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(own.code(), Code::FailedPrecondition);
-    owner
-        .client
-        .admin()
-        .batch_delete_administrators(BatchDeleteAdministratorsRequest {
-            parent: owner.org.clone(),
-            names: vec![runner.name.clone()],
-            validate_only: false,
-        })
-        .await
-        .unwrap();
-});
-
-secure_test!(internal_rpcs_need_a_client_certificate, Transport::MutualTls, |stack| async move {
-    let stack: Stack = stack;
-    let request = || RevokeSessionsRequest {
-        administrator: "organizations/o/administrators/a".into(),
-        ..Default::default()
-    };
-    // The right service credential over TLS, but no client certificate: refused.
-    let channel = stack.endpoint(&stack.url(ServiceKind::Auth)).connect().await.unwrap();
-    let credential = ServiceCredential::new(stack.service_token()).unwrap();
-    let mut anonymous =
-        AuthInternalServiceClient::new(InterceptedService::new(channel, credential.clone()));
-    let status = anonymous.revoke_sessions(request()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(status.message().contains("client certificate"), "{status:?}");
-    // Public RPCs need none.
-    stack.client().await.auth().get_jwks(GetJwksRequest {}).await.unwrap();
-    // With the certificate from the internal CA the same call passes authentication.
-    let tls = stack.config().server.tls.clone();
-    let identity = tonic::transport::Identity::from_pem(
-        std::fs::read(tls.cert_file.unwrap()).unwrap(),
-        std::fs::read(tls.key_file.unwrap()).unwrap(),
-    );
-    let endpoint = tonic::transport::Endpoint::from_shared(stack.url(ServiceKind::Auth))
-        .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(stack.ca_pem().unwrap()))
-                .identity(identity),
-        )
-        .unwrap();
-    let mut authenticated = AuthInternalServiceClient::new(InterceptedService::new(
-        endpoint.connect().await.unwrap(),
-        credential,
-    ));
-    if let Err(status) = authenticated.revoke_sessions(request()).await {
-        assert_ne!(status.code(), Code::Unauthenticated, "{status:?}");
+        // Deletion and its safeguards hold over TLS too.
+        let own = owner
+            .client
+            .admin()
+            .batch_delete_administrators(BatchDeleteAdministratorsRequest {
+                parent: owner.org.clone(),
+                names: vec![owner.admin.clone()],
+                validate_only: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(own.code(), Code::FailedPrecondition);
+        owner
+            .client
+            .admin()
+            .batch_delete_administrators(BatchDeleteAdministratorsRequest {
+                parent: owner.org.clone(),
+                names: vec![runner.name.clone()],
+                validate_only: false,
+            })
+            .await
+            .unwrap();
     }
-});
+);
+
+crate::backend_test!(
+    internal_rpcs_need_a_client_certificate,
+    start = |backend| Stack::start_secure(backend, Transport::MutualTls),
+    |stack| async move {
+        let stack: Stack = stack;
+        let request = || RevokeSessionsRequest {
+            administrator: "organizations/o/administrators/a".into(),
+            ..Default::default()
+        };
+        // The right service credential over TLS, but no client certificate: refused.
+        let channel = stack.endpoint(&stack.url(ServiceKind::Auth)).connect().await.unwrap();
+        let credential = ServiceCredential::new(stack.service_token()).unwrap();
+        let mut anonymous =
+            AuthInternalServiceClient::new(InterceptedService::new(channel, credential.clone()));
+        let status = anonymous.revoke_sessions(request()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains("client certificate"), "{status:?}");
+        // Public RPCs need none.
+        stack.client().await.auth().get_jwks(GetJwksRequest {}).await.unwrap();
+        // With the certificate from the internal CA the same call passes authentication.
+        let tls = stack.config().server.tls.clone();
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(tls.cert_file.unwrap()).unwrap(),
+            std::fs::read(tls.key_file.unwrap()).unwrap(),
+        );
+        let endpoint = tonic::transport::Endpoint::from_shared(stack.url(ServiceKind::Auth))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(
+                        stack.ca_pem().unwrap(),
+                    ))
+                    .identity(identity),
+            )
+            .unwrap();
+        let mut authenticated = AuthInternalServiceClient::new(InterceptedService::new(
+            endpoint.connect().await.unwrap(),
+            credential,
+        ));
+        if let Err(status) = authenticated.revoke_sessions(request()).await {
+            assert_ne!(status.code(), Code::Unauthenticated, "{status:?}");
+        }
+    }
+);
 
 /// A CA, and certificates it signs.
 struct TestCa {

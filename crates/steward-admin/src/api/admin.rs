@@ -1,29 +1,21 @@
-//! AdminService: the console's "Administrators" window and the caller's own profile.
+//! AdminService: the console's "Administrators" window and the caller's own profile, over
+//! [`crate::administrator`].
 
-use std::collections::HashSet;
-
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, IntoActiveModel, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set,
-};
 use steward_proto::admin::v1::admin_service_server::AdminService;
-use steward_proto::admin::v1::*;
-use steward_runtime::authn::{self, Principal};
-use steward_runtime::{names, ApiError, ApiResult};
+use steward_proto::admin::v1::{
+    BatchDeleteAdministratorsRequest, BatchDeleteAdministratorsResponse,
+    CreateAdministratorRequest, CreateAdministratorResponse, GetAdministratorRequest,
+    GetAdministratorResponse, GetProfileRequest, GetProfileResponse, ListAdministratorsRequest,
+    ListAdministratorsResponse, ResendInviteRequest, ResendInviteResponse,
+    ResetAdministratorMfaRequest, ResetAdministratorMfaResponse, UpdateAdministratorRequest,
+    UpdateAdministratorResponse, UpdateProfileRequest, UpdateProfileResponse,
+};
+use steward_runtime::authn;
 use tonic::{Request, Response, Status};
 
+use crate::administrator;
 use crate::audit::{finish, Auditor};
-use crate::effects::{enqueue, Effect};
-use crate::email::Email;
-use crate::entity::administrator;
-use crate::filter::{admin_filter, admin_order, AdminOrder, AdminTerm};
-use crate::safeguards::violations;
-use crate::state::*;
-use crate::IDEMPOTENCY;
-use steward_storage::idempotency::Key;
-
-/// Most names accepted by one BatchDeleteAdministrators call.
-pub const MAX_BATCH_DELETE: usize = 100;
+use crate::state::Shared;
 
 /// The AdminService implementation.
 #[derive(Clone)]
@@ -38,518 +30,17 @@ impl AdminApi {
     }
 }
 
-/// Field-mask paths UpdateAdministrator accepts.
-const UPDATABLE: &[&str] = &["role", "billing", "mfa_required", "whats_new"];
-
-/// Expands and checks an UpdateAdministrator mask.
-fn update_paths(mask: Option<&prost_types::FieldMask>) -> ApiResult<HashSet<&'static str>> {
-    let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
-    if paths.is_empty() {
-        return Err(ApiError::invalid("update_mask", "name at least one field to update"));
-    }
-    let mut selected = HashSet::new();
-    for path in paths {
-        if path == "*" {
-            selected.extend(UPDATABLE.iter().copied());
-        } else if let Some(known) = UPDATABLE.iter().find(|p| **p == path) {
-            selected.insert(*known);
-        } else {
-            return Err(ApiError::invalid(
-                "update_mask",
-                format!("`{path}` cannot be updated; allowed: role, billing, mfa_required, whats_new, *"),
-            ));
-        }
-    }
-    Ok(selected)
-}
-
-/// Billing access may only be handed out by an administrator who holds it: otherwise an
-/// Administrator without billing could grant it to itself (or to a new account it controls) and
-/// reach the payment card. Removing billing needs no such right (it takes access away, and the
-/// LAST_BILLING_ADMINISTRATOR safeguard still applies). Like changing the card, granting billing
-/// needs a recent sign-in, so a stolen access token cannot hand billing to an account its thief
-/// controls.
-fn may_grant_billing(
-    caller: &administrator::Model,
-    p: &Principal,
-    now: chrono::DateTime<chrono::Utc>,
-) -> ApiResult<()> {
-    if !caller.billing {
-        return Err(ApiError::denied(
-            "BILLING_REQUIRED",
-            "only administrators with billing access may grant billing access",
-        ));
-    }
-    p.require_recent_authentication(now, super::billing::RECENT_AUTHENTICATION_SECS)
-}
-
-/// ALREADY_EXISTS for a second administrator with the same email in one organization, whether
-/// found by the check or by the unique index under a concurrent create.
-fn duplicate_email() -> ApiError {
-    ApiError::AlreadyExists(
-        "an administrator with this email already exists in the organization".into(),
-    )
-}
-
-impl AdminApi {
-    async fn create(
-        &self,
-        p: &Principal,
-        audit: &Auditor,
-        req: CreateAdministratorRequest,
-    ) -> ApiResult<CreateAdministratorResponse> {
-        p.check_organization(&req.parent)?;
-        let org_id = parse_org("parent", &req.parent)?;
-        let input =
-            req.administrator.ok_or_else(|| ApiError::invalid("administrator", "is required"))?;
-        let email = Email::parse("administrator.email", &input.email)?;
-        let role = role_from_proto("administrator.role", input.role)?;
-        check_request_id(&req.request_id)?;
-        let now = self.state.now();
-
-        let txn = self.state.begin_write().await?;
-        lock_org(&txn, &org_id).await?;
-        let caller = caller_row(&txn, p, Need::Administrator).await?;
-        if input.billing {
-            may_grant_billing(&caller, p, now)?;
-        }
-        let key = Key::new("create_administrator", &req.parent, &req.request_id);
-        if let Some(previous) = IDEMPOTENCY.recall(&txn, key.as_ref()).await? {
-            let (_, admin_id) = parse_admin("request_id", &previous)?;
-            let existing = administrator(&txn, &org_id, &admin_id).await?;
-            return Ok(CreateAdministratorResponse {
-                administrator: Some(admin_to_proto(&existing)),
-            });
-        }
-        let duplicate = administrator::Entity::find()
-            .filter(administrator::Column::OrganizationId.eq(org_id.as_str()))
-            .filter(administrator::Column::EmailLower.eq(email.lower()))
-            .one(&txn)
-            .await?;
-        if duplicate.is_some() {
-            return Err(duplicate_email());
-        }
-        let id = names::new_id();
-        let name = admin_name(&org_id, &id);
-        let row = administrator::ActiveModel {
-            id: Set(id),
-            organization_id: Set(org_id.clone()),
-            email: Set(email.as_str().to_string()),
-            email_lower: Set(email.lower()),
-            role: Set(role.as_str().to_string()),
-            billing: Set(input.billing),
-            mfa_required: Set(input.mfa_required),
-            mfa_enrolled: Set(false),
-            whats_new: Set(input.whats_new),
-            state: Set(administrator::STATE_INVITED.to_string()),
-            invited_by: Set(p.administrator.clone()),
-            revision: Set(1),
-            created_at: Set(now),
-            updated_at: Set(now),
-            activated_at: Set(None),
-        }
-        .insert(&txn)
-        .await
-        .map_err(|e| if is_unique_violation(&e) { duplicate_email() } else { e.into() })?;
-        IDEMPOTENCY.record(&txn, key.as_ref(), &name, now).await?;
-        let org = organization(&txn, &org_id).await?;
-        enqueue(
-            &txn,
-            &Effect::IssueInvite {
-                administrator: name.clone(),
-                email: row.email.clone(),
-                organization_display_name: org.display_name,
-                inviter_email: caller.email,
-            },
-            now,
-        )
-        .await?;
-        audit.allowed(&txn, &name, &format!("created with role {}", role.as_str()), now).await?;
-        txn.commit().await?;
-        tracing::info!(administrator = %name, role = role.as_str(), "administrator created");
-        Ok(CreateAdministratorResponse { administrator: Some(admin_to_proto(&row)) })
-    }
-
-    async fn get(
-        &self,
-        p: &Principal,
-        req: GetAdministratorRequest,
-    ) -> ApiResult<GetAdministratorResponse> {
-        p.check_organization(&req.name)?;
-        let (org_id, admin_id) = parse_admin("name", &req.name)?;
-        caller_row(&self.state.db, p, Need::Administrator).await?;
-        let row = administrator(&self.state.db, &org_id, &admin_id).await?;
-        Ok(GetAdministratorResponse { administrator: Some(admin_to_proto(&row)) })
-    }
-
-    async fn list(
-        &self,
-        p: &Principal,
-        req: ListAdministratorsRequest,
-    ) -> ApiResult<ListAdministratorsResponse> {
-        p.check_organization(&req.parent)?;
-        let org_id = parse_org("parent", &req.parent)?;
-        caller_row(&self.state.db, p, Need::Administrator).await?;
-        let terms = admin_filter(&req.filter)?;
-        let (order, desc) = admin_order(&req.order_by)?;
-        let size = names::page_size(req.page_size)?;
-        let digest = query_digest(&[&req.parent, req.filter.trim(), req.order_by.trim()]);
-        let offset = names::decode_page_token(&req.page_token, &digest)?;
-
-        let mut condition = Condition::all().add(administrator::Column::OrganizationId.eq(org_id));
-        for term in terms {
-            condition = condition.add(match term {
-                AdminTerm::Role(role) => administrator::Column::Role.eq(role),
-                AdminTerm::State(state) => administrator::Column::State.eq(state),
-                AdminTerm::Billing(b) => administrator::Column::Billing.eq(b),
-                AdminTerm::MfaRequired(b) => administrator::Column::MfaRequired.eq(b),
-            });
-        }
-        let query = administrator::Entity::find().filter(condition);
-        let total = query.clone().count(&self.state.db).await?;
-        let key = match order {
-            AdminOrder::Email => administrator::Column::EmailLower,
-            AdminOrder::CreateTime => administrator::Column::CreatedAt,
-        };
-        let query = if desc {
-            query.order_by_desc(key).order_by_desc(administrator::Column::Id)
-        } else {
-            query.order_by_asc(key).order_by_asc(administrator::Column::Id)
-        };
-        let rows = query.offset(offset).limit(size).all(&self.state.db).await?;
-        let next = offset + rows.len() as u64;
-        Ok(ListAdministratorsResponse {
-            administrators: rows.iter().map(admin_to_proto).collect(),
-            next_page_token: if next < total {
-                names::encode_page_token(next, &digest)
-            } else {
-                String::new()
-            },
-            total_size: i32::try_from(total).unwrap_or(i32::MAX),
-        })
-    }
-
-    async fn update(
-        &self,
-        p: &Principal,
-        audit: &Auditor,
-        req: UpdateAdministratorRequest,
-    ) -> ApiResult<UpdateAdministratorResponse> {
-        let input =
-            req.administrator.ok_or_else(|| ApiError::invalid("administrator", "is required"))?;
-        p.check_organization(&input.name)?;
-        let (org_id, admin_id) = parse_admin("administrator.name", &input.name)?;
-        let paths = update_paths(req.update_mask.as_ref())?;
-        let new_role = if paths.contains("role") {
-            Some(role_from_proto("administrator.role", input.role)?)
-        } else {
-            None
-        };
-        let now = self.state.now();
-
-        let txn = self.state.begin_write().await?;
-        lock_org(&txn, &org_id).await?;
-        let caller = caller_row(&txn, p, Need::Administrator).await?;
-        let current = administrator(&txn, &org_id, &admin_id).await?;
-        if !input.etag.is_empty() && input.etag != admin_etag(&current) {
-            return Err(ApiError::Aborted(format!(
-                "{} was changed since it was read; get it again",
-                input.name
-            )));
-        }
-        let mut next = current.clone();
-        if let Some(role) = new_role {
-            next.role = role.as_str().to_string();
-        }
-        if paths.contains("billing") {
-            next.billing = input.billing;
-        }
-        if paths.contains("mfa_required") {
-            next.mfa_required = input.mfa_required;
-        }
-        if paths.contains("whats_new") {
-            next.whats_new = input.whats_new;
-        }
-        let role_changed = next.role != current.role;
-        let billing_changed = next.billing != current.billing;
-        if billing_changed && next.billing {
-            may_grant_billing(&caller, p, now)?;
-        }
-        let mut changed = Vec::new();
-        for (field, differs) in [
-            ("role", role_changed),
-            ("billing", billing_changed),
-            ("mfa_required", next.mfa_required != current.mfa_required),
-            ("whats_new", next.whats_new != current.whats_new),
-        ] {
-            if differs {
-                changed.push(field);
-            }
-        }
-        if changed.is_empty() {
-            return Ok(UpdateAdministratorResponse {
-                administrator: Some(admin_to_proto(&current)),
-            });
-        }
-        if role_changed || billing_changed {
-            let before = members(&txn, &org_id).await?;
-            let after: Vec<_> = before
-                .iter()
-                .map(|m| if m.name == input.name { member(&next) } else { m.clone() })
-                .collect();
-            let broken = violations(
-                &org_name(&org_id),
-                &admin_name(&caller.organization_id, &caller.id),
-                &before,
-                &after,
-                &[],
-            );
-            if !broken.is_empty() {
-                return Err(ApiError::FailedPrecondition(broken));
-            }
-        }
-        let mut active = current.into_active_model();
-        active.role = Set(next.role.clone());
-        active.billing = Set(next.billing);
-        active.mfa_required = Set(next.mfa_required);
-        active.whats_new = Set(next.whats_new);
-        active.revision = Set(next.revision + 1);
-        active.updated_at = Set(now);
-        let saved = active.update(&txn).await?;
-        if role_changed || billing_changed {
-            let reason = if role_changed { "role changed" } else { "billing access changed" };
-            enqueue(
-                &txn,
-                &Effect::RevokeSessions {
-                    administrator: input.name.clone(),
-                    reason: reason.into(),
-                },
-                now,
-            )
-            .await?;
-        }
-        if role_changed {
-            enqueue(&txn, &Effect::RemoveGrants { administrator: input.name.clone() }, now).await?;
-        }
-        let reason = format!("changed {}", changed.join(", "));
-        audit.allowed(&txn, &input.name, &reason, now).await?;
-        txn.commit().await?;
-        tracing::info!(administrator = %input.name, fields = %changed.join(","), "administrator updated");
-        Ok(UpdateAdministratorResponse { administrator: Some(admin_to_proto(&saved)) })
-    }
-
-    async fn batch_delete(
-        &self,
-        p: &Principal,
-        audit: &Auditor,
-        req: BatchDeleteAdministratorsRequest,
-    ) -> ApiResult<BatchDeleteAdministratorsResponse> {
-        p.check_organization(&req.parent)?;
-        let org_id = parse_org("parent", &req.parent)?;
-        if req.names.is_empty() || req.names.len() > MAX_BATCH_DELETE {
-            return Err(ApiError::invalid("names", "name 1 to 100 administrators"));
-        }
-        let mut wanted: Vec<String> = Vec::new();
-        let mut ids: Vec<String> = Vec::new();
-        for (i, name) in req.names.iter().enumerate() {
-            p.check_organization(name)?;
-            let (name_org, admin_id) = parse_admin(&format!("names[{i}]"), name)?;
-            if name_org != org_id {
-                return Err(ApiError::invalid(format!("names[{i}]"), "must belong to `parent`"));
-            }
-            if !wanted.contains(name) {
-                wanted.push(name.clone());
-                ids.push(admin_id);
-            }
-        }
-        let now = self.state.now();
-
-        let txn = self.state.begin_write().await?;
-        lock_org(&txn, &org_id).await?;
-        caller_row(&txn, p, Need::Administrator).await?;
-        let rows = administrator::Entity::find()
-            .filter(administrator::Column::OrganizationId.eq(org_id.as_str()))
-            .filter(administrator::Column::Id.is_in(ids.clone()))
-            .all(&txn)
-            .await?;
-        let mut ordered = Vec::with_capacity(ids.len());
-        for (id, name) in ids.iter().zip(&wanted) {
-            let row = rows
-                .iter()
-                .find(|r| &r.id == id)
-                .ok_or_else(|| ApiError::NotFound(name.clone()))?;
-            ordered.push(row.clone());
-        }
-        let before = members(&txn, &org_id).await?;
-        let after: Vec<_> = before.iter().filter(|m| !wanted.contains(&m.name)).cloned().collect();
-        let broken = violations(&org_name(&org_id), &p.administrator, &before, &after, &wanted);
-        if !broken.is_empty() {
-            return Err(ApiError::FailedPrecondition(broken));
-        }
-        let answer = BatchDeleteAdministratorsResponse {
-            administrators: ordered.iter().map(admin_to_proto).collect(),
-        };
-        if req.validate_only {
-            // Dropping the transaction rolls back the lock bump: nothing is written.
-            return Ok(answer);
-        }
-        administrator::Entity::delete_many()
-            .filter(administrator::Column::OrganizationId.eq(org_id.as_str()))
-            .filter(administrator::Column::Id.is_in(ids))
-            .exec(&txn)
-            .await?;
-        for name in &wanted {
-            enqueue(&txn, &Effect::DeleteCredentials { administrator: name.clone() }, now).await?;
-            enqueue(&txn, &Effect::RemoveGrants { administrator: name.clone() }, now).await?;
-            audit.allowed(&txn, name, "deleted", now).await?;
-        }
-        txn.commit().await?;
-        tracing::info!(organization = %req.parent, count = wanted.len(), "administrators deleted");
-        Ok(answer)
-    }
-
-    async fn resend(
-        &self,
-        p: &Principal,
-        audit: &Auditor,
-        req: ResendInviteRequest,
-    ) -> ApiResult<ResendInviteResponse> {
-        p.check_organization(&req.name)?;
-        let (org_id, admin_id) = parse_admin("name", &req.name)?;
-        let now = self.state.now();
-        let txn = self.state.begin_write().await?;
-        lock_org(&txn, &org_id).await?;
-        let caller = caller_row(&txn, p, Need::Administrator).await?;
-        let row = administrator(&txn, &org_id, &admin_id).await?;
-        if row.state != administrator::STATE_INVITED {
-            return Err(ApiError::precondition(
-                "ALREADY_ACTIVATED",
-                req.name.clone(),
-                "the administrator has already accepted its invite",
-            ));
-        }
-        let org = organization(&txn, &org_id).await?;
-        enqueue(
-            &txn,
-            &Effect::IssueInvite {
-                administrator: req.name.clone(),
-                email: row.email.clone(),
-                organization_display_name: org.display_name,
-                inviter_email: caller.email,
-            },
-            now,
-        )
-        .await?;
-        audit.allowed(&txn, &req.name, "invite sent again", now).await?;
-        txn.commit().await?;
-        tracing::info!(administrator = %req.name, "invite resent");
-        Ok(ResendInviteResponse {
-            administrator: Some(admin_to_proto(&row)),
-            invite_expire_time: Some(timestamp(now + self.state.invite_ttl)),
-        })
-    }
-
-    async fn reset_mfa(
-        &self,
-        p: &Principal,
-        audit: &Auditor,
-        req: ResetAdministratorMfaRequest,
-    ) -> ApiResult<ResetAdministratorMfaResponse> {
-        p.check_organization(&req.name)?;
-        let (org_id, admin_id) = parse_admin("name", &req.name)?;
-        let now = self.state.now();
-        // Removing someone's second factor opens their account to a password alone: it needs a
-        // recent sign-in, not just a (possibly stolen) access token.
-        p.require_recent_authentication(now, super::billing::RECENT_AUTHENTICATION_SECS)?;
-        let txn = self.state.begin_write().await?;
-        lock_org(&txn, &org_id).await?;
-        caller_row(&txn, p, Need::Administrator).await?;
-        let row = administrator(&txn, &org_id, &admin_id).await?;
-        let revision = row.revision;
-        let mut active = row.into_active_model();
-        active.mfa_enrolled = Set(false);
-        active.revision = Set(revision + 1);
-        active.updated_at = Set(now);
-        let saved = active.update(&txn).await?;
-        enqueue(&txn, &Effect::ResetMfa { administrator: req.name.clone() }, now).await?;
-        audit.allowed(&txn, &req.name, "mfa enrolment removed", now).await?;
-        txn.commit().await?;
-        tracing::info!(administrator = %req.name, "mfa reset");
-        Ok(ResetAdministratorMfaResponse { administrator: Some(admin_to_proto(&saved)) })
-    }
-
-    async fn profile(&self, p: &Principal) -> ApiResult<Profile> {
-        let row = caller_row(&self.state.db, p, Need::AnyRole).await?;
-        let org = organization(&self.state.db, &row.organization_id).await?;
-        Ok(Profile {
-            administrator: Some(admin_to_proto(&row)),
-            organization: Some(org_to_proto(&org)),
-        })
-    }
-
-    async fn update_profile(
-        &self,
-        p: &Principal,
-        audit: &Auditor,
-        req: UpdateProfileRequest,
-    ) -> ApiResult<UpdateProfileResponse> {
-        let paths = req.update_mask.as_ref().map(|m| m.paths.as_slice()).unwrap_or_default();
-        if paths.is_empty() {
-            return Err(ApiError::invalid("update_mask", "name the fields to update: whats_new"));
-        }
-        if let Some(other) = paths.iter().find(|p| p.as_str() != "whats_new") {
-            return Err(ApiError::invalid(
-                "update_mask",
-                format!("`{other}` cannot be changed here; only whats_new"),
-            ));
-        }
-        let (org_id, _) = parse_admin("caller", &p.administrator)?;
-        let now = self.state.now();
-        let txn = self.state.begin_write().await?;
-        lock_org(&txn, &org_id).await?;
-        let row = caller_row(&txn, p, Need::AnyRole).await?;
-        let saved = if row.whats_new == req.whats_new {
-            row
-        } else {
-            let revision = row.revision;
-            let mut active = row.into_active_model();
-            active.whats_new = Set(req.whats_new);
-            active.revision = Set(revision + 1);
-            active.updated_at = Set(now);
-            let saved = active.update(&txn).await?;
-            audit
-                .allowed(
-                    &txn,
-                    &p.administrator,
-                    &format!("whats_new set to {}", req.whats_new),
-                    now,
-                )
-                .await?;
-            saved
-        };
-        let org = organization(&txn, &org_id).await?;
-        txn.commit().await?;
-        Ok(UpdateProfileResponse {
-            profile: Some(Profile {
-                administrator: Some(admin_to_proto(&saved)),
-                organization: Some(org_to_proto(&org)),
-            }),
-        })
-    }
-}
-
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn create_administrator(
         &self,
         request: Request<CreateAdministratorRequest>,
     ) -> Result<Response<CreateAdministratorResponse>, Status> {
-        let p = authn::principal(&request)?.clone();
-        let audit = Auditor::for_principal(&request, &p)?;
-        let req = request.into_inner();
+        let (call, req) = authn::administrator_call(request)?;
+        let audit = Auditor::for_principal(&call.context, &call.principal)?;
         let audit = audit.with_request_id(&req.request_id);
         let target = req.parent.clone();
-        let result = self.create(&p, &audit, req).await;
+        let result = administrator::create(&self.state, &call.principal, &audit, req).await;
         finish(&self.state, Some(&audit), &target, result).await
     }
 
@@ -557,8 +48,8 @@ impl AdminService for AdminApi {
         &self,
         request: Request<GetAdministratorRequest>,
     ) -> Result<Response<GetAdministratorResponse>, Status> {
-        let p = authn::principal(&request)?.clone();
-        let result = self.get(&p, request.into_inner()).await;
+        let (call, req) = authn::administrator_call(request)?;
+        let result = administrator::get(&self.state, &call.principal, req).await;
         finish(&self.state, None, "", result).await
     }
 
@@ -566,8 +57,8 @@ impl AdminService for AdminApi {
         &self,
         request: Request<ListAdministratorsRequest>,
     ) -> Result<Response<ListAdministratorsResponse>, Status> {
-        let p = authn::principal(&request)?.clone();
-        let result = self.list(&p, request.into_inner()).await;
+        let (call, req) = authn::administrator_call(request)?;
+        let result = administrator::list(&self.state, &call.principal, req).await;
         finish(&self.state, None, "", result).await
     }
 
@@ -575,11 +66,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<UpdateAdministratorRequest>,
     ) -> Result<Response<UpdateAdministratorResponse>, Status> {
-        let p = authn::principal(&request)?.clone();
-        let audit = Auditor::for_principal(&request, &p)?;
-        let req = request.into_inner();
+        let (call, req) = authn::administrator_call(request)?;
+        let audit = Auditor::for_principal(&call.context, &call.principal)?;
         let target = req.administrator.as_ref().map(|a| a.name.clone()).unwrap_or_default();
-        let result = self.update(&p, &audit, req).await;
+        let result = administrator::update(&self.state, &call.principal, &audit, req).await;
         finish(&self.state, Some(&audit), &target, result).await
     }
 
@@ -587,13 +77,12 @@ impl AdminService for AdminApi {
         &self,
         request: Request<BatchDeleteAdministratorsRequest>,
     ) -> Result<Response<BatchDeleteAdministratorsResponse>, Status> {
-        let p = authn::principal(&request)?.clone();
-        let audit = Auditor::for_principal(&request, &p)?;
-        let req = request.into_inner();
+        let (call, req) = authn::administrator_call(request)?;
+        let audit = Auditor::for_principal(&call.context, &call.principal)?;
         // A validate_only preview changes nothing, so it is not an auditable mutation.
         let record = !req.validate_only;
         let target = req.parent.clone();
-        let result = self.batch_delete(&p, &audit, req).await;
+        let result = administrator::batch_delete(&self.state, &call.principal, &audit, req).await;
         finish(&self.state, record.then_some(&audit), &target, result).await
     }
 
@@ -601,11 +90,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<ResendInviteRequest>,
     ) -> Result<Response<ResendInviteResponse>, Status> {
-        let p = authn::principal(&request)?.clone();
-        let audit = Auditor::for_principal(&request, &p)?;
-        let req = request.into_inner();
+        let (call, req) = authn::administrator_call(request)?;
+        let audit = Auditor::for_principal(&call.context, &call.principal)?;
         let target = req.name.clone();
-        let result = self.resend(&p, &audit, req).await;
+        let result = administrator::resend_invite(&self.state, &call.principal, &audit, req).await;
         finish(&self.state, Some(&audit), &target, result).await
     }
 
@@ -613,11 +101,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<ResetAdministratorMfaRequest>,
     ) -> Result<Response<ResetAdministratorMfaResponse>, Status> {
-        let p = authn::principal(&request)?.clone();
-        let audit = Auditor::for_principal(&request, &p)?;
-        let req = request.into_inner();
+        let (call, req) = authn::administrator_call(request)?;
+        let audit = Auditor::for_principal(&call.context, &call.principal)?;
         let target = req.name.clone();
-        let result = self.reset_mfa(&p, &audit, req).await;
+        let result = administrator::reset_mfa(&self.state, &call.principal, &audit, req).await;
         finish(&self.state, Some(&audit), &target, result).await
     }
 
@@ -625,9 +112,8 @@ impl AdminService for AdminApi {
         &self,
         request: Request<GetProfileRequest>,
     ) -> Result<Response<GetProfileResponse>, Status> {
-        let p = authn::principal(&request)?.clone();
-        let result =
-            self.profile(&p).await.map(|profile| GetProfileResponse { profile: Some(profile) });
+        let (call, _) = authn::administrator_call(request)?;
+        let result = administrator::profile(&self.state, &call.principal).await;
         finish(&self.state, None, "", result).await
     }
 
@@ -635,44 +121,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<UpdateProfileRequest>,
     ) -> Result<Response<UpdateProfileResponse>, Status> {
-        let p = authn::principal(&request)?.clone();
-        let audit = Auditor::for_principal(&request, &p)?;
-        let target = p.administrator.clone();
-        let result = self.update_profile(&p, &audit, request.into_inner()).await;
+        let (call, req) = authn::administrator_call(request)?;
+        let audit = Auditor::for_principal(&call.context, &call.principal)?;
+        let target = call.principal.administrator.clone();
+        let result = administrator::update_profile(&self.state, &call.principal, &audit, req).await;
         finish(&self.state, Some(&audit), &target, result).await
-    }
-}
-
-#[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods,
-    clippy::needless_pass_by_value
-)]
-mod tests {
-    use super::*;
-    use steward_runtime::claims::Role;
-
-    #[test]
-    fn update_masks_are_checked() {
-        let mask = |paths: &[&str]| prost_types::FieldMask {
-            paths: paths.iter().map(|p| p.to_string()).collect(),
-        };
-        assert_eq!(update_paths(Some(&mask(&["role"]))).unwrap(), HashSet::from(["role"]));
-        assert_eq!(update_paths(Some(&mask(&["*"]))).unwrap().len(), 4);
-        assert!(update_paths(Some(&mask(&["email"]))).is_err());
-        assert!(update_paths(Some(&mask(&[]))).is_err());
-        assert!(update_paths(None).is_err());
-    }
-
-    #[test]
-    fn roles_are_required() {
-        assert_eq!(role_from_proto("r", 1).unwrap(), Role::Administrator);
-        assert_eq!(role_from_proto("r", 2).unwrap(), Role::CommandRunner);
-        assert!(role_from_proto("r", 0).is_err());
-        assert!(role_from_proto("r", 9).is_err());
     }
 }

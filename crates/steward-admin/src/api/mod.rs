@@ -1,4 +1,8 @@
-//! The gRPC services.
+//! The gRPC services: only the tonic trait impls, each method a thin adapter (take the typed
+//! caller and the message, build the call's [`crate::audit::Auditor`] when it is audited, call
+//! one domain function, answer through [`crate::audit::finish`]). The work is in the modules
+//! named after what it acts on: [`crate::administrator`], [`crate::organization`],
+//! [`crate::billing`] and [`crate::audit_log`].
 
 pub mod admin;
 pub mod audit;

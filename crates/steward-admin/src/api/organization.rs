@@ -1,26 +1,18 @@
-//! OrganizationService: the tenants. Created by the platform operator (service credential).
+//! OrganizationService: the tenants, over [`crate::organization`]. The domain functions take the
+//! caller as the layer established it: most methods are for the platform operator (service
+//! credential).
 
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
-};
 use steward_proto::admin::v1::organization_service_server::OrganizationService;
-use steward_proto::admin::v1::*;
-use steward_runtime::authn::{self, Caller};
-use steward_runtime::claims::Role;
-use steward_runtime::{names, ApiError, ApiResult};
+use steward_proto::admin::v1::{
+    CreateOrganizationRequest, CreateOrganizationResponse, GetOrganizationRequest,
+    GetOrganizationResponse, ListOrganizationsRequest, ListOrganizationsResponse,
+};
+use steward_runtime::authn;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{finish, Auditor, PLATFORM_ACTOR};
-use crate::effects::{enqueue, Effect};
-use crate::email::Email;
-use crate::entity::{administrator, organization};
-use crate::state::*;
-use crate::IDEMPOTENCY;
-use steward_storage::idempotency::Key;
-
-/// Longest organization display name.
-pub const MAX_DISPLAY_NAME: usize = 200;
+use crate::audit::finish;
+use crate::organization;
+use crate::state::Shared;
 
 /// The OrganizationService implementation.
 #[derive(Clone)]
@@ -33,179 +25,6 @@ impl OrganizationApi {
     pub fn new(state: Shared) -> Self {
         Self { state }
     }
-
-    /// The answer to a repeated CreateOrganization with the same request_id.
-    async fn replay(&self, key: Option<&Key>) -> ApiResult<Option<CreateOrganizationResponse>> {
-        let db = &self.state.db;
-        let Some(previous) = IDEMPOTENCY.recall(db, key).await? else {
-            return Ok(None);
-        };
-        let org_id = parse_org("request_id", &previous)?;
-        let org = organization(db, &org_id).await?;
-        let owner = administrator::Entity::find()
-            .filter(administrator::Column::OrganizationId.eq(org_id.as_str()))
-            .filter(administrator::Column::InvitedBy.eq(""))
-            .order_by_asc(administrator::Column::CreatedAt)
-            .one(db)
-            .await?;
-        Ok(Some(CreateOrganizationResponse {
-            organization: Some(org_to_proto(&org)),
-            owner: owner.as_ref().map(admin_to_proto),
-        }))
-    }
-
-    async fn create<T>(
-        &self,
-        request: &Request<T>,
-        req: CreateOrganizationRequest,
-    ) -> ApiResult<CreateOrganizationResponse> {
-        if authn::caller(request) != Caller::Service {
-            return Err(ApiError::denied(
-                "PLATFORM_OPERATOR_ONLY",
-                "only the platform operator may create organizations",
-            ));
-        }
-        let display_name = req.organization.map(|o| o.display_name).unwrap_or_default();
-        let length = display_name.chars().count();
-        if display_name.trim().is_empty() || length > MAX_DISPLAY_NAME {
-            return Err(ApiError::invalid(
-                "organization.display_name",
-                "must be 1 to 200 characters",
-            ));
-        }
-        let email = Email::parse("owner_email", &req.owner_email)?;
-        check_request_id(&req.request_id)?;
-        let key = Key::new("create_organization", "platform", &req.request_id);
-        if let Some(answer) = self.replay(key.as_ref()).await? {
-            return Ok(answer);
-        }
-        let now = self.state.now();
-        let org_id = names::new_id();
-        let owner_id = names::new_id();
-        let owner_name = admin_name(&org_id, &owner_id);
-
-        let txn = self.state.begin_write().await?;
-        if key.is_some() {
-            let claimed = IDEMPOTENCY.record(&txn, key.as_ref(), &org_name(&org_id), now).await;
-            match claimed {
-                Err(err) if is_unique_violation(&err) => {
-                    // A concurrent retry won the race; answer with its result.
-                    drop(txn);
-                    return self.replay(key.as_ref()).await?.ok_or_else(|| {
-                        ApiError::Aborted(
-                            "a concurrent request with this request_id failed; retry".into(),
-                        )
-                    });
-                }
-                other => {
-                    other?;
-                }
-            }
-        }
-        let org = organization::ActiveModel {
-            id: Set(org_id.clone()),
-            display_name: Set(display_name.clone()),
-            revision: Set(0),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
-        .insert(&txn)
-        .await?;
-        let owner = administrator::ActiveModel {
-            id: Set(owner_id),
-            organization_id: Set(org_id.clone()),
-            email: Set(email.as_str().to_string()),
-            email_lower: Set(email.lower()),
-            role: Set(Role::Administrator.as_str().to_string()),
-            billing: Set(true),
-            mfa_required: Set(false),
-            mfa_enrolled: Set(false),
-            whats_new: Set(false),
-            state: Set(administrator::STATE_INVITED.to_string()),
-            invited_by: Set(String::new()),
-            revision: Set(1),
-            created_at: Set(now),
-            updated_at: Set(now),
-            activated_at: Set(None),
-        }
-        .insert(&txn)
-        .await?;
-        enqueue(
-            &txn,
-            &Effect::IssueInvite {
-                administrator: owner_name.clone(),
-                email: owner.email.clone(),
-                organization_display_name: display_name,
-                inviter_email: String::new(),
-            },
-            now,
-        )
-        .await?;
-        let audit = Auditor::new(request, &org_id, PLATFORM_ACTOR).with_request_id(&req.request_id);
-        audit
-            .allowed(&txn, &org_name(&org_id), "organization created with its owner invited", now)
-            .await?;
-        txn.commit().await?;
-        tracing::info!(organization = %org_name(&org_id), owner = %owner_name, "organization created");
-        Ok(CreateOrganizationResponse {
-            organization: Some(org_to_proto(&org)),
-            owner: Some(admin_to_proto(&owner)),
-        })
-    }
-
-    async fn get<T>(
-        &self,
-        request: &Request<T>,
-        req: GetOrganizationRequest,
-    ) -> ApiResult<GetOrganizationResponse> {
-        match authn::caller(request) {
-            Caller::Service => {}
-            Caller::Administrator(p) => {
-                p.check_organization(&req.name)?;
-                caller_row(&self.state.db, &p, Need::AnyRole).await?;
-            }
-            Caller::Anonymous => {
-                return Err(ApiError::Unauthenticated("an access token is required".into()))
-            }
-        }
-        let org_id = parse_org("name", &req.name)?;
-        let org = organization(&self.state.db, &org_id).await?;
-        Ok(GetOrganizationResponse { organization: Some(org_to_proto(&org)) })
-    }
-
-    async fn list<T>(
-        &self,
-        request: &Request<T>,
-        req: ListOrganizationsRequest,
-    ) -> ApiResult<ListOrganizationsResponse> {
-        if authn::caller(request) != Caller::Service {
-            return Err(ApiError::denied(
-                "PLATFORM_OPERATOR_ONLY",
-                "only the platform operator may list organizations",
-            ));
-        }
-        let size = names::page_size(req.page_size)?;
-        let digest = query_digest(&["organizations"]);
-        let offset = names::decode_page_token(&req.page_token, &digest)?;
-        let db = &self.state.db;
-        let total = organization::Entity::find().count(db).await?;
-        let rows = organization::Entity::find()
-            .order_by_asc(organization::Column::CreatedAt)
-            .order_by_asc(organization::Column::Id)
-            .offset(offset)
-            .limit(size)
-            .all(db)
-            .await?;
-        let next = offset + rows.len() as u64;
-        Ok(ListOrganizationsResponse {
-            organizations: rows.iter().map(org_to_proto).collect(),
-            next_page_token: if next < total {
-                names::encode_page_token(next, &digest)
-            } else {
-                String::new()
-            },
-        })
-    }
 }
 
 #[tonic::async_trait]
@@ -214,8 +33,10 @@ impl OrganizationService for OrganizationApi {
         &self,
         request: Request<CreateOrganizationRequest>,
     ) -> Result<Response<CreateOrganizationResponse>, Status> {
-        let (meta, req) = split(request);
-        let result = self.create(&meta, req).await;
+        let caller = authn::caller(&request);
+        let context = authn::context(&request);
+        let result =
+            organization::create(&self.state, &caller, &context, request.into_inner()).await;
         finish(&self.state, None, "", result).await
     }
 
@@ -223,8 +44,8 @@ impl OrganizationService for OrganizationApi {
         &self,
         request: Request<GetOrganizationRequest>,
     ) -> Result<Response<GetOrganizationResponse>, Status> {
-        let (meta, req) = split(request);
-        let result = self.get(&meta, req).await;
+        let caller = authn::caller(&request);
+        let result = organization::get(&self.state, &caller, request.into_inner()).await;
         finish(&self.state, None, "", result).await
     }
 
@@ -232,14 +53,8 @@ impl OrganizationService for OrganizationApi {
         &self,
         request: Request<ListOrganizationsRequest>,
     ) -> Result<Response<ListOrganizationsResponse>, Status> {
-        let (meta, req) = split(request);
-        let result = self.list(&meta, req).await;
+        let caller = authn::caller(&request);
+        let result = organization::list(&self.state, &caller, request.into_inner()).await;
         finish(&self.state, None, "", result).await
     }
-}
-
-/// Separates the message from the request's extensions (caller, context), which stay readable.
-fn split<T>(request: Request<T>) -> (Request<()>, T) {
-    let (metadata, extensions, message) = request.into_parts();
-    (Request::from_parts(metadata, extensions, ()), message)
 }

@@ -268,7 +268,6 @@ pub async fn mfa(ctx: &mut Context, cmd: MfaCommand) -> Result<u8> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
