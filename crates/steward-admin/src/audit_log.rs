@@ -11,7 +11,8 @@ use steward_proto::audit::v1::{
     audit_event, AuditEvent, ListAuditEventsRequest, ListAuditEventsResponse,
 };
 use steward_runtime::authn::Principal;
-use steward_runtime::{names, ApiError, ApiResult};
+use steward_runtime::names::{self, AuditEventName};
+use steward_runtime::{ApiError, ApiResult};
 
 use crate::entity::{administrator, audit_event as stored};
 use crate::filter::{audit_filter, AuditTerm};
@@ -141,8 +142,8 @@ pub async fn record(
 
 fn to_row(i: usize, event: &AuditEvent) -> ApiResult<stored::Model> {
     let field = |f: &str| format!("events[{i}].{f}");
-    let ids = names::parse(&field("name"), &event.name, &["organizations", "auditEvents"])?;
-    let org_id = ids.first().map(|s| s.to_string()).unwrap_or_default();
+    let org_id =
+        AuditEventName::parse(&field("name"), &event.name)?.organization().id().to_string();
     if event.action.is_empty() {
         return Err(ApiError::invalid(field("action"), "is required"));
     }

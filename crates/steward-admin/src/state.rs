@@ -13,7 +13,7 @@ use steward_proto::admin::v1::{
 };
 use steward_runtime::authn::Principal;
 use steward_runtime::claims::Role;
-use steward_runtime::names;
+use steward_runtime::names::{AdministratorName, OrganizationName};
 use steward_runtime::service::Clock;
 use steward_runtime::{ApiError, ApiResult};
 
@@ -57,16 +57,13 @@ pub fn admin_name(org_id: &str, admin_id: &str) -> String {
 
 /// The organization id of `organizations/{o}`.
 pub fn parse_org(field: &str, name: &str) -> ApiResult<String> {
-    let ids = names::parse(field, name, &["organizations"])?;
-    ids.first().map(|s| s.to_string()).ok_or_else(|| ApiError::invalid(field, "is required"))
+    Ok(OrganizationName::parse(field, name)?.id().to_string())
 }
 
 /// The organization and administrator ids of `organizations/{o}/administrators/{a}`.
 pub fn parse_admin(field: &str, name: &str) -> ApiResult<(String, String)> {
-    match names::parse(field, name, &["organizations", "administrators"])?.as_slice() {
-        [org, admin] => Ok((org.to_string(), admin.to_string())),
-        _ => Err(ApiError::invalid(field, "must name an administrator")),
-    }
+    let name = AdministratorName::parse(field, name)?;
+    Ok((name.organization().id().to_string(), name.id().to_string()))
 }
 
 /// A short opaque checksum over `parts`.

@@ -45,6 +45,11 @@ macro_rules! resource_name {
                 OrganizationName(self.0.get(..end).unwrap_or_default().to_string())
             }
 
+            /// The resource's own id: the last segment of the name.
+            pub fn id(&self) -> &str {
+                self.0.rsplit('/').next().unwrap_or_default()
+            }
+
             /// The name as a string.
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -94,6 +99,11 @@ resource_name!(
     /// `organizations/{organization}/systems/{system}`.
     SystemName,
     ["organizations", "systems"]
+);
+resource_name!(
+    /// `organizations/{organization}/auditEvents/{event}`.
+    AuditEventName,
+    ["organizations", "auditEvents"]
 );
 resource_name!(
     /// `organizations/{organization}/connectKeys/{key}`.
@@ -228,6 +238,9 @@ mod tests {
         assert_eq!(run.to_string(), "organizations/o-1/runs/r-9");
         let org = super::OrganizationName::parse("parent", "organizations/o-1").unwrap();
         assert_eq!(org.organization(), org);
+        assert_eq!((run.id(), org.id(), run.organization().id()), ("r-9", "o-1", "o-1"));
+        let grant = super::GrantName::parse("name", "organizations/o/commands/c/grants/g").unwrap();
+        assert_eq!((grant.id(), grant.organization().as_str()), ("g", "organizations/o"));
         assert!(super::RunName::parse("name", "organizations/o-1/commands/c").is_err());
         assert!(super::SystemName::parse("system", "organizations//systems/s").is_err());
         let err = super::AdministratorName::parse("grant.grantee", "x").unwrap_err();
