@@ -99,7 +99,10 @@ pub const HEALTH_NAMES: &[&str] = &[
 /// Answers to CreateAdministrator (scoped by organization) and CreateOrganization (scoped
 /// `platform`) by `request_id`.
 pub const IDEMPOTENCY: steward_storage::idempotency::Idempotency =
-    steward_storage::idempotency::Idempotency::new("admin_idempotency_keys");
+    steward_storage::idempotency::Idempotency::with_legacy(
+        "admin_idempotency_keys",
+        migration::LEGACY_IDEMPOTENCY,
+    );
 
 /// The service's migrations, tracked in its own table so services can share a database.
 #[derive(Debug)]

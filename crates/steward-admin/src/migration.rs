@@ -5,7 +5,26 @@ use sea_orm_migration::prelude::*;
 
 use crate::effects::OUTBOX;
 
-/// Moves `admin_idempotency` (organization id, request id → resource) into
+/// `admin_idempotency`, read for one release after [`adopt_idempotency`]: keyed by (organization
+/// id or `-platform`, request id).
+pub const LEGACY_IDEMPOTENCY: steward_storage::idempotency::Legacy =
+    steward_storage::idempotency::Legacy {
+        table: "admin_idempotency",
+        answer: "resource",
+        lookup: |key| {
+            let organization = match key.operation() {
+                "create_organization" => "-platform",
+                "create_administrator" => key.scope().strip_prefix("organizations/")?,
+                _ => return None,
+            };
+            Some(vec![
+                ("organization_id", organization.to_string()),
+                ("request_id", key.request().to_string()),
+            ])
+        },
+    };
+
+/// Copies `admin_idempotency` (organization id, request id → resource) into
 /// [`IDEMPOTENCY`](crate::IDEMPOTENCY), keyed by operation and scope.
 pub fn adopt_idempotency() -> steward_storage::idempotency::Adopt {
     steward_storage::idempotency::Adopt {
@@ -15,7 +34,7 @@ pub fn adopt_idempotency() -> steward_storage::idempotency::Adopt {
         copy: "SELECT CASE WHEN organization_id = '-platform' \
                THEN 'create_organization|platform|' || request_id \
                ELSE 'create_administrator|organizations/' || organization_id || '|' || request_id \
-               END, resource, created_at FROM admin_idempotency",
+               END, resource, created_at FROM admin_idempotency WHERE true",
     }
 }
 

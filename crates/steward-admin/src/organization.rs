@@ -9,7 +9,7 @@ use steward_proto::admin::v1::*;
 use steward_runtime::authn::{Caller, RequestContext};
 use steward_runtime::claims::Role;
 use steward_runtime::{names, ApiError, ApiResult};
-use steward_storage::idempotency::Key;
+use steward_storage::idempotency::{Key, RecordError};
 
 use crate::audit::{Auditor, PLATFORM_ACTOR};
 use crate::effects::{enqueue, Effect};
@@ -75,7 +75,7 @@ pub async fn create(
     if key.is_some() {
         let claimed = IDEMPOTENCY.record(&txn, key.as_ref(), &org_name(&org_id), now).await;
         match claimed {
-            Err(err) if is_unique_violation(&err) => {
+            Err(RecordError::Conflict) => {
                 // A concurrent retry won the race; answer with its result.
                 drop(txn);
                 return replay(state, key.as_ref()).await?.ok_or_else(|| {

@@ -233,7 +233,4 @@ pub async fn administrator<C: ConnectionTrait>(
 
 pub use steward_runtime::names::check_request_id;
 
-/// Whether `err` is a unique-key violation.
-pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
-    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
-}
+pub use steward_storage::is_unique_violation;

@@ -101,7 +101,10 @@ const HASH_QUEUE: usize = 64;
 
 /// Answers to the internal calls by outbox `idempotency_key` (scope `internal`).
 pub const IDEMPOTENCY: steward_storage::idempotency::Idempotency =
-    steward_storage::idempotency::Idempotency::new("auth_idempotency_keys");
+    steward_storage::idempotency::Idempotency::with_legacy(
+        "auth_idempotency_keys",
+        migration::LEGACY_IDEMPOTENCY,
+    );
 
 /// The service's migrations, tracked in its own table so services can share a database.
 #[derive(Debug)]

@@ -229,7 +229,16 @@ impl MigrationTrait for CreateMailOutbox {
     }
 }
 
-/// Moves `auth_processed_keys` (`{rpc}:{idempotency_key}` → JSON answer) into
+/// `auth_processed_keys`, read for one release after [`adopt_idempotency`]: keyed
+/// `{rpc}:{idempotency_key}`.
+pub const LEGACY_IDEMPOTENCY: steward_storage::idempotency::Legacy =
+    steward_storage::idempotency::Legacy {
+        table: "auth_processed_keys",
+        answer: "response",
+        lookup: |key| Some(vec![("key", format!("{}:{}", key.operation(), key.request()))]),
+    };
+
+/// Copies `auth_processed_keys` (`{rpc}:{idempotency_key}` → JSON answer) into
 /// [`IDEMPOTENCY`](crate::IDEMPOTENCY), keyed `{rpc}|internal|{idempotency_key}`.
 pub fn adopt_idempotency() -> steward_storage::idempotency::Adopt {
     steward_storage::idempotency::Adopt {
@@ -241,6 +250,6 @@ pub fn adopt_idempotency() -> steward_storage::idempotency::Adopt {
                WHEN \"key\" LIKE 'revoke_sessions:%' THEN 'revoke_sessions|internal|' || substr(\"key\", 17) \
                WHEN \"key\" LIKE 'delete_credentials:%' \
                THEN 'delete_credentials|internal|' || substr(\"key\", 20) \
-               ELSE \"key\" END, response, created_at FROM auth_processed_keys",
+               ELSE \"key\" END, response, created_at FROM auth_processed_keys WHERE true",
     }
 }

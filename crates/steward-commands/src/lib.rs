@@ -106,7 +106,10 @@ pub const OUTBOX: Outbox = Outbox::new("commands_outbox");
 /// Answers to CreateCommand, CreateGrant, RunCommand and CreateConnectKey (scoped by caller)
 /// and to RemoveAdministratorGrants (scoped by administrator).
 pub const IDEMPOTENCY: steward_storage::idempotency::Idempotency =
-    steward_storage::idempotency::Idempotency::new("commands_idempotency_keys");
+    steward_storage::idempotency::Idempotency::with_legacy(
+        "commands_idempotency_keys",
+        schema::LEGACY_IDEMPOTENCY,
+    );
 
 /// The service's migrations, tracked in its own table so services can share a database.
 #[derive(Debug)]
@@ -155,10 +158,7 @@ pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTrans
     steward_storage::begin_write(db, IDEMPOTENCY.table()).await
 }
 
-/// Whether a database error is a unique-constraint violation.
-pub(crate) fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
-}
+pub(crate) use steward_storage::is_unique_violation;
 
 /// Registers the service's gRPC services on `routes` and spawns its background tasks.
 pub async fn start(

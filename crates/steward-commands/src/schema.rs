@@ -336,13 +336,21 @@ impl MigrationTrait for RunOutput {
     }
 }
 
-/// Moves `commands_idempotency` (whose keys already follow the `{operation}|{scope}|{request}`
+/// `commands_idempotency`, read for one release after [`adopt_idempotency`]: the same keys.
+pub const LEGACY_IDEMPOTENCY: steward_storage::idempotency::Legacy =
+    steward_storage::idempotency::Legacy {
+        table: "commands_idempotency",
+        answer: "resource",
+        lookup: |key| Some(vec![("key", key.as_str().to_string())]),
+    };
+
+/// Copies `commands_idempotency` (whose keys already follow the `{operation}|{scope}|{request}`
 /// scheme) into [`IDEMPOTENCY`](crate::IDEMPOTENCY).
 pub fn adopt_idempotency() -> steward_storage::idempotency::Adopt {
     steward_storage::idempotency::Adopt {
         name: "m20261130_000001_commands_idempotency_keys",
         into: crate::IDEMPOTENCY,
         from: "commands_idempotency",
-        copy: "SELECT \"key\", resource, create_time FROM commands_idempotency",
+        copy: "SELECT \"key\", resource, create_time FROM commands_idempotency WHERE true",
     }
 }

@@ -47,6 +47,10 @@ pub enum ApiError {
     /// Optimistic concurrency failure: the `etag` is stale.
     #[error("{0}")]
     Aborted(String),
+    /// A request with the same `request_id` is being served at the same time; retrying returns
+    /// its answer.
+    #[error("{0}")]
+    Concurrent(String),
     /// Authenticated, but not allowed. `reason` is a stable machine-readable code.
     #[error("{message}")]
     PermissionDenied {
@@ -125,7 +129,7 @@ impl ApiError {
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
-            Self::Aborted(_) => Code::Aborted,
+            Self::Aborted(_) | Self::Concurrent(_) => Code::Aborted,
             Self::PermissionDenied { .. } => Code::PermissionDenied,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::ResourceExhausted { .. } => Code::ResourceExhausted,
@@ -142,6 +146,7 @@ impl ApiError {
             Self::AlreadyExists(_) => "ALREADY_EXISTS",
             Self::FailedPrecondition(_) => "FAILED_PRECONDITION",
             Self::Aborted(_) => "ETAG_MISMATCH",
+            Self::Concurrent(_) => "CONCURRENT_REQUEST",
             Self::PermissionDenied { reason, .. } => reason,
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::ResourceExhausted { .. } => "THROTTLED",
@@ -186,6 +191,19 @@ impl From<ApiError> for Status {
             _ => {}
         }
         Status::with_error_details(err.code(), err.to_string(), details)
+    }
+}
+
+impl From<steward_storage::idempotency::RecordError> for ApiError {
+    fn from(err: steward_storage::idempotency::RecordError) -> Self {
+        match err {
+            steward_storage::idempotency::RecordError::Conflict => Self::Concurrent(
+                "a request with this request_id is being served concurrently; retry to get its \
+                 answer"
+                    .into(),
+            ),
+            steward_storage::idempotency::RecordError::Db(err) => err.into(),
+        }
     }
 }
 
@@ -260,5 +278,14 @@ mod tests {
             ApiError::ResourceExhausted { retry_after: Duration::from_secs(4) }.into();
         let retry = status.get_error_details().retry_info().cloned().unwrap();
         assert_eq!(retry.retry_delay, Some(Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn a_concurrent_duplicate_request_is_aborted_not_internal() {
+        let err: ApiError = steward_storage::idempotency::RecordError::Conflict.into();
+        let status: Status = err.into();
+        assert_eq!(status.code(), Code::Aborted);
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "CONCURRENT_REQUEST");
     }
 }

@@ -13,6 +13,11 @@
 //!   name or a JSON answer, as the operation chooses.
 //! - **Expiry**: rows older than [`RETENTION`] are removed by [`Idempotency::spawn_expiry`]; a
 //!   retry after that acts as a new request.
+//! - **Concurrency**: of two concurrent first requests with one key, one records its answer and
+//!   the other gets [`RecordError::Conflict`] (ABORTED to the client, whose retry replays).
+//! - **Upgrades** (expand, then contract): [`Adopt`] copies a service's earlier table into its
+//!   current one and keeps it; until a later release drops it, [`Idempotency::recall`] also finds
+//!   answers that pods of the previous version wrote there during a rolling deploy ([`Legacy`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,31 +37,87 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// The key of one request: `{operation}|{scope}|{request}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Key(String);
+pub struct Key {
+    text: String,
+    operation: usize,
+    scope: usize,
+}
 
 impl Key {
     /// The key of `operation` requested by `scope` with `request`, or `None` when the request
     /// carries no id (it is then not idempotent).
     pub fn new(operation: &str, scope: &str, request: &str) -> Option<Self> {
-        (!request.is_empty()).then(|| Self(format!("{operation}|{scope}|{request}")))
+        (!request.is_empty()).then(|| Self {
+            text: format!("{operation}|{scope}|{request}"),
+            operation: operation.len(),
+            scope: operation.len() + 1 + scope.len(),
+        })
     }
 
     /// The key as stored.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The operation part.
+    pub fn operation(&self) -> &str {
+        self.text.get(..self.operation).unwrap_or_default()
+    }
+
+    /// The scope part.
+    pub fn scope(&self) -> &str {
+        self.text.get(self.operation + 1..self.scope).unwrap_or_default()
+    }
+
+    /// The request part.
+    pub fn request(&self) -> &str {
+        self.text.get(self.scope + 1..).unwrap_or_default()
     }
 }
+
+/// Why an answer was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Another request with the same key recorded its answer first (a concurrent duplicate).
+    #[error("a request with this id is already being served")]
+    Conflict,
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+/// A service's earlier idempotency table, still read for one release after [`Adopt`] copied
+/// it: pods of the previous version keep writing there during a rolling deploy.
+#[derive(Clone, Copy, Debug)]
+pub struct Legacy {
+    /// The earlier table.
+    pub table: &'static str,
+    /// Its answer column.
+    pub answer: &'static str,
+    /// The earlier table's primary key for a current key (columns and values), or `None` when
+    /// the earlier version never served that operation.
+    pub lookup: fn(&Key) -> Option<LegacyKey>,
+}
+
+/// The primary key of a row of a [`Legacy`] table: column names and values.
+pub type LegacyKey = Vec<(&'static str, String)>;
 
 /// A service's idempotency table.
 #[derive(Clone, Copy, Debug)]
 pub struct Idempotency {
     table: &'static str,
+    legacy: Option<Legacy>,
 }
 
 impl Idempotency {
     /// The answers stored in `table` (e.g. `admin_idempotency_keys`).
     pub const fn new(table: &'static str) -> Self {
-        Self { table }
+        Self { table, legacy: None }
+    }
+
+    /// The same, also reading `legacy` on a miss (for the release after an [`Adopt`]).
+    pub const fn with_legacy(table: &'static str, legacy: Legacy) -> Self {
+        Self { table, legacy: Some(legacy) }
     }
 
     /// The table's name.
@@ -97,32 +158,48 @@ impl Idempotency {
     ) -> Result<Option<String>, DbErr> {
         let Some(key) = key else { return Ok(None) };
         let select = Query::select()
-            .column(Alias::new("answer"))
+            .expr_as(Expr::col(Alias::new("answer")), Alias::new("answer"))
             .from(self.t())
             .and_where(Expr::col(Alias::new("key")).eq(key.as_str()))
             .to_owned();
+        let row = conn.query_one(conn.get_database_backend().build(&select)).await?;
+        if let Some(row) = row {
+            return row.try_get::<String>("", "answer").map(Some);
+        }
+        let Some(legacy) = self.legacy else { return Ok(None) };
+        let Some(columns) = (legacy.lookup)(key) else { return Ok(None) };
+        let mut select = Query::select()
+            .expr_as(Expr::col(Alias::new(legacy.answer)), Alias::new("answer"))
+            .from(Alias::new(legacy.table))
+            .to_owned();
+        for (column, value) in columns {
+            select.and_where(Expr::col(Alias::new(column)).eq(value));
+        }
         let row = conn.query_one(conn.get_database_backend().build(&select)).await?;
         row.map(|row| row.try_get::<String>("", "answer")).transpose()
     }
 
     /// Records `answer` for `key` on `conn` (pass the transaction that makes the change); does
-    /// nothing for a request without an id. A second record of one key fails with a unique
-    /// violation, so two concurrent first requests cannot both act.
+    /// nothing for a request without an id. A second record of one key is
+    /// [`RecordError::Conflict`], so two concurrent first requests cannot both act.
     pub async fn record<C: ConnectionTrait>(
         &self,
         conn: &C,
         key: Option<&Key>,
         answer: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), DbErr> {
+    ) -> Result<(), RecordError> {
         let Some(key) = key else { return Ok(()) };
         let insert = Query::insert()
             .into_table(self.t())
             .columns(["key", "answer", "created_at"].map(Alias::new))
             .values_panic([key.as_str().into(), answer.into(), now.into()])
             .to_owned();
-        conn.execute(conn.get_database_backend().build(&insert)).await?;
-        Ok(())
+        match conn.execute(conn.get_database_backend().build(&insert)).await {
+            Ok(_) => Ok(()),
+            Err(err) if crate::is_unique_violation(&err) => Err(RecordError::Conflict),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Removes answers recorded before `now - RETENTION`; returns how many.
@@ -163,17 +240,20 @@ impl Idempotency {
 }
 
 /// The migration that moves a service's earlier idempotency records into its [`Idempotency`]
-/// table: creates the table and its index, copies every row `copy` selects (as `key`, `answer`,
-/// `created_at`, the keys rewritten to the current scheme), then drops the earlier table. The
-/// copy runs in the migration's transaction on PostgreSQL; a fresh database copies nothing.
+/// table (the "expand" step): creates the table and its index and copies every row `copy`
+/// selects (as `key`, `answer`, `created_at`, the keys rewritten to the current scheme). The
+/// earlier table stays for the previous version's pods during a rolling deploy (and a rollback);
+/// a later release drops it. Every step is idempotent, so a migration interrupted on SQLite
+/// (where it runs without a transaction) completes on the next start.
 pub struct Adopt {
     /// The migration's name (`mYYYYMMDD_HHMMSS_...`).
     pub name: &'static str,
     /// The table moved into.
     pub into: Idempotency,
-    /// The earlier table, dropped after the copy.
+    /// The earlier table (kept).
     pub from: &'static str,
-    /// `SELECT key, answer, created_at FROM {from}`, portable to SQLite and PostgreSQL.
+    /// `SELECT key, answer, created_at FROM {from} WHERE true`, portable to SQLite and PostgreSQL
+    /// (SQLite needs the `WHERE` before the `ON CONFLICT` this is followed by).
     pub copy: &'static str,
 }
 
@@ -190,11 +270,12 @@ impl sea_orm_migration::MigrationTrait for Adopt {
         manager.create_index(self.into.create_index()).await?;
         let db = manager.get_connection();
         db.execute_unprepared(&format!(
-            "INSERT INTO \"{}\" (\"key\", \"answer\", \"created_at\") {}",
+            "INSERT INTO \"{}\" (\"key\", \"answer\", \"created_at\") {} \
+             ON CONFLICT (\"key\") DO NOTHING",
             self.into.table, self.copy
         ))
         .await?;
-        manager.drop_table(Table::drop().table(Alias::new(self.from)).to_owned()).await
+        Ok(())
     }
 }
 
@@ -204,11 +285,12 @@ mod tests {
 
     #[test]
     fn keys_follow_the_scheme_and_need_a_request_id() {
-        let key = Key::new("create_grant", "organizations/o/administrators/a", "r-1");
-        assert_eq!(
-            key.as_ref().map(Key::as_str),
-            Some("create_grant|organizations/o/administrators/a|r-1")
-        );
+        let key = Key::new("create_grant", "organizations/o/administrators/a", "r|1");
+        let key = key.as_ref();
+        assert_eq!(key.map(Key::as_str), Some("create_grant|organizations/o/administrators/a|r|1"));
+        assert_eq!(key.map(Key::operation), Some("create_grant"));
+        assert_eq!(key.map(Key::scope), Some("organizations/o/administrators/a"));
+        assert_eq!(key.map(Key::request), Some("r|1"));
         assert_eq!(Key::new("create_grant", "scope", ""), None);
     }
 }

@@ -107,6 +107,11 @@ pub async fn begin_write(
     Ok(txn)
 }
 
+/// True when `err` is a unique-constraint violation (on either backend).
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
 /// `url` with any password replaced, for logs and errors.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {

@@ -151,7 +151,10 @@ on_both_backends!(idempotency_replays_the_first_answer_then_expires, |backend| a
     KEYS.record(&db, None, "ignored", t0).await.unwrap();
     assert_eq!(KEYS.recall(&db, None).await.unwrap(), None);
     // A second first answer for one key is refused, so concurrent first requests cannot both act.
-    assert!(KEYS.record(&db, key.as_ref(), "things/2", t0).await.is_err());
+    assert!(matches!(
+        KEYS.record(&db, key.as_ref(), "things/2", t0).await,
+        Err(steward_storage::idempotency::RecordError::Conflict)
+    ));
 
     // Kept for the whole retention, removed after it.
     assert_eq!(KEYS.expire(&db, t0 + RETENTION).await.unwrap(), 0);

@@ -1,5 +1,6 @@
 //! Upgrades keep what earlier schemas stored: a database migrated to an earlier version, holding
-//! rows in the shape of that version, is migrated to the current one and the rows still answer.
+//! rows in the shape of that version, is migrated to the current one and the rows still answer,
+//! including rows the previous version writes during a rolling deploy.
 
 use chrono::Utc;
 use sea_orm::sea_query::{Alias, Query};
@@ -127,15 +128,76 @@ async fn earlier_idempotency_records_survive_the_upgrade(backend: Backend) {
     )
     .await;
 
-    // The earlier tables are gone.
-    for (db, table) in [
-        (&admin, "admin_idempotency"),
-        (&auth, "auth_processed_keys"),
-        (&commands, "commands_idempotency"),
+    // The earlier tables stay for the previous version's pods during a rolling deploy: what they
+    // record there after the copy is still replayed by the current version.
+    insert(
+        &admin,
+        "admin_idempotency",
+        &["organization_id", "request_id", "resource"],
+        "created_at",
+        &[&["o1", "late", "organizations/o1/administrators/a2"]],
+    )
+    .await;
+    insert(
+        &auth,
+        "auth_processed_keys",
+        &["key", "response"],
+        "created_at",
+        &[&["revoke_sessions:late", "5"]],
+    )
+    .await;
+    insert(
+        &commands,
+        "commands_idempotency",
+        &["key", "organization", "resource"],
+        "create_time",
+        &[&[
+            "run_command|organizations/o1/administrators/a1|late",
+            "organizations/o1",
+            "organizations/o1/runs/r",
+        ]],
+    )
+    .await;
+    answers(
+        &admin,
+        steward_admin::IDEMPOTENCY,
+        &[(
+            key("create_administrator", "organizations/o1", "late"),
+            "organizations/o1/administrators/a2",
+        )],
+    )
+    .await;
+    answers(&auth, steward_auth::IDEMPOTENCY, &[(key("revoke_sessions", "internal", "late"), "5")])
+        .await;
+    answers(
+        &commands,
+        steward_commands::IDEMPOTENCY,
+        &[(
+            key("run_command", "organizations/o1/administrators/a1", "late"),
+            "organizations/o1/runs/r",
+        )],
+    )
+    .await;
+    // Unknown keys stay unknown on both tables.
+    let unknown = key("create_organization", "platform", "never");
+    assert_eq!(steward_admin::IDEMPOTENCY.recall(&admin, Some(&unknown)).await.unwrap(), None);
+
+    // The copy can run again (an interrupted migration on SQLite completes on the next start)
+    // without failing on the rows it copied before.
+    for (db, adopt) in [
+        (&admin, steward_admin::migration::adopt_idempotency()),
+        (&auth, steward_auth::migration::adopt_idempotency()),
+        (&commands, steward_commands::schema::adopt_idempotency()),
     ] {
-        let probe = format!("SELECT COUNT(*) FROM {table}");
-        assert!(db.execute_unprepared(&probe).await.is_err(), "{table} was dropped");
+        let manager = steward_storage::sea_orm_migration::SchemaManager::new(db);
+        steward_storage::sea_orm_migration::MigrationTrait::up(&adopt, &manager).await.unwrap();
     }
+    answers(
+        &admin,
+        steward_admin::IDEMPOTENCY,
+        &[(key("create_organization", "platform", "r2"), "organizations/o2")],
+    )
+    .await;
 }
 
 mod earlier_idempotency_records_survive_the_upgrade {
