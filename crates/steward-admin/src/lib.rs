@@ -69,6 +69,7 @@ pub mod entity;
 pub mod filter;
 pub mod migration;
 pub mod organization;
+pub mod role;
 pub mod safeguards;
 pub mod state;
 
@@ -78,6 +79,7 @@ use sea_orm_migration::prelude::*;
 use steward_proto::admin::v1::admin_internal_service_server::AdminInternalServiceServer;
 use steward_proto::admin::v1::admin_service_server::AdminServiceServer;
 use steward_proto::admin::v1::organization_service_server::OrganizationServiceServer;
+use steward_proto::admin::v1::role_service_server::RoleServiceServer;
 use steward_proto::audit::v1::audit_service_server::AuditServiceServer;
 use steward_proto::billing::v1::billing_service_server::BillingServiceServer;
 use steward_runtime::service::ServiceContext;
@@ -91,6 +93,7 @@ pub const SERVICE: &str = "admin";
 pub const HEALTH_NAMES: &[&str] = &[
     "steward.admin.v1.AdminService",
     "steward.admin.v1.OrganizationService",
+    "steward.admin.v1.RoleService",
     "steward.admin.v1.AdminInternalService",
     "steward.billing.v1.BillingService",
     "steward.audit.v1.AuditService",
@@ -136,6 +139,11 @@ pub async fn start(
     );
     routes.add_service(
         OrganizationServiceServer::new(api::organization::OrganizationApi::new(state.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    routes.add_service(
+        RoleServiceServer::new(api::role::RoleApi::new(state.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );

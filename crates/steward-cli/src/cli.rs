@@ -83,6 +83,9 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The permissions RPCs need.
+    #[command(subcommand)]
+    Permissions(PermissionsCommand),
 }
 
 /// `steward accept-invite`.
@@ -492,6 +495,13 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+}
+
+/// `steward permissions ...`.
+#[derive(Debug, Subcommand)]
+pub enum PermissionsCommand {
+    /// List every permission, what it allows and the RPCs that need it.
+    List,
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! secrets (card numbers, CVCs, passwords) are never part of these values.
 
 use serde_json::{json, Value};
-use steward_proto::admin::v1::{administrator, Administrator, Organization, Profile, Role};
+use steward_proto::admin::v1::{
+    administrator, Administrator, Organization, Permission, Profile, Role,
+};
 use steward_proto::audit::v1::{audit_event, AuditEvent};
 use steward_proto::billing::v1::{CardBrand, PaymentCard};
 use steward_proto::commands::v1::{
@@ -113,6 +115,15 @@ pub fn grant(g: &Grant) -> Value {
         "grantee": g.grantee,
         "grantor": g.grantor,
         "create_time": time(g.create_time.as_ref()),
+    })
+}
+
+/// A permission of the catalog.
+pub fn permission(p: &Permission) -> Value {
+    json!({
+        "name": p.name,
+        "description": p.description,
+        "methods": p.methods,
     })
 }
 

@@ -450,6 +450,8 @@ fn cli_walkthrough(dev: Dev) {
     let grants = owner.json(&["commands", "grants", id(&command)]);
     assert_eq!(grants.as_array().unwrap().len(), 1);
     assert_eq!(owner.json(&["commands", "show-grant", &name(&grant)]), grant);
+    let permissions = runner.json(&["permissions", "list"]);
+    assert!(permissions.as_array().unwrap().iter().any(|p| p["name"] == "commands.run"));
 
     let visible = runner.json(&["commands", "list"]);
     let visible: Vec<String> = visible.as_array().unwrap().iter().map(name).collect();

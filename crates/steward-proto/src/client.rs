@@ -10,6 +10,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::admin::v1::admin_service_client::AdminServiceClient;
 use crate::admin::v1::organization_service_client::OrganizationServiceClient;
+use crate::admin::v1::role_service_client::RoleServiceClient;
 use crate::audit::v1::audit_service_client::AuditServiceClient;
 use crate::auth::v1::auth_service_client::AuthServiceClient;
 use crate::billing::v1::billing_service_client::BillingServiceClient;
@@ -155,6 +156,11 @@ impl Steward {
     /// Organizations.
     pub fn organizations(&self) -> OrganizationServiceClient<AuthedChannel> {
         OrganizationServiceClient::new(self.authed())
+    }
+
+    /// RoleService (the permission catalog).
+    pub fn roles(&self) -> RoleServiceClient<AuthedChannel> {
+        RoleServiceClient::new(self.authed())
     }
 
     /// The payment card.

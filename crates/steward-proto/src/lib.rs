@@ -48,4 +48,50 @@ pub mod commands {
     }
 }
 
+/// `steward.authz.v1`: the authorization contract. Every RPC's rule (who may call it, which
+/// permission it needs) and the permission catalog, generated at build time from the
+/// `steward.authz.v1` options in the protos, so the enforced table cannot drift from them.
+pub mod authz {
+    /// Version 1: the option types.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/steward.authz.v1.rs"));
+    }
+
+    pub use v1::{Access, Permission};
+
+    /// The rule of one RPC.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct MethodRule {
+        /// `/package.Service/Method`.
+        pub path: &'static str,
+        /// Who may call it at all.
+        pub access: Access,
+        /// The permission it needs (`None` for public, internal and agent RPCs).
+        pub permission: Option<Permission>,
+    }
+
+    /// A permission of the catalog.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct CatalogEntry {
+        /// The permission.
+        pub permission: Permission,
+        /// Its stable name, `resource.verb`.
+        pub name: &'static str,
+        /// What it allows, for people.
+        pub description: &'static str,
+    }
+
+    include!(concat!(env!("OUT_DIR"), "/authz_table.rs"));
+
+    /// The rule of the RPC at `path` (`/package.Service/Method`), if it is one of Steward's.
+    pub fn rule(path: &str) -> Option<&'static MethodRule> {
+        RULES.iter().find(|r| r.path == path)
+    }
+
+    /// The RPCs that need `permission`.
+    pub fn methods(permission: Permission) -> impl Iterator<Item = &'static str> {
+        RULES.iter().filter(move |r| r.permission == Some(permission)).map(|r| r.path)
+    }
+}
+
 pub mod client;

@@ -37,16 +37,29 @@ fn every_rpc_has_an_access_rule() {
 #[test]
 fn every_rule_names_a_real_rpc() {
     let methods: BTreeSet<String> = all_methods().into_iter().collect();
-    for (key, _) in steward_runtime::roles::RULES {
-        if key.starts_with("/grpc.") {
-            continue;
-        }
-        let known = if key.ends_with('/') {
-            methods.iter().any(|m| m.starts_with(key))
-        } else {
-            methods.contains(*key)
-        };
-        assert!(known, "rule {key} matches no RPC of the descriptor set");
+    for rule in steward_proto::authz::RULES {
+        assert!(
+            methods.contains(rule.path),
+            "rule {} matches no RPC of the descriptor set",
+            rule.path
+        );
+    }
+    for (key, _) in steward_runtime::roles::INFRASTRUCTURE {
+        assert!(key.starts_with("/grpc.") && key.ends_with('/'), "{key}");
+    }
+}
+
+#[test]
+fn every_permission_is_needed_by_an_rpc_and_named_once() {
+    let mut names = BTreeSet::new();
+    for entry in steward_proto::authz::PERMISSIONS {
+        assert!(names.insert(entry.name), "{} is declared twice", entry.name);
+        assert!(!entry.description.is_empty(), "{} has no description", entry.name);
+        assert!(
+            steward_proto::authz::methods(entry.permission).next().is_some(),
+            "no RPC needs {}",
+            entry.name
+        );
     }
 }
 

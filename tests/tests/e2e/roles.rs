@@ -336,3 +336,31 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
         failures.join("\n")
     );
 });
+
+backend_test!(the_permission_catalog_is_served_from_the_contract, |stack| async move {
+    use steward_proto::admin::v1::ListPermissionsRequest;
+    let owner = stack.owner().await;
+    let runner = stack.member(&owner, Role::CommandRunner, false).await;
+    for client in [&owner.client, &runner.client] {
+        let served =
+            client.roles().list_permissions(ListPermissionsRequest {}).await.unwrap().into_inner();
+        let names: Vec<&str> = served.permissions.iter().map(|p| p.name.as_str()).collect();
+        let declared: Vec<&str> =
+            steward_proto::authz::PERMISSIONS.iter().map(|entry| entry.name).collect();
+        assert_eq!(names, declared);
+        let create = served.permissions.iter().find(|p| p.name == "administrators.create").unwrap();
+        assert_eq!(create.methods, ["/steward.admin.v1.AdminService/CreateAdministrator"]);
+        assert!(!create.description.is_empty());
+        // Every administrator-facing RPC needs exactly one permission of the catalog.
+        let needed: usize = served.permissions.iter().map(|p| p.methods.len()).sum();
+        let principal_rpcs =
+            steward_proto::authz::RULES.iter().filter(|rule| rule.permission.is_some()).count();
+        assert_eq!(needed, principal_rpcs);
+    }
+    let anonymous =
+        steward_proto::client::Steward::connect(&stack.url(steward_server::ServiceKind::Admin))
+            .await
+            .unwrap();
+    let refused = anonymous.roles().list_permissions(ListPermissionsRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+});

@@ -9,3 +9,4 @@ pub mod audit;
 pub mod billing;
 pub mod internal;
 pub mod organization;
+pub mod role;

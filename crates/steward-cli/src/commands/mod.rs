@@ -5,6 +5,7 @@ mod admins;
 mod auth;
 mod billing;
 mod command;
+mod roles;
 mod systems;
 
 use crate::cli::Command;
@@ -28,6 +29,7 @@ pub async fn dispatch(ctx: &mut Context, command: Command) -> Result<u8> {
         Command::ConnectKeys(cmd) => systems::connect_keys(ctx, cmd).await,
         Command::Billing(cmd) => billing::billing(ctx, cmd).await,
         Command::Audit(cmd) => billing::audit(ctx, cmd).await,
+        Command::Permissions(cmd) => roles::permissions(ctx, cmd).await,
     }
 }
 
