@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 
 use crate::claims::{AccessClaims, Role, TokenScope, ACCESS_TOKEN_TYPE};
 use crate::error::{ApiError, ApiResult};
-use crate::roles::{rule_for, Access};
+use crate::roles::{holds, rule, Access, BILLING_PERMISSIONS};
 use crate::service::Clock;
 
 /// Metadata key carrying the service credential on internal calls.
@@ -395,6 +395,23 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The refusal of a call whose caller lacks `permission`: `BILLING_REQUIRED` for billing (which
+/// only the billing flag grants), else `ROLE_REQUIRED`; the message names the permission.
+fn missing_permission(permission: crate::roles::Permission) -> ApiError {
+    let name = steward_proto::authz::PERMISSIONS
+        .iter()
+        .find(|entry| entry.permission == permission)
+        .map_or("an unlisted permission", |entry| entry.name);
+    if BILLING_PERMISSIONS.contains(&permission) {
+        ApiError::denied(
+            "BILLING_REQUIRED",
+            format!("only administrators with billing access may do this ({name})"),
+        )
+    } else {
+        ApiError::denied("ROLE_REQUIRED", format!("your role does not grant {name}"))
+    }
+}
+
 impl AuthState {
     /// Establishes the caller; a refusal carries the principal when the token was valid.
     async fn authenticate(
@@ -404,7 +421,7 @@ impl AuthState {
         client_certificate: bool,
     ) -> Result<Caller, (ApiError, Option<Principal>)> {
         let plain = |err: ApiError| (err, None);
-        let Some(access) = rule_for(path) else {
+        let Some((access, permission)) = rule(path) else {
             return Err(plain(ApiError::denied(
                 "NO_ACCESS_RULE",
                 format!("{path} has no access rule"),
@@ -453,15 +470,10 @@ impl AuthState {
                         "MFA_ENROLLMENT_REQUIRED",
                         "enrol MFA before using this RPC",
                     ))
-                } else if access == Access::Administrator && principal.role != Role::Administrator {
-                    Some(ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"))
-                } else if access == Access::Billing && !principal.billing {
-                    Some(ApiError::denied(
-                        "BILLING_REQUIRED",
-                        "only administrators with billing access may do this",
-                    ))
                 } else {
-                    None
+                    permission
+                        .filter(|p| !holds(principal.role, principal.billing, *p))
+                        .map(missing_permission)
                 };
                 match refusal {
                     Some(err) => Err((err, Some(principal))),

@@ -4,6 +4,10 @@
 //! for every service; handlers only narrow further (organization scoping, a Command Runner's own
 //! grants and runs). A path without a rule is refused.
 
+pub use steward_proto::authz::Permission;
+
+use crate::claims::Role;
+
 /// Who may call an RPC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -46,6 +50,82 @@ fn from_contract(access: steward_proto::authz::Access) -> Option<Access> {
     }
 }
 
+/// The permissions a built-in role holds. The billing flag is orthogonal to the role: billing
+/// permissions come from it (see [`holds`]), never from a role.
+///
+/// - **Administrator**: every permission but billing.
+/// - **Command Runner**: its own profile and organization, the catalog, and commands, checks
+///   and runs, which the command service narrows to the commands granted to it and its own
+///   runs.
+pub fn role_permissions(role: Role) -> &'static [Permission] {
+    use Permission as P;
+    const COMMAND_RUNNER: &[Permission] = &[
+        P::ProfileRead,
+        P::ProfileUpdate,
+        P::ProfileSecurity,
+        P::OrganizationsRead,
+        P::PermissionsRead,
+        P::CommandsRead,
+        P::CommandsRun,
+        P::AccessCheck,
+        P::RunsRead,
+        P::RunsCancel,
+    ];
+    const ADMINISTRATOR: &[Permission] = &[
+        P::AdministratorsCreate,
+        P::AdministratorsRead,
+        P::AdministratorsUpdate,
+        P::AdministratorsDelete,
+        P::AdministratorsInvite,
+        P::AdministratorsResetMfa,
+        P::ProfileRead,
+        P::ProfileUpdate,
+        P::ProfileSecurity,
+        P::OrganizationsRead,
+        P::AuditRead,
+        P::CommandsCreate,
+        P::CommandsRead,
+        P::CommandsUpdate,
+        P::CommandsDelete,
+        P::CommandsRun,
+        P::GrantsCreate,
+        P::GrantsRead,
+        P::GrantsDelete,
+        P::AccessCheck,
+        P::RunsRead,
+        P::RunsCancel,
+        P::ConnectKeysCreate,
+        P::ConnectKeysRead,
+        P::ConnectKeysDelete,
+        P::SystemsRead,
+        P::SystemsUpdate,
+        P::SystemsDelete,
+        P::PermissionsRead,
+    ];
+    match role {
+        Role::Administrator => ADMINISTRATOR,
+        Role::CommandRunner => COMMAND_RUNNER,
+    }
+}
+
+/// The permissions the billing flag adds to any role.
+pub const BILLING_PERMISSIONS: &[Permission] = &[Permission::BillingRead, Permission::BillingUpdate];
+
+/// Whether an administrator with `role` (and billing access when `billing`) holds `permission`.
+pub fn holds(role: Role, billing: bool, permission: Permission) -> bool {
+    role_permissions(role).contains(&permission)
+        || (billing && BILLING_PERMISSIONS.contains(&permission))
+}
+
+/// The rule of a gRPC path: who may call it and the permission it needs, or `None` when there
+/// is no rule (the call is then refused).
+pub fn rule(path: &str) -> Option<(Access, Option<Permission>)> {
+    if let Some(rule) = steward_proto::authz::rule(path) {
+        return from_contract(rule.access).map(|access| (access, rule.permission));
+    }
+    INFRASTRUCTURE.iter().find_map(|(key, access)| path.starts_with(key).then_some((*access, None)))
+}
+
 /// The rule for a gRPC path, or `None` when there is none (the call is then refused): the
 /// `steward.authz.v1.rule` option of a Steward RPC ([`steward_proto::authz::RULES`], generated
 /// from the protos), or an [`INFRASTRUCTURE`] rule.
@@ -59,6 +139,26 @@ pub fn rule_for(path: &str) -> Option<Access> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The permissions of the built-in roles give exactly what the access levels of the
+    /// contract say, for every RPC: the role table and the permissions cannot disagree.
+    #[test]
+    fn built_in_roles_hold_what_the_access_levels_grant() {
+        for rule in steward_proto::authz::RULES {
+            let Some(permission) = rule.permission else { continue };
+            for billing in [false, true] {
+                let admin = holds(Role::Administrator, billing, permission);
+                let runner = holds(Role::CommandRunner, billing, permission);
+                let (admin_expected, runner_expected) = match from_contract(rule.access) {
+                    Some(Access::Administrator) => (true, false),
+                    Some(Access::AnyRole | Access::Enrollment) => (true, true),
+                    Some(Access::Billing) => (billing, billing),
+                    other => panic!("{} needs {permission:?} but is {other:?}", rule.path),
+                };
+                assert_eq!((admin, runner), (admin_expected, runner_expected), "{}", rule.path);
+            }
+        }
+    }
 
     #[test]
     fn declared_and_infrastructure_rules_resolve() {
