@@ -86,6 +86,9 @@ pub enum Command {
     /// The permissions RPCs need.
     #[command(subcommand)]
     Permissions(PermissionsCommand),
+    /// The roles and the permissions they hold.
+    #[command(subcommand)]
+    Roles(RolesCommand),
 }
 
 /// `steward accept-invite`.
@@ -494,6 +497,18 @@ pub enum AuditCommand {
         /// At most this many events.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+    },
+}
+
+/// `steward roles ...`.
+#[derive(Debug, Subcommand)]
+pub enum RolesCommand {
+    /// List the built-in roles.
+    List,
+    /// Show one role and its permissions.
+    Get {
+        /// `administrator`, `command-runner`, or `roles/...`.
+        role: String,
     },
 }
 

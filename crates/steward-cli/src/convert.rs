@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 use steward_proto::admin::v1::{
-    administrator, Administrator, Organization, Permission, Profile, Role,
+    administrator, Administrator, Organization, Permission, Profile, Role, RoleDefinition,
 };
 use steward_proto::audit::v1::{audit_event, AuditEvent};
 use steward_proto::billing::v1::{CardBrand, PaymentCard};
@@ -115,6 +115,16 @@ pub fn grant(g: &Grant) -> Value {
         "grantee": g.grantee,
         "grantor": g.grantor,
         "create_time": time(g.create_time.as_ref()),
+    })
+}
+
+/// A role and the permissions it holds.
+pub fn role_definition(r: &RoleDefinition) -> Value {
+    json!({
+        "name": r.name,
+        "display_name": r.display_name,
+        "description": r.description,
+        "permissions": r.permissions,
     })
 }
 

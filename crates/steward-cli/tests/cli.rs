@@ -452,6 +452,8 @@ fn cli_walkthrough(dev: Dev) {
     assert_eq!(owner.json(&["commands", "show-grant", &name(&grant)]), grant);
     let permissions = runner.json(&["permissions", "list"]);
     assert!(permissions.as_array().unwrap().iter().any(|p| p["name"] == "commands.run"));
+    let role = runner.json(&["roles", "get", "command-runner"]);
+    assert!(role["permissions"].as_array().unwrap().iter().any(|p| p == "commands.run"));
 
     let visible = runner.json(&["commands", "list"]);
     let visible: Vec<String> = visible.as_array().unwrap().iter().map(name).collect();

@@ -91,6 +91,11 @@ resource_name!(
     ["organizations", "commands", "grants"]
 );
 resource_name!(
+    /// `organizations/{organization}/roles/{role}`: an organization's own (custom) role.
+    RoleName,
+    ["organizations", "roles"]
+);
+resource_name!(
     /// `organizations/{organization}/runs/{run}`.
     RunName,
     ["organizations", "runs"]

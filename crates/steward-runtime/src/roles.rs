@@ -108,8 +108,39 @@ pub fn role_permissions(role: Role) -> &'static [Permission] {
     }
 }
 
+/// A built-in role as the API shows it (`RoleService`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuiltIn {
+    /// The role.
+    pub role: Role,
+    /// `roles/{role}`.
+    pub name: &'static str,
+    /// For people.
+    pub display_name: &'static str,
+    /// What it is for.
+    pub description: &'static str,
+}
+
+/// The built-in roles, in the order the API lists them.
+pub const BUILT_IN: &[BuiltIn] = &[
+    BuiltIn {
+        role: Role::Administrator,
+        name: "roles/administrator",
+        display_name: "Administrator",
+        description: "Everything in the organization but billing: administrators, commands, \
+                      grants, systems, connect keys, runs and the audit log.",
+    },
+    BuiltIn {
+        role: Role::CommandRunner,
+        name: "roles/command-runner",
+        display_name: "Command Runner",
+        description: "Sees and runs only the commands granted to it, and only its own runs.",
+    },
+];
+
 /// The permissions the billing flag adds to any role.
-pub const BILLING_PERMISSIONS: &[Permission] = &[Permission::BillingRead, Permission::BillingUpdate];
+pub const BILLING_PERMISSIONS: &[Permission] =
+    &[Permission::BillingRead, Permission::BillingUpdate];
 
 /// Whether an administrator with `role` (and billing access when `billing`) holds `permission`.
 pub fn holds(role: Role, billing: bool, permission: Permission) -> bool {

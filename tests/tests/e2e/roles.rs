@@ -93,6 +93,7 @@ fn resource_for(method: &str, field: &str, org: &str) -> String {
         ("ConnectKey", "connectKeys/k1"),
         ("System", "systems/s1"),
         ("Run", "runs/r1"),
+        ("Role", "roles/r1"),
         ("Command", "commands/c1"),
         ("PaymentCard", "paymentCard"),
         ("Administrator", "administrators/a1"),
@@ -363,4 +364,51 @@ backend_test!(the_permission_catalog_is_served_from_the_contract, |stack| async 
             .unwrap();
     let refused = anonymous.roles().list_permissions(ListPermissionsRequest {}).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
+});
+
+backend_test!(built_in_roles_are_served_with_their_permissions, |stack| async move {
+    use steward_proto::admin::v1::{GetRoleRequest, ListRolesRequest};
+    let owner = stack.owner().await;
+    let runner = stack.member(&owner, Role::CommandRunner, false).await;
+    let roles = runner.client.roles().list_roles(ListRolesRequest {}).await.unwrap().into_inner();
+    let names: Vec<&str> = roles.roles.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["roles/administrator", "roles/command-runner"]);
+    let administrator = &roles.roles[0];
+    assert_eq!(administrator.role, Role::Administrator as i32);
+    assert!(administrator.permissions.iter().any(|p| p == "administrators.delete"));
+    assert!(!administrator.permissions.iter().any(|p| p.starts_with("billing.")));
+    let got = owner
+        .client
+        .roles()
+        .get_role(GetRoleRequest { name: "roles/command-runner".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .role
+        .unwrap();
+    assert_eq!(got, roles.roles[1]);
+    assert!(got.permissions.iter().any(|p| p == "commands.run"));
+    assert!(!got.permissions.iter().any(|p| p == "commands.create"));
+    // What a role lists is what the layer lets it do: a Command Runner lacks commands.create.
+    let refused = runner
+        .client
+        .commands()
+        .create_command(steward_proto::commands::v1::CreateCommandRequest {
+            parent: owner.org.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains("commands.create"), "{}", refused.message());
+    let unknown = owner
+        .client
+        .roles()
+        .get_role(GetRoleRequest { name: "roles/auditor".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let malformed =
+        owner.client.roles().get_role(GetRoleRequest { name: "auditor".into() }).await.unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument);
 });

@@ -1,7 +1,10 @@
-//! RoleService: the permission catalog, over [`crate::role`].
+//! RoleService: the permission catalog and the built-in roles, over [`crate::role`].
 
 use steward_proto::admin::v1::role_service_server::RoleService;
-use steward_proto::admin::v1::{ListPermissionsRequest, ListPermissionsResponse};
+use steward_proto::admin::v1::{
+    GetRoleRequest, GetRoleResponse, ListPermissionsRequest, ListPermissionsResponse,
+    ListRolesRequest, ListRolesResponse,
+};
 use steward_runtime::authn;
 use tonic::{Request, Response, Status};
 
@@ -30,6 +33,24 @@ impl RoleService for RoleApi {
     ) -> Result<Response<ListPermissionsResponse>, Status> {
         let (call, req) = authn::administrator_call(request)?;
         let result = role::list_permissions(&self.state, &call.principal, req).await;
+        finish(&self.state, None, "", result).await
+    }
+
+    async fn list_roles(
+        &self,
+        request: Request<ListRolesRequest>,
+    ) -> Result<Response<ListRolesResponse>, Status> {
+        let (call, req) = authn::administrator_call(request)?;
+        let result = role::list_roles(&self.state, &call.principal, req).await;
+        finish(&self.state, None, "", result).await
+    }
+
+    async fn get_role(
+        &self,
+        request: Request<GetRoleRequest>,
+    ) -> Result<Response<GetRoleResponse>, Status> {
+        let (call, req) = authn::administrator_call(request)?;
+        let result = role::get_role(&self.state, &call.principal, req).await;
         finish(&self.state, None, "", result).await
     }
 }

@@ -30,6 +30,7 @@ pub async fn dispatch(ctx: &mut Context, command: Command) -> Result<u8> {
         Command::Billing(cmd) => billing::billing(ctx, cmd).await,
         Command::Audit(cmd) => billing::audit(ctx, cmd).await,
         Command::Permissions(cmd) => roles::permissions(ctx, cmd).await,
+        Command::Roles(cmd) => roles::roles(ctx, cmd).await,
     }
 }
 
