@@ -40,7 +40,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_protos(&files, &[root, include])?;
     let descriptors = std::fs::read(out.join("steward_descriptor.bin"))?;
-    std::fs::write(out.join("authz_table.rs"), authz::table(&descriptors)?)?;
+    match authz::table(&descriptors) {
+        Ok(table) => std::fs::write(out.join("authz_table.rs"), table)?,
+        Err(problems) => {
+            // One line per problem, readable in cargo's output.
+            eprintln!("the authorization options of the protos are incomplete:\n{problems}");
+            std::process::exit(1);
+        }
+    }
     Ok(())
 }
 
@@ -58,6 +65,8 @@ mod authz {
 
     #[derive(Clone, PartialEq, Message)]
     struct File {
+        #[prost(string, tag = "1")]
+        name: String,
         #[prost(string, tag = "2")]
         package: String,
         #[prost(message, repeated, tag = "5")]
@@ -133,7 +142,8 @@ mod authz {
     /// `ACCESS_ADMINISTRATOR` → `Administrator` (prost's variant names).
     fn variant(value: &str, prefix: &str) -> String {
         value
-            .trim_start_matches(prefix)
+            .strip_prefix(prefix)
+            .unwrap_or(value)
             .split('_')
             .map(|w| {
                 let mut chars = w.chars();
@@ -150,7 +160,7 @@ mod authz {
         let authz = set
             .file
             .iter()
-            .find(|f| f.package == "steward.authz.v1")
+            .find(|f| f.name == "steward/authz/v1/authz.proto")
             .ok_or("steward/authz/v1/authz.proto is missing")?;
         let enum_values = |name: &str| -> Result<Vec<EnumValue>, String> {
             authz

@@ -42,6 +42,8 @@ try:
         administrator_pb2,
         organization_pb2,
         organization_pb2_grpc,
+        role_pb2,
+        role_pb2_grpc,
     )
     from .gen.steward.audit.v1 import audit_pb2, audit_pb2_grpc
     from .gen.steward.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -65,6 +67,7 @@ __all__ = [
     "admin_pb2",
     "administrator_pb2",
     "organization_pb2",
+    "role_pb2",
     "audit_pb2",
     "auth_pb2",
     "billing_pb2",
@@ -181,6 +184,7 @@ class Steward:
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.organizations = organization_pb2_grpc.OrganizationServiceStub(self.channel)
+        self.roles = role_pb2_grpc.RoleServiceStub(self.channel)
         self.billing = billing_pb2_grpc.BillingServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.commands = commands_pb2_grpc.CommandServiceStub(self.channel)

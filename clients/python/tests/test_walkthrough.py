@@ -16,6 +16,7 @@ from steward_client import (
     auth_pb2,
     commands_pb2,
     error_details,
+    role_pb2,
     systems_pb2,
 )
 
@@ -116,6 +117,11 @@ def test_administrators_walkthrough(server, owner):
         )
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
         assert detail(err, error_details_pb2.ErrorInfo).reason == "ROLE_REQUIRED"
+        assert "administrators.read" in err.details()
+        # Its role says what it holds; the refusal above names the permission it lacks.
+        role = helpdesk.roles.GetRole(role_pb2.GetRoleRequest(name="roles/command-runner")).role
+        assert "commands.run" in role.permissions
+        assert "administrators.read" not in role.permissions
 
     listed = admin.ListAdministrators(admin_pb2.ListAdministratorsRequest(parent=owner.organization))
     assert [a.email for a in listed.administrators] == ["helpdesk@example.com", "owner@example.com"]

@@ -38,6 +38,7 @@ import {
 
 import { AdminServiceDefinition } from "./gen/steward/admin/v1/admin";
 import { OrganizationServiceDefinition } from "./gen/steward/admin/v1/organization";
+import { RoleServiceDefinition } from "./gen/steward/admin/v1/role";
 import { AuditServiceDefinition } from "./gen/steward/audit/v1/audit";
 import { AuthServiceDefinition, SignInRequest, SignInResponse } from "./gen/steward/auth/v1/auth";
 import { BillingServiceDefinition } from "./gen/steward/billing/v1/billing";
@@ -63,6 +64,7 @@ export { Metadata, ServiceError, status } from "@grpc/grpc-js";
 export * as adminV1 from "./gen/steward/admin/v1/admin";
 export * as administratorV1 from "./gen/steward/admin/v1/administrator";
 export * as organizationV1 from "./gen/steward/admin/v1/organization";
+export * as roleV1 from "./gen/steward/admin/v1/role";
 export * as auditV1 from "./gen/steward/audit/v1/audit";
 export * as authV1 from "./gen/steward/auth/v1/auth";
 export * as billingV1 from "./gen/steward/billing/v1/billing";
@@ -161,6 +163,7 @@ export class Steward {
   readonly auth: ServiceClient<typeof AuthServiceDefinition>;
   readonly admin: ServiceClient<typeof AdminServiceDefinition>;
   readonly organizations: ServiceClient<typeof OrganizationServiceDefinition>;
+  readonly roles: ServiceClient<typeof RoleServiceDefinition>;
   readonly billing: ServiceClient<typeof BillingServiceDefinition>;
   readonly audit: ServiceClient<typeof AuditServiceDefinition>;
   readonly commands: ServiceClient<typeof CommandServiceDefinition>;
@@ -186,6 +189,7 @@ export class Steward {
     this.auth = this.service(AuthServiceDefinition);
     this.admin = this.service(AdminServiceDefinition);
     this.organizations = this.service(OrganizationServiceDefinition);
+    this.roles = this.service(RoleServiceDefinition);
     this.billing = this.service(BillingServiceDefinition);
     this.audit = this.service(AuditServiceDefinition);
     this.commands = this.service(CommandServiceDefinition);

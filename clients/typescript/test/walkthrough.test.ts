@@ -150,6 +150,11 @@ function walkthrough(mode: Mode) {
       err = await rpcError(helpdesk.admin.listAdministrators({ parent: org }));
       assert.equal(err.code, status.PERMISSION_DENIED);
       assert.equal(errorDetails(err).errorInfo?.reason, "ROLE_REQUIRED");
+      assert.match(err.details, /administrators\.read/);
+      // Its role says what it holds; the refusal above names the permission it lacks.
+      const role = (await helpdesk.roles.getRole({ name: "roles/command-runner" })).role!;
+      assert.ok(role.permissions.includes("commands.run"));
+      assert.ok(!role.permissions.includes("administrators.read"));
     } finally {
       helpdesk.close();
     }

@@ -83,7 +83,7 @@ fn definition(role: &roles::BuiltIn) -> RoleDefinition {
         description: role.description.to_string(),
         permissions: authz::PERMISSIONS
             .iter()
-            .filter(|entry| roles::role_permissions(role.role).contains(&entry.permission))
+            .filter(|entry| roles::grants(role.role, entry.permission))
             .map(|entry| entry.name.to_string())
             .collect(),
         role: role.role.to_proto(),

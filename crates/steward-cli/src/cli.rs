@@ -507,7 +507,8 @@ pub enum RolesCommand {
     List,
     /// Show one role and its permissions.
     Get {
-        /// `administrator`, `command-runner`, or `roles/...`.
+        /// `administrator`, `command-runner`, or a full name (`roles/...`,
+        /// `organizations/O/roles/R`).
         role: String,
     },
 }

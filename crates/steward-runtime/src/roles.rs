@@ -50,63 +50,36 @@ fn from_contract(access: steward_proto::authz::Access) -> Option<Access> {
     }
 }
 
-/// The permissions a built-in role holds. The billing flag is orthogonal to the role: billing
-/// permissions come from it (see [`holds`]), never from a role.
+/// Whether a built-in role holds `permission`. The billing flag is orthogonal to the role:
+/// billing permissions come from it (see [`holds`]), never from a role.
 ///
-/// - **Administrator**: every permission but billing.
-/// - **Command Runner**: its own profile and organization, the catalog, and commands, checks
-///   and runs, which the command service narrows to the commands granted to it and its own
-///   runs.
-pub fn role_permissions(role: Role) -> &'static [Permission] {
-    use Permission as P;
-    const COMMAND_RUNNER: &[Permission] = &[
-        P::ProfileRead,
-        P::ProfileUpdate,
-        P::ProfileSecurity,
-        P::OrganizationsRead,
-        P::PermissionsRead,
-        P::CommandsRead,
-        P::CommandsRun,
-        P::AccessCheck,
-        P::RunsRead,
-        P::RunsCancel,
-    ];
-    const ADMINISTRATOR: &[Permission] = &[
-        P::AdministratorsCreate,
-        P::AdministratorsRead,
-        P::AdministratorsUpdate,
-        P::AdministratorsDelete,
-        P::AdministratorsInvite,
-        P::AdministratorsResetMfa,
-        P::ProfileRead,
-        P::ProfileUpdate,
-        P::ProfileSecurity,
-        P::OrganizationsRead,
-        P::AuditRead,
-        P::CommandsCreate,
-        P::CommandsRead,
-        P::CommandsUpdate,
-        P::CommandsDelete,
-        P::CommandsRun,
-        P::GrantsCreate,
-        P::GrantsRead,
-        P::GrantsDelete,
-        P::AccessCheck,
-        P::RunsRead,
-        P::RunsCancel,
-        P::ConnectKeysCreate,
-        P::ConnectKeysRead,
-        P::ConnectKeysDelete,
-        P::SystemsRead,
-        P::SystemsUpdate,
-        P::SystemsDelete,
-        P::PermissionsRead,
-    ];
+/// - **Administrator**: every permission of the catalog but billing, so a permission added to
+///   the contract is an Administrator's without a change here.
+/// - **Command Runner**: [`COMMAND_RUNNER`].
+pub fn grants(role: Role, permission: Permission) -> bool {
     match role {
-        Role::Administrator => ADMINISTRATOR,
-        Role::CommandRunner => COMMAND_RUNNER,
+        Role::Administrator => {
+            permission != Permission::Unspecified && !BILLING_PERMISSIONS.contains(&permission)
+        }
+        Role::CommandRunner => COMMAND_RUNNER.contains(&permission),
     }
 }
+
+/// A Command Runner's permissions: its own profile and organization, the catalogs, and
+/// commands, access checks and runs, which the command service narrows to the commands granted
+/// to it and its own runs.
+pub const COMMAND_RUNNER: &[Permission] = &[
+    Permission::ProfileRead,
+    Permission::ProfileUpdate,
+    Permission::ProfileSecurity,
+    Permission::OrganizationsRead,
+    Permission::PermissionsRead,
+    Permission::CommandsRead,
+    Permission::CommandsRun,
+    Permission::AccessCheck,
+    Permission::RunsRead,
+    Permission::RunsCancel,
+];
 
 /// A built-in role as the API shows it (`RoleService`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,8 +117,7 @@ pub const BILLING_PERMISSIONS: &[Permission] =
 
 /// Whether an administrator with `role` (and billing access when `billing`) holds `permission`.
 pub fn holds(role: Role, billing: bool, permission: Permission) -> bool {
-    role_permissions(role).contains(&permission)
-        || (billing && BILLING_PERMISSIONS.contains(&permission))
+    grants(role, permission) || (billing && BILLING_PERMISSIONS.contains(&permission))
 }
 
 /// The rule of a gRPC path: who may call it and the permission it needs, or `None` when there

@@ -33,7 +33,7 @@ pub async fn roles(ctx: &mut Context, cmd: RolesCommand) -> Result<u8> {
             output::list(ctx.format, &items, ROLE_COLUMNS)?;
         }
         RolesCommand::Get { role } => {
-            let name = if role.starts_with("roles/") { role } else { format!("roles/{role}") };
+            let name = if role.contains('/') { role } else { format!("roles/{role}") };
             let request = GetRoleRequest { name };
             let role = ctx
                 .call(move |s| {
