@@ -41,12 +41,17 @@ fn update_paths(mask: Option<&prost_types::FieldMask>) -> ApiResult<HashSet<&'st
     for path in paths {
         if path == "*" {
             selected.extend(UPDATABLE.iter().copied());
+        } else if path == "role_name" {
+            selected.insert("role");
         } else if let Some(known) = UPDATABLE.iter().find(|p| **p == path) {
             selected.insert(*known);
         } else {
             return Err(ApiError::invalid(
                 "update_mask",
-                format!("`{path}` cannot be updated; allowed: role, billing, mfa_required, whats_new, *"),
+                format!(
+                    "`{path}` cannot be updated; allowed: role (or role_name), billing, \
+                     mfa_required, whats_new, *"
+                ),
             ));
         }
     }
@@ -94,7 +99,7 @@ pub async fn create(
     let input =
         req.administrator.ok_or_else(|| ApiError::invalid("administrator", "is required"))?;
     let email = Email::parse("administrator.email", &input.email)?;
-    let role = role_from_proto("administrator.role", input.role)?;
+    let role = requested_role(&input)?;
     check_request_id(&req.request_id)?;
     let now = state.now();
 
@@ -235,11 +240,7 @@ pub async fn update(
     p.check_organization(&input.name)?;
     let (org_id, admin_id) = parse_admin("administrator.name", &input.name)?;
     let paths = update_paths(req.update_mask.as_ref())?;
-    let new_role = if paths.contains("role") {
-        Some(role_from_proto("administrator.role", input.role)?)
-    } else {
-        None
-    };
+    let new_role = if paths.contains("role") { Some(requested_role(&input)?) } else { None };
     let now = state.now();
 
     let txn = state.begin_write().await?;

@@ -83,6 +83,43 @@ pub fn query_digest(parts: &[&str]) -> String {
 
 pub use steward_runtime::wire::{from_timestamp, timestamp};
 
+/// The role an administrator message asks for: its `role` or its `role_name` (a built-in role's
+/// name), which must agree when both are given.
+pub fn requested_role(input: &Administrator) -> ApiResult<Role> {
+    let by_value = (input.role != 0).then(|| role_from_proto("administrator.role", input.role));
+    let by_name = (!input.role_name.is_empty()).then(|| {
+        steward_runtime::roles::BUILT_IN
+            .iter()
+            .find(|r| r.name == input.role_name)
+            .map(|r| r.role)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "administrator.role_name",
+                    "must name a built-in role: roles/administrator or roles/command-runner",
+                )
+            })
+    });
+    match (by_value.transpose()?, by_name.transpose()?) {
+        (Some(value), Some(name)) if value != name => Err(ApiError::invalid(
+            "administrator.role_name",
+            "names another role than `role`; give one of them, or both alike",
+        )),
+        (Some(role), _) | (None, Some(role)) => Ok(role),
+        (None, None) => Err(ApiError::invalid(
+            "administrator.role",
+            "is required: ROLE_ADMINISTRATOR or ROLE_COMMAND_RUNNER (or role_name)",
+        )),
+    }
+}
+
+/// The name of a built-in role (`roles/...`).
+pub fn role_name(role: Role) -> String {
+    steward_runtime::roles::BUILT_IN
+        .iter()
+        .find(|r| r.role == role)
+        .map_or_else(String::new, |r| r.name.to_string())
+}
+
 /// The stored role of an API role; `field` names it in the error.
 pub fn role_from_proto(field: &str, role: i32) -> ApiResult<Role> {
     Role::from_proto(role).ok_or_else(|| {
@@ -103,7 +140,8 @@ pub fn admin_etag(model: &administrator::Model) -> String {
 
 /// The API form of an administrator row.
 pub fn admin_to_proto(model: &administrator::Model) -> Administrator {
-    let role = match stored_role(model) {
+    let stored = stored_role(model);
+    let role = match stored {
         Role::Administrator => ProtoRole::Administrator,
         Role::CommandRunner => ProtoRole::CommandRunner,
     };
@@ -116,6 +154,7 @@ pub fn admin_to_proto(model: &administrator::Model) -> Administrator {
         name: admin_name(&model.organization_id, &model.id),
         email: model.email.clone(),
         role: role.into(),
+        role_name: role_name(stored),
         billing: model.billing,
         mfa_required: model.mfa_required,
         mfa_enrolled: model.mfa_enrolled,

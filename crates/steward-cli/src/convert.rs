@@ -61,6 +61,7 @@ pub fn administrator(a: &Administrator) -> Value {
         "name": a.name,
         "email": a.email,
         "role": role(a.role),
+        "role_name": a.role_name,
         "billing": a.billing,
         "mfa_required": a.mfa_required,
         "mfa_enrolled": a.mfa_enrolled,

@@ -524,6 +524,66 @@ backend_test!(emails_are_validated_and_unique, |stack| async move {
     assert_eq!(list(&owner.client, &owner.org, "").await.len(), 2);
 });
 
+backend_test!(roles_are_also_named, |stack| async move {
+    let owner = stack.owner().await;
+    let by_name = |email: &str, role: Role, role_name: &str| {
+        let request = CreateAdministratorRequest {
+            parent: owner.org.clone(),
+            administrator: Some(Administrator {
+                email: email.into(),
+                role: role as i32,
+                role_name: role_name.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        };
+        let mut admin = owner.client.admin();
+        async move { admin.create_administrator(request).await.map(|r| r.into_inner()) }
+    };
+    // The name alone assigns the role; answers carry both forms.
+    let runner = by_name("named@example.com", Role::Unspecified, "roles/command-runner")
+        .await
+        .unwrap()
+        .administrator
+        .unwrap();
+    assert_eq!(
+        (runner.role, runner.role_name.as_str()),
+        (Role::CommandRunner as i32, "roles/command-runner")
+    );
+    let listed = get(&owner.client, &owner.admin).await.unwrap();
+    assert_eq!(listed.role_name, "roles/administrator");
+    // Both forms must agree; an unknown name is refused.
+    let clash = by_name("clash@example.com", Role::Administrator, "roles/command-runner")
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&clash), vec!["administrator.role_name"]);
+    let unknown =
+        by_name("unknown@example.com", Role::Unspecified, "roles/auditor").await.unwrap_err();
+    assert_eq!(bad_fields(&unknown), vec!["administrator.role_name"]);
+    // An update may name the role too, with the mask path role_name.
+    let promoted = owner
+        .client
+        .admin()
+        .update_administrator(UpdateAdministratorRequest {
+            administrator: Some(Administrator {
+                name: runner.name.clone(),
+                role_name: "roles/administrator".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["role_name".into()] }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .administrator
+        .unwrap();
+    assert_eq!(
+        (promoted.role, promoted.role_name.as_str()),
+        (Role::Administrator as i32, "roles/administrator")
+    );
+    assert_eq!(list(&owner.client, &owner.org, "").await.len(), 2);
+});
+
 backend_test!(command_runner_is_refused_admin_rpcs, |stack| async move {
     let owner = stack.owner().await;
     let runner = stack.member(&owner, Role::CommandRunner, false).await;
