@@ -12,6 +12,7 @@ use sea_orm::{
 };
 use steward_proto::admin::v1::*;
 use steward_runtime::authn::{Principal, RequestContext};
+use steward_runtime::roles::Permission;
 use steward_runtime::{names, ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
@@ -105,7 +106,7 @@ pub async fn create(
 
     let txn = state.begin_write().await?;
     lock_org(&txn, &org_id).await?;
-    let caller = caller_row(&txn, p, Need::Administrator).await?;
+    let caller = caller_row(&txn, p, Need::Permission(Permission::AdministratorsCreate)).await?;
     if input.billing {
         may_grant_billing(&caller, p, now)?;
     }
@@ -172,7 +173,7 @@ pub async fn get(
 ) -> ApiResult<GetAdministratorResponse> {
     p.check_organization(&req.name)?;
     let (org_id, admin_id) = parse_admin("name", &req.name)?;
-    caller_row(&state.db, p, Need::Administrator).await?;
+    caller_row(&state.db, p, Need::Permission(Permission::AdministratorsRead)).await?;
     let row = administrator(&state.db, &org_id, &admin_id).await?;
     Ok(GetAdministratorResponse { administrator: Some(admin_to_proto(&row)) })
 }
@@ -186,7 +187,7 @@ pub async fn list(
 ) -> ApiResult<ListAdministratorsResponse> {
     p.check_organization(&req.parent)?;
     let org_id = parse_org("parent", &req.parent)?;
-    caller_row(&state.db, p, Need::Administrator).await?;
+    caller_row(&state.db, p, Need::Permission(Permission::AdministratorsRead)).await?;
     let terms = admin_filter(&req.filter)?;
     let (order, desc) = admin_order(&req.order_by)?;
     let size = names::page_size(req.page_size)?;
@@ -245,7 +246,7 @@ pub async fn update(
 
     let txn = state.begin_write().await?;
     lock_org(&txn, &org_id).await?;
-    let caller = caller_row(&txn, p, Need::Administrator).await?;
+    let caller = caller_row(&txn, p, Need::Permission(Permission::AdministratorsUpdate)).await?;
     let current = administrator(&txn, &org_id, &admin_id).await?;
     if !input.etag.is_empty() && input.etag != admin_etag(&current) {
         return Err(ApiError::Aborted(format!(
@@ -359,7 +360,7 @@ pub async fn batch_delete(
 
     let txn = state.begin_write().await?;
     lock_org(&txn, &org_id).await?;
-    caller_row(&txn, p, Need::Administrator).await?;
+    caller_row(&txn, p, Need::Permission(Permission::AdministratorsDelete)).await?;
     let rows = administrator::Entity::find()
         .filter(administrator::Column::OrganizationId.eq(org_id.as_str()))
         .filter(administrator::Column::Id.is_in(ids.clone()))
@@ -411,7 +412,7 @@ pub async fn resend_invite(
     let now = state.now();
     let txn = state.begin_write().await?;
     lock_org(&txn, &org_id).await?;
-    let caller = caller_row(&txn, p, Need::Administrator).await?;
+    let caller = caller_row(&txn, p, Need::Permission(Permission::AdministratorsInvite)).await?;
     let row = administrator(&txn, &org_id, &admin_id).await?;
     if row.state != administrator::STATE_INVITED {
         return Err(ApiError::precondition(
@@ -456,7 +457,7 @@ pub async fn reset_mfa(
     p.require_recent_authentication(now, super::billing::RECENT_AUTHENTICATION_SECS)?;
     let txn = state.begin_write().await?;
     lock_org(&txn, &org_id).await?;
-    caller_row(&txn, p, Need::Administrator).await?;
+    caller_row(&txn, p, Need::Permission(Permission::AdministratorsResetMfa)).await?;
     let row = administrator(&txn, &org_id, &admin_id).await?;
     let revision = row.revision;
     let mut active = row.into_active_model();

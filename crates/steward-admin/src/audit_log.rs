@@ -12,6 +12,7 @@ use steward_proto::audit::v1::{
 };
 use steward_runtime::authn::Principal;
 use steward_runtime::names::{self, AuditEventName};
+use steward_runtime::roles::Permission;
 use steward_runtime::{ApiError, ApiResult};
 
 use crate::entity::{administrator, audit_event as stored};
@@ -33,7 +34,7 @@ pub async fn list(
 ) -> ApiResult<ListAuditEventsResponse> {
     p.check_organization(&req.parent)?;
     let org_id = parse_org("parent", &req.parent)?;
-    caller_row(&state.db, p, Need::Administrator).await?;
+    caller_row(&state.db, p, Need::Permission(Permission::AuditRead)).await?;
     let terms = audit_filter(&req.filter)?;
     let size = names::page_size(req.page_size)?;
     let digest = query_digest(&[&req.parent, req.filter.trim()]);

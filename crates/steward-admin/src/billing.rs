@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set};
 use steward_proto::billing::v1::*;
 use steward_runtime::authn::Principal;
+use steward_runtime::roles::Permission;
 use steward_runtime::{ApiError, ApiResult};
 
 use crate::audit::Auditor;
@@ -59,7 +60,7 @@ pub async fn get(
 ) -> ApiResult<GetPaymentCardResponse> {
     p.check_organization(&req.name)?;
     let org_id = parse_card_name("name", &req.name)?;
-    caller_row(&state.db, p, Need::Billing).await?;
+    caller_row(&state.db, p, Need::Permission(Permission::BillingRead)).await?;
     let row = payment_card::Entity::find_by_id(org_id)
         .one(&state.db)
         .await?
@@ -122,7 +123,7 @@ pub async fn update(
 
     let txn = state.begin_write().await?;
     lock_org(&txn, &org_id).await?;
-    caller_row(&txn, p, Need::Billing).await?;
+    caller_row(&txn, p, Need::Permission(Permission::BillingUpdate)).await?;
     let current = payment_card::Entity::find_by_id(org_id.clone()).one(&txn).await?;
     if let Some(current) = &current {
         let current_etag =

@@ -215,15 +215,9 @@ pub async fn caller_row<C: ConnectionTrait>(
     if row.state != administrator::STATE_ACTIVE {
         return Err(ApiError::denied("CALLER_INACTIVE", "the caller's account is not activated"));
     }
-    match need {
-        Need::Administrator if stored_role(&row) != Role::Administrator => {
-            Err(ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"))
-        }
-        Need::Billing if !row.billing => Err(ApiError::denied(
-            "BILLING_REQUIRED",
-            "only administrators with billing access may do this",
-        )),
-        _ => Ok(row),
+    match need.refusal(stored_role(&row), row.billing) {
+        Some(refusal) => Err(refusal),
+        None => Ok(row),
     }
 }
 

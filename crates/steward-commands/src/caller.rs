@@ -62,17 +62,8 @@ pub(crate) async fn current(state: &State, p: &Principal, need: Need) -> ApiResu
     } else {
         Role::CommandRunner
     };
-    match need {
-        Need::Administrator if role != Role::Administrator => {
-            return Err(ApiError::denied("ROLE_REQUIRED", "only Administrators may do this"));
-        }
-        Need::Billing if !now.billing => {
-            return Err(ApiError::denied(
-                "BILLING_REQUIRED",
-                "only administrators with billing access may do this",
-            ));
-        }
-        Need::AnyRole | Need::Administrator | Need::Billing => {}
+    if let Some(refusal) = need.refusal(role, now.billing) {
+        return Err(refusal);
     }
     Ok(Principal { role, ..p.clone() })
 }

@@ -14,6 +14,7 @@ use steward_proto::commands::v1::{
 };
 use steward_runtime::authn::{AdministratorCall, Need, Principal};
 use steward_runtime::names::{self, CommandName, OrganizationName, SystemName};
+use steward_runtime::roles::Permission;
 use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
@@ -171,7 +172,14 @@ pub(crate) async fn create(
     let AdministratorCall { principal: p, context: ctx } = call;
     OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
-    let p = caller::current_audited(state, &ctx, &p, &req.parent, Need::Administrator).await?;
+    let p = caller::current_audited(
+        state,
+        &ctx,
+        &p,
+        &req.parent,
+        Need::Permission(Permission::CommandsCreate),
+    )
+    .await?;
     let c = req.command.ok_or_else(|| ApiError::invalid("command", "is required"))?;
     rules::display_name("command.display_name", &c.display_name)?;
     rules::description("command.description", &c.description)?;
@@ -313,7 +321,14 @@ pub(crate) async fn update(
     let c = req.command.ok_or_else(|| ApiError::invalid("command", "is required"))?;
     CommandName::parse("command.name", &c.name)?;
     p.check_organization(&c.name)?;
-    let p = caller::current_audited(state, &ctx, &p, &c.name, Need::Administrator).await?;
+    let p = caller::current_audited(
+        state,
+        &ctx,
+        &p,
+        &c.name,
+        Need::Permission(Permission::CommandsUpdate),
+    )
+    .await?;
     let mut present = Vec::new();
     for (path, set) in [
         ("display_name", !c.display_name.is_empty()),
@@ -422,7 +437,14 @@ pub(crate) async fn delete(
     let AdministratorCall { principal: p, context: ctx } = call;
     CommandName::parse("name", &req.name)?;
     p.check_organization(&req.name)?;
-    let p = caller::current_audited(state, &ctx, &p, &req.name, Need::Administrator).await?;
+    let p = caller::current_audited(
+        state,
+        &ctx,
+        &p,
+        &req.name,
+        Need::Permission(Permission::CommandsDelete),
+    )
+    .await?;
     let txn = begin_write(&state.db).await?;
     let current = find_command(&txn, &p.organization, &req.name)
         .await?

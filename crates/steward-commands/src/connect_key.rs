@@ -19,6 +19,7 @@ use steward_proto::commands::v1::{
 };
 use steward_runtime::authn::{AdministratorCall, Need};
 use steward_runtime::names::{self, ConnectKeyName, OrganizationName};
+use steward_runtime::roles::Permission;
 use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
@@ -104,7 +105,14 @@ pub(crate) async fn create(
     let AdministratorCall { principal: p, context: ctx } = call;
     OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
-    let p = caller::current_audited(state, &ctx, &p, &req.parent, Need::Administrator).await?;
+    let p = caller::current_audited(
+        state,
+        &ctx,
+        &p,
+        &req.parent,
+        Need::Permission(Permission::ConnectKeysCreate),
+    )
+    .await?;
     let input = req.connect_key.unwrap_or_default();
     if input.display_name.chars().count() > rules::MAX_DISPLAY_NAME_CHARS {
         return Err(ApiError::invalid(
@@ -201,7 +209,8 @@ pub(crate) async fn list(
     call: AdministratorCall,
     req: ListConnectKeysRequest,
 ) -> ApiResult<ListConnectKeysResponse> {
-    let p = &caller::current(state, &call.principal, Need::Administrator).await?;
+    let p = &caller::current(state, &call.principal, Need::Permission(Permission::ConnectKeysRead))
+        .await?;
     let req = &req;
     OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
@@ -232,7 +241,14 @@ pub(crate) async fn delete(
     let name = req.name;
     ConnectKeyName::parse("name", &name)?;
     p.check_organization(&name)?;
-    let p = caller::current_audited(state, &ctx, &p, &name, Need::Administrator).await?;
+    let p = caller::current_audited(
+        state,
+        &ctx,
+        &p,
+        &name,
+        Need::Permission(Permission::ConnectKeysDelete),
+    )
+    .await?;
     let txn = begin_write(&state.db).await?;
     let updated = connect_key::Entity::update_many()
         .col_expr(connect_key::Column::Revoked, Expr::value(true))

@@ -12,6 +12,7 @@ use steward_proto::commands::v1::{
 use steward_runtime::authn::{AdministratorCall, Need};
 use steward_runtime::claims::Role;
 use steward_runtime::names::{self, AdministratorName, CommandName, GrantName, OrganizationName};
+use steward_runtime::roles::Permission;
 use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
@@ -50,7 +51,14 @@ pub(crate) async fn create(
     let AdministratorCall { principal: p, context: ctx } = call;
     CommandName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
-    let p = caller::current_audited(state, &ctx, &p, &req.parent, Need::Administrator).await?;
+    let p = caller::current_audited(
+        state,
+        &ctx,
+        &p,
+        &req.parent,
+        Need::Permission(Permission::GrantsCreate),
+    )
+    .await?;
     let g = req.grant.ok_or_else(|| ApiError::invalid("grant", "is required"))?;
     let grantee = AdministratorName::parse("grant.grantee", &g.grantee)?;
     rules::request_id(&req.request_id)?;
@@ -119,7 +127,9 @@ pub(crate) async fn delete(
     let name = req.name;
     GrantName::parse("name", &name)?;
     p.check_organization(&name)?;
-    let p = caller::current_audited(state, &ctx, &p, &name, Need::Administrator).await?;
+    let p =
+        caller::current_audited(state, &ctx, &p, &name, Need::Permission(Permission::GrantsDelete))
+            .await?;
     let txn = begin_write(&state.db).await?;
     let deleted = grant::Entity::delete_many()
         .filter(grant::Column::Name.eq(&name))
@@ -144,7 +154,8 @@ pub(crate) async fn get(
 ) -> ApiResult<GetGrantResponse> {
     let name = GrantName::parse("name", &req.name)?;
     call.principal.check_organization(name.as_str())?;
-    let p = caller::current(state, &call.principal, Need::Administrator).await?;
+    let p =
+        caller::current(state, &call.principal, Need::Permission(Permission::GrantsRead)).await?;
     let found = grant::Entity::find_by_id(name.to_string())
         .filter(grant::Column::Organization.eq(&p.organization))
         .one(&state.db)
@@ -158,7 +169,8 @@ pub(crate) async fn list(
     call: AdministratorCall,
     req: ListGrantsRequest,
 ) -> ApiResult<ListGrantsResponse> {
-    let p = &caller::current(state, &call.principal, Need::Administrator).await?;
+    let p =
+        &caller::current(state, &call.principal, Need::Permission(Permission::GrantsRead)).await?;
     let req = &req;
     let command = match req.parent.strip_suffix("/commands/-") {
         Some(org) => {

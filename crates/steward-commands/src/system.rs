@@ -10,6 +10,7 @@ use steward_proto::commands::v1::{
 };
 use steward_runtime::authn::{AdministratorCall, Need};
 use steward_runtime::names::{self, OrganizationName, SystemName};
+use steward_runtime::roles::Permission;
 use steward_runtime::{ApiError, ApiResult};
 
 use crate::agent::agent_deadline;
@@ -80,7 +81,8 @@ pub(crate) async fn get(
     call: AdministratorCall,
     req: GetSystemRequest,
 ) -> ApiResult<GetSystemResponse> {
-    let p = &caller::current(state, &call.principal, Need::Administrator).await?;
+    let p =
+        &caller::current(state, &call.principal, Need::Permission(Permission::SystemsRead)).await?;
     let name = &req.name;
     SystemName::parse("name", name)?;
     p.check_organization(name)?;
@@ -93,7 +95,8 @@ pub(crate) async fn list(
     call: AdministratorCall,
     req: ListSystemsRequest,
 ) -> ApiResult<ListSystemsResponse> {
-    let p = &caller::current(state, &call.principal, Need::Administrator).await?;
+    let p =
+        &caller::current(state, &call.principal, Need::Permission(Permission::SystemsRead)).await?;
     let req = &req;
     OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
@@ -125,7 +128,14 @@ pub(crate) async fn update(
     let s = req.system.ok_or_else(|| ApiError::invalid("system", "is required"))?;
     SystemName::parse("system.name", &s.name)?;
     p.check_organization(&s.name)?;
-    let p = caller::current_audited(state, &ctx, &p, &s.name, Need::Administrator).await?;
+    let p = caller::current_audited(
+        state,
+        &ctx,
+        &p,
+        &s.name,
+        Need::Permission(Permission::SystemsUpdate),
+    )
+    .await?;
     let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
     rules::update_paths(&mask, &["display_name"], &["display_name"])?;
     rules::display_name("system.display_name", &s.display_name)?;
@@ -163,7 +173,14 @@ pub(crate) async fn delete(
     let AdministratorCall { principal: p, context: ctx } = call;
     SystemName::parse("name", &req.name)?;
     p.check_organization(&req.name)?;
-    let p = caller::current_audited(state, &ctx, &p, &req.name, Need::Administrator).await?;
+    let p = caller::current_audited(
+        state,
+        &ctx,
+        &p,
+        &req.name,
+        Need::Permission(Permission::SystemsDelete),
+    )
+    .await?;
     let txn = begin_write(&state.db).await?;
     let current = find_system(&txn, &p.organization, &req.name).await?;
     if !req.etag.is_empty() && req.etag != current.etag {

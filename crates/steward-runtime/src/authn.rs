@@ -103,12 +103,24 @@ impl Principal {
 /// demotions and deletions by its lifetime).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
-    /// An active administrator of either role.
+    /// An active administrator, whatever its role.
     AnyRole,
-    /// An active Administrator.
-    Administrator,
-    /// An active administrator with billing access.
-    Billing,
+    /// An active administrator whose current role (or, for billing, its current billing flag)
+    /// holds the permission: the one the RPC's rule names.
+    Permission(crate::roles::Permission),
+}
+
+impl Need {
+    /// The refusal of a caller whose current `role` and `billing` flag do not meet this need:
+    /// `ROLE_REQUIRED` or `BILLING_REQUIRED`, naming the permission, as the layer refuses.
+    pub fn refusal(self, role: Role, billing: bool) -> Option<ApiError> {
+        match self {
+            Self::Permission(permission) if !holds(role, billing, permission) => {
+                Some(missing_permission(permission))
+            }
+            Self::AnyRole | Self::Permission(_) => None,
+        }
+    }
 }
 
 /// Who is calling, as established by the layer.
@@ -583,5 +595,29 @@ impl tonic::service::Interceptor for ServiceCredential {
         request.metadata_mut().insert(SERVICE_CREDENTIAL_HEADER, self.value.clone());
         crate::telemetry::inject_current_context(request.metadata_mut());
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::roles::Permission;
+
+    fn reason(err: Option<ApiError>) -> Option<&'static str> {
+        err.map(|err| match err {
+            ApiError::PermissionDenied { reason, .. } => reason,
+            other => panic!("not a refusal: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn needs_are_met_by_the_current_role_and_billing_flag() {
+        let create = Need::Permission(Permission::AdministratorsCreate);
+        assert_eq!(reason(create.refusal(Role::Administrator, false)), None);
+        assert_eq!(reason(create.refusal(Role::CommandRunner, true)), Some("ROLE_REQUIRED"));
+        let card = Need::Permission(Permission::BillingRead);
+        assert_eq!(reason(card.refusal(Role::Administrator, false)), Some("BILLING_REQUIRED"));
+        assert_eq!(reason(card.refusal(Role::CommandRunner, true)), None);
+        assert_eq!(reason(Need::AnyRole.refusal(Role::CommandRunner, false)), None);
     }
 }
