@@ -217,19 +217,23 @@ mod authz {
                             continue;
                         }
                     };
-                    rules.push(format!(
+                    let line = format!(
                         "    MethodRule {{ path: {path:?}, access: Access::{access}, permission: {permission} }},\n"
-                    ));
+                    );
+                    rules.push((path, line));
                 }
             }
         }
         if !errors.is_empty() {
             return Err(errors.join("\n").into());
         }
-        let mut out =
-            String::from("/// Every RPC's rule, from the `steward.authz.v1.rule` options.\n");
+        // Sorted by path, so that the per-call lookup is a binary search.
+        rules.sort();
+        let mut out = String::from(
+            "/// Every RPC's rule, from the `steward.authz.v1.rule` options, sorted by path.\n",
+        );
         out += "pub const RULES: &[MethodRule] = &[\n";
-        out.extend(rules);
+        out.extend(rules.into_iter().map(|(_, line)| line));
         out += "];\n\n/// Every permission, in declaration order, from the `steward.authz.v1.info` options.\n";
         out += "pub const PERMISSIONS: &[CatalogEntry] = &[\n";
         for (_, variant, info) in &catalog {

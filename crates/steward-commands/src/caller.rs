@@ -5,7 +5,7 @@
 use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
 use steward_proto::admin::v1::administrator::State as AdminState;
 use steward_proto::admin::v1::LookupAdministratorRequest;
-use steward_runtime::authn::{Need, Principal, RequestContext};
+use steward_runtime::authn::{AdministratorCall, Need, Principal, RequestContext};
 use steward_runtime::claims::Role;
 use steward_runtime::{ApiError, ApiResult};
 
@@ -76,9 +76,23 @@ pub(crate) async fn for_reading(state: &State, p: &Principal) -> ApiResult<Princ
     current(state, p, Need::AnyRole).await
 }
 
+/// The caller of a mutation aimed at `target` (a name already parsed): refused outside its
+/// organization, then re-checked as it is now ([`current_audited`]). Returns the current caller
+/// and the call's context, for the audit record of the change.
+pub(crate) async fn for_mutation(
+    state: &State,
+    call: AdministratorCall,
+    target: &str,
+    need: Need,
+) -> ApiResult<(Principal, RequestContext)> {
+    call.principal.check_organization(target)?;
+    let p = current_audited(state, &call.context, &call.principal, target, need).await?;
+    Ok((p, call.context))
+}
+
 /// [`current`] for a mutation aimed at `target`; a refusal is queued for the audit log like the
 /// layer's refusals.
-pub(crate) async fn current_audited(
+async fn current_audited(
     state: &State,
     ctx: &RequestContext,
     p: &Principal,

@@ -169,13 +169,10 @@ pub(crate) async fn create(
     call: AdministratorCall,
     req: CreateCommandRequest,
 ) -> ApiResult<CreateCommandResponse> {
-    let AdministratorCall { principal: p, context: ctx } = call;
     OrganizationName::parse("parent", &req.parent)?;
-    p.check_organization(&req.parent)?;
-    let p = caller::current_audited(
+    let (p, ctx) = caller::for_mutation(
         state,
-        &ctx,
-        &p,
+        call,
         &req.parent,
         Need::Permission(Permission::CommandsCreate),
     )
@@ -317,18 +314,11 @@ pub(crate) async fn update(
     call: AdministratorCall,
     req: UpdateCommandRequest,
 ) -> ApiResult<UpdateCommandResponse> {
-    let AdministratorCall { principal: p, context: ctx } = call;
     let c = req.command.ok_or_else(|| ApiError::invalid("command", "is required"))?;
     CommandName::parse("command.name", &c.name)?;
-    p.check_organization(&c.name)?;
-    let p = caller::current_audited(
-        state,
-        &ctx,
-        &p,
-        &c.name,
-        Need::Permission(Permission::CommandsUpdate),
-    )
-    .await?;
+    let (p, ctx) =
+        caller::for_mutation(state, call, &c.name, Need::Permission(Permission::CommandsUpdate))
+            .await?;
     let mut present = Vec::new();
     for (path, set) in [
         ("display_name", !c.display_name.is_empty()),
@@ -434,17 +424,10 @@ pub(crate) async fn delete(
     call: AdministratorCall,
     req: DeleteCommandRequest,
 ) -> ApiResult<DeleteCommandResponse> {
-    let AdministratorCall { principal: p, context: ctx } = call;
     CommandName::parse("name", &req.name)?;
-    p.check_organization(&req.name)?;
-    let p = caller::current_audited(
-        state,
-        &ctx,
-        &p,
-        &req.name,
-        Need::Permission(Permission::CommandsDelete),
-    )
-    .await?;
+    let (p, ctx) =
+        caller::for_mutation(state, call, &req.name, Need::Permission(Permission::CommandsDelete))
+            .await?;
     let txn = begin_write(&state.db).await?;
     let current = find_command(&txn, &p.organization, &req.name)
         .await?

@@ -102,13 +102,10 @@ pub(crate) async fn create(
     call: AdministratorCall,
     req: CreateConnectKeyRequest,
 ) -> ApiResult<CreateConnectKeyResponse> {
-    let AdministratorCall { principal: p, context: ctx } = call;
     OrganizationName::parse("parent", &req.parent)?;
-    p.check_organization(&req.parent)?;
-    let p = caller::current_audited(
+    let (p, ctx) = caller::for_mutation(
         state,
-        &ctx,
-        &p,
+        call,
         &req.parent,
         Need::Permission(Permission::ConnectKeysCreate),
     )
@@ -237,18 +234,11 @@ pub(crate) async fn delete(
     call: AdministratorCall,
     req: DeleteConnectKeyRequest,
 ) -> ApiResult<DeleteConnectKeyResponse> {
-    let AdministratorCall { principal: p, context: ctx } = call;
     let name = req.name;
     ConnectKeyName::parse("name", &name)?;
-    p.check_organization(&name)?;
-    let p = caller::current_audited(
-        state,
-        &ctx,
-        &p,
-        &name,
-        Need::Permission(Permission::ConnectKeysDelete),
-    )
-    .await?;
+    let (p, ctx) =
+        caller::for_mutation(state, call, &name, Need::Permission(Permission::ConnectKeysDelete))
+            .await?;
     let txn = begin_write(&state.db).await?;
     let updated = connect_key::Entity::update_many()
         .col_expr(connect_key::Column::Revoked, Expr::value(true))

@@ -48,17 +48,10 @@ pub(crate) async fn create(
     call: AdministratorCall,
     req: CreateGrantRequest,
 ) -> ApiResult<CreateGrantResponse> {
-    let AdministratorCall { principal: p, context: ctx } = call;
     CommandName::parse("parent", &req.parent)?;
-    p.check_organization(&req.parent)?;
-    let p = caller::current_audited(
-        state,
-        &ctx,
-        &p,
-        &req.parent,
-        Need::Permission(Permission::GrantsCreate),
-    )
-    .await?;
+    let (p, ctx) =
+        caller::for_mutation(state, call, &req.parent, Need::Permission(Permission::GrantsCreate))
+            .await?;
     let g = req.grant.ok_or_else(|| ApiError::invalid("grant", "is required"))?;
     let grantee = AdministratorName::parse("grant.grantee", &g.grantee)?;
     rules::request_id(&req.request_id)?;
@@ -123,12 +116,10 @@ pub(crate) async fn delete(
     call: AdministratorCall,
     req: DeleteGrantRequest,
 ) -> ApiResult<DeleteGrantResponse> {
-    let AdministratorCall { principal: p, context: ctx } = call;
     let name = req.name;
     GrantName::parse("name", &name)?;
-    p.check_organization(&name)?;
-    let p =
-        caller::current_audited(state, &ctx, &p, &name, Need::Permission(Permission::GrantsDelete))
+    let (p, ctx) =
+        caller::for_mutation(state, call, &name, Need::Permission(Permission::GrantsDelete))
             .await?;
     let txn = begin_write(&state.db).await?;
     let deleted = grant::Entity::delete_many()

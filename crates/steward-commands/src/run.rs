@@ -433,11 +433,9 @@ pub(crate) async fn cancel(
     call: AdministratorCall,
     req: CancelRunRequest,
 ) -> ApiResult<CancelRunResponse> {
-    let AdministratorCall { principal: p, context: ctx } = call;
     let name = req.name;
     RunName::parse("name", &name)?;
-    p.check_organization(&name)?;
-    let p = caller::current_audited(state, &ctx, &p, &name, Need::AnyRole).await?;
+    let (p, ctx) = caller::for_mutation(state, call, &name, Need::AnyRole).await?;
     visible_run(state, &p, &name).await?;
     let now = state.now();
     let txn = begin_write(&state.db).await?;

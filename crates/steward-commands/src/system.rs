@@ -124,18 +124,11 @@ pub(crate) async fn update(
     call: AdministratorCall,
     req: UpdateSystemRequest,
 ) -> ApiResult<UpdateSystemResponse> {
-    let AdministratorCall { principal: p, context: ctx } = call;
     let s = req.system.ok_or_else(|| ApiError::invalid("system", "is required"))?;
     SystemName::parse("system.name", &s.name)?;
-    p.check_organization(&s.name)?;
-    let p = caller::current_audited(
-        state,
-        &ctx,
-        &p,
-        &s.name,
-        Need::Permission(Permission::SystemsUpdate),
-    )
-    .await?;
+    let (p, ctx) =
+        caller::for_mutation(state, call, &s.name, Need::Permission(Permission::SystemsUpdate))
+            .await?;
     let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
     rules::update_paths(&mask, &["display_name"], &["display_name"])?;
     rules::display_name("system.display_name", &s.display_name)?;
@@ -170,17 +163,10 @@ pub(crate) async fn delete(
     call: AdministratorCall,
     req: DeleteSystemRequest,
 ) -> ApiResult<DeleteSystemResponse> {
-    let AdministratorCall { principal: p, context: ctx } = call;
     SystemName::parse("name", &req.name)?;
-    p.check_organization(&req.name)?;
-    let p = caller::current_audited(
-        state,
-        &ctx,
-        &p,
-        &req.name,
-        Need::Permission(Permission::SystemsDelete),
-    )
-    .await?;
+    let (p, ctx) =
+        caller::for_mutation(state, call, &req.name, Need::Permission(Permission::SystemsDelete))
+            .await?;
     let txn = begin_write(&state.db).await?;
     let current = find_system(&txn, &p.organization, &req.name).await?;
     if !req.etag.is_empty() && req.etag != current.etag {
