@@ -107,6 +107,7 @@ pub async fn create(
     let txn = state.begin_write().await?;
     lock_org(&txn, &org_id).await?;
     let caller = caller_row(&txn, p, Need::Permission(Permission::AdministratorsCreate)).await?;
+    may_assign(&caller, role)?;
     if input.billing {
         may_grant_billing(&caller, p, now)?;
     }
@@ -248,6 +249,10 @@ pub async fn update(
     lock_org(&txn, &org_id).await?;
     let caller = caller_row(&txn, p, Need::Permission(Permission::AdministratorsUpdate)).await?;
     let current = administrator(&txn, &org_id, &admin_id).await?;
+    may_act_on(&caller, &current)?;
+    if let Some(role) = new_role {
+        may_assign(&caller, role)?;
+    }
     if !input.etag.is_empty() && input.etag != admin_etag(&current) {
         return Err(ApiError::Aborted(format!(
             "{} was changed since it was read; get it again",
@@ -360,7 +365,7 @@ pub async fn batch_delete(
 
     let txn = state.begin_write().await?;
     lock_org(&txn, &org_id).await?;
-    caller_row(&txn, p, Need::Permission(Permission::AdministratorsDelete)).await?;
+    let caller = caller_row(&txn, p, Need::Permission(Permission::AdministratorsDelete)).await?;
     let rows = administrator::Entity::find()
         .filter(administrator::Column::OrganizationId.eq(org_id.as_str()))
         .filter(administrator::Column::Id.is_in(ids.clone()))
@@ -370,6 +375,7 @@ pub async fn batch_delete(
     for (id, name) in ids.iter().zip(&wanted) {
         let row =
             rows.iter().find(|r| &r.id == id).ok_or_else(|| ApiError::NotFound(name.clone()))?;
+        may_act_on(&caller, row)?;
         ordered.push(row.clone());
     }
     let before = members(&txn, &org_id).await?;
@@ -414,6 +420,7 @@ pub async fn resend_invite(
     lock_org(&txn, &org_id).await?;
     let caller = caller_row(&txn, p, Need::Permission(Permission::AdministratorsInvite)).await?;
     let row = administrator(&txn, &org_id, &admin_id).await?;
+    may_act_on(&caller, &row)?;
     if row.state != administrator::STATE_INVITED {
         return Err(ApiError::precondition(
             "ALREADY_ACTIVATED",
@@ -457,8 +464,9 @@ pub async fn reset_mfa(
     p.require_recent_authentication(now, super::billing::RECENT_AUTHENTICATION_SECS)?;
     let txn = state.begin_write().await?;
     lock_org(&txn, &org_id).await?;
-    caller_row(&txn, p, Need::Permission(Permission::AdministratorsResetMfa)).await?;
+    let caller = caller_row(&txn, p, Need::Permission(Permission::AdministratorsResetMfa)).await?;
     let row = administrator(&txn, &org_id, &admin_id).await?;
+    may_act_on(&caller, &row)?;
     let revision = row.revision;
     let mut active = row.into_active_model();
     active.mfa_enrolled = Set(false);

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use steward_proto::admin::v1::{administrator, Role as ProtoRole};
 use steward_proto::audit::v1::audit_event;
+use steward_runtime::claims::Role;
 use steward_runtime::{ApiError, ApiResult};
 
 /// One restriction of ListAdministrators.
@@ -88,11 +89,11 @@ pub fn admin_filter(filter: &str) -> ApiResult<Vec<AdminTerm>> {
                 .ok_or_else(|| bad(format!("`{term}` is not `field = value`")))?;
             let _ = op;
             match field {
-                "role" => match ProtoRole::from_str_name(value) {
-                    Some(ProtoRole::Administrator) => Ok(AdminTerm::Role("administrator")),
-                    Some(ProtoRole::CommandRunner) => Ok(AdminTerm::Role("command_runner")),
-                    _ => Err(bad(format!("unknown role `{value}`"))),
-                },
+                "role" => ProtoRole::from_str_name(value)
+                    .and_then(|role| Role::from_proto(role as i32))
+                    .or_else(|| steward_runtime::roles::built_in_named(value))
+                    .map(|role| AdminTerm::Role(role.as_str()))
+                    .ok_or_else(|| bad(format!("unknown role `{value}`"))),
                 "state" => match administrator::State::from_str_name(value) {
                     Some(administrator::State::Invited) => Ok(AdminTerm::State("invited")),
                     Some(administrator::State::Active) => Ok(AdminTerm::State("active")),

@@ -8,12 +8,11 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use sha2::{Digest, Sha256};
-use steward_proto::admin::v1::{
-    administrator as proto_admin, Administrator, Organization, Role as ProtoRole,
-};
+use steward_proto::admin::v1::{administrator as proto_admin, Administrator, Organization};
 use steward_runtime::authn::Principal;
 use steward_runtime::claims::Role;
 use steward_runtime::names::{AdministratorName, OrganizationName};
+use steward_runtime::roles::{self, Permissions};
 use steward_runtime::service::Clock;
 use steward_runtime::{ApiError, ApiResult};
 
@@ -88,16 +87,12 @@ pub use steward_runtime::wire::{from_timestamp, timestamp};
 pub fn requested_role(input: &Administrator) -> ApiResult<Role> {
     let by_value = (input.role != 0).then(|| role_from_proto("administrator.role", input.role));
     let by_name = (!input.role_name.is_empty()).then(|| {
-        steward_runtime::roles::BUILT_IN
-            .iter()
-            .find(|r| r.name == input.role_name)
-            .map(|r| r.role)
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "administrator.role_name",
-                    "must name a built-in role: roles/administrator or roles/command-runner",
-                )
-            })
+        roles::built_in_named(&input.role_name).ok_or_else(|| {
+            ApiError::invalid(
+                "administrator.role_name",
+                format!("must name a built-in role: {}", built_in_names()),
+            )
+        })
     });
     match (by_value.transpose()?, by_name.transpose()?) {
         (Some(value), Some(name)) if value != name => Err(ApiError::invalid(
@@ -107,23 +102,29 @@ pub fn requested_role(input: &Administrator) -> ApiResult<Role> {
         (Some(role), _) | (None, Some(role)) => Ok(role),
         (None, None) => Err(ApiError::invalid(
             "administrator.role",
-            "is required: ROLE_ADMINISTRATOR or ROLE_COMMAND_RUNNER (or role_name)",
+            format!("is required: a Role value or role_name ({})", built_in_names()),
         )),
     }
 }
 
+/// The built-in roles' names, for error messages.
+fn built_in_names() -> String {
+    roles::BUILT_IN.iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
+}
+
 /// The name of a built-in role (`roles/...`).
 pub fn role_name(role: Role) -> String {
-    steward_runtime::roles::BUILT_IN
-        .iter()
-        .find(|r| r.role == role)
-        .map_or_else(String::new, |r| r.name.to_string())
+    roles::built_in_name(role).to_string()
 }
 
 /// The stored role of an API role; `field` names it in the error.
 pub fn role_from_proto(field: &str, role: i32) -> ApiResult<Role> {
     Role::from_proto(role).ok_or_else(|| {
-        ApiError::invalid(field, "must be ROLE_ADMINISTRATOR or ROLE_COMMAND_RUNNER")
+        ApiError::invalid(
+            field,
+            "must be ROLE_ADMINISTRATOR, ROLE_MANAGER, ROLE_HELP_DESK, ROLE_READ_ONLY or \
+             ROLE_COMMAND_RUNNER",
+        )
     })
 }
 
@@ -141,10 +142,6 @@ pub fn admin_etag(model: &administrator::Model) -> String {
 /// The API form of an administrator row.
 pub fn admin_to_proto(model: &administrator::Model) -> Administrator {
     let stored = stored_role(model);
-    let role = match stored {
-        Role::Administrator => ProtoRole::Administrator,
-        Role::CommandRunner => ProtoRole::CommandRunner,
-    };
     let state = if model.state == administrator::STATE_ACTIVE {
         proto_admin::State::Active
     } else {
@@ -153,7 +150,7 @@ pub fn admin_to_proto(model: &administrator::Model) -> Administrator {
     Administrator {
         name: admin_name(&model.organization_id, &model.id),
         email: model.email.clone(),
-        role: role.into(),
+        role: stored.to_proto(),
         role_name: role_name(stored),
         billing: model.billing,
         mfa_required: model.mfa_required,
@@ -215,10 +212,49 @@ pub async fn caller_row<C: ConnectionTrait>(
     if row.state != administrator::STATE_ACTIVE {
         return Err(ApiError::denied("CALLER_INACTIVE", "the caller's account is not activated"));
     }
-    match need.refusal(stored_role(&row), row.billing) {
+    match need.refusal(&held(&row)) {
         Some(refusal) => Err(refusal),
         None => Ok(row),
     }
+}
+
+/// What an administrator holds now: its role's permissions and its billing flag's.
+pub fn held(row: &administrator::Model) -> Permissions {
+    roles::built_in(stored_role(row)).with_billing(row.billing)
+}
+
+/// Refuses (`PERMISSION_DENIED`, `ROLE_ESCALATION`) unless `caller` holds every permission of
+/// `role`: no one hands out more than they hold.
+pub fn may_assign(caller: &administrator::Model, role: Role) -> ApiResult<()> {
+    if roles::built_in(stored_role(caller)).covers(&roles::built_in(role)) {
+        return Ok(());
+    }
+    Err(ApiError::denied(
+        "ROLE_ESCALATION",
+        format!(
+            "{} holds permissions your role does not; you may only assign roles whose \
+             permissions you hold",
+            roles::built_in_name(role)
+        ),
+    ))
+}
+
+/// Refuses (`PERMISSION_DENIED`, `TARGET_OUTRANKS_CALLER`) acting on `target` when its role
+/// can manage administrators and holds a permission the caller's role does not (a Help Desk
+/// resets a Manager's second factor, never an Administrator's). Roles are compared without the
+/// billing flag, which has its own rule (only billing administrators grant it).
+pub fn may_act_on(caller: &administrator::Model, target: &administrator::Model) -> ApiResult<()> {
+    let role = |row| roles::built_in(stored_role(row));
+    if roles::may_act_on(&role(caller), &role(target)) {
+        return Ok(());
+    }
+    Err(ApiError::denied(
+        "TARGET_OUTRANKS_CALLER",
+        format!(
+            "{} may manage administrators and holds permissions your role does not",
+            admin_name(&target.organization_id, &target.id)
+        ),
+    ))
 }
 
 /// Every administrator of the organization, as the safeguards see them.

@@ -99,6 +99,7 @@ async fn card_number_and_cvc_are_never_logged_or_stored() {
         administrator: owner.clone(),
         role: Role::Administrator,
         billing: true,
+        permissions: steward_runtime::roles::built_in(Role::Administrator).with_billing(true),
         session: "session".into(),
         scope: TokenScope::Full,
         auth_time: chrono::Utc::now().timestamp(),

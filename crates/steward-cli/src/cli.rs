@@ -179,8 +179,14 @@ pub enum MfaCommand {
 /// An administrator's role on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RoleArg {
-    /// May do everything in the organization.
+    /// May do everything in the organization but billing.
     Administrator,
+    /// Commands, grants, systems, connect keys, runs and the audit log; not administrators.
+    Manager,
+    /// Reads administrators, resends invites, resets second factors, runs granted commands.
+    HelpDesk,
+    /// Reads everything but the payment card; changes nothing.
+    ReadOnly,
     /// May only run the commands granted to it.
     CommandRunner,
 }
@@ -507,8 +513,8 @@ pub enum RolesCommand {
     List,
     /// Show one role and its permissions.
     Get {
-        /// `administrator`, `command-runner`, or a full name (`roles/...`,
-        /// `organizations/O/roles/R`).
+        /// `administrator`, `manager`, `help-desk`, `read-only`, `command-runner`, or a full
+        /// name (`roles/...`, `organizations/O/roles/R`).
         role: String,
     },
 }

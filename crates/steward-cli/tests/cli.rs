@@ -234,6 +234,42 @@ fn seed_walkthrough_with_the_cli() {
     cli_walkthrough(start_dev(&[]));
 }
 
+/// An auditor's walk-through: a Read Only administrator lists administrators, commands and the
+/// audit log, and is refused every change, the payment card and runs, with the permission named.
+#[test]
+fn read_only_auditor_with_the_cli() {
+    let dev = start_dev(&[]);
+    let owner = Identity::new(&dev);
+    let auditor = Identity::new(&dev);
+    owner.accept_and_login(&dev.owner_token, "owner@example.com");
+    let created =
+        owner.json(&["admins", "create", "--email", "auditor@example.com", "--role", "read-only"]);
+    assert_eq!(created["role"], "ROLE_READ_ONLY");
+    assert_eq!(created["role_name"], "roles/read-only");
+    let role = owner.json(&["roles", "get", "read-only"]);
+    let permissions: Vec<&str> =
+        role["permissions"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect();
+    assert!(permissions.contains(&"audit.read") && !permissions.contains(&"commands.run"));
+    auditor.accept_and_login(&dev.mailed_token("auditor@example.com"), "auditor@example.com");
+    let admins = auditor.json(&["admins", "list"]);
+    assert_eq!(admins.as_array().map(Vec::len), Some(2), "{admins}");
+    auditor.json(&["audit", "list"]);
+    auditor.json(&["commands", "list"]);
+    for (args, why) in [
+        (
+            &["admins", "create", "--email", "x@example.com", "--role", "read-only"][..],
+            "administrators.create",
+        ),
+        (&["connect-keys", "create"][..], "connect_keys.create"),
+        (&["billing", "get"][..], "BILLING_REQUIRED"),
+    ] {
+        let refused = auditor.run(args);
+        assert_eq!(refused.code, 1, "{args:?}: {}", refused.stderr);
+        assert!(refused.stderr.contains("PERMISSION_DENIED"), "{}", refused.stderr);
+        assert!(refused.stderr.contains(why), "{args:?}: {}", refused.stderr);
+    }
+}
+
 /// The same walk-through against `dev --tls`, the CLI trusting the dev CA through
 /// `STEWARD_CA_FILE` and the agent through `--ca-file`.
 #[test]

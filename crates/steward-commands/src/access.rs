@@ -10,9 +10,10 @@ use steward_proto::commands::v1::{
 use steward_runtime::authn::{AdministratorCall, Principal};
 use steward_runtime::claims::Role;
 use steward_runtime::names::{AdministratorName, CommandName, OrganizationName, SystemName};
+use steward_runtime::roles::{self, Permission};
 use steward_runtime::{ApiError, ApiResult};
 
-use crate::caller::{is_admin, lookup_role};
+use crate::caller::{everywhere, lookup_role};
 use crate::command::{find_command, targets_of_command};
 use crate::entity::grant;
 use crate::grant::find_grant;
@@ -56,10 +57,10 @@ pub(crate) async fn check(
         AdministratorName::parse("principal", &req.principal)?
     };
     let principal = principal_name.to_string();
-    if !is_admin(caller) && principal != caller.administrator {
+    if !everywhere(caller, Permission::AccessCheck) && principal != caller.administrator {
         return Err(ApiError::denied(
             "NOT_SELF",
-            "Command Runners may only check their own access",
+            "your role may only check its own access (access.check over granted commands)",
         ));
     }
     caller.check_organization(&principal)?;
@@ -69,7 +70,7 @@ pub(crate) async fn check(
     // reason known from the names alone costs no lookup, and a Command Runner without a
     // grant causes no command lookup at all (so not even timing tells whether it exists).
     let db = &state.db;
-    let caller_is_admin = is_admin(caller);
+    let caller_is_admin = everywhere(caller, Permission::AccessCheck);
     let organization = principal_name.organization();
     let same_organization = command.organization() == organization
         && system.as_ref().is_none_or(|s| s.organization() == organization);
@@ -114,7 +115,7 @@ pub(crate) async fn check_one(
     call: AdministratorCall,
     req: CheckAccessRequest,
 ) -> ApiResult<CheckAccessResponse> {
-    let p = &caller::for_reading(state, &call.principal).await?;
+    let p = &caller::for_reading(state, &call.principal, Permission::AccessCheck).await?;
     let decision = check(state, p, &req, &mut HashMap::new()).await?;
     Ok(CheckAccessResponse { decision: Some(decision) })
 }
@@ -124,7 +125,7 @@ pub(crate) async fn batch_check(
     call: AdministratorCall,
     req: BatchCheckAccessRequest,
 ) -> ApiResult<BatchCheckAccessResponse> {
-    let p = &caller::for_reading(state, &call.principal).await?;
+    let p = &caller::for_reading(state, &call.principal, Permission::AccessCheck).await?;
     let req = &req;
     OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
@@ -149,7 +150,8 @@ pub(crate) async fn batch_check(
 
 /// What an access decision depends on, gathered from the request and the database.
 pub(crate) struct Facts<'a> {
-    /// Whether the caller is an Administrator (who may learn why, about anyone).
+    /// Whether the caller holds `access.check` organization-wide (and so may learn why, about
+    /// anyone).
     pub caller_is_admin: bool,
     /// Whose access is checked.
     pub principal: &'a AdministratorName,
@@ -227,11 +229,37 @@ pub(crate) fn decide(facts: &Facts<'_>) -> Decision {
             );
         }
     }
+    let needed = match facts.action {
+        Action::Read | Action::Unspecified => Permission::CommandsRead,
+        Action::Run => Permission::CommandsRun,
+    };
+    let held = roles::built_in(role);
+    let needed_name = roles::permission_name(needed);
     if role == Role::Administrator {
         return decision(
             true,
             DecisionReason::RoleAdministrator,
             format!("{principal} is an Administrator, who may do anything in the organization"),
+        );
+    }
+    if held.everywhere(needed) {
+        return decision(
+            true,
+            DecisionReason::RolePermission,
+            format!(
+                "{principal}'s role {} holds {needed_name} over the whole organization",
+                roles::built_in_name(role)
+            ),
+        );
+    }
+    if !held.holds(needed) {
+        return decision(
+            false,
+            DecisionReason::MissingPermission,
+            format!(
+                "{principal}'s role {} does not hold {needed_name}",
+                roles::built_in_name(role)
+            ),
         );
     }
     match facts.grant {
@@ -245,7 +273,7 @@ pub(crate) fn decide(facts: &Facts<'_>) -> Decision {
         None => decision(
             false,
             DecisionReason::NoGrant,
-            format!("{principal} is a Command Runner without a grant on {command}"),
+            format!("{principal} holds {needed_name} only over granted commands, and no grant on {command}"),
         ),
     }
 }

@@ -7,6 +7,7 @@ use steward_proto::admin::v1::administrator::State as AdminState;
 use steward_proto::admin::v1::LookupAdministratorRequest;
 use steward_runtime::authn::{AdministratorCall, Need, Principal, RequestContext};
 use steward_runtime::claims::Role;
+use steward_runtime::roles::{self, Permission, Permissions};
 use steward_runtime::{ApiError, ApiResult};
 
 use crate::{audit, State};
@@ -15,7 +16,8 @@ use crate::{audit, State};
 pub(crate) struct Current {
     pub role: Role,
     pub active: bool,
-    pub billing: bool,
+    /// What its role and billing flag hold now.
+    pub permissions: Permissions,
 }
 
 /// Looks `administrator` up through `AdminInternalService.LookupAdministrator`; `None` when it
@@ -40,16 +42,15 @@ pub(crate) async fn lookup(state: &State, administrator: &str) -> ApiResult<Opti
     Ok(Some(Current {
         role,
         active: found.state == AdminState::Active as i32,
-        billing: found.billing,
+        permissions: roles::built_in(role).with_billing(found.billing),
     }))
 }
 
-/// The caller with its current role: the lower of the token's and the stored one, so neither a
-/// demotion nor a promotion after the token was issued widens what the token may do.
-/// `PERMISSION_DENIED` with `CALLER_DELETED` when the account is gone (or no longer active),
-/// `ROLE_REQUIRED` when `need` is an Administrator and the caller no longer is one,
-/// `BILLING_REQUIRED` when `need` is billing access and the caller no longer holds it (the same
-/// meaning as in the admin service).
+/// The caller with its current permissions: what both the token and the account hold now, each
+/// at the narrower scope, so neither a demotion nor a promotion after the token was issued
+/// widens what the token may do. `PERMISSION_DENIED` with `CALLER_DELETED` when the account is
+/// gone (or no longer active), `ROLE_REQUIRED` or `BILLING_REQUIRED` when the caller no longer
+/// holds the permission `need` names (the same meaning as in the admin service).
 pub(crate) async fn current(state: &State, p: &Principal, need: Need) -> ApiResult<Principal> {
     let Some(now) = lookup(state, &p.administrator).await? else {
         return Err(ApiError::denied("CALLER_DELETED", "the caller's account no longer exists"));
@@ -57,23 +58,23 @@ pub(crate) async fn current(state: &State, p: &Principal, need: Need) -> ApiResu
     if !now.active {
         return Err(ApiError::denied("CALLER_DELETED", "the caller's account is not active"));
     }
-    let role = if p.role == Role::Administrator && now.role == Role::Administrator {
-        Role::Administrator
-    } else {
-        Role::CommandRunner
-    };
-    if let Some(refusal) = need.refusal(role, now.billing) {
+    let permissions = p.permissions.intersect(&now.permissions);
+    if let Some(refusal) = need.refusal(&permissions) {
         return Err(refusal);
     }
-    Ok(Principal { role, ..p.clone() })
+    Ok(Principal { role: now.role, permissions, ..p.clone() })
 }
 
-/// The caller for a read, as it is now: every read re-checks the caller's account, so a deleted,
-/// deactivated or demoted administrator's unexpired token reads nothing more than its current
-/// role allows (a deleted Command Runner's token reads nothing at all, even before its grants and
-/// runs are gone).
-pub(crate) async fn for_reading(state: &State, p: &Principal) -> ApiResult<Principal> {
-    current(state, p, Need::AnyRole).await
+/// The caller for a read needing `permission`, as it is now: every read re-checks the caller's
+/// account, so a deleted, deactivated or demoted administrator's unexpired token reads nothing
+/// more than its current role allows (a deleted Command Runner's token reads nothing at all,
+/// even before its grants and runs are gone).
+pub(crate) async fn for_reading(
+    state: &State,
+    p: &Principal,
+    permission: Permission,
+) -> ApiResult<Principal> {
+    current(state, p, Need::Permission(permission)).await
 }
 
 /// The caller of a mutation aimed at `target` (a name already parsed): refused outside its
@@ -113,8 +114,10 @@ async fn current_audited(
     result
 }
 
-pub(crate) fn is_admin(p: &Principal) -> bool {
-    p.role == Role::Administrator
+/// Whether the caller holds `permission` over the whole organization, rather than only over
+/// the commands granted to it and its own runs.
+pub(crate) fn everywhere(p: &Principal, permission: Permission) -> bool {
+    p.permissions.everywhere(permission)
 }
 
 pub(crate) async fn lookup_role(state: &State, administrator: &str) -> ApiResult<Option<Role>> {

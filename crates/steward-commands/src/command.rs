@@ -18,7 +18,7 @@ use steward_runtime::roles::Permission;
 use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
-use crate::caller::is_admin;
+use crate::caller::everywhere;
 use crate::entity::{command, grant, system, target};
 use crate::grant::find_grant;
 use crate::rules::{self, timestamp};
@@ -156,7 +156,9 @@ pub(crate) async fn visible_command(
     CommandName::parse("name", name)?;
     p.check_organization(name)?;
     let db = &state.db;
-    if !is_admin(p) && find_grant(db, name, &p.administrator).await?.is_none() {
+    if !everywhere(p, Permission::CommandsRead)
+        && find_grant(db, name, &p.administrator).await?.is_none()
+    {
         return Err(ApiError::denied("NO_GRANT", format!("{name} has not been granted to you")));
     }
     find_command(db, &p.organization, name)
@@ -250,7 +252,7 @@ pub(crate) async fn get(
     call: AdministratorCall,
     req: GetCommandRequest,
 ) -> ApiResult<GetCommandResponse> {
-    let p = &caller::for_reading(state, &call.principal).await?;
+    let p = &caller::for_reading(state, &call.principal, Permission::CommandsRead).await?;
     let m = visible_command(state, p, &req.name).await?;
     Ok(GetCommandResponse { command: Some(load_command_proto(&state.db, m).await?) })
 }
@@ -260,7 +262,7 @@ pub(crate) async fn list(
     call: AdministratorCall,
     req: ListCommandsRequest,
 ) -> ApiResult<ListCommandsResponse> {
-    let p = &caller::for_reading(state, &call.principal).await?;
+    let p = &caller::for_reading(state, &call.principal, Permission::CommandsRead).await?;
     let req = &req;
     OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
@@ -274,7 +276,7 @@ pub(crate) async fn list(
     for term in &terms {
         query = query.filter(command::Column::DisplayName.eq(term.value.clone()));
     }
-    if !is_admin(p) {
+    if !everywhere(p, Permission::CommandsRead) {
         query = query.filter(
             command::Column::Name.in_subquery(
                 Query::select()

@@ -12,7 +12,7 @@ use steward_proto::commands::v1::{
 use steward_runtime::authn::{AdministratorCall, Need};
 use steward_runtime::claims::Role;
 use steward_runtime::names::{self, AdministratorName, CommandName, GrantName, OrganizationName};
-use steward_runtime::roles::Permission;
+use steward_runtime::roles::{self, Permission, Scope};
 use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
@@ -71,6 +71,7 @@ pub(crate) async fn create(
     if find_command(db, &p.organization, &req.parent).await?.is_none() {
         return Err(ApiError::NotFound(req.parent));
     }
+    // A grant is for a role that runs only granted commands (Command Runner, Help Desk).
     match lookup_role(state, &g.grantee).await? {
         None => return Err(ApiError::NotFound(g.grantee)),
         Some(Role::Administrator) => {
@@ -80,7 +81,30 @@ pub(crate) async fn create(
                 "Administrators may run every command; grants are for Command Runners",
             ))
         }
-        Some(Role::CommandRunner) => {}
+        Some(role) => match roles::built_in(role).scope(Permission::CommandsRun) {
+            Some(Scope::Own) => {}
+            Some(Scope::Organization) => {
+                return Err(ApiError::precondition(
+                    "GRANTEE_RUNS_EVERY_COMMAND",
+                    g.grantee,
+                    format!(
+                        "the grantee's role {} runs every command; grants are for roles that run \
+                         only granted commands",
+                        roles::built_in_name(role)
+                    ),
+                ))
+            }
+            None => {
+                return Err(ApiError::precondition(
+                    "GRANTEE_CANNOT_RUN",
+                    g.grantee,
+                    format!(
+                        "the grantee's role {} does not hold commands.run",
+                        roles::built_in_name(role)
+                    ),
+                ))
+            }
+        },
     }
     let now = state.now();
     let txn = begin_write(db).await?;

@@ -19,11 +19,12 @@ use steward_runtime::names::{
 use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
-use crate::caller::is_admin;
+use crate::caller::everywhere;
 use crate::command::{find_command, targets_of_command, MAX_SYSTEMS};
 use crate::entity::{grant, output, result, run};
 use crate::rules::{self, timestamp};
 use crate::{audit, begin_write, caller, State, IDEMPOTENCY};
+use steward_runtime::roles::Permission;
 
 /// A per-system result without its output.
 #[derive(Clone, Debug, DerivePartialModel, FromQueryResult)]
@@ -178,9 +179,15 @@ pub(crate) async fn refresh_run<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Loads a run the caller may see: Administrators see every run of their organization,
-/// Command Runners only their own (PERMISSION_DENIED otherwise, whether or not it exists).
-pub(crate) async fn visible_run(state: &State, p: &Principal, name: &str) -> ApiResult<run::Model> {
+/// Loads a run the caller may act on with `permission` (`runs.read` or `runs.cancel`): any run
+/// of its organization when it holds the permission organization-wide, else only its own
+/// (PERMISSION_DENIED otherwise, whether or not it exists).
+pub(crate) async fn visible_run(
+    state: &State,
+    p: &Principal,
+    name: &str,
+    permission: Permission,
+) -> ApiResult<run::Model> {
     RunName::parse("name", name)?;
     p.check_organization(name)?;
     let found = run::Entity::find_by_id(name.to_string())
@@ -188,8 +195,8 @@ pub(crate) async fn visible_run(state: &State, p: &Principal, name: &str) -> Api
         .one(&state.db)
         .await?;
     match found {
-        Some(run) if is_admin(p) || run.runner == p.administrator => Ok(run),
-        None if is_admin(p) => Err(ApiError::NotFound(name.to_string())),
+        Some(run) if everywhere(p, permission) || run.runner == p.administrator => Ok(run),
+        None if everywhere(p, permission) => Err(ApiError::NotFound(name.to_string())),
         _ => Err(ApiError::denied("NOT_OWN_RUN", format!("{name} is not one of your runs"))),
     }
 }
@@ -230,7 +237,7 @@ pub(crate) async fn run_inner(
     CommandName::parse("command", &req.command)?;
     p.check_organization(&req.command)?;
     // Held to the caller's current role: a demoted Administrator needs a grant now.
-    let current = caller::current(state, p, Need::AnyRole).await?;
+    let current = caller::current(state, p, Need::Permission(Permission::CommandsRun)).await?;
     let p = &current;
     if req.systems.len() > MAX_SYSTEMS {
         return Err(ApiError::invalid(
@@ -251,14 +258,14 @@ pub(crate) async fn run_inner(
     let key = Key::new("run_command", &p.administrator, &req.request_id);
     let db = &state.db;
     if let Some(previous) = IDEMPOTENCY.recall(db, key.as_ref()).await? {
-        let run = visible_run(state, p, &previous).await?;
+        let run = visible_run(state, p, &previous, Permission::CommandsRun).await?;
         return Ok(RunCommandResponse { run: Some(run_proto(db, run, false).await?) });
     }
     let now = state.now();
     let txn = begin_write(db).await?;
     let no_grant =
         || ApiError::denied("NO_GRANT", format!("{} has not been granted to you", req.command));
-    if !is_admin(p) {
+    if !everywhere(p, Permission::CommandsRun) {
         let grant = grant::Entity::find()
             .filter(grant::Column::Command.eq(&req.command))
             .filter(grant::Column::Grantee.eq(&p.administrator))
@@ -270,7 +277,7 @@ pub(crate) async fn run_inner(
         }
     }
     let command = find_command(&txn, &p.organization, &req.command).await?.ok_or_else(|| {
-        if is_admin(p) {
+        if everywhere(p, Permission::CommandsRun) {
             ApiError::NotFound(req.command.clone())
         } else {
             no_grant()
@@ -348,8 +355,8 @@ pub(crate) async fn get(
     call: AdministratorCall,
     req: GetRunRequest,
 ) -> ApiResult<GetRunResponse> {
-    let p = &caller::for_reading(state, &call.principal).await?;
-    let run = visible_run(state, p, &req.name).await?;
+    let p = &caller::for_reading(state, &call.principal, Permission::RunsRead).await?;
+    let run = visible_run(state, p, &req.name, Permission::RunsRead).await?;
     Ok(GetRunResponse { run: Some(run_proto(&state.db, run, true).await?) })
 }
 
@@ -358,7 +365,7 @@ pub(crate) async fn list(
     call: AdministratorCall,
     req: ListRunsRequest,
 ) -> ApiResult<ListRunsResponse> {
-    let p = &caller::for_reading(state, &call.principal).await?;
+    let p = &caller::for_reading(state, &call.principal, Permission::RunsRead).await?;
     let req = &req;
     OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;
@@ -368,7 +375,7 @@ pub(crate) async fn list(
     let digest = format!("{}|{}", req.filter.trim(), p.administrator);
     let offset = names::decode_page_token(&req.page_token, &digest)?;
     let mut query = run::Entity::find().filter(run::Column::Organization.eq(&p.organization));
-    if !is_admin(p) {
+    if !everywhere(p, Permission::RunsRead) {
         query = query.filter(run::Column::Runner.eq(&p.administrator));
     }
     for term in terms {
@@ -379,10 +386,10 @@ pub(crate) async fn list(
             }
             "runner" => {
                 AdministratorName::parse("filter", &term.value)?;
-                if !is_admin(p) && term.value != p.administrator {
+                if !everywhere(p, Permission::RunsRead) && term.value != p.administrator {
                     return Err(ApiError::denied(
                         "NOT_OWN_RUN",
-                        "Command Runners may only list their own runs",
+                        "your role may only list its own runs (runs.read over its own runs)",
                     ));
                 }
                 query.filter(run::Column::Runner.eq(term.value))
@@ -435,8 +442,9 @@ pub(crate) async fn cancel(
 ) -> ApiResult<CancelRunResponse> {
     let name = req.name;
     RunName::parse("name", &name)?;
-    let (p, ctx) = caller::for_mutation(state, call, &name, Need::AnyRole).await?;
-    visible_run(state, &p, &name).await?;
+    let (p, ctx) =
+        caller::for_mutation(state, call, &name, Need::Permission(Permission::RunsCancel)).await?;
+    visible_run(state, &p, &name, Permission::RunsCancel).await?;
     let now = state.now();
     let txn = begin_write(&state.db).await?;
     let current = run::Entity::find_by_id(name.clone())

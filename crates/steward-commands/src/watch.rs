@@ -18,6 +18,7 @@ use crate::entity::{output, result, run};
 use crate::rules;
 use crate::run::{run_proto, visible_run};
 use crate::{caller, State};
+use steward_runtime::roles::Permission;
 
 /// How often WatchRun looks for changes made on other replicas.
 pub(crate) const WATCH_POLL: Duration = Duration::from_millis(200);
@@ -29,9 +30,9 @@ pub(crate) async fn watch(
     req: WatchRunRequest,
 ) -> ApiResult<WatchStream> {
     let token_principal = call.principal;
-    let p = &caller::for_reading(state, &token_principal).await?;
+    let p = &caller::for_reading(state, &token_principal, Permission::RunsRead).await?;
     let name = req.name.clone();
-    visible_run(state, p, &name).await?;
+    visible_run(state, p, &name, Permission::RunsRead).await?;
     let slot = state.watchers.admit(&p.administrator, &name, &state.streams)?;
     let (tx, rx) = mpsc::channel(32);
     let state = state.clone();
@@ -48,10 +49,16 @@ pub(crate) async fn watch(
             // is now, and end the stream when it is gone.
             if last_check.elapsed() >= recheck {
                 last_check = tokio::time::Instant::now();
-                let allowed = match caller::for_reading(&state, &token_principal).await {
-                    Ok(current) => visible_run(&state, &current, &watch.name).await.map(|_| ()),
-                    Err(err) => Err(err),
-                };
+                let allowed =
+                    match caller::for_reading(&state, &token_principal, Permission::RunsRead).await
+                    {
+                        Ok(current) => {
+                            visible_run(&state, &current, &watch.name, Permission::RunsRead)
+                                .await
+                                .map(|_| ())
+                        }
+                        Err(err) => Err(err),
+                    };
                 if let Err(err) = allowed {
                     tracing::info!(run = %watch.name, code = ?err.code(), "watcher no longer allowed");
                     let _ = tx.send(Err(err.into())).await;

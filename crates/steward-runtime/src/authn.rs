@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 
 use crate::claims::{AccessClaims, Role, TokenScope, ACCESS_TOKEN_TYPE};
 use crate::error::{ApiError, ApiResult};
-use crate::roles::{holds, rule, Access, BILLING_PERMISSIONS};
+use crate::roles::{built_in, rule, Access, Permissions, BILLING_PERMISSIONS};
 use crate::service::Clock;
 
 /// Metadata key carrying the service credential on internal calls.
@@ -40,6 +40,9 @@ pub struct Principal {
     pub role: Role,
     /// Billing access claimed by the token.
     pub billing: bool,
+    /// What the token's role and billing flag hold (services narrow it to what the caller's
+    /// account holds now).
+    pub permissions: Permissions,
     /// Session id.
     pub session: String,
     /// Usage restriction.
@@ -56,6 +59,7 @@ impl Principal {
             administrator: claims.sub,
             role: claims.role,
             billing: claims.billing,
+            permissions: built_in(claims.role).with_billing(claims.billing),
             session: claims.sid,
             scope: claims.scope,
             auth_time: claims.auth_time,
@@ -111,11 +115,12 @@ pub enum Need {
 }
 
 impl Need {
-    /// The refusal of a caller whose current `role` and `billing` flag do not meet this need:
-    /// `ROLE_REQUIRED` or `BILLING_REQUIRED`, naming the permission, as the layer refuses.
-    pub fn refusal(self, role: Role, billing: bool) -> Option<ApiError> {
+    /// The refusal of a caller whose current permissions (its role's and its billing flag's)
+    /// do not meet this need: `ROLE_REQUIRED` or `BILLING_REQUIRED`, naming the permission, as
+    /// the layer refuses.
+    pub fn refusal(self, held: &Permissions) -> Option<ApiError> {
         match self {
-            Self::Permission(permission) if !holds(role, billing, permission) => {
+            Self::Permission(permission) if !held.holds(permission) => {
                 Some(missing_permission(permission))
             }
             Self::AnyRole | Self::Permission(_) => None,
@@ -483,9 +488,7 @@ impl AuthState {
                         "enrol MFA before using this RPC",
                     ))
                 } else {
-                    permission
-                        .filter(|p| !holds(principal.role, principal.billing, *p))
-                        .map(missing_permission)
+                    permission.filter(|p| !principal.permissions.holds(*p)).map(missing_permission)
                 };
                 match refusal {
                     Some(err) => Err((err, Some(principal))),
@@ -612,12 +615,17 @@ mod tests {
 
     #[test]
     fn needs_are_met_by_the_current_role_and_billing_flag() {
+        let held = |role, billing| built_in(role).with_billing(billing);
         let create = Need::Permission(Permission::AdministratorsCreate);
-        assert_eq!(reason(create.refusal(Role::Administrator, false)), None);
-        assert_eq!(reason(create.refusal(Role::CommandRunner, true)), Some("ROLE_REQUIRED"));
+        assert_eq!(reason(create.refusal(&held(Role::Administrator, false))), None);
+        assert_eq!(reason(create.refusal(&held(Role::CommandRunner, true))), Some("ROLE_REQUIRED"));
+        assert_eq!(reason(create.refusal(&held(Role::Manager, true))), Some("ROLE_REQUIRED"));
         let card = Need::Permission(Permission::BillingRead);
-        assert_eq!(reason(card.refusal(Role::Administrator, false)), Some("BILLING_REQUIRED"));
-        assert_eq!(reason(card.refusal(Role::CommandRunner, true)), None);
-        assert_eq!(reason(Need::AnyRole.refusal(Role::CommandRunner, false)), None);
+        assert_eq!(
+            reason(card.refusal(&held(Role::Administrator, false))),
+            Some("BILLING_REQUIRED")
+        );
+        assert_eq!(reason(card.refusal(&held(Role::CommandRunner, true))), None);
+        assert_eq!(reason(Need::AnyRole.refusal(&held(Role::CommandRunner, false))), None);
     }
 }

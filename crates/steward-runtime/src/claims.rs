@@ -5,32 +5,42 @@ use serde::{Deserialize, Serialize};
 /// `typ` header of every access token (RFC 9068).
 pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
 
-/// An administrator's role.
+/// A built-in role. What each holds is [`crate::roles::built_in`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Everything in its organization.
+    /// Everything in its organization but billing.
     Administrator,
+    /// Commands, grants, systems, connect keys, runs and the audit log; not administrators.
+    Manager,
+    /// Reads administrators, resends invites, resets second factors, reads systems and runs,
+    /// runs the commands granted to it.
+    HelpDesk,
+    /// Reads everything but the payment card; changes nothing, runs nothing.
+    ReadOnly,
     /// Runs the commands granted to it, nothing else.
     CommandRunner,
 }
 
 impl Role {
+    /// Every built-in role, most privileged first.
+    pub const ALL: [Role; 5] =
+        [Self::Administrator, Self::Manager, Self::HelpDesk, Self::ReadOnly, Self::CommandRunner];
+
     /// Stable lowercase name, as stored and as put in tokens.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Administrator => "administrator",
+            Self::Manager => "manager",
+            Self::HelpDesk => "help_desk",
+            Self::ReadOnly => "read_only",
             Self::CommandRunner => "command_runner",
         }
     }
 
     /// Parses the stored name.
     pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "administrator" => Some(Self::Administrator),
-            "command_runner" => Some(Self::CommandRunner),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|role| role.as_str() == value)
     }
 }
 

@@ -27,8 +27,11 @@ impl Role {
         use steward_proto::admin::v1::Role as Proto;
         match Proto::try_from(value) {
             Ok(Proto::Administrator) => Some(Self::Administrator),
+            Ok(Proto::Manager) => Some(Self::Manager),
+            Ok(Proto::HelpDesk) => Some(Self::HelpDesk),
+            Ok(Proto::ReadOnly) => Some(Self::ReadOnly),
             Ok(Proto::CommandRunner) => Some(Self::CommandRunner),
-            _ => None,
+            Ok(Proto::Unspecified) | Err(_) => None,
         }
     }
 
@@ -37,6 +40,9 @@ impl Role {
         use steward_proto::admin::v1::Role as Proto;
         match self {
             Self::Administrator => Proto::Administrator as i32,
+            Self::Manager => Proto::Manager as i32,
+            Self::HelpDesk => Proto::HelpDesk as i32,
+            Self::ReadOnly => Proto::ReadOnly as i32,
             Self::CommandRunner => Proto::CommandRunner as i32,
         }
     }
@@ -52,7 +58,7 @@ mod tests {
         assert_eq!(from_timestamp("t", &timestamp(now)).unwrap(), now);
         let bad = prost_types::Timestamp { seconds: 0, nanos: -1 };
         assert!(from_timestamp("t", &bad).is_err());
-        for role in [Role::Administrator, Role::CommandRunner] {
+        for role in Role::ALL {
             assert_eq!(Role::from_proto(role.to_proto()), Some(role));
         }
         assert_eq!(Role::from_proto(0), None);

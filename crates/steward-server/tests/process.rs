@@ -562,6 +562,47 @@ fn seed_walkthrough(dev: Dev) {
     )
     .unwrap_err();
     assert!(gone.contains("NotFound"), "{gone}");
+
+    // 7. An auditor: a Read Only administrator reads everything and changes nothing.
+    call(
+        addr,
+        Some(&owner),
+        "steward.admin.v1.AdminService/CreateAdministrator",
+        serde_json::json!({"parent": org, "administrator": {"email": "auditor@example.com", "roleName": "roles/read-only"}}),
+    )
+    .unwrap();
+    let invite = (0..100)
+        .find_map(|_| {
+            steward_server::newest_token_for(&mail, "auditor@example.com").or_else(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            })
+        })
+        .expect("invite mail for the auditor");
+    call(
+        addr,
+        None,
+        "steward.auth.v1.AuthService/AcceptInvite",
+        serde_json::json!({"token": invite, "password": password}),
+    )
+    .unwrap();
+    let auditor = sign_in(addr, "auditor@example.com", password);
+    let read =
+        |method: &str| call(addr, Some(&auditor), method, serde_json::json!({"parent": org}));
+    let admins = read("steward.admin.v1.AdminService/ListAdministrators").unwrap();
+    assert_eq!(admins["administrators"].as_array().unwrap().len(), 2, "{admins}");
+    let commands = read("steward.commands.v1.CommandService/ListCommands").unwrap();
+    assert_eq!(commands["commands"].as_array().unwrap().len(), 2, "{commands}");
+    let events = read("steward.audit.v1.AuditService/ListAuditEvents").unwrap();
+    assert!(!events["auditEvents"].as_array().unwrap().is_empty(), "{events}");
+    let refused = call(
+        addr,
+        Some(&auditor),
+        "steward.commands.v1.CommandService/RunCommand",
+        serde_json::json!({"command": command}),
+    )
+    .unwrap_err();
+    assert!(refused.contains("PermissionDenied") && refused.contains("commands.run"), "{refused}");
 }
 
 /// Runs a full flow against `dev` with every log level on and searches the logs for each secret

@@ -56,7 +56,7 @@ async fn connect_key(client: &Steward, org: &str) -> ConnectKey {
 }
 
 /// Registers a system through a fresh connect key; returns (system name, credential).
-async fn register(stack: &Stack, owner: &Owner, hostname: &str) -> (String, String) {
+pub(crate) async fn register(stack: &Stack, owner: &Owner, hostname: &str) -> (String, String) {
     let key = connect_key(&owner.client, &owner.org).await;
     let reply = agent_client(&stack.url(ServiceKind::Commands))
         .await
@@ -72,7 +72,7 @@ async fn register(stack: &Stack, owner: &Owner, hostname: &str) -> (String, Stri
     (reply.system.unwrap().name, reply.credential)
 }
 
-async fn create_command(owner: &Owner, display: &str, targets: &[&str]) -> Command {
+pub(crate) async fn create_command(owner: &Owner, display: &str, targets: &[&str]) -> Command {
     owner
         .client
         .commands()
@@ -99,7 +99,11 @@ async fn create_command(owner: &Owner, display: &str, targets: &[&str]) -> Comma
 }
 
 /// CreateGrant of `command` to `grantee` by `owner`.
-async fn try_grant(owner: &Owner, command: &str, grantee: &str) -> Result<Grant, Status> {
+pub(crate) async fn try_grant(
+    owner: &Owner,
+    command: &str,
+    grantee: &str,
+) -> Result<Grant, Status> {
     let request = CreateGrantRequest {
         parent: command.to_string(),
         grant: Some(Grant { grantee: grantee.to_string(), ..Default::default() }),
@@ -113,7 +117,7 @@ pub(crate) async fn grant(owner: &Owner, command: &str, grantee: &str) -> Grant 
     try_grant(owner, command, grantee).await.unwrap()
 }
 
-async fn run(client: &Steward, command: &str, systems: &[&str]) -> Result<Run, Status> {
+pub(crate) async fn run(client: &Steward, command: &str, systems: &[&str]) -> Result<Run, Status> {
     client
         .commands()
         .run_command(RunCommandRequest {
@@ -125,7 +129,7 @@ async fn run(client: &Steward, command: &str, systems: &[&str]) -> Result<Run, S
         .map(|r| r.into_inner().run.unwrap())
 }
 
-async fn check(
+pub(crate) async fn check(
     client: &Steward,
     principal: &str,
     command: &str,
@@ -317,6 +321,16 @@ backend_test!(check_access_explains_every_reason, |stack| async move {
     assert_eq!(ghost.reason, DecisionReason::PrincipalNotFound as i32);
     assert!(!ghost.message.is_empty());
 
+    // Roles beyond the seed's: a Manager runs by its role, Read Only cannot run at all.
+    let manager = stack.member(&owner, Role::Manager, false).await;
+    let by_role = check(c, &manager.name, &command.name, Action::Run, &target).await.unwrap();
+    assert!(by_role.allowed);
+    assert_eq!(by_role.reason, DecisionReason::RolePermission as i32);
+    let auditor = stack.member(&owner, Role::ReadOnly, false).await;
+    let cannot = check(c, &auditor.name, &command.name, Action::Run, &target).await.unwrap();
+    assert_eq!(cannot.reason, DecisionReason::MissingPermission as i32);
+    assert!(cannot.message.contains("commands.run"), "{}", cannot.message);
+
     // A Command Runner learns nothing about commands it holds no grant on: a missing command,
     // one without targets and an ungranted one with targets all answer NO_GRANT, alike.
     let ungranted = create_command(&owner, "restart", &[&target]).await;
@@ -333,7 +347,8 @@ backend_test!(check_access_explains_every_reason, |stack| async move {
 
     // Every denial says why twice: a code a program can switch on and a sentence a person can
     // read (one that differs between reasons); and every reason the API defines was produced.
-    let denials = [&no_grant, &wrong, &wrong_system, &not_target, &no_targets, &gone, &ghost];
+    let denials =
+        [&no_grant, &wrong, &wrong_system, &not_target, &no_targets, &gone, &ghost, &cannot];
     for d in denials {
         assert!(!d.allowed, "{d:?}");
         assert_ne!(d.reason, DecisionReason::Unspecified as i32, "{d:?}");
@@ -346,11 +361,12 @@ backend_test!(check_access_explains_every_reason, |stack| async move {
     }
     let messages: std::collections::BTreeSet<_> = by_reason.values().collect();
     assert_eq!(messages.len(), by_reason.len(), "one message per reason: {by_reason:?}");
-    let seen: std::collections::BTreeSet<i32> = [&admin, &granted, &read, &read_untargeted]
-        .into_iter()
-        .chain(denials)
-        .map(|d| d.reason)
-        .collect();
+    let seen: std::collections::BTreeSet<i32> =
+        [&admin, &granted, &read, &read_untargeted, &by_role]
+            .into_iter()
+            .chain(denials)
+            .map(|d| d.reason)
+            .collect();
     let defined: std::collections::BTreeSet<i32> =
         (1..).map_while(|v| DecisionReason::try_from(v).ok()).map(|r| r as i32).collect();
     assert_eq!(seen, defined, "every DecisionReason is exercised");

@@ -1,7 +1,7 @@
-//! The role matrix: every RPC of every service's descriptor, called as anonymous, as an
-//! Administrator with and without billing, as a Command Runner with and without billing, as a
-//! service, and as an Administrator of another organization; each outcome is checked against the
-//! role table (`steward_runtime::roles`).
+//! The role matrix: every RPC of every service's descriptor, called as anonymous, as a service,
+//! as a member of every built-in role with and without billing, and as an Administrator of
+//! another organization; each outcome is checked against the permissions the roles are served
+//! with (`RoleService.ListRoles`) and the rule each RPC declares.
 
 use prost::bytes::{Buf, BufMut};
 use prost::Message;
@@ -151,10 +151,8 @@ fn request_in(d: &Descriptors, method: &Method, org: &str) -> Option<Vec<u8>> {
 enum Who {
     Anonymous,
     Service,
-    AdminBilling,
-    AdminNoBilling,
-    RunnerBilling,
-    RunnerNoBilling,
+    /// A signed-in member holding a built-in role, with or without billing access.
+    Member(Role, bool),
 }
 
 async fn call(
@@ -227,31 +225,51 @@ fn layer_reason(status: &Status) -> Option<String> {
     None
 }
 
-/// What the layer must answer for `who` calling an RPC with rule `access`: `None` means the call
-/// must get past the layer (the handler then answers whatever it answers).
-fn expected(access: Access, who: Who) -> Option<&'static str> {
-    use Who::*;
+/// What the layer must answer for `who` calling `path`: `None` means the call must get past the
+/// layer (the handler then answers whatever it answers). For members the answer follows from
+/// the permissions their role is *served* with (`RoleService.ListRoles`) and the billing flag,
+/// not from the Rust table the layer reads: the contract and the enforcement are compared.
+fn expected(
+    path: &str,
+    who: Who,
+    served: &std::collections::HashMap<i32, Vec<String>>,
+) -> Option<&'static str> {
+    let access = rule_for(path).unwrap();
     match (access, who) {
         (Access::Public | Access::Agent, _) => None,
-        (Access::Internal, Service) => None,
-        (Access::Internal, Anonymous) => Some("UNAUTHENTICATED"),
-        (Access::Internal, _) => Some("SERVICE_CREDENTIAL_REQUIRED"),
-        (_, Anonymous | Service) => Some("UNAUTHENTICATED"),
-        (Access::Enrollment | Access::AnyRole, _) => None,
-        (Access::Administrator, AdminBilling | AdminNoBilling) => None,
-        (Access::Administrator, RunnerBilling | RunnerNoBilling) => Some("ROLE_REQUIRED"),
-        (Access::Billing, AdminBilling | RunnerBilling) => None,
-        (Access::Billing, AdminNoBilling | RunnerNoBilling) => Some("BILLING_REQUIRED"),
+        (Access::Internal, Who::Service) => None,
+        (Access::Internal, Who::Anonymous) => Some("UNAUTHENTICATED"),
+        (Access::Internal, Who::Member(..)) => Some("SERVICE_CREDENTIAL_REQUIRED"),
+        (_, Who::Anonymous | Who::Service) => Some("UNAUTHENTICATED"),
+        (_, Who::Member(role, billing)) => {
+            let permission = steward_proto::authz::rule(path).and_then(|r| r.permission).unwrap();
+            let name = steward_runtime::roles::permission_name(permission);
+            if name.starts_with("billing.") {
+                return (!billing).then_some("BILLING_REQUIRED");
+            }
+            let held = served[&(role as i32)].iter().any(|p| p == name);
+            (!held).then_some("ROLE_REQUIRED")
+        }
     }
 }
 
 backend_test!(every_rpc_follows_the_role_table, |stack| async move {
+    use steward_proto::admin::v1::ListRolesRequest;
     let stack: Stack = stack;
     let owner = stack.owner().await; // Administrator with billing.
-    let admin_plain = stack.member(&owner, Role::Administrator, false).await;
-    let runner_billing = stack.member(&owner, Role::CommandRunner, true).await;
-    let runner_plain = stack.member(&owner, Role::CommandRunner, false).await;
     let stranger = stack.owner().await; // Administrator (with billing) of another organization.
+    let served: std::collections::HashMap<i32, Vec<String>> = owner
+        .client
+        .roles()
+        .list_roles(ListRolesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .roles
+        .into_iter()
+        .map(|r| (r.role, r.permissions))
+        .collect();
+    assert_eq!(served.len(), 5, "five built-in roles: {served:?}");
 
     let channel =
         tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
@@ -264,14 +282,15 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
         steward_runtime::authn::SERVICE_CREDENTIAL_HEADER,
         stack.service_token().to_string(),
     ));
-    let callers = [
-        (Who::Anonymous, None),
-        (Who::Service, service),
-        (Who::AdminBilling, bearer(&owner.tokens.access_token)),
-        (Who::AdminNoBilling, bearer(&admin_plain.tokens.access_token)),
-        (Who::RunnerBilling, bearer(&runner_billing.tokens.access_token)),
-        (Who::RunnerNoBilling, bearer(&runner_plain.tokens.access_token)),
-    ];
+    let mut callers = vec![(Who::Anonymous, None), (Who::Service, service)];
+    for role in
+        [Role::Administrator, Role::Manager, Role::HelpDesk, Role::ReadOnly, Role::CommandRunner]
+    {
+        for billing in [true, false] {
+            let member = stack.member(&owner, role, billing).await;
+            callers.push((Who::Member(role, billing), bearer(&member.tokens.access_token)));
+        }
+    }
 
     let d = descriptors();
     let mut failures = Vec::new();
@@ -282,7 +301,7 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
         for (who, auth) in &callers {
             let outcome = call(&channel, method, body.clone(), auth.clone()).await;
             let got = outcome.as_ref().err().and_then(layer_reason);
-            let want = expected(access, *who);
+            let want = expected(&method.path, *who, &served);
             if got.as_deref() != want {
                 failures.push(format!(
                     "{} as {who:?}: expected {want:?}, got {outcome:?}",
@@ -299,7 +318,7 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
                         matches!(code, Some(Code::Unauthenticated | Code::InvalidArgument))
                     }
                     Who::Anonymous | Who::Service => code == Some(Code::Unauthenticated),
-                    _ => code == Some(Code::PermissionDenied),
+                    Who::Member(..) => code == Some(Code::PermissionDenied),
                 };
                 if !refused {
                     failures.push(format!(
@@ -372,7 +391,16 @@ backend_test!(built_in_roles_are_served_with_their_permissions, |stack| async mo
     let runner = stack.member(&owner, Role::CommandRunner, false).await;
     let roles = runner.client.roles().list_roles(ListRolesRequest {}).await.unwrap().into_inner();
     let names: Vec<&str> = roles.roles.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["roles/administrator", "roles/command-runner"]);
+    assert_eq!(
+        names,
+        [
+            "roles/administrator",
+            "roles/manager",
+            "roles/help-desk",
+            "roles/read-only",
+            "roles/command-runner"
+        ]
+    );
     let administrator = &roles.roles[0];
     assert_eq!(administrator.role, Role::Administrator as i32);
     assert!(administrator.permissions.iter().any(|p| p == "administrators.delete"));
@@ -386,7 +414,7 @@ backend_test!(built_in_roles_are_served_with_their_permissions, |stack| async mo
         .into_inner()
         .role
         .unwrap();
-    assert_eq!(got, roles.roles[1]);
+    assert_eq!(&got, roles.roles.last().unwrap());
     assert!(got.permissions.iter().any(|p| p == "commands.run"));
     assert!(!got.permissions.iter().any(|p| p == "commands.create"));
     // What a role lists is what the layer lets it do: a Command Runner lacks commands.create.

@@ -26,6 +26,9 @@ const COLUMNS: &[(&str, &str)] = &[
 fn role(arg: RoleArg) -> Role {
     match arg {
         RoleArg::Administrator => Role::Administrator,
+        RoleArg::Manager => Role::Manager,
+        RoleArg::HelpDesk => Role::HelpDesk,
+        RoleArg::ReadOnly => Role::ReadOnly,
         RoleArg::CommandRunner => Role::CommandRunner,
     }
 }
