@@ -13,7 +13,9 @@ from steward_client import (
     admin_pb2,
     administrator_pb2,
     agent_pb2,
+    audit_pb2,
     auth_pb2,
+    billing_pb2,
     commands_pb2,
     error_details,
     role_pb2,
@@ -37,14 +39,15 @@ def detail(error: grpc.RpcError, kind):
     return found[0]
 
 
-def invite_and_sign_in(server, owner, address: str, password: str):
-    """Owner creates a Command Runner; it accepts its emailed invite and signs in."""
+def invite_and_sign_in(
+    server, owner, address: str, password: str, role_name: str = "roles/command-runner"
+):
+    """Owner creates an administrator (a Command Runner unless told otherwise); it accepts its
+    emailed invite and signs in."""
     created = owner.client.admin.CreateAdministrator(
         admin_pb2.CreateAdministratorRequest(
             parent=owner.organization,
-            administrator=administrator_pb2.Administrator(
-                email=address, role=administrator_pb2.ROLE_COMMAND_RUNNER
-            ),
+            administrator=administrator_pb2.Administrator(email=address, role_name=role_name),
             request_id=str(uuid.uuid4()),
         )
     ).administrator
@@ -270,3 +273,61 @@ def test_commands_walkthrough(server, owner):
         assert list(seen.commands) == []
         err = rpc_error(ops.commands.RunCommand, commands_pb2.RunCommandRequest(command=report.name))
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_read_only_walkthrough(server, owner):
+    org = owner.organization
+    script = commands_pb2.Command(
+        display_name="last logins", script="last -n 20", interpreter=commands_pb2.INTERPRETER_SH
+    )
+    command = owner.client.commands.CreateCommand(
+        commands_pb2.CreateCommandRequest(parent=org, command=script, request_id=str(uuid.uuid4()))
+    ).command
+
+    # The owner invites an auditor by role name; it accepts its emailed invite and signs in.
+    auditor, client = invite_and_sign_in(
+        server, owner, "auditor@example.com", "auditors read every line twice 9!",
+        role_name="roles/read-only",
+    )
+    assert auditor.role == administrator_pb2.ROLE_READ_ONLY
+    assert auditor.role_name == "roles/read-only"
+    with client:
+        # It reads everything: administrators, commands, roles, and the audit log, which
+        # recorded the owner creating it.
+        listed = client.admin.ListAdministrators(admin_pb2.ListAdministratorsRequest(parent=org))
+        assert {owner.name, auditor.name} <= {a.name for a in listed.administrators}
+        seen = client.commands.ListCommands(commands_pb2.ListCommandsRequest(parent=org))
+        assert command.name in [c.name for c in seen.commands]
+        roles = {r.name: r for r in client.roles.ListRoles(role_pb2.ListRolesRequest()).roles}
+        assert "audit.read" in roles["roles/read-only"].permissions
+        events = client.audit.ListAuditEvents(
+            audit_pb2.ListAuditEventsRequest(parent=org, filter=f'target = "{auditor.name}"')
+        ).audit_events
+        assert any(
+            e.actor == owner.name
+            and e.action == "/steward.admin.v1.AdminService/CreateAdministrator"
+            and e.result == audit_pb2.AuditEvent.RESULT_ALLOWED
+            for e in events
+        ), events
+
+        # It changes nothing and runs nothing.
+        err = rpc_error(
+            client.commands.RunCommand,
+            commands_pb2.RunCommandRequest(command=command.name, request_id=str(uuid.uuid4())),
+        )
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "commands.run" in err.details()
+        err = rpc_error(
+            client.commands.CreateCommand,
+            commands_pb2.CreateCommandRequest(
+                parent=org, command=script, request_id=str(uuid.uuid4())
+            ),
+        )
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        # Nor may it see the payment card: that takes billing.
+        err = rpc_error(
+            client.billing.GetPaymentCard,
+            billing_pb2.GetPaymentCardRequest(name=f"{org}/paymentCard"),
+        )
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert detail(err, error_details_pb2.ErrorInfo).reason == "BILLING_REQUIRED"

@@ -8,6 +8,7 @@ import { after, before, describe, it } from "node:test";
 
 import {
   administratorV1,
+  auditV1,
   commandsV1,
   errorDetails,
   ServiceError,
@@ -63,18 +64,25 @@ function walkthrough(mode: Mode) {
     await server?.stop();
   });
 
-  /** Owner creates a Command Runner; it accepts its emailed invite and signs in. */
-  async function inviteAndSignIn(address: string, password: string) {
+  /**
+   * Owner creates an administrator (a Command Runner unless told otherwise); it accepts its
+   * emailed invite and signs in.
+   */
+  async function inviteAndSignIn(
+    address: string,
+    password: string,
+    roleName = "roles/command-runner",
+  ) {
     const { administrator } = await owner.admin.createAdministrator({
       parent: org,
-      administrator: { email: address, role: Role.ROLE_COMMAND_RUNNER },
+      administrator: { email: address, roleName },
       requestId: randomUUID(),
     });
     const token = await server.inviteToken(address);
     const client = server.client();
     await client.auth.acceptInvite({ token, password });
     await client.signIn(address, password);
-    return { runner: administrator!, client };
+    return { administrator: administrator!, client };
   }
 
   if (mode === "tls") {
@@ -263,7 +271,10 @@ function walkthrough(mode: Mode) {
     const restart = await createCommand("restart web server", "systemctl restart nginx");
     assert.ok(report.name.startsWith(`${org}/commands/`), report.name);
 
-    const { runner, client: ops } = await inviteAndSignIn("ops@example.com", "ops team keeps disks tidy 2024!");
+    const { administrator: runner, client: ops } = await inviteAndSignIn(
+      "ops@example.com",
+      "ops team keeps disks tidy 2024!",
+    );
     try {
       const grant = (
         await owner.commands.createGrant({ parent: report.name, grant: { grantee: runner.name } })
@@ -305,6 +316,68 @@ function walkthrough(mode: Mode) {
       assert.equal(err.code, status.PERMISSION_DENIED);
     } finally {
       ops.close();
+    }
+  });
+
+  it("lets a Read Only auditor read everything and change nothing", async () => {
+    const script = {
+      displayName: "last logins",
+      script: "last -n 20",
+      interpreter: commandsV1.Interpreter.INTERPRETER_SH,
+    };
+    const command = (
+      await owner.commands.createCommand({ parent: org, command: script, requestId: randomUUID() })
+    ).command!;
+
+    // The owner invites an auditor by role name; it accepts its emailed invite and signs in.
+    const { administrator: auditor, client } = await inviteAndSignIn(
+      "auditor@example.com",
+      "auditors read every line twice 9!",
+      "roles/read-only",
+    );
+    assert.equal(auditor.role, Role.ROLE_READ_ONLY);
+    assert.equal(auditor.roleName, "roles/read-only");
+    try {
+      // It reads everything: administrators, commands, roles, and the audit log, which recorded
+      // the owner creating it.
+      const listed = await client.admin.listAdministrators({ parent: org });
+      const names = listed.administrators.map((a) => a.name);
+      assert.ok(names.includes(ownerName) && names.includes(auditor.name), names.join());
+      const seen = await client.commands.listCommands({ parent: org });
+      assert.ok(seen.commands.some((c) => c.name === command.name));
+      const { roles } = await client.roles.listRoles({});
+      const readOnly = roles.find((r) => r.name === "roles/read-only");
+      assert.ok(readOnly?.permissions.includes("audit.read"));
+      const { auditEvents } = await client.audit.listAuditEvents({
+        parent: org,
+        filter: `target = "${auditor.name}"`,
+      });
+      assert.ok(
+        auditEvents.some(
+          (e) =>
+            e.actor === ownerName &&
+            e.action === "/steward.admin.v1.AdminService/CreateAdministrator" &&
+            e.result === auditV1.AuditEvent_Result.RESULT_ALLOWED,
+        ),
+        JSON.stringify(auditEvents),
+      );
+
+      // It changes nothing and runs nothing.
+      let err = await rpcError(
+        client.commands.runCommand({ command: command.name, requestId: randomUUID() }),
+      );
+      assert.equal(err.code, status.PERMISSION_DENIED);
+      assert.match(err.details, /commands\.run/);
+      err = await rpcError(
+        client.commands.createCommand({ parent: org, command: script, requestId: randomUUID() }),
+      );
+      assert.equal(err.code, status.PERMISSION_DENIED);
+      // Nor may it see the payment card: that takes billing.
+      err = await rpcError(client.billing.getPaymentCard({ name: `${org}/paymentCard` }));
+      assert.equal(err.code, status.PERMISSION_DENIED);
+      assert.equal(errorDetails(err).errorInfo?.reason, "BILLING_REQUIRED");
+    } finally {
+      client.close();
     }
   });
 }

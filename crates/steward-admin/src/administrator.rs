@@ -107,7 +107,10 @@ pub async fn create(
     let txn = state.begin_write().await?;
     lock_org(&txn, &org_id).await?;
     let caller = caller_row(&txn, p, Need::Permission(Permission::AdministratorsCreate)).await?;
-    may_assign(&caller, role)?;
+    if let Assigned::Custom(name) = &role {
+        p.check_organization(name.as_str())?;
+    }
+    may_assign(&txn, &caller, &role).await?;
     if input.billing {
         may_grant_billing(&caller, p, now)?;
     }
@@ -132,7 +135,7 @@ pub async fn create(
         organization_id: Set(org_id.clone()),
         email: Set(email.as_str().to_string()),
         email_lower: Set(email.lower()),
-        role: Set(role.as_str().to_string()),
+        role: Set(role.stored()),
         billing: Set(input.billing),
         mfa_required: Set(input.mfa_required),
         mfa_enrolled: Set(false),
@@ -160,9 +163,9 @@ pub async fn create(
         now,
     )
     .await?;
-    audit.allowed(&txn, &name, &format!("created with role {}", role.as_str()), now).await?;
+    audit.allowed(&txn, &name, &format!("created with role {}", role.name()), now).await?;
     txn.commit().await?;
-    tracing::info!(administrator = %name, role = role.as_str(), "administrator created");
+    tracing::info!(administrator = %name, role = %role.name(), "administrator created");
     Ok(CreateAdministratorResponse { administrator: Some(admin_to_proto(&row)) })
 }
 
@@ -249,9 +252,12 @@ pub async fn update(
     lock_org(&txn, &org_id).await?;
     let caller = caller_row(&txn, p, Need::Permission(Permission::AdministratorsUpdate)).await?;
     let current = administrator(&txn, &org_id, &admin_id).await?;
-    may_act_on(&caller, &current)?;
-    if let Some(role) = new_role {
-        may_assign(&caller, role)?;
+    may_act_on(&txn, &caller, &current).await?;
+    if let Some(role) = &new_role {
+        if let Assigned::Custom(name) = role {
+            p.check_organization(name.as_str())?;
+        }
+        may_assign(&txn, &caller, role).await?;
     }
     if !input.etag.is_empty() && input.etag != admin_etag(&current) {
         return Err(ApiError::Aborted(format!(
@@ -260,8 +266,8 @@ pub async fn update(
         )));
     }
     let mut next = current.clone();
-    if let Some(role) = new_role {
-        next.role = role.as_str().to_string();
+    if let Some(role) = &new_role {
+        next.role = role.stored();
     }
     if paths.contains("billing") {
         next.billing = input.billing;
@@ -375,7 +381,7 @@ pub async fn batch_delete(
     for (id, name) in ids.iter().zip(&wanted) {
         let row =
             rows.iter().find(|r| &r.id == id).ok_or_else(|| ApiError::NotFound(name.clone()))?;
-        may_act_on(&caller, row)?;
+        may_act_on(&txn, &caller, row).await?;
         ordered.push(row.clone());
     }
     let before = members(&txn, &org_id).await?;
@@ -420,7 +426,7 @@ pub async fn resend_invite(
     lock_org(&txn, &org_id).await?;
     let caller = caller_row(&txn, p, Need::Permission(Permission::AdministratorsInvite)).await?;
     let row = administrator(&txn, &org_id, &admin_id).await?;
-    may_act_on(&caller, &row)?;
+    may_act_on(&txn, &caller, &row).await?;
     if row.state != administrator::STATE_INVITED {
         return Err(ApiError::precondition(
             "ALREADY_ACTIVATED",
@@ -466,7 +472,7 @@ pub async fn reset_mfa(
     lock_org(&txn, &org_id).await?;
     let caller = caller_row(&txn, p, Need::Permission(Permission::AdministratorsResetMfa)).await?;
     let row = administrator(&txn, &org_id, &admin_id).await?;
-    may_act_on(&caller, &row)?;
+    may_act_on(&txn, &caller, &row).await?;
     let revision = row.revision;
     let mut active = row.into_active_model();
     active.mfa_enrolled = Set(false);
@@ -546,9 +552,14 @@ pub async fn lookup(
     let (org_id, admin_id) = parse_admin("name", &req.name)?;
     let row = administrator(&state.db, &org_id, &admin_id).await?;
     let org = organization(&state.db, &org_id).await?;
+    let held = holder_permissions(&state.db, &row).await?;
     Ok(LookupAdministratorResponse {
         administrator: Some(admin_to_proto(&row)),
         organization_display_name: org.display_name,
+        role_permissions: held
+            .iter()
+            .map(|(p, _)| steward_runtime::roles::permission_name(p).to_string())
+            .collect(),
     })
 }
 

@@ -114,7 +114,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(migration::CreateTables), Box::new(migration::adopt_idempotency())]
+        vec![
+            Box::new(migration::CreateTables),
+            Box::new(migration::adopt_idempotency()),
+            Box::new(migration::CreateRoles),
+        ]
     }
 
     fn migration_table_name() -> DynIden {

@@ -194,3 +194,49 @@ impl MigrationTrait for CreateTables {
         Ok(())
     }
 }
+
+/// Creates `admin_roles`, an organization's own roles (expand only: no existing table changes;
+/// administrators' `role` column takes the role's name).
+pub struct CreateRoles;
+
+impl MigrationName for CreateRoles {
+    fn name(&self) -> &str {
+        "m20261201_000001_admin_roles"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateRoles {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(id("admin_roles"))
+                    .if_not_exists()
+                    .col(text("name").primary_key())
+                    .col(text("organization_id"))
+                    .col(text("display_name"))
+                    .col(ColumnDef::new(id("description")).text().not_null())
+                    .col(ColumnDef::new(id("permissions")).text().not_null())
+                    .col(ColumnDef::new(id("revision")).big_integer().not_null().default(1))
+                    .col(time("created_at"))
+                    .col(time("updated_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("admin_roles_org")
+                    .table(id("admin_roles"))
+                    .col(id("organization_id"))
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.drop_table(Table::drop().table(id("admin_roles")).if_exists().to_owned()).await
+    }
+}

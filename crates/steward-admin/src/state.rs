@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use steward_proto::admin::v1::{administrator as proto_admin, Administrator, Organization};
 use steward_runtime::authn::Principal;
 use steward_runtime::claims::Role;
-use steward_runtime::names::{AdministratorName, OrganizationName};
+use steward_runtime::names::{AdministratorName, OrganizationName, RoleName};
 use steward_runtime::roles::{self, Permissions};
 use steward_runtime::service::Clock;
 use steward_runtime::{ApiError, ApiResult};
@@ -82,29 +82,102 @@ pub fn query_digest(parts: &[&str]) -> String {
 
 pub use steward_runtime::wire::{from_timestamp, timestamp};
 
+/// A role as an administrator holds it: a built-in one, or one of its organization's own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Assigned {
+    /// A built-in role.
+    BuiltIn(Role),
+    /// An organization's own role.
+    Custom(RoleName),
+}
+
+impl Assigned {
+    /// The value of administrators' `role` column: `Role::as_str`, or the custom role's name.
+    pub fn stored(&self) -> String {
+        match self {
+            Self::BuiltIn(role) => role.as_str().to_string(),
+            Self::Custom(name) => name.to_string(),
+        }
+    }
+
+    /// The API name: `roles/...` or `organizations/{o}/roles/{r}`.
+    pub fn name(&self) -> String {
+        match self {
+            Self::BuiltIn(role) => roles::built_in_name(*role).to_string(),
+            Self::Custom(name) => name.to_string(),
+        }
+    }
+
+    /// The v1 enum value.
+    pub fn role(&self) -> Role {
+        match self {
+            Self::BuiltIn(role) => *role,
+            Self::Custom(_) => Role::Custom,
+        }
+    }
+}
+
 /// The role an administrator message asks for: its `role` or its `role_name` (a built-in role's
-/// name), which must agree when both are given.
-pub fn requested_role(input: &Administrator) -> ApiResult<Role> {
+/// name, or an organization's own role, which `role` may then only give as ROLE_CUSTOM), which
+/// must agree when both are given.
+pub fn requested_role(input: &Administrator) -> ApiResult<Assigned> {
     let by_value = (input.role != 0).then(|| role_from_proto("administrator.role", input.role));
     let by_name = (!input.role_name.is_empty()).then(|| {
-        roles::built_in_named(&input.role_name).ok_or_else(|| {
+        if input.role_name.starts_with("organizations/") {
+            return RoleName::parse("administrator.role_name", &input.role_name)
+                .map(Assigned::Custom);
+        }
+        roles::built_in_named(&input.role_name).map(Assigned::BuiltIn).ok_or_else(|| {
             ApiError::invalid(
                 "administrator.role_name",
-                format!("must name a built-in role: {}", built_in_names()),
+                format!(
+                    "must name a built-in role ({}) or organizations/{{o}}/roles/{{r}}",
+                    built_in_names()
+                ),
             )
         })
     });
     match (by_value.transpose()?, by_name.transpose()?) {
-        (Some(value), Some(name)) if value != name => Err(ApiError::invalid(
+        (Some(value), Some(name)) if value != name.role() => Err(ApiError::invalid(
             "administrator.role_name",
             "names another role than `role`; give one of them, or both alike",
         )),
-        (Some(role), _) | (None, Some(role)) => Ok(role),
+        (_, Some(assigned)) => Ok(assigned),
+        (Some(Role::Custom), None) => Err(ApiError::invalid(
+            "administrator.role_name",
+            "is required with ROLE_CUSTOM: the organization's role, organizations/{o}/roles/{r}",
+        )),
+        (Some(role), None) => Ok(Assigned::BuiltIn(role)),
         (None, None) => Err(ApiError::invalid(
             "administrator.role",
             format!("is required: a Role value or role_name ({})", built_in_names()),
         )),
     }
+}
+
+/// The permissions of `assigned` (without billing): a built-in role's, or the stored ones of
+/// an organization's own role; `None` when that role does not exist.
+pub async fn role_permissions<C: ConnectionTrait>(
+    conn: &C,
+    assigned: &Assigned,
+) -> ApiResult<Option<Permissions>> {
+    match assigned {
+        Assigned::BuiltIn(role) => Ok(Some(roles::built_in(*role))),
+        Assigned::Custom(name) => Ok(crate::entity::role::Entity::find_by_id(name.to_string())
+            .one(conn)
+            .await?
+            .map(|row| roles::custom(row.permissions.split_whitespace()))),
+    }
+}
+
+/// The permissions of an administrator's role (without billing). A custom role that vanished
+/// (it cannot be deleted while held) leaves only what every role holds.
+pub async fn holder_permissions<C: ConnectionTrait>(
+    conn: &C,
+    row: &administrator::Model,
+) -> ApiResult<Permissions> {
+    let assigned = stored_assignment(row);
+    Ok(role_permissions(conn, &assigned).await?.unwrap_or_else(|| roles::built_in(Role::Custom)))
 }
 
 /// The built-in roles' names, for error messages.
@@ -128,10 +201,19 @@ pub fn role_from_proto(field: &str, role: i32) -> ApiResult<Role> {
     })
 }
 
+/// The role of an administrator row.
+pub fn stored_assignment(model: &administrator::Model) -> Assigned {
+    if let Some(role) = Role::parse(&model.role).filter(|r| *r != Role::Custom) {
+        return Assigned::BuiltIn(role);
+    }
+    // Only `Assigned::stored` values are ever written; anything else would be a corrupted row,
+    // and the least privileged role is the safe reading of it.
+    RoleName::parse("role", &model.role)
+        .map_or(Assigned::BuiltIn(Role::CommandRunner), Assigned::Custom)
+}
+
 fn stored_role(model: &administrator::Model) -> Role {
-    // Only `Role::as_str` values are ever written; anything else would be a corrupted row, and
-    // the least privileged role is the safe reading of it.
-    Role::parse(&model.role).unwrap_or(Role::CommandRunner)
+    stored_assignment(model).role()
 }
 
 /// The etag of an administrator.
@@ -141,7 +223,7 @@ pub fn admin_etag(model: &administrator::Model) -> String {
 
 /// The API form of an administrator row.
 pub fn admin_to_proto(model: &administrator::Model) -> Administrator {
-    let stored = stored_role(model);
+    let assigned = stored_assignment(model);
     let state = if model.state == administrator::STATE_ACTIVE {
         proto_admin::State::Active
     } else {
@@ -150,8 +232,8 @@ pub fn admin_to_proto(model: &administrator::Model) -> Administrator {
     Administrator {
         name: admin_name(&model.organization_id, &model.id),
         email: model.email.clone(),
-        role: stored.to_proto(),
-        role_name: role_name(stored),
+        role: assigned.role().to_proto(),
+        role_name: assigned.name(),
         billing: model.billing,
         mfa_required: model.mfa_required,
         mfa_enrolled: model.mfa_enrolled,
@@ -212,29 +294,43 @@ pub async fn caller_row<C: ConnectionTrait>(
     if row.state != administrator::STATE_ACTIVE {
         return Err(ApiError::denied("CALLER_INACTIVE", "the caller's account is not activated"));
     }
-    match need.refusal(&held(&row)) {
+    let held = holder_permissions(conn, &row).await?.with_billing(row.billing);
+    match need.refusal(&held) {
         Some(refusal) => Err(refusal),
         None => Ok(row),
     }
 }
 
-/// What an administrator holds now: its role's permissions and its billing flag's.
-pub fn held(row: &administrator::Model) -> Permissions {
-    roles::built_in(stored_role(row)).with_billing(row.billing)
+/// Refuses (`PERMISSION_DENIED`, `ROLE_ESCALATION`) unless the caller's role holds every
+/// permission of `role` (`NOT_FOUND` when it is an organization's own role that does not
+/// exist): no one hands out more than they hold.
+pub async fn may_assign<C: ConnectionTrait>(
+    conn: &C,
+    caller: &administrator::Model,
+    role: &Assigned,
+) -> ApiResult<()> {
+    let assigned =
+        role_permissions(conn, role).await?.ok_or_else(|| ApiError::NotFound(role.name()))?;
+    may_hand_out(&holder_permissions(conn, caller).await?, &assigned, &role.name())
 }
 
-/// Refuses (`PERMISSION_DENIED`, `ROLE_ESCALATION`) unless `caller` holds every permission of
-/// `role`: no one hands out more than they hold.
-pub fn may_assign(caller: &administrator::Model, role: Role) -> ApiResult<()> {
-    if roles::built_in(stored_role(caller)).covers(&roles::built_in(role)) {
+/// Refuses (`PERMISSION_DENIED`, `ROLE_ESCALATION`) unless `caller` covers `handed`, the
+/// permissions of the role `what` names.
+pub fn may_hand_out(caller: &Permissions, handed: &Permissions, what: &str) -> ApiResult<()> {
+    if caller.covers(handed) {
         return Ok(());
     }
+    let missing: Vec<&str> = handed
+        .iter()
+        .filter(|(p, _)| !caller.holds(*p))
+        .map(|(p, _)| roles::permission_name(p))
+        .collect();
     Err(ApiError::denied(
         "ROLE_ESCALATION",
         format!(
-            "{} holds permissions your role does not; you may only assign roles whose \
+            "{what} holds permissions your role does not ({}); you may only hand out \
              permissions you hold",
-            roles::built_in_name(role)
+            if missing.is_empty() { "wider scopes".to_string() } else { missing.join(", ") }
         ),
     ))
 }
@@ -243,9 +339,13 @@ pub fn may_assign(caller: &administrator::Model, role: Role) -> ApiResult<()> {
 /// can manage administrators and holds a permission the caller's role does not (a Help Desk
 /// resets a Manager's second factor, never an Administrator's). Roles are compared without the
 /// billing flag, which has its own rule (only billing administrators grant it).
-pub fn may_act_on(caller: &administrator::Model, target: &administrator::Model) -> ApiResult<()> {
-    let role = |row| roles::built_in(stored_role(row));
-    if roles::may_act_on(&role(caller), &role(target)) {
+pub async fn may_act_on<C: ConnectionTrait>(
+    conn: &C,
+    caller: &administrator::Model,
+    target: &administrator::Model,
+) -> ApiResult<()> {
+    let caller_role = holder_permissions(conn, caller).await?;
+    if roles::may_act_on(&caller_role, &holder_permissions(conn, target).await?) {
         return Ok(());
     }
     Err(ApiError::denied(

@@ -23,6 +23,10 @@ pub struct Subject {
     pub organization: String,
     /// Current role.
     pub role: Role,
+    /// With [`Role::Custom`]: the role's name.
+    pub role_name: String,
+    /// With [`Role::Custom`]: the role's permission names.
+    pub permissions: Vec<String>,
     /// Current billing access.
     pub billing: bool,
 }
@@ -70,6 +74,8 @@ impl Signer {
             sub: subject.administrator.clone(),
             org: subject.organization.clone(),
             role: subject.role,
+            role_name: subject.role_name.clone(),
+            permissions: subject.permissions.clone(),
             billing: subject.billing,
             amr: amr.to_vec(),
             sid: sid.to_string(),
@@ -126,6 +132,8 @@ mod tests {
             administrator: "organizations/o/administrators/a".into(),
             organization: "organizations/o".into(),
             role: Role::CommandRunner,
+            role_name: String::new(),
+            permissions: Vec::new(),
             billing: true,
         };
         let (token, _) = signer

@@ -104,6 +104,23 @@ pub struct SessionFacts<'a> {
 /// Shared state handle.
 pub type Shared = Arc<State>;
 
+/// An administrator as the admin service answers it, with its role's current permissions.
+#[derive(Clone, Debug)]
+pub struct Looked {
+    /// The administrator.
+    pub administrator: admin::Administrator,
+    /// The permissions of its role, by name (what an organization's own role holds now).
+    pub role_permissions: Vec<String>,
+}
+
+impl std::ops::Deref for Looked {
+    type Target = admin::Administrator;
+
+    fn deref(&self) -> &Self::Target {
+        &self.administrator
+    }
+}
+
 impl State {
     /// The injected current time.
     pub fn now(&self) -> DateTime<Utc> {
@@ -116,10 +133,16 @@ impl State {
     }
 
     /// Looks the administrator up in the admin service; `None` when it no longer exists.
-    pub async fn lookup(&self, administrator: &str) -> ApiResult<Option<admin::Administrator>> {
+    pub async fn lookup(&self, administrator: &str) -> ApiResult<Option<Looked>> {
         let request = admin::LookupAdministratorRequest { name: administrator.to_string() };
         match self.admin.clone().lookup_administrator(request).await {
-            Ok(response) => Ok(response.into_inner().administrator),
+            Ok(response) => {
+                let response = response.into_inner();
+                Ok(response.administrator.map(|administrator| Looked {
+                    administrator,
+                    role_permissions: response.role_permissions,
+                }))
+            }
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "administrator lookup failed");
@@ -131,14 +154,18 @@ impl State {
     }
 
     /// The token subject of a looked-up administrator.
-    pub fn subject(&self, administrator: &admin::Administrator) -> ApiResult<Subject> {
+    pub fn subject(&self, looked: &Looked) -> ApiResult<Subject> {
+        let administrator = &looked.administrator;
         let role = Role::from_proto(administrator.role).ok_or_else(|| {
             ApiError::internal(format!("administrator {} has no role", administrator.name))
         })?;
+        let custom = role == Role::Custom;
         Ok(Subject {
             administrator: administrator.name.clone(),
             organization: organization_of("administrator", &administrator.name)?,
             role,
+            role_name: if custom { administrator.role_name.clone() } else { String::new() },
+            permissions: if custom { looked.role_permissions.clone() } else { Vec::new() },
             billing: administrator.billing,
         })
     }

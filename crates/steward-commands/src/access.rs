@@ -10,7 +10,7 @@ use steward_proto::commands::v1::{
 use steward_runtime::authn::{AdministratorCall, Principal};
 use steward_runtime::claims::Role;
 use steward_runtime::names::{AdministratorName, CommandName, OrganizationName, SystemName};
-use steward_runtime::roles::{self, Permission};
+use steward_runtime::roles::{self, Permission, Permissions};
 use steward_runtime::{ApiError, ApiResult};
 
 use crate::caller::{everywhere, lookup_role};
@@ -43,7 +43,7 @@ pub(crate) async fn check(
     state: &State,
     caller: &Principal,
     req: &CheckAccessRequest,
-    roles: &mut HashMap<String, Option<Role>>,
+    roles: &mut HashMap<String, Option<(Role, Permissions)>>,
 ) -> ApiResult<Decision> {
     let action = match Action::try_from(req.action) {
         Ok(Action::Read) => Action::Read,
@@ -77,7 +77,7 @@ pub(crate) async fn check(
     let role = if !same_organization {
         None
     } else if principal == caller.administrator {
-        Some(caller.role)
+        Some((caller.role, caller.permissions))
     } else if let Some(role) = roles.get(&principal) {
         *role
     } else {
@@ -162,7 +162,7 @@ pub(crate) struct Facts<'a> {
     /// The system asked about, if any.
     pub system: Option<&'a SystemName>,
     /// The principal's current role; `None` when it does not exist (or was deleted).
-    pub role: Option<Role>,
+    pub role: Option<(Role, Permissions)>,
     /// The principal's grant on the command, if it holds one.
     pub grant: Option<&'a grant::Model>,
     /// Whether the command exists in the principal's organization.
@@ -192,7 +192,7 @@ pub(crate) fn decide(facts: &Facts<'_>) -> Decision {
             format!("{system} belongs to another organization than {principal}"),
         );
     }
-    let Some(role) = facts.role else {
+    let Some((role, held)) = facts.role else {
         return decision(
             false,
             DecisionReason::PrincipalNotFound,
@@ -233,7 +233,6 @@ pub(crate) fn decide(facts: &Facts<'_>) -> Decision {
         Action::Read | Action::Unspecified => Permission::CommandsRead,
         Action::Run => Permission::CommandsRun,
     };
-    let held = roles::built_in(role);
     let needed_name = roles::permission_name(needed);
     if role == Role::Administrator {
         return decision(
@@ -324,7 +323,7 @@ mod tests {
             command: &n.command,
             action: Action::Run,
             system: Some(&n.system),
-            role: Some(Role::CommandRunner),
+            role: Some((Role::CommandRunner, roles::built_in(Role::CommandRunner))),
             grant: Some(grant),
             command_exists: true,
             targets,
@@ -361,8 +360,12 @@ mod tests {
         let other = ["organizations/o/systems/t".to_string()];
         let not_target = Facts { targets: &other, ..granted(&n, &grant, &targets) };
         assert_eq!(reason(&not_target), DecisionReason::SystemNotTarget);
-        let admin =
-            Facts { role: Some(Role::Administrator), grant: None, caller_is_admin: true, ..base };
+        let admin = Facts {
+            role: Some((Role::Administrator, roles::built_in(Role::Administrator))),
+            grant: None,
+            caller_is_admin: true,
+            ..base
+        };
         assert_eq!(reason(&admin), DecisionReason::RoleAdministrator);
         let asked_by_admin = Facts { grant: None, caller_is_admin: true, ..base };
         assert_eq!(reason(&asked_by_admin), DecisionReason::NoGrant);

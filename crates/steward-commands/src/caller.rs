@@ -24,12 +24,15 @@ pub(crate) struct Current {
 /// does not exist (or has been deleted).
 pub(crate) async fn lookup(state: &State, administrator: &str) -> ApiResult<Option<Current>> {
     let mut client = AdminInternalServiceClient::new(state.peers.internal(&state.peers.admin));
-    let found = match client
+    let (found, role_permissions) = match client
         .lookup_administrator(LookupAdministratorRequest { name: administrator.to_string() })
         .await
     {
-        Ok(response) => response.into_inner().administrator,
-        Err(status) if status.code() == tonic::Code::NotFound => None,
+        Ok(response) => {
+            let response = response.into_inner();
+            (response.administrator, response.role_permissions)
+        }
+        Err(status) if status.code() == tonic::Code::NotFound => (None, Vec::new()),
         Err(status) => return Err(status.into()),
     };
     let Some(found) = found else { return Ok(None) };
@@ -42,7 +45,11 @@ pub(crate) async fn lookup(state: &State, administrator: &str) -> ApiResult<Opti
     Ok(Some(Current {
         role,
         active: found.state == AdminState::Active as i32,
-        permissions: roles::built_in(role).with_billing(found.billing),
+        permissions: match role {
+            Role::Custom => roles::custom(role_permissions.iter().map(String::as_str)),
+            built_in => roles::built_in(built_in),
+        }
+        .with_billing(found.billing),
     }))
 }
 
@@ -120,6 +127,10 @@ pub(crate) fn everywhere(p: &Principal, permission: Permission) -> bool {
     p.permissions.everywhere(permission)
 }
 
-pub(crate) async fn lookup_role(state: &State, administrator: &str) -> ApiResult<Option<Role>> {
-    Ok(lookup(state, administrator).await?.map(|c| c.role))
+/// An administrator's role and what it holds now; `None` when it does not exist.
+pub(crate) async fn lookup_role(
+    state: &State,
+    administrator: &str,
+) -> ApiResult<Option<(Role, Permissions)>> {
+    Ok(lookup(state, administrator).await?.map(|c| (c.role, c.permissions)))
 }

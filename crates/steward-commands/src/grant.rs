@@ -74,14 +74,14 @@ pub(crate) async fn create(
     // A grant is for a role that runs only granted commands (Command Runner, Help Desk).
     match lookup_role(state, &g.grantee).await? {
         None => return Err(ApiError::NotFound(g.grantee)),
-        Some(Role::Administrator) => {
+        Some((Role::Administrator, _)) => {
             return Err(ApiError::precondition(
                 "GRANTEE_IS_ADMINISTRATOR",
                 g.grantee,
                 "Administrators may run every command; grants are for Command Runners",
             ))
         }
-        Some(role) => match roles::built_in(role).scope(Permission::CommandsRun) {
+        Some((role, held)) => match held.scope(Permission::CommandsRun) {
             Some(Scope::Own) => {}
             Some(Scope::Organization) => {
                 return Err(ApiError::precondition(

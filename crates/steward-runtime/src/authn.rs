@@ -59,7 +59,11 @@ impl Principal {
             administrator: claims.sub,
             role: claims.role,
             billing: claims.billing,
-            permissions: built_in(claims.role).with_billing(claims.billing),
+            permissions: match claims.role {
+                Role::Custom => crate::roles::custom(claims.permissions.iter().map(String::as_str)),
+                role => built_in(role),
+            }
+            .with_billing(claims.billing),
             session: claims.sid,
             scope: claims.scope,
             auth_time: claims.auth_time,

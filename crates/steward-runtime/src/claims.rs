@@ -20,10 +20,13 @@ pub enum Role {
     ReadOnly,
     /// Runs the commands granted to it, nothing else.
     CommandRunner,
+    /// An organization's own role: its name and permissions travel beside it (in tokens,
+    /// [`AccessClaims::role_name`] and [`AccessClaims::permissions`]).
+    Custom,
 }
 
 impl Role {
-    /// Every built-in role, most privileged first.
+    /// Every built-in role, most privileged first ([`Role::Custom`] is not one).
     pub const ALL: [Role; 5] =
         [Self::Administrator, Self::Manager, Self::HelpDesk, Self::ReadOnly, Self::CommandRunner];
 
@@ -35,6 +38,7 @@ impl Role {
             Self::HelpDesk => "help_desk",
             Self::ReadOnly => "read_only",
             Self::CommandRunner => "command_runner",
+            Self::Custom => "custom",
         }
     }
 
@@ -67,6 +71,12 @@ pub struct AccessClaims {
     pub org: String,
     /// Role at the time of issue.
     pub role: Role,
+    /// With [`Role::Custom`]: the role's name, `organizations/{o}/roles/{r}`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role_name: String,
+    /// With [`Role::Custom`]: the names of the role's permissions at the time of issue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<String>,
     /// Billing access at the time of issue.
     pub billing: bool,
     /// Authentication methods used (`pwd`, `otp`, `mfa`).

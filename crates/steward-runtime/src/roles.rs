@@ -137,6 +137,13 @@ impl Permissions {
         Self { everywhere, own: held & !everywhere }
     }
 
+    /// What either holds, each at the wider scope.
+    #[must_use]
+    pub fn union(&self, other: &Self) -> Self {
+        let everywhere = self.everywhere | other.everywhere;
+        Self { everywhere, own: (self.own | other.own) & !everywhere }
+    }
+
     /// These permissions with the billing flag's added when `billing`.
     #[must_use]
     pub fn with_billing(self, billing: bool) -> Self {
@@ -255,7 +262,25 @@ pub fn built_in(role: Role) -> Permissions {
             ],
         ),
         Role::CommandRunner => own(own(base, GRANTED_COMMANDS), &[P::RunsRead]),
+        // What a custom role adds comes with it ([`custom`]).
+        Role::Custom => base,
     }
+}
+
+/// The permissions of an organization's own role holding the catalog permissions `names`, each
+/// organization-wide, plus [`EVERY_ROLE`]. Unknown names and billing permissions (which only
+/// the billing flag grants) are ignored here; the admin service refuses them on input.
+pub fn custom<'a>(names: impl IntoIterator<Item = &'a str>) -> Permissions {
+    names
+        .into_iter()
+        .filter_map(permission_named)
+        .filter(|p| !BILLING_PERMISSIONS.contains(p))
+        .fold(built_in(Role::Custom), |set, p| set.with(p, Scope::Organization))
+}
+
+/// The catalog permission named `name` (`resource.verb`).
+pub fn permission_named(name: &str) -> Option<Permission> {
+    steward_proto::authz::PERMISSIONS.iter().find(|e| e.name == name).map(|e| e.permission)
 }
 
 /// Whether a built-in role holds `permission` (at any scope).
@@ -339,7 +364,7 @@ pub fn built_in_named(name: &str) -> Option<Role> {
 
 /// The `roles/...` name of a built-in role.
 pub fn built_in_name(role: Role) -> &'static str {
-    BUILT_IN.iter().find(|r| r.role == role).map_or("", |r| r.name)
+    BUILT_IN.iter().find(|r| r.role == role).map_or("(the organization's own role)", |r| r.name)
 }
 
 /// The catalog name of a permission (`resource.verb`).

@@ -31,6 +31,7 @@ impl Role {
             Ok(Proto::HelpDesk) => Some(Self::HelpDesk),
             Ok(Proto::ReadOnly) => Some(Self::ReadOnly),
             Ok(Proto::CommandRunner) => Some(Self::CommandRunner),
+            Ok(Proto::Custom) => Some(Self::Custom),
             Ok(Proto::Unspecified) | Err(_) => None,
         }
     }
@@ -44,6 +45,7 @@ impl Role {
             Self::HelpDesk => Proto::HelpDesk as i32,
             Self::ReadOnly => Proto::ReadOnly as i32,
             Self::CommandRunner => Proto::CommandRunner as i32,
+            Self::Custom => Proto::Custom as i32,
         }
     }
 }

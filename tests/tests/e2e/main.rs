@@ -56,6 +56,7 @@ mod auth;
 mod built_in_roles;
 mod bursts;
 mod commands;
+mod custom_roles;
 mod email;
 mod foundation;
 mod roles;

@@ -1,7 +1,7 @@
 //! The role matrix: every RPC of every service's descriptor, called as anonymous, as a service,
-//! as a member of every built-in role with and without billing, and as an Administrator of
-//! another organization; each outcome is checked against the permissions the roles are served
-//! with (`RoleService.ListRoles`) and the rule each RPC declares.
+//! as a member of every built-in role with and without billing and of an organization's own
+//! role, and as an Administrator of another organization; each outcome is checked against the
+//! permissions the roles are served with (`RoleService`) and the rule each RPC declares.
 
 use prost::bytes::{Buf, BufMut};
 use prost::Message;
@@ -258,7 +258,7 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
     let stack: Stack = stack;
     let owner = stack.owner().await; // Administrator with billing.
     let stranger = stack.owner().await; // Administrator (with billing) of another organization.
-    let served: std::collections::HashMap<i32, Vec<String>> = owner
+    let mut served: std::collections::HashMap<i32, Vec<String>> = owner
         .client
         .roles()
         .list_roles(ListRolesRequest {})
@@ -270,6 +270,16 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
         .map(|r| (r.role, r.permissions))
         .collect();
     assert_eq!(served.len(), 5, "five built-in roles: {served:?}");
+    // And an organization's own role, mixing reads and mutations of several services.
+    let custom = crate::custom_roles::create_role(
+        &owner.client,
+        &owner.org,
+        "matrix",
+        &["audit.read", "systems.update", "commands.create", "administrators.invite"],
+    )
+    .await
+    .unwrap();
+    served.insert(Role::Custom as i32, custom.permissions.clone());
 
     let channel =
         tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
@@ -291,6 +301,8 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
             callers.push((Who::Member(role, billing), bearer(&member.tokens.access_token)));
         }
     }
+    let (_, holder) = crate::custom_roles::holder_tokens(&stack, &owner, &custom.name).await;
+    callers.push((Who::Member(Role::Custom, false), bearer(&holder.access_token)));
 
     let d = descriptors();
     let mut failures = Vec::new();

@@ -1,14 +1,16 @@
-//! RoleService: the permission catalog and the built-in roles, over [`crate::role`].
+//! RoleService: the permission catalog, the built-in roles and an organization's own roles,
+//! over [`crate::role`].
 
 use steward_proto::admin::v1::role_service_server::RoleService;
 use steward_proto::admin::v1::{
-    GetRoleRequest, GetRoleResponse, ListPermissionsRequest, ListPermissionsResponse,
-    ListRolesRequest, ListRolesResponse,
+    CreateRoleRequest, CreateRoleResponse, DeleteRoleRequest, DeleteRoleResponse, GetRoleRequest,
+    GetRoleResponse, ListPermissionsRequest, ListPermissionsResponse, ListRolesRequest,
+    ListRolesResponse, UpdateRoleRequest, UpdateRoleResponse,
 };
 use steward_runtime::authn;
 use tonic::{Request, Response, Status};
 
-use crate::audit::finish;
+use crate::audit::{finish, Auditor};
 use crate::role;
 use crate::state::Shared;
 
@@ -52,5 +54,38 @@ impl RoleService for RoleApi {
         let (call, req) = authn::administrator_call(request)?;
         let result = role::get_role(&self.state, &call.principal, req).await;
         finish(&self.state, None, "", result).await
+    }
+
+    async fn create_role(
+        &self,
+        request: Request<CreateRoleRequest>,
+    ) -> Result<Response<CreateRoleResponse>, Status> {
+        let (call, req) = authn::administrator_call(request)?;
+        let audit = Auditor::for_principal(&call.context, &call.principal)?;
+        let target = format!("{}/roles/{}", req.parent, req.role_id);
+        let result = role::create(&self.state, &call.principal, &audit, req).await;
+        finish(&self.state, Some(&audit), &target, result).await
+    }
+
+    async fn update_role(
+        &self,
+        request: Request<UpdateRoleRequest>,
+    ) -> Result<Response<UpdateRoleResponse>, Status> {
+        let (call, req) = authn::administrator_call(request)?;
+        let audit = Auditor::for_principal(&call.context, &call.principal)?;
+        let target = req.role.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+        let result = role::update(&self.state, &call.principal, &audit, req).await;
+        finish(&self.state, Some(&audit), &target, result).await
+    }
+
+    async fn delete_role(
+        &self,
+        request: Request<DeleteRoleRequest>,
+    ) -> Result<Response<DeleteRoleResponse>, Status> {
+        let (call, req) = authn::administrator_call(request)?;
+        let audit = Auditor::for_principal(&call.context, &call.principal)?;
+        let target = req.name.clone();
+        let result = role::delete(&self.state, &call.principal, &audit, req).await;
+        finish(&self.state, Some(&audit), &target, result).await
     }
 }

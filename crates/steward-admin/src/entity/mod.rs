@@ -5,3 +5,4 @@ pub mod administrator;
 pub mod audit_event;
 pub mod organization;
 pub mod payment_card;
+pub mod role;

@@ -47,6 +47,7 @@ impl AdminInternalService for FakeAdmin {
         Ok(Response::new(admin::LookupAdministratorResponse {
             administrator: Some(administrator(request.into_inner().name)),
             organization_display_name: "Acme".into(),
+            role_permissions: Vec::new(),
         }))
     }
 
