@@ -176,21 +176,6 @@ pub enum MfaCommand {
     },
 }
 
-/// An administrator's role on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RoleArg {
-    /// May do everything in the organization but billing.
-    Administrator,
-    /// Commands, grants, systems, connect keys, runs and the audit log; not administrators.
-    Manager,
-    /// Reads administrators, resends invites, resets second factors, runs granted commands.
-    HelpDesk,
-    /// Reads everything but the payment card; changes nothing.
-    ReadOnly,
-    /// May only run the commands granted to it.
-    CommandRunner,
-}
-
 /// `steward admins ...`.
 #[derive(Debug, Subcommand)]
 pub enum AdminsCommand {
@@ -213,9 +198,10 @@ pub enum AdminsCommand {
         /// Its email.
         #[arg(long)]
         email: String,
-        /// Its role.
-        #[arg(long, value_enum)]
-        role: RoleArg,
+        /// Its role: `administrator`, `manager`, `help-desk`, `read-only`, `command-runner`,
+        /// or the id (or full name) of one of the organization's own roles.
+        #[arg(long)]
+        role: String,
         /// Give it billing access.
         #[arg(long)]
         billing: bool,
@@ -233,9 +219,9 @@ pub enum AdminsCommand {
     Update {
         /// ID, resource name or email.
         admin: String,
-        /// New role.
-        #[arg(long, value_enum)]
-        role: Option<RoleArg>,
+        /// New role, as for `create`.
+        #[arg(long)]
+        role: Option<String>,
         /// Billing access.
         #[arg(long)]
         billing: Option<bool>,
@@ -509,13 +495,49 @@ pub enum AuditCommand {
 /// `steward roles ...`.
 #[derive(Debug, Subcommand)]
 pub enum RolesCommand {
-    /// List the built-in roles.
+    /// List the built-in roles, then the organization's own.
     List,
     /// Show one role and its permissions.
     Get {
         /// `administrator`, `manager`, `help-desk`, `read-only`, `command-runner`, or a full
         /// name (`roles/...`, `organizations/O/roles/R`).
         role: String,
+    },
+    /// Create an organization's own role (only with permissions you hold).
+    Create {
+        /// The role's id, the last segment of its name (e.g. `auditor`).
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// What the role is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A permission from `steward permissions list`; repeat for more.
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+    },
+    /// Change an organization's own role: only the flags given change.
+    Update {
+        /// The role's id or full name.
+        id: String,
+        /// New display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New description.
+        #[arg(long)]
+        description: Option<String>,
+        /// The complete new set of permissions (repeat the flag); `--no-permissions` empties it.
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        /// Remove every permission (what every role holds stays).
+        #[arg(long, conflicts_with = "permissions")]
+        no_permissions: bool,
+    },
+    /// Delete an organization's own role that no one holds.
+    Delete {
+        /// The role's id or full name.
+        id: String,
     },
 }
 

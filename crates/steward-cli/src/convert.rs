@@ -126,6 +126,8 @@ pub fn role_definition(r: &RoleDefinition) -> Value {
         "display_name": r.display_name,
         "description": r.description,
         "permissions": r.permissions,
+        "own_only_permissions": r.own_only_permissions,
+        "etag": r.etag,
     })
 }
 

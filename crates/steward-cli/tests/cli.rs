@@ -268,6 +268,32 @@ fn read_only_auditor_with_the_cli() {
         assert!(refused.stderr.contains("PERMISSION_DENIED"), "{}", refused.stderr);
         assert!(refused.stderr.contains(why), "{args:?}: {}", refused.stderr);
     }
+
+    // The organization's own role: created, assigned by id, not deletable while held.
+    let role = owner.json(&[
+        "roles",
+        "create",
+        "log-reader",
+        "--name",
+        "Log reader",
+        "--permission",
+        "audit.read",
+    ]);
+    let role_name = name(&role);
+    assert!(role_name.ends_with("/roles/log-reader"), "{role}");
+    let held =
+        owner.json(&["admins", "create", "--email", "logs@example.com", "--role", "log-reader"]);
+    assert_eq!(
+        (held["role"].as_str(), held["role_name"].as_str()),
+        (Some("ROLE_CUSTOM"), Some(role_name.as_str()))
+    );
+    let in_use = owner.run(&["roles", "delete", "log-reader"]);
+    assert_eq!(in_use.code, 1, "{}", in_use.stderr);
+    assert!(in_use.stderr.contains("ROLE_IN_USE"), "{}", in_use.stderr);
+    let narrowed = owner.json(&["roles", "update", "log-reader", "--no-permissions"]);
+    assert!(!narrowed["permissions"].as_array().unwrap().iter().any(|p| p == "audit.read"));
+    owner.run(&["admins", "delete", "logs@example.com"]).ok();
+    owner.run(&["roles", "delete", "log-reader"]).ok();
 }
 
 /// The same walk-through against `dev --tls`, the CLI trusting the dev CA through

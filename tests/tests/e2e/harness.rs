@@ -42,13 +42,23 @@ pub fn postgres_available() -> bool {
     configured
 }
 
-/// A clock that follows real time plus an offset tests can advance.
+/// A clock that follows real time plus an offset tests can advance, or stands still once
+/// frozen (for tests whose outcome must not depend on how fast a loaded machine runs them).
 #[derive(Clone, Debug, Default)]
 pub struct TestClock {
     offset_ms: Arc<AtomicI64>,
+    /// The frozen instant (Unix milliseconds), zero while the clock follows real time.
+    frozen_ms: Arc<AtomicI64>,
 }
 
 impl TestClock {
+    /// Stops the clock where it is; only [`TestClock::advance`] moves it from now on.
+    pub fn freeze(&self) {
+        let now = self.now().timestamp_millis();
+        self.offset_ms.store(0, Ordering::SeqCst);
+        self.frozen_ms.store(now, Ordering::SeqCst);
+    }
+
     /// Moves time forward for every service of the stack.
     pub fn advance(&self, by: Duration) {
         self.offset_ms.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
@@ -56,7 +66,13 @@ impl TestClock {
 
     /// The current (shifted) time.
     pub fn now(&self) -> chrono::DateTime<Utc> {
-        Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::SeqCst))
+        let offset = chrono::Duration::milliseconds(self.offset_ms.load(Ordering::SeqCst));
+        match self.frozen_ms.load(Ordering::SeqCst) {
+            0 => Utc::now() + offset,
+            frozen => {
+                chrono::DateTime::from_timestamp_millis(frozen).unwrap_or_else(Utc::now) + offset
+            }
+        }
     }
 
     fn as_clock(&self) -> Clock {

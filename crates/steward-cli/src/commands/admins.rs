@@ -4,11 +4,11 @@ use serde_json::{json, Value};
 use steward_proto::admin::v1::{
     Administrator, BatchDeleteAdministratorsRequest, CreateAdministratorRequest,
     GetAdministratorRequest, ListAdministratorsRequest, ResendInviteRequest,
-    ResetAdministratorMfaRequest, Role, UpdateAdministratorRequest,
+    ResetAdministratorMfaRequest, UpdateAdministratorRequest,
 };
 
 use super::request_id;
-use crate::cli::{AdminsCommand, Format, RoleArg};
+use crate::cli::{AdminsCommand, Format};
 use crate::context::Context;
 use crate::error::{CliError, Result};
 use crate::{convert, names, output};
@@ -23,13 +23,17 @@ const COLUMNS: &[(&str, &str)] = &[
     ("STATE", "state"),
 ];
 
-fn role(arg: RoleArg) -> Role {
-    match arg {
-        RoleArg::Administrator => Role::Administrator,
-        RoleArg::Manager => Role::Manager,
-        RoleArg::HelpDesk => Role::HelpDesk,
-        RoleArg::ReadOnly => Role::ReadOnly,
-        RoleArg::CommandRunner => Role::CommandRunner,
+/// The role name `--role` gives: a built-in role by its short name, else one of the
+/// organization's own roles by id or full name.
+fn role_name(ctx: &Context, role: &str) -> Result<String> {
+    const BUILT_IN: &[&str] =
+        &["administrator", "manager", "help-desk", "read-only", "command-runner"];
+    if role.contains('/') {
+        Ok(role.to_string())
+    } else if BUILT_IN.contains(&role) {
+        Ok(format!("roles/{role}"))
+    } else {
+        Ok(format!("{}/roles/{role}", ctx.organization()?))
     }
 }
 
@@ -102,7 +106,7 @@ pub async fn run(ctx: &mut Context, cmd: AdminsCommand) -> Result<u8> {
                 parent: ctx.organization()?,
                 administrator: Some(Administrator {
                     email,
-                    role: role(r) as i32,
+                    role_name: role_name(ctx, &r)?,
                     billing,
                     mfa_required: require_mfa,
                     whats_new,
@@ -132,8 +136,8 @@ pub async fn run(ctx: &mut Context, cmd: AdminsCommand) -> Result<u8> {
             let mut changes = Administrator { name, etag, ..Default::default() };
             let mut paths = Vec::new();
             if let Some(r) = r {
-                changes.role = role(r) as i32;
-                paths.push("role".to_string());
+                changes.role_name = role_name(ctx, &r)?;
+                paths.push("role_name".to_string());
             }
             if let Some(billing) = billing {
                 changes.billing = billing;

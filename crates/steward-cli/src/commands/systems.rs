@@ -28,7 +28,7 @@ const KEY_COLUMNS: &[(&str, &str)] = &[
     ("CREATOR", "creator"),
 ];
 
-fn deleted(format: Format, name: &str) -> Result<()> {
+pub(super) fn deleted(format: Format, name: &str) -> Result<()> {
     match format {
         Format::Json => output::json_doc(&json!({ "deleted": name })),
         Format::Text => output::line(&format!("deleted {name}")),
