@@ -66,7 +66,7 @@ fn update_paths(mask: Option<&prost_types::FieldMask>) -> ApiResult<HashSet<&'st
 /// needs a recent sign-in, so a stolen access token cannot hand billing to an account its thief
 /// controls.
 fn may_grant_billing(
-    caller: &administrator::Model,
+    caller: &CallerRow,
     p: &Principal,
     now: chrono::DateTime<chrono::Utc>,
 ) -> ApiResult<()> {
@@ -158,7 +158,7 @@ pub async fn create(
             administrator: name.clone(),
             email: row.email.clone(),
             organization_display_name: org.display_name,
-            inviter_email: caller.email,
+            inviter_email: caller.contact,
         },
         now,
     )
@@ -303,13 +303,7 @@ pub async fn update(
             .iter()
             .map(|m| if m.name == input.name { member(&next) } else { m.clone() })
             .collect();
-        let broken = violations(
-            &org_name(&org_id),
-            &admin_name(&caller.organization_id, &caller.id),
-            &before,
-            &after,
-            &[],
-        );
+        let broken = violations(&org_name(&org_id), &caller.name, &before, &after, &[]);
         if !broken.is_empty() {
             return Err(ApiError::FailedPrecondition(broken));
         }
@@ -441,7 +435,7 @@ pub async fn resend_invite(
             administrator: req.name.clone(),
             email: row.email.clone(),
             organization_display_name: org.display_name,
-            inviter_email: caller.email,
+            inviter_email: caller.contact,
         },
         now,
     )
@@ -488,7 +482,7 @@ pub async fn reset_mfa(
 
 /// GetProfile: the caller's own administrator and organization.
 pub async fn profile(state: &State, p: &Principal) -> ApiResult<GetProfileResponse> {
-    let row = caller_row(&state.db, p, Need::AnyRole).await?;
+    let row = caller_administrator(&state.db, p, Need::AnyRole).await?;
     let org = organization(&state.db, &row.organization_id).await?;
     Ok(GetProfileResponse {
         profile: Some(Profile {
@@ -519,7 +513,7 @@ pub async fn update_profile(
     let now = state.now();
     let txn = state.begin_write().await?;
     lock_org(&txn, &org_id).await?;
-    let row = caller_row(&txn, p, Need::AnyRole).await?;
+    let row = caller_administrator(&txn, p, Need::AnyRole).await?;
     let saved = if row.whats_new == req.whats_new {
         row
     } else {

@@ -71,6 +71,7 @@ pub mod migration;
 pub mod organization;
 pub mod role;
 pub mod safeguards;
+pub mod service_account;
 pub mod state;
 
 use std::sync::Arc;
@@ -80,6 +81,7 @@ use steward_proto::admin::v1::admin_internal_service_server::AdminInternalServic
 use steward_proto::admin::v1::admin_service_server::AdminServiceServer;
 use steward_proto::admin::v1::organization_service_server::OrganizationServiceServer;
 use steward_proto::admin::v1::role_service_server::RoleServiceServer;
+use steward_proto::admin::v1::service_account_service_server::ServiceAccountServiceServer;
 use steward_proto::audit::v1::audit_service_server::AuditServiceServer;
 use steward_proto::billing::v1::billing_service_server::BillingServiceServer;
 use steward_runtime::service::ServiceContext;
@@ -118,6 +120,7 @@ impl MigratorTrait for Migrator {
             Box::new(migration::CreateTables),
             Box::new(migration::adopt_idempotency()),
             Box::new(migration::CreateRoles),
+            Box::new(migration::CreateServiceAccounts),
         ]
     }
 
@@ -150,6 +153,13 @@ pub async fn start(
         RoleServiceServer::new(api::role::RoleApi::new(state.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
+    );
+    routes.add_service(
+        ServiceAccountServiceServer::new(api::service_account::ServiceAccountApi::new(
+            state.clone(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
     );
     routes.add_service(
         AdminInternalServiceServer::new(api::internal::InternalApi::new(state.clone()))

@@ -240,3 +240,75 @@ impl MigrationTrait for CreateRoles {
         manager.drop_table(Table::drop().table(id("admin_roles")).if_exists().to_owned()).await
     }
 }
+
+/// Creates `admin_service_accounts` and `admin_service_account_keys` (expand only).
+pub struct CreateServiceAccounts;
+
+impl MigrationName for CreateServiceAccounts {
+    fn name(&self) -> &str {
+        "m20261201_000002_admin_service_accounts"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateServiceAccounts {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(id("admin_service_accounts"))
+                    .if_not_exists()
+                    .col(text("name").primary_key())
+                    .col(text("organization_id"))
+                    .col(text("display_name"))
+                    .col(text("role"))
+                    .col(flag("billing"))
+                    .col(text("creator"))
+                    .col(time("created_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("admin_service_accounts_org")
+                    .table(id("admin_service_accounts"))
+                    .col(id("organization_id"))
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(id("admin_service_account_keys"))
+                    .if_not_exists()
+                    .col(text("name").primary_key())
+                    .col(text("key_id").unique_key())
+                    .col(text("service_account"))
+                    .col(text("digest"))
+                    .col(time("expires_at"))
+                    .col(time("created_at"))
+                    .col(ColumnDef::new(id("last_used_at")).timestamp_with_time_zone().null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("admin_service_account_keys_account")
+                    .table(id("admin_service_account_keys"))
+                    .col(id("service_account"))
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in ["admin_service_account_keys", "admin_service_accounts"] {
+            manager.drop_table(Table::drop().table(id(table)).if_exists().to_owned()).await?;
+        }
+        Ok(())
+    }
+}

@@ -25,10 +25,8 @@ use steward_runtime::roles::{Permission as Perm, Permissions, Scope};
 use steward_runtime::{roles, ApiError, ApiResult};
 
 use crate::audit::Auditor;
-use crate::entity::{administrator, role};
-use crate::state::{
-    caller_row, etag, holder_permissions, lock_org, may_hand_out, timestamp, State,
-};
+use crate::entity::{administrator, role, service_account};
+use crate::state::{caller_row, etag, lock_org, may_hand_out, timestamp, State};
 
 /// The permission catalog, in declaration order, each with the RPCs that need it
 /// (ListPermissions).
@@ -227,7 +225,7 @@ pub async fn create(
     let txn = state.begin_write().await?;
     lock_org(&txn, org.id()).await?;
     let caller = caller_row(&txn, principal, Need::Permission(Perm::RolesCreate)).await?;
-    may_hand_out(&holder_permissions(&txn, &caller).await?, &wanted, name.as_str())?;
+    may_hand_out(&caller.role, &wanted, name.as_str())?;
     if role::Entity::find_by_id(name.to_string()).one(&txn).await?.is_some() {
         return Err(ApiError::AlreadyExists(format!("{name} already exists")));
     }
@@ -286,7 +284,7 @@ pub async fn update(
             "{name} was changed since it was read; get it again"
         )));
     }
-    let held = holder_permissions(&txn, &caller).await?;
+    let held = caller.role;
     may_hand_out(&held, &roles::custom(current.permissions.split_whitespace()), name.as_str())?;
     let mut next = current.clone();
     if paths.contains("display_name") {
@@ -338,22 +336,31 @@ pub async fn delete(
             "{name} was changed since it was read; get it again"
         )));
     }
-    let holders = administrator::Entity::find()
+    let mut holders: Vec<String> = administrator::Entity::find()
         .filter(administrator::Column::OrganizationId.eq(name.organization().id()))
         .filter(administrator::Column::Role.eq(name.as_str()))
         .all(&txn)
-        .await?;
+        .await?
+        .iter()
+        .map(|h| crate::state::admin_name(&h.organization_id, &h.id))
+        .collect();
+    holders.extend(
+        service_account::Entity::find()
+            .filter(service_account::Column::OrganizationId.eq(name.organization().id()))
+            .filter(service_account::Column::Role.eq(name.as_str()))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|account| account.name),
+    );
     if !holders.is_empty() {
         return Err(ApiError::FailedPrecondition(
             holders
-                .iter()
-                .map(|h| PreconditionViolation {
+                .into_iter()
+                .map(|holder| PreconditionViolation {
                     kind: "ROLE_IN_USE".into(),
-                    subject: crate::state::admin_name(&h.organization_id, &h.id),
-                    description: format!(
-                        "{} holds {name}; give it another role first",
-                        crate::state::admin_name(&h.organization_id, &h.id)
-                    ),
+                    description: format!("{holder} holds {name}; give it another role first"),
+                    subject: holder,
                 })
                 .collect(),
         ));

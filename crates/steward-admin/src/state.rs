@@ -203,13 +203,17 @@ pub fn role_from_proto(field: &str, role: i32) -> ApiResult<Role> {
 
 /// The role of an administrator row.
 pub fn stored_assignment(model: &administrator::Model) -> Assigned {
-    if let Some(role) = Role::parse(&model.role).filter(|r| *r != Role::Custom) {
+    assignment_of(&model.role)
+}
+
+/// The role a `role` column holds (administrators' and service accounts').
+pub fn assignment_of(stored: &str) -> Assigned {
+    if let Some(role) = Role::parse(stored).filter(|r| *r != Role::Custom) {
         return Assigned::BuiltIn(role);
     }
     // Only `Assigned::stored` values are ever written; anything else would be a corrupted row,
     // and the least privileged role is the safe reading of it.
-    RoleName::parse("role", &model.role)
-        .map_or(Assigned::BuiltIn(Role::CommandRunner), Assigned::Custom)
+    RoleName::parse("role", stored).map_or(Assigned::BuiltIn(Role::CommandRunner), Assigned::Custom)
 }
 
 fn stored_role(model: &administrator::Model) -> Role {
@@ -275,30 +279,75 @@ pub async fn lock_org<C: ConnectionTrait>(conn: &C, org_id: &str) -> ApiResult<(
 
 pub use steward_runtime::authn::Need;
 
+/// The caller as it is now: an administrator or a service account.
+#[derive(Clone, Debug)]
+pub struct CallerRow {
+    /// Its resource name.
+    pub name: String,
+    /// Its organization's id.
+    pub organization_id: String,
+    /// How an invitation names it: an administrator's email, a service account's display name.
+    pub contact: String,
+    /// Its role's permissions (without billing).
+    pub role: Permissions,
+    /// Billing access.
+    pub billing: bool,
+    /// The administrator's row; `None` for a service account.
+    pub administrator: Option<administrator::Model>,
+}
+
 /// The caller's current row. Tokens outlive demotions and deletions by their lifetime, so
 /// every call re-checks here what the token claims (mutations inside the locked transaction):
-/// a demoted or deleted administrator's unexpired token reads and changes nothing more.
+/// a demoted or deleted administrator's unexpired token reads and changes nothing more, and a
+/// deleted service account or revoked API key stops working at once.
 pub async fn caller_row<C: ConnectionTrait>(
     conn: &C,
     principal: &Principal,
     need: Need,
-) -> ApiResult<administrator::Model> {
-    let (org_id, admin_id) = parse_admin("caller", &principal.administrator)?;
-    let row = administrator::Entity::find_by_id(admin_id)
-        .filter(administrator::Column::OrganizationId.eq(org_id))
-        .one(conn)
-        .await?
-        .ok_or_else(|| {
-            ApiError::denied("CALLER_DELETED", "the caller's account no longer exists")
-        })?;
-    if row.state != administrator::STATE_ACTIVE {
-        return Err(ApiError::denied("CALLER_INACTIVE", "the caller's account is not activated"));
-    }
-    let held = holder_permissions(conn, &row).await?.with_billing(row.billing);
-    match need.refusal(&held) {
+) -> ApiResult<CallerRow> {
+    let caller = if principal.is_service_account() {
+        crate::service_account::caller(conn, principal).await?
+    } else {
+        let (org_id, admin_id) = parse_admin("caller", &principal.administrator)?;
+        let row = administrator::Entity::find_by_id(admin_id)
+            .filter(administrator::Column::OrganizationId.eq(org_id))
+            .one(conn)
+            .await?
+            .ok_or_else(|| {
+                ApiError::denied("CALLER_DELETED", "the caller's account no longer exists")
+            })?;
+        if row.state != administrator::STATE_ACTIVE {
+            return Err(ApiError::denied(
+                "CALLER_INACTIVE",
+                "the caller's account is not activated",
+            ));
+        }
+        CallerRow {
+            name: admin_name(&row.organization_id, &row.id),
+            organization_id: row.organization_id.clone(),
+            contact: row.email.clone(),
+            role: holder_permissions(conn, &row).await?,
+            billing: row.billing,
+            administrator: Some(row),
+        }
+    };
+    match need.refusal(&caller.role.with_billing(caller.billing)) {
         Some(refusal) => Err(refusal),
-        None => Ok(row),
+        None => Ok(caller),
     }
+}
+
+/// [`caller_row`] for what only people have (their profile): the administrator's row, or
+/// `PERMISSION_DENIED` (`PEOPLE_ONLY`) for a service account.
+pub async fn caller_administrator<C: ConnectionTrait>(
+    conn: &C,
+    principal: &Principal,
+    need: Need,
+) -> ApiResult<administrator::Model> {
+    caller_row(conn, principal, need)
+        .await?
+        .administrator
+        .ok_or_else(|| ApiError::denied("PEOPLE_ONLY", "service accounts have no profile"))
 }
 
 /// Refuses (`PERMISSION_DENIED`, `ROLE_ESCALATION`) unless the caller's role holds every
@@ -306,12 +355,12 @@ pub async fn caller_row<C: ConnectionTrait>(
 /// exist): no one hands out more than they hold.
 pub async fn may_assign<C: ConnectionTrait>(
     conn: &C,
-    caller: &administrator::Model,
+    caller: &CallerRow,
     role: &Assigned,
 ) -> ApiResult<()> {
     let assigned =
         role_permissions(conn, role).await?.ok_or_else(|| ApiError::NotFound(role.name()))?;
-    may_hand_out(&holder_permissions(conn, caller).await?, &assigned, &role.name())
+    may_hand_out(&caller.role, &assigned, &role.name())
 }
 
 /// Refuses (`PERMISSION_DENIED`, `ROLE_ESCALATION`) unless `caller` covers `handed`, the
@@ -341,11 +390,10 @@ pub fn may_hand_out(caller: &Permissions, handed: &Permissions, what: &str) -> A
 /// billing flag, which has its own rule (only billing administrators grant it).
 pub async fn may_act_on<C: ConnectionTrait>(
     conn: &C,
-    caller: &administrator::Model,
+    caller: &CallerRow,
     target: &administrator::Model,
 ) -> ApiResult<()> {
-    let caller_role = holder_permissions(conn, caller).await?;
-    if roles::may_act_on(&caller_role, &holder_permissions(conn, target).await?) {
+    if roles::may_act_on(&caller.role, &holder_permissions(conn, target).await?) {
         return Ok(());
     }
     Err(ApiError::denied(

@@ -103,6 +103,7 @@ async fn card_number_and_cvc_are_never_logged_or_stored() {
         session: "session".into(),
         scope: TokenScope::Full,
         auth_time: chrono::Utc::now().timestamp(),
+        client_id: String::new(),
     };
     let billing = BillingApi::new(state.clone());
     let card = |cvc: &str| PaymentCard {

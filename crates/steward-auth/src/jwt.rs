@@ -27,6 +27,8 @@ pub struct Subject {
     pub role_name: String,
     /// With [`Role::Custom`]: the role's permission names.
     pub permissions: Vec<String>,
+    /// A service account's API key; empty for people.
+    pub client_id: String,
     /// Current billing access.
     pub billing: bool,
 }
@@ -85,6 +87,7 @@ impl Signer {
             exp,
             scope,
             auth_time: auth_time.timestamp(),
+            client_id: subject.client_id.clone(),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
@@ -134,6 +137,7 @@ mod tests {
             role: Role::CommandRunner,
             role_name: String::new(),
             permissions: Vec::new(),
+            client_id: String::new(),
             billing: true,
         };
         let (token, _) = signer

@@ -58,6 +58,7 @@
 //! [`jwt`] and [`throttle`] are their building blocks.
 
 pub mod api;
+pub mod api_key;
 pub mod audit;
 pub mod credential;
 pub mod entity;

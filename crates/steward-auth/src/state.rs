@@ -166,6 +166,7 @@ impl State {
             role,
             role_name: if custom { administrator.role_name.clone() } else { String::new() },
             permissions: if custom { looked.role_permissions.clone() } else { Vec::new() },
+            client_id: String::new(),
             billing: administrator.billing,
         })
     }

@@ -7,10 +7,16 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 /// The default server when neither `--server`, `STEWARD_SERVER` nor a session names one.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
-/// Administer a Steward organization: sign in, manage administrators, commands, runs, systems,
-/// billing and the audit log.
+/// Administer a Steward organization: sign in, manage administrators, service accounts,
+/// commands, runs, systems, billing and the audit log.
 #[derive(Debug, Parser)]
-#[command(name = "steward", version)]
+#[command(
+    name = "steward",
+    version,
+    after_help = "With STEWARD_API_KEY set (a service account's API key, from `steward \
+                  service-accounts keys create`), commands act as that service account: the \
+                  session file is neither read nor written."
+)]
 pub struct Cli {
     /// Server URL [default: the signed-in session's server, else http://127.0.0.1:50051].
     #[arg(long, global = true, env = "STEWARD_SERVER")]
@@ -65,6 +71,9 @@ pub enum Command {
     /// Manage the organization's administrators.
     #[command(subcommand)]
     Admins(AdminsCommand),
+    /// Manage service accounts (identities for CI jobs and integrations) and their API keys.
+    #[command(subcommand)]
+    ServiceAccounts(ServiceAccountsCommand),
     /// Manage commands and their grants, and run them.
     #[command(subcommand)]
     Commands(CommandsCommand),
@@ -253,6 +262,65 @@ pub enum AdminsCommand {
     ResetMfa {
         /// ID, resource name or email.
         admin: String,
+    },
+}
+
+/// `steward service-accounts ...`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceAccountsCommand {
+    /// List the organization's service accounts, oldest first.
+    List,
+    /// Show one service account.
+    Get {
+        /// ID or resource name (`organizations/O/serviceAccounts/ID`).
+        account: String,
+    },
+    /// Create a service account (then give it an API key with `keys create`).
+    Create {
+        /// Its display name.
+        #[arg(long)]
+        name: String,
+        /// Its role, as for `admins create`: `administrator`, `manager`, `help-desk`,
+        /// `read-only`, `command-runner`, or the id (or full name) of one of the organization's
+        /// own roles.
+        #[arg(long)]
+        role: String,
+        /// Give it billing access.
+        #[arg(long)]
+        billing: bool,
+    },
+    /// Delete a service account and its keys; its access tokens stop working at once.
+    Delete {
+        /// ID or resource name.
+        account: String,
+    },
+    /// A service account's API keys.
+    #[command(subcommand)]
+    Keys(ServiceAccountKeysCommand),
+}
+
+/// `steward service-accounts keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceAccountKeysCommand {
+    /// Create an API key; it is shown only this once. An account has at most two unexpired
+    /// keys, so a key can be rotated: create the new one, deploy it, delete the old one.
+    Create {
+        /// The service account: ID or resource name.
+        account: String,
+        /// Days until the key stops working (1 to 365).
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u16).range(1..=365))]
+        expires_in: u16,
+    },
+    /// List a service account's keys (never their secrets), newest first.
+    List {
+        /// The service account: ID or resource name.
+        account: String,
+    },
+    /// Delete (revoke) an API key; tokens it was exchanged for stop working at once.
+    Delete {
+        /// The key's name, `organizations/O/serviceAccounts/S/keys/K` (or `S/keys/K`), as
+        /// `keys list` shows it.
+        key: String,
     },
 }
 
@@ -578,5 +646,23 @@ mod tests {
         .unwrap();
         let Command::Login(args) = cli.command else { panic!("login") };
         assert_eq!(args.recovery_code.as_deref(), Some("-abc-def"));
+    }
+
+    #[test]
+    fn service_account_keys_expire_in_90_days_unless_told() {
+        let cli =
+            Cli::try_parse_from(["steward", "service-accounts", "keys", "create", "ci"]).unwrap();
+        let Command::ServiceAccounts(ServiceAccountsCommand::Keys(
+            ServiceAccountKeysCommand::Create { account, expires_in },
+        )) = cli.command
+        else {
+            panic!("service-accounts keys create")
+        };
+        assert_eq!((account.as_str(), expires_in), ("ci", 90));
+        for days in ["0", "366"] {
+            let args =
+                ["steward", "service-accounts", "keys", "create", "ci", "--expires-in", days];
+            assert!(Cli::try_parse_from(args).is_err(), "{days}");
+        }
     }
 }

@@ -1,14 +1,46 @@
 //! The connection to the server and the signed-in session, with automatic refresh.
+//!
+//! With `STEWARD_API_KEY` set, the CLI acts as that key's service account instead: it never
+//! reads or writes the session file, trades the key for an access token once per invocation
+//! and keeps that token in memory only.
 
+use std::fmt;
 use std::future::Future;
 
-use steward_proto::auth::v1::RefreshSessionRequest;
+use steward_proto::auth::v1::{ExchangeApiKeyRequest, RefreshSessionRequest, TokenScope};
 use steward_proto::client::Steward;
 use tonic::Code;
 
 use crate::cli::{Cli, Format, DEFAULT_SERVER};
 use crate::error::{CliError, Result};
-use crate::session::{Session, SessionStore};
+use crate::session::{claims, Session, SessionStore};
+
+/// The environment variable holding a service account's API key.
+pub const API_KEY_VAR: &str = "STEWARD_API_KEY";
+
+/// A service account's API key (`stw_{key}_{secret}`). Never printed: `Debug` is redacted.
+#[derive(Clone)]
+struct ApiKey(String);
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl ApiKey {
+    /// The key in `STEWARD_API_KEY`; unset or empty is none.
+    fn from_env() -> Result<Option<Self>> {
+        match std::env::var(API_KEY_VAR) {
+            Ok(key) if key.trim().is_empty() => Ok(None),
+            Ok(key) => Ok(Some(Self(key.trim().to_string()))),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(CliError::Usage(format!("{API_KEY_VAR} is not valid UTF-8")))
+            }
+        }
+    }
+}
 
 /// Everything a command needs: output format, server, session store and a lazily opened
 /// connection.
@@ -23,6 +55,10 @@ pub struct Context {
     authed: Option<Steward>,
     ca_file: Option<std::path::PathBuf>,
     insecure_plaintext: bool,
+    /// `STEWARD_API_KEY`, when set.
+    api_key: Option<ApiKey>,
+    /// With an API key: when the access token it was traded for expires (Unix seconds).
+    api_key_token_expiry: i64,
 }
 
 /// `url` without a trailing slash, so equal servers compare equal.
@@ -32,10 +68,12 @@ fn normalize(url: &str) -> String {
 
 impl Context {
     /// Reads the session store and picks the server: `--server`/`STEWARD_SERVER`, else the
-    /// session's, else the default.
+    /// session's, else the default. With `STEWARD_API_KEY` the session file is not read (nor
+    /// its server used).
     pub fn new(cli: &Cli) -> Result<Self> {
+        let api_key = ApiKey::from_env()?;
         let store = SessionStore::from_env()?;
-        let session = store.load()?;
+        let session = if api_key.is_some() { None } else { store.load()? };
         let server = match (&cli.server, &session) {
             (Some(server), _) => normalize(server),
             (None, Some(session)) => normalize(&session.server),
@@ -50,7 +88,51 @@ impl Context {
             authed: None,
             ca_file: cli.ca_file.clone(),
             insecure_plaintext: cli.insecure_plaintext,
+            api_key,
+            api_key_token_expiry: 0,
         })
+    }
+
+    /// Whether `STEWARD_API_KEY` is set: commands then act as its service account.
+    pub fn uses_api_key(&self) -> bool {
+        self.api_key.is_some()
+    }
+
+    /// With `STEWARD_API_KEY`: trades the key for an access token, unless already done in this
+    /// invocation, and uses it as the session (in memory only). Without it, does nothing.
+    pub async fn sign_in_with_api_key(&mut self) -> Result<()> {
+        if self.api_key.is_none() || self.session.is_some() {
+            return Ok(());
+        }
+        self.exchange_api_key().await
+    }
+
+    /// ExchangeApiKey. The RPC is called directly rather than through
+    /// [`Steward::sign_in_with_api_key`]: the CLI needs the token itself (its `org` and `sub`
+    /// claims), and the anonymous client must stay without a token.
+    async fn exchange_api_key(&mut self) -> Result<()> {
+        let Some(ApiKey(api_key)) = self.api_key.clone() else {
+            return Err(CliError::NotSignedIn { server: self.server.clone() });
+        };
+        let request = ExchangeApiKeyRequest { api_key };
+        let answer = match self.anonymous().await?.auth().exchange_api_key(request).await {
+            Ok(answer) => answer.into_inner(),
+            Err(status) => return Err(api_key_refused(&status)),
+        };
+        let tokens = answer.tokens.ok_or(CliError::Protocol("ExchangeApiKey without tokens"))?;
+        let claims = claims(&tokens.access_token)?;
+        self.api_key_token_expiry = tokens.access_token_expire_time.map_or(0, |t| t.seconds);
+        self.authed = None;
+        self.session = Some(Session {
+            server: self.server.clone(),
+            access_token: tokens.access_token,
+            refresh_token: String::new(),
+            organization: claims.org,
+            administrator: claims.sub,
+            email: String::new(),
+            scope: TokenScope::Full.as_str_name().to_string(),
+        });
+        Ok(())
     }
 
     /// The session store.
@@ -72,16 +154,23 @@ impl Context {
         Ok(self.session()?.organization.clone())
     }
 
-    /// Stores a new session (after sign-in) and uses it from now on.
+    /// Stores a new session (after sign-in) and uses it from now on. Refused with
+    /// `STEWARD_API_KEY`, which is never mixed with a stored session.
     pub fn set_session(&mut self, session: Session) -> Result<()> {
+        if self.uses_api_key() {
+            return Err(api_key_is_set("store a session"));
+        }
         self.store.save(&session)?;
         self.authed = None;
         self.session = Some(session);
         Ok(())
     }
 
-    /// Forgets the session locally; true if there was one.
+    /// Forgets the session locally; true if there was one. Refused with `STEWARD_API_KEY`.
     pub fn clear_session(&mut self) -> Result<bool> {
+        if self.uses_api_key() {
+            return Err(api_key_is_set("forget a session"));
+        }
         self.authed = None;
         self.session = None;
         self.store.clear()
@@ -173,8 +262,17 @@ impl Context {
     }
 
     /// Exchanges the refresh token for new tokens and stores them. Without a refresh token
-    /// (or when it is refused) the original rejection stands.
+    /// (or when it is refused) the original rejection stands. With `STEWARD_API_KEY`, the key
+    /// is exchanged again only if its token has expired (a long `--wait` or `runs watch`);
+    /// any other rejection stands.
     async fn refresh(&mut self, rejected: tonic::Status) -> Result<()> {
+        if self.uses_api_key() {
+            let now = wall_clock().timestamp();
+            if now + 5 < self.api_key_token_expiry {
+                return Err(rejected.into());
+            }
+            return self.exchange_api_key().await;
+        }
         let mut session = self.session()?.clone();
         if session.refresh_token.is_empty() {
             return Err(rejected.into());
@@ -191,5 +289,57 @@ impl Context {
         session.access_token = tokens.access_token;
         session.refresh_token = tokens.refresh_token;
         self.set_session(session)
+    }
+}
+
+/// The wall clock. The CLI is a client run once, with no injected clock: the times it works
+/// out (a new key's expiry, whether a token has expired) are meant in wall time.
+#[allow(clippy::disallowed_methods)]
+pub fn wall_clock() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+/// The usage error for what cannot be done as a service account.
+pub fn api_key_is_set(what: &str) -> CliError {
+    CliError::Usage(format!(
+        "{API_KEY_VAR} is set: cannot {what} while acting as a service account (unset it to use \
+         a signed-in administrator's session)"
+    ))
+}
+
+/// The status of a failed ExchangeApiKey, its message saying that the key was the problem.
+/// The code and `google.rpc` details are kept; the key itself is never part of it.
+fn api_key_refused(status: &tonic::Status) -> CliError {
+    let what = if status.code() == Code::Unauthenticated {
+        format!("{API_KEY_VAR} was refused (malformed, unknown, expired or deleted)")
+    } else {
+        format!("cannot exchange {API_KEY_VAR}")
+    };
+    tonic::Status::with_details_and_metadata(
+        status.code(),
+        format!("{what}: {}", status.message()),
+        status.details().to_vec().into(),
+        status.metadata().clone(),
+    )
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_debug_is_redacted() {
+        let shown = format!("{:?}", ApiKey("stw_k_secret".into()));
+        assert!(!shown.contains("secret") && !shown.contains("stw_"), "{shown}");
+    }
+
+    #[test]
+    fn a_refused_key_keeps_its_code_and_names_the_variable() {
+        let err = api_key_refused(&tonic::Status::unauthenticated("invalid credentials"));
+        let status = err.status().unwrap();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(status.message().contains(API_KEY_VAR), "{}", status.message());
+        assert!(status.message().ends_with("invalid credentials"), "{}", status.message());
     }
 }

@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 use steward_proto::admin::v1::{
     administrator, Administrator, Organization, Permission, Profile, Role, RoleDefinition,
+    ServiceAccount, ServiceAccountKey,
 };
 use steward_proto::audit::v1::{audit_event, AuditEvent};
 use steward_proto::billing::v1::{CardBrand, PaymentCard};
@@ -72,6 +73,30 @@ pub fn administrator(a: &Administrator) -> Value {
         "activate_time": time(a.activate_time.as_ref()),
         "invited_by": a.invited_by,
         "etag": a.etag,
+    })
+}
+
+/// A service account.
+pub fn service_account(a: &ServiceAccount) -> Value {
+    json!({
+        "name": a.name,
+        "display_name": a.display_name,
+        "role": role(a.role),
+        "role_name": a.role_name,
+        "billing": a.billing,
+        "creator": a.creator,
+        "create_time": time(a.create_time.as_ref()),
+    })
+}
+
+/// A service account's API key (never its secret: the service does not return it, except as
+/// `api_key` in the answer to its creation, which is not part of this value).
+pub fn service_account_key(k: &ServiceAccountKey) -> Value {
+    json!({
+        "name": k.name,
+        "expire_time": time(k.expire_time.as_ref()),
+        "create_time": time(k.create_time.as_ref()),
+        "last_used_time": time(k.last_used_time.as_ref()),
     })
 }
 

@@ -5,13 +5,14 @@
 //! - [`session`]: the session file (`session.json`, mode 0600) holding the server, tokens and
 //!   organization of the signed-in administrator.
 //! - [`context`]: the connection, with one automatic session refresh when an access token is
-//!   rejected as UNAUTHENTICATED.
+//!   rejected as UNAUTHENTICATED; with `STEWARD_API_KEY`, a service account's key exchanged for
+//!   an in-memory session instead (the session file is then neither read nor written).
 //! - [`commands`]: one function per command.
 //! - [`convert`] and [`output`]: API messages as JSON values, printed as text or JSON.
 //! - [`error`]: typed errors, reported on stderr with the gRPC code and `google.rpc` details.
 //!
 //! Secrets (passwords, card numbers, CVCs) are read from stdin, never from arguments, and no
-//! token or secret is ever printed.
+//! token or secret is ever printed, but for a new connect key or API key (shown once).
 
 pub mod cli;
 pub mod commands;

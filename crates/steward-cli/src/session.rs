@@ -7,6 +7,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CliError, Result};
@@ -46,6 +47,26 @@ impl fmt::Debug for Session {
             .field("scope", &self.scope)
             .finish()
     }
+}
+
+/// The claims of an access token the CLI needs to know where it is signed in. They are read
+/// without verification, only to expand names locally; the server verifies every token.
+#[derive(Debug, Deserialize)]
+pub struct Claims {
+    /// `organizations/{organization}`.
+    pub org: String,
+    /// The administrator's (or service account's) resource name.
+    pub sub: String,
+}
+
+/// The [`Claims`] in the payload of the access token (a JWT).
+pub fn claims(access_token: &str) -> Result<Claims> {
+    let payload =
+        access_token.split('.').nth(1).ok_or(CliError::Protocol("malformed access token"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| CliError::Protocol("malformed access token"))?;
+    serde_json::from_slice(&bytes).map_err(|_| CliError::Protocol("access token without org/sub"))
 }
 
 /// Where sessions are kept.
@@ -214,6 +235,16 @@ mod tests {
     fn debug_redacts_tokens() {
         let shown = format!("{:?}", sample());
         assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn reads_org_and_subject_from_the_token_payload() {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"org":"organizations/o","sub":"organizations/o/administrators/a"}"#);
+        let c = claims(&format!("h.{payload}.s")).unwrap();
+        assert_eq!(c.org, "organizations/o");
+        assert_eq!(c.sub, "organizations/o/administrators/a");
+        assert!(claims("not-a-jwt").is_err());
     }
 
     #[test]

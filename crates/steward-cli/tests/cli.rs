@@ -130,6 +130,8 @@ struct Identity {
     url: String,
     /// Trusted through `STEWARD_CA_FILE`.
     ca: Option<String>,
+    /// More environment for every run (such as `STEWARD_API_KEY`).
+    env: Vec<(&'static str, String)>,
 }
 
 struct Out {
@@ -150,7 +152,12 @@ impl Out {
 
 impl Identity {
     fn new(dev: &Dev) -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), url: dev.url.clone(), ca: dev.ca.clone() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            url: dev.url.clone(),
+            ca: dev.ca.clone(),
+            env: Vec::new(),
+        }
     }
 
     fn session_file(&self) -> PathBuf {
@@ -176,7 +183,9 @@ impl Identity {
             .args(["--server", url])
             .args(args)
             .env_remove("STEWARD_SERVER")
+            .env_remove("STEWARD_API_KEY")
             .env("STEWARD_CONFIG_DIR", self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -193,6 +202,9 @@ impl Identity {
         // No command ever shows a password or a session token.
         let all = format!("{}{}", out.stdout, out.stderr);
         assert!(!all.contains(PASSWORD), "password printed by {args:?}");
+        for (_, api_key) in self.env.iter().filter(|(k, _)| *k == "STEWARD_API_KEY") {
+            assert!(!all.contains(api_key.as_str()), "API key printed by {args:?}");
+        }
         if let Ok(text) = std::fs::read_to_string(self.session_file()) {
             let session: serde_json::Value = serde_json::from_str(&text).unwrap();
             for key in ["access_token", "refresh_token"] {
@@ -294,6 +306,87 @@ fn read_only_auditor_with_the_cli() {
     assert!(!narrowed["permissions"].as_array().unwrap().iter().any(|p| p == "audit.read"));
     owner.run(&["admins", "delete", "logs@example.com"]).ok();
     owner.run(&["roles", "delete", "log-reader"]).ok();
+}
+
+/// A CI job as a service account: the owner creates one with the Manager role and a key; the
+/// job, with only `STEWARD_API_KEY`, may do what a Manager may and is refused the rest; once
+/// the key is deleted the job is UNAUTHENTICATED. The key is never printed by the job's runs.
+#[test]
+fn ci_job_with_a_service_account_key() {
+    let dev = start_dev(&[]);
+    let owner = Identity::new(&dev);
+    owner.accept_and_login(&dev.owner_token, "owner@example.com");
+    let org = owner.session()["organization"].as_str().unwrap().to_string();
+    let account =
+        owner.json(&["service-accounts", "create", "--name", "CI deploys", "--role", "manager"]);
+    assert_eq!(account["role_name"], "roles/manager", "{account}");
+    assert_eq!(account["display_name"], "CI deploys");
+    let account_name = name(&account);
+    assert!(account_name.starts_with(&format!("{org}/serviceAccounts/")), "{account}");
+    assert_eq!(
+        owner.json(&["service-accounts", "get", id(&account_name)])["name"],
+        account["name"]
+    );
+    let listed = owner.run(&["service-accounts", "list"]).ok();
+    assert!(listed.stdout.contains(id(&account_name)), "{}", listed.stdout);
+
+    // The key: 90 days by default, its secret shown this once.
+    let created = owner.json(&["service-accounts", "keys", "create", id(&account_name)]);
+    let api_key = created["api_key"].as_str().unwrap().to_string();
+    assert!(api_key.starts_with("stw_"), "{created}");
+    let key_name = name(&created["key"]);
+    assert!(key_name.starts_with(&format!("{account_name}/keys/")), "{created}");
+    let expires: chrono::DateTime<chrono::Utc> =
+        created["key"]["expire_time"].as_str().unwrap().parse().unwrap();
+    let days = (expires - chrono::Utc::now()).num_hours() as f64 / 24.0;
+    assert!((89.0..=90.1).contains(&days), "{created}");
+    let keys = owner.run(&["service-accounts", "keys", "list", &account_name]).ok();
+    assert!(keys.stdout.contains(&key_name), "{}", keys.stdout);
+    assert!(!keys.stdout.contains(&api_key), "the key is shown once");
+    // In text, the key is alone on the last line; a key's ID alone is not a key's name.
+    let second =
+        owner.run(&["service-accounts", "keys", "create", &account_name, "--expires-in", "7"]);
+    let second = second.ok();
+    let last = second.stdout.lines().last().unwrap();
+    assert!(last.starts_with("stw_") && !last.contains(' '), "{}", second.stdout);
+    assert!(second.stderr.contains("only this once"), "{}", second.stderr);
+    let second_key = second.stdout.lines().find_map(|l| l.strip_prefix("name:")).unwrap().trim();
+    assert_eq!(owner.run(&["service-accounts", "keys", "delete", id(second_key)]).code, 2);
+    owner.run(&["service-accounts", "keys", "delete", second_key]).ok();
+
+    // The CI job: no session file, only the key.
+    let ci = Identity { env: vec![("STEWARD_API_KEY", api_key.clone())], ..Identity::new(&dev) };
+    assert_eq!(ci.json(&["commands", "list"]), serde_json::json!([]));
+    let me = ci.json(&["whoami"]);
+    assert_eq!(
+        (me["service_account"].as_str(), me["organization"].as_str()),
+        (Some(account_name.as_str()), Some(org.as_str()))
+    );
+    let connect_key = ci.json(&["connect-keys", "create", "--name", "from ci"]);
+    assert_eq!(connect_key["creator"], account_name.as_str(), "{connect_key}");
+    assert!(name(&connect_key).starts_with(&format!("{org}/connectKeys/")), "{connect_key}");
+    let refused = ci.run(&["admins", "list"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains("PERMISSION_DENIED"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("ROLE_REQUIRED"), "{}", refused.stderr);
+    let login = ci.run_with(
+        &["login", "--email", "owner@example.com", "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert_eq!(login.code, 2, "no sign-in while acting as a service account: {}", login.stderr);
+    assert!(login.stderr.contains("STEWARD_API_KEY"), "{}", login.stderr);
+    assert!(!ci.session_file().exists(), "the session file is neither read nor written");
+
+    // The key deleted, the same job is refused.
+    owner.run(&["service-accounts", "keys", "delete", &key_name]).ok();
+    let ended = ci.run(&["commands", "list"]);
+    assert_eq!(ended.code, 1, "{}", ended.stderr);
+    assert!(ended.stderr.contains("UNAUTHENTICATED"), "{}", ended.stderr);
+    assert!(ended.stderr.contains("STEWARD_API_KEY"), "{}", ended.stderr);
+
+    owner.run(&["service-accounts", "delete", id(&account_name)]).ok();
+    let gone = owner.run(&["service-accounts", "get", &account_name]);
+    assert!(gone.code == 1 && gone.stderr.contains("NOT_FOUND"), "{}", gone.stderr);
 }
 
 /// The same walk-through against `dev --tls`, the CLI trusting the dev CA through

@@ -4,7 +4,7 @@
 
 use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
 use steward_proto::admin::v1::administrator::State as AdminState;
-use steward_proto::admin::v1::LookupAdministratorRequest;
+use steward_proto::admin::v1::{LookupAdministratorRequest, LookupServiceAccountRequest};
 use steward_runtime::authn::{AdministratorCall, Need, Principal, RequestContext};
 use steward_runtime::claims::Role;
 use steward_runtime::roles::{self, Permission, Permissions};
@@ -53,13 +53,44 @@ pub(crate) async fn lookup(state: &State, administrator: &str) -> ApiResult<Opti
     }))
 }
 
+/// A service account caller as the admin service knows it now (its account and the API key its
+/// token came from); `None` when either is gone. Its permissions never include what only people
+/// hold.
+async fn lookup_service_account(state: &State, p: &Principal) -> ApiResult<Option<Current>> {
+    let mut client = AdminInternalServiceClient::new(state.peers.internal(&state.peers.admin));
+    let request =
+        LookupServiceAccountRequest { name: p.administrator.clone(), key: p.client_id.clone() };
+    let response = match client.lookup_service_account(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+        Err(status) => return Err(status.into()),
+    };
+    let Some(account) = response.service_account else { return Ok(None) };
+    let role = Role::from_proto(account.role)
+        .ok_or_else(|| ApiError::internal(format!("{} has no valid role", account.name)))?;
+    let held = match role {
+        Role::Custom => roles::custom(response.role_permissions.iter().map(String::as_str)),
+        built_in => roles::built_in(built_in),
+    };
+    Ok(Some(Current {
+        role,
+        active: true,
+        permissions: held.with_billing(account.billing).without(roles::PEOPLE_ONLY),
+    }))
+}
+
 /// The caller with its current permissions: what both the token and the account hold now, each
 /// at the narrower scope, so neither a demotion nor a promotion after the token was issued
 /// widens what the token may do. `PERMISSION_DENIED` with `CALLER_DELETED` when the account is
 /// gone (or no longer active), `ROLE_REQUIRED` or `BILLING_REQUIRED` when the caller no longer
 /// holds the permission `need` names (the same meaning as in the admin service).
 pub(crate) async fn current(state: &State, p: &Principal, need: Need) -> ApiResult<Principal> {
-    let Some(now) = lookup(state, &p.administrator).await? else {
+    let found = if p.is_service_account() {
+        lookup_service_account(state, p).await?
+    } else {
+        lookup(state, &p.administrator).await?
+    };
+    let Some(now) = found else {
         return Err(ApiError::denied("CALLER_DELETED", "the caller's account no longer exists"));
     };
     if !now.active {

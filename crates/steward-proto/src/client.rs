@@ -11,6 +11,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::admin::v1::admin_service_client::AdminServiceClient;
 use crate::admin::v1::organization_service_client::OrganizationServiceClient;
 use crate::admin::v1::role_service_client::RoleServiceClient;
+use crate::admin::v1::service_account_service_client::ServiceAccountServiceClient;
 use crate::audit::v1::audit_service_client::AuditServiceClient;
 use crate::auth::v1::auth_service_client::AuthServiceClient;
 use crate::billing::v1::billing_service_client::BillingServiceClient;
@@ -132,6 +133,22 @@ impl Steward {
         Ok(())
     }
 
+    /// Signs in as a service account: trades `api_key` (`STEWARD_API_KEY`) for an access token
+    /// and uses it for every later call. Tokens from keys are not refreshed: call this again
+    /// before the answered expiry (Unix seconds).
+    pub async fn sign_in_with_api_key(&self, api_key: &str) -> Result<i64, tonic::Status> {
+        let request = crate::auth::v1::ExchangeApiKeyRequest { api_key: api_key.to_string() };
+        let tokens = self
+            .auth()
+            .exchange_api_key(request)
+            .await?
+            .into_inner()
+            .tokens
+            .ok_or_else(|| tonic::Status::internal("ExchangeApiKey answered no tokens"))?;
+        self.set_access_token(Some(&tokens.access_token))?;
+        Ok(tokens.access_token_expire_time.map_or(0, |t| t.seconds))
+    }
+
     /// A copy sharing the channel but with its own token (acting as another administrator).
     pub fn with_token(&self, token: &str) -> Result<Self, tonic::Status> {
         let other = Self::from_channel(self.channel.clone());
@@ -161,6 +178,11 @@ impl Steward {
     /// RoleService (the permission catalog).
     pub fn roles(&self) -> RoleServiceClient<AuthedChannel> {
         RoleServiceClient::new(self.authed())
+    }
+
+    /// Service accounts and their API keys.
+    pub fn service_accounts(&self) -> ServiceAccountServiceClient<AuthedChannel> {
+        ServiceAccountServiceClient::new(self.authed())
     }
 
     /// The payment card.

@@ -49,6 +49,8 @@ pub struct Principal {
     pub scope: TokenScope,
     /// When the session's authentication happened (Unix seconds; the token's `auth_time`).
     pub auth_time: i64,
+    /// A service account's API key (the token's `client_id`); empty for people.
+    pub client_id: String,
 }
 
 impl Principal {
@@ -59,15 +61,30 @@ impl Principal {
             administrator: claims.sub,
             role: claims.role,
             billing: claims.billing,
-            permissions: match claims.role {
-                Role::Custom => crate::roles::custom(claims.permissions.iter().map(String::as_str)),
-                role => built_in(role),
-            }
-            .with_billing(claims.billing),
+            permissions: {
+                let held = match claims.role {
+                    Role::Custom => {
+                        crate::roles::custom(claims.permissions.iter().map(String::as_str))
+                    }
+                    role => built_in(role),
+                }
+                .with_billing(claims.billing);
+                if claims.client_id.is_empty() {
+                    held
+                } else {
+                    held.without(crate::roles::PEOPLE_ONLY)
+                }
+            },
             session: claims.sid,
             scope: claims.scope,
             auth_time: claims.auth_time,
+            client_id: claims.client_id,
         }
+    }
+
+    /// Whether the caller is a service account (its token came from an API key).
+    pub fn is_service_account(&self) -> bool {
+        !self.client_id.is_empty()
     }
 
     /// Refuses (`PERMISSION_DENIED`, `RECENT_AUTHENTICATION_REQUIRED`) unless the caller signed
@@ -484,12 +501,20 @@ impl AuthState {
                 })?;
                 let claims = self.verifier.verify(token).await.map_err(plain)?;
                 let principal = Principal::from_claims(claims);
+                let people_only = access == Access::Enrollment
+                    || permission.is_some_and(|p| crate::roles::PEOPLE_ONLY.contains(&p));
                 let refusal = if principal.scope == TokenScope::MfaEnrollment
                     && access != Access::Enrollment
                 {
                     Some(ApiError::denied(
                         "MFA_ENROLLMENT_REQUIRED",
                         "enrol MFA before using this RPC",
+                    ))
+                } else if principal.is_service_account() && people_only {
+                    Some(ApiError::denied(
+                        "PEOPLE_ONLY",
+                        "service accounts have no profile, password, second factor or session \
+                         to manage",
                     ))
                 } else {
                     permission.filter(|p| !principal.permissions.holds(*p)).map(missing_permission)

@@ -93,6 +93,10 @@ pub struct AccessClaims {
     pub exp: i64,
     /// Usage restriction.
     pub scope: TokenScope,
+    /// A service account's token: the API key it was exchanged for (`sid` too). Empty for
+    /// people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_id: String,
     /// When the administrator last proved who they are (password, and second factor if any) in
     /// this session, Unix seconds (OIDC `auth_time`); refreshing keeps it. Zero in tokens from
     /// before this claim existed, which therefore never count as a recent authentication.

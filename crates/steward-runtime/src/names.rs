@@ -115,6 +115,16 @@ resource_name!(
     ConnectKeyName,
     ["organizations", "connectKeys"]
 );
+resource_name!(
+    /// `organizations/{organization}/serviceAccounts/{account}`.
+    ServiceAccountName,
+    ["organizations", "serviceAccounts"]
+);
+resource_name!(
+    /// `organizations/{organization}/serviceAccounts/{account}/keys/{key}`.
+    ServiceAccountKeyName,
+    ["organizations", "serviceAccounts", "keys"]
+);
 
 /// Ids are 1 to 63 characters of lowercase letters, digits and `-`.
 pub fn valid_id(id: &str) -> bool {

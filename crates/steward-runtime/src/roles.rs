@@ -137,6 +137,13 @@ impl Permissions {
         Self { everywhere, own: held & !everywhere }
     }
 
+    /// These permissions without any of `list`.
+    #[must_use]
+    pub fn without(self, list: &[Permission]) -> Self {
+        let mask = list.iter().fold(0, |mask, p| mask | bit(*p));
+        Self { everywhere: self.everywhere & !mask, own: self.own & !mask }
+    }
+
     /// What either holds, each at the wider scope.
     #[must_use]
     pub fn union(&self, other: &Self) -> Self {
@@ -171,6 +178,11 @@ pub const EVERY_ROLE: &[Permission] = &[
     Permission::OrganizationsRead,
     Permission::PermissionsRead,
 ];
+
+/// What only people hold: their own profile, settings, password and second factor. A service
+/// account's token never carries them, whatever its role.
+pub const PEOPLE_ONLY: &[Permission] =
+    &[Permission::ProfileRead, Permission::ProfileUpdate, Permission::ProfileSecurity];
 
 /// The command permissions a role may hold only over its own resources: the commands granted
 /// to it and its own runs.

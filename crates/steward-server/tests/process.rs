@@ -603,6 +603,54 @@ fn seed_walkthrough(dev: Dev) {
     )
     .unwrap_err();
     assert!(refused.contains("PermissionDenied") && refused.contains("commands.run"), "{refused}");
+
+    // 8. A CI job: a service account with the Manager role signs in with an API key.
+    let account = call(
+        addr,
+        Some(&owner),
+        "steward.admin.v1.ServiceAccountService/CreateServiceAccount",
+        serde_json::json!({"parent": org, "serviceAccount": {"displayName": "ci", "roleName": "roles/manager"}}),
+    )
+    .unwrap()["serviceAccount"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let expire = (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339();
+    let api_key = call(
+        addr,
+        Some(&owner),
+        "steward.admin.v1.ServiceAccountService/CreateServiceAccountKey",
+        serde_json::json!({"parent": account, "key": {"expireTime": expire}}),
+    )
+    .unwrap()["apiKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let exchanged = call(
+        addr,
+        None,
+        "steward.auth.v1.AuthService/ExchangeApiKey",
+        serde_json::json!({"apiKey": api_key}),
+    )
+    .unwrap();
+    let ci = exchanged["tokens"]["accessToken"].as_str().unwrap().to_string();
+    assert!(exchanged["tokens"].get("refreshToken").is_none(), "{exchanged}");
+    let commands = call(
+        addr,
+        Some(&ci),
+        "steward.commands.v1.CommandService/ListCommands",
+        serde_json::json!({"parent": org}),
+    )
+    .unwrap();
+    assert_eq!(commands["commands"].as_array().unwrap().len(), 2, "{commands}");
+    let refused = call(
+        addr,
+        Some(&ci),
+        "steward.admin.v1.AdminService/ListAdministrators",
+        serde_json::json!({"parent": org}),
+    )
+    .unwrap_err();
+    assert!(refused.contains("PermissionDenied"), "{refused}");
 }
 
 /// Runs a full flow against `dev` with every log level on and searches the logs for each secret

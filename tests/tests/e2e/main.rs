@@ -61,6 +61,7 @@ mod email;
 mod foundation;
 mod roles;
 mod security;
+mod service_accounts;
 mod telemetry;
 mod tls;
 mod upgrade;

@@ -1,6 +1,6 @@
 //! The role matrix: every RPC of every service's descriptor, called as anonymous, as a service,
 //! as a member of every built-in role with and without billing and of an organization's own
-//! role, and as an Administrator of another organization; each outcome is checked against the
+//! role, as service accounts, and as an Administrator of another organization; each outcome is checked against the
 //! permissions the roles are served with (`RoleService`) and the rule each RPC declares.
 
 use prost::bytes::{Buf, BufMut};
@@ -89,6 +89,8 @@ fn descriptors() -> Descriptors {
 /// A well-formed resource name of `org` for the `name` / `parent` field of `method`.
 fn resource_for(method: &str, field: &str, org: &str) -> String {
     let collection = [
+        ("ServiceAccountKey", "serviceAccounts/s1/keys/k1"),
+        ("ServiceAccount", "serviceAccounts/s1"),
         ("Grant", "commands/c1/grants/g1"),
         ("ConnectKey", "connectKeys/k1"),
         ("System", "systems/s1"),
@@ -104,6 +106,9 @@ fn resource_for(method: &str, field: &str, org: &str) -> String {
     .map(|(_, c)| *c);
     match (field, collection) {
         ("parent", Some(c)) if c.starts_with("commands/c1/grants") => format!("{org}/commands/c1"),
+        ("parent", Some(c)) if c.starts_with("serviceAccounts/s1/keys") => {
+            format!("{org}/serviceAccounts/s1")
+        }
         ("parent", _) => org.to_string(),
         ("name", Some(c)) => format!("{org}/{c}"),
         _ => org.to_string(),
@@ -153,6 +158,8 @@ enum Who {
     Service,
     /// A signed-in member holding a built-in role, with or without billing access.
     Member(Role, bool),
+    /// A service account holding a role (without billing access), signed in with an API key.
+    ServiceAccount(Role),
 }
 
 async fn call(
@@ -216,6 +223,7 @@ fn layer_reason(status: &Status) -> Option<String> {
             "NO_ACCESS_RULE",
             "MFA_ENROLLMENT_REQUIRED",
             "SERVICE_CREDENTIAL_REQUIRED",
+            "PEOPLE_ONLY",
         ]
         .contains(&reason.as_str())
         {
@@ -239,8 +247,19 @@ fn expected(
         (Access::Public | Access::Agent, _) => None,
         (Access::Internal, Who::Service) => None,
         (Access::Internal, Who::Anonymous) => Some("UNAUTHENTICATED"),
-        (Access::Internal, Who::Member(..)) => Some("SERVICE_CREDENTIAL_REQUIRED"),
+        (Access::Internal, Who::Member(..) | Who::ServiceAccount(_)) => {
+            Some("SERVICE_CREDENTIAL_REQUIRED")
+        }
         (_, Who::Anonymous | Who::Service) => Some("UNAUTHENTICATED"),
+        (Access::Enrollment, Who::ServiceAccount(_)) => Some("PEOPLE_ONLY"),
+        (_, Who::ServiceAccount(role)) => {
+            let permission = steward_proto::authz::rule(path).and_then(|r| r.permission).unwrap();
+            let name = steward_runtime::roles::permission_name(permission);
+            if name.starts_with("profile.") {
+                return Some("PEOPLE_ONLY");
+            }
+            expected(path, Who::Member(role, false), served)
+        }
         (_, Who::Member(role, billing)) => {
             let permission = steward_proto::authz::rule(path).and_then(|r| r.permission).unwrap();
             let name = steward_runtime::roles::permission_name(permission);
@@ -251,6 +270,15 @@ fn expected(
             (!held).then_some("ROLE_REQUIRED")
         }
     }
+}
+
+/// The access token an API key is exchanged for.
+async fn exchange_token(stack: &Stack, api_key: &str) -> String {
+    use steward_proto::auth::v1::ExchangeApiKeyRequest;
+    let client = stack.client().await;
+    let request = ExchangeApiKeyRequest { api_key: api_key.to_string() };
+    let answer = client.auth().exchange_api_key(request).await.unwrap().into_inner();
+    answer.tokens.unwrap().access_token
 }
 
 backend_test!(every_rpc_follows_the_role_table, |stack| async move {
@@ -303,6 +331,16 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
     }
     let (_, holder) = crate::custom_roles::holder_tokens(&stack, &owner, &custom.name).await;
     callers.push((Who::Member(Role::Custom, false), bearer(&holder.access_token)));
+    // And service accounts: a Manager and one of the organization's own role.
+    for (role, name) in [(Role::Manager, "roles/manager"), (Role::Custom, custom.name.as_str())] {
+        let sa = crate::service_accounts::create_account(&owner.client, &owner.org, name, false)
+            .await
+            .unwrap();
+        let (_, key) =
+            crate::service_accounts::create_key(&stack, &owner.client, &sa.name, 30).await.unwrap();
+        let token = exchange_token(&stack, &key).await;
+        callers.push((Who::ServiceAccount(role), bearer(&token)));
+    }
 
     let d = descriptors();
     let mut failures = Vec::new();
@@ -330,7 +368,9 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
                         matches!(code, Some(Code::Unauthenticated | Code::InvalidArgument))
                     }
                     Who::Anonymous | Who::Service => code == Some(Code::Unauthenticated),
-                    Who::Member(..) => code == Some(Code::PermissionDenied),
+                    Who::Member(..) | Who::ServiceAccount(_) => {
+                        code == Some(Code::PermissionDenied)
+                    }
                 };
                 if !refused {
                     failures.push(format!(

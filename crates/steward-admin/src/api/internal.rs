@@ -6,7 +6,8 @@
 use steward_proto::admin::v1::admin_internal_service_server::AdminInternalService;
 use steward_proto::admin::v1::{
     ActivateAdministratorRequest, ActivateAdministratorResponse, LookupAdministratorRequest,
-    LookupAdministratorResponse, RecordAuditEventsRequest, RecordAuditEventsResponse,
+    LookupAdministratorResponse, LookupServiceAccountRequest, LookupServiceAccountResponse,
+    RecordAuditEventsRequest, RecordAuditEventsResponse, VerifyApiKeyRequest, VerifyApiKeyResponse,
 };
 use steward_runtime::authn;
 use tonic::{Request, Response, Status};
@@ -35,6 +36,22 @@ impl AdminInternalService for InternalApi {
         request: Request<LookupAdministratorRequest>,
     ) -> Result<Response<LookupAdministratorResponse>, Status> {
         let result = administrator::lookup(&self.state, request.into_inner()).await;
+        finish(&self.state, None, "", result).await
+    }
+
+    async fn verify_api_key(
+        &self,
+        request: Request<VerifyApiKeyRequest>,
+    ) -> Result<Response<VerifyApiKeyResponse>, Status> {
+        let result = crate::service_account::verify(&self.state, request.into_inner()).await;
+        finish(&self.state, None, "", result).await
+    }
+
+    async fn lookup_service_account(
+        &self,
+        request: Request<LookupServiceAccountRequest>,
+    ) -> Result<Response<LookupServiceAccountResponse>, Status> {
+        let result = crate::service_account::lookup(&self.state, request.into_inner()).await;
         finish(&self.state, None, "", result).await
     }
 

@@ -2,7 +2,7 @@
 //! caller and the message, build the call's [`crate::audit::Auditor`] when it is audited, call
 //! one domain function, answer through [`crate::audit::finish`]). The work is in the modules
 //! named after what it acts on: [`crate::administrator`], [`crate::organization`],
-//! [`crate::billing`] and [`crate::audit_log`].
+//! [`crate::billing`], [`crate::audit_log`], [`crate::role`] and [`crate::service_account`].
 
 pub mod admin;
 pub mod audit;
@@ -10,3 +10,4 @@ pub mod billing;
 pub mod internal;
 pub mod organization;
 pub mod role;
+pub mod service_account;

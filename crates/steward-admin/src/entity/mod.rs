@@ -6,3 +6,5 @@ pub mod audit_event;
 pub mod organization;
 pub mod payment_card;
 pub mod role;
+pub mod service_account;
+pub mod service_account_key;

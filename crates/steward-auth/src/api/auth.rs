@@ -31,6 +31,14 @@ impl AuthService for AuthApi {
         answer(invite::accept(&self.state, &context, request.into_inner()).await)
     }
 
+    async fn exchange_api_key(
+        &self,
+        request: Request<pb::ExchangeApiKeyRequest>,
+    ) -> Result<Response<pb::ExchangeApiKeyResponse>, Status> {
+        let context = authn::context(&request);
+        answer(crate::api_key::exchange(&self.state, &context, request.into_inner()).await)
+    }
+
     async fn sign_in(
         &self,
         request: Request<pb::SignInRequest>,

@@ -67,6 +67,20 @@ impl AdminInternalService for FakeAdmin {
         let count = request.into_inner().events.len() as i32;
         Ok(Response::new(admin::RecordAuditEventsResponse { recorded_count: count }))
     }
+
+    async fn verify_api_key(
+        &self,
+        _request: Request<admin::VerifyApiKeyRequest>,
+    ) -> Result<Response<admin::VerifyApiKeyResponse>, Status> {
+        Err(Status::unauthenticated("invalid credentials"))
+    }
+
+    async fn lookup_service_account(
+        &self,
+        request: Request<admin::LookupServiceAccountRequest>,
+    ) -> Result<Response<admin::LookupServiceAccountResponse>, Status> {
+        Err(Status::not_found(request.into_inner().name))
+    }
 }
 
 /// A running auth service (its state) with its temporary directory.

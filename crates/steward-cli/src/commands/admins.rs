@@ -25,7 +25,7 @@ const COLUMNS: &[(&str, &str)] = &[
 
 /// The role name `--role` gives: a built-in role by its short name, else one of the
 /// organization's own roles by id or full name.
-fn role_name(ctx: &Context, role: &str) -> Result<String> {
+pub(super) fn role_name(ctx: &Context, role: &str) -> Result<String> {
     const BUILT_IN: &[&str] =
         &["administrator", "manager", "help-desk", "read-only", "command-runner"];
     if role.contains('/') {

@@ -1,7 +1,5 @@
 //! Invites, sign-in and sign-out, the profile, passwords and MFA.
 
-use base64::Engine;
-use serde::Deserialize;
 use serde_json::json;
 use steward_proto::admin::v1::{GetProfileRequest, UpdateProfileRequest};
 use steward_proto::auth::v1::{
@@ -11,27 +9,10 @@ use steward_proto::auth::v1::{
 };
 
 use crate::cli::{AcceptInvite, Format, Login, MfaCommand, PasswordCommand, Profile};
-use crate::context::Context;
+use crate::context::{api_key_is_set, Context, API_KEY_VAR};
 use crate::error::{CliError, Result};
-use crate::session::{write_private, Session};
+use crate::session::{claims, write_private, Session};
 use crate::{convert, input, names, output};
-
-/// The claims of an access token the CLI needs to know where it is signed in. They are read
-/// without verification, only to expand names locally; the server verifies every token.
-#[derive(Deserialize)]
-struct Claims {
-    org: String,
-    sub: String,
-}
-
-fn claims(access_token: &str) -> Result<Claims> {
-    let payload =
-        access_token.split('.').nth(1).ok_or(CliError::Protocol("malformed access token"))?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .map_err(|_| CliError::Protocol("malformed access token"))?;
-    serde_json::from_slice(&bytes).map_err(|_| CliError::Protocol("access token without org/sub"))
-}
 
 fn one_stdin_line(flag: bool, flag_name: &str, what: &str) -> Result<String> {
     if !flag {
@@ -66,6 +47,9 @@ fn scope_name(scope: i32) -> String {
 
 /// `steward login`.
 pub async fn login(ctx: &mut Context, args: Login) -> Result<u8> {
+    if ctx.uses_api_key() {
+        return Err(api_key_is_set("sign in"));
+    }
     let password = one_stdin_line(args.password_stdin, "--password-stdin", "the password")?;
     let client = ctx.anonymous().await?;
     let request = SignInRequest {
@@ -128,6 +112,13 @@ pub async fn login(ctx: &mut Context, args: Login) -> Result<u8> {
 /// `steward logout`: revokes the session on the server, then forgets it locally (also when
 /// the server could not be told).
 pub async fn logout(ctx: &mut Context) -> Result<u8> {
+    if ctx.uses_api_key() {
+        output::note(&format!(
+            "{API_KEY_VAR} is set: there is no session to sign out of (to revoke the key: \
+             steward service-accounts keys delete KEY)"
+        ));
+        return Ok(0);
+    }
     if ctx.session().is_err() {
         output::note("not signed in");
         return Ok(0);
@@ -145,8 +136,16 @@ pub async fn logout(ctx: &mut Context) -> Result<u8> {
     Ok(0)
 }
 
-/// `steward whoami`.
+/// `steward whoami`. A service account (`STEWARD_API_KEY`) has no profile: it is shown as the
+/// key's exchange named it, `{"service_account": ..., "organization": ...}`.
 pub async fn whoami(ctx: &mut Context) -> Result<u8> {
+    if ctx.uses_api_key() {
+        let session = ctx.session()?;
+        let value = json!({"service_account": session.administrator,
+            "organization": session.organization});
+        output::object(ctx.format, &value)?;
+        return Ok(0);
+    }
     let answer =
         ctx.call(|s| async move { s.admin().get_profile(GetProfileRequest {}).await }).await?;
     let profile = answer.profile.ok_or(CliError::Protocol("GetProfile without a profile"))?;
@@ -265,19 +264,4 @@ pub async fn mfa(ctx: &mut Context, cmd: MfaCommand) -> Result<u8> {
         }
     }
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_org_and_subject_from_the_token_payload() {
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(br#"{"org":"organizations/o","sub":"organizations/o/administrators/a"}"#);
-        let c = claims(&format!("h.{payload}.s")).unwrap();
-        assert_eq!(c.org, "organizations/o");
-        assert_eq!(c.sub, "organizations/o/administrators/a");
-        assert!(claims("not-a-jwt").is_err());
-    }
 }

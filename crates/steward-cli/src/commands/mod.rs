@@ -6,14 +6,32 @@ mod auth;
 mod billing;
 mod command;
 mod roles;
+mod service_accounts;
 mod systems;
 
-use crate::cli::Command;
+use crate::cli::{Command, PasswordCommand};
 use crate::context::Context;
 use crate::error::Result;
 
+/// Whether `command` acts as someone: then, with `STEWARD_API_KEY`, the key is exchanged for
+/// an access token first. Invites, sign-in, sign-out and password resets do not.
+fn needs_credentials(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::AcceptInvite(_)
+            | Command::Login(_)
+            | Command::Logout
+            | Command::Password(
+                PasswordCommand::RequestReset { .. } | PasswordCommand::Reset { .. }
+            )
+    )
+}
+
 /// Runs `command`.
 pub async fn dispatch(ctx: &mut Context, command: Command) -> Result<u8> {
+    if needs_credentials(&command) {
+        ctx.sign_in_with_api_key().await?;
+    }
     match command {
         Command::AcceptInvite(args) => auth::accept_invite(ctx, args).await,
         Command::Login(args) => auth::login(ctx, args).await,
@@ -23,6 +41,7 @@ pub async fn dispatch(ctx: &mut Context, command: Command) -> Result<u8> {
         Command::Password(cmd) => auth::password(ctx, cmd).await,
         Command::Mfa(cmd) => auth::mfa(ctx, cmd).await,
         Command::Admins(cmd) => admins::run(ctx, cmd).await,
+        Command::ServiceAccounts(cmd) => service_accounts::run(ctx, cmd).await,
         Command::Commands(cmd) => command::commands(ctx, cmd).await,
         Command::Runs(cmd) => command::runs(ctx, cmd).await,
         Command::Systems(cmd) => systems::systems(ctx, cmd).await,
