@@ -392,18 +392,20 @@ pub async fn verify(state: &State, req: VerifyApiKeyRequest) -> ApiResult<Verify
     })
 }
 
-/// LookupServiceAccount (internal): the account while the named key still exists.
+/// LookupServiceAccount (internal): the account, while the named key (if any) still exists.
 pub async fn lookup(
     state: &State,
     req: LookupServiceAccountRequest,
 ) -> ApiResult<LookupServiceAccountResponse> {
     let name = ServiceAccountName::parse("name", &req.name)?;
     let row = find(&state.db, &name).await?;
-    key::Entity::find_by_id(req.key.clone())
-        .filter(key::Column::ServiceAccount.eq(name.as_str()))
-        .one(&state.db)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(req.key.clone()))?;
+    if !req.key.is_empty() {
+        key::Entity::find_by_id(req.key.clone())
+            .filter(key::Column::ServiceAccount.eq(name.as_str()))
+            .one(&state.db)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(req.key.clone()))?;
+    }
     Ok(LookupServiceAccountResponse {
         service_account: Some(to_proto(&row)),
         role_permissions: permission_names(&role_of(&state.db, &row).await?),

@@ -9,7 +9,9 @@ use steward_proto::commands::v1::{
 };
 use steward_runtime::authn::{AdministratorCall, Principal};
 use steward_runtime::claims::Role;
-use steward_runtime::names::{AdministratorName, CommandName, OrganizationName, SystemName};
+use steward_runtime::names::{
+    AdministratorName, CommandName, OrganizationName, ServiceAccountName, SystemName,
+};
 use steward_runtime::roles::{self, Permission, Permissions};
 use steward_runtime::{ApiError, ApiResult};
 
@@ -37,6 +39,120 @@ pub(crate) fn decision(
     }
 }
 
+/// Whose access is checked: an administrator or a service account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Subject {
+    /// `organizations/{o}/administrators/{a}`.
+    Administrator(AdministratorName),
+    /// `organizations/{o}/serviceAccounts/{s}`.
+    ServiceAccount(ServiceAccountName),
+}
+
+impl Subject {
+    /// Parses an administrator's or a service account's name.
+    pub(crate) fn parse(field: &str, value: &str) -> ApiResult<Self> {
+        if value.contains("/serviceAccounts/") {
+            ServiceAccountName::parse(field, value).map(Self::ServiceAccount)
+        } else {
+            AdministratorName::parse(field, value).map(Self::Administrator)
+        }
+    }
+
+    /// The organization it belongs to.
+    pub(crate) fn organization(&self) -> OrganizationName {
+        match self {
+            Self::Administrator(name) => name.organization(),
+            Self::ServiceAccount(name) => name.organization(),
+        }
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Administrator(name) => name.fmt(f),
+            Self::ServiceAccount(name) => name.fmt(f),
+        }
+    }
+}
+
+/// What a request asks: a command check (v1, or `commands.read`/`commands.run` on a
+/// command), or a catalog permission on a resource.
+enum CommandCheck {
+    Command(CommandName, Action),
+    Permission(Permission),
+}
+
+fn command_check(req: &CheckAccessRequest) -> ApiResult<CommandCheck> {
+    if req.permission.is_empty() {
+        if !req.resource.is_empty() {
+            return Err(ApiError::invalid("resource", "is only read with `permission`"));
+        }
+        let action = match Action::try_from(req.action) {
+            Ok(Action::Read) => Action::Read,
+            Ok(Action::Run) => Action::Run,
+            _ => return Err(ApiError::invalid("action", "must be ACTION_READ or ACTION_RUN")),
+        };
+        return Ok(CommandCheck::Command(CommandName::parse("command", &req.command)?, action));
+    }
+    let permission = roles::permission_named(&req.permission).ok_or_else(|| {
+        ApiError::invalid(
+            "permission",
+            format!("`{}` is not in the permission catalog", req.permission),
+        )
+    })?;
+    if !req.command.is_empty() || req.action != Action::Unspecified as i32 {
+        return Err(ApiError::invalid(
+            "permission",
+            "give either `command` and `action`, or `permission` and `resource`",
+        ));
+    }
+    let action = match permission {
+        Permission::CommandsRead => Some(Action::Read),
+        Permission::CommandsRun => Some(Action::Run),
+        _ => None,
+    };
+    match (action, CommandName::parse("resource", &req.resource)) {
+        (Some(action), Ok(command)) => Ok(CommandCheck::Command(command, action)),
+        _ => Ok(CommandCheck::Permission(permission)),
+    }
+}
+
+/// Refuses (`NOT_SELF`) a caller asking about someone else without `access.check` over the
+/// whole organization, and any caller asking about another organization.
+fn allowed_to_ask(caller: &Principal, principal: &str) -> ApiResult<()> {
+    if !everywhere(caller, Permission::AccessCheck) && principal != caller.administrator {
+        return Err(ApiError::denied(
+            "NOT_SELF",
+            "your role may only check its own access (access.check over its own resources)",
+        ));
+    }
+    caller.check_organization(principal)
+}
+
+/// The current role and permissions of `subject` (`None` when it does not exist), cached per
+/// batch; the caller's own come from its re-checked principal.
+async fn subject_role(
+    state: &State,
+    caller: &Principal,
+    subject: &Subject,
+    roles: &mut HashMap<String, Option<(Role, Permissions)>>,
+) -> ApiResult<Option<(Role, Permissions)>> {
+    let name = subject.to_string();
+    if name == caller.administrator {
+        return Ok(Some((caller.role, caller.permissions)));
+    }
+    if let Some(role) = roles.get(&name) {
+        return Ok(*role);
+    }
+    let role = match subject {
+        Subject::Administrator(_) => lookup_role(state, &name).await?,
+        Subject::ServiceAccount(account) => caller::lookup_account_role(state, account).await?,
+    };
+    roles.insert(name, role);
+    Ok(role)
+}
+
 /// One access check, in the order of the `DecisionReason` documentation. `roles` caches
 /// principal lookups within one batch.
 pub(crate) async fn check(
@@ -45,25 +161,28 @@ pub(crate) async fn check(
     req: &CheckAccessRequest,
     roles: &mut HashMap<String, Option<(Role, Permissions)>>,
 ) -> ApiResult<Decision> {
-    let action = match Action::try_from(req.action) {
-        Ok(Action::Read) => Action::Read,
-        Ok(Action::Run) => Action::Run,
-        _ => return Err(ApiError::invalid("action", "must be ACTION_READ or ACTION_RUN")),
-    };
-    let command = CommandName::parse("command", &req.command)?;
     let principal_name = if req.principal.is_empty() {
-        AdministratorName::parse("principal", &caller.administrator)?
+        Subject::parse("principal", &caller.administrator)?
     } else {
-        AdministratorName::parse("principal", &req.principal)?
+        Subject::parse("principal", &req.principal)?
     };
     let principal = principal_name.to_string();
-    if !everywhere(caller, Permission::AccessCheck) && principal != caller.administrator {
-        return Err(ApiError::denied(
-            "NOT_SELF",
-            "your role may only check its own access (access.check over granted commands)",
-        ));
-    }
-    caller.check_organization(&principal)?;
+    let (command, action) = match command_check(req)? {
+        CommandCheck::Command(command, action) => (command, action),
+        CommandCheck::Permission(permission) => {
+            allowed_to_ask(caller, &principal)?;
+            let role = subject_role(state, caller, &principal_name, roles).await?;
+            return crate::permission_check::check(
+                state,
+                &principal_name,
+                permission,
+                &req.resource,
+                role,
+            )
+            .await;
+        }
+    };
+    allowed_to_ask(caller, &principal)?;
     let system =
         if req.system.is_empty() { None } else { Some(SystemName::parse("system", &req.system)?) };
     // Facts are gathered in the order `decide` reads them and only as far as needed: a
@@ -74,16 +193,10 @@ pub(crate) async fn check(
     let organization = principal_name.organization();
     let same_organization = command.organization() == organization
         && system.as_ref().is_none_or(|s| s.organization() == organization);
-    let role = if !same_organization {
-        None
-    } else if principal == caller.administrator {
-        Some((caller.role, caller.permissions))
-    } else if let Some(role) = roles.get(&principal) {
-        *role
+    let role = if same_organization {
+        subject_role(state, caller, &principal_name, roles).await?
     } else {
-        let role = lookup_role(state, &principal).await?;
-        roles.insert(principal.clone(), role);
-        role
+        None
     };
     let grant = match role {
         Some(_) => find_grant(db, &req.command, &principal).await?,
@@ -154,7 +267,7 @@ pub(crate) struct Facts<'a> {
     /// anyone).
     pub caller_is_admin: bool,
     /// Whose access is checked.
-    pub principal: &'a AdministratorName,
+    pub principal: &'a Subject,
     /// The command asked about.
     pub command: &'a CommandName,
     /// Read or run.
@@ -298,7 +411,7 @@ mod tests {
     }
 
     struct Names {
-        runner: AdministratorName,
+        runner: Subject,
         command: CommandName,
         system: SystemName,
         other_command: CommandName,
@@ -307,7 +420,7 @@ mod tests {
 
     fn names() -> Names {
         Names {
-            runner: AdministratorName::parse("principal", RUNNER).unwrap(),
+            runner: Subject::parse("principal", RUNNER).unwrap(),
             command: CommandName::parse("command", COMMAND).unwrap(),
             system: SystemName::parse("system", SYSTEM).unwrap(),
             other_command: CommandName::parse("command", "organizations/x/commands/c").unwrap(),

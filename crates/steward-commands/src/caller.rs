@@ -66,17 +66,8 @@ async fn lookup_service_account(state: &State, p: &Principal) -> ApiResult<Optio
         Err(status) => return Err(status.into()),
     };
     let Some(account) = response.service_account else { return Ok(None) };
-    let role = Role::from_proto(account.role)
-        .ok_or_else(|| ApiError::internal(format!("{} has no valid role", account.name)))?;
-    let held = match role {
-        Role::Custom => roles::custom(response.role_permissions.iter().map(String::as_str)),
-        built_in => roles::built_in(built_in),
-    };
-    Ok(Some(Current {
-        role,
-        active: true,
-        permissions: held.with_billing(account.billing).without(roles::PEOPLE_ONLY),
-    }))
+    let (role, permissions) = account_permissions(&account, &response.role_permissions)?;
+    Ok(Some(Current { role, active: true, permissions }))
 }
 
 /// The caller with its current permissions: what both the token and the account hold now, each
@@ -156,6 +147,37 @@ async fn current_audited(
 /// the commands granted to it and its own runs.
 pub(crate) fn everywhere(p: &Principal, permission: Permission) -> bool {
     p.permissions.everywhere(permission)
+}
+
+/// A service account's role and what it holds now (without what only people hold); `None` when
+/// it does not exist. For access checks about the account, so no key is needed.
+pub(crate) async fn lookup_account_role(
+    state: &State,
+    account: &steward_runtime::names::ServiceAccountName,
+) -> ApiResult<Option<(Role, Permissions)>> {
+    let mut client = AdminInternalServiceClient::new(state.peers.internal(&state.peers.admin));
+    let request = LookupServiceAccountRequest { name: account.to_string(), key: String::new() };
+    let response = match client.lookup_service_account(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+        Err(status) => return Err(status.into()),
+    };
+    let Some(found) = response.service_account else { return Ok(None) };
+    Ok(Some(account_permissions(&found, &response.role_permissions)?))
+}
+
+/// The role and permissions of a looked-up service account.
+fn account_permissions(
+    account: &steward_proto::admin::v1::ServiceAccount,
+    role_permissions: &[String],
+) -> ApiResult<(Role, Permissions)> {
+    let role = Role::from_proto(account.role)
+        .ok_or_else(|| ApiError::internal(format!("{} has no valid role", account.name)))?;
+    let held = match role {
+        Role::Custom => roles::custom(role_permissions.iter().map(String::as_str)),
+        built_in => roles::built_in(built_in),
+    };
+    Ok((role, held.with_billing(account.billing).without(roles::PEOPLE_ONLY)))
 }
 
 /// An administrator's role and what it holds now; `None` when it does not exist.

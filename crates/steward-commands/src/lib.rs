@@ -82,6 +82,7 @@ mod command;
 mod connect_key;
 pub mod entity;
 mod grant;
+mod permission_check;
 pub mod rules;
 mod run;
 pub mod schema;

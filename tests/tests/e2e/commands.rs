@@ -143,9 +143,26 @@ pub(crate) async fn check(
             command: command.into(),
             action: action as i32,
             system: system.into(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().decision.unwrap())
+}
+
+/// CheckAccess with a catalog permission on a resource.
+pub(crate) async fn check_permission(
+    client: &Steward,
+    principal: &str,
+    permission: &str,
+    resource: &str,
+) -> Result<steward_proto::commands::v1::Decision, Status> {
+    let request = CheckAccessRequest {
+        principal: principal.into(),
+        permission: permission.into(),
+        resource: resource.into(),
+        ..Default::default()
+    };
+    client.commands().check_access(request).await.map(|r| r.into_inner().decision.unwrap())
 }
 
 async fn get_run(client: &Steward, name: &str) -> Run {
@@ -347,8 +364,26 @@ backend_test!(check_access_explains_every_reason, |stack| async move {
 
     // Every denial says why twice: a code a program can switch on and a sentence a person can
     // read (one that differs between reasons); and every reason the API defines was produced.
-    let denials =
-        [&no_grant, &wrong, &wrong_system, &not_target, &no_targets, &gone, &ghost, &cannot];
+    // Catalog permissions on resources: one's own run, someone else's, the billing flag.
+    let own_run = run(&runner.client, &command.name, &[]).await.unwrap();
+    let owners_run = run(c, &command.name, &[]).await.unwrap();
+    let own = check_permission(c, &runner.name, "runs.cancel", &own_run.name).await.unwrap();
+    assert_eq!((own.allowed, own.reason), (true, DecisionReason::OwnResource as i32));
+    let not_own = check_permission(c, &runner.name, "runs.cancel", &owners_run.name).await.unwrap();
+    assert_eq!(not_own.reason, DecisionReason::NotOwnResource as i32);
+    let flag = check_permission(c, &owner.admin, "billing.update", "").await.unwrap();
+    assert_eq!((flag.allowed, flag.reason), (true, DecisionReason::BillingFlag as i32));
+    let denials = [
+        &no_grant,
+        &wrong,
+        &wrong_system,
+        &not_target,
+        &no_targets,
+        &gone,
+        &ghost,
+        &cannot,
+        &not_own,
+    ];
     for d in denials {
         assert!(!d.allowed, "{d:?}");
         assert_ne!(d.reason, DecisionReason::Unspecified as i32, "{d:?}");
@@ -362,7 +397,7 @@ backend_test!(check_access_explains_every_reason, |stack| async move {
     let messages: std::collections::BTreeSet<_> = by_reason.values().collect();
     assert_eq!(messages.len(), by_reason.len(), "one message per reason: {by_reason:?}");
     let seen: std::collections::BTreeSet<i32> =
-        [&admin, &granted, &read, &read_untargeted, &by_role]
+        [&admin, &granted, &read, &read_untargeted, &by_role, &own, &flag]
             .into_iter()
             .chain(denials)
             .map(|d| d.reason)
@@ -395,7 +430,7 @@ backend_test!(batch_check_keeps_order_with_item_errors, |stack| async move {
         principal: principal.into(),
         command: command.into(),
         action: action as i32,
-        system: String::new(),
+        ..Default::default()
     };
     let reply = runner
         .client

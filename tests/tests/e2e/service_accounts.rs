@@ -124,6 +124,17 @@ backend_test!(a_ci_job_signs_in_with_a_key_and_loses_it_at_once, |stack| async m
         "PEOPLE_ONLY",
     );
     refused(ci.auth().sign_out(SignOutRequest {}).await, Code::PermissionDenied, "PEOPLE_ONLY");
+    // Access checks explain an account's permissions like anyone's.
+    use crate::commands::check_permission;
+    use steward_proto::commands::v1::DecisionReason;
+    let mine = check_permission(&ci, "", "commands.create", "").await.unwrap();
+    assert_eq!((mine.allowed, mine.reason), (true, DecisionReason::RolePermission as i32));
+    let asked = check_permission(&owner.client, &account.name, "administrators.delete", "");
+    let asked = asked.await.unwrap();
+    assert_eq!((asked.allowed, asked.reason), (false, DecisionReason::MissingPermission as i32));
+    assert!(asked.message.contains("administrators.delete"), "{}", asked.message);
+    let people = check_permission(&owner.client, &account.name, "profile.read", "").await.unwrap();
+    assert!(!people.allowed, "{people:?}");
     let events = owner
         .client
         .audit()
