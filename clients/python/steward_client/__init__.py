@@ -21,6 +21,15 @@ the PEM of the CA to trust::
     with Steward("https://127.0.0.1:50051", root_certificates=ca) as steward:
         ...
 
+A program (a CI job) signs in as a service account with an API key instead: pass
+``api_key=`` or call :meth:`Steward.from_env`, which reads ``STEWARD_API_KEY`` (and
+``STEWARD_SERVER``, ``STEWARD_CA_FILE``). The key is traded for an access token
+(``AuthService.ExchangeApiKey``) before the first call and again shortly before that
+token expires; it is never logged or shown in a ``repr``::
+
+    with Steward.from_env() as ci:
+        ci.commands.ListCommands(commands_pb2.ListCommandsRequest(parent=org))
+
 Errors are :class:`grpc.RpcError`; :func:`error_details` decodes the
 ``google.rpc`` details (``PreconditionFailure``, ``BadRequest``, ``ErrorInfo``,
 ``RetryInfo``...) that Steward attaches to them.
@@ -29,8 +38,11 @@ Errors are :class:`grpc.RpcError`; :func:`error_details` decodes the
 from __future__ import annotations
 
 import collections
+import datetime
+import os
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+import time
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import grpc
@@ -44,6 +56,8 @@ try:
         organization_pb2_grpc,
         role_pb2,
         role_pb2_grpc,
+        service_account_pb2,
+        service_account_pb2_grpc,
     )
     from .gen.steward.audit.v1 import audit_pb2, audit_pb2_grpc
     from .gen.steward.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -64,10 +78,15 @@ except ImportError as exc:  # pragma: no cover - only without generated code
 __all__ = [
     "Steward",
     "error_details",
+    "API_KEY_VAR",
+    "SERVER_VAR",
+    "CA_FILE_VAR",
+    "DEFAULT_TARGET",
     "admin_pb2",
     "administrator_pb2",
     "organization_pb2",
     "role_pb2",
+    "service_account_pb2",
     "audit_pb2",
     "auth_pb2",
     "billing_pb2",
@@ -77,6 +96,40 @@ __all__ = [
 ]
 
 _Metadata = Sequence[Tuple[str, Any]]
+
+#: The environment variable :meth:`Steward.from_env` reads the API key from.
+API_KEY_VAR = "STEWARD_API_KEY"
+#: The environment variable :meth:`Steward.from_env` reads the server from (as the CLI does).
+SERVER_VAR = "STEWARD_SERVER"
+#: The environment variable :meth:`Steward.from_env` reads the CA file to trust from.
+CA_FILE_VAR = "STEWARD_CA_FILE"
+#: The server :meth:`Steward.from_env` uses when neither ``target`` nor ``STEWARD_SERVER`` is given.
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+class _ApiKey:
+    """A service account's API key (``stw_{key}_{secret}``); its ``repr`` never shows it."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: str):
+        if not isinstance(secret, str):
+            raise TypeError("api_key must be a str")
+        secret = secret.strip()
+        if not secret:
+            raise ValueError("api_key is empty")
+        self._secret = secret
+
+    def reveal(self) -> str:
+        return self._secret
+
+    def __repr__(self) -> str:
+        return "<api key redacted>"
+
+    __str__ = __repr__
+
+    def __reduce__(self):  # never pickled along with a client
+        raise TypeError("an API key is not picklable")
 
 
 class _ClientCallDetails(
@@ -158,6 +211,16 @@ class Steward:
     The access token set with :meth:`set_access_token` (or by :meth:`sign_in`) is
     sent with every call. ``default_timeout`` (seconds) applies to unary calls made
     without a timeout.
+
+    ``api_key``, a service account's API key, makes the client act as that account:
+    before its first call it trades the key for an access token
+    (``AuthService.ExchangeApiKey``), and trades it again before a call made less
+    than ``token_refresh_margin`` seconds (default 60, at most half the token's
+    lifetime) before that token expires. Such tokens have no refresh token. When an
+    exchange is refused (a deleted or expired key: ``UNAUTHENTICATED``), a token that
+    has not expired yet is still used (the next call tries again); otherwise the call
+    that needed it fails with that error. The key is never logged, nor shown by ``repr``.
+    See also :meth:`from_env` and :meth:`sign_in_with_api_key`.
     """
 
     def __init__(
@@ -170,51 +233,198 @@ class Steward:
         credentials: Optional[grpc.ChannelCredentials] = None,
         options: Optional[Sequence[Tuple[str, Any]]] = None,
         default_timeout: Optional[float] = None,
+        api_key: Optional[str] = None,
+        token_refresh_margin: float = 60.0,
     ):
+        if api_key is not None and access_token is not None:
+            raise ValueError("pass either access_token or api_key, not both")
+        if token_refresh_margin < 0:
+            raise ValueError("token_refresh_margin must not be negative")
+        self._api_key = _ApiKey(api_key) if api_key is not None else None
         self.target, credentials = _channel_target(target, tls, root_certificates, credentials)
         self.tls = credentials is not None
         self._lock = threading.Lock()
+        # Held while trading the API key, so that concurrent calls make one exchange.
+        self._exchange_lock = threading.Lock()
         self._access_token = access_token
+        # With an API key: when the access token expires (Unix seconds; None: unknown) and
+        # how long it lived when received.
+        self._token_expiry: Optional[float] = None
+        self._token_lifetime: Optional[float] = None
+        self._token_refresh_margin = float(token_refresh_margin)
+        self._default_timeout = default_timeout
         if credentials is None:
             raw = grpc.insecure_channel(self.target, options=options)
         else:
             raw = grpc.secure_channel(self.target, credentials, options=options)
         self._raw_channel = raw
+        # ExchangeApiKey goes over the raw channel: public, and not through the interceptor
+        # that calls it.
+        self._exchange_stub = auth_pb2_grpc.AuthServiceStub(raw)
         self.channel = grpc.intercept_channel(raw, _BearerInterceptor(self._token, default_timeout))
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.organizations = organization_pb2_grpc.OrganizationServiceStub(self.channel)
         self.roles = role_pb2_grpc.RoleServiceStub(self.channel)
+        self.service_accounts = service_account_pb2_grpc.ServiceAccountServiceStub(self.channel)
         self.billing = billing_pb2_grpc.BillingServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.commands = commands_pb2_grpc.CommandServiceStub(self.channel)
         self.systems = systems_pb2_grpc.SystemServiceStub(self.channel)
         self.agents = agent_pb2_grpc.AgentServiceStub(self.channel)
 
+    @classmethod
+    def from_env(
+        cls,
+        target: Optional[str] = None,
+        *,
+        environ: Optional[Mapping[str, str]] = None,
+        **kwargs: Any,
+    ) -> "Steward":
+        """A client acting as the service account whose API key is in ``STEWARD_API_KEY``.
+
+        As the CLI: the server is ``target``, else ``STEWARD_SERVER``, else
+        ``127.0.0.1:50051``; over TLS, unless ``root_certificates`` or ``credentials``
+        is given, the CA in the PEM file ``STEWARD_CA_FILE`` (when set) is trusted.
+        ``environ`` replaces ``os.environ``; the other arguments are the constructor's.
+        An unset or empty ``STEWARD_API_KEY`` is a :class:`ValueError`. Nothing is sent
+        until the first call.
+        """
+        env = os.environ if environ is None else environ
+        api_key = (env.get(API_KEY_VAR) or "").strip()
+        if not api_key:
+            raise ValueError(f"{API_KEY_VAR} is not set: it must hold a service account's API key")
+        if "api_key" in kwargs or "access_token" in kwargs:
+            raise TypeError(f"from_env takes the API key from {API_KEY_VAR}, not from arguments")
+        if target is None:
+            target = (env.get(SERVER_VAR) or "").strip() or DEFAULT_TARGET
+        ca_file = (env.get(CA_FILE_VAR) or "").strip()
+        if ca_file and kwargs.get("root_certificates") is None and kwargs.get("credentials") is None:
+            if kwargs.get("tls") is not False and not target.lower().startswith("http://"):
+                with open(ca_file, "rb") as pem:
+                    kwargs["root_certificates"] = pem.read()
+        return cls(target, api_key=api_key, **kwargs)
+
     # -- tokens -----------------------------------------------------------------
 
     def _token(self) -> Optional[str]:
+        """The token for the next call; with an API key, exchanged first when due."""
+        with self._lock:
+            key, token = self._api_key, self._access_token
+            due = key is not None and (not token or self._token_due())
+        if not due:
+            return token
+        with self._exchange_lock:
+            with self._lock:
+                # Another thread may have exchanged (or the key changed) meanwhile.
+                key, token = self._api_key, self._access_token
+                due = key is not None and (not token or self._token_due())
+            if due:
+                try:
+                    token = self._exchange(key).tokens.access_token
+                except Exception:
+                    # Not expired yet (only due): use it, the next call tries again.
+                    with self._lock:
+                        expiry = self._token_expiry
+                    if not (token and expiry is not None and time.time() < expiry):
+                        raise
+        return token
+
+    def _token_due(self) -> bool:
+        """Whether the API key's token expires within the refresh margin. Holds ``_lock``."""
+        if self._token_expiry is None:
+            return False
+        margin = self._token_refresh_margin
+        if self._token_lifetime is not None:
+            margin = min(margin, self._token_lifetime / 2)
+        return time.time() >= self._token_expiry - margin
+
+    def _exchange(self, key: _ApiKey) -> auth_pb2.ExchangeApiKeyResponse:
+        """Trades ``key`` for an access token and uses that from then on."""
+        response = self._exchange_stub.ExchangeApiKey(
+            auth_pb2.ExchangeApiKeyRequest(api_key=key.reveal()), timeout=self._default_timeout
+        )
+        tokens = response.tokens
+        if not tokens.access_token:
+            raise RuntimeError("ExchangeApiKey answered no access token")
+        now = time.time()
+        expiry = None
+        if tokens.HasField("access_token_expire_time"):
+            expiry = tokens.access_token_expire_time.ToNanoseconds() / 1e9
+        with self._lock:
+            if self._api_key is key:  # not replaced meanwhile
+                self._access_token = tokens.access_token
+                self._token_expiry = expiry
+                self._token_lifetime = None if expiry is None else max(expiry - now, 0.0)
+        return response
+
+    @property
+    def access_token(self) -> Optional[str]:
+        """The access token sent with every call, or None (with an API key: the last one
+        exchanged, without exchanging)."""
         with self._lock:
             return self._access_token
 
     @property
-    def access_token(self) -> Optional[str]:
-        """The access token sent with every call, or None."""
-        return self._token()
+    def access_token_expire_time(self) -> Optional[datetime.datetime]:
+        """With an API key, when its current access token expires (UTC); else None."""
+        with self._lock:
+            expiry = self._token_expiry
+        if expiry is None:
+            return None
+        return datetime.datetime.fromtimestamp(expiry, tz=datetime.timezone.utc)
+
+    @property
+    def uses_api_key(self) -> bool:
+        """Whether this client acts as a service account through an API key."""
+        with self._lock:
+            return self._api_key is not None
 
     def set_access_token(self, token: Optional[str]) -> None:
-        """Sets (or, with None, clears) the access token sent with every call."""
+        """Sets (or, with None, clears) the access token sent with every call.
+
+        The client then stops using an API key it had.
+        """
         with self._lock:
+            self._api_key = None
             self._access_token = token
+            self._token_expiry = self._token_lifetime = None
+
+    def sign_in_with_api_key(self, api_key: str) -> auth_pb2.ExchangeApiKeyResponse:
+        """Acts as the service account of ``api_key`` from now on.
+
+        Trades the key for an access token at once (a refused key raises the
+        :class:`grpc.RpcError`, ``UNAUTHENTICATED``, and changes nothing), then again
+        whenever a call comes shortly before that token expires, as with ``api_key=``.
+        Returns the ``ExchangeApiKeyResponse``.
+        """
+        key = _ApiKey(api_key)
+        with self._exchange_lock:
+            previous = self._swap_key(key)
+            try:
+                return self._exchange(key)
+            except BaseException:
+                self._swap_key(previous[0], previous[1:])
+                raise
+
+    def _swap_key(self, key: Optional[_ApiKey], state: Optional[tuple] = None) -> tuple:
+        with self._lock:
+            old = (self._api_key, self._access_token, self._token_expiry, self._token_lifetime)
+            self._api_key = key
+            if state is None:
+                self._access_token = self._token_expiry = self._token_lifetime = None
+            else:
+                self._access_token, self._token_expiry, self._token_lifetime = state
+            return old
 
     def sign_in(
         self, email: str, password: str, organization: str = ""
     ) -> auth_pb2.SignInResponse:
         """Signs in with email and password.
 
-        When the answer carries tokens, their access token is used from then on.
-        When it is an MFA challenge, complete it with ``auth.VerifyMfa`` and call
-        :meth:`set_access_token` with the result.
+        When the answer carries tokens, their access token is used from then on (and an
+        API key no longer). When it is an MFA challenge, complete it with
+        ``auth.VerifyMfa`` and call :meth:`set_access_token` with the result.
         """
         response = self.auth.SignIn(
             auth_pb2.SignInRequest(email=email, password=password, organization=organization)
@@ -227,6 +437,10 @@ class Steward:
 
     def close(self) -> None:
         self._raw_channel.close()
+
+    def __repr__(self) -> str:
+        how = "api key" if self.uses_api_key else "token" if self.access_token else "anonymous"
+        return f"<Steward {self.target} tls={self.tls} {how}>"
 
     def __enter__(self) -> "Steward":
         return self

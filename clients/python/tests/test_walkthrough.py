@@ -1,15 +1,22 @@
-"""The seed's walk-through through the generated Python SDK, against the real server."""
+"""The seed's walk-throughs (administrators, commands, an auditor, a CI job with an API key)
+through the generated Python SDK, against the real server."""
 
 from __future__ import annotations
 
+import datetime
+import time
 import uuid
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 
 from steward_client import (
+    API_KEY_VAR,
+    CA_FILE_VAR,
+    SERVER_VAR,
+    Steward,
     admin_pb2,
     administrator_pb2,
     agent_pb2,
@@ -19,6 +26,7 @@ from steward_client import (
     commands_pb2,
     error_details,
     role_pb2,
+    service_account_pb2,
     systems_pb2,
 )
 
@@ -331,3 +339,153 @@ def test_read_only_walkthrough(server, owner):
         )
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
         assert detail(err, error_details_pb2.ErrorInfo).reason == "BILLING_REQUIRED"
+
+
+def test_api_key_settings():
+    # Nothing is sent before the first call: these need no server.
+    for environ in ({}, {API_KEY_VAR: ""}, {API_KEY_VAR: "   "}):
+        with pytest.raises(ValueError, match=API_KEY_VAR):
+            Steward.from_env(environ=environ)
+    with pytest.raises(ValueError):
+        Steward("127.0.0.1:50051", access_token="a token", api_key="stw_k_secret")
+    with pytest.raises(ValueError):
+        Steward("127.0.0.1:50051", api_key=" ")
+    with Steward.from_env(environ={API_KEY_VAR: "stw_k_very-secret\n"}) as ci:
+        assert (ci.target, ci.tls, ci.uses_api_key) == ("127.0.0.1:50051", False, True)
+        assert ci.access_token is None and ci.access_token_expire_time is None
+        # The key shows nowhere: not in the client's repr, nor in its attributes'.
+        assert "very-secret" not in repr(ci) and "very-secret" not in repr(vars(ci))
+        ci.set_access_token("a token")  # a token set by hand replaces the key
+        assert not ci.uses_api_key
+    environ = {API_KEY_VAR: "stw_k_s", SERVER_VAR: "https://steward.example.com"}
+    with Steward.from_env(environ=environ) as ci:
+        assert (ci.target, ci.tls) == ("steward.example.com:443", True)
+    with Steward.from_env("http://127.0.0.1:1", environ=environ) as ci:
+        assert (ci.target, ci.tls) == ("127.0.0.1:1", False)
+
+
+def test_ci_job_walkthrough(server, owner, tmp_path):
+    """A CI job: a Manager service account with an API key, until the key is deleted."""
+    org = owner.organization
+    accounts = owner.client.service_accounts
+    account = accounts.CreateServiceAccount(
+        service_account_pb2.CreateServiceAccountRequest(
+            parent=org,
+            service_account=service_account_pb2.ServiceAccount(
+                display_name="ci", role_name="roles/manager"
+            ),
+        )
+    ).service_account
+    assert account.name.startswith(org + "/serviceAccounts/")
+    assert account.role == administrator_pb2.ROLE_MANAGER
+    assert account.role_name == "roles/manager"
+    assert account.creator == owner.name
+    listed = accounts.ListServiceAccounts(service_account_pb2.ListServiceAccountsRequest(parent=org))
+    assert account.name in [a.name for a in listed.service_accounts]
+
+    expire_time = timestamp_pb2.Timestamp()
+    expire_time.FromDatetime(
+        datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30)
+    )
+    created = accounts.CreateServiceAccountKey(
+        service_account_pb2.CreateServiceAccountKeyRequest(
+            parent=account.name, key=service_account_pb2.ServiceAccountKey(expire_time=expire_time)
+        )
+    )
+    key, api_key = created.key, created.api_key
+    assert key.name.startswith(account.name + "/keys/")
+    assert api_key.startswith("stw_")
+    assert not key.HasField("last_used_time")
+
+    # The job's environment, as a CI system would set it.
+    environ = {API_KEY_VAR: api_key}
+    if server.mode == "tls":
+        ca_file = tmp_path / "ca.pem"
+        ca_file.write_bytes(server.ca_pem)
+        environ |= {SERVER_VAR: f"https://{server.target}", CA_FILE_VAR: str(ca_file)}
+    else:
+        environ[SERVER_VAR] = server.target
+    with Steward.from_env(environ=environ, default_timeout=30) as ci:
+        assert ci.tls == (server.mode == "tls")
+        assert api_key not in repr(ci)
+        assert ci.access_token is None  # exchanged on the first call, not before
+
+        # It works with the Manager's permissions: commands, connect keys.
+        ci.commands.ListCommands(commands_pb2.ListCommandsRequest(parent=org))
+        token = ci.access_token
+        assert token
+        expires = ci.access_token_expire_time
+        assert expires > datetime.datetime.now(datetime.timezone.utc)
+        connect_key = ci.systems.CreateConnectKey(
+            systems_pb2.CreateConnectKeyRequest(
+                parent=org, connect_key=systems_pb2.ConnectKey(display_name="from ci")
+            )
+        ).connect_key
+        assert connect_key.key
+        assert ci.access_token == token  # still fresh: not exchanged again
+
+        # Not administrators, and it has no profile.
+        err = rpc_error(
+            ci.admin.ListAdministrators, admin_pb2.ListAdministratorsRequest(parent=org)
+        )
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert detail(err, error_details_pb2.ErrorInfo).reason == "ROLE_REQUIRED"
+        err = rpc_error(ci.admin.GetProfile, admin_pb2.GetProfileRequest())
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert detail(err, error_details_pb2.ErrorInfo).reason == "PEOPLE_ONLY"
+
+        # Audited as itself; the key records its use.
+        events = owner.client.audit.ListAuditEvents(
+            audit_pb2.ListAuditEventsRequest(parent=org, filter=f'actor = "{account.name}"')
+        ).audit_events
+        assert events, "the job's calls are audited as the service account"
+        keys = accounts.ListServiceAccountKeys(
+            service_account_pb2.ListServiceAccountKeysRequest(parent=account.name)
+        ).keys
+        assert [k.name for k in keys] == [key.name]
+        assert keys[0].HasField("last_used_time")
+
+        # Shortly before the token expires, the next call trades the key again first.
+        ci._token_expiry = time.time() + 1
+        ci.commands.ListCommands(commands_pb2.ListCommandsRequest(parent=org))
+        assert ci.access_token and ci.access_token != token
+        assert ci.access_token_expire_time > datetime.datetime.now(
+            datetime.timezone.utc
+        ) + datetime.timedelta(seconds=60)
+        token = ci.access_token
+        # A stream too, authenticated with the new token: the run does not exist (NOT_FOUND,
+        # not UNAUTHENTICATED).
+        ci._token_expiry = time.time() + 1
+        err = rpc_error(
+            lambda: list(ci.commands.WatchRun(commands_pb2.WatchRunRequest(name=f"{org}/runs/none")))
+        )
+        assert err.code() == grpc.StatusCode.NOT_FOUND, err
+        assert ci.access_token != token
+        token = ci.access_token
+
+        # The owner deletes the key: the job's very next call fails.
+        accounts.DeleteServiceAccountKey(
+            service_account_pb2.DeleteServiceAccountKeyRequest(name=key.name)
+        )
+        err = rpc_error(ci.commands.ListCommands, commands_pb2.ListCommandsRequest(parent=org))
+        assert err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+        if err.code() == grpc.StatusCode.PERMISSION_DENIED:
+            assert detail(err, error_details_pb2.ErrorInfo).reason == "CALLER_DELETED"
+        # Its token is due: the exchange is refused, the token (not expired yet) still used,
+        # and refused.
+        ci._token_expiry = time.time() + 1
+        err = rpc_error(ci.commands.ListCommands, commands_pb2.ListCommandsRequest(parent=org))
+        assert err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+        # Its token expired: the refused exchange fails the call.
+        ci._token_expiry = time.time() - 1
+        err = rpc_error(ci.commands.ListCommands, commands_pb2.ListCommandsRequest(parent=org))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert api_key not in str(err)
+        assert ci.access_token == token  # the refused exchanges changed nothing
+
+    with server.client() as again:
+        err = rpc_error(again.sign_in_with_api_key, api_key)
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert not again.uses_api_key and again.access_token is None
+
+    accounts.DeleteServiceAccount(service_account_pb2.DeleteServiceAccountRequest(name=account.name))

@@ -19,6 +19,11 @@
  * certificate is not signed by a public CA (`steward-server dev --tls`), the CA to trust:
  * `new Steward("https://localhost:50051", { rootCerts: readFileSync("data/tls/ca.pem") })`.
  *
+ * A program (a CI job) acts as a service account with its API key instead: the `apiKey` option, or
+ * `Steward.fromEnv()`, which reads `STEWARD_API_KEY` (and `STEWARD_SERVER`, `STEWARD_CA_FILE`).
+ * The key is traded for an access token (`AuthService.ExchangeApiKey`) before the first call and
+ * again shortly before that token expires; it is never logged, nor shown by `util.inspect`.
+ *
  * Failed calls reject with a grpc-js `ServiceError`; `errorDetails` decodes the `google.rpc`
  * details (`PreconditionFailure`, `BadRequest`, `ErrorInfo`, `RetryInfo`...) attached to it.
  */
@@ -31,6 +36,8 @@ import {
   ClientDuplexStream,
   ClientReadableStream,
   credentials as grpcCredentials,
+  Interceptor,
+  InterceptingCall,
   Metadata,
   ServiceError,
   status as grpcStatus,
@@ -39,12 +46,21 @@ import {
 import { AdminServiceDefinition } from "./gen/steward/admin/v1/admin";
 import { OrganizationServiceDefinition } from "./gen/steward/admin/v1/organization";
 import { RoleServiceDefinition } from "./gen/steward/admin/v1/role";
+import { ServiceAccountServiceDefinition } from "./gen/steward/admin/v1/service_account";
 import { AuditServiceDefinition } from "./gen/steward/audit/v1/audit";
-import { AuthServiceDefinition, SignInRequest, SignInResponse } from "./gen/steward/auth/v1/auth";
+import {
+  AuthServiceDefinition,
+  ExchangeApiKeyRequest,
+  ExchangeApiKeyResponse,
+  SignInRequest,
+  SignInResponse,
+} from "./gen/steward/auth/v1/auth";
 import { BillingServiceDefinition } from "./gen/steward/billing/v1/billing";
 import { AgentServiceDefinition } from "./gen/steward/commands/v1/agent";
 import { CommandServiceDefinition } from "./gen/steward/commands/v1/commands";
 import { SystemServiceDefinition } from "./gen/steward/commands/v1/systems";
+import { readFileSync } from "node:fs";
+
 import { Any } from "./gen/google/protobuf/any";
 import { Status } from "./gen/google/rpc/status";
 import {
@@ -65,6 +81,7 @@ export * as adminV1 from "./gen/steward/admin/v1/admin";
 export * as administratorV1 from "./gen/steward/admin/v1/administrator";
 export * as organizationV1 from "./gen/steward/admin/v1/organization";
 export * as roleV1 from "./gen/steward/admin/v1/role";
+export * as serviceAccountV1 from "./gen/steward/admin/v1/service_account";
 export * as auditV1 from "./gen/steward/audit/v1/audit";
 export * as authV1 from "./gen/steward/auth/v1/auth";
 export * as billingV1 from "./gen/steward/billing/v1/billing";
@@ -132,10 +149,30 @@ export type ServiceClient<D extends ServiceDefinition> = {
   [K in keyof D["methods"]]: MethodFn<D["methods"][K]>;
 };
 
+/** The environment variable `Steward.fromEnv` reads the API key from. */
+export const API_KEY_VAR = "STEWARD_API_KEY";
+/** The environment variable `Steward.fromEnv` reads the server from (as the CLI does). */
+export const SERVER_VAR = "STEWARD_SERVER";
+/** The environment variable `Steward.fromEnv` reads the PEM file of the CA to trust from. */
+export const CA_FILE_VAR = "STEWARD_CA_FILE";
+/** The server `Steward.fromEnv` uses when neither a target nor `STEWARD_SERVER` is given. */
+export const DEFAULT_TARGET = "127.0.0.1:50051";
+
 /** Options of a `Steward` connection. */
 export interface StewardOptions {
   /** The access token to send with every call. */
   accessToken?: string;
+  /**
+   * A service account's API key (`stw_{key}_{secret}`): the client acts as that account. Before its
+   * first call it trades the key for an access token (`AuthService.ExchangeApiKey`), and again
+   * before a call made within `tokenRefreshMarginMs` of that token's expiry. Not with `accessToken`.
+   */
+  apiKey?: string;
+  /**
+   * With `apiKey`: how long before the access token expires to exchange the key again, in
+   * milliseconds (default 60 000; at most half the token's lifetime).
+   */
+  tokenRefreshMarginMs?: number;
   /**
    * TLS (`credentials.createSsl(rootCerts)`): implied by an `https://` target or by `rootCerts`.
    * `false` forbids TLS (an error with `https://`, `rootCerts` or `credentials`).
@@ -151,6 +188,35 @@ export interface StewardOptions {
   defaultTimeoutMs?: number;
 }
 
+/** Options of `Steward.fromEnv`: a `Steward`'s, but the API key comes from the environment. */
+export interface FromEnvOptions extends Omit<StewardOptions, "apiKey" | "accessToken"> {
+  /** The environment to read (default: `process.env`). */
+  env?: Record<string, string | undefined>;
+}
+
+/** A service account's API key; held in a private field, so never shown by `util.inspect`. */
+class ApiKey {
+  readonly #secret: string;
+  constructor(secret: string) {
+    if (typeof secret !== "string") throw new TypeError("apiKey must be a string");
+    secret = secret.trim();
+    if (!secret) throw new Error("apiKey is empty");
+    this.#secret = secret;
+  }
+  reveal(): string {
+    return this.#secret;
+  }
+  toString(): string {
+    return "<api key redacted>";
+  }
+  toJSON(): string {
+    return "<api key redacted>";
+  }
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return "<api key redacted>";
+  }
+}
+
 /**
  * A connection to Steward: one channel, one client per public service.
  *
@@ -164,6 +230,7 @@ export class Steward {
   readonly admin: ServiceClient<typeof AdminServiceDefinition>;
   readonly organizations: ServiceClient<typeof OrganizationServiceDefinition>;
   readonly roles: ServiceClient<typeof RoleServiceDefinition>;
+  readonly serviceAccounts: ServiceClient<typeof ServiceAccountServiceDefinition>;
   readonly billing: ServiceClient<typeof BillingServiceDefinition>;
   readonly audit: ServiceClient<typeof AuditServiceDefinition>;
   readonly commands: ServiceClient<typeof CommandServiceDefinition>;
@@ -178,8 +245,22 @@ export class Steward {
   private readonly client: Client;
   private token: string | undefined;
   private readonly defaultTimeoutMs: number | undefined;
+  /** With an API key: the key, when its access token expires (ms since the epoch) and how long it lived. */
+  #apiKey: ApiKey | undefined;
+  private tokenExpiryMs: number | undefined;
+  private tokenLifetimeMs: number | undefined;
+  private readonly tokenRefreshMarginMs: number;
+  /** The exchange under way, shared by the calls waiting for it. */
+  private exchanging: Promise<string> | undefined;
 
   constructor(target: string, options: StewardOptions = {}) {
+    if (options.apiKey !== undefined && options.accessToken !== undefined) {
+      throw new Error("pass either accessToken or apiKey, not both");
+    }
+    const margin = options.tokenRefreshMarginMs ?? 60_000;
+    if (!(margin >= 0)) throw new Error("tokenRefreshMarginMs must not be negative");
+    this.#apiKey = options.apiKey === undefined ? undefined : new ApiKey(options.apiKey);
+    this.tokenRefreshMarginMs = margin;
     const [channelTarget, channelCredentials] = channelSettings(target, options);
     this.target = channelTarget;
     this.tls = channelCredentials._isSecure();
@@ -190,6 +271,7 @@ export class Steward {
     this.admin = this.service(AdminServiceDefinition);
     this.organizations = this.service(OrganizationServiceDefinition);
     this.roles = this.service(RoleServiceDefinition);
+    this.serviceAccounts = this.service(ServiceAccountServiceDefinition);
     this.billing = this.service(BillingServiceDefinition);
     this.audit = this.service(AuditServiceDefinition);
     this.commands = this.service(CommandServiceDefinition);
@@ -197,20 +279,155 @@ export class Steward {
     this.agents = this.service(AgentServiceDefinition);
   }
 
-  /** The access token sent with every call, if any. */
+  /**
+   * A client acting as the service account whose API key is in `STEWARD_API_KEY`.
+   *
+   * As the CLI: the server is `target`, else `STEWARD_SERVER`, else `127.0.0.1:50051`; over TLS,
+   * unless `rootCerts` or `credentials` is given, the CA in the PEM file `STEWARD_CA_FILE` (when
+   * set) is trusted. `options.env` replaces `process.env`. An unset or empty `STEWARD_API_KEY`
+   * throws. Nothing is sent until the first call.
+   */
+  static fromEnv(target?: string, options: FromEnvOptions = {}): Steward {
+    const { env = process.env, ...rest } = options;
+    const apiKey = (env[API_KEY_VAR] ?? "").trim();
+    if (!apiKey) {
+      throw new Error(`${API_KEY_VAR} is not set: it must hold a service account's API key`);
+    }
+    if ("apiKey" in rest || "accessToken" in rest) {
+      throw new Error(`fromEnv takes the API key from ${API_KEY_VAR}, not from options`);
+    }
+    target ??= (env[SERVER_VAR] ?? "").trim() || DEFAULT_TARGET;
+    const caFile = (env[CA_FILE_VAR] ?? "").trim();
+    const settings: StewardOptions = { ...rest, apiKey };
+    if (
+      caFile &&
+      settings.rootCerts === undefined &&
+      settings.credentials === undefined &&
+      settings.tls !== false &&
+      !/^http:\/\//i.test(target)
+    ) {
+      settings.rootCerts = readFileSync(caFile);
+    }
+    return new Steward(target, settings);
+  }
+
+  /**
+   * The access token sent with every call, if any (with an API key: the last one exchanged, without
+   * exchanging).
+   */
   get accessToken(): string | undefined {
     return this.token;
   }
 
-  /** Sets (or, with undefined, clears) the access token sent with every call. */
+  /** With an API key, when its current access token expires; else undefined. */
+  get accessTokenExpireTime(): Date | undefined {
+    return this.tokenExpiryMs === undefined ? undefined : new Date(this.tokenExpiryMs);
+  }
+
+  /** Whether this client acts as a service account through an API key. */
+  get usesApiKey(): boolean {
+    return this.#apiKey !== undefined;
+  }
+
+  /**
+   * Sets (or, with undefined, clears) the access token sent with every call. The client then stops
+   * using an API key it had.
+   */
   setAccessToken(token: string | undefined): void {
+    this.#apiKey = undefined;
     this.token = token;
+    this.tokenExpiryMs = this.tokenLifetimeMs = undefined;
+  }
+
+  /**
+   * Acts as the service account of `apiKey` from now on: trades the key for an access token at once
+   * (a refused key rejects, `UNAUTHENTICATED`, and changes nothing), then again whenever a call
+   * comes shortly before that token expires, as with the `apiKey` option.
+   */
+  async signInWithApiKey(apiKey: string): Promise<ExchangeApiKeyResponse> {
+    const key = new ApiKey(apiKey);
+    await this.exchanging?.catch(() => undefined);
+    const response = await this.exchange(key);
+    this.#apiKey = key;
+    this.accept(response);
+    return response;
+  }
+
+  /** Whether the API key's token is missing or expires within the refresh margin. */
+  private tokenDue(): boolean {
+    if (!this.token) return true;
+    if (this.tokenExpiryMs === undefined) return false;
+    let margin = this.tokenRefreshMarginMs;
+    if (this.tokenLifetimeMs !== undefined) margin = Math.min(margin, this.tokenLifetimeMs / 2);
+    return Date.now() >= this.tokenExpiryMs - margin;
+  }
+
+  /**
+   * The token for the next call. With an API key whose token is due, exchanges it first (one
+   * exchange for all the calls waiting); if the exchange fails while the current token has not
+   * expired yet, that one is used (the next call tries again), else the call fails with the error.
+   */
+  private async freshToken(): Promise<string | undefined> {
+    const key = this.#apiKey;
+    if (key === undefined || !this.tokenDue()) return this.token;
+    if (this.exchanging === undefined) {
+      const exchange = this.exchange(key).then((response) => {
+        if (this.#apiKey === key) this.accept(response);
+        return response.tokens!.accessToken;
+      });
+      this.exchanging = exchange;
+      exchange.then(
+        () => (this.exchanging = undefined),
+        () => (this.exchanging = undefined),
+      );
+    }
+    try {
+      return await this.exchanging;
+    } catch (error) {
+      if (this.token && this.tokenExpiryMs !== undefined && Date.now() < this.tokenExpiryMs) {
+        return this.token;
+      }
+      throw error;
+    }
+  }
+
+  /** ExchangeApiKey, without the client's token. */
+  private exchange(key: ApiKey): Promise<ExchangeApiKeyResponse> {
+    const method = AuthServiceDefinition.methods.exchangeApiKey;
+    const request = ExchangeApiKeyRequest.fromPartial({ apiKey: key.reveal() });
+    return new Promise<ExchangeApiKeyResponse>((resolve, reject) => {
+      this.client.makeUnaryRequest(
+        `/${AuthServiceDefinition.fullName}/${method.name}`,
+        (value: ExchangeApiKeyRequest) => Buffer.from(ExchangeApiKeyRequest.encode(value).finish()),
+        (bytes: Buffer) => ExchangeApiKeyResponse.decode(bytes),
+        request,
+        new Metadata(),
+        this.callOptions({}, true),
+        (error: ServiceError | null, response?: ExchangeApiKeyResponse) => {
+          if (error) return reject(error);
+          if (!response?.tokens?.accessToken) {
+            return reject(new Error("ExchangeApiKey answered no access token"));
+          }
+          resolve(response);
+        },
+      );
+    });
+  }
+
+  /** Uses the access token of an ExchangeApiKey answer. */
+  private accept(response: ExchangeApiKeyResponse): void {
+    const tokens = response.tokens!;
+    const now = Date.now();
+    this.token = tokens.accessToken;
+    this.tokenExpiryMs = tokens.accessTokenExpireTime?.getTime();
+    this.tokenLifetimeMs =
+      this.tokenExpiryMs === undefined ? undefined : Math.max(this.tokenExpiryMs - now, 0);
   }
 
   /**
    * Signs in with email and password. When the answer carries tokens, their access token is used
-   * from then on; when it is an MFA challenge, complete it with `auth.verifyMfa` and call
-   * `setAccessToken` with the result.
+   * from then on (and an API key no longer); when it is an MFA challenge, complete it with
+   * `auth.verifyMfa` and call `setAccessToken` with the result.
    */
   async signIn(email: string, password: string, organization = ""): Promise<SignInResponse> {
     const response = await this.auth.signIn(SignInRequest.fromPartial({ email, password, organization }));
@@ -233,19 +450,24 @@ export class Steward {
       const serialize = (value: unknown) => Buffer.from(method.requestType.encode(value).finish());
       const deserialize = (bytes: Buffer) => method.responseType.decode(bytes);
       if (!method.requestStream && !method.responseStream) {
-        methods[key] = (request: unknown, opts: CallOpts = {}) =>
-          new Promise((resolve, reject) => {
+        methods[key] = async (request: unknown, opts: CallOpts = {}) => {
+          const message = method.requestType.fromPartial(request ?? {});
+          const callOptions = this.callOptions(opts, true);
+          // With an API key, the token is exchanged first when due.
+          const token = this.#apiKey === undefined ? this.token : await this.freshToken();
+          return new Promise((resolve, reject) => {
             this.client.makeUnaryRequest(
               path,
               serialize,
               deserialize,
-              method.requestType.fromPartial(request ?? {}),
-              this.metadata(opts),
-              this.callOptions(opts, true),
+              message,
+              this.metadata(opts, token),
+              callOptions,
               (error: ServiceError | null, response?: unknown) =>
                 error ? reject(error) : resolve(response),
             );
           });
+        };
       } else if (!method.requestStream && method.responseStream) {
         methods[key] = (request: unknown, opts: CallOpts = {}) =>
           this.client.makeServerStreamRequest(
@@ -253,8 +475,7 @@ export class Steward {
             serialize,
             deserialize,
             method.requestType.fromPartial(request ?? {}),
-            this.metadata(opts),
-            this.callOptions(opts, false),
+            ...this.streamSettings(opts),
           );
       } else if (method.requestStream && method.responseStream) {
         methods[key] = (opts: CallOpts = {}) =>
@@ -262,20 +483,44 @@ export class Steward {
             path,
             serialize,
             deserialize,
-            this.metadata(opts),
-            this.callOptions(opts, false),
+            ...this.streamSettings(opts),
           );
       }
     }
     return methods as ServiceClient<D>;
   }
 
-  private metadata(opts: CallOpts): Metadata {
+  private metadata(opts: CallOpts, token: string | undefined): Metadata {
     const metadata = opts.metadata?.clone() ?? new Metadata();
-    if (this.token && metadata.get("authorization").length === 0) {
-      metadata.set("authorization", `Bearer ${this.token}`);
+    if (token && metadata.get("authorization").length === 0) {
+      metadata.set("authorization", `Bearer ${token}`);
     }
     return metadata;
+  }
+
+  /**
+   * A stream's metadata and call options. With an API key whose token is due, the stream starts
+   * once the key is exchanged (an interceptor holds its start); a stream carrying its own
+   * `authorization`, or with a fresh token, starts at once.
+   */
+  private streamSettings(opts: CallOpts): [Metadata, CallOptions] {
+    const callOptions = this.callOptions(opts, false);
+    if (this.#apiKey === undefined || !this.tokenDue()) {
+      return [this.metadata(opts, this.token), callOptions];
+    }
+    const interceptor: Interceptor = (options, nextCall) =>
+      new InterceptingCall(nextCall(options), {
+        start: (metadata, listener, next) => {
+          if (metadata.get("authorization").length > 0) return next(metadata, listener);
+          const withToken = (token: string | undefined) => {
+            if (token) metadata.set("authorization", `Bearer ${token}`);
+            next(metadata, listener);
+          };
+          // A refused exchange: the stream goes without a token and the server refuses it.
+          this.freshToken().then(withToken, () => withToken(undefined));
+        },
+      });
+    return [this.metadata(opts, undefined), { ...callOptions, interceptors: [interceptor] }];
   }
 
   private callOptions(opts: CallOpts, unary: boolean): CallOptions {

@@ -1,12 +1,18 @@
-// The seed's walk-through through the generated TypeScript SDK, against the real server: once
-// over plaintext, once over TLS (`dev --tls`, the clients trusting its dev CA), one server after
-// the other.
+// The seed's walk-throughs (administrators, commands, an auditor, a CI job with an API key) through
+// the generated TypeScript SDK, against the real server: once over plaintext, once over TLS
+// (`dev --tls`, the clients trusting its dev CA), one server after the other.
 
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { inspect } from "node:util";
 
 import {
+  API_KEY_VAR,
+  CA_FILE_VAR,
+  SERVER_VAR,
   administratorV1,
   auditV1,
   commandsV1,
@@ -31,6 +37,37 @@ async function rpcError(call: Promise<unknown>): Promise<ServiceError> {
   }
   assert.fail("the call succeeded but was expected to fail");
 }
+
+describe("API key settings", () => {
+  it("reads the key from the environment and never shows it", () => {
+    // Nothing is sent before the first call: these need no server.
+    for (const env of [{}, { [API_KEY_VAR]: "" }, { [API_KEY_VAR]: "   " }]) {
+      assert.throws(() => Steward.fromEnv(undefined, { env }), new RegExp(API_KEY_VAR));
+    }
+    assert.throws(() => new Steward("127.0.0.1:50051", { accessToken: "t", apiKey: "stw_k_s" }));
+    assert.throws(() => new Steward("127.0.0.1:50051", { apiKey: " " }));
+    const ci = Steward.fromEnv(undefined, { env: { [API_KEY_VAR]: "stw_k_very-secret\n" } });
+    try {
+      assert.deepEqual([ci.target, ci.tls, ci.usesApiKey], ["127.0.0.1:50051", false, true]);
+      assert.equal(ci.accessToken, undefined);
+      assert.equal(ci.accessTokenExpireTime, undefined);
+      // The key shows nowhere: not when the client is inspected, logged or serialized.
+      assert.doesNotMatch(inspect(ci, { depth: 10, showHidden: true }), /very-secret/);
+      assert.doesNotMatch(JSON.stringify(ci, (_, v) => (typeof v === "bigint" ? 0 : v)) ?? "", /very-secret/);
+      ci.setAccessToken("a token"); // a token set by hand replaces the key
+      assert.equal(ci.usesApiKey, false);
+    } finally {
+      ci.close();
+    }
+    const env = { [API_KEY_VAR]: "stw_k_s", [SERVER_VAR]: "https://steward.example.com" };
+    let other = Steward.fromEnv(undefined, { env });
+    assert.deepEqual([other.target, other.tls], ["steward.example.com:443", true]);
+    other.close();
+    other = Steward.fromEnv("http://127.0.0.1:1", { env });
+    assert.deepEqual([other.target, other.tls], ["127.0.0.1:1", false]);
+    other.close();
+  });
+});
 
 for (const mode of MODES) {
   describe(`Steward TypeScript SDK against the real server (${mode})`, () => walkthrough(mode));
@@ -379,5 +416,133 @@ function walkthrough(mode: Mode) {
     } finally {
       client.close();
     }
+  });
+
+  it("lets a CI job act as a Manager service account with an API key, until the key is deleted", async () => {
+    const { serviceAccount: account } = await owner.serviceAccounts.createServiceAccount({
+      parent: org,
+      serviceAccount: { displayName: "ci", roleName: "roles/manager" },
+    });
+    assert.ok(account!.name.startsWith(`${org}/serviceAccounts/`), account!.name);
+    assert.equal(account!.role, Role.ROLE_MANAGER);
+    assert.equal(account!.roleName, "roles/manager");
+    assert.equal(account!.creator, ownerName);
+    const { serviceAccounts } = await owner.serviceAccounts.listServiceAccounts({ parent: org });
+    assert.ok(serviceAccounts.some((a) => a.name === account!.name));
+
+    const created = await owner.serviceAccounts.createServiceAccountKey({
+      parent: account!.name,
+      key: { expireTime: new Date(Date.now() + 30 * 86_400_000) },
+    });
+    const { key, apiKey } = created;
+    assert.ok(key!.name.startsWith(`${account!.name}/keys/`), key!.name);
+    assert.match(apiKey, /^stw_/);
+    assert.equal(key!.lastUsedTime, undefined);
+
+    // The job's environment, as a CI system would set it.
+    const env: Record<string, string> = { [API_KEY_VAR]: apiKey, [SERVER_VAR]: server.url };
+    if (mode === "tls") {
+      const caFile = join(server.dataDir, "ci-ca.pem");
+      writeFileSync(caFile, server.caPem!);
+      env[CA_FILE_VAR] = caFile;
+    }
+    const ci = Steward.fromEnv(undefined, { env, defaultTimeoutMs: 30_000 });
+    try {
+      assert.equal(ci.tls, mode === "tls");
+      assert.doesNotMatch(inspect(ci, { depth: 10, showHidden: true }), new RegExp(apiKey));
+      assert.equal(ci.accessToken, undefined); // exchanged on the first call, not before
+
+      // It works with the Manager's permissions: commands, connect keys.
+      await ci.commands.listCommands({ parent: org });
+      let token = ci.accessToken;
+      assert.ok(token);
+      assert.ok(ci.accessTokenExpireTime!.getTime() > Date.now());
+      const { connectKey } = await ci.systems.createConnectKey({
+        parent: org,
+        connectKey: { displayName: "from ci" },
+      });
+      assert.ok(connectKey?.key);
+      assert.equal(ci.accessToken, token); // still fresh: not exchanged again
+
+      // Not administrators, and it has no profile.
+      let err = await rpcError(ci.admin.listAdministrators({ parent: org }));
+      assert.equal(err.code, status.PERMISSION_DENIED);
+      assert.equal(errorDetails(err).errorInfo?.reason, "ROLE_REQUIRED");
+      err = await rpcError(ci.admin.getProfile({}));
+      assert.equal(err.code, status.PERMISSION_DENIED);
+      assert.equal(errorDetails(err).errorInfo?.reason, "PEOPLE_ONLY");
+
+      // Audited as itself; the key records its use.
+      const { auditEvents } = await owner.audit.listAuditEvents({
+        parent: org,
+        filter: `actor = "${account!.name}"`,
+      });
+      assert.ok(auditEvents.length > 0, "the job's calls are audited as the service account");
+      const { keys } = await owner.serviceAccounts.listServiceAccountKeys({ parent: account!.name });
+      assert.deepEqual(keys.map((k) => k.name), [key!.name]);
+      assert.ok(keys[0].lastUsedTime);
+
+      // Shortly before the token expires, the next call trades the key again first, and
+      // concurrent calls share one exchange.
+      const forceExpiry = (ms: number) => ((ci as any).tokenExpiryMs = Date.now() + ms);
+      let exchanges = 0;
+      const exchange = (ci as any).exchange.bind(ci);
+      (ci as any).exchange = (...args: unknown[]) => (exchanges++, exchange(...args));
+      forceExpiry(1_000);
+      await Promise.all([
+        ci.commands.listCommands({ parent: org }),
+        ci.commands.listCommands({ parent: org }),
+      ]);
+      assert.equal(exchanges, 1);
+      assert.ok(ci.accessToken && ci.accessToken !== token);
+      assert.ok(ci.accessTokenExpireTime!.getTime() > Date.now() + 60_000);
+      token = ci.accessToken;
+      // A stream too: it starts once the key is exchanged, and is authenticated (the run does not
+      // exist, so the server answers NOT_FOUND rather than UNAUTHENTICATED).
+      forceExpiry(1_000);
+      err = await rpcError(
+        (async () => {
+          for await (const _ of ci.commands.watchRun({ name: `${org}/runs/nonexistent` })) {
+            // nothing: the run does not exist
+          }
+        })(),
+      );
+      assert.equal(err.code, status.NOT_FOUND, err.message);
+      assert.equal(exchanges, 2);
+      assert.ok(ci.accessToken !== token);
+      token = ci.accessToken;
+
+      // The owner deletes the key: the job's very next call fails.
+      await owner.serviceAccounts.deleteServiceAccountKey({ name: key!.name });
+      err = await rpcError(ci.commands.listCommands({ parent: org }));
+      assert.ok([status.PERMISSION_DENIED, status.UNAUTHENTICATED].includes(err.code), err.message);
+      if (err.code === status.PERMISSION_DENIED) {
+        assert.equal(errorDetails(err).errorInfo?.reason, "CALLER_DELETED");
+      }
+      // Its token is due: the exchange is refused, the token (not expired yet) still used, and refused.
+      forceExpiry(1_000);
+      err = await rpcError(ci.commands.listCommands({ parent: org }));
+      assert.ok([status.PERMISSION_DENIED, status.UNAUTHENTICATED].includes(err.code), err.message);
+      // Its token expired: the refused exchange fails the call.
+      forceExpiry(-1_000);
+      err = await rpcError(ci.commands.listCommands({ parent: org }));
+      assert.equal(err.code, status.UNAUTHENTICATED);
+      assert.ok(!err.message.includes(apiKey));
+      assert.equal(ci.accessToken, token); // the refused exchanges changed nothing
+    } finally {
+      ci.close();
+    }
+
+    const again = server.client();
+    try {
+      const err = await rpcError(again.signInWithApiKey(apiKey));
+      assert.equal(err.code, status.UNAUTHENTICATED);
+      assert.equal(again.usesApiKey, false);
+      assert.equal(again.accessToken, undefined);
+    } finally {
+      again.close();
+    }
+
+    await owner.serviceAccounts.deleteServiceAccount({ name: account!.name });
   });
 }
