@@ -149,6 +149,42 @@ impl Steward {
         Ok(tokens.access_token_expire_time.map_or(0, |t| t.seconds))
     }
 
+    /// Signs in with `api_key` and keeps the access token fresh: a background task exchanges the
+    /// key again a minute before each token expires (retrying every few seconds if the server is
+    /// unreachable). The first exchange's refusal is returned; abort the handle to stop. This is
+    /// what a long-running program (a CI job, an integration) reading `STEWARD_API_KEY` uses.
+    pub async fn keep_signed_in_with_api_key(
+        &self,
+        api_key: impl Into<String>,
+    ) -> Result<tokio::task::JoinHandle<()>, tonic::Status> {
+        let api_key = api_key.into();
+        let mut expires = self.sign_in_with_api_key(&api_key).await?;
+        let client = self.clone();
+        Ok(tokio::spawn(async move {
+            loop {
+                // A client has no injected clock: token lifetimes are wall time.
+                #[allow(clippy::disallowed_methods)]
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                let wait = (expires - now - 60).clamp(1, 86_400);
+                #[allow(clippy::disallowed_methods)] // waiting for the token to age, wall time
+                tokio::time::sleep(std::time::Duration::from_secs(wait.unsigned_abs())).await;
+                loop {
+                    match client.sign_in_with_api_key(&api_key).await {
+                        Ok(next) => {
+                            expires = next;
+                            break;
+                        }
+                        // Retry backoff, wall time.
+                        #[allow(clippy::disallowed_methods)]
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_secs(5)).await,
+                    }
+                }
+            }
+        }))
+    }
+
     /// A copy sharing the channel but with its own token (acting as another administrator).
     pub fn with_token(&self, token: &str) -> Result<Self, tonic::Status> {
         let other = Self::from_channel(self.channel.clone());

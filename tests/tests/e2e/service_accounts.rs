@@ -167,8 +167,11 @@ backend_test!(a_ci_job_signs_in_with_a_key_and_loses_it_at_once, |stack| async m
     refused(ci.admin().list_administrators(list).await, Code::PermissionDenied, "ROLE_REQUIRED");
     let again = with_key(&stack, &api_key).await.unwrap_err();
     assert_eq!(again.code(), Code::Unauthenticated);
-    let rotated = with_key(&stack, &second_key).await.unwrap();
+    let rotated = stack.client().await;
+    let refresher = rotated.keep_signed_in_with_api_key(second_key.clone()).await.unwrap();
     list_commands(&rotated, &owner).await.unwrap();
+    let refused_key = stack.client().await.keep_signed_in_with_api_key(api_key.clone()).await;
+    assert_eq!(refused_key.unwrap_err().code(), Code::Unauthenticated);
     assert!(second.name.starts_with(&account.name));
 
     // Deleting the account ends every token of it.
@@ -176,6 +179,7 @@ backend_test!(a_ci_job_signs_in_with_a_key_and_loses_it_at_once, |stack| async m
     owner.client.service_accounts().delete_service_account(delete).await.unwrap();
     refused(list_commands(&rotated, &owner).await, Code::PermissionDenied, "CALLER_DELETED");
     assert_eq!(with_key(&stack, &second_key).await.unwrap_err().code(), Code::Unauthenticated);
+    refresher.abort();
 });
 
 backend_test!(bad_keys_are_refused_alike_and_throttled, |stack| async move {
