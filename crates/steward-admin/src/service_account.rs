@@ -107,6 +107,18 @@ pub async fn caller<C: ConnectionTrait>(conn: &C, principal: &Principal) -> ApiR
     })
 }
 
+/// Refuses (`TARGET_OUTRANKS_CALLER`) deleting an account, or revoking its key, when its role
+/// holds a permission the caller's does not: no one cuts off a more powerful machine.
+fn may_outrank(caller: &CallerRow, role: &roles::Permissions, what: &str) -> ApiResult<()> {
+    if caller.role.covers(role) {
+        return Ok(());
+    }
+    Err(ApiError::denied(
+        "TARGET_OUTRANKS_CALLER",
+        format!("{what} holds permissions your role does not"),
+    ))
+}
+
 /// Refuses unless `caller` may hand out what `row` holds: its role's permissions, and billing
 /// access only with billing access and a recent human sign-in.
 fn may_empower(
@@ -237,8 +249,9 @@ pub async fn delete(
     let now = state.now();
     let txn = state.begin_write().await?;
     lock_org(&txn, name.organization().id()).await?;
-    caller_row(&txn, p, Need::Permission(Permission::ServiceAccountsDelete)).await?;
-    find(&txn, &name).await?;
+    let caller = caller_row(&txn, p, Need::Permission(Permission::ServiceAccountsDelete)).await?;
+    let row = find(&txn, &name).await?;
+    may_outrank(&caller, &role_of(&txn, &row).await?, name.as_str())?;
     key::Entity::delete_many()
         .filter(key::Column::ServiceAccount.eq(name.as_str()))
         .exec(&txn)
@@ -348,7 +361,12 @@ pub async fn delete_key(
     let now = state.now();
     let txn = state.begin_write().await?;
     lock_org(&txn, name.organization().id()).await?;
-    caller_row(&txn, p, Need::Permission(Permission::ServiceAccountsKeys)).await?;
+    let caller = caller_row(&txn, p, Need::Permission(Permission::ServiceAccountsKeys)).await?;
+    let account = name.as_str().rsplit_once("/keys/").map_or("", |(account, _)| account);
+    let account = ServiceAccountName::parse("name", account)?;
+    if let Some(row) = account::Entity::find_by_id(account.to_string()).one(&txn).await? {
+        may_outrank(&caller, &role_of(&txn, &row).await?, account.as_str())?;
+    }
     let deleted = key::Entity::delete_by_id(name.to_string()).exec(&txn).await?;
     if deleted.rows_affected == 0 {
         return Err(ApiError::NotFound(name.to_string()));
@@ -389,6 +407,7 @@ pub async fn verify(state: &State, req: VerifyApiKeyRequest) -> ApiResult<Verify
         service_account: Some(to_proto(&row)),
         key: found.name,
         role_permissions: permission_names(&role_of(&state.db, &row).await?),
+        key_expire_time: Some(timestamp(found.expires_at)),
     })
 }
 
@@ -402,6 +421,7 @@ pub async fn lookup(
     if !req.key.is_empty() {
         key::Entity::find_by_id(req.key.clone())
             .filter(key::Column::ServiceAccount.eq(name.as_str()))
+            .filter(key::Column::ExpiresAt.gt(state.now()))
             .one(&state.db)
             .await?
             .ok_or_else(|| ApiError::NotFound(req.key.clone()))?;

@@ -17,10 +17,13 @@ use crate::jwt::Subject;
 use crate::state::{invalid_credentials, required, timestamp, State};
 use crate::throttle::{self, ACCOUNT};
 
-/// The throttle key of an API key: its id, so guesses at one key lock that key.
-fn key_of(api_key: &str) -> String {
-    let id = api_key.strip_prefix("stw_").and_then(|rest| rest.split_once('_')).map(|(id, _)| id);
-    format!("api-key:{}", id.unwrap_or("malformed"))
+/// The throttle key of an API key: its id (a UUID), so guesses at one key lock that key;
+/// `None` for a malformed key, which is refused before any counter is touched (so made-up ids
+/// cannot grow the throttle table).
+fn key_of(api_key: &str) -> Option<String> {
+    let (id, secret) = api_key.strip_prefix("stw_")?.split_once('_')?;
+    let id = uuid::Uuid::parse_str(id).ok()?;
+    (!secret.is_empty()).then(|| format!("api-key:{}", id.hyphenated()))
 }
 
 /// ExchangeApiKey.
@@ -30,9 +33,13 @@ pub async fn exchange(
     request: pb::ExchangeApiKeyRequest,
 ) -> ApiResult<pb::ExchangeApiKeyResponse> {
     required("api_key", &request.api_key)?;
+    let Some(throttle_key) = key_of(&request.api_key) else {
+        tracing::info!("malformed api key refused");
+        return Err(invalid_credentials());
+    };
     let admission = throttle::Admission::admit(
         &state.db,
-        key_of(&request.api_key),
+        throttle_key,
         &ACCOUNT,
         &context.client_address,
         state.now(),
@@ -69,6 +76,11 @@ pub async fn exchange(
         role_name: if custom { account.role_name } else { String::new() },
         permissions: if custom { verified.role_permissions } else { Vec::new() },
         client_id: verified.key.clone(),
+        not_after: verified
+            .key_expire_time
+            .as_ref()
+            .map(|t| steward_runtime::wire::from_timestamp("key_expire_time", t))
+            .transpose()?,
         billing: account.billing,
     };
     let never_authenticated = DateTime::UNIX_EPOCH;

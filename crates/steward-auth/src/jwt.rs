@@ -29,6 +29,8 @@ pub struct Subject {
     pub permissions: Vec<String>,
     /// A service account's API key; empty for people.
     pub client_id: String,
+    /// No token may outlive this (a service account's key expiry).
+    pub not_after: Option<DateTime<Utc>>,
     /// Current billing access.
     pub billing: bool,
 }
@@ -69,7 +71,7 @@ impl Signer {
         let key =
             self.keys.first().ok_or_else(|| ApiError::internal("no signing key configured"))?;
         let iat = now.timestamp();
-        let exp = iat + self.ttl_secs;
+        let exp = (iat + self.ttl_secs).min(subject.not_after.map_or(i64::MAX, |t| t.timestamp()));
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -138,6 +140,7 @@ mod tests {
             role_name: String::new(),
             permissions: Vec::new(),
             client_id: String::new(),
+            not_after: None,
             billing: true,
         };
         let (token, _) = signer

@@ -167,6 +167,7 @@ impl State {
             role_name: if custom { administrator.role_name.clone() } else { String::new() },
             permissions: if custom { looked.role_permissions.clone() } else { Vec::new() },
             client_id: String::new(),
+            not_after: None,
             billing: administrator.billing,
         })
     }

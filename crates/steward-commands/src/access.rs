@@ -120,14 +120,32 @@ fn command_check(req: &CheckAccessRequest) -> ApiResult<CommandCheck> {
 
 /// Refuses (`NOT_SELF`) a caller asking about someone else without `access.check` over the
 /// whole organization, and any caller asking about another organization.
-fn allowed_to_ask(caller: &Principal, principal: &str) -> ApiResult<()> {
-    if !everywhere(caller, Permission::AccessCheck) && principal != caller.administrator {
-        return Err(ApiError::denied(
-            "NOT_SELF",
-            "your role may only check its own access (access.check over its own resources)",
-        ));
+fn allowed_to_ask(caller: &Principal, principal: &Subject) -> ApiResult<()> {
+    let name = principal.to_string();
+    if name != caller.administrator {
+        if !everywhere(caller, Permission::AccessCheck) {
+            return Err(ApiError::denied(
+                "NOT_SELF",
+                "your role may only check its own access (access.check over its own resources)",
+            ));
+        }
+        // The answer tells whether the principal exists and what its role holds: asking about
+        // someone else also needs reading them.
+        let read = match principal {
+            Subject::Administrator(_) => Permission::AdministratorsRead,
+            Subject::ServiceAccount(_) => Permission::ServiceAccountsRead,
+        };
+        if !caller.permissions.holds(read) {
+            return Err(ApiError::denied(
+                "NOT_SELF",
+                format!(
+                    "asking about someone else needs {}, which your role does not hold",
+                    roles::permission_name(read)
+                ),
+            ));
+        }
     }
-    caller.check_organization(principal)
+    caller.check_organization(&name)
 }
 
 /// The current role and permissions of `subject` (`None` when it does not exist), cached per
@@ -170,7 +188,7 @@ pub(crate) async fn check(
     let (command, action) = match command_check(req)? {
         CommandCheck::Command(command, action) => (command, action),
         CommandCheck::Permission(permission) => {
-            allowed_to_ask(caller, &principal)?;
+            allowed_to_ask(caller, &principal_name)?;
             let role = subject_role(state, caller, &principal_name, roles).await?;
             return crate::permission_check::check(
                 state,
@@ -182,7 +200,7 @@ pub(crate) async fn check(
             .await;
         }
     };
-    allowed_to_ask(caller, &principal)?;
+    allowed_to_ask(caller, &principal_name)?;
     let system =
         if req.system.is_empty() { None } else { Some(SystemName::parse("system", &req.system)?) };
     // Facts are gathered in the order `decide` reads them and only as far as needed: a

@@ -52,6 +52,14 @@ pub(crate) async fn create(
     let (p, ctx) =
         caller::for_mutation(state, call, &req.parent, Need::Permission(Permission::GrantsCreate))
             .await?;
+    // A grant hands out running a command: only a caller that may run every command gives it.
+    if !p.permissions.everywhere(Permission::CommandsRun) {
+        return Err(ApiError::denied(
+            "ROLE_ESCALATION",
+            "granting a command needs commands.run over the whole organization, which your role \
+             does not hold",
+        ));
+    }
     let g = req.grant.ok_or_else(|| ApiError::invalid("grant", "is required"))?;
     let grantee = AdministratorName::parse("grant.grantee", &g.grantee)?;
     rules::request_id(&req.request_id)?;

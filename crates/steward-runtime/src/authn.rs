@@ -513,8 +513,8 @@ impl AuthState {
                 } else if principal.is_service_account() && people_only {
                     Some(ApiError::denied(
                         "PEOPLE_ONLY",
-                        "service accounts have no profile, password, second factor or session \
-                         to manage",
+                        "only people may do this: service accounts have no profile, password, \
+                         second factor or session, and do not issue machine credentials",
                     ))
                 } else {
                     permission.filter(|p| !principal.permissions.holds(*p)).map(missing_permission)

@@ -179,10 +179,17 @@ pub const EVERY_ROLE: &[Permission] = &[
     Permission::PermissionsRead,
 ];
 
-/// What only people hold: their own profile, settings, password and second factor. A service
-/// account's token never carries them, whatever its role.
-pub const PEOPLE_ONLY: &[Permission] =
-    &[Permission::ProfileRead, Permission::ProfileUpdate, Permission::ProfileSecurity];
+/// What only people hold: their own profile, settings, password and second factor, and the
+/// issuing of machine credentials (service accounts, API keys), so a leaked key cannot mint its
+/// own successor or a fresh account. A service account's token never carries them, whatever
+/// its role.
+pub const PEOPLE_ONLY: &[Permission] = &[
+    Permission::ProfileRead,
+    Permission::ProfileUpdate,
+    Permission::ProfileSecurity,
+    Permission::ServiceAccountsCreate,
+    Permission::ServiceAccountsKeys,
+];
 
 /// The command permissions a role may hold only over its own resources: the commands granted
 /// to it and its own runs.

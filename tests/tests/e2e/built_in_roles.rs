@@ -13,25 +13,9 @@ use steward_proto::commands::v1::{
     Action, CancelRunRequest, DecisionReason, GetRunRequest, ListCommandsRequest, ListRunsRequest,
 };
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
 use crate::commands::{check, create_command, register, run, try_grant};
-
-/// The refusal's reason: the violation type of a failed precondition, else the ErrorInfo reason.
-fn reason(status: &Status) -> String {
-    let details = status.get_error_details();
-    if let Some(failure) = details.precondition_failure() {
-        if let Some(violation) = failure.violations.first() {
-            return violation.r#type.clone();
-        }
-    }
-    details.error_info().map(|i| i.reason.clone()).unwrap_or_default()
-}
-
-fn refused(result: Result<impl std::fmt::Debug, Status>, code: Code, why: &str) {
-    let status = result.expect_err("must be refused");
-    assert_eq!((status.code(), reason(&status).as_str()), (code, why), "{status:?}");
-}
+use crate::harness::{reason, refused};
 
 backend_test!(a_manager_runs_the_fleet_but_not_the_people, |stack| async move {
     let owner = stack.owner().await;
@@ -55,6 +39,9 @@ backend_test!(a_manager_runs_the_fleet_but_not_the_people, |stack| async move {
         .unwrap()
         .into_inner();
     assert!(listed.runs.iter().any(|r| r.name == run.name));
+    // It checks its own access, not other people's (it cannot read administrators).
+    let other = crate::commands::check(&manager.client, &owner.admin, &mine.name, Action::Read, "");
+    refused(other.await, Code::PermissionDenied, "NOT_SELF");
     // A grant to a Manager is pointless and refused.
     let pointless = try_grant(&owner, &mine.name, &manager.name).await;
     refused(pointless, Code::FailedPrecondition, "GRANTEE_RUNS_EVERY_COMMAND");

@@ -12,23 +12,7 @@ use steward_proto::commands::v1::ListCommandsRequest;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::harness::{Owner, Stack};
-
-fn reason(status: &Status) -> String {
-    let details = status.get_error_details();
-    if let Some(failure) = details.precondition_failure() {
-        if let Some(violation) = failure.violations.first() {
-            return violation.r#type.clone();
-        }
-    }
-    details.error_info().map(|i| i.reason.clone()).unwrap_or_default()
-}
-
-fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, why: &str) -> Status {
-    let status = result.expect_err("must be refused");
-    assert_eq!((status.code(), reason(&status).as_str()), (code, why), "{status:?}");
-    status
-}
+use crate::harness::{refused, Owner, Stack};
 
 pub(crate) async fn create_role(
     client: &Steward,
@@ -210,6 +194,30 @@ backend_test!(no_one_hands_out_more_than_they_hold, |stack| async move {
     let email = "reader@example.com";
     let readers = format!("{}/roles/readers", owner.org);
     invite(&manager_of_people, &owner.org, email, Role::Custom, &readers).await.unwrap();
+
+    // Granting a command needs running every command: a role that may grant but not run
+    // cannot hand out runs.
+    let approver = create_role(
+        &owner.client,
+        &owner.org,
+        "approver",
+        &["grants.create", "grants.read", "commands.read"],
+    )
+    .await
+    .unwrap();
+    let (_, approver) = holder(&stack, &owner, &approver.name).await;
+    let runner = stack.member(&owner, Role::CommandRunner, false).await;
+    let command = crate::commands::create_command(&owner, "wipe", &[]).await;
+    let request = steward_proto::commands::v1::CreateGrantRequest {
+        parent: command.name.clone(),
+        grant: Some(steward_proto::commands::v1::Grant {
+            grantee: runner.name.clone(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    };
+    let grant = approver.commands().create_grant(request).await;
+    refused(grant, Code::PermissionDenied, "ROLE_ESCALATION");
 
     // A Manager may not create roles at all; billing and unknown permissions are refused.
     let manager = stack.member(&owner, Role::Manager, false).await;

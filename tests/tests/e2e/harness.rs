@@ -569,3 +569,26 @@ impl Drop for Stack {
         }
     }
 }
+
+/// A refusal's reason: the violation type of a failed precondition, else the ErrorInfo reason.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    if let Some(failure) = details.precondition_failure() {
+        if let Some(violation) = failure.violations.first() {
+            return violation.r#type.clone();
+        }
+    }
+    details.error_info().map(|i| i.reason.clone()).unwrap_or_default()
+}
+
+/// Asserts `result` is refused with `code` and `why` ([`reason`]); answers the status.
+pub fn refused<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    why: &str,
+) -> tonic::Status {
+    let status = result.expect_err("must be refused");
+    assert_eq!((status.code(), reason(&status).as_str()), (code, why), "{status:?}");
+    status
+}

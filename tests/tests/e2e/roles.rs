@@ -254,8 +254,7 @@ fn expected(
         (Access::Enrollment, Who::ServiceAccount(_)) => Some("PEOPLE_ONLY"),
         (_, Who::ServiceAccount(role)) => {
             let permission = steward_proto::authz::rule(path).and_then(|r| r.permission).unwrap();
-            let name = steward_runtime::roles::permission_name(permission);
-            if name.starts_with("profile.") {
+            if steward_runtime::roles::PEOPLE_ONLY.contains(&permission) {
                 return Some("PEOPLE_ONLY");
             }
             expected(path, Who::Member(role, false), served)

@@ -15,22 +15,7 @@ use steward_proto::commands::v1::{CreateCommandRequest, ListCommandsRequest};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::harness::{Owner, Stack};
-
-fn reason(status: &Status) -> String {
-    let details = status.get_error_details();
-    if let Some(failure) = details.precondition_failure() {
-        if let Some(violation) = failure.violations.first() {
-            return violation.r#type.clone();
-        }
-    }
-    details.error_info().map(|i| i.reason.clone()).unwrap_or_default()
-}
-
-fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, why: &str) {
-    let status = result.expect_err("must be refused");
-    assert_eq!((status.code(), reason(&status).as_str()), (code, why), "{status:?}");
-}
+use crate::harness::{refused, Owner, Stack};
 
 pub(crate) async fn create_account(
     client: &Steward,
@@ -216,6 +201,21 @@ backend_test!(bad_keys_are_refused_alike_and_throttled, |stack| async move {
     }
     let throttled = throttled.expect("guesses at a key are throttled");
     assert!(throttled.get_error_details().retry_info().is_some());
+    // A token never outlives its key.
+    let soon = stack.clock.now() + chrono::Duration::seconds(90);
+    let request = CreateServiceAccountKeyRequest {
+        parent: account.name.clone(),
+        key: Some(ServiceAccountKey {
+            expire_time: Some(prost_types::Timestamp { seconds: soon.timestamp(), nanos: 0 }),
+            ..Default::default()
+        }),
+    };
+    let short = owner.client.service_accounts().create_service_account_key(request).await;
+    let short = short.unwrap().into_inner().api_key;
+    let request = ExchangeApiKeyRequest { api_key: short };
+    let tokens = client.auth().exchange_api_key(request).await.unwrap().into_inner().tokens;
+    let expires = tokens.unwrap().access_token_expire_time.unwrap().seconds;
+    assert!(expires <= soon.timestamp(), "the token outlives its key: {expires} > {soon}");
     // Keys live at most a year and need an expiry.
     let long = create_key(&stack, &owner.client, &account.name, 400).await.unwrap_err();
     assert_eq!(long.code(), Code::InvalidArgument);
@@ -255,12 +255,22 @@ backend_test!(service_accounts_hand_out_nothing_they_do_not_hold, |stack| async 
     let powerful = create_account(&owner.client, &owner.org, "roles/manager", false).await.unwrap();
     let mint = create_key(&stack, &key_manager, &powerful.name, 30).await;
     refused(mint, Code::PermissionDenied, "ROLE_ESCALATION");
-    // An account whose role manages keys cannot mint a key of a more powerful account either.
+    // Nor revoke its keys or delete it.
+    let (powerful_key, _) = create_key(&stack, &owner.client, &powerful.name, 30).await.unwrap();
+    let revoke = DeleteServiceAccountKeyRequest { name: powerful_key.name.clone() };
+    let revoke = key_manager.service_accounts().delete_service_account_key(revoke).await;
+    refused(revoke, Code::PermissionDenied, "TARGET_OUTRANKS_CALLER");
+    // An account whose role issues credentials may not use it: a leaked key cannot mint its own
+    // successor, a key of another account, or a fresh account.
     let minter = create_account(&owner.client, &owner.org, &keys_only.name, false).await.unwrap();
     let (_, minter_key) = create_key(&stack, &owner.client, &minter.name, 30).await.unwrap();
-    let minter = with_key(&stack, &minter_key).await.unwrap();
-    let mint = create_key(&stack, &minter, &powerful.name, 30).await;
-    refused(mint, Code::PermissionDenied, "ROLE_ESCALATION");
+    let minter_client = with_key(&stack, &minter_key).await.unwrap();
+    for account in [&minter.name, &powerful.name] {
+        let mint = create_key(&stack, &minter_client, account, 30).await;
+        refused(mint, Code::PermissionDenied, "PEOPLE_ONLY");
+    }
+    let spawn = create_account(&minter_client, &owner.org, "roles/read-only", false).await;
+    refused(spawn, Code::PermissionDenied, "PEOPLE_ONLY");
     // A role an account holds is in use like one an administrator holds.
     let delete = steward_proto::admin::v1::DeleteRoleRequest {
         name: keys_only.name.clone(),
