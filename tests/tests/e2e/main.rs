@@ -53,6 +53,7 @@ macro_rules! backend_test {
 mod admin;
 mod agent;
 mod auth;
+mod bench;
 mod built_in_roles;
 mod bursts;
 mod commands;

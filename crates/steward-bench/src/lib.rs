@@ -1,0 +1,369 @@
+//! The load tool: calls one of Steward's RPCs from many concurrent streams over a few HTTP/2
+//! connections for a fixed time, and reports the rate, latency percentiles (hdrhistogram) and
+//! errors by gRPC code. Every run first measures an *empty* tonic server (tonic-health only, in
+//! this process) the same way, and quotes each scenario as a ratio to it: absolute figures depend
+//! on the machine, ratios measured in one run much less.
+//!
+//! Authenticated scenarios sign in as a service account (`STEWARD_API_KEY`) whose role reads
+//! administrators and checks access (the built-in Read Only role does).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use steward_proto::admin::v1::{GetAdministratorRequest, ListAdministratorsRequest};
+use steward_proto::auth::v1::ExchangeApiKeyRequest;
+use steward_proto::client::Steward;
+use steward_proto::commands::v1::CheckAccessRequest;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// What can stop a run before it measures anything.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The server could not be reached.
+    #[error("cannot connect: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A setup call (sign-in, listing administrators) failed.
+    #[error("setup call failed: {0}")]
+    Setup(#[from] tonic::Status),
+    /// The local baseline server could not start.
+    #[error("cannot start the baseline server: {0}")]
+    Io(#[from] std::io::Error),
+    /// The options do not allow the scenario.
+    #[error("{0}")]
+    Options(String),
+}
+
+/// One measured call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// `grpc.health.v1.Health/Check` on the empty tonic server: the baseline.
+    EmptyHealth,
+    /// Steward's own `Health/Check` (no authentication, no database).
+    Health,
+    /// `CommandService/CheckAccess`: the caller's own `commands.read`.
+    CheckAccess,
+    /// `AdminService/GetAdministrator` of one administrator.
+    GetAdministrator,
+    /// `AdminService/ListAdministrators`, a page of 50.
+    ListAdministrators,
+}
+
+impl Scenario {
+    /// The scenarios measured against Steward, in report order.
+    pub const STEWARD: [Scenario; 4] =
+        [Self::Health, Self::CheckAccess, Self::GetAdministrator, Self::ListAdministrators];
+
+    /// Its name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EmptyHealth => "empty-tonic-health",
+            Self::Health => "health",
+            Self::CheckAccess => "check-access",
+            Self::GetAdministrator => "get-administrator",
+            Self::ListAdministrators => "list-administrators",
+        }
+    }
+
+    /// The scenario named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::STEWARD.into_iter().find(|s| s.name() == name)
+    }
+
+    fn needs_key(self) -> bool {
+        !matches!(self, Self::EmptyHealth | Self::Health)
+    }
+}
+
+/// How to load the server.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Steward's URL.
+    pub server: String,
+    /// PEM of a CA to trust for `https://` (e.g. `dev --tls`).
+    pub ca_pem: Option<Vec<u8>>,
+    /// A service account's API key, for the authenticated scenarios.
+    pub api_key: Option<String>,
+    /// How long each scenario runs.
+    pub duration: Duration,
+    /// Concurrent calls in flight.
+    pub concurrency: usize,
+    /// HTTP/2 connections they share.
+    pub connections: usize,
+}
+
+/// The figures of one scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    /// The scenario's name.
+    pub scenario: String,
+    /// Calls that succeeded.
+    pub ok: u64,
+    /// Calls that failed, by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    /// Successful calls per second.
+    pub rate: f64,
+    /// Latency percentiles of successful calls, milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// `rate` divided by the baseline's rate in the same run.
+    pub ratio: f64,
+}
+
+/// A run: the baseline and each scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Concurrent calls in flight.
+    pub concurrency: usize,
+    /// HTTP/2 connections.
+    pub connections: usize,
+    /// Seconds per scenario.
+    pub seconds: f64,
+    /// The empty tonic server.
+    pub baseline: Outcome,
+    /// The scenarios, in the order run.
+    pub scenarios: Vec<Outcome>,
+}
+
+impl Report {
+    /// The report as a Markdown table.
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "{} calls in flight over {} connections, {} s per scenario\n\n\
+             | scenario | calls/s | ratio | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |\n\
+             |---|---|---|---|---|---|---|---|\n",
+            self.concurrency, self.connections, self.seconds
+        );
+        for o in std::iter::once(&self.baseline).chain(&self.scenarios) {
+            let errors: Vec<String> = o.errors.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+            out.push_str(&format!(
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
+                o.scenario,
+                o.rate,
+                o.ratio,
+                o.p50_ms,
+                o.p90_ms,
+                o.p99_ms,
+                o.p999_ms,
+                if errors.is_empty() { "none".to_string() } else { errors.join(", ") }
+            ));
+        }
+        out
+    }
+}
+
+/// Starts the baseline: a tonic server with only tonic-health, on a loopback port.
+pub async fn empty_server() -> Result<SocketAddr, BenchError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming),
+    );
+    Ok(addr)
+}
+
+/// What one worker calls, prepared once.
+#[derive(Clone)]
+enum Call {
+    Health(HealthClient<Channel>),
+    CheckAccess(Steward),
+    GetAdministrator(Steward, String),
+    ListAdministrators(Steward, String),
+}
+
+impl Call {
+    async fn once(&mut self) -> Result<(), tonic::Status> {
+        match self {
+            Self::Health(client) => {
+                client.check(HealthCheckRequest { service: String::new() }).await.map(|_| ())
+            }
+            Self::CheckAccess(client) => {
+                let request =
+                    CheckAccessRequest { permission: "commands.read".into(), ..Default::default() };
+                client.commands().check_access(request).await.map(|_| ())
+            }
+            Self::GetAdministrator(client, name) => {
+                let request = GetAdministratorRequest { name: name.clone() };
+                client.admin().get_administrator(request).await.map(|_| ())
+            }
+            Self::ListAdministrators(client, parent) => {
+                let request = ListAdministratorsRequest {
+                    parent: parent.clone(),
+                    page_size: 50,
+                    ..Default::default()
+                };
+                client.admin().list_administrators(request).await.map(|_| ())
+            }
+        }
+    }
+}
+
+/// Calls `calls` (round-robin over the workers) for `options.duration`.
+async fn measure(name: &str, calls: Vec<Call>, options: &Options) -> Outcome {
+    let deadline = Instant::now() + options.duration;
+    let mut workers = Vec::with_capacity(options.concurrency);
+    for i in 0..options.concurrency.max(1) {
+        let Some(mut call) = calls.get(i % calls.len().max(1)).cloned() else { break };
+        workers.push(tokio::spawn(async move {
+            // Three significant digits, up to a minute in microseconds.
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                match call.once().await {
+                    Ok(()) => {
+                        let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        if let Some(h) = histogram.as_mut() {
+                            h.saturating_record(micros.max(1));
+                        }
+                    }
+                    Err(status) => *errors.entry(format!("{:?}", status.code())).or_default() += 1,
+                }
+            }
+            (histogram, errors)
+        }));
+    }
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for worker in workers {
+        let Ok((histogram, worker_errors)) = worker.await else { continue };
+        if let (Some(total), Some(h)) = (total.as_mut(), histogram.as_ref()) {
+            // Same bounds on both sides: adding cannot fail.
+            let _ = total.add(h);
+        }
+        for (code, n) in worker_errors {
+            *errors.entry(code).or_default() += n;
+        }
+    }
+    let ms = |q: f64| total.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
+    let ok = total.as_ref().map_or(0, Histogram::len);
+    Outcome {
+        scenario: name.to_string(),
+        ok,
+        errors,
+        rate: ok as f64 / options.duration.as_secs_f64().max(f64::EPSILON),
+        p50_ms: ms(0.5),
+        p90_ms: ms(0.9),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        ratio: 1.0,
+    }
+}
+
+/// Runs the baseline, then each of `scenarios` against `options.server`.
+pub async fn run(options: &Options, scenarios: &[Scenario]) -> Result<Report, BenchError> {
+    let connections = options.connections.max(1);
+    let baseline_url = format!("http://{}", empty_server().await?);
+    let mut baseline_calls = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let channel =
+            steward_proto::client::endpoint(baseline_url.clone(), None)?.connect().await?;
+        baseline_calls.push(Call::Health(HealthClient::new(channel)));
+    }
+    let baseline = measure(Scenario::EmptyHealth.name(), baseline_calls, options).await;
+
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let channel =
+            steward_proto::client::endpoint(options.server.clone(), options.ca_pem.clone())?
+                .connect()
+                .await?;
+        clients.push((channel.clone(), Steward::from_channel(channel)));
+    }
+    let mut organization = String::new();
+    if let Some(needing) = scenarios.iter().find(|s| s.needs_key()) {
+        let key = options.api_key.as_deref().ok_or_else(|| {
+            BenchError::Options(format!(
+                "{} needs a service account's API key (STEWARD_API_KEY)",
+                needing.name()
+            ))
+        })?;
+        organization = sign_in(&clients, key).await?;
+    }
+    let mut results = Vec::with_capacity(scenarios.len());
+    for scenario in scenarios {
+        let calls = prepare(*scenario, &clients, &organization).await?;
+        let mut outcome = measure(scenario.name(), calls, options).await;
+        outcome.ratio = outcome.rate / baseline.rate.max(f64::EPSILON);
+        results.push(outcome);
+    }
+    Ok(Report {
+        concurrency: options.concurrency,
+        connections,
+        seconds: options.duration.as_secs_f64(),
+        baseline,
+        scenarios: results,
+    })
+}
+
+/// Signs every client in with `api_key` (one token, exchanged once); answers the account's
+/// organization, read from the token's `org` claim.
+async fn sign_in(clients: &[(Channel, Steward)], api_key: &str) -> Result<String, BenchError> {
+    use base64::Engine;
+    let Some((_, first)) = clients.first() else { return Ok(String::new()) };
+    let request = ExchangeApiKeyRequest { api_key: api_key.to_string() };
+    let tokens = first.auth().exchange_api_key(request).await?.into_inner().tokens;
+    let token = tokens.map(|t| t.access_token).unwrap_or_default();
+    for (_, client) in clients {
+        client.set_access_token(Some(&token))?;
+    }
+    let claims = token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok())
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok());
+    claims
+        .and_then(|c| c.get("org").and_then(|o| o.as_str()).map(str::to_string))
+        .ok_or_else(|| BenchError::Options("the access token names no organization".into()))
+}
+
+/// The calls of `scenario`, one per connection, after whatever setup it needs.
+async fn prepare(
+    scenario: Scenario,
+    clients: &[(Channel, Steward)],
+    organization: &str,
+) -> Result<Vec<Call>, BenchError> {
+    let Some((_, first)) = clients.first() else { return Ok(Vec::new()) };
+    let administrator = if scenario == Scenario::GetAdministrator {
+        let listed = first
+            .admin()
+            .list_administrators(ListAdministratorsRequest {
+                parent: organization.to_string(),
+                page_size: 1,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        listed.administrators.first().map(|a| a.name.clone()).ok_or_else(|| {
+            BenchError::Options("the organization has no administrator to get".into())
+        })?
+    } else {
+        String::new()
+    };
+    Ok(clients
+        .iter()
+        .map(|(channel, client)| match scenario {
+            Scenario::EmptyHealth | Scenario::Health => {
+                Call::Health(HealthClient::new(channel.clone()))
+            }
+            Scenario::CheckAccess => Call::CheckAccess(client.clone()),
+            Scenario::GetAdministrator => {
+                Call::GetAdministrator(client.clone(), administrator.clone())
+            }
+            Scenario::ListAdministrators => {
+                Call::ListAdministrators(client.clone(), organization.to_string())
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,73 @@
+//! `steward-bench`: loads a Steward server and prints a Markdown table of rates, latency
+//! percentiles and ratios to an empty tonic server measured in the same run.
+
+use std::time::Duration;
+
+use clap::Parser;
+use steward_bench::{Options, Scenario};
+
+/// Measures Steward's RPCs at a fixed concurrency against an empty tonic server baseline.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Steward's URL.
+    #[arg(long, env = "STEWARD_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// A CA certificate (PEM) to trust for an `https://` server.
+    #[arg(long, env = "STEWARD_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Scenarios to run (comma-separated): health, check-access, get-administrator,
+    /// list-administrators. Default: all. The authenticated ones need `STEWARD_API_KEY`, the key
+    /// of a service account that reads administrators (e.g. Read Only).
+    #[arg(long, value_delimiter = ',')]
+    scenario: Vec<String>,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Calls in flight.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// HTTP/2 connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("steward-bench: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let scenarios = if args.scenario.is_empty() {
+        Scenario::STEWARD.to_vec()
+    } else {
+        args.scenario
+            .iter()
+            .map(|name| Scenario::parse(name).ok_or_else(|| format!("unknown scenario `{name}`")))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let options = Options {
+        server: args.server,
+        ca_pem: args.ca_file.map(std::fs::read).transpose()?,
+        api_key: std::env::var("STEWARD_API_KEY").ok().filter(|k| !k.is_empty()),
+        duration: Duration::from_secs(args.seconds.max(1)),
+        concurrency: args.concurrency.max(1),
+        connections: args.connections.max(1),
+    };
+    let report = steward_bench::run(&options, &scenarios).await?;
+    print!("{}", report.markdown());
+    if let Some(path) = args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! The load tool in smoke mode: every scenario for a second against a real stack, signed in with
+//! a Read Only service account's key. Asserts the calls succeed, never how fast they are.
+
+use std::time::Duration;
+
+use steward_bench::{Options, Scenario};
+
+backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async move {
+    let owner = stack.owner().await;
+    let account = crate::service_accounts::create_account(
+        &owner.client,
+        &owner.org,
+        "roles/read-only",
+        false,
+    )
+    .await
+    .unwrap();
+    let (_, api_key) =
+        crate::service_accounts::create_key(&stack, &owner.client, &account.name, 1).await.unwrap();
+    let options = Options {
+        server: stack.url(steward_server::ServiceKind::Admin),
+        ca_pem: None,
+        api_key: Some(api_key),
+        duration: Duration::from_secs(1),
+        concurrency: 8,
+        connections: 2,
+    };
+    let report = steward_bench::run(&options, &Scenario::STEWARD).await.unwrap();
+    assert!(report.baseline.ok > 0 && report.baseline.errors.is_empty(), "{report:?}");
+    let names: Vec<&str> = report.scenarios.iter().map(|o| o.scenario.as_str()).collect();
+    assert_eq!(names, ["health", "check-access", "get-administrator", "list-administrators"]);
+    for outcome in &report.scenarios {
+        assert!(outcome.ok > 0, "{outcome:?}");
+        assert!(outcome.errors.is_empty(), "{outcome:?}");
+        assert!(outcome.ratio > 0.0 && outcome.p50_ms <= outcome.p99_ms, "{outcome:?}");
+    }
+    let table = report.markdown();
+    assert!(table.contains("| empty-tonic-health |") && table.contains("| check-access |"));
+    // Without a key the authenticated scenarios are refused before any load.
+    let keyless = Options { api_key: None, ..options };
+    let refused = steward_bench::run(&keyless, &[Scenario::CheckAccess]).await.unwrap_err();
+    assert!(refused.to_string().contains("STEWARD_API_KEY"), "{refused}");
+});
