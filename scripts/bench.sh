@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Measures a release build of `steward-server dev` with steward-bench (see docs/benchmarks.md):
+# starts dev on a free port with a fresh data directory, signs the owner in, creates a Read Only
+# service account and key, and runs every scenario. Arguments go to steward-bench
+# (e.g. --seconds 10 --json bench.json).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+cargo build -q --release -p steward-server -p steward-cli -p steward-bench
+bin="$CARGO_TARGET_DIR/release"
+data="$(mktemp -d)"
+trap 'kill "$server" 2>/dev/null || true; rm -rf "$data"' EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+RUST_LOG=warn "$bin/steward-server" dev --listen "127.0.0.1:$port" --data-dir "$data/dev" >"$data/dev.log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do grep -q 'set-password?token=' "$data/dev.log" 2>/dev/null && break; sleep 0.1; done
+token=$(grep -o 'set-password?token=[A-Za-z0-9_-]*' "$data/dev.log" | head -1 | cut -d= -f2)
+export STEWARD_SERVER="http://127.0.0.1:$port" STEWARD_CONFIG_DIR="$data/cli"
+password='correct horse battery staple 42!'
+echo "$password" | "$bin/steward" accept-invite --token "$token" --password-stdin >/dev/null
+echo "$password" | "$bin/steward" login --email owner@example.com --password-stdin >/dev/null
+account=$("$bin/steward" --output json service-accounts create --name bench --role read-only | python3 -c 'import json,sys; print(json.load(sys.stdin)["name"])')
+STEWARD_API_KEY=$("$bin/steward" --output json service-accounts keys create "$account" --expires-in 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+export STEWARD_API_KEY
+"$bin/steward-bench" "$@"
+echo
+echo "dev RSS after the run: $(awk '/VmRSS/ {print $2, $3}' /proc/$server/status)"
