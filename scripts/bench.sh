@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Measures a release build of `steward-server dev` with steward-bench (see docs/benchmarks.md):
-# starts dev on a free port with a fresh data directory, signs the owner in, creates a Read Only
-# service account and key, and runs every scenario. Arguments go to steward-bench
-# (e.g. --seconds 10 --json bench.json).
+# starts dev on a free port with a fresh data directory, signs the owner in, creates a service
+# account (a role that reads administrators, checks access and runs commands) and a key, and runs
+# every scenario. Arguments go to steward-bench (e.g. --seconds 10 --json bench.json, or
+# --agents 1000 --idle 10 for the agent simulator; the server's pid is passed for its CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
@@ -19,9 +20,12 @@ export STEWARD_SERVER="http://127.0.0.1:$port" STEWARD_CONFIG_DIR="$data/cli"
 password='correct horse battery staple 42!'
 echo "$password" | "$bin/steward" accept-invite --token "$token" --password-stdin >/dev/null
 echo "$password" | "$bin/steward" login --email owner@example.com --password-stdin >/dev/null
-account=$("$bin/steward" --output json service-accounts create --name bench --role read-only | python3 -c 'import json,sys; print(json.load(sys.stdin)["name"])')
+"$bin/steward" roles create bench --name bench --permission administrators.read \
+  --permission access.check --permission commands.read --permission commands.create \
+  --permission commands.run --permission connect_keys.create >/dev/null
+account=$("$bin/steward" --output json service-accounts create --name bench --role bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["name"])')
 STEWARD_API_KEY=$("$bin/steward" --output json service-accounts keys create "$account" --expires-in 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
 export STEWARD_API_KEY
-"$bin/steward-bench" "$@"
+"$bin/steward-bench" --server-pid "$server" "$@"
 echo
 echo "dev RSS after the run: $(awk '/VmRSS/ {print $2, $3}' /proc/$server/status)"

@@ -7,6 +7,8 @@
 //! Authenticated scenarios sign in as a service account (`STEWARD_API_KEY`) whose role reads
 //! administrators and checks access (the built-in Read Only role does).
 
+pub mod fleet;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -94,6 +96,9 @@ pub struct Options {
     pub concurrency: usize,
     /// HTTP/2 connections they share.
     pub connections: usize,
+    /// The agent simulator, when wanted (its key's role must also create connect keys and
+    /// commands and run them).
+    pub fleet: Option<fleet::FleetOptions>,
 }
 
 /// The figures of one scenario.
@@ -132,6 +137,8 @@ pub struct Report {
     pub baseline: Outcome,
     /// The scenarios, in the order run.
     pub scenarios: Vec<Outcome>,
+    /// The agent simulator's figures, when it ran.
+    pub fleet: Option<fleet::FleetReport>,
 }
 
 impl Report {
@@ -155,6 +162,14 @@ impl Report {
                 o.p99_ms,
                 o.p999_ms,
                 if errors.is_empty() { "none".to_string() } else { errors.join(", ") }
+            ));
+        }
+        if let Some(f) = &self.fleet {
+            let cpu = f.idle_cpu_percent.map_or("not measured".into(), |c| format!("{c:.1}%"));
+            out.push_str(&format!(
+                "\nfleet: {} agents, server CPU while idle {cpu} of a core; one run on all: {} \
+                 assigned, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
+                f.agents, f.assigned, f.assignment_p50_ms, f.assignment_p99_ms, f.assignment_max_ms
             ));
         }
         out
@@ -298,12 +313,29 @@ pub async fn run(options: &Options, scenarios: &[Scenario]) -> Result<Report, Be
         outcome.ratio = outcome.rate / baseline.rate.max(f64::EPSILON);
         results.push(outcome);
     }
+    let fleet = match (&options.fleet, clients.first()) {
+        (Some(fleet_options), Some((_, client))) => {
+            if options.api_key.is_none() {
+                return Err(BenchError::Options(
+                    "the agent simulator needs a service account's API key (STEWARD_API_KEY)"
+                        .into(),
+                ));
+            }
+            if organization.is_empty() {
+                organization = sign_in(&clients, options.api_key.as_deref().unwrap_or("")).await?;
+            }
+            let ca = options.ca_pem.clone();
+            Some(fleet::run(client, &organization, &options.server, ca, fleet_options).await?)
+        }
+        _ => None,
+    };
     Ok(Report {
         concurrency: options.concurrency,
         connections,
         seconds: options.duration.as_secs_f64(),
         baseline,
         scenarios: results,
+        fleet,
     })
 }
 

@@ -33,6 +33,17 @@ struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Simulate this many agents (0: none): they idle for `--idle` seconds, then one command
+    /// runs on all of them. The key's role must also create connect keys and commands and run
+    /// them.
+    #[arg(long, default_value_t = 0)]
+    agents: usize,
+    /// Seconds the simulated agents idle before the run.
+    #[arg(long, default_value_t = 10)]
+    idle: u64,
+    /// The server's process id, to report its CPU while the agents idle (Linux `/proc`).
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[tokio::main]
@@ -63,6 +74,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         duration: Duration::from_secs(args.seconds.max(1)),
         concurrency: args.concurrency.max(1),
         connections: args.connections.max(1),
+        fleet: (args.agents > 0).then(|| steward_bench::fleet::FleetOptions {
+            agents: args.agents,
+            idle: Duration::from_secs(args.idle),
+            server_pid: args.server_pid,
+        }),
     };
     let report = steward_bench::run(&options, &scenarios).await?;
     print!("{}", report.markdown());

@@ -1,5 +1,6 @@
-//! The load tool in smoke mode: every scenario for a second against a real stack, signed in with
-//! a Read Only service account's key. Asserts the calls succeed, never how fast they are.
+//! The load tool in smoke mode: every scenario for a second, and the agent simulator with a small
+//! fleet, against a real stack, signed in with a service account's key. Asserts the calls
+//! succeed and every agent gets its assignment, never how fast.
 
 use std::time::Duration;
 
@@ -7,14 +8,26 @@ use steward_bench::{Options, Scenario};
 
 backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async move {
     let owner = stack.owner().await;
-    let account = crate::service_accounts::create_account(
+    // What the load tool needs: read administrators, check access, and run a fleet.
+    let role = crate::custom_roles::create_role(
         &owner.client,
         &owner.org,
-        "roles/read-only",
-        false,
+        "bench",
+        &[
+            "administrators.read",
+            "access.check",
+            "commands.read",
+            "commands.create",
+            "commands.run",
+            "connect_keys.create",
+        ],
     )
     .await
     .unwrap();
+    let account =
+        crate::service_accounts::create_account(&owner.client, &owner.org, &role.name, false)
+            .await
+            .unwrap();
     let (_, api_key) =
         crate::service_accounts::create_key(&stack, &owner.client, &account.name, 1).await.unwrap();
     let options = Options {
@@ -24,6 +37,11 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
         duration: Duration::from_secs(1),
         concurrency: 8,
         connections: 2,
+        fleet: Some(steward_bench::fleet::FleetOptions {
+            agents: 20,
+            idle: Duration::from_millis(200),
+            server_pid: Some(std::process::id()),
+        }),
     };
     let report = steward_bench::run(&options, &Scenario::STEWARD).await.unwrap();
     assert!(report.baseline.ok > 0 && report.baseline.errors.is_empty(), "{report:?}");
@@ -34,10 +52,13 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
         assert!(outcome.errors.is_empty(), "{outcome:?}");
         assert!(outcome.ratio > 0.0 && outcome.p50_ms <= outcome.p99_ms, "{outcome:?}");
     }
+    let fleet = report.fleet.as_ref().unwrap();
+    assert_eq!((fleet.agents, fleet.assigned), (20, 20), "{fleet:?}");
+    assert!(fleet.idle_cpu_percent.is_some(), "{fleet:?}");
     let table = report.markdown();
     assert!(table.contains("| empty-tonic-health |") && table.contains("| check-access |"));
     // Without a key the authenticated scenarios are refused before any load.
-    let keyless = Options { api_key: None, ..options };
+    let keyless = Options { api_key: None, fleet: None, ..options };
     let refused = steward_bench::run(&keyless, &[Scenario::CheckAccess]).await.unwrap_err();
     assert!(refused.to_string().contains("STEWARD_API_KEY"), "{refused}");
 });

@@ -1,0 +1,220 @@
+//! The agent simulator: registers N systems through one connect key, holds their `OpenStream`
+//! sessions open, measures the server's CPU while they idle (from `/proc` when its process id is
+//! given), then runs one command on all of them and measures how long each agent waits for its
+//! assignment. Each agent answers like the real one: started, then finished with exit code 0.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use steward_proto::client::Steward;
+use steward_proto::commands::v1::agent_service_client::AgentServiceClient;
+use steward_proto::commands::v1::open_stream_request::{self, Hello, RunFinished, RunStarted};
+use steward_proto::commands::v1::{
+    open_stream_response, Command, ConnectKey, CreateCommandRequest, CreateConnectKeyRequest,
+    Interpreter, OpenStreamRequest, RegisterAgentRequest, RunCommandRequest, RunState,
+};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::BenchError;
+
+/// How to simulate the fleet.
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    /// Simulated agents.
+    pub agents: usize,
+    /// How long they idle before the run.
+    pub idle: Duration,
+    /// The server's process id, to read its CPU time from `/proc` (Linux).
+    pub server_pid: Option<u32>,
+}
+
+/// What the fleet measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct FleetReport {
+    /// Agents connected.
+    pub agents: usize,
+    /// The server's CPU while they idled, in % of one core (when its pid was given).
+    pub idle_cpu_percent: Option<f64>,
+    /// Agents that received the run's assignment.
+    pub assigned: usize,
+    /// From RunCommand returning to each agent receiving its assignment, milliseconds.
+    pub assignment_p50_ms: f64,
+    /// 99th percentile.
+    pub assignment_p99_ms: f64,
+    /// The slowest agent.
+    pub assignment_max_ms: f64,
+}
+
+/// CPU seconds (user + system) of process `pid`, from `/proc/{pid}/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // Linux reports clock ticks, 100 per second on every supported architecture.
+    Some((utime + stime) / 100.0)
+}
+
+/// Runs the fleet scenario against `client`'s server (`commands_url` serves the agent API).
+pub async fn run(
+    client: &Steward,
+    organization: &str,
+    commands_url: &str,
+    ca_pem: Option<Vec<u8>>,
+    options: &FleetOptions,
+) -> Result<FleetReport, BenchError> {
+    let key = client
+        .systems()
+        .create_connect_key(CreateConnectKeyRequest {
+            parent: organization.to_string(),
+            connect_key: Some(ConnectKey {
+                display_name: "steward-bench".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .connect_key
+        .map(|k| k.key)
+        .unwrap_or_default();
+    let channel =
+        steward_proto::client::endpoint(commands_url.to_string(), ca_pem)?.connect().await?;
+    let (assigned_tx, mut assigned_rx) = mpsc::unbounded_channel::<Instant>();
+    let mut systems = Vec::with_capacity(options.agents);
+    let mut sessions = Vec::with_capacity(options.agents);
+    for i in 0..options.agents {
+        let (system, session) =
+            agent(channel.clone(), &key, &format!("bench-{i}"), assigned_tx.clone()).await?;
+        systems.push(system);
+        sessions.push(session);
+    }
+    let before = options.server_pid.and_then(cpu_seconds);
+    let idle_started = Instant::now();
+    // The idle window is wall time by definition.
+    #[allow(clippy::disallowed_methods)]
+    tokio::time::sleep(options.idle).await;
+    let idle_cpu_percent = match (before, options.server_pid.and_then(cpu_seconds)) {
+        (Some(before), Some(after)) => {
+            Some((after - before) / idle_started.elapsed().as_secs_f64() * 100.0)
+        }
+        _ => None,
+    };
+    let command = client
+        .commands()
+        .create_command(CreateCommandRequest {
+            parent: organization.to_string(),
+            command: Some(Command {
+                display_name: "steward-bench fleet".into(),
+                script: "true".into(),
+                interpreter: Interpreter::Sh as i32,
+                timeout: Some(prost_types_duration(60)),
+                target_systems: systems,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .command
+        .map(|c| c.name)
+        .unwrap_or_default();
+    client.commands().run_command(RunCommandRequest { command, ..Default::default() }).await?;
+    let started = Instant::now();
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+        .map_err(|e| BenchError::Options(e.to_string()))?;
+    let deadline = started + Duration::from_secs(60);
+    while histogram.len() < options.agents as u64 {
+        let Ok(Some(at)) = tokio::time::timeout_at(deadline.into(), assigned_rx.recv()).await
+        else {
+            break;
+        };
+        let micros = u64::try_from(at.saturating_duration_since(started).as_micros());
+        histogram.saturating_record(micros.unwrap_or(u64::MAX).max(1));
+    }
+    drop(sessions);
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Ok(FleetReport {
+        agents: options.agents,
+        idle_cpu_percent,
+        assigned: usize::try_from(histogram.len()).unwrap_or(usize::MAX),
+        assignment_p50_ms: ms(0.5),
+        assignment_p99_ms: ms(0.99),
+        assignment_max_ms: histogram.max() as f64 / 1000.0,
+    })
+}
+
+fn prost_types_duration(seconds: i64) -> prost_types::Duration {
+    prost_types::Duration { seconds, nanos: 0 }
+}
+
+/// Registers one system and holds its session; answers assignments and reports when each
+/// arrived. The session ends when the returned handle is dropped.
+async fn agent(
+    channel: Channel,
+    connect_key: &str,
+    hostname: &str,
+    assigned: mpsc::UnboundedSender<Instant>,
+) -> Result<(String, Session), BenchError> {
+    let mut client = AgentServiceClient::new(channel);
+    let registered = client
+        .register_agent(RegisterAgentRequest {
+            connect_key: connect_key.to_string(),
+            hostname: hostname.to_string(),
+            os: "linux".into(),
+            agent_version: "steward-bench".into(),
+        })
+        .await?
+        .into_inner();
+    let system = registered.system.map(|s| s.name).unwrap_or_default();
+    let (tx, rx) = mpsc::channel(16);
+    let hello =
+        open_stream_request::Message::Hello(Hello { agent_version: "steward-bench".into() });
+    tx.send(OpenStreamRequest { message: Some(hello) })
+        .await
+        .map_err(|_| BenchError::Options("agent stream closed".into()))?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let bearer = format!("Bearer {}", registered.credential)
+        .parse()
+        .map_err(|_| BenchError::Options("the agent credential is not a header value".into()))?;
+    request.metadata_mut().insert("authorization", bearer);
+    let mut stream = client.open_stream(request).await?.into_inner();
+    let task = tokio::spawn(async move {
+        while let Ok(Some(message)) = stream.message().await {
+            let Some(open_stream_response::Message::Assignment(assignment)) = message.message
+            else {
+                continue;
+            };
+            let _ = assigned.send(Instant::now());
+            let run = assignment.run;
+            let started =
+                open_stream_request::Message::RunStarted(RunStarted { run: run.clone(), pid: 1 });
+            let finished = open_stream_request::Message::RunFinished(RunFinished {
+                run,
+                state: RunState::Succeeded as i32,
+                exit_code: 0,
+                ..Default::default()
+            });
+            for message in [started, finished] {
+                if tx.send(OpenStreamRequest { message: Some(message) }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok((system, Session(Arc::new(task))))
+}
+
+/// A held agent session; dropping it ends the stream.
+pub struct Session(Arc<tokio::task::JoinHandle<()>>);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
