@@ -40,7 +40,7 @@ pub struct FleetReport {
     pub idle_cpu_percent: Option<f64>,
     /// Agents that received the run's assignment.
     pub assigned: usize,
-    /// From RunCommand returning to each agent receiving its assignment, milliseconds.
+    /// From RunCommand being sent to each agent receiving its assignment, milliseconds.
     pub assignment_p50_ms: f64,
     /// 99th percentile.
     pub assignment_p99_ms: f64,
@@ -124,8 +124,8 @@ pub async fn run(
         .command
         .map(|c| c.name)
         .unwrap_or_default();
-    client.commands().run_command(RunCommandRequest { command, ..Default::default() }).await?;
     let started = Instant::now();
+    client.commands().run_command(RunCommandRequest { command, ..Default::default() }).await?;
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
         .map_err(|e| BenchError::Options(e.to_string()))?;
     let deadline = started + Duration::from_secs(60);
