@@ -165,7 +165,7 @@ async fn subject_role(
     }
     let role = match subject {
         Subject::Administrator(_) => lookup_role(state, &name).await?,
-        Subject::ServiceAccount(account) => caller::lookup_account_role(state, account).await?,
+        Subject::ServiceAccount(account) => caller::lookup_account_role(state, account, "").await?,
     };
     roles.insert(name, role);
     Ok(role)

@@ -7,6 +7,7 @@ use steward_proto::admin::v1::administrator::State as AdminState;
 use steward_proto::admin::v1::{LookupAdministratorRequest, LookupServiceAccountRequest};
 use steward_runtime::authn::{AdministratorCall, Need, Principal, RequestContext};
 use steward_runtime::claims::Role;
+use steward_runtime::names::ServiceAccountName;
 use steward_runtime::roles::{self, Permission, Permissions};
 use steward_runtime::{ApiError, ApiResult};
 
@@ -45,29 +46,9 @@ pub(crate) async fn lookup(state: &State, administrator: &str) -> ApiResult<Opti
     Ok(Some(Current {
         role,
         active: found.state == AdminState::Active as i32,
-        permissions: match role {
-            Role::Custom => roles::custom(role_permissions.iter().map(String::as_str)),
-            built_in => roles::built_in(built_in),
-        }
-        .with_billing(found.billing),
+        permissions: roles::of_role(role, role_permissions.iter().map(String::as_str))
+            .with_billing(found.billing),
     }))
-}
-
-/// A service account caller as the admin service knows it now (its account and the API key its
-/// token came from); `None` when either is gone. Its permissions never include what only people
-/// hold.
-async fn lookup_service_account(state: &State, p: &Principal) -> ApiResult<Option<Current>> {
-    let mut client = AdminInternalServiceClient::new(state.peers.internal(&state.peers.admin));
-    let request =
-        LookupServiceAccountRequest { name: p.administrator.clone(), key: p.client_id.clone() };
-    let response = match client.lookup_service_account(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
-        Err(status) => return Err(status.into()),
-    };
-    let Some(account) = response.service_account else { return Ok(None) };
-    let (role, permissions) = account_permissions(&account, &response.role_permissions)?;
-    Ok(Some(Current { role, active: true, permissions }))
 }
 
 /// The caller with its current permissions: what both the token and the account hold now, each
@@ -77,7 +58,11 @@ async fn lookup_service_account(state: &State, p: &Principal) -> ApiResult<Optio
 /// holds the permission `need` names (the same meaning as in the admin service).
 pub(crate) async fn current(state: &State, p: &Principal, need: Need) -> ApiResult<Principal> {
     let found = if p.is_service_account() {
-        lookup_service_account(state, p).await?
+        // Both the account and the API key its token came from must still exist.
+        let account = ServiceAccountName::parse("caller", &p.administrator)?;
+        lookup_account_role(state, &account, &p.client_id)
+            .await?
+            .map(|(role, permissions)| Current { role, active: true, permissions })
     } else {
         lookup(state, &p.administrator).await?
     };
@@ -149,35 +134,26 @@ pub(crate) fn everywhere(p: &Principal, permission: Permission) -> bool {
     p.permissions.everywhere(permission)
 }
 
-/// A service account's role and what it holds now (without what only people hold); `None` when
-/// it does not exist. For access checks about the account, so no key is needed.
+/// A service account's role and what it holds now (never what only people hold); `None` when
+/// the account does not exist, or `key` is given and no longer exists. Access checks about an
+/// account give no key; a caller's re-check gives its token's.
 pub(crate) async fn lookup_account_role(
     state: &State,
-    account: &steward_runtime::names::ServiceAccountName,
+    account: &ServiceAccountName,
+    key: &str,
 ) -> ApiResult<Option<(Role, Permissions)>> {
     let mut client = AdminInternalServiceClient::new(state.peers.internal(&state.peers.admin));
-    let request = LookupServiceAccountRequest { name: account.to_string(), key: String::new() };
+    let request = LookupServiceAccountRequest { name: account.to_string(), key: key.to_string() };
     let response = match client.lookup_service_account(request).await {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
         Err(status) => return Err(status.into()),
     };
     let Some(found) = response.service_account else { return Ok(None) };
-    Ok(Some(account_permissions(&found, &response.role_permissions)?))
-}
-
-/// The role and permissions of a looked-up service account.
-fn account_permissions(
-    account: &steward_proto::admin::v1::ServiceAccount,
-    role_permissions: &[String],
-) -> ApiResult<(Role, Permissions)> {
-    let role = Role::from_proto(account.role)
-        .ok_or_else(|| ApiError::internal(format!("{} has no valid role", account.name)))?;
-    let held = match role {
-        Role::Custom => roles::custom(role_permissions.iter().map(String::as_str)),
-        built_in => roles::built_in(built_in),
-    };
-    Ok((role, held.with_billing(account.billing).without(roles::PEOPLE_ONLY)))
+    let role = Role::from_proto(found.role)
+        .ok_or_else(|| ApiError::internal(format!("{} has no valid role", found.name)))?;
+    let held = roles::of_role(role, response.role_permissions.iter().map(String::as_str));
+    Ok(Some((role, held.with_billing(found.billing).without(roles::PEOPLE_ONLY))))
 }
 
 /// An administrator's role and what it holds now; `None` when it does not exist.

@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 
 use crate::claims::{AccessClaims, Role, TokenScope, ACCESS_TOKEN_TYPE};
 use crate::error::{ApiError, ApiResult};
-use crate::roles::{built_in, rule, Access, Permissions, BILLING_PERMISSIONS};
+use crate::roles::{rule, Access, Permissions, BILLING_PERMISSIONS};
 use crate::service::Clock;
 
 /// Metadata key carrying the service credential on internal calls.
@@ -62,12 +62,10 @@ impl Principal {
             role: claims.role,
             billing: claims.billing,
             permissions: {
-                let held = match claims.role {
-                    Role::Custom => {
-                        crate::roles::custom(claims.permissions.iter().map(String::as_str))
-                    }
-                    role => built_in(role),
-                }
+                let held = crate::roles::of_role(
+                    claims.role,
+                    claims.permissions.iter().map(String::as_str),
+                )
                 .with_billing(claims.billing);
                 if claims.client_id.is_empty() {
                     held
@@ -633,7 +631,7 @@ impl tonic::service::Interceptor for ServiceCredential {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::roles::Permission;
+    use crate::roles::{built_in, Permission};
 
     fn reason(err: Option<ApiError>) -> Option<&'static str> {
         err.map(|err| match err {

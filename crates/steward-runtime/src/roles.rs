@@ -302,11 +302,6 @@ pub fn permission_named(name: &str) -> Option<Permission> {
     steward_proto::authz::PERMISSIONS.iter().find(|e| e.name == name).map(|e| e.permission)
 }
 
-/// Whether a built-in role holds `permission` (at any scope).
-pub fn grants(role: Role, permission: Permission) -> bool {
-    built_in(role).holds(permission)
-}
-
 /// The permissions that let their holder manage other administrators. Acting on an
 /// administrator who holds any of them (changing, deleting, resetting the second factor of, or
 /// re-inviting them) needs every permission that administrator holds: a Help Desk resets a
@@ -398,9 +393,13 @@ pub fn permission_name(permission: Permission) -> &'static str {
 pub const BILLING_PERMISSIONS: &[Permission] =
     &[Permission::BillingRead, Permission::BillingUpdate];
 
-/// Whether an administrator with `role` (and billing access when `billing`) holds `permission`.
-pub fn holds(role: Role, billing: bool, permission: Permission) -> bool {
-    built_in(role).with_billing(billing).holds(permission)
+/// The permissions of `role`: a built-in role's, or, for [`Role::Custom`], the catalog
+/// permissions `custom_names` (from a token's claim or the admin service's answer).
+pub fn of_role<'a>(role: Role, custom_names: impl IntoIterator<Item = &'a str>) -> Permissions {
+    match role {
+        Role::Custom => custom(custom_names),
+        built_in_role => built_in(built_in_role),
+    }
 }
 
 /// The rule of a gRPC path: who may call it and the permission it needs, or `None` when there
@@ -425,6 +424,10 @@ pub fn rule_for(path: &str) -> Option<Access> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn holds(role: Role, billing: bool, permission: Permission) -> bool {
+        built_in(role).with_billing(billing).holds(permission)
+    }
 
     /// The permissions of the built-in roles give exactly what the access levels of the
     /// contract say, for every RPC: the role table and the permissions cannot disagree.

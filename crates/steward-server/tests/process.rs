@@ -281,6 +281,18 @@ fn call(
     }
 }
 
+/// The token of the newest invite mailed to `email` in dev's mail folder, waiting up to 10 s.
+fn mailed_invite(mail: &std::path::Path, email: &str) -> String {
+    (0..100)
+        .find_map(|_| {
+            steward_server::newest_token_for(mail, email).or_else(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            })
+        })
+        .unwrap_or_else(|| panic!("no invite mail for {email}"))
+}
+
 fn sign_in(addr: &Target, email: &str, password: &str) -> String {
     let reply = call(
         addr,
@@ -348,14 +360,7 @@ fn seed_walkthrough(dev: Dev) {
     .unwrap();
     let runner_name = created["administrator"]["name"].as_str().unwrap().to_string();
     let mail = dev.data.path().join("mail");
-    let invite = (0..100)
-        .find_map(|_| {
-            steward_server::newest_token_for(&mail, "helpdesk@example.com").or_else(|| {
-                std::thread::sleep(Duration::from_millis(100));
-                None
-            })
-        })
-        .expect("invite mail for the Command Runner");
+    let invite = mailed_invite(&mail, "helpdesk@example.com");
     call(
         addr,
         None,
@@ -571,14 +576,7 @@ fn seed_walkthrough(dev: Dev) {
         serde_json::json!({"parent": org, "administrator": {"email": "auditor@example.com", "roleName": "roles/read-only"}}),
     )
     .unwrap();
-    let invite = (0..100)
-        .find_map(|_| {
-            steward_server::newest_token_for(&mail, "auditor@example.com").or_else(|| {
-                std::thread::sleep(Duration::from_millis(100));
-                None
-            })
-        })
-        .expect("invite mail for the auditor");
+    let invite = mailed_invite(&mail, "auditor@example.com");
     call(
         addr,
         None,
