@@ -1,7 +1,9 @@
 //! The agent simulator: registers N systems through one connect key, holds their `OpenStream`
-//! sessions open, measures the server's CPU while they idle (from `/proc` when its process id is
-//! given), then runs one command on all of them and measures how long each agent waits for its
-//! assignment. Each agent answers like the real one: started, then finished with exit code 0.
+//! sessions open (each on its own HTTP/2 connection, as real agents do, unless told to share),
+//! measures the server's CPU while they idle and its memory per connected agent (from `/proc`
+//! when its process id is given), then runs one command on up to 1,000 of them and measures
+//! how long each agent waits for its assignment. Each agent answers like the real one: started,
+//! then finished with exit code 0.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use steward_proto::commands::v1::{
     open_stream_response, Command, ConnectKey, CreateCommandRequest, CreateConnectKeyRequest,
     Interpreter, OpenStreamRequest, RegisterAgentRequest, RunCommandRequest, RunState,
 };
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -27,9 +30,18 @@ pub struct FleetOptions {
     pub agents: usize,
     /// How long they idle before the run.
     pub idle: Duration,
-    /// The server's process id, to read its CPU time from `/proc` (Linux).
+    /// The server's process id, to read its CPU time and memory from `/proc` (Linux).
     pub server_pid: Option<u32>,
+    /// Agents sharing one HTTP/2 connection (1: a connection each, like real agents).
+    pub agents_per_connection: usize,
+    /// Agents the run targets (at most [`MAX_TARGETS`], a command's limit).
+    pub targets: usize,
 }
+
+/// The most systems one command targets.
+pub const MAX_TARGETS: usize = 1000;
+/// Registrations in flight at once.
+const REGISTERING: usize = 32;
 
 /// What the fleet measured.
 #[derive(Clone, Debug, Serialize)]
@@ -38,6 +50,12 @@ pub struct FleetReport {
     pub agents: usize,
     /// The server's CPU while they idled, in % of one core (when its pid was given).
     pub idle_cpu_percent: Option<f64>,
+    /// The server's resident memory before the agents connected and while they idled, KiB.
+    pub server_rss_kib: Option<(u64, u64)>,
+    /// Growth of the server's resident memory per connected agent, KiB.
+    pub rss_per_agent_kib: Option<f64>,
+    /// Agents the run targeted.
+    pub targets: usize,
     /// Agents that received the run's assignment.
     pub assigned: usize,
     /// From RunCommand being sent to each agent receiving its assignment, milliseconds.
@@ -60,6 +78,13 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Resident memory of process `pid` in KiB, from `/proc/{pid}/status`.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Runs the fleet scenario against `client`'s server (`commands_url` serves the agent API).
 pub async fn run(
     client: &Steward,
@@ -68,6 +93,7 @@ pub async fn run(
     ca_pem: Option<Vec<u8>>,
     options: &FleetOptions,
 ) -> Result<FleetReport, BenchError> {
+    let targets = options.targets.clamp(1, MAX_TARGETS).min(options.agents);
     let key = client
         .systems()
         .create_connect_key(CreateConnectKeyRequest {
@@ -83,17 +109,35 @@ pub async fn run(
         .connect_key
         .map(|k| k.key)
         .unwrap_or_default();
-    let channel =
-        steward_proto::client::endpoint(commands_url.to_string(), ca_pem)?.connect().await?;
+    let rss_before = options.server_pid.and_then(rss_kib);
+    let endpoint = steward_proto::client::endpoint(commands_url.to_string(), ca_pem)?;
+    let per_connection = options.agents_per_connection.max(1);
     let (assigned_tx, mut assigned_rx) = mpsc::unbounded_channel::<Instant>();
+    let mut channels = Vec::with_capacity(options.agents.div_ceil(per_connection));
+    for _ in 0..options.agents.div_ceil(per_connection) {
+        channels.push(endpoint.connect().await?);
+    }
+    let joined: Vec<Result<(String, Session), BenchError>> =
+        futures::stream::iter(0..options.agents)
+            .map(|i| {
+                let channel = channels[i / per_connection].clone();
+                agent(channel, &key, format!("bench-{i}"), assigned_tx.clone())
+            })
+            .buffered(REGISTERING)
+            .collect()
+            .await;
+    drop(channels);
     let mut systems = Vec::with_capacity(options.agents);
     let mut sessions = Vec::with_capacity(options.agents);
-    for i in 0..options.agents {
-        let (system, session) =
-            agent(channel.clone(), &key, &format!("bench-{i}"), assigned_tx.clone()).await?;
+    for joined in joined {
+        let (system, session) = joined?;
         systems.push(system);
         sessions.push(session);
     }
+    // Let the sessions settle (hello recorded, first wake done) before measuring.
+    #[allow(clippy::disallowed_methods)]
+    tokio::time::sleep(options.idle.min(Duration::from_secs(2))).await;
+    let rss_idle = options.server_pid.and_then(rss_kib);
     let before = options.server_pid.and_then(cpu_seconds);
     let idle_started = Instant::now();
     // The idle window is wall time by definition.
@@ -114,7 +158,7 @@ pub async fn run(
                 script: "true".into(),
                 interpreter: Interpreter::Sh as i32,
                 timeout: Some(prost_types_duration(60)),
-                target_systems: systems,
+                target_systems: systems.into_iter().take(targets).collect(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -129,7 +173,7 @@ pub async fn run(
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
         .map_err(|e| BenchError::Options(e.to_string()))?;
     let deadline = started + Duration::from_secs(60);
-    while histogram.len() < options.agents as u64 {
+    while histogram.len() < targets as u64 {
         let Ok(Some(at)) = tokio::time::timeout_at(deadline.into(), assigned_rx.recv()).await
         else {
             break;
@@ -139,9 +183,15 @@ pub async fn run(
     }
     drop(sessions);
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let server_rss_kib = rss_before.zip(rss_idle);
     Ok(FleetReport {
         agents: options.agents,
         idle_cpu_percent,
+        server_rss_kib,
+        rss_per_agent_kib: server_rss_kib.filter(|_| options.agents > 0).map(|(before, idle)| {
+            (idle.saturating_sub(before)) as f64 / options.agents as f64
+        }),
+        targets,
         assigned: usize::try_from(histogram.len()).unwrap_or(usize::MAX),
         assignment_p50_ms: ms(0.5),
         assignment_p99_ms: ms(0.99),
@@ -158,14 +208,14 @@ fn prost_types_duration(seconds: i64) -> prost_types::Duration {
 async fn agent(
     channel: Channel,
     connect_key: &str,
-    hostname: &str,
+    hostname: String,
     assigned: mpsc::UnboundedSender<Instant>,
 ) -> Result<(String, Session), BenchError> {
     let mut client = AgentServiceClient::new(channel);
     let registered = client
         .register_agent(RegisterAgentRequest {
             connect_key: connect_key.to_string(),
-            hostname: hostname.to_string(),
+            hostname,
             os: "linux".into(),
             agent_version: "steward-bench".into(),
         })

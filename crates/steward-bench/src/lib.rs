@@ -166,10 +166,23 @@ impl Report {
         }
         if let Some(f) = &self.fleet {
             let cpu = f.idle_cpu_percent.map_or("not measured".into(), |c| format!("{c:.1}%"));
+            let memory = match (f.server_rss_kib, f.rss_per_agent_kib) {
+                (Some((before, idle)), Some(per_agent)) => format!(
+                    "; server RSS {} → {} MiB, {per_agent:.1} KiB per agent",
+                    before / 1024,
+                    idle / 1024
+                ),
+                _ => String::new(),
+            };
             out.push_str(&format!(
-                "\nfleet: {} agents, server CPU while idle {cpu} of a core; one run on all: {} \
-                 assigned, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
-                f.agents, f.assigned, f.assignment_p50_ms, f.assignment_p99_ms, f.assignment_max_ms
+                "\nfleet: {} agents, server CPU while idle {cpu} of a core{memory}; one run on {}: \
+                 {} assigned, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
+                f.agents,
+                f.targets,
+                f.assigned,
+                f.assignment_p50_ms,
+                f.assignment_p99_ms,
+                f.assignment_max_ms
             ));
         }
         out

@@ -41,9 +41,17 @@ struct Args {
     /// Seconds the simulated agents idle before the run.
     #[arg(long, default_value_t = 10)]
     idle: u64,
-    /// The server's process id, to report its CPU while the agents idle (Linux `/proc`).
+    /// The server's process id, to report its CPU and memory while the agents idle (Linux
+    /// `/proc`).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Simulated agents sharing one HTTP/2 connection (1: a connection each, like real agents;
+    /// the server allows `server.max_concurrent_streams_per_connection` streams on one).
+    #[arg(long, default_value_t = 1)]
+    agents_per_connection: usize,
+    /// Agents the run targets (at most 1,000, a command's limit; default: all, up to that).
+    #[arg(long, default_value_t = steward_bench::fleet::MAX_TARGETS)]
+    targets: usize,
 }
 
 #[tokio::main]
@@ -78,6 +86,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             agents: args.agents,
             idle: Duration::from_secs(args.idle),
             server_pid: args.server_pid,
+            agents_per_connection: args.agents_per_connection,
+            targets: args.targets,
         }),
     };
     let report = steward_bench::run(&options, &scenarios).await?;

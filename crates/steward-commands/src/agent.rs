@@ -1,10 +1,11 @@
 //! `AgentService`: agent registration, the agents' work streams, and the reaper that ends
-//! runs of vanished agents. Dispatch goes through the database (see the crate docs), so an
-//! agent connected to one replica receives runs created on any other.
+//! runs of vanished agents. Work is stored in the database and sessions are woken by events
+//! ([`crate::dispatch`]), so an agent connected to one replica receives runs created on any
+//! other, and an idle session costs no query.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::Stream;
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use crate::connect_key::random_token;
+use crate::dispatch::Registration;
 use crate::entity::{connect_key, output, result, run, system};
 use crate::rules::{self, timestamp};
 use crate::run::refresh_run;
@@ -34,10 +36,6 @@ use crate::{audit, begin_write, State};
 /// How long a system may go unheard before its running results end `FAILED`, and how long
 /// past its timeout a run may stay unreported.
 pub const AGENT_DEADLINE_SECS: i64 = 60;
-/// How often each stream looks for work queued on other replicas.
-const DISPATCH_POLL: Duration = Duration::from_millis(250);
-/// How often a stream records that its agent is still there.
-const TOUCH_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the service sends heartbeats.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// How often the reaper runs.
@@ -136,14 +134,18 @@ pub(crate) async fn open(
     if claimed.rows_affected != 1 {
         return Err(ApiError::Unauthenticated("unknown agent credential".into()));
     }
+    // An older session of this system, on any replica, wakes up and ends.
+    state.dispatch.announce(&state.db, std::slice::from_ref(&found.name)).await?;
+    let registration = state.dispatch.register(&found.name, &stream_id);
     tracing::info!(system = %found.name, stream = %stream_id, "agent connected");
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(16);
     let session = Session {
         state: state.clone(),
         organization: found.organization,
         system: found.name,
         stream_id,
         hello: false,
+        registration,
     };
     tokio::spawn(session.run(inbound, tx));
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
@@ -162,6 +164,7 @@ struct Session {
     system: String,
     stream_id: String,
     hello: bool,
+    registration: Registration,
 }
 
 type Outbound = mpsc::Sender<Result<OpenStreamResponse, Status>>;
@@ -172,11 +175,12 @@ fn response(message: open_stream_response::Message) -> Result<OpenStreamResponse
 
 impl Session {
     async fn run(mut self, mut inbound: Streaming<OpenStreamRequest>, tx: Outbound) {
-        let mut ticker = tokio::time::interval(DISPATCH_POLL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_touch = Instant::now();
-        let mut last_heartbeat = Instant::now();
-        let changed = self.state.changed.clone();
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + HEARTBEAT_INTERVAL,
+            HEARTBEAT_INTERVAL,
+        );
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let wake = self.registration.wake.clone();
         // Each message costs a token of the system's bucket: an agent sending faster than the
         // sustained rate is slowed down (its stream is read more slowly, so HTTP/2 flow control
         // pushes back), never cut; reconnecting does not refill the bucket.
@@ -203,8 +207,14 @@ impl Session {
                     }
                 },
                 () = tx.closed() => break None,
-                _ = ticker.tick() => self.poll(&tx, &mut last_touch, &mut last_heartbeat).await,
-                () = changed.notified() => self.poll(&tx, &mut last_touch, &mut last_heartbeat).await,
+                () = wake.notified() => self.poll(&tx).await,
+                _ = heartbeat.tick() => {
+                    let beat = Heartbeat { send_time: Some(timestamp(self.state.now())) };
+                    if tx.send(response(open_stream_response::Message::Heartbeat(beat))).await.is_err() {
+                        break None;
+                    }
+                    continue;
+                }
             };
             match polled {
                 Ok(Poll::Continue) => {}
@@ -250,7 +260,8 @@ impl Session {
                         .col_expr(system::Column::AgentVersion, Expr::value(hello.agent_version));
                 }
                 update.exec(db).await?;
-                self.state.changed.notify_waiters();
+                // Work queued before the agent said hello goes out now.
+                self.registration.wake.notify_one();
             }
             _ if !self.hello => {
                 return Err(ApiError::invalid(
@@ -258,13 +269,9 @@ impl Session {
                     "the first message of a stream must be Hello",
                 ));
             }
-            Message::Heartbeat(_) => {
-                system::Entity::update_many()
-                    .col_expr(system::Column::LastSeenTime, Expr::value(Some(now)))
-                    .filter(system::Column::Name.eq(&self.system))
-                    .exec(db)
-                    .await?;
-            }
+            // The stream is open, which the replica records for all its systems in batches
+            // (`dispatch::TOUCH_INTERVAL`): a heartbeat costs no query.
+            Message::Heartbeat(_) => {}
             Message::RunStarted(RunStarted { run, pid }) => {
                 if self.own_result(&run).await?.is_none() {
                     tracing::warn!(system = %self.system, %run, "start reported for an unknown run");
@@ -426,12 +433,8 @@ impl Session {
     }
 
     /// Checks the system still belongs to this stream, then sends new work and cancellations.
-    async fn poll(
-        &self,
-        tx: &Outbound,
-        last_touch: &mut Instant,
-        last_heartbeat: &mut Instant,
-    ) -> ApiResult<Poll> {
+    /// Runs only when the session is woken.
+    async fn poll(&self, tx: &Outbound) -> ApiResult<Poll> {
         let db = &self.state.db;
         let Some(current) = system::Entity::find_by_id(self.system.clone()).one(db).await? else {
             return Ok(Poll::End(
@@ -442,23 +445,6 @@ impl Session {
             return Ok(Poll::End(
                 ApiError::Aborted("replaced by a newer stream of the same system".into()).into(),
             ));
-        }
-        let now = self.state.now();
-        if last_touch.elapsed() >= TOUCH_INTERVAL {
-            *last_touch = Instant::now();
-            system::Entity::update_many()
-                .col_expr(system::Column::LastSeenTime, Expr::value(Some(now)))
-                .filter(system::Column::Name.eq(&self.system))
-                .filter(system::Column::StreamId.eq(&self.stream_id))
-                .exec(db)
-                .await?;
-        }
-        if last_heartbeat.elapsed() >= HEARTBEAT_INTERVAL {
-            *last_heartbeat = Instant::now();
-            let beat = Heartbeat { send_time: Some(timestamp(now)) };
-            if tx.send(response(open_stream_response::Message::Heartbeat(beat))).await.is_err() {
-                return Ok(Poll::Continue);
-            }
         }
         if !self.hello {
             return Ok(Poll::Continue);
@@ -591,6 +577,7 @@ async fn release(state: &State, stream: Option<&str>) -> ApiResult<usize> {
         .collect();
     let now = state.now();
     let mut released = 0;
+    let mut woken = Vec::new();
     for (run_name, system_name, claimer) in claimed {
         let holder = holders.get(&system_name).cloned().flatten();
         if stream.is_none() && holder.is_some() && holder == claimer {
@@ -619,10 +606,16 @@ async fn release(state: &State, stream: Option<&str>) -> ApiResult<usize> {
         if ended.rows_affected > 0 {
             refresh_run(&txn, &run_name, now).await?;
         }
+        if back.rows_affected > 0 && ended.rows_affected == 0 {
+            // The system's current session, on any replica, takes the assignment back.
+            state.dispatch.announce(&txn, std::slice::from_ref(&system_name)).await?;
+            woken.push(system_name);
+        }
         txn.commit().await?;
         released += usize::try_from(back.rows_affected).unwrap_or(0);
     }
     if released > 0 {
+        state.dispatch.wake(woken.iter().map(String::as_str));
         state.changed.notify_waiters();
     }
     Ok(released)

@@ -5,8 +5,8 @@
 //!
 //! [`api`] holds the tonic services, one thin adapter per RPC. The domain lives in modules named
 //! after what they act on: `command` (commands and their targets), `grant`, `access` (the pure
-//! `decide` and the facts it needs), `run` and `watch`, `system`, `connect_key` and [`agent`]
-//! (registration, sessions, dispatch, the reaper); `caller` re-checks the caller's current
+//! `decide` and the facts it needs), `run` and `watch`, `system`, `connect_key`, [`agent`]
+//! (registration, sessions, the reaper) and [`dispatch`] (which sessions a write wakes); `caller` re-checks the caller's current
 //! account, [`rules`] holds the pure field rules, [`audit`] the audit events.
 //!
 //! # Decisions
@@ -43,10 +43,11 @@
 //!   agent reports (or `CANCELLED` after the agent deadline). Otherwise the run is `FAILED` if
 //!   any system failed, else `CANCELLED` if any was cancelled, else `TIMED_OUT` if any timed
 //!   out, else `SUCCEEDED`.
-//! - **Dispatch across replicas.** Work is claimed through the database: each agent stream
-//!   polls every 250 ms (and is woken at once by runs created on its own replica) for queued
-//!   results of its system and claims each with a conditional update, so exactly one stream
-//!   sends an assignment. Cancellations travel the same way. A result claimed by a stream that
+//! - **Dispatch across replicas.** Work is stored in the database and claimed with a
+//!   conditional update, so exactly one stream sends an assignment. Sessions are woken by the
+//!   writes that concern their system, on every replica (PostgreSQL `NOTIFY`), never by a
+//!   timer: an idle agent costs no query ([`dispatch`] has the details and the safety net).
+//!   Cancellations travel the same way. A result claimed by a stream that
 //!   ended goes back to the queue; a running result whose system has not been heard from for
 //!   [`agent::AGENT_DEADLINE_SECS`] seconds, or that outlives its timeout by that deadline, ends `FAILED`.
 //!   All deadlines use the injected clock.
@@ -80,6 +81,7 @@ pub mod audit;
 mod caller;
 mod command;
 mod connect_key;
+pub mod dispatch;
 pub mod entity;
 mod grant;
 mod permission_check;
@@ -124,6 +126,7 @@ impl MigratorTrait for Migrator {
             Box::new(schema::ConnectKeyReplay),
             Box::new(schema::RunOutput),
             Box::new(schema::adopt_idempotency()),
+            Box::new(schema::DispatchIndexes),
         ]
     }
 
@@ -138,8 +141,10 @@ pub(crate) struct State {
     pub db: DatabaseConnection,
     pub clock: Clock,
     pub peers: Peers,
-    /// Woken whenever a run changes on this replica (dispatch and WatchRun wake early).
+    /// Woken whenever a run changes on this replica (WatchRun streams wake early).
     pub changed: Arc<Notify>,
+    /// The agent sessions this replica holds, woken by the writes that concern them.
+    pub dispatch: Arc<dispatch::Dispatch>,
     /// Open WatchRun streams on this replica.
     pub watchers: Arc<streams::Watchers>,
     /// Agent message buckets, per system, on this replica.
@@ -176,6 +181,7 @@ pub async fn start(
         clock: ctx.clock.clone(),
         peers: ctx.peers.clone(),
         changed: Arc::new(Notify::new()),
+        dispatch: dispatch::Dispatch::new(),
         watchers: Arc::default(),
         agent_buckets: Arc::default(),
         streams: ctx.config.streams.clone(),
@@ -207,7 +213,13 @@ pub async fn start(
         ctx.clock.clone(),
     );
     let expiry = IDEMPOTENCY.spawn_expiry(ctx.db.clone(), ctx.clock.clone());
-    let reaper = agent::spawn_reaper(state);
+    let mut tasks = vec![relay, expiry, dispatch::spawn_maintenance(state.clone())];
+    tasks.extend(dispatch::spawn_listener(
+        &ctx.db,
+        ctx.config.database.url.clone(),
+        state.dispatch.clone(),
+    ));
+    tasks.push(agent::spawn_reaper(state));
     tracing::info!(service = SERVICE, "commands service started");
-    Ok(vec![relay, reaper, expiry])
+    Ok(tasks)
 }

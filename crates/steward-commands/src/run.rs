@@ -23,6 +23,9 @@ use crate::caller::everywhere;
 use crate::command::{find_command, targets_of_command, MAX_SYSTEMS};
 use crate::entity::{grant, output, result, run};
 use crate::rules::{self, timestamp};
+
+/// Result rows inserted per statement.
+const RESULT_BATCH: usize = 500;
 use crate::{audit, begin_write, caller, State, IDEMPOTENCY};
 use steward_runtime::roles::Permission;
 
@@ -317,8 +320,10 @@ pub(crate) async fn run_inner(
         end_time: None,
     };
     run::Entity::insert(run.clone().into_active_model()).exec_without_returning(&txn).await?;
-    for (position, system) in systems.iter().enumerate() {
-        result::Entity::insert(
+    let results: Vec<result::ActiveModel> = systems
+        .iter()
+        .enumerate()
+        .map(|(position, system)| {
             result::Model {
                 run: run.name.clone(),
                 system: system.clone(),
@@ -336,15 +341,19 @@ pub(crate) async fn run_inner(
                 cancel_time: None,
                 cancel_sent: false,
             }
-            .into_active_model(),
-        )
-        .exec_without_returning(&txn)
-        .await?;
+            .into_active_model()
+        })
+        .collect();
+    // Several rows per statement (within SQLite's and PostgreSQL's bind-parameter limits).
+    for batch in results.chunks(RESULT_BATCH) {
+        result::Entity::insert_many(batch.to_vec()).exec_without_returning(&txn).await?;
     }
     IDEMPOTENCY.record(&txn, key.as_ref(), &run.name, now).await?;
     audit::record(&txn, &p.organization, ctx, &p.administrator, &command.name, Ok(()), now).await?;
     let proto = run_proto(&txn, run, false).await?;
+    state.dispatch.announce(&txn, &systems).await?;
     txn.commit().await?;
+    state.dispatch.wake(systems.iter().map(String::as_str));
     state.changed.notify_waiters();
     tracing::info!(run = %proto.name, command = %proto.command, runner = %p.administrator, systems = proto.systems.len(), "run queued");
     Ok(RunCommandResponse { run: Some(proto) })
@@ -484,7 +493,19 @@ pub(crate) async fn cancel(
         .await?
         .ok_or_else(|| ApiError::NotFound(name.clone()))?;
     let proto = run_proto(&txn, run, false).await?;
+    // The agents holding the run's unfinished results relay the cancellation.
+    let relaying: Vec<String> = result::Entity::find()
+        .select_only()
+        .column(result::Column::System)
+        .filter(result::Column::Run.eq(&name))
+        .filter(result::Column::CancelTime.is_not_null())
+        .filter(result::Column::CancelSent.eq(false))
+        .into_tuple()
+        .all(&txn)
+        .await?;
+    state.dispatch.announce(&txn, &relaying).await?;
     txn.commit().await?;
+    state.dispatch.wake(relaying.iter().map(String::as_str));
     state.changed.notify_waiters();
     tracing::info!(run = %name, actor = %p.administrator, "run cancelled");
     Ok(CancelRunResponse { run: Some(proto) })

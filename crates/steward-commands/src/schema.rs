@@ -354,3 +354,39 @@ pub fn adopt_idempotency() -> steward_storage::idempotency::Adopt {
         copy: "SELECT \"key\", resource, create_time FROM commands_idempotency WHERE true",
     }
 }
+
+/// Indexes for event-driven dispatch: results by state (the dispatch sweep looks only at
+/// queued and running results) and systems by stream (each replica touches its connected
+/// systems in batches).
+#[derive(Debug)]
+pub struct DispatchIndexes;
+
+impl MigrationName for DispatchIndexes {
+    fn name(&self) -> &str {
+        "m0005_commands_dispatch_indexes"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for DispatchIndexes {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(index("commands_run_results", "commands_results_state", &["state"], false))
+            .await?;
+        manager
+            .create_index(index("commands_systems", "commands_systems_stream", &["stream_id"], false))
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for (table, name) in [
+            ("commands_run_results", "commands_results_state"),
+            ("commands_systems", "commands_systems_stream"),
+        ] {
+            manager
+                .drop_index(Index::drop().name(name).table(a(table)).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -179,7 +179,10 @@ pub(crate) async fn delete(
     system::Entity::delete_many().filter(system::Column::Name.eq(&req.name)).exec(&txn).await?;
     forget_system(&txn, &req.name, now).await?;
     audit::record(&txn, &p.organization, &ctx, &p.administrator, &req.name, Ok(()), now).await?;
+    // Its session, on any replica, ends.
+    state.dispatch.announce(&txn, std::slice::from_ref(&req.name)).await?;
     txn.commit().await?;
+    state.dispatch.wake([req.name.as_str()]);
     state.changed.notify_waiters();
     tracing::info!(system = %req.name, "system deleted");
     Ok(DeleteSystemResponse {})

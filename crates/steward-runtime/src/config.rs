@@ -50,6 +50,11 @@ pub struct StreamsConfig {
     pub agent_messages_per_sec: u32,
     /// Messages an agent stream may send in a burst above the sustained rate.
     pub agent_message_burst: u32,
+    /// How often each commands replica looks for work its agents have not been woken for, in
+    /// seconds: the safety net of event-driven dispatch, and the way a run created by another
+    /// process sharing a SQLite file reaches its agents. Costs two queries per replica,
+    /// whatever the number of agents.
+    pub dispatch_sweep_secs: u64,
 }
 
 impl Default for StreamsConfig {
@@ -60,6 +65,7 @@ impl Default for StreamsConfig {
             watch_recheck_secs: 30,
             agent_messages_per_sec: 200,
             agent_message_burst: 400,
+            dispatch_sweep_secs: 2,
         }
     }
 }

@@ -41,6 +41,8 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
             agents: 20,
             idle: Duration::from_millis(200),
             server_pid: Some(std::process::id()),
+            agents_per_connection: 4,
+            targets: 20,
         }),
     };
     let report = steward_bench::run(&options, &Scenario::STEWARD).await.unwrap();
@@ -53,8 +55,8 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
         assert!(outcome.ratio > 0.0 && outcome.p50_ms <= outcome.p99_ms, "{outcome:?}");
     }
     let fleet = report.fleet.as_ref().unwrap();
-    assert_eq!((fleet.agents, fleet.assigned), (20, 20), "{fleet:?}");
-    assert!(fleet.idle_cpu_percent.is_some(), "{fleet:?}");
+    assert_eq!((fleet.agents, fleet.targets, fleet.assigned), (20, 20, 20), "{fleet:?}");
+    assert!(fleet.idle_cpu_percent.is_some() && fleet.rss_per_agent_kib.is_some(), "{fleet:?}");
     let table = report.markdown();
     assert!(table.contains("| empty-tonic-health |") && table.contains("| check-access |"));
     // Without a key the authenticated scenarios are refused before any load.

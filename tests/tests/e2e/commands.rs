@@ -1678,6 +1678,96 @@ backend_test!(dispatch_crosses_replicas_and_vanished_agents_fail, |stack| async 
     }
 });
 
+// Event-driven dispatch across replicas: PostgreSQL NOTIFY wakes the sessions a write concerns
+// on every replica. The safety-net sweep is an hour away, so nothing here is delivered by it:
+// a run created on the primary reaches the agent on the replica, so does its cancellation, a
+// newer stream on one replica ends the older one on the other, and deleting the system ends
+// its stream wherever it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_wake_each_other_without_polling() {
+    if !crate::harness::postgres_available() {
+        return;
+    }
+    let mut stack =
+        Stack::start_with(Backend::Postgres, |c| c.streams.dispatch_sweep_secs = 3600).await;
+    let owner = stack.owner().await;
+    let (system, credential) = register(&stack, &owner, "far-1").await;
+    let command = create_command(&owner, "report", &[&system]).await;
+    let replica_url = stack.add_replica().await;
+    let primary_url = stack.url(ServiceKind::Commands);
+
+    let mut agent = FakeAgent::open(&replica_url, &credential).await.unwrap();
+    for _ in 0..3 {
+        let created = run(&owner.client, &command.name, &[]).await.unwrap();
+        match agent.next().await.unwrap() {
+            Some(open_stream_response::Message::Assignment(a)) => assert_eq!(a.run, created.name),
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+        agent.send(finished(&created.name, RunState::Succeeded, 0)).await;
+        wait_for_state(&owner.client, &created.name, RunState::Succeeded).await;
+    }
+
+    // A cancellation made on the primary reaches the agent on the replica.
+    let created = run(&owner.client, &command.name, &[]).await.unwrap();
+    assert!(matches!(
+        agent.next().await.unwrap(),
+        Some(open_stream_response::Message::Assignment(_))
+    ));
+    agent
+        .send(open_stream_request::Message::RunStarted(RunStarted {
+            run: created.name.clone(),
+            pid: 7,
+        }))
+        .await;
+    wait_for_state(&owner.client, &created.name, RunState::Running).await;
+    owner
+        .client
+        .commands()
+        .cancel_run(CancelRunRequest { name: created.name.clone() })
+        .await
+        .unwrap();
+    match agent.next().await.unwrap() {
+        Some(open_stream_response::Message::CancelRun(c)) => assert_eq!(c.run, created.name),
+        other => panic!("expected a cancellation, got {other:?}"),
+    }
+    agent.send(finished(&created.name, RunState::Cancelled, -1)).await;
+
+    // The agent reconnects to the primary: the replica's stream ends.
+    let mut moved = FakeAgent::open(&primary_url, &credential).await.unwrap();
+    let ended = loop {
+        match agent.next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break None,
+            Err(status) => break Some(status.code()),
+        }
+    };
+    assert_eq!(ended, Some(Code::Aborted));
+    let created = run(&owner.client, &command.name, &[]).await.unwrap();
+    match moved.next().await.unwrap() {
+        Some(open_stream_response::Message::Assignment(a)) => assert_eq!(a.run, created.name),
+        other => panic!("expected an assignment, got {other:?}"),
+    }
+
+    // Deleted through the replica, the system's stream on the primary ends.
+    stack
+        .client_at(&replica_url)
+        .await
+        .with_token(&owner.tokens.access_token)
+        .unwrap()
+        .systems()
+        .delete_system(DeleteSystemRequest { name: system.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    let ended = loop {
+        match moved.next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break None,
+            Err(status) => break Some(status.code()),
+        }
+    };
+    assert_eq!(ended, Some(Code::Unauthenticated));
+}
+
 // A replayed CreateConnectKey shows the key again only within ten minutes, and what the database
 // keeps cannot produce the key, not even with the service's configuration.
 backend_test!(connect_key_replays_show_the_key_only_within_the_window, |stack| async move {
