@@ -4,13 +4,27 @@
 # account (a role that reads administrators, checks access and runs commands) and a key, and runs
 # every scenario. Arguments go to steward-bench (e.g. --seconds 10 --json bench.json, or
 # --agents 1000 --idle 10 for the agent simulator; the server's pid is passed for its CPU).
+# With BENCH_POSTGRES=postgres://user@host:port, dev runs on a fresh PostgreSQL database there
+# (dropped afterwards) instead of SQLite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build -q --release -p steward-server -p steward-cli -p steward-bench
 bin="$CARGO_TARGET_DIR/release"
 data="$(mktemp -d)"
-trap 'kill "$server" 2>/dev/null || true; rm -rf "$data"' EXIT
+db=""
+if [ -n "${BENCH_POSTGRES:-}" ]; then
+  db="steward_bench_$$"
+  psql "$BENCH_POSTGRES/postgres" -qc "CREATE DATABASE $db" >/dev/null
+  export STEWARD_DATABASE__URL="$BENCH_POSTGRES/$db"
+fi
+cleanup() {
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+  rm -rf "$data"
+  if [ -n "$db" ]; then psql "$BENCH_POSTGRES/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null || true; fi
+}
+trap cleanup EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 RUST_LOG=warn "$bin/steward-server" dev --listen "127.0.0.1:$port" --data-dir "$data/dev" >"$data/dev.log" 2>&1 &
 server=$!
@@ -25,7 +39,7 @@ echo "$password" | "$bin/steward" login --email owner@example.com --password-std
   --permission commands.run --permission connect_keys.create >/dev/null
 account=$("$bin/steward" --output json service-accounts create --name bench --role bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["name"])')
 STEWARD_API_KEY=$("$bin/steward" --output json service-accounts keys create "$account" --expires-in 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
-export STEWARD_API_KEY
+export STEWARD_API_KEY STEWARD_EMAIL=owner@example.com STEWARD_PASSWORD="$password"
 "$bin/steward-bench" --server-pid "$server" "$@"
 echo
 echo "dev RSS after the run: $(awk '/VmRSS/ {print $2, $3}' /proc/$server/status)"

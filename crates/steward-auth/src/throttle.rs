@@ -169,24 +169,16 @@ pub async fn reserve(
         .filter(unlocked())
         .exec(db)
         .await?;
-    let row = throttle::ActiveModel {
-        key: Set(key.to_string()),
-        failures: Set(0),
-        locked_until: Set(None),
-        updated_at: Set(now),
-    };
-    throttle::Entity::insert(row)
-        .on_conflict(OnConflict::column(throttle::Column::Key).do_nothing().to_owned())
-        .exec_without_returning(db)
-        .await?;
     // Compare-and-swap on the count: the update applies only if nobody took a slot since the
     // read, so each admitted attempt knows exactly how many came before it. A lost race reads
     // again; after a few slots the key is locked and every loser is refused at the read.
     for _ in 0..RESERVE_ROUNDS {
-        let current = throttle::Entity::find_by_id(key.to_string())
-            .one(db)
-            .await?
-            .ok_or_else(|| ApiError::internal("throttle counter vanished"))?;
+        let Some(current) = throttle::Entity::find_by_id(key.to_string()).one(db).await? else {
+            // New, or cleared meanwhile by a concurrent success (which forgets the failures):
+            // start the counter at zero and read again.
+            start_counter(db, key, now).await?;
+            continue;
+        };
         if current.locked_until.is_some_and(|until| until > now) {
             return Err(exhausted(current.locked_until, now));
         }
@@ -217,6 +209,21 @@ pub async fn reserve(
     }
     // Contended beyond reason: refuse rather than evaluate unaccounted.
     Err(exhausted(None, now))
+}
+
+/// Creates `key`'s counter at zero unless it exists.
+async fn start_counter(db: &impl ConnectionTrait, key: &str, now: DateTime<Utc>) -> ApiResult<()> {
+    let row = throttle::ActiveModel {
+        key: Set(key.to_string()),
+        failures: Set(0),
+        locked_until: Set(None),
+        updated_at: Set(now),
+    };
+    throttle::Entity::insert(row)
+        .on_conflict(OnConflict::column(throttle::Column::Key).do_nothing().to_owned())
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
 }
 
 /// Gives back the attempt [`reserve`] took, once it turned out to be a success (or was never

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use steward_proto::client::Steward;
@@ -17,7 +18,6 @@ use steward_proto::commands::v1::{
     open_stream_response, Command, ConnectKey, CreateCommandRequest, CreateConnectKeyRequest,
     Interpreter, OpenStreamRequest, RegisterAgentRequest, RunCommandRequest, RunState,
 };
-use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -36,6 +36,9 @@ pub struct FleetOptions {
     pub agents_per_connection: usize,
     /// Agents the run targets (at most [`MAX_TARGETS`], a command's limit).
     pub targets: usize,
+    /// Longest wait, after the agents connected, for the server to go quiet (registering leaves
+    /// audit events to relay) before the idle window starts.
+    pub settle: Duration,
 }
 
 /// The most systems one command targets.
@@ -50,6 +53,9 @@ pub struct FleetReport {
     pub agents: usize,
     /// The server's CPU while they idled, in % of one core (when its pid was given).
     pub idle_cpu_percent: Option<f64>,
+    /// The server's CPU over as long before any agent connected, in % of one core: what the
+    /// process spends idle anyway (background passes of every service it hosts).
+    pub baseline_cpu_percent: Option<f64>,
     /// The server's resident memory before the agents connected and while they idled, KiB.
     pub server_rss_kib: Option<(u64, u64)>,
     /// Growth of the server's resident memory per connected agent, KiB.
@@ -76,6 +82,34 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     // Linux reports clock ticks, 100 per second on every supported architecture.
     Some((utime + stime) / 100.0)
+}
+
+/// Process `pid`'s CPU over the next `window`, in % of one core.
+#[allow(clippy::disallowed_methods)] // wall-clock window by definition
+async fn cpu_percent(pid: u32, window: Duration) -> Option<f64> {
+    let before = cpu_seconds(pid)?;
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    Some((cpu_seconds(pid)? - before) / started.elapsed().as_secs_f64() * 100.0)
+}
+
+/// Waits until the server uses under a tenth of a core over a second, at most `longest` (or,
+/// without its pid, a second).
+#[allow(clippy::disallowed_methods)] // wall-clock waits by definition
+async fn settle(pid: Option<u32>, longest: Duration) {
+    let Some(pid) = pid else {
+        tokio::time::sleep(longest.min(Duration::from_secs(1))).await;
+        return;
+    };
+    let started = Instant::now();
+    loop {
+        let before = cpu_seconds(pid);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let quiet = matches!((before, cpu_seconds(pid)), (Some(b), Some(a)) if a - b < 0.1);
+        if quiet || started.elapsed() >= longest {
+            return;
+        }
+    }
 }
 
 /// Resident memory of process `pid` in KiB, from `/proc/{pid}/status`.
@@ -110,6 +144,10 @@ pub async fn run(
         .map(|k| k.key)
         .unwrap_or_default();
     let rss_before = options.server_pid.and_then(rss_kib);
+    let baseline_cpu_percent = match options.server_pid {
+        Some(pid) => cpu_percent(pid, options.idle).await,
+        None => None,
+    };
     let endpoint = steward_proto::client::endpoint(commands_url.to_string(), ca_pem)?;
     let per_connection = options.agents_per_connection.max(1);
     let (assigned_tx, mut assigned_rx) = mpsc::unbounded_channel::<Instant>();
@@ -118,10 +156,11 @@ pub async fn run(
         channels.push(endpoint.connect().await?);
     }
     let joined: Vec<Result<(String, Session), BenchError>> =
-        futures::stream::iter(0..options.agents)
-            .map(|i| {
-                let channel = channels[i / per_connection].clone();
-                agent(channel, &key, format!("bench-{i}"), assigned_tx.clone())
+        futures::stream::iter(channels.iter().flat_map(|c| std::iter::repeat_n(c, per_connection)))
+            .take(options.agents)
+            .enumerate()
+            .map(|(i, channel)| {
+                agent(channel.clone(), &key, format!("bench-{i}"), assigned_tx.clone())
             })
             .buffered(REGISTERING)
             .collect()
@@ -134,20 +173,15 @@ pub async fn run(
         systems.push(system);
         sessions.push(session);
     }
-    // Let the sessions settle (hello recorded, first wake done) before measuring.
-    #[allow(clippy::disallowed_methods)]
-    tokio::time::sleep(options.idle.min(Duration::from_secs(2))).await;
+    settle(options.server_pid, options.settle).await;
     let rss_idle = options.server_pid.and_then(rss_kib);
-    let before = options.server_pid.and_then(cpu_seconds);
-    let idle_started = Instant::now();
-    // The idle window is wall time by definition.
-    #[allow(clippy::disallowed_methods)]
-    tokio::time::sleep(options.idle).await;
-    let idle_cpu_percent = match (before, options.server_pid.and_then(cpu_seconds)) {
-        (Some(before), Some(after)) => {
-            Some((after - before) / idle_started.elapsed().as_secs_f64() * 100.0)
+    let idle_cpu_percent = match options.server_pid {
+        Some(pid) => cpu_percent(pid, options.idle).await,
+        None => {
+            #[allow(clippy::disallowed_methods)] // the idle window is wall time by definition
+            tokio::time::sleep(options.idle).await;
+            None
         }
-        _ => None,
     };
     let command = client
         .commands()
@@ -187,10 +221,11 @@ pub async fn run(
     Ok(FleetReport {
         agents: options.agents,
         idle_cpu_percent,
+        baseline_cpu_percent,
         server_rss_kib,
-        rss_per_agent_kib: server_rss_kib.filter(|_| options.agents > 0).map(|(before, idle)| {
-            (idle.saturating_sub(before)) as f64 / options.agents as f64
-        }),
+        rss_per_agent_kib: server_rss_kib
+            .filter(|_| options.agents > 0)
+            .map(|(before, idle)| (idle.saturating_sub(before)) as f64 / options.agents as f64),
         targets,
         assigned: usize::try_from(histogram.len()).unwrap_or(usize::MAX),
         assignment_p50_ms: ms(0.5),

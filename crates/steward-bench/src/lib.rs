@@ -11,12 +11,15 @@ pub mod fleet;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use steward_proto::admin::v1::{GetAdministratorRequest, ListAdministratorsRequest};
-use steward_proto::auth::v1::ExchangeApiKeyRequest;
+use steward_proto::auth::v1::{
+    sign_in_response, ExchangeApiKeyRequest, RefreshSessionRequest, SignInRequest,
+};
 use steward_proto::client::Steward;
 use steward_proto::commands::v1::CheckAccessRequest;
 use tonic::transport::Channel;
@@ -53,12 +56,20 @@ pub enum Scenario {
     GetAdministrator,
     /// `AdminService/ListAdministrators`, a page of 50.
     ListAdministrators,
+    /// `AuthService/SignIn` with an email and password (argon2id), quoted against the raw
+    /// argon2id rate of this machine with the same parameters and as many threads as cores.
+    SignIn,
+    /// `AuthService/RefreshSession`, each caller rotating its own session's refresh token.
+    RefreshSession,
 }
 
 impl Scenario {
     /// The scenarios measured against Steward, in report order.
     pub const STEWARD: [Scenario; 4] =
         [Self::Health, Self::CheckAccess, Self::GetAdministrator, Self::ListAdministrators];
+
+    /// The scenarios that sign in a person (`--email`, `STEWARD_PASSWORD`).
+    pub const PEOPLE: [Scenario; 2] = [Self::SignIn, Self::RefreshSession];
 
     /// Its name on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -68,16 +79,18 @@ impl Scenario {
             Self::CheckAccess => "check-access",
             Self::GetAdministrator => "get-administrator",
             Self::ListAdministrators => "list-administrators",
+            Self::SignIn => "sign-in",
+            Self::RefreshSession => "refresh-session",
         }
     }
 
     /// The scenario named `name`.
     pub fn parse(name: &str) -> Option<Self> {
-        Self::STEWARD.into_iter().find(|s| s.name() == name)
+        Self::STEWARD.into_iter().chain(Self::PEOPLE).find(|s| s.name() == name)
     }
 
     fn needs_key(self) -> bool {
-        !matches!(self, Self::EmptyHealth | Self::Health)
+        !matches!(self, Self::EmptyHealth | Self::Health | Self::SignIn | Self::RefreshSession)
     }
 }
 
@@ -99,6 +112,8 @@ pub struct Options {
     /// The agent simulator, when wanted (its key's role must also create connect keys and
     /// commands and run them).
     pub fleet: Option<fleet::FleetOptions>,
+    /// Email and password of a person without a second factor, for sign-in and refresh.
+    pub person: Option<(String, String)>,
 }
 
 /// The figures of one scenario.
@@ -139,6 +154,8 @@ pub struct Report {
     pub scenarios: Vec<Outcome>,
     /// The agent simulator's figures, when it ran.
     pub fleet: Option<fleet::FleetReport>,
+    /// Raw argon2id hashes on this machine, the baseline of `sign-in` (when it ran).
+    pub argon2_baseline: Option<Outcome>,
 }
 
 impl Report {
@@ -150,7 +167,8 @@ impl Report {
              |---|---|---|---|---|---|---|---|\n",
             self.concurrency, self.connections, self.seconds
         );
-        for o in std::iter::once(&self.baseline).chain(&self.scenarios) {
+        for o in std::iter::once(&self.baseline).chain(&self.scenarios).chain(&self.argon2_baseline)
+        {
             let errors: Vec<String> = o.errors.iter().map(|(c, n)| format!("{c}: {n}")).collect();
             out.push_str(&format!(
                 "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
@@ -166,6 +184,9 @@ impl Report {
         }
         if let Some(f) = &self.fleet {
             let cpu = f.idle_cpu_percent.map_or("not measured".into(), |c| format!("{c:.1}%"));
+            let baseline = f
+                .baseline_cpu_percent
+                .map_or(String::new(), |c| format!(" ({c:.1}% before any agent connected)"));
             let memory = match (f.server_rss_kib, f.rss_per_agent_kib) {
                 (Some((before, idle)), Some(per_agent)) => format!(
                     "; server RSS {} → {} MiB, {per_agent:.1} KiB per agent",
@@ -175,7 +196,7 @@ impl Report {
                 _ => String::new(),
             };
             out.push_str(&format!(
-                "\nfleet: {} agents, server CPU while idle {cpu} of a core{memory}; one run on {}: \
+                "\nfleet: {} agents, server CPU while idle {cpu} of a core{baseline}{memory}; one run on {}: \
                  {} assigned, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
                 f.agents,
                 f.targets,
@@ -208,6 +229,9 @@ enum Call {
     CheckAccess(Steward),
     GetAdministrator(Steward, String),
     ListAdministrators(Steward, String),
+    SignIn(Steward, Arc<(String, String)>),
+    /// One caller's session: its latest refresh token.
+    Refresh(Steward, Arc<std::sync::Mutex<String>>),
 }
 
 impl Call {
@@ -233,8 +257,80 @@ impl Call {
                 };
                 client.admin().list_administrators(request).await.map(|_| ())
             }
+            Self::SignIn(client, person) => sign_in_person(client, person).await.map(|_| ()),
+            Self::Refresh(client, session) => {
+                let refresh_token = session.lock().map(|t| t.clone()).unwrap_or_default();
+                let tokens = client
+                    .auth()
+                    .refresh_session(RefreshSessionRequest { refresh_token })
+                    .await?
+                    .into_inner()
+                    .tokens
+                    .unwrap_or_default();
+                if let Ok(mut current) = session.lock() {
+                    *current = tokens.refresh_token;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// Signs `person` in; a second-factor challenge is an error (the scenario needs a person
+/// without one).
+async fn sign_in_person(
+    client: &Steward,
+    person: &(String, String),
+) -> Result<steward_proto::auth::v1::TokenSet, tonic::Status> {
+    let request =
+        SignInRequest { email: person.0.clone(), password: person.1.clone(), ..Default::default() };
+    match client.auth().sign_in(request).await?.into_inner().result {
+        Some(sign_in_response::Result::Tokens(tokens)) => Ok(tokens),
+        _ => Err(tonic::Status::failed_precondition("the person must sign in without MFA")),
+    }
+}
+
+/// Hashes with argon2id (the parameters Steward stores passwords with: 19 MiB, two passes, one
+/// lane) on as many threads as the machine has cores, for `duration`: the ceiling of sign-in.
+fn raw_argon2(duration: Duration) -> Outcome {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let deadline = Instant::now() + duration;
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+                let Ok(params) = argon2::Params::new(19 * 1024, 2, 1, None) else {
+                    return histogram;
+                };
+                let hasher = argon2::Argon2::new(
+                    argon2::Algorithm::Argon2id,
+                    argon2::Version::V0x13,
+                    params,
+                );
+                let mut out = [0_u8; 32];
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    if hasher
+                        .hash_password_into(b"correct horse", b"sixteen byte salt", &mut out)
+                        .is_ok()
+                    {
+                        let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        if let Some(h) = histogram.as_mut() {
+                            h.saturating_record(micros.max(1));
+                        }
+                    }
+                }
+                histogram
+            })
+        })
+        .collect();
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+    for worker in workers {
+        if let (Some(total), Ok(Some(h))) = (total.as_mut(), worker.join()) {
+            let _ = total.add(&h);
+        }
+    }
+    outcome("raw-argon2id", total.as_ref(), BTreeMap::new(), duration)
 }
 
 /// Calls `calls` (round-robin over the workers) for `options.duration`.
@@ -274,13 +370,22 @@ async fn measure(name: &str, calls: Vec<Call>, options: &Options) -> Outcome {
             *errors.entry(code).or_default() += n;
         }
     }
-    let ms = |q: f64| total.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
-    let ok = total.as_ref().map_or(0, Histogram::len);
+    outcome(name, total.as_ref(), errors, options.duration)
+}
+
+fn outcome(
+    name: &str,
+    total: Option<&Histogram<u64>>,
+    errors: BTreeMap<String, u64>,
+    duration: Duration,
+) -> Outcome {
+    let ms = |q: f64| total.map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
+    let ok = total.map_or(0, |h| h.len());
     Outcome {
         scenario: name.to_string(),
         ok,
         errors,
-        rate: ok as f64 / options.duration.as_secs_f64().max(f64::EPSILON),
+        rate: ok as f64 / duration.as_secs_f64().max(f64::EPSILON),
         p50_ms: ms(0.5),
         p90_ms: ms(0.9),
         p99_ms: ms(0.99),
@@ -320,10 +425,19 @@ pub async fn run(options: &Options, scenarios: &[Scenario]) -> Result<Report, Be
         organization = sign_in(&clients, key).await?;
     }
     let mut results = Vec::with_capacity(scenarios.len());
+    let mut argon2_baseline = None;
     for scenario in scenarios {
-        let calls = prepare(*scenario, &clients, &organization).await?;
+        let calls = prepare(*scenario, &clients, &organization, options).await?;
         let mut outcome = measure(scenario.name(), calls, options).await;
         outcome.ratio = outcome.rate / baseline.rate.max(f64::EPSILON);
+        if *scenario == Scenario::SignIn {
+            let duration = options.duration;
+            let raw = tokio::task::spawn_blocking(move || raw_argon2(duration))
+                .await
+                .map_err(|e| BenchError::Options(e.to_string()))?;
+            outcome.ratio = outcome.rate / raw.rate.max(f64::EPSILON);
+            argon2_baseline = Some(raw);
+        }
         results.push(outcome);
     }
     let fleet = match (&options.fleet, clients.first()) {
@@ -349,6 +463,7 @@ pub async fn run(options: &Options, scenarios: &[Scenario]) -> Result<Report, Be
         baseline,
         scenarios: results,
         fleet,
+        argon2_baseline,
     })
 }
 
@@ -378,8 +493,35 @@ async fn prepare(
     scenario: Scenario,
     clients: &[(Channel, Steward)],
     organization: &str,
+    options: &Options,
 ) -> Result<Vec<Call>, BenchError> {
     let Some((_, first)) = clients.first() else { return Ok(Vec::new()) };
+    if matches!(scenario, Scenario::SignIn | Scenario::RefreshSession) {
+        let person = options.person.clone().ok_or_else(|| {
+            BenchError::Options(format!(
+                "{} needs a person's email and password (--email, STEWARD_PASSWORD)",
+                scenario.name()
+            ))
+        })?;
+        // Anonymous clients on the same connections: these calls carry no access token.
+        let anonymous: Vec<Steward> =
+            clients.iter().map(|(channel, _)| Steward::from_channel(channel.clone())).collect();
+        if scenario == Scenario::SignIn {
+            let person = Arc::new(person);
+            return Ok(anonymous.into_iter().map(|c| Call::SignIn(c, person.clone())).collect());
+        }
+        // One session per caller, signed in one after another (parallel sign-ins of one
+        // account would meet its throttle).
+        let mut calls = Vec::with_capacity(options.concurrency);
+        for (i, client) in anonymous.iter().cycle().take(options.concurrency.max(1)).enumerate() {
+            let tokens = sign_in_person(client, &person).await.map_err(|status| {
+                BenchError::Options(format!("sign-in {i} for refresh-session failed: {status}"))
+            })?;
+            let session = Arc::new(std::sync::Mutex::new(tokens.refresh_token));
+            calls.push(Call::Refresh(client.clone(), session));
+        }
+        return Ok(calls);
+    }
     let administrator = if scenario == Scenario::GetAdministrator {
         let listed = first
             .admin()
@@ -408,6 +550,10 @@ async fn prepare(
             }
             Scenario::ListAdministrators => {
                 Call::ListAdministrators(client.clone(), organization.to_string())
+            }
+            // Prepared above.
+            Scenario::SignIn | Scenario::RefreshSession => {
+                Call::Health(HealthClient::new(channel.clone()))
             }
         })
         .collect())

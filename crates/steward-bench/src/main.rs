@@ -17,8 +17,10 @@ struct Args {
     #[arg(long, env = "STEWARD_CA_FILE")]
     ca_file: Option<std::path::PathBuf>,
     /// Scenarios to run (comma-separated): health, check-access, get-administrator,
-    /// list-administrators. Default: all. The authenticated ones need `STEWARD_API_KEY`, the key
-    /// of a service account that reads administrators (e.g. Read Only).
+    /// list-administrators, sign-in, refresh-session. Default: the first four, and the last
+    /// two when `--email` is given. The next three need `STEWARD_API_KEY`, the key of a service
+    /// account that reads administrators (e.g. Read Only); the last two a person's `--email`
+    /// and `STEWARD_PASSWORD` (without a second factor).
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Seconds per scenario.
@@ -30,6 +32,10 @@ struct Args {
     /// HTTP/2 connections.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Email of a person without a second factor, for sign-in and refresh-session (the
+    /// password comes from `STEWARD_PASSWORD`).
+    #[arg(long, env = "STEWARD_EMAIL")]
+    email: Option<String>,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -52,6 +58,9 @@ struct Args {
     /// Agents the run targets (at most 1,000, a command's limit; default: all, up to that).
     #[arg(long, default_value_t = steward_bench::fleet::MAX_TARGETS)]
     targets: usize,
+    /// Longest wait, in seconds, for the server to go quiet once the agents are connected.
+    #[arg(long, default_value_t = 60)]
+    settle: u64,
 }
 
 #[tokio::main]
@@ -67,8 +76,11 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let person =
+        args.email.map(|email| (email, std::env::var("STEWARD_PASSWORD").unwrap_or_default()));
     let scenarios = if args.scenario.is_empty() {
-        Scenario::STEWARD.to_vec()
+        let people = if person.is_some() { &Scenario::PEOPLE[..] } else { &[] };
+        Scenario::STEWARD.iter().chain(people).copied().collect()
     } else {
         args.scenario
             .iter()
@@ -88,7 +100,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             server_pid: args.server_pid,
             agents_per_connection: args.agents_per_connection,
             targets: args.targets,
+            settle: Duration::from_secs(args.settle),
         }),
+        person,
     };
     let report = steward_bench::run(&options, &scenarios).await?;
     print!("{}", report.markdown());

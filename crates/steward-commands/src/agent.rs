@@ -36,8 +36,6 @@ use crate::{audit, begin_write, State};
 /// How long a system may go unheard before its running results end `FAILED`, and how long
 /// past its timeout a run may stay unreported.
 pub const AGENT_DEADLINE_SECS: i64 = 60;
-/// How often the service sends heartbeats.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// How often the reaper runs.
 const REAPER_INTERVAL: Duration = Duration::from_secs(2);
 /// Assignments claimed per poll.
@@ -175,10 +173,8 @@ fn response(message: open_stream_response::Message) -> Result<OpenStreamResponse
 
 impl Session {
     async fn run(mut self, mut inbound: Streaming<OpenStreamRequest>, tx: Outbound) {
-        let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + HEARTBEAT_INTERVAL,
-            HEARTBEAT_INTERVAL,
-        );
+        let every = Duration::from_secs(self.state.streams.agent_heartbeat_secs.max(1));
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let wake = self.registration.wake.clone();
         // Each message costs a token of the system's bucket: an agent sending faster than the

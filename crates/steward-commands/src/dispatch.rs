@@ -20,7 +20,8 @@
 //! - the **sweep** (every `streams.dispatch_sweep_secs`) asks the database which connected
 //!   systems have unclaimed work or an unsent cancellation and wakes those held here. On SQLite,
 //!   which has no notifications, it is how a run created by another process sharing the file
-//!   reaches its agents;
+//!   reaches its agents, and there it also checks (in batches) that each local session still
+//!   holds its system, so a newer stream or a deletion by another process ends it;
 //! - the **touch** (every [`TOUCH_INTERVAL`]) records `last_seen_time` for every system
 //!   connected here, and wakes the sessions whose system now has another stream (or is gone),
 //!   so they end.
@@ -42,8 +43,9 @@ use crate::State;
 
 /// The PostgreSQL notification channel that carries wakes between replicas.
 pub(crate) const CHANNEL: &str = "steward_dispatch";
-/// How often each replica records that its connected systems are still there.
-pub(crate) const TOUCH_INTERVAL: Duration = Duration::from_secs(10);
+/// How often each replica records that its connected systems are still there: a third of the
+/// agent deadline, so two missed passes still leave a connected system fresh.
+pub(crate) const TOUCH_INTERVAL: Duration = Duration::from_secs(20);
 /// Systems touched (or checked) per statement.
 pub(crate) const TOUCH_BATCH: usize = 500;
 /// Largest NOTIFY payload sent (PostgreSQL's limit is 8,000 bytes).
@@ -87,10 +89,7 @@ impl Drop for Registration {
 
 impl Dispatch {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self {
-            replica: steward_runtime::names::new_id(),
-            sessions: Mutex::default(),
-        })
+        Arc::new(Self { replica: steward_runtime::names::new_id(), sessions: Mutex::default() })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Slot>>> {
@@ -311,6 +310,31 @@ async fn sweep_pending(state: &State) -> Result<(), DbErr> {
         .all(&state.db)
         .await?;
     state.dispatch.wake(unclaimed.iter().chain(&cancelling).map(String::as_str));
+    // Without notifications, a newer stream or a deletion by another process is found here.
+    if state.db.get_database_backend() != DbBackend::Postgres {
+        for batch in state.dispatch.streams().chunks(TOUCH_BATCH) {
+            wake_replaced(state, batch).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Wakes the local sessions of `batch` whose system has another stream now (or was deleted),
+/// so they end.
+async fn wake_replaced(state: &State, batch: &[(String, String)]) -> Result<(), DbErr> {
+    let systems: HashSet<&str> = batch.iter().map(|(system, _)| system.as_str()).collect();
+    let current: HashMap<String, String> = system::Entity::find()
+        .select_only()
+        .column(system::Column::Name)
+        .column(system::Column::StreamId)
+        .filter(system::Column::Name.is_in(systems))
+        .filter(system::Column::StreamId.is_not_null())
+        .into_tuple::<(String, String)>()
+        .all(&state.db)
+        .await?
+        .into_iter()
+        .collect();
+    state.dispatch.wake_replaced(batch, &current);
     Ok(())
 }
 
@@ -320,19 +344,7 @@ async fn touch_connected(state: &State) -> Result<(), DbErr> {
     let held = state.dispatch.streams();
     let now = state.now();
     for batch in held.chunks(TOUCH_BATCH) {
-        let systems: HashSet<&str> = batch.iter().map(|(system, _)| system.as_str()).collect();
-        let current: HashMap<String, String> = system::Entity::find()
-            .select_only()
-            .column(system::Column::Name)
-            .column(system::Column::StreamId)
-            .filter(system::Column::Name.is_in(systems))
-            .filter(system::Column::StreamId.is_not_null())
-            .into_tuple::<(String, String)>()
-            .all(&state.db)
-            .await?
-            .into_iter()
-            .collect();
-        state.dispatch.wake_replaced(batch, &current);
+        wake_replaced(state, batch).await?;
         system::Entity::update_many()
             .col_expr(system::Column::LastSeenTime, Expr::value(Some(now)))
             .filter(system::Column::StreamId.is_in(batch.iter().map(|(_, stream)| stream.clone())))

@@ -371,10 +371,20 @@ impl MigrationName for DispatchIndexes {
 impl MigrationTrait for DispatchIndexes {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .create_index(index("commands_run_results", "commands_results_state", &["state"], false))
+            .create_index(index(
+                "commands_run_results",
+                "commands_results_state",
+                &["state"],
+                false,
+            ))
             .await?;
         manager
-            .create_index(index("commands_systems", "commands_systems_stream", &["stream_id"], false))
+            .create_index(index(
+                "commands_systems",
+                "commands_systems_stream",
+                &["stream_id"],
+                false,
+            ))
             .await
     }
 

@@ -280,13 +280,22 @@ impl RemoteJwks {
 
 /// Verifies access tokens per RFC 8725: fixed algorithm, `typ`, `kid`, issuer, audience,
 /// `exp`/`nbf` with a small leeway.
+///
+/// Tokens whose signature checked out are remembered (up to [`VERIFIED_CACHE`] of them), so a
+/// client calling many times with one token pays for the signature once. A remembered token is
+/// still judged on every call: its `kid` must still name a current key, and `exp`/`nbf` are
+/// checked against the clock. Only exact token strings match; refused tokens are never kept.
 pub struct TokenVerifier {
     issuer: String,
     audience: String,
     leeway: Duration,
     keys: KeySource,
     clock: Clock,
+    verified: std::sync::Mutex<HashMap<String, Arc<(String, AccessClaims)>>>,
 }
+
+/// Verified tokens remembered per verifier; when full, the memory starts over.
+pub const VERIFIED_CACHE: usize = 4096;
 
 impl TokenVerifier {
     /// A verifier for tokens from `issuer` to `audience`, keys from `keys`, judging `exp` and
@@ -298,22 +307,51 @@ impl TokenVerifier {
         keys: KeySource,
         clock: Clock,
     ) -> Self {
-        Self { issuer, audience, leeway, keys, clock }
+        Self { issuer, audience, leeway, keys, clock, verified: std::sync::Mutex::default() }
+    }
+
+    fn remembered(&self, token: &str) -> Option<Arc<(String, AccessClaims)>> {
+        self.verified.lock().ok()?.get(token).cloned()
+    }
+
+    fn remember(&self, token: &str, kid: String, claims: AccessClaims) {
+        if let Ok(mut verified) = self.verified.lock() {
+            if verified.len() >= VERIFIED_CACHE {
+                verified.clear();
+            }
+            verified.insert(token.to_string(), Arc::new((kid, claims)));
+        }
+    }
+
+    async fn key(&self, kid: &str) -> ApiResult<Option<DecodingKey>> {
+        Ok(match &self.keys {
+            KeySource::Static(keys) => keys.get(kid).cloned(),
+            KeySource::Remote(remote) => remote.key(kid).await?,
+        })
+    }
+
+    fn judge_time(&self, claims: &AccessClaims) -> bool {
+        let now = (self.clock)().timestamp();
+        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
+        claims.exp.saturating_add(leeway) > now && claims.nbf.saturating_sub(leeway) <= now
     }
 
     /// Verifies `token` and returns its claims; every failure is the same vague UNAUTHENTICATED.
     pub async fn verify(&self, token: &str) -> ApiResult<AccessClaims> {
         let invalid = || ApiError::Unauthenticated("invalid or expired access token".into());
+        if let Some(known) = self.remembered(token) {
+            let (kid, claims) = &*known;
+            if self.key(kid).await?.is_none() || !self.judge_time(claims) {
+                return Err(invalid());
+            }
+            return Ok(claims.clone());
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         if header.alg != ALLOWED_ALGORITHM || header.typ.as_deref() != Some(ACCESS_TOKEN_TYPE) {
             return Err(invalid());
         }
         let kid = header.kid.ok_or_else(invalid)?;
-        let key = match &self.keys {
-            KeySource::Static(keys) => keys.get(&kid).cloned(),
-            KeySource::Remote(remote) => remote.key(&kid).await?,
-        }
-        .ok_or_else(invalid)?;
+        let key = self.key(&kid).await?.ok_or_else(invalid)?;
         let mut validation = Validation::new(ALLOWED_ALGORITHM);
         validation.algorithms = vec![ALLOWED_ALGORITHM];
         validation.set_issuer(&[&self.issuer]);
@@ -325,11 +363,10 @@ impl TokenVerifier {
         let claims = jsonwebtoken::decode::<AccessClaims>(token, &key, &validation)
             .map_err(|_| invalid())?
             .claims;
-        let now = (self.clock)().timestamp();
-        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
-        if claims.exp.saturating_add(leeway) <= now || claims.nbf.saturating_sub(leeway) > now {
+        if !self.judge_time(&claims) {
             return Err(invalid());
         }
+        self.remember(token, kid, claims.clone());
         Ok(claims)
     }
 }

@@ -55,6 +55,10 @@ pub struct StreamsConfig {
     /// process sharing a SQLite file reaches its agents. Costs two queries per replica,
     /// whatever the number of agents.
     pub dispatch_sweep_secs: u64,
+    /// How often the service sends a heartbeat on each agent stream, in seconds. Keep it below
+    /// the read timeout of any proxy between agents and the service; HTTP/2 keepalive pings
+    /// find dead connections independently.
+    pub agent_heartbeat_secs: u64,
 }
 
 impl Default for StreamsConfig {
@@ -66,6 +70,7 @@ impl Default for StreamsConfig {
             agent_messages_per_sec: 200,
             agent_message_burst: 400,
             dispatch_sweep_secs: 2,
+            agent_heartbeat_secs: 60,
         }
     }
 }
@@ -84,6 +89,9 @@ pub struct ServerConfig {
     pub max_concurrent_streams_per_connection: u32,
     /// Deadline for unary requests, in seconds (streams are not cut by it).
     pub request_timeout_secs: u64,
+    /// Seconds between HTTP/2 keepalive pings on an idle connection; a peer that does not
+    /// answer within 10 s is dropped. Each connected agent costs one ping per interval.
+    pub keepalive_secs: u64,
     /// How long a SIGTERM waits for in-flight calls before the process exits anyway.
     pub shutdown_grace_secs: u64,
     /// A second, plaintext listener that carries nothing but `grpc.health.v1` (Kubernetes' gRPC
@@ -153,6 +161,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: 512,
             max_concurrent_streams_per_connection: 256,
             request_timeout_secs: 30,
+            keepalive_secs: 60,
             shutdown_grace_secs: 25,
             health_listen: None,
             tls: TlsConfig::default(),

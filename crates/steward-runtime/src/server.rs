@@ -136,7 +136,7 @@ pub async fn serve(
         .concurrency_limit_per_connection(limits.max_concurrent_streams_per_connection as usize)
         .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
         .timeout(limits.request_timeout())
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_secs.max(1))))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // One `rpc` span per call, joined to the caller's W3C trace context.
         .trace_fn(crate::telemetry::rpc::server_span)

@@ -214,8 +214,16 @@ impl Outbox {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
-                if let Err(err) = self.relay_once(&db, &deliver, clock()).await {
-                    tracing::warn!(outbox = self.table, error = %err, "outbox relay pass failed");
+                match self.relay_once(&db, &deliver, clock()).await {
+                    // A full batch went out: more is likely waiting, so a burst drains at
+                    // delivery speed rather than one batch per poll.
+                    Ok(delivered) if u64::try_from(delivered).unwrap_or(u64::MAX) >= BATCH => {
+                        continue
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(outbox = self.table, error = %err, "outbox relay pass failed");
+                    }
                 }
                 tokio::time::sleep(POLL).await;
             }

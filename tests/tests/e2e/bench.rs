@@ -43,7 +43,9 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
             server_pid: Some(std::process::id()),
             agents_per_connection: 4,
             targets: 20,
+            settle: Duration::from_secs(1),
         }),
+        person: Some((owner.email.clone(), crate::harness::PASSWORD.to_string())),
     };
     let report = steward_bench::run(&options, &Scenario::STEWARD).await.unwrap();
     assert!(report.baseline.ok > 0 && report.baseline.errors.is_empty(), "{report:?}");
@@ -57,6 +59,17 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
     let fleet = report.fleet.as_ref().unwrap();
     assert_eq!((fleet.agents, fleet.targets, fleet.assigned), (20, 20, 20), "{fleet:?}");
     assert!(fleet.idle_cpu_percent.is_some() && fleet.rss_per_agent_kib.is_some(), "{fleet:?}");
+    // A person signs in and refreshes; sign-in is quoted against raw argon2id.
+    let people = Options { concurrency: 2, fleet: None, ..options.clone() };
+    let signed = steward_bench::run(&people, &Scenario::PEOPLE).await.unwrap();
+    let names: Vec<&str> = signed.scenarios.iter().map(|o| o.scenario.as_str()).collect();
+    assert_eq!(names, ["sign-in", "refresh-session"]);
+    for outcome in &signed.scenarios {
+        assert!(outcome.ok > 0 && outcome.errors.is_empty(), "{outcome:?}");
+    }
+    let raw = signed.argon2_baseline.as_ref().unwrap();
+    assert!(raw.ok > 0, "{raw:?}");
+    assert!(signed.markdown().contains("| raw-argon2id |"));
     let table = report.markdown();
     assert!(table.contains("| empty-tonic-health |") && table.contains("| check-access |"));
     // Without a key the authenticated scenarios are refused before any load.
