@@ -163,4 +163,51 @@ mod tests {
             ("OKP", "Ed25519", "k1")
         );
     }
+
+    // The verifier remembers tokens whose signature checked out; a remembered token is still
+    // judged on time every call, and only the exact string is remembered.
+    #[tokio::test]
+    async fn remembered_tokens_still_expire_and_tampering_is_never_remembered() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        use std::sync::Arc;
+        let pair = keys::from_pem("k1", &keys::generate_pem().unwrap()).unwrap();
+        let config = AuthConfig::default();
+        let signer = Signer::new(vec![pair.clone()], &config).unwrap();
+        let subject = Subject {
+            administrator: "organizations/o/administrators/a".into(),
+            organization: "organizations/o".into(),
+            role: Role::ReadOnly,
+            role_name: String::new(),
+            permissions: Vec::new(),
+            client_id: String::new(),
+            not_after: None,
+            billing: false,
+        };
+        let start = Utc::now();
+        let (token, _) =
+            signer.sign(&subject, "s1", &["pwd".into()], TokenScope::Full, start, start).unwrap();
+        let offset = Arc::new(AtomicI64::new(0));
+        let clock = {
+            let offset = offset.clone();
+            Arc::new(move || start + chrono::Duration::seconds(offset.load(Ordering::SeqCst)))
+        };
+        let verifier = TokenVerifier::new(
+            config.issuer.clone(),
+            config.audience.clone(),
+            Duration::from_secs(5),
+            KeySource::Static(HashMap::from([(pair.kid.clone(), pair.decoding.clone())])),
+            clock,
+        );
+        // Verified, then answered from memory: the same claims.
+        let first = verifier.verify(&token).await.unwrap();
+        assert_eq!(verifier.verify(&token).await.unwrap(), first);
+        // A changed payload with the remembered signature is not the remembered token.
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        let forged_payload = parts[1].replacen('e', "f", 1);
+        parts[1] = forged_payload;
+        assert!(verifier.verify(&parts.join(".")).await.is_err());
+        // Past its expiry (and the leeway), the remembered token is refused.
+        offset.store(first.exp - first.iat + 6, Ordering::SeqCst);
+        assert!(verifier.verify(&token).await.is_err());
+    }
 }

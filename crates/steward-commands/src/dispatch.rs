@@ -20,8 +20,8 @@
 //! - the **sweep** (every `streams.dispatch_sweep_secs`) asks the database which connected
 //!   systems have unclaimed work or an unsent cancellation and wakes those held here. On SQLite,
 //!   which has no notifications, it is how a run created by another process sharing the file
-//!   reaches its agents, and there it also checks (in batches) that each local session still
-//!   holds its system, so a newer stream or a deletion by another process ends it;
+//!   reaches its agents, and there every third sweep also checks (in batches) that each local
+//!   session still holds its system, so a newer stream or a deletion by another process ends it;
 //! - the **touch** (every [`TOUCH_INTERVAL`]) records `last_seen_time` for every system
 //!   connected here, and wakes the sessions whose system now has another stream (or is gone),
 //!   so they end.
@@ -48,6 +48,9 @@ pub(crate) const CHANNEL: &str = "steward_dispatch";
 pub(crate) const TOUCH_INTERVAL: Duration = Duration::from_secs(20);
 /// Systems touched (or checked) per statement.
 pub(crate) const TOUCH_BATCH: usize = 500;
+/// On SQLite, every how many sweeps each local session's system is checked (a statement per
+/// [`TOUCH_BATCH`] sessions).
+const REPLACED_EVERY: u64 = 3;
 /// Largest NOTIFY payload sent (PostgreSQL's limit is 8,000 bytes).
 const MAX_PAYLOAD: usize = 7_000;
 
@@ -260,10 +263,16 @@ pub(crate) fn spawn_maintenance(state: State) -> tokio::task::JoinHandle<()> {
         let mut touch = tokio::time::interval(TOUCH_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         touch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweeps: u64 = 0;
         loop {
             tokio::select! {
                 _ = sweep.tick() => {
-                    if let Err(err) = sweep_pending(&state).await {
+                    sweeps = sweeps.wrapping_add(1);
+                    let swept = match sweep_pending(&state).await {
+                        Ok(()) => sweep_replaced(&state, sweeps).await,
+                        Err(err) => Err(err),
+                    };
+                    if let Err(err) = swept {
                         tracing::warn!(error = %err, "dispatch sweep failed");
                     }
                 }
@@ -310,11 +319,17 @@ async fn sweep_pending(state: &State) -> Result<(), DbErr> {
         .all(&state.db)
         .await?;
     state.dispatch.wake(unclaimed.iter().chain(&cancelling).map(String::as_str));
-    // Without notifications, a newer stream or a deletion by another process is found here.
-    if state.db.get_database_backend() != DbBackend::Postgres {
-        for batch in state.dispatch.streams().chunks(TOUCH_BATCH) {
-            wake_replaced(state, batch).await?;
-        }
+    Ok(())
+}
+
+/// Without notifications (SQLite), finds local sessions whose system another process gave a
+/// newer stream or deleted, every [`REPLACED_EVERY`] sweeps.
+async fn sweep_replaced(state: &State, sweeps: u64) -> Result<(), DbErr> {
+    if state.db.get_database_backend() == DbBackend::Postgres || sweeps % REPLACED_EVERY != 0 {
+        return Ok(());
+    }
+    for batch in state.dispatch.streams().chunks(TOUCH_BATCH) {
+        wake_replaced(state, batch).await?;
     }
     Ok(())
 }
