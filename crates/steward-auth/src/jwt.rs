@@ -128,31 +128,43 @@ mod tests {
     use super::*;
     use crate::keys;
 
+    fn subject(role: Role, billing: bool) -> Subject {
+        Subject {
+            administrator: "organizations/o/administrators/a".into(),
+            organization: "organizations/o".into(),
+            role,
+            role_name: String::new(),
+            permissions: Vec::new(),
+            client_id: String::new(),
+            not_after: None,
+            billing,
+        }
+    }
+
+    fn verifier(
+        config: &AuthConfig,
+        pair: &keys::KeyPair,
+        clock: steward_runtime::service::Clock,
+    ) -> TokenVerifier {
+        TokenVerifier::new(
+            config.issuer.clone(),
+            config.audience.clone(),
+            Duration::from_secs(5),
+            KeySource::Static(HashMap::from([(pair.kid.clone(), pair.decoding.clone())])),
+            clock,
+        )
+    }
+
     #[tokio::test]
     async fn signed_tokens_pass_the_shared_verifier() {
         let pair = keys::from_pem("k1", &keys::generate_pem().unwrap()).unwrap();
         let config = AuthConfig::default();
         let signer = Signer::new(vec![pair.clone()], &config).unwrap();
-        let subject = Subject {
-            administrator: "organizations/o/administrators/a".into(),
-            organization: "organizations/o".into(),
-            role: Role::CommandRunner,
-            role_name: String::new(),
-            permissions: Vec::new(),
-            client_id: String::new(),
-            not_after: None,
-            billing: true,
-        };
+        let subject = subject(Role::CommandRunner, true);
         let (token, _) = signer
             .sign(&subject, "s1", &["pwd".into()], TokenScope::Full, Utc::now(), Utc::now())
             .unwrap();
-        let verifier = TokenVerifier::new(
-            config.issuer.clone(),
-            config.audience.clone(),
-            Duration::from_secs(5),
-            KeySource::Static(HashMap::from([(pair.kid.clone(), pair.decoding.clone())])),
-            steward_runtime::service::system_clock(),
-        );
+        let verifier = verifier(&config, &pair, steward_runtime::service::system_clock());
         let claims = verifier.verify(&token).await.unwrap();
         assert_eq!(claims.sub, subject.administrator);
         assert_eq!(claims.exp - claims.iat, 600);
@@ -173,16 +185,7 @@ mod tests {
         let pair = keys::from_pem("k1", &keys::generate_pem().unwrap()).unwrap();
         let config = AuthConfig::default();
         let signer = Signer::new(vec![pair.clone()], &config).unwrap();
-        let subject = Subject {
-            administrator: "organizations/o/administrators/a".into(),
-            organization: "organizations/o".into(),
-            role: Role::ReadOnly,
-            role_name: String::new(),
-            permissions: Vec::new(),
-            client_id: String::new(),
-            not_after: None,
-            billing: false,
-        };
+        let subject = subject(Role::ReadOnly, false);
         let start = Utc::now();
         let (token, _) =
             signer.sign(&subject, "s1", &["pwd".into()], TokenScope::Full, start, start).unwrap();
@@ -191,13 +194,7 @@ mod tests {
             let offset = offset.clone();
             Arc::new(move || start + chrono::Duration::seconds(offset.load(Ordering::SeqCst)))
         };
-        let verifier = TokenVerifier::new(
-            config.issuer.clone(),
-            config.audience.clone(),
-            Duration::from_secs(5),
-            KeySource::Static(HashMap::from([(pair.kid.clone(), pair.decoding.clone())])),
-            clock,
-        );
+        let verifier = verifier(&config, &pair, clock);
         // Verified, then answered from memory: the same claims.
         let first = verifier.verify(&token).await.unwrap();
         assert_eq!(verifier.verify(&token).await.unwrap(), first);

@@ -1264,6 +1264,17 @@ impl FakeAgent {
         self.tx.send(OpenStreamRequest { message: Some(message) }).await.unwrap();
     }
 
+    /// How the stream ends (skipping whatever comes first): `None` when it closes cleanly.
+    async fn end(&mut self) -> Option<Code> {
+        loop {
+            match self.next().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    }
+
     /// The next non-heartbeat message, within 10 s.
     async fn next(&mut self) -> Result<Option<open_stream_response::Message>, Status> {
         loop {
@@ -1505,13 +1516,7 @@ backend_test!(fake_agent_runs_commands_end_to_end, |stack| async move {
         .delete_system(DeleteSystemRequest { name: system.clone(), etag: String::new() })
         .await
         .unwrap();
-    let closed = loop {
-        match agent.next().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => break None,
-            Err(status) => break Some(status.code()),
-        }
-    };
+    let closed = agent.end().await;
     assert_eq!(closed, Some(Code::Unauthenticated));
     let again = FakeAgent::open(&url, &credential).await;
     assert_eq!(again.err().map(|s| s.code()), Some(Code::Unauthenticated));
@@ -1663,13 +1668,7 @@ backend_test!(dispatch_crosses_replicas_and_vanished_agents_fail, |stack| async 
     // It reconnects (now to the primary) and takes new runs; a newer stream replaces an older one.
     let mut old = FakeAgent::open(&stack.url(ServiceKind::Commands), &credential).await.unwrap();
     let mut agent = FakeAgent::open(&replica_url, &credential).await.unwrap();
-    let replaced = loop {
-        match old.next().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => break None,
-            Err(status) => break Some(status.code()),
-        }
-    };
+    let replaced = old.end().await;
     assert_eq!(replaced, Some(Code::Aborted));
     let next = run(&owner.client, &command.name, &[]).await.unwrap();
     match agent.next().await.unwrap() {
@@ -1734,13 +1733,7 @@ async fn replicas_wake_each_other_without_polling() {
 
     // The agent reconnects to the primary: the replica's stream ends.
     let mut moved = FakeAgent::open(&primary_url, &credential).await.unwrap();
-    let ended = loop {
-        match agent.next().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => break None,
-            Err(status) => break Some(status.code()),
-        }
-    };
+    let ended = agent.end().await;
     assert_eq!(ended, Some(Code::Aborted));
     let created = run(&owner.client, &command.name, &[]).await.unwrap();
     match moved.next().await.unwrap() {
@@ -1758,13 +1751,7 @@ async fn replicas_wake_each_other_without_polling() {
         .delete_system(DeleteSystemRequest { name: system.clone(), ..Default::default() })
         .await
         .unwrap();
-    let ended = loop {
-        match moved.next().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => break None,
-            Err(status) => break Some(status.code()),
-        }
-    };
+    let ended = moved.end().await;
     assert_eq!(ended, Some(Code::Unauthenticated));
 }
 
