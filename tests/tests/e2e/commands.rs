@@ -1264,6 +1264,21 @@ impl FakeAgent {
         self.tx.send(OpenStreamRequest { message: Some(message) }).await.unwrap();
     }
 
+    /// The next message, which must be an assignment.
+    async fn assignment(&mut self) -> open_stream_response::Assignment {
+        match self.next().await.unwrap() {
+            Some(open_stream_response::Message::Assignment(a)) => a,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    /// Reports `run` started and waits until the run shows it.
+    async fn started(&self, client: &Steward, run: &str, pid: i64) {
+        self.send(open_stream_request::Message::RunStarted(RunStarted { run: run.into(), pid }))
+            .await;
+        wait_for_state(client, run, RunState::Running).await;
+    }
+
     /// How the stream ends (skipping whatever comes first): `None` when it closes cleanly.
     async fn end(&mut self) -> Option<Code> {
         loop {
@@ -1454,10 +1469,7 @@ backend_test!(fake_agent_runs_commands_end_to_end, |stack| async move {
 
     // A non-zero exit fails the run; output beyond the bound is cut and marked.
     let failing = run(&owner.client, &command.name, &[]).await.unwrap();
-    match agent.next().await.unwrap() {
-        Some(open_stream_response::Message::Assignment(a)) => assert_eq!(a.run, failing.name),
-        other => panic!("expected an assignment, got {other:?}"),
-    }
+    assert_eq!(agent.assignment().await.run, failing.name);
     agent
         .send(open_stream_request::Message::RunStarted(RunStarted {
             run: failing.name.clone(),
@@ -1475,17 +1487,8 @@ backend_test!(fake_agent_runs_commands_end_to_end, |stack| async move {
 
     // Cancelling a running run reaches the agent.
     let long = run(&owner.client, &command.name, &[]).await.unwrap();
-    match agent.next().await.unwrap() {
-        Some(open_stream_response::Message::Assignment(a)) => assert_eq!(a.run, long.name),
-        other => panic!("expected an assignment, got {other:?}"),
-    }
-    agent
-        .send(open_stream_request::Message::RunStarted(RunStarted {
-            run: long.name.clone(),
-            pid: 2,
-        }))
-        .await;
-    wait_for_state(&owner.client, &long.name, RunState::Running).await;
+    assert_eq!(agent.assignment().await.run, long.name);
+    agent.started(&owner.client, &long.name, 2).await;
     let cancelled = owner
         .client
         .commands()
@@ -1637,17 +1640,8 @@ backend_test!(dispatch_crosses_replicas_and_vanished_agents_fail, |stack| async 
     // The agent holds its stream on the replica; the run is created on the primary.
     let mut agent = FakeAgent::open(&replica_url, &credential).await.unwrap();
     let created = run(&owner.client, &command.name, &[]).await.unwrap();
-    match agent.next().await.unwrap() {
-        Some(open_stream_response::Message::Assignment(a)) => assert_eq!(a.run, created.name),
-        other => panic!("expected an assignment, got {other:?}"),
-    }
-    agent
-        .send(open_stream_request::Message::RunStarted(RunStarted {
-            run: created.name.clone(),
-            pid: 7,
-        }))
-        .await;
-    wait_for_state(&owner.client, &created.name, RunState::Running).await;
+    assert_eq!(agent.assignment().await.run, created.name);
+    agent.started(&owner.client, &created.name, 7).await;
 
     // The agent vanishes mid-run; past the deadline the run ends failed, never running forever.
     drop(agent);
@@ -1671,10 +1665,7 @@ backend_test!(dispatch_crosses_replicas_and_vanished_agents_fail, |stack| async 
     let replaced = old.end().await;
     assert_eq!(replaced, Some(Code::Aborted));
     let next = run(&owner.client, &command.name, &[]).await.unwrap();
-    match agent.next().await.unwrap() {
-        Some(open_stream_response::Message::Assignment(a)) => assert_eq!(a.run, next.name),
-        other => panic!("expected an assignment, got {other:?}"),
-    }
+    assert_eq!(agent.assignment().await.run, next.name);
 });
 
 // Event-driven dispatch across replicas: PostgreSQL NOTIFY wakes the sessions a write concerns
@@ -1698,10 +1689,7 @@ async fn replicas_wake_each_other_without_polling() {
     let mut agent = FakeAgent::open(&replica_url, &credential).await.unwrap();
     for _ in 0..3 {
         let created = run(&owner.client, &command.name, &[]).await.unwrap();
-        match agent.next().await.unwrap() {
-            Some(open_stream_response::Message::Assignment(a)) => assert_eq!(a.run, created.name),
-            other => panic!("expected an assignment, got {other:?}"),
-        }
+        assert_eq!(agent.assignment().await.run, created.name);
         agent.send(finished(&created.name, RunState::Succeeded, 0)).await;
         wait_for_state(&owner.client, &created.name, RunState::Succeeded).await;
     }
@@ -1712,13 +1700,7 @@ async fn replicas_wake_each_other_without_polling() {
         agent.next().await.unwrap(),
         Some(open_stream_response::Message::Assignment(_))
     ));
-    agent
-        .send(open_stream_request::Message::RunStarted(RunStarted {
-            run: created.name.clone(),
-            pid: 7,
-        }))
-        .await;
-    wait_for_state(&owner.client, &created.name, RunState::Running).await;
+    agent.started(&owner.client, &created.name, 7).await;
     owner
         .client
         .commands()
@@ -1736,10 +1718,7 @@ async fn replicas_wake_each_other_without_polling() {
     let ended = agent.end().await;
     assert_eq!(ended, Some(Code::Aborted));
     let created = run(&owner.client, &command.name, &[]).await.unwrap();
-    match moved.next().await.unwrap() {
-        Some(open_stream_response::Message::Assignment(a)) => assert_eq!(a.run, created.name),
-        other => panic!("expected an assignment, got {other:?}"),
-    }
+    assert_eq!(moved.assignment().await.run, created.name);
 
     // Deleted through the replica, the system's stream on the primary ends.
     stack
