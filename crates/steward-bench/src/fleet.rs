@@ -103,9 +103,7 @@ async fn settle(pid: Option<u32>, longest: Duration) {
     };
     let started = Instant::now();
     loop {
-        let before = cpu_seconds(pid);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let quiet = matches!((before, cpu_seconds(pid)), (Some(b), Some(a)) if a - b < 0.1);
+        let quiet = cpu_percent(pid, Duration::from_secs(1)).await.is_some_and(|c| c < 10.0);
         if quiet || started.elapsed() >= longest {
             return;
         }

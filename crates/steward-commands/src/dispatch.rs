@@ -100,8 +100,8 @@ impl Dispatch {
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds the session `stream` of `system`, waking it once (so it looks for work queued before
-    /// it connected) and any older local session of the same system (so it ends).
+    /// Adds the session `stream` of `system`, waking any older local session of the same system
+    /// (so it ends). The new session looks for work once its agent says hello.
     pub(crate) fn register(self: &Arc<Self>, system: &str, stream: &str) -> Registration {
         let wake = Arc::new(Notify::new());
         let mut sessions = self.lock();
