@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -100,7 +100,7 @@ pub async fn serve(
         // Kubernetes' gRPC probes speak plaintext: this listener carries health and nothing else.
         let health = Server::builder()
             .add_service(health_service.clone())
-            .serve_with_incoming(TcpListenerStream::new(listener));
+            .serve_with_incoming(no_delay(listener));
         tasks.push(tokio::spawn(async move {
             if let Err(err) = health.await {
                 tracing::error!(error = %err, "health listener failed");
@@ -154,9 +154,7 @@ pub async fn serve(
                 tasks.push(accept);
                 Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
             }
-            None => Box::pin(
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal),
-            ),
+            None => Box::pin(router.serve_with_incoming_shutdown(no_delay(listener), signal)),
         };
 
     // In-flight unary calls finish; long-lived streams are cut once the grace period is over.
@@ -237,4 +235,11 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
+}
+
+/// The connections `listener` accepts, with Nagle's algorithm off as tonic's own `serve` sets it
+/// (`serve_with_incoming` leaves sockets as accepted). With it on, a small response waits for
+/// the client's delayed ACK: one call in ten took 40 ms more at low concurrency.
+fn no_delay(listener: tokio::net::TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }

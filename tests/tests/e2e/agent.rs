@@ -345,7 +345,11 @@ backend_test!(agent_executes_commands, |stack| async move {
     let output = String::from_utf8(running.results[0].stdout.clone()).unwrap();
     let sleeper: u32 = output.lines().nth(1).unwrap().parse().unwrap();
     owner.client.commands().cancel_run(CancelRunRequest { name: run_name.clone() }).await.unwrap();
-    let run = wait_run(&owner, &agent, &run_name, finished).await;
+    // The run is CANCELLED at once; its system's result once the agent confirms the kill.
+    let run = wait_run(&owner, &agent, &run_name, |r| {
+        finished(r) && r.results[0].state != RunState::Running as i32
+    })
+    .await;
     assert_eq!(run.state, RunState::Cancelled as i32, "{run:?}");
     assert_eq!(run.results[0].state, RunState::Cancelled as i32);
     assert!(disappears(sleeper).await, "the cancelled process {sleeper} is gone");
