@@ -7,8 +7,8 @@
 use std::collections::HashSet;
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, IntoActiveModel, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, IntoActiveModel, JoinType,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use steward_proto::admin::v1::*;
 use steward_runtime::authn::{Principal, RequestContext};
@@ -20,7 +20,7 @@ use crate::audit::{Auditor, AUTH_ACTOR};
 use crate::billing::RECENT_AUTHENTICATION_SECS;
 use crate::effects::{enqueue, Effect};
 use crate::email::Email;
-use crate::entity::administrator;
+use crate::entity::{administrator, organization};
 use crate::filter::{admin_filter, admin_order, AdminOrder, AdminTerm};
 use crate::safeguards::violations;
 use crate::state::*;
@@ -544,8 +544,19 @@ pub async fn lookup(
     req: LookupAdministratorRequest,
 ) -> ApiResult<LookupAdministratorResponse> {
     let (org_id, admin_id) = parse_admin("name", &req.name)?;
-    let row = administrator(&state.db, &org_id, &admin_id).await?;
-    let org = organization(&state.db, &org_id).await?;
+    // The row with its organization in one statement (a custom role costs one more).
+    let to_org: sea_orm::RelationDef = administrator::Entity::belongs_to(organization::Entity)
+        .from(administrator::Column::OrganizationId)
+        .to(organization::Column::Id)
+        .into();
+    let (row, org) = administrator::Entity::find_by_id(admin_id.clone())
+        .filter(administrator::Column::OrganizationId.eq(org_id.as_str()))
+        .join(JoinType::InnerJoin, to_org)
+        .select_also(organization::Entity)
+        .one(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(admin_name(&org_id, &admin_id)))?;
+    let org = org.ok_or_else(|| ApiError::NotFound(org_name(&org_id)))?;
     let held = holder_permissions(&state.db, &row).await?;
     Ok(LookupAdministratorResponse {
         administrator: Some(admin_to_proto(&row)),

@@ -8,8 +8,8 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, JoinType,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use sha2::{Digest, Sha256};
 use steward_proto::admin::v1::*;
@@ -86,22 +86,44 @@ async fn find<C: ConnectionTrait>(
         .ok_or_else(|| ApiError::NotFound(name.to_string()))
 }
 
+/// An account, when it exists and `key` (a key's resource name) is one of its keys, unexpired
+/// at `unexpired_at` when given, with what its role holds now: one statement joining the
+/// account, the key and the organization's own role the account holds, if any.
+async fn with_key<C: ConnectionTrait>(
+    conn: &C,
+    name: &ServiceAccountName,
+    key: &str,
+    unexpired_at: Option<DateTime<Utc>>,
+) -> ApiResult<Option<(account::Model, roles::Permissions)>> {
+    let to_key: sea_orm::RelationDef = key::Entity::belongs_to(account::Entity)
+        .from(key::Column::ServiceAccount)
+        .to(account::Column::Name)
+        .into();
+    let mut query = account::Entity::find_by_id(name.to_string())
+        .join_rev(JoinType::InnerJoin, to_key)
+        .filter(key::Column::Name.eq(key))
+        .join(JoinType::LeftJoin, role_join::<account::Entity>(account::Column::Role));
+    if let Some(now) = unexpired_at {
+        query = query.filter(key::Column::ExpiresAt.gt(now));
+    }
+    let found = query.select_also(crate::entity::role::Entity).one(conn).await?;
+    Ok(found.map(|(row, custom)| {
+        let held = joined_permissions(&assigned(&row), custom.as_ref());
+        (row, held)
+    }))
+}
+
 /// The caller as [`caller_row`] sees a service account: its account and the key its token was
 /// exchanged for must both still exist (a deleted account or revoked key stops at once).
 pub async fn caller<C: ConnectionTrait>(conn: &C, principal: &Principal) -> ApiResult<CallerRow> {
     let gone = || ApiError::denied("CALLER_DELETED", "the service account or its key is gone");
     let name = ServiceAccountName::parse("caller", &principal.administrator)?;
-    let row = account::Entity::find_by_id(name.to_string()).one(conn).await?.ok_or_else(gone)?;
-    key::Entity::find_by_id(principal.client_id.clone())
-        .filter(key::Column::ServiceAccount.eq(name.as_str()))
-        .one(conn)
-        .await?
-        .ok_or_else(gone)?;
+    let (row, role) = with_key(conn, &name, &principal.client_id, None).await?.ok_or_else(gone)?;
     Ok(CallerRow {
         name: row.name.clone(),
         organization_id: row.organization_id.clone(),
         contact: row.display_name.clone(),
-        role: role_of(conn, &row).await?,
+        role,
         billing: row.billing,
         administrator: None,
     })
@@ -417,17 +439,18 @@ pub async fn lookup(
     req: LookupServiceAccountRequest,
 ) -> ApiResult<LookupServiceAccountResponse> {
     let name = ServiceAccountName::parse("name", &req.name)?;
-    let row = find(&state.db, &name).await?;
-    if !req.key.is_empty() {
-        key::Entity::find_by_id(req.key.clone())
-            .filter(key::Column::ServiceAccount.eq(name.as_str()))
-            .filter(key::Column::ExpiresAt.gt(state.now()))
-            .one(&state.db)
+    let (row, held) = if req.key.is_empty() {
+        let row = find(&state.db, &name).await?;
+        let held = role_of(&state.db, &row).await?;
+        (row, held)
+    } else {
+        // A caller's re-check: account, key and role in one statement.
+        with_key(&state.db, &name, &req.key, Some(state.now()))
             .await?
-            .ok_or_else(|| ApiError::NotFound(req.key.clone()))?;
-    }
+            .ok_or_else(|| ApiError::NotFound(req.key.clone()))?
+    };
     Ok(LookupServiceAccountResponse {
         service_account: Some(to_proto(&row)),
-        role_permissions: permission_names(&role_of(&state.db, &row).await?),
+        role_permissions: permission_names(&held),
     })
 }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, JoinType, QueryFilter,
+    QuerySelect,
+};
 use sha2::{Digest, Sha256};
 use steward_proto::admin::v1::{administrator as proto_admin, Administrator, Organization};
 use steward_runtime::authn::Principal;
@@ -170,6 +173,29 @@ pub async fn role_permissions<C: ConnectionTrait>(
     }
 }
 
+/// The permissions of `assigned` (without billing) when an organization's own role's row, if
+/// any, was read in the same statement (`custom`: the row the role column joined, `None` for a
+/// built-in role or one that vanished, which leaves only what every role holds).
+pub fn joined_permissions(
+    assigned: &Assigned,
+    custom: Option<&crate::entity::role::Model>,
+) -> Permissions {
+    match (assigned, custom) {
+        (Assigned::BuiltIn(role), _) => roles::built_in(*role),
+        (Assigned::Custom(_), Some(row)) => roles::custom(row.permissions.split_whitespace()),
+        (Assigned::Custom(_), None) => roles::built_in(Role::Custom),
+    }
+}
+
+/// The join from a row's `role` column to the organization's own role it names (a built-in
+/// role's stored value, e.g. `administrator`, names no row).
+pub fn role_join<E: EntityTrait>(role_column: E::Column) -> sea_orm::RelationDef {
+    E::belongs_to(crate::entity::role::Entity)
+        .from(role_column)
+        .to(crate::entity::role::Column::Name)
+        .into()
+}
+
 /// The permissions of an administrator's role (without billing). A custom role that vanished
 /// (it cannot be deleted while held) leaves only what every role holds.
 pub async fn holder_permissions<C: ConnectionTrait>(
@@ -309,8 +335,14 @@ pub async fn caller_row<C: ConnectionTrait>(
         crate::service_account::caller(conn, principal).await?
     } else {
         let (org_id, admin_id) = parse_admin("caller", &principal.administrator)?;
-        let row = administrator::Entity::find_by_id(admin_id)
+        // The row and its organization's own role, if it holds one, in one statement.
+        let (row, custom) = administrator::Entity::find_by_id(admin_id)
             .filter(administrator::Column::OrganizationId.eq(org_id))
+            .join(
+                JoinType::LeftJoin,
+                role_join::<administrator::Entity>(administrator::Column::Role),
+            )
+            .select_also(crate::entity::role::Entity)
             .one(conn)
             .await?
             .ok_or_else(|| {
@@ -326,7 +358,7 @@ pub async fn caller_row<C: ConnectionTrait>(
             name: admin_name(&row.organization_id, &row.id),
             organization_id: row.organization_id.clone(),
             contact: row.email.clone(),
-            role: holder_permissions(conn, &row).await?,
+            role: joined_permissions(&stored_assignment(&row), custom.as_ref()),
             billing: row.billing,
             administrator: Some(row),
         }
