@@ -5,7 +5,8 @@
 # every scenario. Arguments go to steward-bench (e.g. --seconds 10 --json bench.json, or
 # --agents 1000 --idle 10 for the agent simulator; the server's pid is passed for its CPU).
 # With BENCH_POSTGRES=postgres://user@host:port, dev runs on a fresh PostgreSQL database there
-# (dropped afterwards) instead of SQLite.
+# (dropped afterwards) instead of SQLite. BENCH_PEOPLE (default 3) people sign in, so sign-in can
+# saturate the password hashing (one account's throttle admits five attempts in flight).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
@@ -36,10 +37,25 @@ echo "$password" | "$bin/steward" accept-invite --token "$token" --password-stdi
 echo "$password" | "$bin/steward" login --email owner@example.com --password-stdin >/dev/null
 "$bin/steward" roles create bench --name bench --permission administrators.read \
   --permission access.check --permission commands.read --permission commands.create \
-  --permission commands.run --permission connect_keys.create >/dev/null
+  --permission commands.run --permission connect_keys.create \
+  --permission administrators.create --permission runs.read --permission runs.cancel >/dev/null
 account=$("$bin/steward" --output json service-accounts create --name bench --role bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["name"])')
 STEWARD_API_KEY=$("$bin/steward" --output json service-accounts keys create "$account" --expires-in 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
-export STEWARD_API_KEY STEWARD_EMAIL=owner@example.com STEWARD_PASSWORD="$password"
+# More people for sign-in: each invited, then accepting the invite dev mails into its data dir.
+emails=owner@example.com
+for i in $(seq 2 "${BENCH_PEOPLE:-3}"); do
+  email="person$i@example.com"
+  "$bin/steward" admins create --email "$email" --role read-only >/dev/null
+  for _ in $(seq 1 100); do
+    invite=$(grep -il "^to:.*$email" "$data"/dev/mail/* 2>/dev/null | head -1 \
+      | xargs -r grep -o 'token=[A-Za-z0-9_-]*' | head -1 | cut -d= -f2 || true)
+    [ -n "$invite" ] && break
+    sleep 0.1
+  done
+  echo "$password" | "$bin/steward" accept-invite --token "$invite" --password-stdin >/dev/null
+  emails="$emails,$email"
+done
+export STEWARD_API_KEY STEWARD_EMAIL="$emails" STEWARD_PASSWORD="$password"
 "$bin/steward-bench" --server-pid "$server" "$@"
 echo
 echo "dev RSS after the run: $(awk '/VmRSS/ {print $2, $3}' /proc/$server/status)"

@@ -44,7 +44,7 @@ pub struct FleetOptions {
 /// The most systems one command targets.
 pub const MAX_TARGETS: usize = 1000;
 /// Registrations in flight at once.
-const REGISTERING: usize = 32;
+pub(crate) const REGISTERING: usize = 32;
 
 /// What the fleet measured.
 #[derive(Clone, Debug, Serialize)]

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use steward_proto::admin::v1::{GetAdministratorRequest, ListAdministratorsRequest};
+use steward_proto::admin::v1::{
+    Administrator, CreateAdministratorRequest, GetAdministratorRequest, ListAdministratorsRequest,
+    Role,
+};
 use steward_proto::auth::v1::{
     sign_in_response, ExchangeApiKeyRequest, RefreshSessionRequest, SignInRequest,
 };
@@ -43,9 +46,13 @@ pub enum BenchError {
     Options(String),
 }
 
-/// Sign-ins in flight at once: one account's throttle admits five attempts in flight, and four
-/// argon2id hashes already keep two cores busy.
+/// Sign-ins in flight per person: one account's throttle admits five attempts in flight. With
+/// several people (`--email a,b`), sign-in keeps this many in flight for each.
 pub const SIGN_IN_CONCURRENCY: usize = 4;
+
+/// Calls in flight when a latency is compared rather than a rate (`check-access` alone and under
+/// saturated sign-in): few enough that the figure is the call's own latency, not a queue.
+pub const LIGHT_CONCURRENCY: usize = 4;
 
 /// One measured call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +72,9 @@ pub enum Scenario {
     SignIn,
     /// `AuthService/RefreshSession`, each caller rotating its own session's refresh token.
     RefreshSession,
+    /// `CheckAccess` at [`LIGHT_CONCURRENCY`] alone, then again while sign-in saturates the
+    /// password hashing: how much a burst of sign-ins slows everyone else (p99 ratio).
+    CheckAccessUnderSignIn,
 }
 
 impl Scenario {
@@ -73,7 +83,8 @@ impl Scenario {
         [Self::Health, Self::CheckAccess, Self::GetAdministrator, Self::ListAdministrators];
 
     /// The scenarios that sign in a person (`--email`, `STEWARD_PASSWORD`).
-    pub const PEOPLE: [Scenario; 2] = [Self::SignIn, Self::RefreshSession];
+    pub const PEOPLE: [Scenario; 3] =
+        [Self::SignIn, Self::RefreshSession, Self::CheckAccessUnderSignIn];
 
     /// Its name on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -85,6 +96,7 @@ impl Scenario {
             Self::ListAdministrators => "list-administrators",
             Self::SignIn => "sign-in",
             Self::RefreshSession => "refresh-session",
+            Self::CheckAccessUnderSignIn => "check-access-under-sign-in",
         }
     }
 
@@ -95,6 +107,10 @@ impl Scenario {
 
     fn needs_key(self) -> bool {
         !matches!(self, Self::EmptyHealth | Self::Health | Self::SignIn | Self::RefreshSession)
+    }
+
+    fn needs_people(self) -> bool {
+        matches!(self, Self::SignIn | Self::RefreshSession | Self::CheckAccessUnderSignIn)
     }
 }
 
@@ -116,8 +132,12 @@ pub struct Options {
     /// The agent simulator, when wanted (its key's role must also create connect keys and
     /// commands and run them).
     pub fleet: Option<fleet::FleetOptions>,
-    /// Email and password of a person without a second factor, for sign-in and refresh.
-    pub person: Option<(String, String)>,
+    /// Emails and passwords of people without a second factor, for sign-in and refresh. Sign-in
+    /// spreads over all of them; refresh uses the first.
+    pub people: Vec<(String, String)>,
+    /// Before `list-administrators`, invite administrators until the organization has this
+    /// many (the key's role must also create administrators).
+    pub organization_size: Option<usize>,
 }
 
 /// The figures of one scenario.
@@ -160,6 +180,24 @@ pub struct Report {
     pub fleet: Option<fleet::FleetReport>,
     /// Raw argon2id hashes on this machine, the baseline of `sign-in` (when it ran).
     pub argon2_baseline: Option<Outcome>,
+    /// Administrators in the organization `list-administrators` paged through.
+    pub organization_size: Option<usize>,
+    /// `check-access-under-sign-in`: CheckAccess alone and while sign-in saturates.
+    pub interference: Option<Interference>,
+}
+
+/// CheckAccess latency at [`LIGHT_CONCURRENCY`], alone and while sign-in saturates the password
+/// hashing.
+#[derive(Clone, Debug, Serialize)]
+pub struct Interference {
+    /// CheckAccess alone.
+    pub alone: Outcome,
+    /// CheckAccess while sign-in runs.
+    pub under_sign_in: Outcome,
+    /// The sign-ins that ran meanwhile.
+    pub sign_in: Outcome,
+    /// `under_sign_in.p99_ms / alone.p99_ms`.
+    pub p99_ratio: f64,
 }
 
 impl Report {
@@ -184,6 +222,21 @@ impl Report {
                 o.p99_ms,
                 o.p999_ms,
                 if errors.is_empty() { "none".to_string() } else { errors.join(", ") }
+            ));
+        }
+        if let Some(size) = self.organization_size {
+            out.push_str(&format!("\nlist-administrators paged an organization of {size}.\n"));
+        }
+        if let Some(i) = &self.interference {
+            out.push_str(&format!(
+                "\nCheckAccess at {LIGHT_CONCURRENCY} in flight: p99 {:.2} ms alone ({:.0}/s), \
+                 {:.2} ms while sign-in ran at {:.1}/s ({:.0}/s): {:.2}x\n",
+                i.alone.p99_ms,
+                i.alone.rate,
+                i.under_sign_in.p99_ms,
+                i.sign_in.rate,
+                i.under_sign_in.rate,
+                i.p99_ratio
             ));
         }
         if let Some(f) = &self.fleet {
@@ -219,7 +272,8 @@ pub async fn empty_server() -> Result<SocketAddr, BenchError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (_reporter, health) = tonic_health::server::health_reporter();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // As tonic's own `serve` would: Nagle's algorithm off.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(
         tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming),
     );
@@ -337,6 +391,48 @@ fn raw_argon2(duration: Duration) -> Outcome {
     outcome("raw-argon2id", total.as_ref(), BTreeMap::new(), duration)
 }
 
+/// Latencies and errors of one worker (or one paced run).
+struct Tally {
+    histogram: Option<Histogram<u64>>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        // Three significant digits, up to a minute in microseconds.
+        Self {
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    fn record(&mut self, elapsed: Duration, result: Result<(), tonic::Status>) {
+        match result {
+            Ok(()) => {
+                let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                if let Some(h) = self.histogram.as_mut() {
+                    h.saturating_record(micros.max(1));
+                }
+            }
+            Err(status) => *self.errors.entry(format!("{:?}", status.code())).or_default() += 1,
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        if let (Some(total), Some(h)) = (self.histogram.as_mut(), other.histogram.as_ref()) {
+            // Same bounds on both sides: adding cannot fail.
+            let _ = total.add(h);
+        }
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+    }
+
+    fn outcome(self, name: &str, duration: Duration) -> Outcome {
+        outcome(name, self.histogram.as_ref(), self.errors, duration)
+    }
+}
+
 /// Calls `calls` (round-robin over the workers) for `options.duration`.
 async fn measure(name: &str, calls: Vec<Call>, options: &Options) -> Outcome {
     let deadline = Instant::now() + options.duration;
@@ -344,37 +440,49 @@ async fn measure(name: &str, calls: Vec<Call>, options: &Options) -> Outcome {
     for i in 0..options.concurrency.max(1) {
         let Some(mut call) = calls.get(i % calls.len().max(1)).cloned() else { break };
         workers.push(tokio::spawn(async move {
-            // Three significant digits, up to a minute in microseconds.
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut tally = Tally::new();
             while Instant::now() < deadline {
                 let start = Instant::now();
-                match call.once().await {
-                    Ok(()) => {
-                        let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        if let Some(h) = histogram.as_mut() {
-                            h.saturating_record(micros.max(1));
-                        }
-                    }
-                    Err(status) => *errors.entry(format!("{:?}", status.code())).or_default() += 1,
-                }
+                let result = call.once().await;
+                tally.record(start.elapsed(), result);
             }
-            (histogram, errors)
+            tally
         }));
     }
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut total = Tally::new();
     for worker in workers {
-        let Ok((histogram, worker_errors)) = worker.await else { continue };
-        if let (Some(total), Some(h)) = (total.as_mut(), histogram.as_ref()) {
-            // Same bounds on both sides: adding cannot fail.
-            let _ = total.add(h);
-        }
-        for (code, n) in worker_errors {
-            *errors.entry(code).or_default() += n;
+        if let Ok(tally) = worker.await {
+            total.add(tally);
         }
     }
-    outcome(name, total.as_ref(), errors, options.duration)
+    total.outcome(name, options.duration)
+}
+
+/// Starts calls at a fixed `rate` per second for `duration`, whatever the answers' pace (an
+/// open loop); each latency counts from the moment its call was due, so a stall shows in the
+/// percentiles instead of silently slowing the load.
+async fn measure_at_rate(name: &str, calls: Vec<Call>, rate: f64, duration: Duration) -> Outcome {
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1.0)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let deadline = Instant::now() + duration;
+    let (sender, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let mut next = 0_usize;
+    while Instant::now() < deadline {
+        let due = ticker.tick().await;
+        let Some(mut call) = calls.get(next % calls.len().max(1)).cloned() else { break };
+        next += 1;
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let result = call.once().await;
+            let _ = sender.send((due.elapsed(), result));
+        });
+    }
+    drop(sender);
+    let mut tally = Tally::new();
+    while let Some((elapsed, result)) = answers.recv().await {
+        tally.record(elapsed, result);
+    }
+    tally.outcome(name, duration)
 }
 
 fn outcome(
@@ -419,6 +527,14 @@ pub async fn run(options: &Options, scenarios: &[Scenario]) -> Result<Report, Be
         clients.push((channel.clone(), Steward::from_channel(channel)));
     }
     let mut organization = String::new();
+    if let Some(needing) = scenarios.iter().find(|s| s.needs_people()) {
+        if options.people.is_empty() {
+            return Err(BenchError::Options(format!(
+                "{} needs a person's email and password (--email, STEWARD_PASSWORD)",
+                needing.name()
+            )));
+        }
+    }
     if let Some(needing) = scenarios.iter().find(|s| s.needs_key()) {
         let key = options.api_key.as_deref().ok_or_else(|| {
             BenchError::Options(format!(
@@ -430,28 +546,64 @@ pub async fn run(options: &Options, scenarios: &[Scenario]) -> Result<Report, Be
     }
     let mut results = Vec::with_capacity(scenarios.len());
     let mut argon2_baseline = None;
-    for scenario in scenarios {
-        let calls = prepare(*scenario, &clients, &organization, options).await?;
-        let mut outcome = if *scenario == Scenario::SignIn {
-            // One account's throttle admits a few attempts in flight; more would be refused.
-            let limited = Options {
-                concurrency: options.concurrency.min(SIGN_IN_CONCURRENCY),
-                ..options.clone()
-            };
-            measure(scenario.name(), calls, &limited).await
-        } else {
-            measure(scenario.name(), calls, options).await
-        };
+    let mut interference = None;
+    let mut organization_size = None;
+    let ratio = |mut outcome: Outcome| {
         outcome.ratio = outcome.rate / baseline.rate.max(f64::EPSILON);
-        if *scenario == Scenario::SignIn {
-            let duration = options.duration;
-            let raw = tokio::task::spawn_blocking(move || raw_argon2(duration))
-                .await
-                .map_err(|e| BenchError::Options(e.to_string()))?;
-            outcome.ratio = outcome.rate / raw.rate.max(f64::EPSILON);
-            argon2_baseline = Some(raw);
+        outcome
+    };
+    for scenario in scenarios {
+        match scenario {
+            Scenario::SignIn => {
+                let calls = prepare(*scenario, &clients, &organization, options).await?;
+                let mut outcome = measure(scenario.name(), calls, &sign_in_load(options)).await;
+                let duration = options.duration;
+                let raw = tokio::task::spawn_blocking(move || raw_argon2(duration))
+                    .await
+                    .map_err(|e| BenchError::Options(e.to_string()))?;
+                outcome.ratio = outcome.rate / raw.rate.max(f64::EPSILON);
+                argon2_baseline = Some(raw);
+                results.push(outcome);
+            }
+            Scenario::CheckAccessUnderSignIn => {
+                let checks =
+                    prepare(Scenario::CheckAccess, &clients, &organization, options).await?;
+                let sign_ins = prepare(Scenario::SignIn, &clients, &organization, options).await?;
+                let light = Options {
+                    concurrency: LIGHT_CONCURRENCY.min(options.concurrency),
+                    ..options.clone()
+                };
+                let alone = ratio(measure("check-access-alone", checks.clone(), &light).await);
+                let signing = sign_in_load(options);
+                let (under_sign_in, sign_in) = tokio::join!(
+                    measure(scenario.name(), checks, &light),
+                    measure("sign-in", sign_ins, &signing)
+                );
+                let under_sign_in = ratio(under_sign_in);
+                let p99_ratio = under_sign_in.p99_ms / alone.p99_ms.max(f64::EPSILON);
+                results.push(under_sign_in.clone());
+                interference = Some(Interference { alone, under_sign_in, sign_in, p99_ratio });
+            }
+            Scenario::ListAdministrators => {
+                if let (Some(size), Some((_, first))) = (options.organization_size, clients.first())
+                {
+                    populate(first, &organization, size).await?;
+                    organization_size = Some(size);
+                }
+                let calls = prepare(*scenario, &clients, &organization, options).await?;
+                let saturated = ratio(measure(scenario.name(), calls.clone(), options).await);
+                // The latency target is at half of the saturated rate, where a queue is no
+                // excuse.
+                let half = saturated.rate / 2.0;
+                let paced = measure_at_rate(HALF_RATE, calls, half, options.duration).await;
+                results.push(saturated);
+                results.push(ratio(paced));
+            }
+            _ => {
+                let calls = prepare(*scenario, &clients, &organization, options).await?;
+                results.push(ratio(measure(scenario.name(), calls, options).await));
+            }
         }
-        results.push(outcome);
     }
     let fleet = match (&options.fleet, clients.first()) {
         (Some(fleet_options), Some((_, client))) => {
@@ -477,7 +629,57 @@ pub async fn run(options: &Options, scenarios: &[Scenario]) -> Result<Report, Be
         scenarios: results,
         fleet,
         argon2_baseline,
+        organization_size,
+        interference,
     })
+}
+
+/// The name of `list-administrators` paced at half of its saturated rate.
+pub const HALF_RATE: &str = "list-administrators-half-rate";
+
+/// The load of the sign-in scenarios: [`SIGN_IN_CONCURRENCY`] in flight per person (one
+/// account's throttle admits a few attempts in flight; more would be refused).
+fn sign_in_load(options: &Options) -> Options {
+    let concurrency = (SIGN_IN_CONCURRENCY * options.people.len().max(1)).min(options.concurrency);
+    Options { concurrency, ..options.clone() }
+}
+
+/// Invites Command Runners into `organization` until it has `size` administrators.
+async fn populate(client: &Steward, organization: &str, size: usize) -> Result<(), BenchError> {
+    use futures::{StreamExt, TryStreamExt};
+    let listed = client
+        .admin()
+        .list_administrators(ListAdministratorsRequest {
+            parent: organization.to_string(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let have = usize::try_from(listed.total_size).unwrap_or(0);
+    // Tags this run's emails apart from an earlier run's (the load tool has no injected clock).
+    #[allow(clippy::disallowed_methods)]
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    futures::stream::iter(have..size)
+        .map(|i| {
+            let client = client.clone();
+            let request = CreateAdministratorRequest {
+                parent: organization.to_string(),
+                administrator: Some(Administrator {
+                    email: format!("bench-{run}-{i}@example.com"),
+                    role: Role::CommandRunner as i32,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            };
+            async move { client.admin().create_administrator(request).await.map(|_| ()) }
+        })
+        .buffer_unordered(fleet::REGISTERING)
+        .try_collect::<()>()
+        .await?;
+    Ok(())
 }
 
 /// Signs every client in with `api_key` (one token, exchanged once); answers the account's
@@ -510,18 +712,27 @@ async fn prepare(
 ) -> Result<Vec<Call>, BenchError> {
     let Some((_, first)) = clients.first() else { return Ok(Vec::new()) };
     if matches!(scenario, Scenario::SignIn | Scenario::RefreshSession) {
-        let person = options.person.clone().ok_or_else(|| {
-            BenchError::Options(format!(
+        let Some(person) = options.people.first().cloned() else {
+            return Err(BenchError::Options(format!(
                 "{} needs a person's email and password (--email, STEWARD_PASSWORD)",
                 scenario.name()
-            ))
-        })?;
+            )));
+        };
         // Anonymous clients on the same connections: these calls carry no access token.
         let anonymous: Vec<Steward> =
             clients.iter().map(|(channel, _)| Steward::from_channel(channel.clone())).collect();
         if scenario == Scenario::SignIn {
-            let person = Arc::new(person);
-            return Ok(anonymous.into_iter().map(|c| Call::SignIn(c, person.clone())).collect());
+            // Worker i signs in person i % people, on connection i % connections.
+            let people: Vec<Arc<(String, String)>> =
+                options.people.iter().cloned().map(Arc::new).collect();
+            let load = sign_in_load(options);
+            return Ok((0..load.concurrency.max(1))
+                .filter_map(|i| {
+                    let client = anonymous.get(i % anonymous.len().max(1))?.clone();
+                    let person = people.get(i % people.len().max(1))?.clone();
+                    Some(Call::SignIn(client, person))
+                })
+                .collect());
         }
         // One session per caller, signed in one after another (parallel sign-ins of one
         // account would meet its throttle).
@@ -557,7 +768,9 @@ async fn prepare(
             Scenario::EmptyHealth | Scenario::Health => {
                 Call::Health(HealthClient::new(channel.clone()))
             }
-            Scenario::CheckAccess => Call::CheckAccess(client.clone()),
+            Scenario::CheckAccess | Scenario::CheckAccessUnderSignIn => {
+                Call::CheckAccess(client.clone())
+            }
             Scenario::GetAdministrator => {
                 Call::GetAdministrator(client.clone(), administrator.clone())
             }

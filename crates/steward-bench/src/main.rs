@@ -17,10 +17,11 @@ struct Args {
     #[arg(long, env = "STEWARD_CA_FILE")]
     ca_file: Option<std::path::PathBuf>,
     /// Scenarios to run (comma-separated): health, check-access, get-administrator,
-    /// list-administrators, sign-in, refresh-session. Default: the first four, and the last
-    /// two when `--email` is given. The next three need `STEWARD_API_KEY`, the key of a service
-    /// account that reads administrators (e.g. Read Only); the last two a person's `--email`
-    /// and `STEWARD_PASSWORD` (without a second factor).
+    /// list-administrators, sign-in, refresh-session, check-access-under-sign-in. Default: the
+    /// first four, and the last three when `--email` is given. All but health, sign-in and
+    /// refresh-session need `STEWARD_API_KEY`, the key of a service account that reads
+    /// administrators and checks access (e.g. Read Only); the last three need people's
+    /// `--email` and `STEWARD_PASSWORD` (without a second factor).
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Seconds per scenario.
@@ -32,10 +33,17 @@ struct Args {
     /// HTTP/2 connections.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Email of a person without a second factor, for sign-in and refresh-session (the
-    /// password comes from `STEWARD_PASSWORD`).
-    #[arg(long, env = "STEWARD_EMAIL")]
-    email: Option<String>,
+    /// Emails of people without a second factor (comma-separated), for the sign-in scenarios;
+    /// they share the password in `STEWARD_PASSWORD`. Sign-in keeps four attempts in flight per
+    /// person (one account's throttle admits five), so saturating the password hashing of a
+    /// server takes a few people.
+    #[arg(long, env = "STEWARD_EMAIL", value_delimiter = ',')]
+    email: Vec<String>,
+    /// Before list-administrators, invite Command Runners until the organization has this many
+    /// administrators (the key's role must also hold `administrators.create` and what a
+    /// Command Runner holds: `runs.read`, `runs.cancel`).
+    #[arg(long)]
+    organization_size: Option<usize>,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -76,10 +84,11 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let person =
-        args.email.map(|email| (email, std::env::var("STEWARD_PASSWORD").unwrap_or_default()));
+    let password = std::env::var("STEWARD_PASSWORD").unwrap_or_default();
+    let people: Vec<(String, String)> =
+        args.email.into_iter().map(|email| (email, password.clone())).collect();
     let scenarios = if args.scenario.is_empty() {
-        let people = if person.is_some() { &Scenario::PEOPLE[..] } else { &[] };
+        let people = if people.is_empty() { &[][..] } else { &Scenario::PEOPLE[..] };
         Scenario::STEWARD.iter().chain(people).copied().collect()
     } else {
         args.scenario
@@ -102,7 +111,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             targets: args.targets,
             settle: Duration::from_secs(args.settle),
         }),
-        person,
+        people,
+        organization_size: args.organization_size,
     };
     let report = steward_bench::run(&options, &scenarios).await?;
     print!("{}", report.markdown());

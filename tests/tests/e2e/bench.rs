@@ -20,6 +20,9 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
             "commands.create",
             "commands.run",
             "connect_keys.create",
+            "administrators.create",
+            "runs.read",
+            "runs.cancel",
         ],
     )
     .await
@@ -45,12 +48,36 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
             targets: 20,
             settle: Duration::from_secs(1),
         }),
-        person: Some((owner.email.clone(), crate::harness::PASSWORD.to_string())),
+        people: vec![(owner.email.clone(), crate::harness::PASSWORD.to_string())],
+        organization_size: Some(60),
     };
     let report = steward_bench::run(&options, &Scenario::STEWARD).await.unwrap();
     assert!(report.baseline.ok > 0 && report.baseline.errors.is_empty(), "{report:?}");
     let names: Vec<&str> = report.scenarios.iter().map(|o| o.scenario.as_str()).collect();
-    assert_eq!(names, ["health", "check-access", "get-administrator", "list-administrators"]);
+    assert_eq!(
+        names,
+        [
+            "health",
+            "check-access",
+            "get-administrator",
+            "list-administrators",
+            steward_bench::HALF_RATE
+        ]
+    );
+    // The organization was filled up to the size asked, so the pages read were full ones.
+    assert_eq!(report.organization_size, Some(60));
+    let listed = owner
+        .client
+        .admin()
+        .list_administrators(steward_proto::admin::v1::ListAdministratorsRequest {
+            parent: owner.org.clone(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total_size, 60);
     for outcome in &report.scenarios {
         assert!(outcome.ok > 0, "{outcome:?}");
         assert!(outcome.errors.is_empty(), "{outcome:?}");
@@ -63,13 +90,17 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
     let people = Options { concurrency: 2, fleet: None, ..options.clone() };
     let signed = steward_bench::run(&people, &Scenario::PEOPLE).await.unwrap();
     let names: Vec<&str> = signed.scenarios.iter().map(|o| o.scenario.as_str()).collect();
-    assert_eq!(names, ["sign-in", "refresh-session"]);
+    assert_eq!(names, ["sign-in", "refresh-session", "check-access-under-sign-in"]);
     for outcome in &signed.scenarios {
         assert!(outcome.ok > 0 && outcome.errors.is_empty(), "{outcome:?}");
     }
     let raw = signed.argon2_baseline.as_ref().unwrap();
     assert!(raw.ok > 0, "{raw:?}");
     assert!(signed.markdown().contains("| raw-argon2id |"));
+    let interference = signed.interference.as_ref().unwrap();
+    assert!(interference.alone.ok > 0 && interference.sign_in.ok > 0, "{interference:?}");
+    assert!(interference.sign_in.errors.is_empty(), "{interference:?}");
+    assert!(interference.p99_ratio > 0.0, "{interference:?}");
     let table = report.markdown();
     assert!(table.contains("| empty-tonic-health |") && table.contains("| check-access |"));
     // Without a key the authenticated scenarios are refused before any load.
