@@ -123,10 +123,21 @@ pub async fn migrate(config: &Config, kinds: &[ServiceKind]) -> Result<(), Serve
 
 async fn connect(config: &Config, kind: ServiceKind) -> Result<DatabaseConnection, ServerError> {
     let url = database_url(config, kind)?;
-    let db = steward_storage::connect(&url, config.database.max_connections).await?;
+    let mut db = steward_storage::connect(&url, config.database.max_connections).await?;
     kind.migrate(&db).await?;
     tracing::info!(service = kind.name(), "migrations applied");
+    steward_storage::count_statements(&mut db, &statements_label(config, kind)?);
     Ok(db)
+}
+
+fn statements_label(config: &Config, kind: ServiceKind) -> Result<String, ServerError> {
+    Ok(format!("{}@{}", kind.name(), steward_storage::redact(&database_url(config, kind)?)))
+}
+
+/// Statements the `kind` services of this process with `config` have run on their database
+/// since they started (after migrations).
+pub fn statements(config: &Config, kind: ServiceKind) -> Result<u64, ServerError> {
+    Ok(steward_storage::statements(&statements_label(config, kind)?))
 }
 
 /// Refuses settings that would run an insecure or broken service.

@@ -75,6 +75,34 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     Ok(db)
 }
 
+/// Statement counters by label ([`count_statements`]).
+static STATEMENTS: std::sync::LazyLock<
+    std::sync::Mutex<
+        std::collections::HashMap<String, std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    >,
+> = std::sync::LazyLock::new(Default::default);
+
+fn statement_counter(label: &str) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    let mut counters = STATEMENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    counters.entry(label.to_string()).or_default().clone()
+}
+
+/// Counts every statement `db` (and the clones made of it afterwards) runs under `label`, for
+/// [`statements`]: what lets a test show that some work costs no query at all (an idle agent,
+/// a heartbeat). One atomic add per statement. sea-orm reports statements made through its
+/// query API; `execute_unprepared` (migrations, the readiness ping) is not counted.
+pub fn count_statements(db: &mut DatabaseConnection, label: &str) {
+    let counter = statement_counter(label);
+    db.set_metric_callback(move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
+/// Statements counted under `label` so far in this process (0 for an unknown label).
+pub fn statements(label: &str) -> u64 {
+    statement_counter(label).load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Runs every pending migration of `M`.
 pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> Result<(), StorageError> {
     M::up(db, None).await?;

@@ -1236,6 +1236,73 @@ backend_test!(run_attempts_are_audited, |stack| async move {
     assert_eq!(allowed_events[0].actor, owner.admin);
 });
 
+// Idle agents cost the commands service no database statement: not their sessions, not their
+// heartbeats, not the server's heartbeats to them. What runs anyway (relays, the per-replica
+// touch, the sweep, put an hour away here) is measured over as long with no agent connected.
+backend_test!(
+    idle_agents_cost_no_statement,
+    start = |backend| Stack::start_with(backend, |c| {
+        c.streams.dispatch_sweep_secs = 3600;
+        c.streams.agent_heartbeat_secs = 1;
+    }),
+    |stack| async move {
+        const AGENTS: usize = 10;
+        let stack: Stack = stack;
+        let owner = stack.owner().await;
+        let mut systems = Vec::new();
+        for i in 0..AGENTS {
+            systems.push(register(&stack, &owner, &format!("idle-{i}")).await);
+        }
+        let command = create_command(
+            &owner,
+            "report",
+            &systems.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
+        )
+        .await;
+        // Statements over three seconds, while every agent (if any) sends a heartbeat a second
+        // and receives one.
+        let window = |agents: &[FakeAgent]| {
+            let agents: Vec<_> = agents.iter().map(|a| a.tx.clone()).collect();
+            let stack = &stack;
+            async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let before = stack.statements(ServiceKind::Commands);
+                for _ in 0..3 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    for agent in &agents {
+                        let heartbeat = open_stream_request::Message::Heartbeat(
+                            open_stream_request::Heartbeat { send_time: None },
+                        );
+                        agent.send(OpenStreamRequest { message: Some(heartbeat) }).await.unwrap();
+                    }
+                }
+                stack.statements(ServiceKind::Commands) - before
+            }
+        };
+        let quiet = window(&[]).await;
+        let mut agents = Vec::new();
+        for (_, credential) in &systems {
+            agents.push(
+                FakeAgent::open(&stack.url(ServiceKind::Commands), credential).await.unwrap(),
+            );
+        }
+        // Each session looks for work once, at hello; let that pass.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = window(&agents).await;
+        assert!(
+            idle <= quiet + 2,
+            "{AGENTS} idle agents ran {idle} statements in 3 s; with none connected, {quiet} ran"
+        );
+        // The counter counts: a run on all of them costs statements, and every agent gets it.
+        let before = stack.statements(ServiceKind::Commands);
+        let created = run(&owner.client, &command.name, &[]).await.unwrap();
+        for agent in &mut agents {
+            assert_eq!(agent.assignment().await.run, created.name);
+        }
+        assert!(stack.statements(ServiceKind::Commands) > before);
+    }
+);
+
 /// A fake agent on one stream.
 struct FakeAgent {
     tx: mpsc::Sender<OpenStreamRequest>,

@@ -351,6 +351,11 @@ impl Stack {
         format!("{}://{}", self.scheme(), self.addr_of(kind))
     }
 
+    /// Statements the `kind` services of this stack have run on their database so far.
+    pub fn statements(&self, kind: ServiceKind) -> u64 {
+        steward_server::statements(&self.config, kind).unwrap()
+    }
+
     /// Anonymous client of the primary server (for split stacks, of the admin server; use
     /// [`Stack::client_for`] for the others).
     pub async fn client(&self) -> Steward {
