@@ -235,10 +235,14 @@ impl Hasher {
         rand::rngs::OsRng.fill_bytes(&mut random);
         let dummy_password =
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, random);
-        let threads = Threads::start(workers)?;
-        let dummy = threads.run(move |memory| hash_blocking(&dummy_password, memory)).await??;
+        // On a thread of its own, whose memory is returned: a hashing thread would keep its
+        // 19 MiB from the start, before any sign-in.
+        let dummy =
+            tokio::task::spawn_blocking(move || hash_blocking(&dummy_password, &mut Vec::new()))
+                .await
+                .map_err(|e| ApiError::internal(format!("hashing task failed: {e}")))??;
         Ok(Self {
-            threads: Arc::new(threads),
+            threads: Arc::new(Threads::start(workers)?),
             permits: Arc::new(Semaphore::new(workers.max(1))),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting,
