@@ -644,19 +644,24 @@ fn sign_in_load(options: &Options) -> Options {
     Options { concurrency, ..options.clone() }
 }
 
+/// A page of one administrator of `organization` (with the organization's `total_size`).
+async fn first_administrator(
+    client: &Steward,
+    organization: &str,
+) -> Result<steward_proto::admin::v1::ListAdministratorsResponse, BenchError> {
+    let request = ListAdministratorsRequest {
+        parent: organization.to_string(),
+        page_size: 1,
+        ..Default::default()
+    };
+    Ok(client.admin().list_administrators(request).await?.into_inner())
+}
+
 /// Invites Command Runners into `organization` until it has `size` administrators.
 async fn populate(client: &Steward, organization: &str, size: usize) -> Result<(), BenchError> {
     use futures::{StreamExt, TryStreamExt};
-    let listed = client
-        .admin()
-        .list_administrators(ListAdministratorsRequest {
-            parent: organization.to_string(),
-            page_size: 1,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let have = usize::try_from(listed.total_size).unwrap_or(0);
+    let have =
+        usize::try_from(first_administrator(client, organization).await?.total_size).unwrap_or(0);
     // Tags this run's emails apart from an earlier run's (the load tool has no injected clock).
     #[allow(clippy::disallowed_methods)]
     let run = std::time::SystemTime::now()
@@ -747,15 +752,7 @@ async fn prepare(
         return Ok(calls);
     }
     let administrator = if scenario == Scenario::GetAdministrator {
-        let listed = first
-            .admin()
-            .list_administrators(ListAdministratorsRequest {
-                parent: organization.to_string(),
-                page_size: 1,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+        let listed = first_administrator(first, organization).await?;
         listed.administrators.first().map(|a| a.name.clone()).ok_or_else(|| {
             BenchError::Options("the organization has no administrator to get".into())
         })?
