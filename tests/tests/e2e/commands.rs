@@ -1239,6 +1239,7 @@ backend_test!(run_attempts_are_audited, |stack| async move {
 // Idle agents cost the commands service no database statement: not their sessions, not their
 // heartbeats, not the server's heartbeats to them. What runs anyway (relays, the per-replica
 // touch, the sweep, put an hour away here) is measured over as long with no agent connected.
+// Shown to fail (41 statements against 21 with 10 agents) when a heartbeat makes one query.
 backend_test!(
     idle_agents_cost_no_statement,
     start = |backend| Stack::start_with(backend, |c| {
@@ -1246,7 +1247,7 @@ backend_test!(
         c.streams.agent_heartbeat_secs = 1;
     }),
     |stack| async move {
-        const AGENTS: usize = 10;
+        const AGENTS: u64 = 20;
         let stack: Stack = stack;
         let owner = stack.owner().await;
         let mut systems = Vec::new();
@@ -1289,8 +1290,12 @@ backend_test!(
         // Each session looks for work once, at hello; let that pass.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle = window(&agents).await;
+        eprintln!("statements in 3 s: {idle} with {AGENTS} idle agents, {quiet} with none");
+        // The relays' polls make the background vary by a few statements from one window to
+        // the next; one statement per agent in the window, or per heartbeat (3 per agent), is
+        // well beyond that margin.
         assert!(
-            idle <= quiet + 2,
+            idle <= quiet + AGENTS / 2,
             "{AGENTS} idle agents ran {idle} statements in 3 s; with none connected, {quiet} ran"
         );
         // The counter counts: a run on all of them costs statements, and every agent gets it.
