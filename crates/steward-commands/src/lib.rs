@@ -16,15 +16,16 @@
 //!   DeleteGrant has returned, on any replica. RunCommand re-reads the grant inside the
 //!   transaction that records the run, with a shared row lock on PostgreSQL, so a revoke racing
 //!   a run either waits for the run's commit or wins and the run is refused.
-//! - **The caller now.** A token outlives a demotion or deletion by its lifetime, so every
-//!   mutation (commands, grants, connect keys, systems, CancelRun) and every RunCommand looks the
-//!   caller up through `AdminInternalService.LookupAdministrator` first and acts on the lower of
-//!   the token's and the current role: a deleted (or deactivated) caller is `PERMISSION_DENIED`
-//!   `CALLER_DELETED`, a demoted one `ROLE_REQUIRED` for Administrator-only mutations and held
-//!   to its grants when it runs. Each refusal is audited. Reads still trust the token.
-//! - **Principals.** CheckAccess about the caller uses the role in the caller's (verified)
-//!   token; about anybody else it asks `AdminInternalService.LookupAdministrator`, so a deleted
-//!   administrator is `PRINCIPAL_NOT_FOUND`. A principal of another organization than the
+//! - **The caller now.** A token outlives a demotion or deletion by its lifetime, so every call
+//!   (mutations, RunCommand, reads and access checks) looks the caller up first, through
+//!   `AdminInternalService.LookupAdministrator` (or `LookupServiceAccount`, with the key its
+//!   token came from), and acts on what both the token and the account hold now: a deleted (or
+//!   deactivated) caller is `PERMISSION_DENIED` `CALLER_DELETED`, a demoted one is refused what
+//!   its role no longer holds and held to its grants when it runs. Refused mutations are
+//!   audited.
+//! - **Principals.** CheckAccess about the caller uses the caller as just re-checked; about
+//!   anybody else it asks `AdminInternalService.LookupAdministrator` (or
+//!   `LookupServiceAccount`), so a deleted administrator is `PRINCIPAL_NOT_FOUND`. A principal of another organization than the
 //!   caller's is `PERMISSION_DENIED`; a command or system of another organization than the
 //!   principal's is the decision `WRONG_ORGANIZATION`.
 //! - **Grantees.** Must be Command Runners of the command's organization: another
