@@ -25,7 +25,7 @@ pub const CREDENTIAL_FILE: &str = "credential.json";
              stream to the command service and executes what it is assigned"
 )]
 pub struct Args {
-    /// The command service's URL, e.g. https://steward.example.com. Plaintext `http://` is
+    /// The command service's URL, e.g. `https://steward.example.com`. Plaintext `http://` is
     /// accepted only for a loopback address unless `--insecure-plaintext` is given.
     #[arg(long, env = "STEWARD_AGENT_SERVER")]
     pub server: String,

@@ -1,10 +1,10 @@
 //! Event-driven dispatch: the agent sessions a replica holds, and waking exactly the ones a
 //! write concerns.
 //!
-//! Each replica keeps its open agent sessions in a [`Dispatch`] hub, keyed by system. A write
+//! Each replica keeps its open agent sessions in a `Dispatch` hub, keyed by system. A write
 //! that gives a system something to do (a queued run, a cancellation, a claim put back) or
 //! takes its stream away (a newer session claimed the system, the system was deleted)
-//! [announces](Dispatch::announce) the systems it concerns:
+//! announces (`Dispatch::announce`) the systems it concerns:
 //!
 //! - on this replica, the sessions of those systems are woken once the write has committed;
 //! - on PostgreSQL, the transaction also sends `NOTIFY steward_dispatch` with the systems'
@@ -15,14 +15,14 @@
 //!
 //! A woken session reads its system and its pending work; an idle session costs no query. Two
 //! per-replica passes are the safety net, and neither grows with the number of idle agents
-//! beyond one batched statement per [`TOUCH_BATCH`] systems:
+//! beyond one batched statement per `TOUCH_BATCH` systems:
 //!
 //! - the **sweep** (every `streams.dispatch_sweep_secs`) asks the database which connected
 //!   systems have unclaimed work or an unsent cancellation and wakes those held here. On SQLite,
 //!   which has no notifications, it is how a run created by another process sharing the file
 //!   reaches its agents, and there every third sweep also checks (in batches) that each local
 //!   session still holds its system, so a newer stream or a deletion by another process ends it;
-//! - the **touch** (every [`TOUCH_INTERVAL`]) records `last_seen_time` for every system
+//! - the **touch** (every `TOUCH_INTERVAL`) records `last_seen_time` for every system
 //!   connected here, and wakes the sessions whose system now has another stream (or is gone),
 //!   so they end.
 

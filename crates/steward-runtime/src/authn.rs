@@ -417,7 +417,7 @@ pub struct DeniedCall {
 /// Receives [`DeniedCall`]s; must not block (spawn to do I/O).
 pub type DenialSink = Arc<dyn Fn(DeniedCall) + Send + Sync>;
 
-/// The tower layer enforcing [`crate::roles::RULES`] on every call.
+/// The tower layer enforcing the access rules ([`crate::roles::rule`]) on every call.
 #[derive(Clone)]
 pub struct AuthLayer {
     state: Arc<AuthState>,
