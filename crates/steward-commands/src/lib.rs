@@ -25,9 +25,9 @@
 //!   audited.
 //! - **Principals.** CheckAccess about the caller uses the caller as just re-checked; about
 //!   anybody else it asks `AdminInternalService.LookupAdministrator` (or
-//!   `LookupServiceAccount`), so a deleted administrator is `PRINCIPAL_NOT_FOUND`. A principal of another organization than the
-//!   caller's is `PERMISSION_DENIED`; a command or system of another organization than the
-//!   principal's is the decision `WRONG_ORGANIZATION`.
+//!   `LookupServiceAccount`), so a deleted administrator is `PRINCIPAL_NOT_FOUND`. A principal
+//!   of another organization than the caller's is `PERMISSION_DENIED`; a command or system of
+//!   another organization than the principal's is the decision `WRONG_ORGANIZATION`.
 //! - **Grantees.** Must be Command Runners of the command's organization: another
 //!   organization's name or an unknown administrator is `NOT_FOUND`, an Administrator
 //!   `FAILED_PRECONDITION` (`GRANTEE_IS_ADMINISTRATOR`).
