@@ -1239,7 +1239,7 @@ backend_test!(run_attempts_are_audited, |stack| async move {
 // Idle agents cost the commands service no database statement: not their sessions, not their
 // heartbeats, not the server's heartbeats to them. What runs anyway (relays, the per-replica
 // touch, the sweep, put an hour away here) is measured over as long with no agent connected.
-// Shown to fail (41 statements against 21 with 10 agents) when a heartbeat makes one query.
+// Shown to fail (61 statements against 20) when a heartbeat makes one query.
 backend_test!(
     idle_agents_cost_no_statement,
     start = |backend| Stack::start_with(backend, |c| {
