@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Tests the generated client SDKs end to end against the real steward-server binary.
+# Tests the client SDKs end to end, as installed packages, against the real steward-server binary.
 #
 #   clients/run-tests.sh [python] [typescript]     (default: both)
 #
 # STEWARD_SERVER_BIN names the binary (default: target/debug/steward-server of this repository;
-# build it with `cargo build -p steward-server`). Installs what is missing, and only that: a Python
-# venv in clients/python/.venv from requirements.txt, and `npm ci` in clients/typescript, each
-# redone only when its pinned inputs change. Then regenerates both SDKs from proto/ (cheap, always
-# fresh), builds the TypeScript one with tsc, and runs pytest and `node --test`. Exits non-zero if
-# any suite fails; runs every requested suite either way.
+# build it with `cargo build -p steward-server`). Installs what is missing, from PyPI and npm only,
+# redone only when its pinned inputs change: the Python dev venv clients/python/.venv
+# (requirements-dev.txt: buf, grpcio-tools, mypy-protobuf, setuptools) and `npm ci` in
+# clients/typescript. Then, per SDK:
+# - python: generates (buf generate, ../buf.gen.yaml) and builds the wheel, installs it with the
+#   pinned test requirements into a fresh venv (clients/python/.test-venv), and runs pytest there;
+# - typescript: generates, compiles with tsc, `npm pack`s the package, installs the tarball into a
+#   fresh throwaway project, and runs the compiled tests there with `node --test`.
+# Exits non-zero if any suite fails; runs every requested suite either way.
 set -euo pipefail
 clients="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$clients/.." && pwd)"
@@ -35,44 +39,75 @@ for suite in "${suites[@]}"; do
 done
 
 hash_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
-step() { printf '\n== clients: %s\n' "$*"; }
-
-# --- Python: venv with the pinned packages (also provides protoc for the TypeScript SDK) --------
-py="$clients/python"
-venv="$py/.venv"
+step() { printf '\n== clients: %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+pip_quiet=(--quiet --disable-pip-version-check --no-input)
 python="${PYTHON:-python3}"
-want="$(hash_of "$py/requirements.txt")-$("$python" -c 'import sys; print(sys.version.split()[0])')"
+py="$clients/python"
+ts="$clients/typescript"
+
+# --- Python dev venv: code generation (buf, grpcio-tools, mypy-protobuf) and building ---------
+venv="$py/.venv"
+want="$(hash_of "$py/requirements-dev.txt")-$("$python" -c 'import sys; print(sys.version.split()[0])')"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.installed" 2>/dev/null)" != "$want" ]; then
-  step "installing Python packages into python/.venv"
+  step "installing the Python dev packages into python/.venv"
   rm -rf "$venv"
   "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$py/requirements.txt"
+  "$venv/bin/python" -m pip install "${pip_quiet[@]}" -r "$py/requirements-dev.txt"
   echo "$want" > "$venv/.installed"
 fi
-PYTHON="$venv/bin/python" "$py/generate.sh"
+
+python_suite() {
+  step "python: generate, build the wheel"
+  local dist="$py/dist" testvenv="$py/.test-venv"
+  rm -rf "$dist" "$py/build"
+  # setup.py runs clients/generate.sh python with this venv's generators.
+  "$venv/bin/python" -m pip wheel "${pip_quiet[@]}" --no-deps --no-build-isolation -w "$dist" "$py"
+  local wheel
+  wheel="$(ls "$dist"/steward_client-*.whl)"
+  step "python: install $(basename "$wheel") into a fresh venv"
+  rm -rf "$testvenv"
+  "$python" -m venv "$testvenv"
+  "$testvenv/bin/python" -m pip install "${pip_quiet[@]}" -r "$py/requirements.txt" "$wheel"
+  step "python: pytest against $bin"
+  # bin/pytest, not `python -m pytest`: the current directory must not shadow the installed package.
+  (cd "$py" && "$testvenv/bin/pytest" -p no:cacheprovider)
+}
+
+typescript_suite() {
+  local want
+  want="$(hash_of "$ts/package.json" "$ts/package-lock.json")-$(node --version)"
+  if [ ! -d "$ts/node_modules" ] || [ "$(cat "$ts/node_modules/.installed" 2>/dev/null)" != "$want" ]; then
+    step "typescript: npm ci"
+    (cd "$ts" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$want" > "$ts/node_modules/.installed"
+  fi
+  step "typescript: generate, tsc, npm pack"
+  PYTHON="$venv/bin/python" "$clients/generate.sh" typescript
+  (cd "$ts" && rm -rf dist && npx --no-install tsc -p tsconfig.json)
+  local pack="$ts/.pack" project="$ts/.test-project"
+  rm -rf "$pack" "$project"
+  mkdir -p "$pack" "$project"
+  (cd "$ts" && npm pack --silent --pack-destination "$pack" >/dev/null)
+  local tarball
+  tarball="$(ls "$pack"/*.tgz)"
+  step "typescript: install $(basename "$tarball") into a fresh project"
+  cat > "$project/package.json" <<'EOF'
+{ "name": "steward-client-tests", "version": "0.0.0", "private": true }
+EOF
+  (cd "$project" && npm install --no-audit --no-fund --loglevel=error --no-package-lock "$tarball")
+  cp -r "$ts/dist/test" "$project/test"
+  step "typescript: node --test against $bin"
+  (cd "$project" && node --test --test-concurrency=1 test/*.test.js)
+}
 
 failed=()
 for suite in "${suites[@]}"; do
-  case "$suite" in
-    python)
-      step "pytest (python SDK) against $bin"
-      if ! (cd "$py" && "$venv/bin/python" -m pytest -p no:cacheprovider); then failed+=(python); fi
-      ;;
-    typescript)
-      ts="$clients/typescript"
-      want="$(hash_of "$ts/package.json" "$ts/package-lock.json")-$(node --version)"
-      if [ ! -d "$ts/node_modules" ] || [ "$(cat "$ts/node_modules/.installed" 2>/dev/null)" != "$want" ]; then
-        step "npm ci (typescript SDK)"
-        (cd "$ts" && npm ci --no-audit --no-fund --loglevel=error)
-        echo "$want" > "$ts/node_modules/.installed"
-      fi
-      PYTHON="$venv/bin/python" "$ts/generate.sh"
-      step "tsc + node --test (typescript SDK) against $bin"
-      if ! (cd "$ts" && rm -rf dist && npx --no-install tsc -p tsconfig.json && npm test --silent); then
-        failed+=(typescript)
-      fi
-      ;;
-  esac
+  # A subshell outside any condition, so that `set -e` holds inside it.
+  set +e
+  (set -e; "${suite}_suite")
+  status=$?
+  set -e
+  [ $status -eq 0 ] || failed+=("$suite")
 done
 
 if [ ${#failed[@]} -gt 0 ]; then

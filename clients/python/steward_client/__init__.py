@@ -1,38 +1,30 @@
 """Python client SDK for Steward's gRPC API.
 
-The messages and stubs are generated from the protos by ``generate.sh`` into
-``steward_client.gen``; this module adds a thin :class:`Steward` wrapper that owns
-one channel, attaches the access token to every call, and exposes one stub per
-public service::
+The messages and stubs are generated from the protos (``buf generate``, see clients/README.md)
+into ``steward_client.gen``; this module adds a thin :class:`Steward` wrapper that owns one
+channel, attaches the access token to every call and renews it, retries idempotent calls on
+``UNAVAILABLE``, pages through lists, and exposes one stub per public service::
 
     from steward_client import Steward, admin_pb2
 
     with Steward("127.0.0.1:50051") as steward:
         steward.sign_in("owner@example.com", "a long and unusual passphrase")
         profile = steward.admin.GetProfile(admin_pb2.GetProfileRequest()).profile
-        page = steward.admin.ListAdministrators(
-            admin_pb2.ListAdministratorsRequest(parent=profile.organization.name))
+        for administrator in steward.administrators.list(parent=profile.organization.name):
+            print(administrator.email)
 
-Over TLS, name the target ``https://host:port`` (or pass ``tls=True``) and, for a
-server whose certificate is not signed by a public CA (``steward-server dev --tls``),
-the PEM of the CA to trust::
+The same with asyncio: :class:`steward_client.aio.AsyncSteward` (``grpc.aio``).
 
-    ca = open("data/tls/ca.pem", "rb").read()
-    with Steward("https://127.0.0.1:50051", root_certificates=ca) as steward:
-        ...
+Over TLS, name the target ``https://host:port`` (or pass ``tls=True``) and, for a server whose
+certificate is not signed by a public CA (``steward-server dev --tls``), the PEM of the CA to
+trust: ``Steward("https://127.0.0.1:50051", root_certificates=open("ca.pem", "rb").read())``.
 
-A program (a CI job) signs in as a service account with an API key instead: pass
-``api_key=`` or call :meth:`Steward.from_env`, which reads ``STEWARD_API_KEY`` (and
-``STEWARD_SERVER``, ``STEWARD_CA_FILE``). The key is traded for an access token
-(``AuthService.ExchangeApiKey``) before the first call and again shortly before that
-token expires; it is never logged or shown in a ``repr``::
+A program (a CI job) signs in as a service account with an API key instead: pass ``api_key=``
+or call :meth:`Steward.from_env`, which reads ``STEWARD_API_KEY`` (and ``STEWARD_SERVER``,
+``STEWARD_CA_FILE``). The key is never logged or shown in a ``repr``.
 
-    with Steward.from_env() as ci:
-        ci.commands.ListCommands(commands_pb2.ListCommandsRequest(parent=org))
-
-Errors are :class:`grpc.RpcError`; :func:`error_details` decodes the
-``google.rpc`` details (``PreconditionFailure``, ``BadRequest``, ``ErrorInfo``,
-``RetryInfo``...) that Steward attaches to them.
+Errors are :class:`grpc.RpcError`; :func:`error_details` decodes the ``google.rpc`` details
+(``PreconditionFailure``, ``BadRequest``, ``ErrorInfo``, ``RetryInfo``...) attached to them.
 """
 
 from __future__ import annotations
@@ -41,9 +33,7 @@ import collections
 import datetime
 import os
 import threading
-import time
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import grpc
 
@@ -72,16 +62,33 @@ try:
     )
 except ImportError as exc:  # pragma: no cover - only without generated code
     raise ImportError(
-        "steward_client.gen is missing: run clients/python/generate.sh first"
+        "steward_client.gen is missing: run clients/generate.sh python first"
     ) from exc
+
+from . import _core
+from ._core import (
+    API_KEY_VAR,
+    CA_FILE_VAR,
+    DEFAULT_RETRY_POLICY,
+    DEFAULT_TARGET,
+    IDEMPOTENT_METHODS,
+    PUBLIC_METHODS,
+    SERVER_VAR,
+    error_details,
+    service_config,
+)
 
 __all__ = [
     "Steward",
     "error_details",
+    "service_config",
     "API_KEY_VAR",
     "SERVER_VAR",
     "CA_FILE_VAR",
     "DEFAULT_TARGET",
+    "DEFAULT_RETRY_POLICY",
+    "IDEMPOTENT_METHODS",
+    "PUBLIC_METHODS",
     "admin_pb2",
     "administrator_pb2",
     "organization_pb2",
@@ -95,41 +102,8 @@ __all__ = [
     "systems_pb2",
 ]
 
-_Metadata = Sequence[Tuple[str, Any]]
-
-#: The environment variable :meth:`Steward.from_env` reads the API key from.
-API_KEY_VAR = "STEWARD_API_KEY"
-#: The environment variable :meth:`Steward.from_env` reads the server from (as the CLI does).
-SERVER_VAR = "STEWARD_SERVER"
-#: The environment variable :meth:`Steward.from_env` reads the CA file to trust from.
-CA_FILE_VAR = "STEWARD_CA_FILE"
-#: The server :meth:`Steward.from_env` uses when neither ``target`` nor ``STEWARD_SERVER`` is given.
-DEFAULT_TARGET = "127.0.0.1:50051"
-
-
-class _ApiKey:
-    """A service account's API key (``stw_{key}_{secret}``); its ``repr`` never shows it."""
-
-    __slots__ = ("_secret",)
-
-    def __init__(self, secret: str):
-        if not isinstance(secret, str):
-            raise TypeError("api_key must be a str")
-        secret = secret.strip()
-        if not secret:
-            raise ValueError("api_key is empty")
-        self._secret = secret
-
-    def reveal(self) -> str:
-        return self._secret
-
-    def __repr__(self) -> str:
-        return "<api key redacted>"
-
-    __str__ = __repr__
-
-    def __reduce__(self):  # never pickled along with a client
-        raise TypeError("an API key is not picklable")
+_T = TypeVar("_T")
+_UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 
 
 class _ClientCallDetails(
@@ -142,32 +116,24 @@ class _ClientCallDetails(
     pass
 
 
-class _BearerInterceptor(
+class _AuthInterceptor(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Adds ``authorization: Bearer <token>`` to every call while a token is set.
+    """Sends the access token (renewed first when due), and retries a unary call once on
+    ``UNAUTHENTICATED`` after renewing it. A call that carries its own ``authorization`` (an
+    agent's credential on ``AgentService.OpenStream``) is left as it is."""
 
-    A call that already carries an ``authorization`` entry (for example an agent's
-    credential on ``AgentService.OpenStream``) is left as it is.
-    """
+    def __init__(self, steward: "Steward"):
+        self._steward = steward
 
-    def __init__(self, token: Callable[[], Optional[str]], default_timeout: Optional[float]):
-        self._token = token
-        self._default_timeout = default_timeout
-
-    def _details(
-        self, details: grpc.ClientCallDetails, unary: bool = False
-    ) -> grpc.ClientCallDetails:
-        token = self._token()
-        metadata: List[Tuple[str, Any]] = list(details.metadata or ())
+    def _details(self, details, unary: bool, token: Optional[str]) -> grpc.ClientCallDetails:
+        metadata, _ = _core.with_authorization(details.metadata, token)
         timeout = details.timeout
         if timeout is None and unary:
-            timeout = self._default_timeout
-        if token and not any(key.lower() == "authorization" for key, _ in metadata):
-            metadata.append(("authorization", f"Bearer {token}"))
+            timeout = self._steward._default_timeout
         return _ClientCallDetails(
             details.method,
             timeout,
@@ -177,17 +143,47 @@ class _BearerInterceptor(
             getattr(details, "compression", None),
         )
 
+    def _token(self, details) -> Optional[str]:
+        method = _core.method_name(details.method)
+        if _core.has_own_authorization(details.metadata):
+            return None
+        return self._steward._token(renew=method not in PUBLIC_METHODS)
+
     def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._details(details, unary=True), request)
+        token = self._token(details)
+        outcome = continuation(self._details(details, True, token), request)
+        method = _core.method_name(details.method)
+        if token is None or method in PUBLIC_METHODS or outcome.code() != _UNAUTHENTICATED:
+            return outcome
+        renewed = self._steward._renew_after_refusal(token)
+        if renewed is None:
+            return outcome
+        return continuation(self._details(details, True, renewed), request)
 
     def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._details(details), request)
+        return continuation(self._details(details, False, self._token(details)), request)
 
     def intercept_stream_unary(self, continuation, details, request_iterator):
-        return continuation(self._details(details), request_iterator)
+        return continuation(self._details(details, True, self._token(details)), request_iterator)
 
     def intercept_stream_stream(self, continuation, details, request_iterator):
-        return continuation(self._details(details), request_iterator)
+        return continuation(self._details(details, False, self._token(details)), request_iterator)
+
+
+class Administrators:
+    """``steward.administrators``: every administrator of an organization, page after page."""
+
+    def __init__(self, steward: "Steward"):
+        self._steward = steward
+
+    def list(
+        self, parent: str, *, page_size: int = 0, filter: str = "", order_by: str = "", **call: Any
+    ) -> Iterator[administrator_pb2.Administrator]:
+        """Iterates ``AdminService.ListAdministrators`` over all pages (``page_size`` each, the
+        server's default when 0), following ``next_page_token``. ``call`` goes to each call
+        (``timeout=``, ``metadata=``)."""
+        request = _core.list_administrators_request(parent, page_size, filter, order_by)
+        return self._steward.paginate(self._steward.admin.ListAdministrators, request, **call)
 
 
 class Steward:
@@ -204,23 +200,25 @@ class Steward:
       certificate), used as it is; it excludes ``root_certificates``.
 
     ``http://`` with ``tls=True`` (or TLS settings), and ``https://`` with
-    ``tls=False``, raise :class:`ValueError`. ``options`` are grpc channel options
-    (e.g. ``("grpc.ssl_target_name_override", name)``). ``target`` keeps the grpc
-    target (``host:port``, without scheme) and ``tls`` whether the channel uses TLS.
+    ``tls=False``, raise :class:`ValueError`. ``options`` are grpc channel options.
+    ``target`` keeps the grpc target (``host:port``, without scheme) and ``tls`` whether the
+    channel uses TLS. ``default_timeout`` (seconds) applies to unary calls made without one.
 
-    The access token set with :meth:`set_access_token` (or by :meth:`sign_in`) is
-    sent with every call. ``default_timeout`` (seconds) applies to unary calls made
-    without a timeout.
+    Tokens: after :meth:`sign_in` (or :meth:`set_tokens` with a ``TokenSet``) the client keeps
+    the refresh token and calls ``RefreshSession`` before a call made less than
+    ``token_refresh_margin`` seconds (default 60, at most half the token's lifetime) before the
+    access token expires; with ``api_key=`` (a service account's key) it calls
+    ``ExchangeApiKey`` the same way, and before the first call. A unary call refused with
+    ``UNAUTHENTICATED`` (a token revoked or expired early) renews once and is retried once.
+    When a renewal is refused while the current token has not expired yet, that token is still
+    used (the next call tries again); otherwise the call that needed it fails with that error.
+    One renewal at a time: concurrent calls wait for it. Neither the key nor the refresh token
+    is ever logged, nor shown by ``repr``. :meth:`set_access_token` sends a token as it is.
 
-    ``api_key``, a service account's API key, makes the client act as that account:
-    before its first call it trades the key for an access token
-    (``AuthService.ExchangeApiKey``), and trades it again before a call made less
-    than ``token_refresh_margin`` seconds (default 60, at most half the token's
-    lifetime) before that token expires. Such tokens have no refresh token. When an
-    exchange is refused (a deleted or expired key: ``UNAUTHENTICATED``), a token that
-    has not expired yet is still used (the next call tries again); otherwise the call
-    that needed it fails with that error. The key is never logged, nor shown by ``repr``.
-    See also :meth:`from_env` and :meth:`sign_in_with_api_key`.
+    Retries: calls without side effects (:data:`IDEMPOTENT_METHODS`) failing with
+    ``UNAVAILABLE`` are retried by gRPC itself, per the service config built from
+    ``retry_policy`` (default :data:`DEFAULT_RETRY_POLICY`; None: no retries). Options that
+    set ``grpc.service_config`` replace it.
     """
 
     def __init__(
@@ -235,33 +233,24 @@ class Steward:
         default_timeout: Optional[float] = None,
         api_key: Optional[str] = None,
         token_refresh_margin: float = 60.0,
+        retry_policy: Optional[Mapping[str, Any]] = DEFAULT_RETRY_POLICY,
     ):
-        if api_key is not None and access_token is not None:
-            raise ValueError("pass either access_token or api_key, not both")
-        if token_refresh_margin < 0:
-            raise ValueError("token_refresh_margin must not be negative")
-        self._api_key = _ApiKey(api_key) if api_key is not None else None
-        self.target, credentials = _channel_target(target, tls, root_certificates, credentials)
+        self._session = _core.Session(access_token, api_key, token_refresh_margin)
+        self.target, credentials = _core.channel_target(target, tls, root_certificates, credentials)
         self.tls = credentials is not None
         self._lock = threading.Lock()
-        # Held while trading the API key, so that concurrent calls make one exchange.
-        self._exchange_lock = threading.Lock()
-        self._access_token = access_token
-        # With an API key: when the access token expires (Unix seconds; None: unknown) and
-        # how long it lived when received.
-        self._token_expiry: Optional[float] = None
-        self._token_lifetime: Optional[float] = None
-        self._token_refresh_margin = float(token_refresh_margin)
+        # Held while renewing, so that concurrent calls make one renewal.
+        self._renew_lock = threading.Lock()
         self._default_timeout = default_timeout
+        options = _core.channel_options(options, retry_policy)
         if credentials is None:
             raw = grpc.insecure_channel(self.target, options=options)
         else:
             raw = grpc.secure_channel(self.target, credentials, options=options)
         self._raw_channel = raw
-        # ExchangeApiKey goes over the raw channel: public, and not through the interceptor
-        # that calls it.
-        self._exchange_stub = auth_pb2_grpc.AuthServiceStub(raw)
-        self.channel = grpc.intercept_channel(raw, _BearerInterceptor(self._token, default_timeout))
+        # Renewals go over the raw channel: public, and not through the interceptor that asks.
+        self._raw_auth = auth_pb2_grpc.AuthServiceStub(raw)
+        self.channel = grpc.intercept_channel(raw, _AuthInterceptor(self))
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.organizations = organization_pb2_grpc.OrganizationServiceStub(self.channel)
@@ -272,6 +261,7 @@ class Steward:
         self.commands = commands_pb2_grpc.CommandServiceStub(self.channel)
         self.systems = systems_pb2_grpc.SystemServiceStub(self.channel)
         self.agents = agent_pb2_grpc.AgentServiceStub(self.channel)
+        self.administrators = Administrators(self)
 
     @classmethod
     def from_env(
@@ -290,86 +280,69 @@ class Steward:
         An unset or empty ``STEWARD_API_KEY`` is a :class:`ValueError`. Nothing is sent
         until the first call.
         """
-        env = os.environ if environ is None else environ
-        api_key = (env.get(API_KEY_VAR) or "").strip()
-        if not api_key:
-            raise ValueError(f"{API_KEY_VAR} is not set: it must hold a service account's API key")
-        if "api_key" in kwargs or "access_token" in kwargs:
-            raise TypeError(f"from_env takes the API key from {API_KEY_VAR}, not from arguments")
-        if target is None:
-            target = (env.get(SERVER_VAR) or "").strip() or DEFAULT_TARGET
-        ca_file = (env.get(CA_FILE_VAR) or "").strip()
-        if ca_file and kwargs.get("root_certificates") is None and kwargs.get("credentials") is None:
-            if kwargs.get("tls") is not False and not target.lower().startswith("http://"):
-                with open(ca_file, "rb") as pem:
-                    kwargs["root_certificates"] = pem.read()
-        return cls(target, api_key=api_key, **kwargs)
+        target, kwargs = _core.from_env_arguments(
+            target, os.environ if environ is None else environ, kwargs
+        )
+        return cls(target, **kwargs)
 
     # -- tokens -----------------------------------------------------------------
 
-    def _token(self) -> Optional[str]:
-        """The token for the next call; with an API key, exchanged first when due."""
+    def _token(self, renew: bool = True) -> Optional[str]:
+        """The token for the next call; renewed first when due."""
         with self._lock:
-            key, token = self._api_key, self._access_token
-            due = key is not None and (not token or self._token_due())
+            due = renew and self._session.due()
+            token = self._session.access_token
         if not due:
             return token
-        with self._exchange_lock:
+        with self._renew_lock:
             with self._lock:
-                # Another thread may have exchanged (or the key changed) meanwhile.
-                key, token = self._api_key, self._access_token
-                due = key is not None and (not token or self._token_due())
-            if due:
-                try:
-                    token = self._exchange(key).tokens.access_token
-                except Exception:
-                    # Not expired yet (only due): use it, the next call tries again.
-                    with self._lock:
-                        expiry = self._token_expiry
-                    if not (token and expiry is not None and time.time() < expiry):
-                        raise
-        return token
+                # Another thread may have renewed (or the credentials changed) meanwhile.
+                due = self._session.due()
+                token = self._session.access_token
+            if not due:
+                return token
+            try:
+                return self._renew()
+            except Exception:
+                with self._lock:
+                    if self._session.unexpired():
+                        return self._session.access_token
+                raise
 
-    def _token_due(self) -> bool:
-        """Whether the API key's token expires within the refresh margin. Holds ``_lock``."""
-        if self._token_expiry is None:
-            return False
-        margin = self._token_refresh_margin
-        if self._token_lifetime is not None:
-            margin = min(margin, self._token_lifetime / 2)
-        return time.time() >= self._token_expiry - margin
-
-    def _exchange(self, key: _ApiKey) -> auth_pb2.ExchangeApiKeyResponse:
-        """Trades ``key`` for an access token and uses that from then on."""
-        response = self._exchange_stub.ExchangeApiKey(
-            auth_pb2.ExchangeApiKeyRequest(api_key=key.reveal()), timeout=self._default_timeout
-        )
-        tokens = response.tokens
-        if not tokens.access_token:
-            raise RuntimeError("ExchangeApiKey answered no access token")
-        now = time.time()
-        expiry = None
-        if tokens.HasField("access_token_expire_time"):
-            expiry = tokens.access_token_expire_time.ToNanoseconds() / 1e9
+    def _renew(self) -> str:
+        """Renews the access token now (holds ``_renew_lock``): RefreshSession or ExchangeApiKey."""
         with self._lock:
-            if self._api_key is key:  # not replaced meanwhile
-                self._access_token = tokens.access_token
-                self._token_expiry = expiry
-                self._token_lifetime = None if expiry is None else max(expiry - now, 0.0)
-        return response
+            method, request, credential = self._session.renewal()
+        response = getattr(self._raw_auth, method)(request, timeout=self._default_timeout)
+        with self._lock:
+            self._session.accept(response.tokens, credential)
+            return self._session.access_token
+
+    def _renew_after_refusal(self, refused: str) -> Optional[str]:
+        """After ``refused`` got UNAUTHENTICATED: a renewed token to retry with, or None."""
+        with self._renew_lock:
+            with self._lock:
+                if not self._session.renewable:
+                    return None
+                current = self._session.access_token
+            if current and current != refused:
+                return current  # renewed meanwhile
+            try:
+                return self._renew()
+            except Exception:
+                return None
 
     @property
     def access_token(self) -> Optional[str]:
-        """The access token sent with every call, or None (with an API key: the last one
-        exchanged, without exchanging)."""
+        """The access token sent with every call, or None (the last one received; never renews)."""
         with self._lock:
-            return self._access_token
+            return self._session.access_token
 
     @property
     def access_token_expire_time(self) -> Optional[datetime.datetime]:
-        """With an API key, when its current access token expires (UTC); else None."""
+        """When the current access token expires (UTC), when the server said so; else None."""
         with self._lock:
-            expiry = self._token_expiry
+            expiry = self._session.expiry
         if expiry is None:
             return None
         return datetime.datetime.fromtimestamp(expiry, tz=datetime.timezone.utc)
@@ -378,17 +351,25 @@ class Steward:
     def uses_api_key(self) -> bool:
         """Whether this client acts as a service account through an API key."""
         with self._lock:
-            return self._api_key is not None
+            return self._session.api_key is not None
+
+    @property
+    def has_refresh_token(self) -> bool:
+        """Whether this client holds a session's refresh token (after :meth:`sign_in`)."""
+        with self._lock:
+            return self._session.refresh_token is not None
 
     def set_access_token(self, token: Optional[str]) -> None:
-        """Sets (or, with None, clears) the access token sent with every call.
+        """Sets (or, with None, clears) the access token sent with every call, as it is: the
+        client then has nothing to renew it with (no refresh token, no API key)."""
+        with self._renew_lock, self._lock:
+            self._session.set_token(token)
 
-        The client then stops using an API key it had.
-        """
-        with self._lock:
-            self._api_key = None
-            self._access_token = token
-            self._token_expiry = self._token_lifetime = None
+    def set_tokens(self, tokens: auth_pb2.TokenSet) -> None:
+        """Uses a ``TokenSet`` (``VerifyMfa``'s, ``RefreshSession``'s), keeping its refresh token."""
+        with self._renew_lock, self._lock:
+            self._session.set_token(None)
+            self._session.accept(tokens)
 
     def sign_in_with_api_key(self, api_key: str) -> auth_pb2.ExchangeApiKeyResponse:
         """Acts as the service account of ``api_key`` from now on.
@@ -398,40 +379,65 @@ class Steward:
         whenever a call comes shortly before that token expires, as with ``api_key=``.
         Returns the ``ExchangeApiKeyResponse``.
         """
-        key = _ApiKey(api_key)
-        with self._exchange_lock:
-            previous = self._swap_key(key)
+        key = _core.ApiKey(api_key)
+        with self._renew_lock:
+            with self._lock:
+                previous = self._session.snapshot()
+                self._session.set_token(None)
+                self._session.api_key = key
             try:
-                return self._exchange(key)
+                response = self._raw_auth.ExchangeApiKey(
+                    auth_pb2.ExchangeApiKeyRequest(api_key=key.reveal()), timeout=self._default_timeout
+                )
+                with self._lock:
+                    self._session.accept(response.tokens, key)
+                return response
             except BaseException:
-                self._swap_key(previous[0], previous[1:])
+                with self._lock:
+                    self._session.restore(previous)
                 raise
-
-    def _swap_key(self, key: Optional[_ApiKey], state: Optional[tuple] = None) -> tuple:
-        with self._lock:
-            old = (self._api_key, self._access_token, self._token_expiry, self._token_lifetime)
-            self._api_key = key
-            if state is None:
-                self._access_token = self._token_expiry = self._token_lifetime = None
-            else:
-                self._access_token, self._token_expiry, self._token_lifetime = state
-            return old
 
     def sign_in(
         self, email: str, password: str, organization: str = ""
     ) -> auth_pb2.SignInResponse:
         """Signs in with email and password.
 
-        When the answer carries tokens, their access token is used from then on (and an
-        API key no longer). When it is an MFA challenge, complete it with
-        ``auth.VerifyMfa`` and call :meth:`set_access_token` with the result.
+        When the answer carries tokens, they are used from then on (the refresh token too; an
+        API key no longer). When it is an MFA challenge, complete it with ``auth.VerifyMfa``
+        and call :meth:`set_tokens` with its ``tokens``.
         """
         response = self.auth.SignIn(
             auth_pb2.SignInRequest(email=email, password=password, organization=organization)
         )
         if response.WhichOneof("result") == "tokens":
-            self.set_access_token(response.tokens.access_token)
+            self.set_tokens(response.tokens)
         return response
+
+    # -- pages ------------------------------------------------------------------
+
+    def paginate(
+        self, method: Callable[..., Any], request: Any, *, items: Optional[str] = None, **call: Any
+    ) -> Iterator[Any]:
+        """Iterates every item of a ``List*`` call over all pages, following ``next_page_token``::
+
+            for command in steward.paginate(steward.commands.ListCommands,
+                                            commands_pb2.ListCommandsRequest(parent=org)):
+                ...
+
+        ``items`` names the response's repeated field (default: its first repeated message
+        field). ``call`` goes to each call (``timeout=``, ``metadata=``). Pages are fetched
+        as the iteration reaches them.
+        """
+        request_copy = type(request)()
+        request_copy.CopyFrom(request)
+        field = items
+        while True:
+            page = method(request_copy, **call)
+            field = field or _core.items_field(type(page))
+            yield from getattr(page, field)
+            if not page.next_page_token:
+                return
+            request_copy.page_token = page.next_page_token
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -439,7 +445,8 @@ class Steward:
         self._raw_channel.close()
 
     def __repr__(self) -> str:
-        how = "api key" if self.uses_api_key else "token" if self.access_token else "anonymous"
+        with self._lock:
+            how = self._session.describe()
         return f"<Steward {self.target} tls={self.tls} {how}>"
 
     def __enter__(self) -> "Steward":
@@ -447,79 +454,3 @@ class Steward:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def _channel_target(
-    target: str,
-    tls: Optional[bool],
-    root_certificates: Optional[bytes],
-    credentials: Optional[grpc.ChannelCredentials],
-) -> Tuple[str, Optional[grpc.ChannelCredentials]]:
-    """The grpc target and channel credentials (None: plaintext) of a :class:`Steward`."""
-    if root_certificates is not None and not isinstance(root_certificates, bytes):
-        raise TypeError("root_certificates must be PEM bytes, e.g. open('ca.pem', 'rb').read()")
-    if credentials is not None and root_certificates is not None:
-        raise ValueError("pass either credentials or root_certificates, not both")
-    wants_tls = credentials is not None or root_certificates is not None
-    if tls is False and wants_tls:
-        raise ValueError("tls=False contradicts credentials / root_certificates")
-
-    given = target
-    scheme, sep, _ = target.partition("://")
-    scheme = scheme.lower() if sep else ""
-    if scheme in ("http", "https"):
-        url = urlsplit(target)
-        try:
-            port = url.port
-        except ValueError:
-            port = None
-            url = None
-        malformed = url is None or not url.hostname or url.username is not None
-        if malformed or url.path not in ("", "/") or url.query or url.fragment:
-            raise ValueError(f"expected {scheme}://host[:port], got {target!r}")
-        if port is None:
-            port = 443 if scheme == "https" else 80
-            target = f"{url.netloc}:{port}"
-        else:
-            target = url.netloc
-        if scheme == "http" and (tls or wants_tls):
-            raise ValueError(f"{given!r} is plaintext (http://); use https:// for TLS")
-        if scheme == "https":
-            if tls is False:
-                raise ValueError(f"tls=False contradicts {given!r}")
-            tls = True
-
-    if credentials is not None:
-        return target, credentials
-    if tls or root_certificates is not None:
-        return target, grpc.ssl_channel_credentials(root_certificates=root_certificates)
-    return target, None
-
-
-def error_details(error: grpc.RpcError) -> list:
-    """Decodes the ``google.rpc.Status`` details attached to a failed call.
-
-    Returns the unpacked detail messages (``error_details_pb2.PreconditionFailure``,
-    ``BadRequest``, ``ErrorInfo``, ``RetryInfo``, ...), or an empty list when the
-    error carries none. Details of a type this client does not know are returned
-    as ``google.protobuf.Any``.
-    """
-    from google.protobuf import descriptor_pool, message_factory
-    from google.rpc import error_details_pb2  # noqa: F401  (registers the types)
-    from grpc_status import rpc_status
-
-    status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
-    if status is None:
-        return []
-    pool = descriptor_pool.Default()
-    decoded = []
-    for detail in status.details:
-        try:
-            descriptor = pool.FindMessageTypeByName(detail.TypeName())
-        except KeyError:
-            decoded.append(detail)
-            continue
-        message = message_factory.GetMessageClass(descriptor)()
-        detail.Unpack(message)
-        decoded.append(message)
-    return decoded

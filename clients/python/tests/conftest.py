@@ -1,6 +1,7 @@
 """Starts the real steward-server binary in dev mode for the SDK's end-to-end tests.
 
-The binary is STEWARD_SERVER_BIN (default: target/debug/steward-server of this repository).
+The tests import the SDK as installed (run-tests.sh installs the wheel into a fresh venv), never
+from the source tree. The binary is STEWARD_SERVER_BIN (default: target/debug/steward-server of this repository).
 The `server` fixture is parametrized: every test using it runs once against a plaintext
 `dev` server and once against `dev --tls` (the clients then trust the dev CA the server
 generated). Each mode gets one fresh server on an ephemeral port with its own data directory;
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from steward_client import Steward, auth_pb2
+from steward_client.aio import AsyncSteward
 
 REPO = Path(__file__).resolve().parents[3]
 OWNER_EMAIL = "owner@example.com"
@@ -30,7 +32,7 @@ OWNER_PASSWORD = "correct horse battery staple 42!"
 
 # Each pattern ends with the character that follows the value on its line, so that a line still
 # being written is never taken for the whole value.
-_LISTENING = re.compile(r"all services listening on (\S+:\d+) ")
+_LISTENING = re.compile(r"all services listening on ([^\s,]+:\d+)[\s,]")
 _LINK_TOKEN = re.compile(r"set-password\?token=([^\s\"'<>&]+)\s")
 _TLS_CA = re.compile(r"TLS on; clients trust the dev CA: (\S+)\n")
 MODES = ("plaintext", "tls")
@@ -94,24 +96,32 @@ class Server:
                 raise AssertionError(f"no invite email for {address} in {mail_dir}")
             time.sleep(0.1)
 
-    def client(self, access_token: str | None = None) -> Steward:
+    def client(self, access_token: str | None = None, **options) -> Steward:
         """A new connection: plaintext, or in TLS mode https:// trusting the dev CA."""
+        return Steward(**self.settings(access_token, **options))
+
+    def aclient(self, access_token: str | None = None, **options) -> AsyncSteward:
+        """A new asyncio connection (create it in the event loop that uses it)."""
+        return AsyncSteward(**self.settings(access_token, **options))
+
+    def settings(self, access_token: str | None = None, **options) -> dict:
+        options = dict(options, access_token=access_token)
+        options.setdefault("default_timeout", 30)
         if self.mode == "tls":
-            return Steward(f"https://{self.target}", root_certificates=self.ca_pem,
-                           access_token=access_token, default_timeout=30)
-        return Steward(self.target, access_token=access_token, default_timeout=30)
+            return dict(options, target=f"https://{self.target}", root_certificates=self.ca_pem)
+        return dict(options, target=self.target)
 
 
-@pytest.fixture(scope="session", params=MODES)
-def server(request, tmp_path_factory) -> Server:
-    mode = request.param
+def start_server(mode: str, data_dir: Path, config: dict | None = None) -> Server:
+    """Starts `steward-server dev` ("plaintext" or "tls") in `data_dir`, with `config` as extra
+    STEWARD_* environment variables (e.g. a short access-token lifetime)."""
     tls = mode == "tls"
     binary = server_bin()
-    data_dir = tmp_path_factory.mktemp(f"steward-data-{mode}")
     log_path = data_dir.parent / (data_dir.name + ".log")
     env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"))
     # The server reads every STEWARD_* variable as configuration and refuses unknown keys.
     env.pop("STEWARD_SERVER_BIN", None)
+    env.update(config or {})
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(binary), "dev", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
@@ -143,16 +153,27 @@ def server(request, tmp_path_factory) -> Server:
                 returncode=3,
             )
         time.sleep(0.05)
+    return Server(mode, target, data_dir, log_path, token, process,
+                  ca_path.read_bytes() if tls else None)
+
+
+def stop_server(server: Server) -> None:
+    server.process.send_signal(signal.SIGTERM)
     try:
-        yield Server(mode, target, data_dir, log_path, token, process,
-                     ca_path.read_bytes() if tls else None)
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session", params=MODES)
+def server(request, tmp_path_factory) -> Server:
+    mode = request.param
+    started = start_server(mode, tmp_path_factory.mktemp(f"steward-data-{mode}"))
+    try:
+        yield started
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(started)
 
 
 @dataclass

@@ -446,7 +446,7 @@ def test_ci_job_walkthrough(server, owner, tmp_path):
         assert keys[0].HasField("last_used_time")
 
         # Shortly before the token expires, the next call trades the key again first.
-        ci._token_expiry = time.time() + 1
+        ci._session.expiry = time.time() + 1
         ci.commands.ListCommands(commands_pb2.ListCommandsRequest(parent=org))
         assert ci.access_token and ci.access_token != token
         assert ci.access_token_expire_time > datetime.datetime.now(
@@ -455,7 +455,7 @@ def test_ci_job_walkthrough(server, owner, tmp_path):
         token = ci.access_token
         # A stream too, authenticated with the new token: the run does not exist (NOT_FOUND,
         # not UNAUTHENTICATED).
-        ci._token_expiry = time.time() + 1
+        ci._session.expiry = time.time() + 1
         err = rpc_error(
             lambda: list(ci.commands.WatchRun(commands_pb2.WatchRunRequest(name=f"{org}/runs/none")))
         )
@@ -473,11 +473,11 @@ def test_ci_job_walkthrough(server, owner, tmp_path):
             assert detail(err, error_details_pb2.ErrorInfo).reason == "CALLER_DELETED"
         # Its token is due: the exchange is refused, the token (not expired yet) still used,
         # and refused.
-        ci._token_expiry = time.time() + 1
+        ci._session.expiry = time.time() + 1
         err = rpc_error(ci.commands.ListCommands, commands_pb2.ListCommandsRequest(parent=org))
         assert err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
         # Its token expired: the refused exchange fails the call.
-        ci._token_expiry = time.time() - 1
+        ci._session.expiry = time.time() - 1
         err = rpc_error(ci.commands.ListCommands, commands_pb2.ListCommandsRequest(parent=org))
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
         assert api_key not in str(err)

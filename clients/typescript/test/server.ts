@@ -1,7 +1,8 @@
 // Starts the real steward-server binary in dev mode for the SDK's end-to-end tests.
 //
-// The binary is STEWARD_SERVER_BIN (default: target/debug/steward-server of this repository,
-// resolved from this file's location). Each server is fresh, on an ephemeral port with its own data
+// The tests import the SDK as installed: `@steward/client`, which run-tests.sh installs from the
+// `npm pack` tarball into a throwaway project. The binary is STEWARD_SERVER_BIN (default:
+// target/debug/steward-server of this repository, resolved from this file's location). Each server is fresh, on an ephemeral port with its own data
 // directory; in "tls" mode it runs `dev --tls` and its clients trust the dev CA it generated.
 
 import { ChildProcess, spawn } from "node:child_process";
@@ -10,7 +11,7 @@ import { tmpdir } from "node:os";
 import { isAbsolute, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { Steward } from "../src/index";
+import { Steward, StewardOptions } from "@steward/client";
 
 export type Mode = "plaintext" | "tls";
 export const MODES: readonly Mode[] = ["plaintext", "tls"];
@@ -58,7 +59,8 @@ export class Server {
     readonly caPem?: Buffer,
   ) {}
 
-  static async start(mode: Mode = "plaintext"): Promise<Server> {
+  /** Starts `steward-server dev`; `config` adds STEWARD_* variables (e.g. a short token lifetime). */
+  static async start(mode: Mode = "plaintext", config: Record<string, string> = {}): Promise<Server> {
     const tls = mode === "tls";
     const binary = serverBin();
     const dataDir = mkdtempSync(join(tmpdir(), `steward-ts-${mode}-`));
@@ -66,6 +68,7 @@ export class Server {
     // The server reads every STEWARD_* variable as configuration and refuses unknown keys.
     const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: "1", RUST_LOG: process.env.RUST_LOG ?? "info" };
     delete env.STEWARD_SERVER_BIN;
+    Object.assign(env, config);
     const log = openSync(logPath, "w");
     const child = spawn(
       binary,
@@ -87,7 +90,7 @@ export class Server {
     for (;;) {
       const text = readFileSync(logPath, "utf8");
       // Each pattern ends with what follows the value on its line: never half a line.
-      const listening = /all services listening on (\S+:\d+) /.exec(text);
+      const listening = /all services listening on ([^\s,]+:\d+)[\s,]/.exec(text);
       const link = /set-password\?token=([^\s"'<>&]+)\s/.exec(text);
       const ca = /TLS on; clients trust the dev CA: (\S+)\n/.exec(text);
       if (listening && link && (ca || !tls)) {
@@ -117,8 +120,8 @@ export class Server {
   }
 
   /** A new connection, optionally with an access token; in TLS mode it trusts the dev CA. */
-  client(accessToken?: string): Steward {
-    return new Steward(this.url, { rootCerts: this.caPem, accessToken, defaultTimeoutMs: 30_000 });
+  client(accessToken?: string, options: StewardOptions = {}): Steward {
+    return new Steward(this.url, { rootCerts: this.caPem, accessToken, defaultTimeoutMs: 30_000, ...options });
   }
 
   /** The token of the newest invite email sent to `address` (a .eml file under mail/). */

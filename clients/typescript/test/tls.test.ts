@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 
-import { Steward, StewardOptions } from "../src/index";
+import { Steward, StewardOptions } from "@steward/client";
 
 function opened(target: string, options: StewardOptions = {}): [string, boolean] {
   const steward = new Steward(target, options);
@@ -14,6 +14,7 @@ function opened(target: string, options: StewardOptions = {}): [string, boolean]
 describe("Steward target and TLS settings", () => {
   it("picks plaintext or TLS from the target and options", () => {
     const pem = Buffer.from("PEM");
+    assert.throws(() => new Steward("127.0.0.1"), Error);
     assert.deepEqual(opened("127.0.0.1:50051"), ["127.0.0.1:50051", false]);
     assert.deepEqual(opened("http://127.0.0.1:50051"), ["127.0.0.1:50051", false]);
     assert.deepEqual(opened("https://127.0.0.1:50051"), ["127.0.0.1:50051", true]);
