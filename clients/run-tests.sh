@@ -66,8 +66,15 @@ python_suite() {
   wheel="$(ls "$dist"/steward_client-*.whl)"
   step "python: install $(basename "$wheel") into a fresh venv"
   rm -rf "$testvenv"
-  "$python" -m venv "$testvenv"
-  "$testvenv/bin/python" -m pip install "${pip_quiet[@]}" -r "$py/requirements.txt" "$wheel"
+  # Without a pip of its own: the dev venv's pip installs into it (quicker than ensurepip; pip
+  # 22.3 or later, else the venv gets its own).
+  local reqs=(-r "$py/requirements.txt" "$wheel")
+  "$python" -m venv --without-pip "$testvenv"
+  if ! "$venv/bin/python" -m pip --python "$testvenv/bin/python" install "${pip_quiet[@]}" --no-compile "${reqs[@]}"; then
+    rm -rf "$testvenv"
+    "$python" -m venv "$testvenv"
+    "$testvenv/bin/python" -m pip install "${pip_quiet[@]}" "${reqs[@]}"
+  fi
   step "python: pytest against $bin"
   # bin/pytest, not `python -m pytest`: the current directory must not shadow the installed package.
   (cd "$py" && "$testvenv/bin/pytest" -p no:cacheprovider)
