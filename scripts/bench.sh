@@ -27,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-RUST_LOG=warn "$bin/steward-server" dev --listen "127.0.0.1:$port" --data-dir "$data/dev" >"$data/dev.log" 2>&1 &
+RUST_LOG=warn "$bin/steward-server" dev --listen "127.0.0.1:$port" --internal-listen 127.0.0.1:0 --data-dir "$data/dev" >"$data/dev.log" 2>&1 &
 server=$!
 for _ in $(seq 1 100); do grep -q 'set-password?token=' "$data/dev.log" 2>/dev/null && break; sleep 0.1; done
 token=$(grep -o 'set-password?token=[A-Za-z0-9_-]*' "$data/dev.log" | head -1 | cut -d= -f2)

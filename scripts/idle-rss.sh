@@ -18,10 +18,12 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 auth=$(free_port) admin=$(free_port) commands=$(free_port)
+# Each service's internal listener, which its peers dial.
+auth_internal=$(free_port) admin_internal=$(free_port) commands_internal=$(free_port)
 
 # Keys as dev makes them: run dev once on the data directory, then stop it.
 dev_port=$(free_port)
-"$bin/steward-server" dev --listen "127.0.0.1:$dev_port" --data-dir "$data/dev" >"$data/dev.log" 2>&1 &
+"$bin/steward-server" dev --listen "127.0.0.1:$dev_port" --internal-listen 127.0.0.1:0 --data-dir "$data/dev" >"$data/dev.log" 2>&1 &
 dev=$!
 for _ in $(seq 1 100); do grep -q 'set-password?token=' "$data/dev.log" 2>/dev/null && break; sleep 0.1; done
 kill "$dev"; wait "$dev" 2>/dev/null || true
@@ -44,13 +46,14 @@ path = "$data/dev/keys/dev-mfa-key"
 
 [internal]
 service_token = "$token"
-auth_url = "http://127.0.0.1:$auth"
-admin_url = "http://127.0.0.1:$admin"
-commands_url = "http://127.0.0.1:$commands"
+auth_url = "http://127.0.0.1:$auth_internal"
+admin_url = "http://127.0.0.1:$admin_internal"
+commands_url = "http://127.0.0.1:$commands_internal"
 EOF
 for service in auth admin commands; do
-  port=${!service}
+  port=${!service} internal_var="${service}_internal"
   RUST_LOG=warn STEWARD_SERVER__LISTEN="127.0.0.1:$port" \
+    STEWARD_SERVER__INTERNAL_LISTEN="127.0.0.1:${!internal_var}" \
     "$bin/steward-server" --config "$data/steward.toml" "$service" >"$data/$service.log" 2>&1 &
   pids+=($!)
 done

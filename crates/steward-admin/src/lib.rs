@@ -91,11 +91,13 @@ use tonic::service::RoutesBuilder;
 /// Name of the service: its SQLite file, its tables' prefix, its subcommand.
 pub const SERVICE: &str = "admin";
 
-/// gRPC services this crate serves, reported by the health service.
-pub const HEALTH_NAMES: &[&str] = &[
+/// gRPC services this crate serves (internal ones included): reported by health and reflection,
+/// and what each listener routes ([`steward_runtime::routing`]).
+pub const SERVICES: &[&str] = &[
     "steward.admin.v1.AdminService",
     "steward.admin.v1.OrganizationService",
     "steward.admin.v1.RoleService",
+    "steward.admin.v1.ServiceAccountService",
     "steward.admin.v1.AdminInternalService",
     "steward.billing.v1.BillingService",
     "steward.audit.v1.AuditService",

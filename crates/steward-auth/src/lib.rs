@@ -91,8 +91,9 @@ use tonic::service::RoutesBuilder;
 /// Name of the service: its SQLite file, its tables' prefix, its subcommand.
 pub const SERVICE: &str = "auth";
 
-/// gRPC services this crate serves, reported by the health service.
-pub const HEALTH_NAMES: &[&str] =
+/// gRPC services this crate serves (internal ones included): reported by health and reflection,
+/// and what each listener routes ([`steward_runtime::routing`]).
+pub const SERVICES: &[&str] =
     &["steward.auth.v1.AuthService", "steward.auth.v1.AuthInternalService"];
 
 /// Concurrent argon2 computations; each takes 19 MiB and one core for tens of milliseconds.

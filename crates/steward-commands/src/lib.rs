@@ -96,8 +96,9 @@ mod watch;
 /// Name of the service: its SQLite file, its tables' prefix, its subcommand.
 pub const SERVICE: &str = "commands";
 
-/// gRPC services this crate serves, reported by the health service.
-pub const HEALTH_NAMES: &[&str] = &[
+/// gRPC services this crate serves (internal ones included): reported by health and reflection,
+/// and what each listener routes ([`steward_runtime::routing`]).
+pub const SERVICES: &[&str] = &[
     "steward.commands.v1.CommandService",
     "steward.commands.v1.SystemService",
     "steward.commands.v1.AgentService",

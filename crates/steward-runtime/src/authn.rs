@@ -421,6 +421,7 @@ pub type DenialSink = Arc<dyn Fn(DeniedCall) + Send + Sync>;
 #[derive(Clone)]
 pub struct AuthLayer {
     state: Arc<AuthState>,
+    accepts_service_credential: bool,
 }
 
 impl AuthLayer {
@@ -443,7 +444,16 @@ impl AuthLayer {
         options: AuthOptions,
     ) -> Self {
         let service_credential = service_credential.filter(|c| !c.is_empty());
-        Self { state: Arc::new(AuthState { verifier, service_credential, on_denied, options }) }
+        Self {
+            state: Arc::new(AuthState { verifier, service_credential, on_denied, options }),
+            accepts_service_credential: true,
+        }
+    }
+
+    /// The same layer for the public listener: it never accepts the service credential, so
+    /// internal RPCs are refused there whatever the caller presents.
+    pub fn public(&self) -> Self {
+        Self { state: self.state.clone(), accepts_service_credential: false }
     }
 }
 
@@ -451,7 +461,11 @@ impl<S> tower::Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, state: self.state.clone() }
+        AuthService {
+            inner,
+            state: self.state.clone(),
+            accepts_service_credential: self.accepts_service_credential,
+        }
     }
 }
 
@@ -460,6 +474,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     state: Arc<AuthState>,
+    accepts_service_credential: bool,
 }
 
 fn bearer(headers: &http::HeaderMap) -> Option<&str> {
@@ -492,6 +507,7 @@ impl AuthState {
         path: &str,
         headers: &http::HeaderMap,
         client_certificate: bool,
+        accepts_service_credential: bool,
     ) -> Result<Caller, (ApiError, Option<Principal>)> {
         let plain = |err: ApiError| (err, None);
         let Some((access, permission)) = rule(path) else {
@@ -503,6 +519,15 @@ impl AuthState {
         match access {
             Access::Public | Access::Agent => Ok(Caller::Anonymous),
             Access::Internal => {
+                if !accepts_service_credential {
+                    return Err(plain(ApiError::NotServed {
+                        reason: "INTERNAL_LISTENER_ONLY",
+                        message: format!(
+                            "{path} is a service-to-service RPC, served only on the internal \
+                             listener (server.internal_listen)"
+                        ),
+                    }));
+                }
                 if self.options.internal_needs_client_certificate && !client_certificate {
                     return Err(plain(ApiError::Unauthenticated(
                         "internal RPCs require a TLS client certificate from the internal CA"
@@ -585,6 +610,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = self.state.clone();
+        let accepts_service_credential = self.accepts_service_credential;
         Box::pin(async move {
             let path = request.uri().path().to_string();
             let request_id = request
@@ -602,7 +628,15 @@ where
             );
             let client_certificate = crate::peer::has_client_certificate(request.extensions());
             let context = RequestContext { request_id, client_address, method: path };
-            match state.authenticate(&context.method, request.headers(), client_certificate).await {
+            let caller = state
+                .authenticate(
+                    &context.method,
+                    request.headers(),
+                    client_certificate,
+                    accepts_service_credential,
+                )
+                .await;
+            match caller {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
                     request.extensions_mut().insert(context);

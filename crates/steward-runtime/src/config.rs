@@ -79,8 +79,13 @@ impl Default for StreamsConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address the gRPC server binds.
+    /// Address of the public gRPC listener: every public service, gRPC-Web included. The
+    /// service credential is not accepted here, and the `*InternalService`s are not served.
     pub listen: SocketAddr,
+    /// Address of the internal gRPC listener (same TLS as `listen`): every service of the
+    /// process, the `*InternalService`s included, and the only one that accepts the service
+    /// credential. Peers dial it (`internal.*_url`); keep it out of public Services and ingress.
+    pub internal_listen: SocketAddr,
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
     /// Requests processed at once by this process; further requests wait.
@@ -105,6 +110,19 @@ pub struct ServerConfig {
     /// The one header the trusted proxies append the client's address to. Only this header is
     /// read: a proxy passes other forwarding headers from the client through unchanged.
     pub forwarded_header: ForwardedHeader,
+    /// Seconds after which a connection is asked to go away (HTTP/2 GOAWAY) so long-lived
+    /// clients, agents and peers spread over replicas added since they connected. Each process
+    /// picks its age at random within 10% below this, so connections opened together do not all
+    /// reconnect at once. In-flight calls then have `max_connection_age_grace_secs` to finish.
+    /// 0 keeps connections for as long as they live.
+    pub max_connection_age_secs: u64,
+    /// How long a connection past its age may keep its in-flight calls (agent streams and
+    /// `WatchRun` reconnect and resume) before it is closed.
+    pub max_connection_age_grace_secs: u64,
+    /// Origins (`https://console.example.com`) whose browsers may call the public listener with
+    /// gRPC-Web (CORS). Empty: no cross-origin browser calls; gRPC-Web from the same origin and
+    /// from non-browser clients works either way.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// Which forwarding header the trusted proxies maintain.
@@ -157,6 +175,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            internal_listen: SocketAddr::from(([0, 0, 0, 0], 50052)),
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 512,
             max_concurrent_streams_per_connection: 256,
@@ -167,6 +186,9 @@ impl Default for ServerConfig {
             tls: TlsConfig::default(),
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::default(),
+            max_connection_age_secs: 0,
+            max_connection_age_grace_secs: 30,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -339,6 +361,9 @@ pub struct TelemetryConfig {
     /// Seconds between metric exports. Unset means `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds)
     /// when set, otherwise 60 s.
     pub metrics_interval_secs: Option<u64>,
+    /// A plaintext HTTP listener serving the process's metrics in the Prometheus text format at
+    /// `/metrics`. Unset: no listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for TelemetryConfig {
@@ -349,6 +374,7 @@ impl Default for TelemetryConfig {
             otlp_endpoint: OtlpEndpoint::default(),
             service_name: String::new(),
             metrics_interval_secs: None,
+            metrics_listen: None,
         }
     }
 }

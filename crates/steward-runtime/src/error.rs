@@ -74,6 +74,14 @@ pub enum ApiError {
     /// The RPC exists in the contract but its behaviour has not shipped yet.
     #[error("{0} is not implemented yet")]
     Unimplemented(&'static str),
+    /// The listener does not serve the service or method asked for ([`crate::routing`]).
+    #[error("{message}")]
+    NotServed {
+        /// Stable reason code, e.g. `INTERNAL_LISTENER_ONLY`.
+        reason: &'static str,
+        /// Names what was asked for and where it is served.
+        message: String,
+    },
     /// A bug or an unexpected failure. Logged with its detail; the client sees a generic message.
     #[error("internal error")]
     Internal(String),
@@ -134,12 +142,13 @@ impl ApiError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::ResourceExhausted { .. } => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
-            Self::Unimplemented(_) => Code::Unimplemented,
+            Self::Unimplemented(_) | Self::NotServed { .. } => Code::Unimplemented,
             Self::Internal(_) => Code::Internal,
         }
     }
 
-    fn reason(&self) -> &'static str {
+    /// The stable reason code of its `ErrorInfo`.
+    pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidArgument(_) => "INVALID_ARGUMENT",
             Self::NotFound(_) => "NOT_FOUND",
@@ -152,6 +161,7 @@ impl ApiError {
             Self::ResourceExhausted { .. } => "THROTTLED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Unimplemented(_) => "NOT_IMPLEMENTED",
+            Self::NotServed { reason, .. } => reason,
             Self::Internal(_) => "INTERNAL",
         }
     }

@@ -1,6 +1,9 @@
-//! The server every Steward service runs in: health (NOT_SERVING until its database answers),
-//! reflection v1 and v1alpha, the authentication layer, transport limits, per-RPC spans and
-//! metrics (`telemetry::rpc`), and a graceful shutdown that lets in-flight calls finish.
+//! The server every Steward service runs in: the public and internal listeners
+//! ([`crate::routing`]), health (readiness NOT_SERVING until the database answers; liveness
+//! always SERVING), reflection v1 and v1alpha listing what each listener serves, gRPC-Web and
+//! CORS on the public listener, request ids ([`crate::request_id`]), the authentication layer,
+//! transport limits, per-RPC spans and metrics (`telemetry::rpc`), and a graceful shutdown that
+//! lets in-flight calls finish.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +20,8 @@ use tonic_health::ServingStatus;
 
 use crate::authn::AuthLayer;
 use crate::config::ServerConfig;
+use crate::request_id::RequestIdLayer;
+use crate::routing::{Listener, RoutingLayer};
 use crate::telemetry::rpc::RpcMetricsLayer;
 use crate::tls::ServerTls;
 
@@ -26,6 +31,12 @@ pub type ReadinessCheck =
 
 /// How often readiness is re-checked.
 const READINESS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The health name of liveness: SERVING for as long as the process serves calls, whatever its
+/// database does (Kubernetes' liveness probe; restarting a pod does not bring a database back).
+/// The empty name and each service's name are readiness: NOT_SERVING while the database does not
+/// answer and from the start of a shutdown.
+pub const LIVENESS: &str = "liveness";
 
 /// The server could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -39,64 +50,81 @@ pub enum ServeError {
     /// The TLS material named by `server.tls` does not load.
     #[error("server.tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// `server.cors_allowed_origins` holds something that is not an origin.
+    #[error(
+        "server.cors_allowed_origins: {0:?} is not an origin such as https://console.example.com"
+    )]
+    CorsOrigin(String),
 }
 
 /// Everything `serve` needs besides the services themselves.
 pub struct ServeOptions {
-    /// Limits and timeouts.
+    /// Limits, timeouts, TLS and CORS.
     pub server: ServerConfig,
-    /// Fully-qualified names of the gRPC services mounted, reported by the health service.
-    pub health_names: Vec<String>,
+    /// Fully-qualified names of the process's gRPC services, internal ones included: reported by
+    /// the health service and, per listener, by reflection.
+    pub services: Vec<String>,
     /// Encoded `FileDescriptorSet`s served by reflection.
     pub descriptor_sets: Vec<&'static [u8]>,
     /// Readiness probe of the service's dependencies.
     pub readiness: ReadinessCheck,
-    /// Authentication and the role table, applied to every call.
+    /// Authentication and the role table, applied to every call. The service credential is
+    /// accepted on the internal listener only.
     pub auth: AuthLayer,
-    /// The plaintext listener serving only `grpc.health.v1` (`server.health_listen`), if any.
-    pub health_listener: Option<TcpListener>,
 }
 
-/// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting calls, lets
+/// The sockets a process serves on.
+pub struct Listeners {
+    /// `server.listen`: public services, gRPC-Web.
+    pub public: TcpListener,
+    /// `server.internal_listen`: every service, the service credential.
+    pub internal: TcpListener,
+    /// `server.health_listen`: plaintext, `grpc.health.v1` only (Kubernetes' probes).
+    pub health: Option<TcpListener>,
+}
+
+type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// Serves `router` on `listener` (TLS when `tls` is set) until `signal` resolves.
+macro_rules! serve_on {
+    ($router:expr, $listener:expr, $tls:expr, $signal:expr, $tasks:expr) => {{
+        let serving: Serving = match $tls {
+            Some(tls) => {
+                let (incoming, accept) = ServerTls::incoming(tls, $listener);
+                $tasks.push(accept);
+                Box::pin($router.serve_with_incoming_shutdown(incoming, $signal))
+            }
+            None => Box::pin($router.serve_with_incoming_shutdown(no_delay($listener), $signal)),
+        };
+        serving
+    }};
+}
+
+/// Serves `routes` on `listeners` until `shutdown` resolves, then stops accepting calls, lets
 /// in-flight ones finish (bounded by `shutdown_grace`) and returns.
 #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
 pub async fn serve(
     routes: Routes,
     options: ServeOptions,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let ServeOptions {
-        server: limits,
-        health_names,
-        descriptor_sets,
-        readiness,
-        auth,
-        health_listener,
-    } = options;
+    let ServeOptions { server: limits, services, descriptor_sets, readiness, auth } = options;
     // Loaded before anything listens, so a bad certificate stops the start with its reason.
     let tls = if limits.tls.enabled() { Some(ServerTls::load(limits.tls.clone())?) } else { None };
+    let cors = cors_layer(&limits.cors_allowed_origins)?;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    set_all(&reporter, &health_names, ServingStatus::NotServing).await;
+    set_all(&reporter, &services, ServingStatus::NotServing).await;
+    reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
 
-    // google.rpc error details too, so grpcurl and other reflection clients can decode the
-    // BadRequest / PreconditionFailure / ErrorInfo / RetryInfo details of every error.
-    let mut reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
-    let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
-    for set in &descriptor_sets {
-        reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
-        reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
-    }
-    let reflection_v1 = reflection_v1.build_v1()?;
-    let reflection_v1alpha = reflection_v1alpha.build_v1alpha()?;
+    let public_routing = RoutingLayer::new(Listener::Public, &services);
+    let internal_routing = RoutingLayer::new(Listener::Internal, &services);
+    let (public_v1, public_v1alpha) = reflection(&public_routing.served(), &descriptor_sets)?;
+    let (internal_v1, internal_v1alpha) = reflection(&internal_routing.served(), &descriptor_sets)?;
 
     let mut tasks = Vec::new();
-    if let Some(listener) = health_listener {
+    if let Some(listener) = listeners.health {
         // Kubernetes' gRPC probes speak plaintext: this listener carries health and nothing else.
         let health = Server::builder()
             .add_service(health_service.clone())
@@ -107,62 +135,72 @@ pub async fn serve(
             }
         }));
     }
-    let routes = routes
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let public_routes = routes
+        .clone()
+        .add_service(health_service.clone())
+        .add_service(public_v1)
+        .add_service(public_v1alpha);
+    let internal_routes =
+        routes.add_service(health_service).add_service(internal_v1).add_service(internal_v1alpha);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let readiness_task = tokio::spawn(watch_readiness(
         reporter.clone(),
-        health_names.clone(),
+        services.clone(),
         readiness,
         stop_rx.clone(),
     ));
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
 
     let grace = limits.shutdown_grace();
     let signal = {
         let reporter = reporter.clone();
-        let names = health_names.clone();
+        let names = services.clone();
         async move {
             shutdown.await;
             tracing::info!("shutdown requested, finishing in-flight calls");
-            let _ = stop_tx.send(true);
+            // Readiness first, so load balancers stop sending calls while these finish.
             set_all(&reporter, &names, ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
         }
     };
+    tasks.push(tokio::spawn(signal));
 
-    let router = Server::builder()
-        .concurrency_limit_per_connection(limits.max_concurrent_streams_per_connection as usize)
-        .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
-        .timeout(limits.request_timeout())
-        .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_secs.max(1))))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        // One `rpc` span per call, joined to the caller's W3C trace context.
-        .trace_fn(crate::telemetry::rpc::server_span)
-        // Outermost, so calls refused by `auth` are measured too (the time a call waits for a
+    // One budget of concurrent calls for the process, whichever listener they arrive on.
+    let concurrency = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));
+    let public = builder(&limits)
+        // gRPC-Web arrives over HTTP/1.1 as well as HTTP/2.
+        .accept_http1(true)
+        .layer(tower::util::option_layer(cors))
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(RequestIdLayer)
+        .layer(public_routing)
+        // Outside `auth`, so calls refused by it are measured too (the time a call waits for a
         // concurrency slot is not: that wait happens before the call starts).
         .layer(RpcMetricsLayer::new(limits.request_timeout()))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(concurrency.clone()))
+        .layer(auth.public())
+        .add_routes(public_routes);
+    let internal = builder(&limits)
+        .layer(RequestIdLayer)
+        .layer(internal_routing)
+        .layer(RpcMetricsLayer::new(limits.request_timeout()))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(concurrency))
         .layer(auth)
-        .add_routes(routes);
-    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        match tls {
-            Some(tls) => {
-                tasks.push(tls.clone().watch(limits.tls.reload_interval()));
-                let (incoming, accept) = tls.incoming(listener);
-                tasks.push(accept);
-                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
-            }
-            None => Box::pin(router.serve_with_incoming_shutdown(no_delay(listener), signal)),
-        };
+        .add_routes(internal_routes);
+    if let Some(tls) = &tls {
+        tasks.push(tls.clone().watch(limits.tls.reload_interval()));
+    }
+    let public = serve_on!(public, listeners.public, tls.clone(), stopped(stop_rx.clone()), tasks);
+    let internal = serve_on!(internal, listeners.internal, tls, stopped(stop_rx.clone()), tasks);
 
     // In-flight unary calls finish; long-lived streams are cut once the grace period is over.
-    let mut stopped = stop_rx;
     let result = tokio::select! {
-        result = server => result.map_err(ServeError::from),
+        result = async { tokio::try_join!(public, internal) } => result.map(|_| ()).map_err(ServeError::from),
         () = async {
-            let _ = stopped.wait_for(|stop| *stop).await;
+            stopped(stop_rx).await;
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over, dropping remaining calls");
@@ -174,6 +212,113 @@ pub async fn serve(
         task.abort();
     }
     result
+}
+
+/// The transport settings both listeners share.
+fn builder(limits: &ServerConfig) -> Server {
+    let mut builder = Server::builder()
+        .concurrency_limit_per_connection(limits.max_concurrent_streams_per_connection as usize)
+        .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
+        .timeout(limits.request_timeout())
+        .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_secs.max(1))))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // One `rpc` span per call, joined to the caller's W3C trace context.
+        .trace_fn(crate::telemetry::rpc::server_span);
+    if let Some(age) = connection_age(limits.max_connection_age_secs) {
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(Duration::from_secs(limits.max_connection_age_grace_secs));
+    }
+    builder
+}
+
+/// `max_connection_age_secs` less up to 10%, drawn once per process so that replicas, and the
+/// connections each opened together, do not all reconnect at the same moment.
+fn connection_age(secs: u64) -> Option<Duration> {
+    use rand::Rng;
+    (secs > 0).then(|| {
+        let max = Duration::from_secs(secs);
+        max.mul_f64(1.0 - rand::thread_rng().gen_range(0.0..0.1))
+    })
+}
+
+/// Reflection (v1, v1alpha) listing `served`.
+#[allow(clippy::type_complexity)]
+fn reflection(
+    served: &[String],
+    descriptor_sets: &[&'static [u8]],
+) -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ServeError,
+> {
+    // google.rpc error details too, so grpcurl and other reflection clients can decode the
+    // BadRequest / PreconditionFailure / ErrorInfo / RetryInfo details of every error.
+    let configure = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+        for set in descriptor_sets {
+            builder = builder.register_encoded_file_descriptor_set(set);
+        }
+        for name in served {
+            builder = builder.with_service_name(name.clone());
+        }
+        builder
+    };
+    Ok((configure().build_v1()?, configure().build_v1alpha()?))
+}
+
+/// CORS for gRPC-Web from `origins`; `None` (no CORS headers at all) when there are none.
+fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>, ServeError> {
+    use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let origins = origins
+        .iter()
+        .map(|origin| {
+            let valid = origin.parse::<http::Uri>().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some()
+                    && uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p == "/")
+            });
+            valid
+                .then(|| http::HeaderValue::from_str(origin.trim_end_matches('/')).ok())
+                .flatten()
+                .ok_or_else(|| ServeError::CorsOrigin(origin.clone()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let header = HeaderName::from_static;
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([http::Method::POST, http::Method::OPTIONS])
+            .allow_headers([
+                CONTENT_TYPE,
+                AUTHORIZATION,
+                header("x-grpc-web"),
+                header("x-user-agent"),
+                header("grpc-timeout"),
+                header("x-request-id"),
+                header("connect-protocol-version"),
+                header("connect-timeout-ms"),
+            ])
+            .expose_headers([
+                header("grpc-status"),
+                header("grpc-message"),
+                header("grpc-status-details-bin"),
+                header("x-request-id"),
+            ])
+            .max_age(Duration::from_secs(24 * 3600)),
+    ))
 }
 
 async fn set_all(reporter: &HealthReporter, names: &[String], status: ServingStatus) {

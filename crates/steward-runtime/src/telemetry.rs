@@ -130,7 +130,13 @@ pub fn init(
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Pretty => {
-            tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr).boxed()
+            // Colours only for a terminal: escapes are noise in files and log collectors.
+            use std::io::IsTerminal;
+            tracing_subscriber::fmt::layer()
+                .compact()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .boxed()
         }
     };
     let registry = tracing_subscriber::registry().with(filter).with(logs);

@@ -12,7 +12,7 @@ use steward_runtime::authn::{
     AuthLayer, AuthOptions, DenialSink, DeniedCall, KeySource, RemoteJwks, TokenVerifier,
 };
 use steward_runtime::config::Config;
-use steward_runtime::server::{serve, ReadinessCheck, ServeError, ServeOptions};
+use steward_runtime::server::{serve, Listeners, ReadinessCheck, ServeError, ServeOptions};
 use steward_runtime::service::{Clock, Peers, ServiceContext};
 use steward_runtime::ApiError;
 use steward_storage::sea_orm::DatabaseConnection;
@@ -47,11 +47,12 @@ impl ServiceKind {
         }
     }
 
-    fn health_names(self) -> &'static [&'static str] {
+    /// Fully-qualified names of the gRPC services it serves, internal ones included.
+    pub fn services(self) -> &'static [&'static str] {
         match self {
-            Self::Auth => steward_auth::HEALTH_NAMES,
-            Self::Admin => steward_admin::HEALTH_NAMES,
-            Self::Commands => steward_commands::HEALTH_NAMES,
+            Self::Auth => steward_auth::SERVICES,
+            Self::Admin => steward_admin::SERVICES,
+            Self::Commands => steward_commands::SERVICES,
         }
     }
 
@@ -173,12 +174,26 @@ pub fn validate(config: &Config, kinds: &[ServiceKind]) -> Result<(), ServerErro
     Ok(())
 }
 
-/// Runs `kinds` in one server on `listener` until `shutdown` resolves.
+/// Binds the listeners `config` names: `server.listen`, `server.internal_listen` and, when set,
+/// `server.health_listen`.
+pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+    let health = match config.server.health_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    Ok(Listeners {
+        public: TcpListener::bind(config.server.listen).await?,
+        internal: TcpListener::bind(config.server.internal_listen).await?,
+        health,
+    })
+}
+
+/// Runs `kinds` in one server on `listeners` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     kinds: &[ServiceKind],
     clock: Clock,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     validate(&config, kinds)?;
@@ -187,7 +202,7 @@ pub async fn run(
     let mut routes = RoutesBuilder::default();
     let mut databases = Vec::new();
     let mut background = Vec::new();
-    let mut health_names = Vec::new();
+    let mut services = Vec::new();
     for kind in kinds {
         let db = connect(&config, *kind).await?;
         let ctx = ServiceContext {
@@ -197,7 +212,7 @@ pub async fn run(
             clock: clock.clone(),
         };
         background.extend(kind.start(&ctx, &mut routes).await?);
-        health_names.extend(kind.health_names().iter().map(|n| n.to_string()));
+        services.extend(kind.services().iter().map(|n| n.to_string()));
         databases.push(db);
     }
 
@@ -219,15 +234,6 @@ pub async fn run(
         Some(audit_denials(peers.clone(), clock.clone())),
         AuthOptions::from_config(&config.server),
     );
-    let health_listener = match config.server.health_listen {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr).await?;
-            tracing::info!(address = %listener.local_addr()?, "plaintext health listener");
-            Some(listener)
-        }
-        None => None,
-    };
-
     let readiness: ReadinessCheck = {
         let databases = Arc::new(databases);
         Arc::new(move || {
@@ -245,15 +251,19 @@ pub async fn run(
 
     let options = ServeOptions {
         server: config.server.clone(),
-        health_names,
+        services,
         descriptor_sets: vec![steward_proto::FILE_DESCRIPTOR_SET],
         readiness,
         auth,
-        health_listener,
     };
-    let local = listener.local_addr()?;
-    tracing::info!(address = %local, services = ?kinds, "steward listening");
-    let result = serve(routes.routes(), options, listener, shutdown).await;
+    tracing::info!(
+        public = %listeners.public.local_addr()?,
+        internal = %listeners.internal.local_addr()?,
+        health = ?listeners.health.as_ref().map(TcpListener::local_addr).transpose()?,
+        services = ?kinds,
+        "steward listening"
+    );
+    let result = serve(routes.routes(), options, listeners, shutdown).await;
     for task in background {
         task.abort();
     }
@@ -308,28 +318,30 @@ pub fn random_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Settings of `steward-server dev`: every service on `addr`, SQLite files, a generated signing
-/// key and file mail under `data_dir`; with `tls`, the dev certificate set ([`dev_tls`]) on the
-/// listener and for the internal calls.
+/// Settings of `steward-server dev`: every service on `addr` (public) and `internal` (the
+/// internal listener, which the services dial), SQLite files, a generated signing key and file
+/// mail under `data_dir`; with `tls`, the dev certificate set ([`dev_tls`]) on both listeners and
+/// for the internal calls.
 pub fn dev_config(
     base: Config,
     addr: SocketAddr,
+    internal: SocketAddr,
     data_dir: &Path,
     tls: Option<&dev_tls::DevTls>,
 ) -> Result<Config, ServerError> {
     let mut config = base;
     // TLS from `--tls`, or from `server.tls` settings (then `internal.ca_file` names their CA).
     let scheme = if tls.is_some() || config.server.tls.enabled() { "https" } else { "http" };
-    // The services call each other on the listening address; an unspecified one (0.0.0.0, ::)
-    // is dialled on loopback, a name the dev certificate holds.
-    let dial = match addr.ip() {
+    // The services call each other on the internal listener; an unspecified address (0.0.0.0,
+    // ::) is dialled on loopback, a name the dev certificate holds.
+    let dial = match internal.ip() {
         std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, internal.port()))
         }
         std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, internal.port()))
         }
-        _ => addr,
+        _ => internal,
     };
     let url = format!("{scheme}://{dial}");
     if let Some(tls) = tls {
@@ -338,6 +350,7 @@ pub fn dev_config(
         config.internal.ca_file = Some(tls.ca_file.clone());
     }
     config.server.listen = addr;
+    config.server.internal_listen = internal;
     config.database.data_dir = data_dir.to_path_buf();
     config.internal.auth_url = url.clone();
     config.internal.admin_url = url.clone();

@@ -38,9 +38,13 @@ enum Command {
     },
     /// Everything in one process on SQLite, for trying Steward out and for development.
     Dev {
-        /// Address every service listens on.
+        /// Address of the public listener (every public service, gRPC-Web).
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+        /// Address of the internal listener (every service, the `*InternalService`s too, with
+        /// the service credential). Default: the port after `--listen`'s (a free one with 0).
+        #[arg(long)]
+        internal_listen: Option<SocketAddr>,
         /// Where the SQLite files, the dev signing key and the mail folder live.
         #[arg(long, default_value = "./.steward")]
         data_dir: PathBuf,
@@ -120,8 +124,8 @@ impl Command {
 
 async fn execute(command: Command, config: Config) -> Result<(), steward_server::ServerError> {
     let single = |kind: ServiceKind, config: Config| async move {
-        let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
-        run(config, &[kind], system_clock(), listener, steward_runtime::server::shutdown_signal())
+        let listeners = steward_server::bind(&config).await?;
+        run(config, &[kind], system_clock(), listeners, steward_runtime::server::shutdown_signal())
             .await
     };
     match command {
@@ -129,23 +133,38 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
         Command::Admin => single(ServiceKind::Admin, config).await,
         Command::Commands => single(ServiceKind::Commands, config).await,
         Command::Migrate { service } => steward_server::migrate(&config, &service.kinds()).await,
-        Command::Dev { listen, data_dir, owner_email, tls } => {
-            let listener = tokio::net::TcpListener::bind(listen).await?;
-            let addr = listener.local_addr()?;
+        Command::Dev { listen, internal_listen, data_dir, owner_email, tls } => {
+            let public = tokio::net::TcpListener::bind(listen).await?;
+            let addr = public.local_addr()?;
+            // Next to the public port unless named: 50052 beside 50051, any free one beside 0.
+            let internal_listen = internal_listen.unwrap_or_else(|| {
+                let port = match listen.port() {
+                    0 => 0,
+                    port => port.checked_add(1).unwrap_or(0),
+                };
+                SocketAddr::new(listen.ip(), port)
+            });
+            let internal = tokio::net::TcpListener::bind(internal_listen).await?;
+            let internal_addr = internal.local_addr()?;
+            let health = match config.server.health_listen {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+                None => None,
+            };
             let tls =
                 if tls { Some(steward_server::dev_tls::ensure(&data_dir, addr)?) } else { None };
-            let config = dev_config(config, addr, &data_dir, tls.as_ref())?;
+            let config = dev_config(config, addr, internal_addr, &data_dir, tls.as_ref())?;
             let server = tokio::spawn(run(
                 config.clone(),
                 &ServiceKind::ALL,
                 system_clock(),
-                listener,
+                steward_runtime::server::Listeners { public, internal, health },
                 steward_runtime::server::shutdown_signal(),
             ));
             println!(
                 "steward dev: all services listening on {addr} (data in {})",
                 data_dir.display()
             );
+            println!("  internal listener (service credential only): {internal_addr}");
             match &tls {
                 Some(tls) => {
                     println!("  TLS on; clients trust the dev CA: {}", tls.ca_file.display());

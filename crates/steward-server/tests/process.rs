@@ -20,6 +20,8 @@ use prost::Message;
 struct Dev {
     child: Child,
     addr: String,
+    /// The internal listener (service credential only).
+    internal: String,
     link: String,
     data: tempfile::TempDir,
     token: String,
@@ -84,6 +86,7 @@ fn start_dev_args(args: &[&str], env: &[(&str, &str)], log: Option<&std::path::P
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let mut addr = None;
+    let mut internal = None;
     let mut link = None;
     let mut ca = None;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -91,6 +94,9 @@ fn start_dev_args(args: &[&str], env: &[(&str, &str)], log: Option<&std::path::P
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(rest) = line.split("listening on ").nth(1) {
             addr = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(rest) = line.split("internal listener (service credential only): ").nth(1) {
+            internal = Some(rest.trim().to_string());
         }
         if let Some(rest) = line.split("clients trust the dev CA: ").nth(1) {
             ca = Some(rest.trim().to_string());
@@ -104,6 +110,7 @@ fn start_dev_args(args: &[&str], env: &[(&str, &str)], log: Option<&std::path::P
     Dev {
         child,
         addr: addr.expect("dev printed its address"),
+        internal: internal.expect("dev printed its internal address"),
         link: link.expect("dev printed the owner's set-password link"),
         data,
         token,
@@ -144,22 +151,37 @@ fn grpcurl_sees_every_service_and_health_is_serving() {
     let dev = start_dev();
     assert!(dev.link.contains("set-password?token="), "{}", dev.link);
 
+    // The public listener lists every public service, the internal one every service.
     let (ok, listed) = grpcurl(&["-plaintext", &dev.addr, "list"]);
     assert!(ok, "{listed}");
+    let (ok, listed_internal) = grpcurl(&["-plaintext", &dev.internal, "list"]);
+    assert!(ok, "{listed_internal}");
     let mut services: Vec<String> = steward_methods().into_iter().map(|(s, _)| s).collect();
     services.dedup();
     services.push("grpc.health.v1.Health".into());
     for service in &services {
-        assert!(listed.lines().any(|l| l.trim() == service), "{service} missing from:\n{listed}");
+        let on = |list: &str| list.lines().any(|l| l.trim() == service);
+        assert!(on(&listed_internal), "{service} missing from:\n{listed_internal}");
+        assert_eq!(on(&listed), !service.ends_with("InternalService"), "{service}:\n{listed}");
     }
     // grpcurl 1.8 speaks reflection v1alpha; v1 is checked by the e2e suite with a v1 client.
     assert!(listed.contains("grpc.reflection.v1alpha.ServerReflection"), "{listed}");
 
     for (service, method) in steward_methods() {
         let symbol = format!("{service}.{method}");
-        let (ok, described) = grpcurl(&["-plaintext", &dev.addr, "describe", &symbol]);
+        let addr = if service.ends_with("InternalService") { &dev.internal } else { &dev.addr };
+        let (ok, described) = grpcurl(&["-plaintext", addr, "describe", &symbol]);
         assert!(ok && described.contains("rpc "), "describe {symbol}: {described}");
     }
+    // Liveness is SERVING on its own name.
+    let (ok, live) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"service":"liveness"}"#,
+        &dev.addr,
+        "grpc.health.v1.Health/Check",
+    ]);
+    assert!(ok && live.contains("\"SERVING\""), "{live}");
 
     let (ok, health) = grpcurl(&["-plaintext", &dev.addr, "grpc.health.v1.Health/Check"]);
     assert!(ok && health.contains("SERVING") && !health.contains("NOT_SERVING"), "{health}");
@@ -208,7 +230,7 @@ async fn sigterm_lets_an_in_flight_call_finish() {
     assert_eq!(locked.trim(), "locked");
 
     // The connection is up before the call starts, so the request reaches the server at once.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", dev.addr))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", dev.internal))
         .unwrap()
         .connect()
         .await

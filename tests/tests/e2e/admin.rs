@@ -24,7 +24,7 @@ use steward_storage::testing::Backend;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::harness::{Owner, Stack, PASSWORD};
+use crate::harness::{reason, Owner, Stack, PASSWORD};
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
     Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
@@ -740,14 +740,15 @@ backend_test!(other_organization_is_refused, |stack| async move {
         .unwrap()
         .into_inner();
     assert!(b_log.audit_events.is_empty());
-    // Platform-operator RPCs refuse administrators.
+    // Platform-operator RPCs are not served on the public listener at all.
     let refused = a
         .client
         .organizations()
         .list_organizations(ListOrganizationsRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
+    assert_eq!(reason(&refused), "INTERNAL_LISTENER_ONLY");
     let mut orgs = OrganizationServiceClient::new(stack.internal().await);
     let all =
         orgs.list_organizations(ListOrganizationsRequest::default()).await.unwrap().into_inner();

@@ -300,7 +300,7 @@ backend_test!(issue_invite_is_idempotent_and_needs_the_administrator, |stack| as
     assert_invalid_credentials(&sign_in_raw(&stack, &email, PASSWORD).await.unwrap_err());
     // Only services may call it.
     let mut anonymous =
-        AuthInternalServiceClient::connect(stack.url(steward_server::ServiceKind::Auth))
+        AuthInternalServiceClient::connect(stack.internal_url(steward_server::ServiceKind::Auth))
             .await
             .unwrap();
     assert_eq!(err(anonymous.issue_invite(request).await).code(), Code::Unauthenticated);
@@ -753,7 +753,21 @@ backend_test!(unknown_email_and_wrong_password_fail_identically, |stack| async m
     assert_invalid_credentials(&unknown);
     assert_eq!(unknown.code(), wrong.code());
     assert_eq!(unknown.message(), wrong.message());
-    assert_eq!(unknown.details(), wrong.details());
+    // The same details but for each call's own request id.
+    let (unknown, wrong) = (unknown.get_error_details(), wrong.get_error_details());
+    let shown = |details: &tonic_types::ErrorDetails| {
+        format!(
+            "{:?} {:?} {:?} {:?}",
+            details.error_info(),
+            details.retry_info(),
+            details.bad_request(),
+            details.precondition_failure()
+        )
+    };
+    assert_eq!(shown(&unknown), shown(&wrong));
+    let id =
+        |details: &tonic_types::ErrorDetails| details.request_info().unwrap().request_id.clone();
+    assert_ne!(id(&unknown), id(&wrong));
     // A password reset for an unknown email answers like one for a known email.
     let invite = stack.wait_for_token(&owner.email).await;
     let mut answers = Vec::new();

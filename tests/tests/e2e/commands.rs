@@ -1012,8 +1012,11 @@ backend_test!(remove_administrator_grants_is_internal_and_idempotent, |stack| as
     assert!(grants.grants.is_empty());
 
     // An administrator's token cannot call it.
-    let channel =
-        Channel::from_shared(stack.url(ServiceKind::Commands)).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(stack.internal_url(ServiceKind::Commands))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut with_token = tonic::Request::new(request("k3"));
     with_token
         .metadata_mut()

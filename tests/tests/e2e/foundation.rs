@@ -7,7 +7,7 @@ use prost::Message;
 use steward_storage::testing::Backend;
 use tonic::Code;
 
-use crate::harness::Stack;
+use crate::harness::{reason, Stack};
 
 /// Every `/package.Service/Method` in Steward's descriptor set.
 pub fn all_methods() -> Vec<String> {
@@ -97,10 +97,10 @@ backend_test!(health_reports_serving_for_every_service, |stack| async move {
             .await
             .unwrap();
     let mut health = HealthClient::new(channel);
-    for service in steward_admin::HEALTH_NAMES
+    for service in steward_admin::SERVICES
         .iter()
-        .chain(steward_auth::HEALTH_NAMES)
-        .chain(steward_commands::HEALTH_NAMES)
+        .chain(steward_auth::SERVICES)
+        .chain(steward_commands::SERVICES)
     {
         let status = health
             .check(HealthCheckRequest { service: service.to_string() })
@@ -120,13 +120,22 @@ backend_test!(internal_rpcs_refuse_administrators_and_strangers, |stack| async m
     let owner = stack.owner().await;
     let request = || LookupAdministratorRequest { name: owner.admin.clone() };
 
-    // No credential at all.
-    let channel =
-        tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    // On the public listener, not even the real service credential is accepted.
+    let public = stack.internal_at(&stack.url(steward_server::ServiceKind::Admin)).await;
+    let err =
+        AdminInternalServiceClient::new(public).lookup_administrator(request()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    assert_eq!(reason(&err), "INTERNAL_LISTENER_ONLY");
+    assert!(err.message().contains("server.internal_listen"), "{}", err.message());
+
+    // On the internal listener: no credential at all.
+    let channel = tonic::transport::Channel::from_shared(
+        stack.internal_url(steward_server::ServiceKind::Admin),
+    )
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
     let err = AdminInternalServiceClient::new(channel.clone())
         .lookup_administrator(request())
         .await
@@ -164,24 +173,47 @@ backend_test!(internal_rpcs_refuse_administrators_and_strangers, |stack| async m
 
 #[tokio::test]
 async fn unknown_methods_are_refused_not_routed() {
-    let stack = Stack::start(Backend::Sqlite).await;
-    let channel =
-        tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/steward.admin.v1.AdminService/DropAllTables");
-    let codec = tonic_prost::ProstCodec::<(), ()>::default();
-    let err = grpc.unary(tonic::Request::new(()), path, codec).await.unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("no access rule"), "{}", err.message());
+    // Split, so that the admin process does not serve the other services.
+    let stack = Stack::start_split(Backend::Sqlite).await;
+    let admin = stack.url(steward_server::ServiceKind::Admin);
+    let call = |url: String, path: &'static str| async move {
+        let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static(path);
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        grpc.unary(tonic::Request::new(()), path, codec).await.unwrap_err()
+    };
+    let cases = [
+        ("/steward.admin.v1.AdminService/DropAllTables", "UNKNOWN_METHOD", "DropAllTables"),
+        (
+            "/steward.auth.v1.AuthService/SignIn",
+            "SERVICE_NOT_SERVED",
+            "steward.auth.v1.AuthService",
+        ),
+        ("/evil.v1.Backdoor/Open", "UNKNOWN_SERVICE", "evil.v1.Backdoor"),
+        (
+            "/steward.admin.v1.AdminInternalService/LookupAdministrator",
+            "INTERNAL_LISTENER_ONLY",
+            "steward.admin.v1.AdminInternalService",
+        ),
+    ];
+    for (path, expected, named) in cases {
+        let err = call(admin.clone(), path).await;
+        assert_eq!(err.code(), Code::Unimplemented, "{path}: {err:?}");
+        assert_eq!(reason(&err), expected, "{path}");
+        assert!(err.message().contains(named), "{path}: {}", err.message());
+    }
+    // The internal listener serves the internal services, but still only this process's.
+    let internal = stack.internal_url(steward_server::ServiceKind::Admin);
+    let err = call(internal.clone(), "/steward.auth.v1.AuthInternalService/IssueInvite").await;
+    assert_eq!(reason(&err), "SERVICE_NOT_SERVED");
+    let err = call(internal, "/steward.admin.v1.AdminInternalService/LookupAdministrator").await;
+    assert_eq!(err.code(), Code::Unauthenticated, "served, and refused without the credential");
 }
 
-#[tokio::test]
-async fn reflection_v1_and_v1alpha_list_every_service() {
+/// The services reflection v1 and v1alpha list at `url` (both must agree).
+async fn reflected_services(url: String) -> BTreeSet<String> {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient as V1;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest as V1Request;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse as V1Response;
@@ -191,19 +223,7 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
     use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaMessage;
 
-    let stack = Stack::start(Backend::Sqlite).await;
-    let channel =
-        tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let mut expected: BTreeSet<String> = all_methods()
-        .iter()
-        .map(|m| m.trim_start_matches('/').split('/').next().unwrap().to_string())
-        .collect();
-    expected.insert("grpc.health.v1.Health".into());
-
+    let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
     let request = V1Message {
         host: String::new(),
         message_request: Some(V1Request::ListServices(String::new())),
@@ -218,8 +238,7 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
     else {
         panic!("v1 reflection did not list services");
     };
-    let listed: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(expected.is_subset(&listed), "v1 reflection lacks {:?}", expected.difference(&listed));
+    let v1: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
 
     let request = AlphaMessage {
         host: String::new(),
@@ -235,12 +254,55 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
     else {
         panic!("v1alpha reflection did not list services");
     };
-    let listed: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        expected.is_subset(&listed),
-        "v1alpha reflection lacks {:?}",
-        expected.difference(&listed)
-    );
+    let v1alpha: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert_eq!(v1, v1alpha, "v1 and v1alpha reflection disagree");
+    v1
+}
+
+#[tokio::test]
+async fn reflection_lists_exactly_what_each_listener_serves() {
+    use steward_server::ServiceKind;
+    let standard: BTreeSet<String> = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let contract: BTreeSet<String> = all_methods()
+        .iter()
+        .map(|m| m.trim_start_matches('/').split('/').next().unwrap().to_string())
+        .collect();
+    let internal = |name: &String| name.ends_with("InternalService");
+
+    // One process: the public listener lists every public service of the contract, the internal
+    // one every service.
+    let stack = Stack::start(Backend::Sqlite).await;
+    let public = reflected_services(stack.url(ServiceKind::Admin)).await;
+    let expected: BTreeSet<String> =
+        standard.iter().chain(contract.iter().filter(|s| !internal(s))).cloned().collect();
+    assert_eq!(public, expected);
+    let everything = reflected_services(stack.internal_url(ServiceKind::Admin)).await;
+    let expected: BTreeSet<String> = standard.iter().chain(&contract).cloned().collect();
+    assert_eq!(everything, expected);
+
+    // Split: each process lists its own services only.
+    let split = Stack::start_split(Backend::Sqlite).await;
+    for (kind, own) in [
+        (ServiceKind::Auth, steward_auth::SERVICES),
+        (ServiceKind::Admin, steward_admin::SERVICES),
+        (ServiceKind::Commands, steward_commands::SERVICES),
+    ] {
+        let own: BTreeSet<String> = own.iter().map(|s| s.to_string()).collect();
+        let public = reflected_services(split.url(kind)).await;
+        let expected: BTreeSet<String> =
+            standard.iter().chain(own.iter().filter(|s| !internal(s))).cloned().collect();
+        assert_eq!(public, expected, "{kind:?} public listener");
+        let all = reflected_services(split.internal_url(kind)).await;
+        let expected: BTreeSet<String> = standard.iter().chain(&own).cloned().collect();
+        assert_eq!(all, expected, "{kind:?} internal listener");
+    }
 }
 
 #[tokio::test]

@@ -85,6 +85,8 @@ impl TestClock {
 struct Running {
     kinds: Vec<ServiceKind>,
     addr: SocketAddr,
+    /// The internal listener (`server.internal_listen`).
+    internal: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), steward_server::ServerError>>,
 }
@@ -97,7 +99,7 @@ pub struct Stack {
     database: Arc<TestDatabase>,
     data_dir: Arc<tempfile::TempDir>,
     servers: Vec<Running>,
-    stopped: Vec<(ServiceKind, SocketAddr)>,
+    stopped: Vec<(ServiceKind, SocketAddr, SocketAddr)>,
     /// With TLS: the dev CA every client trusts.
     ca_pem: Option<Vec<u8>>,
 }
@@ -141,6 +143,22 @@ pub struct Member {
 
 async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// A public and an internal listener on free ports.
+async fn bind_pair() -> (TcpListener, TcpListener) {
+    (bind().await, bind().await)
+}
+
+/// Binds `addr` again once the server that held it has released it.
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    for _ in 0..100 {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("port {addr} never became free again");
 }
 
 impl Stack {
@@ -244,23 +262,24 @@ impl Stack {
             ca_pem,
         };
         let scheme = stack.scheme();
+        // Peers dial each other's internal listener, as deployed.
         if split {
-            let listeners = [bind().await, bind().await, bind().await];
-            let addrs: Vec<SocketAddr> =
-                listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-            stack.config.internal.auth_url = format!("{scheme}://{}", addrs[0]);
-            stack.config.internal.admin_url = format!("{scheme}://{}", addrs[1]);
-            stack.config.internal.commands_url = format!("{scheme}://{}", addrs[2]);
-            for (listener, kind) in listeners.into_iter().zip(ServiceKind::ALL) {
-                stack.spawn(vec![kind], listener);
+            let listeners = [bind_pair().await, bind_pair().await, bind_pair().await];
+            let internal: Vec<SocketAddr> =
+                listeners.iter().map(|(_, i)| i.local_addr().unwrap()).collect();
+            stack.config.internal.auth_url = format!("{scheme}://{}", internal[0]);
+            stack.config.internal.admin_url = format!("{scheme}://{}", internal[1]);
+            stack.config.internal.commands_url = format!("{scheme}://{}", internal[2]);
+            for (listeners, kind) in listeners.into_iter().zip(ServiceKind::ALL) {
+                stack.spawn(vec![kind], listeners);
             }
         } else {
-            let listener = bind().await;
-            let url = format!("{scheme}://{}", listener.local_addr().unwrap());
+            let listeners = bind_pair().await;
+            let url = format!("{scheme}://{}", listeners.1.local_addr().unwrap());
             stack.config.internal.auth_url = url.clone();
             stack.config.internal.admin_url = url.clone();
             stack.config.internal.commands_url = url;
-            stack.spawn(ServiceKind::ALL.to_vec(), listener);
+            stack.spawn(ServiceKind::ALL.to_vec(), listeners);
         }
         for i in 0..stack.servers.len() {
             stack.wait_serving(stack.servers[i].addr).await;
@@ -268,19 +287,27 @@ impl Stack {
         stack
     }
 
-    fn spawn(&mut self, kinds: Vec<ServiceKind>, listener: TcpListener) {
-        let addr = listener.local_addr().unwrap();
+    fn spawn(&mut self, kinds: Vec<ServiceKind>, (public, internal): (TcpListener, TcpListener)) {
+        let addr = public.local_addr().unwrap();
+        let internal_addr = internal.local_addr().unwrap();
+        // `server.health_listen`, when a test sets it.
+        let health = self.config.server.health_listen.map(|addr| {
+            let listener = std::net::TcpListener::bind(addr).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            TcpListener::from_std(listener).unwrap()
+        });
+        let listeners = steward_runtime::server::Listeners { public, internal, health };
         let (stop, stopped) = oneshot::channel::<()>();
         let config = self.config.clone();
         let clock = self.clock.as_clock();
         let run_kinds = kinds.clone();
         let task = tokio::spawn(async move {
-            steward_server::run(config, &run_kinds, clock, listener, async {
+            steward_server::run(config, &run_kinds, clock, listeners, async {
                 let _ = stopped.await;
             })
             .await
         });
-        self.servers.push(Running { kinds, addr, stop: Some(stop), task });
+        self.servers.push(Running { kinds, addr, internal: internal_addr, stop: Some(stop), task });
     }
 
     async fn wait_serving(&self, addr: SocketAddr) {
@@ -306,9 +333,9 @@ impl Stack {
     /// A second server with all three services on the same databases, keys and credential
     /// (another replica behind the same load balancer). Returns its URL.
     pub async fn add_replica(&mut self) -> String {
-        let listener = bind().await;
-        let addr = listener.local_addr().unwrap();
-        self.spawn(ServiceKind::ALL.to_vec(), listener);
+        let listeners = bind_pair().await;
+        let addr = listeners.0.local_addr().unwrap();
+        self.spawn(ServiceKind::ALL.to_vec(), listeners);
         self.wait_serving(addr).await;
         format!("{}://{addr}", self.scheme())
     }
@@ -351,6 +378,12 @@ impl Stack {
         format!("{}://{}", self.scheme(), self.addr_of(kind))
     }
 
+    /// URL of the internal listener of the server hosting `kind`.
+    pub fn internal_url(&self, kind: ServiceKind) -> String {
+        let server = self.servers.iter().find(|s| s.kinds.contains(&kind)).unwrap();
+        format!("{}://{}", self.scheme(), server.internal)
+    }
+
     /// Statements the `kind` services of this stack have run on their database so far.
     pub fn statements(&self, kind: ServiceKind) -> u64 {
         steward_server::statements(&self.config, kind).unwrap()
@@ -367,12 +400,15 @@ impl Stack {
         self.client_at(&self.url(kind)).await
     }
 
-    /// A channel to `kind` carrying the service credential, for internal RPCs.
+    /// A channel to the internal listener of `kind` carrying the service credential.
     pub async fn internal_for(&self, kind: ServiceKind) -> InternalChannel {
-        // As the services dial each other: with the internal CA and, under mutual TLS, the
-        // client certificate.
-        let channel =
-            steward_runtime::service::peer_channel(&self.url(kind), &self.config.internal).unwrap();
+        self.internal_at(&self.internal_url(kind)).await
+    }
+
+    /// A channel to `url` carrying the service credential, dialled as the services dial each
+    /// other: with the internal CA and, under mutual TLS, the client certificate.
+    pub async fn internal_at(&self, url: &str) -> InternalChannel {
+        let channel = steward_runtime::service::peer_channel(url, &self.config.internal).unwrap();
         InterceptedService::new(
             channel,
             ServiceCredential::new(&self.config.internal.service_token).unwrap(),
@@ -430,24 +466,15 @@ impl Stack {
             let _ = stop.send(());
         }
         let _ = (&mut server.task).await;
-        self.stopped.push((kind, server.addr));
+        self.stopped.push((kind, server.addr, server.internal));
     }
 
-    /// Restarts a server stopped with [`Stack::stop`] on the same address.
+    /// Restarts a server stopped with [`Stack::stop`] on the same addresses.
     pub async fn restart(&mut self, kind: ServiceKind) {
-        let index = self.stopped.iter().position(|(k, _)| *k == kind).expect("was stopped");
-        let (_, addr) = self.stopped.remove(index);
-        let mut listener = None;
-        for _ in 0..100 {
-            match TcpListener::bind(addr).await {
-                Ok(l) => {
-                    listener = Some(l);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        self.spawn(vec![kind], listener.expect("port free again"));
+        let index = self.stopped.iter().position(|(k, _, _)| *k == kind).expect("was stopped");
+        let (_, addr, internal) = self.stopped.remove(index);
+        let listeners = (rebind(addr).await, rebind(internal).await);
+        self.spawn(vec![kind], listeners);
         self.wait_serving(addr).await;
     }
 

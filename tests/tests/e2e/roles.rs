@@ -11,7 +11,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use crate::harness::Stack;
+use crate::harness::{reason, Stack};
 
 /// Sends and receives undecoded protobuf bytes, so any method can be called.
 #[derive(Clone, Copy, Debug, Default)]
@@ -308,7 +308,16 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
     .unwrap();
     served.insert(Role::Custom as i32, custom.permissions.clone());
 
-    let channel =
+    // The internal listener serves every RPC (the public one refuses the internal ones before
+    // authentication: checked after the matrix).
+    let channel = tonic::transport::Channel::from_shared(
+        stack.internal_url(steward_server::ServiceKind::Admin),
+    )
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let public =
         tonic::transport::Channel::from_shared(stack.url(steward_server::ServiceKind::Admin))
             .unwrap()
             .connect()
@@ -359,6 +368,19 @@ backend_test!(every_rpc_follows_the_role_table, |stack| async move {
             }
             // The agent API passes the layer but answers only agents: nobody of the matrix holds
             // a connect key or a system credential, so every call is refused by the handler.
+            // On the public listener, no internal RPC is served, whoever calls.
+            if access == Access::Internal {
+                let outcome = call(&public, method, body.clone(), auth.clone()).await;
+                let not_served = outcome.as_ref().err().is_some_and(|s| {
+                    s.code() == Code::Unimplemented && reason(s) == "INTERNAL_LISTENER_ONLY"
+                });
+                if !not_served {
+                    failures.push(format!(
+                        "{} as {who:?} on the public listener: expected INTERNAL_LISTENER_ONLY, got {outcome:?}",
+                        method.path
+                    ));
+                }
+            }
             if access == Access::Agent {
                 let code = outcome.as_ref().err().map(|s| s.code());
                 let refused = match who {

@@ -128,7 +128,8 @@ crate::backend_test!(
             ..Default::default()
         };
         // The right service credential over TLS, but no client certificate: refused.
-        let channel = stack.endpoint(&stack.url(ServiceKind::Auth)).connect().await.unwrap();
+        let channel =
+            stack.endpoint(&stack.internal_url(ServiceKind::Auth)).connect().await.unwrap();
         let credential = ServiceCredential::new(stack.service_token()).unwrap();
         let mut anonymous =
             AuthInternalServiceClient::new(InterceptedService::new(channel, credential.clone()));
@@ -143,16 +144,17 @@ crate::backend_test!(
             std::fs::read(tls.cert_file.unwrap()).unwrap(),
             std::fs::read(tls.key_file.unwrap()).unwrap(),
         );
-        let endpoint = tonic::transport::Endpoint::from_shared(stack.url(ServiceKind::Auth))
-            .unwrap()
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(
-                        stack.ca_pem().unwrap(),
-                    ))
-                    .identity(identity),
-            )
-            .unwrap();
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(stack.internal_url(ServiceKind::Auth))
+                .unwrap()
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(
+                            stack.ca_pem().unwrap(),
+                        ))
+                        .identity(identity),
+                )
+                .unwrap();
         let mut authenticated = AuthInternalServiceClient::new(InterceptedService::new(
             endpoint.connect().await.unwrap(),
             credential,

@@ -13,9 +13,8 @@
 //! Only methods Steward serves (its descriptor set, health, reflection) are named; any other path
 //! is recorded as `_OTHER` so that callers cannot inflate the number of series.
 
-use std::collections::HashSet;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -27,37 +26,11 @@ use opentelemetry::KeyValue;
 /// The histogram's name.
 pub const DURATION_METRIC: &str = "rpc.server.duration";
 
-/// Methods of the standard services mounted under one prefix rule (health, reflection).
-const STANDARD_METHODS: &[&str] = &[
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.health.v1.Health/List",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
-
-/// Every `/package.Service/Method` of Steward's own descriptor set.
-static STEWARD_METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
-    use prost::Message;
-    let Ok(set) = prost_types::FileDescriptorSet::decode(steward_proto::FILE_DESCRIPTOR_SET) else {
-        return HashSet::new();
-    };
-    let mut methods = HashSet::new();
-    for file in set.file {
-        for service in &file.service {
-            for method in &service.method {
-                methods.insert(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
-            }
-        }
-    }
-    methods
-});
-
 /// `rpc.service` and `rpc.method` of a request path; `_OTHER` for a method Steward does not serve,
 /// so that callers cannot inflate the number of series.
 pub fn service_and_method(path: &str) -> (&str, &str) {
     const OTHER: (&str, &str) = ("_OTHER", "_OTHER");
-    let known = STANDARD_METHODS.contains(&path) || STEWARD_METHODS.contains(path);
+    let known = crate::routing::known_method(path);
     match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
         Some((service, method)) if known => (service, method),
         _ => OTHER,
@@ -69,17 +42,11 @@ pub fn service_and_method(path: &str) -> (&str, &str) {
 pub fn server_span(request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
     let (service, method) = service_and_method(path);
-    let request_id = request
-        .headers()
-        .get(crate::authn::REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        // Bounded like the auth layer bounds it; the caller chooses this text.
-        .and_then(|v| v.get(..v.len().min(128)))
-        .unwrap_or_default();
     let span = tracing::info_span!(
         "rpc",
         method = %path,
-        request_id,
+        // Recorded by the request-id layer, which also generates one when the caller sent none.
+        request_id = tracing::field::Empty,
         otel.name = %format_args!("{service}/{method}"),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
