@@ -341,7 +341,9 @@ fn ci_job_with_a_service_account_key() {
     let days = (expires - chrono::Utc::now()).num_hours() as f64 / 24.0;
     assert!((89.0..=90.1).contains(&days), "{created}");
     let keys = owner.run(&["service-accounts", "keys", "list", &account_name]).ok();
-    assert!(keys.stdout.contains(&key_name), "{}", keys.stdout);
+    // The table names each key as `keys delete` takes it: `S/keys/K`.
+    let short_key = format!("{}/keys/{}", id(&account_name), id(&key_name));
+    assert!(keys.stdout.contains(&short_key), "{}", keys.stdout);
     assert!(!keys.stdout.contains(&api_key), "the key is shown once");
     // In text, the key is alone on the last line; a key's ID alone is not a key's name.
     let second =
@@ -491,7 +493,9 @@ fn cli_walkthrough(dev: Dev) {
         listed.as_array().unwrap().iter().map(|a| a["email"].as_str().unwrap()).collect();
     assert_eq!(emails, ["helpdesk@example.com"]);
     let table = owner.run(&["admins", "list"]).ok();
-    assert!(table.stdout.contains(id(&runner_name)) && table.stdout.contains("STATE_ACTIVE"));
+    assert!(table.stdout.contains(id(&runner_name)) && table.stdout.contains("ACTIVE"));
+    assert!(table.stdout.contains("command-runner  "), "{}", table.stdout);
+    assert!(table.stdout.lines().all(|l| l.chars().count() <= 120), "{}", table.stdout);
     // A stale etag is ABORTED.
     let stale = created["etag"].as_str().unwrap();
     let aborted =

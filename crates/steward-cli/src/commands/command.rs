@@ -16,23 +16,27 @@ use super::{admins, request_id};
 use crate::cli::{CommandsCommand, Format, InterpreterArg, RunsCommand};
 use crate::context::Context;
 use crate::error::{CliError, Result};
+use crate::output::{Column, Show};
 use crate::{convert, input, names, output};
 
-const COMMAND_COLUMNS: &[(&str, &str)] = &[
-    ("ID", "name"),
-    ("DISPLAY_NAME", "display_name"),
-    ("INTERPRETER", "interpreter"),
-    ("TIMEOUT", "timeout"),
-    ("TARGET_SYSTEMS", "target_systems"),
+const COMMAND_COLUMNS: &[Column] = &[
+    Column::id(),
+    Column::new("DISPLAY_NAME", "display_name", Show::Text),
+    Column::new("INTERPRETER", "interpreter", Show::Enum("INTERPRETER_")),
+    Column::new("TIMEOUT", "timeout", Show::Text),
+    Column::new("TARGET_SYSTEMS", "target_systems", Show::Ref),
 ];
-const GRANT_COLUMNS: &[(&str, &str)] =
-    &[("NAME", "name"), ("GRANTEE", "grantee"), ("CREATE_TIME", "create_time")];
-const RUN_COLUMNS: &[(&str, &str)] = &[
-    ("ID", "name"),
-    ("COMMAND", "command"),
-    ("RUNNER", "runner"),
-    ("STATE", "state"),
-    ("CREATE_TIME", "create_time"),
+const GRANT_COLUMNS: &[Column] = &[
+    Column::new("ID", "name", Show::ChildId),
+    Column::new("GRANTEE", "grantee", Show::Ref),
+    Column::new("CREATED", "create_time", Show::Time),
+];
+const RUN_COLUMNS: &[Column] = &[
+    Column::id(),
+    Column::new("COMMAND", "command_display_name", Show::Text),
+    Column::new("RUNNER", "runner", Show::Ref),
+    Column::new("STATE", "state", Show::Enum("RUN_STATE_")),
+    Column::new("CREATED", "create_time", Show::Time),
 ];
 
 fn interpreter(arg: InterpreterArg) -> Interpreter {
@@ -318,6 +322,10 @@ pub async fn runs(ctx: &mut Context, cmd: RunsCommand) -> Result<u8> {
                     |page| (page.runs.iter().map(convert::run).collect(), page.next_page_token),
                 )
                 .await?;
+            let items = match ctx.format {
+                Format::Json => items,
+                Format::Text => with_command_display_names(ctx, &org, items).await,
+            };
             output::list(ctx.format, &items, RUN_COLUMNS)?;
         }
         RunsCommand::Get { run } => {
@@ -339,6 +347,43 @@ pub async fn runs(ctx: &mut Context, cmd: RunsCommand) -> Result<u8> {
         RunsCommand::Watch { run } => return follow(ctx, names::expand(&org, "runs", &run)).await,
     }
     Ok(0)
+}
+
+/// For the text table: each run with `command_display_name`, the display name of its command
+/// when the caller may list it, else the command's ID (a deleted command, or a role that reads
+/// runs but not commands).
+async fn with_command_display_names(ctx: &mut Context, org: &str, runs: Vec<Value>) -> Vec<Value> {
+    let commands = ctx
+        .all_pages(
+            |page_token| ListCommandsRequest {
+                parent: org.to_string(),
+                page_size: 1000,
+                page_token,
+                filter: String::new(),
+                order_by: String::new(),
+            },
+            |s, request| async move { s.commands().list_commands(request).await },
+            |page| {
+                let names = page.commands.into_iter().map(|c| (c.name, c.display_name)).collect();
+                (names, page.next_page_token)
+            },
+        )
+        .await;
+    let display_names: HashMap<String, String> = commands.unwrap_or_default().into_iter().collect();
+    runs.into_iter()
+        .map(|mut run| {
+            let command = run.get("command").and_then(Value::as_str).unwrap_or_default();
+            let shown = display_names
+                .get(command)
+                .filter(|d| !d.is_empty())
+                .cloned()
+                .unwrap_or_else(|| names::id(command).to_string());
+            if let Some(map) = run.as_object_mut() {
+                map.insert("command_display_name".into(), Value::from(shown));
+            }
+            run
+        })
+        .collect()
 }
 
 async fn get_run(ctx: &mut Context, name: String) -> Result<Run> {
