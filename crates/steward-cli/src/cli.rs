@@ -98,6 +98,19 @@ pub enum Command {
     /// The roles and the permissions they hold.
     #[command(subcommand)]
     Roles(RolesCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one per command and subcommand to a directory.
+    Man {
+        /// Write `steward.1`, `steward-admins.1`, `steward-admins-list.1`, ... to this
+        /// directory (created if missing) instead of printing `steward.1`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `steward accept-invite`.

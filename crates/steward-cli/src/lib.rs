@@ -7,7 +7,7 @@
 //! - [`context`]: the connection, with one automatic session refresh when an access token is
 //!   rejected as UNAUTHENTICATED; with `STEWARD_API_KEY`, a service account's key exchanged for
 //!   an in-memory session instead (the session file is then neither read nor written).
-//! - [`commands`]: one function per command.
+//! - [`commands`]: one function per command; [`docs`]: shell completions and manual pages.
 //! - [`convert`] and [`output`]: API messages as JSON values, printed as text or JSON.
 //! - [`error`]: typed errors, reported on stderr with the gRPC code and `google.rpc` details.
 //!
@@ -18,6 +18,7 @@ pub mod cli;
 pub mod commands;
 pub mod context;
 pub mod convert;
+pub mod docs;
 pub mod error;
 pub mod input;
 pub mod names;
@@ -30,9 +31,14 @@ use std::process::ExitCode;
 /// failure (including a failed run under `--wait`), 2 usage error.
 pub async fn run(cli: cli::Cli) -> ExitCode {
     let format = cli.output;
-    let result = match context::Context::new(&cli) {
-        Ok(mut ctx) => commands::dispatch(&mut ctx, cli.command).await,
-        Err(err) => Err(err),
+    let result = match cli.command {
+        // Neither needs a configuration directory nor a server.
+        cli::Command::Completion { shell } => docs::completion(shell),
+        cli::Command::Man { out } => docs::man(out.as_deref()),
+        _ => match context::Context::new(&cli) {
+            Ok(mut ctx) => commands::dispatch(&mut ctx, cli.command).await,
+            Err(err) => Err(err),
+        },
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -824,3 +824,67 @@ fn mfa_enrolment_then_sign_in_with_a_second_factor() {
     both.extend(["--recovery-code", &recovery[1]]);
     assert_eq!(owner.run_with(&both, &password).code, 2);
 }
+
+/// `steward completion SHELL` and `steward man`: generated from the grammar, without a
+/// configuration directory or a server.
+#[test]
+fn completion_scripts_and_manual_pages() {
+    let steward = |args: &[&str]| {
+        let output =
+            Command::new(env!("CARGO_BIN_EXE_steward")).args(args).env_clear().output().unwrap();
+        Out {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    };
+    let bash = steward(&["completion", "bash"]).ok();
+    for subcommand in ["admins", "commands", "runs", "service-accounts", "completion", "man"] {
+        assert!(bash.stdout.contains(subcommand), "{subcommand} in the bash script");
+    }
+    assert!(bash.stdout.contains("complete -F"), "a bash completion: {}", bash.stdout);
+    assert!(bash.stdout.contains("--ca-file"), "global flags complete too");
+    let zsh = steward(&["completion", "zsh"]).ok();
+    assert!(zsh.stdout.starts_with("#compdef steward"), "{}", &zsh.stdout[..80]);
+    let fish = steward(&["completion", "fish"]).ok();
+    assert!(fish.stdout.contains("complete -c steward"), "{}", &fish.stdout[..200]);
+    assert_eq!(steward(&["completion", "tcsh"]).code, 2, "an unknown shell is a usage error");
+
+    // roff: past the portable definition of the apostrophe string (`.ie`/`.el`), the page
+    // starts with its title request; and groff, when installed, renders it without a warning.
+    let is_roff = |text: &str, title: &str| {
+        let mut requests =
+            text.lines().skip_while(|l| l.starts_with(".ie ") || l.starts_with(".el "));
+        let first = requests.next().unwrap_or_default();
+        assert!(first.starts_with(&format!(".TH {title} 1 ")), "not a manual page: {first}");
+        assert!(text.contains(".SH NAME") && text.contains(".SH SYNOPSIS"), "{text}");
+    };
+    let page = steward(&["man"]).ok();
+    is_roff(&page.stdout, "steward");
+    assert!(page.stdout.contains("admins") && page.stdout.contains("completion"));
+    let rendered = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(|mut groff| {
+            groff.stdin.take().unwrap().write_all(page.stdout.as_bytes()).unwrap();
+            groff.wait_with_output().unwrap()
+        });
+    if let Ok(rendered) = rendered {
+        assert!(rendered.status.success() && rendered.stderr.is_empty(), "{rendered:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man1");
+    steward(&["man", "--out", out.to_str().unwrap()]).ok();
+    for (file, title) in [
+        ("steward.1", "steward"),
+        ("steward-admins.1", "steward-admins"),
+        ("steward-admins-list.1", "steward-admins-list"),
+        ("steward-runs-watch.1", "steward-runs-watch"),
+    ] {
+        is_roff(&std::fs::read_to_string(out.join(file)).unwrap(), title);
+    }
+    let text = std::fs::read_to_string(out.join("steward-commands-run.1")).unwrap();
+    assert!(text.contains("\\-\\-wait"), "every flag is documented: {text}");
+}

@@ -14,7 +14,8 @@ use crate::context::Context;
 use crate::error::Result;
 
 /// Whether `command` acts as someone: then, with `STEWARD_API_KEY`, the key is exchanged for
-/// an access token first. Invites, sign-in, sign-out and password resets do not.
+/// an access token first. Invites, sign-in, sign-out, password resets and the local commands
+/// (completions, manual pages) do not.
 fn needs_credentials(command: &Command) -> bool {
     !matches!(
         command,
@@ -24,6 +25,8 @@ fn needs_credentials(command: &Command) -> bool {
             | Command::Password(
                 PasswordCommand::RequestReset { .. } | PasswordCommand::Reset { .. }
             )
+            | Command::Completion { .. }
+            | Command::Man { .. }
     )
 }
 
@@ -50,6 +53,8 @@ pub async fn dispatch(ctx: &mut Context, command: Command) -> Result<u8> {
         Command::Audit(cmd) => billing::audit(ctx, cmd).await,
         Command::Permissions(cmd) => roles::permissions(ctx, cmd).await,
         Command::Roles(cmd) => roles::roles(ctx, cmd).await,
+        Command::Completion { shell } => crate::docs::completion(shell),
+        Command::Man { out } => crate::docs::man(out.as_deref()),
     }
 }
 
