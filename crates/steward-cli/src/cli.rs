@@ -119,7 +119,8 @@ pub struct AcceptInvite {
     /// The token from the invite link (`...set-password?token=TOKEN`). Tokens may start with `-`.
     #[arg(long, allow_hyphen_values = true)]
     pub token: String,
-    /// Read the new password from the first line of stdin (required).
+    /// Read the new password from the first line of stdin (without it, a terminal is asked,
+    /// with echo off).
     #[arg(long)]
     pub password_stdin: bool,
 }
@@ -141,7 +142,8 @@ pub struct Login {
     /// The organization (ID or `organizations/ID`), when your email belongs to several.
     #[arg(long)]
     pub organization: Option<String>,
-    /// Read the password from the first line of stdin (required).
+    /// Read the password from the first line of stdin (without it, a terminal is asked, with
+    /// echo off).
     #[arg(long)]
     pub password_stdin: bool,
     /// A code from your authenticator app, when MFA is enrolled.
@@ -155,9 +157,10 @@ pub struct Login {
 /// `steward password ...`.
 #[derive(Debug, Subcommand)]
 pub enum PasswordCommand {
-    /// Change your password: stdin holds the current password, then the new one, one per line.
+    /// Change your password: stdin holds the current password, then the new one, one per line
+    /// (without --stdin, a terminal is asked for them, with echo off).
     Change {
-        /// Read both passwords from stdin (required).
+        /// Read both passwords from stdin.
         #[arg(long = "stdin", alias = "current-stdin")]
         stdin: bool,
     },
@@ -175,7 +178,8 @@ pub enum PasswordCommand {
         /// The token from the reset link. Tokens may start with `-`.
         #[arg(long, allow_hyphen_values = true)]
         token: String,
-        /// Read the new password from the first line of stdin (required).
+        /// Read the new password from the first line of stdin (without it, a terminal is
+        /// asked, with echo off).
         #[arg(long)]
         password_stdin: bool,
     },

@@ -11,8 +11,9 @@
 //! - [`convert`] and [`output`]: API messages as JSON values, printed as text or JSON.
 //! - [`error`]: typed errors, reported on stderr with the gRPC code and `google.rpc` details.
 //!
-//! Secrets (passwords, card numbers, CVCs) are read from stdin, never from arguments, and no
-//! token or secret is ever printed, but for a new connect key or API key (shown once).
+//! Secrets (passwords, card numbers, CVCs) are read from stdin (passwords also from the terminal,
+//! with echo off), never from arguments, and no token or secret is ever printed, but for a new
+//! connect key or API key (shown once).
 
 pub mod cli;
 pub mod commands;

@@ -174,18 +174,31 @@ impl Identity {
 
     /// Runs `steward --server URL ARGS...` with `stdin`, in this identity's session directory.
     fn run_at(&self, url: &str, args: &[&str], stdin: &str) -> Out {
+        self.run_opts(Some(url), args, stdin)
+    }
+
+    /// `steward ARGS...` in this identity's configuration directory, with `STEWARD_CA_FILE`
+    /// (if any) and this identity's environment; without `--server` unless `url` is given.
+    fn command(&self, url: Option<&str>, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_steward"));
         command.env_remove("STEWARD_CA_FILE");
         if let Some(ca) = &self.ca {
             command.env("STEWARD_CA_FILE", ca);
         }
-        let mut child = command
-            .args(["--server", url])
+        command
+            .args(url.iter().flat_map(|url| ["--server", url]))
             .args(args)
             .env_remove("STEWARD_SERVER")
             .env_remove("STEWARD_API_KEY")
             .env("STEWARD_CONFIG_DIR", self.dir.path())
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Runs `steward [--server URL] ARGS...` with `stdin` (see [`Identity::command`]).
+    fn run_opts(&self, url: Option<&str>, args: &[&str], stdin: &str) -> Out {
+        let mut child = self
+            .command(url, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -887,4 +900,154 @@ fn completion_scripts_and_manual_pages() {
     }
     let text = std::fs::read_to_string(out.join("steward-commands-run.1")).unwrap();
     assert!(text.contains("\\-\\-wait"), "every flag is documented: {text}");
+}
+
+/// Runs `steward ARGS...` on a new pseudo-terminal that becomes its controlling terminal
+/// (`setsid --ctty`), as a person at a terminal would; `answer` is called with the master side
+/// whenever new output arrives and returns what to type, if anything.
+fn on_a_terminal(
+    identity: &Identity,
+    args: &[&str],
+    mut answer: impl FnMut(&str, &std::os::fd::OwnedFd) -> Option<String>,
+) -> Out {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let program = identity.command(Some(&identity.url), args);
+    let mut command = Command::new("setsid");
+    command
+        .args(["--ctty", "--wait"])
+        .arg(program.get_program())
+        .args(program.get_args())
+        .envs(program.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    for (key, value) in program.get_envs() {
+        if value.is_none() {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave))
+        .spawn()
+        .unwrap();
+    let mut reader = std::fs::File::from(pty.master.try_clone().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        // EIO once the child and its terminal are gone.
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut writer = std::fs::File::from(pty.master.try_clone().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(bytes) => {
+                seen.push_str(&String::from_utf8_lossy(&bytes));
+                if let Some(typed) = answer(&seen, &pty.master) {
+                    writer.write_all(typed.as_bytes()).unwrap();
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("no answer from {args:?} on the terminal: {seen}");
+                }
+                if child.try_wait().unwrap().is_some() && rx.try_recv().is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    Out { code: status.code().unwrap_or(-1), stdout: seen, stderr: String::new() }
+}
+
+/// Waits until the terminal no longer echoes what is typed (the prompt is shown just before
+/// echo is turned off), then returns `secret` to type; fails if echo stays on.
+fn once_echo_is_off(master: &std::os::fd::OwnedFd, secret: &str) -> String {
+    use nix::sys::termios::{tcgetattr, LocalFlags};
+    for _ in 0..100 {
+        if !tcgetattr(master).unwrap().local_flags.contains(LocalFlags::ECHO) {
+            return format!("{secret}\n");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the terminal still echoes while the password is asked for");
+}
+
+/// Without `--password-stdin`, a terminal is asked for the password with echo off (a new one
+/// twice, and both must match); without a terminal that is a usage error, as before.
+#[test]
+fn passwords_are_asked_on_a_terminal_with_echo_off() {
+    let dev = start_dev(&[]);
+    let owner = Identity::new(&dev);
+
+    // Two different new passwords: refused, the invite stays usable.
+    let mut typed = 0;
+    let differ =
+        on_a_terminal(&owner, &["accept-invite", "--token", &dev.owner_token], |seen, pty| {
+            let prompts = seen.matches("password: ").count();
+            (prompts > typed).then(|| {
+                typed = prompts;
+                once_echo_is_off(
+                    pty,
+                    if prompts == 1 { PASSWORD } else { "something else entirely 9" },
+                )
+            })
+        });
+    assert_eq!(differ.code, 1, "{}", differ.stdout);
+    assert!(differ.stdout.contains("differ"), "{}", differ.stdout);
+
+    let mut typed = 0;
+    let accepted =
+        on_a_terminal(&owner, &["accept-invite", "--token", &dev.owner_token], |seen, pty| {
+            let prompts = seen.matches("password: ").count();
+            (prompts > typed).then(|| {
+                typed = prompts;
+                once_echo_is_off(pty, PASSWORD)
+            })
+        });
+    assert_eq!(accepted.code, 0, "{}", accepted.stdout);
+    assert!(accepted.stdout.contains("New password: ") && accepted.stdout.contains("Repeat"));
+    assert!(accepted.stdout.contains("invite accepted"), "{}", accepted.stdout);
+    assert!(!accepted.stdout.contains(PASSWORD), "the password was echoed: {}", accepted.stdout);
+
+    let mut asked = false;
+    let login = on_a_terminal(&owner, &["login", "--email", "owner@example.com"], |seen, pty| {
+        (!asked && seen.contains("Password: ")).then(|| {
+            asked = true;
+            once_echo_is_off(pty, PASSWORD)
+        })
+    });
+    assert_eq!(login.code, 0, "{}", login.stdout);
+    assert!(login.stdout.contains("signed in as"), "{}", login.stdout);
+    assert!(!login.stdout.contains(PASSWORD), "the password was echoed: {}", login.stdout);
+    assert_eq!(owner.json(&["whoami"])["administrator"]["email"], "owner@example.com");
+
+    // A wrong password typed at the terminal is refused like one on stdin.
+    let mut asked = false;
+    let wrong = on_a_terminal(&owner, &["login", "--email", "owner@example.com"], |seen, pty| {
+        (!asked && seen.contains("Password: ")).then(|| {
+            asked = true;
+            once_echo_is_off(pty, "not the password at all")
+        })
+    });
+    assert!(wrong.code == 1 && wrong.stdout.contains("UNAUTHENTICATED"), "{}", wrong.stdout);
+
+    // Not a terminal, no --password-stdin: a usage error, nothing read or sent.
+    for args in [
+        &["login", "--email", "owner@example.com"][..],
+        &["password", "reset", "--token", "t"][..],
+        &["password", "change"][..],
+    ] {
+        let refused = owner.run_with(args, &format!("{PASSWORD}\n"));
+        assert_eq!(refused.code, 2, "{args:?}: {}", refused.stderr);
+        assert!(refused.stderr.contains("terminal"), "{}", refused.stderr);
+    }
 }
