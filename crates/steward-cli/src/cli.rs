@@ -35,6 +35,11 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub output: Format,
 
+    /// The named profile to use: its own session, server and CA file, kept in the
+    /// configuration directory (`steward profiles list` shows them).
+    #[arg(long, global = true, env = "STEWARD_PROFILE", default_value = crate::profile::DEFAULT)]
+    pub profile: String,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -98,6 +103,9 @@ pub enum Command {
     /// The roles and the permissions they hold.
     #[command(subcommand)]
     Roles(RolesCommand),
+    /// The named profiles of this configuration directory (select one with `--profile`).
+    #[command(subcommand)]
+    Profiles(ProfilesCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completion {
         /// The shell.
@@ -111,6 +119,13 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// `steward profiles ...`.
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// List the profiles: name, server, who is signed in, and which one is in use.
+    List,
 }
 
 /// `steward accept-invite`.

@@ -4,6 +4,7 @@
 //! - [`cli`]: the argument grammar (clap derive).
 //! - [`session`]: the session file (`session.json`, mode 0600) holding the server, tokens and
 //!   organization of the signed-in administrator.
+//! - [`profile`]: named profiles (`--profile`), each with its own session, server and CA file.
 //! - [`context`]: the connection, with one automatic session refresh when an access token is
 //!   rejected as UNAUTHENTICATED; with `STEWARD_API_KEY`, a service account's key exchanged for
 //!   an in-memory session instead (the session file is then neither read nor written).
@@ -24,6 +25,7 @@ pub mod error;
 pub mod input;
 pub mod names;
 pub mod output;
+pub mod profile;
 pub mod session;
 
 use std::process::ExitCode;

@@ -181,7 +181,7 @@ impl Identity {
     /// (if any) and this identity's environment; without `--server` unless `url` is given.
     fn command(&self, url: Option<&str>, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_steward"));
-        command.env_remove("STEWARD_CA_FILE");
+        command.env_remove("STEWARD_CA_FILE").env_remove("STEWARD_PROFILE");
         if let Some(ca) = &self.ca {
             command.env("STEWARD_CA_FILE", ca);
         }
@@ -218,7 +218,8 @@ impl Identity {
         for (_, api_key) in self.env.iter().filter(|(k, _)| *k == "STEWARD_API_KEY") {
             assert!(!all.contains(api_key.as_str()), "API key printed by {args:?}");
         }
-        if let Ok(text) = std::fs::read_to_string(self.session_file()) {
+        for file in self.session_files() {
+            let Ok(text) = std::fs::read_to_string(file) else { continue };
             let session: serde_json::Value = serde_json::from_str(&text).unwrap();
             for key in ["access_token", "refresh_token"] {
                 let token = session[key].as_str().unwrap_or_default();
@@ -226,6 +227,14 @@ impl Identity {
             }
         }
         out
+    }
+
+    /// The session files of every profile.
+    fn session_files(&self) -> Vec<PathBuf> {
+        let profiles = std::fs::read_dir(self.dir.path().join("profiles")).into_iter().flatten();
+        std::iter::once(self.session_file())
+            .chain(profiles.flatten().map(|p| p.path().join("session.json")))
+            .collect()
     }
 
     fn run(&self, args: &[&str]) -> Out {
@@ -852,11 +861,11 @@ fn completion_scripts_and_manual_pages() {
         }
     };
     let bash = steward(&["completion", "bash"]).ok();
-    for subcommand in ["admins", "commands", "runs", "service-accounts", "completion", "man"] {
+    for subcommand in ["admins", "commands", "runs", "service-accounts", "profiles", "completion"] {
         assert!(bash.stdout.contains(subcommand), "{subcommand} in the bash script");
     }
     assert!(bash.stdout.contains("complete -F"), "a bash completion: {}", bash.stdout);
-    assert!(bash.stdout.contains("--ca-file"), "global flags complete too");
+    assert!(bash.stdout.contains("--profile"), "global flags complete too");
     let zsh = steward(&["completion", "zsh"]).ok();
     assert!(zsh.stdout.starts_with("#compdef steward"), "{}", &zsh.stdout[..80]);
     let fish = steward(&["completion", "fish"]).ok();
@@ -900,6 +909,133 @@ fn completion_scripts_and_manual_pages() {
     }
     let text = std::fs::read_to_string(out.join("steward-commands-run.1")).unwrap();
     assert!(text.contains("\\-\\-wait"), "every flag is documented: {text}");
+}
+
+/// Named profiles: each keeps its own session, server and CA file; a session of one profile
+/// is never used by another, and a profile name never reaches outside the directory.
+#[test]
+fn profiles_keep_sessions_apart() {
+    let dev = start_dev(&[]);
+    let me = Identity::new(&dev);
+    me.accept_and_login(&dev.owner_token, "owner@example.com");
+    me.json(&["admins", "create", "--email", "second@example.com", "--role", "read-only"]);
+    let token = dev.mailed_token("second@example.com");
+    let password = format!("{PASSWORD}\n");
+
+    // A profile that has never signed in does not borrow the default one's session.
+    let fresh = me.run(&["--profile", "work", "whoami"]);
+    assert!(fresh.code == 1 && fresh.stderr.contains("not signed in"), "{}", fresh.stderr);
+    let fresh = me.run_opts(None, &["--profile", "work", "whoami"], "");
+    assert!(fresh.code == 1 && fresh.stderr.contains("not signed in"), "{}", fresh.stderr);
+
+    // Signing in with `--profile work` (through STEWARD_PROFILE too) keeps that session apart.
+    me.run_with(
+        &["--profile", "work", "accept-invite", "--token", &token, "--password-stdin"],
+        &password,
+    )
+    .ok();
+    me.run_with(
+        &["--profile", "work", "login", "--email", "second@example.com", "--password-stdin"],
+        &password,
+    )
+    .ok();
+    let work_file = me.dir.path().join("profiles/work/session.json");
+    let work_session: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&work_file).unwrap()).unwrap();
+    assert_eq!(work_session["email"], "second@example.com");
+    assert_eq!(me.session()["email"], "owner@example.com", "the default session is untouched");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&work_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the profile's session file is private");
+        let mode = std::fs::metadata(work_file.parent().unwrap()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "the profile's directory is private");
+    }
+    // Each profile remembers its server: no --server needed any more.
+    let whoami = |profile: &str| {
+        let out = me.run_opts(None, &["--profile", profile, "--output", "json", "whoami"], "");
+        out.ok().json()["administrator"]["email"].as_str().unwrap().to_string()
+    };
+    assert_eq!(whoami("work"), "second@example.com");
+    assert_eq!(whoami("default"), "owner@example.com");
+    let mut by_env = me.command(None, &["--output", "json", "whoami"]);
+    let by_env = by_env.env("STEWARD_PROFILE", "work").output().unwrap();
+    let by_env: serde_json::Value = serde_json::from_slice(&by_env.stdout).unwrap();
+    assert_eq!(by_env["administrator"]["email"], "second@example.com");
+    // The profile's role, not the default one's: a Read Only administrator cannot create.
+    let refused = me.run_opts(
+        None,
+        &[
+            "--profile",
+            "work",
+            "admins",
+            "create",
+            "--email",
+            "x@example.com",
+            "--role",
+            "read-only",
+        ],
+        "",
+    );
+    assert!(
+        refused.code == 1 && refused.stderr.contains("PERMISSION_DENIED"),
+        "{}",
+        refused.stderr
+    );
+
+    // `profiles list` names them, who is signed in and which is in use; never a token.
+    let listed =
+        me.run_opts(None, &["--profile", "work", "--output", "json", "profiles", "list"], "");
+    let listed = listed.ok().json();
+    let rows: Vec<(String, String, bool)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().into(),
+                p["email"].as_str().unwrap().into(),
+                p["current"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("default".into(), "owner@example.com".into(), false),
+            ("work".into(), "second@example.com".into(), true)
+        ]
+    );
+    assert_eq!(listed[1]["server"], dev.url.as_str());
+    let table = me.run_opts(None, &["profiles", "list"], "").ok();
+    assert!(table.stdout.contains("work") && table.stdout.contains(&dev.url), "{}", table.stdout);
+
+    // A session copied into another profile for another server is not sent anywhere else.
+    let elsewhere = me.run_at("http://127.0.0.1:9", &["--profile", "work", "whoami"], "");
+    assert!(
+        elsewhere.code == 1 && elsewhere.stderr.contains("not signed in"),
+        "{}",
+        elsewhere.stderr
+    );
+
+    // Signing out of one profile leaves the other signed in.
+    me.run_opts(None, &["--profile", "work", "logout"], "").ok();
+    assert!(!work_file.exists());
+    assert_eq!(whoami("default"), "owner@example.com");
+    let ended = me.run_opts(None, &["--profile", "work", "whoami"], "");
+    assert!(ended.code == 1 && ended.stderr.contains("not signed in"), "{}", ended.stderr);
+
+    // A profile name is never a path.
+    for bad in ["../escape", "a/b", "..", "", "x y"] {
+        let refused = me.run_with(
+            &["--profile", bad, "login", "--email", "a@example.com", "--password-stdin"],
+            &password,
+        );
+        assert_eq!(refused.code, 2, "{bad:?}: {}", refused.stderr);
+        assert!(refused.stderr.contains("invalid profile name"), "{}", refused.stderr);
+    }
+    assert!(!me.dir.path().join("escape").exists() && !me.dir.path().join("profiles/a").exists());
 }
 
 /// Runs `steward ARGS...` on a new pseudo-terminal that becomes its controlling terminal

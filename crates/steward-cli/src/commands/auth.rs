@@ -58,7 +58,7 @@ pub async fn accept_invite(ctx: &mut Context, args: AcceptInvite) -> Result<u8> 
         Format::Json => output::json_doc(&json!({"administrator": answer.administrator}))?,
         Format::Text => {
             output::line(&format!("invite accepted for {}", answer.administrator))?;
-            output::note("sign in with: steward login --email EMAIL");
+            output::note(&format!("sign in with: {} login --email EMAIL", ctx.steward()));
         }
     }
     Ok(0)
@@ -115,6 +115,7 @@ pub async fn login(ctx: &mut Context, args: Login) -> Result<u8> {
         email: args.email,
         scope: scope.clone(),
     })?;
+    ctx.remember_server()?;
     let enrolment_only = tokens.scope == TokenScope::MfaEnrollment as i32;
     match ctx.format {
         Format::Json => output::json_doc(&json!({"administrator": claims.sub,
