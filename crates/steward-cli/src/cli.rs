@@ -481,9 +481,16 @@ pub enum CommandsCommand {
         /// Only on this target system; repeat for several (default: all targets).
         #[arg(long = "system")]
         systems: Vec<String>,
-        /// Follow the run, print its output, exit 0 if it succeeded and 1 otherwise.
+        /// Follow the run: print its name first, then its output; exit 0 if it succeeded and 1
+        /// otherwise. Ctrl-C stops following (exit 130), not the run.
         #[arg(long)]
         wait: bool,
+        /// With --wait: exit with the script's own exit code when the run did not succeed: the
+        /// first non-zero one among the systems, as the agent reported it (128 + the signal for
+        /// a script killed on timeout or cancel, e.g. 137); 1 when there is none (e.g. the
+        /// system was unreachable).
+        #[arg(long, requires = "wait")]
+        exit_code: bool,
     },
 }
 
@@ -506,10 +513,14 @@ pub enum RunsCommand {
         /// ID or resource name.
         run: String,
     },
-    /// Follow a run until it ends; exit 0 if it succeeded and 1 otherwise.
+    /// Follow a run until it ends; exit 0 if it succeeded and 1 otherwise. Ctrl-C stops
+    /// following (exit 130), not the run.
     Watch {
         /// ID or resource name.
         run: String,
+        /// Exit with the script's own exit code, as `commands run --wait --exit-code`.
+        #[arg(long)]
+        exit_code: bool,
     },
 }
 

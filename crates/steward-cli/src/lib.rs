@@ -31,7 +31,8 @@ pub mod session;
 use std::process::ExitCode;
 
 /// Runs one parsed command line and reports any error on stderr. Exit codes: 0 success, 1
-/// failure (including a failed run under `--wait`), 2 usage error.
+/// failure (including a failed run under `--wait`), 2 usage error, 130 when Ctrl-C stopped
+/// following a run; with `--exit-code`, a failed run's own exit code.
 pub async fn run(cli: cli::Cli) -> ExitCode {
     let format = cli.output;
     let result = match cli.command {

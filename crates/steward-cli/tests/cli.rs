@@ -447,6 +447,55 @@ fn seed_walkthrough_with_the_cli_over_tls() {
     cli_walkthrough(dev);
 }
 
+/// A real `steward-agent`, registered with a connect key `owner` creates.
+struct Agent {
+    child: Child,
+    /// The system it registered (its resource name).
+    system: String,
+    _state: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(dev: &Dev, owner: &Identity) -> Self {
+        let key = owner.json(&["connect-keys", "create", "--name", "lab"]);
+        let key = key["key"].as_str().unwrap().to_string();
+        assert!(!owner.run(&["connect-keys", "list"]).ok().stdout.contains(&key), "key shown once");
+        let state = tempfile::tempdir().unwrap();
+        let child = Command::new(sibling_binary("steward-agent"))
+            .args(dev.ca.iter().flat_map(|ca| ["--ca-file", ca.as_str()]))
+            .args(["--server", &dev.url, "--connect-key", &key, "--state-dir"])
+            .arg(state.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let system = (0..100)
+            .find_map(|_| {
+                let systems = owner.json(&["systems", "list"]);
+                let found = systems.get(0).map(name);
+                if found.is_none() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                found
+            })
+            .expect("the agent registered its system");
+        Self { child, system, _state: state }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn cli_walkthrough(dev: Dev) {
     let owner = Identity::new(&dev);
     let runner = Identity::new(&dev);
@@ -533,30 +582,8 @@ fn cli_walkthrough(dev: Dev) {
     assert!(invalid.stderr.contains("administrator.email"), "{}", invalid.stderr);
 
     // 4. A system with a real agent, a command on it granted to the runner, run and followed.
-    let key = owner.json(&["connect-keys", "create", "--name", "lab"]);
-    let key = key["key"].as_str().unwrap().to_string();
-    assert!(!owner.run(&["connect-keys", "list"]).ok().stdout.contains(&key), "key shown once");
-    let state = tempfile::tempdir().unwrap();
-    let mut agent = Command::new(sibling_binary("steward-agent"))
-        .args(dev.ca.iter().flat_map(|ca| ["--ca-file", ca.as_str()]))
-        .args(["--server", &dev.url, "--connect-key", &key, "--state-dir"])
-        .arg(state.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let system = (0..100)
-        .find_map(|_| {
-            let systems = owner.json(&["systems", "list"]);
-            let found = systems.get(0).map(name);
-            if found.is_none() {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            found
-        })
-        .expect("the agent registered its system");
+    let mut agent = Agent::start(&dev, &owner);
+    let system = agent.system.clone();
     let script = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(script.path(), "echo report-ok\necho warn-line >&2\n").unwrap();
     let command = owner.json(&[
@@ -659,8 +686,7 @@ fn cli_walkthrough(dev: Dev) {
     let revoked = owner.run(&["commands", "revoke", &name(&grant)]).ok();
     assert!(revoked.stdout.contains("revoked"), "{}", revoked.stdout);
     assert_eq!(runner.json(&["commands", "list"]), serde_json::json!([]));
-    let _ = agent.kill();
-    let _ = agent.wait();
+    agent.stop();
 
     // 5. Deleting: never yourself; a dry run shows who would go; then delete.
     let own = owner.run(&["admins", "delete", &owner_name, "--dry-run"]);
@@ -908,7 +934,7 @@ fn completion_scripts_and_manual_pages() {
         is_roff(&std::fs::read_to_string(out.join(file)).unwrap(), title);
     }
     let text = std::fs::read_to_string(out.join("steward-commands-run.1")).unwrap();
-    assert!(text.contains("\\-\\-wait"), "every flag is documented: {text}");
+    assert!(text.contains("exit\\-code"), "every flag is documented: {text}");
 }
 
 /// Named profiles: each keeps its own session, server and CA file; a session of one profile
@@ -1186,4 +1212,112 @@ fn passwords_are_asked_on_a_terminal_with_echo_off() {
         assert_eq!(refused.code, 2, "{args:?}: {}", refused.stderr);
         assert!(refused.stderr.contains("terminal"), "{}", refused.stderr);
     }
+}
+
+/// `commands run --wait` names the run before its output; `--exit-code` passes the script's
+/// exit code through; Ctrl-C stops following (exit 130) and says how to re-attach, while the
+/// run goes on. Tables fit 120 columns and show the command's display name.
+#[test]
+fn run_wait_names_the_run_passes_exit_codes_and_survives_ctrl_c() {
+    let dev = start_dev(&[]);
+    let owner = Identity::new(&dev);
+    owner.accept_and_login(&dev.owner_token, "owner@example.com");
+    let agent = Agent::start(&dev, &owner);
+    let create = |display_name: &str, script: &str| {
+        let created = owner.run_with(
+            &[
+                "--output",
+                "json",
+                "commands",
+                "create",
+                "--name",
+                display_name,
+                "--script",
+                "-",
+                "--interpreter",
+                "sh",
+                "--system",
+                &agent.system,
+            ],
+            script,
+        );
+        id(&name(&created.ok().json())).to_string()
+    };
+    let seven = create("exits seven after some output", "echo before-exit; exit 7\n");
+
+    let plain = owner.run(&["commands", "run", &seven, "--wait"]);
+    assert_eq!(plain.code, 1, "without --exit-code a failed run exits 1: {}", plain.stderr);
+    let first = plain.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("run organizations/") && first.contains("/runs/"),
+        "{}",
+        plain.stderr
+    );
+    assert!(plain.stdout.contains("before-exit"), "{}", plain.stdout);
+    let passed = owner.run(&["commands", "run", &seven, "--wait", "--exit-code"]);
+    assert_eq!(passed.code, 7, "the script's exit code: {}", passed.stderr);
+    let run_id = id(passed.stderr.lines().next().unwrap()).to_string();
+    let watched = owner.run(&["runs", "watch", &run_id, "--exit-code"]);
+    assert_eq!(watched.code, 7, "{}", watched.stderr);
+    assert_eq!(owner.run(&["commands", "run", &seven, "--exit-code"]).code, 2, "needs --wait");
+    // JSON: the run is the first event.
+    let json = owner.run(&["--output", "json", "commands", "run", &seven, "--wait"]);
+    let first: serde_json::Value =
+        serde_json::from_str(json.stdout.lines().next().unwrap()).unwrap();
+    assert!(first["run"]["name"].as_str().unwrap().contains("/runs/"), "{}", json.stdout);
+
+    // Tables: short IDs, the command's display name, at most 120 columns; JSON keeps it all.
+    let runs = owner.run(&["runs", "list"]).ok();
+    assert!(runs.stdout.contains("exits seven after some output"), "{}", runs.stdout);
+    assert!(
+        runs.stdout.contains(&run_id) && !runs.stdout.contains("organizations/"),
+        "{}",
+        runs.stdout
+    );
+    for list in
+        [&["runs", "list"][..], &["commands", "list"], &["systems", "list"], &["audit", "list"]]
+    {
+        let table = owner.run(list).ok();
+        assert!(
+            table.stdout.lines().all(|l| l.chars().count() <= 120),
+            "{list:?}:\n{}",
+            table.stdout
+        );
+    }
+    let full = owner.json(&["runs", "list"]);
+    assert!(full[0]["name"].as_str().unwrap().starts_with("organizations/"), "{full}");
+    assert!(full[0].get("command_display_name").is_none(), "JSON is unchanged: {full}");
+
+    // Ctrl-C while following: exit 130, the re-attach command, and the run still going.
+    let slow = create("slow", "echo started; sleep 60\n");
+    let mut child = owner
+        .command(Some(&dev.url), &["commands", "run", &slow, "--wait"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n", "the output is being followed");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let run_name = stderr.lines().next().unwrap().strip_prefix("run ").unwrap().to_string();
+    assert!(stderr.contains(&format!("steward runs watch {}", id(&run_name))), "{stderr}");
+    let still = owner.json(&["runs", "get", &run_name]);
+    assert_eq!(still["state"], "RUN_STATE_RUNNING", "the run goes on: {still}");
+    owner.run(&["runs", "cancel", &run_name]).ok();
+    // Cancelled: the agent killed the script (128 + SIGKILL), and that is its exit code.
+    let cancelled = owner.run(&["runs", "watch", id(&run_name), "--exit-code"]);
+    assert_eq!(cancelled.code, 137, "{}", cancelled.stderr);
+    assert!(cancelled.stderr.contains("RUN_STATE_CANCELLED"), "{}", cancelled.stderr);
+    assert_eq!(owner.run(&["runs", "watch", id(&run_name)]).code, 1, "without --exit-code");
 }

@@ -269,7 +269,7 @@ pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
                 .await?;
             output::list(ctx.format, &items, GRANT_COLUMNS)?;
         }
-        CommandsCommand::Run { command, systems, wait } => {
+        CommandsCommand::Run { command, systems, wait, exit_code } => {
             let request = RunCommandRequest {
                 command: names::expand(&org, "commands", &command),
                 systems: systems.iter().map(|s| names::expand(&org, "systems", s)).collect(),
@@ -284,12 +284,20 @@ pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
                 .run
                 .ok_or(CliError::Protocol("RunCommand without a run"))?;
             if wait {
-                return follow(ctx, run.name).await;
+                // The run's name first, before any output, so it is known even if following
+                // stops: on stderr in text (stdout is the script's output), as the first event
+                // in JSON.
+                match ctx.format {
+                    Format::Json => output::json_doc(&json!({"run": convert::run(&run)}))?,
+                    Format::Text => output::note(&format!("run {}", run.name)),
+                }
+                return follow(ctx, run.name, exit_code).await;
             }
             output::object(ctx.format, &convert::run(&run))?;
             if ctx.format == Format::Text {
                 output::note(&format!(
-                    "follow it with: steward runs watch {}",
+                    "follow it with: {} runs watch {}",
+                    ctx.steward(),
                     names::id(&run.name)
                 ));
             }
@@ -344,7 +352,9 @@ pub async fn runs(ctx: &mut Context, cmd: RunsCommand) -> Result<u8> {
                 .ok_or(CliError::Protocol("CancelRun without a run"))?;
             print_run(ctx.format, &run)?;
         }
-        RunsCommand::Watch { run } => return follow(ctx, names::expand(&org, "runs", &run)).await,
+        RunsCommand::Watch { run, exit_code } => {
+            return follow(ctx, names::expand(&org, "runs", &run), exit_code).await
+        }
     }
     Ok(0)
 }
@@ -445,10 +455,53 @@ fn unseen(
     usize::try_from(skip).unwrap_or(data.len())
 }
 
+/// The exit code of a finished run: 0 if it succeeded, else 1; with `pass_exit_code`, the
+/// first non-zero exit code of its systems' scripts instead, as the agents reported them (a
+/// script killed on timeout or cancel: 128 + the signal), when one fits an exit status (1 to
+/// 255); 1 when none does (e.g. an unreachable system).
+fn exit_status(run: &Run, pass_exit_code: bool) -> u8 {
+    if run.state == RunState::Succeeded as i32 {
+        return 0;
+    }
+    if !pass_exit_code {
+        return 1;
+    }
+    run.results
+        .iter()
+        .map(|r| r.exit_code)
+        .find(|code| *code != 0)
+        .and_then(|code| u8::try_from(code).ok())
+        .unwrap_or(1)
+}
+
+/// The exit code after Ctrl-C stopped following a run (128 + SIGINT, as shells report it).
+pub const INTERRUPTED: u8 = 130;
+
+/// Follows a run until it ends (see [`watch_to_end`]) and returns its exit code (see
+/// [`exit_status`]). Ctrl-C stops following, not the run: it says how to re-attach and
+/// returns [`INTERRUPTED`].
+async fn follow(ctx: &mut Context, name: String, pass_exit_code: bool) -> Result<u8> {
+    let reattach = format!("{} runs watch {}", ctx.steward(), names::id(&name));
+    let cancel = format!("{} runs cancel {}", ctx.steward(), names::id(&name));
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    tokio::select! {
+        run = watch_to_end(ctx, name.clone()) => Ok(exit_status(&run?, pass_exit_code)),
+        // A handler that could not be installed (Err) disables this branch.
+        Ok(()) = &mut interrupted => {
+            output::note(&format!(
+                "\nstopped following {name}; the run goes on.\n  re-attach: {reattach}\n  \
+                 cancel it: {cancel}"
+            ));
+            Ok(INTERRUPTED)
+        }
+    }
+}
+
 /// Follows a run with WatchRun: prints its output as it arrives (text: stdout and stderr
 /// chunks to the matching stream; JSON: one event per line), reconnecting if the stream
-/// breaks. Returns 0 if the run succeeded, 1 otherwise.
-async fn follow(ctx: &mut Context, name: String) -> Result<u8> {
+/// breaks, and returns the finished run (text: with a summary on stderr).
+async fn watch_to_end(ctx: &mut Context, name: String) -> Result<Run> {
     let mut printed = HashMap::new();
     let mut last: Option<Run> = None;
     for _attempt in 0..5 {
@@ -531,7 +584,7 @@ async fn follow(ctx: &mut Context, name: String) -> Result<u8> {
             output::note(&line);
         }
     }
-    Ok(if run.state == RunState::Succeeded as i32 { 0 } else { 1 })
+    Ok(run)
 }
 
 #[cfg(test)]
@@ -547,6 +600,33 @@ mod tests {
         assert_eq!(unseen(&mut printed, "s", 1, 0, b"hello world!"), 11);
         assert_eq!(unseen(&mut printed, "s", 2, 0, b"err"), 0);
         assert_eq!(unseen(&mut printed, "s", 1, 0, b"hel"), 3);
+    }
+
+    #[test]
+    fn exit_codes_pass_through_only_when_asked() {
+        let result = |state: RunState, exit_code| steward_proto::commands::v1::SystemResult {
+            state: state as i32,
+            exit_code,
+            ..Default::default()
+        };
+        let run =
+            |state: RunState, results| Run { state: state as i32, results, ..Default::default() };
+        let ok = run(RunState::Succeeded, vec![result(RunState::Succeeded, 0)]);
+        assert_eq!((exit_status(&ok, false), exit_status(&ok, true)), (0, 0));
+        let failed = run(
+            RunState::Failed,
+            vec![result(RunState::Succeeded, 0), result(RunState::Failed, 3)],
+        );
+        assert_eq!((exit_status(&failed, false), exit_status(&failed, true)), (1, 3));
+        // No exit code (a system that never ran it) or none that fits a status: 1.
+        let unreached = run(RunState::Failed, vec![result(RunState::Failed, 0)]);
+        assert_eq!(exit_status(&unreached, true), 1);
+        let killed = run(RunState::TimedOut, vec![result(RunState::TimedOut, 137)]);
+        assert_eq!((exit_status(&killed, false), exit_status(&killed, true)), (1, 137));
+        for code in [-9, 256, 1000] {
+            let odd = run(RunState::Failed, vec![result(RunState::Failed, code)]);
+            assert_eq!(exit_status(&odd, true), 1, "{code}");
+        }
     }
 
     #[test]
