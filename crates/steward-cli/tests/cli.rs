@@ -1036,6 +1036,11 @@ fn profiles_keep_sessions_apart() {
     assert_eq!(listed[1]["server"], dev.url.as_str());
     let table = me.run_opts(None, &["profiles", "list"], "").ok();
     assert!(table.stdout.contains("work") && table.stdout.contains(&dev.url), "{}", table.stdout);
+    let unused =
+        me.run_opts(None, &["--profile", "new", "--output", "json", "profiles", "list"], "");
+    let unused = unused.ok().json();
+    assert_eq!(unused[2]["name"], "new", "the profile in use is listed: {unused}");
+    assert_eq!((&unused[2]["current"], &unused[2]["signed_in"]), (&true.into(), &false.into()));
 
     // A session copied into another profile for another server is not sent anywhere else.
     let elsewhere = me.run_at("http://127.0.0.1:9", &["--profile", "work", "whoami"], "");

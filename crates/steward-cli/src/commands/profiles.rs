@@ -24,8 +24,13 @@ fn current(item: &Value) -> String {
 /// Runs a `profiles` subcommand. Reads only local files; never shows a token.
 pub fn run(ctx: &Context, cmd: &ProfilesCommand) -> Result<u8> {
     let ProfilesCommand::List = cmd;
+    let mut profiles = Profile::all(&config_dir_from_env()?)?;
+    // The profile in use is listed even before it has signed in.
+    if !profiles.iter().any(|p| p.name() == ctx.profile().name()) {
+        profiles.push(ctx.profile().clone());
+    }
     let mut items = Vec::new();
-    for profile in Profile::all(&config_dir_from_env()?)? {
+    for profile in profiles {
         let settings = profile.settings()?;
         // A damaged session file of another profile does not stop the listing.
         let session = profile.sessions().load().ok().flatten();
