@@ -1295,28 +1295,35 @@ fn run_wait_names_the_run_passes_exit_codes_and_survives_ctrl_c() {
 
     // Ctrl-C while following: exit 130, the re-attach command, and the run still going.
     let slow = create("slow", "echo started; sleep 60\n");
-    let mut child = owner
-        .command(Some(&dev.url), &["commands", "run", &slow, "--wait"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let interrupt = |args: &[&str]| {
+        let mut child = owner
+            .command(Some(&dev.url), args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "started\n", "the output is being followed");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+            nix::sys::signal::Signal::SIGINT,
+        )
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line, "started\n", "the output is being followed");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(130), "{stderr}");
+        stderr
+    };
+    let stderr = interrupt(&["commands", "run", &slow, "--wait"]);
     let run_name = stderr.lines().next().unwrap().strip_prefix("run ").unwrap().to_string();
     assert!(stderr.contains(&format!("steward runs watch {}", id(&run_name))), "{stderr}");
+    // Re-attached, the output is shown again from the start; Ctrl-C again leaves it running.
+    let again = interrupt(&["runs", "watch", id(&run_name)]);
+    assert!(again.contains(&format!("steward runs cancel {}", id(&run_name))), "{again}");
     let still = owner.json(&["runs", "get", &run_name]);
     assert_eq!(still["state"], "RUN_STATE_RUNNING", "the run goes on: {still}");
     owner.run(&["runs", "cancel", &run_name]).ok();

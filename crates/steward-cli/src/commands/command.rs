@@ -1,7 +1,11 @@
 //! `steward commands ...` and `steward runs ...`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::Read;
+use std::pin::Pin;
+
+use futures::FutureExt;
 
 use serde_json::{json, Value};
 use steward_proto::commands::v1::{
@@ -270,6 +274,9 @@ pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
             output::list(ctx.format, &items, GRANT_COLUMNS)?;
         }
         CommandsCommand::Run { command, systems, wait, exit_code } => {
+            // Listening before the run exists: a Ctrl-C while it is created then stops
+            // following it at once, after its name is printed.
+            let interrupted = wait.then(ctrl_c);
             let request = RunCommandRequest {
                 command: names::expand(&org, "commands", &command),
                 systems: systems.iter().map(|s| names::expand(&org, "systems", s)).collect(),
@@ -283,7 +290,7 @@ pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
                 .await?
                 .run
                 .ok_or(CliError::Protocol("RunCommand without a run"))?;
-            if wait {
+            if let Some(interrupted) = interrupted {
                 // The run's name first, before any output, so it is known even if following
                 // stops: on stderr in text (stdout is the script's output), as the first event
                 // in JSON.
@@ -291,7 +298,7 @@ pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
                     Format::Json => output::json_doc(&json!({"run": convert::run(&run)}))?,
                     Format::Text => output::note(&format!("run {}", run.name)),
                 }
-                return follow(ctx, run.name, exit_code).await;
+                return follow(ctx, run.name, exit_code, interrupted).await;
             }
             output::object(ctx.format, &convert::run(&run))?;
             if ctx.format == Format::Text {
@@ -353,7 +360,7 @@ pub async fn runs(ctx: &mut Context, cmd: RunsCommand) -> Result<u8> {
             print_run(ctx.format, &run)?;
         }
         RunsCommand::Watch { run, exit_code } => {
-            return follow(ctx, names::expand(&org, "runs", &run), exit_code).await
+            return follow(ctx, names::expand(&org, "runs", &run), exit_code, ctrl_c()).await
         }
     }
     Ok(0)
@@ -477,14 +484,32 @@ fn exit_status(run: &Run, pass_exit_code: bool) -> u8 {
 /// The exit code after Ctrl-C stopped following a run (128 + SIGINT, as shells report it).
 pub const INTERRUPTED: u8 = 130;
 
+/// Ctrl-C, as a future.
+type CtrlC = Pin<Box<dyn Future<Output = std::io::Result<()>>>>;
+
+/// Listens for Ctrl-C from now on: tokio installs the handler at the first poll, so it is
+/// polled once here. If the handler cannot be installed, Ctrl-C keeps its default action (the
+/// future never completes).
+fn ctrl_c() -> CtrlC {
+    let mut ctrl_c: CtrlC = Box::pin(tokio::signal::ctrl_c());
+    match (&mut ctrl_c).now_or_never() {
+        None => ctrl_c,
+        Some(Ok(())) => Box::pin(std::future::ready(Ok(()))),
+        Some(Err(_)) => Box::pin(std::future::pending()),
+    }
+}
+
 /// Follows a run until it ends (see [`watch_to_end`]) and returns its exit code (see
-/// [`exit_status`]). Ctrl-C stops following, not the run: it says how to re-attach and
-/// returns [`INTERRUPTED`].
-async fn follow(ctx: &mut Context, name: String, pass_exit_code: bool) -> Result<u8> {
+/// [`exit_status`]). Ctrl-C (`interrupted`) stops following, not the run: it says how to
+/// re-attach and returns [`INTERRUPTED`].
+async fn follow(
+    ctx: &mut Context,
+    name: String,
+    pass_exit_code: bool,
+    mut interrupted: CtrlC,
+) -> Result<u8> {
     let reattach = format!("{} runs watch {}", ctx.steward(), names::id(&name));
     let cancel = format!("{} runs cancel {}", ctx.steward(), names::id(&name));
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
     tokio::select! {
         run = watch_to_end(ctx, name.clone()) => Ok(exit_status(&run?, pass_exit_code)),
         // A handler that could not be installed (Err) disables this branch.
