@@ -35,6 +35,11 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub output: Format,
 
+    /// The named profile to use: its own session, server and CA file, kept in the
+    /// configuration directory (`steward profiles list` shows them).
+    #[arg(long, global = true, env = "STEWARD_PROFILE", default_value = crate::profile::DEFAULT)]
+    pub profile: String,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -98,6 +103,29 @@ pub enum Command {
     /// The roles and the permissions they hold.
     #[command(subcommand)]
     Roles(RolesCommand),
+    /// The named profiles of this configuration directory (select one with `--profile`).
+    #[command(subcommand)]
+    Profiles(ProfilesCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one per command and subcommand to a directory.
+    Man {
+        /// Write `steward.1`, `steward-admins.1`, `steward-admins-list.1`, ... to this
+        /// directory (created if missing) instead of printing `steward.1`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `steward profiles ...`.
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// List the profiles: name, server, who is signed in, and which one is in use.
+    List,
 }
 
 /// `steward accept-invite`.
@@ -106,7 +134,8 @@ pub struct AcceptInvite {
     /// The token from the invite link (`...set-password?token=TOKEN`). Tokens may start with `-`.
     #[arg(long, allow_hyphen_values = true)]
     pub token: String,
-    /// Read the new password from the first line of stdin (required).
+    /// Read the new password from the first line of stdin (without it, a terminal is asked,
+    /// with echo off).
     #[arg(long)]
     pub password_stdin: bool,
 }
@@ -128,7 +157,8 @@ pub struct Login {
     /// The organization (ID or `organizations/ID`), when your email belongs to several.
     #[arg(long)]
     pub organization: Option<String>,
-    /// Read the password from the first line of stdin (required).
+    /// Read the password from the first line of stdin (without it, a terminal is asked, with
+    /// echo off).
     #[arg(long)]
     pub password_stdin: bool,
     /// A code from your authenticator app, when MFA is enrolled.
@@ -142,9 +172,10 @@ pub struct Login {
 /// `steward password ...`.
 #[derive(Debug, Subcommand)]
 pub enum PasswordCommand {
-    /// Change your password: stdin holds the current password, then the new one, one per line.
+    /// Change your password: stdin holds the current password, then the new one, one per line
+    /// (without --stdin, a terminal is asked for them, with echo off).
     Change {
-        /// Read both passwords from stdin (required).
+        /// Read both passwords from stdin.
         #[arg(long = "stdin", alias = "current-stdin")]
         stdin: bool,
     },
@@ -162,7 +193,8 @@ pub enum PasswordCommand {
         /// The token from the reset link. Tokens may start with `-`.
         #[arg(long, allow_hyphen_values = true)]
         token: String,
-        /// Read the new password from the first line of stdin (required).
+        /// Read the new password from the first line of stdin (without it, a terminal is
+        /// asked, with echo off).
         #[arg(long)]
         password_stdin: bool,
     },
@@ -449,9 +481,16 @@ pub enum CommandsCommand {
         /// Only on this target system; repeat for several (default: all targets).
         #[arg(long = "system")]
         systems: Vec<String>,
-        /// Follow the run, print its output, exit 0 if it succeeded and 1 otherwise.
+        /// Follow the run: print its name first, then its output; exit 0 if it succeeded and 1
+        /// otherwise. Ctrl-C stops following (exit 130), not the run.
         #[arg(long)]
         wait: bool,
+        /// With --wait: exit with the script's own exit code when the run did not succeed: the
+        /// first non-zero one among the systems, as the agent reported it (128 + the signal for
+        /// a script killed on timeout or cancel, e.g. 137); 1 when there is none (e.g. the
+        /// system was unreachable).
+        #[arg(long, requires = "wait")]
+        exit_code: bool,
     },
 }
 
@@ -474,10 +513,14 @@ pub enum RunsCommand {
         /// ID or resource name.
         run: String,
     },
-    /// Follow a run until it ends; exit 0 if it succeeded and 1 otherwise.
+    /// Follow a run until it ends; exit 0 if it succeeded and 1 otherwise. Ctrl-C stops
+    /// following (exit 130), not the run.
     Watch {
         /// ID or resource name.
         run: String,
+        /// Exit with the script's own exit code, as `commands run --wait --exit-code`.
+        #[arg(long)]
+        exit_code: bool,
     },
 }
 

@@ -13,7 +13,8 @@ use tonic::Code;
 
 use crate::cli::{Cli, Format, DEFAULT_SERVER};
 use crate::error::{CliError, Result};
-use crate::session::{claims, Session, SessionStore};
+use crate::profile::{self, Profile, Settings};
+use crate::session::{claims, config_dir_from_env, Session, SessionStore};
 
 /// The environment variable holding a service account's API key.
 pub const API_KEY_VAR: &str = "STEWARD_API_KEY";
@@ -49,6 +50,7 @@ pub struct Context {
     pub format: Format,
     /// The server URL in use.
     pub server: String,
+    profile: Profile,
     store: SessionStore,
     session: Option<Session>,
     anonymous: Option<Steward>,
@@ -67,26 +69,30 @@ fn normalize(url: &str) -> String {
 }
 
 impl Context {
-    /// Reads the session store and picks the server: `--server`/`STEWARD_SERVER`, else the
-    /// session's, else the default. With `STEWARD_API_KEY` the session file is not read (nor
-    /// its server used).
+    /// Opens the profile (`--profile`/`STEWARD_PROFILE`), reads its session store and picks
+    /// the server: `--server`/`STEWARD_SERVER`, else the profile's, else its session's, else
+    /// the default; and the CA file: `--ca-file`/`STEWARD_CA_FILE`, else the profile's. With
+    /// `STEWARD_API_KEY` the session file is not read (nor its server used).
     pub fn new(cli: &Cli) -> Result<Self> {
         let api_key = ApiKey::from_env()?;
-        let store = SessionStore::from_env()?;
+        let profile = Profile::open(&config_dir_from_env()?, &cli.profile)?;
+        let settings = profile.settings()?;
+        let store = profile.sessions();
         let session = if api_key.is_some() { None } else { store.load()? };
-        let server = match (&cli.server, &session) {
-            (Some(server), _) => normalize(server),
-            (None, Some(session)) => normalize(&session.server),
-            (None, None) => DEFAULT_SERVER.to_string(),
+        let server = match (&cli.server, &settings.server, &session) {
+            (Some(server), _, _) | (None, Some(server), _) => normalize(server),
+            (None, None, Some(session)) => normalize(&session.server),
+            (None, None, None) => DEFAULT_SERVER.to_string(),
         };
         Ok(Self {
             format: cli.output,
             server,
+            profile,
             store,
             session,
             anonymous: None,
             authed: None,
-            ca_file: cli.ca_file.clone(),
+            ca_file: cli.ca_file.clone().or(settings.ca_file),
             insecure_plaintext: cli.insecure_plaintext,
             api_key,
             api_key_token_expiry: 0,
@@ -138,6 +144,35 @@ impl Context {
     /// The session store.
     pub fn store(&self) -> &SessionStore {
         &self.store
+    }
+
+    /// The profile in use.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// `steward` with `--profile NAME` when the profile is not the default one: the start of
+    /// a command line to suggest to the user.
+    pub fn steward(&self) -> String {
+        if self.profile.name() == profile::DEFAULT {
+            "steward".to_string()
+        } else {
+            format!("steward --profile {}", self.profile.name())
+        }
+    }
+
+    /// Remembers the server and CA file in use as the profile's (after a sign-in), the CA file
+    /// as an absolute path so the profile works from any directory.
+    pub fn remember_server(&self) -> Result<()> {
+        let ca_file = match &self.ca_file {
+            Some(path) => Some(std::path::absolute(path).map_err(|source| CliError::Io {
+                context: "cannot resolve",
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        self.profile.save_settings(&Settings { server: Some(self.server.clone()), ca_file })
     }
 
     /// The session for this server, or [`CliError::NotSignedIn`]. Tokens are never sent to a

@@ -66,6 +66,16 @@ pub enum CliError {
         source: serde_json::Error,
     },
 
+    /// A profile's settings file is not valid JSON of the expected shape.
+    #[error("the profile file {} is damaged ({source}); fix or remove it", path.display())]
+    ProfileFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// Input read from stdin or a flag value is malformed.
     #[error("{0}")]
     Input(String),

@@ -1,6 +1,6 @@
-//! Reading secrets from stdin and parsing flag values.
+//! Reading secrets from stdin or the terminal, and parsing flag values.
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 
 use crate::error::{CliError, Result};
 
@@ -22,6 +22,27 @@ pub fn read_lines(reader: impl BufRead, n: usize, what: &str) -> Result<Vec<Stri
         return Err(CliError::Input(format!("expected {what} on stdin ({n} line(s))")));
     }
     Ok(lines)
+}
+
+/// Whether stdin is a terminal: then passwords not given on stdin are asked for.
+pub fn stdin_is_terminal() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// Asks the terminal (`/dev/tty`) for a secret with echo off, after `prompt`.
+pub fn hidden(prompt: &str) -> Result<String> {
+    rpassword::prompt_password_with_config(prompt, rpassword::ConfigBuilder::new().build())
+        .map_err(|source| CliError::Stdio { context: "cannot read from the terminal", source })
+}
+
+/// Asks the terminal for a new password twice, with echo off; they must match.
+pub fn new_password() -> Result<String> {
+    let first = hidden("New password: ")?;
+    let again = hidden("Repeat the new password: ")?;
+    if first != again {
+        return Err(CliError::Input("the two passwords differ; nothing was changed".into()));
+    }
+    Ok(first)
 }
 
 /// Parses a duration such as `60s`, `5m`, `1h`, `1h30m` or `90` (seconds).

@@ -1,6 +1,7 @@
-//! The session file: `session.json` in `$STEWARD_CONFIG_DIR`, else `$XDG_CONFIG_HOME/steward`,
-//! else `~/.config/steward`. Written with mode 0600 (the directory 0700) because it holds the
-//! tokens of a signed-in administrator.
+//! The session file: `session.json` in the profile's directory (for the profile `default`, the
+//! configuration directory itself: `$STEWARD_CONFIG_DIR`, else `$XDG_CONFIG_HOME/steward`, else
+//! `~/.config/steward`; see [`crate::profile`]). Written with mode 0600 (the directory 0700)
+//! because it holds the tokens of a signed-in administrator.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -75,23 +76,21 @@ pub struct SessionStore {
     dir: PathBuf,
 }
 
-impl SessionStore {
-    /// The store in the directory chosen by the environment (see the module docs).
-    pub fn from_env() -> Result<Self> {
-        let dir = config_dir(
-            std::env::var_os("STEWARD_CONFIG_DIR"),
-            std::env::var_os("XDG_CONFIG_HOME"),
-            std::env::var_os("HOME"),
+/// The configuration directory chosen by the environment (see [`config_dir`]).
+pub fn config_dir_from_env() -> Result<PathBuf> {
+    config_dir(
+        std::env::var_os("STEWARD_CONFIG_DIR"),
+        std::env::var_os("XDG_CONFIG_HOME"),
+        std::env::var_os("HOME"),
+    )
+    .ok_or_else(|| {
+        CliError::Usage(
+            "no configuration directory: set STEWARD_CONFIG_DIR, XDG_CONFIG_HOME or HOME".into(),
         )
-        .ok_or_else(|| {
-            CliError::Usage(
-                "no configuration directory: set STEWARD_CONFIG_DIR, XDG_CONFIG_HOME or HOME"
-                    .into(),
-            )
-        })?;
-        Ok(Self { dir })
-    }
+    })
+}
 
+impl SessionStore {
     /// A store in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
@@ -153,7 +152,8 @@ pub fn config_dir(
         .or_else(|| set(home).map(|h| h.join(".config").join("steward")))
 }
 
-fn create_private_dir(dir: &Path) -> Result<()> {
+/// Creates `dir` (and its parents) readable by the owner only (mode 0700 on Unix).
+pub fn create_private_dir(dir: &Path) -> Result<()> {
     let io = |source| CliError::Io { context: "cannot create", path: dir.to_path_buf(), source };
     #[cfg(unix)]
     {

@@ -174,18 +174,31 @@ impl Identity {
 
     /// Runs `steward --server URL ARGS...` with `stdin`, in this identity's session directory.
     fn run_at(&self, url: &str, args: &[&str], stdin: &str) -> Out {
+        self.run_opts(Some(url), args, stdin)
+    }
+
+    /// `steward ARGS...` in this identity's configuration directory, with `STEWARD_CA_FILE`
+    /// (if any) and this identity's environment; without `--server` unless `url` is given.
+    fn command(&self, url: Option<&str>, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_steward"));
-        command.env_remove("STEWARD_CA_FILE");
+        command.env_remove("STEWARD_CA_FILE").env_remove("STEWARD_PROFILE");
         if let Some(ca) = &self.ca {
             command.env("STEWARD_CA_FILE", ca);
         }
-        let mut child = command
-            .args(["--server", url])
+        command
+            .args(url.iter().flat_map(|url| ["--server", url]))
             .args(args)
             .env_remove("STEWARD_SERVER")
             .env_remove("STEWARD_API_KEY")
             .env("STEWARD_CONFIG_DIR", self.dir.path())
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Runs `steward [--server URL] ARGS...` with `stdin` (see [`Identity::command`]).
+    fn run_opts(&self, url: Option<&str>, args: &[&str], stdin: &str) -> Out {
+        let mut child = self
+            .command(url, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -205,7 +218,8 @@ impl Identity {
         for (_, api_key) in self.env.iter().filter(|(k, _)| *k == "STEWARD_API_KEY") {
             assert!(!all.contains(api_key.as_str()), "API key printed by {args:?}");
         }
-        if let Ok(text) = std::fs::read_to_string(self.session_file()) {
+        for file in self.session_files() {
+            let Ok(text) = std::fs::read_to_string(file) else { continue };
             let session: serde_json::Value = serde_json::from_str(&text).unwrap();
             for key in ["access_token", "refresh_token"] {
                 let token = session[key].as_str().unwrap_or_default();
@@ -213,6 +227,14 @@ impl Identity {
             }
         }
         out
+    }
+
+    /// The session files of every profile.
+    fn session_files(&self) -> Vec<PathBuf> {
+        let profiles = std::fs::read_dir(self.dir.path().join("profiles")).into_iter().flatten();
+        std::iter::once(self.session_file())
+            .chain(profiles.flatten().map(|p| p.path().join("session.json")))
+            .collect()
     }
 
     fn run(&self, args: &[&str]) -> Out {
@@ -341,7 +363,9 @@ fn ci_job_with_a_service_account_key() {
     let days = (expires - chrono::Utc::now()).num_hours() as f64 / 24.0;
     assert!((89.0..=90.1).contains(&days), "{created}");
     let keys = owner.run(&["service-accounts", "keys", "list", &account_name]).ok();
-    assert!(keys.stdout.contains(&key_name), "{}", keys.stdout);
+    // The table names each key as `keys delete` takes it: `S/keys/K`.
+    let short_key = format!("{}/keys/{}", id(&account_name), id(&key_name));
+    assert!(keys.stdout.contains(&short_key), "{}", keys.stdout);
     assert!(!keys.stdout.contains(&api_key), "the key is shown once");
     // In text, the key is alone on the last line; a key's ID alone is not a key's name.
     let second =
@@ -423,6 +447,55 @@ fn seed_walkthrough_with_the_cli_over_tls() {
     cli_walkthrough(dev);
 }
 
+/// A real `steward-agent`, registered with a connect key `owner` creates.
+struct Agent {
+    child: Child,
+    /// The system it registered (its resource name).
+    system: String,
+    _state: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(dev: &Dev, owner: &Identity) -> Self {
+        let key = owner.json(&["connect-keys", "create", "--name", "lab"]);
+        let key = key["key"].as_str().unwrap().to_string();
+        assert!(!owner.run(&["connect-keys", "list"]).ok().stdout.contains(&key), "key shown once");
+        let state = tempfile::tempdir().unwrap();
+        let child = Command::new(sibling_binary("steward-agent"))
+            .args(dev.ca.iter().flat_map(|ca| ["--ca-file", ca.as_str()]))
+            .args(["--server", &dev.url, "--connect-key", &key, "--state-dir"])
+            .arg(state.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let system = (0..100)
+            .find_map(|_| {
+                let systems = owner.json(&["systems", "list"]);
+                let found = systems.get(0).map(name);
+                if found.is_none() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                found
+            })
+            .expect("the agent registered its system");
+        Self { child, system, _state: state }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn cli_walkthrough(dev: Dev) {
     let owner = Identity::new(&dev);
     let runner = Identity::new(&dev);
@@ -491,7 +564,9 @@ fn cli_walkthrough(dev: Dev) {
         listed.as_array().unwrap().iter().map(|a| a["email"].as_str().unwrap()).collect();
     assert_eq!(emails, ["helpdesk@example.com"]);
     let table = owner.run(&["admins", "list"]).ok();
-    assert!(table.stdout.contains(id(&runner_name)) && table.stdout.contains("STATE_ACTIVE"));
+    assert!(table.stdout.contains(id(&runner_name)) && table.stdout.contains("ACTIVE"));
+    assert!(table.stdout.contains("command-runner  "), "{}", table.stdout);
+    assert!(table.stdout.lines().all(|l| l.chars().count() <= 120), "{}", table.stdout);
     // A stale etag is ABORTED.
     let stale = created["etag"].as_str().unwrap();
     let aborted =
@@ -507,30 +582,8 @@ fn cli_walkthrough(dev: Dev) {
     assert!(invalid.stderr.contains("administrator.email"), "{}", invalid.stderr);
 
     // 4. A system with a real agent, a command on it granted to the runner, run and followed.
-    let key = owner.json(&["connect-keys", "create", "--name", "lab"]);
-    let key = key["key"].as_str().unwrap().to_string();
-    assert!(!owner.run(&["connect-keys", "list"]).ok().stdout.contains(&key), "key shown once");
-    let state = tempfile::tempdir().unwrap();
-    let mut agent = Command::new(sibling_binary("steward-agent"))
-        .args(dev.ca.iter().flat_map(|ca| ["--ca-file", ca.as_str()]))
-        .args(["--server", &dev.url, "--connect-key", &key, "--state-dir"])
-        .arg(state.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let system = (0..100)
-        .find_map(|_| {
-            let systems = owner.json(&["systems", "list"]);
-            let found = systems.get(0).map(name);
-            if found.is_none() {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            found
-        })
-        .expect("the agent registered its system");
+    let mut agent = Agent::start(&dev, &owner);
+    let system = agent.system.clone();
     let script = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(script.path(), "echo report-ok\necho warn-line >&2\n").unwrap();
     let command = owner.json(&[
@@ -633,8 +686,7 @@ fn cli_walkthrough(dev: Dev) {
     let revoked = owner.run(&["commands", "revoke", &name(&grant)]).ok();
     assert!(revoked.stdout.contains("revoked"), "{}", revoked.stdout);
     assert_eq!(runner.json(&["commands", "list"]), serde_json::json!([]));
-    let _ = agent.kill();
-    let _ = agent.wait();
+    agent.stop();
 
     // 5. Deleting: never yourself; a dry run shows who would go; then delete.
     let own = owner.run(&["admins", "delete", &owner_name, "--dry-run"]);
@@ -819,4 +871,465 @@ fn mfa_enrolment_then_sign_in_with_a_second_factor() {
     let mut both = with_totp.clone();
     both.extend(["--recovery-code", &recovery[1]]);
     assert_eq!(owner.run_with(&both, &password).code, 2);
+}
+
+/// `steward completion SHELL` and `steward man`: generated from the grammar, without a
+/// configuration directory or a server.
+#[test]
+fn completion_scripts_and_manual_pages() {
+    let steward = |args: &[&str]| {
+        let output =
+            Command::new(env!("CARGO_BIN_EXE_steward")).args(args).env_clear().output().unwrap();
+        Out {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    };
+    let bash = steward(&["completion", "bash"]).ok();
+    for subcommand in ["admins", "commands", "runs", "service-accounts", "profiles", "completion"] {
+        assert!(bash.stdout.contains(subcommand), "{subcommand} in the bash script");
+    }
+    assert!(bash.stdout.contains("complete -F"), "a bash completion: {}", bash.stdout);
+    assert!(bash.stdout.contains("--profile"), "global flags complete too");
+    let zsh = steward(&["completion", "zsh"]).ok();
+    assert!(zsh.stdout.starts_with("#compdef steward"), "{}", &zsh.stdout[..80]);
+    let fish = steward(&["completion", "fish"]).ok();
+    assert!(fish.stdout.contains("complete -c steward"), "{}", &fish.stdout[..200]);
+    assert_eq!(steward(&["completion", "tcsh"]).code, 2, "an unknown shell is a usage error");
+
+    // roff: past the portable definition of the apostrophe string (`.ie`/`.el`), the page
+    // starts with its title request; and groff, when installed, renders it without a warning.
+    let is_roff = |text: &str, title: &str| {
+        let mut requests =
+            text.lines().skip_while(|l| l.starts_with(".ie ") || l.starts_with(".el "));
+        let first = requests.next().unwrap_or_default();
+        assert!(first.starts_with(&format!(".TH {title} 1 ")), "not a manual page: {first}");
+        assert!(text.contains(".SH NAME") && text.contains(".SH SYNOPSIS"), "{text}");
+    };
+    let page = steward(&["man"]).ok();
+    is_roff(&page.stdout, "steward");
+    assert!(page.stdout.contains("admins") && page.stdout.contains("completion"));
+    let rendered = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(|mut groff| {
+            groff.stdin.take().unwrap().write_all(page.stdout.as_bytes()).unwrap();
+            groff.wait_with_output().unwrap()
+        });
+    if let Ok(rendered) = rendered {
+        assert!(rendered.status.success() && rendered.stderr.is_empty(), "{rendered:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man1");
+    steward(&["man", "--out", out.to_str().unwrap()]).ok();
+    for (file, title) in [
+        ("steward.1", "steward"),
+        ("steward-admins.1", "steward-admins"),
+        ("steward-admins-list.1", "steward-admins-list"),
+        ("steward-runs-watch.1", "steward-runs-watch"),
+    ] {
+        is_roff(&std::fs::read_to_string(out.join(file)).unwrap(), title);
+    }
+    let text = std::fs::read_to_string(out.join("steward-commands-run.1")).unwrap();
+    assert!(text.contains("exit\\-code"), "every flag is documented: {text}");
+}
+
+/// Named profiles: each keeps its own session, server and CA file; a session of one profile
+/// is never used by another, and a profile name never reaches outside the directory.
+#[test]
+fn profiles_keep_sessions_apart() {
+    let dev = start_dev(&[]);
+    let me = Identity::new(&dev);
+    me.accept_and_login(&dev.owner_token, "owner@example.com");
+    me.json(&["admins", "create", "--email", "second@example.com", "--role", "read-only"]);
+    let token = dev.mailed_token("second@example.com");
+    let password = format!("{PASSWORD}\n");
+
+    // A profile that has never signed in does not borrow the default one's session.
+    let fresh = me.run(&["--profile", "work", "whoami"]);
+    assert!(fresh.code == 1 && fresh.stderr.contains("not signed in"), "{}", fresh.stderr);
+    let fresh = me.run_opts(None, &["--profile", "work", "whoami"], "");
+    assert!(fresh.code == 1 && fresh.stderr.contains("not signed in"), "{}", fresh.stderr);
+
+    // Signing in with `--profile work` (through STEWARD_PROFILE too) keeps that session apart.
+    me.run_with(
+        &["--profile", "work", "accept-invite", "--token", &token, "--password-stdin"],
+        &password,
+    )
+    .ok();
+    me.run_with(
+        &["--profile", "work", "login", "--email", "second@example.com", "--password-stdin"],
+        &password,
+    )
+    .ok();
+    let work_file = me.dir.path().join("profiles/work/session.json");
+    let work_session: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&work_file).unwrap()).unwrap();
+    assert_eq!(work_session["email"], "second@example.com");
+    assert_eq!(me.session()["email"], "owner@example.com", "the default session is untouched");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&work_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the profile's session file is private");
+        let mode = std::fs::metadata(work_file.parent().unwrap()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "the profile's directory is private");
+    }
+    // Each profile remembers its server: no --server needed any more.
+    let whoami = |profile: &str| {
+        let out = me.run_opts(None, &["--profile", profile, "--output", "json", "whoami"], "");
+        out.ok().json()["administrator"]["email"].as_str().unwrap().to_string()
+    };
+    assert_eq!(whoami("work"), "second@example.com");
+    assert_eq!(whoami("default"), "owner@example.com");
+    let mut by_env = me.command(None, &["--output", "json", "whoami"]);
+    let by_env = by_env.env("STEWARD_PROFILE", "work").output().unwrap();
+    let by_env: serde_json::Value = serde_json::from_slice(&by_env.stdout).unwrap();
+    assert_eq!(by_env["administrator"]["email"], "second@example.com");
+    // The profile's role, not the default one's: a Read Only administrator cannot create.
+    let refused = me.run_opts(
+        None,
+        &[
+            "--profile",
+            "work",
+            "admins",
+            "create",
+            "--email",
+            "x@example.com",
+            "--role",
+            "read-only",
+        ],
+        "",
+    );
+    assert!(
+        refused.code == 1 && refused.stderr.contains("PERMISSION_DENIED"),
+        "{}",
+        refused.stderr
+    );
+
+    // `profiles list` names them, who is signed in and which is in use; never a token.
+    let listed =
+        me.run_opts(None, &["--profile", "work", "--output", "json", "profiles", "list"], "");
+    let listed = listed.ok().json();
+    let rows: Vec<(String, String, bool)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().into(),
+                p["email"].as_str().unwrap().into(),
+                p["current"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("default".into(), "owner@example.com".into(), false),
+            ("work".into(), "second@example.com".into(), true)
+        ]
+    );
+    assert_eq!(listed[1]["server"], dev.url.as_str());
+    let table = me.run_opts(None, &["profiles", "list"], "").ok();
+    assert!(table.stdout.contains("work") && table.stdout.contains(&dev.url), "{}", table.stdout);
+    let unused =
+        me.run_opts(None, &["--profile", "new", "--output", "json", "profiles", "list"], "");
+    let unused = unused.ok().json();
+    assert_eq!(unused[2]["name"], "new", "the profile in use is listed: {unused}");
+    assert_eq!((&unused[2]["current"], &unused[2]["signed_in"]), (&true.into(), &false.into()));
+
+    // A session copied into another profile for another server is not sent anywhere else.
+    let elsewhere = me.run_at("http://127.0.0.1:9", &["--profile", "work", "whoami"], "");
+    assert!(
+        elsewhere.code == 1 && elsewhere.stderr.contains("not signed in"),
+        "{}",
+        elsewhere.stderr
+    );
+
+    // Signing out of one profile leaves the other signed in.
+    me.run_opts(None, &["--profile", "work", "logout"], "").ok();
+    assert!(!work_file.exists());
+    assert_eq!(whoami("default"), "owner@example.com");
+    let ended = me.run_opts(None, &["--profile", "work", "whoami"], "");
+    assert!(ended.code == 1 && ended.stderr.contains("not signed in"), "{}", ended.stderr);
+
+    // A profile name is never a path.
+    for bad in ["../escape", "a/b", "..", "", "x y"] {
+        let refused = me.run_with(
+            &["--profile", bad, "login", "--email", "a@example.com", "--password-stdin"],
+            &password,
+        );
+        assert_eq!(refused.code, 2, "{bad:?}: {}", refused.stderr);
+        assert!(refused.stderr.contains("invalid profile name"), "{}", refused.stderr);
+    }
+    assert!(!me.dir.path().join("escape").exists() && !me.dir.path().join("profiles/a").exists());
+}
+
+/// Runs `steward ARGS...` on a new pseudo-terminal that becomes its controlling terminal
+/// (`setsid --ctty`), as a person at a terminal would; `answer` is called with the master side
+/// whenever new output arrives and returns what to type, if anything.
+fn on_a_terminal(
+    identity: &Identity,
+    args: &[&str],
+    mut answer: impl FnMut(&str, &std::os::fd::OwnedFd) -> Option<String>,
+) -> Out {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let program = identity.command(Some(&identity.url), args);
+    let mut command = Command::new("setsid");
+    command
+        .args(["--ctty", "--wait"])
+        .arg(program.get_program())
+        .args(program.get_args())
+        .envs(program.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    for (key, value) in program.get_envs() {
+        if value.is_none() {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave))
+        .spawn()
+        .unwrap();
+    let mut reader = std::fs::File::from(pty.master.try_clone().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        // EIO once the child and its terminal are gone.
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut writer = std::fs::File::from(pty.master.try_clone().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(bytes) => {
+                seen.push_str(&String::from_utf8_lossy(&bytes));
+                if let Some(typed) = answer(&seen, &pty.master) {
+                    writer.write_all(typed.as_bytes()).unwrap();
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("no answer from {args:?} on the terminal: {seen}");
+                }
+                if child.try_wait().unwrap().is_some() && rx.try_recv().is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    Out { code: status.code().unwrap_or(-1), stdout: seen, stderr: String::new() }
+}
+
+/// Waits until the terminal no longer echoes what is typed (the prompt is shown just before
+/// echo is turned off), then returns `secret` to type; fails if echo stays on.
+fn once_echo_is_off(master: &std::os::fd::OwnedFd, secret: &str) -> String {
+    use nix::sys::termios::{tcgetattr, LocalFlags};
+    for _ in 0..100 {
+        if !tcgetattr(master).unwrap().local_flags.contains(LocalFlags::ECHO) {
+            return format!("{secret}\n");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the terminal still echoes while the password is asked for");
+}
+
+/// Without `--password-stdin`, a terminal is asked for the password with echo off (a new one
+/// twice, and both must match); without a terminal that is a usage error, as before.
+#[test]
+fn passwords_are_asked_on_a_terminal_with_echo_off() {
+    let dev = start_dev(&[]);
+    let owner = Identity::new(&dev);
+
+    // Two different new passwords: refused, the invite stays usable.
+    let mut typed = 0;
+    let differ =
+        on_a_terminal(&owner, &["accept-invite", "--token", &dev.owner_token], |seen, pty| {
+            let prompts = seen.matches("password: ").count();
+            (prompts > typed).then(|| {
+                typed = prompts;
+                once_echo_is_off(
+                    pty,
+                    if prompts == 1 { PASSWORD } else { "something else entirely 9" },
+                )
+            })
+        });
+    assert_eq!(differ.code, 1, "{}", differ.stdout);
+    assert!(differ.stdout.contains("differ"), "{}", differ.stdout);
+
+    let mut typed = 0;
+    let accepted =
+        on_a_terminal(&owner, &["accept-invite", "--token", &dev.owner_token], |seen, pty| {
+            let prompts = seen.matches("password: ").count();
+            (prompts > typed).then(|| {
+                typed = prompts;
+                once_echo_is_off(pty, PASSWORD)
+            })
+        });
+    assert_eq!(accepted.code, 0, "{}", accepted.stdout);
+    assert!(accepted.stdout.contains("New password: ") && accepted.stdout.contains("Repeat"));
+    assert!(accepted.stdout.contains("invite accepted"), "{}", accepted.stdout);
+    assert!(!accepted.stdout.contains(PASSWORD), "the password was echoed: {}", accepted.stdout);
+
+    let mut asked = false;
+    let login = on_a_terminal(&owner, &["login", "--email", "owner@example.com"], |seen, pty| {
+        (!asked && seen.contains("Password: ")).then(|| {
+            asked = true;
+            once_echo_is_off(pty, PASSWORD)
+        })
+    });
+    assert_eq!(login.code, 0, "{}", login.stdout);
+    assert!(login.stdout.contains("signed in as"), "{}", login.stdout);
+    assert!(!login.stdout.contains(PASSWORD), "the password was echoed: {}", login.stdout);
+    assert_eq!(owner.json(&["whoami"])["administrator"]["email"], "owner@example.com");
+
+    // A wrong password typed at the terminal is refused like one on stdin.
+    let mut asked = false;
+    let wrong = on_a_terminal(&owner, &["login", "--email", "owner@example.com"], |seen, pty| {
+        (!asked && seen.contains("Password: ")).then(|| {
+            asked = true;
+            once_echo_is_off(pty, "not the password at all")
+        })
+    });
+    assert!(wrong.code == 1 && wrong.stdout.contains("UNAUTHENTICATED"), "{}", wrong.stdout);
+
+    // Not a terminal, no --password-stdin: a usage error, nothing read or sent.
+    for args in [
+        &["login", "--email", "owner@example.com"][..],
+        &["password", "reset", "--token", "t"][..],
+        &["password", "change"][..],
+    ] {
+        let refused = owner.run_with(args, &format!("{PASSWORD}\n"));
+        assert_eq!(refused.code, 2, "{args:?}: {}", refused.stderr);
+        assert!(refused.stderr.contains("terminal"), "{}", refused.stderr);
+    }
+}
+
+/// `commands run --wait` names the run before its output; `--exit-code` passes the script's
+/// exit code through; Ctrl-C stops following (exit 130) and says how to re-attach, while the
+/// run goes on. Tables fit 120 columns and show the command's display name.
+#[test]
+fn run_wait_names_the_run_passes_exit_codes_and_survives_ctrl_c() {
+    let dev = start_dev(&[]);
+    let owner = Identity::new(&dev);
+    owner.accept_and_login(&dev.owner_token, "owner@example.com");
+    let agent = Agent::start(&dev, &owner);
+    let create = |display_name: &str, script: &str| {
+        let created = owner.run_with(
+            &[
+                "--output",
+                "json",
+                "commands",
+                "create",
+                "--name",
+                display_name,
+                "--script",
+                "-",
+                "--interpreter",
+                "sh",
+                "--system",
+                &agent.system,
+            ],
+            script,
+        );
+        id(&name(&created.ok().json())).to_string()
+    };
+    let seven = create("exits seven after some output", "echo before-exit; exit 7\n");
+
+    let plain = owner.run(&["commands", "run", &seven, "--wait"]);
+    assert_eq!(plain.code, 1, "without --exit-code a failed run exits 1: {}", plain.stderr);
+    let first = plain.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("run organizations/") && first.contains("/runs/"),
+        "{}",
+        plain.stderr
+    );
+    assert!(plain.stdout.contains("before-exit"), "{}", plain.stdout);
+    let passed = owner.run(&["commands", "run", &seven, "--wait", "--exit-code"]);
+    assert_eq!(passed.code, 7, "the script's exit code: {}", passed.stderr);
+    let run_id = id(passed.stderr.lines().next().unwrap()).to_string();
+    let watched = owner.run(&["runs", "watch", &run_id, "--exit-code"]);
+    assert_eq!(watched.code, 7, "{}", watched.stderr);
+    assert_eq!(owner.run(&["commands", "run", &seven, "--exit-code"]).code, 2, "needs --wait");
+    // JSON: the run is the first event.
+    let json = owner.run(&["--output", "json", "commands", "run", &seven, "--wait"]);
+    let first: serde_json::Value =
+        serde_json::from_str(json.stdout.lines().next().unwrap()).unwrap();
+    assert!(first["run"]["name"].as_str().unwrap().contains("/runs/"), "{}", json.stdout);
+
+    // Tables: short IDs, the command's display name, at most 120 columns; JSON keeps it all.
+    let runs = owner.run(&["runs", "list"]).ok();
+    assert!(runs.stdout.contains("exits seven after some output"), "{}", runs.stdout);
+    assert!(
+        runs.stdout.contains(&run_id) && !runs.stdout.contains("organizations/"),
+        "{}",
+        runs.stdout
+    );
+    for list in
+        [&["runs", "list"][..], &["commands", "list"], &["systems", "list"], &["audit", "list"]]
+    {
+        let table = owner.run(list).ok();
+        assert!(
+            table.stdout.lines().all(|l| l.chars().count() <= 120),
+            "{list:?}:\n{}",
+            table.stdout
+        );
+    }
+    let full = owner.json(&["runs", "list"]);
+    assert!(full[0]["name"].as_str().unwrap().starts_with("organizations/"), "{full}");
+    assert!(full[0].get("command_display_name").is_none(), "JSON is unchanged: {full}");
+
+    // Ctrl-C while following: exit 130, the re-attach command, and the run still going.
+    let slow = create("slow", "echo started; sleep 60\n");
+    let interrupt = |args: &[&str]| {
+        let mut child = owner
+            .command(Some(&dev.url), args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "started\n", "the output is being followed");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(130), "{stderr}");
+        stderr
+    };
+    let stderr = interrupt(&["commands", "run", &slow, "--wait"]);
+    let run_name = stderr.lines().next().unwrap().strip_prefix("run ").unwrap().to_string();
+    assert!(stderr.contains(&format!("steward runs watch {}", id(&run_name))), "{stderr}");
+    // Re-attached, the output is shown again from the start; Ctrl-C again leaves it running.
+    let again = interrupt(&["runs", "watch", id(&run_name)]);
+    assert!(again.contains(&format!("steward runs cancel {}", id(&run_name))), "{again}");
+    let still = owner.json(&["runs", "get", &run_name]);
+    assert_eq!(still["state"], "RUN_STATE_RUNNING", "the run goes on: {still}");
+    owner.run(&["runs", "cancel", &run_name]).ok();
+    // Cancelled: the agent killed the script (128 + SIGKILL), and that is its exit code.
+    let cancelled = owner.run(&["runs", "watch", id(&run_name), "--exit-code"]);
+    assert_eq!(cancelled.code, 137, "{}", cancelled.stderr);
+    assert!(cancelled.stderr.contains("RUN_STATE_CANCELLED"), "{}", cancelled.stderr);
+    assert_eq!(owner.run(&["runs", "watch", id(&run_name)]).code, 1, "without --exit-code");
 }

@@ -11,17 +11,27 @@ use super::request_id;
 use crate::cli::{AdminsCommand, Format};
 use crate::context::Context;
 use crate::error::{CliError, Result};
+use crate::output::{Column, Show};
 use crate::{convert, names, output};
 
-const COLUMNS: &[(&str, &str)] = &[
-    ("ID", "name"),
-    ("EMAIL", "email"),
-    ("ROLE", "role"),
-    ("BILLING", "billing"),
-    ("MFA_REQUIRED", "mfa_required"),
-    ("MFA_ENROLLED", "mfa_enrolled"),
-    ("STATE", "state"),
+const COLUMNS: &[Column] = &[
+    Column::id(),
+    Column::new("EMAIL", "email", Show::Text),
+    Column::new("ROLE", "role_name", Show::Short),
+    Column::new("BILLING", "billing", Show::Text),
+    Column::new("MFA", "", Show::Derived(mfa)),
+    Column::new("STATE", "state", Show::Enum("STATE_")),
 ];
+
+/// An administrator's MFA in one cell: `required`, `enrolled`, both, or empty.
+fn mfa(item: &Value) -> String {
+    let flag = |field: &str| item.get(field).and_then(Value::as_bool).unwrap_or(false);
+    let parts: Vec<&str> = [("required", flag("mfa_required")), ("enrolled", flag("mfa_enrolled"))]
+        .into_iter()
+        .filter_map(|(word, on)| on.then_some(word))
+        .collect();
+    parts.join(",")
+}
 
 /// The role name `--role` gives: a built-in role by its short name, else one of the
 /// organization's own roles by id or full name.

@@ -14,28 +14,51 @@ use crate::error::{CliError, Result};
 use crate::session::{claims, write_private, Session};
 use crate::{convert, input, names, output};
 
-fn one_stdin_line(flag: bool, flag_name: &str, what: &str) -> Result<String> {
-    if !flag {
+/// Which password is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// The current one, asked once.
+    Current,
+    /// A new one, asked twice.
+    New,
+}
+
+/// A password: the first line of stdin with `--password-stdin`; without it, asked on the
+/// terminal with echo off when stdin is one; else a usage error (a password is never taken
+/// from the command line).
+fn password_input(flag: bool, asked: Asked) -> Result<String> {
+    let what = match asked {
+        Asked::Current => "the password",
+        Asked::New => "the new password",
+    };
+    if flag {
+        return input::stdin_lines(1, what)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CliError::Input(format!("expected {what} on stdin")));
+    }
+    if !input::stdin_is_terminal() {
         return Err(CliError::Usage(format!(
-            "pass {what} on stdin with {flag_name} (it is never taken from the command line)"
+            "pass {what} on stdin with --password-stdin, or run from a terminal to be asked \
+             for it (it is never taken from the command line)"
         )));
     }
-    input::stdin_lines(1, what)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| CliError::Input(format!("expected {what} on stdin")))
+    match asked {
+        Asked::Current => input::hidden("Password: "),
+        Asked::New => input::new_password(),
+    }
 }
 
 /// `steward accept-invite`.
 pub async fn accept_invite(ctx: &mut Context, args: AcceptInvite) -> Result<u8> {
-    let password = one_stdin_line(args.password_stdin, "--password-stdin", "the new password")?;
+    let password = password_input(args.password_stdin, Asked::New)?;
     let request = AcceptInviteRequest { token: args.token, password };
     let answer = ctx.anonymous().await?.auth().accept_invite(request).await?.into_inner();
     match ctx.format {
         Format::Json => output::json_doc(&json!({"administrator": answer.administrator}))?,
         Format::Text => {
             output::line(&format!("invite accepted for {}", answer.administrator))?;
-            output::note("sign in with: steward login --email EMAIL --password-stdin");
+            output::note(&format!("sign in with: {} login --email EMAIL", ctx.steward()));
         }
     }
     Ok(0)
@@ -50,7 +73,7 @@ pub async fn login(ctx: &mut Context, args: Login) -> Result<u8> {
     if ctx.uses_api_key() {
         return Err(api_key_is_set("sign in"));
     }
-    let password = one_stdin_line(args.password_stdin, "--password-stdin", "the password")?;
+    let password = password_input(args.password_stdin, Asked::Current)?;
     let client = ctx.anonymous().await?;
     let request = SignInRequest {
         email: args.email.clone(),
@@ -92,6 +115,7 @@ pub async fn login(ctx: &mut Context, args: Login) -> Result<u8> {
         email: args.email,
         scope: scope.clone(),
     })?;
+    ctx.remember_server()?;
     let enrolment_only = tokens.scope == TokenScope::MfaEnrollment as i32;
     match ctx.format {
         Format::Json => output::json_doc(&json!({"administrator": claims.sub,
@@ -177,17 +201,20 @@ pub async fn profile(ctx: &mut Context, args: Profile) -> Result<u8> {
 pub async fn password(ctx: &mut Context, cmd: PasswordCommand) -> Result<u8> {
     match cmd {
         PasswordCommand::Change { stdin } => {
-            if !stdin {
+            let (current_password, new_password) = if stdin {
+                let mut lines =
+                    input::stdin_lines(2, "the current and the new password")?.into_iter();
+                (lines.next().unwrap_or_default(), lines.next().unwrap_or_default())
+            } else if input::stdin_is_terminal() {
+                (input::hidden("Current password: ")?, input::new_password()?)
+            } else {
                 return Err(CliError::Usage(
-                    "pass the current and the new password on stdin (one per line) with --stdin"
+                    "pass the current and the new password on stdin (one per line) with \
+                     --stdin, or run from a terminal to be asked for them"
                         .into(),
                 ));
-            }
-            let mut lines = input::stdin_lines(2, "the current and the new password")?.into_iter();
-            let request = ChangePasswordRequest {
-                current_password: lines.next().unwrap_or_default(),
-                new_password: lines.next().unwrap_or_default(),
             };
+            let request = ChangePasswordRequest { current_password, new_password };
             ctx.call(move |s| {
                 let request = request.clone();
                 async move { s.auth().change_password(request).await }
@@ -204,8 +231,7 @@ pub async fn password(ctx: &mut Context, cmd: PasswordCommand) -> Result<u8> {
             output::line("if the account exists, a password-reset email is on its way")?;
         }
         PasswordCommand::Reset { token, password_stdin } => {
-            let new_password =
-                one_stdin_line(password_stdin, "--password-stdin", "the new password")?;
+            let new_password = password_input(password_stdin, Asked::New)?;
             let request = ResetPasswordRequest { token, new_password };
             ctx.anonymous().await?.auth().reset_password(request).await?;
             output::line("password reset; sign in with the new password")?;

@@ -1,21 +1,30 @@
 //! `steward billing ...` and `steward audit ...`.
 
+use serde_json::Value;
 use steward_proto::audit::v1::ListAuditEventsRequest;
 use steward_proto::billing::v1::{GetPaymentCardRequest, PaymentCard, UpdatePaymentCardRequest};
 
 use crate::cli::{AuditCommand, BillingCommand};
 use crate::context::Context;
 use crate::error::{CliError, Result};
+use crate::output::{Column, Show};
 use crate::{convert, input, output};
 
-const AUDIT_COLUMNS: &[(&str, &str)] = &[
-    ("CREATE_TIME", "create_time"),
-    ("ACTOR", "actor"),
-    ("ACTION", "action"),
-    ("TARGET", "target"),
-    ("RESULT", "result"),
-    ("REASON", "reason"),
+const AUDIT_COLUMNS: &[Column] = &[
+    Column::new("TIME", "create_time", Show::Time),
+    Column::new("ACTOR", "actor", Show::Ref),
+    Column::new("ACTION", "", Show::Derived(action)),
+    Column::new("TARGET", "target", Show::Relative),
+    Column::new("RESULT", "result", Show::Enum("RESULT_")),
+    Column::new("REASON", "reason", Show::Text),
 ];
+
+/// `/steward.admin.v1.AdminService/GetProfile` -> `GetProfile` (method names are unique
+/// across the services; `--output json` has the full one).
+fn action(item: &Value) -> String {
+    let action = item.get("action").and_then(Value::as_str).unwrap_or_default();
+    action.rsplit('/').next().unwrap_or(action).to_string()
+}
 
 /// Runs a `billing` subcommand. The card number and CVC come from stdin only.
 pub async fn billing(ctx: &mut Context, cmd: BillingCommand) -> Result<u8> {

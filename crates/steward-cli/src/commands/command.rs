@@ -1,7 +1,11 @@
 //! `steward commands ...` and `steward runs ...`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::Read;
+use std::pin::Pin;
+
+use futures::FutureExt;
 
 use serde_json::{json, Value};
 use steward_proto::commands::v1::{
@@ -16,23 +20,27 @@ use super::{admins, request_id};
 use crate::cli::{CommandsCommand, Format, InterpreterArg, RunsCommand};
 use crate::context::Context;
 use crate::error::{CliError, Result};
+use crate::output::{Column, Show};
 use crate::{convert, input, names, output};
 
-const COMMAND_COLUMNS: &[(&str, &str)] = &[
-    ("ID", "name"),
-    ("DISPLAY_NAME", "display_name"),
-    ("INTERPRETER", "interpreter"),
-    ("TIMEOUT", "timeout"),
-    ("TARGET_SYSTEMS", "target_systems"),
+const COMMAND_COLUMNS: &[Column] = &[
+    Column::id(),
+    Column::new("DISPLAY_NAME", "display_name", Show::Text),
+    Column::new("INTERPRETER", "interpreter", Show::Enum("INTERPRETER_")),
+    Column::new("TIMEOUT", "timeout", Show::Text),
+    Column::new("TARGET_SYSTEMS", "target_systems", Show::Ref),
 ];
-const GRANT_COLUMNS: &[(&str, &str)] =
-    &[("NAME", "name"), ("GRANTEE", "grantee"), ("CREATE_TIME", "create_time")];
-const RUN_COLUMNS: &[(&str, &str)] = &[
-    ("ID", "name"),
-    ("COMMAND", "command"),
-    ("RUNNER", "runner"),
-    ("STATE", "state"),
-    ("CREATE_TIME", "create_time"),
+const GRANT_COLUMNS: &[Column] = &[
+    Column::new("ID", "name", Show::ChildId),
+    Column::new("GRANTEE", "grantee", Show::Ref),
+    Column::new("CREATED", "create_time", Show::Time),
+];
+const RUN_COLUMNS: &[Column] = &[
+    Column::id(),
+    Column::new("COMMAND", "command_display_name", Show::Text),
+    Column::new("RUNNER", "runner", Show::Ref),
+    Column::new("STATE", "state", Show::Enum("RUN_STATE_")),
+    Column::new("CREATED", "create_time", Show::Time),
 ];
 
 fn interpreter(arg: InterpreterArg) -> Interpreter {
@@ -265,7 +273,10 @@ pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
                 .await?;
             output::list(ctx.format, &items, GRANT_COLUMNS)?;
         }
-        CommandsCommand::Run { command, systems, wait } => {
+        CommandsCommand::Run { command, systems, wait, exit_code } => {
+            // Listening before the run exists: a Ctrl-C while it is created then stops
+            // following it at once, after its name is printed.
+            let interrupted = wait.then(ctrl_c);
             let request = RunCommandRequest {
                 command: names::expand(&org, "commands", &command),
                 systems: systems.iter().map(|s| names::expand(&org, "systems", s)).collect(),
@@ -279,13 +290,21 @@ pub async fn commands(ctx: &mut Context, cmd: CommandsCommand) -> Result<u8> {
                 .await?
                 .run
                 .ok_or(CliError::Protocol("RunCommand without a run"))?;
-            if wait {
-                return follow(ctx, run.name).await;
+            if let Some(interrupted) = interrupted {
+                // The run's name first, before any output, so it is known even if following
+                // stops: on stderr in text (stdout is the script's output), as the first event
+                // in JSON.
+                match ctx.format {
+                    Format::Json => output::json_doc(&json!({"run": convert::run(&run)}))?,
+                    Format::Text => output::note(&format!("run {}", run.name)),
+                }
+                return follow(ctx, run.name, exit_code, interrupted).await;
             }
             output::object(ctx.format, &convert::run(&run))?;
             if ctx.format == Format::Text {
                 output::note(&format!(
-                    "follow it with: steward runs watch {}",
+                    "follow it with: {} runs watch {}",
+                    ctx.steward(),
                     names::id(&run.name)
                 ));
             }
@@ -318,6 +337,10 @@ pub async fn runs(ctx: &mut Context, cmd: RunsCommand) -> Result<u8> {
                     |page| (page.runs.iter().map(convert::run).collect(), page.next_page_token),
                 )
                 .await?;
+            let items = match ctx.format {
+                Format::Json => items,
+                Format::Text => with_command_display_names(ctx, &org, items).await,
+            };
             output::list(ctx.format, &items, RUN_COLUMNS)?;
         }
         RunsCommand::Get { run } => {
@@ -336,9 +359,48 @@ pub async fn runs(ctx: &mut Context, cmd: RunsCommand) -> Result<u8> {
                 .ok_or(CliError::Protocol("CancelRun without a run"))?;
             print_run(ctx.format, &run)?;
         }
-        RunsCommand::Watch { run } => return follow(ctx, names::expand(&org, "runs", &run)).await,
+        RunsCommand::Watch { run, exit_code } => {
+            return follow(ctx, names::expand(&org, "runs", &run), exit_code, ctrl_c()).await
+        }
     }
     Ok(0)
+}
+
+/// For the text table: each run with `command_display_name`, the display name of its command
+/// when the caller may list it, else the command's ID (a deleted command, or a role that reads
+/// runs but not commands).
+async fn with_command_display_names(ctx: &mut Context, org: &str, runs: Vec<Value>) -> Vec<Value> {
+    let commands = ctx
+        .all_pages(
+            |page_token| ListCommandsRequest {
+                parent: org.to_string(),
+                page_size: 1000,
+                page_token,
+                filter: String::new(),
+                order_by: String::new(),
+            },
+            |s, request| async move { s.commands().list_commands(request).await },
+            |page| {
+                let names = page.commands.into_iter().map(|c| (c.name, c.display_name)).collect();
+                (names, page.next_page_token)
+            },
+        )
+        .await;
+    let display_names: HashMap<String, String> = commands.unwrap_or_default().into_iter().collect();
+    runs.into_iter()
+        .map(|mut run| {
+            let command = run.get("command").and_then(Value::as_str).unwrap_or_default();
+            let shown = display_names
+                .get(command)
+                .filter(|d| !d.is_empty())
+                .cloned()
+                .unwrap_or_else(|| names::id(command).to_string());
+            if let Some(map) = run.as_object_mut() {
+                map.insert("command_display_name".into(), Value::from(shown));
+            }
+            run
+        })
+        .collect()
 }
 
 async fn get_run(ctx: &mut Context, name: String) -> Result<Run> {
@@ -400,10 +462,71 @@ fn unseen(
     usize::try_from(skip).unwrap_or(data.len())
 }
 
+/// The exit code of a finished run: 0 if it succeeded, else 1; with `pass_exit_code`, the
+/// first non-zero exit code of its systems' scripts instead, as the agents reported them (a
+/// script killed on timeout or cancel: 128 + the signal), when one fits an exit status (1 to
+/// 255); 1 when none does (e.g. an unreachable system).
+fn exit_status(run: &Run, pass_exit_code: bool) -> u8 {
+    if run.state == RunState::Succeeded as i32 {
+        return 0;
+    }
+    if !pass_exit_code {
+        return 1;
+    }
+    run.results
+        .iter()
+        .map(|r| r.exit_code)
+        .find(|code| *code != 0)
+        .and_then(|code| u8::try_from(code).ok())
+        .unwrap_or(1)
+}
+
+/// The exit code after Ctrl-C stopped following a run (128 + SIGINT, as shells report it).
+pub const INTERRUPTED: u8 = 130;
+
+/// Ctrl-C, as a future.
+type CtrlC = Pin<Box<dyn Future<Output = std::io::Result<()>>>>;
+
+/// Listens for Ctrl-C from now on: tokio installs the handler at the first poll, so it is
+/// polled once here. If the handler cannot be installed, Ctrl-C keeps its default action (the
+/// future never completes).
+fn ctrl_c() -> CtrlC {
+    let mut ctrl_c: CtrlC = Box::pin(tokio::signal::ctrl_c());
+    match (&mut ctrl_c).now_or_never() {
+        None => ctrl_c,
+        Some(Ok(())) => Box::pin(std::future::ready(Ok(()))),
+        Some(Err(_)) => Box::pin(std::future::pending()),
+    }
+}
+
+/// Follows a run until it ends (see [`watch_to_end`]) and returns its exit code (see
+/// [`exit_status`]). Ctrl-C (`interrupted`) stops following, not the run: it says how to
+/// re-attach and returns [`INTERRUPTED`].
+async fn follow(
+    ctx: &mut Context,
+    name: String,
+    pass_exit_code: bool,
+    mut interrupted: CtrlC,
+) -> Result<u8> {
+    let reattach = format!("{} runs watch {}", ctx.steward(), names::id(&name));
+    let cancel = format!("{} runs cancel {}", ctx.steward(), names::id(&name));
+    tokio::select! {
+        run = watch_to_end(ctx, name.clone()) => Ok(exit_status(&run?, pass_exit_code)),
+        // A handler that could not be installed (Err) disables this branch.
+        Ok(()) = &mut interrupted => {
+            output::note(&format!(
+                "\nstopped following {name}; the run goes on.\n  re-attach: {reattach}\n  \
+                 cancel it: {cancel}"
+            ));
+            Ok(INTERRUPTED)
+        }
+    }
+}
+
 /// Follows a run with WatchRun: prints its output as it arrives (text: stdout and stderr
 /// chunks to the matching stream; JSON: one event per line), reconnecting if the stream
-/// breaks. Returns 0 if the run succeeded, 1 otherwise.
-async fn follow(ctx: &mut Context, name: String) -> Result<u8> {
+/// breaks, and returns the finished run (text: with a summary on stderr).
+async fn watch_to_end(ctx: &mut Context, name: String) -> Result<Run> {
     let mut printed = HashMap::new();
     let mut last: Option<Run> = None;
     for _attempt in 0..5 {
@@ -486,7 +609,7 @@ async fn follow(ctx: &mut Context, name: String) -> Result<u8> {
             output::note(&line);
         }
     }
-    Ok(if run.state == RunState::Succeeded as i32 { 0 } else { 1 })
+    Ok(run)
 }
 
 #[cfg(test)]
@@ -502,6 +625,33 @@ mod tests {
         assert_eq!(unseen(&mut printed, "s", 1, 0, b"hello world!"), 11);
         assert_eq!(unseen(&mut printed, "s", 2, 0, b"err"), 0);
         assert_eq!(unseen(&mut printed, "s", 1, 0, b"hel"), 3);
+    }
+
+    #[test]
+    fn exit_codes_pass_through_only_when_asked() {
+        let result = |state: RunState, exit_code| steward_proto::commands::v1::SystemResult {
+            state: state as i32,
+            exit_code,
+            ..Default::default()
+        };
+        let run =
+            |state: RunState, results| Run { state: state as i32, results, ..Default::default() };
+        let ok = run(RunState::Succeeded, vec![result(RunState::Succeeded, 0)]);
+        assert_eq!((exit_status(&ok, false), exit_status(&ok, true)), (0, 0));
+        let failed = run(
+            RunState::Failed,
+            vec![result(RunState::Succeeded, 0), result(RunState::Failed, 3)],
+        );
+        assert_eq!((exit_status(&failed, false), exit_status(&failed, true)), (1, 3));
+        // No exit code (a system that never ran it) or none that fits a status: 1.
+        let unreached = run(RunState::Failed, vec![result(RunState::Failed, 0)]);
+        assert_eq!(exit_status(&unreached, true), 1);
+        let killed = run(RunState::TimedOut, vec![result(RunState::TimedOut, 137)]);
+        assert_eq!((exit_status(&killed, false), exit_status(&killed, true)), (1, 137));
+        for code in [-9, 256, 1000] {
+            let odd = run(RunState::Failed, vec![result(RunState::Failed, code)]);
+            assert_eq!(exit_status(&odd, true), 1, "{code}");
+        }
     }
 
     #[test]

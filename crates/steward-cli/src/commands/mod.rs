@@ -5,6 +5,7 @@ mod admins;
 mod auth;
 mod billing;
 mod command;
+mod profiles;
 mod roles;
 mod service_accounts;
 mod systems;
@@ -14,7 +15,8 @@ use crate::context::Context;
 use crate::error::Result;
 
 /// Whether `command` acts as someone: then, with `STEWARD_API_KEY`, the key is exchanged for
-/// an access token first. Invites, sign-in, sign-out and password resets do not.
+/// an access token first. Invites, sign-in, sign-out, password resets and the local commands
+/// (profiles, completions, manual pages) do not.
 fn needs_credentials(command: &Command) -> bool {
     !matches!(
         command,
@@ -24,6 +26,9 @@ fn needs_credentials(command: &Command) -> bool {
             | Command::Password(
                 PasswordCommand::RequestReset { .. } | PasswordCommand::Reset { .. }
             )
+            | Command::Profiles(_)
+            | Command::Completion { .. }
+            | Command::Man { .. }
     )
 }
 
@@ -50,6 +55,9 @@ pub async fn dispatch(ctx: &mut Context, command: Command) -> Result<u8> {
         Command::Audit(cmd) => billing::audit(ctx, cmd).await,
         Command::Permissions(cmd) => roles::permissions(ctx, cmd).await,
         Command::Roles(cmd) => roles::roles(ctx, cmd).await,
+        Command::Profiles(cmd) => profiles::run(ctx, &cmd),
+        Command::Completion { shell } => crate::docs::completion(shell),
+        Command::Man { out } => crate::docs::man(out.as_deref()),
     }
 }
 

@@ -8,11 +8,17 @@ use steward_proto::admin::v1::{
 use crate::cli::{PermissionsCommand, RolesCommand};
 use crate::context::Context;
 use crate::error::{CliError, Result};
+use crate::output::{Column, Show};
 use crate::{convert, output};
 
-const ROLE_COLUMNS: &[(&str, &str)] = &[("NAME", "name"), ("DISPLAY_NAME", "display_name")];
+const ROLE_COLUMNS: &[Column] = &[
+    Column::id(),
+    Column::new("DISPLAY_NAME", "display_name", Show::Text),
+    Column::new("DESCRIPTION", "description", Show::Text),
+];
 
-const PERMISSION_COLUMNS: &[(&str, &str)] = &[("NAME", "name"), ("DESCRIPTION", "description")];
+const PERMISSION_COLUMNS: &[Column] =
+    &[Column::new("NAME", "name", Show::Id), Column::new("DESCRIPTION", "description", Show::Text)];
 
 /// Runs a `permissions` subcommand.
 pub async fn permissions(ctx: &mut Context, cmd: PermissionsCommand) -> Result<u8> {

@@ -12,21 +12,21 @@ use super::systems::deleted;
 use crate::cli::{Format, ServiceAccountKeysCommand, ServiceAccountsCommand};
 use crate::context::{wall_clock, Context, API_KEY_VAR};
 use crate::error::{CliError, Result};
+use crate::output::{Column, Show};
 use crate::{convert, names, output};
 
-const COLUMNS: &[(&str, &str)] = &[
-    ("ID", "name"),
-    ("DISPLAY_NAME", "display_name"),
-    ("ROLE", "role_name"),
-    ("BILLING", "billing"),
-    ("CREATOR", "creator"),
-    ("CREATE_TIME", "create_time"),
+const COLUMNS: &[Column] = &[
+    Column::id(),
+    Column::new("DISPLAY_NAME", "display_name", Show::Text),
+    Column::new("ROLE", "role_name", Show::Short),
+    Column::new("BILLING", "billing", Show::Text),
+    Column::new("CREATOR", "creator", Show::Ref),
+    Column::new("CREATED", "create_time", Show::Time),
 ];
-const KEY_COLUMNS: &[(&str, &str)] = &[
-    ("NAME", "name"),
-    ("EXPIRE_TIME", "expire_time"),
-    ("LAST_USED", "last_used_time"),
-    ("CREATE_TIME", "create_time"),
+const KEY_COLUMNS: &[Column] = &[
+    Column::new("ID", "name", Show::ChildId),
+    Column::new("EXPIRES", "expire_time", Show::Time),
+    Column::new("LAST_USED", "last_used_time", Show::Time),
 ];
 
 /// The resource name of a service account given by ID or name.

@@ -10,22 +10,23 @@ use super::request_id;
 use crate::cli::{ConnectKeysCommand, Format, SystemsCommand};
 use crate::context::Context;
 use crate::error::{CliError, Result};
+use crate::output::{Column, Show};
 use crate::{convert, names, output};
 
-const SYSTEM_COLUMNS: &[(&str, &str)] = &[
-    ("ID", "name"),
-    ("DISPLAY_NAME", "display_name"),
-    ("HOSTNAME", "hostname"),
-    ("OS", "os"),
-    ("CONNECTED", "connected"),
-    ("LAST_SEEN", "last_seen_time"),
+const SYSTEM_COLUMNS: &[Column] = &[
+    Column::id(),
+    Column::new("DISPLAY_NAME", "display_name", Show::Text),
+    Column::new("HOSTNAME", "hostname", Show::Text),
+    Column::new("OS", "os", Show::Text),
+    Column::new("CONNECTED", "connected", Show::Text),
+    Column::new("LAST_SEEN", "last_seen_time", Show::Time),
 ];
-const KEY_COLUMNS: &[(&str, &str)] = &[
-    ("ID", "name"),
-    ("DISPLAY_NAME", "display_name"),
-    ("REVOKED", "revoked"),
-    ("EXPIRE_TIME", "expire_time"),
-    ("CREATOR", "creator"),
+const KEY_COLUMNS: &[Column] = &[
+    Column::id(),
+    Column::new("DISPLAY_NAME", "display_name", Show::Text),
+    Column::new("REVOKED", "revoked", Show::Text),
+    Column::new("EXPIRES", "expire_time", Show::Time),
+    Column::new("CREATOR", "creator", Show::Ref),
 ];
 
 pub(super) fn deleted(format: Format, name: &str) -> Result<()> {
