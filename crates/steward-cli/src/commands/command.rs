@@ -465,20 +465,26 @@ fn unseen(
 /// The exit code of a finished run: 0 if it succeeded, else 1; with `pass_exit_code`, the
 /// first non-zero exit code of its systems' scripts instead, as the agents reported them (a
 /// script killed on timeout or cancel: 128 + the signal), when one fits an exit status (1 to
-/// 255); 1 when none does (e.g. an unreachable system).
+/// 255). A cancelled or timed-out run whose agents have not yet confirmed the kill is 137
+/// (128 + SIGKILL) too, what they will report; anything else without a code is 1 (e.g. an
+/// unreachable system).
 fn exit_status(run: &Run, pass_exit_code: bool) -> u8 {
+    /// 128 + SIGKILL: how the agent ends a script on cancel or timeout.
+    const KILLED: u8 = 137;
     if run.state == RunState::Succeeded as i32 {
         return 0;
     }
     if !pass_exit_code {
         return 1;
     }
-    run.results
+    let reported = run
+        .results
         .iter()
         .map(|r| r.exit_code)
         .find(|code| *code != 0)
-        .and_then(|code| u8::try_from(code).ok())
-        .unwrap_or(1)
+        .and_then(|code| u8::try_from(code).ok());
+    let killed = [RunState::Cancelled as i32, RunState::TimedOut as i32].contains(&run.state);
+    reported.unwrap_or(if killed { KILLED } else { 1 })
 }
 
 /// The exit code after Ctrl-C stopped following a run (128 + SIGINT, as shells report it).
@@ -648,6 +654,9 @@ mod tests {
         assert_eq!(exit_status(&unreached, true), 1);
         let killed = run(RunState::TimedOut, vec![result(RunState::TimedOut, 137)]);
         assert_eq!((exit_status(&killed, false), exit_status(&killed, true)), (1, 137));
+        // Cancelled before the agent confirmed the kill: what it will report.
+        let unconfirmed = run(RunState::Cancelled, vec![result(RunState::Running, 0)]);
+        assert_eq!(exit_status(&unconfirmed, true), 137);
         for code in [-9, 256, 1000] {
             let odd = run(RunState::Failed, vec![result(RunState::Failed, code)]);
             assert_eq!(exit_status(&odd, true), 1, "{code}");
