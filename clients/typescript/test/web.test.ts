@@ -2,6 +2,7 @@
 // over Node's fetch, HTTP/1.1) against the real server's public port, which allows one origin.
 
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 
@@ -21,6 +22,14 @@ describe("gRPC-Web through @steward/client/web (plaintext)", () => {
 
   after(async () => {
     await server?.stop();
+  });
+
+  it("loads nothing of Node's gRPC transport (@steward/client/web is for browsers)", () => {
+    const script = `require("@steward/client/web");
+      const node = Object.keys(require.cache).filter((m) => /connect-node|@steward[\\/]client[\\/]dist[\\/]src[\\/]index/.test(m));
+      process.stdout.write(JSON.stringify(node));`;
+    const loaded = JSON.parse(execFileSync(process.execPath, ["-e", script], { cwd: __dirname, encoding: "utf8" }));
+    assert.deepEqual(loaded, []);
   });
 
   it("lets a browser page of the allowed origin call (CORS preflight)", async () => {
