@@ -45,14 +45,6 @@ impl Auditor {
         Ok(Self::new(context, &org_id, &principal.administrator))
     }
 
-    /// Uses the request's own `request_id` field when it has one.
-    pub fn with_request_id(mut self, request_id: &str) -> Self {
-        if !request_id.is_empty() {
-            self.request_id = request_id.to_string();
-        }
-        self
-    }
-
     async fn insert<C: ConnectionTrait>(
         &self,
         conn: &C,

@@ -184,5 +184,7 @@ pub async fn start(
         ctx.clock.clone(),
     );
     let expiry = IDEMPOTENCY.spawn_expiry(ctx.db.clone(), ctx.clock.clone());
-    Ok(vec![relay, expiry])
+    let mut tasks = vec![relay, expiry];
+    tasks.extend(steward_runtime::metrics::spawn_outbox_backlog(effects::OUTBOX, ctx.db.clone()));
+    Ok(tasks)
 }

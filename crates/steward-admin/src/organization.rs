@@ -128,7 +128,7 @@ pub async fn create(
         now,
     )
     .await?;
-    let audit = Auditor::new(context, &org_id, PLATFORM_ACTOR).with_request_id(&req.request_id);
+    let audit = Auditor::new(context, &org_id, PLATFORM_ACTOR);
     audit
         .allowed(&txn, &org_name(&org_id), "organization created with its owner invited", now)
         .await?;

@@ -172,5 +172,9 @@ pub async fn start(
     );
     let janitor = janitor::spawn(ctx.db.clone(), ctx.clock.clone());
     let expiry = IDEMPOTENCY.spawn_expiry(ctx.db.clone(), ctx.clock.clone());
-    Ok(vec![relay, mail, janitor, expiry])
+    let mut tasks = vec![relay, mail, janitor, expiry];
+    for outbox in [audit::OUTBOX, mail_queue::OUTBOX] {
+        tasks.extend(steward_runtime::metrics::spawn_outbox_backlog(outbox, ctx.db.clone()));
+    }
+    Ok(tasks)
 }

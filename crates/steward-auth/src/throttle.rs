@@ -135,7 +135,17 @@ pub const LINK_ADDRESS: Policy =
 /// Compare-and-swap rounds [`reserve`] tries before refusing.
 const RESERVE_ROUNDS: usize = 32;
 
+/// `steward.auth.throttled`: attempts refused by a throttle.
+static THROTTLED: std::sync::LazyLock<steward_runtime::metrics::Counter<u64>> =
+    std::sync::LazyLock::new(|| {
+        steward_runtime::metrics::meter()
+            .u64_counter("steward.auth.throttled")
+            .with_description("Attempts refused by a throttle (sign-in, links, resets)")
+            .build()
+    });
+
 fn exhausted(locked_until: Option<DateTime<Utc>>, now: DateTime<Utc>) -> ApiError {
+    THROTTLED.add(1, &[]);
     let left = locked_until.map_or(1000, |until| (until - now).num_milliseconds());
     let secs = u64::try_from((left + 999) / 1000).unwrap_or(1).max(1);
     ApiError::ResourceExhausted { retry_after: Duration::from_secs(secs) }

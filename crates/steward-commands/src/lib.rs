@@ -221,6 +221,19 @@ pub async fn start(
         ctx.config.database.url.clone(),
         state.dispatch.clone(),
     ));
+    let dispatch = state.dispatch.clone();
+    steward_runtime::metrics::gauge_fn(
+        "steward.agents.connected",
+        "Agent streams open on this replica",
+        move || {
+            vec![(
+                Vec::new(),
+                <i64 as TryFrom<usize>>::try_from(dispatch.connected()).unwrap_or(i64::MAX),
+            )]
+        },
+    );
+    tasks.extend(steward_runtime::metrics::spawn_outbox_backlog(OUTBOX, ctx.db.clone()));
+    tasks.extend(run::spawn_active_targets_metric(ctx.db.clone()));
     tasks.push(agent::spawn_reaper(state));
     tracing::info!(service = SERVICE, "commands service started");
     Ok(tasks)

@@ -510,3 +510,37 @@ pub(crate) async fn cancel(
     tracing::info!(run = %name, actor = %p.administrator, "run cancelled");
     Ok(CancelRunResponse { run: Some(proto) })
 }
+
+/// When metrics are exported, reports the systems of unfinished runs by state (queued,
+/// running) as `steward.run_targets.active{state}`, from the indexed result states.
+pub fn spawn_active_targets_metric(
+    db: sea_orm::DatabaseConnection,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use sea_orm::{ConnectionTrait, Statement};
+    use steward_runtime::metrics::KeyValue;
+    let active: Vec<RunState> = [RunState::Queued, RunState::Running].into();
+    steward_runtime::metrics::spawn_sampler(
+        "steward.run_targets.active",
+        "Systems of unfinished runs, by state",
+        move || {
+            let db = db.clone();
+            let active = active.clone();
+            async move {
+                let mut samples = Vec::new();
+                for state in active {
+                    let sql = format!(
+                        "SELECT COUNT(*) AS n FROM commands_run_results WHERE state = {}",
+                        state as i32
+                    );
+                    let backend = db.get_database_backend();
+                    let n: i64 = match db.query_one(Statement::from_string(backend, sql)).await? {
+                        Some(row) => row.try_get("", "n")?,
+                        None => 0,
+                    };
+                    samples.push((vec![KeyValue::new("state", state.as_str_name())], n));
+                }
+                Ok::<_, sea_orm::DbErr>(samples)
+            }
+        },
+    )
+}

@@ -352,8 +352,11 @@ pub struct TelemetryConfig {
     /// An `EnvFilter` directive such as `info,steward=debug`; `RUST_LOG` wins when set. It also
     /// decides which spans are exported.
     pub log_filter: String,
-    /// OTLP/gRPC collector, e.g. `http://otel-collector:4317`. Empty (the default) exports nothing.
+    /// OTLP/gRPC collector, e.g. `http://otel-collector:4317`, or `https://…` for TLS (the
+    /// system's roots plus `otlp_ca_file`). Empty (the default) exports nothing.
     pub otlp_endpoint: OtlpEndpoint,
+    /// An extra CA bundle (PEM) trusted for an `https://` collector.
+    pub otlp_ca_file: Option<PathBuf>,
     /// `service.name` of exported traces and metrics. Empty means `OTEL_SERVICE_NAME` when set,
     /// otherwise the process's default (`steward-auth`, `steward-admin`, `steward-commands`,
     /// `steward-dev`).
@@ -372,6 +375,7 @@ impl Default for TelemetryConfig {
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
             otlp_endpoint: OtlpEndpoint::default(),
+            otlp_ca_file: None,
             service_name: String::new(),
             metrics_interval_secs: None,
             metrics_listen: None,
@@ -379,9 +383,9 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// The OTLP/gRPC endpoint, checked when the configuration is loaded: empty, or a plaintext
-/// `http://` URL with a host (an in-cluster collector or a node-local agent; the exporter is built
-/// without TLS).
+/// The OTLP/gRPC endpoint, checked when the configuration is loaded: empty, or an `http://`
+/// (plaintext: an in-cluster collector or a node-local agent) or `https://` URL with a host and
+/// no credentials.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(try_from = "String", into = "String")]
 pub struct OtlpEndpoint(Option<String>);
@@ -396,8 +400,8 @@ impl OtlpEndpoint {
 /// Why an OTLP endpoint was refused.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "OTLP endpoint is not an http:// URL with a host and no credentials (expected something \
-     like http://otel-collector:4317; TLS to the collector is not supported)"
+    "OTLP endpoint is not an http:// or https:// URL with a host and no credentials (expected \
+     something like http://otel-collector:4317)"
 )]
 pub struct InvalidOtlpEndpoint;
 
@@ -409,9 +413,9 @@ impl TryFrom<String> for OtlpEndpoint {
         if trimmed.is_empty() {
             return Ok(Self(None));
         }
-        // No credentials in the URL: it is logged, and plaintext http would carry them in clear.
+        // No credentials in the URL: it is logged (headers carry them: OTEL_EXPORTER_OTLP_HEADERS).
         let valid = trimmed.parse::<http::Uri>().is_ok_and(|uri| {
-            uri.scheme_str() == Some("http")
+            matches!(uri.scheme_str(), Some("http" | "https"))
                 && uri.host().is_some_and(|host| !host.is_empty())
                 && !uri.authority().is_some_and(|a| a.as_str().contains('@'))
         });
@@ -514,11 +518,11 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("steward.toml", "[telemetry]\notlp_endpoint = \"localhost\"\n")?;
             let err = Config::load(Some(Path::new("steward.toml"))).unwrap_err().to_string();
-            assert!(err.contains("not an http:// URL"), "{err}");
+            assert!(err.contains("not an http:// or https:// URL"), "{err}");
             for bad in [
                 "otel-collector:4317",
                 "ftp://collector:21",
-                "https://c:4317",
+                "https://user:secret@c:4317",
                 "http://",
                 "not a url",
                 "http://user:secret@collector:4317",
@@ -530,6 +534,13 @@ mod tests {
                 let named = err.to_ascii_lowercase().contains("telemetry.otlp_endpoint");
                 assert!(named, "{bad}: the key is named: {err}");
             }
+            jail.set_env("STEWARD_TELEMETRY__OTLP_ENDPOINT", "https://collector.example.com:4317");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.telemetry.otlp_endpoint.url(),
+                Some("https://collector.example.com:4317"),
+                "TLS to the collector"
+            );
             jail.set_env("STEWARD_TELEMETRY__OTLP_ENDPOINT", "");
             let config = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(config.telemetry.otlp_endpoint.url(), None);

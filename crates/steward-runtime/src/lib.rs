@@ -7,6 +7,7 @@ pub mod authn;
 pub mod claims;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod names;
 pub mod peer;
 pub mod request_id;

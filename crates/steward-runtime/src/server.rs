@@ -81,6 +81,8 @@ pub struct Listeners {
     pub internal: TcpListener,
     /// `server.health_listen`: plaintext, `grpc.health.v1` only (Kubernetes' probes).
     pub health: Option<TcpListener>,
+    /// `telemetry.metrics_listen`: plaintext HTTP, `GET /metrics` only ([`crate::metrics`]).
+    pub metrics: Option<TcpListener>,
 }
 
 type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
@@ -134,6 +136,9 @@ pub async fn serve(
                 tracing::error!(error = %err, "health listener failed");
             }
         }));
+    }
+    if let Some(listener) = listeners.metrics {
+        tasks.push(crate::metrics::serve_http(listener));
     }
     let public_routes = routes
         .clone()

@@ -50,6 +50,12 @@ pub enum TelemetryError {
         source: opentelemetry_otlp::ExporterBuildError,
     },
     /// A provider failed to flush or stop.
+    /// `telemetry.otlp_ca_file` cannot be read.
+    #[error("{0}")]
+    CaFile(String),
+    /// The Prometheus exporter could not be built.
+    #[error("cannot build the Prometheus exporter: {0}")]
+    Prometheus(String),
     #[error("telemetry shutdown failed: {0}")]
     Shutdown(String),
 }
@@ -141,37 +147,68 @@ pub fn init(
     };
     let registry = tracing_subscriber::registry().with(filter).with(logs);
 
-    let Some(endpoint) = config.otlp_endpoint.url() else {
-        let _ = registry.try_init();
-        return Ok(Telemetry::default());
-    };
-    if tokio::runtime::Handle::try_current().is_err() {
-        return Err(TelemetryError::NoRuntime);
-    }
     let resource =
         Resource::builder().with_service_name(service_name(config, default_service_name)).build();
+    // Metrics: scraped at /metrics (telemetry.metrics_listen), exported over OTLP, or both.
+    let prometheus = match config.metrics_listen {
+        Some(_) => {
+            let registry = prometheus::Registry::new();
+            let exporter = opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .build()
+                .map_err(|err| TelemetryError::Prometheus(err.to_string()))?;
+            Some((registry, exporter))
+        }
+        None => None,
+    };
+    let endpoint = config.otlp_endpoint.url();
+    if endpoint.is_some() && tokio::runtime::Handle::try_current().is_err() {
+        return Err(TelemetryError::NoRuntime);
+    }
+    let meter_provider = if prometheus.is_some() || endpoint.is_some() {
+        let mut builder = SdkMeterProvider::builder().with_resource(resource.clone());
+        let registry = match prometheus {
+            Some((registry, exporter)) => {
+                builder = builder.with_reader(exporter);
+                Some(registry)
+            }
+            None => None,
+        };
+        if let Some(endpoint) = endpoint {
+            let metric_exporter = otlp_exporter(
+                opentelemetry_otlp::MetricExporter::builder().with_tonic(),
+                endpoint,
+                config,
+            )?
+            .build()
+            .map_err(|source| TelemetryError::Exporter { signal: "metrics", source })?;
+            let mut reader = PeriodicReader::builder(metric_exporter);
+            if let Some(secs) = config.metrics_interval_secs {
+                reader = reader.with_interval(Duration::from_secs(secs.max(1)));
+            }
+            builder = builder.with_reader(reader.build());
+        }
+        let provider = builder.build();
+        opentelemetry::global::set_meter_provider(provider.clone());
+        crate::metrics::enable(registry);
+        Some(provider)
+    } else {
+        None
+    };
 
-    let span_exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .build()
-        .map_err(|source| TelemetryError::Exporter { signal: "traces", source })?;
+    let Some(endpoint) = endpoint else {
+        let _ = registry.try_init();
+        return Ok(Telemetry { tracer: None, meter: meter_provider });
+    };
+
+    let span_exporter =
+        otlp_exporter(opentelemetry_otlp::SpanExporter::builder().with_tonic(), endpoint, config)?
+            .build()
+            .map_err(|source| TelemetryError::Exporter { signal: "traces", source })?;
     let tracer_provider = SdkTracerProvider::builder()
         .with_batch_exporter(span_exporter)
-        .with_resource(resource.clone())
+        .with_resource(resource)
         .build();
-
-    let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .build()
-        .map_err(|source| TelemetryError::Exporter { signal: "metrics", source })?;
-    let mut reader = PeriodicReader::builder(metric_exporter);
-    if let Some(secs) = config.metrics_interval_secs {
-        reader = reader.with_interval(Duration::from_secs(secs.max(1)));
-    }
-    let meter_provider =
-        SdkMeterProvider::builder().with_reader(reader.build()).with_resource(resource).build();
 
     // The exporter's own transport (h2, hyper, tonic, tower) and the SDK are never exported,
     // whatever RUST_LOG says: exporting them would feed on itself.
@@ -189,14 +226,39 @@ pub fn init(
         // Another subscriber is already installed (a second call in tests): it has no layer for
         // these providers, so stop them rather than export nothing forever.
         let _ = tracer_provider.shutdown();
-        let _ = meter_provider.shutdown();
+        if let Some(meter_provider) = meter_provider {
+            let _ = meter_provider.shutdown();
+        }
         return Ok(Telemetry::default());
     }
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
-    opentelemetry::global::set_meter_provider(meter_provider.clone());
     tracing::info!(endpoint, "exporting traces and metrics over OTLP");
-    Ok(Telemetry { tracer: Some(tracer_provider), meter: Some(meter_provider) })
+    Ok(Telemetry { tracer: Some(tracer_provider), meter: meter_provider })
+}
+
+/// `builder` dialling `endpoint`; over TLS for an `https://` endpoint, trusting the system's
+/// roots plus `telemetry.otlp_ca_file` when set.
+fn otlp_exporter<B>(
+    builder: B,
+    endpoint: &str,
+    config: &TelemetryConfig,
+) -> Result<B, TelemetryError>
+where
+    B: WithExportConfig + opentelemetry_otlp::WithTonicConfig,
+{
+    let builder = builder.with_endpoint(endpoint);
+    if !endpoint.starts_with("https://") {
+        return Ok(builder);
+    }
+    let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+    if let Some(path) = &config.otlp_ca_file {
+        let pem = std::fs::read(path).map_err(|err| {
+            TelemetryError::CaFile(format!("telemetry.otlp_ca_file {}: {err}", path.display()))
+        })?;
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+    }
+    Ok(builder.with_tls_config(tls))
 }
 
 fn service_name(config: &TelemetryConfig, default_service_name: &str) -> String {

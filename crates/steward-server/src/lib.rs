@@ -175,16 +175,21 @@ pub fn validate(config: &Config, kinds: &[ServiceKind]) -> Result<(), ServerErro
 }
 
 /// Binds the listeners `config` names: `server.listen`, `server.internal_listen` and, when set,
-/// `server.health_listen`.
+/// `server.health_listen` and `telemetry.metrics_listen`.
 pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
-    let health = match config.server.health_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
-        None => None,
-    };
     Ok(Listeners {
         public: TcpListener::bind(config.server.listen).await?,
         internal: TcpListener::bind(config.server.internal_listen).await?,
-        health,
+        health: bind_optional(config.server.health_listen).await?,
+        metrics: bind_optional(config.telemetry.metrics_listen).await?,
+    })
+}
+
+/// Binds `addr` when it is set.
+pub async fn bind_optional(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, ServerError> {
+    Ok(match addr {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
     })
 }
 
@@ -213,6 +218,23 @@ pub async fn run(
         };
         background.extend(kind.start(&ctx, &mut routes).await?);
         services.extend(kind.services().iter().map(|n| n.to_string()));
+        let pool = db.clone();
+        let service = kind.name();
+        steward_runtime::metrics::gauge_fn(
+            "steward.db.pool.connections",
+            "Connections of the service's database pool, idle or in use",
+            move || {
+                use steward_runtime::metrics::KeyValue;
+                let (open, idle) = steward_storage::pool_connections(&pool);
+                let labels = |state: &'static str| {
+                    vec![KeyValue::new("service", service), KeyValue::new("state", state)]
+                };
+                vec![
+                    (labels("idle"), i64::from(idle)),
+                    (labels("used"), i64::from(open.saturating_sub(idle))),
+                ]
+            },
+        );
         databases.push(db);
     }
 
@@ -260,6 +282,7 @@ pub async fn run(
         public = %listeners.public.local_addr()?,
         internal = %listeners.internal.local_addr()?,
         health = ?listeners.health.as_ref().map(TcpListener::local_addr).transpose()?,
+        metrics = ?listeners.metrics.as_ref().map(TcpListener::local_addr).transpose()?,
         services = ?kinds,
         "steward listening"
     );

@@ -146,10 +146,8 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
             });
             let internal = tokio::net::TcpListener::bind(internal_listen).await?;
             let internal_addr = internal.local_addr()?;
-            let health = match config.server.health_listen {
-                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
-                None => None,
-            };
+            let health = steward_server::bind_optional(config.server.health_listen).await?;
+            let metrics = steward_server::bind_optional(config.telemetry.metrics_listen).await?;
             let tls =
                 if tls { Some(steward_server::dev_tls::ensure(&data_dir, addr)?) } else { None };
             let config = dev_config(config, addr, internal_addr, &data_dir, tls.as_ref())?;
@@ -157,7 +155,7 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
                 config.clone(),
                 &ServiceKind::ALL,
                 system_clock(),
-                steward_runtime::server::Listeners { public, internal, health },
+                steward_runtime::server::Listeners { public, internal, health, metrics },
                 steward_runtime::server::shutdown_signal(),
             ));
             println!(

@@ -919,3 +919,121 @@ fn dev_restarts_keep_the_organization() {
     let _ = second.wait();
     assert!(kept, "the second start reports the kept organization");
 }
+
+/// `GET path` on `addr` over plaintext HTTP/1.1: the status code and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// The samples of a Prometheus text exposition: `(name, labels, value)`. Panics on a line that
+/// is neither a comment nor a well-formed sample.
+fn parse_exposition(text: &str) -> Vec<(String, String, f64)> {
+    text.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => {
+                    (name, labels.strip_suffix('}').unwrap_or_else(|| panic!("labels: {line}")))
+                }
+                None => (series, ""),
+            };
+            let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+            assert!(valid && !name.is_empty(), "metric name: {line}");
+            (name.to_string(), labels.to_string(), value)
+        })
+        .collect()
+}
+
+// Operators' signals from the real binary: /metrics on its own port, parsed as Prometheus text
+// with the RPC, pool, outbox and agent series; and the request id in the log lines of a call.
+#[test]
+fn metrics_are_scraped_and_log_lines_carry_the_request_id() {
+    let metrics = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let dev = start_dev_with(
+        &[("STEWARD_TELEMETRY__METRICS_LISTEN", &metrics), ("RUST_LOG", "info")],
+        Some(log.path()),
+    );
+    // Refused by the authentication layer: logged with the caller's request id.
+    let (ok, denied) = grpcurl(&[
+        "-plaintext",
+        "-H",
+        "x-request-id: req-process-7",
+        &dev.addr,
+        "steward.admin.v1.AdminService/GetProfile",
+    ]);
+    assert!(!ok && denied.contains("req-process-7"), "RequestInfo in the details: {denied}");
+    let logged = (0..50).find_map(|_| {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let line = text.lines().find(|l| l.contains("call refused") && l.contains("req-process-7"));
+        if line.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        line.map(str::to_string)
+    });
+    let logged = logged.expect("the refusal is logged with its request id");
+    assert!(!logged.contains('\u{1b}'), "no colour escapes in a file: {logged:?}");
+    // An internal service on the public listener: refused before authentication, and the line
+    // carries the id through the call's span.
+    let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    let (ok, refused) = grpcurl(&[
+        "-plaintext",
+        "-import-path",
+        protos,
+        "-proto",
+        "steward/admin/v1/internal.proto",
+        "-H",
+        "x-request-id: req-process-8",
+        "-d",
+        "{}",
+        &dev.addr,
+        "steward.admin.v1.AdminInternalService/LookupAdministrator",
+    ]);
+    assert!(!ok && refused.contains("only on the internal listener"), "{refused}");
+    let in_span = (0..50).any(|_| {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let found =
+            text.lines().any(|l| l.contains("not served here") && l.contains("req-process-8"));
+        if !found {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        found
+    });
+    assert!(in_span, "the routing refusal's log line carries the request id");
+
+    let (status, text) = http_get(&metrics, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    let samples = parse_exposition(&text);
+    let has = |name: &str, label: &str| {
+        samples.iter().any(|(n, labels, _)| n == name && labels.contains(label))
+    };
+    assert!(
+        has("rpc_server_duration_milliseconds_count", "rpc_method=\"GetProfile\""),
+        "the refused call is counted:\n{text}"
+    );
+    assert!(has("rpc_server_duration_milliseconds_bucket", "rpc_grpc_status_code=\"16\""));
+    for (name, label) in [
+        ("steward_db_pool_connections", "service=\"auth\""),
+        ("steward_outbox_pending", "outbox=\"auth_mail_outbox\""),
+        ("steward_outbox_pending", "outbox=\"commands_outbox\""),
+        ("steward_agents_connected", ""),
+        ("steward_run_targets_active", "state=\"RUN_STATE_QUEUED\""),
+    ] {
+        assert!(has(name, label), "{name}{{{label}}} missing:\n{text}");
+    }
+    assert_eq!(http_get(&metrics, "/elsewhere").0, 404);
+    drop(dev);
+}

@@ -109,6 +109,23 @@ pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> Result<(), St
     Ok(())
 }
 
+/// Connections of `db`'s pool: `(open, idle)`.
+pub fn pool_connections(db: &DatabaseConnection) -> (u32, u32) {
+    let idle = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    // Each accessor is called only on its own backend (they panic on another).
+    match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            (pool.size(), idle(pool.num_idle()))
+        }
+        DbBackend::Sqlite => {
+            let pool = db.get_sqlite_connection_pool();
+            (pool.size(), idle(pool.num_idle()))
+        }
+        _ => (0, 0),
+    }
+}
+
 /// Answers whether the database responds (the readiness probe).
 pub async fn ping(db: &DatabaseConnection) -> bool {
     db.execute_unprepared("SELECT 1").await.is_ok()

@@ -139,6 +139,11 @@ impl Outbox {
             .collect()
     }
 
+    /// The outbox's table.
+    pub const fn table(&self) -> &'static str {
+        self.table
+    }
+
     /// Number of messages not yet delivered.
     pub async fn pending(&self, db: &DatabaseConnection) -> Result<i64, DbErr> {
         let sql = format!("SELECT COUNT(*) AS n FROM {}", self.table);

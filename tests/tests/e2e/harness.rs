@@ -296,7 +296,8 @@ impl Stack {
             listener.set_nonblocking(true).unwrap();
             TcpListener::from_std(listener).unwrap()
         });
-        let listeners = steward_runtime::server::Listeners { public, internal, health };
+        let listeners =
+            steward_runtime::server::Listeners { public, internal, health, metrics: None };
         let (stop, stopped) = oneshot::channel::<()>();
         let config = self.config.clone();
         let clock = self.clock.as_clock();

@@ -60,6 +60,7 @@ mod commands;
 mod custom_roles;
 mod email;
 mod foundation;
+mod operations;
 mod roles;
 mod security;
 mod service_accounts;

@@ -38,7 +38,6 @@ impl AdminService for AdminApi {
     ) -> Result<Response<CreateAdministratorResponse>, Status> {
         let (call, req) = authn::administrator_call(request)?;
         let audit = Auditor::for_principal(&call.context, &call.principal)?;
-        let audit = audit.with_request_id(&req.request_id);
         let target = req.parent.clone();
         let result = administrator::create(&self.state, &call.principal, &audit, req).await;
         finish(&self.state, Some(&audit), &target, result).await
