@@ -313,9 +313,9 @@ impl Default for InternalConfig {
     fn default() -> Self {
         Self {
             service_token: String::new(),
-            auth_url: "http://steward-auth:50051".into(),
-            admin_url: "http://steward-admin:50051".into(),
-            commands_url: "http://steward-commands:50051".into(),
+            auth_url: "http://steward-auth-internal:50052".into(),
+            admin_url: "http://steward-admin-internal:50052".into(),
+            commands_url: "http://steward-commands-internal:50052".into(),
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
