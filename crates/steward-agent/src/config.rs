@@ -41,7 +41,8 @@ pub struct Args {
     pub insecure_plaintext: bool,
 
     /// The connect key created by an Administrator; needed only on the first start. Keys may
-    /// start with `-`.
+    /// start with `-`. Prefer the environment variable or `--connect-key-file`: a value on the
+    /// command line is visible to every user of the machine (`ps`).
     #[arg(
         long,
         env = "STEWARD_AGENT_CONNECT_KEY",
@@ -49,6 +50,10 @@ pub struct Args {
         allow_hyphen_values = true
     )]
     pub connect_key: Option<String>,
+
+    /// A file holding the connect key (surrounding whitespace ignored), e.g. a mounted secret.
+    #[arg(long, env = "STEWARD_AGENT_CONNECT_KEY_FILE", conflicts_with = "connect_key")]
+    pub connect_key_file: Option<PathBuf>,
 
     /// Where the agent keeps its credential.
     #[arg(long, env = "STEWARD_AGENT_STATE_DIR", default_value = "/var/lib/steward-agent")]
@@ -101,6 +106,22 @@ impl fmt::Debug for AgentConfig {
             .field("hostname", &self.hostname)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .finish()
+    }
+}
+
+impl AgentConfig {
+    /// The configuration `args` describe, the connect key read from `--connect-key-file` when
+    /// one is named.
+    pub fn resolve(mut args: Args) -> Result<Self, crate::AgentError> {
+        if let Some(path) = args.connect_key_file.take() {
+            let key = std::fs::read_to_string(&path).map_err(|source| crate::AgentError::Io {
+                action: "read the connect key file",
+                path: path.clone(),
+                source,
+            })?;
+            args.connect_key = Some(key.trim().to_string());
+        }
+        Ok(Self::from(args))
     }
 }
 
@@ -236,6 +257,43 @@ mod tests {
         assert_eq!(StoredCredential::load(&path).unwrap(), Some(other));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn the_connect_key_comes_from_a_file_and_never_with_a_flag_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("connect-key");
+        std::fs::write(&file, "  -bQx9_from_file\n").unwrap();
+        let args = Args::try_parse_from([
+            "steward-agent",
+            "--server",
+            "http://127.0.0.1:1",
+            "--connect-key-file",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        let config = AgentConfig::resolve(args).unwrap();
+        assert_eq!(config.connect_key.as_deref(), Some("-bQx9_from_file"));
+        let both = Args::try_parse_from([
+            "steward-agent",
+            "--server",
+            "http://127.0.0.1:1",
+            "--connect-key",
+            "k",
+            "--connect-key-file",
+            file.to_str().unwrap(),
+        ]);
+        assert!(both.is_err(), "one source of the key");
+        let missing = Args::try_parse_from([
+            "steward-agent",
+            "--server",
+            "http://127.0.0.1:1",
+            "--connect-key-file",
+            dir.path().join("absent").to_str().unwrap(),
+        ])
+        .unwrap();
+        let err = AgentConfig::resolve(missing).unwrap_err().to_string();
+        assert!(err.contains("connect key file"), "{err}");
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub enum AgentError {
 
     /// There is no stored credential and no connect key to register with.
     #[error(
-        "this agent is not registered: no credential in {} and no --connect-key given",
+        "this agent is not registered: no credential in {} and no connect key given \
+         (STEWARD_AGENT_CONNECT_KEY, --connect-key-file or --connect-key)",
         path.display()
     )]
     NotRegistered {

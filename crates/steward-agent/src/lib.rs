@@ -20,7 +20,7 @@ pub use executor::Executor;
 /// Runs the agent described by `args` until SIGTERM or SIGINT (then `Ok`) or until the server
 /// refuses it.
 pub async fn run(args: Args) -> Result<(), AgentError> {
-    let config = AgentConfig::from(args);
+    let config = AgentConfig::resolve(args)?;
     let executor = Executor::new(config.max_output_bytes);
     Agent::new(config, executor).run(shutdown_signal()).await
 }
