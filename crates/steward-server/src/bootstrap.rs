@@ -177,7 +177,7 @@ pub async fn first_organization(
             Ok(done) => return Ok(done),
             Err(status) => status,
         };
-        let message = status.message().to_string();
+        let message = describe(&status);
         match status.code() {
             Code::Unavailable
             | Code::DeadlineExceeded
@@ -209,6 +209,21 @@ pub async fn first_organization(
             code => return Err(BootstrapError::Failed { url, code, message }),
         }
     }
+}
+
+/// The status's message and the errors under it (the transport's cause: a refused connection,
+/// a certificate the CA does not vouch for, ...).
+fn describe(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        let cause = err.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+        source = err.source();
+    }
+    text
 }
 
 /// One try: look for any organization, else create the wanted one.

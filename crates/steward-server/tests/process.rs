@@ -1208,6 +1208,14 @@ fn bootstrap_refusals() {
     assert!(stderr.contains(&format!("{nobody} was not reachable within 2 s")), "{stderr}");
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(30), "{took:?}");
 
+    // Without the dev CA the certificate is not trusted, and the failure says why.
+    let untrusted: Vec<(&str, String)> =
+        env(&internal, &dev.token).into_iter().filter(|(k, _)| !k.ends_with("CA_FILE")).collect();
+    let ((code, _, stderr), _) = run(&[&args[..], &["--wait-secs", "1"]].concat(), &untrusted);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not reachable within 1 s"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+
     // Invalid input is a usage error (2), found before any call.
     for (bad, flag) in [
         (["--organization", " ", "--owner-email", "boss@example.com"], "--organization"),
