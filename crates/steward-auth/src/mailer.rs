@@ -6,11 +6,18 @@
 //! file to open. The link itself is never logged, in dev mode either: tokens stay
 //! out of logs at every level (the link is in the file).
 //!
-//! Bodies are plain text in 7bit encoding so that the link appears verbatim in the message (and
-//! the file): lines are kept under 74 characters and characters outside ASCII in names are shown
-//! as `?` in the body (in full in the RFC 2047 encoded subject). Only a console URL longer than
-//! about 30 characters makes the link line too long for 7bit; the body then falls back to
-//! quoted-printable, which mail clients decode transparently.
+//! Each email carries the link (`{auth.console_url}/set-password?token=...` or
+//! `/reset-password?token=...`) and the `steward` command that does the same from a terminal
+//! (`steward accept-invite --token ...`, `steward password reset --token ...`; both ask for the
+//! new password). While `auth.console_url` is a placeholder (a host under `.invalid`, the
+//! default: no web console ships yet) the email leads with the command and says the link has no
+//! console behind it.
+//!
+//! Bodies are plain text in 7bit encoding so that the link and the command appear verbatim in
+//! the message (and the file): lines are kept under 74 characters and characters outside ASCII
+//! in names are shown as `?` in the body (in full in the RFC 2047 encoded subject). Only a
+//! console URL longer than about 30 characters makes the link line too long for 7bit; the body
+//! then falls back to quoted-printable, which mail clients decode transparently.
 
 use std::path::PathBuf;
 
@@ -32,6 +39,8 @@ pub struct Mailer {
     transport: Transport,
     from: Mailbox,
     console_url: String,
+    /// `auth.console_url` names no console (see the module documentation).
+    no_console: bool,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -86,21 +95,57 @@ impl Mailer {
             transport,
             from,
             console_url: config.auth.console_url.trim_end_matches('/').to_string(),
+            no_console: config.auth.console_is_placeholder(),
         })
     }
 
-    /// Sends an invite with its set-password link.
+    /// The part of a body that says how to use the token, ending with a blank line: the
+    /// console link after `link_intro` and the `steward` command (`subcommand`, e.g.
+    /// `accept-invite`) after `cli_intro`; without a console, the command first.
+    fn how_to_complete(
+        &self,
+        (path, subcommand): (&str, &str),
+        token: &str,
+        link_intro: &str,
+        cli_intro: &str,
+    ) -> String {
+        let link = format!("{}/{path}?token={token}", self.console_url);
+        let command = format!("  steward {subcommand} --token {token}");
+        let server = "Point steward at your Steward server with --server URL (or set\r\n\
+                      STEWARD_SERVER); without either it asks http://127.0.0.1:50051.\r\n";
+        if self.no_console {
+            format!(
+                "{cli_intro}\r\n\r\n{command}\r\n\r\n{server}\r\n\
+                 No web console ships with Steward yet; this link is where one\r\n\
+                 would take you:\r\n{link}\r\n\r\n"
+            )
+        } else {
+            format!(
+                "{link_intro}\r\n\r\n{link}\r\n\r\n\
+                 or with the Steward command line (it asks for the new password):\r\n\r\n\
+                 {command}\r\n\r\n{server}\r\n"
+            )
+        }
+    }
+
+    /// Sends an invite with its set-password link and `steward accept-invite` command.
     pub async fn send_invite(&self, invite: &Invite<'_>) -> ApiResult<()> {
-        let link = format!("{}/set-password?token={}", self.console_url, invite.token);
         let by = if invite.inviter.is_empty() {
             String::new()
         } else {
             format!("\r\nby {}", ascii(invite.inviter))
         };
+        let complete = self.how_to_complete(
+            ("set-password", "accept-invite"),
+            invite.token,
+            "Set your password here to activate your account:",
+            "Set your password with the Steward command line to activate\r\n\
+             your account (it asks for the new password):",
+        );
         let body = format!(
             "Hello,\r\n\r\nYou have been invited{by}\r\nto administer this organization on Steward:\r\n\
-             {org}\r\n\r\nSet your password here to activate your account:\r\n\r\n{link}\r\n\r\n\
-             The link can be used once and expires in {hours} hours.\r\n\
+             {org}\r\n\r\n{complete}\
+             The link and the command work once and expire in {hours} hours.\r\n\
              If you did not expect this email, you can ignore it.\r\n",
             org = ascii(invite.organization),
             hours = invite.valid_hours,
@@ -109,7 +154,7 @@ impl Mailer {
         self.send(invite.to, &subject, body, "invite").await
     }
 
-    /// Sends a password-reset link.
+    /// Sends a password-reset link and its `steward password reset` command.
     pub async fn send_reset(
         &self,
         to: &str,
@@ -117,12 +162,17 @@ impl Mailer {
         token: &str,
         valid_hours: u64,
     ) -> ApiResult<()> {
-        let link = format!("{}/reset-password?token={token}", self.console_url);
+        let complete = self.how_to_complete(
+            ("reset-password", "password reset"),
+            token,
+            "Choose a new password here:",
+            "Choose a new password with the Steward command line (it asks\r\n\
+             for the new password):",
+        );
         let body = format!(
             "Hello,\r\n\r\nSomeone asked to reset the password of your Steward account\r\n\
-             at this organization:\r\n{org}\r\n\r\n\
-             Choose a new password here:\r\n\r\n{link}\r\n\r\n\
-             The link can be used once and expires in {valid_hours} hours.\r\n\
+             at this organization:\r\n{org}\r\n\r\n{complete}\
+             The link and the command work once and expire in {valid_hours} hours.\r\n\
              If you did not ask for this, ignore this email:\r\n\
              your password stays as it is.\r\n",
             org = ascii(organization),
@@ -187,42 +237,103 @@ impl Mailer {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn dev_mail_files_carry_the_link_verbatim() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.database.data_dir = dir.path().to_path_buf();
-        let mailer = Mailer::from_config(&config).unwrap();
-        let token = crate::secrets::new_link_token();
-        mailer
-            .send_invite(&Invite {
-                to: "ada@example.com",
-                organization: "Zürich Labs",
-                inviter: "grace@example.com",
-                token: &token,
-                valid_hours: 72,
-            })
-            .await
-            .unwrap();
-        let entry = std::fs::read_dir(dir.path().join("mail"))
+    /// The only `.eml` file under `dir/mail`, with its mode checked.
+    fn only_mail(dir: &std::path::Path) -> String {
+        let entries: Vec<_> = std::fs::read_dir(dir.join("mail"))
             .unwrap()
             .flatten()
-            .find(|e| e.path().extension().is_some_and(|x| x == "eml"))
-            .unwrap();
+            .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            .collect();
+        assert_eq!(entries.len(), 1);
+        let entry = &entries[0];
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "mail files hold live links: owner-only");
         }
-        let text = std::fs::read_to_string(entry.path()).unwrap();
-        assert!(
-            text.contains(&format!("http://localhost:8080/set-password?token={token}\r\n")),
-            "{text}"
-        );
+        std::fs::read_to_string(entry.path()).unwrap()
+    }
+
+    fn mailer(dir: &std::path::Path, console_url: Option<&str>) -> Mailer {
+        let mut config = Config::default();
+        config.database.data_dir = dir.to_path_buf();
+        if let Some(url) = console_url {
+            config.auth.console_url = url.into();
+        }
+        Mailer::from_config(&config).unwrap()
+    }
+
+    async fn invite(mailer: &Mailer, token: &str) {
+        mailer
+            .send_invite(&Invite {
+                to: "ada@example.com",
+                organization: "Zürich Labs",
+                inviter: "grace@example.com",
+                token,
+                valid_hours: 72,
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn dev_mail_files_carry_the_link_and_the_command_verbatim() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = crate::secrets::new_link_token();
+        invite(&mailer(dir.path(), Some("http://localhost:8080")), &token).await;
+        let text = only_mail(dir.path());
+        let link = format!("\r\nhttp://localhost:8080/set-password?token={token}\r\n");
+        let command = format!("\r\n  steward accept-invite --token {token}\r\n");
+        assert!(text.contains(&link), "{text}");
+        assert!(text.contains(&command), "{text}");
+        assert!(text.find(&link) < text.find(&command), "a console comes first: {text}");
+        assert!(!text.contains("No web console"), "{text}");
+        assert!(text.contains("with --server URL (or set\r\nSTEWARD_SERVER)"), "{text}");
         assert!(text.contains("Content-Transfer-Encoding: 7bit"), "{text}");
         assert!(text.contains("by grace@example.com\r\n"), "{text}");
         assert!(text.contains("\r\nZ?rich Labs\r\n"), "{text}");
         assert!(text.lines().all(|l| l.len() < 74), "{text}");
+    }
+
+    // The default console URL is a placeholder: the command leads, the link stays (with its
+    // `token=`) and the email says no console serves it.
+    #[tokio::test]
+    async fn without_a_console_the_command_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = crate::secrets::new_link_token();
+        invite(&mailer(dir.path(), None), &token).await;
+        let text = only_mail(dir.path());
+        let link = format!("\r\nhttps://console.invalid/set-password?token={token}\r\n");
+        let command = format!("\r\n  steward accept-invite --token {token}\r\n");
+        assert!(text.contains(&link), "{text}");
+        assert!(text.contains(&command), "{text}");
+        assert!(text.find(&command) < text.find(&link), "the command comes first: {text}");
+        assert!(text.contains("No web console ships with Steward yet"), "{text}");
+        assert!(text.contains("Content-Transfer-Encoding: 7bit"), "{text}");
+        assert!(text.lines().all(|l| l.len() < 74), "{text}");
+    }
+
+    #[tokio::test]
+    async fn reset_mail_carries_the_reset_command() {
+        for console in [None, Some("https://console.example.com")] {
+            let dir = tempfile::tempdir().unwrap();
+            let token = format!("-{}", crate::secrets::new_link_token());
+            mailer(dir.path(), console)
+                .send_reset("ada@example.com", "Acme", &token, 72)
+                .await
+                .unwrap();
+            let text = only_mail(dir.path());
+            let base = console.unwrap_or("https://console.invalid");
+            assert!(text.contains(&format!("{base}/reset-password?token={token}\r\n")), "{text}");
+            // Tokens may start with `-`: `--token` takes it as its value.
+            assert!(
+                text.contains(&format!("\r\n  steward password reset --token {token}\r\n")),
+                "{text}"
+            );
+            assert_eq!(text.contains("No web console"), console.is_none(), "{text}");
+            assert!(text.contains("expire in 72 hours"), "{text}");
+            assert!(text.lines().all(|l| l.len() < 74), "{text}");
+        }
     }
 }

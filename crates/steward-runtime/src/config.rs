@@ -243,7 +243,9 @@ pub struct AuthConfig {
     /// Keys sealing the stored TOTP secrets (XChaCha20-Poly1305), each a file holding 32
     /// random bytes in base64. The first seals; all open (rotation).
     pub mfa_keys: Vec<SecretKeyConfig>,
-    /// Base URL of the console; links are `{console_url}/set-password?token=...`.
+    /// Base URL of the console; links are `{console_url}/set-password?token=...`. A host under
+    /// the reserved `.invalid` domain (the default, [`NO_CONSOLE_URL`]) says no console serves
+    /// them: emails then lead with the `steward` command that does the same.
     pub console_url: String,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
@@ -259,8 +261,31 @@ impl Default for AuthConfig {
             invite_ttl_secs: 72 * 3600,
             signing_keys: Vec::new(),
             mfa_keys: Vec::new(),
-            console_url: "http://localhost:8080".into(),
+            console_url: NO_CONSOLE_URL.into(),
             leeway_secs: 30,
+        }
+    }
+}
+
+/// The default `auth.console_url`: no web console ships with Steward yet, and a host under the
+/// `.invalid` domain (RFC 2606) never resolves, so a link on it is plainly a placeholder.
+pub const NO_CONSOLE_URL: &str = "https://console.invalid";
+
+impl AuthConfig {
+    /// Whether `console_url` names no real console: its host is `invalid` or under `.invalid`
+    /// (or the URL does not parse).
+    pub fn console_is_placeholder(&self) -> bool {
+        let host = self
+            .console_url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.host().map(str::to_ascii_lowercase));
+        match host {
+            Some(host) => {
+                let host = host.trim_end_matches('.');
+                host == "invalid" || host.ends_with(".invalid")
+            }
+            None => true,
         }
     }
 }
@@ -467,6 +492,23 @@ impl Config {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_placeholders_are_recognised() {
+        let mut auth = AuthConfig::default();
+        assert!(auth.console_is_placeholder(), "the default names no console");
+        for (url, placeholder) in [
+            ("https://console.example.com", false),
+            ("http://localhost:8080", false),
+            ("https://steward.INVALID/", true),
+            ("https://console.invalid.:8443", true),
+            ("https://invalid.example.com", false),
+            ("not a url", true),
+        ] {
+            auth.console_url = url.into();
+            assert_eq!(auth.console_is_placeholder(), placeholder, "{url}");
+        }
+    }
 
     // Every test runs in a figment Jail: it serializes tests touching the environment and gives
     // each a scratch directory.

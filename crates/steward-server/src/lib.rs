@@ -20,6 +20,7 @@ use steward_storage::StorageError;
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 
+pub mod bootstrap;
 pub mod dev_tls;
 
 /// One of Steward's three services.
@@ -95,6 +96,16 @@ pub enum ServerError {
     /// Socket errors.
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
+    /// The first organization could not be created.
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+}
+
+impl ServerError {
+    /// Whether the command line, not the service, is at fault (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Bootstrap(err) if err.is_invalid_input())
+    }
 }
 
 impl From<ApiError> for ServerError {
@@ -427,46 +438,35 @@ pub fn extract_token(text: &str) -> Option<String> {
     (!token.is_empty()).then_some(token)
 }
 
+/// Display name of the organization `dev` creates on its first start.
+pub const DEV_ORGANIZATION: &str = "Dev Organization";
+
 /// On the first start of dev mode (no organization yet), creates one whose owner is
-/// `owner_email` and returns the owner's set-password link once its invite email is written.
+/// `owner_email` (as `steward-server bootstrap` does) and returns the owner's set-password token
+/// once its invite email is written.
 #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
 pub async fn bootstrap_dev(
     config: &Config,
     owner_email: &str,
 ) -> Result<Option<String>, ServerError> {
-    use steward_proto::admin::v1::organization_service_client::OrganizationServiceClient;
-    use steward_proto::admin::v1::{
-        CreateOrganizationRequest, ListOrganizationsRequest, Organization,
-    };
-    let peers = Peers::from_config(config)?;
-    let mut client = OrganizationServiceClient::new(peers.internal(&peers.admin));
-    let existing = client
-        .list_organizations(ListOrganizationsRequest { page_size: 1, ..Default::default() })
-        .await
-        .map_err(ApiError::from)?
-        .into_inner();
-    if !existing.organizations.is_empty() {
+    let wanted = bootstrap::FirstOrganization::new(DEV_ORGANIZATION, owner_email)?;
+    let outcome = bootstrap::first_organization(config, &wanted, Duration::from_secs(10)).await?;
+    if let bootstrap::Bootstrapped::Existing(_) = outcome {
         return Ok(None);
     }
-    client
-        .create_organization(CreateOrganizationRequest {
-            organization: Some(Organization {
-                display_name: "Dev Organization".into(),
-                ..Default::default()
-            }),
-            owner_email: owner_email.to_string(),
-            request_id: uuid::Uuid::new_v4().to_string(),
-        })
-        .await
-        .map_err(ApiError::from)?;
     let dir = mail_dir(config);
     for _ in 0..100 {
         if let Some(token) = newest_token_for(&dir, owner_email) {
-            return Ok(Some(format!("{}/set-password?token={token}", config.auth.console_url)));
+            return Ok(Some(token));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(None)
+}
+
+/// The set-password link of `token` under `auth.console_url`.
+pub fn set_password_link(config: &Config, token: &str) -> String {
+    format!("{}/set-password?token={token}", config.auth.console_url.trim_end_matches('/'))
 }
 
 #[cfg(test)]

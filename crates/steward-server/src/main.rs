@@ -4,11 +4,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use steward_runtime::config::Config;
 use steward_runtime::service::system_clock;
-use steward_server::{bootstrap_dev, dev_config, run, ServiceKind};
+use steward_server::bootstrap::{first_organization, Bootstrapped, FirstOrganization};
+use steward_server::{bootstrap_dev, dev_config, run, set_password_link, ServiceKind};
 
 /// Steward: the administration plane's gRPC services.
 #[derive(Debug, Parser)]
@@ -35,6 +37,27 @@ enum Command {
         /// Which service's migrations.
         #[arg(long, value_enum, default_value_t = Which::All)]
         service: Which,
+    },
+    /// Create the first organization and invite its owner, unless an organization exists.
+    ///
+    /// Calls OrganizationService.CreateOrganization on the admin service's internal listener
+    /// (internal.admin_url, with internal.service_token and the internal TLS settings of the
+    /// configuration); the auth service then mails the owner a set-password link. Once any
+    /// organization exists it does nothing: reruns never create a second organization or send
+    /// a second email. Exit status: 0 when the organization was created or one already exists,
+    /// 1 when the admin service refused or stayed unreachable for --wait-secs (or the settings
+    /// to reach it are broken), 2 for an invalid --organization or --owner-email (or an
+    /// unreadable configuration file).
+    Bootstrap {
+        /// Display name of the organization (1 to 200 characters).
+        #[arg(long)]
+        organization: String,
+        /// Email of its owner, an Administrator with billing access, who is mailed the link.
+        #[arg(long)]
+        owner_email: String,
+        /// How long to retry while the admin service is unreachable (0: try once).
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
     },
     /// Everything in one process on SQLite, for trying Steward out and for development.
     Dev {
@@ -96,6 +119,10 @@ async fn main() -> ExitCode {
         };
     let code = match execute(cli.command, config).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is_usage() => {
+            eprintln!("steward-server: {err}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             tracing::error!(error = %err, "steward-server failed");
             eprintln!("steward-server: {err}");
@@ -117,6 +144,7 @@ impl Command {
             Command::Admin => "steward-admin",
             Command::Commands => "steward-commands",
             Command::Migrate { .. } => "steward-migrate",
+            Command::Bootstrap { .. } => "steward-bootstrap",
             Command::Dev { .. } => "steward-dev",
         }
     }
@@ -133,6 +161,25 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
         Command::Admin => single(ServiceKind::Admin, config).await,
         Command::Commands => single(ServiceKind::Commands, config).await,
         Command::Migrate { service } => steward_server::migrate(&config, &service.kinds()).await,
+        Command::Bootstrap { organization, owner_email, wait_secs } => {
+            let wanted = FirstOrganization::new(&organization, &owner_email)?;
+            steward_server::validate(&config, &[])?;
+            match first_organization(&config, &wanted, Duration::from_secs(wait_secs)).await? {
+                Bootstrapped::Created(org) => println!(
+                    "steward-server bootstrap: created organization {:?} ({}); {} is mailed a \
+                     link to set the owner's password",
+                    org.display_name,
+                    org.name,
+                    wanted.owner_email()
+                ),
+                Bootstrapped::Existing(org) => println!(
+                    "steward-server bootstrap: an organization already exists ({:?}, {}); \
+                     nothing created, no email sent",
+                    org.display_name, org.name
+                ),
+            }
+            Ok(())
+        }
         Command::Dev { listen, internal_listen, data_dir, owner_email, tls } => {
             let public = tokio::net::TcpListener::bind(listen).await?;
             let addr = public.local_addr()?;
@@ -175,10 +222,16 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
                 None => println!("  try: grpcurl -plaintext {addr} list"),
             }
             match bootstrap_dev(&config, &owner_email).await {
-                Ok(Some(link)) => {
+                Ok(Some(token)) => {
                     println!("  first organization created; its owner is {owner_email}");
-                    println!("  set the owner's password with this link (token is single-use):");
-                    println!("    {link}");
+                    println!("  set the owner's password (the token is single-use):");
+                    println!("    steward accept-invite --token {token}");
+                    let link = set_password_link(&config, &token);
+                    if config.auth.console_is_placeholder() {
+                        println!("  link for a web console (none ships yet): {link}");
+                    } else {
+                        println!("  or in the console: {link}");
+                    }
                 }
                 Ok(None) => println!(
                     "  existing organization kept (see {}/mail for links)",

@@ -1037,3 +1037,315 @@ fn metrics_are_scraped_and_log_lines_carry_the_request_id() {
     assert_eq!(http_get(&metrics, "/elsewhere").0, 404);
     drop(dev);
 }
+
+/// Runs the real `steward-server bootstrap` with `args` and environment `env`; returns its exit
+/// code, stdout and stderr.
+fn bootstrap(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_steward-server"))
+        .arg("bootstrap")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `.eml` files under `mail` addressed to `email`.
+fn mails_to(mail: &std::path::Path, email: &str) -> Vec<String> {
+    std::fs::read_dir(mail)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter(|text| text.lines().any(|l| l == format!("To: {email}")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+/// The auth and admin services as separate processes (as in Kubernetes, without TLS): SQLite
+/// files and file mail under one data directory, one configuration file, each service's
+/// listeners from the environment.
+struct Split {
+    children: Vec<Child>,
+    data: tempfile::TempDir,
+    config: std::path::PathBuf,
+    token: String,
+    auth_public: String,
+    auth_internal: String,
+    admin_public: String,
+    admin_internal: String,
+}
+
+impl Drop for Split {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Split {
+    /// Writes the configuration; nothing runs yet.
+    fn prepare() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let signing = steward_auth::keys::ensure_dev_signing_key(data.path()).unwrap();
+        let mfa = steward_auth::sealed::ensure_dev_mfa_key(data.path()).unwrap();
+        let (auth_public, auth_internal) = (free_addr(), free_addr());
+        let (admin_public, admin_internal) = (free_addr(), free_addr());
+        let config = data.path().join("steward.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[database]\ndata_dir = \"{}\"\n\n\
+                 [[auth.signing_keys]]\nkid = \"{}\"\npath = \"{}\"\n\n\
+                 [[auth.mfa_keys]]\nid = \"{}\"\npath = \"{}\"\n\n\
+                 [internal]\nauth_url = \"http://{auth_internal}\"\n\
+                 admin_url = \"http://{admin_internal}\"\n\
+                 commands_url = \"http://{}\"\n",
+                data.path().display(),
+                signing.kid,
+                signing.path.display(),
+                mfa.id,
+                mfa.path.display(),
+                free_addr(),
+            ),
+        )
+        .unwrap();
+        Split {
+            children: Vec::new(),
+            data,
+            config,
+            token: "a-test-service-credential-of-sufficient-length".into(),
+            auth_public,
+            auth_internal,
+            admin_public,
+            admin_internal,
+        }
+    }
+
+    /// The environment every process of this deployment gets.
+    fn env(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("STEWARD_CONFIG_FILE", self.config.to_str().unwrap()),
+            ("STEWARD_INTERNAL__SERVICE_TOKEN", self.token.as_str()),
+        ]
+    }
+
+    fn start(&mut self) {
+        let services = [
+            ("auth", self.auth_public.clone(), self.auth_internal.clone()),
+            ("admin", self.admin_public.clone(), self.admin_internal.clone()),
+        ];
+        for (service, public, internal) in services {
+            let child = Command::new(env!("CARGO_BIN_EXE_steward-server"))
+                .arg(service)
+                .envs(self.env())
+                .env("STEWARD_SERVER__LISTEN", &public)
+                .env("STEWARD_SERVER__INTERNAL_LISTEN", &internal)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            self.children.push(child);
+        }
+    }
+
+    fn mail(&self) -> std::path::PathBuf {
+        self.data.path().join("mail")
+    }
+}
+
+/// `steward-server bootstrap` against separate auth and admin processes: two runs started
+/// before the services wait for them and race, yet one organization is created and its owner
+/// mailed once (with the link and the `steward accept-invite` command, which works); later runs,
+/// with the same or other inputs, change nothing and exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_creates_the_first_organization_once() {
+    use steward_proto::admin::v1::organization_service_client::OrganizationServiceClient;
+    use steward_proto::admin::v1::ListOrganizationsRequest;
+    use steward_proto::auth::v1::{sign_in_response, AcceptInviteRequest, SignInRequest};
+
+    let mut split = Split::prepare();
+    let owner = "boss@initech.example.com";
+    let args = ["--organization", "Initech", "--owner-email", owner, "--wait-secs", "60"];
+    let env: Vec<(String, String)> =
+        split.env().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let env = env.clone();
+            std::thread::spawn(move || {
+                let env: Vec<(&str, &str)> =
+                    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                bootstrap(&args, &env)
+            })
+        })
+        .collect();
+    // Both runs find nothing listening, and retry until the services are up.
+    std::thread::sleep(Duration::from_millis(1500));
+    split.start();
+    let mut created = 0;
+    for racer in racers {
+        let (code, stdout, stderr) = racer.join().unwrap();
+        assert_eq!(code, Some(0), "{stdout}{stderr}");
+        assert!(stdout.contains("\"Initech\""), "{stdout}");
+        if stdout.contains("created organization") {
+            created += 1;
+        } else {
+            assert!(stdout.contains("already exists"), "{stdout}");
+        }
+        assert!(stderr.contains("retrying"), "the run waited for the admin service: {stderr}");
+    }
+    assert!(created >= 1, "one run reports the creation");
+
+    let token = mailed_invite(&split.mail(), owner);
+    for (organization, email) in [("Initech", owner), ("Initrode", "other@initech.example.com")] {
+        let (code, stdout, stderr) = bootstrap(
+            &["--organization", organization, "--owner-email", email, "--wait-secs", "10"],
+            &split.env(),
+        );
+        assert_eq!(code, Some(0), "{stdout}{stderr}");
+        assert!(stdout.contains("already exists") && stdout.contains("\"Initech\""), "{stdout}");
+        assert!(stdout.contains("no email sent"), "{stdout}");
+    }
+
+    // One organization; one email, which carries the link and the command.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", split.admin_internal))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let credential = steward_runtime::authn::ServiceCredential::new(&split.token).unwrap();
+    let organizations = OrganizationServiceClient::with_interceptor(channel, credential)
+        .list_organizations(ListOrganizationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .organizations;
+    assert_eq!(organizations.len(), 1, "{organizations:?}");
+    assert_eq!(organizations[0].display_name, "Initech");
+    let mails = mails_to(&split.mail(), owner);
+    assert_eq!(mails.len(), 1, "one invite, never resent: {mails:?}");
+    assert!(mails_to(&split.mail(), "other@initech.example.com").is_empty());
+    assert!(mails[0].contains(&format!("\r\n  steward accept-invite --token {token}\r\n")));
+    assert!(mails[0].contains(&format!("https://console.invalid/set-password?token={token}")));
+
+    // The emailed token sets the password; the owner signs in.
+    let auth = steward_proto::client::Steward::connect(format!("http://{}", split.auth_public))
+        .await
+        .unwrap();
+    let password = "correct horse battery staple 42!";
+    auth.auth()
+        .accept_invite(AcceptInviteRequest { token, password: password.into() })
+        .await
+        .unwrap();
+    let signed_in = auth
+        .auth()
+        .sign_in(SignInRequest {
+            email: owner.into(),
+            password: password.into(),
+            organization: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(signed_in.result, Some(sign_in_response::Result::Tokens(_))));
+
+    // Pointed at the admin service's public listener, bootstrap says where to point it instead.
+    let public = format!("http://{}", split.admin_public);
+    let mut env = split.env();
+    env.push(("STEWARD_INTERNAL__ADMIN_URL", &public));
+    let (code, stdout, stderr) = bootstrap(&args, &env);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("not the admin service's internal listener"), "{stderr}");
+    assert!(stderr.contains("server.internal_listen"), "{stderr}");
+}
+
+/// `steward-server bootstrap` against `dev --tls` (the internal listener, verified with the dev
+/// CA): an existing organization is kept; a wrong credential, the public listener, an address
+/// nobody answers on and invalid input each fail with a clear message and a non-zero exit code,
+/// and nothing is mailed.
+#[test]
+fn bootstrap_refusals() {
+    let dev = start_dev_args(&["--tls"], &[("RUST_LOG", "warn")], None);
+    let ca = dev.ca.clone().unwrap();
+    let internal = format!("https://{}", dev.internal);
+    let public = format!("https://{}", dev.addr);
+    let args = ["--organization", "Initech", "--owner-email", "boss@example.com"];
+    let env = |url: &str, token: &str| {
+        vec![
+            ("STEWARD_INTERNAL__ADMIN_URL", url.to_string()),
+            ("STEWARD_INTERNAL__CA_FILE", ca.clone()),
+            ("STEWARD_INTERNAL__SERVICE_TOKEN", token.to_string()),
+        ]
+    };
+    let run = |args: &[&str], env: &[(&str, String)]| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let started = Instant::now();
+        let result = bootstrap(args, &env);
+        (result, started.elapsed())
+    };
+
+    // The right credential on the internal listener: dev's organization is there already.
+    let ((code, stdout, stderr), _) = run(&args, &env(&internal, &dev.token));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("already exists") && stdout.contains("Dev Organization"), "{stdout}");
+
+    // A wrong credential is refused at once, not retried.
+    let wrong = "not-the-service-credential-but-long-enough";
+    let ((code, stdout, stderr), took) = run(&args, &env(&internal, wrong));
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("refused") && stderr.contains("internal.service_token"), "{stderr}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+
+    // The public listener serves no internal RPC.
+    let ((code, _, stderr), took) = run(&args, &env(&public, &dev.token));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not the admin service's internal listener"), "{stderr}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+
+    // Nobody answers: retried for --wait-secs, then a failure naming the address.
+    let nobody = format!("http://{}", free_addr());
+    let ((code, _, stderr), took) =
+        run(&[&args[..], &["--wait-secs", "2"]].concat(), &env(&nobody, &dev.token));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{nobody} was not reachable within 2 s")), "{stderr}");
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(30), "{took:?}");
+
+    // Without the dev CA the certificate is not trusted, and the failure says why.
+    let untrusted: Vec<(&str, String)> =
+        env(&internal, &dev.token).into_iter().filter(|(k, _)| !k.ends_with("CA_FILE")).collect();
+    let ((code, _, stderr), _) = run(&[&args[..], &["--wait-secs", "1"]].concat(), &untrusted);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not reachable within 1 s"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+
+    // Invalid input is a usage error (2), found before any call.
+    for (bad, flag) in [
+        (["--organization", " ", "--owner-email", "boss@example.com"], "--organization"),
+        (["--organization", "Initech", "--owner-email", "boss"], "--owner-email"),
+    ] {
+        let ((code, _, stderr), _) = run(&bad, &env(&nobody, &dev.token));
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
+    }
+
+    std::thread::sleep(Duration::from_millis(500));
+    let mail = dev.data.path().join("mail");
+    assert_eq!(mails_to(&mail, "owner@example.com").len(), 1, "dev's own invite only");
+    assert!(mails_to(&mail, "boss@example.com").is_empty());
+}

@@ -294,6 +294,10 @@ backend_test!(issue_invite_is_idempotent_and_needs_the_administrator, |stack| as
         .unwrap();
     assert!(text.contains("Acme") && text.contains(&owner.email), "names organization and inviter");
     assert!(text.contains(&format!("/set-password?token={token}")));
+    // No console is configured: the email leads with the command that completes the invite.
+    let command = format!("\r\n  steward accept-invite --token {token}\r\n");
+    assert!(text.contains(&command), "{text}");
+    assert!(text.contains("No web console ships with Steward yet"), "{text}");
 
     // The admin service does not know this administrator: accepting fails and does not activate.
     assert_invalid_credentials(&accept(&stack, &token, PASSWORD).await.unwrap_err());
@@ -833,6 +837,14 @@ backend_test!(password_reset_by_email_link, |stack| async move {
     .await
     .unwrap();
     let token = stack.wait_for_new_token(&owner.email, Some(&invite_token)).await;
+    // The email carries the reset link and the command that does the same.
+    let text = std::fs::read_dir(stack.mail_dir())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .find(|t| t.contains(&format!("reset-password?token={token}")))
+        .unwrap();
+    assert!(text.contains(&format!("\r\n  steward password reset --token {token}\r\n")), "{text}");
     let weak = auth
         .reset_password(ResetPasswordRequest {
             token: token.clone(),

@@ -9,7 +9,9 @@ use steward_proto::admin::v1::organization_service_client::OrganizationServiceCl
 use steward_proto::admin::v1::{
     Administrator, CreateAdministratorRequest, CreateOrganizationRequest, Organization, Role,
 };
-use steward_proto::auth::v1::AcceptInviteRequest;
+use steward_proto::auth::v1::{
+    AcceptInviteRequest, RequestPasswordResetRequest, ResetPasswordRequest,
+};
 use steward_server::ServiceKind;
 use steward_storage::testing::Backend;
 
@@ -73,9 +75,16 @@ impl SmtpSink {
 
     /// Waits for the message addressed to `email`.
     async fn message_to(&self, email: &str) -> String {
+        self.message_to_with(email, "").await
+    }
+
+    /// Waits for the message addressed to `email` that contains `text`.
+    async fn message_to_with(&self, email: &str, text: &str) -> String {
         for _ in 0..300 {
             let found = Self::messages(self.maildir.path()).into_iter().find(|m| {
-                m.lines().any(|l| l.to_ascii_lowercase().starts_with("to:") && l.contains(email))
+                m.contains(text)
+                    && m.lines()
+                        .any(|l| l.to_ascii_lowercase().starts_with("to:") && l.contains(email))
             });
             if let Some(message) = found {
                 return message;
@@ -125,6 +134,11 @@ async fn invites_travel_over_smtp(backend: Backend) {
     assert!(message.contains("https://console.example/set-password?token="), "{message}");
     assert!(!stack.mail_dir().exists(), "with SMTP configured nothing is written as files");
     let token = steward_server::extract_token(&message).unwrap();
+    // A console is configured: its link first, then the command that does the same.
+    let command = format!("  steward accept-invite --token {token}");
+    assert!(message.lines().any(|l| l.trim_end() == command), "{message}");
+    assert!(message.find("set-password?token=") < message.find(&command), "{message}");
+    assert!(!message.contains("No web console"), "{message}");
     let auth = stack.client_for(ServiceKind::Auth).await;
     auth.auth()
         .accept_invite(AcceptInviteRequest { token: token.clone(), password: PASSWORD.into() })
@@ -161,6 +175,27 @@ async fn invites_travel_over_smtp(backend: Backend) {
     let reused =
         auth.auth().accept_invite(AcceptInviteRequest { token, password: PASSWORD.into() }).await;
     assert_eq!(reused.unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    // A password reset travels the same way, with its link and its command.
+    auth.auth()
+        .request_password_reset(RequestPasswordResetRequest {
+            email: runner_email.clone(),
+            organization: String::new(),
+        })
+        .await
+        .unwrap();
+    let message = smtp.message_to_with(&runner_email, "reset-password?token=").await;
+    assert!(header(&message, "Subject").contains("Reset"), "{message}");
+    let token = steward_server::extract_token(&message).unwrap();
+    assert!(message.contains(&format!("https://console.example/reset-password?token={token}")));
+    let command = format!("  steward password reset --token {token}");
+    assert!(message.lines().any(|l| l.trim_end() == command), "{message}");
+    let new_password = "a different long passphrase 9";
+    auth.auth()
+        .reset_password(ResetPasswordRequest { token, new_password: new_password.into() })
+        .await
+        .unwrap();
+    stack.sign_in(&runner_email, new_password).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
