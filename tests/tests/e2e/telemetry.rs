@@ -157,6 +157,25 @@ impl Collector {
         format!("http://{addr}")
     }
 
+    /// Serves OTLP/gRPC over TLS with a certificate of the dev CA written under `dir`; returns
+    /// the `https://localhost:PORT` endpoint and the CA file.
+    async fn start_tls(&self, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = steward_server::dev_tls::ensure(dir, addr).unwrap();
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(&tls.cert_file).unwrap(),
+            std::fs::read(&tls.key_file).unwrap(),
+        );
+        let router = tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap()
+            .add_service(TraceServiceServer::new(self.clone()))
+            .add_service(MetricsServiceServer::new(self.clone()));
+        tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+        (format!("https://localhost:{}", addr.port()), tls.ca_file)
+    }
+
     fn spans_of(&self, trace_id: &str) -> Vec<ReceivedSpan> {
         self.spans.lock().unwrap().iter().filter(|s| s.trace_id == trace_id).cloned().collect()
     }
@@ -299,4 +318,41 @@ async fn rpcs_export_joined_traces_and_duration_metrics_over_otlp() {
 
     // Shutdown flushes and stops the exporters cleanly.
     telemetry.shutdown().await.unwrap();
+}
+
+// An https:// collector: traces and metrics go over TLS, trusting telemetry.otlp_ca_file (a
+// private CA, as in-cluster collectors have). Its own test, so its own process and providers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_export_over_tls_trusts_the_configured_ca() {
+    let collector = Collector::default();
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, ca_file) = collector.start_tls(dir.path()).await;
+    let telemetry_config = TelemetryConfig {
+        otlp_endpoint: OtlpEndpoint::try_from(endpoint).unwrap(),
+        otlp_ca_file: Some(ca_file),
+        metrics_interval_secs: Some(1),
+        ..TelemetryConfig::default()
+    };
+    let telemetry = steward_runtime::telemetry::init(&telemetry_config, "steward-e2e").unwrap();
+    assert!(telemetry.is_exporting());
+    let stack = Stack::start_with(Backend::Sqlite, |config| {
+        config.telemetry = telemetry_config.clone();
+    })
+    .await;
+    let refused = stack
+        .client()
+        .await
+        .admin()
+        .list_administrators(ListAdministratorsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    eventually(&collector, "a span and a duration point over TLS", || {
+        let spans = collector.spans.lock().unwrap().len();
+        let refused = collector.durations().iter().any(|point| {
+            point.attributes.get("rpc.method").map(String::as_str) == Some("ListAdministrators")
+        });
+        (spans > 0 && refused).then_some(())
+    })
+    .await;
 }
