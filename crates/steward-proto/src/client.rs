@@ -23,7 +23,7 @@ pub use layer::{
     is_idempotent, InvalidRetryPolicy, RetryPolicy, SessionChannel, REQUEST_STREAMING_METHODS,
 };
 pub use pages::{paginate, Administrators, PageRequest, PageResponse};
-pub use session::{Clock, SessionError, DEFAULT_REFRESH_MARGIN};
+pub use session::{SessionError, DEFAULT_REFRESH_MARGIN};
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};

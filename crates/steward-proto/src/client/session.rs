@@ -17,7 +17,7 @@ use crate::auth::v1::{ExchangeApiKeyRequest, RefreshSessionRequest, TokenSet};
 pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
 /// What a client reads the time from to decide when its access token is due for renewal.
-pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// Why the client could not use what it was given or answered.
 #[derive(Debug, thiserror::Error)]
