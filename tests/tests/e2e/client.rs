@@ -88,6 +88,34 @@ backend_test!(
 );
 
 backend_test!(
+    an_api_key_session_is_renewed_with_the_key,
+    start = |backend| Stack::start_with(backend, short_tokens),
+    |stack| async move {
+        use crate::service_accounts::{create_account, create_key};
+        let owner = stack.owner().await;
+        let account = create_account(&owner.client, &owner.org, "roles/read-only", false);
+        let account = account.await.unwrap();
+        let (_, api_key) = create_key(&stack, &owner.client, &account.name, 30).await.unwrap();
+        let clock = stack.clock.clone();
+        let client = stack.client().await.with_clock(move || SystemTime::from(clock.now()));
+        client.sign_in_with_api_key(&api_key).await.unwrap();
+        assert!(client.uses_api_key() && !client.has_refresh_token());
+        let mut token = client.access_token().unwrap();
+        for step in 0..3 {
+            stack.clock.advance(Duration::from_secs(TTL * 2 / 3));
+            client.admin().list_administrators(list(&owner.org)).await.unwrap();
+            let renewed = client.access_token().unwrap();
+            assert_ne!(renewed, token, "step {step}: exchanged again before expiry");
+            token = renewed;
+        }
+        // A refused key changes nothing: the client keeps acting as the account.
+        let refused = client.sign_in_with_api_key("stw_not_a_key").await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        assert!(client.uses_api_key() && client.access_token().unwrap() == token);
+    }
+);
+
+backend_test!(
     a_refused_token_is_renewed_and_the_call_retried_once,
     start = |backend| Stack::start_with(backend, short_tokens),
     |stack| async move {
