@@ -1,11 +1,34 @@
-//! A typed client for every public Steward service over one channel. It attaches the current
-//! access token to each call; sign in with [`Steward::auth`] and store the token with
-//! [`Steward::set_access_token`].
+//! A typed client for every public Steward service over one channel: the Rust SDK, with the
+//! Python and TypeScript SDKs' session, retry and page behaviour.
+//!
+//! * **Session.** [`Steward::sign_in`] (or [`Steward::set_tokens`] with `VerifyMfa`'s or
+//!   `RefreshSession`'s tokens) keeps the access and refresh tokens; [`Steward::sign_in_with_api_key`]
+//!   keeps a service account's key. Every call carries the access token, renewed first
+//!   (`RefreshSession`, or `ExchangeApiKey` again) when it expires within
+//!   [`DEFAULT_REFRESH_MARGIN`] (at most half its lifetime), one renewal at a time. A call
+//!   refused with `UNAUTHENTICATED` (a token revoked or expired early) renews once and is
+//!   retried once. [`Steward::set_access_token`] sends a token as it is, with nothing to renew.
+//! * **Retries.** Idempotent calls ([`is_idempotent`]) failing with `UNAVAILABLE` (or a
+//!   connection error) are retried per [`RetryPolicy`], never past the call's deadline; other
+//!   calls never are.
+//! * **Pages.** [`Steward::administrators`] and [`paginate`] stream every item of a list.
+//!
+//! Only calls with one request message are retried; calls that stream requests are not.
+
+mod layer;
+mod pages;
+mod session;
+
+pub use layer::{
+    is_idempotent, InvalidRetryPolicy, RetryPolicy, SessionChannel, REQUEST_STREAMING_METHODS,
+};
+pub use pages::{paginate, Administrators, PageRequest, PageResponse};
+pub use session::{SessionError, DEFAULT_REFRESH_MARGIN};
 
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::admin::v1::admin_service_client::AdminServiceClient;
@@ -18,7 +41,9 @@ use crate::billing::v1::billing_service_client::BillingServiceClient;
 use crate::commands::v1::command_service_client::CommandServiceClient;
 use crate::commands::v1::system_service_client::SystemServiceClient;
 
-/// Adds `authorization: Bearer <token>` when a token is set.
+/// Adds `authorization: Bearer <token>` when a token is set: a synchronous interceptor for
+/// channels of one's own. [`Steward`] itself calls through [`SessionChannel`], which also
+/// renews the token.
 #[derive(Clone, Debug, Default)]
 pub struct BearerToken {
     token: Arc<RwLock<Option<MetadataValue<Ascii>>>>,
@@ -90,13 +115,15 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// The channel type every service client of [`Steward`] uses.
-pub type AuthedChannel = InterceptedService<Channel, BearerToken>;
+pub type AuthedChannel = SessionChannel;
 
-/// One connection to a Steward deployment (or to `steward-server dev`).
+/// One connection to a Steward deployment (or to `steward-server dev`). Clones share the
+/// channel and the session.
 #[derive(Clone, Debug)]
 pub struct Steward {
     channel: Channel,
-    token: BearerToken,
+    session: Arc<session::Session>,
+    retry: Option<layer::Retry>,
 }
 
 impl Steward {
@@ -116,43 +143,81 @@ impl Steward {
         Ok(Self::from_channel(channel))
     }
 
-    /// Wraps an existing channel.
+    /// Wraps an existing channel, without a session, with the default [`RetryPolicy`].
     pub fn from_channel(channel: Channel) -> Self {
-        Self { channel, token: BearerToken::default() }
+        let retry = layer::Retry::try_from(RetryPolicy::default()).ok();
+        Self { channel, session: Arc::default(), retry }
     }
 
-    /// Uses `token` (an access token from sign-in) for every later call; `None` signs out locally.
+    /// Retries idempotent calls with `policy` (`None`: never retries).
+    pub fn with_retry_policy(
+        mut self,
+        policy: Option<RetryPolicy>,
+    ) -> Result<Self, InvalidRetryPolicy> {
+        self.retry = policy.map(layer::Retry::try_from).transpose()?;
+        Ok(self)
+    }
+
+    /// Renews the access token `margin` before it expires (at most half its lifetime; default
+    /// [`DEFAULT_REFRESH_MARGIN`]). Applies to the clones sharing this client's session.
+    pub fn with_refresh_margin(self, margin: Duration) -> Self {
+        self.session.set_margin(margin);
+        self
+    }
+
+    /// Reads the time from `clock` (default: the system's) to decide when the access token is
+    /// due for renewal, e.g. a test's clock that the server follows too. Applies to the clones
+    /// sharing this client's session.
+    pub fn with_clock(self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.session.set_clock(Arc::new(clock));
+        self
+    }
+
+    /// Uses `token` (an access token) for every later call, as it is: nothing renews it (no
+    /// refresh token, no API key); `None` signs out locally.
     pub fn set_access_token(&self, token: Option<&str>) -> Result<(), tonic::Status> {
-        let value = token
-            .map(|t| format!("Bearer {t}").parse::<MetadataValue<Ascii>>())
-            .transpose()
-            .map_err(|_| tonic::Status::invalid_argument("access token is not a valid header"))?;
-        let mut slot =
-            self.token.token.write().map_err(|_| tonic::Status::internal("token lock poisoned"))?;
-        *slot = value;
-        Ok(())
+        Ok(self.session.set_access_token(token)?)
+    }
+
+    /// Uses `tokens` (`SignIn`'s, `VerifyMfa`'s, `RefreshSession`'s) for every later call and
+    /// renews them with their refresh token before they expire (or once when refused).
+    pub fn set_tokens(&self, tokens: &crate::auth::v1::TokenSet) -> Result<(), tonic::Status> {
+        Ok(self.session.set_tokens(tokens)?)
+    }
+
+    /// Signs in with email and password. When the answer carries tokens they are used from
+    /// then on ([`Steward::set_tokens`]); when it is an MFA challenge, answer it with
+    /// `auth().verify_mfa(...)` and pass its tokens to [`Steward::set_tokens`].
+    pub async fn sign_in(
+        &self,
+        email: &str,
+        password: &str,
+        organization: &str,
+    ) -> Result<crate::auth::v1::SignInResponse, tonic::Status> {
+        use crate::auth::v1::{sign_in_response, SignInRequest};
+        let request = SignInRequest {
+            email: email.to_owned(),
+            password: password.to_owned(),
+            organization: organization.to_owned(),
+        };
+        let answer = self.auth().sign_in(request).await?.into_inner();
+        if let Some(sign_in_response::Result::Tokens(tokens)) = &answer.result {
+            self.set_tokens(tokens)?;
+        }
+        Ok(answer)
     }
 
     /// Signs in as a service account: trades `api_key` (`STEWARD_API_KEY`) for an access token
-    /// and uses it for every later call. Tokens from keys are not refreshed: call this again
-    /// before the answered expiry (Unix seconds).
+    /// now (a refused key changes nothing), and again whenever a call comes shortly before that
+    /// token expires or it is refused. Answers the token's expiry (Unix seconds).
     pub async fn sign_in_with_api_key(&self, api_key: &str) -> Result<i64, tonic::Status> {
-        let request = crate::auth::v1::ExchangeApiKeyRequest { api_key: api_key.to_string() };
-        let tokens = self
-            .auth()
-            .exchange_api_key(request)
-            .await?
-            .into_inner()
-            .tokens
-            .ok_or_else(|| tonic::Status::internal("ExchangeApiKey answered no tokens"))?;
-        self.set_access_token(Some(&tokens.access_token))?;
-        Ok(tokens.access_token_expire_time.map_or(0, |t| t.seconds))
+        self.session.sign_in_with_api_key(&self.channel, api_key).await
     }
 
-    /// Signs in with `api_key` and keeps the access token fresh: a background task exchanges the
-    /// key again a minute before each token expires (retrying every few seconds if the server is
-    /// unreachable). The first exchange's refusal is returned; abort the handle to stop. This is
-    /// what a long-running program (a CI job, an integration) reading `STEWARD_API_KEY` uses.
+    /// Signs in with `api_key` and, in a background task, exchanges it again a minute before
+    /// each token expires (retrying every few seconds if the server is unreachable). Since
+    /// [`Steward::sign_in_with_api_key`] renews the token by itself, this only renews ahead of
+    /// calls. The first exchange's refusal is returned; abort the handle to stop.
     pub async fn keep_signed_in_with_api_key(
         &self,
         api_key: impl Into<String>,
@@ -185,15 +250,41 @@ impl Steward {
         }))
     }
 
-    /// A copy sharing the channel but with its own token (acting as another administrator).
+    /// A copy sharing the channel (and retry policy) but with its own token, sent as it is
+    /// (acting as another administrator).
     pub fn with_token(&self, token: &str) -> Result<Self, tonic::Status> {
-        let other = Self::from_channel(self.channel.clone());
+        let other = Self { session: Arc::default(), ..self.clone() };
         other.set_access_token(Some(token))?;
         Ok(other)
     }
 
+    /// The access token sent with every call (the last one received; never renews).
+    pub fn access_token(&self) -> Option<String> {
+        self.session.access_token()
+    }
+
+    /// When the access token expires, when the server said so.
+    pub fn access_token_expire_time(&self) -> Option<SystemTime> {
+        self.session.access_token_expire_time()
+    }
+
+    /// Whether this client acts as a service account through an API key.
+    pub fn uses_api_key(&self) -> bool {
+        self.session.uses_api_key()
+    }
+
+    /// Whether this client holds a session's refresh token.
+    pub fn has_refresh_token(&self) -> bool {
+        self.session.has_refresh_token()
+    }
+
+    /// Every administrator of an organization, page after page ([`Administrators::list_all`]).
+    pub fn administrators(&self) -> Administrators {
+        Administrators { client: self.clone() }
+    }
+
     fn authed(&self) -> AuthedChannel {
-        InterceptedService::new(self.channel.clone(), self.token.clone())
+        SessionChannel::new(self.channel.clone(), self.session.clone(), self.retry.clone())
     }
 
     /// Sign-in, sessions, passwords, MFA, JWKS.

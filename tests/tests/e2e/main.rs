@@ -56,6 +56,7 @@ mod auth;
 mod bench;
 mod built_in_roles;
 mod bursts;
+mod client;
 mod commands;
 mod custom_roles;
 mod email;
