@@ -104,7 +104,9 @@ impl Auditor {
 }
 
 /// Turns a domain function's result into the gRPC answer ([`steward_runtime::answer`]),
-/// recording a refusal or failure with `auditor` first.
+/// recording a refusal or failure with `auditor` first. An `UNAVAILABLE` call (the database or a
+/// peer could not be reached: nothing happened, and the client retries) is not recorded: while
+/// the database is down, recording would wait for it a second time before the caller hears.
 pub async fn finish<T>(
     state: &State,
     auditor: Option<&Auditor>,
@@ -112,7 +114,9 @@ pub async fn finish<T>(
     result: ApiResult<T>,
 ) -> Result<Response<T>, Status> {
     if let (Err(err), Some(auditor)) = (&result, auditor) {
-        auditor.refused(&state.db, target, err, state.now()).await;
+        if !matches!(err, steward_runtime::ApiError::Unavailable(_)) {
+            auditor.refused(&state.db, target, err, state.now()).await;
+        }
     }
     answer(result)
 }

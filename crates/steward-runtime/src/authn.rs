@@ -638,9 +638,15 @@ where
                 .await;
             match caller {
                 Ok(caller) => {
+                    // The caller's deadline bounds the internal calls the handler makes.
+                    let deadline = request
+                        .headers()
+                        .get("grpc-timeout")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(crate::deadline::parse_grpc_timeout);
                     request.extensions_mut().insert(caller);
                     request.extensions_mut().insert(context);
-                    inner.call(request).await
+                    crate::deadline::scope(deadline, inner.call(request)).await
                 }
                 Err((err, principal)) => {
                     tracing::info!(method = %context.method, code = ?err.code(), request_id = %context.request_id, "call refused");
@@ -666,7 +672,8 @@ where
 }
 
 /// Attaches the service credential (and the current span's W3C trace context, when traces are
-/// exported) to calls made to another Steward service's internal RPCs.
+/// exported) to calls made to another Steward service's internal RPCs, with a timeout below
+/// the caller's deadline ([`crate::deadline`]).
 #[derive(Clone)]
 pub struct ServiceCredential {
     value: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
@@ -695,6 +702,15 @@ impl tonic::service::Interceptor for ServiceCredential {
     ) -> Result<tonic::Request<()>, tonic::Status> {
         request.metadata_mut().insert(SERVICE_CREDENTIAL_HEADER, self.value.clone());
         crate::telemetry::inject_current_context(request.metadata_mut());
+        // Below the caller's deadline, so the peer gives up first and this service can answer.
+        match crate::deadline::peer_timeout() {
+            Some(timeout) => request.set_timeout(timeout),
+            None => {
+                return Err(tonic::Status::deadline_exceeded(
+                    "the caller's deadline leaves no time for this call",
+                ))
+            }
+        }
         Ok(request)
     }
 }

@@ -216,11 +216,19 @@ pub struct DatabaseConfig {
     pub data_dir: PathBuf,
     /// Largest number of pooled connections.
     pub max_connections: u32,
+    /// How long a call waits for a pooled connection (opening one if the pool may grow) before
+    /// it fails with `UNAVAILABLE`: what bounds a call while the database is down.
+    pub acquire_timeout_ms: u64,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: String::new(), data_dir: PathBuf::from(".steward"), max_connections: 16 }
+        Self {
+            url: String::new(),
+            data_dir: PathBuf::from(".steward"),
+            max_connections: 16,
+            acquire_timeout_ms: steward_storage::DEFAULT_ACQUIRE_TIMEOUT_MS,
+        }
     }
 }
 

@@ -198,6 +198,9 @@ impl From<ApiError> for Status {
             ApiError::ResourceExhausted { retry_after } => {
                 details.set_retry_info(Some(*retry_after));
             }
+            ApiError::Unavailable(_) => {
+                details.set_retry_info(Some(UNAVAILABLE_RETRY));
+            }
             _ => {}
         }
         Status::with_error_details(err.code(), err.to_string(), details)
@@ -218,23 +221,56 @@ impl From<steward_storage::idempotency::RecordError> for ApiError {
 }
 
 impl From<sea_orm::DbErr> for ApiError {
+    /// A database that cannot be reached, or whose connection broke, is `UNAVAILABLE` (retry
+    /// later); any other database error is a bug, `INTERNAL`. Neither sends the driver's text.
     fn from(err: sea_orm::DbErr) -> Self {
-        match &err {
-            sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_) => {
-                tracing::warn!(error = %err, "database unavailable");
-                Self::Unavailable("database unavailable, retry later".into())
-            }
-            _ => Self::Internal(err.to_string()),
+        if database_unreachable(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            Self::Unavailable("database unavailable, retry later".into())
+        } else {
+            Self::Internal(err.to_string())
         }
     }
 }
 
+/// Whether `err` says the database could not be reached or the connection failed (as opposed
+/// to a statement the database refused): no pooled connection within the acquire timeout, a
+/// connection that could not be opened, an I/O or TLS failure mid-statement, or PostgreSQL's
+/// connection-exception (`08…`) and operator-intervention (`57P…`: shutdown, restart) codes.
+pub fn database_unreachable(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    use sea_orm::{DbErr, RuntimeErr};
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err)) => {
+            match err {
+                Sqlx::Io(_)
+                | Sqlx::Tls(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed
+                | Sqlx::Protocol(_) => true,
+                Sqlx::Database(db) => db.code().is_some_and(|code| {
+                    code.starts_with("08") || code.starts_with("57P") || code == "53300"
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// How soon a client may retry an `UNAVAILABLE` call (its `RetryInfo`).
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+
 impl From<tonic::Status> for ApiError {
-    /// A failed call to another Steward service. Unavailability stays retryable; anything else is
-    /// reported as internal, since a peer's error says nothing useful to this caller.
+    /// A failed call to another Steward service. A peer that is down, hung past the call's
+    /// timeout (tonic's client reports its own timeout as `CANCELLED`) or out of time is
+    /// `UNAVAILABLE`, retryable; anything else is reported as internal, since a peer's error
+    /// says nothing useful to this caller.
     fn from(status: tonic::Status) -> Self {
         match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded => {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 // The peer's message can name hosts, certificates and transport details: logged
                 // here, not sent to the caller.
                 tracing::warn!(code = ?status.code(), message = status.message(), "peer call unavailable");

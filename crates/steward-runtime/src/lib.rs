@@ -6,6 +6,7 @@ pub mod audit;
 pub mod authn;
 pub mod claims;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod metrics;
 pub mod names;

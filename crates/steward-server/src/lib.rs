@@ -135,7 +135,12 @@ pub async fn migrate(config: &Config, kinds: &[ServiceKind]) -> Result<(), Serve
 
 async fn connect(config: &Config, kind: ServiceKind) -> Result<DatabaseConnection, ServerError> {
     let url = database_url(config, kind)?;
-    let mut db = steward_storage::connect(&url, config.database.max_connections).await?;
+    let mut db = steward_storage::connect_with(
+        &url,
+        config.database.max_connections,
+        Duration::from_millis(config.database.acquire_timeout_ms),
+    )
+    .await?;
     kind.migrate(&db).await?;
     tracing::info!(service = kind.name(), "migrations applied");
     steward_storage::count_statements(&mut db, &statements_label(config, kind)?);

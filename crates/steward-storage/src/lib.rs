@@ -48,6 +48,20 @@ pub fn sqlite_url(data_dir: &Path, service: &str) -> Result<String, StorageError
 /// Opens a pool on `url`. SQLite gets WAL, foreign keys and a busy timeout so that writers
 /// queue instead of failing.
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, StorageError> {
+    connect_with(url, max_connections, Duration::from_millis(DEFAULT_ACQUIRE_TIMEOUT_MS)).await
+}
+
+/// The default of `database.acquire_timeout_ms`: short enough that a call fails within 2 s
+/// while the database is unreachable, long enough that a busy pool is not mistaken for it.
+pub const DEFAULT_ACQUIRE_TIMEOUT_MS: u64 = 1500;
+
+/// [`connect`] with the time a statement may wait for a pooled connection (or for a new one to
+/// open) before failing: the bound on a call while the database is down.
+pub async fn connect_with(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<DatabaseConnection, StorageError> {
     if !(url.starts_with("sqlite:")
         || url.starts_with("postgres:")
         || url.starts_with("postgresql:"))
@@ -58,8 +72,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     options
         .max_connections(max_connections.max(1))
         .min_connections(0)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(acquire_timeout.max(Duration::from_millis(100)))
         // No round trip to check each connection as it leaves the pool: a broken connection
         // fails its statement instead, and is dropped. (The check cost a ping per query.)
         .test_before_acquire(false)

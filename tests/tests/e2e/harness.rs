@@ -287,11 +287,21 @@ impl Stack {
         stack
     }
 
-    fn spawn(&mut self, kinds: Vec<ServiceKind>, (public, internal): (TcpListener, TcpListener)) {
+    fn spawn(&mut self, kinds: Vec<ServiceKind>, listeners: (TcpListener, TcpListener)) {
+        let config = self.config.clone();
+        self.spawn_with(kinds, listeners, config);
+    }
+
+    fn spawn_with(
+        &mut self,
+        kinds: Vec<ServiceKind>,
+        (public, internal): (TcpListener, TcpListener),
+        config: Config,
+    ) {
         let addr = public.local_addr().unwrap();
         let internal_addr = internal.local_addr().unwrap();
         // `server.health_listen`, when a test sets it.
-        let health = self.config.server.health_listen.map(|addr| {
+        let health = config.server.health_listen.map(|addr| {
             let listener = std::net::TcpListener::bind(addr).unwrap();
             listener.set_nonblocking(true).unwrap();
             TcpListener::from_std(listener).unwrap()
@@ -299,7 +309,6 @@ impl Stack {
         let listeners =
             steward_runtime::server::Listeners { public, internal, health, metrics: None };
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = self.config.clone();
         let clock = self.clock.as_clock();
         let run_kinds = kinds.clone();
         let task = tokio::spawn(async move {
@@ -337,6 +346,22 @@ impl Stack {
         let listeners = bind_pair().await;
         let addr = listeners.0.local_addr().unwrap();
         self.spawn(ServiceKind::ALL.to_vec(), listeners);
+        self.wait_serving(addr).await;
+        format!("{}://{addr}", self.scheme())
+    }
+
+    /// Another server running `kinds` on the stack's databases, with the stack's settings
+    /// changed by `configure` (e.g. a peer URL pointing elsewhere). Returns its public URL.
+    pub async fn add_server(
+        &mut self,
+        kinds: Vec<ServiceKind>,
+        configure: impl FnOnce(&mut Config),
+    ) -> String {
+        let listeners = bind_pair().await;
+        let addr = listeners.0.local_addr().unwrap();
+        let mut config = self.config.clone();
+        configure(&mut config);
+        self.spawn_with(kinds, listeners, config);
         self.wait_serving(addr).await;
         format!("{}://{addr}", self.scheme())
     }

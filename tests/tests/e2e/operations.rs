@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use steward_proto::admin::v1::Role;
 use steward_proto::admin::v1::{
-    Administrator, CreateAdministratorRequest, GetAdministratorRequest,
+    Administrator, CreateAdministratorRequest, GetAdministratorRequest, ListAdministratorsRequest,
 };
 use steward_proto::audit::v1::ListAuditEventsRequest;
 use steward_server::ServiceKind;
@@ -134,39 +134,154 @@ async fn wait_for_health(url: &str, service: &str, want: i32) {
     panic!("{service:?} at {url} never reached status {want}");
 }
 
-// A database outage turns readiness NOT_SERVING while liveness stays SERVING (a restarted pod
-// would not bring the database back), and readiness recovers without a restart.
+/// A TCP proxy to a local port that can be cut (every connection dropped, new ones refused)
+/// and restored on the same address.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    upstream: u16,
+    accepting: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut proxy = Self { addr, upstream, accepting: None };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let upstream = self.upstream;
+        self.accepting = Some(tokio::spawn(async move {
+            // Dropped with this task: aborting it closes every proxied connection.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    async fn cut(&mut self) {
+        if let Some(task) = self.accepting.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+/// `message` with a deadline of `secs` seconds (sent as `grpc-timeout`).
+fn within<T>(message: T, secs: u64) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(Duration::from_secs(secs));
+    request
+}
+
+fn administrator(owner: &crate::harness::Owner, email: &str) -> CreateAdministratorRequest {
+    CreateAdministratorRequest {
+        parent: owner.org.clone(),
+        administrator: Some(Administrator {
+            email: email.into(),
+            role: Role::ReadOnly as i32,
+            ..Default::default()
+        }),
+        request_id: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+// A database outage: calls fail fast with UNAVAILABLE (well before the client's deadline, never
+// INTERNAL, never the driver's text); readiness turns NOT_SERVING while liveness stays SERVING
+// (a restarted pod would not bring the database back); once the database is back the service
+// answers again within 5 s without a restart, and what was acknowledged before is still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn liveness_outlives_a_database_outage_and_readiness_follows_it() {
-    use sea_orm::{ConnectionTrait, Database};
+async fn a_database_outage_fails_calls_fast_and_the_service_recovers_alone() {
     if !crate::harness::postgres_available() {
         return;
     }
-    let stack = Stack::start(Backend::Postgres).await;
+    // The services reach PostgreSQL through a proxy the test can cut, as a stopped server.
+    let mut proxy = Proxy::start(5432).await;
+    let port = proxy.addr.port();
+    let stack = Stack::start_with(Backend::Postgres, move |config| {
+        assert!(config.database.url.contains(":5432/"), "{}", config.database.url);
+        config.database.url = config.database.url.replace(":5432/", &format!(":{port}/"));
+    })
+    .await;
     let url = stack.url(ServiceKind::Admin);
+    let owner = stack.owner().await;
     assert_eq!(health_status(&url, "").await, 1);
     assert_eq!(health_status(&url, "liveness").await, 1);
-
-    let maintenance = std::env::var(steward_storage::testing::POSTGRES_ENV).unwrap();
-    let admin = Database::connect(&maintenance).await.unwrap();
-    let database = stack.config().database.url.rsplit('/').next().unwrap().to_string();
-    let cut = |allow: bool| format!("ALTER DATABASE \"{database}\" WITH ALLOW_CONNECTIONS {allow}");
-    admin.execute_unprepared(&cut(false)).await.unwrap();
-    admin
-        .execute_unprepared(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
-        ))
+    let before = owner
+        .client
+        .admin()
+        .create_administrator(administrator(&owner, "before-the-outage@example.com"))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
 
+    // PostgreSQL goes away: every connection drops and new ones are refused.
+    proxy.cut().await;
+    // Reads and writes: UNAVAILABLE before a 3 s deadline could pass (the server's answer, so
+    // without the SDK's retries).
+    let raw = owner.client.clone().with_retry_policy(None).unwrap();
+    for attempt in 0..3 {
+        let read = raw
+            .admin()
+            .list_administrators(within(
+                ListAdministratorsRequest { parent: owner.org.clone(), ..Default::default() },
+                3,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(read.code(), Code::Unavailable, "read {attempt}: {read:?}");
+        assert!(!read.message().contains("sqlx") && !read.message().contains("5432"), "{read:?}");
+        let write = raw
+            .admin()
+            .create_administrator(within(administrator(&owner, "during@example.com"), 3))
+            .await
+            .unwrap_err();
+        assert_eq!(write.code(), Code::Unavailable, "write {attempt}: {write:?}");
+    }
     wait_for_health(&url, "", 2).await;
     wait_for_health(&url, "steward.admin.v1.AdminService", 2).await;
     assert_eq!(health_status(&url, "liveness").await, 1, "liveness ignores the database");
 
-    admin.execute_unprepared(&cut(true)).await.unwrap();
+    proxy.restore().await;
+    let back = std::time::Instant::now();
+    let listed = loop {
+        let answer = owner
+            .client
+            .admin()
+            .list_administrators(within(
+                ListAdministratorsRequest { parent: owner.org.clone(), ..Default::default() },
+                3,
+            ))
+            .await;
+        match answer {
+            Ok(reply) => break reply.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(back.elapsed() < Duration::from_secs(5), "not back within 5 s: {status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let names: Vec<&str> = listed.administrators.iter().map(|a| a.name.as_str()).collect();
+    let before = before.administrator.unwrap().name;
+    assert!(names.contains(&before.as_str()), "acknowledged before the outage: {names:?}");
+    assert!(!listed.administrators.iter().any(|a| a.email == "during@example.com"));
     wait_for_health(&url, "", 1).await;
     assert_eq!(health_status(&url, "liveness").await, 1);
-    admin.close().await.unwrap();
 }
 
 // server.max_connection_age_secs: a connection past its age is told to go away, and a stream on
@@ -200,4 +315,46 @@ async fn connections_are_recycled_once_past_their_age() {
     })
     .await;
     assert!(ended.is_ok(), "the stream outlived its connection's age and grace");
+}
+
+/// A peer that accepts connections and never answers (a hung process, SIGSTOP).
+async fn black_hole() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    format!("http://{addr}")
+}
+
+// A hung peer: the commands service asks the admin service about its caller, which never
+// answers. The peer call gets the caller's deadline less a margin, so the caller hears a
+// retryable UNAVAILABLE with RetryInfo before its own deadline, not INTERNAL, not a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_peer_is_unavailable_within_the_callers_deadline() {
+    use steward_proto::commands::v1::ListCommandsRequest;
+    let mut stack = Stack::start(Backend::Sqlite).await;
+    let owner = stack.owner().await;
+    let hung = black_hole().await;
+    let url = stack
+        .add_server(vec![ServiceKind::Commands], |config| config.internal.admin_url = hung)
+        .await;
+    let client = steward_proto::client::Steward::connect(url)
+        .await
+        .unwrap()
+        .with_token(&owner.tokens.access_token)
+        .unwrap();
+    let mut request = tonic::Request::new(ListCommandsRequest {
+        parent: owner.org.clone(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(3));
+    let err = client.commands().list_commands(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let retry = err.get_error_details().retry_info().cloned();
+    assert!(retry.and_then(|r| r.retry_delay).is_some(), "RetryInfo: {err:?}");
+    assert!(!err.message().contains("127.0.0.1"), "no peer address: {err:?}");
 }

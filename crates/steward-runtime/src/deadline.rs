@@ -1,0 +1,95 @@
+//! The caller's deadline, carried to the calls a handler makes to other Steward services.
+//!
+//! The authentication layer runs each accepted call inside [`scope`] with the deadline its
+//! `grpc-timeout` names. [`crate::authn::ServiceCredential`], the interceptor of every internal
+//! call, then gives the peer call the time left less a margin ([`peer_timeout`]), so the peer
+//! gives up, and this service answers `UNAVAILABLE`, before the caller's own deadline passes.
+//! A call whose deadline has already passed is not sent at all.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+tokio::task_local! {
+    static DEADLINE: Instant;
+}
+
+/// The longest an internal call may take, whatever the caller allows.
+pub const MAX_PEER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Time kept back from the caller's deadline for this service to answer after a peer failed.
+const MARGIN: Duration = Duration::from_millis(250);
+
+/// The `grpc-timeout` header (`<1 to 8 digits><H|M|S|m|u|n>`) as a duration.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Runs `future` with the deadline `timeout` from now, when there is one.
+pub async fn scope<F: Future>(timeout: Option<Duration>, future: F) -> F::Output {
+    match timeout.and_then(|timeout| Instant::now().checked_add(timeout)) {
+        Some(deadline) => DEADLINE.scope(deadline, future).await,
+        None => future.await,
+    }
+}
+
+/// The timeout of an internal call made now: [`MAX_PEER_TIMEOUT`], or less when the caller's
+/// deadline is nearer; `None` when that deadline leaves no time for the call at all.
+pub fn peer_timeout() -> Option<Duration> {
+    let Ok(deadline) = DEADLINE.try_with(|deadline| *deadline) else {
+        return Some(MAX_PEER_TIMEOUT);
+    };
+    let left = deadline.checked_duration_since(Instant::now())?.checked_sub(MARGIN)?;
+    (!left.is_zero()).then(|| left.min(MAX_PEER_TIMEOUT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "S", "5", "5s", "-5S", "123456789S", "5 S", "x5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn peer_calls_get_the_time_left_less_a_margin() {
+        assert_eq!(peer_timeout(), Some(MAX_PEER_TIMEOUT), "no caller deadline");
+        scope(Some(Duration::from_secs(60)), async {
+            assert_eq!(peer_timeout(), Some(MAX_PEER_TIMEOUT), "capped");
+        })
+        .await;
+        scope(Some(Duration::from_secs(2)), async {
+            let left = peer_timeout().unwrap();
+            assert!(
+                left <= Duration::from_millis(1750) && left > Duration::from_secs(1),
+                "{left:?}"
+            );
+        })
+        .await;
+        scope(Some(Duration::from_millis(100)), async {
+            assert_eq!(peer_timeout(), None, "no time for a peer call");
+        })
+        .await;
+    }
+}
