@@ -183,6 +183,12 @@ impl Session {
         let (rate, burst) =
             (self.state.streams.agent_messages_per_sec, self.state.streams.agent_message_burst);
         let buckets = self.state.agent_buckets.clone();
+        // Past its age, an idle stream ends so the agent reconnects, on a new connection (the
+        // server sent GOAWAY on the old one) to whichever replica; checked at heartbeats.
+        let recycle_at = self.state.agent_stream_max_age.map(|age| {
+            use rand::Rng;
+            tokio::time::Instant::now() + age.mul_f64(1.0 - rand::thread_rng().gen_range(0.0..0.1))
+        });
         let end = loop {
             let polled = tokio::select! {
                 message = inbound.message() => match message {
@@ -205,6 +211,15 @@ impl Session {
                 () = tx.closed() => break None,
                 () = wake.notified() => self.poll(&tx).await,
                 _ = heartbeat.tick() => {
+                    if recycle_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                        match self.busy().await {
+                            Ok(false) => break Some(Status::unavailable(
+                                "this agent stream reached its maximum age; reconnect",
+                            )),
+                            Ok(true) => {}
+                            Err(err) => tracing::warn!(system = %self.system, error = %err, "cannot tell whether the agent is busy"),
+                        }
+                    }
                     let beat = Heartbeat { send_time: Some(timestamp(self.state.now())) };
                     if tx.send(response(open_stream_response::Message::Heartbeat(beat))).await.is_err() {
                         break None;
@@ -227,6 +242,18 @@ impl Session {
             tracing::warn!(system = %self.system, error = %err, "cannot release the agent stream");
         }
         tracing::info!(system = %self.system, stream = %self.stream_id, "agent disconnected");
+    }
+
+    /// Whether a run is executing on this system (its stream is then kept past its age, so no
+    /// report of that run has to cross a reconnect).
+    async fn busy(&self) -> ApiResult<bool> {
+        use sea_orm::PaginatorTrait;
+        let running = result::Entity::find()
+            .filter(result::Column::System.eq(&self.system))
+            .filter(result::Column::State.eq(RunState::Running as i32))
+            .count(&self.state.db)
+            .await?;
+        Ok(running > 0)
     }
 
     /// The result `run` of this system, if the run belongs to this system's organization.

@@ -153,6 +153,9 @@ pub(crate) struct State {
     pub agent_buckets: Arc<streams::AgentBuckets>,
     /// Stream limits.
     pub streams: steward_runtime::config::StreamsConfig,
+    /// `server.max_connection_age_secs`: an idle agent stream older than this (less up to 10%,
+    /// drawn per stream) is ended so the agent reconnects, on a fresh connection.
+    pub agent_stream_max_age: Option<std::time::Duration>,
 }
 
 impl State {
@@ -187,6 +190,8 @@ pub async fn start(
         watchers: Arc::default(),
         agent_buckets: Arc::default(),
         streams: ctx.config.streams.clone(),
+        agent_stream_max_age: (ctx.config.server.max_connection_age_secs > 0)
+            .then(|| std::time::Duration::from_secs(ctx.config.server.max_connection_age_secs)),
     };
     let max = ctx.config.server.max_message_bytes;
     routes.add_service(

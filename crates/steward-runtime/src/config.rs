@@ -110,15 +110,13 @@ pub struct ServerConfig {
     /// The one header the trusted proxies append the client's address to. Only this header is
     /// read: a proxy passes other forwarding headers from the client through unchanged.
     pub forwarded_header: ForwardedHeader,
-    /// Seconds after which a connection is asked to go away (HTTP/2 GOAWAY) so long-lived
-    /// clients, agents and peers spread over replicas added since they connected. Each process
-    /// picks its age at random within 10% below this, so connections opened together do not all
-    /// reconnect at once. In-flight calls then have `max_connection_age_grace_secs` to finish.
-    /// 0 keeps connections for as long as they live.
+    /// Seconds after which a connection is asked to go away (HTTP/2 GOAWAY): new calls then
+    /// open a new connection, to any replica, while calls in flight finish on the old one. An
+    /// idle agent stream older than this is ended by the commands service (`UNAVAILABLE`; the
+    /// agent reconnects at once), so fleets spread over replicas added since they connected.
+    /// Each listener and each agent stream draws its age within 10% below this. 0 keeps
+    /// connections for as long as they live.
     pub max_connection_age_secs: u64,
-    /// How long a connection past its age may keep its in-flight calls (agent streams and
-    /// `WatchRun` reconnect and resume) before it is closed.
-    pub max_connection_age_grace_secs: u64,
     /// Origins (`https://console.example.com`) whose browsers may call the public listener with
     /// gRPC-Web (CORS). Empty: no cross-origin browser calls; gRPC-Web from the same origin and
     /// from non-browser clients works either way.
@@ -187,7 +185,6 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::default(),
             max_connection_age_secs: 0,
-            max_connection_age_grace_secs: 30,
             cors_allowed_origins: Vec::new(),
         }
     }

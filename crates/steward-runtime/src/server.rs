@@ -229,16 +229,17 @@ fn builder(limits: &ServerConfig) -> Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // One `rpc` span per call, joined to the caller's W3C trace context.
         .trace_fn(crate::telemetry::rpc::server_span);
+    // GOAWAY only: tonic's age *grace* closes the connection abruptly after age + grace, without
+    // any GOAWAY. Streams that outlive the age keep the old connection; the commands service
+    // ends idle agent streams past the same age itself.
     if let Some(age) = connection_age(limits.max_connection_age_secs) {
-        builder = builder
-            .max_connection_age(age)
-            .max_connection_age_grace(Duration::from_secs(limits.max_connection_age_grace_secs));
+        builder = builder.max_connection_age(age);
     }
     builder
 }
 
-/// `max_connection_age_secs` less up to 10%, drawn once per process so that replicas, and the
-/// connections each opened together, do not all reconnect at the same moment.
+/// `max_connection_age_secs` less up to 10%, drawn per listener so that replicas do not all
+/// send GOAWAY at the same moment (tonic applies one age to every connection of a listener).
 fn connection_age(secs: u64) -> Option<Duration> {
     use rand::Rng;
     (secs > 0).then(|| {

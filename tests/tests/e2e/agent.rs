@@ -530,3 +530,46 @@ backend_test!(agent_on_one_replica_runs_what_the_other_created, |stack| async mo
     assert_eq!(via_replica.state, RunState::Succeeded as i32);
     assert_eq!(via_replica.results[0].stdout, b"seen\n");
 });
+
+// server.max_connection_age_secs: an idle agent stream past its age is ended and the agent
+// reconnects at once (to any replica, on a new connection); a stream with a run executing is
+// kept until the run is over, so nothing of it crosses a reconnect.
+backend_test!(
+    agent_streams_are_recycled_when_idle_and_past_their_age,
+    start = |backend| Stack::start_with(backend, |config| {
+        config.server.max_connection_age_secs = 1;
+        config.streams.agent_heartbeat_secs = 1;
+    }),
+    |stack| async move {
+        let stack: Stack = stack;
+        let owner = stack.owner().await;
+        let (_, key) = connect_key(&owner).await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = AgentProcess::spawn(
+            &stack.url(ServiceKind::Commands),
+            Some(&key),
+            &dir.path().join("state"),
+            &[],
+        );
+        let system = connected_system(&owner, &agent).await;
+        let opened = |agent: &AgentProcess| agent.log().matches("work stream open").count();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while opened(&agent) < 3 {
+            assert!(Instant::now() < deadline, "no reconnect:\n{}", agent.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A run longer than the age keeps its stream: one start, all the output, its exit code.
+        let before = opened(&agent);
+        let run =
+            run_script(&owner, &agent, &system.name, "echo begun\nsleep 3\necho done\n", 30).await;
+        assert_eq!(run.state, RunState::Succeeded as i32, "{run:?}\n{}", agent.log());
+        let result = &run.results[0];
+        assert_eq!(String::from_utf8(result.stdout.clone()).unwrap(), "begun\ndone\n");
+        assert!(!agent.log().contains("reporting its start again"), "{}", agent.log());
+        // And the recycling goes on once it is idle again.
+        while opened(&agent) <= before + 1 {
+            assert!(Instant::now() < deadline + Duration::from_secs(30), "{}", agent.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+);

@@ -1,5 +1,6 @@
 //! What operators rely on: request ids joining errors, responses and the audit log; liveness
-//! that outlives a database outage while readiness follows it; connections recycled by age.
+//! that outlives a database outage while readiness follows it; connections told to go away by
+//! age; a hung peer.
 
 use std::time::Duration;
 
@@ -284,37 +285,40 @@ async fn a_database_outage_fails_calls_fast_and_the_service_recovers_alone() {
     assert_eq!(health_status(&url, "liveness").await, 1);
 }
 
-// server.max_connection_age_secs: a connection past its age is told to go away, and a stream on
-// it ends once the grace period is over, so long-lived clients reconnect (to any replica).
+// server.max_connection_age_secs: a connection past its age gets an HTTP/2 GOAWAY with NO_ERROR
+// (new calls then open a new connection, to any replica), read here frame by frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_are_recycled_once_past_their_age() {
+async fn connections_past_their_age_are_told_to_go_away() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let stack = Stack::start_with(Backend::Sqlite, |config| {
         config.server.max_connection_age_secs = 1;
-        config.server.max_connection_age_grace_secs = 1;
     })
     .await;
-    let channel = tonic::transport::Channel::from_shared(stack.url(ServiceKind::Admin))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    // Health/Watch never ends on its own while the status does not change.
-    let mut watch = HealthClient::new(channel)
-        .watch(HealthCheckRequest { service: String::new() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(watch.message().await.unwrap().unwrap().status, 1);
-    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+    let addr = stack.url(ServiceKind::Admin).trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The client preface and an empty SETTINGS frame.
+    socket.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    socket.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let goaway = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            match watch.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => return,
+            let mut header = [0u8; 9];
+            socket.read_exact(&mut header).await.unwrap();
+            let length =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0u8; length];
+            socket.read_exact(&mut payload).await.unwrap();
+            match (header[3], header[4]) {
+                // SETTINGS from the server: acknowledge it.
+                (4, 0) => socket.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap(),
+                (7, _) => return payload,
+                _ => {}
             }
         }
     })
-    .await;
-    assert!(ended.is_ok(), "the stream outlived its connection's age and grace");
+    .await
+    .expect("a GOAWAY frame within 20 s");
+    let error_code = u32::from_be_bytes([goaway[4], goaway[5], goaway[6], goaway[7]]);
+    assert_eq!(error_code, 0, "NO_ERROR: a graceful go-away, not a protocol error");
 }
 
 /// A peer that accepts connections and never answers (a hung process, SIGSTOP).
