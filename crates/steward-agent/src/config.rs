@@ -111,9 +111,11 @@ impl fmt::Debug for AgentConfig {
 
 impl AgentConfig {
     /// The configuration `args` describe, the connect key read from `--connect-key-file` when
-    /// one is named.
+    /// one is named and the agent is not registered yet (a one-time key file may be deleted
+    /// once the credential is stored).
     pub fn resolve(mut args: Args) -> Result<Self, crate::AgentError> {
-        if let Some(path) = args.connect_key_file.take() {
+        let registered = args.state_dir.join(CREDENTIAL_FILE).exists();
+        if let Some(path) = args.connect_key_file.take().filter(|_| !registered) {
             let key = std::fs::read_to_string(&path).map_err(|source| crate::AgentError::Io {
                 action: "read the connect key file",
                 path: path.clone(),
@@ -294,6 +296,21 @@ mod tests {
         .unwrap();
         let err = AgentConfig::resolve(missing).unwrap_err().to_string();
         assert!(err.contains("connect key file"), "{err}");
+        // Once registered, the (deleted) key file is not needed.
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join(CREDENTIAL_FILE), "{}").unwrap();
+        let registered = Args::try_parse_from([
+            "steward-agent",
+            "--server",
+            "http://127.0.0.1:1",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--connect-key-file",
+            dir.path().join("absent").to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(AgentConfig::resolve(registered).unwrap().connect_key, None);
     }
 
     #[test]

@@ -702,6 +702,10 @@ impl tonic::service::Interceptor for ServiceCredential {
     ) -> Result<tonic::Request<()>, tonic::Status> {
         request.metadata_mut().insert(SERVICE_CREDENTIAL_HEADER, self.value.clone());
         crate::telemetry::inject_current_context(request.metadata_mut());
+        if let Some(id) = crate::request_id::current().and_then(|id| id.to_str().ok()?.parse().ok())
+        {
+            request.metadata_mut().insert(REQUEST_ID_HEADER, id);
+        }
         // Below the caller's deadline, so the peer gives up first and this service can answer.
         match crate::deadline::peer_timeout() {
             Some(timeout) => request.set_timeout(timeout),

@@ -85,10 +85,11 @@ pub struct ServerConfig {
     /// Address of the internal gRPC listener (same TLS as `listen`): every service of the
     /// process, the `*InternalService`s included, and the only one that accepts the service
     /// credential. Peers dial it (`internal.*_url`); keep it out of public Services and ingress.
-    pub internal_listen: SocketAddr,
+    /// Unset: port 50052 on the IP of `listen` ([`ServerConfig::internal_address`]).
+    pub internal_listen: Option<SocketAddr>,
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
-    /// Requests processed at once by this process; further requests wait.
+    /// Requests processed at once, per listener; further requests wait.
     pub max_concurrent_requests: usize,
     /// Concurrent streams a single HTTP/2 connection may open.
     pub max_concurrent_streams_per_connection: u32,
@@ -173,7 +174,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
-            internal_listen: SocketAddr::from(([0, 0, 0, 0], 50052)),
+            internal_listen: None,
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 512,
             max_concurrent_streams_per_connection: 256,
@@ -191,6 +192,12 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The internal listener's address: `internal_listen`, else port 50052 on the IP of
+    /// `listen` (so a loopback-only public listener does not open an internal one everywhere).
+    pub fn internal_address(&self) -> SocketAddr {
+        self.internal_listen.unwrap_or_else(|| SocketAddr::new(self.listen.ip(), 50052))
+    }
+
     /// The unary request deadline.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)

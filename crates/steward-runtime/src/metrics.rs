@@ -27,6 +27,9 @@ use opentelemetry::metrics::ObservableGauge;
 pub use opentelemetry::metrics::{Counter, Meter};
 pub use opentelemetry::KeyValue;
 
+/// Connections the `/metrics` listener serves at once.
+const METRICS_CONNECTIONS: usize = 16;
+
 /// How often samplers query the database.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -203,8 +206,12 @@ pub fn serve_http(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<
         Ok(response)
     }
 
+    // Scrapers are few: a bounded number of connections, each with a deadline for its request
+    // headers and for its whole life, so slow or idle clients cannot hold file descriptors.
+    let permits = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
     tokio::spawn(async move {
         loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(err) => {
@@ -214,11 +221,17 @@ pub fn serve_http(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<
                 }
             };
             tokio::spawn(async move {
+                let _permit = permit;
                 let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(err) =
-                    http1::Builder::new().serve_connection(io, service_fn(answer)).await
-                {
-                    tracing::debug!(error = %err, "metrics connection ended");
+                let connection = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
+                    .keep_alive(false)
+                    .serve_connection(io, service_fn(answer));
+                match tokio::time::timeout(Duration::from_secs(30), connection).await {
+                    Ok(Err(err)) => tracing::debug!(error = %err, "metrics connection ended"),
+                    Err(_) => tracing::debug!("metrics connection over its 30 s"),
+                    Ok(Ok(())) => {}
                 }
             });
         }

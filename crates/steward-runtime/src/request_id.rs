@@ -6,7 +6,7 @@
 //! value. It records the id in the call's `rpc` span, so every log line of the call carries it,
 //! returns it in the `x-request-id` response header, and adds a `google.rpc.RequestInfo` with it
 //! to the details of every error answered in the response headers (every unary error and every
-//! refusal before a stream starts).
+//! refusal before a stream starts). Internal calls made while serving it carry the same id.
 
 use std::task::{Context, Poll};
 
@@ -15,6 +15,17 @@ use http::HeaderValue;
 use tonic_types::StatusExt;
 
 use crate::authn::REQUEST_ID_HEADER;
+
+tokio::task_local! {
+    /// The request id of the call being served, for the calls it makes to other services.
+    static CURRENT: HeaderValue;
+}
+
+/// The request id of the call this task is serving, if any: internal calls carry it on
+/// (`authn::ServiceCredential`), so the peer's log lines join the caller's.
+pub fn current() -> Option<HeaderValue> {
+    CURRENT.try_with(HeaderValue::clone).ok()
+}
 
 /// The longest request id kept from a caller.
 const MAX_LEN: usize = 128;
@@ -71,7 +82,7 @@ where
             // Polled inside the call's `rpc` span.
             let text = id.to_str().unwrap_or_default().to_string();
             tracing::Span::current().record("request_id", text.as_str());
-            let mut response = response.await?;
+            let mut response = CURRENT.scope(id.clone(), response).await?;
             let headers = response.headers_mut();
             if let Some(status) = tonic::Status::from_header_map(headers) {
                 if status.code() != tonic::Code::Ok {
@@ -97,6 +108,22 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(REQUEST_ID_HEADER, HeaderValue::from_bytes(value).unwrap());
         headers
+    }
+
+    #[tokio::test]
+    async fn internal_calls_carry_the_request_id_of_the_call_being_served() {
+        use tonic::service::Interceptor;
+        let mut credential =
+            crate::authn::ServiceCredential::new("a-service-credential-of-sufficient-length")
+                .unwrap();
+        let outside = credential.call(tonic::Request::new(())).unwrap();
+        assert!(outside.metadata().get(REQUEST_ID_HEADER).is_none());
+        let inside = CURRENT
+            .scope(HeaderValue::from_static("req-joined"), async {
+                credential.call(tonic::Request::new(())).unwrap()
+            })
+            .await;
+        assert_eq!(inside.metadata().get(REQUEST_ID_HEADER).unwrap(), "req-joined");
     }
 
     #[test]

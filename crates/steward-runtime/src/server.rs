@@ -173,8 +173,10 @@ pub async fn serve(
     };
     tasks.push(tokio::spawn(signal));
 
-    // One budget of concurrent calls for the process, whichever listener they arrive on.
-    let concurrency = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));
+    // A budget of concurrent calls per listener, so slow public calls (a burst of sign-ins
+    // waiting for hashing) never hold up the internal calls of the other services.
+    let public_slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));
+    let internal_slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));
     let public = builder(&limits)
         // gRPC-Web arrives over HTTP/1.1 as well as HTTP/2.
         .accept_http1(true)
@@ -185,14 +187,14 @@ pub async fn serve(
         // Outside `auth`, so calls refused by it are measured too (the time a call waits for a
         // concurrency slot is not: that wait happens before the call starts).
         .layer(RpcMetricsLayer::new(limits.request_timeout()))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(concurrency.clone()))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(public_slots))
         .layer(auth.public())
         .add_routes(public_routes);
     let internal = builder(&limits)
         .layer(RequestIdLayer)
         .layer(internal_routing)
         .layer(RpcMetricsLayer::new(limits.request_timeout()))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(concurrency))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(internal_slots))
         .layer(auth)
         .add_routes(internal_routes);
     if let Some(tls) = &tls {
@@ -291,13 +293,22 @@ fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>,
     let origins = origins
         .iter()
         .map(|origin| {
+            // A browser's Origin is lower case, without userinfo, path or default port: anything
+            // else would never match, so it is refused here rather than ignored silently.
             let valid = origin.parse::<http::Uri>().is_ok_and(|uri| {
+                let default_port = matches!(
+                    (uri.scheme_str(), uri.port_u16()),
+                    (Some("https"), Some(443)) | (Some("http"), Some(80))
+                );
                 matches!(uri.scheme_str(), Some("http" | "https"))
                     && uri.host().is_some()
+                    && !uri.authority().is_some_and(|a| a.as_str().contains('@'))
+                    && !default_port
                     && uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p == "/")
-            });
+            }) && *origin == origin.to_ascii_lowercase()
+                && !origin.ends_with('/');
             valid
-                .then(|| http::HeaderValue::from_str(origin.trim_end_matches('/')).ok())
+                .then(|| http::HeaderValue::from_str(origin).ok())
                 .flatten()
                 .ok_or_else(|| ServeError::CorsOrigin(origin.clone()))
         })
@@ -393,4 +404,29 @@ pub async fn shutdown_signal() {
 /// the client's delayed ACK: one call in ten took 40 ms more at low concurrency.
 fn no_delay(listener: tokio::net::TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cors_origins_must_be_written_as_browsers_send_them() {
+        for good in ["https://console.example.com", "http://localhost:5173"] {
+            assert!(cors_layer(&[good.to_string()]).is_ok(), "{good}");
+        }
+        for bad in [
+            "https://Console.example.com",
+            "https://console.example.com/",
+            "https://console.example.com:443",
+            "http://console.example.com:80",
+            "https://user@console.example.com",
+            "https://console.example.com/app",
+            "console.example.com",
+            "*",
+            "null",
+        ] {
+            assert!(cors_layer(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
 }

@@ -120,7 +120,9 @@ pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> 
     };
     let mut config =
         builder.with_single_cert(chain, key).map_err(|e| TlsError::Rustls(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // HTTP/2 first; HTTP/1.1 for gRPC-Web clients that offer only it (browsers behind some
+    // proxies, fetch in Node), which the public listener accepts.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -195,7 +195,7 @@ pub fn validate(config: &Config, kinds: &[ServiceKind]) -> Result<(), ServerErro
 pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
     Ok(Listeners {
         public: TcpListener::bind(config.server.listen).await?,
-        internal: TcpListener::bind(config.server.internal_listen).await?,
+        internal: TcpListener::bind(config.server.internal_address()).await?,
         health: bind_optional(config.server.health_listen).await?,
         metrics: bind_optional(config.telemetry.metrics_listen).await?,
     })
@@ -389,7 +389,7 @@ pub fn dev_config(
         config.internal.ca_file = Some(tls.ca_file.clone());
     }
     config.server.listen = addr;
-    config.server.internal_listen = internal;
+    config.server.internal_listen = Some(internal);
     config.database.data_dir = data_dir.to_path_buf();
     config.internal.auth_url = url.clone();
     config.internal.admin_url = url.clone();
