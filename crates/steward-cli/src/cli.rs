@@ -58,6 +58,7 @@ pub enum Format {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Set your first password with the token from an invite email (pasted when asked).
+    #[command(after_help = LINK_TOKEN_HELP)]
     AcceptInvite(AcceptInvite),
     /// Sign in and store the session.
     Login(Login),
@@ -139,6 +140,11 @@ pub struct AcceptInvite {
 /// The variable that may hold the token of an invite or reset email.
 pub const LINK_TOKEN_VAR: &str = "STEWARD_LINK_TOKEN";
 
+/// Where `accept-invite` and `password reset` read the token from, for their help.
+const LINK_TOKEN_HELP: &str = "The token comes from --token, --token-file or STEWARD_LINK_TOKEN; \
+     without them a terminal is asked for it (echo off), else with --password-stdin it is the \
+     first line of stdin and the new password the second.";
+
 /// The single-use token of an invite or password-reset email, and the new password. The token
 /// comes from `--token`, `--token-file` or `STEWARD_LINK_TOKEN`; without them, a terminal is
 /// asked for it with echo off, and with `--password-stdin` (stdin not a terminal) it is the
@@ -208,6 +214,7 @@ pub enum PasswordCommand {
         organization: Option<String>,
     },
     /// Set a new password with the token from a reset email (pasted when asked).
+    #[command(after_help = LINK_TOKEN_HELP)]
     Reset(LinkToken),
 }
 
