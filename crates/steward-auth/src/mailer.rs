@@ -8,10 +8,12 @@
 //!
 //! Each email carries the link (`{auth.console_url}/set-password?token=...` or
 //! `/reset-password?token=...`) and the `steward` command that does the same from a terminal
-//! (`steward accept-invite --token ...`, `steward password reset --token ...`; both ask for the
-//! new password). While `auth.console_url` is a placeholder (a host under `.invalid`, the
-//! default: no web console ships yet) the email leads with the command and says the link has no
-//! console behind it.
+//! (`steward accept-invite`, `steward password reset`), with the token on a line of its own to
+//! paste when the command asks for it (then it asks for the new password). The command never
+//! carries the token: on a command line it would be visible to every user of the machine and
+//! kept in shell history. While `auth.console_url` is a placeholder (a host under `.invalid`,
+//! the default: no web console ships yet) the email leads with the command and says the link
+//! has no console behind it.
 //!
 //! Bodies are plain text in 7bit encoding so that the link and the command appear verbatim in
 //! the message (and the file): lines are kept under 74 characters and characters outside ASCII
@@ -101,7 +103,8 @@ impl Mailer {
 
     /// The part of a body that says how to use the token, ending with a blank line: the
     /// console link after `link_intro` and the `steward` command (`subcommand`, e.g.
-    /// `accept-invite`) after `cli_intro`; without a console, the command first.
+    /// `accept-invite`) after `cli_intro`, followed by the token on its own line to paste when
+    /// the command asks; without a console, the command first.
     fn how_to_complete(
         &self,
         (path, subcommand): (&str, &str),
@@ -110,20 +113,23 @@ impl Mailer {
         cli_intro: &str,
     ) -> String {
         let link = format!("{}/{path}?token={token}", self.console_url);
-        let command = format!("  steward {subcommand} --token {token}");
-        let server = "Point steward at your Steward server with --server URL (or set\r\n\
-                      STEWARD_SERVER); without either it asks http://127.0.0.1:50051.\r\n";
+        let command = format!(
+            "  steward {subcommand}\r\n\r\n\
+             and paste this token when it asks for it (then it asks for the\r\n\
+             new password):\r\n\r\n  {token}\r\n\r\n\
+             Point steward at your Steward server with --server URL (or set\r\n\
+             STEWARD_SERVER); without either it asks http://127.0.0.1:50051.\r\n"
+        );
         if self.no_console {
             format!(
-                "{cli_intro}\r\n\r\n{command}\r\n\r\n{server}\r\n\
+                "{cli_intro}\r\n\r\n{command}\r\n\
                  No web console ships with Steward yet; this link is where one\r\n\
                  would take you:\r\n{link}\r\n\r\n"
             )
         } else {
             format!(
                 "{link_intro}\r\n\r\n{link}\r\n\r\n\
-                 or with the Steward command line (it asks for the new password):\r\n\r\n\
-                 {command}\r\n\r\n{server}\r\n"
+                 or with the Steward command line: run\r\n\r\n{command}\r\n"
             )
         }
     }
@@ -140,12 +146,12 @@ impl Mailer {
             invite.token,
             "Set your password here to activate your account:",
             "Set your password with the Steward command line to activate\r\n\
-             your account (it asks for the new password):",
+             your account: run",
         );
         let body = format!(
             "Hello,\r\n\r\nYou have been invited{by}\r\nto administer this organization on Steward:\r\n\
              {org}\r\n\r\n{complete}\
-             The link and the command work once and expire in {hours} hours.\r\n\
+             The link and the token work once and expire in {hours} hours.\r\n\
              If you did not expect this email, you can ignore it.\r\n",
             org = ascii(invite.organization),
             hours = invite.valid_hours,
@@ -166,13 +172,12 @@ impl Mailer {
             ("reset-password", "password reset"),
             token,
             "Choose a new password here:",
-            "Choose a new password with the Steward command line (it asks\r\n\
-             for the new password):",
+            "Choose a new password with the Steward command line: run",
         );
         let body = format!(
             "Hello,\r\n\r\nSomeone asked to reset the password of your Steward account\r\n\
              at this organization:\r\n{org}\r\n\r\n{complete}\
-             The link and the command work once and expire in {valid_hours} hours.\r\n\
+             The link and the token work once and expire in {valid_hours} hours.\r\n\
              If you did not ask for this, ignore this email:\r\n\
              your password stays as it is.\r\n",
             org = ascii(organization),
@@ -284,10 +289,15 @@ mod tests {
         invite(&mailer(dir.path(), Some("http://localhost:8080")), &token).await;
         let text = only_mail(dir.path());
         let link = format!("\r\nhttp://localhost:8080/set-password?token={token}\r\n");
-        let command = format!("\r\n  steward accept-invite --token {token}\r\n");
+        let command = "\r\n  steward accept-invite\r\n";
+        let pasted = format!("\r\n  {token}\r\n");
         assert!(text.contains(&link), "{text}");
-        assert!(text.contains(&command), "{text}");
-        assert!(text.find(&link) < text.find(&command), "a console comes first: {text}");
+        assert!(text.contains(command), "{text}");
+        assert!(text.contains(&pasted), "the token on its own line: {text}");
+        assert!(!text.contains("--token"), "never on the command line: {text}");
+        assert!(text.find(&link) < text.find(command), "a console comes first: {text}");
+        assert!(text.find(command) < text.find(&pasted), "{text}");
+        assert!(text.contains("paste this token when it asks"), "{text}");
         assert!(!text.contains("No web console"), "{text}");
         assert!(text.contains("with --server URL (or set\r\nSTEWARD_SERVER)"), "{text}");
         assert!(text.contains("Content-Transfer-Encoding: 7bit"), "{text}");
@@ -305,10 +315,13 @@ mod tests {
         invite(&mailer(dir.path(), None), &token).await;
         let text = only_mail(dir.path());
         let link = format!("\r\nhttps://console.invalid/set-password?token={token}\r\n");
-        let command = format!("\r\n  steward accept-invite --token {token}\r\n");
+        let command = "\r\n  steward accept-invite\r\n";
+        let pasted = format!("\r\n  {token}\r\n");
         assert!(text.contains(&link), "{text}");
-        assert!(text.contains(&command), "{text}");
-        assert!(text.find(&command) < text.find(&link), "the command comes first: {text}");
+        assert!(text.contains(command), "{text}");
+        assert!(!text.contains("--token"), "never on the command line: {text}");
+        assert!(text.find(command) < text.find(&pasted), "{text}");
+        assert!(text.find(&pasted) < text.find(&link), "the command comes first: {text}");
         assert!(text.contains("No web console ships with Steward yet"), "{text}");
         assert!(text.contains("Content-Transfer-Encoding: 7bit"), "{text}");
         assert!(text.lines().all(|l| l.len() < 74), "{text}");
@@ -326,11 +339,12 @@ mod tests {
             let text = only_mail(dir.path());
             let base = console.unwrap_or("https://console.invalid");
             assert!(text.contains(&format!("{base}/reset-password?token={token}\r\n")), "{text}");
-            // Tokens may start with `-`: `--token` takes it as its value.
-            assert!(
-                text.contains(&format!("\r\n  steward password reset --token {token}\r\n")),
-                "{text}"
-            );
+            // The command, then the token (which may start with `-`) on its own line.
+            let command = "\r\n  steward password reset\r\n";
+            let pasted = format!("\r\n  {token}\r\n");
+            assert!(text.contains(command) && text.contains(&pasted), "{text}");
+            assert!(text.find(command) < text.find(&pasted), "{text}");
+            assert!(!text.contains("--token"), "{text}");
             assert_eq!(text.contains("No web console"), console.is_none(), "{text}");
             assert!(text.contains("expire in 72 hours"), "{text}");
             assert!(text.lines().all(|l| l.len() < 74), "{text}");

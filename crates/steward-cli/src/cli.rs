@@ -57,7 +57,8 @@ pub enum Format {
 /// The top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Set your first password with the token from an invite link.
+    /// Set your first password with the token from an invite email (pasted when asked).
+    #[command(after_help = LINK_TOKEN_HELP)]
     AcceptInvite(AcceptInvite),
     /// Sign in and store the session.
     Login(Login),
@@ -131,11 +132,35 @@ pub enum ProfilesCommand {
 /// `steward accept-invite`.
 #[derive(Debug, Args)]
 pub struct AcceptInvite {
-    /// The token from the invite link (`...set-password?token=TOKEN`). Tokens may start with `-`.
-    #[arg(long, allow_hyphen_values = true)]
-    pub token: String,
-    /// Read the new password from the first line of stdin (without it, a terminal is asked,
-    /// with echo off).
+    /// Where the token and the new password come from.
+    #[command(flatten)]
+    pub link: LinkToken,
+}
+
+/// The variable that may hold the token of an invite or reset email.
+pub const LINK_TOKEN_VAR: &str = "STEWARD_LINK_TOKEN";
+
+/// Where `accept-invite` and `password reset` read the token from, for their help.
+const LINK_TOKEN_HELP: &str = "The token comes from --token, --token-file or STEWARD_LINK_TOKEN; \
+     without them a terminal is asked for it (echo off), else with --password-stdin it is the \
+     first line of stdin and the new password the second.";
+
+/// The single-use token of an invite or password-reset email, and the new password. The token
+/// comes from `--token`, `--token-file` or `STEWARD_LINK_TOKEN`; without them, a terminal is
+/// asked for it with echo off, and with `--password-stdin` (stdin not a terminal) it is the
+/// first line of stdin and the password the second.
+#[derive(Debug, Args)]
+pub struct LinkToken {
+    /// The token from the email (the link's `token=` value). Visible to every user of this
+    /// machine in the process list and kept in shell history: prefer pasting it when asked,
+    /// `--token-file` or `STEWARD_LINK_TOKEN`. Tokens may start with `-`.
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// Read the token from this file (its first line; the whole link is accepted too).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Read the new password from stdin (without it, a terminal is asked, with echo off): its
+    /// first line, or its second when the token is the first.
     #[arg(long)]
     pub password_stdin: bool,
 }
@@ -188,16 +213,9 @@ pub enum PasswordCommand {
         #[arg(long)]
         organization: Option<String>,
     },
-    /// Set a new password with the token from a reset link.
-    Reset {
-        /// The token from the reset link. Tokens may start with `-`.
-        #[arg(long, allow_hyphen_values = true)]
-        token: String,
-        /// Read the new password from the first line of stdin (without it, a terminal is
-        /// asked, with echo off).
-        #[arg(long)]
-        password_stdin: bool,
-    },
+    /// Set a new password with the token from a reset email (pasted when asked).
+    #[command(after_help = LINK_TOKEN_HELP)]
+    Reset(LinkToken),
 }
 
 /// `steward mfa ...`.
@@ -676,7 +694,7 @@ mod tests {
         ])
         .unwrap();
         let Command::AcceptInvite(args) = cli.command else { panic!("accept-invite") };
-        assert_eq!(args.token, "-bQx9token");
+        assert_eq!(args.link.token.as_deref(), Some("-bQx9token"));
         let cli = Cli::try_parse_from([
             "steward",
             "login",

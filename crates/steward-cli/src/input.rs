@@ -29,6 +29,11 @@ pub fn stdin_is_terminal() -> bool {
     std::io::stdin().is_terminal()
 }
 
+/// Whether stderr is a terminal: then a person reads the warnings.
+pub fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
 /// Asks the terminal (`/dev/tty`) for a secret with echo off, after `prompt`.
 pub fn hidden(prompt: &str) -> Result<String> {
     rpassword::prompt_password_with_config(prompt, rpassword::ConfigBuilder::new().build())

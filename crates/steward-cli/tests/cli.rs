@@ -248,9 +248,11 @@ impl Identity {
         self.run(&all).ok().json()
     }
 
+    /// Accepts an invite as a script does: the token, then the password, on stdin (never on
+    /// the command line); then signs in.
     fn accept_and_login(&self, token: &str, email: &str) {
         let password = format!("{PASSWORD}\n");
-        self.run_with(&["accept-invite", "--token", token, "--password-stdin"], &password).ok();
+        self.run_with(&["accept-invite", "--password-stdin"], &format!("{token}\n{password}")).ok();
         self.run_with(&["login", "--email", email, "--password-stdin"], &password).ok();
     }
 }
@@ -1332,4 +1334,155 @@ fn run_wait_names_the_run_passes_exit_codes_and_survives_ctrl_c() {
     assert_eq!(cancelled.code, 137, "{}", cancelled.stderr);
     assert!(cancelled.stderr.contains("RUN_STATE_CANCELLED"), "{}", cancelled.stderr);
     assert_eq!(owner.run(&["runs", "watch", id(&run_name)]).code, 1, "without --exit-code");
+}
+
+/// Answers the token prompt with `token` and every password prompt with [`PASSWORD`], each once
+/// the terminal no longer echoes.
+fn paste_token_then_passwords(
+    token: String,
+) -> impl FnMut(&str, &std::os::fd::OwnedFd) -> Option<String> {
+    let mut answered = 0;
+    move |seen, pty| {
+        let passwords = seen.matches("password: ").count();
+        let prompts = seen.matches("Paste the token from the email: ").count() + passwords;
+        (prompts > answered).then(|| {
+            answered = prompts;
+            once_echo_is_off(pty, if passwords == 0 { &token } else { PASSWORD })
+        })
+    }
+}
+
+/// The token of an invite or reset email never needs the command line: pasted at a terminal
+/// prompt with echo off (never shown), from a file, from `STEWARD_LINK_TOKEN`, or as the first
+/// line of stdin before the password. `--token` still works, with a warning on a terminal;
+/// a wrong token is UNAUTHENTICATED and is not shown either.
+#[test]
+fn link_tokens_stay_off_the_command_line() {
+    let dev = start_dev(&[]);
+    let owner = Identity::new(&dev);
+
+    // A wrong token pasted at the prompt: refused, not shown, and the invite stays usable.
+    let wrong = "Wr0ngTokenPastedAtThePrompt";
+    let refused =
+        on_a_terminal(&owner, &["accept-invite"], paste_token_then_passwords(wrong.into()));
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    assert!(refused.stdout.contains("UNAUTHENTICATED"), "{}", refused.stdout);
+    assert!(!refused.stdout.contains(wrong), "the token was shown: {}", refused.stdout);
+
+    // `--token` on a terminal: a warning, and a wrong one is not repeated in the error.
+    let flagged = "Wr0ngTokenOnTheCommandLine";
+    let warned = on_a_terminal(
+        &owner,
+        &["accept-invite", "--token", flagged],
+        paste_token_then_passwords(String::new()),
+    );
+    assert_eq!(warned.code, 1, "{}", warned.stdout);
+    assert!(
+        warned.stdout.contains("warning: --token is visible to other users"),
+        "{}",
+        warned.stdout
+    );
+    assert!(!warned.stdout.contains("Paste the token"), "{}", warned.stdout);
+    assert!(warned.stdout.contains("UNAUTHENTICATED"), "{}", warned.stdout);
+    assert!(!warned.stdout.contains(flagged), "{}", warned.stdout);
+    // Not on a terminal (a script): no warning.
+    let quiet = owner.run_with(
+        &["accept-invite", "--token", flagged, "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert_eq!(quiet.code, 1, "{}", quiet.stderr);
+    assert!(
+        !quiet.stderr.contains("warning") && !quiet.stderr.contains(flagged),
+        "{}",
+        quiet.stderr
+    );
+
+    // The real token pasted at the prompt, with echo off: accepted, never on screen.
+    let accepted = on_a_terminal(
+        &owner,
+        &["accept-invite"],
+        paste_token_then_passwords(dev.owner_token.clone()),
+    );
+    assert_eq!(accepted.code, 0, "{}", accepted.stdout);
+    assert!(accepted.stdout.contains("Paste the token from the email: "), "{}", accepted.stdout);
+    assert!(accepted.stdout.contains("invite accepted"), "{}", accepted.stdout);
+    assert!(
+        !accepted.stdout.contains(&dev.owner_token),
+        "the token was shown: {}",
+        accepted.stdout
+    );
+    assert!(!accepted.stdout.contains("warning"), "{}", accepted.stdout);
+    let password = format!("{PASSWORD}\n");
+    owner.run_with(&["login", "--email", "owner@example.com", "--password-stdin"], &password).ok();
+
+    // From a file (the whole pasted link is fine too).
+    owner.run(&["admins", "create", "--email", "files@example.com", "--role", "read-only"]).ok();
+    let invite = dev.mailed_token("files@example.com");
+    let file = owner.dir.path().join("token.txt");
+    std::fs::write(&file, format!("https://console.invalid/set-password?token={invite}\n"))
+        .unwrap();
+    let from_file = owner.run_with(
+        &["accept-invite", "--token-file", file.to_str().unwrap(), "--password-stdin"],
+        &password,
+    );
+    let from_file = from_file.ok();
+    assert!(!from_file.stdout.contains(&invite) && !from_file.stderr.contains(&invite));
+    let files = Identity::new(&dev);
+    files.run_with(&["login", "--email", "files@example.com", "--password-stdin"], &password).ok();
+    let missing = owner.run_with(
+        &["accept-invite", "--token-file", "/nonexistent/token", "--password-stdin"],
+        &password,
+    );
+    assert!(missing.code == 1 && missing.stderr.contains("token file"), "{}", missing.stderr);
+
+    // From STEWARD_LINK_TOKEN.
+    owner.run(&["admins", "create", "--email", "env@example.com", "--role", "read-only"]).ok();
+    let invite = dev.mailed_token("env@example.com");
+    let mut by_env = Identity::new(&dev);
+    by_env.env.push(("STEWARD_LINK_TOKEN", invite.clone()));
+    let accepted = by_env.run_with(&["accept-invite", "--password-stdin"], &password).ok();
+    assert!(!accepted.stdout.contains(&invite) && !accepted.stderr.contains(&invite));
+    Identity::new(&dev)
+        .run_with(&["login", "--email", "env@example.com", "--password-stdin"], &password)
+        .ok();
+
+    // A password reset: the token, then the new password, on stdin.
+    files.run(&["password", "request-reset", "--email", "files@example.com"]).ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reset = loop {
+        let newest = dev.mailed_token("files@example.com");
+        if newest != invite_of(&file) {
+            break newest;
+        }
+        assert!(Instant::now() < deadline, "no reset email");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let new_password = "a different long passphrase 9";
+    let done = files.run_with(
+        &["password", "reset", "--password-stdin"],
+        &format!("{reset}\n{new_password}\n"),
+    );
+    let done = done.ok();
+    assert!(!done.stdout.contains(&reset) && !done.stderr.contains(&reset));
+    files
+        .run_with(
+            &["login", "--email", "files@example.com", "--password-stdin"],
+            &format!("{new_password}\n"),
+        )
+        .ok();
+
+    // Nowhere to read the token from (no terminal, no --password-stdin): a usage error that
+    // names the ways to give it.
+    let usage = owner.run(&["password", "reset"]);
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    assert!(
+        usage.stderr.contains("--token-file") && usage.stderr.contains("STEWARD_LINK_TOKEN"),
+        "{}",
+        usage.stderr
+    );
+}
+
+/// The token in a file written by [`link_tokens_stay_off_the_command_line`].
+fn invite_of(file: &Path) -> String {
+    token_in(&std::fs::read_to_string(file).unwrap()).unwrap()
 }

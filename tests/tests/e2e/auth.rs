@@ -294,9 +294,13 @@ backend_test!(issue_invite_is_idempotent_and_needs_the_administrator, |stack| as
         .unwrap();
     assert!(text.contains("Acme") && text.contains(&owner.email), "names organization and inviter");
     assert!(text.contains(&format!("/set-password?token={token}")));
-    // No console is configured: the email leads with the command that completes the invite.
-    let command = format!("\r\n  steward accept-invite --token {token}\r\n");
-    assert!(text.contains(&command), "{text}");
+    // No console is configured: the email leads with the command that completes the invite,
+    // then the token to paste when it asks (never on the command line).
+    let command = "\r\n  steward accept-invite\r\n";
+    let pasted = format!("\r\n  {token}\r\n");
+    assert!(text.find(command) < text.find(&pasted), "{text}");
+    assert!(text.find(&pasted) < text.find("/set-password?token="), "{text}");
+    assert!(!text.contains("--token"), "{text}");
     assert!(text.contains("No web console ships with Steward yet"), "{text}");
 
     // The admin service does not know this administrator: accepting fails and does not activate.
@@ -844,7 +848,10 @@ backend_test!(password_reset_by_email_link, |stack| async move {
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .find(|t| t.contains(&format!("reset-password?token={token}")))
         .unwrap();
-    assert!(text.contains(&format!("\r\n  steward password reset --token {token}\r\n")), "{text}");
+    let command = "\r\n  steward password reset\r\n";
+    let pasted = format!("\r\n  {token}\r\n");
+    assert!(text.contains(command) && text.contains(&pasted), "{text}");
+    assert!(text.find(command) < text.find(&pasted) && !text.contains("--token"), "{text}");
     let weak = auth
         .reset_password(ResetPasswordRequest {
             token: token.clone(),

@@ -1,5 +1,7 @@
 //! Invites, sign-in and sign-out, the profile, passwords and MFA.
 
+use std::path::PathBuf;
+
 use serde_json::json;
 use steward_proto::admin::v1::{GetProfileRequest, UpdateProfileRequest};
 use steward_proto::auth::v1::{
@@ -8,7 +10,9 @@ use steward_proto::auth::v1::{
     ResetPasswordRequest, SignInRequest, SignOutRequest, TokenScope, TokenSet, VerifyMfaRequest,
 };
 
-use crate::cli::{AcceptInvite, Format, Login, MfaCommand, PasswordCommand, Profile};
+use crate::cli::{
+    AcceptInvite, Format, LinkToken, Login, MfaCommand, PasswordCommand, Profile, LINK_TOKEN_VAR,
+};
 use crate::context::{api_key_is_set, Context, API_KEY_VAR};
 use crate::error::{CliError, Result};
 use crate::session::{claims, write_private, Session};
@@ -49,10 +53,111 @@ fn password_input(flag: bool, asked: Asked) -> Result<String> {
     }
 }
 
+/// Where the token of an invite or reset email is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TokenSource {
+    /// `--token`: on the command line, seen by every local user.
+    Flag(String),
+    /// `--token-file PATH`.
+    File(PathBuf),
+    /// `STEWARD_LINK_TOKEN`.
+    Env(String),
+    /// Asked on the terminal, with echo off.
+    Prompt,
+    /// The first line of stdin; the new password is the second (`--password-stdin`).
+    Stdin,
+}
+
+/// Picks the token's source: `--token`, `--token-file`, a non-empty `STEWARD_LINK_TOKEN`
+/// (`env`), else the terminal when stdin is one, else stdin's first line with
+/// `--password-stdin`; anything else is a usage error, before anything is read.
+fn token_source(
+    link: &LinkToken,
+    env: Option<String>,
+    stdin_is_terminal: bool,
+) -> Result<TokenSource> {
+    if let Some(token) = &link.token {
+        return Ok(TokenSource::Flag(token.clone()));
+    }
+    if let Some(path) = &link.token_file {
+        return Ok(TokenSource::File(path.clone()));
+    }
+    if let Some(token) = env.filter(|t| !t.trim().is_empty()) {
+        return Ok(TokenSource::Env(token));
+    }
+    if stdin_is_terminal {
+        return Ok(TokenSource::Prompt);
+    }
+    if link.password_stdin {
+        return Ok(TokenSource::Stdin);
+    }
+    Err(CliError::Usage(format!(
+        "give the token from the email: run from a terminal to paste it when asked, or use \
+         --token-file PATH or {LINK_TOKEN_VAR}; with --password-stdin, stdin may hold the \
+         token, then the new password, one per line"
+    )))
+}
+
+/// The token in `text`: the `token=` value of a pasted link, else the text without its
+/// surrounding whitespace; `None` when that leaves nothing.
+fn link_token(text: &str) -> Option<String> {
+    let text = text.trim();
+    let token = match text.find("token=") {
+        Some(at) => text
+            .get(at + "token=".len()..)
+            .unwrap_or_default()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect(),
+        None => text.to_string(),
+    };
+    (!token.is_empty()).then_some(token)
+}
+
+/// The token of an invite or reset email and the new password (see [`LinkToken`]). The token
+/// is never echoed: not when asked for, not in errors.
+fn token_and_password(link: &LinkToken) -> Result<(String, String)> {
+    let env = std::env::var(LINK_TOKEN_VAR).ok();
+    let source = token_source(link, env, input::stdin_is_terminal())?;
+    let (text, password) = match source {
+        TokenSource::Flag(token) => {
+            if input::stderr_is_terminal() {
+                output::note(&format!(
+                    "warning: --token is visible to other users of this machine and kept in \
+                     shell history; leave it out to paste the token when asked (or use \
+                     --token-file or {LINK_TOKEN_VAR})"
+                ));
+            }
+            (token, password_input(link.password_stdin, Asked::New)?)
+        }
+        TokenSource::File(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|source| CliError::Io {
+                context: "cannot read the token file",
+                path: path.clone(),
+                source,
+            })?;
+            let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
+            (first.to_string(), password_input(link.password_stdin, Asked::New)?)
+        }
+        TokenSource::Env(token) => (token, password_input(link.password_stdin, Asked::New)?),
+        TokenSource::Prompt => {
+            let token = input::hidden("Paste the token from the email: ")?;
+            (token, password_input(link.password_stdin, Asked::New)?)
+        }
+        TokenSource::Stdin => {
+            let mut lines = input::stdin_lines(2, "the token, then the new password")?.into_iter();
+            (lines.next().unwrap_or_default(), lines.next().unwrap_or_default())
+        }
+    };
+    let token = link_token(&text)
+        .ok_or_else(|| CliError::Input("no token given: it is in the email".into()))?;
+    Ok((token, password))
+}
+
 /// `steward accept-invite`.
 pub async fn accept_invite(ctx: &mut Context, args: AcceptInvite) -> Result<u8> {
-    let password = password_input(args.password_stdin, Asked::New)?;
-    let request = AcceptInviteRequest { token: args.token, password };
+    let (token, password) = token_and_password(&args.link)?;
+    let request = AcceptInviteRequest { token, password };
     let answer = ctx.anonymous().await?.auth().accept_invite(request).await?.into_inner();
     match ctx.format {
         Format::Json => output::json_doc(&json!({"administrator": answer.administrator}))?,
@@ -230,8 +335,8 @@ pub async fn password(ctx: &mut Context, cmd: PasswordCommand) -> Result<u8> {
             ctx.anonymous().await?.auth().request_password_reset(request).await?;
             output::line("if the account exists, a password-reset email is on its way")?;
         }
-        PasswordCommand::Reset { token, password_stdin } => {
-            let new_password = password_input(password_stdin, Asked::New)?;
+        PasswordCommand::Reset(link) => {
+            let (token, new_password) = token_and_password(&link)?;
             let request = ResetPasswordRequest { token, new_password };
             ctx.anonymous().await?.auth().reset_password(request).await?;
             output::line("password reset; sign in with the new password")?;
@@ -290,4 +395,51 @@ pub async fn mfa(ctx: &mut Context, cmd: MfaCommand) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(token: Option<&str>, file: Option<&str>, password_stdin: bool) -> LinkToken {
+        LinkToken {
+            token: token.map(str::to_string),
+            token_file: file.map(PathBuf::from),
+            password_stdin,
+        }
+    }
+
+    #[test]
+    fn the_token_comes_from_the_flag_the_file_the_variable_the_terminal_or_stdin() {
+        let env = || Some("from-env".to_string());
+        let source = |l: &LinkToken, env: Option<String>, tty| token_source(l, env, tty).unwrap();
+        assert_eq!(
+            source(&link(Some("t"), None, true), env(), true),
+            TokenSource::Flag("t".into())
+        );
+        assert_eq!(
+            source(&link(None, Some("f"), false), env(), false),
+            TokenSource::File("f".into())
+        );
+        assert_eq!(
+            source(&link(None, None, true), env(), false),
+            TokenSource::Env("from-env".into())
+        );
+        // An empty variable is no token.
+        assert_eq!(source(&link(None, None, false), Some(" ".into()), true), TokenSource::Prompt);
+        assert_eq!(source(&link(None, None, true), None, true), TokenSource::Prompt);
+        assert_eq!(source(&link(None, None, true), None, false), TokenSource::Stdin);
+        // Nowhere to read it from: a usage error, before anything is read.
+        let refused = token_source(&link(None, None, false), None, false);
+        assert!(matches!(refused, Err(CliError::Usage(_))), "{refused:?}");
+    }
+
+    #[test]
+    fn a_pasted_link_or_padded_token_gives_the_token() {
+        assert_eq!(link_token("  -Ab_9z \n").as_deref(), Some("-Ab_9z"));
+        let pasted = "https://console.invalid/set-password?token=Ab-_9z";
+        assert_eq!(link_token(pasted).as_deref(), Some("Ab-_9z"));
+        assert_eq!(link_token(" \r\n"), None);
+        assert_eq!(link_token("x?token="), None);
+    }
 }

@@ -462,6 +462,39 @@ fn unseen(
     usize::try_from(skip).unwrap_or(data.len())
 }
 
+/// Streams of a run lost in a row without a single event before following gives up.
+const MAX_FRUITLESS_STREAMS: u32 = 5;
+
+/// Whether to reconnect after the stream of an unfinished run was lost: a stream that
+/// delivered any event (the server sends the run first) shows that the server and the run are
+/// there, so the count starts again. A run lasting hours is followed across every stream the
+/// server recycles (its connection age), while a server that breaks streams before sending
+/// anything is given up on after [`MAX_FRUITLESS_STREAMS`].
+#[derive(Debug, Default)]
+struct LostStreams {
+    /// Streams lost in a row without an event.
+    fruitless: u32,
+}
+
+impl LostStreams {
+    /// After a stream was lost (`delivered`: it delivered at least one event): whether to open
+    /// another.
+    fn reconnect_after(&mut self, delivered: bool) -> bool {
+        self.fruitless = if delivered { 0 } else { self.fruitless.saturating_add(1) };
+        self.fruitless < MAX_FRUITLESS_STREAMS
+    }
+}
+
+/// Waits [`RECONNECT_PAUSE`] before the next stream.
+#[allow(clippy::disallowed_methods)] // wall-clock pause between reconnects on purpose
+async fn reconnect_pause() {
+    tokio::time::sleep(RECONNECT_PAUSE).await;
+}
+
+/// The pause before reopening a lost stream: a server that breaks every stream right after
+/// its first event is asked at most once a second, not in a tight loop.
+const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The exit code of a finished run: 0 if it succeeded, else 1; with `pass_exit_code`, the
 /// first non-zero exit code of its systems' scripts instead, as the agents reported them (a
 /// script killed on timeout or cancel: 128 + the signal), when one fits an exit status (1 to
@@ -535,7 +568,9 @@ async fn follow(
 async fn watch_to_end(ctx: &mut Context, name: String) -> Result<Run> {
     let mut printed = HashMap::new();
     let mut last: Option<Run> = None;
-    for _attempt in 0..5 {
+    let mut streams = LostStreams::default();
+    loop {
+        let mut delivered = false;
         let watched = name.clone();
         let mut stream = ctx
             .call(move |s| {
@@ -550,6 +585,7 @@ async fn watch_to_end(ctx: &mut Context, name: String) -> Result<Run> {
                 Err(status) if matches!(status.code(), Code::Unavailable | Code::Unknown) => break,
                 Err(status) => return Err(status.into()),
             };
+            delivered = true;
             match event.event {
                 Some(watch_run_response::Event::Run(run)) => {
                     if ctx.format == Format::Json {
@@ -588,9 +624,10 @@ async fn watch_to_end(ctx: &mut Context, name: String) -> Result<Run> {
         let run = get_run(ctx, name.clone()).await?;
         let done = finished(run.state);
         last = Some(run);
-        if done {
+        if done || !streams.reconnect_after(delivered) {
             break;
         }
+        reconnect_pause().await;
     }
     let run = last.ok_or(CliError::Protocol("WatchRun without a snapshot of the run"))?;
     if !finished(run.state) {
@@ -661,6 +698,25 @@ mod tests {
             let odd = run(RunState::Failed, vec![result(RunState::Failed, code)]);
             assert_eq!(exit_status(&odd, true), 1, "{code}");
         }
+    }
+
+    #[test]
+    fn streams_that_delivered_events_are_followed_without_limit() {
+        let mut streams = LostStreams::default();
+        // Hours of streams recycled by the server, each after some events: never given up.
+        for _ in 0..1000 {
+            assert!(streams.reconnect_after(true));
+        }
+        // Four lost in a row without an event, then one with events: the count starts again.
+        for _ in 0..4 {
+            assert!(streams.reconnect_after(false));
+        }
+        assert!(streams.reconnect_after(true));
+        for _ in 0..4 {
+            assert!(streams.reconnect_after(false));
+        }
+        // The fifth in a row without an event: given up.
+        assert!(!streams.reconnect_after(false));
     }
 
     #[test]

@@ -23,9 +23,7 @@ fn needs_credentials(command: &Command) -> bool {
         Command::AcceptInvite(_)
             | Command::Login(_)
             | Command::Logout
-            | Command::Password(
-                PasswordCommand::RequestReset { .. } | PasswordCommand::Reset { .. }
-            )
+            | Command::Password(PasswordCommand::RequestReset { .. } | PasswordCommand::Reset(_))
             | Command::Profiles(_)
             | Command::Completion { .. }
             | Command::Man { .. }
