@@ -33,7 +33,7 @@ for _ in $(seq 1 100); do grep -q 'set-password?token=' "$data/dev.log" 2>/dev/n
 token=$(grep -o 'set-password?token=[A-Za-z0-9_-]*' "$data/dev.log" | head -1 | cut -d= -f2)
 export STEWARD_SERVER="http://127.0.0.1:$port" STEWARD_CONFIG_DIR="$data/cli"
 password='correct horse battery staple 42!'
-echo "$password" | "$bin/steward" accept-invite --token "$token" --password-stdin >/dev/null
+printf '%s\n%s\n' "$token" "$password" | "$bin/steward" accept-invite --password-stdin >/dev/null
 echo "$password" | "$bin/steward" login --email owner@example.com --password-stdin >/dev/null
 "$bin/steward" roles create bench --name bench --permission administrators.read \
   --permission access.check --permission commands.read --permission commands.create \
@@ -52,7 +52,7 @@ for i in $(seq 2 "${BENCH_PEOPLE:-3}"); do
     [ -n "$invite" ] && break
     sleep 0.1
   done
-  echo "$password" | "$bin/steward" accept-invite --token "$invite" --password-stdin >/dev/null
+  printf '%s\n%s\n' "$invite" "$password" | "$bin/steward" accept-invite --password-stdin >/dev/null
   emails="$emails,$email"
 done
 export STEWARD_API_KEY STEWARD_EMAIL="$emails" STEWARD_PASSWORD="$password"

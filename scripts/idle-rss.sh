@@ -73,7 +73,7 @@ report "idle, after start:"
 link=$(grep -o 'set-password?token=[A-Za-z0-9_-]*' "$data/dev.log" | head -1 | cut -d= -f2)
 export STEWARD_SERVER="http://127.0.0.1:$auth" STEWARD_CONFIG_DIR="$data/cli"
 password='correct horse battery staple 42!'
-echo "$password" | "$bin/steward" accept-invite --token "$link" --password-stdin >/dev/null
+printf '%s\n%s\n' "$link" "$password" | "$bin/steward" accept-invite --password-stdin >/dev/null
 echo "$password" | "$bin/steward" login --email owner@example.com --password-stdin >/dev/null
 sleep "${IDLE_RSS_SETTLE:-5}"
 report "idle, after one sign-in:"

@@ -224,8 +224,11 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
             match bootstrap_dev(&config, &owner_email).await {
                 Ok(Some(token)) => {
                     println!("  first organization created; its owner is {owner_email}");
-                    println!("  set the owner's password (the token is single-use):");
-                    println!("    steward accept-invite --token {token}");
+                    println!(
+                        "  set the owner's password: run `steward accept-invite` and paste this \
+                         single-use token when it asks:"
+                    );
+                    println!("    {token}");
                     let link = set_password_link(&config, &token);
                     if config.auth.console_is_placeholder() {
                         println!("  link for a web console (none ships yet): {link}");
