@@ -5,9 +5,18 @@
 //! call, then gives the peer call the time left less a margin ([`peer_timeout`]), so the peer
 //! gives up, and this service answers `UNAVAILABLE`, before the caller's own deadline passes.
 //! A call whose deadline has already passed is not sent at all.
+//!
+//! [`DeadlineLayer`] enforces the deadline of each call itself: the sooner of the caller's
+//! `grpc-timeout` and `server.request_timeout_secs`, until the response starts (a stream is not
+//! cut once it has begun). A call past it is answered `DEADLINE_EXCEEDED`, inside the
+//! request-id, CORS and gRPC-Web layers, so the answer carries the request id and reaches a
+//! browser like any other.
 
 use std::future::Future;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use tokio::time::Instant;
 
@@ -55,6 +64,74 @@ pub fn peer_timeout() -> Option<Duration> {
     };
     let left = deadline.checked_duration_since(Instant::now())?.checked_sub(MARGIN)?;
     (!left.is_zero()).then(|| left.min(MAX_PEER_TIMEOUT))
+}
+
+/// The tower layer answering calls past their deadline with `DEADLINE_EXCEEDED`.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadlineLayer {
+    limit: Duration,
+}
+
+impl DeadlineLayer {
+    /// Calls get at most `limit` (`server.request_timeout_secs`) to start answering.
+    pub fn new(limit: Duration) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline { inner, limit: self.limit }
+    }
+}
+
+/// The service produced by [`DeadlineLayer`].
+#[derive(Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Deadline<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let asked = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let timeout = asked.map_or(self.limit, |asked| asked.min(self.limit));
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, response).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    tracing::info!(
+                        timeout_ms = timeout.as_millis() as u64,
+                        "call past its deadline"
+                    );
+                    let status = tonic::Status::deadline_exceeded(
+                        "the call's deadline passed before it was answered",
+                    );
+                    Ok(status.into_http())
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]

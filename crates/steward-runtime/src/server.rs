@@ -20,6 +20,7 @@ use tonic_health::ServingStatus;
 
 use crate::authn::AuthLayer;
 use crate::config::ServerConfig;
+use crate::deadline::DeadlineLayer;
 use crate::request_id::RequestIdLayer;
 use crate::routing::{Listener, RoutingLayer};
 use crate::telemetry::rpc::RpcMetricsLayer;
@@ -183,6 +184,7 @@ pub async fn serve(
         .layer(tower::util::option_layer(cors))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(RequestIdLayer)
+        .layer(DeadlineLayer::new(limits.request_timeout()))
         .layer(public_routing)
         // Outside `auth`, so calls refused by it are measured too (the time a call waits for a
         // concurrency slot is not: that wait happens before the call starts).
@@ -192,6 +194,7 @@ pub async fn serve(
         .add_routes(public_routes);
     let internal = builder(&limits)
         .layer(RequestIdLayer)
+        .layer(DeadlineLayer::new(limits.request_timeout()))
         .layer(internal_routing)
         .layer(RpcMetricsLayer::new(limits.request_timeout()))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(internal_slots))
@@ -226,7 +229,6 @@ fn builder(limits: &ServerConfig) -> Server {
     let mut builder = Server::builder()
         .concurrency_limit_per_connection(limits.max_concurrent_streams_per_connection as usize)
         .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
-        .timeout(limits.request_timeout())
         .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_secs.max(1))))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // One `rpc` span per call, joined to the caller's W3C trace context.

@@ -362,3 +362,40 @@ async fn a_hung_peer_is_unavailable_within_the_callers_deadline() {
     assert!(retry.and_then(|r| r.retry_delay).is_some(), "RetryInfo: {err:?}");
     assert!(!err.message().contains("127.0.0.1"), "no peer address: {err:?}");
 }
+
+// A call past its deadline (the caller's grpc-timeout here) is answered DEADLINE_EXCEEDED by
+// Steward's own layer, with its request id: read as a gRPC-Web client over HTTP/1.1 sees it
+// (a native gRPC client would give up on its own clock first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_is_deadline_exceeded_with_its_request_id() {
+    use prost::Message;
+    use steward_proto::auth::v1::SignInRequest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start(Backend::Sqlite).await;
+    let owner = stack.owner().await;
+    // A sign-in hashes a password: far longer than a millisecond.
+    let message = SignInRequest {
+        email: owner.email.clone(),
+        password: crate::harness::PASSWORD.into(),
+        organization: String::new(),
+    }
+    .encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(&message);
+    let addr = stack.url(ServiceKind::Auth).trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /steward.auth.v1.AuthService/SignIn HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\ngrpc-timeout: 1m\r\n\
+         x-request-id: req-deadline-1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&body).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.contains("grpc-status: 4") || text.contains("grpc-status:4"), "{text}");
+    assert!(text.contains("x-request-id: req-deadline-1"), "{text}");
+}
