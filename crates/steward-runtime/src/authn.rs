@@ -218,11 +218,25 @@ pub enum KeySource {
     Remote(Box<RemoteJwks>),
 }
 
-/// A cached JWKS fetched over gRPC from the auth service.
+/// A cached JWKS fetched over gRPC from the auth service, optionally persisted to a file so
+/// that a restarted service verifies tokens signed by keys it knew even while auth is down.
 pub struct RemoteJwks {
     client: steward_proto::auth::v1::auth_service_client::AuthServiceClient<Channel>,
     keys: RwLock<HashMap<String, DecodingKey>>,
     last_fetch: Mutex<Option<Instant>>,
+    cache_file: Option<std::path::PathBuf>,
+}
+
+/// The persisted form of the cache: each Ed25519 key's `kid` and public `x` (base64url).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedKeys {
+    keys: Vec<CachedKey>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedKey {
+    kid: String,
+    x: String,
 }
 
 /// Unknown `kid`s trigger at most one JWKS fetch per this interval.
@@ -235,6 +249,53 @@ impl RemoteJwks {
             client: steward_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel),
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
+            cache_file: None,
+        }
+    }
+
+    /// The same cache, starting from the keys saved in `file` (when it holds any) and saving
+    /// every set it fetches there. A key the file names is trusted until a fetch replaces the
+    /// set, as it is in memory; only public keys are written.
+    pub fn with_cache_file(channel: Channel, file: std::path::PathBuf) -> Self {
+        let mut jwks = Self::new(channel);
+        match std::fs::read(&file) {
+            Ok(bytes) => match serde_json::from_slice::<CachedKeys>(&bytes) {
+                Ok(cached) => {
+                    let keys = decode(cached.keys.iter().map(|k| (k.kid.as_str(), k.x.as_str())));
+                    tracing::info!(keys = keys.len(), path = %file.display(), "token keys loaded from the cache file");
+                    jwks.keys = RwLock::new(keys);
+                }
+                Err(err) => {
+                    tracing::warn!(path = %file.display(), error = %err, "ignoring a damaged token key cache")
+                }
+            },
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(path = %file.display(), error = %err, "cannot read the token key cache")
+            }
+        }
+        jwks.cache_file = Some(file);
+        jwks
+    }
+
+    /// Saves `keys` to the cache file, replacing it whole (write, then rename).
+    async fn persist(&self, keys: &[CachedKey]) {
+        let Some(file) = &self.cache_file else { return };
+        let Ok(text) = serde_json::to_vec(&CachedKeys {
+            keys: keys.iter().map(|k| CachedKey { kid: k.kid.clone(), x: k.x.clone() }).collect(),
+        }) else {
+            return;
+        };
+        let partial = file.with_extension("partial");
+        let written = async {
+            if let Some(dir) = file.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            tokio::fs::write(&partial, text).await?;
+            tokio::fs::rename(&partial, file).await
+        };
+        if let Err(err) = written.await {
+            tracing::warn!(path = %file.display(), error = %err, "cannot save the token key cache");
         }
     }
 
@@ -261,21 +322,32 @@ impl RemoteJwks {
                 ApiError::Unavailable("token keys unavailable, retry later".into())
             })?
             .into_inner();
-        let mut fresh = HashMap::new();
-        for jwk in response.keys {
-            if jwk.kty == "OKP" && jwk.crv == "Ed25519" {
-                match DecodingKey::from_ed_components(&jwk.x) {
-                    Ok(key) => {
-                        fresh.insert(jwk.kid, key);
-                    }
-                    Err(err) => tracing::warn!(kid = %jwk.kid, error = %err, "skipping bad jwk"),
-                }
-            }
-        }
+        let fetched: Vec<CachedKey> = response
+            .keys
+            .into_iter()
+            .filter(|jwk| jwk.kty == "OKP" && jwk.crv == "Ed25519")
+            .map(|jwk| CachedKey { kid: jwk.kid, x: jwk.x })
+            .collect();
+        let fresh = decode(fetched.iter().map(|k| (k.kid.as_str(), k.x.as_str())));
         let found = fresh.get(kid).cloned();
         *self.keys.write().await = fresh;
+        self.persist(&fetched).await;
         Ok(found)
     }
+}
+
+/// Ed25519 verification keys from `(kid, x)` pairs; a malformed one is skipped.
+fn decode<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>) -> HashMap<String, DecodingKey> {
+    let mut decoded = HashMap::new();
+    for (kid, x) in keys {
+        match DecodingKey::from_ed_components(x) {
+            Ok(key) => {
+                decoded.insert(kid.to_string(), key);
+            }
+            Err(err) => tracing::warn!(%kid, error = %err, "skipping bad jwk"),
+        }
+    }
+    decoded
 }
 
 /// Verifies access tokens per RFC 8725: fixed algorithm, `typ`, `kid`, issuer, audience,

@@ -78,6 +78,10 @@ impl ServiceKind {
     }
 }
 
+/// The file under `database.data_dir` where services other than auth keep the token keys they
+/// fetched from it.
+pub const JWKS_CACHE_FILE: &str = "jwks-cache.json";
+
 /// A process could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -257,7 +261,12 @@ pub async fn run(
     let keys = if kinds.contains(&ServiceKind::Auth) {
         KeySource::Static(steward_auth::keys::verifying_keys(&config.auth)?)
     } else {
-        KeySource::Remote(Box::new(RemoteJwks::new(peers.auth.clone())))
+        // Persisted under the data directory, so a restart while auth is down still verifies
+        // the tokens of keys seen before.
+        KeySource::Remote(Box::new(RemoteJwks::with_cache_file(
+            peers.auth.clone(),
+            config.database.data_dir.join(JWKS_CACHE_FILE),
+        )))
     };
     let verifier = TokenVerifier::new(
         config.auth.issuer.clone(),

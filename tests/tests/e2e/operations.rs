@@ -399,3 +399,39 @@ async fn a_call_past_its_deadline_is_deadline_exceeded_with_its_request_id() {
     assert!(text.contains("grpc-status: 4") || text.contains("grpc-status:4"), "{text}");
     assert!(text.contains("x-request-id: req-deadline-1"), "{text}");
 }
+
+// Auth down, and the admin and commands services restarted: they still verify the tokens of the
+// keys they fetched before (kept in their cache file), so signed-in callers keep working.
+crate::backend_test!(
+    restarted_services_verify_tokens_while_auth_is_down,
+    start = |backend| Stack::start_split(backend),
+    |stack| async move {
+        use steward_proto::admin::v1::GetProfileRequest;
+        use steward_proto::commands::v1::ListCommandsRequest;
+        let mut stack: Stack = stack;
+        let owner = stack.owner().await;
+        // Each fetches the token keys once while auth is up.
+        owner.client.admin().get_profile(GetProfileRequest {}).await.unwrap();
+        let commands = stack
+            .client_for(ServiceKind::Commands)
+            .await
+            .with_token(&owner.tokens.access_token)
+            .unwrap();
+        let list = || ListCommandsRequest { parent: owner.org.clone(), ..Default::default() };
+        commands.commands().list_commands(list()).await.unwrap();
+        stack.stop_auth().await;
+        for kind in [ServiceKind::Admin, ServiceKind::Commands] {
+            stack.stop(kind).await;
+            stack.restart(kind).await;
+        }
+        let profile = owner.client.admin().get_profile(GetProfileRequest {}).await;
+        assert!(profile.is_ok(), "admin after its restart: {profile:?}");
+        let commands = stack
+            .client_for(ServiceKind::Commands)
+            .await
+            .with_token(&owner.tokens.access_token)
+            .unwrap();
+        let listed = commands.commands().list_commands(list()).await;
+        assert!(listed.is_ok(), "commands after its restart: {listed:?}");
+    }
+);
