@@ -8,6 +8,7 @@ pub mod claims;
 pub mod config;
 pub mod deadline;
 pub mod error;
+pub mod jwks;
 pub mod metrics;
 pub mod names;
 pub mod peer;
