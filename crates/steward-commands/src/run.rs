@@ -526,19 +526,26 @@ pub fn spawn_active_targets_metric(
             let db = db.clone();
             let active = active.clone();
             async move {
-                let mut samples = Vec::new();
-                for state in active {
-                    let sql = format!(
-                        "SELECT COUNT(*) AS n FROM commands_run_results WHERE state = {}",
-                        state as i32
-                    );
-                    let backend = db.get_database_backend();
-                    let n: i64 = match db.query_one(Statement::from_string(backend, sql)).await? {
-                        Some(row) => row.try_get("", "n")?,
-                        None => 0,
-                    };
-                    samples.push((vec![KeyValue::new("state", state.as_str_name())], n));
+                // One indexed pass: the count of each active state, zero when none is left.
+                let states: Vec<String> = active.iter().map(|s| (*s as i32).to_string()).collect();
+                let sql = format!(
+                    "SELECT state, COUNT(*) AS n FROM commands_run_results \
+                     WHERE state IN ({}) GROUP BY state",
+                    states.join(", ")
+                );
+                let rows =
+                    db.query_all(Statement::from_string(db.get_database_backend(), sql)).await?;
+                let mut counts = std::collections::HashMap::new();
+                for row in rows {
+                    counts.insert(row.try_get::<i32>("", "state")?, row.try_get::<i64>("", "n")?);
                 }
+                let samples = active
+                    .iter()
+                    .map(|state| {
+                        let n = counts.get(&(*state as i32)).copied().unwrap_or(0);
+                        (vec![KeyValue::new("state", state.as_str_name())], n)
+                    })
+                    .collect();
                 Ok::<_, sea_orm::DbErr>(samples)
             }
         },

@@ -578,15 +578,9 @@ where
                 .await;
             match caller {
                 Ok(caller) => {
-                    // The caller's deadline bounds the internal calls the handler makes.
-                    let deadline = request
-                        .headers()
-                        .get("grpc-timeout")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(crate::deadline::parse_grpc_timeout);
                     request.extensions_mut().insert(caller);
                     request.extensions_mut().insert(context);
-                    crate::deadline::scope(deadline, inner.call(request)).await
+                    inner.call(request).await
                 }
                 Err((err, principal)) => {
                     tracing::info!(method = %context.method, code = ?err.code(), request_id = %context.request_id, "call refused");

@@ -1,7 +1,7 @@
 //! The caller's deadline, carried to the calls a handler makes to other Steward services.
 //!
-//! The authentication layer runs each accepted call inside [`scope`] with the deadline its
-//! `grpc-timeout` names. [`crate::authn::ServiceCredential`], the interceptor of every internal
+//! [`DeadlineLayer`] runs each call inside [`scope`] with its deadline: the sooner of its
+//! `grpc-timeout` and `server.request_timeout_secs`. [`crate::authn::ServiceCredential`], the interceptor of every internal
 //! call, then gives the peer call the time left less a margin ([`peer_timeout`]), so the peer
 //! gives up, and this service answers `UNAVAILABLE`, before the caller's own deadline passes.
 //! A call whose deadline has already passed is not sent at all.
@@ -117,7 +117,8 @@ where
         let timeout = asked.map_or(self.limit, |asked| asked.min(self.limit));
         let response = self.inner.call(request);
         Box::pin(async move {
-            match tokio::time::timeout(timeout, response).await {
+            // The handler runs in the scope, so its internal calls get the time left.
+            match tokio::time::timeout(timeout, scope(Some(timeout), response)).await {
                 Ok(answer) => answer,
                 Err(_) => {
                     tracing::info!(
