@@ -238,7 +238,7 @@ fn prost_types_duration(seconds: i64) -> prost_types::Duration {
 
 /// Registers one system and holds its session; answers assignments and reports when each
 /// arrived. The session ends when the returned handle is dropped.
-async fn agent(
+pub(crate) async fn agent(
     channel: Channel,
     connect_key: &str,
     hostname: String,

@@ -8,6 +8,7 @@
 //! administrators and checks access (the built-in Read Only role does).
 
 pub mod fleet;
+pub mod soak;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -392,13 +393,13 @@ fn raw_argon2(duration: Duration) -> Outcome {
 }
 
 /// Latencies and errors of one worker (or one paced run).
-struct Tally {
+pub(crate) struct Tally {
     histogram: Option<Histogram<u64>>,
     errors: BTreeMap<String, u64>,
 }
 
 impl Tally {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // Three significant digits, up to a minute in microseconds.
         Self {
             histogram: Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
@@ -406,7 +407,7 @@ impl Tally {
         }
     }
 
-    fn record(&mut self, elapsed: Duration, result: Result<(), tonic::Status>) {
+    pub(crate) fn record(&mut self, elapsed: Duration, result: Result<(), tonic::Status>) {
         match result {
             Ok(()) => {
                 let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -418,7 +419,7 @@ impl Tally {
         }
     }
 
-    fn add(&mut self, other: Self) {
+    pub(crate) fn add(&mut self, other: Self) {
         if let (Some(total), Some(h)) = (self.histogram.as_mut(), other.histogram.as_ref()) {
             // Same bounds on both sides: adding cannot fail.
             let _ = total.add(h);
@@ -428,7 +429,7 @@ impl Tally {
         }
     }
 
-    fn outcome(self, name: &str, duration: Duration) -> Outcome {
+    pub(crate) fn outcome(self, name: &str, duration: Duration) -> Outcome {
         outcome(name, self.histogram.as_ref(), self.errors, duration)
     }
 }
@@ -645,7 +646,7 @@ fn sign_in_load(options: &Options) -> Options {
 }
 
 /// A page of one administrator of `organization` (with the organization's `total_size`).
-async fn first_administrator(
+pub(crate) async fn first_administrator(
     client: &Steward,
     organization: &str,
 ) -> Result<steward_proto::admin::v1::ListAdministratorsResponse, BenchError> {
@@ -689,7 +690,10 @@ async fn populate(client: &Steward, organization: &str, size: usize) -> Result<(
 
 /// Signs every client in with `api_key` (one token, exchanged once); answers the account's
 /// organization, read from the token's `org` claim.
-async fn sign_in(clients: &[(Channel, Steward)], api_key: &str) -> Result<String, BenchError> {
+pub(crate) async fn sign_in(
+    clients: &[(Channel, Steward)],
+    api_key: &str,
+) -> Result<String, BenchError> {
     use base64::Engine;
     let Some((_, first)) = clients.first() else { return Ok(String::new()) };
     let request = ExchangeApiKeyRequest { api_key: api_key.to_string() };

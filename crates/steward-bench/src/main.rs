@@ -69,6 +69,37 @@ struct Args {
     /// Longest wait, in seconds, for the server to go quiet once the agents are connected.
     #[arg(long, default_value_t = 60)]
     settle: u64,
+    /// Soak instead of measuring: a mixed load for this many seconds over every `--servers`
+    /// URL, with `--agents` simulated agents, watching `--server-pids` for growth after
+    /// `--warmup` seconds (see `scripts/soak.sh`). Exits 1 when the soak fails.
+    #[arg(long)]
+    soak: Option<u64>,
+    /// The soak's servers (comma-separated URLs, each serving every public service).
+    /// Default: `--server`.
+    #[arg(long, value_delimiter = ',')]
+    servers: Vec<String>,
+    /// The soak's server process ids (comma-separated), watched through `/proc`.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
+    /// Each soaked process's `/metrics` address (`host:port`, comma-separated, in
+    /// `--server-pids` order), for its task count and pool connections.
+    #[arg(long, value_delimiter = ',')]
+    metrics: Vec<String>,
+    /// Seconds of the soak after which nothing may grow.
+    #[arg(long, default_value_t = 120)]
+    warmup: u64,
+    /// The soak's load as a fraction of the capacity it measures first.
+    #[arg(long, default_value_t = 0.7)]
+    utilization: f64,
+    /// The soak's load in calls per second (instead of `--utilization`).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// During the soak, one command runs on this many agents every `--run-every` seconds.
+    #[arg(long, default_value_t = 100)]
+    run_targets: usize,
+    /// Seconds between the soak's command runs.
+    #[arg(long, default_value_t = 15)]
+    run_every: u64,
 }
 
 #[tokio::main]
@@ -84,6 +115,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(seconds) = args.soak {
+        return soak(args, seconds).await;
+    }
     let password = std::env::var("STEWARD_PASSWORD").unwrap_or_default();
     let people: Vec<(String, String)> =
         args.email.into_iter().map(|email| (email, password.clone())).collect();
@@ -120,4 +154,41 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(())
+}
+
+/// `--soak`: runs the soak and prints (and with `--json` writes) its report.
+async fn soak(args: Args, seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let options = steward_bench::soak::SoakOptions {
+        servers: if args.servers.is_empty() { vec![args.server] } else { args.servers },
+        pids: if args.server_pids.is_empty() {
+            args.server_pid.into_iter().collect()
+        } else {
+            args.server_pids
+        },
+        metrics: args.metrics,
+        ca_pem: args.ca_file.map(std::fs::read).transpose()?,
+        api_key: std::env::var("STEWARD_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+            .ok_or("the soak needs a service account's key in STEWARD_API_KEY")?,
+        duration: Duration::from_secs(seconds.max(1)),
+        warmup: Duration::from_secs(args.warmup),
+        rate: args.rate,
+        utilization: args.utilization,
+        agents: args.agents,
+        run_targets: args.run_targets,
+        run_every: Duration::from_secs(args.run_every.max(1)),
+        sample_every: Duration::from_secs(10),
+        calibration: Duration::from_secs(10),
+    };
+    let report = steward_bench::soak::run(&options).await?;
+    print!("{}", report.markdown());
+    if let Some(path) = args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    if report.failures.is_empty() {
+        Ok(())
+    } else {
+        Err("the soak failed (see the verdict above)".into())
+    }
 }

@@ -16,6 +16,7 @@
 //! | `steward.agents.connected` | gauge | |
 //! | `steward.run_targets.active` | gauge | `state` (each non-terminal run state) |
 //! | `steward.auth.throttled` | counter | |
+//! | `steward.runtime.tasks` | gauge | (tokio tasks alive in the process: a leak shows as growth) |
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,6 +59,13 @@ pub(crate) fn enable(registry: Option<prometheus::Registry>) {
     ENABLED.store(true, Ordering::Relaxed);
     if let Some(registry) = registry {
         let _ = REGISTRY.set(registry);
+    }
+    // Read on the collector's thread through a handle taken here, inside the runtime.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        gauge_fn("steward.runtime.tasks", "Tokio tasks alive in the process", move || {
+            let alive = runtime.metrics().num_alive_tasks();
+            vec![(Vec::new(), i64::try_from(alive).unwrap_or(i64::MAX))]
+        });
     }
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use steward_bench::{Options, Scenario};
 
-backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async move {
-    let owner = stack.owner().await;
+/// A service account holding what the load tool and the soak need, and its API key.
+async fn bench_key(stack: &crate::harness::Stack, owner: &crate::harness::Owner) -> String {
     // What the load tool needs: read administrators, check access, and run a fleet.
     let role = crate::custom_roles::create_role(
         &owner.client,
@@ -21,6 +21,7 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
             "commands.run",
             "connect_keys.create",
             "administrators.create",
+            "administrators.delete",
             "runs.read",
             "runs.cancel",
         ],
@@ -32,7 +33,13 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
             .await
             .unwrap();
     let (_, api_key) =
-        crate::service_accounts::create_key(&stack, &owner.client, &account.name, 1).await.unwrap();
+        crate::service_accounts::create_key(stack, &owner.client, &account.name, 1).await.unwrap();
+    api_key
+}
+
+backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async move {
+    let owner = stack.owner().await;
+    let api_key = bench_key(&stack, &owner).await;
     let options = Options {
         server: stack.url(steward_server::ServiceKind::Admin),
         ca_pem: None,
@@ -107,4 +114,37 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
     let keyless = Options { api_key: None, fleet: None, ..options };
     let refused = steward_bench::run(&keyless, &[Scenario::CheckAccess]).await.unwrap_err();
     assert!(refused.to_string().contains("STEWARD_API_KEY"), "{refused}");
+});
+
+// The soak in smoke mode, on two replicas: the mixed load (reads, invites and deletions) runs
+// without a failed call, every run reaches every agent of the fleet spread over both replicas,
+// and this process is sampled. A few seconds say nothing about leaks; scripts/soak.sh does.
+backend_test!(the_soak_runs_on_two_replicas_without_errors, |stack| async move {
+    let mut stack = stack;
+    let owner = stack.owner().await;
+    let api_key = bench_key(&stack, &owner).await;
+    let second = stack.add_replica().await;
+    let options = steward_bench::soak::SoakOptions {
+        servers: vec![stack.url(steward_server::ServiceKind::Admin), second],
+        pids: vec![std::process::id()],
+        metrics: Vec::new(),
+        ca_pem: None,
+        api_key,
+        duration: Duration::from_secs(3),
+        warmup: Duration::ZERO,
+        rate: Some(40.0),
+        utilization: 0.7,
+        agents: 10,
+        run_targets: 6,
+        run_every: Duration::from_secs(1),
+        sample_every: Duration::from_secs(1),
+        calibration: Duration::from_secs(1),
+    };
+    let report = steward_bench::soak::run(&options).await.unwrap();
+    assert!(report.load.ok > 0 && report.load.errors.is_empty(), "{}", report.markdown());
+    assert!(report.runs >= 1, "{}", report.markdown());
+    assert_eq!(report.assignments_received, report.assignments_expected, "{}", report.markdown());
+    let samples = &report.samples[0];
+    assert!(samples.len() >= 2 && samples.iter().all(|s| s.rss_kib > 0 && s.fds > 0));
+    assert!(report.markdown().contains("| s | RSS MiB |"));
 });

@@ -201,10 +201,11 @@ fn administrator(owner: &crate::harness::Owner, email: &str) -> CreateAdministra
     }
 }
 
-// A database outage: calls fail fast with UNAVAILABLE (well before the client's deadline, never
-// INTERNAL, never the driver's text); readiness turns NOT_SERVING while liveness stays SERVING
+// A database outage under a mixed load: calls fail fast with UNAVAILABLE (before a 2 s client
+// deadline, never INTERNAL, never the driver's text); readiness turns NOT_SERVING while liveness stays SERVING
 // (a restarted pod would not bring the database back); once the database is back the service
-// answers again within 5 s without a restart, and what was acknowledged before is still there.
+// answers again within 5 s without a restart, and every write acknowledged, before or during the
+// outage, is still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_fails_calls_fast_and_the_service_recovers_alone() {
     if !crate::harness::postgres_available() {
@@ -230,17 +231,63 @@ async fn a_database_outage_fails_calls_fast_and_the_service_recovers_alone() {
         .unwrap()
         .into_inner();
 
+    // A mixed load runs through the outage: callers without the SDK's retries, each call with a
+    // 2 s deadline, alternating reads and writes.
+    let raw = owner.client.clone().with_retry_policy(None).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for worker in 0..6 {
+        let (client, org, stop) = (raw.clone(), owner.org.clone(), stop.clone());
+        load.spawn(async move {
+            let (mut created, mut codes) = (Vec::new(), Vec::new());
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let answer = if n % 2 == 0 {
+                    let request =
+                        ListAdministratorsRequest { parent: org.clone(), ..Default::default() };
+                    client.admin().list_administrators(within(request, 2)).await.map(|_| None)
+                } else {
+                    let email = format!("load-{worker}-{n}@example.com");
+                    let request = CreateAdministratorRequest {
+                        parent: org.clone(),
+                        administrator: Some(Administrator {
+                            email,
+                            role: Role::ReadOnly as i32,
+                            ..Default::default()
+                        }),
+                        request_id: uuid::Uuid::new_v4().to_string(),
+                    };
+                    client
+                        .admin()
+                        .create_administrator(within(request, 2))
+                        .await
+                        .map(|reply| reply.into_inner().administrator.map(|a| a.name))
+                };
+                match answer {
+                    Ok(Some(name)) => created.push(name),
+                    Ok(None) => {}
+                    Err(status) => {
+                        codes.push((status.code(), status.message().to_string()));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            (created, codes)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
     // PostgreSQL goes away: every connection drops and new ones are refused.
     proxy.cut().await;
-    // Reads and writes: UNAVAILABLE before a 3 s deadline could pass (the server's answer, so
+    // Reads and writes: UNAVAILABLE before a 2 s deadline could pass (the server's answer, so
     // without the SDK's retries).
-    let raw = owner.client.clone().with_retry_policy(None).unwrap();
     for attempt in 0..3 {
         let read = raw
             .admin()
             .list_administrators(within(
                 ListAdministratorsRequest { parent: owner.org.clone(), ..Default::default() },
-                3,
+                2,
             ))
             .await
             .unwrap_err();
@@ -248,7 +295,7 @@ async fn a_database_outage_fails_calls_fast_and_the_service_recovers_alone() {
         assert!(!read.message().contains("sqlx") && !read.message().contains("5432"), "{read:?}");
         let write = raw
             .admin()
-            .create_administrator(within(administrator(&owner, "during@example.com"), 3))
+            .create_administrator(within(administrator(&owner, "during@example.com"), 2))
             .await
             .unwrap_err();
         assert_eq!(write.code(), Code::Unavailable, "write {attempt}: {write:?}");
@@ -277,9 +324,41 @@ async fn a_database_outage_fails_calls_fast_and_the_service_recovers_alone() {
             }
         }
     };
-    let names: Vec<&str> = listed.administrators.iter().map(|a| a.name.as_str()).collect();
-    let before = before.administrator.unwrap().name;
-    assert!(names.contains(&before.as_str()), "acknowledged before the outage: {names:?}");
+    // The load's callers only ever saw UNAVAILABLE, never a deadline, INTERNAL or driver text;
+    // and every write acknowledged to them, before or during the outage, is there.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = vec![before.administrator.unwrap().name];
+    let mut failures = 0;
+    while let Some(worker) = load.join_next().await {
+        let (created, codes) = worker.unwrap();
+        acknowledged.extend(created);
+        for (code, message) in codes {
+            assert_eq!(code, Code::Unavailable, "a loaded call failed otherwise: {message}");
+            assert!(!message.contains("sqlx") && !message.contains("5432"), "{message}");
+            failures += 1;
+        }
+    }
+    assert!(failures > 0, "the load met the outage");
+    let mut names: Vec<String> = listed.administrators.iter().map(|a| a.name.clone()).collect();
+    let mut page_token = listed.next_page_token.clone();
+    while !page_token.is_empty() {
+        let page = owner
+            .client
+            .admin()
+            .list_administrators(ListAdministratorsRequest {
+                parent: owner.org.clone(),
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        names.extend(page.administrators.iter().map(|a| a.name.clone()));
+        page_token = page.next_page_token;
+    }
+    for name in &acknowledged {
+        assert!(names.contains(name), "acknowledged but lost: {name}");
+    }
     assert!(!listed.administrators.iter().any(|a| a.email == "during@example.com"));
     wait_for_health(&url, "", 1).await;
     assert_eq!(health_status(&url, "liveness").await, 1);
