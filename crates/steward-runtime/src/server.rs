@@ -103,8 +103,11 @@ macro_rules! serve_on {
     }};
 }
 
-/// Serves `routes` on `listeners` until `shutdown` resolves, then stops accepting calls, lets
-/// in-flight ones finish (bounded by `shutdown_grace`) and returns.
+/// Serves `routes` on `listeners` until `shutdown` resolves, then shuts down gracefully: health
+/// says NOT_SERVING at once while both listeners go on serving for `shutdown_drain` (load
+/// balancers notice), then the public listener stops accepting (HTTP/2 GOAWAY) and its in-flight
+/// calls finish, then the internal one likewise (in-flight calls of the process's own services
+/// may still call each other through it); all within `shutdown_grace` of the listeners closing.
 #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
 pub async fn serve(
     routes: Routes,
@@ -149,27 +152,38 @@ pub async fn serve(
     let internal_routes =
         routes.add_service(health_service).add_service(internal_v1).add_service(internal_v1alpha);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let readiness_task = tokio::spawn(watch_readiness(
-        reporter.clone(),
-        services.clone(),
-        readiness,
-        stop_rx.clone(),
-    ));
+    let readiness_task =
+        tokio::spawn(watch_readiness(reporter.clone(), services.clone(), readiness));
+    let readiness_abort = readiness_task.abort_handle();
     let stopped = |mut stop: watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stop| *stop).await;
     };
 
+    // The public listener closes after the drain; the internal one once the public one has no
+    // call left (`stop_internal`, below).
+    let (stop_public, stop_public_rx) = watch::channel(false);
+    let (stop_internal, stop_internal_rx) = watch::channel(false);
     let grace = limits.shutdown_grace();
+    let drain = limits.shutdown_drain();
     let signal = {
         let reporter = reporter.clone();
         let names = services.clone();
         async move {
             shutdown.await;
-            tracing::info!("shutdown requested, finishing in-flight calls");
+            // The watcher is gone before readiness flips, so it cannot flip it back.
+            readiness_task.abort();
+            let _ = readiness_task.await;
             // Readiness first, so load balancers stop sending calls while these finish.
             set_all(&reporter, &names, ServingStatus::NotServing).await;
-            let _ = stop_tx.send(true);
+            if !drain.is_zero() {
+                tracing::info!(
+                    drain_secs = drain.as_secs(),
+                    "shutdown requested: NOT_SERVING, still serving while load balancers notice"
+                );
+                tokio::time::sleep(drain).await;
+            }
+            tracing::info!("shutdown: listeners closing, finishing in-flight calls");
+            let _ = stop_public.send(true);
         }
     };
     tasks.push(tokio::spawn(signal));
@@ -203,21 +217,29 @@ pub async fn serve(
     if let Some(tls) = &tls {
         tasks.push(tls.clone().watch(limits.tls.reload_interval()));
     }
-    let public = serve_on!(public, listeners.public, tls.clone(), stopped(stop_rx.clone()), tasks);
-    let internal = serve_on!(internal, listeners.internal, tls, stopped(stop_rx.clone()), tasks);
+    let public =
+        serve_on!(public, listeners.public, tls.clone(), stopped(stop_public_rx.clone()), tasks);
+    let internal = serve_on!(internal, listeners.internal, tls, stopped(stop_internal_rx), tasks);
+    // A call in flight on the public listener may still call another service of this process
+    // (dev, tests) through the internal one: that closes only once the public one is done.
+    let public = async move {
+        let result = public.await;
+        let _ = stop_internal.send(true);
+        result
+    };
 
     // In-flight unary calls finish; long-lived streams are cut once the grace period is over.
     let result = tokio::select! {
         result = async { tokio::try_join!(public, internal) } => result.map(|_| ()).map_err(ServeError::from),
         () = async {
-            stopped(stop_rx).await;
+            stopped(stop_public_rx).await;
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over, dropping remaining calls");
             Ok(())
         }
     };
-    readiness_task.abort();
+    readiness_abort.abort();
     for task in tasks {
         task.abort();
     }
@@ -347,32 +369,20 @@ async fn set_all(reporter: &HealthReporter, names: &[String], status: ServingSta
     }
 }
 
+/// Checks the database every [`READINESS_INTERVAL`] and reports a change. Runs until aborted (at
+/// shutdown, before readiness turns NOT_SERVING for good).
 #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
-async fn watch_readiness(
-    reporter: HealthReporter,
-    names: Vec<String>,
-    readiness: ReadinessCheck,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn watch_readiness(reporter: HealthReporter, names: Vec<String>, readiness: ReadinessCheck) {
     let mut last = None;
     loop {
-        if *stop.borrow() {
-            return;
-        }
         let ready = readiness().await;
         if last != Some(ready) {
             let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-            if *stop.borrow() {
-                return;
-            }
             tracing::info!(ready, "readiness changed");
             set_all(&reporter, &names, status).await;
             last = Some(ready);
         }
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(READINESS_INTERVAL) => {}
-        }
+        tokio::time::sleep(READINESS_INTERVAL).await;
     }
 }
 
