@@ -100,6 +100,10 @@ pub struct ServerConfig {
     pub keepalive_secs: u64,
     /// How long a SIGTERM waits for in-flight calls before the process exits anyway.
     pub shutdown_grace_secs: u64,
+    /// How long, on SIGTERM, readiness says NOT_SERVING while the listeners still accept and
+    /// serve calls, so load balancers that poll health stop sending calls before they close.
+    /// 0 (the default) closes them at once; Kubernetes' preStop sleep does this job there.
+    pub shutdown_drain_secs: u64,
     /// A second, plaintext listener that carries nothing but `grpc.health.v1` (Kubernetes' gRPC
     /// probes do not speak TLS). Unset: health is served only on `listen`.
     pub health_listen: Option<SocketAddr>,
@@ -181,6 +185,7 @@ impl Default for ServerConfig {
             request_timeout_secs: 30,
             keepalive_secs: 60,
             shutdown_grace_secs: 25,
+            shutdown_drain_secs: 0,
             health_listen: None,
             tls: TlsConfig::default(),
             trusted_proxies: Vec::new(),
@@ -206,6 +211,11 @@ impl ServerConfig {
     /// The graceful shutdown budget.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// How long a shutdown serves while NOT_SERVING before the listeners close.
+    pub fn shutdown_drain(&self) -> Duration {
+        Duration::from_secs(self.shutdown_drain_secs)
     }
 }
 

@@ -1,9 +1,9 @@
 //! The server every Steward service runs in: the public and internal listeners
-//! ([`crate::routing`]), health (readiness NOT_SERVING until the database answers; liveness
-//! always SERVING), reflection v1 and v1alpha listing what each listener serves, gRPC-Web and
-//! CORS on the public listener, request ids ([`crate::request_id`]), the authentication layer,
-//! transport limits, per-RPC spans and metrics (`telemetry::rpc`), and a graceful shutdown that
-//! lets in-flight calls finish.
+//! ([`crate::routing`]), health (readiness NOT_SERVING until the database answers, each service's
+//! name also while a peer its calls need does not answer; liveness always SERVING), reflection v1
+//! and v1alpha listing what each listener serves, gRPC-Web and CORS on the public listener,
+//! request ids ([`crate::request_id`]), the authentication layer, transport limits, per-RPC spans
+//! and metrics (`telemetry::rpc`), and a graceful shutdown that lets in-flight calls finish.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Channel, Server};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
@@ -34,10 +34,47 @@ pub type ReadinessCheck =
 const READINESS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The health name of liveness: SERVING for as long as the process serves calls, whatever its
-/// database does (Kubernetes' liveness probe; restarting a pod does not bring a database back).
-/// The empty name and each service's name are readiness: NOT_SERVING while the database does not
-/// answer and from the start of a shutdown.
+/// database or its peers do (Kubernetes' liveness probe; restarting a pod brings neither back).
+/// The empty name is readiness: NOT_SERVING while the database does not answer and from the start
+/// of a shutdown. Each service's name is that, and also NOT_SERVING while a peer its calls need
+/// does not answer ([`Dependency`]).
 pub const LIVENESS: &str = "liveness";
+
+/// How long a peer's health check may take before the peer counts as not answering.
+pub const PEER_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A peer service that some of the process's services call while serving a call (synchronously,
+/// not through an outbox, which waits for the peer by itself). Their health names say
+/// NOT_SERVING while the peer does not answer; the empty name (the probes' readiness) and
+/// `liveness` never depend on a peer, so a peer's outage never takes pods out of rotation.
+pub struct Dependency {
+    /// The peer's name in logs, e.g. `admin`.
+    pub peer: String,
+    /// Fully-qualified names of the process's services whose calls need the peer.
+    pub needed_by: Vec<String>,
+    /// Whether the peer answers now, e.g. [`peer_readiness`].
+    pub check: ReadinessCheck,
+}
+
+/// Asks the peer behind `channel` (the channel its calls go through) for its readiness: true
+/// when `grpc.health.v1` answers SERVING for the empty name within [`PEER_HEALTH_TIMEOUT`]. The
+/// empty name depends on the peer's database only, never on the peer's own peers, so services
+/// that need each other cannot keep each other NOT_SERVING.
+pub fn peer_readiness(channel: Channel) -> ReadinessCheck {
+    use tonic_health::pb::health_check_response::ServingStatus as Answer;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    Arc::new(move || {
+        let mut client = HealthClient::new(channel.clone());
+        Box::pin(async move {
+            let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+            request.set_timeout(PEER_HEALTH_TIMEOUT);
+            // The timeout bounds connecting too, which the request's deadline does not.
+            let answer = tokio::time::timeout(PEER_HEALTH_TIMEOUT, client.check(request)).await;
+            matches!(answer, Ok(Ok(reply)) if reply.get_ref().status == Answer::Serving as i32)
+        })
+    })
+}
 
 /// The server could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +104,10 @@ pub struct ServeOptions {
     pub services: Vec<String>,
     /// Encoded `FileDescriptorSet`s served by reflection.
     pub descriptor_sets: Vec<&'static [u8]>,
-    /// Readiness probe of the service's dependencies.
+    /// Readiness probe of the process's own dependencies (its databases).
     pub readiness: ReadinessCheck,
+    /// The peers some of its services need while serving, each checked as often as readiness.
+    pub dependencies: Vec<Dependency>,
     /// Authentication and the role table, applied to every call. The service credential is
     /// accepted on the internal listener only.
     pub auth: AuthLayer,
@@ -103,8 +142,11 @@ macro_rules! serve_on {
     }};
 }
 
-/// Serves `routes` on `listeners` until `shutdown` resolves, then stops accepting calls, lets
-/// in-flight ones finish (bounded by `shutdown_grace`) and returns.
+/// Serves `routes` on `listeners` until `shutdown` resolves, then shuts down gracefully: health
+/// says NOT_SERVING at once while both listeners go on serving for `shutdown_drain` (load
+/// balancers notice), then the public listener stops accepting (HTTP/2 GOAWAY) and its in-flight
+/// calls finish, then the internal one likewise (in-flight calls of the process's own services
+/// may still call each other through it); all within `shutdown_grace` of the listeners closing.
 #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
 pub async fn serve(
     routes: Routes,
@@ -112,7 +154,8 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let ServeOptions { server: limits, services, descriptor_sets, readiness, auth } = options;
+    let ServeOptions { server: limits, services, descriptor_sets, readiness, dependencies, auth } =
+        options;
     // Loaded before anything listens, so a bad certificate stops the start with its reason.
     let tls = if limits.tls.enabled() { Some(ServerTls::load(limits.tls.clone())?) } else { None };
     let cors = cors_layer(&limits.cors_allowed_origins)?;
@@ -149,27 +192,38 @@ pub async fn serve(
     let internal_routes =
         routes.add_service(health_service).add_service(internal_v1).add_service(internal_v1alpha);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let readiness_task = tokio::spawn(watch_readiness(
-        reporter.clone(),
-        services.clone(),
-        readiness,
-        stop_rx.clone(),
-    ));
+    let readiness_task =
+        tokio::spawn(watch_readiness(reporter.clone(), services.clone(), readiness, dependencies));
+    let readiness_abort = readiness_task.abort_handle();
     let stopped = |mut stop: watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stop| *stop).await;
     };
 
+    // The public listener closes after the drain; the internal one once the public one has no
+    // call left (`stop_internal`, below).
+    let (stop_public, stop_public_rx) = watch::channel(false);
+    let (stop_internal, stop_internal_rx) = watch::channel(false);
     let grace = limits.shutdown_grace();
+    let drain = limits.shutdown_drain();
     let signal = {
         let reporter = reporter.clone();
         let names = services.clone();
         async move {
             shutdown.await;
-            tracing::info!("shutdown requested, finishing in-flight calls");
+            // The watcher is gone before readiness flips, so it cannot flip it back.
+            readiness_task.abort();
+            let _ = readiness_task.await;
             // Readiness first, so load balancers stop sending calls while these finish.
             set_all(&reporter, &names, ServingStatus::NotServing).await;
-            let _ = stop_tx.send(true);
+            if !drain.is_zero() {
+                tracing::info!(
+                    drain_secs = drain.as_secs(),
+                    "shutdown requested: NOT_SERVING, still serving while load balancers notice"
+                );
+                tokio::time::sleep(drain).await;
+            }
+            tracing::info!("shutdown: listeners closing, finishing in-flight calls");
+            let _ = stop_public.send(true);
         }
     };
     tasks.push(tokio::spawn(signal));
@@ -203,21 +257,29 @@ pub async fn serve(
     if let Some(tls) = &tls {
         tasks.push(tls.clone().watch(limits.tls.reload_interval()));
     }
-    let public = serve_on!(public, listeners.public, tls.clone(), stopped(stop_rx.clone()), tasks);
-    let internal = serve_on!(internal, listeners.internal, tls, stopped(stop_rx.clone()), tasks);
+    let public =
+        serve_on!(public, listeners.public, tls.clone(), stopped(stop_public_rx.clone()), tasks);
+    let internal = serve_on!(internal, listeners.internal, tls, stopped(stop_internal_rx), tasks);
+    // A call in flight on the public listener may still call another service of this process
+    // (dev, tests) through the internal one: that closes only once the public one is done.
+    let public = async move {
+        let result = public.await;
+        let _ = stop_internal.send(true);
+        result
+    };
 
     // In-flight unary calls finish; long-lived streams are cut once the grace period is over.
     let result = tokio::select! {
         result = async { tokio::try_join!(public, internal) } => result.map(|_| ()).map_err(ServeError::from),
         () = async {
-            stopped(stop_rx).await;
+            stopped(stop_public_rx).await;
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over, dropping remaining calls");
             Ok(())
         }
     };
-    readiness_task.abort();
+    readiness_abort.abort();
     for task in tasks {
         task.abort();
     }
@@ -347,32 +409,74 @@ async fn set_all(reporter: &HealthReporter, names: &[String], status: ServingSta
     }
 }
 
+/// Each health name's status from the database's answer and each dependency's: the empty name
+/// and every service's name follow the database; a service's name is also NOT_SERVING while a
+/// dependency it needs does not answer. `liveness` is not among them: it never changes.
+fn statuses(
+    names: &[String],
+    database: bool,
+    dependencies: &[Dependency],
+    answering: &[bool],
+) -> Vec<(String, ServingStatus)> {
+    let status = |serving: bool| match serving {
+        true => ServingStatus::Serving,
+        false => ServingStatus::NotServing,
+    };
+    let mut all = vec![(String::new(), status(database))];
+    for name in names {
+        let peers_answer = dependencies
+            .iter()
+            .zip(answering)
+            .all(|(dependency, answers)| *answers || !dependency.needed_by.contains(name));
+        all.push((name.clone(), status(database && peers_answer)));
+    }
+    all
+}
+
+/// Checks the database and every dependency every [`READINESS_INTERVAL`] and reports each name
+/// that changed. Runs until aborted (at shutdown, before readiness turns NOT_SERVING for good).
 #[allow(clippy::disallowed_methods)] // wall-clock timer on purpose: transport, polling or backoff
 async fn watch_readiness(
     reporter: HealthReporter,
     names: Vec<String>,
     readiness: ReadinessCheck,
-    mut stop: watch::Receiver<bool>,
+    dependencies: Vec<Dependency>,
 ) {
-    let mut last = None;
+    let mut last: Vec<Option<ServingStatus>> = vec![None; names.len() + 1];
+    let mut ready_last = None;
+    let mut peers_last: Vec<Option<bool>> = vec![None; dependencies.len()];
     loop {
-        if *stop.borrow() {
-            return;
-        }
-        let ready = readiness().await;
-        if last != Some(ready) {
-            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-            if *stop.borrow() {
-                return;
+        let (database, answering) = tokio::join!(
+            readiness(),
+            futures::future::join_all(dependencies.iter().map(|d| (d.check)()))
+        );
+        for ((dependency, answers), before) in
+            dependencies.iter().zip(&answering).zip(peers_last.iter_mut())
+        {
+            if *before != Some(*answers) {
+                match answers {
+                    true => tracing::info!(peer = %dependency.peer, "peer answers"),
+                    false => tracing::warn!(
+                        peer = %dependency.peer,
+                        services = ?dependency.needed_by,
+                        "peer does not answer: the services that need it report NOT_SERVING"
+                    ),
+                }
+                *before = Some(*answers);
             }
-            tracing::info!(ready, "readiness changed");
-            set_all(&reporter, &names, status).await;
-            last = Some(ready);
         }
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(READINESS_INTERVAL) => {}
+        if ready_last != Some(database) {
+            tracing::info!(ready = database, "readiness changed");
+            ready_last = Some(database);
         }
+        let now = statuses(&names, database, &dependencies, &answering);
+        for ((name, status), before) in now.into_iter().zip(last.iter_mut()) {
+            if *before != Some(status) {
+                reporter.set_service_status(&name, status).await;
+                *before = Some(status);
+            }
+        }
+        tokio::time::sleep(READINESS_INTERVAL).await;
     }
 }
 
@@ -411,6 +515,29 @@ fn no_delay(listener: tokio::net::TcpListener) -> TcpIncoming {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_name_follows_the_database_and_the_peers_it_needs_only() {
+        let names: Vec<String> =
+            ["commands.CommandService", "commands.AgentService"].map(String::from).to_vec();
+        let admin = Dependency {
+            peer: "admin".into(),
+            needed_by: vec!["commands.CommandService".into()],
+            check: Arc::new(|| Box::pin(async { true })),
+        };
+        let (serving, not) = (ServingStatus::Serving, ServingStatus::NotServing);
+        let of = |database, answers| {
+            statuses(&names, database, std::slice::from_ref(&admin), &[answers])
+                .into_iter()
+                .map(|(_, status)| status)
+                .collect::<Vec<_>>()
+        };
+        // Order: "", CommandService, AgentService.
+        assert_eq!(of(true, true), [serving, serving, serving]);
+        assert_eq!(of(true, false), [serving, not, serving], "the peer: its dependents only");
+        assert_eq!(of(false, true), [not, not, not], "the database: every name");
+        assert_eq!(statuses(&names, true, &[], &[])[0].0, "", "the empty name comes first");
+    }
 
     #[test]
     fn cors_origins_must_be_written_as_browsers_send_them() {

@@ -12,7 +12,9 @@ use steward_runtime::authn::{
     AuthLayer, AuthOptions, DenialSink, DeniedCall, KeySource, RemoteJwks, TokenVerifier,
 };
 use steward_runtime::config::Config;
-use steward_runtime::server::{serve, Listeners, ReadinessCheck, ServeError, ServeOptions};
+use steward_runtime::server::{
+    peer_readiness, serve, Dependency, Listeners, ReadinessCheck, ServeError, ServeOptions,
+};
 use steward_runtime::service::{Clock, Peers, ServiceContext};
 use steward_runtime::ApiError;
 use steward_storage::sea_orm::DatabaseConnection;
@@ -54,6 +56,26 @@ impl ServiceKind {
             Self::Auth => steward_auth::SERVICES,
             Self::Admin => steward_admin::SERVICES,
             Self::Commands => steward_commands::SERVICES,
+        }
+    }
+
+    /// The peers whose answer calls of `self` wait for (synchronous internal calls, not outbox
+    /// deliveries), each with the services of `self` that make such calls: those health names
+    /// are NOT_SERVING while the peer does not answer. ARCHITECTURE.md ("Which calls need which
+    /// service") lists the calls. Token keys fetched from auth are not among them: they are
+    /// kept on disk and refetched only for an unknown key.
+    pub fn needs(self) -> &'static [(ServiceKind, &'static [&'static str])] {
+        match self {
+            // SignIn, VerifyMfa, RefreshSession (LookupAdministrator), AcceptInvite
+            // (ActivateAdministrator), ExchangeApiKey (VerifyApiKey).
+            Self::Auth => &[(Self::Admin, &["steward.auth.v1.AuthService"])],
+            Self::Admin => &[],
+            // Every call of an administrator or service account re-checks its caller
+            // (LookupAdministrator, LookupServiceAccount); agents' calls do not.
+            Self::Commands => &[(
+                Self::Admin,
+                &["steward.commands.v1.CommandService", "steward.commands.v1.SystemService"],
+            )],
         }
     }
 
@@ -301,6 +323,7 @@ pub async fn run(
         services,
         descriptor_sets: vec![steward_proto::FILE_DESCRIPTOR_SET],
         readiness,
+        dependencies: dependencies(kinds, &peers),
         auth,
     };
     tracing::info!(
@@ -316,6 +339,31 @@ pub async fn run(
         task.abort();
     }
     result.map_err(ServerError::from)
+}
+
+/// What the services of `kinds` need from peers in other processes (a peer in this process is
+/// this process's own readiness), one [`Dependency`] per peer.
+fn dependencies(kinds: &[ServiceKind], peers: &Peers) -> Vec<Dependency> {
+    let mut dependencies: Vec<Dependency> = Vec::new();
+    for (peer, needed_by) in kinds.iter().flat_map(|kind| kind.needs()) {
+        if kinds.contains(peer) {
+            continue;
+        }
+        let needed_by = needed_by.iter().map(|name| name.to_string());
+        match dependencies.iter_mut().find(|d| d.peer == peer.name()) {
+            Some(dependency) => dependency.needed_by.extend(needed_by),
+            None => dependencies.push(Dependency {
+                peer: peer.name().to_string(),
+                needed_by: needed_by.collect(),
+                check: peer_readiness(match peer {
+                    ServiceKind::Auth => peers.auth.clone(),
+                    ServiceKind::Admin => peers.admin.clone(),
+                    ServiceKind::Commands => peers.commands.clone(),
+                }),
+            }),
+        }
+    }
+    dependencies
 }
 
 /// Sends calls refused by the authentication layer to the admin service's audit log. Delivery is
@@ -499,6 +547,18 @@ mod tests {
             validate(&config, &[ServiceKind::Auth, ServiceKind::Admin, ServiceKind::Commands])
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
             assert!(config.auth.mfa_keys[0].path.starts_with("/etc/steward/mfa-keys"), "{file}");
+        }
+    }
+
+    #[test]
+    fn what_a_service_needs_names_its_own_services_and_another_service() {
+        for kind in ServiceKind::ALL {
+            for (peer, needed_by) in kind.needs() {
+                assert_ne!(*peer, kind, "{kind:?} does not need itself");
+                for name in *needed_by {
+                    assert!(kind.services().contains(name), "{kind:?} serves no {name}");
+                }
+            }
         }
     }
 
