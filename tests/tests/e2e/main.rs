@@ -62,6 +62,7 @@ mod custom_roles;
 mod email;
 mod foundation;
 mod operations;
+mod races;
 mod roles;
 mod security;
 mod service_accounts;
