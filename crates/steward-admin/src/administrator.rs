@@ -18,7 +18,7 @@ use steward_storage::idempotency::Key;
 
 use crate::audit::{Auditor, AUTH_ACTOR};
 use crate::billing::RECENT_AUTHENTICATION_SECS;
-use crate::effects::{enqueue, Effect};
+use crate::effects::{deliver_now, enqueue, enqueue_urgent, Effect};
 use crate::email::Email;
 use crate::entity::{administrator, organization};
 use crate::filter::{admin_filter, admin_order, AdminOrder, AdminTerm};
@@ -325,12 +325,15 @@ pub async fn update(
         )
         .await?;
     }
+    let mut urgent = Vec::new();
     if role_changed {
-        enqueue(&txn, &Effect::RemoveGrants { administrator: input.name.clone() }, now).await?;
+        let effect = Effect::RemoveGrants { administrator: input.name.clone() };
+        urgent.push(enqueue_urgent(&txn, &effect, now).await?);
     }
     let reason = format!("changed {}", changed.join(", "));
     audit.allowed(&txn, &input.name, &reason, now).await?;
     txn.commit().await?;
+    deliver_now(&state.peers, urgent).await;
     tracing::info!(administrator = %input.name, fields = %changed.join(","), "administrator updated");
     Ok(UpdateAdministratorResponse { administrator: Some(admin_to_proto(&saved)) })
 }
@@ -396,12 +399,15 @@ pub async fn batch_delete(
         .filter(administrator::Column::Id.is_in(ids))
         .exec(&txn)
         .await?;
+    let mut urgent = Vec::with_capacity(wanted.len());
     for name in &wanted {
         enqueue(&txn, &Effect::DeleteCredentials { administrator: name.clone() }, now).await?;
-        enqueue(&txn, &Effect::RemoveGrants { administrator: name.clone() }, now).await?;
+        let effect = Effect::RemoveGrants { administrator: name.clone() };
+        urgent.push(enqueue_urgent(&txn, &effect, now).await?);
         audit.allowed(&txn, name, "deleted", now).await?;
     }
     txn.commit().await?;
+    deliver_now(&state.peers, urgent).await;
     tracing::info!(organization = %req.parent, count = wanted.len(), "administrators deleted");
     Ok(answer)
 }

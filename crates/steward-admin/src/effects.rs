@@ -83,6 +83,51 @@ pub async fn enqueue<C: ConnectionTrait>(
     OUTBOX.enqueue(conn, effect.topic(), &key, &payload, now).await
 }
 
+/// A message queued by [`enqueue_urgent`]: the change's answer waits for its delivery
+/// ([`deliver_now`]).
+#[derive(Clone, Debug)]
+pub struct Urgent {
+    topic: &'static str,
+    idempotency_key: String,
+    payload: serde_json::Value,
+}
+
+/// Queues `effect` like [`enqueue`] and answers it for [`deliver_now`] after the commit.
+pub async fn enqueue_urgent<C: ConnectionTrait>(
+    conn: &C,
+    effect: &Effect,
+    now: DateTime<Utc>,
+) -> Result<Urgent, DbErr> {
+    let payload = serde_json::to_value(effect).map_err(|e| DbErr::Custom(e.to_string()))?;
+    let key = uuid::Uuid::new_v4().to_string();
+    OUTBOX.enqueue(conn, effect.topic(), &key, &payload, now).await?;
+    Ok(Urgent { topic: effect.topic(), idempotency_key: key, payload })
+}
+
+/// Delivers `urgent` messages at once, once their transaction has committed, so that the change
+/// is answered only after its effects took place. RemoveAdministratorGrants needs this: a run
+/// the demoted or deleted administrator started before the change (its caller re-check passed)
+/// holds its grant's row until it commits, and removing the grants waits for it; after that no
+/// run can use them, so none commits after the change is answered (with the relay alone, one
+/// could, until the relay's next pass). The queued copy stays: when this delivery fails
+/// (logged) the relay retries it, and when it succeeded the relay's repeat is answered from the
+/// receiver's idempotency record (same key) and removes nothing granted since.
+pub async fn deliver_now(peers: &Peers, urgent: Vec<Urgent>) {
+    let deliveries = urgent.into_iter().map(|u| async move {
+        let message = OutboxMessage {
+            id: 0,
+            topic: u.topic.to_string(),
+            idempotency_key: u.idempotency_key,
+            payload: u.payload,
+            attempts: 0,
+        };
+        if let Err(error) = deliver(peers, message).await {
+            tracing::warn!(topic = u.topic, %error, "immediate delivery failed; the outbox relay will retry");
+        }
+    });
+    futures::future::join_all(deliveries).await;
+}
+
 /// The relay's delivery function: one internal RPC per message, over `peers` with the service
 /// credential.
 pub fn deliverer(peers: Peers) -> Deliver {

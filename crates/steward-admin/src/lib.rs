@@ -30,7 +30,9 @@
 //!   the relay that [`start`] spawns, with a fresh idempotency key per message. Deleting an
 //!   administrator queues DeleteCredentials (which also revokes its sessions) and
 //!   RemoveAdministratorGrants; a role change queues RevokeSessions and
-//!   RemoveAdministratorGrants; a billing change queues RevokeSessions.
+//!   RemoveAdministratorGrants; a billing change queues RevokeSessions. RemoveAdministratorGrants
+//!   is also delivered at once, after the commit and before the answer
+//!   ([`effects::deliver_now`]), so no run of the administrator commits after the answer.
 //! - **ResendInvite's `invite_expire_time`** is computed here as now + `auth.invite_ttl_secs`;
 //!   the auth service sets the real expiry when the outbox delivers the invite, which is never
 //!   earlier.
@@ -139,7 +141,12 @@ pub async fn start(
     // Capped at ten years so the conversion can never overflow.
     let ttl_secs = ctx.config.auth.invite_ttl_secs.min(10 * 365 * 24 * 3600);
     let invite_ttl = chrono::Duration::seconds(ttl_secs as i64);
-    let state = Arc::new(state::State { db: ctx.db.clone(), clock: ctx.clock.clone(), invite_ttl });
+    let state = Arc::new(state::State {
+        db: ctx.db.clone(),
+        clock: ctx.clock.clone(),
+        invite_ttl,
+        peers: ctx.peers.clone(),
+    });
     let max = ctx.config.server.max_message_bytes;
     routes.add_service(
         AdminServiceServer::new(api::admin::AdminApi::new(state.clone()))

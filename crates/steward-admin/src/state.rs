@@ -16,7 +16,7 @@ use steward_runtime::authn::Principal;
 use steward_runtime::claims::Role;
 use steward_runtime::names::{AdministratorName, OrganizationName, RoleName};
 use steward_runtime::roles::{self, Permissions};
-use steward_runtime::service::Clock;
+use steward_runtime::service::{Clock, Peers};
 use steward_runtime::{ApiError, ApiResult};
 
 use crate::entity::{administrator, organization};
@@ -30,6 +30,8 @@ pub struct State {
     pub clock: Clock,
     /// Lifetime of invite links, to answer ResendInvite's `invite_expire_time`.
     pub invite_ttl: chrono::Duration,
+    /// The other services, for effects delivered before the answer ([`crate::effects::deliver_now`]).
+    pub peers: Peers,
 }
 
 /// Shared handle.

@@ -63,6 +63,7 @@ mod email;
 mod foundation;
 mod health;
 mod operations;
+mod races;
 mod roles;
 mod security;
 mod service_accounts;
