@@ -61,6 +61,7 @@ mod commands;
 mod custom_roles;
 mod email;
 mod foundation;
+mod hostile;
 mod operations;
 mod roles;
 mod security;
