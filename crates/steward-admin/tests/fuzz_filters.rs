@@ -161,7 +161,7 @@ proptest! {
         assert_refused_on(&admin_filter(&filter).unwrap_err(), "filter");
         let audit = vec!["result = RESULT_DENIED"; MAX_FILTER_TERMS + 1 + extra].join(" AND ");
         assert_refused_on(&audit_filter(&audit).unwrap_err(), "filter");
-        let at_bound = vec!["billing = true"; MAX_FILTER_TERMS].join(" AND ");
+        let at_bound = ["billing = true"; MAX_FILTER_TERMS].join(" AND ");
         prop_assert_eq!(admin_filter(&at_bound).unwrap().len(), MAX_FILTER_TERMS);
     }
 

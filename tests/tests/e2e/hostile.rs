@@ -462,7 +462,7 @@ backend_test!(absurd_list_requests_are_bounded, |stack| async move {
             .await;
         assert_invalid(result, "filter", bound);
     }
-    let at_bound = vec!["billing = false"; 8].join(" AND ");
+    let at_bound = ["billing = false"; 8].join(" AND ");
     admin.clone().list_administrators(list(10, "", &at_bound)).await.unwrap();
     assert_invalid(
         admin.clone().list_administrators(list(10, "", &"x".repeat(5000))).await,
