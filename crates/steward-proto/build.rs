@@ -38,6 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("steward_descriptor.bin"))
         .build_client(true)
         .build_server(true)
+        // Undecodable messages are INVALID_ARGUMENT, not prost's INTERNAL (src/codec.rs).
+        .codec_path("crate::codec::Codec")
         .compile_protos(&files, &[root, include])?;
     let descriptors = std::fs::read(out.join("steward_descriptor.bin"))?;
     match authz::table(&descriptors) {

@@ -1,7 +1,12 @@
 //! Email addresses of administrators. Deliberately simple (no quoted local parts, no IP-literal
-//! domains): an address must be something a mail server will actually deliver to.
+//! domains): an address must be something a mail server will actually deliver to. Letters of any
+//! script are accepted (`ü@bücher.de`), but the local part and each domain label must each be
+//! of one script (UTS #39 mixed-script detection, as browsers judge domain names): `аdmin` with
+//! a Cyrillic `а` looks like `admin` and is refused. A part wholly in another script that
+//! happens to look Latin (whole-script confusables) is not detected.
 
 use steward_runtime::{ApiError, ApiResult};
+use unicode_security::MixedScript;
 
 /// Longest accepted address (RFC 5321 path limit minus the angle brackets).
 pub const MAX_LEN: usize = 254;
@@ -14,8 +19,8 @@ pub struct Email(String);
 impl Email {
     /// Validates `value`: `local@domain`, no whitespace or control characters, at most 254
     /// characters, a local part of dot-separated RFC 5322 atoms, and a domain of at least two
-    /// dot-separated labels of letters, digits and inner hyphens. `field` names the request field
-    /// in the error.
+    /// dot-separated labels of letters, digits and inner hyphens, the local part and each label
+    /// of a single script. `field` names the request field in the error.
     pub fn parse(field: &str, value: &str) -> ApiResult<Self> {
         let bad = |why: &str| ApiError::invalid(field, why.to_string());
         if value.is_empty() {
@@ -36,6 +41,12 @@ impl Email {
         let labels: Vec<&str> = domain.split('.').collect();
         if labels.len() < 2 || !labels.iter().all(|l| valid_label(l)) {
             return Err(bad("must have a domain like example.com"));
+        }
+        if !local.is_single_script() || !labels.iter().all(|l| l.is_single_script()) {
+            return Err(bad(
+                "mixes letters of different scripts in one part (a homoglyph, such as a Cyrillic \
+                 `а` among Latin letters)",
+            ));
         }
         Ok(Self(value.to_string()))
     }

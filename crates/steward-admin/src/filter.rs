@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use steward_proto::admin::v1::{administrator, Role as ProtoRole};
 use steward_proto::audit::v1::audit_event;
 use steward_runtime::claims::Role;
+use steward_runtime::names::{check_filter_size, shown};
 use steward_runtime::{ApiError, ApiResult};
 
 /// One restriction of ListAdministrators.
@@ -76,6 +77,7 @@ fn boolean(value: &str) -> Option<bool> {
 
 /// Parses the ListAdministrators filter.
 pub fn admin_filter(filter: &str) -> ApiResult<Vec<AdminTerm>> {
+    check_filter_size(filter)?;
     let filter = filter.trim();
     if filter.is_empty() {
         return Ok(Vec::new());
@@ -86,18 +88,18 @@ pub fn admin_filter(filter: &str) -> ApiResult<Vec<AdminTerm>> {
         .map(|term| {
             let (field, op, value) = split_term(term)
                 .filter(|(_, op, _)| *op == "=")
-                .ok_or_else(|| bad(format!("`{term}` is not `field = value`")))?;
+                .ok_or_else(|| bad(format!("`{}` is not `field = value`", shown(term))))?;
             let _ = op;
             match field {
                 "role" => ProtoRole::from_str_name(value)
                     .and_then(|role| Role::from_proto(role as i32))
                     .or_else(|| steward_runtime::roles::built_in_named(value))
                     .map(|role| AdminTerm::Role(role.as_str()))
-                    .ok_or_else(|| bad(format!("unknown role `{value}`"))),
+                    .ok_or_else(|| bad(format!("unknown role `{}`", shown(value)))),
                 "state" => match administrator::State::from_str_name(value) {
                     Some(administrator::State::Invited) => Ok(AdminTerm::State("invited")),
                     Some(administrator::State::Active) => Ok(AdminTerm::State("active")),
-                    _ => Err(bad(format!("unknown state `{value}`"))),
+                    _ => Err(bad(format!("unknown state `{}`", shown(value)))),
                 },
                 "billing" => boolean(value)
                     .map(AdminTerm::Billing)
@@ -105,7 +107,7 @@ pub fn admin_filter(filter: &str) -> ApiResult<Vec<AdminTerm>> {
                 "mfa_required" => boolean(value)
                     .map(AdminTerm::MfaRequired)
                     .ok_or_else(|| bad("mfa_required must be true or false".into())),
-                other => Err(bad(format!("unknown field `{other}`"))),
+                other => Err(bad(format!("unknown field `{}`", shown(other)))),
             }
         })
         .collect()
@@ -129,7 +131,7 @@ pub fn admin_order(order_by: &str) -> ApiResult<(AdminOrder, bool)> {
     match key {
         "email" => Ok((AdminOrder::Email, desc)),
         "create_time" => Ok((AdminOrder::CreateTime, desc)),
-        _ => Err(ApiError::invalid("order_by", format!("cannot order by `{key}`"))),
+        _ => Err(ApiError::invalid("order_by", format!("cannot order by `{}`", shown(key)))),
     }
 }
 
@@ -157,6 +159,7 @@ fn quoted(value: &str) -> Option<String> {
 
 /// Parses the ListAuditEvents filter.
 pub fn audit_filter(filter: &str) -> ApiResult<Vec<AuditTerm>> {
+    check_filter_size(filter)?;
     let filter = filter.trim();
     if filter.is_empty() {
         return Ok(Vec::new());
@@ -165,8 +168,8 @@ pub fn audit_filter(filter: &str) -> ApiResult<Vec<AuditTerm>> {
     split_terms(filter)
         .iter()
         .map(|term| {
-            let (field, op, value) =
-                split_term(term).ok_or_else(|| bad(format!("`{term}` is not `field op value`")))?;
+            let (field, op, value) = split_term(term)
+                .ok_or_else(|| bad(format!("`{}` is not `field op value`", shown(term))))?;
             let string = || {
                 quoted(value).ok_or_else(|| bad(format!("`{field}` needs a double-quoted value")))
             };
@@ -174,7 +177,7 @@ pub fn audit_filter(filter: &str) -> ApiResult<Vec<AuditTerm>> {
                 let raw = string()?;
                 DateTime::parse_from_rfc3339(&raw)
                     .map(|t| t.with_timezone(&Utc))
-                    .map_err(|_| bad(format!("`{raw}` is not an RFC 3339 time")))
+                    .map_err(|_| bad(format!("`{}` is not an RFC 3339 time", shown(&raw))))
             };
             match (field, op) {
                 ("actor", "=") => Ok(AuditTerm::Actor(string()?)),
@@ -184,11 +187,11 @@ pub fn audit_filter(filter: &str) -> ApiResult<Vec<AuditTerm>> {
                     Some(audit_event::Result::Allowed) => Ok(AuditTerm::Result("allowed")),
                     Some(audit_event::Result::Denied) => Ok(AuditTerm::Result("denied")),
                     Some(audit_event::Result::Failed) => Ok(AuditTerm::Result("failed")),
-                    _ => Err(bad(format!("unknown result `{value}`"))),
+                    _ => Err(bad(format!("unknown result `{}`", shown(value)))),
                 },
                 ("create_time", ">=") => Ok(AuditTerm::Since(time()?)),
                 ("create_time", "<") => Ok(AuditTerm::Before(time()?)),
-                _ => Err(bad(format!("unsupported term `{term}`"))),
+                _ => Err(bad(format!("unsupported term `{}`", shown(term)))),
             }
         })
         .collect()

@@ -60,6 +60,11 @@ pub async fn create(
     if display_name.trim().is_empty() || length > MAX_DISPLAY_NAME {
         return Err(ApiError::invalid("organization.display_name", "must be 1 to 200 characters"));
     }
+    steward_runtime::names::check_text(
+        "organization.display_name",
+        &display_name,
+        steward_runtime::names::Text::Line,
+    )?;
     let email = Email::parse("owner_email", &req.owner_email)?;
     check_request_id(&req.request_id)?;
     let key = Key::new("create_organization", "platform", &req.request_id);

@@ -20,7 +20,7 @@ use steward_proto::authz;
 use steward_runtime::authn::{Need, Principal};
 use steward_runtime::claims::Role;
 use steward_runtime::error::PreconditionViolation;
-use steward_runtime::names::{OrganizationName, RoleName};
+use steward_runtime::names::{OrganizationName, RoleName, Text};
 use steward_runtime::roles::{Permission as Perm, Permissions, Scope};
 use steward_runtime::{roles, ApiError, ApiResult};
 
@@ -182,6 +182,7 @@ fn display_name(value: &str) -> ApiResult<String> {
     if value.is_empty() || value.chars().count() > 100 {
         return Err(ApiError::invalid("role.display_name", "must be 1 to 100 characters"));
     }
+    steward_runtime::names::check_text("role.display_name", value, Text::Line)?;
     Ok(value.to_string())
 }
 
@@ -189,6 +190,7 @@ fn description(value: &str) -> ApiResult<String> {
     if value.chars().count() > 1000 {
         return Err(ApiError::invalid("role.description", "must be at most 1000 characters"));
     }
+    steward_runtime::names::check_text("role.description", value, Text::Lines)?;
     Ok(value.trim().to_string())
 }
 

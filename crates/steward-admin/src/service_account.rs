@@ -182,6 +182,7 @@ pub async fn create(
             "must be 1 to 100 characters",
         ));
     }
+    names::check_text("service_account.display_name", &display, names::Text::Line)?;
     let as_admin = Administrator {
         role: input.role,
         role_name: input.role_name.clone(),

@@ -88,8 +88,7 @@ pub async fn request_password_reset(
     context: &RequestContext,
     request: pb::RequestPasswordResetRequest,
 ) -> ApiResult<pb::RequestPasswordResetResponse> {
-    let email = request.email.trim().to_lowercase();
-    required("email", &email)?;
+    let email = crate::state::typed_email("email", &request.email)?;
     if !request.organization.is_empty() {
         OrganizationName::parse("organization", &request.organization)?;
     }

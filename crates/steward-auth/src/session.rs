@@ -65,9 +65,15 @@ pub async fn sign_in(
     context: &RequestContext,
     request: pb::SignInRequest,
 ) -> ApiResult<pb::SignInResponse> {
-    let email = request.email.trim().to_lowercase();
-    required("email", &email)?;
+    let email = crate::state::typed_email("email", &request.email)?;
     required("password", &request.password)?;
+    // No password longer than the rules allow was ever set, so none can match.
+    if request.password.chars().count() > crate::password::MAX_LENGTH {
+        return Err(ApiError::invalid(
+            "password",
+            format!("must be at most {} characters long", crate::password::MAX_LENGTH),
+        ));
+    }
     if !request.organization.is_empty() {
         OrganizationName::parse("organization", &request.organization)?;
     }

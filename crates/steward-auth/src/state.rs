@@ -46,6 +46,25 @@ pub fn required(field: &str, value: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Longest email accepted where one is typed (sign-in, password reset): no administrator's
+/// address is longer (RFC 5321), and the typed email becomes a throttle key.
+pub const MAX_EMAIL_CHARS: usize = 254;
+
+/// A typed email (`field`), trimmed and lowercased: required, at most [`MAX_EMAIL_CHARS`]
+/// characters (`INVALID_ARGUMENT` otherwise), so no caller can store a megabyte-long throttle
+/// key or queued message.
+pub fn typed_email(field: &str, value: &str) -> ApiResult<String> {
+    let email = value.trim().to_lowercase();
+    required(field, &email)?;
+    if email.chars().count() > MAX_EMAIL_CHARS {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {MAX_EMAIL_CHARS} characters"),
+        ));
+    }
+    Ok(email)
+}
+
 /// Refuses (`INVALID_ARGUMENT`) an empty or blank `field` of an internal call.
 pub fn required_nonblank(field: &str, value: &str) -> ApiResult<()> {
     if value.trim().is_empty() {

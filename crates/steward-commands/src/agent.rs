@@ -55,13 +55,10 @@ fn reported(field: &str, value: &str, max: usize) -> ApiResult<()> {
     if value.trim().is_empty() {
         return Err(ApiError::invalid(field, "is required"));
     }
-    if value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            field,
-            format!("must be at most {max} printable characters"),
-        ));
+    if value.chars().count() > max {
+        return Err(ApiError::invalid(field, format!("must be at most {max} characters")));
     }
-    Ok(())
+    names::check_text(field, value, names::Text::Line)
 }
 
 /// Registers a system with a connect key and answers with its credential (RegisterAgent).
@@ -203,9 +200,12 @@ impl Session {
                         continue;
                     }
                     Ok(None) => break None,
+                    // An undecodable or oversized message (INVALID_ARGUMENT, OUT_OF_RANGE) ends
+                    // the stream with that status, so the agent learns why; a broken stream
+                    // has nobody left to tell, and the status is dropped with the channel.
                     Err(status) => {
                         tracing::info!(system = %self.system, code = ?status.code(), "agent stream broke");
-                        break None;
+                        break Some(status);
                     }
                 },
                 () = tx.closed() => break None,
@@ -270,6 +270,7 @@ impl Session {
     async fn handle(&mut self, message: OpenStreamRequest) -> ApiResult<()> {
         use open_stream_request::Message;
         let Some(message) = message.message else { return Ok(()) };
+        rules::agent_message(self.hello, &message)?;
         let now = self.state.now();
         let db = &self.state.db;
         match message {
@@ -285,12 +286,6 @@ impl Session {
                 update.exec(db).await?;
                 // Work queued before the agent said hello goes out now.
                 self.registration.wake.notify_one();
-            }
-            _ if !self.hello => {
-                return Err(ApiError::invalid(
-                    "message",
-                    "the first message of a stream must be Hello",
-                ));
             }
             // The stream is open, which the replica records for all its systems in batches
             // (`dispatch::TOUCH_INTERVAL`): a heartbeat costs no query.

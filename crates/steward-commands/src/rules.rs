@@ -19,7 +19,8 @@ pub const MAX_TIMEOUT_SECS: i64 = 24 * 3600;
 /// Bound on each captured output stream of each system.
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
-/// Checks a human-readable name: 1 to 200 characters, no control characters.
+/// Checks a human-readable name: 1 to 200 characters, no control or bidirectional-control
+/// characters.
 pub fn display_name(field: &str, value: &str) -> ApiResult<()> {
     let chars = value.chars().count();
     if value.trim().is_empty() {
@@ -28,10 +29,7 @@ pub fn display_name(field: &str, value: &str) -> ApiResult<()> {
     if chars > MAX_DISPLAY_NAME_CHARS {
         return Err(ApiError::invalid(field, "must be at most 200 characters"));
     }
-    if value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(field, "must not contain control characters"));
-    }
-    Ok(())
+    names::check_text(field, value, names::Text::Line)
 }
 
 /// Checks a caller-chosen resource ID: 1 to 63 characters of lowercase letters, digits and
@@ -60,7 +58,8 @@ pub fn interpreter(field: &str, value: i32) -> ApiResult<()> {
     }
 }
 
-/// Checks a script: non-empty, at most 64 KiB.
+/// Checks a script: non-empty, at most 64 KiB, no control characters but tabs and line breaks
+/// and no bidirectional controls (what a reviewer reads is what the interpreter runs).
 pub fn script(field: &str, value: &str) -> ApiResult<()> {
     if value.trim().is_empty() {
         return Err(ApiError::invalid(field, "is required"));
@@ -68,15 +67,16 @@ pub fn script(field: &str, value: &str) -> ApiResult<()> {
     if value.len() > MAX_SCRIPT_BYTES {
         return Err(ApiError::invalid(field, "must be at most 64 KiB"));
     }
-    Ok(())
+    names::check_text(field, value, names::Text::Lines)
 }
 
-/// Checks a description: at most 4000 characters.
+/// Checks a description: at most 4000 characters, no control characters but tabs and line
+/// breaks, no bidirectional controls.
 pub fn description(field: &str, value: &str) -> ApiResult<()> {
     if value.chars().count() > MAX_DESCRIPTION_CHARS {
         return Err(ApiError::invalid(field, "must be at most 4000 characters"));
     }
-    Ok(())
+    names::check_text(field, value, names::Text::Lines)
 }
 
 /// Checks a run-as user: empty, or an account name without whitespace or control characters.
@@ -84,7 +84,7 @@ pub fn run_as_user(field: &str, value: &str) -> ApiResult<()> {
     if value.len() > 256 {
         return Err(ApiError::invalid(field, "must be at most 256 bytes"));
     }
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if value.chars().any(|c| c.is_whitespace() || c.is_control() || names::is_bidi_control(c)) {
         return Err(ApiError::invalid(field, "must not contain whitespace or control characters"));
     }
     Ok(())
@@ -131,7 +131,11 @@ pub fn update_paths(mask: &[String], allowed: &[&str], present: &[&str]) -> ApiR
         if !allowed.contains(&path.as_str()) {
             return Err(ApiError::invalid(
                 "update_mask",
-                format!("`{path}` cannot be updated; allowed: {}", allowed.join(", ")),
+                format!(
+                    "`{}` cannot be updated; allowed: {}",
+                    names::shown(path),
+                    allowed.join(", ")
+                ),
             ));
         }
         if !paths.contains(path) {
@@ -206,6 +210,7 @@ pub struct Term {
 /// Parses `a = "x" AND b = Y`; each key must be in `allowed`, each at most once; `quoted` keys
 /// need a double-quoted value, the others a bare word.
 pub fn parse_filter(filter: &str, allowed: &[&str], quoted: &[&str]) -> ApiResult<Vec<Term>> {
+    names::check_filter_size(filter)?;
     let filter = filter.trim();
     if filter.is_empty() {
         return Ok(Vec::new());
@@ -219,7 +224,8 @@ pub fn parse_filter(filter: &str, allowed: &[&str], quoted: &[&str]) -> ApiResul
         let value = value.trim();
         if !allowed.contains(&key) {
             return Err(bad(&format!(
-                "unsupported field `{key}`; supported: {}",
+                "unsupported field `{}`; supported: {}",
+                names::shown(key),
                 allowed.join(", ")
             )));
         }
@@ -265,6 +271,43 @@ pub fn parse_command_order(order_by: &str) -> ApiResult<(&'static str, bool)> {
             )),
         };
     Ok((field, desc))
+}
+
+/// Checks one message of an agent's stream before anything is looked up: the first message must
+/// be `Hello`; a report names a run (`organizations/{o}/runs/{r}`) and, for output, stdout or
+/// stderr, and a finish a final state. A malformed message is `INVALID_ARGUMENT`, which ends
+/// the stream; a well-formed report of a run the system does not have is ignored later.
+pub fn agent_message(
+    hello_seen: bool,
+    message: &steward_proto::commands::v1::open_stream_request::Message,
+) -> ApiResult<()> {
+    use steward_proto::commands::v1::open_stream_request::Message;
+    use steward_proto::commands::v1::OutputStream;
+    match message {
+        Message::Hello(_) => Ok(()),
+        _ if !hello_seen => {
+            Err(ApiError::invalid("message", "the first message of a stream must be Hello"))
+        }
+        Message::Heartbeat(_) => Ok(()),
+        Message::RunStarted(started) => {
+            names::RunName::parse("run_started.run", &started.run).map(drop)
+        }
+        Message::Output(chunk) => {
+            names::RunName::parse("output.run", &chunk.run)?;
+            match OutputStream::try_from(chunk.stream) {
+                Ok(OutputStream::Stdout | OutputStream::Stderr) => Ok(()),
+                _ => Err(ApiError::invalid("output.stream", "must be stdout or stderr")),
+            }
+        }
+        Message::RunFinished(finished) => {
+            names::RunName::parse("run_finished.run", &finished.run)?;
+            if is_terminal(finished.state) {
+                Ok(())
+            } else {
+                Err(ApiError::invalid("run_finished.state", "must be a final state"))
+            }
+        }
+    }
 }
 
 pub use steward_runtime::wire::{from_timestamp, timestamp};

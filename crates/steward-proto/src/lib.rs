@@ -96,3 +96,4 @@ pub mod authz {
 }
 
 pub mod client;
+pub mod codec;

@@ -116,7 +116,7 @@ impl Principal {
         } else {
             Err(ApiError::denied(
                 "WRONG_ORGANIZATION",
-                format!("{name} is outside the caller's organization"),
+                format!("{} is outside the caller's organization", crate::names::shown(name)),
             ))
         }
     }

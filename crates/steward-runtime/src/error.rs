@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// `google.rpc.ErrorInfo.domain` of every Steward error.
-pub const ERROR_DOMAIN: &str = "steward.dev";
+pub const ERROR_DOMAIN: &str = steward_proto::codec::ERROR_DOMAIN;
 
 /// One invalid request field (`google.rpc.BadRequest.FieldViolation`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,7 +7,8 @@ use crate::error::{ApiError, ApiResult};
 pub fn parse<'a>(field: &str, name: &'a str, collections: &[&str]) -> ApiResult<Vec<&'a str>> {
     let parts: Vec<&str> = name.split('/').collect();
     let expected = collections.iter().map(|c| format!("{c}/{{id}}")).collect::<Vec<_>>().join("/");
-    let bad = || ApiError::invalid(field, format!("must look like `{expected}`, got `{name}`"));
+    let bad =
+        || ApiError::invalid(field, format!("must look like `{expected}`, got `{}`", shown(name)));
     if parts.len() != collections.len() * 2 {
         return Err(bad());
     }
@@ -125,6 +126,86 @@ resource_name!(
     ServiceAccountKeyName,
     ["organizations", "serviceAccounts", "keys"]
 );
+
+/// Most characters of a caller's value that an error message quotes ([`shown`]).
+pub const MAX_SHOWN_CHARS: usize = 64;
+
+/// `value` as an error message quotes it: at most [`MAX_SHOWN_CHARS`] characters (then `…`),
+/// with control and bidirectional-control characters escaped (`\u{202e}`), so a hostile value
+/// can neither bloat the answer (and its `grpc-message` trailer) nor reorder what a person
+/// reads in a log or a console.
+pub fn shown(value: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in value.chars().enumerate() {
+        if i == MAX_SHOWN_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || is_bidi_control(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The bidirectional embedding, override and isolate controls (U+202A–U+202E, U+2066–U+2069):
+/// the "Trojan Source" characters, which make text display in another order than it is read
+/// (by a shell, a database, a person comparing two names).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// What free text may hold besides printable characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Text {
+    /// One line (names): no control characters at all.
+    Line,
+    /// Several lines (descriptions, scripts): tabs and line breaks, no other control character.
+    Lines,
+}
+
+/// Refuses (`INVALID_ARGUMENT` on `field`) a control character other than those `text`
+/// allows, and any bidirectional control ([`is_bidi_control`]). Lengths are the caller's.
+pub fn check_text(field: &str, value: &str, text: Text) -> ApiResult<()> {
+    let allowed = |c: char| text == Text::Lines && matches!(c, '\t' | '\n' | '\r');
+    if value.chars().any(|c| (c.is_control() && !allowed(c)) || is_bidi_control(c)) {
+        let what = match text {
+            Text::Line => "control characters",
+            Text::Lines => "control characters other than tabs and line breaks",
+        };
+        return Err(ApiError::invalid(
+            field,
+            format!("must not contain {what} or bidirectional controls (U+202A-E, U+2066-9)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Longest `filter` of a list request, in bytes.
+pub const MAX_FILTER_BYTES: usize = 2048;
+/// Most ` AND `-joined terms of a list request's `filter`: each becomes one condition of the
+/// query, so the work a filter asks for stays bounded.
+pub const MAX_FILTER_TERMS: usize = 8;
+
+/// Refuses a `filter` longer than [`MAX_FILTER_BYTES`] or of more than [`MAX_FILTER_TERMS`]
+/// terms, before any parsing.
+pub fn check_filter_size(filter: &str) -> ApiResult<()> {
+    if filter.len() > MAX_FILTER_BYTES {
+        return Err(ApiError::invalid(
+            "filter",
+            format!("must be at most {MAX_FILTER_BYTES} bytes"),
+        ));
+    }
+    if filter.matches(" AND ").count() >= MAX_FILTER_TERMS {
+        return Err(ApiError::invalid(
+            "filter",
+            format!("must have at most {MAX_FILTER_TERMS} terms"),
+        ));
+    }
+    Ok(())
+}
 
 /// Ids are 1 to 63 characters of lowercase letters, digits and `-`.
 pub fn valid_id(id: &str) -> bool {

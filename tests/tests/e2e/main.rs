@@ -62,6 +62,7 @@ mod custom_roles;
 mod email;
 mod foundation;
 mod health;
+mod hostile;
 mod operations;
 mod races;
 mod roles;
