@@ -81,7 +81,7 @@ pub async fn queue_reset<C: ConnectionTrait>(
     enqueue(conn, RESET_TOPIC, mail, now).await
 }
 
-async fn send_invite(state: &Shared, mail: InviteMail) -> ApiResult<()> {
+async fn send_invite(state: &Shared, mail: InviteMail, key: &str) -> ApiResult<()> {
     let now = state.now();
     let tx = state.begin_write().await?;
     let Some(current) = credential::Entity::find_by_id(mail.administrator.clone()).one(&tx).await?
@@ -112,13 +112,14 @@ async fn send_invite(state: &Shared, mail: InviteMail) -> ApiResult<()> {
             inviter: &mail.inviter_email,
             token: &token,
             valid_hours: state.link_hours(),
+            mail_id: key,
         })
         .await?;
     tracing::info!(administrator = %mail.administrator, "invite sent");
     Ok(())
 }
 
-async fn send_resets(state: &Shared, mail: ResetMail) -> ApiResult<()> {
+async fn send_resets(state: &Shared, mail: ResetMail, key: &str) -> ApiResult<()> {
     let mut query = credential::Entity::find()
         .filter(credential::Column::Email.eq(&mail.email))
         .filter(credential::Column::PasswordHash.is_not_null());
@@ -143,8 +144,8 @@ async fn send_resets(state: &Shared, mail: ResetMail) -> ApiResult<()> {
             .send_reset(
                 &credential.email,
                 &credential.organization_display_name,
-                &token,
-                state.link_hours(),
+                (&token, state.link_hours()),
+                &format!("{key}/{}", credential.administrator),
             )
             .await?;
         tracing::info!(administrator = %credential.administrator, "password reset link sent");
@@ -159,11 +160,11 @@ pub fn deliver(state: Shared) -> Deliver {
         Box::pin(async move {
             let result = match message.topic.as_str() {
                 INVITE_TOPIC => match serde_json::from_value(message.payload) {
-                    Ok(mail) => send_invite(&state, mail).await,
+                    Ok(mail) => send_invite(&state, mail, &message.idempotency_key).await,
                     Err(e) => return Err(format!("bad payload: {e}")),
                 },
                 RESET_TOPIC => match serde_json::from_value(message.payload) {
-                    Ok(mail) => send_resets(&state, mail).await,
+                    Ok(mail) => send_resets(&state, mail, &message.idempotency_key).await,
                     Err(e) => return Err(format!("bad payload: {e}")),
                 },
                 other => return Err(format!("unknown outbox topic {other}")),
