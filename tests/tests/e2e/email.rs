@@ -287,14 +287,16 @@ async fn invite(owner: &steward_proto::client::Steward, org: &str, count: usize)
     emails
 }
 
-// The SMTP server hangs with a delivery in progress, then is killed while invites are queued,
-// and comes back on the same port: each invite arrives exactly once, none is lost.
-async fn each_invite_arrives_once_across_an_smtp_server_kill(backend: Backend) {
-    let mut smtp = SmtpSink::start().await;
+/// A stack sending mail to `smtp` with its owner signed in; returns the organization and the
+/// owner's client.
+async fn smtp_stack(
+    backend: Backend,
+    smtp: &SmtpSink,
+) -> (Stack, String, steward_proto::client::Steward) {
     let url = smtp.url();
     let stack = Stack::start_with(backend, |config| {
         config.email.smtp_url = url;
-        // Short, so a delivery stuck on the hung server is abandoned within seconds; long
+        // Short, so a delivery stuck on a hung server is abandoned within seconds; long
         // enough that no delivery on a loaded machine is abandoned after the server took it.
         config.outbox.lease_secs = 6;
     })
@@ -321,7 +323,41 @@ async fn each_invite_arrives_once_across_an_smtp_server_kill(backend: Backend) {
         .unwrap();
     let tokens = stack.sign_in(&owner_email, PASSWORD).await;
     let owner = stack.client().await.with_token(&tokens.access_token).unwrap();
+    (stack, org, owner)
+}
 
+// Two full replicas relay the same outboxes to one SMTP server, where every delivery is a
+// message of its own: each invite arrives exactly once.
+async fn each_invite_arrives_once_from_two_replicas(backend: Backend) {
+    let smtp = SmtpSink::start().await;
+    let (mut stack, org, owner) = smtp_stack(backend, &smtp).await;
+    let replica = stack.add_replica().await;
+    let other = stack.client_at(&replica).await.with_token(&owner.access_token().unwrap()).unwrap();
+    let mut invited = invite(&owner, &org, 10).await;
+    invited.extend(invite(&other, &org, 10).await);
+    crate::faults::invites_drained(&stack).await;
+    let counts = received(smtp.maildir.path(), &invited);
+    let wrong: Vec<_> = counts.iter().filter(|(_, n)| *n != 1).collect();
+    assert!(wrong.is_empty(), "each invite once: {wrong:?} of {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_invite_arrives_once_from_two_replicas_sqlite() {
+    each_invite_arrives_once_from_two_replicas(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_invite_arrives_once_from_two_replicas_postgres() {
+    if postgres_available() {
+        each_invite_arrives_once_from_two_replicas(Backend::Postgres).await;
+    }
+}
+
+// The SMTP server hangs with a delivery in progress, then is killed while invites are queued,
+// and comes back on the same port: each invite arrives exactly once, none is lost.
+async fn each_invite_arrives_once_across_an_smtp_server_kill(backend: Backend) {
+    let mut smtp = SmtpSink::start().await;
+    let (stack, org, owner) = smtp_stack(backend, &smtp).await;
     let mut invited = invite(&owner, &org, 5).await;
     for email in &invited {
         smtp.message_to(email).await;
