@@ -671,7 +671,10 @@ mod tests {
                 unconfirmed.sent(finished, repeats);
             }
         }
-        assert!(unconfirmed.take_for_repeat().is_empty(), "repeated {REPORT_REPEATS} times at most");
+        assert!(
+            unconfirmed.take_for_repeat().is_empty(),
+            "repeated {REPORT_REPEATS} times at most"
+        );
 
         for i in 0..RECENT_RUNS + 10 {
             unconfirmed.sent(finished(&i.to_string()), 0);
