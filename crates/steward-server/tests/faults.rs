@@ -454,20 +454,24 @@ macro_rules! on_both_backends {
     };
 }
 
-// The admin service is killed while it relays invites: auth hangs (SIGSTOP) so the relay is
-// inside a delivery, with more invites queued behind it. After a restart every acknowledged
-// administrator exists and every invitee gets exactly one invite (a delivery repeated after
-// the kill is recognised by its idempotency key).
+// The admin service is killed while it relays invites, after auth did the work of a delivery
+// whose answer admin never read: auth hangs (SIGSTOP) so the relay is inside a delivery, with
+// more invites queued behind it; admin is frozen, auth resumes and answers into admin's unread
+// socket, then admin is killed. After a restart every acknowledged administrator exists and
+// every invitee gets exactly one invite (the repeated delivery is recognised by its
+// idempotency key; the claims the dead relay left are taken again after the lease).
 async fn admin_killed_mid_delivery(backend: Backend) {
     let mut deployment = Deployment::start(backend, &[Service::Auth, Service::Admin]).await;
     let owner = deployment.owner().await;
     let mut invited = create_administrators(&owner, 20).await;
     deployment.signal(Service::Auth, "STOP");
     invited.extend(create_administrators(&owner, 20).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    deployment.signal(Service::Admin, "STOP");
+    deployment.signal(Service::Auth, "CONT");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     deployment.kill(Service::Admin);
     let queued = deployment.pending(Service::Admin, "admin_outbox").await;
-    deployment.signal(Service::Auth, "CONT");
     assert!(queued > 0, "admin was killed with invites still to relay");
 
     deployment.launch(Service::Admin).await;
