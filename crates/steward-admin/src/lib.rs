@@ -185,7 +185,7 @@ pub async fn start(
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
-    let relay = effects::OUTBOX.spawn_relay(
+    let relay = effects::OUTBOX.with_lease(ctx.config.outbox.lease()).spawn_relay(
         ctx.db.clone(),
         effects::deliverer(ctx.peers.clone()),
         ctx.clock.clone(),

@@ -33,6 +33,10 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// twice.
 const RECENT_RUNS: usize = 512;
 
+/// How many times a run's end is reported again on later streams after the stream that carried
+/// it broke (the service ignores a report of a result that has already ended).
+const REPORT_REPEATS: u8 = 3;
+
 /// How long a shutdown waits for the runs it killed to be reported.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -106,6 +110,37 @@ struct Runs {
     recent: VecDeque<(String, RunFinished)>,
 }
 
+/// The ends of runs reported on the current stream, with how often each was repeated. Nothing
+/// acknowledges a report: written to a stream whose server then dies (killed, or hung and then
+/// killed), it is lost with the server's buffers, and the run would stay running on the service
+/// until its timeout. So when a stream breaks, the next one repeats these reports (at most
+/// [`REPORT_REPEATS`] times each, the latest [`RECENT_RUNS`]).
+#[derive(Debug, Default)]
+struct Unconfirmed {
+    reports: VecDeque<(RunFinished, u8)>,
+}
+
+impl Unconfirmed {
+    /// `finished` was written to the current stream, for the `repeats`-th time.
+    fn sent(&mut self, finished: RunFinished, repeats: u8) {
+        self.reports.retain(|(f, _)| f.run != finished.run);
+        if self.reports.len() >= RECENT_RUNS {
+            self.reports.pop_front();
+        }
+        self.reports.push_back((finished, repeats));
+    }
+
+    /// The reports to repeat on a new stream after the previous one broke; the list starts
+    /// afresh with what the new stream carries.
+    fn take_for_repeat(&mut self) -> Vec<(RunFinished, u8)> {
+        std::mem::take(&mut self.reports)
+            .into_iter()
+            .filter(|(_, repeats)| *repeats < REPORT_REPEATS)
+            .map(|(finished, repeats)| (finished, repeats + 1))
+            .collect()
+    }
+}
+
 /// The agent: registration, the stream, and the runs.
 pub struct Agent {
     config: AgentConfig,
@@ -115,6 +150,8 @@ pub struct Agent {
     outbound_rx: mpsc::UnboundedReceiver<open_stream_request::Message>,
     /// A message taken from `outbound_rx` that could not be sent; sent first on the next stream.
     pending: Option<open_stream_request::Message>,
+    /// Run ends reported on the current stream, repeated on the next one if it breaks.
+    unconfirmed: Unconfirmed,
 }
 
 impl std::fmt::Debug for Agent {
@@ -127,7 +164,15 @@ impl Agent {
     /// An agent with `config`, executing with `executor`.
     pub fn new(config: AgentConfig, executor: Executor) -> Self {
         let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
-        Self { config, executor, runs: Arc::default(), outbound_tx, outbound_rx, pending: None }
+        Self {
+            config,
+            executor,
+            runs: Arc::default(),
+            outbound_tx,
+            outbound_rx,
+            pending: None,
+            unconfirmed: Unconfirmed::default(),
+        }
     }
 
     /// Runs until `shutdown` completes (then kills the runs in progress, reports them and
@@ -246,8 +291,14 @@ impl Agent {
         let hello =
             open_stream_request::Message::Hello(Hello { agent_version: AGENT_VERSION.to_owned() });
         send(&tx, hello)?;
+        // The ends reported on a stream that broke may never have been read: report them again.
+        for (finished, repeats) in self.unconfirmed.take_for_repeat() {
+            tracing::info!(run = %finished.run, "reporting the end of a run again after a reconnect");
+            send(&tx, open_stream_request::Message::RunFinished(finished.clone()))?;
+            self.unconfirmed.sent(finished, repeats);
+        }
         if let Some(message) = self.pending.take() {
-            send(&tx, message)?;
+            self.send_tracked(&tx, message)?;
         }
         let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
         let bearer =
@@ -276,12 +327,7 @@ impl Agent {
                     Ok(None) => return Err(Failure::Transient("the server ended the stream".into())),
                     Err(status) => return Err(self.classify(&status)),
                 },
-                Some(message) = self.outbound_rx.recv() => {
-                    if let Err(mpsc::error::SendError(message)) = tx.send(OpenStreamRequest { message: Some(message) }) {
-                        self.pending = message.message;
-                        return Err(Failure::Transient("the stream was closed".into()));
-                    }
-                }
+                Some(message) = self.outbound_rx.recv() => self.send_tracked(&tx, message)?,
                 _ = heartbeat.tick() => {
                     send(&tx, open_stream_request::Message::Heartbeat(Heartbeat { send_time: Some(now()) }))?;
                 }
@@ -291,6 +337,29 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Writes `message` to the stream, remembering a run's end among the unconfirmed reports; a
+    /// message the closed stream refused is kept for the next one.
+    fn send_tracked(
+        &mut self,
+        tx: &mpsc::UnboundedSender<OpenStreamRequest>,
+        message: open_stream_request::Message,
+    ) -> Result<(), Failure> {
+        let finished = match &message {
+            open_stream_request::Message::RunFinished(finished) => Some(finished.clone()),
+            _ => None,
+        };
+        if let Err(mpsc::error::SendError(message)) =
+            tx.send(OpenStreamRequest { message: Some(message) })
+        {
+            self.pending = message.message;
+            return Err(Failure::Transient("the stream was closed".into()));
+        }
+        if let Some(finished) = finished {
+            self.unconfirmed.sent(finished, 0);
+        }
+        Ok(())
     }
 
     /// Handles one message from the service.
@@ -571,6 +640,48 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn backoff_delays_are_jittered() {
+        // The step stays at one second; the delays drawn for it must differ, or agents that
+        // lost the same server would all come back at the same instant.
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
+        let delays: std::collections::HashSet<Duration> =
+            (0..20).map(|_| backoff.next_delay()).collect();
+        assert!(delays.len() > 1, "no jitter: {delays:?}");
+    }
+
+    fn finished(run: &str) -> RunFinished {
+        RunFinished { run: run.to_owned(), ..Default::default() }
+    }
+
+    #[test]
+    fn run_ends_are_repeated_after_a_broken_stream_a_bounded_number_of_times() {
+        let mut unconfirmed = Unconfirmed::default();
+        unconfirmed.sent(finished("a"), 0);
+        unconfirmed.sent(finished("b"), 0);
+        unconfirmed.sent(finished("a"), 0);
+        for round in 1..=REPORT_REPEATS {
+            let again = unconfirmed.take_for_repeat();
+            let runs: Vec<&str> = again.iter().map(|(f, _)| f.run.as_str()).collect();
+            assert_eq!(runs, ["b", "a"], "each run once, latest report last (round {round})");
+            for (finished, repeats) in again {
+                assert_eq!(repeats, round);
+                unconfirmed.sent(finished, repeats);
+            }
+        }
+        assert!(
+            unconfirmed.take_for_repeat().is_empty(),
+            "repeated {REPORT_REPEATS} times at most"
+        );
+
+        for i in 0..RECENT_RUNS + 10 {
+            unconfirmed.sent(finished(&i.to_string()), 0);
+        }
+        let again = unconfirmed.take_for_repeat();
+        assert_eq!(again.len(), RECENT_RUNS, "bounded");
+        assert_eq!(again[0].0.run, "10", "the oldest went first");
     }
 
     #[test]

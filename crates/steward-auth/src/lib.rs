@@ -155,7 +155,7 @@ pub async fn start(
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     );
-    let mail = mail_queue::OUTBOX.spawn_relay(
+    let mail = mail_queue::OUTBOX.with_lease(ctx.config.outbox.lease()).spawn_relay(
         ctx.db.clone(),
         mail_queue::deliver(state.clone()),
         ctx.clock.clone(),
@@ -165,7 +165,7 @@ pub async fn start(
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     );
-    let relay = audit::OUTBOX.spawn_relay(
+    let relay = audit::OUTBOX.with_lease(ctx.config.outbox.lease()).spawn_relay(
         ctx.db.clone(),
         steward_runtime::audit::deliver(ctx.peers.clone()),
         ctx.clock.clone(),

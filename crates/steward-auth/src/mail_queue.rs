@@ -5,12 +5,11 @@
 //! write lock). The link itself is issued when the message is delivered, in a short transaction
 //! committed before sending, so the outbox never holds a token in clear. A failed send is retried
 //! with backoff and issues a fresh link (replacing the unsent one): at-least-once delivery, one
-//! relay working through at most a batch at a time, whatever the request rate. Each delivery
-//! first leases its message for [`LEASE_SECS`], so replicas polling the same table do not send it
-//! twice while one is still delivering it.
+//! relay working through at most a batch at a time, whatever the request rate. The relay claims
+//! each message for its lease before delivering it (`steward_storage::outbox`), so replicas
+//! polling the same table never send one message at once.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Alias, Expr, Query};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
 use steward_runtime::{ApiError, ApiResult};
@@ -26,8 +25,6 @@ pub const OUTBOX: Outbox = Outbox::new("auth_mail_outbox");
 pub const INVITE_TOPIC: &str = "mail.invite";
 /// Topic of a password-reset request.
 pub const RESET_TOPIC: &str = "mail.reset";
-/// How long one delivery owns its message before another relay may try it.
-pub const LEASE_SECS: i64 = 120;
 
 /// An invite waiting to be sent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -84,21 +81,7 @@ pub async fn queue_reset<C: ConnectionTrait>(
     enqueue(conn, RESET_TOPIC, mail, now).await
 }
 
-/// Takes `message` for this delivery; false when another relay holds it.
-async fn lease(state: &Shared, message: &OutboxMessage) -> ApiResult<bool> {
-    let now = state.now();
-    let update = Query::update()
-        .table(Alias::new("auth_mail_outbox"))
-        .value(Alias::new("next_attempt_at"), now + chrono::Duration::seconds(LEASE_SECS))
-        .and_where(Expr::col(Alias::new("id")).eq(message.id))
-        .and_where(Expr::col(Alias::new("next_attempt_at")).lte(now))
-        .to_owned();
-    let backend = state.db.get_database_backend();
-    let done = state.db.execute(backend.build(&update)).await?;
-    Ok(done.rows_affected() == 1)
-}
-
-async fn send_invite(state: &Shared, mail: InviteMail) -> ApiResult<()> {
+async fn send_invite(state: &Shared, mail: InviteMail, key: &str) -> ApiResult<()> {
     let now = state.now();
     let tx = state.begin_write().await?;
     let Some(current) = credential::Entity::find_by_id(mail.administrator.clone()).one(&tx).await?
@@ -129,13 +112,14 @@ async fn send_invite(state: &Shared, mail: InviteMail) -> ApiResult<()> {
             inviter: &mail.inviter_email,
             token: &token,
             valid_hours: state.link_hours(),
+            mail_id: key,
         })
         .await?;
     tracing::info!(administrator = %mail.administrator, "invite sent");
     Ok(())
 }
 
-async fn send_resets(state: &Shared, mail: ResetMail) -> ApiResult<()> {
+async fn send_resets(state: &Shared, mail: ResetMail, key: &str) -> ApiResult<()> {
     let mut query = credential::Entity::find()
         .filter(credential::Column::Email.eq(&mail.email))
         .filter(credential::Column::PasswordHash.is_not_null());
@@ -160,8 +144,8 @@ async fn send_resets(state: &Shared, mail: ResetMail) -> ApiResult<()> {
             .send_reset(
                 &credential.email,
                 &credential.organization_display_name,
-                &token,
-                state.link_hours(),
+                (&token, state.link_hours()),
+                &format!("{key}/{}", credential.administrator),
             )
             .await?;
         tracing::info!(administrator = %credential.administrator, "password reset link sent");
@@ -174,16 +158,13 @@ pub fn deliver(state: Shared) -> Deliver {
     std::sync::Arc::new(move |message: OutboxMessage| {
         let state = state.clone();
         Box::pin(async move {
-            if !lease(&state, &message).await.map_err(|e| e.to_string())? {
-                return Err("held by another relay".to_string());
-            }
             let result = match message.topic.as_str() {
                 INVITE_TOPIC => match serde_json::from_value(message.payload) {
-                    Ok(mail) => send_invite(&state, mail).await,
+                    Ok(mail) => send_invite(&state, mail, &message.idempotency_key).await,
                     Err(e) => return Err(format!("bad payload: {e}")),
                 },
                 RESET_TOPIC => match serde_json::from_value(message.payload) {
-                    Ok(mail) => send_resets(&state, mail).await,
+                    Ok(mail) => send_resets(&state, mail, &message.idempotency_key).await,
                     Err(e) => return Err(format!("bad payload: {e}")),
                 },
                 other => return Err(format!("unknown outbox topic {other}")),

@@ -3,7 +3,11 @@
 //! With `email.smtp_url` set, messages go through lettre's async SMTP transport (rustls). With it
 //! empty (dev mode), each message is written as an `.eml` file under `{data_dir}/mail/` (staged
 //! in `mail/.partial/` and renamed, so readers never see a partial file), and the log names the
-//! file to open. The link itself is never logged, in dev mode either: tokens stay
+//! file to open. A file is named after its email's `mail_id` (a digest of the outbox message it
+//! comes from), so delivering the same message again replaces the file instead of adding a
+//! second one: the recipient sees one email, with the newest link (the one that works). Over
+//! SMTP a message whose acknowledgement was lost (the service died between the server's answer
+//! and the outbox's bookkeeping) arrives twice; only the newer link works. The link itself is never logged, in dev mode either: tokens stay
 //! out of logs at every level (the link is in the file).
 //!
 //! Each email carries the link (`{auth.console_url}/set-password?token=...` or
@@ -68,6 +72,8 @@ pub struct Invite<'a> {
     pub token: &'a str,
     /// Hours until the link expires.
     pub valid_hours: u64,
+    /// The same for every delivery of one outbox message (see the module documentation).
+    pub mail_id: &'a str,
 }
 
 fn ascii(text: &str) -> String {
@@ -157,16 +163,17 @@ impl Mailer {
             hours = invite.valid_hours,
         );
         let subject = format!("You're invited to {} on Steward", invite.organization);
-        self.send(invite.to, &subject, body, "invite").await
+        self.send(invite.to, &subject, body, ("invite", invite.mail_id)).await
     }
 
-    /// Sends a password-reset link and its `steward password reset` command.
+    /// Sends a password-reset link and its `steward password reset` command; `mail_id` as
+    /// [`Invite::mail_id`].
     pub async fn send_reset(
         &self,
         to: &str,
         organization: &str,
-        token: &str,
-        valid_hours: u64,
+        (token, valid_hours): (&str, u64),
+        mail_id: &str,
     ) -> ApiResult<()> {
         let complete = self.how_to_complete(
             ("reset-password", "password reset"),
@@ -182,10 +189,16 @@ impl Mailer {
              your password stays as it is.\r\n",
             org = ascii(organization),
         );
-        self.send(to, "Reset your Steward password", body, "password reset").await
+        self.send(to, "Reset your Steward password", body, ("password reset", mail_id)).await
     }
 
-    async fn send(&self, to: &str, subject: &str, body: String, kind: &str) -> ApiResult<()> {
+    async fn send(
+        &self,
+        to: &str,
+        subject: &str,
+        body: String,
+        (kind, mail_id): (&str, &str),
+    ) -> ApiResult<()> {
         let to_box: Mailbox =
             to.parse().map_err(|_| ApiError::invalid("email", "is not a valid email address"))?;
         // `Body::new_with_encoding` checks what lettre's builder would otherwise panic on.
@@ -212,9 +225,10 @@ impl Mailer {
             Transport::File(dir) => {
                 // Written aside, then renamed into place: a reader never sees half a message.
                 let partial = dir.join(".partial");
-                let id = uuid::Uuid::new_v4();
-                let staged = partial.join(format!("{id}.eml"));
-                let path = dir.join(format!("{id}.eml"));
+                let staged = partial.join(format!("{}.eml", uuid::Uuid::new_v4()));
+                // One file per outbox message: a repeated delivery replaces it.
+                let name = crate::secrets::digest(mail_id);
+                let path = dir.join(format!("{}.eml", name.get(..32).unwrap_or(&name)));
                 let io =
                     |e: std::io::Error| ApiError::internal(format!("cannot write email file: {e}"));
                 tokio::fs::create_dir_all(&partial).await.map_err(io)?;
@@ -277,6 +291,7 @@ mod tests {
                 inviter: "grace@example.com",
                 token,
                 valid_hours: 72,
+                mail_id: token,
             })
             .await
             .unwrap();
@@ -327,13 +342,42 @@ mod tests {
         assert!(text.lines().all(|l| l.len() < 74), "{text}");
     }
 
+    // A delivery repeated (the service died before it could record the first) replaces the
+    // file: one email, carrying the newer link. Another message is another file.
+    #[tokio::test]
+    async fn a_repeated_delivery_replaces_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mailer = mailer(dir.path(), None);
+        let send = |token: &'static str, mail_id: &'static str| {
+            let mailer = mailer.clone();
+            async move {
+                let invite = Invite {
+                    to: "ada@example.com",
+                    organization: "Acme",
+                    inviter: "",
+                    token,
+                    valid_hours: 72,
+                    mail_id,
+                };
+                mailer.send_invite(&invite).await.unwrap();
+            }
+        };
+        send("first-link-token", "message-1").await;
+        send("second-link-token", "message-1").await;
+        let text = only_mail(dir.path());
+        assert!(text.contains("second-link-token") && !text.contains("first-link-token"));
+        send("third-link-token", "message-2").await;
+        let files = std::fs::read_dir(dir.path().join("mail")).unwrap().flatten();
+        assert_eq!(files.filter(|e| e.path().extension().is_some_and(|x| x == "eml")).count(), 2);
+    }
+
     #[tokio::test]
     async fn reset_mail_carries_the_reset_command() {
         for console in [None, Some("https://console.example.com")] {
             let dir = tempfile::tempdir().unwrap();
             let token = format!("-{}", crate::secrets::new_link_token());
             mailer(dir.path(), console)
-                .send_reset("ada@example.com", "Acme", &token, 72)
+                .send_reset("ada@example.com", "Acme", (&token, 72), &token)
                 .await
                 .unwrap();
             let text = only_mail(dir.path());

@@ -29,7 +29,7 @@ use crate::connect_key::random_token;
 use crate::dispatch::Registration;
 use crate::entity::{connect_key, output, result, run, system};
 use crate::rules::{self, timestamp};
-use crate::run::refresh_run;
+use crate::run::{lock_run, refresh_run};
 use crate::system::system_proto;
 use crate::{audit, begin_write, State};
 
@@ -296,6 +296,7 @@ impl Session {
                     return Ok(());
                 }
                 let txn = begin_write(db).await?;
+                lock_run(&txn, &run).await?;
                 result::Entity::update_many()
                     .col_expr(result::Column::State, Expr::value(RunState::Running as i32))
                     .col_expr(result::Column::StartTime, Expr::value(Some(now)))
@@ -411,6 +412,7 @@ impl Session {
                     return Ok(());
                 }
                 let txn = begin_write(db).await?;
+                lock_run(&txn, &run).await?;
                 result::Entity::update_many()
                     .col_expr(result::Column::State, Expr::value(final_state as i32))
                     .col_expr(result::Column::ExitCode, Expr::value(exit_code))
@@ -602,6 +604,7 @@ async fn release(state: &State, stream: Option<&str>) -> ApiResult<usize> {
             continue;
         }
         let txn = begin_write(db).await?;
+        lock_run(&txn, &run_name).await?;
         let back = result::Entity::update_many()
             .col_expr(result::Column::ClaimedBy, Expr::value(Option::<String>::None))
             .col_expr(result::Column::CancelSent, Expr::value(false))
@@ -705,6 +708,7 @@ async fn reap(state: &State) -> ApiResult<()> {
         };
         let Some((final_state, why)) = verdict else { continue };
         let txn = begin_write(db).await?;
+        lock_run(&txn, &run_name).await?;
         let ended = result::Entity::update_many()
             .col_expr(result::Column::State, Expr::value(final_state as i32))
             .col_expr(result::Column::EndTime, Expr::value(Some(now)))

@@ -214,7 +214,7 @@ pub async fn start(
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
-    let relay = OUTBOX.spawn_relay(
+    let relay = OUTBOX.with_lease(ctx.config.outbox.lease()).spawn_relay(
         ctx.db.clone(),
         steward_runtime::audit::deliver(ctx.peers.clone()),
         ctx.clock.clone(),

@@ -141,13 +141,24 @@ pub(crate) async fn run_proto<C: ConnectionTrait>(
     Ok(run_shell(m, results))
 }
 
-/// Recomputes a run's aggregate state, start and end from its results.
+/// Reads a run under its row lock (PostgreSQL; a SQLite write transaction already excludes every
+/// other writer). Transactions that change one run's results take it first, so they aggregate
+/// one after another: without it, systems reporting at the same instant each saw the others
+/// still running, and the run stayed RUNNING with every result ended.
+pub(crate) async fn lock_run<C: ConnectionTrait>(
+    conn: &C,
+    run_name: &str,
+) -> ApiResult<Option<run::Model>> {
+    Ok(run::Entity::find_by_id(run_name.to_string()).lock_exclusive().one(conn).await?)
+}
+
+/// Recomputes a run's aggregate state, start and end from its results (under the run's lock).
 pub(crate) async fn refresh_run<C: ConnectionTrait>(
     conn: &C,
     run_name: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> ApiResult<()> {
-    let Some(current) = run::Entity::find_by_id(run_name.to_string()).one(conn).await? else {
+    let Some(current) = lock_run(conn, run_name).await? else {
         return Ok(());
     };
     let results = result::Entity::find()

@@ -16,7 +16,7 @@ use steward_runtime::{ApiError, ApiResult};
 use crate::agent::agent_deadline;
 use crate::entity::{result, system, target};
 use crate::rules::{self, timestamp};
-use crate::run::refresh_run;
+use crate::run::{lock_run, refresh_run};
 use crate::{audit, begin_write, caller, State};
 
 /// A system as returned by the API.
@@ -59,9 +59,14 @@ pub(crate) async fn forget_system<C: ConnectionTrait>(
         .column(result::Column::Run)
         .filter(result::Column::System.eq(name))
         .filter(result::Column::State.is_in([RunState::Queued as i32, RunState::Running as i32]))
+        .order_by_asc(result::Column::Run)
         .into_tuple()
         .all(conn)
         .await?;
+    // Runs before results, as every writer of results does, in one order: no deadlock.
+    for run in &unfinished {
+        lock_run(conn, run).await?;
+    }
     result::Entity::update_many()
         .col_expr(result::Column::State, Expr::value(RunState::Failed as i32))
         .col_expr(result::Column::EndTime, Expr::value(Some(now)))

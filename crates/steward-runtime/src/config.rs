@@ -32,6 +32,31 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Limits of the command service's streams (WatchRun, agents).
     pub streams: StreamsConfig,
+    /// Delivery of the services' outboxes (cross-service side effects, mail).
+    pub outbox: OutboxConfig,
+}
+
+/// Delivery of outbox messages (`steward_storage::outbox`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// How long a replica's claim on a message lasts, in seconds (at least 2). Each delivery is
+    /// abandoned after half of it, so no two replicas ever deliver one message at once; a
+    /// message whose replica died mid-delivery is taken again when the lease has passed.
+    pub lease_secs: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self { lease_secs: 120 }
+    }
+}
+
+impl OutboxConfig {
+    /// The lease as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs.max(2))
+    }
 }
 
 /// Limits of long-lived streams. Watcher counts are per replica.

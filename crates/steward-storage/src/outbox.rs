@@ -1,13 +1,37 @@
 //! The transactional outbox: a cross-service side effect (send the invite, revoke sessions,
 //! remove grants, record an audit event) is written to the service's own outbox table in the
 //! same transaction as the change, and a background relay delivers it with retries and
-//! exponential backoff. Delivery is at-least-once; each message carries an idempotency key the
-//! receiver uses to ignore repeats. A crash or a peer outage delays a message, never drops it.
+//! exponential backoff. A crash or a peer outage delays a message, never drops it.
+//!
+//! # Delivery guarantee
+//!
+//! Every replica of a service runs a relay over the same table. Before delivering a message a
+//! relay **claims** it: one conditional update pushes the row's `next_attempt_at` to
+//! `now + lease` where the row is still due (`next_attempt_at <= now`), and the relay delivers
+//! only when that update changed the row. On PostgreSQL the row lock makes a concurrent claim
+//! wait and then re-check the condition, which no longer holds; SQLite has one writer at a time.
+//! So two relays never deliver the same message at once, and no schema change was needed: the
+//! lease is the retry time the table always had.
+//!
+//! Each delivery is abandoned after half the lease ([`Outbox::delivery_timeout`]; the other
+//! half covers the bookkeeping after it and clock skew between replicas), so a relay that is
+//! alive always finishes with a message before its lease ends. Delivered, the row is deleted;
+//! failed, it is given back with a backoff (1 s doubling to 60 s), unless another relay has
+//! claimed it since. A relay killed mid-delivery leaves its claim behind, and the message is
+//! taken again once the lease has passed. Delivery is therefore **at least once, never
+//! concurrent**: a message can be delivered again only when an earlier attempt's outcome was
+//! lost (the relay died, or the receiver did the work but its answer did not arrive), so each
+//! message carries an idempotency key its receiver uses to ignore repeats.
+//!
+//! The lease is `outbox.lease_secs` (120 s by default, at least 2 s), so a delivery gets 60 s:
+//! more than an internal call, which times out after 15 s, and as much as one command of the
+//! SMTP client. A delivery abandoned after its server did the work is delivered again, so half
+//! the lease must stay above the slowest delivery that can still succeed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures::future::BoxFuture;
 use sea_orm::sea_query::{Alias, ColumnDef, Expr, Order, Query, Table, TableCreateStatement};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
@@ -31,20 +55,55 @@ pub struct OutboxMessage {
 pub type Deliver =
     Arc<dyn Fn(OutboxMessage) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// The time a relay goes by (the service's injected clock).
+pub type Now<'a> = &'a (dyn Fn() -> DateTime<Utc> + Send + Sync);
+
 /// A service's outbox table.
 #[derive(Clone, Copy, Debug)]
 pub struct Outbox {
     table: &'static str,
+    lease: Duration,
 }
+
+/// The lease of an outbox that was not given one ([`Outbox::with_lease`]).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
 
 const BATCH: u64 = 32;
 const POLL: Duration = Duration::from_millis(200);
 const MAX_BACKOFF_SECS: i64 = 60;
 
+/// What one relay pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Pass {
+    /// Messages that were due when the pass began.
+    due: usize,
+    /// Delivered and deleted.
+    delivered: usize,
+    /// Claimed by another relay first.
+    taken: usize,
+}
+
 impl Outbox {
     /// The outbox stored in `table` (e.g. `admin_outbox`).
     pub const fn new(table: &'static str) -> Self {
-        Self { table }
+        Self { table, lease: DEFAULT_LEASE }
+    }
+
+    /// The same outbox, claiming each message for `lease` (at least 2 s) before delivering it.
+    pub const fn with_lease(self, lease: Duration) -> Self {
+        let lease = if lease.as_secs() < 2 { Duration::from_secs(2) } else { lease };
+        Self { table: self.table, lease }
+    }
+
+    /// How long a claim holds a message.
+    pub const fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// How long one delivery may take before it is abandoned (and counted as failed): half the
+    /// lease.
+    pub fn delivery_timeout(&self) -> Duration {
+        self.lease / 2
     }
 
     fn t(&self) -> Alias {
@@ -154,6 +213,31 @@ impl Outbox {
         row.try_get("", "n")
     }
 
+    /// Claims message `id` for one delivery at `now`: its next attempt moves to the end of the
+    /// lease, provided it is due. Returns the end of the lease when this caller holds the
+    /// message, `None` when it is not due (another relay holds it, it is backing off, or it is
+    /// gone).
+    pub async fn claim(
+        &self,
+        db: &DatabaseConnection,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, DbErr> {
+        let lease = chrono::Duration::from_std(self.lease)
+            .map_err(|e| DbErr::Custom(format!("outbox lease: {e}")))?;
+        // Microseconds, as both databases store them: the lease end is compared for equality
+        // when the message is given back.
+        let until = (now + lease).trunc_subsecs(6);
+        let update = Query::update()
+            .table(self.t())
+            .value(Alias::new("next_attempt_at"), until)
+            .and_where(Expr::col(Alias::new("id")).eq(id))
+            .and_where(Expr::col(Alias::new("next_attempt_at")).lte(now))
+            .to_owned();
+        let done = db.execute(db.get_database_backend().build(&update)).await?;
+        Ok((done.rows_affected() == 1).then_some(until))
+    }
+
     async fn delivered(&self, db: &DatabaseConnection, id: i64) -> Result<(), DbErr> {
         let delete = Query::delete()
             .from_table(self.t())
@@ -163,10 +247,13 @@ impl Outbox {
         Ok(())
     }
 
+    /// Gives a message whose delivery failed back with a backoff, unless its lease (ending at
+    /// `until`) was lost meanwhile: then another relay holds it and its claim stands.
     async fn failed(
         &self,
         db: &DatabaseConnection,
         message: &OutboxMessage,
+        until: DateTime<Utc>,
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<(), DbErr> {
@@ -179,34 +266,55 @@ impl Outbox {
             .value(Alias::new("next_attempt_at"), next)
             .value(Alias::new("last_error"), error.chars().take(500).collect::<String>())
             .and_where(Expr::col(Alias::new("id")).eq(message.id))
+            .and_where(Expr::col(Alias::new("next_attempt_at")).eq(until))
             .to_owned();
         db.execute(db.get_database_backend().build(&update)).await?;
         Ok(())
     }
 
-    /// Delivers everything due once; returns how many messages were delivered.
+    /// Delivers everything due, each message under a claim of its own; returns how many
+    /// messages this relay delivered. `now` is read again for each claim, so a slow batch never
+    /// claims with a stale time.
     pub async fn relay_once(
         &self,
         db: &DatabaseConnection,
         deliver: &Deliver,
-        now: DateTime<Utc>,
+        now: Now<'_>,
     ) -> Result<usize, DbErr> {
-        let mut delivered = 0;
-        for message in self.due(db, now).await? {
-            let id = message.id;
+        Ok(self.pass(db, deliver, now).await?.delivered)
+    }
+
+    async fn pass(
+        &self,
+        db: &DatabaseConnection,
+        deliver: &Deliver,
+        now: Now<'_>,
+    ) -> Result<Pass, DbErr> {
+        let due = self.due(db, now()).await?;
+        let mut pass = Pass { due: due.len(), ..Pass::default() };
+        for message in due {
+            let Some(until) = self.claim(db, message.id, now()).await? else {
+                pass.taken += 1;
+                continue;
+            };
             let topic = message.topic.clone();
-            match deliver(message.clone()).await {
+            let outcome = tokio::time::timeout(self.delivery_timeout(), deliver(message.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!("delivery took longer than {:?}", self.delivery_timeout()))
+                });
+            match outcome {
                 Ok(()) => {
-                    self.delivered(db, id).await?;
-                    delivered += 1;
+                    self.delivered(db, message.id).await?;
+                    pass.delivered += 1;
                 }
                 Err(error) => {
                     tracing::warn!(outbox = self.table, %topic, attempts = message.attempts + 1, %error, "outbox delivery failed, will retry");
-                    self.failed(db, &message, &error, now).await?;
+                    self.failed(db, &message, until, &error, now()).await?;
                 }
             }
         }
-        Ok(delivered)
+        Ok(pass)
     }
 
     /// Runs the relay until the task is aborted.
@@ -219,10 +327,14 @@ impl Outbox {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
-                match self.relay_once(&db, &deliver, clock()).await {
-                    // A full batch went out: more is likely waiting, so a burst drains at
-                    // delivery speed rather than one batch per poll.
-                    Ok(delivered) if u64::try_from(delivered).unwrap_or(u64::MAX) >= BATCH => {
+                match self.pass(&db, &deliver, clock.as_ref()).await {
+                    // A full batch went out (here or on another replica): more is likely
+                    // waiting, so a burst drains at delivery speed rather than one batch per
+                    // poll. Claimed and failed rows are no longer due, so this never spins.
+                    Ok(pass)
+                        if u64::try_from(pass.due).unwrap_or(0) >= BATCH
+                            && pass.delivered + pass.taken > 0 =>
+                    {
                         continue
                     }
                     Ok(_) => {}

@@ -10,6 +10,7 @@
     clippy::needless_pass_by_value
 )]
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -99,12 +100,13 @@ on_both_backends!(outbox_retries_until_delivered, |backend| async move {
         })
     };
 
-    assert_eq!(OUTBOX.relay_once(&db, &deliver, t0).await.unwrap(), 2);
+    assert_eq!(OUTBOX.relay_once(&db, &deliver, &|| t0).await.unwrap(), 2);
     assert_eq!(OUTBOX.pending(&db).await.unwrap(), 1);
     // Backing off: not due again at the same instant.
-    assert_eq!(OUTBOX.relay_once(&db, &deliver, t0).await.unwrap(), 0);
+    assert_eq!(OUTBOX.relay_once(&db, &deliver, &|| t0).await.unwrap(), 0);
     // Due after the backoff; delivered with its attempt count.
-    assert_eq!(OUTBOX.relay_once(&db, &deliver, t0 + Duration::seconds(5)).await.unwrap(), 1);
+    let later = t0 + Duration::seconds(5);
+    assert_eq!(OUTBOX.relay_once(&db, &deliver, &|| later).await.unwrap(), 1);
     assert_eq!(OUTBOX.pending(&db).await.unwrap(), 0);
     let seen = seen.lock().unwrap().clone();
     let keys: Vec<_> = seen.iter().map(|(k, _, _)| k.as_str()).collect();
@@ -218,3 +220,183 @@ on_both_backends!(
         assert_eq!(total, 10, "every write of both sides landed");
     }
 );
+
+/// A second pool on the same database: another replica's relay.
+async fn second_pool(database: &TestDatabase) -> sea_orm::DatabaseConnection {
+    steward_storage::connect(&database.url("storage"), 4).await.unwrap()
+}
+
+/// A delivery function that records every key it delivers.
+fn recording(delivered: &Arc<Mutex<Vec<String>>>) -> Deliver {
+    let delivered = delivered.clone();
+    Arc::new(move |message| {
+        let delivered = delivered.clone();
+        Box::pin(async move {
+            delivered.lock().unwrap().push(message.idempotency_key);
+            Ok(())
+        })
+    })
+}
+
+// Two replicas relay one table at once, each through its own pool, with deliveries slow enough
+// that both passes see the same due rows: every message is delivered once, never twice and
+// never by both at the same time.
+on_both_backends!(two_relays_on_one_table_deliver_each_message_once, |backend| async move {
+    const MESSAGES: usize = 24;
+    let (database, db) = open(backend).await;
+    let other = second_pool(&database).await;
+    let now = Utc::now();
+    for i in 0..MESSAGES {
+        OUTBOX.enqueue(&db, "t", &format!("key-{i}"), &serde_json::json!({}), now).await.unwrap();
+    }
+    let counts = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let in_flight = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let deliver: Deliver = {
+        let (counts, in_flight, overlaps) = (counts.clone(), in_flight.clone(), overlaps.clone());
+        Arc::new(move |message| {
+            let (counts, in_flight, overlaps) =
+                (counts.clone(), in_flight.clone(), overlaps.clone());
+            Box::pin(async move {
+                let key = message.idempotency_key;
+                if !in_flight.lock().unwrap().insert(key.clone()) {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                in_flight.lock().unwrap().remove(&key);
+                *counts.lock().unwrap().entry(key).or_default() += 1;
+                Ok(())
+            })
+        })
+    };
+    let relay = |db: sea_orm::DatabaseConnection| {
+        let deliver = deliver.clone();
+        tokio::spawn(async move {
+            let mut delivered = 0;
+            for _ in 0..500 {
+                delivered += OUTBOX.relay_once(&db, &deliver, &Utc::now).await.unwrap();
+                if OUTBOX.pending(&db).await.unwrap() == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            delivered
+        })
+    };
+    let (a, b) = (relay(db.clone()), relay(other));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!(OUTBOX.pending(&db).await.unwrap(), 0);
+    assert_eq!(a + b, MESSAGES, "each relay counts only what it delivered");
+    assert!(a > 0 && b > 0, "both relays took part: {a} and {b}");
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "no message was delivered twice at once");
+    let counts = counts.lock().unwrap().clone();
+    assert_eq!(counts.len(), MESSAGES);
+    let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(repeated.is_empty(), "delivered more than once: {repeated:?}");
+});
+
+// A relay that claims a message and dies before finishing (it neither deletes the row nor gives
+// it back) holds it for its lease only: another replica leaves it alone meanwhile and delivers
+// it once the lease has passed.
+on_both_backends!(a_claim_whose_relay_died_is_taken_again_after_its_lease, |backend| async move {
+    let (database, db) = open(backend).await;
+    let other = second_pool(&database).await;
+    let outbox = OUTBOX.with_lease(std::time::Duration::from_secs(10));
+    let t0 = Utc::now();
+    outbox.enqueue(&db, "t", "orphan", &serde_json::json!({}), t0).await.unwrap();
+    let id = outbox.due(&db, t0).await.unwrap()[0].id;
+
+    let until = outbox.claim(&db, id, t0).await.unwrap().expect("the first claim holds");
+    assert!(until > t0 + Duration::seconds(9) && until <= t0 + Duration::seconds(10));
+    assert_eq!(outbox.claim(&other, id, t0).await.unwrap(), None, "one holder at a time");
+
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let deliver = recording(&delivered);
+    let during = t0 + Duration::seconds(9);
+    assert_eq!(outbox.relay_once(&other, &deliver, &|| during).await.unwrap(), 0);
+    assert!(delivered.lock().unwrap().is_empty(), "not while the lease lasts");
+    let after = t0 + Duration::seconds(10) + Duration::milliseconds(1);
+    assert_eq!(outbox.relay_once(&other, &deliver, &|| after).await.unwrap(), 1);
+    assert_eq!(*delivered.lock().unwrap(), ["orphan"]);
+    assert_eq!(outbox.pending(&db).await.unwrap(), 0);
+});
+
+// A delivery that never answers is abandoned within the lease (after half of it) and counted
+// as a failed attempt, so a live relay never holds a message past its claim.
+on_both_backends!(a_hung_delivery_is_abandoned_before_its_lease_ends, |backend| async move {
+    /// Records when the delivery holding it was dropped (abandoned).
+    struct Abandoned(Arc<Mutex<Option<std::time::Instant>>>);
+    impl Drop for Abandoned {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = Some(std::time::Instant::now());
+        }
+    }
+
+    let (_database, db) = open(backend).await;
+    let outbox = OUTBOX.with_lease(std::time::Duration::from_secs(4));
+    assert_eq!(outbox.delivery_timeout(), std::time::Duration::from_secs(2));
+    let t0 = Utc::now();
+    outbox.enqueue(&db, "t", "stuck", &serde_json::json!({}), t0).await.unwrap();
+    let started = Arc::new(Mutex::new(None));
+    let abandoned = Arc::new(Mutex::new(None));
+    let deliver: Deliver = {
+        let (started, abandoned) = (started.clone(), abandoned.clone());
+        Arc::new(move |message| {
+            let (started, abandoned) = (started.clone(), abandoned.clone());
+            Box::pin(async move {
+                if message.attempts == 0 {
+                    *started.lock().unwrap() = Some(std::time::Instant::now());
+                    let _guard = Abandoned(abandoned);
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            })
+        })
+    };
+    assert_eq!(outbox.relay_once(&db, &deliver, &|| t0).await.unwrap(), 0);
+    let held = abandoned.lock().unwrap().unwrap() - started.lock().unwrap().unwrap();
+    assert!(held < outbox.lease(), "abandoned before the lease ended, not after {held:?}");
+    // Given back with a backoff, as any failure.
+    assert!(outbox.due(&db, t0).await.unwrap().is_empty());
+    let retry = t0 + Duration::seconds(1);
+    assert_eq!(outbox.due(&db, retry).await.unwrap()[0].attempts, 1);
+    assert_eq!(outbox.relay_once(&db, &deliver, &|| retry).await.unwrap(), 1);
+    assert_eq!(outbox.pending(&db).await.unwrap(), 0);
+});
+
+// A relay that outlived its lease (stalled, or its clock behind another replica's by more than
+// the margin) and then fails does not give the message back: another relay has claimed it
+// meanwhile, and that claim stands.
+on_both_backends!(a_late_failure_does_not_undo_a_newer_claim, |backend| async move {
+    let (database, db) = open(backend).await;
+    let other = second_pool(&database).await;
+    let outbox = OUTBOX.with_lease(std::time::Duration::from_secs(4));
+    let t0 = Utc::now();
+    outbox.enqueue(&db, "t", "contested", &serde_json::json!({}), t0).await.unwrap();
+    let id = outbox.due(&db, t0).await.unwrap()[0].id;
+
+    let started = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let deliver: Deliver = {
+        let (started, gate) = (started.clone(), gate.clone());
+        Arc::new(move |_| {
+            let (started, gate) = (started.clone(), gate.clone());
+            Box::pin(async move {
+                started.notify_one();
+                gate.notified().await;
+                Err("peer unavailable".to_string())
+            })
+        })
+    };
+    let first = tokio::spawn(async move { outbox.relay_once(&db, &deliver, &|| t0).await });
+    started.notified().await;
+    let newer = outbox.claim(&other, id, t0 + Duration::seconds(5)).await.unwrap();
+    let newer = newer.expect("the first lease has passed by the second relay's clock");
+    gate.notify_one();
+    assert_eq!(first.await.unwrap().unwrap(), 0);
+    let before_newer_ends = newer - Duration::milliseconds(1);
+    assert!(
+        outbox.due(&other, before_newer_ends).await.unwrap().is_empty(),
+        "the failure gave the message back under the newer claim"
+    );
+});

@@ -32,10 +32,8 @@ impl Drop for SmtpSink {
 }
 
 impl SmtpSink {
-    async fn start() -> Self {
-        let maildir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("python3")
+    fn spawn(port: u16, maildir: &Path) -> Child {
+        Command::new("python3")
             .args([
                 "-m",
                 "aiosmtpd",
@@ -45,20 +43,53 @@ impl SmtpSink {
                 "-c",
                 "aiosmtpd.handlers.Mailbox",
             ])
-            .arg(maildir.path().join("box"))
+            .arg(maildir.join("box"))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("python3 with aiosmtpd (pip install aiosmtpd)");
+            .expect("python3 with aiosmtpd (pip install aiosmtpd)")
+    }
+
+    async fn start() -> Self {
+        let maildir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Self::spawn(port, maildir.path());
         // Owned by the sink at once, so its Drop reaps the process on every path.
         let sink = Self { child, port, maildir };
+        sink.listening().await;
+        sink
+    }
+
+    async fn listening(&self) {
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return sink;
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("aiosmtpd did not start on port {port}");
+        panic!("aiosmtpd did not start on port {}", self.port);
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server process.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Kills the server (SIGKILL).
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts the server again on the same port and Maildir.
+    async fn restart(&mut self) {
+        self.child = Self::spawn(self.port, self.maildir.path());
+        self.listening().await;
     }
 
     fn url(&self) -> String {
@@ -211,5 +242,151 @@ async fn invites_travel_over_smtp_sqlite() {
 async fn invites_travel_over_smtp_postgres() {
     if postgres_available() {
         invites_travel_over_smtp(Backend::Postgres).await;
+    }
+}
+
+/// How many messages the sink holds for each of `emails`.
+fn received(dir: &Path, emails: &[String]) -> Vec<(String, usize)> {
+    let messages = SmtpSink::messages(dir);
+    emails
+        .iter()
+        .map(|email| {
+            let to = |m: &String| {
+                m.lines().any(|l| l.to_ascii_lowercase().starts_with("to:") && l.contains(email))
+            };
+            (email.clone(), messages.iter().filter(|m| to(m)).count())
+        })
+        .collect()
+}
+
+async fn invite(owner: &steward_proto::client::Steward, org: &str, count: usize) -> Vec<String> {
+    let mut calls = tokio::task::JoinSet::new();
+    let mut emails = Vec::new();
+    for _ in 0..count {
+        let email = format!("invitee-{}@example.com", uuid::Uuid::new_v4().simple());
+        emails.push(email.clone());
+        let (owner, parent) = (owner.clone(), org.to_string());
+        calls.spawn(async move {
+            owner
+                .admin()
+                .create_administrator(CreateAdministratorRequest {
+                    parent,
+                    administrator: Some(Administrator {
+                        email,
+                        role: Role::CommandRunner as i32,
+                        ..Default::default()
+                    }),
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                })
+                .await
+        });
+    }
+    while let Some(created) = calls.join_next().await {
+        created.unwrap().expect("acknowledged");
+    }
+    emails
+}
+
+/// A stack sending mail to `smtp` with its owner signed in; returns the organization and the
+/// owner's client.
+async fn smtp_stack(
+    backend: Backend,
+    smtp: &SmtpSink,
+) -> (Stack, String, steward_proto::client::Steward) {
+    let url = smtp.url();
+    let stack = Stack::start_with(backend, |config| {
+        config.email.smtp_url = url;
+        // Short, so a delivery stuck on a hung server is abandoned within seconds; long
+        // enough that no delivery on a loaded machine is abandoned after the server took it.
+        config.outbox.lease_secs = 6;
+    })
+    .await;
+    let owner_email = format!("owner-{}@example.com", uuid::Uuid::new_v4().simple());
+    let created = OrganizationServiceClient::new(stack.internal().await)
+        .create_organization(CreateOrganizationRequest {
+            organization: Some(Organization {
+                display_name: "Globex".into(),
+                ..Default::default()
+            }),
+            owner_email: owner_email.clone(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let org = created.organization.unwrap().name;
+    let token = steward_server::extract_token(&smtp.message_to(&owner_email).await).unwrap();
+    let auth = stack.client_for(ServiceKind::Auth).await;
+    auth.auth()
+        .accept_invite(AcceptInviteRequest { token, password: PASSWORD.into() })
+        .await
+        .unwrap();
+    let tokens = stack.sign_in(&owner_email, PASSWORD).await;
+    let owner = stack.client().await.with_token(&tokens.access_token).unwrap();
+    (stack, org, owner)
+}
+
+// Two full replicas relay the same outboxes to one SMTP server, where every delivery is a
+// message of its own: each invite arrives exactly once.
+async fn each_invite_arrives_once_from_two_replicas(backend: Backend) {
+    let smtp = SmtpSink::start().await;
+    let (mut stack, org, owner) = smtp_stack(backend, &smtp).await;
+    let replica = stack.add_replica().await;
+    let other = stack.client_at(&replica).await.with_token(&owner.access_token().unwrap()).unwrap();
+    let mut invited = invite(&owner, &org, 10).await;
+    invited.extend(invite(&other, &org, 10).await);
+    crate::faults::invites_drained(&stack).await;
+    let counts = received(smtp.maildir.path(), &invited);
+    let wrong: Vec<_> = counts.iter().filter(|(_, n)| *n != 1).collect();
+    assert!(wrong.is_empty(), "each invite once: {wrong:?} of {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_invite_arrives_once_from_two_replicas_sqlite() {
+    each_invite_arrives_once_from_two_replicas(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_invite_arrives_once_from_two_replicas_postgres() {
+    if postgres_available() {
+        each_invite_arrives_once_from_two_replicas(Backend::Postgres).await;
+    }
+}
+
+// The SMTP server hangs with a delivery in progress, then is killed while invites are queued,
+// and comes back on the same port: each invite arrives exactly once, none is lost.
+async fn each_invite_arrives_once_across_an_smtp_server_kill(backend: Backend) {
+    let mut smtp = SmtpSink::start().await;
+    let (stack, org, owner) = smtp_stack(backend, &smtp).await;
+    let mut invited = invite(&owner, &org, 5).await;
+    for email in &invited {
+        smtp.message_to(email).await;
+    }
+    // Hung: the relay's next delivery connects and waits for a greeting that never comes.
+    smtp.signal("STOP");
+    invited.extend(invite(&owner, &org, 10).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    smtp.kill();
+    let queued = crate::faults::outbox_pending(&stack, ServiceKind::Auth, "auth_mail_outbox").await;
+    assert!(queued > 0, "invites were waiting when the server died");
+    // Down for a while: deliveries fail and back off.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    smtp.restart().await;
+
+    crate::faults::invites_drained(&stack).await;
+    let counts = received(smtp.maildir.path(), &invited);
+    let wrong: Vec<_> = counts.iter().filter(|(_, n)| *n != 1).collect();
+    assert!(wrong.is_empty(), "each invite once: {wrong:?} of {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_invite_arrives_once_across_an_smtp_server_kill_sqlite() {
+    each_invite_arrives_once_across_an_smtp_server_kill(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_invite_arrives_once_across_an_smtp_server_kill_postgres() {
+    if postgres_available() {
+        each_invite_arrives_once_across_an_smtp_server_kill(Backend::Postgres).await;
     }
 }

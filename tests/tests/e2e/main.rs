@@ -60,6 +60,7 @@ mod client;
 mod commands;
 mod custom_roles;
 mod email;
+mod faults;
 mod foundation;
 mod health;
 mod hostile;
