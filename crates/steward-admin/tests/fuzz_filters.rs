@@ -7,54 +7,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::PathBuf;
-
 use proptest::prelude::*;
 use steward_admin::email::Email;
 use steward_admin::filter::{admin_filter, admin_order, audit_filter};
-use steward_runtime::names::{self, MAX_FILTER_TERMS};
-use steward_runtime::ApiError;
+use steward_runtime::names::MAX_FILTER_TERMS;
 
-fn config() -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = 256;
-    }
-    config
-}
+#[path = "../../../tests/corpus/support.rs"]
+mod support;
 
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpus").join(target);
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(&dir).unwrap().map(|entry| entry.unwrap().path()).collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} is empty", dir.display());
-    files
-        .into_iter()
-        .map(|path| {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect()
-}
-
-fn variants(bytes: &[u8]) -> [String; 2] {
-    let text = String::from_utf8_lossy(bytes).into_owned();
-    let times = (1 << 20) / text.len().max(1) + 1;
-    [text.clone(), text.repeat(times)]
-}
-
-/// One bounded `INVALID_ARGUMENT` violation on `field`, without raw control characters.
-fn assert_refused_on(err: &ApiError, field: &str) {
-    let ApiError::InvalidArgument(violations) = err else {
-        panic!("expected INVALID_ARGUMENT on {field}, got {err:?}");
-    };
-    assert_eq!(violations.len(), 1, "{violations:?}");
-    assert_eq!(violations[0].field, field);
-    let description = &violations[0].description;
-    assert!(description.chars().count() <= 300 + names::MAX_SHOWN_CHARS * 10, "{description}");
-    assert!(!description.chars().any(|c| c.is_control() || names::is_bidi_control(c)));
-}
+use support::{assert_refused_on, config, corpus, variants};
 
 /// Parses `filter` with both admin grammars; answers how many accepted it.
 fn parse_filters(filter: &str) -> usize {

@@ -16,7 +16,6 @@
 )]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -31,28 +30,10 @@ use steward_runtime::claims::{AccessClaims, Role, TokenScope, ACCESS_TOKEN_TYPE}
 use steward_runtime::config::AuthConfig;
 use steward_runtime::ApiError;
 
-fn config() -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = 256;
-    }
-    config
-}
+#[path = "../../../tests/corpus/support.rs"]
+mod support;
 
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpus").join(target);
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(&dir).unwrap().map(|entry| entry.unwrap().path()).collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} is empty", dir.display());
-    files
-        .into_iter()
-        .map(|path| {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect()
-}
+use support::{config, corpus};
 
 /// The instant every token here is issued and judged at.
 fn now() -> DateTime<Utc> {

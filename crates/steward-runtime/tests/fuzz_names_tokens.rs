@@ -7,67 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::PathBuf;
-
 use proptest::prelude::*;
 use steward_runtime::names::{self, Keyset};
 use steward_runtime::ApiError;
 
-/// The default case count unless `PROPTEST_CASES` says otherwise.
-fn config() -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = 256;
-    }
-    config
-}
+#[path = "../../../tests/corpus/support.rs"]
+mod support;
 
-/// Every file of `tests/corpus/{target}`, sorted, as (file name, bytes).
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpus").join(target);
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(&dir).unwrap().map(|entry| entry.unwrap().path()).collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} is empty", dir.display());
-    files
-        .into_iter()
-        .map(|path| {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect()
-}
-
-/// A corpus input as the pure functions see it, and the same repeated to at least 1 MiB.
-fn variants(bytes: &[u8]) -> [String; 2] {
-    let text = String::from_utf8_lossy(bytes).into_owned();
-    let times = (1 << 20) / text.len().max(1) + 1;
-    [text.clone(), text.repeat(times)]
-}
-
-/// Longest violation description any refusal here may carry: the template plus one quoted
-/// value of at most `names::MAX_SHOWN_CHARS` characters (escaped, so up to 10 bytes each).
-const MAX_DESCRIPTION_CHARS: usize = 300 + names::MAX_SHOWN_CHARS * 10;
-
-/// Checks `err` is one `INVALID_ARGUMENT` violation on `field`, bounded and without a raw
-/// control or bidirectional character (a hostile value must not bloat or reorder the answer).
-fn assert_refused_on(err: &ApiError, field: &str) {
-    let ApiError::InvalidArgument(violations) = err else {
-        panic!("expected INVALID_ARGUMENT on {field}, got {err:?}");
-    };
-    assert_eq!(violations.len(), 1, "{violations:?}");
-    assert_eq!(violations[0].field, field);
-    let description = &violations[0].description;
-    assert!(
-        description.chars().count() <= MAX_DESCRIPTION_CHARS,
-        "a {}-character description",
-        description.chars().count()
-    );
-    assert!(
-        !description.chars().any(|c| c.is_control() || names::is_bidi_control(c)),
-        "raw control character in {description:?}"
-    );
-}
+use support::{assert_refused_on, config, corpus, variants};
 
 /// Parses `value` with every typed name; each refusal must be typed and bounded. Returns how
 /// many parsers accepted it.
