@@ -339,9 +339,10 @@ async fn a_database_outage_fails_calls_fast_and_the_service_recovers_alone() {
         }
     }
     assert!(failures > 0, "the load met the outage");
-    let mut names: Vec<String> = listed.administrators.iter().map(|a| a.name.clone()).collect();
-    let mut page_token = listed.next_page_token.clone();
-    while !page_token.is_empty() {
+    // Listed afresh once the load has stopped (writes made while paging could shift the pages).
+    let mut names = Vec::new();
+    let mut page_token = String::new();
+    loop {
         let page = owner
             .client
             .admin()
@@ -355,6 +356,9 @@ async fn a_database_outage_fails_calls_fast_and_the_service_recovers_alone() {
             .into_inner();
         names.extend(page.administrators.iter().map(|a| a.name.clone()));
         page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
     }
     for name in &acknowledged {
         assert!(names.contains(name), "acknowledged but lost: {name}");
