@@ -1,11 +1,11 @@
 //! Runs: RunCommand, GetRun, ListRuns, CancelRun.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DerivePartialModel, EntityTrait, FromQueryResult,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use steward_proto::commands::v1::{
     CancelRunRequest, CancelRunResponse, GetRunRequest, GetRunResponse, ListRunsRequest,
@@ -56,21 +56,7 @@ pub(crate) fn summary_proto(s: ResultSummary) -> SystemResult {
         start_time: s.start_time.map(timestamp),
         end_time: s.end_time.map(timestamp),
         error_message: s.error_message,
-    }
-}
-
-pub(crate) fn full_result_proto(m: result::Model) -> SystemResult {
-    SystemResult {
-        system: m.system,
-        state: m.state,
-        exit_code: m.exit_code,
-        stdout: m.stdout,
-        stderr: m.stderr,
-        stdout_truncated: m.stdout_truncated,
-        stderr_truncated: m.stderr_truncated,
-        start_time: m.start_time.map(timestamp),
-        end_time: m.end_time.map(timestamp),
-        error_message: m.error_message,
+        output_omitted: false,
     }
 }
 
@@ -89,55 +75,148 @@ pub(crate) fn run_shell(m: run::Model, results: Vec<SystemResult>) -> Run {
     }
 }
 
-/// A run as returned by the API, with or without its output.
+/// Which systems' output a run carries.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Output<'a> {
+    /// None (ListRuns, WatchRun snapshots, write answers).
+    None,
+    /// Systems in the run's order while the total stays within [`OUTPUT_BUDGET`] (GetRun).
+    Budget,
+    /// This system's only (GetRun's `output_system`).
+    Of(&'a str),
+}
+
+/// The most output one GetRun answer carries: one system's whole output (both streams at their
+/// bound) always fits, and the answer stays under gRPC's default 4 MiB message limit.
+pub(crate) const OUTPUT_BUDGET: usize = 2 * rules::MAX_OUTPUT_BYTES;
+
+/// Captured length of each `(system, stream)` of a run: output an earlier version kept in the
+/// result row, then the append-only rows after it. Read from lengths alone (no output bytes).
+pub(crate) async fn output_lengths<C: ConnectionTrait>(
+    conn: &C,
+    run_name: &str,
+) -> ApiResult<BTreeMap<(String, i32), usize>> {
+    let length = |n: Option<i64>| n.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+    let mut lengths: BTreeMap<(String, i32), usize> = BTreeMap::new();
+    let legacy: Vec<(String, Option<i64>, Option<i64>)> = result::Entity::find()
+        .select_only()
+        .column(result::Column::System)
+        .column_as(Expr::cust("CAST(length(stdout) AS BIGINT)"), "stdout_length")
+        .column_as(Expr::cust("CAST(length(stderr) AS BIGINT)"), "stderr_length")
+        .filter(result::Column::Run.eq(run_name))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    for (system, stdout, stderr) in legacy {
+        for (stream, n) in [(OutputStream::Stdout, stdout), (OutputStream::Stderr, stderr)] {
+            if length(n) > 0 {
+                lengths.insert((system.clone(), stream as i32), length(n));
+            }
+        }
+    }
+    let stored: Vec<(String, i32, Option<i64>)> = output::Entity::find()
+        .select_only()
+        .column(output::Column::System)
+        .column(output::Column::Stream)
+        .column_as(output::Column::EndOffset.max(), "end")
+        .filter(output::Column::Run.eq(run_name))
+        .group_by(output::Column::System)
+        .group_by(output::Column::Stream)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    for (system, stream, end) in stored {
+        let entry = lengths.entry((system, stream)).or_insert(0);
+        *entry = (*entry).max(length(end)).min(rules::MAX_OUTPUT_BYTES);
+    }
+    Ok(lengths)
+}
+
+/// A run as returned by the API, with the output `output` asks for.
+///
+/// The work is bounded by what is returned: lengths are read first, and only the output of the
+/// systems chosen is loaded (at most [`OUTPUT_BUDGET`] bytes), never a whole run's.
 pub(crate) async fn run_proto<C: ConnectionTrait>(
     conn: &C,
     m: run::Model,
-    with_output: bool,
+    output: Output<'_>,
 ) -> ApiResult<Run> {
-    let query = result::Entity::find()
+    let mut results: Vec<SystemResult> = result::Entity::find()
         .filter(result::Column::Run.eq(&m.name))
-        .order_by_asc(result::Column::Position);
-    let results = if with_output {
-        let mut results: Vec<SystemResult> =
-            query.all(conn).await?.into_iter().map(full_result_proto).collect();
-        // Output rows after any output stored by earlier versions, in offset order.
-        let chunks = output::Entity::find()
-            .filter(output::Column::Run.eq(&m.name))
-            .order_by_asc(output::Column::System)
-            .order_by_asc(output::Column::Stream)
-            .order_by_asc(output::Column::Offset)
-            .all(conn)
-            .await?;
-        let position: HashMap<String, usize> =
-            results.iter().enumerate().map(|(i, r)| (r.system.clone(), i)).collect();
-        for chunk in chunks {
-            let Some(result) = position.get(&chunk.system).and_then(|i| results.get_mut(*i)) else {
-                continue;
-            };
-            let buffer = match OutputStream::try_from(chunk.stream) {
-                Ok(OutputStream::Stdout) => &mut result.stdout,
-                Ok(OutputStream::Stderr) => &mut result.stderr,
-                _ => continue,
-            };
-            let (fresh, _) = rules::fresh_output(
-                buffer.len(),
-                chunk.offset,
-                &chunk.data,
-                rules::MAX_OUTPUT_BYTES,
-            );
-            buffer.extend_from_slice(fresh);
-        }
-        results
-    } else {
-        query
-            .into_partial_model::<ResultSummary>()
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(summary_proto)
-            .collect()
+        .order_by_asc(result::Column::Position)
+        .into_partial_model::<ResultSummary>()
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(summary_proto)
+        .collect();
+    if matches!(output, Output::None) {
+        return Ok(run_shell(m, results));
+    }
+    let lengths = output_lengths(conn, &m.name).await?;
+    let size = |system: &str| -> usize {
+        [OutputStream::Stdout, OutputStream::Stderr]
+            .iter()
+            .map(|s| lengths.get(&(system.to_string(), *s as i32)).copied().unwrap_or(0))
+            .sum()
     };
+    // The systems whose output is carried: the one asked for, or a prefix of the run's order.
+    let mut chosen: HashMap<String, usize> = HashMap::new();
+    let mut total = 0usize;
+    for (i, result) in results.iter_mut().enumerate() {
+        let carried = match output {
+            Output::Of(system) => result.system == system,
+            _ => chosen.len() == i && total + size(&result.system) <= OUTPUT_BUDGET,
+        };
+        if carried {
+            total += size(&result.system);
+            chosen.insert(result.system.clone(), i);
+        } else {
+            result.output_omitted = true;
+        }
+    }
+    let systems: Vec<String> = chosen.keys().cloned().collect();
+    let has_legacy = lengths.iter().any(|((system, _), n)| *n > 0 && chosen.contains_key(system));
+    if systems.is_empty() || !has_legacy {
+        return Ok(run_shell(m, results));
+    }
+    // Output an earlier version kept in the result row comes first.
+    let legacy: Vec<(String, Vec<u8>, Vec<u8>)> = result::Entity::find()
+        .select_only()
+        .columns([result::Column::System, result::Column::Stdout, result::Column::Stderr])
+        .filter(result::Column::Run.eq(&m.name))
+        .filter(result::Column::System.is_in(systems.iter().map(String::as_str)))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    for (system, stdout, stderr) in legacy {
+        if let Some(result) = chosen.get(&system).and_then(|i| results.get_mut(*i)) {
+            result.stdout = stdout;
+            result.stderr = stderr;
+        }
+    }
+    // Then the append-only rows, in offset order.
+    let chunks = output::Entity::find()
+        .filter(output::Column::Run.eq(&m.name))
+        .filter(output::Column::System.is_in(systems.iter().map(String::as_str)))
+        .order_by_asc(output::Column::System)
+        .order_by_asc(output::Column::Stream)
+        .order_by_asc(output::Column::Offset)
+        .all(conn)
+        .await?;
+    for chunk in chunks {
+        let Some(result) = chosen.get(&chunk.system).and_then(|i| results.get_mut(*i)) else {
+            continue;
+        };
+        let buffer = match OutputStream::try_from(chunk.stream) {
+            Ok(OutputStream::Stdout) => &mut result.stdout,
+            Ok(OutputStream::Stderr) => &mut result.stderr,
+            _ => continue,
+        };
+        let (fresh, _) =
+            rules::fresh_output(buffer.len(), chunk.offset, &chunk.data, rules::MAX_OUTPUT_BYTES);
+        buffer.extend_from_slice(fresh);
+    }
     Ok(run_shell(m, results))
 }
 
@@ -273,7 +352,7 @@ pub(crate) async fn run_inner(
     let db = &state.db;
     if let Some(previous) = IDEMPOTENCY.recall(db, key.as_ref()).await? {
         let run = visible_run(state, p, &previous, Permission::CommandsRun).await?;
-        return Ok(RunCommandResponse { run: Some(run_proto(db, run, false).await?) });
+        return Ok(RunCommandResponse { run: Some(run_proto(db, run, Output::None).await?) });
     }
     let now = state.now();
     let txn = begin_write(db).await?;
@@ -361,7 +440,7 @@ pub(crate) async fn run_inner(
     }
     IDEMPOTENCY.record(&txn, key.as_ref(), &run.name, now).await?;
     audit::record(&txn, &p.organization, ctx, &p.administrator, &command.name, Ok(()), now).await?;
-    let proto = run_proto(&txn, run, false).await?;
+    let proto = run_proto(&txn, run, Output::None).await?;
     state.dispatch.announce(&txn, &systems).await?;
     txn.commit().await?;
     state.dispatch.wake(systems.iter().map(String::as_str));
@@ -377,7 +456,21 @@ pub(crate) async fn get(
 ) -> ApiResult<GetRunResponse> {
     let p = &caller::for_reading(state, &call.principal, Permission::RunsRead).await?;
     let run = visible_run(state, p, &req.name, Permission::RunsRead).await?;
-    Ok(GetRunResponse { run: Some(run_proto(&state.db, run, true).await?) })
+    let output = if req.output_system.is_empty() {
+        Output::Budget
+    } else {
+        SystemName::parse("output_system", &req.output_system)?;
+        let targeted = result::Entity::find()
+            .filter(result::Column::Run.eq(&run.name))
+            .filter(result::Column::System.eq(&req.output_system))
+            .count(&state.db)
+            .await?;
+        if targeted == 0 {
+            return Err(ApiError::invalid("output_system", "is not one of the run's systems"));
+        }
+        Output::Of(&req.output_system)
+    };
+    Ok(GetRunResponse { run: Some(run_proto(&state.db, run, output).await?) })
 }
 
 pub(crate) async fn list(
@@ -503,7 +596,7 @@ pub(crate) async fn cancel(
         .one(&txn)
         .await?
         .ok_or_else(|| ApiError::NotFound(name.clone()))?;
-    let proto = run_proto(&txn, run, false).await?;
+    let proto = run_proto(&txn, run, Output::None).await?;
     // The agents holding the run's unfinished results relay the cancellation.
     let relaying: Vec<String> = result::Entity::find()
         .select_only()

@@ -16,7 +16,7 @@ use tonic::Status;
 
 use crate::entity::{output, result, run};
 use crate::rules;
-use crate::run::{run_proto, visible_run};
+use crate::run::{output_lengths, run_proto, visible_run, Output};
 use crate::{caller, State};
 use steward_runtime::roles::Permission;
 
@@ -99,8 +99,8 @@ impl Watch {
     /// Sends what changed; `Ok(true)` once the run has finished (or the watcher left).
     ///
     /// Output is read as deltas: one aggregate query tells which streams grew, and only their
-    /// new rows are read (output stored by earlier versions in the result row is sent once, on
-    /// the first step).
+    /// new rows are read, one stream at a time (output stored by earlier versions in the result
+    /// row is sent before the stream's first row).
     async fn step(
         &mut self,
         state: &State,
@@ -112,73 +112,62 @@ impl Watch {
             return Err(ApiError::NotFound(self.name.clone()));
         };
         let terminal = rules::is_terminal(run.state);
-        let snapshot = run_proto(db, run, false).await?;
+        let snapshot = run_proto(db, run, Output::None).await?;
         let send =
             |event| async { tx.send(Ok(WatchRunResponse { event: Some(event) })).await.is_err() };
         if first && send(watch_run_response::Event::Run(snapshot.clone())).await {
             return Ok(true);
         }
-        let mut pieces: Vec<(String, i32, i64, Vec<u8>)> = Vec::new();
-        if first {
-            let legacy = result::Entity::find()
-                .filter(result::Column::Run.eq(&self.name))
-                .order_by_asc(result::Column::Position)
-                .all(db)
-                .await?;
-            for r in legacy {
-                for (stream, data) in
-                    [(OutputStream::Stdout, r.stdout), (OutputStream::Stderr, r.stderr)]
-                {
-                    if !data.is_empty() {
-                        pieces.push((r.system.clone(), stream as i32, 0, data));
-                    }
-                }
-            }
-        }
-        let lengths: Vec<(String, i32, Option<i64>)> = output::Entity::find()
-            .select_only()
-            .column(output::Column::System)
-            .column(output::Column::Stream)
-            .column_as(output::Column::EndOffset.max(), "end")
-            .filter(output::Column::Run.eq(&self.name))
-            .group_by(output::Column::System)
-            .group_by(output::Column::Stream)
-            .into_tuple()
-            .all(db)
-            .await?;
-        for (system, stream, end) in lengths {
+        // One stream at a time: at most one stream's output (its 1 MiB bound) is held at once.
+        for ((system, stream), end) in output_lengths(db, &self.name).await? {
             let sent = self.sent.get(&(system.clone(), stream)).copied().unwrap_or(0);
-            let sent = i64::try_from(sent).unwrap_or(i64::MAX);
-            if end.unwrap_or(0) <= sent {
+            if end <= sent {
                 continue;
             }
+            let mut pieces: Vec<(i64, Vec<u8>)> = Vec::new();
+            if sent == 0 {
+                // Output an earlier version kept in the result row, then the rows after it.
+                let legacy: Option<Vec<u8>> = result::Entity::find()
+                    .select_only()
+                    .column(if stream == OutputStream::Stderr as i32 {
+                        result::Column::Stderr
+                    } else {
+                        result::Column::Stdout
+                    })
+                    .filter(result::Column::Run.eq(&self.name))
+                    .filter(result::Column::System.eq(&system))
+                    .into_tuple()
+                    .one(db)
+                    .await?;
+                pieces.extend(legacy.filter(|data| !data.is_empty()).map(|data| (0, data)));
+            }
+            let after = i64::try_from(sent).unwrap_or(i64::MAX);
             let rows = output::Entity::find()
                 .filter(output::Column::Run.eq(&self.name))
                 .filter(output::Column::System.eq(&system))
                 .filter(output::Column::Stream.eq(stream))
-                .filter(output::Column::EndOffset.gt(sent))
+                .filter(output::Column::EndOffset.gt(after))
                 .order_by_asc(output::Column::Offset)
                 .all(db)
                 .await?;
-            pieces
-                .extend(rows.into_iter().map(|row| (system.clone(), stream, row.offset, row.data)));
-        }
-        for (system, stream, offset, data) in pieces {
-            let sent = self.sent.entry((system.clone(), stream)).or_insert(0);
-            let (fresh, _) = rules::fresh_output(*sent, offset, &data, rules::MAX_OUTPUT_BYTES);
-            if fresh.is_empty() {
-                continue;
-            }
-            let chunk = OutputChunk {
-                run: self.name.clone(),
-                system,
-                stream,
-                data: fresh.to_vec(),
-                offset: i64::try_from(*sent).unwrap_or(i64::MAX),
-            };
-            *sent += fresh.len();
-            if send(watch_run_response::Event::Output(chunk)).await {
-                return Ok(true);
+            pieces.extend(rows.into_iter().map(|row| (row.offset, row.data)));
+            for (offset, data) in pieces {
+                let sent = self.sent.entry((system.clone(), stream)).or_insert(0);
+                let (fresh, _) = rules::fresh_output(*sent, offset, &data, rules::MAX_OUTPUT_BYTES);
+                if fresh.is_empty() {
+                    continue;
+                }
+                let chunk = OutputChunk {
+                    run: self.name.clone(),
+                    system: system.clone(),
+                    stream,
+                    data: fresh.to_vec(),
+                    offset: i64::try_from(*sent).unwrap_or(i64::MAX),
+                };
+                *sent += fresh.len();
+                if send(watch_run_response::Event::Output(chunk)).await {
+                    return Ok(true);
+                }
             }
         }
         let changed = self.last.as_ref() != Some(&snapshot);

@@ -701,7 +701,10 @@ async fn wait_run(
 ) -> Run {
     let deadline = Instant::now() + limit;
     loop {
-        let current = commands.commands().get_run(GetRunRequest { name: run.into() }).await;
+        let current = commands
+            .commands()
+            .get_run(GetRunRequest { name: run.into(), ..Default::default() })
+            .await;
         if let Ok(current) = current.map(|r| r.into_inner().run.unwrap()) {
             if done(&current) {
                 return current;

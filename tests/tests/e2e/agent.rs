@@ -194,7 +194,7 @@ pub(crate) async fn get_run(owner: &Owner, run: &str) -> Run {
     owner
         .client
         .commands()
-        .get_run(GetRunRequest { name: run.into() })
+        .get_run(GetRunRequest { name: run.into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -521,7 +521,7 @@ backend_test!(agent_on_one_replica_runs_what_the_other_created, |stack| async mo
         .with_token(&owner.tokens.access_token)
         .unwrap()
         .commands()
-        .get_run(GetRunRequest { name: run.clone() })
+        .get_run(GetRunRequest { name: run.clone(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -573,3 +573,83 @@ backend_test!(
         }
     }
 );
+
+// GetRun's output budget: an answer carries at most 2 MiB of output, systems in the run's order
+// until the next would exceed it; the rest are marked `output_omitted` and each can be asked for
+// with `output_system`. Three agents each print 900,000 bytes: two fit, the third does not.
+backend_test!(get_run_carries_at_most_its_output_budget, |stack| async move {
+    let stack: Stack = stack;
+    let owner = stack.owner().await;
+    let (_, key) = connect_key(&owner).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = stack.url(ServiceKind::Commands);
+    let agents: Vec<AgentProcess> = (0..3)
+        .map(|i| AgentProcess::spawn(&url, Some(&key), &dir.path().join(format!("s{i}")), &[]))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut names: Vec<String> = loop {
+        let list = systems(&owner).await;
+        if list.len() == 3 && list.iter().all(|s| s.connected) {
+            break list.into_iter().map(|s| s.name).collect();
+        }
+        assert!(Instant::now() < deadline, "agents never connected: {list:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    names.sort();
+    const EACH: usize = 900_000;
+    let created = owner
+        .client
+        .commands()
+        .create_command(CreateCommandRequest {
+            parent: owner.org.clone(),
+            command: Some(Command {
+                display_name: "big output".into(),
+                script: format!("head -c {EACH} /dev/zero | tr '\\0' x\n"),
+                interpreter: Interpreter::Sh as i32,
+                timeout: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+                target_systems: names.clone(),
+                ..Default::default()
+            }),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            command_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .command
+        .unwrap();
+    let run = start_run(&owner, &created.name).await;
+    let done = wait_run(&owner, &agents[0], &run, finished).await;
+    assert_eq!(done.state, RunState::Succeeded as i32, "{done:?}");
+
+    let get = |output_system: &str| {
+        let request = GetRunRequest { name: run.clone(), output_system: output_system.into() };
+        let mut client = owner.client.commands();
+        async move { client.get_run(request).await.map(|r| r.into_inner().run.unwrap()) }
+    };
+    let full = vec![b'x'; EACH];
+    // Without `output_system`: the first two systems in the run's order, whole; the third left out.
+    let budgeted = get("").await.unwrap();
+    let carried: Vec<bool> = budgeted.results.iter().map(|r| !r.output_omitted).collect();
+    assert_eq!(carried, [true, true, false], "{:?}", budgeted.results.len());
+    for r in &budgeted.results[..2] {
+        assert!(r.stdout == full && !r.stdout_truncated, "{}: {} bytes", r.system, r.stdout.len());
+    }
+    assert!(budgeted.results[2].stdout.is_empty());
+    assert_eq!(budgeted.results[2].state, RunState::Succeeded as i32);
+    // The omitted one, asked for by name: whole, and the others left out this time.
+    let third = budgeted.results[2].system.clone();
+    let one = get(&third).await.unwrap();
+    for r in &one.results {
+        assert_eq!(r.output_omitted, r.system != third, "{}", r.system);
+        assert_eq!(r.stdout.len(), if r.system == third { EACH } else { 0 });
+    }
+    // A system the run does not target, or not a system name at all: INVALID_ARGUMENT.
+    let other = format!("{}/systems/{}", owner.org, uuid::Uuid::new_v4().simple());
+    for bad in [other.as_str(), "systems/x", "not a name"] {
+        let status = get(bad).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}: {status:?}");
+        assert!(status.message().contains("output_system"), "{status:?}");
+    }
+    drop(agents);
+});

@@ -142,7 +142,7 @@ backend_test!(a_help_desk_helps_people_but_never_above_itself, |stack| async mov
     let names: Vec<_> = visible.commands.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, [granted.name.as_str()]);
     let owners_run = run(&owner.client, &other.name, &[]).await.unwrap();
-    let read = GetRunRequest { name: owners_run.name.clone() };
+    let read = GetRunRequest { name: owners_run.name.clone(), ..Default::default() };
     let read = desk.client.commands().get_run(read).await.unwrap().into_inner();
     assert_eq!(read.run.unwrap().name, owners_run.name);
     async fn cancel(client: &Steward, name: &str) -> Result<(), Status> {

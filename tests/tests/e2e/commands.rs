@@ -168,7 +168,7 @@ pub(crate) async fn check_permission(
 async fn get_run(client: &Steward, name: &str) -> Run {
     client
         .commands()
-        .get_run(GetRunRequest { name: name.into() })
+        .get_run(GetRunRequest { name: name.into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -692,7 +692,11 @@ backend_test!(other_organizations_are_refused, |stack| async move {
         run(&b.client, &command.name, &[]).await.unwrap_err().code(),
         Code::PermissionDenied
     );
-    let get_run = bc.clone().get_run(GetRunRequest { name: a_run.name.clone() }).await.unwrap_err();
+    let get_run = bc
+        .clone()
+        .get_run(GetRunRequest { name: a_run.name.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(get_run.code(), Code::PermissionDenied);
     let cancel =
         bc.clone().cancel_run(CancelRunRequest { name: a_run.name.clone() }).await.unwrap_err();
@@ -918,7 +922,7 @@ backend_test!(runs_are_visible_per_role, |stack| async move {
     let peek = alice
         .client
         .commands()
-        .get_run(GetRunRequest { name: by_bob.name.clone() })
+        .get_run(GetRunRequest { name: by_bob.name.clone(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(peek.code(), Code::PermissionDenied);

@@ -344,7 +344,7 @@ pub async fn runs(ctx: &mut Context, cmd: RunsCommand) -> Result<u8> {
             output::list(ctx.format, &items, RUN_COLUMNS)?;
         }
         RunsCommand::Get { run } => {
-            let run = get_run(ctx, names::expand(&org, "runs", &run)).await?;
+            let run = get_run_with_output(ctx, names::expand(&org, "runs", &run)).await?;
             print_run(ctx.format, &run)?;
         }
         RunsCommand::Cancel { run } => {
@@ -404,13 +404,37 @@ async fn with_command_display_names(ctx: &mut Context, org: &str, runs: Vec<Valu
 }
 
 async fn get_run(ctx: &mut Context, name: String) -> Result<Run> {
+    get_run_of(ctx, name, String::new()).await
+}
+
+/// GetRun, carrying `output_system`'s whole output when it is set.
+async fn get_run_of(ctx: &mut Context, name: String, output_system: String) -> Result<Run> {
     ctx.call(move |s| {
-        let name = name.clone();
-        async move { s.commands().get_run(GetRunRequest { name }).await }
+        let request = GetRunRequest { name: name.clone(), output_system: output_system.clone() };
+        async move { s.commands().get_run(request).await }
     })
     .await?
     .run
     .ok_or(CliError::Protocol("GetRun without a run"))
+}
+
+/// A run with every system's output: the systems a GetRun answer left out (it carries at most
+/// 2 MiB of output) are asked for one by one.
+async fn get_run_with_output(ctx: &mut Context, name: String) -> Result<Run> {
+    let mut run = get_run(ctx, name.clone()).await?;
+    for i in 0..run.results.len() {
+        let Some(system) =
+            run.results.get(i).filter(|r| r.output_omitted).map(|r| r.system.clone())
+        else {
+            continue;
+        };
+        let one = get_run_of(ctx, name.clone(), system.clone()).await?;
+        let found = one.results.into_iter().find(|r| r.system == system);
+        if let (Some(slot), Some(found)) = (run.results.get_mut(i), found) {
+            *slot = found;
+        }
+    }
+    Ok(run)
 }
 
 /// A run as text: its fields, then each system's output under a heading.
