@@ -4,10 +4,15 @@
 //! (RequestPasswordReset), so no SMTP conversation ever runs inside a transaction (on SQLite, the
 //! write lock). The link itself is issued when the message is delivered, in a short transaction
 //! committed before sending, so the outbox never holds a token in clear. A failed send is retried
-//! with backoff and issues a fresh link (replacing the unsent one): at-least-once delivery, one
-//! relay working through at most a batch at a time, whatever the request rate. The relay claims
-//! each message for its lease before delivering it (`steward_storage::outbox`), so replicas
-//! polling the same table never send one message at once.
+//! with backoff: at-least-once delivery, one relay working through at most a batch at a time,
+//! whatever the request rate. The relay claims each message for its lease before delivering it
+//! (`steward_storage::outbox`), so replicas polling the same table never send one message at once.
+//!
+//! Every delivery of one message is the same message: its link is derived from the outbox key
+//! (`Sealer::mail_link`) and its `Message-ID` too. SMTP cannot make a send exactly once (a relay
+//! that dies after the server took the message, before it deleted the row, sends it again); the
+//! copy is then identical, its link works like the first's, and mail stores that deduplicate by
+//! `Message-ID` keep one. A message whose link was already used is not sent again.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
@@ -94,15 +99,12 @@ async fn send_invite(state: &Shared, mail: InviteMail, key: &str) -> ApiResult<(
         tracing::info!(administrator = %mail.administrator, "invite dropped: already active");
         return Ok(());
     }
-    let token = state::issue_link(
-        &tx,
-        &mail.administrator,
-        &mail.organization,
-        INVITE,
-        now,
-        state.link_expiry(),
-    )
-    .await?;
+    let token = state.sealer.mail_link(key);
+    let facts = (mail.administrator.as_str(), mail.organization.as_str(), INVITE);
+    if !state::issue_link(&tx, &token, facts, now, state.link_expiry()).await? {
+        tracing::info!(administrator = %mail.administrator, "invite dropped: its link was used");
+        return Ok(());
+    }
     tx.commit().await?;
     state
         .mailer
@@ -128,16 +130,14 @@ async fn send_resets(state: &Shared, mail: ResetMail, key: &str) -> ApiResult<()
     }
     for credential in query.all(&state.db).await? {
         let now = state.now();
+        let mail_id = format!("{key}/{}", credential.administrator);
+        let token = state.sealer.mail_link(&mail_id);
         let tx = state.begin_write().await?;
-        let token = state::issue_link(
-            &tx,
-            &credential.administrator,
-            &credential.organization,
-            RESET,
-            now,
-            state.link_expiry(),
-        )
-        .await?;
+        let facts = (credential.administrator.as_str(), credential.organization.as_str(), RESET);
+        if !state::issue_link(&tx, &token, facts, now, state.link_expiry()).await? {
+            tracing::info!(administrator = %credential.administrator, "reset mail dropped: its link was used");
+            continue;
+        }
         tx.commit().await?;
         state
             .mailer
@@ -145,7 +145,7 @@ async fn send_resets(state: &Shared, mail: ResetMail, key: &str) -> ApiResult<()
                 &credential.email,
                 &credential.organization_display_name,
                 (&token, state.link_hours()),
-                &format!("{key}/{}", credential.administrator),
+                &mail_id,
             )
             .await?;
         tracing::info!(administrator = %credential.administrator, "password reset link sent");

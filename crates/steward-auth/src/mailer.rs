@@ -208,7 +208,11 @@ impl Mailer {
                 Body::new(body)
             });
         let part = SinglePart::builder().header(ContentType::TEXT_PLAIN).body(body);
+        // One Message-ID per outbox message: a message delivered twice is recognisably one.
+        let id = crate::secrets::digest(mail_id);
+        let message_id = format!("<{}@{}>", id.get(..32).unwrap_or(&id), self.from.email.domain());
         let message = Message::builder()
+            .message_id(Some(message_id))
             .from(self.from.clone())
             .to(to_box)
             .subject(subject)
@@ -227,8 +231,7 @@ impl Mailer {
                 let partial = dir.join(".partial");
                 let staged = partial.join(format!("{}.eml", uuid::Uuid::new_v4()));
                 // One file per outbox message: a repeated delivery replaces it.
-                let name = crate::secrets::digest(mail_id);
-                let path = dir.join(format!("{}.eml", name.get(..32).unwrap_or(&name)));
+                let path = dir.join(format!("{}.eml", id.get(..32).unwrap_or(&id)));
                 let io =
                     |e: std::io::Error| ApiError::internal(format!("cannot write email file: {e}"));
                 tokio::fs::create_dir_all(&partial).await.map_err(io)?;
@@ -362,13 +365,25 @@ mod tests {
                 mailer.send_invite(&invite).await.unwrap();
             }
         };
+        let message_id = |text: &str| {
+            let line = text.lines().find(|l| l.to_ascii_lowercase().starts_with("message-id:"));
+            line.expect("a Message-ID header").to_string()
+        };
         send("first-link-token", "message-1").await;
+        let first_id = message_id(&only_mail(dir.path()));
+        assert!(first_id.ends_with("@steward.local>"), "the sender's domain: {first_id}");
         send("second-link-token", "message-1").await;
         let text = only_mail(dir.path());
         assert!(text.contains("second-link-token") && !text.contains("first-link-token"));
+        assert_eq!(message_id(&text), first_id, "one message, one Message-ID");
         send("third-link-token", "message-2").await;
-        let files = std::fs::read_dir(dir.path().join("mail")).unwrap().flatten();
-        assert_eq!(files.filter(|e| e.path().extension().is_some_and(|x| x == "eml")).count(), 2);
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("mail")).unwrap().flatten().collect();
+        let files: Vec<_> =
+            files.iter().filter(|e| e.path().extension().is_some_and(|x| x == "eml")).collect();
+        assert_eq!(files.len(), 2);
+        let ids: std::collections::HashSet<String> =
+            files.iter().map(|e| message_id(&std::fs::read_to_string(e.path()).unwrap())).collect();
+        assert_eq!(ids.len(), 2, "another message, another Message-ID: {ids:?}");
     }
 
     #[tokio::test]

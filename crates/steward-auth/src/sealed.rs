@@ -4,6 +4,9 @@
 //! a secret copied onto another row) yields nothing usable. Stored as
 //! `v1:{key id}:{base64(nonce ‖ ciphertext)}`; the first key seals, every key opens, so keys
 //! rotate by adding a new one first and dropping the old one once nothing uses it.
+//!
+//! The first key also keys the derivation of mail links ([`Sealer::mail_link`]), under its own
+//! domain, so a message sent again carries the same link.
 
 use std::path::Path;
 
@@ -11,9 +14,11 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter};
+use sha2::Sha256;
 use steward_runtime::config::{AuthConfig, SecretKeyConfig};
 use steward_runtime::{ApiError, ApiResult};
 
@@ -24,6 +29,10 @@ const VERSION: &str = "v1";
 const SEALED_PREFIX: &str = "v1:";
 /// Associated data: this domain, then the administrator's name.
 const DOMAIN: &[u8] = b"steward/auth/totp-secret/v1\0";
+/// The domain of the key mail links are derived with.
+const LINK_DOMAIN: &[u8] = b"steward/auth/mail-link/v1";
+
+type HmacSha256 = Hmac<Sha256>;
 
 fn associated_data(administrator: &str) -> Vec<u8> {
     [DOMAIN, administrator.as_bytes()].concat()
@@ -34,6 +43,8 @@ const NONCE_LEN: usize = 24;
 #[derive(Clone)]
 pub struct Sealer {
     keys: Vec<(String, XChaCha20Poly1305)>,
+    /// HMAC-SHA256 key of mail links, derived from the first key.
+    link_key: Vec<u8>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -67,6 +78,16 @@ impl Sealer {
         if keys.is_empty() {
             return Err(ApiError::internal("auth.mfa_keys is empty: configure at least one key"));
         }
+        let link_key = keys
+            .first()
+            .map(|(_, first)| {
+                let mut mac = <HmacSha256 as Mac>::new_from_slice(first)
+                    .map_err(|_| ApiError::internal("mfa key cannot key an HMAC"))?;
+                mac.update(LINK_DOMAIN);
+                Ok::<_, ApiError>(mac.finalize().into_bytes().to_vec())
+            })
+            .transpose()?
+            .unwrap_or_default();
         let mut seen = std::collections::HashSet::new();
         for (id, _) in &keys {
             if !seen.insert(id.as_str()) {
@@ -90,7 +111,23 @@ impl Sealer {
                 Ok((id, cipher))
             })
             .collect::<ApiResult<Vec<_>>>()?;
-        Ok(Self { keys })
+        Ok(Self { keys, link_key })
+    }
+
+    /// The link token of the mail message `mail_id` (an outbox message's key, unguessable and
+    /// never mailed): the same for every delivery of that message, so a message sent twice (its
+    /// sender died after the SMTP server took it, before it could record so) carries one working
+    /// link, not a dead one and a live one. Unpredictable without the key; 128 bits, URL-safe,
+    /// like a random link token.
+    pub fn mail_link(&self, mail_id: &str) -> String {
+        let mut mac = match <HmacSha256 as Mac>::new_from_slice(&self.link_key) {
+            Ok(mac) => mac,
+            // HMAC takes keys of any length; this cannot happen. A random token is still safe.
+            Err(_) => return crate::secrets::new_link_token(),
+        };
+        mac.update(mail_id.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        URL_SAFE_NO_PAD.encode(tag.get(..16).unwrap_or_default())
     }
 
     /// Seals `secret` for `administrator` under the first key.
@@ -235,6 +272,17 @@ mod tests {
     }
 
     #[test]
+    fn a_mail_link_is_stable_per_message_and_key() {
+        let s = sealer(&["k1"]);
+        let link = s.mail_link("01J-mail-1");
+        assert_eq!(link.len(), 22, "128 bits, URL-safe: {link}");
+        assert!(link.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_eq!(link, s.mail_link("01J-mail-1"), "the same message, the same link");
+        assert_ne!(link, s.mail_link("01J-mail-2"), "another message, another link");
+        assert_ne!(link, sealer(&["k1"]).mail_link("01J-mail-1"), "another key, another link");
+    }
+
+    #[test]
     fn another_administrator_tampering_or_a_missing_key_does_not_open() {
         let s = sealer(&["k1"]);
         let stored = s.seal("organizations/o/administrators/a", "SECRET").unwrap();
@@ -254,7 +302,7 @@ mod tests {
         let stored = old.seal("a", "SECRET").unwrap();
         let mut keys = sealer(&["k2"]).keys;
         keys.extend(old.keys);
-        let rotated = Sealer { keys };
+        let rotated = Sealer { keys, link_key: Vec::new() };
         assert_eq!(rotated.open("a", &stored).unwrap(), "SECRET");
         assert!(rotated.seal("a", "SECRET").unwrap().starts_with("v1:k2:"));
     }

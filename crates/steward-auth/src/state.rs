@@ -433,23 +433,39 @@ pub async fn use_link(
     Ok(result.rows_affected == 1)
 }
 
-/// Issues a new link of `kind` for `administrator`, invalidating its earlier unused links.
+/// Issues the link `token` of `kind` for `administrator`, invalidating its other unused links.
+///
+/// `token` is the message's own ([`crate::sealed::Sealer::mail_link`]): delivering a message
+/// again issues the same link (its expiry renewed), so every copy of the message works. Returns
+/// `false`, issuing nothing, when that link has been used already: the message has done its job.
 pub async fn issue_link(
     conn: &impl ConnectionTrait,
-    administrator: &str,
-    organization: &str,
-    kind: &str,
+    token: &str,
+    (administrator, organization, kind): (&str, &str, &str),
     now: DateTime<Utc>,
     expires: DateTime<Utc>,
-) -> ApiResult<String> {
+) -> ApiResult<bool> {
+    let token_hash = secrets::digest(token);
     link_token::Entity::delete_many()
         .filter(link_token::Column::Administrator.eq(administrator))
         .filter(link_token::Column::UsedAt.is_null())
+        .filter(link_token::Column::TokenHash.ne(token_hash.as_str()))
         .exec(conn)
         .await?;
-    let token = secrets::new_link_token();
+    if let Some(existing) = link_token::Entity::find_by_id(token_hash.clone()).one(conn).await? {
+        if existing.used_at.is_some() || existing.administrator != administrator {
+            return Ok(false);
+        }
+        link_token::Entity::update_many()
+            .col_expr(link_token::Column::ExpiresAt, Expr::value(expires))
+            .filter(link_token::Column::TokenHash.eq(token_hash.as_str()))
+            .filter(link_token::Column::UsedAt.is_null())
+            .exec(conn)
+            .await?;
+        return Ok(true);
+    }
     link_token::Entity::insert(link_token::ActiveModel {
-        token_hash: Set(secrets::digest(&token)),
+        token_hash: Set(token_hash),
         administrator: Set(administrator.to_string()),
         organization: Set(organization.to_string()),
         kind: Set(kind.to_string()),
@@ -459,7 +475,7 @@ pub async fn issue_link(
     })
     .exec(conn)
     .await?;
-    Ok(token)
+    Ok(true)
 }
 
 /// The key of an internal call: its outbox idempotency key, which is required.

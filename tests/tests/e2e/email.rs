@@ -17,6 +17,28 @@ use steward_storage::testing::Backend;
 
 use crate::harness::{postgres_available, Stack, PASSWORD};
 
+/// The sink's handler: aiosmtpd's Maildir handler that, while the file `hold` exists, keeps its
+/// "250 OK" back after storing a message (the moment a sender dies in, knowing nothing).
+const HOLDING_HANDLER: &str = r#"
+import asyncio, os
+from aiosmtpd.handlers import Mailbox
+
+class Holding(Mailbox):
+    def __init__(self, mail_dir, hold):
+        super().__init__(mail_dir)
+        self.hold = hold
+
+    @classmethod
+    def from_cli(cls, parser, *args):
+        return cls(args[0], args[1])
+
+    async def handle_DATA(self, server, session, envelope):
+        answer = await super().handle_DATA(server, session, envelope)
+        while os.path.exists(self.hold):
+            await asyncio.sleep(0.05)
+        return answer
+"#;
+
 /// An SMTP server storing what it receives in a Maildir.
 struct SmtpSink {
     child: Child,
@@ -33,17 +55,13 @@ impl Drop for SmtpSink {
 
 impl SmtpSink {
     fn spawn(port: u16, maildir: &Path) -> Child {
+        std::fs::write(maildir.join("holding.py"), HOLDING_HANDLER).unwrap();
         Command::new("python3")
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-                "aiosmtpd.handlers.Mailbox",
-            ])
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c"])
+            .arg("holding.Holding")
             .arg(maildir.join("box"))
+            .arg(maildir.join("hold"))
+            .env("PYTHONPATH", maildir)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -90,6 +108,16 @@ impl SmtpSink {
     async fn restart(&mut self) {
         self.child = Self::spawn(self.port, self.maildir.path());
         self.listening().await;
+    }
+
+    /// Whether the server keeps its answer to a message back (after storing it).
+    fn hold(&self, on: bool) {
+        let hold = self.maildir.path().join("hold");
+        if on {
+            std::fs::write(hold, b"").unwrap();
+        } else {
+            std::fs::remove_file(hold).unwrap();
+        }
     }
 
     fn url(&self) -> String {
@@ -293,14 +321,27 @@ async fn smtp_stack(
     backend: Backend,
     smtp: &SmtpSink,
 ) -> (Stack, String, steward_proto::client::Steward) {
+    smtp_stack_of(backend, smtp, false).await
+}
+
+/// As [`smtp_stack`]; `split` runs the services as three servers (so auth can be stopped).
+async fn smtp_stack_of(
+    backend: Backend,
+    smtp: &SmtpSink,
+    split: bool,
+) -> (Stack, String, steward_proto::client::Steward) {
     let url = smtp.url();
-    let stack = Stack::start_with(backend, |config| {
+    let configure = |config: &mut steward_runtime::config::Config| {
         config.email.smtp_url = url;
         // Short, so a delivery stuck on a hung server is abandoned within seconds; long
         // enough that no delivery on a loaded machine is abandoned after the server took it.
         config.outbox.lease_secs = 6;
-    })
-    .await;
+    };
+    let stack = if split {
+        Stack::start_split_with(backend, configure).await
+    } else {
+        Stack::start_with(backend, configure).await
+    };
     let owner_email = format!("owner-{}@example.com", uuid::Uuid::new_v4().simple());
     let created = OrganizationServiceClient::new(stack.internal().await)
         .create_organization(CreateOrganizationRequest {
@@ -388,5 +429,60 @@ async fn each_invite_arrives_once_across_an_smtp_server_kill_sqlite() {
 async fn each_invite_arrives_once_across_an_smtp_server_kill_postgres() {
     if postgres_available() {
         each_invite_arrives_once_across_an_smtp_server_kill(Backend::Postgres).await;
+    }
+}
+
+// SMTP cannot send exactly once: auth dies after the server took an invite (the server holds
+// its answer back meanwhile), before the relay could delete the outbox row, so the restarted
+// relay sends it again. The two copies are one message: the same Message-ID, the same link, and
+// that link works (before, the second copy carried a new link and the first one's was dead).
+async fn a_message_sent_again_after_a_crash_is_the_same_message(backend: Backend) {
+    let smtp = SmtpSink::start().await;
+    let (mut stack, org, owner) = smtp_stack_of(backend, &smtp, true).await;
+    smtp.hold(true);
+    let email = invite(&owner, &org, 1).await.remove(0);
+    smtp.message_to(&email).await;
+    stack.stop_auth().await;
+    smtp.hold(false);
+    stack.start_auth().await;
+    let mut copies = Vec::new();
+    for _ in 0..600 {
+        copies = SmtpSink::messages(smtp.maildir.path())
+            .into_iter()
+            .filter(|m| {
+                m.lines().any(|l| l.to_ascii_lowercase().starts_with("to:") && l.contains(&email))
+            })
+            .collect();
+        if copies.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(copies.len(), 2, "the restarted relay sent the invite again");
+    let id = |m: &str| header(m, "Message-ID").to_string();
+    assert!(id(&copies[0]).starts_with('<'), "{}", copies[0]);
+    assert_eq!(id(&copies[0]), id(&copies[1]), "one message, one Message-ID");
+    let tokens: Vec<String> =
+        copies.iter().map(|m| steward_server::extract_token(m).unwrap()).collect();
+    assert_eq!(tokens[0], tokens[1], "one message, one link");
+    let auth = stack.client_for(ServiceKind::Auth).await;
+    auth.auth()
+        .accept_invite(AcceptInviteRequest { token: tokens[0].clone(), password: PASSWORD.into() })
+        .await
+        .expect("the first copy's link works");
+    stack.sign_in(&email, PASSWORD).await;
+    crate::faults::invites_drained(&stack).await;
+    assert_eq!(received(smtp.maildir.path(), &[email.clone()]), [(email, 2)], "no third copy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_again_after_a_crash_is_the_same_message_sqlite() {
+    a_message_sent_again_after_a_crash_is_the_same_message(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_again_after_a_crash_is_the_same_message_postgres() {
+    if postgres_available() {
+        a_message_sent_again_after_a_crash_is_the_same_message(Backend::Postgres).await;
     }
 }
