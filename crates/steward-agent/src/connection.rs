@@ -37,6 +37,10 @@ const RECENT_RUNS: usize = 512;
 /// it broke (the service ignores a report of a result that has already ended).
 const REPORT_REPEATS: u8 = 3;
 
+/// How much output of finished runs is kept to be sent again with their ends (the output of
+/// runs in progress is always kept; the executor bounds each stream of each run).
+const KEPT_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
+
 /// How long a shutdown waits for the runs it killed to be reported.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -110,34 +114,77 @@ struct Runs {
     recent: VecDeque<(String, RunFinished)>,
 }
 
-/// The ends of runs reported on the current stream, with how often each was repeated. Nothing
-/// acknowledges a report: written to a stream whose server then dies (killed, or hung and then
-/// killed), it is lost with the server's buffers, and the run would stay running on the service
-/// until its timeout. So when a stream breaks, the next one repeats these reports (at most
-/// [`REPORT_REPEATS`] times each, the latest [`RECENT_RUNS`]).
+/// The ends of runs reported on the current stream, with how often each was repeated, and the
+/// output sent with them. Nothing acknowledges a report: written to a stream whose server then
+/// dies (killed, or hung and then killed), it is lost with the server's buffers, and the run
+/// would stay running on the service until its timeout, its output cut where the server died.
+/// So when a stream breaks, the next one repeats the output of the runs in progress, then
+/// these reports (at most [`REPORT_REPEATS`] times each, the latest [`RECENT_RUNS`]), each
+/// after its run's output (the latest [`KEPT_OUTPUT_BYTES`] of it). The service stores output
+/// by offset, so a chunk it already has changes nothing.
 #[derive(Debug, Default)]
 struct Unconfirmed {
-    reports: VecDeque<(RunFinished, u8)>,
+    reports: VecDeque<(RunFinished, Vec<OutputChunk>, u8)>,
+    /// Output sent of the runs in progress.
+    running: HashMap<String, Vec<OutputChunk>>,
+    /// Bytes of output held in `reports`.
+    report_bytes: usize,
+}
+
+fn bytes_of(output: &[OutputChunk]) -> usize {
+    output.iter().map(|c| c.data.len()).sum()
 }
 
 impl Unconfirmed {
-    /// `finished` was written to the current stream, for the `repeats`-th time.
-    fn sent(&mut self, finished: RunFinished, repeats: u8) {
-        self.reports.retain(|(f, _)| f.run != finished.run);
-        if self.reports.len() >= RECENT_RUNS {
-            self.reports.pop_front();
-        }
-        self.reports.push_back((finished, repeats));
+    /// `chunk` of a run in progress was written to the current stream.
+    fn output(&mut self, chunk: OutputChunk) {
+        self.running.entry(chunk.run.clone()).or_default().push(chunk);
     }
 
-    /// The reports to repeat on a new stream after the previous one broke; the list starts
-    /// afresh with what the new stream carries.
-    fn take_for_repeat(&mut self) -> Vec<(RunFinished, u8)> {
-        std::mem::take(&mut self.reports)
+    /// `finished` was written to the current stream, for the `repeats`-th time, after `output`
+    /// (the run's output sent so far, if it is still held as running).
+    fn sent(&mut self, finished: RunFinished, output: Vec<OutputChunk>, repeats: u8) {
+        let mut output = match self.running.remove(&finished.run) {
+            Some(running) if output.is_empty() => running,
+            _ => output,
+        };
+        if let Some(at) = self.reports.iter().position(|(f, _, _)| f.run == finished.run) {
+            if let Some((_, earlier, _)) = self.reports.remove(at) {
+                self.report_bytes = self.report_bytes.saturating_sub(bytes_of(&earlier));
+                if output.is_empty() {
+                    output = earlier;
+                }
+            }
+        }
+        if self.reports.len() >= RECENT_RUNS {
+            if let Some((_, dropped, _)) = self.reports.pop_front() {
+                self.report_bytes = self.report_bytes.saturating_sub(bytes_of(&dropped));
+            }
+        }
+        self.report_bytes += bytes_of(&output);
+        self.reports.push_back((finished, output, repeats));
+        // Over the bound, the oldest reports go on without their output.
+        for (_, output, _) in self.reports.iter_mut() {
+            if self.report_bytes <= KEPT_OUTPUT_BYTES {
+                break;
+            }
+            self.report_bytes = self.report_bytes.saturating_sub(bytes_of(output));
+            *output = Vec::new();
+        }
+    }
+
+    /// What to repeat on a new stream after the previous one broke: the output of the runs in
+    /// progress (still held), and the reports with their output (the list starts afresh with
+    /// what the new stream carries).
+    fn take_for_repeat(&mut self) -> (Vec<OutputChunk>, Vec<(RunFinished, Vec<OutputChunk>, u8)>) {
+        self.report_bytes = 0;
+        let running = self.running.values().flatten().cloned().collect();
+        let reports = std::mem::take(&mut self.reports)
             .into_iter()
-            .filter(|(_, repeats)| *repeats < REPORT_REPEATS)
-            .map(|(finished, repeats)| (finished, repeats + 1))
-            .collect()
+            .filter(|(_, _, repeats)| *repeats < REPORT_REPEATS)
+            .map(|(finished, output, repeats)| (finished, output, repeats + 1))
+            .collect();
+        (running, reports)
     }
 }
 
@@ -291,11 +338,18 @@ impl Agent {
         let hello =
             open_stream_request::Message::Hello(Hello { agent_version: AGENT_VERSION.to_owned() });
         send(&tx, hello)?;
-        // The ends reported on a stream that broke may never have been read: report them again.
-        for (finished, repeats) in self.unconfirmed.take_for_repeat() {
+        // What was reported on a stream that broke may never have been read: report it again.
+        let (running, reports) = self.unconfirmed.take_for_repeat();
+        for chunk in running {
+            send(&tx, open_stream_request::Message::Output(chunk))?;
+        }
+        for (finished, output, repeats) in reports {
             tracing::info!(run = %finished.run, "reporting the end of a run again after a reconnect");
+            for chunk in &output {
+                send(&tx, open_stream_request::Message::Output(chunk.clone()))?;
+            }
             send(&tx, open_stream_request::Message::RunFinished(finished.clone()))?;
-            self.unconfirmed.sent(finished, repeats);
+            self.unconfirmed.sent(finished, output, repeats);
         }
         if let Some(message) = self.pending.take() {
             self.send_tracked(&tx, message)?;
@@ -339,15 +393,16 @@ impl Agent {
         }
     }
 
-    /// Writes `message` to the stream, remembering a run's end among the unconfirmed reports; a
-    /// message the closed stream refused is kept for the next one.
+    /// Writes `message` to the stream, remembering a run's output and end among the unconfirmed
+    /// reports; a message the closed stream refused is kept for the next one.
     fn send_tracked(
         &mut self,
         tx: &mpsc::UnboundedSender<OpenStreamRequest>,
         message: open_stream_request::Message,
     ) -> Result<(), Failure> {
-        let finished = match &message {
-            open_stream_request::Message::RunFinished(finished) => Some(finished.clone()),
+        let tracked = match &message {
+            open_stream_request::Message::RunFinished(_)
+            | open_stream_request::Message::Output(_) => Some(message.clone()),
             _ => None,
         };
         if let Err(mpsc::error::SendError(message)) =
@@ -356,8 +411,12 @@ impl Agent {
             self.pending = message.message;
             return Err(Failure::Transient("the stream was closed".into()));
         }
-        if let Some(finished) = finished {
-            self.unconfirmed.sent(finished, 0);
+        match tracked {
+            Some(open_stream_request::Message::RunFinished(finished)) => {
+                self.unconfirmed.sent(finished, Vec::new(), 0)
+            }
+            Some(open_stream_request::Message::Output(chunk)) => self.unconfirmed.output(chunk),
+            _ => {}
         }
         Ok(())
     }
@@ -656,32 +715,67 @@ mod tests {
         RunFinished { run: run.to_owned(), ..Default::default() }
     }
 
+    fn chunk(run: &str, offset: i64, len: usize) -> OutputChunk {
+        OutputChunk { run: run.to_owned(), data: vec![b'x'; len], offset, ..Default::default() }
+    }
+
     #[test]
     fn run_ends_are_repeated_after_a_broken_stream_a_bounded_number_of_times() {
         let mut unconfirmed = Unconfirmed::default();
-        unconfirmed.sent(finished("a"), 0);
-        unconfirmed.sent(finished("b"), 0);
-        unconfirmed.sent(finished("a"), 0);
+        unconfirmed.sent(finished("a"), Vec::new(), 0);
+        unconfirmed.sent(finished("b"), Vec::new(), 0);
+        unconfirmed.sent(finished("a"), Vec::new(), 0);
         for round in 1..=REPORT_REPEATS {
-            let again = unconfirmed.take_for_repeat();
-            let runs: Vec<&str> = again.iter().map(|(f, _)| f.run.as_str()).collect();
+            let (_, again) = unconfirmed.take_for_repeat();
+            let runs: Vec<&str> = again.iter().map(|(f, _, _)| f.run.as_str()).collect();
             assert_eq!(runs, ["b", "a"], "each run once, latest report last (round {round})");
-            for (finished, repeats) in again {
+            for (finished, output, repeats) in again {
                 assert_eq!(repeats, round);
-                unconfirmed.sent(finished, repeats);
+                unconfirmed.sent(finished, output, repeats);
             }
         }
         assert!(
-            unconfirmed.take_for_repeat().is_empty(),
+            unconfirmed.take_for_repeat().1.is_empty(),
             "repeated {REPORT_REPEATS} times at most"
         );
 
         for i in 0..RECENT_RUNS + 10 {
-            unconfirmed.sent(finished(&i.to_string()), 0);
+            unconfirmed.sent(finished(&i.to_string()), Vec::new(), 0);
         }
-        let again = unconfirmed.take_for_repeat();
+        let (_, again) = unconfirmed.take_for_repeat();
         assert_eq!(again.len(), RECENT_RUNS, "bounded");
         assert_eq!(again[0].0.run, "10", "the oldest went first");
+    }
+
+    #[test]
+    fn output_is_repeated_with_its_run_within_a_bound() {
+        let mut unconfirmed = Unconfirmed::default();
+        unconfirmed.output(chunk("a", 0, 10));
+        unconfirmed.output(chunk("a", 10, 5));
+        unconfirmed.output(chunk("b", 0, 7));
+        unconfirmed.sent(finished("a"), Vec::new(), 0);
+        let (running, reports) = unconfirmed.take_for_repeat();
+        assert_eq!(running.len(), 1, "b is still running: its output goes again");
+        assert_eq!((running[0].run.as_str(), running[0].data.len()), ("b", 7));
+        let (finished_a, output_a, _) = &reports[0];
+        assert_eq!(finished_a.run, "a");
+        let offsets: Vec<i64> = output_a.iter().map(|c| c.offset).collect();
+        assert_eq!(offsets, [0, 10], "a's output, in order, with its end");
+        // Reported again (an assignment repeated), its output stays with it.
+        unconfirmed.sent(finished("a"), output_a.clone(), 1);
+        unconfirmed.sent(finished("a"), Vec::new(), 1);
+        assert_eq!(bytes_of(&unconfirmed.take_for_repeat().1[0].1), 15);
+
+        // Over the bound, the oldest reports lose their output first; their ends stay.
+        let mut unconfirmed = Unconfirmed::default();
+        let big = KEPT_OUTPUT_BYTES / 3;
+        for run in ["1", "2", "3", "4"] {
+            unconfirmed.output(chunk(run, 0, big));
+            unconfirmed.sent(finished(run), Vec::new(), 0);
+        }
+        let (_, reports) = unconfirmed.take_for_repeat();
+        let kept: Vec<usize> = reports.iter().map(|(_, o, _)| bytes_of(o)).collect();
+        assert_eq!(kept, [0, big, big, big]);
     }
 
     #[test]

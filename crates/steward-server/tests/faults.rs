@@ -725,7 +725,7 @@ fn all_in(run: &Run, state: RunState) -> bool {
 // reads them; the other's end after the restart. The agents reconnect by themselves (backoff
 // with jitter) and both runs end SUCCEEDED within seconds, not at the service's own limit
 // (the run's timeout plus 60 s), because an agent repeats the ends it reported on a stream that
-// broke.
+// broke, and with them their output (written to the frozen process, it would be lost).
 async fn commands_killed_while_agents_stream(backend: Backend) {
     const AGENTS: usize = 3;
     let mut deployment =
@@ -772,7 +772,7 @@ async fn commands_killed_while_agents_stream(backend: Backend) {
     };
     let systems = connected(&commands, &owner.org, AGENTS, &logs).await;
 
-    let quick = run_of(&commands, &owner.org, &systems, "sleep 3\necho quick\n").await;
+    let quick = run_of(&commands, &owner.org, &systems, "echo begun\nsleep 3\necho quick\n").await;
     let slow = run_of(&commands, &owner.org, &systems, "sleep 10\necho slow\n").await;
     let limit = Duration::from_secs(30);
     for run in [&quick, &slow] {
@@ -788,6 +788,10 @@ async fn commands_killed_while_agents_stream(backend: Backend) {
         wait_run(&commands, &quick, limit, |r| r.state != RunState::Running as i32, &logs).await;
     assert!(all_in(&quick, RunState::Succeeded), "{quick:?}\n{}", logs());
     assert_eq!(quick.state, RunState::Succeeded as i32, "{quick:?}");
+    for result in &quick.results {
+        // "quick" went to the frozen process only: the agents sent it again with the run's end.
+        assert_eq!(result.stdout, b"begun\nquick\n", "output sent to the dead process arrives");
+    }
     let slow =
         wait_run(&commands, &slow, limit, |r| r.state != RunState::Running as i32, &logs).await;
     assert!(all_in(&slow, RunState::Succeeded), "{slow:?}\n{}", logs());
