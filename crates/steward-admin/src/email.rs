@@ -2,10 +2,12 @@
 //! domains): an address must be something a mail server will actually deliver to. Letters of any
 //! script are accepted (`ü@bücher.de`), but the local part and each domain label must each be
 //! of one script (UTS #39 mixed-script detection, as browsers judge domain names): `аdmin` with
-//! a Cyrillic `а` looks like `admin` and is refused. A part wholly in another script that
-//! happens to look Latin (whole-script confusables) is not detected.
+//! a Cyrillic `а` looks like `admin` and is refused. A part wholly in another script that reads
+//! as plain ASCII once each character is replaced by the one it is confusable with (its UTS #39
+//! skeleton: `аррӏе`, all Cyrillic, is `apple`) is refused too: a whole-script confusable.
 
 use steward_runtime::{ApiError, ApiResult};
+use unicode_security::confusable_detection::skeleton;
 use unicode_security::MixedScript;
 
 /// Longest accepted address (RFC 5321 path limit minus the angle brackets).
@@ -48,6 +50,12 @@ impl Email {
                  `а` among Latin letters)",
             ));
         }
+        if std::iter::once(local).chain(labels.iter().copied()).any(whole_script_confusable) {
+            return Err(bad(
+                "has a part that only looks Latin (a homoglyph, such as `аррӏе` written in \
+                 Cyrillic letters)",
+            ));
+        }
         Ok(Self(value.to_string()))
     }
 
@@ -60,6 +68,11 @@ impl Email {
     pub fn lower(&self) -> String {
         self.0.to_lowercase()
     }
+}
+
+/// A part not in ASCII whose UTS #39 skeleton is ASCII: another script posing as Latin.
+fn whole_script_confusable(part: &str) -> bool {
+    !part.is_ascii() && skeleton(part).all(|c| c.is_ascii())
 }
 
 fn valid_atom(atom: &str) -> bool {
@@ -86,6 +99,24 @@ mod tests {
             assert!(Email::parse("email", ok).is_ok(), "{ok}");
         }
         assert_eq!(Email::parse("email", "Ann@Example.com").unwrap().lower(), "ann@example.com");
+    }
+
+    #[test]
+    fn refuses_homoglyphs_mixed_or_whole_script() {
+        for spoof in [
+            "аdmin@example.com",   // a Cyrillic а among Latin letters
+            "admin@exаmple.com",   // the same in a domain label
+            "admin@аррӏе.com",     // a label all in Cyrillic that reads `apple`
+            "аррӏе@example.com",   // the same as a local part
+            "admin@ѕсоре.example", // Cyrillic `scope`
+        ] {
+            assert!(Email::parse("email", spoof).is_err(), "{spoof}");
+        }
+        // Other scripts that do not pose as Latin stay welcome.
+        for ok in ["пример@пример.рф", "ü@bücher.de", "用户@例子.中国", "δοκιμή@παράδειγμα.ελ"]
+        {
+            assert!(Email::parse("email", ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]
