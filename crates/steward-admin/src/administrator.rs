@@ -198,7 +198,8 @@ pub async fn list(
     let digest = query_digest(&[&req.parent, req.filter.trim(), req.order_by.trim()]);
     let offset = names::decode_page_token(&req.page_token, &digest)?;
 
-    let mut condition = Condition::all().add(administrator::Column::OrganizationId.eq(org_id));
+    let mut condition =
+        Condition::all().add(administrator::Column::OrganizationId.eq(org_id.as_str()));
     for term in terms {
         condition = condition.add(match term {
             AdminTerm::Role(role) => administrator::Column::Role.eq(role),
@@ -208,7 +209,24 @@ pub async fn list(
         });
     }
     let query = administrator::Entity::find().filter(condition);
-    let total = query.clone().count(&state.db).await?;
+    // The total is counted once per organization revision (see `Totals`).
+    let revision: Option<i64> = organization::Entity::find_by_id(org_id.clone())
+        .select_only()
+        .column(organization::Column::Revision)
+        .into_tuple()
+        .one(&state.db)
+        .await?;
+    let key = (org_id.clone(), req.filter.trim().to_string());
+    let total = match revision.and_then(|r| state.totals.get(&key, r)) {
+        Some(total) => total,
+        None => {
+            let total = query.clone().count(&state.db).await?;
+            if let Some(revision) = revision {
+                state.totals.put(key, revision, total);
+            }
+            total
+        }
+    };
     let key = match order {
         AdminOrder::Email => administrator::Column::EmailLower,
         AdminOrder::CreateTime => administrator::Column::CreatedAt,

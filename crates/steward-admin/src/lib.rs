@@ -146,6 +146,7 @@ pub async fn start(
         clock: ctx.clock.clone(),
         invite_ttl,
         peers: ctx.peers.clone(),
+        totals: state::Totals::default(),
     });
     let max = ctx.config.server.max_message_bytes;
     routes.add_service(

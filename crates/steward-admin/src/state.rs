@@ -32,6 +32,37 @@ pub struct State {
     pub invite_ttl: chrono::Duration,
     /// The other services, for effects delivered before the answer ([`crate::effects::deliver_now`]).
     pub peers: Peers,
+    /// `ListAdministrators` totals by organization and filter, each with the organization
+    /// revision it was counted at ([`Totals`]).
+    pub totals: Totals,
+}
+
+/// Counts of an organization's administrators matching a filter, remembered with the
+/// organization's `revision` they were counted at. Every write to an organization's
+/// administrators bumps that revision in its transaction ([`lock_org`]), so a count is reused
+/// only while nothing it counted can have changed, on any replica: a page of a large
+/// organization reads one row instead of counting thousands.
+#[derive(Debug, Default)]
+pub struct Totals(std::sync::Mutex<std::collections::HashMap<(String, String), (i64, u64)>>);
+
+/// Most counts remembered; past it the memory starts afresh.
+const MAX_TOTALS: usize = 4096;
+
+impl Totals {
+    /// The count of `(organization id, filter)` made at `revision`, if remembered.
+    pub fn get(&self, key: &(String, String), revision: i64) -> Option<u64> {
+        let totals = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        totals.get(key).filter(|(at, _)| *at == revision).map(|(_, total)| *total)
+    }
+
+    /// Remembers `total` for `key` at `revision`.
+    pub fn put(&self, key: (String, String), revision: i64, total: u64) {
+        let mut totals = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if totals.len() >= MAX_TOTALS && !totals.contains_key(&key) {
+            totals.clear();
+        }
+        totals.insert(key, (revision, total));
+    }
 }
 
 /// Shared handle.

@@ -1349,3 +1349,50 @@ mod auth_outage {
         }
     }
 }
+
+// ListAdministrators' `total_size` is counted once per organization revision and reused while
+// nothing changed; every change, made on either of two replicas, is counted on the next page
+// asked of the other, with or without a filter.
+backend_test!(list_totals_follow_changes_made_on_another_replica, |stack| async move {
+    let mut stack: Stack = stack;
+    let replica = stack.add_replica().await;
+    let owner = stack.owner().await;
+    let other = stack.client_at(&replica).await.with_token(&owner.tokens.access_token).unwrap();
+    let total = |client: Steward, filter: &'static str| {
+        let org = owner.org.clone();
+        async move {
+            let request = ListAdministratorsRequest {
+                parent: org,
+                filter: filter.into(),
+                page_size: 1,
+                ..Default::default()
+            };
+            client.admin().list_administrators(request).await.unwrap().into_inner().total_size
+        }
+    };
+    let runners = "role = ROLE_COMMAND_RUNNER";
+    let here = owner.client.clone();
+    // Counted (and remembered) on the first replica, twice each.
+    for _ in 0..2 {
+        assert_eq!(total(here.clone(), "").await, 1);
+        assert_eq!(total(here.clone(), runners).await, 0);
+    }
+    // Created on the other replica: counted here at once.
+    let mut created = Vec::new();
+    for _ in 0..3 {
+        created.push(create(&other, &owner.org, &email(), Role::CommandRunner).await.unwrap());
+    }
+    assert_eq!(total(here.clone(), "").await, 4);
+    assert_eq!(total(here.clone(), runners).await, 3);
+    // A role change moves one out of the filter; a deletion out of both.
+    set_role(&other, &created[0].name, Role::ReadOnly).await.unwrap();
+    assert_eq!(total(here.clone(), runners).await, 2);
+    assert_eq!(total(here.clone(), "").await, 4);
+    delete(&other, &owner.org, &[created[1].name.as_str()], false).await.unwrap();
+    assert_eq!(total(here.clone(), "").await, 3);
+    assert_eq!(total(here.clone(), runners).await, 1);
+    // And the other way round.
+    delete(&here, &owner.org, &[created[2].name.as_str()], false).await.unwrap();
+    assert_eq!(total(other.clone(), runners).await, 0);
+    assert_eq!(total(other.clone(), "").await, 2);
+});
