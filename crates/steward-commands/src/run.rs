@@ -86,6 +86,10 @@ pub(crate) enum Output<'a> {
     Of(&'a str),
 }
 
+/// The most per-system results one ListRuns page carries: a page of 100 runs on 1,000 systems
+/// each would be 100,000 results, loaded at once and too big to send.
+pub(crate) const LIST_RESULTS: usize = 5000;
+
 /// The most output one GetRun answer carries: one system's whole output (both streams at their
 /// bound) always fits, and the answer stays under gRPC's default 4 MiB message limit.
 pub(crate) const OUTPUT_BUDGET: usize = 2 * rules::MAX_OUTPUT_BYTES;
@@ -524,7 +528,35 @@ pub(crate) async fn list(
         .limit(size + 1)
         .all(&state.db)
         .await?;
-    let (rows, next_page_token) = names::page(rows, size, offset, &digest);
+    let (mut rows, mut next_page_token) = names::page(rows, size, offset, &digest);
+    // A page holds at most `LIST_RESULTS` per-system results: runs in order while they fit (the
+    // first always), the rest on the next page.
+    if !rows.is_empty() {
+        let counts: HashMap<String, i64> = result::Entity::find()
+            .select_only()
+            .column(result::Column::Run)
+            .column_as(result::Column::System.count(), "results")
+            .filter(result::Column::Run.is_in(rows.iter().map(|r| r.name.clone())))
+            .group_by(result::Column::Run)
+            .into_tuple()
+            .all(&state.db)
+            .await?
+            .into_iter()
+            .collect();
+        let mut held = 0usize;
+        let fitting = rows
+            .iter()
+            .take_while(|r| {
+                let n = counts.get(&r.name).and_then(|n| usize::try_from(*n).ok()).unwrap_or(0);
+                held += n;
+                held <= LIST_RESULTS || held == n
+            })
+            .count();
+        if fitting < rows.len() {
+            rows.truncate(fitting);
+            next_page_token = names::encode_page_token(offset + fitting as u64, &digest);
+        }
+    }
     // The results of the whole page in one query, not one per run.
     let mut results: HashMap<String, Vec<SystemResult>> = HashMap::new();
     if !rows.is_empty() {

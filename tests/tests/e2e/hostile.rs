@@ -671,3 +671,90 @@ backend_test!(agent_streams_end_invalid_argument_on_malformed_messages, |stack| 
     drop(tx);
     still_serving(&owner, 1).await;
 });
+
+// A ListRuns page carries at most 5,000 per-system results however many runs it may hold
+// (1,000 runs of 1,000 systems would be a million): six runs on 1,000 systems come five, then
+// one, whatever the page size asked.
+backend_test!(list_runs_pages_are_bounded_by_their_results, |stack| async move {
+    use steward_proto::commands::v1::{ListRunsRequest, RunCommandRequest};
+    let owner = stack.owner().await;
+    let (_, key) = crate::agent::connect_key(&owner).await;
+    let url = stack.url(ServiceKind::Commands);
+    let mut registering = tokio::task::JoinSet::new();
+    let mut systems = Vec::new();
+    for batch in 0..20 {
+        let (url, key) = (url.clone(), key.clone());
+        registering.spawn(async move {
+            let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+            let mut agents = AgentServiceClient::new(channel);
+            let mut names = Vec::new();
+            for i in 0..50 {
+                let registered = agents
+                    .register_agent(RegisterAgentRequest {
+                        connect_key: key.clone(),
+                        hostname: format!("host-{batch}-{i}"),
+                        os: "linux".into(),
+                        agent_version: "e2e".into(),
+                    })
+                    .await
+                    .unwrap();
+                names.push(registered.into_inner().system.unwrap().name);
+            }
+            names
+        });
+    }
+    while let Some(names) = registering.join_next().await {
+        systems.extend(names.unwrap());
+    }
+    assert_eq!(systems.len(), 1000);
+    let command = owner
+        .client
+        .commands()
+        .create_command(CreateCommandRequest {
+            parent: owner.org.clone(),
+            command: Some(Command {
+                display_name: "fleet-wide".into(),
+                script: "true".into(),
+                interpreter: Interpreter::Sh as i32,
+                target_systems: systems,
+                ..Default::default()
+            }),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            command_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .command
+        .unwrap();
+    for _ in 0..6 {
+        let run = RunCommandRequest {
+            command: command.name.clone(),
+            systems: vec![],
+            request_id: uuid::Uuid::new_v4().to_string(),
+        };
+        owner.client.commands().run_command(run).await.unwrap();
+    }
+    let page = |page_token: String| {
+        let request = ListRunsRequest {
+            parent: owner.org.clone(),
+            page_size: 1000,
+            page_token,
+            ..Default::default()
+        };
+        let mut client = owner.client.commands();
+        async move { client.list_runs(request).await.unwrap().into_inner() }
+    };
+    let first = page(String::new()).await;
+    let held: Vec<usize> = first.runs.iter().map(|r| r.results.len()).collect();
+    assert_eq!(held, [1000; 5], "five runs of 1,000 results fit in 5,000");
+    assert!(!first.next_page_token.is_empty());
+    let second = page(first.next_page_token).await;
+    assert_eq!(second.runs.iter().map(|r| r.results.len()).collect::<Vec<_>>(), [1000]);
+    assert!(second.next_page_token.is_empty());
+    let mut seen: Vec<String> =
+        first.runs.iter().chain(&second.runs).map(|r| r.name.clone()).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 6, "every run once");
+});
