@@ -1,4 +1,4 @@
-//! Periodic removal of rows that can no longer matter: expired or spent links and MFA
+//! Periodic removal of rows that can no longer matter: links a day past their expiry, MFA
 //! challenges, sessions past their absolute expiry (with their refresh tokens), revoked
 //! sessions after a grace day and stale throttle counters. (Idempotency records expire on their
 //! own: [`steward_storage::idempotency`].)
@@ -23,12 +23,10 @@ const BATCH: u64 = 500;
 pub async fn sweep(db: &DatabaseConnection, now: DateTime<Utc>) -> ApiResult<u64> {
     let old = now - chrono::Duration::days(KEEP_DAYS);
     let mut removed = 0;
+    // A used link stays until a day past its expiry, like an unused one: a mail message still
+    // being retried finds it spent (`state::issue_link`) instead of issuing it again.
     removed += link_token::Entity::delete_many()
-        .filter(
-            Condition::any()
-                .add(link_token::Column::ExpiresAt.lt(old))
-                .add(link_token::Column::UsedAt.lt(old)),
-        )
+        .filter(link_token::Column::ExpiresAt.lt(old))
         .exec(db)
         .await?
         .rows_affected;

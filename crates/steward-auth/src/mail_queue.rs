@@ -24,6 +24,11 @@ use crate::entity::credential;
 use crate::mailer::Invite;
 use crate::state::{self, Shared, INVITE, RESET};
 
+/// The payload field holding when a message was queued: a message older than a link's lifetime
+/// is dropped, not delivered (its link would be past its time, and a spent link's row may be
+/// gone by then).
+const QUEUED_AT: &str = "queued_at";
+
 /// The mail outbox (separate from the audit outbox, so a mail outage never delays audit).
 pub const OUTBOX: Outbox = Outbox::new("auth_mail_outbox");
 /// Topic of an invite.
@@ -61,8 +66,11 @@ async fn enqueue<C: ConnectionTrait, T: Serialize>(
     mail: &T,
     now: DateTime<Utc>,
 ) -> ApiResult<()> {
-    let payload =
+    let mut payload =
         serde_json::to_value(mail).map_err(|e| ApiError::internal(format!("mail payload: {e}")))?;
+    if let Some(fields) = payload.as_object_mut() {
+        fields.insert(QUEUED_AT.into(), serde_json::json!(now));
+    }
     let key = steward_runtime::names::new_id();
     OUTBOX.enqueue(conn, topic, &key, &payload, now).await?;
     Ok(())
@@ -158,6 +166,19 @@ pub fn deliver(state: Shared) -> Deliver {
     std::sync::Arc::new(move |message: OutboxMessage| {
         let state = state.clone();
         Box::pin(async move {
+            let queued: Option<DateTime<Utc>> = message
+                .payload
+                .get(QUEUED_AT)
+                .and_then(|at| serde_json::from_value(at.clone()).ok());
+            if let Some(queued) = queued {
+                let stale = queued
+                    .checked_add_signed(state.link_lifetime())
+                    .is_some_and(|until| until < state.now());
+                if stale {
+                    tracing::warn!(topic = %message.topic, %queued, "mail dropped: undelivered for longer than a link lives");
+                    return Ok(());
+                }
+            }
             let result = match message.topic.as_str() {
                 INVITE_TOPIC => match serde_json::from_value(message.payload) {
                     Ok(mail) => send_invite(&state, mail, &message.idempotency_key).await,

@@ -315,12 +315,16 @@ impl State {
         self.config.invite_ttl_secs.div_ceil(3600)
     }
 
+    /// How long a link lives.
+    pub fn link_lifetime(&self) -> chrono::Duration {
+        // Capped at ten years, so adding it to a time cannot overflow.
+        let secs = self.config.invite_ttl_secs.min(10 * 365 * 24 * 3600);
+        chrono::Duration::seconds(i64::try_from(secs).unwrap_or(72 * 3600))
+    }
+
     /// The expiry of a link issued now.
     pub fn link_expiry(&self) -> DateTime<Utc> {
-        self.now()
-            + chrono::Duration::seconds(
-                i64::try_from(self.config.invite_ttl_secs).unwrap_or(72 * 3600),
-            )
+        self.now() + self.link_lifetime()
     }
 }
 
@@ -436,8 +440,11 @@ pub async fn use_link(
 /// Issues the link `token` of `kind` for `administrator`, invalidating its other unused links.
 ///
 /// `token` is the message's own ([`crate::sealed::Sealer::mail_link`]): delivering a message
-/// again issues the same link (its expiry renewed), so every copy of the message works. Returns
-/// `false`, issuing nothing, when that link has been used already: the message has done its job.
+/// again issues the same link, with the expiry it got first, so every copy of the message works
+/// and none lives longer. Returns `false`, issuing nothing, when that link has been used or has
+/// expired: the message has done its job, or come too late. (A used or expired link's row is
+/// kept until a day past its expiry, and a message older than a link's lifetime is not
+/// delivered at all (`mail_queue`), so a spent link is never issued again.)
 pub async fn issue_link(
     conn: &impl ConnectionTrait,
     token: &str,
@@ -453,16 +460,8 @@ pub async fn issue_link(
         .exec(conn)
         .await?;
     if let Some(existing) = link_token::Entity::find_by_id(token_hash.clone()).one(conn).await? {
-        if existing.used_at.is_some() || existing.administrator != administrator {
-            return Ok(false);
-        }
-        link_token::Entity::update_many()
-            .col_expr(link_token::Column::ExpiresAt, Expr::value(expires))
-            .filter(link_token::Column::TokenHash.eq(token_hash.as_str()))
-            .filter(link_token::Column::UsedAt.is_null())
-            .exec(conn)
-            .await?;
-        return Ok(true);
+        let spent = existing.used_at.is_some() || existing.expires_at <= now;
+        return Ok(!spent && existing.administrator == administrator);
     }
     link_token::Entity::insert(link_token::ActiveModel {
         token_hash: Set(token_hash),

@@ -82,3 +82,37 @@ async fn sweeps_expired_and_revoked_rows_only() {
     assert!(link_token::Entity::find_by_id("l1".to_string()).one(db).await.unwrap().is_some());
     assert_eq!(steward_auth::janitor::sweep(db, now).await.unwrap(), 0);
 }
+
+// A mail message's link (derived from its outbox key) is issued once with one expiry; a
+// redelivery issues it again unchanged, and a message retried after its link was used or
+// expired issues nothing. The used row outlives a day past its use, so it is still there to
+// say so (before, the janitor removed used links a day after use and a retry revived the link).
+#[tokio::test]
+async fn a_spent_mail_link_is_never_issued_again() {
+    use steward_auth::secrets::digest;
+    use steward_auth::state::{issue_link, use_link};
+    let h = support::harness().await;
+    let db = &h.state.db;
+    let now = Utc::now();
+    let a = ("organizations/o/administrators/a", "organizations/o", "reset");
+    let token = h.state.sealer.mail_link("message-1");
+    assert!(issue_link(db, &token, a, now, now + Duration::hours(72)).await.unwrap());
+    let first = link_token::Entity::find_by_id(digest(&token)).one(db).await.unwrap().unwrap();
+    let later = now + Duration::hours(1);
+    assert!(issue_link(db, &token, a, later, later + Duration::hours(72)).await.unwrap());
+    let again = link_token::Entity::find_by_id(digest(&token)).one(db).await.unwrap().unwrap();
+    assert_eq!(again.expires_at, first.expires_at, "a redelivery does not extend the link");
+    assert!(use_link(db, &digest(&token), now + Duration::hours(2)).await.unwrap());
+
+    // Two days after its use, before its expiry: kept by the janitor, and not issued again.
+    let then = now + Duration::hours(50);
+    steward_auth::janitor::sweep(db, then).await.unwrap();
+    assert!(link_token::Entity::find_by_id(digest(&token)).one(db).await.unwrap().is_some());
+    assert!(!issue_link(db, &token, a, then, then + Duration::hours(72)).await.unwrap());
+
+    // Expired unused: not issued again either.
+    let b = ("organizations/o/administrators/b", "organizations/o", "invite");
+    let other = h.state.sealer.mail_link("message-2");
+    assert!(issue_link(db, &other, b, now, now + Duration::hours(1)).await.unwrap());
+    assert!(!issue_link(db, &other, b, now + Duration::hours(2), then).await.unwrap());
+}
