@@ -2,12 +2,13 @@
 //! domains): an address must be something a mail server will actually deliver to. Letters of any
 //! script are accepted (`ü@bücher.de`), but the local part and each domain label must each be
 //! of one script (UTS #39 mixed-script detection, as browsers judge domain names): `аdmin` with
-//! a Cyrillic `а` looks like `admin` and is refused. A part wholly in another script that reads
-//! as plain ASCII once each character is replaced by the one it is confusable with (its UTS #39
-//! skeleton: `аррӏе`, all Cyrillic, is `apple`) is refused too: a whole-script confusable.
+//! a Cyrillic `а` looks like `admin` and is refused. A part written wholly in Cyrillic letters
+//! that look like Latin ones (`аррӏе` for `apple`, `ѕсоре`) is refused too when the top-level
+//! domain is ASCII, as browsers judge whole-script confusable domain names (Chromium's set of
+//! Latin-alike Cyrillic letters); under a Cyrillic top-level domain (`.рф`, `.бг`, `.срб`) such
+//! parts are ordinary. Punycode (`xn--`) labels are ASCII and pass as written.
 
 use steward_runtime::{ApiError, ApiResult};
-use unicode_security::confusable_detection::skeleton;
 use unicode_security::MixedScript;
 
 /// Longest accepted address (RFC 5321 path limit minus the angle brackets).
@@ -50,7 +51,10 @@ impl Email {
                  `а` among Latin letters)",
             ));
         }
-        if std::iter::once(local).chain(labels.iter().copied()).any(whole_script_confusable) {
+        let ascii_tld = labels.last().is_some_and(|tld| tld.is_ascii());
+        if ascii_tld
+            && std::iter::once(local).chain(labels.iter().copied()).any(whole_script_confusable)
+        {
             return Err(bad(
                 "has a part that only looks Latin (a homoglyph, such as `аррӏе` written in \
                  Cyrillic letters)",
@@ -70,9 +74,13 @@ impl Email {
     }
 }
 
-/// A part not in ASCII whose UTS #39 skeleton is ASCII: another script posing as Latin.
+/// Cyrillic letters that look like Latin ones (Chromium's IDN spoof checker's set, lowercase).
+const LATIN_ALIKE_CYRILLIC: &str = "асԁеһіјӏорԛѕԝхуъьҽпгѵѡ";
+
+/// A part written only in Latin-alike Cyrillic letters: Cyrillic posing as Latin.
 fn whole_script_confusable(part: &str) -> bool {
-    !part.is_ascii() && skeleton(part).all(|c| c.is_ascii())
+    !part.is_ascii()
+        && part.chars().flat_map(char::to_lowercase).all(|c| LATIN_ALIKE_CYRILLIC.contains(c))
 }
 
 fn valid_atom(atom: &str) -> bool {
@@ -109,12 +117,23 @@ mod tests {
             "admin@аррӏе.com",     // a label all in Cyrillic that reads `apple`
             "аррӏе@example.com",   // the same as a local part
             "admin@ѕсоре.example", // Cyrillic `scope`
+            "АДМИН@РАУ.com",       // upper case: `РАУ` reads `PAY`
         ] {
             assert!(Email::parse("email", spoof).is_err(), "{spoof}");
         }
-        // Other scripts that do not pose as Latin stay welcome.
-        for ok in ["пример@пример.рф", "ü@bücher.de", "用户@例子.中国", "δοκιμή@παράδειγμα.ελ"]
-        {
+        // Other scripts that do not pose as Latin stay welcome, and so does Cyrillic under a
+        // Cyrillic top-level domain.
+        for ok in [
+            "пример@пример.рф",
+            "саша@example.com",
+            "хорошо@пример.рф",
+            "admin@срб.срб",
+            "user@пример.бг",
+            "сор@аррӏе.рф",
+            "ü@bücher.de",
+            "用户@例子.中国",
+            "δοκιμή@παράδειγμα.ελ",
+        ] {
             assert!(Email::parse("email", ok).is_ok(), "{ok}");
         }
     }

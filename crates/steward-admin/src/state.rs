@@ -39,9 +39,11 @@ pub struct State {
 
 /// Counts of an organization's administrators matching a filter, remembered with the
 /// organization's `revision` they were counted at. Every write to an organization's
-/// administrators bumps that revision in its transaction ([`lock_org`]), so a count is reused
-/// only while nothing it counted can have changed, on any replica: a page of a large
-/// organization reads one row instead of counting thousands.
+/// administrators that a filter can see (create, update, delete, activate, role changes) bumps
+/// that revision in its transaction ([`lock_org`]), so a count is reused only while nothing it
+/// counted can have changed, on any replica: a page of a large organization reads one row
+/// instead of counting thousands. (Audit ingestion sets `mfa_enrolled` without the lock; no
+/// filter reads it. A new filter field must be written under the lock.)
 #[derive(Debug, Default)]
 pub struct Totals(std::sync::Mutex<std::collections::HashMap<(String, String), (i64, u64)>>);
 

@@ -69,6 +69,7 @@ async fn card_number_and_cvc_are_never_logged_or_stored() {
         clock: steward_runtime::service::system_clock(),
         invite_ttl: chrono::Duration::hours(72),
         peers: steward_runtime::service::Peers::from_config(&Default::default()).unwrap(),
+        totals: Default::default(),
     });
 
     let created = OrganizationApi::new(state.clone())

@@ -37,9 +37,12 @@ const RECENT_RUNS: usize = 512;
 /// it broke (the service ignores a report of a result that has already ended).
 const REPORT_REPEATS: u8 = 3;
 
-/// How much output of finished runs is kept to be sent again with their ends (the output of
-/// runs in progress is always kept; the executor bounds each stream of each run).
+/// How much output of finished runs is kept to be sent again with their ends.
 const KEPT_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
+
+/// The service stores at most this much of each stream of a run: output past it is not kept to
+/// be sent again, whatever `--max-output-bytes` lets the agent send.
+const SERVICE_OUTPUT_BOUND: i64 = 1024 * 1024;
 
 /// How long a shutdown waits for the runs it killed to be reported.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -138,7 +141,9 @@ fn bytes_of(output: &[OutputChunk]) -> usize {
 impl Unconfirmed {
     /// `chunk` of a run in progress was written to the current stream.
     fn output(&mut self, chunk: OutputChunk) {
-        self.running.entry(chunk.run.clone()).or_default().push(chunk);
+        if chunk.offset < SERVICE_OUTPUT_BOUND {
+            self.running.entry(chunk.run.clone()).or_default().push(chunk);
+        }
     }
 
     /// `finished` was written to the current stream, for the `repeats`-th time, after `output`
@@ -761,6 +766,9 @@ mod tests {
         assert_eq!(finished_a.run, "a");
         let offsets: Vec<i64> = output_a.iter().map(|c| c.offset).collect();
         assert_eq!(offsets, [0, 10], "a's output, in order, with its end");
+        // Past the service's bound, output is not kept.
+        unconfirmed.output(chunk("c", SERVICE_OUTPUT_BOUND, 10));
+        assert!(unconfirmed.take_for_repeat().0.iter().all(|c| c.run != "c"));
         // Reported again (an assignment repeated), its output stays with it.
         unconfirmed.sent(finished("a"), output_a.clone(), 1);
         unconfirmed.sent(finished("a"), Vec::new(), 1);

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DerivePartialModel, EntityTrait, FromQueryResult,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 use steward_proto::commands::v1::{
     CancelRunRequest, CancelRunResponse, GetRunRequest, GetRunResponse, ListRunsRequest,
@@ -91,15 +91,17 @@ pub(crate) enum Output<'a> {
 pub(crate) const LIST_RESULTS: usize = 5000;
 
 /// The most output one GetRun answer carries: one system's whole output (both streams at their
-/// bound) always fits, and the answer stays under gRPC's default 4 MiB message limit.
+/// bound) always fits.
 pub(crate) const OUTPUT_BUDGET: usize = 2 * rules::MAX_OUTPUT_BYTES;
 
-/// Captured length of each `(system, stream)` of a run: output an earlier version kept in the
-/// result row, then the append-only rows after it. Read from lengths alone (no output bytes).
+/// Captured length of each `(system, stream)` of a run (of `system` only, if given): output an
+/// earlier version kept in the result row, then the append-only rows after it. Read from lengths
+/// alone (no output bytes). Also says whether any result row holds such earlier output.
 pub(crate) async fn output_lengths<C: ConnectionTrait>(
     conn: &C,
     run_name: &str,
-) -> ApiResult<BTreeMap<(String, i32), usize>> {
+    system: Option<&str>,
+) -> ApiResult<(BTreeMap<(String, i32), usize>, bool)> {
     let length = |n: Option<i64>| n.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
     let mut lengths: BTreeMap<(String, i32), usize> = BTreeMap::new();
     let legacy: Vec<(String, Option<i64>, Option<i64>)> = result::Entity::find()
@@ -108,12 +110,15 @@ pub(crate) async fn output_lengths<C: ConnectionTrait>(
         .column_as(Expr::cust("CAST(length(stdout) AS BIGINT)"), "stdout_length")
         .column_as(Expr::cust("CAST(length(stderr) AS BIGINT)"), "stderr_length")
         .filter(result::Column::Run.eq(run_name))
+        .apply_if(system, |q, s| q.filter(result::Column::System.eq(s)))
         .into_tuple()
         .all(conn)
         .await?;
+    let mut any_legacy = false;
     for (system, stdout, stderr) in legacy {
         for (stream, n) in [(OutputStream::Stdout, stdout), (OutputStream::Stderr, stderr)] {
             if length(n) > 0 {
+                any_legacy = true;
                 lengths.insert((system.clone(), stream as i32), length(n));
             }
         }
@@ -124,6 +129,7 @@ pub(crate) async fn output_lengths<C: ConnectionTrait>(
         .column(output::Column::Stream)
         .column_as(output::Column::EndOffset.max(), "end")
         .filter(output::Column::Run.eq(run_name))
+        .apply_if(system, |q, s| q.filter(output::Column::System.eq(s)))
         .group_by(output::Column::System)
         .group_by(output::Column::Stream)
         .into_tuple()
@@ -133,7 +139,7 @@ pub(crate) async fn output_lengths<C: ConnectionTrait>(
         let entry = lengths.entry((system, stream)).or_insert(0);
         *entry = (*entry).max(length(end)).min(rules::MAX_OUTPUT_BYTES);
     }
-    Ok(lengths)
+    Ok((lengths, any_legacy))
 }
 
 /// A run as returned by the API, with the output `output` asks for.
@@ -157,42 +163,56 @@ pub(crate) async fn run_proto<C: ConnectionTrait>(
     if matches!(output, Output::None) {
         return Ok(run_shell(m, results));
     }
-    let lengths = output_lengths(conn, &m.name).await?;
-    let size = |system: &str| -> usize {
-        [OutputStream::Stdout, OutputStream::Stderr]
-            .iter()
-            .map(|s| lengths.get(&(system.to_string(), *s as i32)).copied().unwrap_or(0))
-            .sum()
+    let only = match output {
+        Output::Of(system) => Some(system),
+        _ => None,
     };
-    // The systems whose output is carried: the one asked for, or a prefix of the run's order.
+    let (lengths, any_legacy) = output_lengths(conn, &m.name, only).await?;
+    let length = |system: &str, stream: i32| -> usize {
+        lengths.get(&(system.to_string(), stream)).copied().unwrap_or(0)
+    };
+    let size = |system: &str| -> usize {
+        length(system, OutputStream::Stdout as i32) + length(system, OutputStream::Stderr as i32)
+    };
+    // The systems whose output is carried: the one asked for, or those in the run's order until
+    // one does not fit (after it, only systems without output, which cost nothing).
     let mut chosen: HashMap<String, usize> = HashMap::new();
     let mut total = 0usize;
+    let mut full = false;
     for (i, result) in results.iter_mut().enumerate() {
+        let n = size(&result.system);
         let carried = match output {
             Output::Of(system) => result.system == system,
-            _ => chosen.len() == i && total + size(&result.system) <= OUTPUT_BUDGET,
+            _ if n == 0 => true,
+            _ => {
+                full = full || total + n > OUTPUT_BUDGET;
+                !full
+            }
         };
-        if carried {
-            total += size(&result.system);
-            chosen.insert(result.system.clone(), i);
-        } else {
+        if !carried {
             result.output_omitted = true;
+        } else if n > 0 {
+            total += n;
+            chosen.insert(result.system.clone(), i);
         }
     }
-    let systems: Vec<String> = chosen.keys().cloned().collect();
-    let has_legacy = lengths.iter().any(|((system, _), n)| *n > 0 && chosen.contains_key(system));
-    if systems.is_empty() || !has_legacy {
+    if chosen.is_empty() {
         return Ok(run_shell(m, results));
     }
+    let systems: Vec<String> = chosen.keys().cloned().collect();
     // Output an earlier version kept in the result row comes first.
-    let legacy: Vec<(String, Vec<u8>, Vec<u8>)> = result::Entity::find()
-        .select_only()
-        .columns([result::Column::System, result::Column::Stdout, result::Column::Stderr])
-        .filter(result::Column::Run.eq(&m.name))
-        .filter(result::Column::System.is_in(systems.iter().map(String::as_str)))
-        .into_tuple()
-        .all(conn)
-        .await?;
+    let legacy: Vec<(String, Vec<u8>, Vec<u8>)> = if !any_legacy {
+        Vec::new()
+    } else {
+        result::Entity::find()
+            .select_only()
+            .columns([result::Column::System, result::Column::Stdout, result::Column::Stderr])
+            .filter(result::Column::Run.eq(&m.name))
+            .filter(result::Column::System.is_in(systems.iter().map(String::as_str)))
+            .into_tuple()
+            .all(conn)
+            .await?
+    };
     for (system, stdout, stderr) in legacy {
         if let Some(result) = chosen.get(&system).and_then(|i| results.get_mut(*i)) {
             result.stdout = stdout;
@@ -217,8 +237,10 @@ pub(crate) async fn run_proto<C: ConnectionTrait>(
             Ok(OutputStream::Stderr) => &mut result.stderr,
             _ => continue,
         };
-        let (fresh, _) =
-            rules::fresh_output(buffer.len(), chunk.offset, &chunk.data, rules::MAX_OUTPUT_BYTES);
+        // Up to the length measured above: output written since is not carried (its system
+        // was chosen by that length).
+        let measured = length(&chunk.system, chunk.stream);
+        let (fresh, _) = rules::fresh_output(buffer.len(), chunk.offset, &chunk.data, measured);
         buffer.extend_from_slice(fresh);
     }
     Ok(run_shell(m, results))

@@ -119,13 +119,14 @@ impl Watch {
             return Ok(true);
         }
         // One stream at a time: at most one stream's output (its 1 MiB bound) is held at once.
-        for ((system, stream), end) in output_lengths(db, &self.name).await? {
+        let (lengths, any_legacy) = output_lengths(db, &self.name, None).await?;
+        for ((system, stream), end) in lengths {
             let sent = self.sent.get(&(system.clone(), stream)).copied().unwrap_or(0);
             if end <= sent {
                 continue;
             }
             let mut pieces: Vec<(i64, Vec<u8>)> = Vec::new();
-            if sent == 0 {
+            if sent == 0 && any_legacy {
                 // Output an earlier version kept in the result row, then the rows after it.
                 let legacy: Option<Vec<u8>> = result::Entity::find()
                     .select_only()

@@ -772,15 +772,22 @@ async fn commands_killed_while_agents_stream(backend: Backend) {
     };
     let systems = connected(&commands, &owner.org, AGENTS, &logs).await;
 
-    let quick = run_of(&commands, &owner.org, &systems, "echo begun\nsleep 3\necho quick\n").await;
+    // The quick scripts print their last line only once the service is frozen (the test makes
+    // `go` then), however long starting the runs took on a loaded machine.
+    let go = states.path().join("go");
+    let quick_script =
+        format!("echo begun\nwhile [ ! -e '{}' ]; do sleep 0.1; done\necho quick\n", go.display());
+    let quick = run_of(&commands, &owner.org, &systems, &quick_script).await;
     let slow = run_of(&commands, &owner.org, &systems, "sleep 10\necho slow\n").await;
     let limit = Duration::from_secs(30);
     for run in [&quick, &slow] {
         wait_run(&commands, run, limit, |r| all_in(r, RunState::Running), &logs).await;
     }
     deployment.signal(Service::Commands, "STOP");
-    // The quick scripts end now; their reports go to a process that will never read them.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The quick scripts end now; their output and reports go to a process that will never read
+    // them.
+    std::fs::write(&go, b"").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
     deployment.kill(Service::Commands);
     deployment.launch(Service::Commands).await;
 
