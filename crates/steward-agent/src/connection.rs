@@ -127,12 +127,15 @@ struct Runs {
 /// by offset, so a chunk it already has changes nothing.
 #[derive(Debug, Default)]
 struct Unconfirmed {
-    reports: VecDeque<(RunFinished, Vec<OutputChunk>, u8)>,
+    reports: VecDeque<Report>,
     /// Output sent of the runs in progress.
     running: HashMap<String, Vec<OutputChunk>>,
     /// Bytes of output held in `reports`.
     report_bytes: usize,
 }
+
+/// A run's end, the output sent before it, and how often it was repeated.
+type Report = (RunFinished, Vec<OutputChunk>, u8);
 
 fn bytes_of(output: &[OutputChunk]) -> usize {
     output.iter().map(|c| c.data.len()).sum()
@@ -181,7 +184,7 @@ impl Unconfirmed {
     /// What to repeat on a new stream after the previous one broke: the output of the runs in
     /// progress (still held), and the reports with their output (the list starts afresh with
     /// what the new stream carries).
-    fn take_for_repeat(&mut self) -> (Vec<OutputChunk>, Vec<(RunFinished, Vec<OutputChunk>, u8)>) {
+    fn take_for_repeat(&mut self) -> (Vec<OutputChunk>, Vec<Report>) {
         self.report_bytes = 0;
         let running = self.running.values().flatten().cloned().collect();
         let reports = std::mem::take(&mut self.reports)
