@@ -45,4 +45,9 @@ if ! timeout 60 cargo deny fetch db >/dev/null 2>&1; then
     commit -qm "rustsec/advisory-db at $snapshot_commit"
   offline=(--offline)
 fi
+# Offline, cargo-deny reads `cargo metadata` from the local registry cache, which must then hold
+# every crate of the lock file, for every target (a build fetches only the host's).
+if [ ${#offline[@]} -gt 0 ]; then
+  cargo fetch --locked --quiet
+fi
 cargo deny "${offline[@]}" --log-level error check advisories bans licenses sources
