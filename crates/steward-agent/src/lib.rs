@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod executor;
+mod unconfirmed;
 
 pub use config::{AgentConfig, Args, StoredCredential};
 pub use connection::Agent;
