@@ -30,6 +30,12 @@ pub const MAX_PEER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time kept back from the caller's deadline for this service to answer after a peer failed.
 const MARGIN: Duration = Duration::from_millis(250);
 
+/// How much sooner than the caller's `grpc-timeout` this layer answers. tonic's transport
+/// enforces that header too, outside every layer of Steward's, with a timer started a moment
+/// earlier; timers fire on whole milliseconds, so without a lead the transport's could fire a
+/// tick before this one and answer `CANCELLED` without the request id.
+const TRANSPORT_LEAD: Duration = Duration::from_millis(2);
+
 /// The `grpc-timeout` header (`<1 to 8 digits><H|M|S|m|u|n>`) as a duration.
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
@@ -114,11 +120,17 @@ where
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let timeout = asked.map_or(self.limit, |asked| asked.min(self.limit));
+        let timeout =
+            asked.map_or(self.limit, |asked| asked.saturating_sub(TRANSPORT_LEAD).min(self.limit));
+        // From now, not from the first poll of the answer.
+        let deadline = Instant::now().checked_add(timeout);
         let response = self.inner.call(request);
         Box::pin(async move {
+            let Some(deadline) = deadline else {
+                return scope(Some(timeout), response).await;
+            };
             // The handler runs in the scope, so its internal calls get the time left.
-            match tokio::time::timeout(timeout, scope(Some(timeout), response)).await {
+            match tokio::time::timeout_at(deadline, scope(Some(timeout), response)).await {
                 Ok(answer) => answer,
                 Err(_) => {
                     tracing::info!(

@@ -149,6 +149,16 @@ pub(crate) async fn command(
     script: &str,
     timeout_secs: i64,
 ) -> String {
+    command_on(owner, &[system.to_string()], script, timeout_secs).await
+}
+
+/// Creates a `sh` command targeting `systems`; returns its name.
+pub(crate) async fn command_on(
+    owner: &Owner,
+    systems: &[String],
+    script: &str,
+    timeout_secs: i64,
+) -> String {
     owner
         .client
         .commands()
@@ -159,7 +169,7 @@ pub(crate) async fn command(
                 script: script.into(),
                 interpreter: Interpreter::Sh as i32,
                 timeout: Some(prost_types::Duration { seconds: timeout_secs, nanos: 0 }),
-                target_systems: vec![system.to_string()],
+                target_systems: systems.to_vec(),
                 ..Default::default()
             }),
             request_id: uuid::Uuid::new_v4().to_string(),
@@ -597,28 +607,9 @@ backend_test!(get_run_carries_at_most_its_output_budget, |stack| async move {
     };
     names.sort();
     const EACH: usize = 900_000;
-    let created = owner
-        .client
-        .commands()
-        .create_command(CreateCommandRequest {
-            parent: owner.org.clone(),
-            command: Some(Command {
-                display_name: "big output".into(),
-                script: format!("head -c {EACH} /dev/zero | tr '\\0' x\n"),
-                interpreter: Interpreter::Sh as i32,
-                timeout: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
-                target_systems: names.clone(),
-                ..Default::default()
-            }),
-            request_id: uuid::Uuid::new_v4().to_string(),
-            command_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .command
-        .unwrap();
-    let run = start_run(&owner, &created.name).await;
+    let script = format!("head -c {EACH} /dev/zero | tr '\\0' x\n");
+    let created = command_on(&owner, &names, &script, 60).await;
+    let run = start_run(&owner, &created).await;
     let done = wait_run(&owner, &agents[0], &run, finished).await;
     assert_eq!(done.state, RunState::Succeeded as i32, "{done:?}");
 

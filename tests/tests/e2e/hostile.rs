@@ -707,29 +707,10 @@ backend_test!(list_runs_pages_are_bounded_by_their_results, |stack| async move {
         systems.extend(names.unwrap());
     }
     assert_eq!(systems.len(), 1000);
-    let command = owner
-        .client
-        .commands()
-        .create_command(CreateCommandRequest {
-            parent: owner.org.clone(),
-            command: Some(Command {
-                display_name: "fleet-wide".into(),
-                script: "true".into(),
-                interpreter: Interpreter::Sh as i32,
-                target_systems: systems,
-                ..Default::default()
-            }),
-            request_id: uuid::Uuid::new_v4().to_string(),
-            command_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .command
-        .unwrap();
+    let command = crate::agent::command_on(&owner, &systems, "true", 60).await;
     for _ in 0..6 {
         let run = RunCommandRequest {
-            command: command.name.clone(),
+            command: command.clone(),
             systems: vec![],
             request_id: uuid::Uuid::new_v4().to_string(),
         };
