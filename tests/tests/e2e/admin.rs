@@ -1382,7 +1382,20 @@ backend_test!(list_totals_follow_changes_made_on_another_replica, |stack| async 
     for _ in 0..3 {
         created.push(create(&other, &owner.org, &email(), Role::CommandRunner).await.unwrap());
     }
+    // Counting is what is saved: the first page after the change counts, the next ones read
+    // the revision only, one statement fewer (the fewest of five, as background work of the
+    // replicas may add statements to any one measure).
+    let statements = |stack: &Stack| stack.statements(ServiceKind::Admin);
+    let before = statements(&stack);
     assert_eq!(total(here.clone(), "").await, 4);
+    let counted = statements(&stack) - before;
+    let mut remembered = u64::MAX;
+    for _ in 0..5 {
+        let before = statements(&stack);
+        assert_eq!(total(here.clone(), "").await, 4);
+        remembered = remembered.min(statements(&stack) - before);
+    }
+    assert!(remembered < counted, "{remembered} statements, counted with {counted}");
     assert_eq!(total(here.clone(), runners).await, 3);
     // A role change moves one out of the filter; a deletion out of both.
     set_role(&other, &created[0].name, Role::ReadOnly).await.unwrap();
