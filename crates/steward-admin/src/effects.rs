@@ -120,6 +120,7 @@ pub async fn deliver_now(peers: &Peers, urgent: Vec<Urgent>) {
             idempotency_key: u.idempotency_key,
             payload: u.payload,
             attempts: 0,
+            created_at: None,
         };
         if let Err(error) = deliver(peers, message).await {
             tracing::warn!(topic = u.topic, %error, "immediate delivery failed; the outbox relay will retry");

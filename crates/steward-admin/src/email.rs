@@ -3,10 +3,10 @@
 //! script are accepted (`ü@bücher.de`), but the local part and each domain label must each be
 //! of one script (UTS #39 mixed-script detection, as browsers judge domain names): `аdmin` with
 //! a Cyrillic `а` looks like `admin` and is refused. A part written wholly in Cyrillic letters
-//! that look like Latin ones (`аррӏе` for `apple`, `ѕсоре`) is refused too when the top-level
-//! domain is ASCII, as browsers judge whole-script confusable domain names (Chromium's set of
-//! Latin-alike Cyrillic letters); under a Cyrillic top-level domain (`.рф`, `.бг`, `.срб`) such
-//! parts are ordinary. Punycode (`xn--`) labels are ASCII and pass as written.
+//! that look like Latin ones (`аррӏе` for `apple`, `ѕсоре`; digits and punctuation aside) is
+//! refused too, as browsers judge whole-script confusable domain names (Chromium's set of
+//! Latin-alike Cyrillic letters), except under a top-level domain where Cyrillic is expected
+//! (`.рф`, `.бг`, `.срб`, `.ru`, `.ua`, ...). Punycode (`xn--`) labels are ASCII and pass as written.
 
 use steward_runtime::{ApiError, ApiResult};
 use unicode_security::MixedScript;
@@ -51,8 +51,8 @@ impl Email {
                  `а` among Latin letters)",
             ));
         }
-        let ascii_tld = labels.last().is_some_and(|tld| tld.is_ascii());
-        if ascii_tld
+        let cyrillic_expected = labels.last().is_some_and(|tld| cyrillic_tld(tld));
+        if !cyrillic_expected
             && std::iter::once(local).chain(labels.iter().copied()).any(whole_script_confusable)
         {
             return Err(bad(
@@ -77,10 +77,21 @@ impl Email {
 /// Cyrillic letters that look like Latin ones (Chromium's IDN spoof checker's set, lowercase).
 const LATIN_ALIKE_CYRILLIC: &str = "асԁеһіјӏорԛѕԝхуъьҽпгѵѡ";
 
-/// A part written only in Latin-alike Cyrillic letters: Cyrillic posing as Latin.
+/// A part whose letters (digits, dots, hyphens and symbols aside) are all Latin-alike Cyrillic
+/// ones: Cyrillic posing as Latin.
 fn whole_script_confusable(part: &str) -> bool {
+    let mut letters =
+        part.chars().filter(|c| c.is_alphabetic()).flat_map(char::to_lowercase).peekable();
     !part.is_ascii()
-        && part.chars().flat_map(char::to_lowercase).all(|c| LATIN_ALIKE_CYRILLIC.contains(c))
+        && letters.peek().is_some()
+        && letters.all(|c| LATIN_ALIKE_CYRILLIC.contains(c))
+}
+
+/// Top-level domains under which Cyrillic is the expected script: Cyrillic ones, and the ASCII
+/// ones of countries that write in it (as Chromium judges them).
+fn cyrillic_tld(tld: &str) -> bool {
+    tld.chars().any(|c| ('\u{0400}'..='\u{052f}').contains(&c))
+        || ["bg", "by", "kz", "ru", "su", "ua", "uz"].contains(&tld.to_ascii_lowercase().as_str())
 }
 
 fn valid_atom(atom: &str) -> bool {
@@ -118,6 +129,10 @@ mod tests {
             "аррӏе@example.com",   // the same as a local part
             "admin@ѕсоре.example", // Cyrillic `scope`
             "АДМИН@РАУ.com",       // upper case: `РАУ` reads `PAY`
+            "admin@аррӏе1.com",    // a digit does not make it Cyrillic
+            "admin@аррӏе-іd.com",  // nor a hyphen
+            "аррӏе.ѕсоре@example.com",
+            "admin@аррӏе.中国", // nor a top-level domain of another script
         ] {
             assert!(Email::parse("email", spoof).is_err(), "{spoof}");
         }
@@ -130,6 +145,7 @@ mod tests {
             "admin@срб.срб",
             "user@пример.бг",
             "сор@аррӏе.рф",
+            "сор@mail.ru",
             "ü@bücher.de",
             "用户@例子.中国",
             "δοκιμή@παράδειγμα.ελ",

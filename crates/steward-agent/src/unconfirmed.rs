@@ -42,7 +42,8 @@ fn bytes_of(output: &[OutputChunk]) -> usize {
 impl Unconfirmed {
     /// `chunk` of a run in progress was written to the current stream.
     pub(crate) fn output(&mut self, chunk: OutputChunk) {
-        if chunk.offset < SERVICE_OUTPUT_BOUND {
+        // `<=`: a piece starting at the bound is the one that tells the service output was cut.
+        if chunk.offset <= SERVICE_OUTPUT_BOUND {
             self.running.entry(chunk.run.clone()).or_default().push(chunk);
         }
     }
@@ -149,7 +150,7 @@ mod tests {
         let offsets: Vec<i64> = output_a.iter().map(|c| c.offset).collect();
         assert_eq!(offsets, [0, 10], "a's output, in order, with its end");
         // Past the service's bound, output is not kept.
-        unconfirmed.output(chunk("c", SERVICE_OUTPUT_BOUND, 10));
+        unconfirmed.output(chunk("c", SERVICE_OUTPUT_BOUND + 1, 10));
         assert!(unconfirmed.take_for_repeat().0.iter().all(|c| c.run != "c"));
         // Reported again (an assignment repeated), its output stays with it.
         unconfirmed.sent(finished("a"), output_a.clone(), 1);

@@ -24,11 +24,6 @@ use crate::entity::credential;
 use crate::mailer::Invite;
 use crate::state::{self, Shared, INVITE, RESET};
 
-/// The payload field holding when a message was queued: a message older than a link's lifetime
-/// is dropped, not delivered (its link would be past its time, and a spent link's row may be
-/// gone by then).
-const QUEUED_AT: &str = "queued_at";
-
 /// The mail outbox (separate from the audit outbox, so a mail outage never delays audit).
 pub const OUTBOX: Outbox = Outbox::new("auth_mail_outbox");
 /// Topic of an invite.
@@ -66,11 +61,8 @@ async fn enqueue<C: ConnectionTrait, T: Serialize>(
     mail: &T,
     now: DateTime<Utc>,
 ) -> ApiResult<()> {
-    let mut payload =
+    let payload =
         serde_json::to_value(mail).map_err(|e| ApiError::internal(format!("mail payload: {e}")))?;
-    if let Some(fields) = payload.as_object_mut() {
-        fields.insert(QUEUED_AT.into(), serde_json::json!(now));
-    }
     let key = steward_runtime::names::new_id();
     OUTBOX.enqueue(conn, topic, &key, &payload, now).await?;
     Ok(())
@@ -94,7 +86,12 @@ pub async fn queue_reset<C: ConnectionTrait>(
     enqueue(conn, RESET_TOPIC, mail, now).await
 }
 
-async fn send_invite(state: &Shared, mail: InviteMail, key: &str) -> ApiResult<()> {
+async fn send_invite(
+    state: &Shared,
+    mail: InviteMail,
+    key: &str,
+    queued: Option<DateTime<Utc>>,
+) -> ApiResult<()> {
     let now = state.now();
     let tx = state.begin_write().await?;
     let Some(current) = credential::Entity::find_by_id(mail.administrator.clone()).one(&tx).await?
@@ -102,6 +99,11 @@ async fn send_invite(state: &Shared, mail: InviteMail, key: &str) -> ApiResult<(
         tracing::info!(administrator = %mail.administrator, "invite dropped: administrator deleted");
         return Ok(());
     };
+    if queued.is_some_and(|queued| current.updated_at > queued) {
+        // A newer invite (ResendInvite) replaced this one and has a message of its own.
+        tracing::info!(administrator = %mail.administrator, "invite dropped: a newer invite replaced it");
+        return Ok(());
+    }
     if current.password_hash.is_some() {
         // Already active: an invite would let its link overwrite the password.
         tracing::info!(administrator = %mail.administrator, "invite dropped: already active");
@@ -166,11 +168,9 @@ pub fn deliver(state: Shared) -> Deliver {
     std::sync::Arc::new(move |message: OutboxMessage| {
         let state = state.clone();
         Box::pin(async move {
-            let queued: Option<DateTime<Utc>> = message
-                .payload
-                .get(QUEUED_AT)
-                .and_then(|at| serde_json::from_value(at.clone()).ok());
-            if let Some(queued) = queued {
+            // A message older than a link's lifetime is dropped, not delivered: its link would
+            // be past its time, and a spent link's row may be gone by then.
+            if let Some(queued) = message.created_at {
                 let stale = queued
                     .checked_add_signed(state.link_lifetime())
                     .is_some_and(|until| until < state.now());
@@ -181,7 +181,10 @@ pub fn deliver(state: Shared) -> Deliver {
             }
             let result = match message.topic.as_str() {
                 INVITE_TOPIC => match serde_json::from_value(message.payload) {
-                    Ok(mail) => send_invite(&state, mail, &message.idempotency_key).await,
+                    Ok(mail) => {
+                        send_invite(&state, mail, &message.idempotency_key, message.created_at)
+                            .await
+                    }
                     Err(e) => return Err(format!("bad payload: {e}")),
                 },
                 RESET_TOPIC => match serde_json::from_value(message.payload) {

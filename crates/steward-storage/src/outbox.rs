@@ -49,6 +49,8 @@ pub struct OutboxMessage {
     pub payload: serde_json::Value,
     /// Failed attempts so far.
     pub attempts: i32,
+    /// When it was queued (unset for a message that never went through the table).
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 /// Delivers one message; `Err` schedules a retry.
@@ -176,7 +178,10 @@ impl Outbox {
         now: DateTime<Utc>,
     ) -> Result<Vec<OutboxMessage>, DbErr> {
         let select = Query::select()
-            .columns(["id", "topic", "idempotency_key", "payload", "attempts"].map(Alias::new))
+            .columns(
+                ["id", "topic", "idempotency_key", "payload", "attempts", "created_at"]
+                    .map(Alias::new),
+            )
             .from(self.t())
             .and_where(Expr::col(Alias::new("next_attempt_at")).lte(now))
             .order_by(Alias::new("id"), Order::Asc)
@@ -193,6 +198,7 @@ impl Outbox {
                     payload: serde_json::from_str(&payload)
                         .map_err(|e| DbErr::Custom(e.to_string()))?,
                     attempts: row.try_get("", "attempts")?,
+                    created_at: Some(row.try_get("", "created_at")?),
                 })
             })
             .collect()
