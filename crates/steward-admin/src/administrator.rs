@@ -216,13 +216,13 @@ pub async fn list(
         .into_tuple()
         .one(&state.db)
         .await?;
-    let key = (org_id.clone(), req.filter.trim().to_string());
-    let total = match revision.and_then(|r| state.totals.get(&key, r)) {
+    let counted = (org_id.clone(), req.filter.trim().to_string());
+    let total = match revision.and_then(|r| state.totals.get(&counted, r)) {
         Some(total) => total,
         None => {
             let total = query.clone().count(&state.db).await?;
             if let Some(revision) = revision {
-                state.totals.put(key, revision, total);
+                state.totals.put(counted, revision, total);
             }
             total
         }

@@ -28,8 +28,6 @@ pub(crate) struct Unconfirmed {
     reports: VecDeque<Report>,
     /// Output sent of the runs in progress.
     running: HashMap<String, Vec<OutputChunk>>,
-    /// Bytes of output held in `reports`.
-    report_bytes: usize,
 }
 
 /// A run's end, the output sent before it, and how often it was repeated.
@@ -57,25 +55,22 @@ impl Unconfirmed {
         };
         if let Some(at) = self.reports.iter().position(|(f, _, _)| f.run == finished.run) {
             if let Some((_, earlier, _)) = self.reports.remove(at) {
-                self.report_bytes = self.report_bytes.saturating_sub(bytes_of(&earlier));
                 if output.is_empty() {
                     output = earlier;
                 }
             }
         }
         if self.reports.len() >= RECENT_RUNS {
-            if let Some((_, dropped, _)) = self.reports.pop_front() {
-                self.report_bytes = self.report_bytes.saturating_sub(bytes_of(&dropped));
-            }
+            self.reports.pop_front();
         }
-        self.report_bytes += bytes_of(&output);
         self.reports.push_back((finished, output, repeats));
         // Over the bound, the oldest reports go on without their output.
+        let mut held: usize = self.reports.iter().map(|(_, output, _)| bytes_of(output)).sum();
         for (_, output, _) in self.reports.iter_mut() {
-            if self.report_bytes <= KEPT_OUTPUT_BYTES {
+            if held <= KEPT_OUTPUT_BYTES {
                 break;
             }
-            self.report_bytes = self.report_bytes.saturating_sub(bytes_of(output));
+            held -= bytes_of(output);
             *output = Vec::new();
         }
     }
@@ -84,7 +79,6 @@ impl Unconfirmed {
     /// progress (still held), and the reports with their output (the list starts afresh with
     /// what the new stream carries).
     pub(crate) fn take_for_repeat(&mut self) -> (Vec<OutputChunk>, Vec<Report>) {
-        self.report_bytes = 0;
         let running = self.running.values().flatten().cloned().collect();
         let reports = std::mem::take(&mut self.reports)
             .into_iter()

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DerivePartialModel, EntityTrait, FromQueryResult,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 use steward_proto::commands::v1::{
     CancelRunRequest, CancelRunResponse, GetRunRequest, GetRunResponse, ListRunsRequest,
@@ -94,17 +94,22 @@ pub(crate) const LIST_RESULTS: usize = 5000;
 /// bound) always fits.
 pub(crate) const OUTPUT_BUDGET: usize = 2 * rules::MAX_OUTPUT_BYTES;
 
-/// Captured length of each `(system, stream)` of a run (of `system` only, if given): output an
-/// earlier version kept in the result row, then the append-only rows after it. Read from lengths
-/// alone (no output bytes). Also says whether any result row holds such earlier output.
-pub(crate) async fn output_lengths<C: ConnectionTrait>(
+/// Length of each `(system, stream)` of output.
+pub(crate) type Lengths = BTreeMap<(String, i32), usize>;
+
+fn length(n: Option<i64>) -> usize {
+    n.and_then(|n| usize::try_from(n).ok()).unwrap_or(0)
+}
+
+/// Output an earlier version kept in a run's result rows (of `system` only, if given), by
+/// length; streams without any are left out. Those columns are no longer written, so this does
+/// not change once read.
+pub(crate) async fn legacy_lengths<C: ConnectionTrait>(
     conn: &C,
     run_name: &str,
     system: Option<&str>,
-) -> ApiResult<(BTreeMap<(String, i32), usize>, bool)> {
-    let length = |n: Option<i64>| n.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
-    let mut lengths: BTreeMap<(String, i32), usize> = BTreeMap::new();
-    let legacy: Vec<(String, Option<i64>, Option<i64>)> = result::Entity::find()
+) -> ApiResult<Lengths> {
+    let rows: Vec<(String, Option<i64>, Option<i64>)> = result::Entity::find()
         .select_only()
         .column(result::Column::System)
         .column_as(Expr::cust("CAST(length(stdout) AS BIGINT)"), "stdout_length")
@@ -114,15 +119,26 @@ pub(crate) async fn output_lengths<C: ConnectionTrait>(
         .into_tuple()
         .all(conn)
         .await?;
-    let mut any_legacy = false;
-    for (system, stdout, stderr) in legacy {
+    let mut lengths = Lengths::new();
+    for (system, stdout, stderr) in rows {
         for (stream, n) in [(OutputStream::Stdout, stdout), (OutputStream::Stderr, stderr)] {
             if length(n) > 0 {
-                any_legacy = true;
                 lengths.insert((system.clone(), stream as i32), length(n));
             }
         }
     }
+    Ok(lengths)
+}
+
+/// Captured length of each `(system, stream)` of a run (of `system` only, if given): its
+/// `legacy` output, then the append-only rows after it, up to the bound. Read from lengths alone
+/// (no output bytes).
+pub(crate) async fn output_lengths<C: ConnectionTrait>(
+    conn: &C,
+    run_name: &str,
+    system: Option<&str>,
+    legacy: &Lengths,
+) -> ApiResult<Lengths> {
     let stored: Vec<(String, i32, Option<i64>)> = output::Entity::find()
         .select_only()
         .column(output::Column::System)
@@ -135,11 +151,12 @@ pub(crate) async fn output_lengths<C: ConnectionTrait>(
         .into_tuple()
         .all(conn)
         .await?;
+    let mut lengths = legacy.clone();
     for (system, stream, end) in stored {
         let entry = lengths.entry((system, stream)).or_insert(0);
         *entry = (*entry).max(length(end)).min(rules::MAX_OUTPUT_BYTES);
     }
-    Ok((lengths, any_legacy))
+    Ok(lengths)
 }
 
 /// A run as returned by the API, with the output `output` asks for.
@@ -160,14 +177,16 @@ pub(crate) async fn run_proto<C: ConnectionTrait>(
         .into_iter()
         .map(summary_proto)
         .collect();
-    if matches!(output, Output::None) {
-        return Ok(run_shell(m, results));
-    }
     let only = match output {
+        Output::None => return Ok(run_shell(m, results)),
+        Output::Of(system) if !results.iter().any(|r| r.system == system) => {
+            return Err(ApiError::invalid("output_system", "is not one of the run's systems"));
+        }
         Output::Of(system) => Some(system),
-        _ => None,
+        Output::Budget => None,
     };
-    let (lengths, any_legacy) = output_lengths(conn, &m.name, only).await?;
+    let legacy = legacy_lengths(conn, &m.name, only).await?;
+    let lengths = output_lengths(conn, &m.name, only, &legacy).await?;
     let length = |system: &str, stream: i32| -> usize {
         lengths.get(&(system.to_string(), stream)).copied().unwrap_or(0)
     };
@@ -201,7 +220,7 @@ pub(crate) async fn run_proto<C: ConnectionTrait>(
     }
     let systems: Vec<String> = chosen.keys().cloned().collect();
     // Output an earlier version kept in the result row comes first.
-    let legacy: Vec<(String, Vec<u8>, Vec<u8>)> = if !any_legacy {
+    let legacy: Vec<(String, Vec<u8>, Vec<u8>)> = if legacy.is_empty() {
         Vec::new()
     } else {
         result::Entity::find()
@@ -486,14 +505,6 @@ pub(crate) async fn get(
         Output::Budget
     } else {
         SystemName::parse("output_system", &req.output_system)?;
-        let targeted = result::Entity::find()
-            .filter(result::Column::Run.eq(&run.name))
-            .filter(result::Column::System.eq(&req.output_system))
-            .count(&state.db)
-            .await?;
-        if targeted == 0 {
-            return Err(ApiError::invalid("output_system", "is not one of the run's systems"));
-        }
         Output::Of(&req.output_system)
     };
     Ok(GetRunResponse { run: Some(run_proto(&state.db, run, output).await?) })

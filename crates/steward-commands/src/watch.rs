@@ -16,7 +16,7 @@ use tonic::Status;
 
 use crate::entity::{output, result, run};
 use crate::rules;
-use crate::run::{output_lengths, run_proto, visible_run, Output};
+use crate::run::{legacy_lengths, output_lengths, run_proto, visible_run, Lengths, Output};
 use crate::{caller, State};
 use steward_runtime::roles::Permission;
 
@@ -40,7 +40,7 @@ pub(crate) async fn watch(
     tokio::spawn(async move {
         // Held for the stream's life: the watcher counts go back when it ends.
         let _slot = slot;
-        let mut watch = Watch { name, sent: HashMap::new(), last: None };
+        let mut watch = Watch { name, sent: HashMap::new(), last: None, legacy: None };
         let mut first = true;
         let mut last_check = tokio::time::Instant::now();
         loop {
@@ -93,6 +93,9 @@ struct Watch {
     /// Bytes sent per (system, stream).
     sent: HashMap<(String, i32), usize>,
     last: Option<Run>,
+    /// Output an earlier version kept in the result rows, read on the first step (it never
+    /// changes).
+    legacy: Option<Lengths>,
 }
 
 impl Watch {
@@ -119,14 +122,21 @@ impl Watch {
             return Ok(true);
         }
         // One stream at a time: at most one stream's output (its 1 MiB bound) is held at once.
-        let (lengths, any_legacy) = output_lengths(db, &self.name, None).await?;
+        // Taken for the step and put back after the output (any other end of the step ends
+        // the watch).
+        let legacy = match self.legacy.take() {
+            Some(legacy) => legacy,
+            None => legacy_lengths(db, &self.name, None).await?,
+        };
+        let lengths = output_lengths(db, &self.name, None, &legacy).await?;
+        let has_legacy = |key: &(String, i32)| legacy.contains_key(key);
         for ((system, stream), end) in lengths {
             let sent = self.sent.get(&(system.clone(), stream)).copied().unwrap_or(0);
             if end <= sent {
                 continue;
             }
             let mut pieces: Vec<(i64, Vec<u8>)> = Vec::new();
-            if sent == 0 && any_legacy {
+            if sent == 0 && has_legacy(&(system.clone(), stream)) {
                 // Output an earlier version kept in the result row, then the rows after it.
                 let legacy: Option<Vec<u8>> = result::Entity::find()
                     .select_only()
@@ -171,6 +181,7 @@ impl Watch {
                 }
             }
         }
+        self.legacy = Some(legacy);
         let changed = self.last.as_ref() != Some(&snapshot);
         if ((!first && changed) || (first && terminal))
             && send(watch_run_response::Event::Run(snapshot.clone())).await
