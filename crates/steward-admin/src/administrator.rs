@@ -177,7 +177,7 @@ pub async fn get(
 ) -> ApiResult<GetAdministratorResponse> {
     p.check_organization(&req.name)?;
     let (org_id, admin_id) = parse_admin("name", &req.name)?;
-    caller_row(&state.db, p, Need::Permission(Permission::AdministratorsRead)).await?;
+    caller_may_read(state, p, Need::Permission(Permission::AdministratorsRead)).await?;
     let row = administrator(&state.db, &org_id, &admin_id).await?;
     Ok(GetAdministratorResponse { administrator: Some(admin_to_proto(&row)) })
 }
@@ -191,7 +191,7 @@ pub async fn list(
 ) -> ApiResult<ListAdministratorsResponse> {
     p.check_organization(&req.parent)?;
     let org_id = parse_org("parent", &req.parent)?;
-    caller_row(&state.db, p, Need::Permission(Permission::AdministratorsRead)).await?;
+    caller_may_read(state, p, Need::Permission(Permission::AdministratorsRead)).await?;
     let terms = admin_filter(&req.filter)?;
     let (order, desc) = admin_order(&req.order_by)?;
     let size = names::page_size(req.page_size)?;
@@ -351,7 +351,7 @@ pub async fn update(
     let reason = format!("changed {}", changed.join(", "));
     audit.allowed(&txn, &input.name, &reason, now).await?;
     txn.commit().await?;
-    deliver_now(&state.peers, urgent).await;
+    tokio::join!(state.wait_out_leases(), deliver_now(&state.peers, urgent));
     tracing::info!(administrator = %input.name, fields = %changed.join(","), "administrator updated");
     Ok(UpdateAdministratorResponse { administrator: Some(admin_to_proto(&saved)) })
 }
@@ -425,7 +425,7 @@ pub async fn batch_delete(
         audit.allowed(&txn, name, "deleted", now).await?;
     }
     txn.commit().await?;
-    deliver_now(&state.peers, urgent).await;
+    tokio::join!(state.wait_out_leases(), deliver_now(&state.peers, urgent));
     tracing::info!(organization = %req.parent, count = wanted.len(), "administrators deleted");
     Ok(answer)
 }
@@ -618,6 +618,7 @@ pub async fn activate(
         .allowed(&txn, &req.name, "invite accepted", now)
         .await?;
     txn.commit().await?;
+    state.wait_out_leases().await;
     tracing::info!(administrator = %req.name, "administrator activated");
     Ok(ActivateAdministratorResponse { administrator: Some(admin_to_proto(&saved)) })
 }

@@ -34,7 +34,7 @@ pub async fn list(
 ) -> ApiResult<ListAuditEventsResponse> {
     p.check_organization(&req.parent)?;
     let org_id = parse_org("parent", &req.parent)?;
-    caller_row(&state.db, p, Need::Permission(Permission::AuditRead)).await?;
+    caller_may_read(state, p, Need::Permission(Permission::AuditRead)).await?;
     let terms = audit_filter(&req.filter)?;
     let size = names::page_size(req.page_size)?;
     let digest = query_digest(&[&req.parent, req.filter.trim()]);

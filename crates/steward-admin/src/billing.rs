@@ -60,7 +60,7 @@ pub async fn get(
 ) -> ApiResult<GetPaymentCardResponse> {
     p.check_organization(&req.name)?;
     let org_id = parse_card_name("name", &req.name)?;
-    caller_row(&state.db, p, Need::Permission(Permission::BillingRead)).await?;
+    caller_may_read(state, p, Need::Permission(Permission::BillingRead)).await?;
     let row = payment_card::Entity::find_by_id(org_id)
         .one(&state.db)
         .await?

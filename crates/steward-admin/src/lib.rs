@@ -147,6 +147,8 @@ pub async fn start(
         invite_ttl,
         peers: ctx.peers.clone(),
         totals: state::Totals::default(),
+        callers: steward_runtime::lease::Leases::new(ctx.config.internal.caller_lease()),
+        caller_lease: ctx.config.internal.caller_lease(),
     });
     let max = ctx.config.server.max_message_bytes;
     routes.add_service(

@@ -155,7 +155,7 @@ pub async fn get(
         Caller::Service => {}
         Caller::Administrator(p) => {
             p.check_organization(&req.name)?;
-            caller_row(&state.db, p, Need::AnyRole).await?;
+            caller_may_read(state, p, Need::AnyRole).await?;
         }
         Caller::Anonymous => {
             return Err(ApiError::Unauthenticated("an access token is required".into()))

@@ -26,7 +26,7 @@ use steward_runtime::{roles, ApiError, ApiResult};
 
 use crate::audit::Auditor;
 use crate::entity::{administrator, role, service_account};
-use crate::state::{caller_row, etag, lock_org, may_hand_out, timestamp, State};
+use crate::state::{caller_may_read, caller_row, etag, lock_org, may_hand_out, timestamp, State};
 
 /// The permission catalog, in declaration order, each with the RPCs that need it
 /// (ListPermissions).
@@ -35,7 +35,7 @@ pub async fn list_permissions(
     principal: &Principal,
     _req: ListPermissionsRequest,
 ) -> ApiResult<ListPermissionsResponse> {
-    caller_row(&state.db, principal, Need::AnyRole).await?;
+    caller_may_read(state, principal, Need::AnyRole).await?;
     Ok(ListPermissionsResponse { permissions: catalog() })
 }
 
@@ -57,7 +57,7 @@ pub async fn list_roles(
     principal: &Principal,
     _req: ListRolesRequest,
 ) -> ApiResult<ListRolesResponse> {
-    caller_row(&state.db, principal, Need::AnyRole).await?;
+    caller_may_read(state, principal, Need::AnyRole).await?;
     let org_id = OrganizationName::parse("caller", &principal.organization)?.id().to_string();
     let own = role::Entity::find()
         .filter(role::Column::OrganizationId.eq(org_id))
@@ -79,11 +79,11 @@ pub async fn get_role(
         // An organization's own role: scoped like any resource.
         let name = RoleName::parse("name", &req.name)?;
         principal.check_organization(name.as_str())?;
-        caller_row(&state.db, principal, Need::AnyRole).await?;
+        caller_may_read(state, principal, Need::AnyRole).await?;
         let row = find(&state.db, &name).await?;
         return Ok(GetRoleResponse { role: Some(custom_definition(&row)) });
     }
-    caller_row(&state.db, principal, Need::AnyRole).await?;
+    caller_may_read(state, principal, Need::AnyRole).await?;
     let role = roles::BUILT_IN.iter().find(|r| r.name == req.name).ok_or_else(|| {
         if req.name.starts_with("roles/") {
             ApiError::NotFound(req.name.clone())
@@ -313,6 +313,7 @@ pub async fn update(
     let saved = active.update(&txn).await?;
     audit.allowed(&txn, name.as_str(), &format!("now holds {}", next.permissions), now).await?;
     txn.commit().await?;
+    state.wait_out_leases().await;
     tracing::info!(role = %name, "role updated");
     Ok(UpdateRoleResponse { role: Some(custom_definition(&saved)) })
 }
@@ -370,6 +371,7 @@ pub async fn delete(
     role::Entity::delete_by_id(name.to_string()).exec(&txn).await?;
     audit.allowed(&txn, name.as_str(), "deleted", now).await?;
     txn.commit().await?;
+    state.wait_out_leases().await;
     tracing::info!(role = %name, "role deleted");
     Ok(DeleteRoleResponse {})
 }

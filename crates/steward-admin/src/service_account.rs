@@ -236,7 +236,7 @@ pub async fn get(
 ) -> ApiResult<GetServiceAccountResponse> {
     let name = ServiceAccountName::parse("name", &req.name)?;
     p.check_organization(name.as_str())?;
-    caller_row(&state.db, p, Need::Permission(Permission::ServiceAccountsRead)).await?;
+    caller_may_read(state, p, Need::Permission(Permission::ServiceAccountsRead)).await?;
     Ok(GetServiceAccountResponse {
         service_account: Some(to_proto(&find(&state.db, &name).await?)),
     })
@@ -250,7 +250,7 @@ pub async fn list(
 ) -> ApiResult<ListServiceAccountsResponse> {
     p.check_organization(&req.parent)?;
     let org_id = parse_org("parent", &req.parent)?;
-    caller_row(&state.db, p, Need::Permission(Permission::ServiceAccountsRead)).await?;
+    caller_may_read(state, p, Need::Permission(Permission::ServiceAccountsRead)).await?;
     let rows = account::Entity::find()
         .filter(account::Column::OrganizationId.eq(org_id))
         .order_by_asc(account::Column::CreatedAt)
@@ -282,6 +282,7 @@ pub async fn delete(
     account::Entity::delete_by_id(name.to_string()).exec(&txn).await?;
     audit.allowed(&txn, name.as_str(), "deleted", now).await?;
     txn.commit().await?;
+    state.wait_out_leases().await;
     tracing::info!(service_account = %name, "service account deleted");
     Ok(DeleteServiceAccountResponse {})
 }
@@ -362,7 +363,7 @@ pub async fn list_keys(
 ) -> ApiResult<ListServiceAccountKeysResponse> {
     let parent = ServiceAccountName::parse("parent", &req.parent)?;
     p.check_organization(parent.as_str())?;
-    caller_row(&state.db, p, Need::Permission(Permission::ServiceAccountsRead)).await?;
+    caller_may_read(state, p, Need::Permission(Permission::ServiceAccountsRead)).await?;
     find(&state.db, &parent).await?;
     let rows = key::Entity::find()
         .filter(key::Column::ServiceAccount.eq(parent.as_str()))
@@ -396,6 +397,7 @@ pub async fn delete_key(
     }
     audit.allowed(&txn, name.as_str(), "key deleted", now).await?;
     txn.commit().await?;
+    state.wait_out_leases().await;
     tracing::info!(key = %name, "service account key deleted");
     Ok(DeleteServiceAccountKeyResponse {})
 }

@@ -3,6 +3,7 @@
 //! API messages.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
@@ -14,6 +15,7 @@ use sha2::{Digest, Sha256};
 use steward_proto::admin::v1::{administrator as proto_admin, Administrator, Organization};
 use steward_runtime::authn::Principal;
 use steward_runtime::claims::Role;
+use steward_runtime::lease::Leases;
 use steward_runtime::names::{AdministratorName, OrganizationName, RoleName};
 use steward_runtime::roles::{self, Permissions};
 use steward_runtime::service::{Clock, Peers};
@@ -35,6 +37,13 @@ pub struct State {
     /// `ListAdministrators` totals by organization and filter, each with the organization
     /// revision it was counted at ([`Totals`]).
     pub totals: Totals,
+    /// What each caller (by name and API key) holds, reused by reads for the caller lease
+    /// ([`caller_may_read`]).
+    pub callers: Leases<(String, String), Permissions>,
+    /// `internal.caller_lease_ms`: how long [`Self::callers`] (and the command service's like
+    /// memory) reuse an answer, and so how long every write that changes a caller waits after
+    /// its commit ([`State::wait_out_leases`]).
+    pub caller_lease: std::time::Duration,
 }
 
 /// Counts of an organization's administrators matching a filter, remembered with the
@@ -79,6 +88,15 @@ impl State {
     /// Opens a transaction that writes ([`steward_storage::begin_write`]).
     pub async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
         steward_storage::begin_write(&self.db, "admin_organizations").await
+    }
+
+    /// Called after the commit of every write that changes what a caller holds (an
+    /// administrator's role, billing flag or state, an account or API key deleted, a role's
+    /// permissions), before it answers: waits until no replica of any service can still hold a
+    /// caller lease read before that commit ([`steward_runtime::lease`]). So once the write has
+    /// returned, the next call anywhere acts on it.
+    pub async fn wait_out_leases(&self) {
+        steward_runtime::lease::wait_out(self.caller_lease).await;
     }
 }
 
@@ -401,6 +419,27 @@ pub async fn caller_row<C: ConnectionTrait>(
     match need.refusal(&caller.role.with_billing(caller.billing)) {
         Some(refusal) => Err(refusal),
         None => Ok(caller),
+    }
+}
+
+/// [`caller_row`] for reads outside a transaction, which need only the caller's permission:
+/// what the caller holds is reused for the caller lease (`internal.caller_lease_ms`), never
+/// past a write that changed it ([`State::wait_out_leases`]). Refusals are not kept.
+pub async fn caller_may_read(state: &State, principal: &Principal, need: Need) -> ApiResult<()> {
+    let key = (principal.administrator.clone(), principal.client_id.clone());
+    let held = match state.callers.get(&key) {
+        Some(held) => held,
+        None => {
+            let started = Instant::now();
+            let caller = caller_row(&state.db, principal, Need::AnyRole).await?;
+            let held = caller.role.with_billing(caller.billing);
+            state.callers.put(key, started, held);
+            held
+        }
+    };
+    match need.refusal(&held) {
+        Some(refusal) => Err(refusal),
+        None => Ok(()),
     }
 }
 

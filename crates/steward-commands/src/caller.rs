@@ -2,6 +2,8 @@
 //! every call (mutations, RunCommand, reads, access checks) asks the admin service for the
 //! caller's current role instead of trusting the one in the token.
 
+use std::time::Instant;
+
 use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
 use steward_proto::admin::v1::administrator::State as AdminState;
 use steward_proto::admin::v1::{LookupAdministratorRequest, LookupServiceAccountRequest};
@@ -13,7 +15,8 @@ use steward_runtime::{ApiError, ApiResult};
 
 use crate::{audit, State};
 
-/// An administrator as the admin service knows it now.
+/// An administrator (or service account) as the admin service knows it now.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Current {
     pub role: Role,
     pub active: bool,
@@ -22,8 +25,24 @@ pub(crate) struct Current {
 }
 
 /// Looks `administrator` up through `AdminInternalService.LookupAdministrator`; `None` when it
-/// does not exist (or has been deleted).
+/// does not exist (or has been deleted). An answer is reused for the caller lease
+/// ([`steward_runtime::lease`]; the admin service waits it out after every write that changes
+/// it), so a caller making many calls costs one lookup per lease, never a stale answer.
 pub(crate) async fn lookup(state: &State, administrator: &str) -> ApiResult<Option<Current>> {
+    let key = (administrator.to_string(), String::new());
+    if let Some(found) = state.callers.get(&key) {
+        return Ok(Some(found));
+    }
+    let started = Instant::now();
+    let found = lookup_now(state, administrator).await?;
+    if let Some(found) = &found {
+        state.callers.put(key, started, *found);
+    }
+    Ok(found)
+}
+
+/// [`lookup`] without the lease.
+async fn lookup_now(state: &State, administrator: &str) -> ApiResult<Option<Current>> {
     let mut client = AdminInternalServiceClient::new(state.peers.internal(&state.peers.admin));
     let (found, role_permissions) = match client
         .lookup_administrator(LookupAdministratorRequest { name: administrator.to_string() })
@@ -138,6 +157,24 @@ pub(crate) fn everywhere(p: &Principal, permission: Permission) -> bool {
 /// the account does not exist, or `key` is given and no longer exists. Access checks about an
 /// account give no key; a caller's re-check gives its token's.
 pub(crate) async fn lookup_account_role(
+    state: &State,
+    account: &ServiceAccountName,
+    key: &str,
+) -> ApiResult<Option<(Role, Permissions)>> {
+    let lease_key = (account.to_string(), key.to_string());
+    if let Some(found) = state.callers.get(&lease_key) {
+        return Ok(Some((found.role, found.permissions)));
+    }
+    let started = Instant::now();
+    let found = lookup_account_now(state, account, key).await?;
+    if let Some((role, permissions)) = found {
+        state.callers.put(lease_key, started, Current { role, active: true, permissions });
+    }
+    Ok(found)
+}
+
+/// [`lookup_account_role`] without the lease.
+async fn lookup_account_now(
     state: &State,
     account: &ServiceAccountName,
     key: &str,

@@ -11,7 +11,7 @@
 //!
 //! # Decisions
 //!
-//! - **No authorization cache.** Every check (GetCommand, ListCommands, CheckAccess, RunCommand)
+//! - **No grant cache.** Every check (GetCommand, ListCommands, CheckAccess, RunCommand)
 //!   reads the grants from the database on the call itself, so a grant is never honoured once
 //!   DeleteGrant has returned, on any replica. RunCommand re-reads the grant inside the
 //!   transaction that records the run, with a shared row lock on PostgreSQL, so a revoke racing
@@ -19,7 +19,9 @@
 //! - **The caller now.** A token outlives a demotion or deletion by its lifetime, so every call
 //!   (mutations, RunCommand, reads and access checks) looks the caller up first, through
 //!   `AdminInternalService.LookupAdministrator` (or `LookupServiceAccount`, with the key its
-//!   token came from), and acts on what both the token and the account hold now: a deleted (or
+//!   token came from), reused for the caller lease (`internal.caller_lease_ms`, which the
+//!   admin service waits out after every write that changes a caller; [`steward_runtime::lease`]),
+//!   and acts on what both the token and the account hold now: a deleted (or
 //!   deactivated) caller is `PERMISSION_DENIED` `CALLER_DELETED`, a demoted one is refused what
 //!   its role no longer holds and held to its grants when it runs. Refused mutations are
 //!   audited.
@@ -156,6 +158,9 @@ pub(crate) struct State {
     /// `server.max_connection_age_secs`: an idle agent stream older than this (less up to 10%,
     /// drawn per stream) is ended so the agent reconnects, on a fresh connection.
     pub agent_stream_max_age: Option<std::time::Duration>,
+    /// Callers' (and principals') current roles, reused for `internal.caller_lease_ms`
+    /// ([`steward_runtime::lease`]), by name and API key.
+    pub callers: Arc<steward_runtime::lease::Leases<(String, String), caller::Current>>,
 }
 
 impl State {
@@ -192,6 +197,7 @@ pub async fn start(
         streams: ctx.config.streams.clone(),
         agent_stream_max_age: (ctx.config.server.max_connection_age_secs > 0)
             .then(|| std::time::Duration::from_secs(ctx.config.server.max_connection_age_secs)),
+        callers: Arc::new(steward_runtime::lease::Leases::new(ctx.config.internal.caller_lease())),
     };
     let max = ctx.config.server.max_message_bytes;
     routes.add_service(

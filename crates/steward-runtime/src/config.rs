@@ -379,6 +379,19 @@ pub struct InternalConfig {
     pub client_cert_file: Option<PathBuf>,
     /// Private key (PEM) of `client_cert_file`.
     pub client_key_file: Option<PathBuf>,
+    /// How long (milliseconds, at most 1,000) a service reuses its re-check of a caller
+    /// ([`crate::lease`]); every write that changes what a caller holds waits as long after its
+    /// commit before it answers, so no replica acts on a revoked role once that write has
+    /// returned. Every replica of every service must use the same value. 0 re-reads on every
+    /// call and waits nothing.
+    pub caller_lease_ms: u64,
+}
+
+impl InternalConfig {
+    /// [`Self::caller_lease_ms`] as a duration, capped at [`crate::lease::MAX_LEASE`].
+    pub fn caller_lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.caller_lease_ms).min(crate::lease::MAX_LEASE)
+    }
 }
 
 impl Default for InternalConfig {
@@ -391,6 +404,7 @@ impl Default for InternalConfig {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            caller_lease_ms: 100,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod jwks;
+pub mod lease;
 pub mod metrics;
 pub mod names;
 pub mod peer;

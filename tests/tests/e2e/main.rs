@@ -64,6 +64,7 @@ mod faults;
 mod foundation;
 mod health;
 mod hostile;
+mod leases;
 mod operations;
 mod races;
 mod roles;

@@ -1,0 +1,122 @@
+//! Short leases on the caller re-check, never stale across replicas.
+//!
+//! Every call re-checks its caller against the data (a token outlives a demotion or deletion by
+//! its lifetime). A service answering thousands of calls a second from one caller may reuse
+//! that answer for a short *lease* (`internal.caller_lease_ms`) instead of reading it again, on
+//! one condition that keeps it never stale: every write that changes what a caller holds
+//! (role, billing, state, the account or key existing, a role's permissions) returns only once
+//! a lease has passed since its commit ([`Leases::wait_out`]).
+//!
+//! A lease runs from the moment its read *started*, before the database could have shown it
+//! anything. A read that saw the state before a commit started before that commit, so its lease
+//! ends before the writer's wait does: once the write has returned, no replica holds a lease on
+//! what it changed, and the next call anywhere reads again. This is commit-wait, as in Spanner's
+//! TrueTime, with each process's monotonic clock: it assumes only that clocks of the replicas
+//! advance at the same rate within a margin ([`MARGIN`]), not that they agree.
+//!
+//! Only positive answers are kept: an account that is missing is read again on each call, so
+//! creating one needs no wait.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Added to every writer's wait: tolerance for the rate of the replicas' monotonic clocks and
+/// for the time between a lease's start and the read it guards.
+pub const MARGIN: Duration = Duration::from_millis(5);
+
+/// Longest lease accepted from the configuration.
+pub const MAX_LEASE: Duration = Duration::from_secs(1);
+
+/// Most entries held; past it expired entries are dropped, then all if none had expired.
+const MAX_ENTRIES: usize = 16_384;
+
+/// Answers kept for their lease, by key (e.g. the caller's name and API key).
+#[derive(Debug)]
+pub struct Leases<K, V> {
+    lease: Duration,
+    entries: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: Eq + Hash, V: Clone> Leases<K, V> {
+    /// Leases of `lease` (at most [`MAX_LEASE`]); zero keeps nothing.
+    pub fn new(lease: Duration) -> Self {
+        Self { lease: lease.min(MAX_LEASE), entries: Mutex::new(HashMap::new()) }
+    }
+
+    /// The answer for `key`, while its lease lasts.
+    pub fn get(&self, key: &K) -> Option<V> {
+        if self.lease.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let (until, value) = entries.get(key)?;
+        (Instant::now() < *until).then(|| value.clone())
+    }
+
+    /// Remembers `value` for `key`, read by a read that started at `started` (taken with
+    /// `Instant::now()` before the read was sent).
+    pub fn put(&self, key: K, started: Instant, value: V) {
+        if self.lease.is_zero() {
+            return;
+        }
+        let until = started + self.lease;
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_ENTRIES {
+            let now = Instant::now();
+            entries.retain(|_, (until, _)| *until > now);
+            if entries.len() >= MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (until, value));
+    }
+}
+
+/// Waits out every lease of `lease` that a read started before now may hold: called by a
+/// writer after its commit, before it answers. Zero waits nothing.
+// Wall-clock (monotonic) timer on purpose: leases are measured in each process's real time,
+// whatever the injected clock says.
+#[allow(clippy::disallowed_methods)]
+pub async fn wait_out(lease: Duration) {
+    if !lease.is_zero() {
+        tokio::time::sleep(lease.min(MAX_LEASE) + MARGIN).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_runs_from_the_start_of_its_read() {
+        let leases = Leases::new(Duration::from_millis(200));
+        let long_ago = Instant::now() - Duration::from_millis(300);
+        leases.put("stale", long_ago, 1);
+        assert_eq!(leases.get(&"stale"), None, "a lease counts from the read's start");
+        leases.put("fresh", Instant::now(), 2);
+        assert_eq!(leases.get(&"fresh"), Some(2));
+        assert_eq!(leases.get(&"unknown"), None);
+    }
+
+    #[test]
+    fn zero_keeps_nothing() {
+        let leases = Leases::new(Duration::ZERO);
+        leases.put("k", Instant::now(), 1);
+        assert_eq!(leases.get(&"k"), None);
+    }
+
+    #[test]
+    fn a_full_map_drops_expired_entries_first() {
+        let leases = Leases::new(Duration::from_millis(500));
+        let expired = Instant::now() - Duration::from_secs(1);
+        for i in 0..MAX_ENTRIES {
+            leases.put(i, expired, i);
+        }
+        leases.put(MAX_ENTRIES, Instant::now(), 7);
+        assert_eq!(leases.get(&MAX_ENTRIES), Some(7));
+        let held = leases.entries.lock().unwrap().len();
+        assert_eq!(held, 1, "expired entries are dropped before live ones");
+    }
+}

@@ -1,0 +1,187 @@
+//! Caller leases: a service reuses its re-check of a caller for `internal.caller_lease_ms`, and
+//! every write that changes what a caller holds waits the lease out before it answers. So a
+//! revocation that has returned is honoured by every replica on the next call, even while the
+//! caller keeps that replica's lease warm with calls of its own, and a caller calling again
+//! within its lease costs the services no re-check.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use steward_proto::admin::v1::{
+    Administrator, BatchDeleteAdministratorsRequest, DeleteServiceAccountKeyRequest,
+    GetAdministratorRequest, Role, RoleDefinition, UpdateAdministratorRequest, UpdateRoleRequest,
+};
+use steward_proto::client::Steward;
+use steward_proto::commands::v1::CheckAccessRequest;
+use steward_server::ServiceKind;
+use tonic::{Code, Status};
+
+use crate::custom_roles::create_role;
+use crate::harness::{reason, Owner};
+use crate::service_accounts::{create_account, create_key};
+
+async fn get_owner(client: &Steward, owner: &Owner) -> Result<(), Status> {
+    get_administrator(client, &owner.admin).await
+}
+
+async fn get_administrator(client: &Steward, name: &str) -> Result<(), Status> {
+    let request = GetAdministratorRequest { name: name.to_string() };
+    client.admin().get_administrator(request).await.map(|_| ())
+}
+
+async fn check_access(client: &Steward) -> Result<(), Status> {
+    let request = CheckAccessRequest { permission: "commands.read".into(), ..Default::default() };
+    client.commands().check_access(request).await.map(|_| ())
+}
+
+/// Calls GetAdministrator and CheckAccess as `client` in a loop until dropped, so the replica
+/// always holds a lease on the caller read moments ago, the likeliest to be stale.
+struct Warm(Arc<AtomicBool>);
+
+impl Warm {
+    fn start(client: Steward, owner: &Owner) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let name = owner.admin.clone();
+        let flag = stop.clone();
+        tokio::spawn(async move {
+            while !flag.load(Ordering::Relaxed) {
+                let _ = get_administrator(&client, &name).await;
+                let _ = check_access(&client).await;
+            }
+        });
+        Self(stop)
+    }
+}
+
+impl Drop for Warm {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Notes in `stale` unless `result` is `PERMISSION_DENIED` for `why` (every step is checked,
+/// so a failure lists each write that did not wait).
+fn refused(stale: &mut Vec<String>, result: Result<(), Status>, why: &str, what: &str) {
+    match result {
+        Err(status) if status.code() == Code::PermissionDenied && reason(&status) == why => {}
+        other => stale.push(format!("{what}: expected {why}, got {other:?}")),
+    }
+}
+
+// A person demoted, then deleted, and a machine whose role is narrowed, then whose key is
+// deleted, each on the primary while a replica is kept warm with the caller's own calls: the
+// replica refuses the very next call after each write returns, in the admin service (its own
+// lease) and in the command service (its lease on the admin service's answer).
+backend_test!(a_revocation_that_returned_is_honoured_by_a_warm_replica, |stack| async move {
+    let mut stack = stack;
+    let owner = stack.owner().await;
+    let replica = stack.add_replica().await;
+    let mut stale = Vec::new();
+
+    let person = stack.member(&owner, Role::HelpDesk, false).await;
+    let at_replica =
+        stack.client_at(&replica).await.with_token(&person.tokens.access_token).unwrap();
+    get_owner(&at_replica, &owner).await.unwrap();
+    check_access(&at_replica).await.unwrap();
+    {
+        let _warm = Warm::start(at_replica.clone(), &owner);
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let demote = UpdateAdministratorRequest {
+            administrator: Some(Administrator {
+                name: person.name.clone(),
+                role: Role::CommandRunner as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["role".into()] }),
+        };
+        owner.client.admin().update_administrator(demote).await.unwrap();
+        refused(
+            &mut stale,
+            get_owner(&at_replica, &owner).await,
+            "ROLE_REQUIRED",
+            "demoted, admin",
+        );
+        // A Command Runner still checks its own access.
+        check_access(&at_replica).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let delete = BatchDeleteAdministratorsRequest {
+            parent: owner.org.clone(),
+            names: vec![person.name.clone()],
+            validate_only: false,
+        };
+        owner.client.admin().batch_delete_administrators(delete).await.unwrap();
+        refused(&mut stale, check_access(&at_replica).await, "CALLER_DELETED", "deleted, commands");
+        refused(
+            &mut stale,
+            get_owner(&at_replica, &owner).await,
+            "CALLER_DELETED",
+            "deleted, admin",
+        );
+    }
+
+    let role = create_role(
+        &owner.client,
+        &owner.org,
+        "reader",
+        &["administrators.read", "access.check", "commands.read"],
+    )
+    .await
+    .unwrap();
+    let account = create_account(&owner.client, &owner.org, &role.name, false).await.unwrap();
+    let (key, secret) = create_key(&stack, &owner.client, &account.name, 30).await.unwrap();
+    let machine = stack.client_at(&replica).await;
+    machine.sign_in_with_api_key(&secret).await.unwrap();
+    get_owner(&machine, &owner).await.unwrap();
+    check_access(&machine).await.unwrap();
+    {
+        let _warm = Warm::start(machine.clone(), &owner);
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let narrow = UpdateRoleRequest {
+            role: Some(RoleDefinition {
+                name: role.name.clone(),
+                etag: role.etag.clone(),
+                permissions: vec!["access.check".into(), "commands.read".into()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["permissions".into()] }),
+        };
+        owner.client.roles().update_role(narrow).await.unwrap();
+        refused(&mut stale, get_owner(&machine, &owner).await, "ROLE_REQUIRED", "narrowed, admin");
+        check_access(&machine).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let revoke = DeleteServiceAccountKeyRequest { name: key.name.clone() };
+        owner.client.service_accounts().delete_service_account_key(revoke).await.unwrap();
+        refused(
+            &mut stale,
+            check_access(&machine).await,
+            "CALLER_DELETED",
+            "key deleted, commands",
+        );
+    }
+    assert!(stale.is_empty(), "answered from a lease past the write that revoked it: {stale:#?}");
+});
+
+// Within its lease a caller's calls cost no re-check: twenty GetAdministrator calls in a row
+// run fewer statements than twenty re-checks and twenty reads would, and twenty CheckAccess
+// calls make the admin service read far fewer than twenty times (both fail with
+// `internal.caller_lease_ms = 0`, which re-checks every call).
+backend_test!(calls_within_a_lease_skip_the_re_check, |stack| async move {
+    let owner = stack.owner().await;
+    get_owner(&owner.client, &owner).await.unwrap();
+    let before = stack.statements(ServiceKind::Admin);
+    for _ in 0..20 {
+        get_owner(&owner.client, &owner).await.unwrap();
+    }
+    let ran = stack.statements(ServiceKind::Admin) - before;
+    // 20 reads of the administrator, plus a re-check each time a lease ends (every 100 ms),
+    // plus whatever background work ran meanwhile.
+    assert!(ran < 35, "{ran} statements for 20 calls: the lease is not reused");
+    // The command service asks the admin service once per lease, not once per call.
+    check_access(&owner.client).await.unwrap();
+    let before = stack.statements(ServiceKind::Admin);
+    for _ in 0..20 {
+        check_access(&owner.client).await.unwrap();
+    }
+    let looked_up = stack.statements(ServiceKind::Admin) - before;
+    assert!(looked_up < 12, "{looked_up} admin statements for 20 access checks");
+});
