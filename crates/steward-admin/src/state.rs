@@ -90,9 +90,9 @@ impl State {
         steward_storage::begin_write(&self.db, "admin_organizations").await
     }
 
-    /// Called after the commit of every write that changes what a caller holds (an
-    /// administrator's role, billing flag or state, an account or API key deleted, a role's
-    /// permissions), before it answers: waits until no replica of any service can still hold a
+    /// Called after the commit of every write that changes what a caller holds or a token is
+    /// minted from (an administrator updated, deleted or activated, an account or API key
+    /// deleted, a role's permissions changed or the role deleted), before it answers: waits until no replica of any service can still hold a
     /// caller lease read before that commit ([`steward_runtime::lease`]). So once the write has
     /// returned, the next call anywhere acts on it.
     pub async fn wait_out_leases(&self) {

@@ -94,6 +94,7 @@ async fn service() -> (AuthApi, support::Harness) {
         mailer: h.state.mailer.clone(),
         sealer: h.state.sealer.clone(),
         admin: h.state.admin.clone(),
+        looked_up: steward_runtime::lease::Leases::new(std::time::Duration::ZERO),
     });
     (AuthApi::new(state), h)
 }

@@ -147,6 +147,7 @@ pub async fn start(
         mailer,
         sealer: sealed::Sealer::load(&ctx.config.auth)?,
         admin: AdminInternalServiceClient::new(ctx.peers.internal(&ctx.peers.admin)),
+        looked_up: steward_runtime::lease::Leases::new(ctx.config.internal.caller_lease()),
     });
     sealed::seal_legacy(&state.db, &state.sealer).await?;
     let limit = ctx.config.server.max_message_bytes;

@@ -4,7 +4,7 @@
 
 use chrono::Duration;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, JoinType, QueryFilter, QuerySelect, Set};
 use steward_proto::auth::v1::{self as pb, verify_mfa_request, MfaMethod};
 use steward_runtime::authn::{AdministratorCall, RequestContext};
 use steward_runtime::claims::TokenScope;
@@ -276,13 +276,19 @@ pub async fn refresh(
 ) -> ApiResult<pb::RefreshSessionResponse> {
     required("refresh_token", &request.refresh_token)?;
     let now = state.now();
-    let token = refresh_token::Entity::find_by_id(secrets::digest(&request.refresh_token))
-        .one(&state.db)
-        .await?
-        .ok_or_else(invalid_credentials)?;
-    let session = session::Entity::find_by_id(token.session_id.clone())
-        .one(&state.db)
-        .await?
+    // The token and its session in one statement.
+    let to_session = refresh_token::Entity::belongs_to(session::Entity)
+        .from(refresh_token::Column::SessionId)
+        .to(session::Column::Id)
+        .into();
+    let (token, session) =
+        refresh_token::Entity::find_by_id(secrets::digest(&request.refresh_token))
+            .join(JoinType::InnerJoin, to_session)
+            .select_also(session::Entity)
+            .one(&state.db)
+            .await?
+            .ok_or_else(invalid_credentials)?;
+    let session = session
         .filter(|s| s.revoked_at.is_none() && s.expires_at > now && s.scope == "full")
         .ok_or_else(invalid_credentials)?;
     if token.used_at.is_some() {
@@ -295,7 +301,7 @@ pub async fn refresh(
         tracing::warn!(session = %session.id, administrator = %session.administrator, "refresh token reused, session revoked");
         return Err(invalid_credentials());
     }
-    let Some(administrator) = state.lookup(&session.administrator).await? else {
+    let Some(administrator) = state.lookup_leased(&session.administrator).await? else {
         state::revoke_session(&state.db, &session.id, now).await?;
         tracing::info!(session = %session.id, "refresh for a deleted administrator, session revoked");
         return Err(invalid_credentials());

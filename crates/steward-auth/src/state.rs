@@ -103,6 +103,8 @@ pub struct State {
     pub sealer: crate::sealed::Sealer,
     /// `AdminInternalService` with the service credential.
     pub admin: AdminInternalServiceClient<InternalChannel>,
+    /// Administrators as [`State::lookup_leased`] last read them, kept for the caller lease.
+    pub looked_up: steward_runtime::lease::Leases<String, Looked>,
 }
 
 /// What tokens are issued from: one session's facts.
@@ -170,6 +172,24 @@ impl State {
                 ))
             }
         }
+    }
+
+    /// [`State::lookup`], reused for the caller lease (`internal.caller_lease_ms`;
+    /// [`steward_runtime::lease`]): the admin service waits a lease out after every write that
+    /// changes what an answer holds (role, billing, state, `mfa_required`, deletion), so a
+    /// kept answer is never older than a change that has returned. For RefreshSession, which
+    /// mints its tokens from it; a missing administrator is asked again each time.
+    pub async fn lookup_leased(&self, administrator: &str) -> ApiResult<Option<Looked>> {
+        let key = administrator.to_string();
+        if let Some(looked) = self.looked_up.get(&key) {
+            return Ok(Some(looked));
+        }
+        let started = std::time::Instant::now();
+        let looked = self.lookup(administrator).await?;
+        if let Some(looked) = &looked {
+            self.looked_up.put(key, started, looked.clone());
+        }
+        Ok(looked)
     }
 
     /// The token subject of a looked-up administrator.

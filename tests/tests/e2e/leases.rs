@@ -11,6 +11,7 @@ use steward_proto::admin::v1::{
     Administrator, BatchDeleteAdministratorsRequest, DeleteServiceAccountKeyRequest,
     GetAdministratorRequest, Role, RoleDefinition, UpdateAdministratorRequest, UpdateRoleRequest,
 };
+use steward_proto::auth::v1::{RefreshSessionRequest, TokenSet};
 use steward_proto::client::Steward;
 use steward_proto::commands::v1::CheckAccessRequest;
 use steward_server::ServiceKind;
@@ -27,6 +28,11 @@ async fn get_owner(client: &Steward, owner: &Owner) -> Result<(), Status> {
 async fn get_administrator(client: &Steward, name: &str) -> Result<(), Status> {
     let request = GetAdministratorRequest { name: name.to_string() };
     client.admin().get_administrator(request).await.map(|_| ())
+}
+
+async fn refresh(client: &Steward, refresh_token: &str) -> Result<TokenSet, Status> {
+    let request = RefreshSessionRequest { refresh_token: refresh_token.to_string() };
+    Ok(client.auth().refresh_session(request).await?.into_inner().tokens.unwrap_or_default())
 }
 
 async fn check_access(client: &Steward) -> Result<(), Status> {
@@ -71,12 +77,33 @@ fn refused(stale: &mut Vec<String>, result: Result<(), Status>, why: &str, what:
 // A person demoted, then deleted, and a machine whose role is narrowed, then whose key is
 // deleted, each on the primary while a replica is kept warm with the caller's own calls: the
 // replica refuses the very next call after each write returns, in the admin service (its own
-// lease) and in the command service (its lease on the admin service's answer).
+// lease) and in the command service (its lease on the admin service's answer); and a refresh
+// right after a second factor is required ends the session.
 backend_test!(a_revocation_that_returned_is_honoured_by_a_warm_replica, |stack| async move {
     let mut stack = stack;
     let owner = stack.owner().await;
     let replica = stack.add_replica().await;
     let mut stale = Vec::new();
+
+    // The auth service leases what it mints tokens from: once a second factor is required of
+    // someone who has none, the next refresh ends the session, even right after a refresh
+    // that leased the administrator as it was.
+    let newcomer = stack.member(&owner, Role::HelpDesk, false).await;
+    let at_replica = stack.client_at(&replica).await;
+    let refreshed = refresh(&at_replica, &newcomer.tokens.refresh_token).await.unwrap();
+    let require = UpdateAdministratorRequest {
+        administrator: Some(Administrator {
+            name: newcomer.name.clone(),
+            mfa_required: true,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["mfa_required".into()] }),
+    };
+    owner.client.admin().update_administrator(require).await.unwrap();
+    match refresh(&at_replica, &refreshed.refresh_token).await {
+        Err(status) if status.code() == Code::Unauthenticated => {}
+        other => stale.push(format!("second factor required, refresh: {other:?}")),
+    }
 
     let person = stack.member(&owner, Role::HelpDesk, false).await;
     let at_replica =

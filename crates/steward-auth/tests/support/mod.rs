@@ -121,6 +121,7 @@ pub async fn harness() -> Harness {
         mailer: steward_auth::mailer::Mailer::from_config(&config).unwrap(),
         sealer: steward_auth::sealed::Sealer::load(&config.auth).unwrap(),
         admin: AdminInternalServiceClient::new(InterceptedService::new(channel, credential)),
+        looked_up: steward_runtime::lease::Leases::new(config.internal.caller_lease()),
     });
     // Invites and reset emails leave through the mail outbox, as in the service.
     steward_auth::mail_queue::OUTBOX.spawn_relay(
