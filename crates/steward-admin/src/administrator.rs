@@ -313,6 +313,10 @@ pub async fn update(
         }
     }
     if changed.is_empty() {
+        // Nothing to change, perhaps because a concurrent call just changed it: this answer
+        // too says the change holds, so it waits out the leases that call is waiting out.
+        txn.rollback().await?;
+        state.wait_out_leases().await;
         return Ok(UpdateAdministratorResponse { administrator: Some(admin_to_proto(&current)) });
     }
     if role_changed || billing_changed {
@@ -351,7 +355,10 @@ pub async fn update(
     let reason = format!("changed {}", changed.join(", "));
     audit.allowed(&txn, &input.name, &reason, now).await?;
     txn.commit().await?;
-    tokio::join!(state.wait_out_leases(), deliver_now(&state.peers, urgent));
+    // Leases first: a grant created by a call that re-checked before this commit is then
+    // committed (or refused) before the grants are removed.
+    state.wait_out_leases().await;
+    deliver_now(&state.peers, urgent).await;
     tracing::info!(administrator = %input.name, fields = %changed.join(","), "administrator updated");
     Ok(UpdateAdministratorResponse { administrator: Some(admin_to_proto(&saved)) })
 }
@@ -425,7 +432,10 @@ pub async fn batch_delete(
         audit.allowed(&txn, name, "deleted", now).await?;
     }
     txn.commit().await?;
-    tokio::join!(state.wait_out_leases(), deliver_now(&state.peers, urgent));
+    // Leases first: a grant created by a call that re-checked before this commit is then
+    // committed (or refused) before the grants are removed.
+    state.wait_out_leases().await;
+    deliver_now(&state.peers, urgent).await;
     tracing::info!(organization = %req.parent, count = wanted.len(), "administrators deleted");
     Ok(answer)
 }
@@ -585,6 +595,7 @@ pub async fn lookup(
     Ok(LookupAdministratorResponse {
         administrator: Some(admin_to_proto(&row)),
         organization_display_name: org.display_name,
+        caller_lease_ms: state.caller_lease_ms(),
         role_permissions: held
             .iter()
             .map(|(p, _)| steward_runtime::roles::permission_name(p).to_string())
@@ -618,7 +629,6 @@ pub async fn activate(
         .allowed(&txn, &req.name, "invite accepted", now)
         .await?;
     txn.commit().await?;
-    state.wait_out_leases().await;
     tracing::info!(administrator = %req.name, "administrator activated");
     Ok(ActivateAdministratorResponse { administrator: Some(admin_to_proto(&saved)) })
 }

@@ -301,6 +301,9 @@ pub async fn update(
         next.permissions = stored_permissions(&wanted);
     }
     if next == current {
+        // As UpdateAdministrator: a concurrent change may be why nothing changes here.
+        txn.rollback().await?;
+        state.wait_out_leases().await;
         return Ok(UpdateRoleResponse { role: Some(custom_definition(&current)) });
     }
     let revision = current.revision;
@@ -371,7 +374,6 @@ pub async fn delete(
     role::Entity::delete_by_id(name.to_string()).exec(&txn).await?;
     audit.allowed(&txn, name.as_str(), "deleted", now).await?;
     txn.commit().await?;
-    state.wait_out_leases().await;
     tracing::info!(role = %name, "role deleted");
     Ok(DeleteRoleResponse {})
 }

@@ -455,5 +455,6 @@ pub async fn lookup(
     Ok(LookupServiceAccountResponse {
         service_account: Some(to_proto(&row)),
         role_permissions: permission_names(&held),
+        caller_lease_ms: state.caller_lease_ms(),
     })
 }

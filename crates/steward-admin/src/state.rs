@@ -98,6 +98,23 @@ impl State {
     pub async fn wait_out_leases(&self) {
         steward_runtime::lease::wait_out(self.caller_lease).await;
     }
+
+    /// [`State::wait_out_leases`] when a delete answers `NOT_FOUND`: a client that retries a
+    /// delete whose first answer it lost, and takes `NOT_FOUND` as done, must find the
+    /// deletion honoured everywhere as if the first answer had arrived.
+    pub async fn wait_out_leases_if_gone<T>(&self, result: &ApiResult<T>) {
+        if matches!(result, Err(ApiError::NotFound(_))) {
+            self.wait_out_leases().await;
+        }
+    }
+
+    /// The lease the other services may keep this service's answers about callers for
+    /// (`caller_lease_ms` of LookupAdministrator and LookupServiceAccount): the one its own
+    /// writes wait out, so a reader never keeps an answer longer than the writer waits, even
+    /// while replicas with another setting (or none, before leases) still serve.
+    pub fn caller_lease_ms(&self) -> u32 {
+        u32::try_from(self.caller_lease.as_millis()).unwrap_or(0)
+    }
 }
 
 /// `organizations/{o}`.

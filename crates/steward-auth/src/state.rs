@@ -132,6 +132,8 @@ pub struct Looked {
     pub administrator: admin::Administrator,
     /// The permissions of its role, by name (what an organization's own role holds now).
     pub role_permissions: Vec<String>,
+    /// How long the admin service lets this answer be reused (`caller_lease_ms`).
+    pub lease: std::time::Duration,
 }
 
 impl std::ops::Deref for Looked {
@@ -159,9 +161,11 @@ impl State {
         match self.admin.clone().lookup_administrator(request).await {
             Ok(response) => {
                 let response = response.into_inner();
+                let lease = std::time::Duration::from_millis(u64::from(response.caller_lease_ms));
                 Ok(response.administrator.map(|administrator| Looked {
                     administrator,
                     role_permissions: response.role_permissions,
+                    lease,
                 }))
             }
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
@@ -177,8 +181,9 @@ impl State {
     /// [`State::lookup`], reused for the caller lease (`internal.caller_lease_ms`;
     /// [`steward_runtime::lease`]): the admin service waits a lease out after every write that
     /// changes what an answer holds (role, billing, state, `mfa_required`, deletion), so a
-    /// kept answer is never older than a change that has returned. For RefreshSession, which
-    /// mints its tokens from it; a missing administrator is asked again each time.
+    /// kept answer is never older than a change that has returned; it is kept no longer than
+    /// the admin service says it waits. For RefreshSession, which mints its tokens from it; a
+    /// missing administrator is asked again each time.
     pub async fn lookup_leased(&self, administrator: &str) -> ApiResult<Option<Looked>> {
         let key = administrator.to_string();
         if let Some(looked) = self.looked_up.get(&key) {
@@ -187,7 +192,7 @@ impl State {
         let started = std::time::Instant::now();
         let looked = self.lookup(administrator).await?;
         if let Some(looked) = &looked {
-            self.looked_up.put(key, started, looked.clone());
+            self.looked_up.put_within(key, started, looked.lease, looked.clone());
         }
         Ok(looked)
     }

@@ -15,7 +15,7 @@ use steward_runtime::names::{
 use steward_runtime::roles::{self, Permission, Permissions};
 use steward_runtime::{ApiError, ApiResult};
 
-use crate::caller::{everywhere, lookup_role};
+use crate::caller::{everywhere, lookup_role, Reuse};
 use crate::command::{find_command, targets_of_command};
 use crate::entity::grant;
 use crate::grant::find_grant;
@@ -164,8 +164,10 @@ async fn subject_role(
         return Ok(*role);
     }
     let role = match subject {
-        Subject::Administrator(_) => lookup_role(state, &name).await?,
-        Subject::ServiceAccount(account) => caller::lookup_account_role(state, account, "").await?,
+        Subject::Administrator(_) => lookup_role(state, &name, Reuse::Lease).await?,
+        Subject::ServiceAccount(account) => {
+            caller::lookup_account_role(state, account, "", Reuse::Lease).await?
+        }
     };
     roles.insert(name, role);
     Ok(role)

@@ -24,66 +24,103 @@ pub(crate) struct Current {
     pub permissions: Permissions,
 }
 
+/// Whether an answer about an account may come from the caller lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    /// Reads: an answer kept for its lease ([`steward_runtime::lease`]: the admin service waits
+    /// it out after every write that changes it, and says how long in each answer), so a caller
+    /// making many calls costs one lookup per lease, never an answer older than a change that
+    /// has returned.
+    Lease,
+    /// Mutations, RunCommand and grantee checks: asked on the call itself, as the admin service
+    /// re-checks its own mutations inside their transaction, so a change racing the call is
+    /// seen if it committed before the check.
+    Fresh,
+}
+
 /// Looks `administrator` up through `AdminInternalService.LookupAdministrator`; `None` when it
-/// does not exist (or has been deleted). An answer is reused for the caller lease
-/// ([`steward_runtime::lease`]; the admin service waits it out after every write that changes
-/// it), so a caller making many calls costs one lookup per lease, never a stale answer.
-pub(crate) async fn lookup(state: &State, administrator: &str) -> ApiResult<Option<Current>> {
+/// does not exist (or has been deleted). Only active administrators are kept for a lease.
+pub(crate) async fn lookup(
+    state: &State,
+    administrator: &str,
+    reuse: Reuse,
+) -> ApiResult<Option<Current>> {
     let key = (administrator.to_string(), String::new());
-    if let Some(found) = state.callers.get(&key) {
-        return Ok(Some(found));
+    if reuse == Reuse::Lease {
+        if let Some(found) = state.callers.get(&key) {
+            return Ok(Some(found));
+        }
     }
     let started = Instant::now();
-    let found = lookup_now(state, administrator).await?;
-    if let Some(found) = &found {
-        state.callers.put(key, started, *found);
+    let (found, lease) = lookup_now(state, administrator).await?;
+    if let Some(found) = found.filter(|f| f.active) {
+        state.callers.put_within(key, started, lease, found);
     }
     Ok(found)
 }
 
-/// [`lookup`] without the lease.
-async fn lookup_now(state: &State, administrator: &str) -> ApiResult<Option<Current>> {
+/// [`lookup`] without the lease; with the lease the admin service grants its answer.
+async fn lookup_now(
+    state: &State,
+    administrator: &str,
+) -> ApiResult<(Option<Current>, std::time::Duration)> {
     let mut client = AdminInternalServiceClient::new(state.peers.internal(&state.peers.admin));
-    let (found, role_permissions) = match client
+    let (found, role_permissions, lease) = match client
         .lookup_administrator(LookupAdministratorRequest { name: administrator.to_string() })
         .await
     {
         Ok(response) => {
             let response = response.into_inner();
-            (response.administrator, response.role_permissions)
+            let lease = lease_of(response.caller_lease_ms);
+            (response.administrator, response.role_permissions, lease)
         }
-        Err(status) if status.code() == tonic::Code::NotFound => (None, Vec::new()),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            (None, Vec::new(), std::time::Duration::ZERO)
+        }
         Err(status) => return Err(status.into()),
     };
-    let Some(found) = found else { return Ok(None) };
+    let Some(found) = found else { return Ok((None, lease)) };
     if found.name != administrator {
-        return Ok(None);
+        return Ok((None, lease));
     }
     let role = Role::from_proto(found.role).ok_or_else(|| {
         ApiError::internal(format!("administrator {administrator} has no valid role"))
     })?;
-    Ok(Some(Current {
+    let current = Current {
         role,
         active: found.state == AdminState::Active as i32,
         permissions: roles::of_role(role, role_permissions.iter().map(String::as_str))
             .with_billing(found.billing),
-    }))
+    };
+    Ok((Some(current), lease))
+}
+
+/// The lease an admin service answer grants (`caller_lease_ms`; 0 from versions before leases,
+/// which do not wait).
+fn lease_of(millis: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(u64::from(millis))
 }
 
 /// The caller with its current permissions: what both the token and the account hold now, each
 /// at the narrower scope, so neither a demotion nor a promotion after the token was issued
 /// widens what the token may do. `PERMISSION_DENIED` with `CALLER_DELETED` when the account is
 /// gone (or no longer active), `ROLE_REQUIRED` or `BILLING_REQUIRED` when the caller no longer
-/// holds the permission `need` names (the same meaning as in the admin service).
+/// holds the permission `need` names (the same meaning as in the admin service). Asked on the
+/// call itself ([`Reuse::Fresh`]): for mutations and RunCommand; reads use [`for_reading`].
 pub(crate) async fn current(state: &State, p: &Principal, need: Need) -> ApiResult<Principal> {
+    resolve(state, p, need, Reuse::Fresh).await
+}
+
+/// [`current`], with the answer's reuse chosen.
+async fn resolve(state: &State, p: &Principal, need: Need, reuse: Reuse) -> ApiResult<Principal> {
     let found = if p.is_service_account() {
         // Both the account and the API key its token came from must still exist.
         let account = ServiceAccountName::parse("caller", &p.administrator)?;
-        lookup_account_role(state, &account, &p.client_id)
+        lookup_account_role(state, &account, &p.client_id, reuse)
             .await?
             .map(|(role, permissions)| Current { role, active: true, permissions })
     } else {
-        lookup(state, &p.administrator).await?
+        lookup(state, &p.administrator, reuse).await?
     };
     let Some(now) = found else {
         return Err(ApiError::denied("CALLER_DELETED", "the caller's account no longer exists"));
@@ -101,13 +138,14 @@ pub(crate) async fn current(state: &State, p: &Principal, need: Need) -> ApiResu
 /// The caller for a read needing `permission`, as it is now: every read re-checks the caller's
 /// account, so a deleted, deactivated or demoted administrator's unexpired token reads nothing
 /// more than its current role allows (a deleted Command Runner's token reads nothing at all,
-/// even before its grants and runs are gone).
+/// even before its grants and runs are gone). The answer may come from the caller lease
+/// ([`Reuse::Lease`]).
 pub(crate) async fn for_reading(
     state: &State,
     p: &Principal,
     permission: Permission,
 ) -> ApiResult<Principal> {
-    current(state, p, Need::Permission(permission)).await
+    resolve(state, p, Need::Permission(permission), Reuse::Lease).await
 }
 
 /// The caller of a mutation aimed at `target` (a name already parsed): refused outside its
@@ -160,43 +198,51 @@ pub(crate) async fn lookup_account_role(
     state: &State,
     account: &ServiceAccountName,
     key: &str,
+    reuse: Reuse,
 ) -> ApiResult<Option<(Role, Permissions)>> {
     let lease_key = (account.to_string(), key.to_string());
-    if let Some(found) = state.callers.get(&lease_key) {
-        return Ok(Some((found.role, found.permissions)));
+    if reuse == Reuse::Lease {
+        if let Some(found) = state.callers.get(&lease_key) {
+            return Ok(Some((found.role, found.permissions)));
+        }
     }
     let started = Instant::now();
-    let found = lookup_account_now(state, account, key).await?;
+    let (found, lease) = lookup_account_now(state, account, key).await?;
     if let Some((role, permissions)) = found {
-        state.callers.put(lease_key, started, Current { role, active: true, permissions });
+        let current = Current { role, active: true, permissions };
+        state.callers.put_within(lease_key, started, lease, current);
     }
     Ok(found)
 }
 
-/// [`lookup_account_role`] without the lease.
+/// [`lookup_account_role`] without the lease; with the lease the admin service grants.
 async fn lookup_account_now(
     state: &State,
     account: &ServiceAccountName,
     key: &str,
-) -> ApiResult<Option<(Role, Permissions)>> {
+) -> ApiResult<(Option<(Role, Permissions)>, std::time::Duration)> {
     let mut client = AdminInternalServiceClient::new(state.peers.internal(&state.peers.admin));
     let request = LookupServiceAccountRequest { name: account.to_string(), key: key.to_string() };
     let response = match client.lookup_service_account(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            return Ok((None, std::time::Duration::ZERO))
+        }
         Err(status) => return Err(status.into()),
     };
-    let Some(found) = response.service_account else { return Ok(None) };
+    let lease = lease_of(response.caller_lease_ms);
+    let Some(found) = response.service_account else { return Ok((None, lease)) };
     let role = Role::from_proto(found.role)
         .ok_or_else(|| ApiError::internal(format!("{} has no valid role", found.name)))?;
     let held = roles::of_role(role, response.role_permissions.iter().map(String::as_str));
-    Ok(Some((role, held.with_billing(found.billing).without(roles::PEOPLE_ONLY))))
+    Ok((Some((role, held.with_billing(found.billing).without(roles::PEOPLE_ONLY))), lease))
 }
 
 /// An administrator's role and what it holds now; `None` when it does not exist.
 pub(crate) async fn lookup_role(
     state: &State,
     administrator: &str,
+    reuse: Reuse,
 ) -> ApiResult<Option<(Role, Permissions)>> {
-    Ok(lookup(state, administrator).await?.map(|c| (c.role, c.permissions)))
+    Ok(lookup(state, administrator, reuse).await?.map(|c| (c.role, c.permissions)))
 }

@@ -206,8 +206,7 @@ pub(crate) async fn list(
     call: AdministratorCall,
     req: ListConnectKeysRequest,
 ) -> ApiResult<ListConnectKeysResponse> {
-    let p = &caller::current(state, &call.principal, Need::Permission(Permission::ConnectKeysRead))
-        .await?;
+    let p = &caller::for_reading(state, &call.principal, Permission::ConnectKeysRead).await?;
     let req = &req;
     OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;

@@ -16,7 +16,7 @@ use steward_runtime::roles::{self, Permission, Scope};
 use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
-use crate::caller::lookup_role;
+use crate::caller::{lookup_role, Reuse};
 use crate::command::find_command;
 use crate::entity::grant;
 use crate::rules::{self, timestamp};
@@ -80,7 +80,7 @@ pub(crate) async fn create(
         return Err(ApiError::NotFound(req.parent));
     }
     // A grant is for a role that runs only granted commands (Command Runner, Help Desk).
-    match lookup_role(state, &g.grantee).await? {
+    match lookup_role(state, &g.grantee, Reuse::Fresh).await? {
         None => return Err(ApiError::NotFound(g.grantee)),
         Some((Role::Administrator, _)) => {
             return Err(ApiError::precondition(
@@ -177,8 +177,7 @@ pub(crate) async fn get(
 ) -> ApiResult<GetGrantResponse> {
     let name = GrantName::parse("name", &req.name)?;
     call.principal.check_organization(name.as_str())?;
-    let p =
-        caller::current(state, &call.principal, Need::Permission(Permission::GrantsRead)).await?;
+    let p = caller::for_reading(state, &call.principal, Permission::GrantsRead).await?;
     let found = grant::Entity::find_by_id(name.to_string())
         .filter(grant::Column::Organization.eq(&p.organization))
         .one(&state.db)
@@ -192,8 +191,7 @@ pub(crate) async fn list(
     call: AdministratorCall,
     req: ListGrantsRequest,
 ) -> ApiResult<ListGrantsResponse> {
-    let p =
-        &caller::current(state, &call.principal, Need::Permission(Permission::GrantsRead)).await?;
+    let p = &caller::for_reading(state, &call.principal, Permission::GrantsRead).await?;
     let req = &req;
     let command = match req.parent.strip_suffix("/commands/-") {
         Some(org) => {

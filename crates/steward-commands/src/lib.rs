@@ -19,9 +19,10 @@
 //! - **The caller now.** A token outlives a demotion or deletion by its lifetime, so every call
 //!   (mutations, RunCommand, reads and access checks) looks the caller up first, through
 //!   `AdminInternalService.LookupAdministrator` (or `LookupServiceAccount`, with the key its
-//!   token came from), reused for the caller lease (`internal.caller_lease_ms`, which the
-//!   admin service waits out after every write that changes a caller; [`steward_runtime::lease`]),
-//!   and acts on what both the token and the account hold now: a deleted (or
+//!   token came from), and acts on what both the token and the account hold now (reads may
+//!   reuse the answer for the caller lease the admin service grants with it and waits out
+//!   after every write that narrows a caller; mutations and RunCommand ask on the call; see
+//!   `caller::Reuse`): a deleted (or
 //!   deactivated) caller is `PERMISSION_DENIED` `CALLER_DELETED`, a demoted one is refused what
 //!   its role no longer holds and held to its grants when it runs. Refused mutations are
 //!   audited.

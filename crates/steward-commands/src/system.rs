@@ -86,8 +86,7 @@ pub(crate) async fn get(
     call: AdministratorCall,
     req: GetSystemRequest,
 ) -> ApiResult<GetSystemResponse> {
-    let p =
-        &caller::current(state, &call.principal, Need::Permission(Permission::SystemsRead)).await?;
+    let p = &caller::for_reading(state, &call.principal, Permission::SystemsRead).await?;
     let name = &req.name;
     SystemName::parse("name", name)?;
     p.check_organization(name)?;
@@ -100,8 +99,7 @@ pub(crate) async fn list(
     call: AdministratorCall,
     req: ListSystemsRequest,
 ) -> ApiResult<ListSystemsResponse> {
-    let p =
-        &caller::current(state, &call.principal, Need::Permission(Permission::SystemsRead)).await?;
+    let p = &caller::for_reading(state, &call.principal, Permission::SystemsRead).await?;
     let req = &req;
     OrganizationName::parse("parent", &req.parent)?;
     p.check_organization(&req.parent)?;

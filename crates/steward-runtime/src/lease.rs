@@ -58,10 +58,17 @@ impl<K: Eq + Hash, V: Clone> Leases<K, V> {
     /// Remembers `value` for `key`, read by a read that started at `started` (taken with
     /// `Instant::now()` before the read was sent).
     pub fn put(&self, key: K, started: Instant, value: V) {
-        if self.lease.is_zero() {
+        self.put_within(key, started, self.lease, value);
+    }
+
+    /// [`Self::put`] for at most `lease` (the lease the answering service waits out, which it
+    /// sends with its answer); zero keeps nothing.
+    pub fn put_within(&self, key: K, started: Instant, lease: Duration, value: V) {
+        let lease = lease.min(self.lease);
+        if lease.is_zero() {
             return;
         }
-        let until = started + self.lease;
+        let until = started + lease;
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= MAX_ENTRIES {
             let now = Instant::now();
@@ -105,6 +112,19 @@ mod tests {
         let leases = Leases::new(Duration::ZERO);
         leases.put("k", Instant::now(), 1);
         assert_eq!(leases.get(&"k"), None);
+        let leases = Leases::new(Duration::from_millis(500));
+        leases.put_within("k", Instant::now(), Duration::ZERO, 1);
+        assert_eq!(leases.get(&"k"), None, "an answerer that waits nothing lends nothing");
+    }
+
+    #[test]
+    fn the_shorter_of_the_two_leases_holds() {
+        let leases = Leases::new(Duration::from_millis(500));
+        let started = Instant::now() - Duration::from_millis(200);
+        leases.put_within("short", started, Duration::from_millis(100), 1);
+        assert_eq!(leases.get(&"short"), None, "the answerer's 100 ms are over");
+        leases.put_within("long", started, Duration::from_secs(5), 2);
+        assert_eq!(leases.get(&"long"), Some(2), "capped at the reader's 500 ms, still running");
     }
 
     #[test]

@@ -404,6 +404,12 @@ impl Stack {
         format!("{}://{}", self.scheme(), self.addr_of(kind))
     }
 
+    /// URL of the internal listener of the server added last.
+    pub fn last_internal_url(&self) -> String {
+        let server = self.servers.last().unwrap();
+        format!("{}://{}", self.scheme(), server.internal)
+    }
+
     /// URL of the internal listener of the server hosting `kind`.
     pub fn internal_url(&self, kind: ServiceKind) -> String {
         let server = self.servers.iter().find(|s| s.kinds.contains(&kind)).unwrap();

@@ -212,3 +212,23 @@ backend_test!(calls_within_a_lease_skip_the_re_check, |stack| async move {
     let looked_up = stack.statements(ServiceKind::Admin) - before;
     assert!(looked_up < 12, "{looked_up} admin statements for 20 access checks");
 });
+
+// A lease is never longer than the admin service that answered waits after its writes: a
+// command service set to 100 ms, asking an admin service set to 0 (as one from before leases,
+// which waits nothing, would answer during a rolling upgrade), asks again on every call.
+backend_test!(a_lease_is_never_longer_than_the_answering_service_waits, |stack| async move {
+    let mut stack = stack;
+    let owner = stack.owner().await;
+    stack.add_server(vec![ServiceKind::Admin], |c| c.internal.caller_lease_ms = 0).await;
+    let admin = stack.last_internal_url();
+    let commands =
+        stack.add_server(vec![ServiceKind::Commands], |c| c.internal.admin_url = admin).await;
+    let client = stack.client_at(&commands).await.with_token(&owner.tokens.access_token).unwrap();
+    check_access(&client).await.unwrap();
+    let before = stack.statements(ServiceKind::Admin);
+    for _ in 0..20 {
+        check_access(&client).await.unwrap();
+    }
+    let looked_up = stack.statements(ServiceKind::Admin) - before;
+    assert!(looked_up >= 20, "{looked_up} admin statements for 20 checks: an answer was kept");
+});

@@ -82,6 +82,7 @@ impl AdminService for AdminApi {
         let record = !req.validate_only;
         let target = req.parent.clone();
         let result = administrator::batch_delete(&self.state, &call.principal, &audit, req).await;
+        self.state.wait_out_leases_if_gone(&result).await;
         finish(&self.state, record.then_some(&audit), &target, result).await
     }
 

@@ -61,6 +61,7 @@ impl ServiceAccountService for ServiceAccountApi {
         let audit = Auditor::for_principal(&call.context, &call.principal)?;
         let target = req.name.clone();
         let result = service_account::delete(&self.state, &call.principal, &audit, req).await;
+        self.state.wait_out_leases_if_gone(&result).await;
         finish(&self.state, Some(&audit), &target, result).await
     }
 
@@ -92,6 +93,7 @@ impl ServiceAccountService for ServiceAccountApi {
         let audit = Auditor::for_principal(&call.context, &call.principal)?;
         let target = req.name.clone();
         let result = service_account::delete_key(&self.state, &call.principal, &audit, req).await;
+        self.state.wait_out_leases_if_gone(&result).await;
         finish(&self.state, Some(&audit), &target, result).await
     }
 }

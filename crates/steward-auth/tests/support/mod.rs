@@ -48,6 +48,8 @@ impl AdminInternalService for FakeAdmin {
             administrator: Some(administrator(request.into_inner().name)),
             organization_display_name: "Acme".into(),
             role_permissions: Vec::new(),
+            // This stand-in admin service waits nothing after writes, so it lends no lease.
+            caller_lease_ms: 0,
         }))
     }
 
