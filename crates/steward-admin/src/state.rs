@@ -41,7 +41,7 @@ pub struct State {
     /// ([`caller_may_read`]).
     pub callers: Leases<(String, String), Permissions>,
     /// `internal.caller_lease_ms`: how long [`Self::callers`] (and the command service's like
-    /// memory) reuse an answer, and so how long every write that changes a caller waits after
+    /// memory) reuse an answer, and so how long every write that narrows a caller waits after
     /// its commit ([`State::wait_out_leases`]).
     pub caller_lease: std::time::Duration,
 }

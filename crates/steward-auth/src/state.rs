@@ -180,7 +180,7 @@ impl State {
 
     /// [`State::lookup`], reused for the caller lease (`internal.caller_lease_ms`;
     /// [`steward_runtime::lease`]): the admin service waits a lease out after every write that
-    /// changes what an answer holds (role, billing, state, `mfa_required`, deletion), so a
+    /// narrows what an answer holds (role, billing, `mfa_required`, deletion), so a
     /// kept answer is never older than a change that has returned; it is kept no longer than
     /// the admin service says it waits. For RefreshSession, which mints its tokens from it; a
     /// missing administrator is asked again each time.

@@ -80,40 +80,8 @@ pub(crate) async fn create(
         return Err(ApiError::NotFound(req.parent));
     }
     // A grant is for a role that runs only granted commands (Command Runner, Help Desk).
-    match lookup_role(state, &g.grantee, Reuse::Fresh).await? {
-        None => return Err(ApiError::NotFound(g.grantee)),
-        Some((Role::Administrator, _)) => {
-            return Err(ApiError::precondition(
-                "GRANTEE_IS_ADMINISTRATOR",
-                g.grantee,
-                "Administrators may run every command; grants are for Command Runners",
-            ))
-        }
-        Some((role, held)) => match held.scope(Permission::CommandsRun) {
-            Some(Scope::Own) => {}
-            Some(Scope::Organization) => {
-                return Err(ApiError::precondition(
-                    "GRANTEE_RUNS_EVERY_COMMAND",
-                    g.grantee,
-                    format!(
-                        "the grantee's role {} runs every command; grants are for roles that run \
-                         only granted commands",
-                        roles::built_in_name(role)
-                    ),
-                ))
-            }
-            None => {
-                return Err(ApiError::precondition(
-                    "GRANTEE_CANNOT_RUN",
-                    g.grantee,
-                    format!(
-                        "the grantee's role {} does not hold commands.run",
-                        roles::built_in_name(role)
-                    ),
-                ))
-            }
-        },
-    }
+    let mut checked = std::time::Instant::now();
+    check_grantee(state, &g.grantee).await?;
     let now = state.now();
     let txn = begin_write(db).await?;
     if find_command(&txn, &p.organization, &req.parent).await?.is_none() {
@@ -138,9 +106,65 @@ pub(crate) async fn create(
         .map_err(|e| if is_unique_violation(&e) { exists(&req.parent) } else { e.into() })?;
     IDEMPOTENCY.record(&txn, key.as_ref(), &model.name, now).await?;
     audit::record(&txn, &p.organization, &ctx, &p.administrator, &model.name, Ok(()), now).await?;
+    // A demotion or deletion of the grantee removes its grants once it has waited out the
+    // caller lease after its commit. A check read before that commit is only known to
+    // precede the removal while the lease lasts: past it, the grant might land after the
+    // removal and outlive the role it was checked against, so the grantee is checked again
+    // (and a second slow check refuses the call). With leases off nothing waits, and nothing
+    // is bounded here.
+    let lease = state.callers.lease();
+    if !lease.is_zero() && checked.elapsed() >= lease {
+        checked = std::time::Instant::now();
+        check_grantee(state, &g.grantee).await?;
+        if checked.elapsed() >= lease {
+            return Err(ApiError::Unavailable(
+                "the grantee's role could not be checked in time to record the grant; retry".into(),
+            ));
+        }
+    }
     txn.commit().await?;
     tracing::info!(grant = %model.name, grantee = %model.grantee, "grant created");
     Ok(CreateGrantResponse { grant: Some(grant_proto(model)) })
+}
+
+/// Refuses a grantee that is not a role running only granted commands (Command Runner, Help
+/// Desk, or such a custom role), asked of the admin service on the call.
+async fn check_grantee(state: &State, grantee: &str) -> ApiResult<()> {
+    match lookup_role(state, grantee, Reuse::Fresh).await? {
+        None => return Err(ApiError::NotFound(grantee.to_string())),
+        Some((Role::Administrator, _)) => {
+            return Err(ApiError::precondition(
+                "GRANTEE_IS_ADMINISTRATOR",
+                grantee.to_string(),
+                "Administrators may run every command; grants are for Command Runners",
+            ))
+        }
+        Some((role, held)) => match held.scope(Permission::CommandsRun) {
+            Some(Scope::Own) => {}
+            Some(Scope::Organization) => {
+                return Err(ApiError::precondition(
+                    "GRANTEE_RUNS_EVERY_COMMAND",
+                    grantee.to_string(),
+                    format!(
+                        "the grantee's role {} runs every command; grants are for roles that run \
+                         only granted commands",
+                        roles::built_in_name(role)
+                    ),
+                ))
+            }
+            None => {
+                return Err(ApiError::precondition(
+                    "GRANTEE_CANNOT_RUN",
+                    grantee.to_string(),
+                    format!(
+                        "the grantee's role {} does not hold commands.run",
+                        roles::built_in_name(role)
+                    ),
+                ))
+            }
+        },
+    }
+    Ok(())
 }
 
 pub(crate) async fn delete(

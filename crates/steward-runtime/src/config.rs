@@ -379,11 +379,11 @@ pub struct InternalConfig {
     pub client_cert_file: Option<PathBuf>,
     /// Private key (PEM) of `client_cert_file`.
     pub client_key_file: Option<PathBuf>,
-    /// How long (milliseconds, at most 1,000) a service reuses its re-check of a caller
-    /// ([`crate::lease`]); every write that changes what a caller holds waits as long after its
-    /// commit before it answers, so no replica acts on a revoked role once that write has
-    /// returned. Every replica of every service must use the same value. 0 re-reads on every
-    /// call and waits nothing.
+    /// How long (milliseconds, at most 1,000) a service reuses its re-check of a caller on
+    /// reads ([`crate::lease`]); every admin-service write that narrows what a caller holds
+    /// waits as long after its commit before it answers, and each answer to the other services
+    /// carries it, so no replica acts on a revoked role once that write has returned. Every
+    /// admin replica must use the same value. 0 re-reads on every call and waits nothing.
     pub caller_lease_ms: u64,
 }
 

@@ -3,9 +3,9 @@
 //! Every call re-checks its caller against the data (a token outlives a demotion or deletion by
 //! its lifetime). A service answering thousands of calls a second from one caller may reuse
 //! that answer for a short *lease* (`internal.caller_lease_ms`) instead of reading it again, on
-//! one condition that keeps it never stale: every write that changes what a caller holds
-//! (role, billing, state, the account or key existing, a role's permissions) returns only once
-//! a lease has passed since its commit ([`Leases::wait_out`]).
+//! one condition that keeps it never stale: every write that narrows what a caller holds (its
+//! role or billing flag, `mfa_required`, the account or key existing, a role's permissions)
+//! returns only once a lease has passed since its commit ([`wait_out`]).
 //!
 //! A lease runs from the moment its read *started*, before the database could have shown it
 //! anything. A read that saw the state before a commit started before that commit, so its lease
@@ -43,6 +43,11 @@ impl<K: Eq + Hash, V: Clone> Leases<K, V> {
     /// Leases of `lease` (at most [`MAX_LEASE`]); zero keeps nothing.
     pub fn new(lease: Duration) -> Self {
         Self { lease: lease.min(MAX_LEASE), entries: Mutex::new(HashMap::new()) }
+    }
+
+    /// The longest lease kept.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// The answer for `key`, while its lease lasts.

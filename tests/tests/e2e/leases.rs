@@ -13,10 +13,11 @@ use steward_proto::admin::v1::{
 };
 use steward_proto::auth::v1::{RefreshSessionRequest, TokenSet};
 use steward_proto::client::Steward;
-use steward_proto::commands::v1::CheckAccessRequest;
+use steward_proto::commands::v1::{CheckAccessRequest, ListGrantsRequest};
 use steward_server::ServiceKind;
 use tonic::{Code, Status};
 
+use crate::commands::{create_command, try_grant};
 use crate::custom_roles::create_role;
 use crate::harness::{reason, Owner};
 use crate::service_accounts::{create_account, create_key};
@@ -232,3 +233,33 @@ backend_test!(a_lease_is_never_longer_than_the_answering_service_waits, |stack| 
     let looked_up = stack.statements(ServiceKind::Admin) - before;
     assert!(looked_up >= 20, "{looked_up} admin statements for 20 checks: an answer was kept");
 });
+
+// CreateGrant commits only while its check of the grantee is younger than a lease (a demotion
+// removes grants once its own wait is over, so an older check could outlive it): with a lease
+// of 1 ms, shorter than recording a grant takes, the grantee is checked a second time before
+// the commit, and the grant is recorded exactly when the call says so.
+backend_test!(
+    a_grant_checked_longer_ago_than_a_lease_checks_again,
+    start = |backend| crate::harness::Stack::start_with(backend, |c| {
+        c.internal.caller_lease_ms = 1;
+    }),
+    |stack| async move {
+        let owner = stack.owner().await;
+        let runner = stack.member(&owner, Role::CommandRunner, false).await;
+        let command = create_command(&owner, "uptime", &[]).await;
+        let before = stack.statements(ServiceKind::Admin);
+        let result = try_grant(&owner, &command.name, &runner.name).await;
+        // The caller's re-check and two of the grantee, one statement each.
+        let looked_up = stack.statements(ServiceKind::Admin) - before;
+        assert!(looked_up >= 3, "{looked_up} admin statements: the grantee was checked once");
+        let request = ListGrantsRequest { parent: command.name.clone(), ..Default::default() };
+        let grants = owner.client.commands().list_grants(request).await.unwrap().into_inner();
+        match result {
+            Ok(grant) => assert_eq!(grants.grants, vec![grant]),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(grants.grants.is_empty(), "{grants:?}");
+            }
+        }
+    }
+);
