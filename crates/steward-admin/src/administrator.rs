@@ -354,10 +354,9 @@ pub async fn update(
     }
     let reason = format!("changed {}", changed.join(", "));
     audit.allowed(&txn, &input.name, &reason, now).await?;
-    txn.commit().await?;
     // Leases first: a grant created by a call that re-checked before this commit is then
     // committed (or refused) before the grants are removed.
-    state.wait_out_leases().await;
+    state.commit_narrowing(txn).await?;
     deliver_now(&state.peers, urgent).await;
     tracing::info!(administrator = %input.name, fields = %changed.join(","), "administrator updated");
     Ok(UpdateAdministratorResponse { administrator: Some(admin_to_proto(&saved)) })
@@ -431,10 +430,9 @@ pub async fn batch_delete(
         urgent.push(enqueue_urgent(&txn, &effect, now).await?);
         audit.allowed(&txn, name, "deleted", now).await?;
     }
-    txn.commit().await?;
     // Leases first: a grant created by a call that re-checked before this commit is then
     // committed (or refused) before the grants are removed.
-    state.wait_out_leases().await;
+    state.commit_narrowing(txn).await?;
     deliver_now(&state.peers, urgent).await;
     tracing::info!(organization = %req.parent, count = wanted.len(), "administrators deleted");
     Ok(answer)

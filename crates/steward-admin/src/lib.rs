@@ -148,7 +148,6 @@ pub async fn start(
         peers: ctx.peers.clone(),
         totals: state::Totals::default(),
         callers: steward_runtime::lease::Leases::new(ctx.config.internal.caller_lease()),
-        caller_lease: ctx.config.internal.caller_lease(),
     });
     let max = ctx.config.server.max_message_bytes;
     routes.add_service(

@@ -315,8 +315,7 @@ pub async fn update(
     active.updated_at = Set(now);
     let saved = active.update(&txn).await?;
     audit.allowed(&txn, name.as_str(), &format!("now holds {}", next.permissions), now).await?;
-    txn.commit().await?;
-    state.wait_out_leases().await;
+    state.commit_narrowing(txn).await?;
     tracing::info!(role = %name, "role updated");
     Ok(UpdateRoleResponse { role: Some(custom_definition(&saved)) })
 }

@@ -281,8 +281,7 @@ pub async fn delete(
         .await?;
     account::Entity::delete_by_id(name.to_string()).exec(&txn).await?;
     audit.allowed(&txn, name.as_str(), "deleted", now).await?;
-    txn.commit().await?;
-    state.wait_out_leases().await;
+    state.commit_narrowing(txn).await?;
     tracing::info!(service_account = %name, "service account deleted");
     Ok(DeleteServiceAccountResponse {})
 }
@@ -396,8 +395,7 @@ pub async fn delete_key(
         return Err(ApiError::NotFound(name.to_string()));
     }
     audit.allowed(&txn, name.as_str(), "key deleted", now).await?;
-    txn.commit().await?;
-    state.wait_out_leases().await;
+    state.commit_narrowing(txn).await?;
     tracing::info!(key = %name, "service account key deleted");
     Ok(DeleteServiceAccountKeyResponse {})
 }

@@ -3,7 +3,6 @@
 //! API messages.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
@@ -15,7 +14,7 @@ use sha2::{Digest, Sha256};
 use steward_proto::admin::v1::{administrator as proto_admin, Administrator, Organization};
 use steward_runtime::authn::Principal;
 use steward_runtime::claims::Role;
-use steward_runtime::lease::Leases;
+use steward_runtime::lease::{Leases, Reuse};
 use steward_runtime::names::{AdministratorName, OrganizationName, RoleName};
 use steward_runtime::roles::{self, Permissions};
 use steward_runtime::service::{Clock, Peers};
@@ -38,12 +37,10 @@ pub struct State {
     /// revision it was counted at ([`Totals`]).
     pub totals: Totals,
     /// What each caller (by name and API key) holds, reused by reads for the caller lease
-    /// ([`caller_may_read`]).
+    /// ([`caller_may_read`]). Its lease (`internal.caller_lease_ms`) is also what every write
+    /// that narrows a caller waits out ([`State::wait_out_leases`]) and what the other
+    /// services are told they may keep an answer for.
     pub callers: Leases<(String, String), Permissions>,
-    /// `internal.caller_lease_ms`: how long [`Self::callers`] (and the command service's like
-    /// memory) reuse an answer, and so how long every write that narrows a caller waits after
-    /// its commit ([`State::wait_out_leases`]).
-    pub caller_lease: std::time::Duration,
 }
 
 /// Counts of an organization's administrators matching a filter, remembered with the
@@ -90,13 +87,20 @@ impl State {
         steward_storage::begin_write(&self.db, "admin_organizations").await
     }
 
-    /// Called after the commit of every write that changes what a caller holds or a token is
-    /// minted from (an administrator updated, deleted or activated, an account or API key
-    /// deleted, a role's permissions changed or the role deleted), before it answers: waits until no replica of any service can still hold a
-    /// caller lease read before that commit ([`steward_runtime::lease`]). So once the write has
-    /// returned, the next call anywhere acts on it.
+    /// Commits a write that narrows what a caller holds or a token is minted from (an
+    /// administrator updated or deleted, an account or API key deleted, a role's permissions
+    /// changed), then waits out the leases ([`State::wait_out_leases`]) before it answers.
+    pub async fn commit_narrowing(&self, txn: sea_orm::DatabaseTransaction) -> ApiResult<()> {
+        txn.commit().await?;
+        self.wait_out_leases().await;
+        Ok(())
+    }
+
+    /// Waits until no replica of any service can still hold a caller lease read before now
+    /// ([`steward_runtime::lease`]): after a narrowing write's commit (or a no-op answer that
+    /// says such a change holds), so once it has returned, the next call anywhere acts on it.
     pub async fn wait_out_leases(&self) {
-        steward_runtime::lease::wait_out(self.caller_lease).await;
+        steward_runtime::lease::wait_out(self.callers.lease()).await;
     }
 
     /// [`State::wait_out_leases`] when a delete answers `NOT_FOUND`: a client that retries a
@@ -113,7 +117,7 @@ impl State {
     /// writes wait out, so a reader never keeps an answer longer than the writer waits, even
     /// while replicas with another setting (or none, before leases) still serve.
     pub fn caller_lease_ms(&self) -> u32 {
-        u32::try_from(self.caller_lease.as_millis()).unwrap_or(0)
+        u32::try_from(self.callers.lease().as_millis()).unwrap_or(0)
     }
 }
 
@@ -444,16 +448,13 @@ pub async fn caller_row<C: ConnectionTrait>(
 /// past a write that changed it ([`State::wait_out_leases`]). Refusals are not kept.
 pub async fn caller_may_read(state: &State, principal: &Principal, need: Need) -> ApiResult<()> {
     let key = (principal.administrator.clone(), principal.client_id.clone());
-    let held = match state.callers.get(&key) {
-        Some(held) => held,
-        None => {
-            let started = Instant::now();
+    let held = state
+        .callers
+        .read_through(key, Reuse::Lease, || async {
             let caller = caller_row(&state.db, principal, Need::AnyRole).await?;
-            let held = caller.role.with_billing(caller.billing);
-            state.callers.put(key, started, held);
-            held
-        }
-    };
+            Ok::<_, ApiError>((caller.role.with_billing(caller.billing), state.callers.lease()))
+        })
+        .await?;
     match need.refusal(&held) {
         Some(refusal) => Err(refusal),
         None => Ok(()),

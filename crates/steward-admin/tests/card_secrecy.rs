@@ -71,7 +71,6 @@ async fn card_number_and_cvc_are_never_logged_or_stored() {
         peers: steward_runtime::service::Peers::from_config(&Default::default()).unwrap(),
         totals: Default::default(),
         callers: steward_runtime::lease::Leases::new(std::time::Duration::from_millis(100)),
-        caller_lease: std::time::Duration::from_millis(100),
     });
 
     let created = OrganizationApi::new(state.clone())

@@ -104,7 +104,7 @@ pub struct State {
     /// `AdminInternalService` with the service credential.
     pub admin: AdminInternalServiceClient<InternalChannel>,
     /// Administrators as [`State::lookup_leased`] last read them, kept for the caller lease.
-    pub looked_up: steward_runtime::lease::Leases<String, Looked>,
+    pub looked_up: steward_runtime::lease::Leases<String, Option<Looked>>,
 }
 
 /// What tokens are issued from: one session's facts.
@@ -161,7 +161,7 @@ impl State {
         match self.admin.clone().lookup_administrator(request).await {
             Ok(response) => {
                 let response = response.into_inner();
-                let lease = std::time::Duration::from_millis(u64::from(response.caller_lease_ms));
+                let lease = steward_runtime::lease::granted(response.caller_lease_ms);
                 Ok(response.administrator.map(|administrator| Looked {
                     administrator,
                     role_permissions: response.role_permissions,
@@ -186,15 +186,14 @@ impl State {
     /// missing administrator is asked again each time.
     pub async fn lookup_leased(&self, administrator: &str) -> ApiResult<Option<Looked>> {
         let key = administrator.to_string();
-        if let Some(looked) = self.looked_up.get(&key) {
-            return Ok(Some(looked));
-        }
-        let started = std::time::Instant::now();
-        let looked = self.lookup(administrator).await?;
-        if let Some(looked) = &looked {
-            self.looked_up.put_within(key, started, looked.lease, looked.clone());
-        }
-        Ok(looked)
+        let reuse = steward_runtime::lease::Reuse::Lease;
+        self.looked_up
+            .read_through(key, reuse, || async {
+                let looked = self.lookup(administrator).await?;
+                let lease = looked.as_ref().map_or(std::time::Duration::ZERO, |l| l.lease);
+                Ok((looked, lease))
+            })
+            .await
     }
 
     /// The token subject of a looked-up administrator.

@@ -2,13 +2,14 @@
 //! every call (mutations, RunCommand, reads, access checks) asks the admin service for the
 //! caller's current role instead of trusting the one in the token.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use steward_proto::admin::v1::admin_internal_service_client::AdminInternalServiceClient;
 use steward_proto::admin::v1::administrator::State as AdminState;
 use steward_proto::admin::v1::{LookupAdministratorRequest, LookupServiceAccountRequest};
 use steward_runtime::authn::{AdministratorCall, Need, Principal, RequestContext};
 use steward_runtime::claims::Role;
+use steward_runtime::lease;
 use steward_runtime::names::ServiceAccountName;
 use steward_runtime::roles::{self, Permission, Permissions};
 use steward_runtime::{ApiError, ApiResult};
@@ -24,46 +25,32 @@ pub(crate) struct Current {
     pub permissions: Permissions,
 }
 
-/// Whether an answer about an account may come from the caller lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reuse {
-    /// Reads: an answer kept for its lease ([`steward_runtime::lease`]: the admin service waits
-    /// it out after every write that changes it, and says how long in each answer), so a caller
-    /// making many calls costs one lookup per lease, never an answer older than a change that
-    /// has returned.
-    Lease,
-    /// Mutations, RunCommand and grantee checks: asked on the call itself, as the admin service
-    /// re-checks its own mutations inside their transaction, so a change racing the call is
-    /// seen if it committed before the check.
-    Fresh,
-}
+pub(crate) use steward_runtime::lease::Reuse;
 
 /// Looks `administrator` up through `AdminInternalService.LookupAdministrator`; `None` when it
-/// does not exist (or has been deleted). Only active administrators are kept for a lease.
+/// does not exist (or has been deleted). With [`Reuse::Lease`] (reads) the answer may be one
+/// kept for the caller lease the admin service grants with it and waits out after every write
+/// that narrows it ([`steward_runtime::lease`]); mutations, RunCommand and grantee checks ask
+/// [`Reuse::Fresh`], as the admin service re-checks its own mutations inside their
+/// transaction. Only active administrators are kept.
 pub(crate) async fn lookup(
     state: &State,
     administrator: &str,
     reuse: Reuse,
 ) -> ApiResult<Option<Current>> {
     let key = (administrator.to_string(), String::new());
-    if reuse == Reuse::Lease {
-        if let Some(found) = state.callers.get(&key) {
-            return Ok(Some(found));
-        }
-    }
-    let started = Instant::now();
-    let (found, lease) = lookup_now(state, administrator).await?;
-    if let Some(found) = found.filter(|f| f.active) {
-        state.callers.put_within(key, started, lease, found);
-    }
-    Ok(found)
+    state
+        .callers
+        .read_through(key, reuse, || async {
+            let (found, lease) = lookup_now(state, administrator).await?;
+            let kept = if found.is_some_and(|f| f.active) { lease } else { Duration::ZERO };
+            Ok((found, kept))
+        })
+        .await
 }
 
 /// [`lookup`] without the lease; with the lease the admin service grants its answer.
-async fn lookup_now(
-    state: &State,
-    administrator: &str,
-) -> ApiResult<(Option<Current>, std::time::Duration)> {
+async fn lookup_now(state: &State, administrator: &str) -> ApiResult<(Option<Current>, Duration)> {
     let mut client = AdminInternalServiceClient::new(state.peers.internal(&state.peers.admin));
     let (found, role_permissions, lease) = match client
         .lookup_administrator(LookupAdministratorRequest { name: administrator.to_string() })
@@ -71,12 +58,10 @@ async fn lookup_now(
     {
         Ok(response) => {
             let response = response.into_inner();
-            let lease = lease_of(response.caller_lease_ms);
+            let lease = lease::granted(response.caller_lease_ms);
             (response.administrator, response.role_permissions, lease)
         }
-        Err(status) if status.code() == tonic::Code::NotFound => {
-            (None, Vec::new(), std::time::Duration::ZERO)
-        }
+        Err(status) if status.code() == tonic::Code::NotFound => (None, Vec::new(), Duration::ZERO),
         Err(status) => return Err(status.into()),
     };
     let Some(found) = found else { return Ok((None, lease)) };
@@ -93,12 +78,6 @@ async fn lookup_now(
             .with_billing(found.billing),
     };
     Ok((Some(current), lease))
-}
-
-/// The lease an admin service answer grants (`caller_lease_ms`; 0 from versions before leases,
-/// which do not wait).
-fn lease_of(millis: u32) -> std::time::Duration {
-    std::time::Duration::from_millis(u64::from(millis))
 }
 
 /// The caller with its current permissions: what both the token and the account hold now, each
@@ -201,18 +180,16 @@ pub(crate) async fn lookup_account_role(
     reuse: Reuse,
 ) -> ApiResult<Option<(Role, Permissions)>> {
     let lease_key = (account.to_string(), key.to_string());
-    if reuse == Reuse::Lease {
-        if let Some(found) = state.callers.get(&lease_key) {
-            return Ok(Some((found.role, found.permissions)));
-        }
-    }
-    let started = Instant::now();
-    let (found, lease) = lookup_account_now(state, account, key).await?;
-    if let Some((role, permissions)) = found {
-        let current = Current { role, active: true, permissions };
-        state.callers.put_within(lease_key, started, lease, current);
-    }
-    Ok(found)
+    let found = state
+        .callers
+        .read_through(lease_key, reuse, || async {
+            let (found, lease) = lookup_account_now(state, account, key).await?;
+            let current =
+                found.map(|(role, permissions)| Current { role, active: true, permissions });
+            Ok::<_, ApiError>((current, if current.is_some() { lease } else { Duration::ZERO }))
+        })
+        .await?;
+    Ok(found.map(|c| (c.role, c.permissions)))
 }
 
 /// [`lookup_account_role`] without the lease; with the lease the admin service grants.
@@ -220,17 +197,15 @@ async fn lookup_account_now(
     state: &State,
     account: &ServiceAccountName,
     key: &str,
-) -> ApiResult<(Option<(Role, Permissions)>, std::time::Duration)> {
+) -> ApiResult<(Option<(Role, Permissions)>, Duration)> {
     let mut client = AdminInternalServiceClient::new(state.peers.internal(&state.peers.admin));
     let request = LookupServiceAccountRequest { name: account.to_string(), key: key.to_string() };
     let response = match client.lookup_service_account(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) if status.code() == tonic::Code::NotFound => {
-            return Ok((None, std::time::Duration::ZERO))
-        }
+        Err(status) if status.code() == tonic::Code::NotFound => return Ok((None, Duration::ZERO)),
         Err(status) => return Err(status.into()),
     };
-    let lease = lease_of(response.caller_lease_ms);
+    let lease = lease::granted(response.caller_lease_ms);
     let Some(found) = response.service_account else { return Ok((None, lease)) };
     let role = Role::from_proto(found.role)
         .ok_or_else(|| ApiError::internal(format!("{} has no valid role", found.name)))?;

@@ -161,7 +161,7 @@ pub(crate) struct State {
     pub agent_stream_max_age: Option<std::time::Duration>,
     /// Callers' (and principals') current roles, reused for `internal.caller_lease_ms`
     /// ([`steward_runtime::lease`]), by name and API key.
-    pub callers: Arc<steward_runtime::lease::Leases<(String, String), caller::Current>>,
+    pub callers: Arc<steward_runtime::lease::Leases<(String, String), Option<caller::Current>>>,
 }
 
 impl State {

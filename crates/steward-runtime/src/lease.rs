@@ -18,6 +18,7 @@
 //! creating one needs no wait.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -31,6 +32,22 @@ pub const MAX_LEASE: Duration = Duration::from_secs(1);
 
 /// Most entries held; past it expired entries are dropped, then all if none had expired.
 const MAX_ENTRIES: usize = 16_384;
+
+/// Whether an answer may come from a lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reuse {
+    /// Reads: an answer kept for its lease.
+    Lease,
+    /// Mutations and checks that must see every change committed before them: read on the
+    /// call (the answer is still kept for the reads after it).
+    Fresh,
+}
+
+/// The lease an admin service answer grants (its `caller_lease_ms`; 0 from versions before
+/// leases, which wait nothing after their writes).
+pub fn granted(caller_lease_ms: u32) -> Duration {
+    Duration::from_millis(u64::from(caller_lease_ms))
+}
 
 /// Answers kept for their lease, by key (e.g. the caller's name and API key).
 #[derive(Debug)]
@@ -50,8 +67,27 @@ impl<K: Eq + Hash, V: Clone> Leases<K, V> {
         self.lease
     }
 
+    /// The answer for `key`: the kept one while its lease lasts (with [`Reuse::Lease`]), else
+    /// `read`'s, kept for the lease `read` gives with it (at most [`Self::lease`]; zero keeps
+    /// nothing, e.g. for a refusal), counted from before `read` started.
+    pub async fn read_through<E, F, Fut>(&self, key: K, reuse: Reuse, read: F) -> Result<V, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(V, Duration), E>>,
+    {
+        if reuse == Reuse::Lease {
+            if let Some(kept) = self.get(&key) {
+                return Ok(kept);
+            }
+        }
+        let started = Instant::now();
+        let (value, lease) = read().await?;
+        self.put_within(key, started, lease, value.clone());
+        Ok(value)
+    }
+
     /// The answer for `key`, while its lease lasts.
-    pub fn get(&self, key: &K) -> Option<V> {
+    fn get(&self, key: &K) -> Option<V> {
         if self.lease.is_zero() {
             return None;
         }
@@ -60,15 +96,9 @@ impl<K: Eq + Hash, V: Clone> Leases<K, V> {
         (Instant::now() < *until).then(|| value.clone())
     }
 
-    /// Remembers `value` for `key`, read by a read that started at `started` (taken with
-    /// `Instant::now()` before the read was sent).
-    pub fn put(&self, key: K, started: Instant, value: V) {
-        self.put_within(key, started, self.lease, value);
-    }
-
-    /// [`Self::put`] for at most `lease` (the lease the answering service waits out, which it
-    /// sends with its answer); zero keeps nothing.
-    pub fn put_within(&self, key: K, started: Instant, lease: Duration, value: V) {
+    /// Remembers `value` for `key` for at most `lease` (zero keeps nothing), read by a read
+    /// that started at `started`.
+    fn put_within(&self, key: K, started: Instant, lease: Duration, value: V) {
         let lease = lease.min(self.lease);
         if lease.is_zero() {
             return;
@@ -105,17 +135,30 @@ mod tests {
     fn a_lease_runs_from_the_start_of_its_read() {
         let leases = Leases::new(Duration::from_millis(200));
         let long_ago = Instant::now() - Duration::from_millis(300);
-        leases.put("stale", long_ago, 1);
+        leases.put_within("stale", long_ago, leases.lease(), 1);
         assert_eq!(leases.get(&"stale"), None, "a lease counts from the read's start");
-        leases.put("fresh", Instant::now(), 2);
+        leases.put_within("fresh", Instant::now(), leases.lease(), 2);
         assert_eq!(leases.get(&"fresh"), Some(2));
         assert_eq!(leases.get(&"unknown"), None);
+    }
+
+    #[tokio::test]
+    async fn fresh_reads_again_and_keeps_what_it_read() {
+        let leases = Leases::new(Duration::from_secs(1));
+        let read = |v: u32| move || async move { Ok::<_, ()>((v, Duration::from_secs(1))) };
+        assert_eq!(leases.read_through("k", Reuse::Lease, read(1)).await, Ok(1));
+        assert_eq!(leases.read_through("k", Reuse::Lease, read(2)).await, Ok(1), "kept");
+        assert_eq!(leases.read_through("k", Reuse::Fresh, read(3)).await, Ok(3), "read again");
+        assert_eq!(leases.read_through("k", Reuse::Lease, read(4)).await, Ok(3), "and kept");
+        let refused = || async { Ok::<_, ()>((5, Duration::ZERO)) };
+        assert_eq!(leases.read_through("r", Reuse::Lease, refused).await, Ok(5));
+        assert_eq!(leases.read_through("r", Reuse::Lease, read(6)).await, Ok(6), "not kept");
     }
 
     #[test]
     fn zero_keeps_nothing() {
         let leases = Leases::new(Duration::ZERO);
-        leases.put("k", Instant::now(), 1);
+        leases.put_within("k", Instant::now(), Duration::from_secs(1), 1);
         assert_eq!(leases.get(&"k"), None);
         let leases = Leases::new(Duration::from_millis(500));
         leases.put_within("k", Instant::now(), Duration::ZERO, 1);
@@ -137,9 +180,9 @@ mod tests {
         let leases = Leases::new(Duration::from_millis(500));
         let expired = Instant::now() - Duration::from_secs(1);
         for i in 0..MAX_ENTRIES {
-            leases.put(i, expired, i);
+            leases.put_within(i, expired, leases.lease(), i);
         }
-        leases.put(MAX_ENTRIES, Instant::now(), 7);
+        leases.put_within(MAX_ENTRIES, Instant::now(), leases.lease(), 7);
         assert_eq!(leases.get(&MAX_ENTRIES), Some(7));
         let held = leases.entries.lock().unwrap().len();
         assert_eq!(held, 1, "expired entries are dropped before live ones");

@@ -79,7 +79,7 @@ async fn get(client: &Steward, name: &str) -> Result<Administrator, Status> {
         .map(|r| r.into_inner().administrator.unwrap())
 }
 
-async fn delete(
+pub(crate) async fn delete(
     client: &Steward,
     org: &str,
     names: &[&str],
@@ -96,7 +96,7 @@ async fn delete(
         .map(|r| r.into_inner().administrators)
 }
 
-async fn update(
+pub(crate) async fn update(
     client: &Steward,
     admin: Administrator,
     paths: &[&str],
@@ -111,7 +111,11 @@ async fn update(
         .map(|r| r.into_inner().administrator.unwrap())
 }
 
-async fn set_role(client: &Steward, name: &str, role: Role) -> Result<Administrator, Status> {
+pub(crate) async fn set_role(
+    client: &Steward,
+    name: &str,
+    role: Role,
+) -> Result<Administrator, Status> {
     update(
         client,
         Administrator { name: name.into(), role: role as i32, ..Default::default() },

@@ -1,5 +1,5 @@
 //! Caller leases: a service reuses its re-check of a caller for `internal.caller_lease_ms`, and
-//! every write that changes what a caller holds waits the lease out before it answers. So a
+//! every write that narrows what a caller holds waits the lease out before it answers. So a
 //! revocation that has returned is honoured by every replica on the next call, even while the
 //! caller keeps that replica's lease warm with calls of its own, and a caller calling again
 //! within its lease costs the services no re-check.
@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use steward_proto::admin::v1::{
-    Administrator, BatchDeleteAdministratorsRequest, DeleteServiceAccountKeyRequest,
-    GetAdministratorRequest, Role, RoleDefinition, UpdateAdministratorRequest, UpdateRoleRequest,
+    Administrator, DeleteServiceAccountKeyRequest, GetAdministratorRequest, Role, RoleDefinition,
+    UpdateRoleRequest,
 };
 use steward_proto::auth::v1::{RefreshSessionRequest, TokenSet};
 use steward_proto::client::Steward;
@@ -17,6 +17,7 @@ use steward_proto::commands::v1::{CheckAccessRequest, ListGrantsRequest};
 use steward_server::ServiceKind;
 use tonic::{Code, Status};
 
+use crate::admin::{delete, set_role, update};
 use crate::commands::{create_command, try_grant};
 use crate::custom_roles::create_role;
 use crate::harness::{reason, Owner};
@@ -92,15 +93,9 @@ backend_test!(a_revocation_that_returned_is_honoured_by_a_warm_replica, |stack| 
     let newcomer = stack.member(&owner, Role::HelpDesk, false).await;
     let at_replica = stack.client_at(&replica).await;
     let refreshed = refresh(&at_replica, &newcomer.tokens.refresh_token).await.unwrap();
-    let require = UpdateAdministratorRequest {
-        administrator: Some(Administrator {
-            name: newcomer.name.clone(),
-            mfa_required: true,
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask { paths: vec!["mfa_required".into()] }),
-    };
-    owner.client.admin().update_administrator(require).await.unwrap();
+    let require =
+        Administrator { name: newcomer.name.clone(), mfa_required: true, ..Default::default() };
+    update(&owner.client, require, &["mfa_required"]).await.unwrap();
     match refresh(&at_replica, &refreshed.refresh_token).await {
         Err(status) if status.code() == Code::Unauthenticated => {}
         other => stale.push(format!("second factor required, refresh: {other:?}")),
@@ -114,15 +109,7 @@ backend_test!(a_revocation_that_returned_is_honoured_by_a_warm_replica, |stack| 
     {
         let _warm = Warm::start(at_replica.clone(), &owner);
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-        let demote = UpdateAdministratorRequest {
-            administrator: Some(Administrator {
-                name: person.name.clone(),
-                role: Role::CommandRunner as i32,
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask { paths: vec!["role".into()] }),
-        };
-        owner.client.admin().update_administrator(demote).await.unwrap();
+        set_role(&owner.client, &person.name, Role::CommandRunner).await.unwrap();
         refused(
             &mut stale,
             get_owner(&at_replica, &owner).await,
@@ -132,12 +119,7 @@ backend_test!(a_revocation_that_returned_is_honoured_by_a_warm_replica, |stack| 
         // A Command Runner still checks its own access.
         check_access(&at_replica).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-        let delete = BatchDeleteAdministratorsRequest {
-            parent: owner.org.clone(),
-            names: vec![person.name.clone()],
-            validate_only: false,
-        };
-        owner.client.admin().batch_delete_administrators(delete).await.unwrap();
+        delete(&owner.client, &owner.org, &[person.name.as_str()], false).await.unwrap();
         refused(&mut stale, check_access(&at_replica).await, "CALLER_DELETED", "deleted, commands");
         refused(
             &mut stale,
