@@ -5,6 +5,7 @@
 //! [`crate::safeguards`].
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, EntityTrait, IntoActiveModel, JoinType,
@@ -178,7 +179,7 @@ pub async fn get(
     p.check_organization(&req.name)?;
     let (org_id, admin_id) = parse_admin("name", &req.name)?;
     caller_may_read(state, p, Need::Permission(Permission::AdministratorsRead)).await?;
-    let row = administrator(&state.db, &org_id, &admin_id).await?;
+    let row = state.administrator(&org_id, &admin_id).await?;
     Ok(GetAdministratorResponse { administrator: Some(admin_to_proto(&row)) })
 }
 
@@ -209,13 +210,8 @@ pub async fn list(
         });
     }
     let query = administrator::Entity::find().filter(condition);
-    // The total is counted once per organization revision (see `Totals`).
-    let revision: Option<i64> = organization::Entity::find_by_id(org_id.clone())
-        .select_only()
-        .column(organization::Column::Revision)
-        .into_tuple()
-        .one(&state.db)
-        .await?;
+    // The total and the page are read once per organization revision (see `AtRevision`).
+    let revision = state.revisions.get(org_id.clone()).await?;
     let counted = (org_id.clone(), req.filter.trim().to_string());
     let total = match revision.and_then(|r| state.totals.get(&counted, r)) {
         Some(total) => total,
@@ -227,19 +223,31 @@ pub async fn list(
             total
         }
     };
-    let key = match order {
-        AdminOrder::Email => administrator::Column::EmailLower,
-        AdminOrder::CreateTime => administrator::Column::CreatedAt,
+    let paged =
+        (org_id, req.filter.trim().to_string(), req.order_by.trim().to_string(), offset, size);
+    let page = match revision.and_then(|r| state.pages.get(&paged, r)) {
+        Some(page) => page,
+        None => {
+            let key = match order {
+                AdminOrder::Email => administrator::Column::EmailLower,
+                AdminOrder::CreateTime => administrator::Column::CreatedAt,
+            };
+            let query = if desc {
+                query.order_by_desc(key).order_by_desc(administrator::Column::Id)
+            } else {
+                query.order_by_asc(key).order_by_asc(administrator::Column::Id)
+            };
+            let rows = query.offset(offset).limit(size).all(&state.db).await?;
+            let page = Arc::new(rows.iter().map(admin_to_proto).collect::<Vec<_>>());
+            if let Some(revision) = revision {
+                state.pages.put(paged, revision, page.clone());
+            }
+            page
+        }
     };
-    let query = if desc {
-        query.order_by_desc(key).order_by_desc(administrator::Column::Id)
-    } else {
-        query.order_by_asc(key).order_by_asc(administrator::Column::Id)
-    };
-    let rows = query.offset(offset).limit(size).all(&state.db).await?;
-    let next = offset + rows.len() as u64;
+    let next = offset + page.len() as u64;
     Ok(ListAdministratorsResponse {
-        administrators: rows.iter().map(admin_to_proto).collect(),
+        administrators: page.as_ref().clone(),
         next_page_token: if next < total {
             names::encode_page_token(next, &digest)
         } else {

@@ -128,6 +128,13 @@ pub async fn record(
         recorded += inserted;
         if inserted > 0 && enrolled {
             if let Ok((org_id, admin_id)) = parse_admin("actor", &actor) {
+                // Under the organization's lock, as every write to administrators is: it
+                // bumps the revision remembered pages are checked against.
+                // (An organization deleted since has no administrator to mark.)
+                match lock_org(&txn, &org_id).await {
+                    Ok(()) | Err(ApiError::NotFound(_)) => {}
+                    Err(err) => return Err(err),
+                }
                 administrator::Entity::update_many()
                     .col_expr(administrator::Column::MfaEnrolled, true.into())
                     .filter(administrator::Column::Id.eq(admin_id))

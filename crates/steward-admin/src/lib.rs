@@ -141,14 +141,13 @@ pub async fn start(
     // Capped at ten years so the conversion can never overflow.
     let ttl_secs = ctx.config.auth.invite_ttl_secs.min(10 * 365 * 24 * 3600);
     let invite_ttl = chrono::Duration::seconds(ttl_secs as i64);
-    let state = Arc::new(state::State {
-        db: ctx.db.clone(),
-        clock: ctx.clock.clone(),
+    let state = Arc::new(state::State::new(
+        ctx.db.clone(),
+        ctx.clock.clone(),
         invite_ttl,
-        peers: ctx.peers.clone(),
-        totals: state::Totals::default(),
-        callers: steward_runtime::lease::Leases::new(ctx.config.internal.caller_lease()),
-    });
+        ctx.peers.clone(),
+        ctx.config.internal.caller_lease(),
+    ));
     let max = ctx.config.server.max_message_bytes;
     routes.add_service(
         AdminServiceServer::new(api::admin::AdminApi::new(state.clone()))

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use steward_proto::admin::v1::{administrator as proto_admin, Administrator, Organization};
 use steward_runtime::authn::Principal;
 use steward_runtime::claims::Role;
+use steward_runtime::coalesce::Coalescer;
 use steward_runtime::lease::{Leases, Reuse};
 use steward_runtime::names::{AdministratorName, OrganizationName, RoleName};
 use steward_runtime::roles::{self, Permissions};
@@ -34,49 +35,138 @@ pub struct State {
     /// The other services, for effects delivered before the answer ([`crate::effects::deliver_now`]).
     pub peers: Peers,
     /// `ListAdministrators` totals by organization and filter, each with the organization
-    /// revision it was counted at ([`Totals`]).
-    pub totals: Totals,
+    /// revision it was counted at ([`AtRevision`]).
+    pub totals: AtRevision<(String, String), u64>,
+    /// `ListAdministrators` pages, each with the organization revision it was read at.
+    pub pages: AtRevision<PageKey, Arc<Vec<Administrator>>>,
+    /// Organizations' revisions by id, read by concurrent calls in one statement.
+    pub revisions: Coalescer<String, i64>,
     /// What each caller (by name and API key) holds, reused by reads for the caller lease
     /// ([`caller_may_read`]). Its lease (`internal.caller_lease_ms`) is also what every write
     /// that narrows a caller waits out ([`State::wait_out_leases`]) and what the other
     /// services are told they may keep an answer for.
     pub callers: Leases<(String, String), Permissions>,
+    /// Administrator rows by id, read by concurrent GetAdministrator calls in one statement
+    /// ([`steward_runtime::coalesce`]): never from a read that started before the call.
+    pub administrators: Coalescer<String, administrator::Model>,
 }
 
-/// Counts of an organization's administrators matching a filter, remembered with the
-/// organization's `revision` they were counted at. Every write to an organization's
-/// administrators that a filter can see (create, update, delete, activate, role changes) bumps
-/// that revision in its transaction ([`lock_org`]), so a count is reused only while nothing it
-/// counted can have changed, on any replica: a page of a large organization reads one row
-/// instead of counting thousands. (Audit ingestion sets `mfa_enrolled` without the lock; no
-/// filter reads it. A new filter field must be written under the lock.)
-#[derive(Debug, Default)]
-pub struct Totals(std::sync::Mutex<std::collections::HashMap<(String, String), (i64, u64)>>);
+/// Answers about an organization's administrators, each remembered with the organization's
+/// `revision` it was read at: `ListAdministrators` totals (by filter) and pages (by filter,
+/// order, offset and size). Every write to an organization's administrators (create, update,
+/// delete, activate, MFA reset and enrolment, role changes) bumps that revision in its
+/// transaction ([`lock_org`]), and an answer is reused only at the revision read on the call,
+/// so only while nothing it shows can have changed, on any replica: a page of a large
+/// organization reads one row instead of counting and reading thousands. A new write to
+/// administrators must take the lock.
+#[derive(Debug)]
+pub struct AtRevision<K, V> {
+    entries: std::sync::Mutex<std::collections::HashMap<K, (i64, V)>>,
+    max: usize,
+}
 
-/// Most counts remembered; past it the memory starts afresh.
-const MAX_TOTALS: usize = 4096;
-
-impl Totals {
-    /// The count of `(organization id, filter)` made at `revision`, if remembered.
-    pub fn get(&self, key: &(String, String), revision: i64) -> Option<u64> {
-        let totals = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        totals.get(key).filter(|(at, _)| *at == revision).map(|(_, total)| *total)
+impl<K: Eq + std::hash::Hash, V: Clone> AtRevision<K, V> {
+    /// Remembers at most `max` answers; past it the memory starts afresh.
+    pub fn new(max: usize) -> Self {
+        Self { entries: Default::default(), max }
     }
 
-    /// Remembers `total` for `key` at `revision`.
-    pub fn put(&self, key: (String, String), revision: i64, total: u64) {
-        let mut totals = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if totals.len() >= MAX_TOTALS && !totals.contains_key(&key) {
-            totals.clear();
+    /// The answer for `key` read at `revision`, if remembered.
+    pub fn get(&self, key: &K, revision: i64) -> Option<V> {
+        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.get(key).filter(|(at, _)| *at == revision).map(|(_, value)| value.clone())
+    }
+
+    /// Remembers `value` for `key` at `revision`.
+    pub fn put(&self, key: K, revision: i64, value: V) {
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= self.max && !entries.contains_key(&key) {
+            entries.clear();
         }
-        totals.insert(key, (revision, total));
+        entries.insert(key, (revision, value));
     }
 }
+
+/// A page of `ListAdministrators`: organization id, filter, order, offset and size.
+pub type PageKey = (String, String, String, u64, u64);
+
+/// Most totals remembered.
+const MAX_TOTALS: usize = 4096;
+/// Most pages remembered (about 20 KiB each at 50 administrators).
+const MAX_PAGES: usize = 256;
 
 /// Shared handle.
 pub type Shared = Arc<State>;
 
+/// Loads coalesced at once per service: enough to keep a pool's connections busy.
+const PARALLEL_LOADS: usize = 4;
+/// Keys per coalesced statement.
+const MAX_BATCH: usize = 128;
+
 impl State {
+    /// The state of a service on `db`, whose caller leases last `caller_lease`.
+    pub fn new(
+        db: DatabaseConnection,
+        clock: Clock,
+        invite_ttl: chrono::Duration,
+        peers: Peers,
+        caller_lease: std::time::Duration,
+    ) -> Self {
+        let rows = db.clone();
+        let administrators = Coalescer::new(PARALLEL_LOADS, MAX_BATCH, move |ids: Vec<String>| {
+            let db = rows.clone();
+            async move {
+                let found = administrator::Entity::find()
+                    .filter(administrator::Column::Id.is_in(ids))
+                    .all(&db)
+                    .await
+                    .map_err(|err| Arc::new(ApiError::from(err)))?;
+                Ok(found.into_iter().map(|row| (row.id.clone(), row)).collect())
+            }
+        });
+        let conn = db.clone();
+        let revisions = Coalescer::new(PARALLEL_LOADS, MAX_BATCH, move |ids: Vec<String>| {
+            let db = conn.clone();
+            async move {
+                let found: Vec<(String, i64)> = organization::Entity::find()
+                    .select_only()
+                    .column(organization::Column::Id)
+                    .column(organization::Column::Revision)
+                    .filter(organization::Column::Id.is_in(ids))
+                    .into_tuple()
+                    .all(&db)
+                    .await
+                    .map_err(|err| Arc::new(ApiError::from(err)))?;
+                Ok(found.into_iter().collect())
+            }
+        });
+        Self {
+            db,
+            clock,
+            invite_ttl,
+            peers,
+            totals: AtRevision::new(MAX_TOTALS),
+            pages: AtRevision::new(MAX_PAGES),
+            revisions,
+            callers: Leases::new(caller_lease),
+            administrators,
+        }
+    }
+
+    /// The administrator `admin_id` of organization `org_id` as it is now, read together with
+    /// concurrent calls' ([`State::administrators`]).
+    pub async fn administrator(
+        &self,
+        org_id: &str,
+        admin_id: &str,
+    ) -> ApiResult<administrator::Model> {
+        self.administrators
+            .get(admin_id.to_string())
+            .await?
+            .filter(|row| row.organization_id == org_id)
+            .ok_or_else(|| ApiError::NotFound(admin_name(org_id, admin_id)))
+    }
+
     /// The current time, from the injected clock.
     pub fn now(&self) -> DateTime<Utc> {
         (self.clock)()

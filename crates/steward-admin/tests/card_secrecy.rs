@@ -64,14 +64,13 @@ async fn card_number_and_cvc_are_never_logged_or_stored() {
     let url = steward_storage::sqlite_url(dir.path(), "admin").unwrap();
     let db = steward_storage::connect(&url, 4).await.unwrap();
     steward_storage::migrate::<steward_admin::Migrator>(&db).await.unwrap();
-    let state = Arc::new(State {
-        db: db.clone(),
-        clock: steward_runtime::service::system_clock(),
-        invite_ttl: chrono::Duration::hours(72),
-        peers: steward_runtime::service::Peers::from_config(&Default::default()).unwrap(),
-        totals: Default::default(),
-        callers: steward_runtime::lease::Leases::new(std::time::Duration::from_millis(100)),
-    });
+    let state = Arc::new(State::new(
+        db.clone(),
+        steward_runtime::service::system_clock(),
+        chrono::Duration::hours(72),
+        steward_runtime::service::Peers::from_config(&Default::default()).unwrap(),
+        std::time::Duration::from_millis(100),
+    ));
 
     let created = OrganizationApi::new(state.clone())
         .create_organization(request(

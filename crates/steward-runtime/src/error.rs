@@ -95,6 +95,19 @@ fn summarize(violations: &[FieldViolation]) -> String {
         .join("; ")
 }
 
+impl ApiError {
+    /// This error again, for one more of the callers that shared the statement that failed
+    /// ([`crate::coalesce`]): `UNAVAILABLE` stays retryable; anything else is `INTERNAL`, as a
+    /// failed statement is.
+    pub fn shared(&self) -> Self {
+        match self {
+            Self::Unavailable(message) => Self::Unavailable(message.clone()),
+            Self::Internal(detail) => Self::Internal(detail.clone()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
 /// Shorthand for handler results.
 pub type ApiResult<T> = Result<T, ApiError>;
 

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod authn;
 pub mod claims;
+pub mod coalesce;
 pub mod config;
 pub mod deadline;
 pub mod error;

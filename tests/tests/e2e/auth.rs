@@ -6,7 +6,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
 use steward_proto::admin::v1::{
-    Administrator, CreateAdministratorRequest, GetProfileRequest, ResendInviteRequest, Role,
+    Administrator, CreateAdministratorRequest, GetProfileRequest, ListAdministratorsRequest,
+    ResendInviteRequest, Role,
 };
 use steward_proto::audit::v1::ListAuditEventsRequest;
 use steward_proto::auth::v1::auth_internal_service_client::AuthInternalServiceClient;
@@ -82,6 +83,13 @@ fn challenge(result: sign_in_response::Result) -> MfaChallenge {
         sign_in_response::Result::MfaChallenge(challenge) => challenge,
         other => panic!("expected an MFA challenge, got {other:?}"),
     }
+}
+
+/// The owner as the first page of its organization shows it.
+async fn owner_in_page(owner: &Owner) -> Administrator {
+    let request = ListAdministratorsRequest { parent: owner.org.clone(), ..Default::default() };
+    let page = owner.client.admin().list_administrators(request).await.unwrap().into_inner();
+    page.administrators.into_iter().find(|a| a.name == owner.admin).unwrap()
 }
 
 async fn refresh(stack: &Stack, refresh_token: &str) -> Result<TokenSet, tonic::Status> {
@@ -316,6 +324,8 @@ backend_test!(issue_invite_is_idempotent_and_needs_the_administrator, |stack| as
 
 backend_test!(mfa_enrol_sign_in_replay_and_recovery_codes, |stack| async move {
     let owner = stack.owner().await;
+    // A page read before the enrolment, remembered by the admin service (see below).
+    assert!(!owner_in_page(&owner).await.mfa_enrolled);
     let enrolment = owner
         .client
         .auth()
@@ -386,6 +396,11 @@ backend_test!(mfa_enrol_sign_in_replay_and_recovery_codes, |stack| async move {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(enrolled, "the profile shows MFA enrolled");
+    // The enrolment moved the organization's revision: the page is read again, not reused.
+    assert!(
+        owner_in_page(&owner).await.mfa_enrolled,
+        "a page remembered from before the enrolment"
+    );
     let events = owner
         .client
         .audit()

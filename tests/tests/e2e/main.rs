@@ -57,6 +57,7 @@ mod bench;
 mod built_in_roles;
 mod bursts;
 mod client;
+mod coalescing;
 mod commands;
 mod custom_roles;
 mod email;

@@ -1,0 +1,272 @@
+//! Concurrent statements by key coalesced into one, never stale.
+//!
+//! Under load, many calls make the same kind of statement at once, each for its own key (an
+//! administrator by id, a refresh token by digest). Every statement pays the same fixed cost —
+//! a pooled connection, a round trip or a hop to SQLite's worker thread, parsing and planning —
+//! however little it reads. A [`Coalescer`] runs at most `parallel` loads at a time; keys asked
+//! for while they run queue, and the next load takes them all (up to `max_batch`) in one
+//! statement. Nothing waits on a timer: an idle service loads each key as it comes, with no
+//! added latency, and batches form only while the database is busy.
+//!
+//! Never stale: a key joins only a load that has not *started*. A call is answered by a load
+//! that began after the call arrived, so it sees every write that returned before it, exactly
+//! as its own statement would have.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use crate::error::ApiError;
+
+/// What a load answers: a value for each key it found (keys it did not find are absent), or
+/// the error every caller of the load gets.
+pub type Loaded<K, V> = Result<HashMap<K, V>, Arc<ApiError>>;
+
+type Load<K, V> =
+    dyn Fn(Vec<K>) -> Pin<Box<dyn Future<Output = Loaded<K, V>> + Send>> + Send + Sync;
+
+type Waiter<V> = oneshot::Sender<Result<Option<V>, Arc<ApiError>>>;
+
+/// Coalesces concurrent loads by key (see the module documentation).
+pub struct Coalescer<K, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+impl<K, V> Clone for Coalescer<K, V> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+impl<K, V> fmt::Debug for Coalescer<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coalescer")
+            .field("parallel", &self.inner.parallel)
+            .field("max_batch", &self.inner.max_batch)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<K, V> {
+    load: Box<Load<K, V>>,
+    parallel: usize,
+    max_batch: usize,
+    queue: Mutex<Queue<K, V>>,
+}
+
+struct Queue<K, V> {
+    waiting: Vec<(K, Waiter<V>)>,
+    running: usize,
+}
+
+impl<K, V> Coalescer<K, V>
+where
+    K: Clone + Eq + Hash + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    /// Loads with `load`, which is given distinct keys, at most `max_batch` at once, and
+    /// answers those it found; at most `parallel` loads run at a time (both at least 1).
+    pub fn new<F, Fut>(parallel: usize, max_batch: usize, load: F) -> Self
+    where
+        F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Loaded<K, V>> + Send + 'static,
+    {
+        Self {
+            inner: Arc::new(Inner {
+                load: Box::new(move |keys| Box::pin(load(keys))),
+                parallel: parallel.max(1),
+                max_batch: max_batch.max(1),
+                queue: Mutex::new(Queue { waiting: Vec::new(), running: 0 }),
+            }),
+        }
+    }
+
+    /// The value for `key` from a load that starts after this call (`None`: not found).
+    pub async fn get(&self, key: K) -> Result<Option<V>, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut queue = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.waiting.push((key, tx));
+            let start = queue.running < self.inner.parallel;
+            if start {
+                queue.running += 1;
+            }
+            start
+        };
+        if start {
+            tokio::spawn(drain(self.inner.clone()));
+        }
+        match rx.await {
+            Ok(answer) => answer.map_err(|err| err.shared()),
+            // The load was dropped mid-way (its task aborted at shutdown).
+            Err(_) => Err(ApiError::Unavailable("the read was interrupted, retry".into())),
+        }
+    }
+}
+
+/// Counts a running drain down when it ends, however it ends; if callers still wait (a load
+/// that panicked must not strand them), a new drain takes its place.
+struct Running<K, V>
+where
+    K: Clone + Eq + Hash + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    inner: Arc<Inner<K, V>>,
+    finished: bool,
+}
+
+impl<K, V> Drop for Running<K, V>
+where
+    K: Clone + Eq + Hash + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut queue = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        match tokio::runtime::Handle::try_current() {
+            // Still counted as running: the new drain takes this one's place.
+            Ok(runtime) if !queue.waiting.is_empty() => {
+                runtime.spawn(drain(self.inner.clone()));
+            }
+            _ => queue.running -= 1,
+        }
+    }
+}
+
+/// Runs loads until no caller waits.
+async fn drain<K, V>(inner: Arc<Inner<K, V>>)
+where
+    K: Clone + Eq + Hash + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    let mut running = Running { inner, finished: false };
+    loop {
+        let batch: Vec<(K, Waiter<V>)> = {
+            let mut queue = running.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            if queue.waiting.is_empty() {
+                queue.running -= 1;
+                drop(queue);
+                running.finished = true;
+                return;
+            }
+            let take = queue.waiting.len().min(running.inner.max_batch);
+            queue.waiting.drain(..take).collect()
+        };
+        let mut keys: Vec<K> = Vec::with_capacity(batch.len());
+        for (key, _) in &batch {
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+        let loaded = (running.inner.load)(keys).await;
+        for (key, waiter) in batch {
+            let answer = match &loaded {
+                Ok(found) => Ok(found.get(&key).cloned()),
+                Err(err) => Err(err.clone()),
+            };
+            // A caller that went away no longer needs its answer.
+            let _ = waiter.send(answer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// The keys of each load, in order.
+    type Seen = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// A load that records the keys of each call and answers `key * 10 + the load's number`,
+    /// after `gate` is notified when one is given.
+    fn counting(gate: Option<Arc<Notify>>) -> (Coalescer<u32, u32>, Seen, Arc<AtomicUsize>) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let started = Arc::new(AtomicUsize::new(0));
+        let (seen, count) = (calls.clone(), started.clone());
+        let coalescer = Coalescer::new(1, 64, move |keys: Vec<u32>| {
+            let (seen, count, gate) = (seen.clone(), count.clone(), gate.clone());
+            async move {
+                let number = u32::try_from(count.fetch_add(1, Ordering::SeqCst)).unwrap();
+                seen.lock().unwrap().push(keys.clone());
+                if let Some(gate) = gate {
+                    gate.notified().await;
+                }
+                Ok(keys.into_iter().filter(|k| *k != 0).map(|k| (k, k * 10 + number)).collect())
+            }
+        });
+        (coalescer, calls, started)
+    }
+
+    #[tokio::test]
+    async fn a_call_never_joins_a_load_that_started_before_it() {
+        let gate = Arc::new(Notify::new());
+        let (coalescer, calls, started) = counting(Some(gate.clone()));
+        let first = tokio::spawn({
+            let c = coalescer.clone();
+            async move { c.get(7).await.unwrap() }
+        });
+        while started.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The first load is running: these three must wait for the next one.
+        let later: Vec<_> = [7, 8, 7]
+            .into_iter()
+            .map(|k| {
+                let c = coalescer.clone();
+                tokio::spawn(async move { c.get(k).await.unwrap() })
+            })
+            .collect();
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        assert_eq!(first.await.unwrap(), Some(70));
+        while started.load(Ordering::SeqCst) == 1 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        let mut answers = Vec::new();
+        for task in later {
+            answers.push(task.await.unwrap());
+        }
+        assert_eq!(answers, vec![Some(71), Some(81), Some(71)]);
+        // One load for the three, each key once.
+        assert_eq!(*calls.lock().unwrap(), vec![vec![7], vec![7, 8]]);
+    }
+
+    #[tokio::test]
+    async fn an_idle_coalescer_loads_at_once_and_reports_what_is_missing() {
+        let (coalescer, calls, _) = counting(None);
+        assert_eq!(coalescer.get(3).await.unwrap(), Some(30));
+        assert_eq!(coalescer.get(0).await.unwrap(), None);
+        assert_eq!(*calls.lock().unwrap(), vec![vec![3], vec![0]]);
+    }
+
+    #[tokio::test]
+    async fn every_caller_of_a_failed_load_gets_its_error() {
+        let coalescer: Coalescer<u32, u32> = Coalescer::new(1, 8, |_keys: Vec<u32>| async {
+            Err(Arc::new(ApiError::Unavailable("database unavailable, retry later".into())))
+        });
+        let tasks: Vec<_> = (0..5)
+            .map(|k| {
+                let c = coalescer.clone();
+                tokio::spawn(async move { c.get(k).await })
+            })
+            .collect();
+        for task in tasks {
+            let err = task.await.unwrap().unwrap_err();
+            assert!(matches!(err, ApiError::Unavailable(_)), "{err:?}");
+        }
+    }
+}
