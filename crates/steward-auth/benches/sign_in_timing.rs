@@ -87,7 +87,7 @@ async fn service() -> (AuthApi, support::Harness) {
         .unwrap();
     let state = Arc::new(State {
         db: h.state.db.clone(),
-        clock: jumping,
+        clock: jumping.clone(),
         config: h.state.config.clone(),
         signer: h.state.signer.clone(),
         hasher: h.state.hasher.clone(),
@@ -95,6 +95,7 @@ async fn service() -> (AuthApi, support::Harness) {
         sealer: h.state.sealer.clone(),
         admin: h.state.admin.clone(),
         looked_up: steward_runtime::lease::Leases::new(std::time::Duration::ZERO),
+        refreshes: steward_auth::rotation::Refreshes::new(&h.state.db, jumping.clone()),
     });
     (AuthApi::new(state), h)
 }

@@ -71,6 +71,7 @@ pub mod mailer;
 pub mod mfa;
 pub mod migration;
 pub mod password;
+pub mod rotation;
 pub mod sealed;
 pub mod secrets;
 pub mod session;
@@ -148,6 +149,7 @@ pub async fn start(
         sealer: sealed::Sealer::load(&ctx.config.auth)?,
         admin: AdminInternalServiceClient::new(ctx.peers.internal(&ctx.peers.admin)),
         looked_up: steward_runtime::lease::Leases::new(ctx.config.internal.caller_lease()),
+        refreshes: rotation::Refreshes::new(&ctx.db, ctx.clock.clone()),
     });
     sealed::seal_legacy(&state.db, &state.sealer).await?;
     let limit = ctx.config.server.max_message_bytes;

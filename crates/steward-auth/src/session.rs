@@ -4,14 +4,15 @@
 
 use chrono::Duration;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, JoinType, QueryFilter, QuerySelect, Set};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use steward_proto::auth::v1::{self as pb, verify_mfa_request, MfaMethod};
 use steward_runtime::authn::{AdministratorCall, RequestContext};
 use steward_runtime::claims::TokenScope;
 use steward_runtime::names::OrganizationName;
 use steward_runtime::{ApiError, ApiResult};
 
-use crate::entity::{credential, mfa_challenge, recovery_code, refresh_token, session};
+use crate::entity::{credential, mfa_challenge, recovery_code, session};
+use crate::rotation::Rotation;
 use crate::state::{
     self, invalid_credentials, key_of, organization_of, record, recorded, required, timestamp,
     State,
@@ -276,18 +277,12 @@ pub async fn refresh(
 ) -> ApiResult<pb::RefreshSessionResponse> {
     required("refresh_token", &request.refresh_token)?;
     let now = state.now();
-    // The token and its session in one statement.
-    let to_session = refresh_token::Entity::belongs_to(session::Entity)
-        .from(refresh_token::Column::SessionId)
-        .to(session::Column::Id)
-        .into();
-    let (token, session) =
-        refresh_token::Entity::find_by_id(secrets::digest(&request.refresh_token))
-            .join(JoinType::InnerJoin, to_session)
-            .select_also(session::Entity)
-            .one(&state.db)
-            .await?
-            .ok_or_else(invalid_credentials)?;
+    // The token and its session in one statement (shared with concurrent calls).
+    let (token, session) = state
+        .refreshes
+        .token(secrets::digest(&request.refresh_token))
+        .await?
+        .ok_or_else(invalid_credentials)?;
     let session = session
         .filter(|s| s.revoked_at.is_none() && s.expires_at > now && s.scope == "full")
         .ok_or_else(invalid_credentials)?;
@@ -307,8 +302,7 @@ pub async fn refresh(
         return Err(invalid_credentials());
     };
     let subject = state.subject(&administrator)?;
-    let credential =
-        credential::Entity::find_by_id(session.administrator.clone()).one(&state.db).await?;
+    let credential = state.refreshes.credential(session.administrator.clone()).await?;
     // MFA required since this session began but not enrolled: back to sign-in, which issues
     // an enrolment-only session.
     let needs_enrolment =
@@ -319,22 +313,16 @@ pub async fn refresh(
         return Err(invalid_credentials());
     }
     let next = secrets::new_token();
-    let tx = state.begin_write().await?;
-    let rotated = refresh_token::Entity::update_many()
-        .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
-        .filter(refresh_token::Column::TokenHash.eq(token.token_hash.as_str()))
-        .filter(refresh_token::Column::UsedAt.is_null())
-        .exec(&tx)
-        .await?;
-    if rotated.rows_affected != 1 {
+    // Committed with the concurrent calls' rotations, before this call answers.
+    let rotation = Rotation { used: token.token_hash, session: session.id.clone(), next };
+    let rotated = state.refreshes.rotate(rotation.clone()).await?;
+    if !rotated {
         // A concurrent refresh used it first: that is reuse too.
-        tx.rollback().await?;
         state::revoke_session(&state.db, &session.id, now).await?;
         tracing::warn!(session = %session.id, "refresh token raced, session revoked");
         return Err(invalid_credentials());
     }
-    state::insert_refresh(&tx, &session.id, &next, now).await?;
-    tx.commit().await?;
+    let next = rotation.next;
     let amr: Vec<String> =
         session.amr.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
     let facts = state::SessionFacts {

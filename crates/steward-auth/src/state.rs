@@ -105,6 +105,8 @@ pub struct State {
     pub admin: AdminInternalServiceClient<InternalChannel>,
     /// Administrators as [`State::lookup_leased`] last read them, kept for the caller lease.
     pub looked_up: steward_runtime::lease::Leases<String, Option<Looked>>,
+    /// RefreshSession's statements, shared by concurrent calls.
+    pub refreshes: crate::rotation::Refreshes,
 }
 
 /// What tokens are issued from: one session's facts.

@@ -115,6 +115,10 @@ pub async fn harness() -> Harness {
 
     let keys = steward_auth::keys::load_all(&config.auth).unwrap();
     let state = Arc::new(State {
+        refreshes: steward_auth::rotation::Refreshes::new(
+            &db,
+            steward_runtime::service::system_clock(),
+        ),
         db,
         clock: steward_runtime::service::system_clock(),
         config: config.auth.clone(),

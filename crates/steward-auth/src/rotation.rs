@@ -1,0 +1,245 @@
+//! RefreshSession's statements, shared by concurrent calls ([`steward_runtime::coalesce`]):
+//! the presented tokens with their sessions read in one statement, the credentials in another,
+//! and the rotations committed together in one transaction (group commit). Each call still
+//! returns only after its own rotation is durable, and a token rotates at most once: of two
+//! calls presenting it, in one batch or two, one rotates it and the other finds it used.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, JoinType, QueryFilter, QuerySelect, Set,
+};
+use steward_runtime::coalesce::{Coalescer, Loaded};
+use steward_runtime::service::Clock;
+use steward_runtime::ApiError;
+
+use crate::entity::{credential, refresh_token, session};
+use crate::secrets;
+
+/// Loads of each kind running at once.
+const PARALLEL_LOADS: usize = 2;
+/// Tokens per statement, and rotations per transaction.
+const MAX_BATCH: usize = 128;
+
+/// One refresh token exchanged for the next.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rotation {
+    /// Digest of the token presented.
+    pub used: String,
+    /// Its session.
+    pub session: String,
+    /// The token issued in its place (not its digest: the caller returns it).
+    pub next: String,
+}
+
+/// RefreshSession's coalesced statements.
+pub struct Refreshes {
+    /// A presented token (by digest) with its session.
+    tokens: Coalescer<String, (refresh_token::Model, Option<session::Model>)>,
+    /// Credentials by administrator id.
+    credentials: Coalescer<String, credential::Model>,
+    /// Rotations committed together: `true` for a rotation that happened, absent for a token
+    /// already used (by an earlier call, or by another call in the same batch).
+    rotations: Coalescer<Rotation, bool>,
+}
+
+impl std::fmt::Debug for Refreshes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refreshes").finish_non_exhaustive()
+    }
+}
+
+fn failed(err: sea_orm::DbErr) -> Arc<ApiError> {
+    Arc::new(ApiError::from(err))
+}
+
+impl Refreshes {
+    /// Statements on `db`; rotations are stamped with `clock`.
+    pub fn new(db: &DatabaseConnection, clock: Clock) -> Self {
+        let conn = db.clone();
+        let tokens = Coalescer::new(PARALLEL_LOADS, MAX_BATCH, move |digests: Vec<String>| {
+            let db = conn.clone();
+            async move {
+                let to_session = refresh_token::Entity::belongs_to(session::Entity)
+                    .from(refresh_token::Column::SessionId)
+                    .to(session::Column::Id)
+                    .into();
+                let found = refresh_token::Entity::find()
+                    .filter(refresh_token::Column::TokenHash.is_in(digests))
+                    .join(JoinType::InnerJoin, to_session)
+                    .select_also(session::Entity)
+                    .all(&db)
+                    .await
+                    .map_err(failed)?;
+                Ok(found.into_iter().map(|row| (row.0.token_hash.clone(), row)).collect())
+            }
+        });
+        let conn = db.clone();
+        let credentials = Coalescer::new(PARALLEL_LOADS, MAX_BATCH, move |ids: Vec<String>| {
+            let db = conn.clone();
+            async move {
+                let found = credential::Entity::find()
+                    .filter(credential::Column::Administrator.is_in(ids))
+                    .all(&db)
+                    .await
+                    .map_err(failed)?;
+                Ok(found.into_iter().map(|row| (row.administrator.clone(), row)).collect())
+            }
+        });
+        let conn = db.clone();
+        let rotations = Coalescer::new(PARALLEL_LOADS, MAX_BATCH, move |batch: Vec<Rotation>| {
+            let (db, now) = (conn.clone(), clock());
+            async move { rotate(&db, batch, now).await }
+        });
+        Self { tokens, credentials, rotations }
+    }
+
+    /// The token of `digest` with its session, as they are now.
+    pub async fn token(
+        &self,
+        digest: String,
+    ) -> Result<Option<(refresh_token::Model, Option<session::Model>)>, ApiError> {
+        self.tokens.get(digest).await
+    }
+
+    /// The credential of `administrator`, as it is now.
+    pub async fn credential(
+        &self,
+        administrator: String,
+    ) -> Result<Option<credential::Model>, ApiError> {
+        self.credentials.get(administrator).await
+    }
+
+    /// Marks `rotation.used` used and stores `rotation.next`, durably, unless the used token
+    /// was used already; `false` then.
+    pub async fn rotate(&self, rotation: Rotation) -> Result<bool, ApiError> {
+        Ok(self.rotations.get(rotation).await?.unwrap_or(false))
+    }
+}
+
+/// One transaction for a batch of rotations: the unused tokens among those presented, locked;
+/// each rotated by the first rotation presenting it; the next tokens inserted.
+async fn rotate(
+    db: &DatabaseConnection,
+    batch: Vec<Rotation>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Loaded<Rotation, bool> {
+    let txn = steward_storage::begin_write(db, crate::IDEMPOTENCY.table()).await.map_err(failed)?;
+    let presented: Vec<String> = batch.iter().map(|r| r.used.clone()).collect();
+    // Locked on PostgreSQL until the commit (SQLite's write lock is already held): a
+    // concurrent batch waits, then finds them used.
+    let unused: HashSet<String> = refresh_token::Entity::find()
+        .select_only()
+        .column(refresh_token::Column::TokenHash)
+        .filter(refresh_token::Column::TokenHash.is_in(presented))
+        .filter(refresh_token::Column::UsedAt.is_null())
+        .lock_exclusive()
+        .into_tuple()
+        .all(&txn)
+        .await
+        .map_err(failed)?
+        .into_iter()
+        .collect();
+    let mut claimed = HashSet::new();
+    let winners: Vec<Rotation> = batch
+        .into_iter()
+        .filter(|r| unused.contains(&r.used) && claimed.insert(r.used.clone()))
+        .collect();
+    if winners.is_empty() {
+        txn.rollback().await.map_err(failed)?;
+        return Ok(HashMap::new());
+    }
+    refresh_token::Entity::update_many()
+        .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
+        .filter(refresh_token::Column::TokenHash.is_in(winners.iter().map(|r| r.used.clone())))
+        .exec(&txn)
+        .await
+        .map_err(failed)?;
+    refresh_token::Entity::insert_many(winners.iter().map(|r| refresh_token::ActiveModel {
+        token_hash: Set(secrets::digest(&r.next)),
+        session_id: Set(r.session.clone()),
+        used_at: Set(None),
+        created_at: Set(now),
+    }))
+    .exec(&txn)
+    .await
+    .map_err(failed)?;
+    txn.commit().await.map_err(failed)?;
+    Ok(winners.into_iter().map(|r| (r, true)).collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use sea_orm::{ActiveModelTrait, IntoActiveModel};
+
+    use super::*;
+
+    async fn databases() -> Vec<(steward_storage::testing::TestDatabase, DatabaseConnection)> {
+        let mut out = Vec::new();
+        for backend in steward_storage::testing::backends() {
+            let db = steward_storage::testing::TestDatabase::create(backend).await.unwrap();
+            let conn = steward_storage::connect(&db.url("auth"), 8).await.unwrap();
+            <crate::Migrator as sea_orm_migration::MigratorTrait>::up(&conn, None).await.unwrap();
+            out.push((db, conn));
+        }
+        out
+    }
+
+    async fn session_with_token(conn: &DatabaseConnection, id: &str, token: &str) {
+        let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+        session::Model {
+            id: id.into(),
+            administrator: "o1/a1".into(),
+            organization: "o1".into(),
+            amr: "pwd".into(),
+            scope: "full".into(),
+            created_at: now,
+            expires_at: now + chrono::Duration::hours(1),
+            revoked_at: None,
+        }
+        .into_active_model()
+        .insert(conn)
+        .await
+        .unwrap();
+        crate::state::insert_refresh(conn, id, token, now).await.unwrap();
+    }
+
+    fn rotation(token: &str, session: &str, next: &str) -> Rotation {
+        Rotation { used: secrets::digest(token), session: session.into(), next: next.into() }
+    }
+
+    // One batch holding two rotations of one token (and one of another): the first rotates it,
+    // the second does not, and only the first's next token is stored. A later batch presenting
+    // it again rotates nothing.
+    #[tokio::test]
+    async fn a_token_rotates_once_within_and_across_batches() {
+        for (db, conn) in databases().await {
+            session_with_token(&conn, "s1", "token-1").await;
+            session_with_token(&conn, "s2", "token-2").await;
+            let first = rotation("token-1", "s1", "next-a");
+            let second = rotation("token-1", "s1", "next-b");
+            let other = rotation("token-2", "s2", "next-c");
+            let batch = vec![first.clone(), second.clone(), other.clone()];
+            let done = rotate(&conn, batch, Utc::now()).await.unwrap();
+            let on = db.backend();
+            assert_eq!(done.get(&first), Some(&true), "on {on:?}");
+            assert_eq!(done.get(&second), None, "on {on:?}");
+            assert_eq!(done.get(&other), Some(&true), "on {on:?}");
+            let stored = |token: &str| {
+                let conn = conn.clone();
+                let digest = secrets::digest(token);
+                async move { refresh_token::Entity::find_by_id(digest).one(&conn).await.unwrap() }
+            };
+            assert!(stored("next-a").await.is_some(), "on {on:?}");
+            assert!(stored("next-b").await.is_none(), "on {on:?}");
+            assert!(stored("token-1").await.unwrap().used_at.is_some(), "on {on:?}");
+            let again = rotate(&conn, vec![rotation("token-1", "s1", "next-d")], Utc::now());
+            assert!(again.await.unwrap().is_empty(), "on {on:?}");
+            assert!(stored("next-d").await.is_none(), "on {on:?}");
+        }
+    }
+}
