@@ -239,7 +239,7 @@ pub async fn list(
             };
             let rows = query.offset(offset).limit(size).all(&state.db).await?;
             let page = Arc::new(rows.iter().map(admin_to_proto).collect::<Vec<_>>());
-            if let Some(revision) = revision {
+            if let Some(revision) = revision.filter(|_| page.len() <= MAX_REMEMBERED_PAGE) {
                 state.pages.put(paged, revision, page.clone());
             }
             page

@@ -117,6 +117,23 @@ pub async fn record(
     let rows =
         req.events.iter().enumerate().map(|(i, e)| to_row(i, e)).collect::<ApiResult<Vec<_>>>()?;
     let txn = state.begin_write().await?;
+    // An enrolment changes an administrator shown in pages: under its organization's lock, as
+    // every write to administrators is (it bumps the revision pages are checked against).
+    // Taken first, in order of id, so two calls cannot wait on each other's locks.
+    let mut enrolling: Vec<String> = rows
+        .iter()
+        .filter(|row| row.action == CONFIRM_MFA_ACTION && row.result == stored::RESULT_ALLOWED)
+        .filter_map(|row| parse_admin("actor", &row.actor).ok().map(|(org_id, _)| org_id))
+        .collect();
+    enrolling.sort();
+    enrolling.dedup();
+    for org_id in &enrolling {
+        match lock_org(&txn, org_id).await {
+            // An organization deleted since has no administrator to mark.
+            Ok(()) | Err(ApiError::NotFound(_)) => {}
+            Err(err) => return Err(err),
+        }
+    }
     let mut recorded = 0;
     for row in rows {
         let enrolled = row.action == CONFIRM_MFA_ACTION && row.result == stored::RESULT_ALLOWED;
@@ -128,13 +145,6 @@ pub async fn record(
         recorded += inserted;
         if inserted > 0 && enrolled {
             if let Ok((org_id, admin_id)) = parse_admin("actor", &actor) {
-                // Under the organization's lock, as every write to administrators is: it
-                // bumps the revision remembered pages are checked against.
-                // (An organization deleted since has no administrator to mark.)
-                match lock_org(&txn, &org_id).await {
-                    Ok(()) | Err(ApiError::NotFound(_)) => {}
-                    Err(err) => return Err(err),
-                }
                 administrator::Entity::update_many()
                     .col_expr(administrator::Column::MfaEnrolled, true.into())
                     .filter(administrator::Column::Id.eq(admin_id))

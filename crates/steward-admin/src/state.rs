@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use steward_proto::admin::v1::{administrator as proto_admin, Administrator, Organization};
 use steward_runtime::authn::Principal;
 use steward_runtime::claims::Role;
-use steward_runtime::coalesce::Coalescer;
+use steward_runtime::coalesce::{padded, Coalescer};
 use steward_runtime::lease::{Leases, Reuse};
 use steward_runtime::names::{AdministratorName, OrganizationName, RoleName};
 use steward_runtime::roles::{self, Permissions};
@@ -59,11 +59,18 @@ pub struct State {
 /// so only while nothing it shows can have changed, on any replica: a page of a large
 /// organization reads one row instead of counting and reading thousands. A new write to
 /// administrators must take the lock.
+///
+/// An answer is also forgotten after [`REMEMBERED_FOR`]: replicas of a version before this
+/// rule recorded MFA enrolments without the lock, and during a rolling upgrade a page could
+/// otherwise miss one until the organization's next write.
 #[derive(Debug)]
 pub struct AtRevision<K, V> {
-    entries: std::sync::Mutex<std::collections::HashMap<K, (i64, V)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<K, (i64, std::time::Instant, V)>>,
     max: usize,
 }
+
+/// Longest an answer of [`AtRevision`] is reused, whatever the revision.
+pub const REMEMBERED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl<K: Eq + std::hash::Hash, V: Clone> AtRevision<K, V> {
     /// Remembers at most `max` answers; past it the memory starts afresh.
@@ -74,7 +81,10 @@ impl<K: Eq + std::hash::Hash, V: Clone> AtRevision<K, V> {
     /// The answer for `key` read at `revision`, if remembered.
     pub fn get(&self, key: &K, revision: i64) -> Option<V> {
         let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries.get(key).filter(|(at, _)| *at == revision).map(|(_, value)| value.clone())
+        entries
+            .get(key)
+            .filter(|(at, since, _)| *at == revision && since.elapsed() < REMEMBERED_FOR)
+            .map(|(_, _, value)| value.clone())
     }
 
     /// Remembers `value` for `key` at `revision`.
@@ -83,7 +93,7 @@ impl<K: Eq + std::hash::Hash, V: Clone> AtRevision<K, V> {
         if entries.len() >= self.max && !entries.contains_key(&key) {
             entries.clear();
         }
-        entries.insert(key, (revision, value));
+        entries.insert(key, (revision, std::time::Instant::now(), value));
     }
 }
 
@@ -92,8 +102,11 @@ pub type PageKey = (String, String, String, u64, u64);
 
 /// Most totals remembered.
 const MAX_TOTALS: usize = 4096;
-/// Most pages remembered (about 20 KiB each at 50 administrators).
-const MAX_PAGES: usize = 256;
+/// Most pages remembered, each of at most [`MAX_REMEMBERED_PAGE`] administrators (about 550
+/// bytes each): 7 MiB at most.
+const MAX_PAGES: usize = 128;
+/// Longest page remembered; longer ones are read on every call.
+pub const MAX_REMEMBERED_PAGE: usize = 100;
 
 /// Shared handle.
 pub type Shared = Arc<State>;
@@ -117,10 +130,10 @@ impl State {
             let db = rows.clone();
             async move {
                 let found = administrator::Entity::find()
-                    .filter(administrator::Column::Id.is_in(ids))
+                    .filter(administrator::Column::Id.is_in(padded(ids)))
                     .all(&db)
                     .await
-                    .map_err(|err| Arc::new(ApiError::from(err)))?;
+                    .map_err(ApiError::from)?;
                 Ok(found.into_iter().map(|row| (row.id.clone(), row)).collect())
             }
         });
@@ -132,11 +145,11 @@ impl State {
                     .select_only()
                     .column(organization::Column::Id)
                     .column(organization::Column::Revision)
-                    .filter(organization::Column::Id.is_in(ids))
+                    .filter(organization::Column::Id.is_in(padded(ids)))
                     .into_tuple()
                     .all(&db)
                     .await
-                    .map_err(|err| Arc::new(ApiError::from(err)))?;
+                    .map_err(ApiError::from)?;
                 Ok(found.into_iter().collect())
             }
         });

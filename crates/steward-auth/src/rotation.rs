@@ -5,13 +5,13 @@
 //! calls presenting it, in one batch or two, one rotates it and the other finds it used.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, JoinType, QueryFilter, QuerySelect, Set,
+    ColumnTrait, DatabaseConnection, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
+    Set,
 };
-use steward_runtime::coalesce::{Coalescer, Loaded};
+use steward_runtime::coalesce::{padded, power_of_two_chunks, Coalescer, Loaded};
 use steward_runtime::service::Clock;
 use steward_runtime::ApiError;
 
@@ -24,7 +24,7 @@ const PARALLEL_LOADS: usize = 2;
 const MAX_BATCH: usize = 128;
 
 /// One refresh token exchanged for the next.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Rotation {
     /// Digest of the token presented.
     pub used: String,
@@ -32,6 +32,16 @@ pub struct Rotation {
     pub session: String,
     /// The token issued in its place (not its digest: the caller returns it).
     pub next: String,
+}
+
+impl std::fmt::Debug for Rotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `next` is a live credential.
+        f.debug_struct("Rotation")
+            .field("used", &self.used)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
 }
 
 /// RefreshSession's coalesced statements.
@@ -51,8 +61,8 @@ impl std::fmt::Debug for Refreshes {
     }
 }
 
-fn failed(err: sea_orm::DbErr) -> Arc<ApiError> {
-    Arc::new(ApiError::from(err))
+fn failed(err: sea_orm::DbErr) -> ApiError {
+    ApiError::from(err)
 }
 
 impl Refreshes {
@@ -67,7 +77,7 @@ impl Refreshes {
                     .to(session::Column::Id)
                     .into();
                 let found = refresh_token::Entity::find()
-                    .filter(refresh_token::Column::TokenHash.is_in(digests))
+                    .filter(refresh_token::Column::TokenHash.is_in(padded(digests)))
                     .join(JoinType::InnerJoin, to_session)
                     .select_also(session::Entity)
                     .all(&db)
@@ -81,7 +91,7 @@ impl Refreshes {
             let db = conn.clone();
             async move {
                 let found = credential::Entity::find()
-                    .filter(credential::Column::Administrator.is_in(ids))
+                    .filter(credential::Column::Administrator.is_in(padded(ids)))
                     .all(&db)
                     .await
                     .map_err(failed)?;
@@ -129,12 +139,14 @@ async fn rotate(
     let txn = steward_storage::begin_write(db, crate::IDEMPOTENCY.table()).await.map_err(failed)?;
     let presented: Vec<String> = batch.iter().map(|r| r.used.clone()).collect();
     // Locked on PostgreSQL until the commit (SQLite's write lock is already held): a
-    // concurrent batch waits, then finds them used.
+    // concurrent batch waits, then finds them used. Locked in the order of their digests, so
+    // two batches presenting the same tokens cannot deadlock.
     let unused: HashSet<String> = refresh_token::Entity::find()
         .select_only()
         .column(refresh_token::Column::TokenHash)
-        .filter(refresh_token::Column::TokenHash.is_in(presented))
+        .filter(refresh_token::Column::TokenHash.is_in(padded(presented)))
         .filter(refresh_token::Column::UsedAt.is_null())
+        .order_by_asc(refresh_token::Column::TokenHash)
         .lock_exclusive()
         .into_tuple()
         .all(&txn)
@@ -151,21 +163,36 @@ async fn rotate(
         txn.rollback().await.map_err(failed)?;
         return Ok(HashMap::new());
     }
-    refresh_token::Entity::update_many()
+    let marked = refresh_token::Entity::update_many()
         .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
-        .filter(refresh_token::Column::TokenHash.is_in(winners.iter().map(|r| r.used.clone())))
+        .filter(
+            refresh_token::Column::TokenHash
+                .is_in(padded(winners.iter().map(|r| r.used.clone()).collect())),
+        )
+        .filter(refresh_token::Column::UsedAt.is_null())
         .exec(&txn)
         .await
         .map_err(failed)?;
-    refresh_token::Entity::insert_many(winners.iter().map(|r| refresh_token::ActiveModel {
-        token_hash: Set(secrets::digest(&r.next)),
-        session_id: Set(r.session.clone()),
-        used_at: Set(None),
-        created_at: Set(now),
-    }))
-    .exec(&txn)
-    .await
-    .map_err(failed)?;
+    // Every winner's token was unused and locked: anything else is a bug, and nothing rotates.
+    if marked.rows_affected != winners.len() as u64 {
+        txn.rollback().await.map_err(failed)?;
+        return Err(ApiError::Internal(format!(
+            "{} of {} refresh tokens marked used",
+            marked.rows_affected,
+            winners.len()
+        )));
+    }
+    for chunk in power_of_two_chunks(&winners) {
+        refresh_token::Entity::insert_many(chunk.iter().map(|r| refresh_token::ActiveModel {
+            token_hash: Set(secrets::digest(&r.next)),
+            session_id: Set(r.session.clone()),
+            used_at: Set(None),
+            created_at: Set(now),
+        }))
+        .exec(&txn)
+        .await
+        .map_err(failed)?;
+    }
     txn.commit().await.map_err(failed)?;
     Ok(winners.into_iter().map(|r| (r, true)).collect())
 }
@@ -177,6 +204,11 @@ mod tests {
     use sea_orm::{ActiveModelTrait, IntoActiveModel};
 
     use super::*;
+
+    /// A fixed time: rotation does not judge expiry.
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_900_000_000, 0).unwrap()
+    }
 
     async fn databases() -> Vec<(steward_storage::testing::TestDatabase, DatabaseConnection)> {
         let mut out = Vec::new();
@@ -190,7 +222,7 @@ mod tests {
     }
 
     async fn session_with_token(conn: &DatabaseConnection, id: &str, token: &str) {
-        let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+        let now = at();
         session::Model {
             id: id.into(),
             administrator: "o1/a1".into(),
@@ -224,7 +256,7 @@ mod tests {
             let second = rotation("token-1", "s1", "next-b");
             let other = rotation("token-2", "s2", "next-c");
             let batch = vec![first.clone(), second.clone(), other.clone()];
-            let done = rotate(&conn, batch, Utc::now()).await.unwrap();
+            let done = rotate(&conn, batch, at()).await.unwrap();
             let on = db.backend();
             assert_eq!(done.get(&first), Some(&true), "on {on:?}");
             assert_eq!(done.get(&second), None, "on {on:?}");
@@ -237,9 +269,27 @@ mod tests {
             assert!(stored("next-a").await.is_some(), "on {on:?}");
             assert!(stored("next-b").await.is_none(), "on {on:?}");
             assert!(stored("token-1").await.unwrap().used_at.is_some(), "on {on:?}");
-            let again = rotate(&conn, vec![rotation("token-1", "s1", "next-d")], Utc::now());
+            let again = rotate(&conn, vec![rotation("token-1", "s1", "next-d")], at());
             assert!(again.await.unwrap().is_empty(), "on {on:?}");
             assert!(stored("next-d").await.is_none(), "on {on:?}");
+        }
+    }
+
+    // Two batches presenting one token at once, on two connections: one rotates it, the other
+    // finds it used (on PostgreSQL it waits on the row lock, then sees the commit), and
+    // neither fails.
+    #[tokio::test]
+    async fn concurrent_batches_rotate_a_token_once() {
+        for (db, conn) in databases().await {
+            session_with_token(&conn, "s1", "token-1").await;
+            let (a, b) = (rotation("token-1", "s1", "next-a"), rotation("token-1", "s1", "next-b"));
+            let (first, second) = tokio::join!(
+                rotate(&conn, vec![a.clone()], at()),
+                rotate(&conn, vec![b.clone()], at())
+            );
+            let (first, second) = (first.unwrap(), second.unwrap());
+            let on = db.backend();
+            assert_eq!(first.len() + second.len(), 1, "on {on:?}: {first:?} {second:?}");
         }
     }
 }

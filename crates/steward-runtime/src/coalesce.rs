@@ -11,6 +11,10 @@
 //! Never stale: a key joins only a load that has not *started*. A call is answered by a load
 //! that began after the call arrived, so it sees every write that returned before it, exactly
 //! as its own statement would have.
+//!
+//! The queue holds one entry per call in flight, so the server's concurrency limit bounds it.
+//! A caller that went away (cancelled, past its deadline) before its load started is left out
+//! of it, and a load that takes longer than [`LOAD_TIMEOUT`] answers its callers `UNAVAILABLE`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,12 +29,16 @@ use crate::error::ApiError;
 
 /// What a load answers: a value for each key it found (keys it did not find are absent), or
 /// the error every caller of the load gets.
-pub type Loaded<K, V> = Result<HashMap<K, V>, Arc<ApiError>>;
+pub type Loaded<K, V> = Result<HashMap<K, V>, ApiError>;
 
 type Load<K, V> =
     dyn Fn(Vec<K>) -> Pin<Box<dyn Future<Output = Loaded<K, V>> + Send>> + Send + Sync;
 
-type Waiter<V> = oneshot::Sender<Result<Option<V>, Arc<ApiError>>>;
+/// Longest a load may take before its callers are answered `UNAVAILABLE`: a stuck statement
+/// must not hold one of the few load slots for good.
+pub const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+type Waiter<V> = oneshot::Sender<Result<Option<V>, ApiError>>;
 
 /// Coalesces concurrent loads by key (see the module documentation).
 pub struct Coalescer<K, V> {
@@ -99,25 +107,62 @@ where
             start
         };
         if start {
-            tokio::spawn(drain(self.inner.clone()));
+            tokio::spawn(drain(Running::new(self.inner.clone())));
         }
         match rx.await {
-            Ok(answer) => answer.map_err(|err| err.shared()),
+            Ok(answer) => answer,
             // The load was dropped mid-way (its task aborted at shutdown).
             Err(_) => Err(ApiError::Unavailable("the read was interrupted, retry".into())),
         }
     }
 }
 
-/// Counts a running drain down when it ends, however it ends; if callers still wait (a load
-/// that panicked must not strand them), a new drain takes its place.
+/// `keys` padded to a power of two by repeating the last one, for an `IN (...)` list: a load
+/// then makes one of a few statement shapes (1, 2, 4, ... keys) instead of one per batch size,
+/// so the statements each pooled connection prepares and keeps stay few.
+pub fn padded<T: Clone>(mut keys: Vec<T>) -> Vec<T> {
+    if let Some(last) = keys.last().cloned() {
+        keys.resize(keys.len().next_power_of_two(), last);
+    }
+    keys
+}
+
+/// `items` in chunks whose lengths are powers of two, longest first (13 items: 8, 4 and 1), for
+/// multi-row inserts that cannot repeat a row: the same few statement shapes as [`padded`].
+pub fn power_of_two_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let len = 1 << items.len().ilog2();
+        let (chunk, rest) = items.split_at(len);
+        items = rest;
+        Some(chunk)
+    })
+}
+
+/// Counts a running drain down when it ends, however it ends. If callers still wait (a load
+/// that panicked must not strand them), a new drain takes its place; a drain dropped before it
+/// ever ran (its runtime shutting down) only counts down.
 struct Running<K, V>
 where
     K: Clone + Eq + Hash + Send + 'static,
     V: Clone + Send + 'static,
 {
     inner: Arc<Inner<K, V>>,
+    started: bool,
     finished: bool,
+}
+
+impl<K, V> Running<K, V>
+where
+    K: Clone + Eq + Hash + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    /// Counted as running already (by the caller, under the queue's lock).
+    fn new(inner: Arc<Inner<K, V>>) -> Self {
+        Self { inner, started: false, finished: false }
+    }
 }
 
 impl<K, V> Drop for Running<K, V>
@@ -129,27 +174,42 @@ where
         if self.finished {
             return;
         }
-        let mut queue = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        match tokio::runtime::Handle::try_current() {
-            // Still counted as running: the new drain takes this one's place.
-            Ok(runtime) if !queue.waiting.is_empty() => {
-                runtime.spawn(drain(self.inner.clone()));
+        let replace = {
+            let mut queue = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let replace = self.started && !queue.waiting.is_empty();
+            if !replace {
+                queue.running -= 1;
             }
-            _ => queue.running -= 1,
+            replace
+        };
+        if replace {
+            match tokio::runtime::Handle::try_current() {
+                // Still counted as running: the new drain takes this one's place.
+                Ok(runtime) => {
+                    runtime.spawn(drain(Running::new(self.inner.clone())));
+                }
+                Err(_) => {
+                    let mut queue = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    queue.running -= 1;
+                }
+            }
         }
     }
 }
 
 /// Runs loads until no caller waits.
-async fn drain<K, V>(inner: Arc<Inner<K, V>>)
+async fn drain<K, V>(mut running: Running<K, V>)
 where
     K: Clone + Eq + Hash + Send + 'static,
     V: Clone + Send + 'static,
 {
-    let mut running = Running { inner, finished: false };
+    running.started = true;
     loop {
         let batch: Vec<(K, Waiter<V>)> = {
             let mut queue = running.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            // Callers that went away (cancelled, past their deadline) are not loaded for: a
+            // rotation nobody will receive must not be made.
+            queue.waiting.retain(|(_, waiter)| !waiter.is_closed());
             if queue.waiting.is_empty() {
                 queue.running -= 1;
                 drop(queue);
@@ -165,7 +225,12 @@ where
                 keys.push(key.clone());
             }
         }
-        let loaded = (running.inner.load)(keys).await;
+        let loaded = match tokio::time::timeout(LOAD_TIMEOUT, (running.inner.load)(keys)).await {
+            Ok(loaded) => loaded,
+            Err(_) => {
+                Err(ApiError::Unavailable("the database did not answer in time, retry".into()))
+            }
+        };
         for (key, waiter) in batch {
             let answer = match &loaded {
                 Ok(found) => Ok(found.get(&key).cloned()),
@@ -206,6 +271,17 @@ mod tests {
             }
         });
         (coalescer, calls, started)
+    }
+
+    #[test]
+    fn statement_shapes_are_powers_of_two() {
+        assert_eq!(padded(vec![1, 2, 3]), vec![1, 2, 3, 3]);
+        assert_eq!(padded(vec![1, 2, 3, 4]), vec![1, 2, 3, 4]);
+        assert_eq!(padded(Vec::<u8>::new()), Vec::<u8>::new());
+        let items: Vec<u32> = (0..13).collect();
+        let lengths: Vec<usize> = power_of_two_chunks(&items).map(<[u32]>::len).collect();
+        assert_eq!(lengths, vec![8, 4, 1]);
+        assert_eq!(power_of_two_chunks(&items).flatten().count(), 13);
     }
 
     #[tokio::test]
@@ -256,7 +332,7 @@ mod tests {
     #[tokio::test]
     async fn every_caller_of_a_failed_load_gets_its_error() {
         let coalescer: Coalescer<u32, u32> = Coalescer::new(1, 8, |_keys: Vec<u32>| async {
-            Err(Arc::new(ApiError::Unavailable("database unavailable, retry later".into())))
+            Err(ApiError::Unavailable("database unavailable, retry later".into()))
         });
         let tasks: Vec<_> = (0..5)
             .map(|k| {

@@ -30,7 +30,7 @@ pub struct PreconditionViolation {
 }
 
 /// Every failure a handler can report, with the information clients need to react.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request is malformed; each violation names a field.
     #[error("invalid argument: {}", summarize(.0))]
@@ -93,19 +93,6 @@ fn summarize(violations: &[FieldViolation]) -> String {
         .map(|v| format!("{}: {}", v.field, v.description))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-impl ApiError {
-    /// This error again, for one more of the callers that shared the statement that failed
-    /// ([`crate::coalesce`]): `UNAVAILABLE` stays retryable; anything else is `INTERNAL`, as a
-    /// failed statement is.
-    pub fn shared(&self) -> Self {
-        match self {
-            Self::Unavailable(message) => Self::Unavailable(message.clone()),
-            Self::Internal(detail) => Self::Internal(detail.clone()),
-            other => Self::Internal(other.to_string()),
-        }
-    }
 }
 
 /// Shorthand for handler results.

@@ -20,8 +20,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 /// Added to every writer's wait: tolerance for the rate of the replicas' monotonic clocks and
 /// for the time between a lease's start and the read it guards.
@@ -49,17 +52,53 @@ pub fn granted(caller_lease_ms: u32) -> Duration {
     Duration::from_millis(u64::from(caller_lease_ms))
 }
 
+/// What a read under way will answer: when it started, its value and the lease it grants.
+type Answer<V> = Option<(Instant, V, Duration)>;
+
+/// A read under way, which reads of its key may wait for instead of reading too.
+#[derive(Debug)]
+struct Reading<V> {
+    id: u64,
+    started: Instant,
+    answer: watch::Receiver<Answer<V>>,
+}
+
 /// Answers kept for their lease, by key (e.g. the caller's name and API key).
 #[derive(Debug)]
 pub struct Leases<K, V> {
     lease: Duration,
     entries: Mutex<HashMap<K, (Instant, V)>>,
+    reading: Mutex<HashMap<K, Reading<V>>>,
+    next_id: AtomicU64,
 }
 
-impl<K: Eq + Hash, V: Clone> Leases<K, V> {
+/// Removes its read from [`Leases::reading`] when the read ends, however it ends (a dropped
+/// sender wakes those waiting, who then read for themselves).
+struct Registration<'a, K: Eq + Hash, V> {
+    leases: &'a Leases<K, V>,
+    key: K,
+    id: u64,
+    answer: watch::Sender<Answer<V>>,
+}
+
+impl<K: Eq + Hash, V> Drop for Registration<'_, K, V> {
+    fn drop(&mut self) {
+        let mut reading = self.leases.reading.lock().unwrap_or_else(PoisonError::into_inner);
+        if reading.get(&self.key).is_some_and(|r| r.id == self.id) {
+            reading.remove(&self.key);
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone + Send + Sync> Leases<K, V> {
     /// Leases of `lease` (at most [`MAX_LEASE`]); zero keeps nothing.
     pub fn new(lease: Duration) -> Self {
-        Self { lease: lease.min(MAX_LEASE), entries: Mutex::new(HashMap::new()) }
+        Self {
+            lease: lease.min(MAX_LEASE),
+            entries: Mutex::new(HashMap::new()),
+            reading: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        }
     }
 
     /// The longest lease kept.
@@ -70,6 +109,12 @@ impl<K: Eq + Hash, V: Clone> Leases<K, V> {
     /// The answer for `key`: the kept one while its lease lasts (with [`Reuse::Lease`]), else
     /// `read`'s, kept for the lease `read` gives with it (at most [`Self::lease`]; zero keeps
     /// nothing, e.g. for a refusal), counted from before `read` started.
+    ///
+    /// With [`Reuse::Lease`], a read of `key` already under way that started less than a lease
+    /// ago is waited for instead of read again: its answer, used within its lease from that
+    /// start, is exactly what a kept one would be. So when a lease ends under load, one read
+    /// renews it rather than one per call in flight. If that read fails, grants no lease, or
+    /// ends past its lease, the waiting calls read for themselves.
     pub async fn read_through<E, F, Fut>(&self, key: K, reuse: Reuse, read: F) -> Result<V, E>
     where
         F: FnOnce() -> Fut,
@@ -79,11 +124,47 @@ impl<K: Eq + Hash, V: Clone> Leases<K, V> {
             if let Some(kept) = self.get(&key) {
                 return Ok(kept);
             }
+            if let Some(mut under_way) = self.joinable(&key) {
+                let answered =
+                    under_way.wait_for(Option::is_some).await.ok().and_then(|a| a.clone());
+                if let Some((started, value, lease)) = answered {
+                    if Instant::now() < started + lease.min(self.lease) {
+                        return Ok(value);
+                    }
+                }
+            }
         }
         let started = Instant::now();
+        let registration = self.register(&key, started);
         let (value, lease) = read().await?;
+        if let Some(registration) = &registration {
+            registration.answer.send_replace(Some((started, value.clone(), lease)));
+        }
+        drop(registration);
         self.put_within(key, started, lease, value.clone());
         Ok(value)
+    }
+
+    /// The read of `key` under way, if it started less than a lease ago.
+    fn joinable(&self, key: &K) -> Option<watch::Receiver<Answer<V>>> {
+        let reading = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
+        let under_way = reading.get(key)?;
+        (under_way.started.elapsed() < self.lease).then(|| under_way.answer.clone())
+    }
+
+    /// Announces a read of `key` that started at `started` (nothing while leases are off).
+    fn register(&self, key: &K, started: Instant) -> Option<Registration<'_, K, V>> {
+        if self.lease.is_zero() {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer, receiver) = watch::channel(None);
+        let mut reading = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
+        if reading.len() >= MAX_ENTRIES {
+            reading.retain(|_, r| r.started.elapsed() < self.lease);
+        }
+        reading.insert(key.clone(), Reading { id, started, answer: receiver });
+        Some(Registration { leases: self, key: key.clone(), id, answer })
     }
 
     /// The answer for `key`, while its lease lasts.
@@ -153,6 +234,103 @@ mod tests {
         let refused = || async { Ok::<_, ()>((5, Duration::ZERO)) };
         assert_eq!(leases.read_through("r", Reuse::Lease, refused).await, Ok(5));
         assert_eq!(leases.read_through("r", Reuse::Lease, read(6)).await, Ok(6), "not kept");
+    }
+
+    fn gated_read(
+        gate: &std::sync::Arc<tokio::sync::Notify>,
+        reads: &std::sync::Arc<AtomicU64>,
+        value: u32,
+        lease: Duration,
+    ) -> impl Future<Output = Result<(u32, Duration), ()>> {
+        let (gate, reads) = (gate.clone(), reads.clone());
+        async move {
+            reads.fetch_add(1, Ordering::SeqCst);
+            gate.notified().await;
+            Ok((value, lease))
+        }
+    }
+
+    // Calls that find a read of their key under way wait for it: one read answers them all.
+    #[tokio::test]
+    async fn calls_wait_for_a_read_under_way() {
+        let leases = std::sync::Arc::new(Leases::new(Duration::from_secs(1)));
+        let (gate, reads) = Default::default();
+        let lease = Duration::from_secs(1);
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let (leases, gate, reads) =
+                    (leases.clone(), std::sync::Arc::clone(&gate), std::sync::Arc::clone(&reads));
+                tokio::spawn(async move {
+                    let read = || gated_read(&gate, &reads, i, lease);
+                    leases.read_through("k", Reuse::Lease, read).await
+                })
+            })
+            .collect();
+        while reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_waiters();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap().unwrap());
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one read for eight calls");
+        assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    }
+
+    // A read under way for longer than a lease is not waited for, nor is one that grants no
+    // lease (a refusal): those calls read for themselves.
+    #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // Leases run on the wall clock.
+    async fn an_old_read_or_a_refusal_is_not_shared() {
+        let leases = std::sync::Arc::new(Leases::new(Duration::from_millis(20)));
+        let (gate, reads): (std::sync::Arc<tokio::sync::Notify>, std::sync::Arc<AtomicU64>) =
+            Default::default();
+        let first = tokio::spawn({
+            let (leases, gate, reads) = (leases.clone(), gate.clone(), reads.clone());
+            async move {
+                let read = || gated_read(&gate, &reads, 1, Duration::from_millis(20));
+                leases.read_through("k", Reuse::Lease, read).await
+            }
+        });
+        while reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let own = || async { Ok::<_, ()>((2, Duration::from_millis(20))) };
+        assert_eq!(leases.read_through("k", Reuse::Lease, own).await, Ok(2), "read again");
+        gate.notify_waiters();
+        assert_eq!(first.await.unwrap(), Ok(1));
+
+        let refusing = std::sync::Arc::new(Leases::new(Duration::from_secs(1)));
+        let (gate, reads): (std::sync::Arc<tokio::sync::Notify>, std::sync::Arc<AtomicU64>) =
+            Default::default();
+        let refusal = tokio::spawn({
+            let (leases, gate, reads) = (refusing.clone(), gate.clone(), reads.clone());
+            async move {
+                let read = || gated_read(&gate, &reads, 3, Duration::ZERO);
+                leases.read_through("k", Reuse::Lease, read).await
+            }
+        });
+        while reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let waiting = tokio::spawn({
+            let leases = refusing.clone();
+            async move {
+                let own = || async { Ok::<_, ()>((4, Duration::from_secs(1))) };
+                leases.read_through("k", Reuse::Lease, own).await
+            }
+        });
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_waiters();
+        assert_eq!(refusal.await.unwrap(), Ok(3));
+        assert_eq!(waiting.await.unwrap(), Ok(4), "a refusal is not shared");
     }
 
     #[test]
