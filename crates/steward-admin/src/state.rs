@@ -111,8 +111,10 @@ pub const MAX_REMEMBERED_PAGE: usize = 100;
 /// Shared handle.
 pub type Shared = Arc<State>;
 
-/// Loads coalesced at once per service: enough to keep a pool's connections busy.
-const PARALLEL_LOADS: usize = 4;
+/// Loads of each kind at a time: one, so that under load batches are largest and statements
+/// fewest (GetAdministrator on SQLite: 0.38 of an empty call, 0.34 with two or four loads).
+/// A stuck load holds the others back for at most [`steward_runtime::coalesce::LOAD_TIMEOUT`].
+const PARALLEL_LOADS: usize = 1;
 /// Keys per coalesced statement.
 const MAX_BATCH: usize = 128;
 

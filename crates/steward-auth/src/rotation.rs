@@ -18,8 +18,9 @@ use steward_runtime::ApiError;
 use crate::entity::{credential, refresh_token, session};
 use crate::secrets;
 
-/// Loads of each kind running at once.
-const PARALLEL_LOADS: usize = 2;
+/// Loads of each kind at a time: one, so that under load batches are largest (RefreshSession
+/// on PostgreSQL: 0.14 of an empty call, 0.13 with two loads, 0.11 with four).
+const PARALLEL_LOADS: usize = 1;
 /// Tokens per statement, and rotations per transaction.
 const MAX_BATCH: usize = 128;
 
