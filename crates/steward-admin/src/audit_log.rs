@@ -119,7 +119,9 @@ pub async fn record(
     let txn = state.begin_write().await?;
     // An enrolment changes an administrator shown in pages: under its organization's lock, as
     // every write to administrators is (it bumps the revision pages are checked against).
-    // Taken first, in order of id, so two calls cannot wait on each other's locks.
+    // Taken first, in order of id, so two calls cannot wait on each other's organization
+    // locks; also for an enrolment already recorded (a repeated delivery), which only moves the
+    // revision once more.
     let mut enrolling: Vec<String> = rows
         .iter()
         .filter(|row| row.action == CONFIRM_MFA_ACTION && row.result == stored::RESULT_ALLOWED)

@@ -100,10 +100,13 @@ impl Refreshes {
             }
         });
         let conn = db.clone();
-        let rotations = Coalescer::new(PARALLEL_LOADS, MAX_BATCH, move |batch: Vec<Rotation>| {
+        // No time limit: a rotation given up mid-commit may have landed, and its callers,
+        // told to retry, would present their used tokens and end their sessions.
+        let rotate_batch = move |batch: Vec<Rotation>| {
             let (db, now) = (conn.clone(), clock());
             async move { rotate(&db, batch, now).await }
-        });
+        };
+        let rotations = Coalescer::with_timeout(PARALLEL_LOADS, MAX_BATCH, None, rotate_batch);
         Self { tokens, credentials, rotations }
     }
 
@@ -273,6 +276,35 @@ mod tests {
             let again = rotate(&conn, vec![rotation("token-1", "s1", "next-d")], at());
             assert!(again.await.unwrap().is_empty(), "on {on:?}");
             assert!(stored("next-d").await.is_none(), "on {on:?}");
+        }
+    }
+
+    // A batch presenting a token that another transaction has marked used, not yet committed,
+    // waits for that transaction (PostgreSQL: the row lock; SQLite: the write lock), then
+    // finds the token used: nothing rotates and nothing fails.
+    #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // Gives the batch time to reach the lock.
+    async fn a_batch_waits_for_a_concurrent_use_then_finds_the_token_used() {
+        for (db, conn) in databases().await {
+            session_with_token(&conn, "s1", "token-1").await;
+            let holder =
+                steward_storage::begin_write(&conn, crate::IDEMPOTENCY.table()).await.unwrap();
+            refresh_token::Entity::update_many()
+                .col_expr(refresh_token::Column::UsedAt, Expr::value(at()))
+                .filter(refresh_token::Column::TokenHash.eq(secrets::digest("token-1")))
+                .exec(&holder)
+                .await
+                .unwrap();
+            let batch = tokio::spawn({
+                let conn = conn.clone();
+                async move { rotate(&conn, vec![rotation("token-1", "s1", "next-a")], at()).await }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let on = db.backend();
+            assert!(!batch.is_finished(), "on {on:?}: the batch did not wait for the lock");
+            holder.commit().await.unwrap();
+            let done = batch.await.unwrap().unwrap();
+            assert!(done.is_empty(), "on {on:?}: {done:?}");
         }
     }
 

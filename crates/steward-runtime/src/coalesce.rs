@@ -14,7 +14,10 @@
 //!
 //! The queue holds one entry per call in flight, so the server's concurrency limit bounds it.
 //! A caller that went away (cancelled, past its deadline) before its load started is left out
-//! of it, and a load that takes longer than [`LOAD_TIMEOUT`] answers its callers `UNAVAILABLE`.
+//! of it, and a load that takes longer than [`LOAD_TIMEOUT`] answers its callers `UNAVAILABLE`
+//! (unless it commits: [`Coalescer::with_timeout`]). A load that finds the database unreachable
+//! (`UNAVAILABLE`) answers the callers queued behind it the same at once, so in an outage a call
+//! fails within one load's timeouts, as its own statement would, not after several.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -64,6 +67,7 @@ struct Inner<K, V> {
     load: Box<Load<K, V>>,
     parallel: usize,
     max_batch: usize,
+    timeout: Option<std::time::Duration>,
     queue: Mutex<Queue<K, V>>,
 }
 
@@ -78,8 +82,24 @@ where
     V: Clone + Send + 'static,
 {
     /// Loads with `load`, which is given distinct keys, at most `max_batch` at once, and
-    /// answers those it found; at most `parallel` loads run at a time (both at least 1).
+    /// answers those it found; at most `parallel` loads run at a time (both at least 1). A
+    /// load is given up after [`LOAD_TIMEOUT`].
     pub fn new<F, Fut>(parallel: usize, max_batch: usize, load: F) -> Self
+    where
+        F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Loaded<K, V>> + Send + 'static,
+    {
+        Self::with_timeout(parallel, max_batch, Some(LOAD_TIMEOUT), load)
+    }
+
+    /// [`Coalescer::new`] with the time a load may take (`None`: as long as it takes, for a
+    /// load that commits, whose callers must not be told it failed when it may have landed).
+    pub fn with_timeout<F, Fut>(
+        parallel: usize,
+        max_batch: usize,
+        timeout: Option<std::time::Duration>,
+        load: F,
+    ) -> Self
     where
         F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Loaded<K, V>> + Send + 'static,
@@ -89,6 +109,7 @@ where
                 load: Box::new(move |keys| Box::pin(load(keys))),
                 parallel: parallel.max(1),
                 max_batch: max_batch.max(1),
+                timeout,
                 queue: Mutex::new(Queue { waiting: Vec::new(), running: 0 }),
             }),
         }
@@ -225,12 +246,26 @@ where
                 keys.push(key.clone());
             }
         }
-        let loaded = match tokio::time::timeout(LOAD_TIMEOUT, (running.inner.load)(keys)).await {
-            Ok(loaded) => loaded,
-            Err(_) => {
-                Err(ApiError::Unavailable("the database did not answer in time, retry".into()))
-            }
+        let load = (running.inner.load)(keys);
+        let loaded = match running.inner.timeout {
+            None => load.await,
+            Some(limit) => match tokio::time::timeout(limit, load).await {
+                Ok(loaded) => loaded,
+                Err(_) => {
+                    Err(ApiError::Unavailable("the database did not answer in time, retry".into()))
+                }
+            },
         };
+        if let Err(unreachable @ ApiError::Unavailable(_)) = &loaded {
+            // The database is unreachable: the callers that queued meanwhile are told so at
+            // once instead of each waiting out another load's timeouts behind this one (an
+            // error is no stale data; `UNAVAILABLE` asks them to retry).
+            let mut queue = running.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            for (_, waiter) in queue.waiting.drain(..) {
+                let _ = waiter.send(Err(unreachable.clone()));
+            }
+            drop(queue);
+        }
         for (key, waiter) in batch {
             let answer = match &loaded {
                 Ok(found) => Ok(found.get(&key).cloned()),
@@ -327,6 +362,47 @@ mod tests {
         assert_eq!(coalescer.get(3).await.unwrap(), Some(30));
         assert_eq!(coalescer.get(0).await.unwrap(), None);
         assert_eq!(*calls.lock().unwrap(), vec![vec![3], vec![0]]);
+    }
+
+    // A load that finds the database unreachable answers the callers queued behind it at
+    // once: one load, five UNAVAILABLE answers.
+    #[tokio::test]
+    async fn an_unreachable_database_fails_the_queue_at_once() {
+        let gate = Arc::new(Notify::new());
+        let loads = Arc::new(AtomicUsize::new(0));
+        let coalescer: Coalescer<u32, u32> = Coalescer::new(1, 8, {
+            let (gate, loads) = (gate.clone(), loads.clone());
+            move |_keys: Vec<u32>| {
+                let (gate, loads) = (gate.clone(), loads.clone());
+                async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    gate.notified().await;
+                    Err(ApiError::Unavailable("database unavailable, retry later".into()))
+                }
+            }
+        });
+        let first = tokio::spawn({
+            let c = coalescer.clone();
+            async move { c.get(1).await }
+        });
+        while loads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let queued: Vec<_> = (2..6)
+            .map(|k| {
+                let c = coalescer.clone();
+                tokio::spawn(async move { c.get(k).await })
+            })
+            .collect();
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        assert!(matches!(first.await.unwrap(), Err(ApiError::Unavailable(_))));
+        for task in queued {
+            assert!(matches!(task.await.unwrap(), Err(ApiError::Unavailable(_))));
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "the queue waited for loads of its own");
     }
 
     #[tokio::test]

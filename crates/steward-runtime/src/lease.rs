@@ -124,9 +124,16 @@ impl<K: Eq + Hash + Clone, V: Clone + Send + Sync> Leases<K, V> {
             if let Some(kept) = self.get(&key) {
                 return Ok(kept);
             }
-            if let Some(mut under_way) = self.joinable(&key) {
-                let answered =
-                    under_way.wait_for(Option::is_some).await.ok().and_then(|a| a.clone());
+            if let Some((began, mut under_way)) = self.joinable(&key) {
+                // Waited for no longer than the lease it could give: past it, read anew.
+                let until = tokio::time::Instant::from_std(began + self.lease);
+                let answered = tokio::time::timeout_at(until, under_way.wait_for(Option::is_some))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .and_then(|answer| answer.clone());
+                // Used only within its lease, counted from the start of its read: as safe as
+                // a kept answer.
                 if let Some((started, value, lease)) = answered {
                     if Instant::now() < started + lease.min(self.lease) {
                         return Ok(value);
@@ -137,19 +144,19 @@ impl<K: Eq + Hash + Clone, V: Clone + Send + Sync> Leases<K, V> {
         let started = Instant::now();
         let registration = self.register(&key, started);
         let (value, lease) = read().await?;
-        if let Some(registration) = &registration {
+        self.put_within(key, started, lease, value.clone());
+        if let Some(registration) = registration {
             registration.answer.send_replace(Some((started, value.clone(), lease)));
         }
-        drop(registration);
-        self.put_within(key, started, lease, value.clone());
         Ok(value)
     }
 
-    /// The read of `key` under way, if it started less than a lease ago.
-    fn joinable(&self, key: &K) -> Option<watch::Receiver<Answer<V>>> {
+    /// The read of `key` under way, with when it started, if that is less than a lease ago.
+    fn joinable(&self, key: &K) -> Option<(Instant, watch::Receiver<Answer<V>>)> {
         let reading = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
         let under_way = reading.get(key)?;
-        (under_way.started.elapsed() < self.lease).then(|| under_way.answer.clone())
+        (under_way.started.elapsed() < self.lease)
+            .then(|| (under_way.started, under_way.answer.clone()))
     }
 
     /// Announces a read of `key` that started at `started` (nothing while leases are off).
@@ -331,6 +338,31 @@ mod tests {
         gate.notify_waiters();
         assert_eq!(refusal.await.unwrap(), Ok(3));
         assert_eq!(waiting.await.unwrap(), Ok(4), "a refusal is not shared");
+    }
+
+    // A call that joined a read which then outlasts its lease stops waiting when the lease
+    // would have ended and reads for itself: an answer from a read that started longer ago
+    // than a lease is never used.
+    #[tokio::test]
+    async fn a_read_that_outlasts_its_lease_is_not_waited_for() {
+        let leases = std::sync::Arc::new(Leases::new(Duration::from_millis(30)));
+        let (gate, reads): (std::sync::Arc<tokio::sync::Notify>, std::sync::Arc<AtomicU64>) =
+            Default::default();
+        let slow = tokio::spawn({
+            let (leases, gate, reads) = (leases.clone(), gate.clone(), reads.clone());
+            async move {
+                let read = || gated_read(&gate, &reads, 1, Duration::from_secs(1));
+                leases.read_through("k", Reuse::Lease, read).await
+            }
+        });
+        while reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Joins at once, then the slow read's lease runs out while it waits.
+        let own = || async { Ok::<_, ()>((2, Duration::from_secs(1))) };
+        assert_eq!(leases.read_through("k", Reuse::Lease, own).await, Ok(2), "read anew");
+        gate.notify_waiters();
+        assert_eq!(slow.await.unwrap(), Ok(1));
     }
 
     #[test]
