@@ -76,6 +76,8 @@ pub mod sealed;
 pub mod secrets;
 pub mod session;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod throttle;
 pub mod totp;
 

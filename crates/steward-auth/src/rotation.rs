@@ -214,17 +214,6 @@ mod tests {
         DateTime::from_timestamp(1_900_000_000, 0).unwrap()
     }
 
-    async fn databases() -> Vec<(steward_storage::testing::TestDatabase, DatabaseConnection)> {
-        let mut out = Vec::new();
-        for backend in steward_storage::testing::backends() {
-            let db = steward_storage::testing::TestDatabase::create(backend).await.unwrap();
-            let conn = steward_storage::connect(&db.url("auth"), 8).await.unwrap();
-            <crate::Migrator as sea_orm_migration::MigratorTrait>::up(&conn, None).await.unwrap();
-            out.push((db, conn));
-        }
-        out
-    }
-
     async fn session_with_token(conn: &DatabaseConnection, id: &str, token: &str) {
         let now = at();
         session::Model {
@@ -253,7 +242,7 @@ mod tests {
     // it again rotates nothing.
     #[tokio::test]
     async fn a_token_rotates_once_within_and_across_batches() {
-        for (db, conn) in databases().await {
+        for (db, conn) in crate::testing::databases().await {
             session_with_token(&conn, "s1", "token-1").await;
             session_with_token(&conn, "s2", "token-2").await;
             let first = rotation("token-1", "s1", "next-a");
@@ -285,7 +274,7 @@ mod tests {
     #[tokio::test]
     #[allow(clippy::disallowed_methods)] // Gives the batch time to reach the lock.
     async fn a_batch_waits_for_a_concurrent_use_then_finds_the_token_used() {
-        for (db, conn) in databases().await {
+        for (db, conn) in crate::testing::databases().await {
             session_with_token(&conn, "s1", "token-1").await;
             let holder =
                 steward_storage::begin_write(&conn, crate::IDEMPOTENCY.table()).await.unwrap();
@@ -313,7 +302,7 @@ mod tests {
     // neither fails.
     #[tokio::test]
     async fn concurrent_batches_rotate_a_token_once() {
-        for (db, conn) in databases().await {
+        for (db, conn) in crate::testing::databases().await {
             session_with_token(&conn, "s1", "token-1").await;
             let (a, b) = (rotation("token-1", "s1", "next-a"), rotation("token-1", "s1", "next-b"));
             let (first, second) = tokio::join!(

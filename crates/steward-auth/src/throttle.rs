@@ -19,8 +19,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::sea_query::OnConflict;
-#[cfg(test)]
-use sea_orm::DatabaseConnection;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use steward_runtime::{ApiError, ApiResult};
 
@@ -410,22 +408,11 @@ mod tests {
         assert_eq!(ACCOUNT.delay(100), 900);
     }
 
-    async fn database() -> Vec<(steward_storage::testing::TestDatabase, DatabaseConnection)> {
-        let mut out = Vec::new();
-        for backend in steward_storage::testing::backends() {
-            let db = steward_storage::testing::TestDatabase::create(backend).await.unwrap();
-            let conn = steward_storage::connect(&db.url("auth"), 16).await.unwrap();
-            <crate::Migrator as sea_orm_migration::MigratorTrait>::up(&conn, None).await.unwrap();
-            out.push((db, conn));
-        }
-        out
-    }
-
     // A burst of parallel attempts takes at most the free allowance: the reservation, not the
     // outcome, decides.
     #[tokio::test]
     async fn parallel_reservations_never_exceed_the_allowance() {
-        for (db, conn) in database().await {
+        for (db, conn) in crate::testing::databases().await {
             // Whole seconds, so the stored lock compares exactly whatever the column precision.
             let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
             let key = account_key("victim@example.com");
@@ -455,7 +442,7 @@ mod tests {
 
     #[tokio::test]
     async fn release_gives_the_slot_back_and_quiet_counters_start_over() {
-        for (db, conn) in database().await {
+        for (db, conn) in crate::testing::databases().await {
             let now = Utc::now();
             let key = address_key("10.0.0.1:1");
             for _ in 0..3 {
@@ -473,7 +460,7 @@ mod tests {
     // failures through, but not at one that has them.
     #[tokio::test]
     async fn a_locked_address_spares_accounts_without_failures() {
-        for (db, conn) in database().await {
+        for (db, conn) in crate::testing::databases().await {
             let now = Utc::now();
             let client = "192.0.2.7:4000";
             for i in 0..ADDRESS.free_failures {
@@ -501,7 +488,7 @@ mod tests {
     // Guesses from elsewhere lock the account, but not for the address its owner signs in from.
     #[tokio::test]
     async fn a_locked_account_still_admits_its_known_address() {
-        for (db, conn) in database().await {
+        for (db, conn) in crate::testing::databases().await {
             let now = Utc::now();
             let owner = account_key("owner@example.com");
             let home = "203.0.113.5:1000";

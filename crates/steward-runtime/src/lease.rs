@@ -257,6 +257,28 @@ mod tests {
         }
     }
 
+    /// A read of `"k"` through `leases`, answering `value` with `lease` once the returned gate
+    /// is opened: spawned, and under way when this returns.
+    async fn read_under_way(
+        leases: &std::sync::Arc<Leases<&'static str, u32>>,
+        value: u32,
+        lease: Duration,
+    ) -> (std::sync::Arc<tokio::sync::Notify>, tokio::task::JoinHandle<Result<u32, ()>>) {
+        let (gate, reads): (std::sync::Arc<tokio::sync::Notify>, std::sync::Arc<AtomicU64>) =
+            Default::default();
+        let task = tokio::spawn({
+            let (leases, gate, reads) = (leases.clone(), gate.clone(), reads.clone());
+            async move {
+                let read = || gated_read(&gate, &reads, value, lease);
+                leases.read_through("k", Reuse::Lease, read).await
+            }
+        });
+        while reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        (gate, task)
+    }
+
     // Calls that find a read of their key under way wait for it: one read answers them all.
     #[tokio::test]
     async fn calls_wait_for_a_read_under_way() {
@@ -294,18 +316,7 @@ mod tests {
     #[allow(clippy::disallowed_methods)] // Leases run on the wall clock.
     async fn an_old_read_or_a_refusal_is_not_shared() {
         let leases = std::sync::Arc::new(Leases::new(Duration::from_millis(20)));
-        let (gate, reads): (std::sync::Arc<tokio::sync::Notify>, std::sync::Arc<AtomicU64>) =
-            Default::default();
-        let first = tokio::spawn({
-            let (leases, gate, reads) = (leases.clone(), gate.clone(), reads.clone());
-            async move {
-                let read = || gated_read(&gate, &reads, 1, Duration::from_millis(20));
-                leases.read_through("k", Reuse::Lease, read).await
-            }
-        });
-        while reads.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (gate, first) = read_under_way(&leases, 1, Duration::from_millis(20)).await;
         tokio::time::sleep(Duration::from_millis(40)).await;
         let own = || async { Ok::<_, ()>((2, Duration::from_millis(20))) };
         assert_eq!(leases.read_through("k", Reuse::Lease, own).await, Ok(2), "read again");
@@ -313,18 +324,7 @@ mod tests {
         assert_eq!(first.await.unwrap(), Ok(1));
 
         let refusing = std::sync::Arc::new(Leases::new(Duration::from_secs(1)));
-        let (gate, reads): (std::sync::Arc<tokio::sync::Notify>, std::sync::Arc<AtomicU64>) =
-            Default::default();
-        let refusal = tokio::spawn({
-            let (leases, gate, reads) = (refusing.clone(), gate.clone(), reads.clone());
-            async move {
-                let read = || gated_read(&gate, &reads, 3, Duration::ZERO);
-                leases.read_through("k", Reuse::Lease, read).await
-            }
-        });
-        while reads.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (gate, refusal) = read_under_way(&refusing, 3, Duration::ZERO).await;
         let waiting = tokio::spawn({
             let leases = refusing.clone();
             async move {
@@ -346,18 +346,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_that_outlasts_its_lease_is_not_waited_for() {
         let leases = std::sync::Arc::new(Leases::new(Duration::from_millis(30)));
-        let (gate, reads): (std::sync::Arc<tokio::sync::Notify>, std::sync::Arc<AtomicU64>) =
-            Default::default();
-        let slow = tokio::spawn({
-            let (leases, gate, reads) = (leases.clone(), gate.clone(), reads.clone());
-            async move {
-                let read = || gated_read(&gate, &reads, 1, Duration::from_secs(1));
-                leases.read_through("k", Reuse::Lease, read).await
-            }
-        });
-        while reads.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (gate, slow) = read_under_way(&leases, 1, Duration::from_secs(1)).await;
         // Joins at once, then the slow read's lease runs out while it waits.
         let own = || async { Ok::<_, ()>((2, Duration::from_secs(1))) };
         assert_eq!(leases.read_through("k", Reuse::Lease, own).await, Ok(2), "read anew");
