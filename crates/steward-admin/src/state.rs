@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use steward_proto::admin::v1::{administrator as proto_admin, Administrator, Organization};
 use steward_runtime::authn::Principal;
 use steward_runtime::claims::Role;
-use steward_runtime::coalesce::{padded, Coalescer};
+use steward_runtime::coalesce::{self, padded, Coalescer};
 use steward_runtime::lease::{Leases, Reuse};
 use steward_runtime::names::{AdministratorName, OrganizationName, RoleName};
 use steward_runtime::roles::{self, Permissions};
@@ -111,13 +111,6 @@ pub const MAX_REMEMBERED_PAGE: usize = 100;
 /// Shared handle.
 pub type Shared = Arc<State>;
 
-/// Loads of each kind at a time: one, so that under load batches are largest and statements
-/// fewest (GetAdministrator on SQLite: 0.38 of an empty call, 0.34 with two or four loads).
-/// A stuck load holds the others back for at most [`steward_runtime::coalesce::LOAD_TIMEOUT`].
-const PARALLEL_LOADS: usize = 1;
-/// Keys per coalesced statement.
-const MAX_BATCH: usize = 128;
-
 impl State {
     /// The state of a service on `db`, whose caller leases last `caller_lease`.
     pub fn new(
@@ -127,20 +120,12 @@ impl State {
         peers: Peers,
         caller_lease: std::time::Duration,
     ) -> Self {
-        let rows = db.clone();
-        let administrators = Coalescer::new(PARALLEL_LOADS, MAX_BATCH, move |ids: Vec<String>| {
-            let db = rows.clone();
-            async move {
-                let found = administrator::Entity::find()
-                    .filter(administrator::Column::Id.is_in(padded(ids)))
-                    .all(&db)
-                    .await
-                    .map_err(ApiError::from)?;
-                Ok(found.into_iter().map(|row| (row.id.clone(), row)).collect())
-            }
-        });
+        let administrators =
+            coalesce::rows_by::<administrator::Entity>(&db, administrator::Column::Id, |row| {
+                row.id.clone()
+            });
         let conn = db.clone();
-        let revisions = Coalescer::new(PARALLEL_LOADS, MAX_BATCH, move |ids: Vec<String>| {
+        let revisions = Coalescer::new(move |ids: Vec<String>| {
             let db = conn.clone();
             async move {
                 let found: Vec<(String, i64)> = organization::Entity::find()

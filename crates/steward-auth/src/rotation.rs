@@ -9,20 +9,12 @@ use std::collections::{HashMap, HashSet};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
-    Set,
 };
-use steward_runtime::coalesce::{padded, power_of_two_chunks, Coalescer, Loaded};
+use steward_runtime::coalesce::{self, padded, power_of_two_chunks, Coalescer, Loaded};
 use steward_runtime::service::Clock;
 use steward_runtime::ApiError;
 
 use crate::entity::{credential, refresh_token, session};
-use crate::secrets;
-
-/// Loads of each kind at a time: one, so that under load batches are largest (RefreshSession
-/// on PostgreSQL: 0.14 of an empty call, 0.13 with two loads, 0.11 with four).
-const PARALLEL_LOADS: usize = 1;
-/// Tokens per statement, and rotations per transaction.
-const MAX_BATCH: usize = 128;
 
 /// One refresh token exchanged for the next.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -62,15 +54,11 @@ impl std::fmt::Debug for Refreshes {
     }
 }
 
-fn failed(err: sea_orm::DbErr) -> ApiError {
-    ApiError::from(err)
-}
-
 impl Refreshes {
     /// Statements on `db`; rotations are stamped with `clock`.
     pub fn new(db: &DatabaseConnection, clock: Clock) -> Self {
         let conn = db.clone();
-        let tokens = Coalescer::new(PARALLEL_LOADS, MAX_BATCH, move |digests: Vec<String>| {
+        let tokens = Coalescer::new(move |digests: Vec<String>| {
             let db = conn.clone();
             async move {
                 let to_session = refresh_token::Entity::belongs_to(session::Entity)
@@ -82,23 +70,14 @@ impl Refreshes {
                     .join(JoinType::InnerJoin, to_session)
                     .select_also(session::Entity)
                     .all(&db)
-                    .await
-                    .map_err(failed)?;
+                    .await?;
                 Ok(found.into_iter().map(|row| (row.0.token_hash.clone(), row)).collect())
             }
         });
-        let conn = db.clone();
-        let credentials = Coalescer::new(PARALLEL_LOADS, MAX_BATCH, move |ids: Vec<String>| {
-            let db = conn.clone();
-            async move {
-                let found = credential::Entity::find()
-                    .filter(credential::Column::Administrator.is_in(padded(ids)))
-                    .all(&db)
-                    .await
-                    .map_err(failed)?;
-                Ok(found.into_iter().map(|row| (row.administrator.clone(), row)).collect())
-            }
-        });
+        let credentials =
+            coalesce::rows_by::<credential::Entity>(db, credential::Column::Administrator, |row| {
+                row.administrator.clone()
+            });
         let conn = db.clone();
         // No time limit: a rotation given up mid-commit may have landed, and its callers,
         // told to retry, would present their used tokens and end their sessions.
@@ -106,7 +85,7 @@ impl Refreshes {
             let (db, now) = (conn.clone(), clock());
             async move { rotate(&db, batch, now).await }
         };
-        let rotations = Coalescer::with_timeout(PARALLEL_LOADS, MAX_BATCH, None, rotate_batch);
+        let rotations = Coalescer::without_timeout(rotate_batch);
         Self { tokens, credentials, rotations }
     }
 
@@ -140,7 +119,7 @@ async fn rotate(
     batch: Vec<Rotation>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Loaded<Rotation, bool> {
-    let txn = steward_storage::begin_write(db, crate::IDEMPOTENCY.table()).await.map_err(failed)?;
+    let txn = steward_storage::begin_write(db, crate::IDEMPOTENCY.table()).await?;
     let presented: Vec<String> = batch.iter().map(|r| r.used.clone()).collect();
     // Locked on PostgreSQL until the commit (SQLite's write lock is already held): a
     // concurrent batch waits, then finds them used. Locked in the order of their digests, so
@@ -154,8 +133,7 @@ async fn rotate(
         .lock_exclusive()
         .into_tuple()
         .all(&txn)
-        .await
-        .map_err(failed)?
+        .await?
         .into_iter()
         .collect();
     let mut claimed = HashSet::new();
@@ -164,7 +142,7 @@ async fn rotate(
         .filter(|r| unused.contains(&r.used) && claimed.insert(r.used.clone()))
         .collect();
     if winners.is_empty() {
-        txn.rollback().await.map_err(failed)?;
+        txn.rollback().await?;
         return Ok(HashMap::new());
     }
     let marked = refresh_token::Entity::update_many()
@@ -175,11 +153,10 @@ async fn rotate(
         )
         .filter(refresh_token::Column::UsedAt.is_null())
         .exec(&txn)
-        .await
-        .map_err(failed)?;
+        .await?;
     // Every winner's token was unused and locked: anything else is a bug, and nothing rotates.
     if marked.rows_affected != winners.len() as u64 {
-        txn.rollback().await.map_err(failed)?;
+        txn.rollback().await?;
         return Err(ApiError::Internal(format!(
             "{} of {} refresh tokens marked used",
             marked.rows_affected,
@@ -187,17 +164,13 @@ async fn rotate(
         )));
     }
     for chunk in power_of_two_chunks(&winners) {
-        refresh_token::Entity::insert_many(chunk.iter().map(|r| refresh_token::ActiveModel {
-            token_hash: Set(secrets::digest(&r.next)),
-            session_id: Set(r.session.clone()),
-            used_at: Set(None),
-            created_at: Set(now),
-        }))
+        refresh_token::Entity::insert_many(
+            chunk.iter().map(|r| crate::state::refresh_row(&r.session, &r.next, now)),
+        )
         .exec(&txn)
-        .await
-        .map_err(failed)?;
+        .await?;
     }
-    txn.commit().await.map_err(failed)?;
+    txn.commit().await?;
     Ok(winners.into_iter().map(|r| (r, true)).collect())
 }
 
@@ -208,6 +181,7 @@ mod tests {
     use sea_orm::{ActiveModelTrait, IntoActiveModel};
 
     use super::*;
+    use crate::secrets;
 
     /// A fixed time: rotation does not judge expiry.
     fn at() -> DateTime<Utc> {

@@ -369,15 +369,18 @@ pub async fn insert_refresh(
     token: &str,
     now: DateTime<Utc>,
 ) -> ApiResult<()> {
-    refresh_token::Entity::insert(refresh_token::ActiveModel {
+    refresh_token::Entity::insert(refresh_row(sid, token, now)).exec(conn).await?;
+    Ok(())
+}
+
+/// The stored form of refresh `token` of session `sid`, issued at `now`: its digest only.
+pub fn refresh_row(sid: &str, token: &str, now: DateTime<Utc>) -> refresh_token::ActiveModel {
+    refresh_token::ActiveModel {
         token_hash: Set(secrets::digest(token)),
         session_id: Set(sid.to_string()),
         used_at: Set(None),
         created_at: Set(now),
-    })
-    .exec(conn)
-    .await?;
-    Ok(())
+    }
 }
 
 /// Revokes one session; returns whether it was live.

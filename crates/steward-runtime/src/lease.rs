@@ -20,7 +20,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -52,13 +51,12 @@ pub fn granted(caller_lease_ms: u32) -> Duration {
     Duration::from_millis(u64::from(caller_lease_ms))
 }
 
-/// What a read under way will answer: when it started, its value and the lease it grants.
-type Answer<V> = Option<(Instant, V, Duration)>;
+/// What a read under way will answer: its value and the lease it grants.
+type Answer<V> = Option<(V, Duration)>;
 
 /// A read under way, which reads of its key may wait for instead of reading too.
 #[derive(Debug)]
 struct Reading<V> {
-    id: u64,
     started: Instant,
     answer: watch::Receiver<Answer<V>>,
 }
@@ -69,7 +67,6 @@ pub struct Leases<K, V> {
     lease: Duration,
     entries: Mutex<HashMap<K, (Instant, V)>>,
     reading: Mutex<HashMap<K, Reading<V>>>,
-    next_id: AtomicU64,
 }
 
 /// Removes its read from [`Leases::reading`] when the read ends, however it ends (a dropped
@@ -77,14 +74,14 @@ pub struct Leases<K, V> {
 struct Registration<'a, K: Eq + Hash, V> {
     leases: &'a Leases<K, V>,
     key: K,
-    id: u64,
     answer: watch::Sender<Answer<V>>,
 }
 
 impl<K: Eq + Hash, V> Drop for Registration<'_, K, V> {
     fn drop(&mut self) {
         let mut reading = self.leases.reading.lock().unwrap_or_else(PoisonError::into_inner);
-        if reading.get(&self.key).is_some_and(|r| r.id == self.id) {
+        // Unless a newer read of the key has taken its place.
+        if reading.get(&self.key).is_some_and(|r| r.answer.same_channel(&self.answer.subscribe())) {
             reading.remove(&self.key);
         }
     }
@@ -97,7 +94,6 @@ impl<K: Eq + Hash + Clone, V: Clone + Send + Sync> Leases<K, V> {
             lease: lease.min(MAX_LEASE),
             entries: Mutex::new(HashMap::new()),
             reading: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
         }
     }
 
@@ -134,8 +130,8 @@ impl<K: Eq + Hash + Clone, V: Clone + Send + Sync> Leases<K, V> {
                     .and_then(|answer| answer.clone());
                 // Used only within its lease, counted from the start of its read: as safe as
                 // a kept answer.
-                if let Some((started, value, lease)) = answered {
-                    if Instant::now() < started + lease.min(self.lease) {
+                if let Some((value, lease)) = answered {
+                    if Instant::now() < began + lease.min(self.lease) {
                         return Ok(value);
                     }
                 }
@@ -146,7 +142,7 @@ impl<K: Eq + Hash + Clone, V: Clone + Send + Sync> Leases<K, V> {
         let (value, lease) = read().await?;
         self.put_within(key, started, lease, value.clone());
         if let Some(registration) = registration {
-            registration.answer.send_replace(Some((started, value.clone(), lease)));
+            registration.answer.send_replace(Some((value.clone(), lease)));
         }
         Ok(value)
     }
@@ -164,14 +160,13 @@ impl<K: Eq + Hash + Clone, V: Clone + Send + Sync> Leases<K, V> {
         if self.lease.is_zero() {
             return None;
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (answer, receiver) = watch::channel(None);
         let mut reading = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
         if reading.len() >= MAX_ENTRIES {
             reading.retain(|_, r| r.started.elapsed() < self.lease);
         }
-        reading.insert(key.clone(), Reading { id, started, answer: receiver });
-        Some(Registration { leases: self, key: key.clone(), id, answer })
+        reading.insert(key.clone(), Reading { started, answer: receiver });
+        Some(Registration { leases: self, key: key.clone(), answer })
     }
 
     /// The answer for `key`, while its lease lasts.
@@ -217,6 +212,8 @@ pub async fn wait_out(lease: Duration) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
 
     #[test]
