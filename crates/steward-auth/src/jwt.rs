@@ -94,8 +94,7 @@ impl Signer {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
         header.typ = Some(ACCESS_TOKEN_TYPE.to_string());
-        let token = jsonwebtoken::encode(&header, &claims, &key.encoding)
-            .map_err(|e| ApiError::internal(format!("token signing failed: {e}")))?;
+        let token = compact_jws(&header, &claims, &key.signing)?;
         let expires = DateTime::<Utc>::from_timestamp(exp, 0).unwrap_or(now);
         Ok((token, expires))
     }
@@ -115,6 +114,28 @@ impl Signer {
             })
             .collect()
     }
+}
+
+/// The JWS compact serialization (RFC 7515 §7.1) of `claims` under `header`, signed with
+/// `key`: what `jsonwebtoken::encode` writes, with the key parsed once at startup instead of on
+/// every call (parsing a PKCS#8 Ed25519 key derives its public half: a scalar multiplication,
+/// as costly as the signature itself).
+fn compact_jws(
+    header: &Header,
+    claims: &impl serde::Serialize,
+    key: &ed25519_dalek::SigningKey,
+) -> ApiResult<String> {
+    use base64::Engine;
+    use ed25519_dalek::Signer as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let json = |e: serde_json::Error| ApiError::internal(format!("token signing failed: {e}"));
+    let mut token = b64.encode(serde_json::to_vec(header).map_err(json)?);
+    token.push('.');
+    token.push_str(&b64.encode(serde_json::to_vec(claims).map_err(json)?));
+    let signature = key.sign(token.as_bytes());
+    token.push('.');
+    token.push_str(&b64.encode(signature.to_bytes()));
+    Ok(token)
 }
 
 #[cfg(test)]

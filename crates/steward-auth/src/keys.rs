@@ -8,7 +8,7 @@ use std::path::Path;
 use base64::Engine;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::SigningKey;
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use jsonwebtoken::DecodingKey;
 use rand::RngCore;
 use steward_runtime::config::{AuthConfig, SigningKeyConfig};
 use steward_runtime::{ApiError, ApiResult};
@@ -18,8 +18,9 @@ use steward_runtime::{ApiError, ApiResult};
 pub struct KeyPair {
     /// Key id.
     pub kid: String,
-    /// For signing.
-    pub encoding: EncodingKey,
+    /// For signing: parsed once, with its public half (parsing derives it, which costs as
+    /// much as a signature).
+    pub signing: SigningKey,
     /// For verifying.
     pub decoding: DecodingKey,
     /// Base64url of the raw public key (the JWK `x`).
@@ -29,6 +30,18 @@ pub struct KeyPair {
 impl std::fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyPair").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl KeyPair {
+    /// The private key as jsonwebtoken's signing key (parsed again on every `encode`), for
+    /// signing independently of [`crate::jwt::Signer`], as the token tests do.
+    pub fn encoding_key(&self) -> ApiResult<jsonwebtoken::EncodingKey> {
+        let der = self
+            .signing
+            .to_pkcs8_der()
+            .map_err(|e| ApiError::internal(format!("signing key {}: {e}", self.kid)))?;
+        Ok(jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()))
     }
 }
 
@@ -45,13 +58,11 @@ pub fn from_pem(kid: &str, pem: &str) -> ApiResult<KeyPair> {
     let signing = SigningKey::from_pkcs8_pem(pem).map_err(|e| {
         ApiError::internal(format!("signing key {kid} is not an Ed25519 PKCS#8 PEM: {e}"))
     })?;
-    let encoding = EncodingKey::from_ed_pem(pem.as_bytes())
-        .map_err(|e| ApiError::internal(format!("signing key {kid}: {e}")))?;
     let x =
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.verifying_key().to_bytes());
     let decoding = DecodingKey::from_ed_components(&x)
         .map_err(|e| ApiError::internal(format!("signing key {kid}: {e}")))?;
-    Ok(KeyPair { kid: kid.to_string(), encoding, decoding, x })
+    Ok(KeyPair { kid: kid.to_string(), signing, decoding, x })
 }
 
 /// Loads every configured key; the first is the signing key.

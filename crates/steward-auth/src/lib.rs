@@ -99,8 +99,6 @@ pub const SERVICE: &str = "auth";
 pub const SERVICES: &[&str] =
     &["steward.auth.v1.AuthService", "steward.auth.v1.AuthInternalService"];
 
-/// Concurrent argon2 computations; each takes 19 MiB and one core for tens of milliseconds.
-const HASH_WORKERS: usize = 4;
 /// Calls allowed to wait for a hashing slot before RESOURCE_EXHAUSTED.
 const HASH_QUEUE: usize = 64;
 
@@ -138,7 +136,9 @@ pub async fn start(
 ) -> ApiResult<Vec<tokio::task::JoinHandle<()>>> {
     let keys = keys::load_all(&ctx.config.auth)?;
     let signer = jwt::Signer::new(keys, &ctx.config.auth)?;
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(HASH_WORKERS);
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let workers = ctx.config.auth.hashing_threads(cores);
+    tracing::debug!(workers, cores, "password hashing threads");
     let hasher = password::Hasher::new(workers, HASH_QUEUE).await?;
     let mailer = mailer::Mailer::from_config(&ctx.config)?;
     let state = Arc::new(state::State {

@@ -216,21 +216,26 @@ fn forge(token: &str, forgery: &Forgery) -> String {
             &header(Algorithm::HS256, "k1", ACCESS_TOKEN_TYPE),
             &EncodingKey::from_secret(fixture.k1.x.as_bytes()).unwrap(),
         ),
-        Forgery::WrongKey => {
-            signed(&header(Algorithm::EdDSA, "k1", ACCESS_TOKEN_TYPE), &fixture.attacker.encoding)
-        }
-        Forgery::SwappedKid => {
-            signed(&header(Algorithm::EdDSA, "k2", ACCESS_TOKEN_TYPE), &fixture.k1.encoding)
-        }
+        Forgery::WrongKey => signed(
+            &header(Algorithm::EdDSA, "k1", ACCESS_TOKEN_TYPE),
+            &fixture.attacker.encoding_key().unwrap(),
+        ),
+        Forgery::SwappedKid => signed(
+            &header(Algorithm::EdDSA, "k2", ACCESS_TOKEN_TYPE),
+            &fixture.k1.encoding_key().unwrap(),
+        ),
         Forgery::WrongType(typ) => {
-            signed(&header(Algorithm::EdDSA, "k1", typ), &fixture.k1.encoding)
+            signed(&header(Algorithm::EdDSA, "k1", typ), &fixture.k1.encoding_key().unwrap())
         }
-        Forgery::UnknownKid(kid) => {
-            signed(&header(Algorithm::EdDSA, kid, ACCESS_TOKEN_TYPE), &fixture.k1.encoding)
-        }
+        Forgery::UnknownKid(kid) => signed(
+            &header(Algorithm::EdDSA, kid, ACCESS_TOKEN_TYPE),
+            &fixture.k1.encoding_key().unwrap(),
+        ),
         Forgery::SpliceClaims => {
-            let other =
-                signed(&header(Algorithm::EdDSA, "k1", ACCESS_TOKEN_TYPE), &fixture.k1.encoding);
+            let other = signed(
+                &header(Algorithm::EdDSA, "k1", ACCESS_TOKEN_TYPE),
+                &fixture.k1.encoding_key().unwrap(),
+            );
             let ours: Vec<&str> = token.split('.').collect();
             let theirs: Vec<&str> = other.split('.').collect();
             format!("{}.{}.{}", ours[0], theirs[1], ours[2])
@@ -286,7 +291,7 @@ proptest! {
         let token = jsonwebtoken::encode(
             &header(Algorithm::EdDSA, "k1", ACCESS_TOKEN_TYPE),
             &claims(exp, nbf),
-            &fixture.k1.encoding,
+            &fixture.k1.encoding_key().unwrap(),
         ).unwrap();
         let t = now().timestamp();
         // The library parses `exp` and `nbf` as unsigned: a negative one is missing.

@@ -139,6 +139,21 @@ pub struct Options {
     /// Before `list-administrators`, invite administrators until the organization has this
     /// many (the key's role must also create administrators).
     pub organization_size: Option<usize>,
+    /// The server's password-hashing threads: raw argon2id, the baseline of `sign-in`, hashes
+    /// on as many.
+    pub hashing_threads: usize,
+}
+
+/// The password-hashing threads of the Steward process `pid` (its threads named `argon2-N`),
+/// read from Linux `/proc`; `None` where that cannot be read.
+pub fn hashing_threads_of(pid: u32) -> Option<usize> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let count = tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .filter(|name| name.starts_with("argon2-"))
+        .count();
+    (count > 0).then_some(count)
 }
 
 /// The figures of one scenario.
@@ -350,11 +365,11 @@ async fn sign_in_person(
 }
 
 /// Hashes with argon2id (the parameters Steward stores passwords with: 19 MiB, two passes, one
-/// lane) on as many threads as the machine has cores, for `duration`: the ceiling of sign-in.
-fn raw_argon2(duration: Duration) -> Outcome {
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+/// lane) on `threads` threads (the server's hashing threads), for `duration`: the ceiling of
+/// sign-in.
+fn raw_argon2(threads: usize, duration: Duration) -> Outcome {
     let deadline = Instant::now() + duration;
-    let workers: Vec<_> = (0..threads)
+    let workers: Vec<_> = (0..threads.max(1))
         .map(|_| {
             std::thread::spawn(move || {
                 let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
@@ -558,8 +573,8 @@ pub async fn run(options: &Options, scenarios: &[Scenario]) -> Result<Report, Be
             Scenario::SignIn => {
                 let calls = prepare(*scenario, &clients, &organization, options).await?;
                 let mut outcome = measure(scenario.name(), calls, &sign_in_load(options)).await;
-                let duration = options.duration;
-                let raw = tokio::task::spawn_blocking(move || raw_argon2(duration))
+                let (threads, duration) = (options.hashing_threads, options.duration);
+                let raw = tokio::task::spawn_blocking(move || raw_argon2(threads, duration))
                     .await
                     .map_err(|e| BenchError::Options(e.to_string()))?;
                 outcome.ratio = outcome.rate / raw.rate.max(f64::EPSILON);

@@ -296,6 +296,10 @@ pub struct AuthConfig {
     pub console_url: String,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// Threads hashing passwords (argon2id, 19 MiB each, niced). 0 (the default): one fewer than
+    /// the cores, at least 1 and at most 4, so the other calls keep a core while sign-ins are
+    /// saturated. Read through [`AuthConfig::hashing_threads`].
+    pub hashing_threads: usize,
 }
 
 impl Default for AuthConfig {
@@ -310,6 +314,7 @@ impl Default for AuthConfig {
             mfa_keys: Vec::new(),
             console_url: NO_CONSOLE_URL.into(),
             leeway_secs: 30,
+            hashing_threads: 0,
         }
     }
 }
@@ -318,7 +323,21 @@ impl Default for AuthConfig {
 /// `.invalid` domain (RFC 2606) never resolves, so a link on it is plainly a placeholder.
 pub const NO_CONSOLE_URL: &str = "https://console.invalid";
 
+/// Most password-hashing threads `auth.hashing_threads` may ask for (19 MiB each).
+pub const MAX_HASHING_THREADS: usize = 64;
+
 impl AuthConfig {
+    /// The password-hashing threads to run on a machine with `cores` cores: `hashing_threads`
+    /// when set (at most [`MAX_HASHING_THREADS`]), else one fewer than `cores`, at least 1 and
+    /// at most 4. Hashing on every core let a burst of sign-ins delay every other call by a
+    /// scheduler time slice; with one core left to them, their latency holds.
+    pub fn hashing_threads(&self, cores: usize) -> usize {
+        if self.hashing_threads > 0 {
+            return self.hashing_threads.min(MAX_HASHING_THREADS);
+        }
+        cores.saturating_sub(1).clamp(1, 4)
+    }
+
     /// Whether `console_url` names no real console: its host is `invalid` or under `.invalid`
     /// (or the URL does not parse).
     pub fn console_is_placeholder(&self) -> bool {
@@ -569,6 +588,24 @@ mod tests {
             auth.console_url = url.into();
             assert_eq!(auth.console_is_placeholder(), placeholder, "{url}");
         }
+    }
+
+    #[test]
+    fn hashing_leaves_a_core_to_the_other_calls_unless_told_otherwise() {
+        let mut auth = AuthConfig::default();
+        let automatic: Vec<usize> =
+            [1, 2, 3, 4, 8, 64].map(|cores| auth.hashing_threads(cores)).into();
+        assert_eq!(automatic, [1, 1, 2, 3, 4, 4], "one fewer than the cores, 1 to 4");
+        auth.hashing_threads = 2;
+        assert_eq!(auth.hashing_threads(2), 2, "as configured, even on every core");
+        auth.hashing_threads = 10_000;
+        assert_eq!(auth.hashing_threads(2), MAX_HASHING_THREADS);
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STEWARD_AUTH__HASHING_THREADS", "3");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.auth.hashing_threads(2), 3);
+            Ok(())
+        });
     }
 
     // Every test runs in a figment Jail: it serializes tests touching the environment and gives

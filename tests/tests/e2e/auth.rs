@@ -528,7 +528,7 @@ fn sign_claims(pair: &steward_auth::keys::KeyPair, kid: &str, typ: &str, claims:
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.kid = Some(kid.into());
     header.typ = Some(typ.into());
-    jsonwebtoken::encode(&header, claims, &pair.encoding).unwrap()
+    jsonwebtoken::encode(&header, claims, &pair.encoding_key().unwrap()).unwrap()
 }
 
 fn unsigned(header: &Value, claims: &Value, signature: &str) -> String {

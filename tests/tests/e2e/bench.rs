@@ -57,6 +57,7 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
         }),
         people: vec![(owner.email.clone(), crate::harness::PASSWORD.to_string())],
         organization_size: Some(60),
+        hashing_threads: 1,
     };
     let report = steward_bench::run(&options, &Scenario::STEWARD).await.unwrap();
     assert!(report.baseline.ok > 0 && report.baseline.errors.is_empty(), "{report:?}");
