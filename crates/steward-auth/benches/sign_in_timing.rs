@@ -16,10 +16,10 @@
     clippy::needless_pass_by_value
 )]
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -100,26 +100,6 @@ async fn service() -> (AuthApi, support::Harness) {
     (AuthApi::new(state), h)
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
-/// Criterion's median estimate of `bench` from this run (written after `since`), in nanoseconds;
-/// `None` when this run did not measure it (e.g. a filter skipped it).
-fn median_ns(bench: &str, since: SystemTime) -> Option<f64> {
-    let path = target_dir().join("criterion").join(GROUP).join(bench).join("new/estimates.json");
-    let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-    if written < since {
-        return None;
-    }
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("criterion estimates {}: {e}", path.display()));
-    let estimates: serde_json::Value = serde_json::from_str(&text).unwrap();
-    estimates["median"]["point_estimate"].as_f64()
-}
-
 fn main() {
     let judged = std::env::args().any(|a| a == "--bench");
     let started = SystemTime::now();
@@ -177,9 +157,10 @@ fn main() {
     if !judged {
         return;
     }
-    let (Some(unknown), Some(known)) =
-        (median_ns("unknown_email", started), median_ns("known_email", started))
-    else {
+    let (Some(unknown), Some(known)) = (
+        common::median_ns(GROUP, "unknown_email", started),
+        common::median_ns(GROUP, "known_email", started),
+    ) else {
         println!("both cases must run to compare them (no filter); nothing judged");
         return;
     };
@@ -190,15 +171,12 @@ fn main() {
         known / 1e6
     );
     println!("ratio of medians (unknown / known): {ratio:.3}");
-    let dir = target_dir().join("bench");
-    std::fs::create_dir_all(&dir).unwrap();
     let report = serde_json::json!({
         "tool": "criterion",
         "unknown_email_median_ns": unknown,
         "known_email_wrong_password_median_ns": known,
         "ratio_of_medians": ratio,
     });
-    std::fs::write(dir.join("sign_in_timing.json"), serde_json::to_string_pretty(&report).unwrap())
-        .unwrap();
+    common::write_report("sign_in_timing", &report);
     assert!((0.9..=1.1).contains(&ratio), "timings differ by more than 10%: ratio {ratio:.3}");
 }
