@@ -132,7 +132,9 @@ fn compact_jws(
     let mut token = b64.encode(serde_json::to_vec(header).map_err(json)?);
     token.push('.');
     token.push_str(&b64.encode(serde_json::to_vec(claims).map_err(json)?));
-    let signature = key.sign(token.as_bytes());
+    let signature = key
+        .try_sign(token.as_bytes())
+        .map_err(|e| ApiError::internal(format!("token signing failed: {e}")))?;
     token.push('.');
     token.push_str(&b64.encode(signature.to_bytes()));
     Ok(token)
@@ -174,6 +176,20 @@ mod tests {
             KeySource::Static(HashMap::from([(pair.kid.clone(), pair.decoding.clone())])),
             clock,
         )
+    }
+
+    #[test]
+    fn tokens_are_byte_for_byte_what_jsonwebtoken_writes() {
+        let pair = keys::from_pem("k1", &keys::generate_pem().unwrap()).unwrap();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("k1".into());
+        header.typ = Some(ACCESS_TOKEN_TYPE.into());
+        let claims = serde_json::json!({"sub": "organizations/o/administrators/a", "exp": 1, "amr": ["pwd"], "n": "é/+?"});
+        // Ed25519 signatures are deterministic, so the whole token must match.
+        let ours = compact_jws(&header, &claims, &pair.signing).unwrap();
+        let library =
+            jsonwebtoken::encode(&header, &claims, &pair.encoding_key().unwrap()).unwrap();
+        assert_eq!(ours, library);
     }
 
     #[tokio::test]

@@ -35,7 +35,8 @@ impl std::fmt::Debug for KeyPair {
 
 impl KeyPair {
     /// The private key as jsonwebtoken's signing key (parsed again on every `encode`), for
-    /// signing independently of [`crate::jwt::Signer`], as the token tests do.
+    /// signing independently of [`crate::jwt::Signer`], as the token tests do. Not used by the
+    /// service itself.
     pub fn encoding_key(&self) -> ApiResult<jsonwebtoken::EncodingKey> {
         let der = self
             .signing

@@ -138,7 +138,10 @@ pub async fn start(
     let signer = jwt::Signer::new(keys, &ctx.config.auth)?;
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
     let workers = ctx.config.auth.hashing_threads(cores);
-    tracing::debug!(workers, cores, "password hashing threads");
+    if workers > cores {
+        tracing::warn!(workers, cores, "auth.hashing_threads exceeds the cores: sign-in bursts will take every core from the other calls");
+    }
+    tracing::info!(workers, cores, "password hashing threads");
     let hasher = password::Hasher::new(workers, HASH_QUEUE).await?;
     let mailer = mailer::Mailer::from_config(&ctx.config)?;
     let state = Arc::new(state::State {

@@ -7,6 +7,7 @@
 //! Authenticated scenarios sign in as a service account (`STEWARD_API_KEY`) whose role reads
 //! administrators and checks access (the built-in Read Only role does).
 
+pub mod argon2_baseline;
 pub mod fleet;
 pub mod soak;
 
@@ -142,18 +143,6 @@ pub struct Options {
     /// The server's password-hashing threads: raw argon2id, the baseline of `sign-in`, hashes
     /// on as many.
     pub hashing_threads: usize,
-}
-
-/// The password-hashing threads of the Steward process `pid` (its threads named `argon2-N`),
-/// read from Linux `/proc`; `None` where that cannot be read.
-pub fn hashing_threads_of(pid: u32) -> Option<usize> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let count = tasks
-        .filter_map(Result::ok)
-        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
-        .filter(|name| name.starts_with("argon2-"))
-        .count();
-    (count > 0).then_some(count)
 }
 
 /// The figures of one scenario.
@@ -364,49 +353,6 @@ async fn sign_in_person(
     }
 }
 
-/// Hashes with argon2id (the parameters Steward stores passwords with: 19 MiB, two passes, one
-/// lane) on `threads` threads (the server's hashing threads), for `duration`: the ceiling of
-/// sign-in.
-fn raw_argon2(threads: usize, duration: Duration) -> Outcome {
-    let deadline = Instant::now() + duration;
-    let workers: Vec<_> = (0..threads.max(1))
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-                let Ok(params) = argon2::Params::new(19 * 1024, 2, 1, None) else {
-                    return histogram;
-                };
-                let hasher = argon2::Argon2::new(
-                    argon2::Algorithm::Argon2id,
-                    argon2::Version::V0x13,
-                    params,
-                );
-                let mut out = [0_u8; 32];
-                while Instant::now() < deadline {
-                    let start = Instant::now();
-                    if hasher
-                        .hash_password_into(b"correct horse", b"sixteen byte salt", &mut out)
-                        .is_ok()
-                    {
-                        let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        if let Some(h) = histogram.as_mut() {
-                            h.saturating_record(micros.max(1));
-                        }
-                    }
-                }
-                histogram
-            })
-        })
-        .collect();
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-    for worker in workers {
-        if let (Some(total), Ok(Some(h))) = (total.as_mut(), worker.join()) {
-            let _ = total.add(&h);
-        }
-    }
-    outcome("raw-argon2id", total.as_ref(), BTreeMap::new(), duration)
-}
-
 /// Latencies and errors of one worker (or one paced run).
 pub(crate) struct Tally {
     histogram: Option<Histogram<u64>>,
@@ -501,7 +447,7 @@ async fn measure_at_rate(name: &str, calls: Vec<Call>, rate: f64, duration: Dura
     tally.outcome(name, duration)
 }
 
-fn outcome(
+pub(crate) fn outcome(
     name: &str,
     total: Option<&Histogram<u64>>,
     errors: BTreeMap<String, u64>,
@@ -574,9 +520,10 @@ pub async fn run(options: &Options, scenarios: &[Scenario]) -> Result<Report, Be
                 let calls = prepare(*scenario, &clients, &organization, options).await?;
                 let mut outcome = measure(scenario.name(), calls, &sign_in_load(options)).await;
                 let (threads, duration) = (options.hashing_threads, options.duration);
-                let raw = tokio::task::spawn_blocking(move || raw_argon2(threads, duration))
-                    .await
-                    .map_err(|e| BenchError::Options(e.to_string()))?;
+                let raw =
+                    tokio::task::spawn_blocking(move || argon2_baseline::raw(threads, duration))
+                        .await
+                        .map_err(|e| BenchError::Options(e.to_string()))?;
                 outcome.ratio = outcome.rate / raw.rate.max(f64::EPSILON);
                 argon2_baseline = Some(raw);
                 results.push(outcome);

@@ -62,8 +62,8 @@ struct Args {
     /// The server's password-hashing threads, on as many of which raw argon2id (sign-in's
     /// baseline) hashes. Default: counted in `--server-pid`'s threads, else the server's
     /// default for this machine (one fewer than the cores, 1 to 4).
-    #[arg(long)]
-    hashing_threads: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    hashing_threads: Option<u16>,
     /// Simulated agents sharing one HTTP/2 connection (1: a connection each, like real agents;
     /// the server allows `server.max_concurrent_streams_per_connection` streams on one).
     #[arg(long, default_value_t = 1)]
@@ -154,7 +154,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         organization_size: args.organization_size,
         hashing_threads: args
             .hashing_threads
-            .or_else(|| args.server_pid.and_then(steward_bench::hashing_threads_of))
+            .map(usize::from)
+            .or_else(|| {
+                args.server_pid.and_then(steward_bench::argon2_baseline::hashing_threads_of)
+            })
             .unwrap_or_else(|| {
                 let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
                 cores.saturating_sub(1).clamp(1, 4)

@@ -298,7 +298,7 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
     /// Threads hashing passwords (argon2id, 19 MiB each, niced). 0 (the default): one fewer than
     /// the cores, at least 1 and at most 4, so the other calls keep a core while sign-ins are
-    /// saturated. Read through [`AuthConfig::hashing_threads`].
+    /// saturated. At most [`MAX_HASHING_THREADS`]. Read through [`AuthConfig::hashing_threads`].
     pub hashing_threads: usize,
 }
 
@@ -323,14 +323,15 @@ impl Default for AuthConfig {
 /// `.invalid` domain (RFC 2606) never resolves, so a link on it is plainly a placeholder.
 pub const NO_CONSOLE_URL: &str = "https://console.invalid";
 
-/// Most password-hashing threads `auth.hashing_threads` may ask for (19 MiB each).
-pub const MAX_HASHING_THREADS: usize = 64;
+/// Most password-hashing threads `auth.hashing_threads` may ask for: each holds 19 MiB once it
+/// has hashed, so 16 hold about 300 MiB. The server refuses a larger value at startup.
+pub const MAX_HASHING_THREADS: usize = 16;
 
 impl AuthConfig {
     /// The password-hashing threads to run on a machine with `cores` cores: `hashing_threads`
     /// when set (at most [`MAX_HASHING_THREADS`]), else one fewer than `cores`, at least 1 and
-    /// at most 4. Hashing on every core let a burst of sign-ins delay every other call by a
-    /// scheduler time slice; with one core left to them, their latency holds.
+    /// at most 4. Hashing on every core let a burst of sign-ins delay the process's other calls
+    /// by a scheduler time slice; with a core's worth of CPU left to them, their latency holds.
     pub fn hashing_threads(&self, cores: usize) -> usize {
         if self.hashing_threads > 0 {
             return self.hashing_threads.min(MAX_HASHING_THREADS);
@@ -599,7 +600,7 @@ mod tests {
         auth.hashing_threads = 2;
         assert_eq!(auth.hashing_threads(2), 2, "as configured, even on every core");
         auth.hashing_threads = 10_000;
-        assert_eq!(auth.hashing_threads(2), MAX_HASHING_THREADS);
+        assert_eq!(auth.hashing_threads(2), MAX_HASHING_THREADS, "capped (startup refuses it)");
         figment::Jail::expect_with(|jail| {
             jail.set_env("STEWARD_AUTH__HASHING_THREADS", "3");
             let config = Config::load(None).map_err(|e| e.to_string())?;

@@ -213,6 +213,12 @@ pub fn validate(config: &Config, kinds: &[ServiceKind]) -> Result<(), ServerErro
     if kinds.contains(&ServiceKind::Auth) && config.auth.mfa_keys.is_empty() {
         return Err(ServerError::Config("auth.mfa_keys must name at least one key".into()));
     }
+    if config.auth.hashing_threads > steward_runtime::config::MAX_HASHING_THREADS {
+        return Err(ServerError::Config(format!(
+            "auth.hashing_threads must be at most {} (each thread holds 19 MiB); 0 picks one fewer than the cores",
+            steward_runtime::config::MAX_HASHING_THREADS
+        )));
+    }
     Ok(())
 }
 
@@ -548,6 +554,19 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
             assert!(config.auth.mfa_keys[0].path.starts_with("/etc/steward/mfa-keys"), "{file}");
         }
+    }
+
+    #[test]
+    fn too_many_hashing_threads_are_refused_at_startup() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let mut config = Config::load(Some(&root.join("base/steward.toml"))).unwrap();
+        config.internal.service_token = random_secret();
+        let max = steward_runtime::config::MAX_HASHING_THREADS;
+        config.auth.hashing_threads = max;
+        validate(&config, &[ServiceKind::Auth]).unwrap();
+        config.auth.hashing_threads = max + 1;
+        let err = validate(&config, &[ServiceKind::Auth]).unwrap_err().to_string();
+        assert!(err.contains("auth.hashing_threads must be at most"), "{err}");
     }
 
     #[test]
