@@ -198,7 +198,10 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
             let tls =
                 if tls { Some(steward_server::dev_tls::ensure(&data_dir, addr)?) } else { None };
             let config = dev_config(config, addr, internal_addr, &data_dir, tls.as_ref())?;
-            let server = tokio::spawn(run(
+            // Refused here, before anything is announced, rather than by the server task while
+            // the bootstrap below retries against services that never start.
+            steward_server::validate(&config, &ServiceKind::ALL)?;
+            let mut server = tokio::spawn(run(
                 config.clone(),
                 &ServiceKind::ALL,
                 system_clock(),
@@ -221,7 +224,16 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
                 }
                 None => println!("  try: grpcurl -plaintext {addr} list"),
             }
-            match bootstrap_dev(&config, &owner_email).await {
+            // A server that stops while the bootstrap waits for it ends `dev` with its error.
+            let bootstrapped = tokio::select! {
+                stopped = &mut server => {
+                    return stopped.map_err(|e| {
+                        steward_server::ServerError::Config(format!("server task failed: {e}"))
+                    })?;
+                }
+                bootstrapped = bootstrap_dev(&config, &owner_email) => bootstrapped,
+            };
+            match bootstrapped {
                 Ok(Some(token)) => {
                     println!("  first organization created; its owner is {owner_email}");
                     println!(

@@ -889,6 +889,27 @@ async fn migrate_subcommand_prepares_every_store() {
 }
 
 /// A second start of `dev` on the same data directory keeps the organization (and its data).
+/// A configuration `dev` cannot run with is refused before anything is announced, and `dev`
+/// exits with the reason (it used to announce its port and retry the bootstrap against
+/// services that had already stopped).
+#[test]
+fn dev_refuses_an_invalid_configuration_before_announcing_itself() {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_steward-server"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("STEWARD_INTERNAL__SERVICE_TOKEN", "a-test-service-credential-of-sufficient-length")
+        .env("STEWARD_AUTH__HASHING_THREADS", "17")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("auth.hashing_threads must be at most 16"), "{stderr}");
+    assert!(!stdout.contains("listening on"), "announced before refusing: {stdout}");
+}
+
 #[test]
 fn dev_restarts_keep_the_organization() {
     let dev = start_dev();
