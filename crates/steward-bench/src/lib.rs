@@ -195,6 +195,8 @@ pub struct Report {
 /// hashing.
 #[derive(Clone, Debug, Serialize)]
 pub struct Interference {
+    /// CheckAccess calls in flight ([`LIGHT_CONCURRENCY`], or `--concurrency` when lower).
+    pub in_flight: usize,
     /// CheckAccess alone.
     pub alone: Outcome,
     /// CheckAccess while sign-in runs.
@@ -234,8 +236,9 @@ impl Report {
         }
         if let Some(i) = &self.interference {
             out.push_str(&format!(
-                "\nCheckAccess at {LIGHT_CONCURRENCY} in flight: p99 {:.2} ms alone ({:.0}/s), \
+                "\nCheckAccess at {} in flight: p99 {:.2} ms alone ({:.0}/s), \
                  {:.2} ms while sign-in ran at {:.1}/s ({:.0}/s): {:.2}x\n",
+                i.in_flight,
                 i.alone.p99_ms,
                 i.alone.rate,
                 i.under_sign_in.p99_ms,
@@ -545,7 +548,13 @@ pub async fn run(options: &Options, scenarios: &[Scenario]) -> Result<Report, Be
                 let under_sign_in = ratio(under_sign_in);
                 let p99_ratio = under_sign_in.p99_ms / alone.p99_ms.max(f64::EPSILON);
                 results.push(under_sign_in.clone());
-                interference = Some(Interference { alone, under_sign_in, sign_in, p99_ratio });
+                interference = Some(Interference {
+                    in_flight: light.concurrency,
+                    alone,
+                    under_sign_in,
+                    sign_in,
+                    p99_ratio,
+                });
             }
             Scenario::ListAdministrators => {
                 if let (Some(size), Some((_, first))) = (options.organization_size, clients.first())

@@ -109,6 +109,7 @@ backend_test!(the_load_tool_runs_every_scenario_without_errors, |stack| async mo
     assert!(interference.alone.ok > 0 && interference.sign_in.ok > 0, "{interference:?}");
     assert!(interference.sign_in.errors.is_empty(), "{interference:?}");
     assert!(interference.p99_ratio > 0.0, "{interference:?}");
+    assert_eq!(interference.in_flight, 2, "the CheckAccess load is capped by --concurrency");
     let table = report.markdown();
     assert!(table.contains("| empty-tonic-health |") && table.contains("| check-access |"));
     // Without a key the authenticated scenarios are refused before any load.
