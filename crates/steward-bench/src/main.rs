@@ -161,8 +161,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_else(|| {
                 let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
                 cores.saturating_sub(1).clamp(1, 4)
-            })
-            .max(1),
+            }),
     };
     let report = steward_bench::run(&options, &scenarios).await?;
     print!("{}", report.markdown());

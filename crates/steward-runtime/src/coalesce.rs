@@ -215,23 +215,13 @@ where
         if self.finished {
             return;
         }
-        let replace = {
-            let mut queue = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            let replace = self.started && !queue.waiting.is_empty();
-            queue.running = replace;
-            replace
-        };
-        if replace {
-            match tokio::runtime::Handle::try_current() {
-                // Still marked running: the new drain takes this one's place.
-                Ok(runtime) => {
-                    runtime.spawn(drain(Running::new(self.inner.clone())));
-                }
-                Err(_) => {
-                    let mut queue = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                    queue.running = false;
-                }
-            }
+        // Without a runtime (it is shutting down) no drain can take this one's place.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut queue = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.running = self.started && !queue.waiting.is_empty() && runtime.is_some();
+        if let Some(runtime) = runtime.filter(|_| queue.running) {
+            // Still marked running: the new drain takes this one's place.
+            runtime.spawn(drain(Running::new(self.inner.clone())));
         }
     }
 }

@@ -226,11 +226,7 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
             }
             // A server that stops while the bootstrap waits for it ends `dev` with its error.
             let bootstrapped = tokio::select! {
-                stopped = &mut server => {
-                    return stopped.map_err(|e| {
-                        steward_server::ServerError::Config(format!("server task failed: {e}"))
-                    })?;
-                }
+                stopped = &mut server => return ended(stopped),
                 bootstrapped = bootstrap_dev(&config, &owner_email) => bootstrapped,
             };
             match bootstrapped {
@@ -254,9 +250,14 @@ async fn execute(command: Command, config: Config) -> Result<(), steward_server:
                 ),
                 Err(err) => eprintln!("  could not bootstrap the first organization: {err}"),
             }
-            server.await.map_err(|e| {
-                steward_server::ServerError::Config(format!("server task failed: {e}"))
-            })?
+            ended(server.await)
         }
     }
+}
+
+/// How `dev`'s server task ended, as `dev`'s own result.
+fn ended(
+    joined: Result<Result<(), steward_server::ServerError>, tokio::task::JoinError>,
+) -> Result<(), steward_server::ServerError> {
+    joined.map_err(|e| steward_server::ServerError::Config(format!("server task failed: {e}")))?
 }

@@ -12,7 +12,7 @@ pub fn target_dir() -> PathBuf {
 
 /// Criterion's median estimate of `bench` in `group` from this run (written after `since`), in
 /// nanoseconds; `None` when this run did not measure it (e.g. a filter skipped it).
-pub fn median_ns(group: &str, bench: &str, since: SystemTime) -> Option<f64> {
+fn median_ns(group: &str, bench: &str, since: SystemTime) -> Option<f64> {
     let path = target_dir().join("criterion").join(group).join(bench).join("new/estimates.json");
     let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
     if written < since {
@@ -22,6 +22,16 @@ pub fn median_ns(group: &str, bench: &str, since: SystemTime) -> Option<f64> {
         .unwrap_or_else(|e| panic!("criterion estimates {}: {e}", path.display()));
     let estimates: serde_json::Value = serde_json::from_str(&text).unwrap();
     estimates.pointer("/median/point_estimate")?.as_f64()
+}
+
+/// Criterion's medians of `first` and `second` in `group` from this run, in nanoseconds; `None`
+/// (said on stdout) unless this run measured both.
+pub fn medians(group: &str, first: &str, second: &str, since: SystemTime) -> Option<(f64, f64)> {
+    let both = median_ns(group, first, since).zip(median_ns(group, second, since));
+    if both.is_none() {
+        println!("both cases must run to compare them (no filter); nothing compared");
+    }
+    both
 }
 
 /// Writes `report` as `target/bench/{name}.json`.
