@@ -1,20 +1,23 @@
 //! RefreshSession's statements, shared by concurrent calls ([`steward_runtime::coalesce`]):
-//! the presented tokens with their sessions read in one statement, the credentials in another,
-//! and the rotations committed together in one transaction (group commit). Each call still
+//! the presented tokens with their sessions and credentials read in one statement, and the
+//! rotations committed together (group commit: on PostgreSQL one statement, on SQLite one
+//! transaction). Each call still
 //! returns only after its own rotation is durable, and a token rotates at most once: of two
 //! calls presenting it, in one batch or two, one rotates it and the other finds it used.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::Query;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, JoinType,
+    QueryFilter, QuerySelect,
 };
-use steward_runtime::coalesce::{self, padded, power_of_two_chunks, Coalescer, Loaded};
+use steward_runtime::coalesce::{padded, power_of_two_chunks, Coalescer, Loaded};
 use steward_runtime::service::Clock;
 use steward_runtime::ApiError;
 
 use crate::entity::{credential, refresh_token, session};
+use crate::secrets;
 
 /// One refresh token exchanged for the next.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -37,12 +40,14 @@ impl std::fmt::Debug for Rotation {
     }
 }
 
+/// A presented refresh token as read: the token, its session, and the credential of the
+/// session's administrator.
+pub type Presented = (refresh_token::Model, Option<session::Model>, Option<credential::Model>);
+
 /// RefreshSession's coalesced statements.
 pub struct Refreshes {
-    /// A presented token (by digest) with its session.
-    tokens: Coalescer<String, (refresh_token::Model, Option<session::Model>)>,
-    /// Credentials by administrator id.
-    credentials: Coalescer<String, credential::Model>,
+    /// A presented token (by digest) with its session and its administrator's credential.
+    tokens: Coalescer<String, Presented>,
     /// Rotations committed together: `true` for a rotation that happened, absent for a token
     /// already used (by an earlier call, or by another call in the same batch).
     rotations: Coalescer<Rotation, bool>,
@@ -65,19 +70,21 @@ impl Refreshes {
                     .from(refresh_token::Column::SessionId)
                     .to(session::Column::Id)
                     .into();
+                let to_credential = session::Entity::belongs_to(credential::Entity)
+                    .from(session::Column::Administrator)
+                    .to(credential::Column::Administrator)
+                    .into();
                 let found = refresh_token::Entity::find()
                     .filter(refresh_token::Column::TokenHash.is_in(padded(digests)))
                     .join(JoinType::InnerJoin, to_session)
+                    .join(JoinType::LeftJoin, to_credential)
                     .select_also(session::Entity)
+                    .select_also(credential::Entity)
                     .all(&db)
                     .await?;
                 Ok(found.into_iter().map(|row| (row.0.token_hash.clone(), row)).collect())
             }
         });
-        let credentials =
-            coalesce::rows_by::<credential::Entity>(db, credential::Column::Administrator, |row| {
-                row.administrator.clone()
-            });
         let conn = db.clone();
         // No time limit: a rotation given up mid-commit may have landed, and its callers,
         // told to retry, would present their used tokens and end their sessions.
@@ -86,23 +93,13 @@ impl Refreshes {
             async move { rotate(&db, batch, now).await }
         };
         let rotations = Coalescer::without_timeout(rotate_batch);
-        Self { tokens, credentials, rotations }
+        Self { tokens, rotations }
     }
 
-    /// The token of `digest` with its session, as they are now.
-    pub async fn token(
-        &self,
-        digest: String,
-    ) -> Result<Option<(refresh_token::Model, Option<session::Model>)>, ApiError> {
+    /// The token of `digest` with its session and its administrator's credential, as they are
+    /// now.
+    pub async fn token(&self, digest: String) -> Result<Option<Presented>, ApiError> {
         self.tokens.get(digest).await
-    }
-
-    /// The credential of `administrator`, as it is now.
-    pub async fn credential(
-        &self,
-        administrator: String,
-    ) -> Result<Option<credential::Model>, ApiError> {
-        self.credentials.get(administrator).await
     }
 
     /// Marks `rotation.used` used and stores `rotation.next`, durably, unless the used token
@@ -112,57 +109,100 @@ impl Refreshes {
     }
 }
 
-/// One transaction for a batch of rotations: the unused tokens among those presented, locked;
-/// each rotated by the first rotation presenting it; the next tokens inserted.
+/// Rotates a batch: each presented token that is still unused is marked used by the first
+/// rotation presenting it, and that rotation's next token is stored, atomically. A token
+/// presented concurrently (by another batch or another replica) rotates once: the other waits
+/// for its row lock, then finds it used.
 async fn rotate(
     db: &DatabaseConnection,
     batch: Vec<Rotation>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Loaded<Rotation, bool> {
+    // The first rotation presenting each token; later ones in the batch find it used.
+    let mut presented = HashSet::new();
+    let candidates: Vec<Rotation> =
+        batch.into_iter().filter(|r| presented.insert(r.used.clone())).collect();
+    let rotated = if db.get_database_backend() == DbBackend::Postgres {
+        rotate_postgres(db, &candidates, now).await?
+    } else {
+        rotate_in_transaction(db, &candidates, now).await?
+    };
+    Ok(candidates.into_iter().filter(|r| rotated.contains(&r.used)).map(|r| (r, true)).collect())
+}
+
+/// PostgreSQL: one statement, so a batch costs one round trip and no transaction of its own.
+/// The unused tokens are locked in the order of their digests (two batches presenting the same
+/// tokens cannot deadlock), re-checked after any wait, marked used, and the next tokens of
+/// those rotations inserted; the arrays make one statement shape for every batch size.
+/// Returns the digests of the tokens it used.
+async fn rotate_postgres(
+    db: &DatabaseConnection,
+    candidates: &[Rotation],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<HashSet<String>, ApiError> {
+    const ROTATE: &str = "WITH locked AS ( \
+            SELECT token_hash FROM auth_refresh_tokens \
+            WHERE token_hash = ANY($1) AND used_at IS NULL \
+            ORDER BY token_hash FOR UPDATE \
+        ), used AS ( \
+            UPDATE auth_refresh_tokens SET used_at = $4 \
+            WHERE token_hash = ANY(ARRAY(SELECT token_hash FROM locked)) AND used_at IS NULL \
+            RETURNING token_hash \
+        ) \
+        INSERT INTO auth_refresh_tokens (token_hash, session_id, used_at, created_at) \
+        SELECT presented.next, presented.session, NULL, $4 \
+        FROM unnest($1::text[], $2::text[], $3::text[]) AS presented (used, next, session) \
+        JOIN used ON used.token_hash = presented.used \
+        RETURNING token_hash";
+    let used: Vec<String> = candidates.iter().map(|r| r.used.clone()).collect();
+    let next: Vec<String> = candidates.iter().map(|r| secrets::digest(&r.next)).collect();
+    let sessions: Vec<String> = candidates.iter().map(|r| r.session.clone()).collect();
+    let inserted: HashSet<String> = sea_orm::sqlx::query_scalar::<_, String>(ROTATE)
+        .bind(&used)
+        .bind(&next)
+        .bind(&sessions)
+        .bind(now)
+        .fetch_all(db.get_postgres_connection_pool())
+        .await
+        .map_err(|err| sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(err)))?
+        .into_iter()
+        .collect();
+    Ok(used
+        .into_iter()
+        .zip(next)
+        .filter(|(_, next)| inserted.contains(next))
+        .map(|(used, _)| used)
+        .collect())
+}
+
+/// SQLite (its write lock, taken first, orders batches): the unused tokens marked used, the
+/// next tokens of those rotations inserted, in one transaction. Returns the digests of the
+/// tokens it used.
+async fn rotate_in_transaction(
+    db: &DatabaseConnection,
+    candidates: &[Rotation],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<HashSet<String>, ApiError> {
     let txn = steward_storage::begin_write(db, crate::IDEMPOTENCY.table()).await?;
-    let presented: Vec<String> = batch.iter().map(|r| r.used.clone()).collect();
-    // Locked on PostgreSQL until the commit (SQLite's write lock is already held): a
-    // concurrent batch waits, then finds them used. Locked in the order of their digests, so
-    // two batches presenting the same tokens cannot deadlock.
-    let unused: HashSet<String> = refresh_token::Entity::find()
-        .select_only()
-        .column(refresh_token::Column::TokenHash)
-        .filter(refresh_token::Column::TokenHash.is_in(padded(presented)))
-        .filter(refresh_token::Column::UsedAt.is_null())
-        .order_by_asc(refresh_token::Column::TokenHash)
-        .lock_exclusive()
-        .into_tuple()
-        .all(&txn)
+    let presented = padded(candidates.iter().map(|r| r.used.clone()).collect());
+    let mark = Query::update()
+        .table(refresh_token::Entity)
+        .value(refresh_token::Column::UsedAt, now)
+        .and_where(refresh_token::Column::TokenHash.is_in(presented))
+        .and_where(refresh_token::Column::UsedAt.is_null())
+        .returning_col(refresh_token::Column::TokenHash)
+        .to_owned();
+    let used = txn
+        .query_all(txn.get_database_backend().build(&mark))
         .await?
-        .into_iter()
-        .collect();
-    let mut claimed = HashSet::new();
-    let winners: Vec<Rotation> = batch
-        .into_iter()
-        .filter(|r| unused.contains(&r.used) && claimed.insert(r.used.clone()))
-        .collect();
-    if winners.is_empty() {
+        .iter()
+        .map(|row| row.try_get::<String>("", "token_hash"))
+        .collect::<Result<HashSet<String>, _>>()?;
+    if used.is_empty() {
         txn.rollback().await?;
-        return Ok(HashMap::new());
+        return Ok(used);
     }
-    let marked = refresh_token::Entity::update_many()
-        .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
-        .filter(
-            refresh_token::Column::TokenHash
-                .is_in(padded(winners.iter().map(|r| r.used.clone()).collect())),
-        )
-        .filter(refresh_token::Column::UsedAt.is_null())
-        .exec(&txn)
-        .await?;
-    // Every winner's token was unused and locked: anything else is a bug, and nothing rotates.
-    if marked.rows_affected != winners.len() as u64 {
-        txn.rollback().await?;
-        return Err(ApiError::Internal(format!(
-            "{} of {} refresh tokens marked used",
-            marked.rows_affected,
-            winners.len()
-        )));
-    }
+    let winners: Vec<&Rotation> = candidates.iter().filter(|r| used.contains(&r.used)).collect();
     for chunk in power_of_two_chunks(&winners) {
         refresh_token::Entity::insert_many(
             chunk.iter().map(|r| crate::state::refresh_row(&r.session, &r.next, now)),
@@ -171,13 +211,14 @@ async fn rotate(
         .await?;
     }
     txn.commit().await?;
-    Ok(winners.into_iter().map(|r| (r, true)).collect())
+    Ok(used)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use chrono::{DateTime, Utc};
+    use sea_orm::sea_query::Expr;
     use sea_orm::{ActiveModelTrait, IntoActiveModel};
 
     use super::*;
@@ -268,6 +309,49 @@ mod tests {
             holder.commit().await.unwrap();
             let done = batch.await.unwrap().unwrap();
             assert!(done.is_empty(), "on {on:?}: {done:?}");
+        }
+    }
+
+    // Two batches presenting the same two tokens in opposite orders, at once, many times: the
+    // tokens are locked in the order of their digests, so neither batch deadlocks or fails, and
+    // each token rotates exactly once.
+    #[tokio::test]
+    async fn batches_presenting_tokens_in_opposite_orders_rotate_each_once() {
+        for (db, conn) in crate::testing::databases().await {
+            let on = db.backend();
+            for round in 0..20 {
+                let (s1, s2) = (format!("s1-{round}"), format!("s2-{round}"));
+                let (t1, t2) = (format!("token-1-{round}"), format!("token-2-{round}"));
+                session_with_token(&conn, &s1, &t1).await;
+                session_with_token(&conn, &s2, &t2).await;
+                let forwards = vec![
+                    rotation(&t1, &s1, &format!("next-1a-{round}")),
+                    rotation(&t2, &s2, &format!("next-2a-{round}")),
+                ];
+                let backwards = vec![
+                    rotation(&t2, &s2, &format!("next-2b-{round}")),
+                    rotation(&t1, &s1, &format!("next-1b-{round}")),
+                ];
+                let (a, b) = tokio::join!(
+                    rotate(&conn, forwards, at()),
+                    rotate(&conn, backwards, at())
+                );
+                let (a, b) = (a.unwrap(), b.unwrap());
+                for token in [&t1, &t2] {
+                    let used = secrets::digest(token);
+                    let rotations =
+                        a.keys().chain(b.keys()).filter(|r| r.used == used).count();
+                    assert_eq!(rotations, 1, "on {on:?}, round {round}: {a:?} {b:?}");
+                }
+                let sessions = [s1.clone(), s2.clone()];
+                let stored = refresh_token::Entity::find()
+                    .filter(refresh_token::Column::SessionId.is_in(sessions))
+                    .filter(refresh_token::Column::UsedAt.is_null())
+                    .all(&conn)
+                    .await
+                    .unwrap();
+                assert_eq!(stored.len(), 2, "on {on:?}, round {round}: one live token each");
+            }
         }
     }
 

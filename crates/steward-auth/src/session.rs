@@ -277,8 +277,9 @@ pub async fn refresh(
 ) -> ApiResult<pb::RefreshSessionResponse> {
     required("refresh_token", &request.refresh_token)?;
     let now = state.now();
-    // The token and its session in one statement (shared with concurrent calls).
-    let (token, session) = state
+    // The token, its session and its administrator's credential in one statement (shared
+    // with concurrent calls).
+    let (token, session, credential) = state
         .refreshes
         .token(secrets::digest(&request.refresh_token))
         .await?
@@ -302,7 +303,6 @@ pub async fn refresh(
         return Err(invalid_credentials());
     };
     let subject = state.subject(&administrator)?;
-    let credential = state.refreshes.credential(session.administrator.clone()).await?;
     // MFA required since this session began but not enrolled: back to sign-in, which issues
     // an enrolment-only session.
     let needs_enrolment =
