@@ -332,15 +332,12 @@ mod tests {
                     rotation(&t2, &s2, &format!("next-2b-{round}")),
                     rotation(&t1, &s1, &format!("next-1b-{round}")),
                 ];
-                let (a, b) = tokio::join!(
-                    rotate(&conn, forwards, at()),
-                    rotate(&conn, backwards, at())
-                );
+                let (a, b) =
+                    tokio::join!(rotate(&conn, forwards, at()), rotate(&conn, backwards, at()));
                 let (a, b) = (a.unwrap(), b.unwrap());
                 for token in [&t1, &t2] {
                     let used = secrets::digest(token);
-                    let rotations =
-                        a.keys().chain(b.keys()).filter(|r| r.used == used).count();
+                    let rotations = a.keys().chain(b.keys()).filter(|r| r.used == used).count();
                     assert_eq!(rotations, 1, "on {on:?}, round {round}: {a:?} {b:?}");
                 }
                 let sessions = [s1.clone(), s2.clone()];

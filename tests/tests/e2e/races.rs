@@ -751,7 +751,16 @@ async fn grant_rounds(
             grant: Some(Grant { grantee: name.clone(), ..Default::default() }),
             request_id: String::new(),
         };
-        let created = g.owner[any_replica()].commands().create_grant(request).await.unwrap();
+        // On a loaded machine the grantee check can outlast the caller lease twice; the
+        // server then answers UNAVAILABLE without recording the grant, and a client retries.
+        let mut attempts = 0;
+        let created = loop {
+            attempts += 1;
+            match g.owner[any_replica()].commands().create_grant(request.clone()).await {
+                Err(status) if status.code() == tonic::Code::Unavailable && attempts < 5 => {}
+                result => break result.unwrap(),
+            }
+        };
         let granted = created.into_inner().grant.unwrap();
         let swap = rand::thread_rng().gen_bool(0.5);
         let (revoker, run_on) = if swap { (1, 0) } else { (0, 1) };
