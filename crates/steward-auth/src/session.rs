@@ -303,6 +303,14 @@ pub async fn refresh(
         return Err(invalid_credentials());
     };
     let subject = state.subject(&administrator)?;
+    // The joined read answers a credential it cannot decode as none: read it on its own before
+    // ending a session over its absence, so such a row is an error, not a sign-out.
+    let credential = match credential {
+        Some(credential) => Some(credential),
+        None => {
+            credential::Entity::find_by_id(session.administrator.clone()).one(&state.db).await?
+        }
+    };
     // MFA required since this session began but not enrolled: back to sign-in, which issues
     // an enrolment-only session.
     let needs_enrolment =

@@ -103,7 +103,8 @@ fn statement_counter(label: &str) -> std::sync::Arc<std::sync::atomic::AtomicU64
 /// Counts every statement `db` (and the clones made of it afterwards) runs under `label`, for
 /// [`statements`]: what lets a test show that some work costs no query at all (an idle agent,
 /// a heartbeat). One atomic add per statement. sea-orm reports statements made through its
-/// query API; `execute_unprepared` (migrations, the readiness ping) is not counted.
+/// query API; `execute_unprepared` (migrations, the readiness ping) and statements made on the
+/// sqlx pool directly (the auth service's refresh-token rotation on PostgreSQL) are not counted.
 pub fn count_statements(db: &mut DatabaseConnection, label: &str) {
     let counter = statement_counter(label);
     db.set_metric_callback(move |_| {

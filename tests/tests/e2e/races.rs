@@ -757,7 +757,10 @@ async fn grant_rounds(
         let created = loop {
             attempts += 1;
             match g.owner[any_replica()].commands().create_grant(request.clone()).await {
-                Err(status) if status.code() == tonic::Code::Unavailable && attempts < 5 => {}
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && status.message().contains("could not be checked in time")
+                        && attempts < 5 => {}
                 result => break result.unwrap(),
             }
         };
