@@ -888,7 +888,6 @@ async fn migrate_subcommand_prepares_every_store() {
     }
 }
 
-/// A second start of `dev` on the same data directory keeps the organization (and its data).
 /// A configuration `dev` cannot run with is refused before anything is announced, and `dev`
 /// exits with the reason (it used to announce its port and retry the bootstrap against
 /// services that had already stopped).
@@ -910,6 +909,7 @@ fn dev_refuses_an_invalid_configuration_before_announcing_itself() {
     assert!(!stdout.contains("listening on"), "announced before refusing: {stdout}");
 }
 
+/// A second start of `dev` on the same data directory keeps the organization (and its data).
 #[test]
 fn dev_restarts_keep_the_organization() {
     let dev = start_dev();
