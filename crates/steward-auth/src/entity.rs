@@ -104,6 +104,14 @@ pub mod session {
         pub expires_at: DateTimeUtc,
         /// When it was revoked (sign-out, reuse, password change, deletion).
         pub revoked_at: Option<DateTimeUtc>,
+        /// Hex SHA-256 of the family that names the session's refresh tokens (random, the part
+        /// of each token before its `.`; stored only as this digest, so only a holder of one of
+        /// its tokens knows it). None for enrolment-only sessions and for sessions whose tokens
+        /// are still in `auth_refresh_tokens` (issued before families).
+        pub refresh_family: Option<String>,
+        /// Hex SHA-256 of the session's current refresh token. Any other token of the family
+        /// is one already rotated: presenting it revokes the session.
+        pub refresh_hash: Option<String>,
     }
 
     /// None.
@@ -113,7 +121,9 @@ pub mod session {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// Refresh tokens; each is used once and replaced.
+/// Refresh tokens issued before refresh families (and by the previous release during a
+/// rollout to this one); each is used once and replaced by a family token. Dropped two releases
+/// on.
 pub mod refresh_token {
     use sea_orm::entity::prelude::*;
 

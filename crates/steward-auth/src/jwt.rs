@@ -39,6 +39,8 @@ pub struct Subject {
 #[derive(Clone, Debug)]
 pub struct Signer {
     keys: Vec<KeyPair>,
+    /// The signing key's JOSE header, encoded once: it is the same in every token.
+    header: String,
     issuer: String,
     audience: String,
     ttl_secs: i64,
@@ -47,11 +49,11 @@ pub struct Signer {
 impl Signer {
     /// A signer over `keys` (the first signs) with the issuer, audience and lifetime of `config`.
     pub fn new(keys: Vec<KeyPair>, config: &AuthConfig) -> ApiResult<Self> {
-        if keys.is_empty() {
-            return Err(ApiError::internal("no signing key configured"));
-        }
+        let first = keys.first().ok_or_else(|| ApiError::internal("no signing key configured"))?;
+        let header = encoded_header(&first.kid)?;
         Ok(Self {
             keys,
+            header,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             ttl_secs: i64::try_from(config.access_token_ttl_secs).unwrap_or(600).max(1),
@@ -91,10 +93,7 @@ impl Signer {
             auth_time: auth_time.timestamp(),
             client_id: subject.client_id.clone(),
         };
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(key.kid.clone());
-        header.typ = Some(ACCESS_TOKEN_TYPE.to_string());
-        let token = compact_jws(&header, &claims, &key.signing)?;
+        let token = compact_jws(&self.header, &claims, &key.signing)?;
         let expires = DateTime::<Utc>::from_timestamp(exp, 0).unwrap_or(now);
         Ok((token, expires))
     }
@@ -116,27 +115,43 @@ impl Signer {
     }
 }
 
-/// The JWS compact serialization (RFC 7515 §7.1) of `claims` under `header`, signed with
-/// `key`: what `jsonwebtoken::encode` writes, with the key parsed once at startup instead of on
-/// every call (parsing a PKCS#8 Ed25519 key derives its public half: a scalar multiplication,
+/// The base64url JOSE header of access tokens signed with key `kid`.
+fn encoded_header(kid: &str) -> ApiResult<String> {
+    use base64::Engine;
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(kid.to_string());
+    header.typ = Some(ACCESS_TOKEN_TYPE.to_string());
+    let json = serde_json::to_vec(&header)
+        .map_err(|e| ApiError::internal(format!("token header encoding failed: {e}")))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
+}
+
+/// The JWS compact serialization (RFC 7515 §7.1) of `claims` under `header` (already encoded),
+/// signed with `key`: what `jsonwebtoken::encode` writes, with the key parsed once at startup
+/// instead of on every call (parsing a PKCS#8 Ed25519 key derives its public half: a scalar multiplication,
 /// as costly as the signature itself).
 fn compact_jws(
-    header: &Header,
+    header: &str,
     claims: &impl serde::Serialize,
     key: &ed25519_dalek::SigningKey,
 ) -> ApiResult<String> {
     use base64::Engine;
     use ed25519_dalek::Signer as _;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let json = |e: serde_json::Error| ApiError::internal(format!("token signing failed: {e}"));
-    let mut token = b64.encode(serde_json::to_vec(header).map_err(json)?);
+    let failed =
+        |e: &dyn std::fmt::Display| ApiError::internal(format!("token signing failed: {e}"));
+    // Access claims are about 400 bytes: written without growing the buffer.
+    let mut json = Vec::with_capacity(512);
+    serde_json::to_writer(&mut json, claims).map_err(|e| failed(&e))?;
+    let claims = json;
+    // The header, the claims and the 64-byte signature (86 characters), with two dots.
+    let mut token = String::with_capacity(header.len() + claims.len().div_ceil(3) * 4 + 88);
+    token.push_str(header);
     token.push('.');
-    token.push_str(&b64.encode(serde_json::to_vec(claims).map_err(json)?));
-    let signature = key
-        .try_sign(token.as_bytes())
-        .map_err(|e| ApiError::internal(format!("token signing failed: {e}")))?;
+    b64.encode_string(&claims, &mut token);
+    let signature = key.try_sign(token.as_bytes()).map_err(|e| failed(&e))?;
     token.push('.');
-    token.push_str(&b64.encode(signature.to_bytes()));
+    b64.encode_string(signature.to_bytes(), &mut token);
     Ok(token)
 }
 
@@ -186,7 +201,7 @@ mod tests {
         header.typ = Some(ACCESS_TOKEN_TYPE.into());
         let claims = serde_json::json!({"sub": "organizations/o/administrators/a", "exp": 1, "amr": ["pwd"], "n": "é/+?"});
         // Ed25519 signatures are deterministic, so the whole token must match.
-        let ours = compact_jws(&header, &claims, &pair.signing).unwrap();
+        let ours = compact_jws(&encoded_header("k1").unwrap(), &claims, &pair.signing).unwrap();
         let library =
             jsonwebtoken::encode(&header, &claims, &pair.encoding_key().unwrap()).unwrap();
         assert_eq!(ours, library);

@@ -121,6 +121,7 @@ impl MigratorTrait for Migrator {
             Box::new(migration::CreateOutbox),
             Box::new(migration::CreateMailOutbox),
             Box::new(migration::adopt_idempotency()),
+            Box::new(migration::AddRefreshFamilies),
         ]
     }
 

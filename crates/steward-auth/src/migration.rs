@@ -253,3 +253,50 @@ pub fn adopt_idempotency() -> steward_storage::idempotency::Adopt {
                ELSE \"key\" END, response, created_at FROM auth_processed_keys WHERE true",
     }
 }
+
+/// Adds refresh families to `auth_sessions`: `refresh_family` (the digest of the random part of
+/// each refresh token before its `.`, uniquely indexed) and `refresh_hash` (the digest of the
+/// session's current token). Expand only: `auth_refresh_tokens` stays, for the tokens issued
+/// before this change and by the previous release's pods during a rollout
+/// ([`crate::rotation`]).
+#[derive(Debug)]
+pub struct AddRefreshFamilies;
+
+impl MigrationName for AddRefreshFamilies {
+    fn name(&self) -> &str {
+        "m20261202_000001_auth_refresh_families"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddRefreshFamilies {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement (SQLite adds one at a time), each only if missing: on
+        // SQLite a migration is not one transaction, so a run stopped between them resumes.
+        for column in ["refresh_family", "refresh_hash"] {
+            if manager.has_column("auth_sessions", column).await? {
+                continue;
+            }
+            let add =
+                Table::alter().table(a("auth_sessions")).add_column(text_null(column)).to_owned();
+            manager.alter_table(add).await?;
+        }
+        let mut unique =
+            index("auth_sessions", "auth_sessions_refresh_family", &["refresh_family"]);
+        manager.create_index(unique.unique().to_owned()).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let drop = Index::drop()
+            .name("auth_sessions_refresh_family")
+            .table(a("auth_sessions"))
+            .if_exists()
+            .to_owned();
+        manager.drop_index(drop).await?;
+        for column in ["refresh_hash", "refresh_family"] {
+            let remove = Table::alter().table(a("auth_sessions")).drop_column(a(column)).to_owned();
+            manager.alter_table(remove).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,16 +1,28 @@
-//! RefreshSession's statements, shared by concurrent calls ([`steward_runtime::coalesce`]):
-//! the presented tokens with their sessions and credentials read in one statement, and the
-//! rotations committed together (group commit: on PostgreSQL one statement, on SQLite one
-//! transaction). Each call still
-//! returns only after its own rotation is durable, and a token rotates at most once: of two
-//! calls presenting it, in one batch or two, one rotates it and the other finds it used.
+//! RefreshSession's statements, shared by concurrent calls ([`steward_runtime::coalesce`]).
+//!
+//! A refresh token is `<family>.<secret>` (22 and 43 base64url characters). The family names
+//! its session (`auth_sessions.refresh_family` holds its digest; it is random and in no other
+//! token or answer), and the session keeps the digest of its current token alone. A rotation replaces that digest: one row
+//! updated, nothing inserted. A token of the family that is not the current one has been
+//! rotated already, and presenting it revokes the session (reuse detection, as with a table of
+//! used tokens, without one).
+//!
+//! The presented tokens' sessions and credentials are read in one statement, and the rotations
+//! commit together (group commit: one statement on PostgreSQL, one transaction on SQLite). Each
+//! call still returns only after its own
+//! rotation is durable, and a token rotates at most once: of two calls presenting it, in one
+//! batch or two, one rotates it and the other finds it replaced.
+//!
+//! Tokens without a `.` were issued before families (or by the previous release's pods during a
+//! rollout) and are rows of `auth_refresh_tokens`; presenting one rotates it into a new family,
+//! one call at a time. That table and this path go two releases on.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use sea_orm::sea_query::Query;
+use sea_orm::sea_query::{Alias, Expr, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, JoinType,
-    QueryFilter, QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult,
+    Iterable, QueryFilter, Statement,
 };
 use steward_runtime::coalesce::{padded, power_of_two_chunks, Coalescer, Loaded};
 use steward_runtime::service::Clock;
@@ -19,13 +31,57 @@ use steward_runtime::ApiError;
 use crate::entity::{credential, refresh_token, session};
 use crate::secrets;
 
-/// One refresh token exchanged for the next.
+/// Length of a family (16 random bytes, base64url).
+const FAMILY_LEN: usize = 22;
+/// Length of a secret, and of a whole token from before families (32 random bytes, base64url).
+const SECRET_LEN: usize = 43;
+
+/// Whether `part` is `len` base64url characters.
+fn is_base64url(part: &str, len: usize) -> bool {
+    part.len() == len && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A session as a presented token finds it, and whether its administrator's credential has a
+/// second factor enrolled (None: there is no credential).
+pub type Found = (session::Model, Option<bool>);
+
+/// A presented refresh token, read.
+pub struct Presented {
+    /// Its session.
+    pub session: session::Model,
+    /// Whether the session's administrator has a second factor enrolled; None when it has no
+    /// credential (deleted).
+    pub mfa_enrolled: Option<bool>,
+    /// Whether it is the session's current token; any other was rotated already.
+    pub current: bool,
+    /// Its family and digest.
+    kind: Kind,
+}
+
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The family is as good as a token for ending the session.
+        f.debug_struct("Presented")
+            .field("session", &self.session.id)
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a presented token came from: its family (in clear, for the next token) and the
+/// token's digest.
+enum Kind {
+    Family { family: String, digest: String },
+    Legacy { digest: String },
+}
+
+/// One session's current token exchanged for the next, in a batch.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Rotation {
-    /// Digest of the token presented.
-    pub used: String,
-    /// Its session.
+    /// The session.
     pub session: String,
+    /// Digest of the token presented, which must still be the session's current one.
+    pub used: String,
     /// The token issued in its place (not its digest: the caller returns it).
     pub next: String,
 }
@@ -34,22 +90,34 @@ impl std::fmt::Debug for Rotation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // `next` is a live credential.
         f.debug_struct("Rotation")
-            .field("used", &self.used)
             .field("session", &self.session)
+            .field("used", &self.used)
             .finish_non_exhaustive()
     }
 }
 
-/// A presented refresh token as read: the token, its session, and the credential of the
-/// session's administrator.
-pub type Presented = (refresh_token::Model, Option<session::Model>, Option<credential::Model>);
+/// A new refresh family and its first token: `(family, token)`. The family is as random as a
+/// link token (128 bits), the secret after the `.` as any token (256 bits).
+pub fn new_family() -> (String, String) {
+    let family = secrets::new_link_token();
+    let token = token_of(&family);
+    (family, token)
+}
+
+/// A new token of `family`.
+fn token_of(family: &str) -> String {
+    format!("{family}.{}", secrets::new_token())
+}
 
 /// RefreshSession's coalesced statements.
 pub struct Refreshes {
-    /// A presented token (by digest) with its session and its administrator's credential.
-    tokens: Coalescer<String, Presented>,
+    db: DatabaseConnection,
+    clock: Clock,
+    /// A family's session (by the family's digest) with its administrator's MFA enrolment.
+    families: Coalescer<String, Found>,
     /// Rotations committed together: `true` for a rotation that happened, absent for a token
-    /// already used (by an earlier call, or by another call in the same batch).
+    /// no longer current (rotated by an earlier call, or by another in the same batch) or a
+    /// session revoked meanwhile.
     rotations: Coalescer<Rotation, bool>,
 }
 
@@ -60,176 +128,259 @@ impl std::fmt::Debug for Refreshes {
 }
 
 impl Refreshes {
-    /// Statements on `db`; rotations are stamped with `clock`.
+    /// Statements on `db`; a token from before families is marked used at `clock`'s time.
     pub fn new(db: &DatabaseConnection, clock: Clock) -> Self {
         let conn = db.clone();
-        let tokens = Coalescer::new(move |digests: Vec<String>| {
+        let families = Coalescer::new(move |families: Vec<String>| {
             let db = conn.clone();
             async move {
-                let to_session = refresh_token::Entity::belongs_to(session::Entity)
-                    .from(refresh_token::Column::SessionId)
-                    .to(session::Column::Id)
-                    .into();
-                let to_credential = session::Entity::belongs_to(credential::Entity)
-                    .from(session::Column::Administrator)
-                    .to(credential::Column::Administrator)
-                    .into();
-                let found = refresh_token::Entity::find()
-                    .filter(refresh_token::Column::TokenHash.is_in(padded(digests)))
-                    .join(JoinType::InnerJoin, to_session)
-                    .join(JoinType::LeftJoin, to_credential)
-                    .select_also(session::Entity)
-                    .select_also(credential::Entity)
-                    .all(&db)
-                    .await?;
-                Ok(found.into_iter().map(|row| (row.0.token_hash.clone(), row)).collect())
+                // The session's columns and the one credential column refresh needs, decoded
+                // by name: a column that does not decode is an error, never a missing row.
+                let query = Query::select()
+                    .columns(session::Column::iter().map(|c| (session::Entity, c)))
+                    .expr_as(
+                        Expr::col((credential::Entity, credential::Column::MfaEnrolled)),
+                        Alias::new("credential_mfa_enrolled"),
+                    )
+                    .from(session::Entity)
+                    .left_join(
+                        credential::Entity,
+                        Expr::col((credential::Entity, credential::Column::Administrator))
+                            .equals((session::Entity, session::Column::Administrator)),
+                    )
+                    .and_where(
+                        Expr::col((session::Entity, session::Column::RefreshFamily))
+                            .is_in(padded(families)),
+                    )
+                    .to_owned();
+                let rows = db.query_all(db.get_database_backend().build(&query)).await?;
+                let mut found = HashMap::with_capacity(rows.len());
+                for row in rows {
+                    let session = session::Model::from_query_result(&row, "")?;
+                    let enrolled = row.try_get::<Option<bool>>("", "credential_mfa_enrolled")?;
+                    if let Some(family) = session.refresh_family.clone() {
+                        found.insert(family, (session, enrolled));
+                    }
+                }
+                Ok(found)
             }
         });
         let conn = db.clone();
         // No time limit: a rotation given up mid-commit may have landed, and its callers,
-        // told to retry, would present their used tokens and end their sessions.
+        // told to retry, would present their replaced tokens and end their sessions.
         let rotate_batch = move |batch: Vec<Rotation>| {
-            let (db, now) = (conn.clone(), clock());
-            async move { rotate(&db, batch, now).await }
+            let db = conn.clone();
+            async move { rotate(&db, batch).await }
         };
         let rotations = Coalescer::without_timeout(rotate_batch);
-        Self { tokens, rotations }
+        Self { db: db.clone(), clock, families, rotations }
     }
 
-    /// The token of `digest` with its session and its administrator's credential, as they are
-    /// now.
-    pub async fn token(&self, digest: String) -> Result<Option<Presented>, ApiError> {
-        self.tokens.get(digest).await
+    /// The session `token` belongs to, as it is now, or None for a token of no session.
+    pub async fn read(&self, token: &str) -> Result<Option<Presented>, ApiError> {
+        // Anything not shaped like an issued token is none, before any statement.
+        let digest = secrets::digest(token);
+        match token.split_once('.') {
+            Some((family, secret))
+                if is_base64url(family, FAMILY_LEN) && is_base64url(secret, SECRET_LEN) =>
+            {
+                let found = self.families.get(secrets::digest(family)).await?;
+                let Some((session, mfa_enrolled)) = found else {
+                    return Ok(None);
+                };
+                let current = session.refresh_hash.as_deref() == Some(digest.as_str());
+                let kind = Kind::Family { family: family.to_string(), digest };
+                Ok(Some(Presented { session, mfa_enrolled, current, kind }))
+            }
+            None if is_base64url(token, SECRET_LEN) => {
+                let Some(token) = refresh_token::Entity::find_by_id(digest).one(&self.db).await?
+                else {
+                    return Ok(None);
+                };
+                let Some(session) =
+                    session::Entity::find_by_id(token.session_id).one(&self.db).await?
+                else {
+                    return Ok(None);
+                };
+                let mfa_enrolled = credential::Entity::find_by_id(session.administrator.clone())
+                    .one(&self.db)
+                    .await?
+                    .map(|c| c.mfa_enrolled);
+                let current = token.used_at.is_none();
+                let kind = Kind::Legacy { digest: token.token_hash };
+                Ok(Some(Presented { session, mfa_enrolled, current, kind }))
+            }
+            _ => Ok(None),
+        }
     }
 
-    /// Marks `rotation.used` used and stores `rotation.next`, durably, unless the used token
-    /// was used already; `false` then.
-    pub async fn rotate(&self, rotation: Rotation) -> Result<bool, ApiError> {
-        Ok(self.rotations.get(rotation).await?.unwrap_or(false))
+    /// Exchanges a current token for the next, durably: the token to return, or None when it
+    /// was no longer current (a concurrent call rotated it) or its session was revoked
+    /// meanwhile.
+    pub async fn rotate(&self, presented: &Presented) -> Result<Option<String>, ApiError> {
+        let session = presented.session.id.clone();
+        match &presented.kind {
+            Kind::Family { family, digest } => {
+                let rotation = Rotation { session, used: digest.clone(), next: token_of(family) };
+                let rotated = self.rotations.get(rotation.clone()).await?.unwrap_or(false);
+                Ok(rotated.then_some(rotation.next))
+            }
+            Kind::Legacy { digest } => {
+                let (family, next) = new_family();
+                let now = (self.clock)();
+                let rotated = adopt(&self.db, digest, &session, &family, &next, now).await?;
+                Ok(rotated.then_some(next))
+            }
+        }
     }
 }
 
-/// Rotates a batch: each presented token that is still unused is marked used by the first
-/// rotation presenting it, and that rotation's next token is stored, atomically. A token
-/// presented concurrently (by another batch or another replica) rotates once: the other waits
-/// for its row lock, then finds it used.
-async fn rotate(
-    db: &DatabaseConnection,
-    batch: Vec<Rotation>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Loaded<Rotation, bool> {
-    // The first rotation presenting each token; later ones in the batch find it used.
+/// Rotates a batch: each session whose current token is still the one presented, and which is
+/// not revoked, gets the next token of the first rotation presenting it; later rotations of the
+/// same session in the batch are left out (they lose, as they would to an earlier batch). A session rotated concurrently (by another batch or replica)
+/// rotates once: the other waits for its row lock, then finds its token replaced.
+async fn rotate(db: &DatabaseConnection, batch: Vec<Rotation>) -> Loaded<Rotation, bool> {
     let mut presented = HashSet::new();
     let candidates: Vec<Rotation> =
-        batch.into_iter().filter(|r| presented.insert(r.used.clone())).collect();
+        batch.into_iter().filter(|r| presented.insert(r.session.clone())).collect();
     let rotated = if db.get_database_backend() == DbBackend::Postgres {
-        rotate_postgres(db, &candidates, now).await?
+        rotate_postgres(db, &candidates).await?
     } else {
-        rotate_in_transaction(db, &candidates, now).await?
+        rotate_sqlite(db, &candidates).await?
     };
-    Ok(candidates.into_iter().filter(|r| rotated.contains(&r.used)).map(|r| (r, true)).collect())
+    Ok(candidates.into_iter().filter(|r| rotated.contains(&r.session)).map(|r| (r, true)).collect())
 }
 
 /// PostgreSQL: one statement, so a batch costs one round trip and no transaction of its own.
-/// The unused tokens are locked in the order of their digests (two batches presenting the same
-/// tokens cannot deadlock), re-checked after any wait, marked used, and the next tokens of
-/// those rotations inserted; the arrays make one statement shape for every batch size.
-/// Returns the digests of the tokens it used.
+/// The sessions are locked in the order of their ids (two batches presenting the same sessions
+/// cannot deadlock, nor a batch and `state::revoke_sessions`, which locks in that order too), re-checked after any wait (`refresh_hash`, `revoked_at`), and given their
+/// next tokens; the arrays make one statement shape for every batch size. Returns the sessions
+/// rotated.
 async fn rotate_postgres(
     db: &DatabaseConnection,
     candidates: &[Rotation],
-    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<HashSet<String>, ApiError> {
+    // A single-table UPDATE: joined to `unnest(...)` it would build a whole-row copy of every
+    // presented row for the re-check after a lock wait. The batch is deduplicated by session,
+    // so `array_position` finds each session's own entry.
     const ROTATE: &str = "WITH locked AS ( \
-            SELECT token_hash FROM auth_refresh_tokens \
-            WHERE token_hash = ANY($1) AND used_at IS NULL \
-            ORDER BY token_hash FOR UPDATE \
-        ), used AS ( \
-            UPDATE auth_refresh_tokens SET used_at = $4 \
-            WHERE token_hash = ANY(ARRAY(SELECT token_hash FROM locked)) AND used_at IS NULL \
-            RETURNING token_hash \
+            SELECT id FROM auth_sessions WHERE id = ANY($1) \
+            ORDER BY id COLLATE \"C\" FOR NO KEY UPDATE \
         ) \
-        INSERT INTO auth_refresh_tokens (token_hash, session_id, used_at, created_at) \
-        SELECT presented.next, presented.session, NULL, $4 \
-        FROM unnest($1::text[], $2::text[], $3::text[]) AS presented (used, next, session) \
-        JOIN used ON used.token_hash = presented.used \
-        RETURNING token_hash";
-    let used: Vec<String> = candidates.iter().map(|r| r.used.clone()).collect();
+        UPDATE auth_sessions SET refresh_hash = ($3::text[])[array_position($1::text[], id)] \
+        WHERE id = ANY(ARRAY(SELECT id FROM locked)) \
+          AND refresh_hash = ($2::text[])[array_position($1::text[], id)] \
+          AND revoked_at IS NULL \
+        RETURNING id";
+    let sessions: Vec<&str> = candidates.iter().map(|r| r.session.as_str()).collect();
+    let used: Vec<&str> = candidates.iter().map(|r| r.used.as_str()).collect();
     let next: Vec<String> = candidates.iter().map(|r| secrets::digest(&r.next)).collect();
-    let sessions: Vec<String> = candidates.iter().map(|r| r.session.clone()).collect();
-    let inserted: HashSet<String> = sea_orm::sqlx::query_scalar::<_, String>(ROTATE)
+    let rotated = sea_orm::sqlx::query_scalar::<_, String>(ROTATE)
+        .bind(&sessions)
         .bind(&used)
         .bind(&next)
-        .bind(&sessions)
-        .bind(now)
         .fetch_all(db.get_postgres_connection_pool())
         .await
-        .map_err(|err| sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(err)))?
-        .into_iter()
-        .collect();
-    Ok(used
-        .into_iter()
-        .zip(next)
-        .filter(|(_, next)| inserted.contains(next))
-        .map(|(used, _)| used)
-        .collect())
+        .map_err(|err| sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(err)))?;
+    Ok(rotated.into_iter().collect())
 }
 
-/// SQLite (its write lock, taken first, orders batches): the unused tokens marked used, the
-/// next tokens of those rotations inserted, in one transaction. Returns the digests of the
-/// tokens it used.
-async fn rotate_in_transaction(
+/// SQLite (its write lock, taken first, orders batches): one `UPDATE … FROM (VALUES …)` per
+/// power-of-two chunk, so a few statement shapes serve every batch size, in one transaction:
+/// a batch that fails has rotated nothing (its callers retry with tokens still current).
+/// Returns the sessions rotated.
+async fn rotate_sqlite(
     db: &DatabaseConnection,
     candidates: &[Rotation],
-    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<HashSet<String>, ApiError> {
     let txn = steward_storage::begin_write(db, crate::IDEMPOTENCY.table()).await?;
-    let presented = padded(candidates.iter().map(|r| r.used.clone()).collect());
-    let mark = Query::update()
-        .table(refresh_token::Entity)
-        .value(refresh_token::Column::UsedAt, now)
-        .and_where(refresh_token::Column::TokenHash.is_in(presented))
-        .and_where(refresh_token::Column::UsedAt.is_null())
-        .returning_col(refresh_token::Column::TokenHash)
-        .to_owned();
-    let used = txn
-        .query_all(txn.get_database_backend().build(&mark))
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String>("", "token_hash"))
-        .collect::<Result<HashSet<String>, _>>()?;
-    if used.is_empty() {
-        txn.rollback().await?;
-        return Ok(used);
-    }
-    let winners: Vec<&Rotation> = candidates.iter().filter(|r| used.contains(&r.used)).collect();
-    for chunk in power_of_two_chunks(&winners) {
-        refresh_token::Entity::insert_many(
-            chunk.iter().map(|r| crate::state::refresh_row(&r.session, &r.next, now)),
-        )
-        .exec(&txn)
-        .await?;
+    let mut rotated = HashSet::new();
+    for chunk in power_of_two_chunks(candidates) {
+        let rows = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "UPDATE auth_sessions SET refresh_hash = presented.column3 FROM (VALUES {rows}) AS presented \
+             WHERE auth_sessions.id = presented.column1 AND auth_sessions.refresh_hash = presented.column2 \
+               AND auth_sessions.revoked_at IS NULL RETURNING id"
+        );
+        let values = chunk.iter().flat_map(|r| {
+            [r.session.clone().into(), r.used.clone().into(), secrets::digest(&r.next).into()]
+        });
+        let statement = Statement::from_sql_and_values(DbBackend::Sqlite, sql, values);
+        for row in txn.query_all(statement).await? {
+            rotated.insert(row.try_get::<String>("", "id")?);
+        }
     }
     txn.commit().await?;
-    Ok(used)
+    Ok(rotated)
+}
+
+/// Rotates a token from before families into a new family: the token marked used and the
+/// session given the digests of `family` and `next`, in one transaction, unless the token was
+/// used already or the session revoked (or, defensively, already in a family). A concurrent use waits on the token's row (PostgreSQL)
+/// or the write lock (SQLite), then finds it used.
+async fn adopt(
+    db: &DatabaseConnection,
+    used: &str,
+    session: &str,
+    family: &str,
+    next: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<bool, ApiError> {
+    let txn = steward_storage::begin_write(db, crate::IDEMPOTENCY.table()).await?;
+    let marked = refresh_token::Entity::update_many()
+        .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
+        .filter(refresh_token::Column::TokenHash.eq(used))
+        .filter(refresh_token::Column::UsedAt.is_null())
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    let moved = marked > 0
+        && session::Entity::update_many()
+            .col_expr(session::Column::RefreshFamily, Expr::value(secrets::digest(family)))
+            .col_expr(session::Column::RefreshHash, Expr::value(secrets::digest(next)))
+            .filter(session::Column::Id.eq(session))
+            .filter(session::Column::RevokedAt.is_null())
+            .filter(session::Column::RefreshFamily.is_null())
+            .exec(&txn)
+            .await?
+            .rows_affected
+            > 0;
+    if moved {
+        txn.commit().await?;
+    } else {
+        txn.rollback().await?;
+    }
+    Ok(moved)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
+    use std::sync::Arc;
+
     use chrono::{DateTime, Utc};
-    use sea_orm::sea_query::Expr;
     use sea_orm::{ActiveModelTrait, IntoActiveModel};
 
     use super::*;
-    use crate::secrets;
 
     /// A fixed time: rotation does not judge expiry.
     fn at() -> DateTime<Utc> {
         DateTime::from_timestamp(1_900_000_000, 0).unwrap()
     }
 
-    async fn session_with_token(conn: &DatabaseConnection, id: &str, token: &str) {
+    /// A live session `id` of a family; returns its first token.
+    async fn session_with_token(conn: &DatabaseConnection, id: &str) -> String {
+        let (family, token) = new_family();
+        session_row(conn, id, Some(secrets::digest(&family)), Some(secrets::digest(&token))).await;
+        token
+    }
+
+    async fn session_row(
+        conn: &DatabaseConnection,
+        id: &str,
+        refresh_family: Option<String>,
+        refresh_hash: Option<String>,
+    ) {
         let now = at();
         session::Model {
             id: id.into(),
@@ -240,68 +391,79 @@ mod tests {
             created_at: now,
             expires_at: now + chrono::Duration::hours(1),
             revoked_at: None,
+            refresh_family,
+            refresh_hash,
         }
         .into_active_model()
         .insert(conn)
         .await
         .unwrap();
-        crate::state::insert_refresh(conn, id, token, now).await.unwrap();
     }
 
-    fn rotation(token: &str, session: &str, next: &str) -> Rotation {
-        Rotation { used: secrets::digest(token), session: session.into(), next: next.into() }
+    fn rotation(session: &str, token: &str) -> Rotation {
+        let family = token.split_once('.').unwrap().0;
+        Rotation { session: session.into(), used: secrets::digest(token), next: token_of(family) }
     }
 
-    // One batch holding two rotations of one token (and one of another): the first rotates it,
-    // the second does not, and only the first's next token is stored. A later batch presenting
-    // it again rotates nothing.
+    async fn current(conn: &DatabaseConnection, id: &str) -> Option<String> {
+        session::Entity::find_by_id(id.to_string()).one(conn).await.unwrap().unwrap().refresh_hash
+    }
+
+    // One batch holding two rotations of one session's token (and one of another session): the
+    // first rotates it, the second does not, and the session keeps the first's next token. A
+    // later batch presenting the replaced token rotates nothing.
     #[tokio::test]
     async fn a_token_rotates_once_within_and_across_batches() {
         for (db, conn) in crate::testing::databases().await {
-            session_with_token(&conn, "s1", "token-1").await;
-            session_with_token(&conn, "s2", "token-2").await;
-            let first = rotation("token-1", "s1", "next-a");
-            let second = rotation("token-1", "s1", "next-b");
-            let other = rotation("token-2", "s2", "next-c");
+            let t1 = session_with_token(&conn, "s1").await;
+            let t2 = session_with_token(&conn, "s2").await;
+            let (first, second, other) =
+                (rotation("s1", &t1), rotation("s1", &t1), rotation("s2", &t2));
             let batch = vec![first.clone(), second.clone(), other.clone()];
-            let done = rotate(&conn, batch, at()).await.unwrap();
+            let done = rotate(&conn, batch).await.unwrap();
             let on = db.backend();
             assert_eq!(done.get(&first), Some(&true), "on {on:?}");
             assert_eq!(done.get(&second), None, "on {on:?}");
             assert_eq!(done.get(&other), Some(&true), "on {on:?}");
-            let stored = |token: &str| {
-                let conn = conn.clone();
-                let digest = secrets::digest(token);
-                async move { refresh_token::Entity::find_by_id(digest).one(&conn).await.unwrap() }
-            };
-            assert!(stored("next-a").await.is_some(), "on {on:?}");
-            assert!(stored("next-b").await.is_none(), "on {on:?}");
-            assert!(stored("token-1").await.unwrap().used_at.is_some(), "on {on:?}");
-            let again = rotate(&conn, vec![rotation("token-1", "s1", "next-d")], at());
-            assert!(again.await.unwrap().is_empty(), "on {on:?}");
-            assert!(stored("next-d").await.is_none(), "on {on:?}");
+            assert_eq!(current(&conn, "s1").await, Some(secrets::digest(&first.next)), "on {on:?}");
+            assert_eq!(current(&conn, "s2").await, Some(secrets::digest(&other.next)), "on {on:?}");
+            let again = rotate(&conn, vec![rotation("s1", &t1)]).await.unwrap();
+            assert!(again.is_empty(), "on {on:?}");
+            assert_eq!(current(&conn, "s1").await, Some(secrets::digest(&first.next)), "on {on:?}");
         }
     }
 
-    // A batch presenting a token that another transaction has marked used, not yet committed,
-    // waits for that transaction (PostgreSQL: the row lock; SQLite: the write lock), then
-    // finds the token used: nothing rotates and nothing fails.
+    // A revoked session's token does not rotate, current or not.
+    #[tokio::test]
+    async fn a_revoked_session_does_not_rotate() {
+        for (db, conn) in crate::testing::databases().await {
+            let token = session_with_token(&conn, "s1").await;
+            crate::state::revoke_session(&conn, "s1", at()).await.unwrap();
+            let done = rotate(&conn, vec![rotation("s1", &token)]).await.unwrap();
+            assert!(done.is_empty(), "on {:?}: {done:?}", db.backend());
+            assert_eq!(current(&conn, "s1").await, Some(secrets::digest(&token)));
+        }
+    }
+
+    // A batch presenting a token that another transaction has replaced, not yet committed,
+    // waits for that transaction (PostgreSQL: the row lock; SQLite: the write lock), then finds
+    // the token replaced: nothing rotates and nothing fails.
     #[tokio::test]
     #[allow(clippy::disallowed_methods)] // Gives the batch time to reach the lock.
-    async fn a_batch_waits_for_a_concurrent_use_then_finds_the_token_used() {
+    async fn a_batch_waits_for_a_concurrent_rotation_then_finds_the_token_replaced() {
         for (db, conn) in crate::testing::databases().await {
-            session_with_token(&conn, "s1", "token-1").await;
+            let token = session_with_token(&conn, "s1").await;
             let holder =
                 steward_storage::begin_write(&conn, crate::IDEMPOTENCY.table()).await.unwrap();
-            refresh_token::Entity::update_many()
-                .col_expr(refresh_token::Column::UsedAt, Expr::value(at()))
-                .filter(refresh_token::Column::TokenHash.eq(secrets::digest("token-1")))
+            session::Entity::update_many()
+                .col_expr(session::Column::RefreshHash, Expr::value("elsewhere"))
+                .filter(session::Column::Id.eq("s1"))
                 .exec(&holder)
                 .await
                 .unwrap();
             let batch = tokio::spawn({
-                let conn = conn.clone();
-                async move { rotate(&conn, vec![rotation("token-1", "s1", "next-a")], at()).await }
+                let (conn, rotation) = (conn.clone(), rotation("s1", &token));
+                async move { rotate(&conn, vec![rotation]).await }
             });
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             let on = db.backend();
@@ -309,64 +471,164 @@ mod tests {
             holder.commit().await.unwrap();
             let done = batch.await.unwrap().unwrap();
             assert!(done.is_empty(), "on {on:?}: {done:?}");
+            assert_eq!(current(&conn, "s1").await.as_deref(), Some("elsewhere"), "on {on:?}");
         }
     }
 
-    // Two batches presenting the same two tokens in opposite orders, at once, many times: the
-    // tokens are locked in the order of their digests, so neither batch deadlocks or fails, and
-    // each token rotates exactly once.
+    // Two batches presenting the same two sessions' tokens in opposite orders, at once, many
+    // times: the sessions are locked in the order of their ids, so neither batch deadlocks or
+    // fails, and each token rotates exactly once.
     #[tokio::test]
     async fn batches_presenting_tokens_in_opposite_orders_rotate_each_once() {
         for (db, conn) in crate::testing::databases().await {
             let on = db.backend();
             for round in 0..20 {
                 let (s1, s2) = (format!("s1-{round}"), format!("s2-{round}"));
-                let (t1, t2) = (format!("token-1-{round}"), format!("token-2-{round}"));
-                session_with_token(&conn, &s1, &t1).await;
-                session_with_token(&conn, &s2, &t2).await;
-                let forwards = vec![
-                    rotation(&t1, &s1, &format!("next-1a-{round}")),
-                    rotation(&t2, &s2, &format!("next-2a-{round}")),
-                ];
-                let backwards = vec![
-                    rotation(&t2, &s2, &format!("next-2b-{round}")),
-                    rotation(&t1, &s1, &format!("next-1b-{round}")),
-                ];
+                let t1 = session_with_token(&conn, &s1).await;
+                let t2 = session_with_token(&conn, &s2).await;
+                let forwards = vec![rotation(&s1, &t1), rotation(&s2, &t2)];
+                let backwards = vec![rotation(&s2, &t2), rotation(&s1, &t1)];
                 let (a, b) =
-                    tokio::join!(rotate(&conn, forwards, at()), rotate(&conn, backwards, at()));
+                    tokio::join!(rotate(&conn, forwards.clone()), rotate(&conn, backwards.clone()));
                 let (a, b) = (a.unwrap(), b.unwrap());
-                for token in [&t1, &t2] {
-                    let used = secrets::digest(token);
-                    let rotations = a.keys().chain(b.keys()).filter(|r| r.used == used).count();
-                    assert_eq!(rotations, 1, "on {on:?}, round {round}: {a:?} {b:?}");
+                for session in [&s1, &s2] {
+                    let won: Vec<&Rotation> =
+                        a.keys().chain(b.keys()).filter(|r| &r.session == session).collect();
+                    assert_eq!(won.len(), 1, "on {on:?}, round {round}: {a:?} {b:?}");
+                    let stored = current(&conn, session).await;
+                    assert_eq!(stored, Some(secrets::digest(&won[0].next)), "on {on:?}");
                 }
-                let sessions = [s1.clone(), s2.clone()];
-                let stored = refresh_token::Entity::find()
-                    .filter(refresh_token::Column::SessionId.is_in(sessions))
-                    .filter(refresh_token::Column::UsedAt.is_null())
-                    .all(&conn)
-                    .await
-                    .unwrap();
-                assert_eq!(stored.len(), 2, "on {on:?}, round {round}: one live token each");
             }
         }
     }
 
     // Two batches presenting one token at once, on two connections: one rotates it, the other
-    // finds it used (on PostgreSQL it waits on the row lock, then sees the commit), and
+    // finds it replaced (on PostgreSQL it waits on the row lock, then sees the commit), and
     // neither fails.
     #[tokio::test]
     async fn concurrent_batches_rotate_a_token_once() {
         for (db, conn) in crate::testing::databases().await {
-            session_with_token(&conn, "s1", "token-1").await;
-            let (a, b) = (rotation("token-1", "s1", "next-a"), rotation("token-1", "s1", "next-b"));
+            let token = session_with_token(&conn, "s1").await;
             let (first, second) = tokio::join!(
-                rotate(&conn, vec![a.clone()], at()),
-                rotate(&conn, vec![b.clone()], at())
+                rotate(&conn, vec![rotation("s1", &token)]),
+                rotate(&conn, vec![rotation("s1", &token)])
             );
             let (first, second) = (first.unwrap(), second.unwrap());
             let on = db.backend();
             assert_eq!(first.len() + second.len(), 1, "on {on:?}: {first:?} {second:?}");
+        }
+    }
+
+    // Through `Refreshes`: a family token reads as current until it is rotated, then as
+    // replaced; the next token reads as current; a token of an unknown family, or without the
+    // family's secret, reads as none or as replaced (never current).
+    #[tokio::test]
+    async fn a_family_token_is_current_until_rotated() {
+        for (db, conn) in crate::testing::databases().await {
+            let on = db.backend();
+            let refreshes = Refreshes::new(&conn, Arc::new(at));
+            let token = session_with_token(&conn, "s1").await;
+            let presented = refreshes.read(&token).await.unwrap().unwrap();
+            assert!(presented.current, "on {on:?}");
+            assert_eq!(presented.session.id, "s1");
+            let next = refreshes.rotate(&presented).await.unwrap().unwrap();
+            assert_eq!(next.split_once('.').unwrap().0, token.split_once('.').unwrap().0);
+            assert!(!refreshes.read(&token).await.unwrap().unwrap().current, "on {on:?}");
+            assert!(refreshes.read(&next).await.unwrap().unwrap().current, "on {on:?}");
+            assert!(refreshes.rotate(&presented).await.unwrap().is_none(), "on {on:?}");
+            let (family, _) = token.split_once('.').unwrap();
+            let forged = format!("{family}.{}", secrets::new_token());
+            assert!(!refreshes.read(&forged).await.unwrap().unwrap().current, "on {on:?}");
+            let (_, stranger) = new_family();
+            assert!(refreshes.read(&stranger).await.unwrap().is_none(), "on {on:?}");
+        }
+    }
+
+    // Anything not shaped like an issued token reads as none without failing the shared read
+    // (PostgreSQL refuses a NUL in text, which would fail every call in the batch), and a
+    // family is found only by its token's family, never by the digest the row stores.
+    #[tokio::test]
+    async fn tokens_not_shaped_like_issued_ones_are_none() {
+        for (db, conn) in crate::testing::databases().await {
+            let on = db.backend();
+            let refreshes = Refreshes::new(&conn, Arc::new(at));
+            let token = session_with_token(&conn, "s1").await;
+            let (family, secret) = token.split_once('.').unwrap();
+            let stored = secrets::digest(family);
+            let nul = format!("{}\0.{secret}", &family[1..]);
+            let malformed = [
+                String::new(),
+                ".".into(),
+                format!("{family}."),
+                format!(".{secret}"),
+                format!("{family}.{secret}.{secret}"),
+                format!("{family}.{secret}x"),
+                nul,
+                format!("{}é.{secret}", &family[2..]),
+                format!("{stored}.{secret}"),
+                "x".repeat(100_000),
+            ];
+            for presented in malformed {
+                let read = refreshes.read(&presented).await;
+                assert!(read.unwrap().is_none(), "on {on:?}: {presented:?}");
+            }
+            assert!(refreshes.read(&token).await.unwrap().unwrap().current, "on {on:?}");
+        }
+    }
+
+    // A batch waiting on a session row that another transaction revokes finds it revoked after
+    // the wait and rotates nothing.
+    #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // Gives the batch time to reach the lock.
+    async fn a_batch_waiting_on_a_revocation_rotates_nothing() {
+        for (db, conn) in crate::testing::databases().await {
+            let token = session_with_token(&conn, "s1").await;
+            let holder =
+                steward_storage::begin_write(&conn, crate::IDEMPOTENCY.table()).await.unwrap();
+            crate::state::revoke_sessions(&holder, "o1/a1", None, at()).await.unwrap();
+            let batch = tokio::spawn({
+                let (conn, rotation) = (conn.clone(), rotation("s1", &token));
+                async move { rotate(&conn, vec![rotation]).await }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let on = db.backend();
+            assert!(!batch.is_finished(), "on {on:?}: the batch did not wait for the lock");
+            holder.commit().await.unwrap();
+            let done = batch.await.unwrap().unwrap();
+            assert!(done.is_empty(), "on {on:?}: {done:?}");
+            assert_eq!(current(&conn, "s1").await, Some(secrets::digest(&token)), "on {on:?}");
+        }
+    }
+
+    // A token from before families (a row of `auth_refresh_tokens`) is current once: rotating
+    // it marks it used and moves its session into a new family, whose token then rotates as
+    // any; presenting the old token again reads as used.
+    #[tokio::test]
+    async fn a_token_from_before_families_moves_its_session_into_one() {
+        for (db, conn) in crate::testing::databases().await {
+            let on = db.backend();
+            let refreshes = Refreshes::new(&conn, Arc::new(at));
+            session_row(&conn, "s1", None, None).await;
+            let legacy = secrets::new_token();
+            refresh_token::Model {
+                token_hash: secrets::digest(&legacy),
+                session_id: "s1".into(),
+                used_at: None,
+                created_at: at(),
+            }
+            .into_active_model()
+            .insert(&conn)
+            .await
+            .unwrap();
+            let presented = refreshes.read(&legacy).await.unwrap().unwrap();
+            assert!(presented.current, "on {on:?}");
+            let next = refreshes.rotate(&presented).await.unwrap().unwrap();
+            assert!(refreshes.rotate(&presented).await.unwrap().is_none(), "on {on:?}");
+            assert!(!refreshes.read(&legacy).await.unwrap().unwrap().current, "on {on:?}");
+            let moved = refreshes.read(&next).await.unwrap().unwrap();
+            assert!(moved.current, "on {on:?}");
+            assert_eq!(moved.session.id, "s1");
+            assert!(refreshes.rotate(&moved).await.unwrap().is_some(), "on {on:?}");
         }
     }
 }

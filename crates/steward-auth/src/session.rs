@@ -12,7 +12,6 @@ use steward_runtime::names::OrganizationName;
 use steward_runtime::{ApiError, ApiResult};
 
 use crate::entity::{credential, mfa_challenge, recovery_code, session};
-use crate::rotation::Rotation;
 use crate::state::{
     self, invalid_credentials, key_of, organization_of, record, recorded, required, timestamp,
     State,
@@ -277,17 +276,15 @@ pub async fn refresh(
 ) -> ApiResult<pb::RefreshSessionResponse> {
     required("refresh_token", &request.refresh_token)?;
     let now = state.now();
-    // The token, its session and its administrator's credential in one statement (shared
-    // with concurrent calls).
-    let (token, session, credential) = state
-        .refreshes
-        .token(secrets::digest(&request.refresh_token))
-        .await?
-        .ok_or_else(invalid_credentials)?;
-    let session = session
-        .filter(|s| s.revoked_at.is_none() && s.expires_at > now && s.scope == "full")
-        .ok_or_else(invalid_credentials)?;
-    if token.used_at.is_some() {
+    // The token's session and its administrator's credential in one statement (shared with
+    // concurrent calls).
+    let presented =
+        state.refreshes.read(&request.refresh_token).await?.ok_or_else(invalid_credentials)?;
+    let session = &presented.session;
+    if session.revoked_at.is_some() || session.expires_at <= now || session.scope != "full" {
+        return Err(invalid_credentials());
+    }
+    if !presented.current {
         let tx = state.begin_write().await?;
         state::revoke_session(&tx, &session.id, now).await?;
         let reason = "a rotated refresh token was presented again; the session is revoked";
@@ -303,34 +300,23 @@ pub async fn refresh(
         return Err(invalid_credentials());
     };
     let subject = state.subject(&administrator)?;
-    // The joined read answers a credential it cannot decode as none: read it on its own before
-    // ending a session over its absence, so such a row is an error, not a sign-out.
-    let credential = match credential {
-        Some(credential) => Some(credential),
-        None => {
-            credential::Entity::find_by_id(session.administrator.clone()).one(&state.db).await?
-        }
-    };
     // MFA required since this session began but not enrolled: back to sign-in, which issues
     // an enrolment-only session.
-    let needs_enrolment =
-        administrator.mfa_required && credential.as_ref().is_some_and(|c| !c.mfa_enrolled);
-    if subject.organization != session.organization || credential.is_none() || needs_enrolment {
+    let needs_enrolment = administrator.mfa_required && presented.mfa_enrolled == Some(false);
+    let deleted = presented.mfa_enrolled.is_none();
+    if subject.organization != session.organization || deleted || needs_enrolment {
         state::revoke_session(&state.db, &session.id, now).await?;
         tracing::info!(session = %session.id, needs_enrolment, "session ended at refresh");
         return Err(invalid_credentials());
     }
-    let next = secrets::new_token();
     // Committed with the concurrent calls' rotations, before this call answers.
-    let rotation = Rotation { used: token.token_hash, session: session.id.clone(), next };
-    let rotated = state.refreshes.rotate(rotation.clone()).await?;
-    if !rotated {
-        // A concurrent refresh used it first: that is reuse too.
+    let Some(next) = state.refreshes.rotate(&presented).await? else {
+        // A concurrent refresh replaced it first (that is reuse too), or the session was
+        // revoked meanwhile.
         state::revoke_session(&state.db, &session.id, now).await?;
-        tracing::warn!(session = %session.id, "refresh token raced, session revoked");
+        tracing::warn!(session = %session.id, "refresh token raced (or the session was revoked meanwhile), session revoked");
         return Err(invalid_credentials());
-    }
-    let next = rotation.next;
+    };
     let amr: Vec<String> =
         session.amr.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
     let facts = state::SessionFacts {

@@ -20,7 +20,7 @@ use steward_runtime::{ApiError, ApiResult};
 use steward_storage::idempotency::Key;
 
 use crate::audit;
-use crate::entity::{credential, link_token, mfa_challenge, recovery_code, refresh_token, session};
+use crate::entity::{credential, link_token, mfa_challenge, recovery_code, session};
 use crate::jwt::{Signer, Subject};
 use crate::mailer::Mailer;
 use crate::password::Hasher;
@@ -237,6 +237,11 @@ impl State {
         };
         let expires = now
             + chrono::Duration::seconds(i64::try_from(lifetime).unwrap_or(i64::MAX / 4_000_000));
+        // Full sessions get a refresh family and its first token.
+        let refresh = match scope {
+            TokenScope::Full => Some(crate::rotation::new_family()),
+            TokenScope::MfaEnrollment => None,
+        };
         let row = session::ActiveModel {
             id: Set(sid.clone()),
             administrator: Set(subject.administrator.clone()),
@@ -246,18 +251,14 @@ impl State {
             created_at: Set(now),
             expires_at: Set(expires),
             revoked_at: Set(None),
+            refresh_family: Set(refresh.as_ref().map(|(family, _)| secrets::digest(family))),
+            refresh_hash: Set(refresh.as_ref().map(|(_, token)| secrets::digest(token))),
         };
         let amr: Vec<String> = amr.iter().map(|s| s.to_string()).collect();
-        let refresh = match scope {
-            TokenScope::Full => Some(secrets::new_token()),
-            TokenScope::MfaEnrollment => None,
-        };
+        let refresh = refresh.map(|(_, token)| token);
         {
             let tx = self.begin_write().await?;
             session::Entity::insert(row).exec(&tx).await?;
-            if let Some(refresh) = &refresh {
-                insert_refresh(&tx, &sid, refresh, now).await?;
-            }
             let reason = match scope {
                 TokenScope::Full => format!("signed in ({})", amr.join(", ")),
                 TokenScope::MfaEnrollment => "signed in for MFA enrolment only".to_string(),
@@ -362,27 +363,6 @@ pub fn scope_name(scope: TokenScope) -> &'static str {
     }
 }
 
-/// Stores a new refresh token of session `sid`.
-pub async fn insert_refresh(
-    conn: &impl ConnectionTrait,
-    sid: &str,
-    token: &str,
-    now: DateTime<Utc>,
-) -> ApiResult<()> {
-    refresh_token::Entity::insert(refresh_row(sid, token, now)).exec(conn).await?;
-    Ok(())
-}
-
-/// The stored form of refresh `token` of session `sid`, issued at `now`: its digest only.
-pub fn refresh_row(sid: &str, token: &str, now: DateTime<Utc>) -> refresh_token::ActiveModel {
-    refresh_token::ActiveModel {
-        token_hash: Set(secrets::digest(token)),
-        session_id: Set(sid.to_string()),
-        used_at: Set(None),
-        created_at: Set(now),
-    }
-}
-
 /// Revokes one session; returns whether it was live.
 pub async fn revoke_session(
     conn: &impl ConnectionTrait,
@@ -423,6 +403,20 @@ pub async fn revoke_sessions(
     keep: Option<&str>,
     now: DateTime<Utc>,
 ) -> ApiResult<u64> {
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        // The rows locked in the order a rotation batch locks them (`rotation`), so a batch
+        // holding two of this administrator's sessions cannot deadlock with this.
+        const REVOKE: &str = "UPDATE auth_sessions SET revoked_at = $1 \
+            WHERE id = ANY(ARRAY( \
+                SELECT id FROM auth_sessions \
+                WHERE administrator = $2 AND revoked_at IS NULL AND id IS DISTINCT FROM $3 \
+                ORDER BY id COLLATE \"C\" FOR NO KEY UPDATE)) \
+              AND revoked_at IS NULL";
+        let values = [now.into(), administrator.into(), keep.map(str::to_string).into()];
+        let statement =
+            sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, REVOKE, values);
+        return Ok(conn.execute(statement).await?.rows_affected());
+    }
     let mut update = session::Entity::update_many()
         .col_expr(session::Column::RevokedAt, Expr::value(now))
         .filter(session::Column::Administrator.eq(administrator))

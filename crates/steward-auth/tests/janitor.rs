@@ -29,6 +29,8 @@ fn session_row(
         created_at: Set(expires - Duration::days(30)),
         expires_at: Set(expires),
         revoked_at: Set(revoked),
+        refresh_family: Set(Some(format!("family-{id}"))),
+        refresh_hash: Set(None),
     }
 }
 

@@ -669,6 +669,31 @@ backend_test!(refresh_reuse_revokes_the_family, |stack| async move {
     assert_invalid_credentials(&refresh(&stack, "not-a-refresh-token").await.unwrap_err());
 });
 
+// A refresh token is `<family>.<secret>`. A token of no known family (made up, or with a
+// family altered) is refused and ends nothing; a token of the session's family that is not its
+// current one (a guessed or altered secret) is reuse and ends the session, as a rotated token
+// does; a malformed one (oversized, a NUL, extra dots) is refused and ends nothing.
+backend_test!(refresh_tokens_of_other_families_or_secrets_are_refused, |stack| async move {
+    let owner = stack.owner().await;
+    let token = owner.tokens.refresh_token.clone();
+    let (family, secret) = token.split_once('.').expect("a refresh token is family.secret");
+    let stranger = format!("AAAAAAAAAAAAAAAAAAAAAA.{secret}");
+    assert_invalid_credentials(&refresh(&stack, &stranger).await.unwrap_err());
+    assert_invalid_credentials(&refresh(&stack, &"x".repeat(100_000)).await.unwrap_err());
+    assert_invalid_credentials(&refresh(&stack, ".").await.unwrap_err());
+    let nul = format!("{}\0.{secret}", &family[1..]);
+    assert_invalid_credentials(&refresh(&stack, &nul).await.unwrap_err());
+    assert_invalid_credentials(&refresh(&stack, &format!("{token}.{secret}")).await.unwrap_err());
+    // Nothing above ended the session: its token still rotates.
+    let next = refresh(&stack, &token).await.unwrap();
+    assert_eq!(next.refresh_token.split_once('.').unwrap().0, family, "the family is kept");
+    assert_ne!(next.refresh_token, token);
+    // A made-up secret in the family: reuse, and the session ends.
+    let forged = format!("{family}.{}", "A".repeat(43));
+    assert_invalid_credentials(&refresh(&stack, &forged).await.unwrap_err());
+    assert_invalid_credentials(&refresh(&stack, &next.refresh_token).await.unwrap_err());
+});
+
 backend_test!(deleted_credentials_cannot_refresh_or_sign_in, |stack| async move {
     let owner = stack.owner().await;
     let mut internal = AuthInternalServiceClient::new(stack.internal().await);
