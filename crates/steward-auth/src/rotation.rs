@@ -405,6 +405,25 @@ mod tests {
         Rotation { session: session.into(), used: secrets::digest(token), next: token_of(family) }
     }
 
+    /// Starts a batch rotating `token` of session `s1` while `holder` holds its lock, checks
+    /// that the batch waits for it, commits `holder`, and returns what the batch rotated.
+    #[allow(clippy::disallowed_methods)] // Gives the batch time to reach the lock.
+    async fn rotate_behind(
+        conn: &DatabaseConnection,
+        holder: sea_orm::DatabaseTransaction,
+        token: &str,
+        on: steward_storage::testing::Backend,
+    ) -> HashMap<Rotation, bool> {
+        let batch = tokio::spawn({
+            let (conn, rotation) = (conn.clone(), rotation("s1", token));
+            async move { rotate(&conn, vec![rotation]).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!batch.is_finished(), "on {on:?}: the batch did not wait for the lock");
+        holder.commit().await.unwrap();
+        batch.await.unwrap().unwrap()
+    }
+
     async fn current(conn: &DatabaseConnection, id: &str) -> Option<String> {
         session::Entity::find_by_id(id.to_string()).one(conn).await.unwrap().unwrap().refresh_hash
     }
@@ -449,7 +468,6 @@ mod tests {
     // waits for that transaction (PostgreSQL: the row lock; SQLite: the write lock), then finds
     // the token replaced: nothing rotates and nothing fails.
     #[tokio::test]
-    #[allow(clippy::disallowed_methods)] // Gives the batch time to reach the lock.
     async fn a_batch_waits_for_a_concurrent_rotation_then_finds_the_token_replaced() {
         for (db, conn) in crate::testing::databases().await {
             let token = session_with_token(&conn, "s1").await;
@@ -461,15 +479,8 @@ mod tests {
                 .exec(&holder)
                 .await
                 .unwrap();
-            let batch = tokio::spawn({
-                let (conn, rotation) = (conn.clone(), rotation("s1", &token));
-                async move { rotate(&conn, vec![rotation]).await }
-            });
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             let on = db.backend();
-            assert!(!batch.is_finished(), "on {on:?}: the batch did not wait for the lock");
-            holder.commit().await.unwrap();
-            let done = batch.await.unwrap().unwrap();
+            let done = rotate_behind(&conn, holder, &token, on).await;
             assert!(done.is_empty(), "on {on:?}: {done:?}");
             assert_eq!(current(&conn, "s1").await.as_deref(), Some("elsewhere"), "on {on:?}");
         }
@@ -579,22 +590,14 @@ mod tests {
     // A batch waiting on a session row that another transaction revokes finds it revoked after
     // the wait and rotates nothing.
     #[tokio::test]
-    #[allow(clippy::disallowed_methods)] // Gives the batch time to reach the lock.
     async fn a_batch_waiting_on_a_revocation_rotates_nothing() {
         for (db, conn) in crate::testing::databases().await {
             let token = session_with_token(&conn, "s1").await;
             let holder =
                 steward_storage::begin_write(&conn, crate::IDEMPOTENCY.table()).await.unwrap();
             crate::state::revoke_sessions(&holder, "o1/a1", None, at()).await.unwrap();
-            let batch = tokio::spawn({
-                let (conn, rotation) = (conn.clone(), rotation("s1", &token));
-                async move { rotate(&conn, vec![rotation]).await }
-            });
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             let on = db.backend();
-            assert!(!batch.is_finished(), "on {on:?}: the batch did not wait for the lock");
-            holder.commit().await.unwrap();
-            let done = batch.await.unwrap().unwrap();
+            let done = rotate_behind(&conn, holder, &token, on).await;
             assert!(done.is_empty(), "on {on:?}: {done:?}");
             assert_eq!(current(&conn, "s1").await, Some(secrets::digest(&token)), "on {on:?}");
         }
