@@ -128,8 +128,8 @@ fn encoded_header(kid: &str) -> ApiResult<String> {
 
 /// The JWS compact serialization (RFC 7515 §7.1) of `claims` under `header` (already encoded),
 /// signed with `key`: what `jsonwebtoken::encode` writes, with the key parsed once at startup
-/// instead of on every call (parsing a PKCS#8 Ed25519 key derives its public half: a scalar multiplication,
-/// as costly as the signature itself).
+/// instead of on every call (parsing a PKCS#8 Ed25519 key derives its public half: a scalar
+/// multiplication, as costly as the signature itself).
 fn compact_jws(
     header: &str,
     claims: &impl serde::Serialize,

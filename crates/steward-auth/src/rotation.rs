@@ -2,16 +2,16 @@
 //!
 //! A refresh token is `<family>.<secret>` (22 and 43 base64url characters). The family names
 //! its session (`auth_sessions.refresh_family` holds its digest; it is random and in no other
-//! token or answer), and the session keeps the digest of its current token alone. A rotation replaces that digest: one row
-//! updated, nothing inserted. A token of the family that is not the current one has been
-//! rotated already, and presenting it revokes the session (reuse detection, as with a table of
-//! used tokens, without one).
+//! token or answer), and the session keeps the digest of its current token alone. A rotation
+//! replaces that digest: one row updated, nothing inserted. A token of the family that is not
+//! the current one has been rotated already, and presenting it revokes the session (reuse
+//! detection, as with a table of used tokens, without one).
 //!
 //! The presented tokens' sessions and credentials are read in one statement, and the rotations
 //! commit together (group commit: one statement on PostgreSQL, one transaction on SQLite). Each
-//! call still returns only after its own
-//! rotation is durable, and a token rotates at most once: of two calls presenting it, in one
-//! batch or two, one rotates it and the other finds it replaced.
+//! call still returns only after its own rotation is durable, and a token rotates at most once:
+//! of two calls presenting it, in one batch or two, one rotates it and the other finds it
+//! replaced.
 //!
 //! Tokens without a `.` were issued before families (or by the previous release's pods during a
 //! rollout) and are rows of `auth_refresh_tokens`; presenting one rotates it into a new family,
@@ -237,8 +237,9 @@ impl Refreshes {
 
 /// Rotates a batch: each session whose current token is still the one presented, and which is
 /// not revoked, gets the next token of the first rotation presenting it; later rotations of the
-/// same session in the batch are left out (they lose, as they would to an earlier batch). A session rotated concurrently (by another batch or replica)
-/// rotates once: the other waits for its row lock, then finds its token replaced.
+/// same session in the batch are left out (they lose, as they would to an earlier batch). A
+/// session rotated concurrently (by another batch or replica) rotates once: the other waits for
+/// its row lock, then finds its token replaced.
 async fn rotate(db: &DatabaseConnection, batch: Vec<Rotation>) -> Loaded<Rotation, bool> {
     let mut presented = HashSet::new();
     let candidates: Vec<Rotation> =
