@@ -82,6 +82,11 @@ pub async fn connect_with(
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(15))
+                // 512 KiB of page cache per connection instead of 2 MiB: every pooled
+                // connection of every service keeps its own, and the operating system caches
+                // the file for all of them. 10,000 agents on SQLite: 49 KiB of memory each
+                // instead of 51.5, with the same call rates (docs/benchmarks.md).
+                .pragma("cache_size", "-512")
         });
     let db = Database::connect(options).await?;
     tracing::info!(url = %redact(url), backend = ?db.get_database_backend(), "database connected");
