@@ -92,6 +92,15 @@ async fn owner_in_page(owner: &Owner) -> Administrator {
     page.administrators.into_iter().find(|a| a.name == owner.admin).unwrap()
 }
 
+/// A connection of the test's own to the auth service's database.
+async fn auth_db(stack: &Stack) -> sea_orm::DatabaseConnection {
+    let url = match stack.backend {
+        Backend::Sqlite => steward_server::database_url(stack.config(), ServiceKind::Auth).unwrap(),
+        Backend::Postgres => stack.config().database.url.clone(),
+    };
+    sea_orm::Database::connect(&url).await.unwrap()
+}
+
 async fn refresh(stack: &Stack, refresh_token: &str) -> Result<TokenSet, tonic::Status> {
     stack
         .client()
@@ -361,11 +370,7 @@ backend_test!(mfa_enrol_sign_in_replay_and_recovery_codes, |stack| async move {
     assert_eq!(recovery.len(), 10);
     assert_eq!(recovery.iter().collect::<std::collections::HashSet<_>>().len(), 10);
     // The stored TOTP secret is sealed: the database holds no trace of it in clear.
-    let url = match stack.backend {
-        Backend::Sqlite => steward_server::database_url(stack.config(), ServiceKind::Auth).unwrap(),
-        Backend::Postgres => stack.config().database.url.clone(),
-    };
-    let db = sea_orm::Database::connect(&url).await.unwrap();
+    let db = auth_db(&stack).await;
     use sea_orm::ConnectionTrait;
     let row = db
         .query_one(sea_orm::Statement::from_string(
@@ -692,6 +697,46 @@ backend_test!(refresh_tokens_of_other_families_or_secrets_are_refused, |stack| a
     let forged = format!("{family}.{}", "A".repeat(43));
     assert_invalid_credentials(&refresh(&stack, &forged).await.unwrap_err());
     assert_invalid_credentials(&refresh(&stack, &next.refresh_token).await.unwrap_err());
+});
+
+// A session from before refresh families (no family; its token a row of
+// `auth_refresh_tokens`, as the previous release stores it, also during a rollout) keeps
+// working: its token is exchanged once for a family token, which then rotates as any, and
+// presenting the old token again is reuse and ends the session.
+backend_test!(a_refresh_token_from_before_families_refreshes_once, |stack| async move {
+    use sea_orm::sea_query::{Alias, Query};
+    use sea_orm::{ConnectionTrait, Statement};
+    use steward_auth::secrets::{digest, new_token};
+    let owner = stack.owner().await;
+    let db = auth_db(&stack).await;
+    let backend = db.get_database_backend();
+    let current = digest(&owner.tokens.refresh_token);
+    let select = format!("SELECT id FROM auth_sessions WHERE refresh_hash = '{current}'");
+    let row = db.query_one(Statement::from_string(backend, select)).await.unwrap().unwrap();
+    let session: String = row.try_get("", "id").unwrap();
+    let forget = format!(
+        "UPDATE auth_sessions SET refresh_family = NULL, refresh_hash = NULL WHERE id = '{session}'"
+    );
+    db.execute(Statement::from_string(backend, forget)).await.unwrap();
+    let legacy = new_token();
+    let insert = Query::insert()
+        .into_table(Alias::new("auth_refresh_tokens"))
+        .columns(["token_hash", "session_id", "created_at"].map(Alias::new))
+        .values_panic([digest(&legacy).into(), session.clone().into(), chrono::Utc::now().into()])
+        .to_owned();
+    db.execute(backend.build(&insert)).await.unwrap();
+
+    let next = refresh(&stack, &legacy).await.unwrap();
+    assert!(next.refresh_token.contains('.'), "exchanged for a family token");
+    let after = refresh(&stack, &next.refresh_token).await.unwrap();
+    // The old token again: reuse. The session ends, its newest token with it.
+    assert_invalid_credentials(&refresh(&stack, &legacy).await.unwrap_err());
+    assert_invalid_credentials(&refresh(&stack, &after.refresh_token).await.unwrap_err());
+    let revoked = format!("SELECT revoked_at FROM auth_sessions WHERE id = '{session}'");
+    let row = db.query_one(Statement::from_string(backend, revoked)).await.unwrap().unwrap();
+    let revoked_at: Option<chrono::DateTime<chrono::Utc>> = row.try_get("", "revoked_at").unwrap();
+    assert!(revoked_at.is_some(), "the session is revoked");
+    db.close().await.unwrap();
 });
 
 backend_test!(deleted_credentials_cannot_refresh_or_sign_in, |stack| async move {
