@@ -143,12 +143,11 @@ fn compact_jws(
     // Access claims are about 400 bytes: written without growing the buffer.
     let mut json = Vec::with_capacity(512);
     serde_json::to_writer(&mut json, claims).map_err(|e| failed(&e))?;
-    let claims = json;
     // The header, the claims and the 64-byte signature (86 characters), with two dots.
-    let mut token = String::with_capacity(header.len() + claims.len().div_ceil(3) * 4 + 88);
+    let mut token = String::with_capacity(header.len() + json.len().div_ceil(3) * 4 + 88);
     token.push_str(header);
     token.push('.');
-    b64.encode_string(&claims, &mut token);
+    b64.encode_string(&json, &mut token);
     let signature = key.try_sign(token.as_bytes()).map_err(|e| failed(&e))?;
     token.push('.');
     b64.encode_string(signature.to_bytes(), &mut token);

@@ -96,12 +96,22 @@ impl std::fmt::Debug for Rotation {
     }
 }
 
-/// A new refresh family and its first token: `(family, token)`. The family is as random as a
-/// link token (128 bits), the secret after the `.` as any token (256 bits).
-pub fn new_family() -> (String, String) {
+/// A new refresh family: its first token, and the digests its session stores.
+pub struct NewFamily {
+    /// The first token, for the caller.
+    pub token: String,
+    /// `auth_sessions.refresh_family`.
+    pub family_hash: String,
+    /// `auth_sessions.refresh_hash`.
+    pub token_hash: String,
+}
+
+/// A new refresh family. The family is as random as a link token (128 bits), the secret after
+/// the `.` as any token (256 bits).
+pub fn new_family() -> NewFamily {
     let family = secrets::new_link_token();
     let token = token_of(&family);
-    (family, token)
+    NewFamily { family_hash: secrets::digest(&family), token_hash: secrets::digest(&token), token }
 }
 
 /// A new token of `family`.
@@ -179,7 +189,6 @@ impl Refreshes {
     /// The session `token` belongs to, as it is now, or None for a token of no session.
     pub async fn read(&self, token: &str) -> Result<Option<Presented>, ApiError> {
         // Anything not shaped like an issued token is none, before any statement.
-        let digest = secrets::digest(token);
         match token.split_once('.') {
             Some((family, secret))
                 if is_base64url(family, FAMILY_LEN) && is_base64url(secret, SECRET_LEN) =>
@@ -188,11 +197,13 @@ impl Refreshes {
                 let Some((session, mfa_enrolled)) = found else {
                     return Ok(None);
                 };
+                let digest = secrets::digest(token);
                 let current = session.refresh_hash.as_deref() == Some(digest.as_str());
                 let kind = Kind::Family { family: family.to_string(), digest };
                 Ok(Some(Presented { session, mfa_enrolled, current, kind }))
             }
             None if is_base64url(token, SECRET_LEN) => {
+                let digest = secrets::digest(token);
                 let Some(token) = refresh_token::Entity::find_by_id(digest).one(&self.db).await?
                 else {
                     return Ok(None);
@@ -226,10 +237,10 @@ impl Refreshes {
                 Ok(rotated.then_some(rotation.next))
             }
             Kind::Legacy { digest } => {
-                let (family, next) = new_family();
+                let next = new_family();
                 let now = (self.clock)();
-                let rotated = adopt(&self.db, digest, &session, &family, &next, now).await?;
-                Ok(rotated.then_some(next))
+                let rotated = adopt(&self.db, digest, &session, &next, now).await?;
+                Ok(rotated.then_some(next.token))
             }
         }
     }
@@ -254,8 +265,8 @@ async fn rotate(db: &DatabaseConnection, batch: Vec<Rotation>) -> Loaded<Rotatio
 
 /// PostgreSQL: one statement, so a batch costs one round trip and no transaction of its own.
 /// The sessions are locked in the order of their ids (two batches presenting the same sessions
-/// cannot deadlock, nor a batch and `state::revoke_sessions`, which locks in that order too), re-checked after any wait (`refresh_hash`, `revoked_at`), and given their
-/// next tokens; the arrays make one statement shape for every batch size. Returns the sessions
+/// cannot deadlock, nor a batch and `state::revoke_sessions`, which locks in that order too),
+/// re-checked after any wait (`refresh_hash`, `revoked_at`), and given their next tokens; the arrays make one statement shape for every batch size. Returns the sessions
 /// rotated.
 async fn rotate_postgres(
     db: &DatabaseConnection,
@@ -316,15 +327,14 @@ async fn rotate_sqlite(
 }
 
 /// Rotates a token from before families into a new family: the token marked used and the
-/// session given the digests of `family` and `next`, in one transaction, unless the token was
-/// used already or the session revoked (or, defensively, already in a family). A concurrent use waits on the token's row (PostgreSQL)
-/// or the write lock (SQLite), then finds it used.
+/// session given the family `next`, in one transaction, unless the token was used already or
+/// the session revoked (or, defensively, already in a family). A concurrent use waits on the
+/// token's row (PostgreSQL) or the write lock (SQLite), then finds it used.
 async fn adopt(
     db: &DatabaseConnection,
     used: &str,
     session: &str,
-    family: &str,
-    next: &str,
+    next: &NewFamily,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<bool, ApiError> {
     let txn = steward_storage::begin_write(db, crate::IDEMPOTENCY.table()).await?;
@@ -337,8 +347,8 @@ async fn adopt(
         .rows_affected;
     let moved = marked > 0
         && session::Entity::update_many()
-            .col_expr(session::Column::RefreshFamily, Expr::value(secrets::digest(family)))
-            .col_expr(session::Column::RefreshHash, Expr::value(secrets::digest(next)))
+            .col_expr(session::Column::RefreshFamily, Expr::value(next.family_hash.as_str()))
+            .col_expr(session::Column::RefreshHash, Expr::value(next.token_hash.as_str()))
             .filter(session::Column::Id.eq(session))
             .filter(session::Column::RevokedAt.is_null())
             .filter(session::Column::RefreshFamily.is_null())
@@ -371,9 +381,9 @@ mod tests {
 
     /// A live session `id` of a family; returns its first token.
     async fn session_with_token(conn: &DatabaseConnection, id: &str) -> String {
-        let (family, token) = new_family();
-        session_row(conn, id, Some(secrets::digest(&family)), Some(secrets::digest(&token))).await;
-        token
+        let family = new_family();
+        session_row(conn, id, Some(family.family_hash), Some(family.token_hash)).await;
+        family.token
     }
 
     async fn session_row(
@@ -500,8 +510,7 @@ mod tests {
                 let t2 = session_with_token(&conn, &s2).await;
                 let forwards = vec![rotation(&s1, &t1), rotation(&s2, &t2)];
                 let backwards = vec![rotation(&s2, &t2), rotation(&s1, &t1)];
-                let (a, b) =
-                    tokio::join!(rotate(&conn, forwards.clone()), rotate(&conn, backwards.clone()));
+                let (a, b) = tokio::join!(rotate(&conn, forwards), rotate(&conn, backwards));
                 let (a, b) = (a.unwrap(), b.unwrap());
                 for session in [&s1, &s2] {
                     let won: Vec<&Rotation> =
@@ -551,7 +560,7 @@ mod tests {
             let (family, _) = token.split_once('.').unwrap();
             let forged = format!("{family}.{}", secrets::new_token());
             assert!(!refreshes.read(&forged).await.unwrap().unwrap().current, "on {on:?}");
-            let (_, stranger) = new_family();
+            let stranger = new_family().token;
             assert!(refreshes.read(&stranger).await.unwrap().is_none(), "on {on:?}");
         }
     }

@@ -251,11 +251,11 @@ impl State {
             created_at: Set(now),
             expires_at: Set(expires),
             revoked_at: Set(None),
-            refresh_family: Set(refresh.as_ref().map(|(family, _)| secrets::digest(family))),
-            refresh_hash: Set(refresh.as_ref().map(|(_, token)| secrets::digest(token))),
+            refresh_family: Set(refresh.as_ref().map(|f| f.family_hash.clone())),
+            refresh_hash: Set(refresh.as_ref().map(|f| f.token_hash.clone())),
         };
         let amr: Vec<String> = amr.iter().map(|s| s.to_string()).collect();
-        let refresh = refresh.map(|(_, token)| token);
+        let refresh = refresh.map(|f| f.token);
         {
             let tx = self.begin_write().await?;
             session::Entity::insert(row).exec(&tx).await?;
